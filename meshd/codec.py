@@ -57,7 +57,6 @@ def unpack(data: bytes, max_size: int, *, max_items: int = 4096) -> Any:
             raw=False,
             strict_map_key=True,
             use_list=True,
-            max_buffer_size=max_size,
             max_str_len=max_size,
             max_bin_len=max_size,
             max_array_len=max_items,
