@@ -1,0 +1,112 @@
+"""The ``meshd`` command: run one carmesh node in the foreground.
+
+Flags follow DESIGN.md's command contract; every flag has a key of the same
+name in the ``--config`` TOML file, and flags win over the file.  Logs go to
+stderr; SIGTERM or SIGINT shuts down cleanly and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from meshd import __version__
+from meshd.config import Config, ConfigError, load_config
+from meshd.errors import MeshError
+from meshd.identity import Role
+
+__all__ = ["build_parser", "meshd_main"]
+
+EPILOG = """\
+examples:
+  meshd --name car-1 --interface wlan0            join the mesh on wlan0 (zeroconf discovery)
+  meshd --state-dir /tmp/n1 --listen 127.0.0.1:7420 --peer 127.0.0.1:7421
+                                                  loopback node with a static peer
+With no --interface the node runs on loopback only and zeroconf stays off.
+Talk to a running node with `meshctl --state-dir DIR status`.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshd", description="Run a carmesh node: discovery, encrypted links, routing, "
+        "relayed calls and the replicated library.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"meshd {__version__}")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML file; every flag has a key of the same name (flags win)")
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="keys, database and control socket (default: $XDG_STATE_HOME/carmesh)")
+    p.add_argument("--name", help="display name shown to other nodes (default: ROLE-SHORTID)")
+    p.add_argument("--role", choices=[r.value for r in Role], help="car, phone or dealer (default car)")
+    p.add_argument("--interface", action="append", metavar="IFNAME",
+                   help="network interface the mesh runs on (repeatable); none: loopback only")
+    p.add_argument("--listen", action="append", metavar="HOST:PORT",
+                   help="QUIC listen address (repeatable; default port 7420 on each interface)")
+    p.add_argument("--peer", action="append", metavar="[NODEID@]HOST:PORT",
+                   help="static peer (repeatable); without NODEID the first contact pins it")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--trust", type=Path, metavar="FILE",
+                   help="community trust configuration (root and authority keys)")
+    calls = p.add_argument_group("calls")
+    calls.add_argument("--auto-answer", action="store_true", default=None,
+                       help="answer incoming calls automatically")
+    calls.add_argument("--answer-play", type=Path, metavar="FILE",
+                       help="audio file an auto-answered call plays")
+    calls.add_argument("--answer-record", type=Path, metavar="FILE",
+                       help="where an auto-answered call records what it hears")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    for noisy in ("aioquic", "aioice", "aiortc", "zeroconf"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+async def _run(config: Config) -> int:
+    from meshd.node import Node
+
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.run(stop)
+    return 0
+
+
+def meshd_main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``meshd`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        config = load_config(args.config).merged(flags)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    _setup_logging(config.log_level)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    try:
+        return int(runner(_run(config)))
+    except MeshError as exc:
+        logging.getLogger("meshd").error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(meshd_main())

@@ -1,0 +1,437 @@
+"""The composition root: one ``Node`` assembles identity, links, cores and services.
+
+Theory of operation
+-------------------
+The node owns the pure protocol cores (``NeighbourTable`` now, the routing
+core later) and the adapters that feed them: ``LinkManager`` (QUIC),
+``Discovery`` (zeroconf) and ``ControlServer`` (the Unix socket).  Bytes
+arrive through the ``LinkListener`` callbacks; the node hands them to the core
+named by the datagram's first byte (``Channel``), then *pumps*: it sends what
+the cores want to send, drains their events, and re-arms one timer at the
+nearest deadline the cores report (babeld's main loop, with asyncio's
+``call_at``).  No core ever reads the clock; ``now`` is the loop's monotonic
+time.
+
+End-to-end services (``ping`` now; ``msg``, ``sig``, ``media``, ``info``
+later) register a handler per ``Service`` code and send with ``send_packet``;
+packets not for us are forwarded to the next hop with the hop limit
+decremented.  Long-lived tasks belong to the ``TaskGroup`` of ``run()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshd import DEFAULT_PORT, __version__
+from meshd.channels import Channel
+from meshd.codec import DropCounter, Fields, pack, unpack
+from meshd.config import Config, parse_hostport
+from meshd.control import ControlError, ControlServer
+from meshd.discovery import Discovery, PeerSeen
+from meshd.errors import LocalProtocolError, RemoteProtocolError
+from meshd.identity import (
+    ANNOUNCE_REFRESH_S,
+    Announcement,
+    AnnouncementBook,
+    Identity,
+    NodeId,
+    SeqnoFile,
+    short_id,
+)
+from meshd.links import MESH_MTU, LinkManager
+from meshd.meshctl import default_state_dir
+from meshd.names import resolve_node
+from meshd.neighbours import NeighbourLost, NeighbourTable, NeighbourUp
+from meshd.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service
+from meshd.pins import PinStore, parse_peer
+
+__all__ = ["Node", "PacketHandler"]
+
+logger = logging.getLogger(__name__)
+
+PacketHandler = Callable[[MeshPacket, float], None]
+MAX_PING_PAYLOAD = 256
+CONTROL_SOCKET = "control.sock"
+
+
+@dataclass(slots=True)
+class _PeerInfo:
+    """What the node knows about a linked neighbour beyond the cores."""
+
+    announcement: Announcement
+    address: tuple[str, int]
+    initiator: bool
+    up_since: float  # wall clock
+
+
+class Node:
+    """A running carmesh node; ``await run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.state_dir = config.state_dir or default_state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._wall = wall_clock
+        self.identity = Identity.load_or_create(self.state_dir)
+        self.name = config.name or f"{config.role.value}-{short_id(self.identity.node_id)}"
+        self._seqnos = SeqnoFile(self.state_dir / "announce.seqno")
+        self.announcement = self._sign_announcement()
+        self.book = AnnouncementBook()
+        self.drops = DropCounter(logger)
+        self.links = LinkManager(self.identity, lambda: self.announcement, self,
+                                 wall_clock=wall_clock)
+        self.neighbours = NeighbourTable(rng=random.Random())
+        self.pins = PinStore(self.state_dir / "pins.json")
+        self.control = ControlServer(self._socket_path(), self._handlers())
+        self.discovery: Discovery | None = None
+        self._peers: dict[NodeId, _PeerInfo] = {}
+        self._services: dict[int, PacketHandler] = {Service.PING: self._on_ping_packet}
+        self._ping_ids = itertools.count(1)
+        self._ping_waiters: dict[int, tuple[asyncio.Future[dict[str, Any]], float]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started_mono = 0.0
+        self.listening: list[tuple[str, int]] = []
+        self.ready = False
+
+    # ------------------------------------------------------------------ setup
+
+    def _socket_path(self) -> Path:
+        return self.state_dir / CONTROL_SOCKET
+
+    def _sign_announcement(self) -> Announcement:
+        return self.identity.announce(self._seqnos.next(), self._wall(), self.name, self.config.role)
+
+    def register_service(self, service: int, handler: PacketHandler) -> None:
+        """Deliver packets addressed to us with this service code to ``handler``."""
+        if service in self._services:
+            raise LocalProtocolError(f"service {service} registered twice")
+        self._services[service] = handler
+
+    def _listen_addresses(self) -> list[tuple[str, int]]:
+        if self.config.listen:
+            return [parse_hostport(hp, default_port=DEFAULT_PORT) for hp in self.config.listen]
+        if self.config.interface:
+            from meshd.discovery import interface_addresses
+
+            out = []
+            for ifname in self.config.interface:
+                for iface in interface_addresses(ifname):
+                    if iface.version == 4:
+                        out.append((str(iface.ip), DEFAULT_PORT))
+            return out
+        return [("127.0.0.1", DEFAULT_PORT)]
+
+    # ------------------------------------------------------------------- run
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down cleanly (goodbyes, links, socket)."""
+        self._loop = asyncio.get_running_loop()
+        self._started_mono = self._loop.time()
+        try:
+            for host, port in self._listen_addresses():
+                self.listening.append(await self.links.listen(host, port))
+            logger.info("node %s (%s) listening on %s", short_id(self.identity.node_id), self.name,
+                        ", ".join(f"{h}:{p}" for h, p in self.listening))
+            if self.config.interface:
+                self.discovery = Discovery(
+                    node_id=self.identity.node_id, name=self.name, role=self.config.role.value,
+                    port=self.listening[0][1], interfaces=list(self.config.interface),
+                    on_seen=self._on_peer_seen, on_gone=self._on_peer_gone)
+                await self.discovery.start()
+            else:
+                logger.warning("no --interface named: running on loopback only, zeroconf is off; "
+                               "name an interface (--interface wlan0) to join a mesh")
+            for spec in self.config.peer:
+                self._add_static_peer(spec)
+            await self.control.start()
+            self.ready = True
+            self._pump()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._refresh_announcement(stop))
+                await stop.wait()
+                self.ready = False
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for fut, _ in self._ping_waiters.values():
+            fut.cancel()
+        if self.discovery is not None:
+            with contextlib.suppress(Exception):
+                await self.discovery.close()
+        await self.links.close()
+        await self.control.close()
+        logger.info("node %s stopped", short_id(self.identity.node_id))
+
+    async def _refresh_announcement(self, stop: asyncio.Event) -> None:
+        """Re-sign well before the announcement would turn stale for others."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), ANNOUNCE_REFRESH_S)
+            if not stop.is_set():
+                self.announcement = self._sign_announcement()
+
+    def _add_static_peer(self, spec: str) -> None:
+        peer = parse_peer(spec)
+        expect = peer.node_id or self.pins.get(peer.host, peer.port)
+
+        def learned(node_id: NodeId, host: str = peer.host, port: int = peer.port) -> None:
+            if self.pins.get(host, port) is None:
+                self.pins.pin(host, port, node_id)
+
+        self.links.add_static_peer(peer.host, peer.port, expect, on_learned=learned)
+
+    def _on_peer_seen(self, seen: PeerSeen) -> None:
+        if seen.node_id == self.identity.node_id or seen.node_id in self._peers:
+            return
+        # Both ends discover each other; the smaller NodeId dials first and the
+        # link layer resolves a simultaneous dial deterministically.
+        delay = 0.0 if self.identity.node_id < seen.node_id else 1.5
+        assert self._loop is not None
+        self._loop.call_later(delay, self._dial_discovered, seen)
+
+    def _dial_discovered(self, seen: PeerSeen) -> None:
+        if seen.node_id in self._peers or not self.ready:
+            return
+        self.links.add_static_peer(seen.host, seen.port, seen.node_id)
+
+    def _on_peer_gone(self, node_id: NodeId) -> None:
+        logger.info("[%s] discovery: service gone", short_id(node_id))
+
+    # ------------------------------------------------------- LinkListener
+
+    def link_up(self, peer: NodeId, announcement: Announcement, remote: tuple[str, int],
+                initiator: bool) -> None:
+        try:
+            self.book.accept(announcement, self._wall(), expect=peer)
+        except RemoteProtocolError as exc:
+            self.drops.drop(exc.reason, short_id(peer), str(exc))
+        self._peers[peer] = _PeerInfo(announcement, remote, initiator, self._wall())
+        self.neighbours.link_up(peer, self._now())
+        logger.info("[%s] link up with %s at %s:%d", short_id(peer), announcement.name, *remote[:2])
+        self._pump()
+
+    def link_down(self, peer: NodeId, reason: str) -> None:
+        info = self._peers.pop(peer, None)
+        self.neighbours.link_down(peer, self._now())
+        if info is not None:
+            logger.info("[%s] link down: %s", short_id(peer), reason)
+        self._pump()
+
+    def datagram_received(self, peer: NodeId, data: bytes) -> None:
+        if not data:
+            self.drops.drop("empty", short_id(peer))
+            return
+        now = self._now()
+        channel, body = data[0], data[1:]
+        if channel == Channel.NEIGHBOUR:
+            self.neighbours.receive(peer, body, now)
+        elif channel == Channel.PACKET:
+            self._on_packet(peer, body, now)
+        else:
+            self.drops.drop("channel", short_id(peer), f"unknown channel {channel}")
+        self._pump()
+
+    # ---------------------------------------------------------------- pump
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else time.monotonic()
+
+    def _pump(self) -> None:
+        """Send what the cores want to send, handle their events, re-arm the timer."""
+        if self._loop is None:
+            return
+        now = self._now()
+        for peer, payload in self.neighbours.datagrams_to_send(now):
+            self._send_link(peer, Channel.NEIGHBOUR, payload)
+        while (event := self.neighbours.next_event()) is not None:
+            if isinstance(event, NeighbourUp):
+                self.control.publish("neighbour.up", self._neighbour_json(event.peer))
+            elif isinstance(event, NeighbourLost):
+                logger.info("[%s] neighbour lost: %s", short_id(event.peer), event.reason)
+                self.control.publish("neighbour.lost", {"node_id": event.peer.hex(),
+                                                        "reason": event.reason})
+                self.links.close_link(event.peer, f"neighbour lost: {event.reason}")
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        assert self._loop is not None
+        deadline = self.neighbours.get_timer()
+        if self._timer is not None:
+            if deadline is not None and abs(self._timer.when() - deadline) < 1e-4:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.neighbours.handle_timer(self._now())
+        self._pump()
+
+    def _send_link(self, peer: NodeId, channel: Channel, payload: bytes,
+                   deadline: float | None = None) -> bool:
+        return self.links.send_datagram(peer, bytes([channel]) + payload, deadline=deadline)
+
+    # ------------------------------------------------------------- packets
+
+    def next_hop(self, destination: NodeId) -> NodeId | None:
+        """The neighbour to send a packet for ``destination`` to, or None if unreachable."""
+        if destination in self._peers and destination in self.neighbours.usable():
+            return destination
+        return None
+
+    def send_packet(self, destination: NodeId, service: int, payload: bytes, *,
+                    flow_id: int = 0, deadline: float | None = None) -> bool:
+        """Send one end-to-end packet; False when there is no route or the link refused it."""
+        if len(payload) > MESH_MTU - 1 - 39:
+            raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the mesh MTU")
+        hop = self.next_hop(destination)
+        if hop is None:
+            return False
+        pkt = MeshPacket(self.identity.node_id, destination, DEFAULT_HOP_LIMIT, service, flow_id,
+                         payload)
+        return self._send_link(hop, Channel.PACKET, pkt.encode(), deadline)
+
+    def _on_packet(self, peer: NodeId, data: bytes, now: float) -> None:
+        try:
+            pkt = MeshPacket.decode(data, MESH_MTU)
+        except RemoteProtocolError as exc:
+            self.drops.drop(exc.reason, short_id(peer), str(exc))
+            return
+        if pkt.destination == self.identity.node_id:
+            handler = self._services.get(pkt.service)
+            if handler is None:
+                self.drops.drop("service", short_id(peer), f"no service {pkt.service}")
+                return
+            try:
+                handler(pkt, now)
+            except RemoteProtocolError as exc:
+                self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
+            return
+        if pkt.hop_limit <= 1:
+            self.drops.drop("hop_limit", short_id(peer))
+            return
+        hop = self.next_hop(pkt.destination)
+        if hop is None or hop == peer:
+            self.drops.drop("no_route", short_id(peer))
+            return
+        self._send_link(hop, Channel.PACKET, pkt.forwarded().encode())
+
+    # ---------------------------------------------------------------- ping
+
+    def _on_ping_packet(self, pkt: MeshPacket, now: float) -> None:
+        f = Fields(unpack(pkt.payload, MAX_PING_PAYLOAD))
+        kind = f.str("k", max_len=8)
+        ident = f.int("id", 0, 2**32)
+        if kind == "req":
+            hops = DEFAULT_HOP_LIMIT - pkt.hop_limit + 1
+            self.send_packet(pkt.source, Service.PING, pack({"k": "rep", "id": ident, "hops": hops}))
+        elif kind == "rep":
+            waiter = self._ping_waiters.pop(ident, None)
+            if waiter is None:
+                return
+            fut, sent_at = waiter
+            if not fut.done():
+                fut.set_result({"rtt_ms": round((now - sent_at) * 1000, 3),
+                                "hops": f.int("hops", 0, 255)})
+
+    async def ping(self, destination: NodeId, timeout: float) -> dict[str, Any]:
+        """One echo to ``destination``: ``{"rtt_ms", "hops"}``; raises ControlError on failure."""
+        assert self._loop is not None
+        ident = next(self._ping_ids) & 0xFFFFFFFF
+        fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._ping_waiters[ident] = (fut, self._now())
+        try:
+            if not self.send_packet(destination, Service.PING, pack({"k": "req", "id": ident})):
+                raise ControlError("unreachable", f"no route to {short_id(destination)}")
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ControlError("timeout", f"no reply from {short_id(destination)} in {timeout} s") from None
+        finally:
+            self._ping_waiters.pop(ident, None)
+
+    # ------------------------------------------------------------- control
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        return {
+            "status": self._h_status,
+            "neighbours": self._h_neighbours,
+            "ping": self._h_ping,
+        }
+
+    def known_nodes(self) -> list[tuple[str, str]]:
+        """(node id hex, display name) of every node we hold an announcement for."""
+        return [(a.node_id.hex(), a.name) for a in self.book]
+
+    def resolve(self, query: str) -> NodeId:
+        """NODE argument → NodeId (full id, unique prefix, unique name)."""
+        return bytes.fromhex(resolve_node(query, self.known_nodes()))
+
+    async def _h_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "node_id": self.identity.node_id.hex(),
+            "short_id": short_id(self.identity.node_id),
+            "name": self.name,
+            "role": self.config.role.value,
+            "version": __version__,
+            "ready": self.ready,
+            "uptime_s": round(self._now() - self._started_mono, 3),
+            "state_dir": str(self.state_dir),
+            "listen": [f"{h}:{p}" for h, p in self.listening],
+            "interfaces": list(self.config.interface),
+            "neighbours": len(self.neighbours.usable()),
+            "routes": len(self.neighbours.usable()),
+            "pid": os.getpid(),
+            "drops": dict(self.drops.counts),
+        }
+
+    def _neighbour_json(self, peer: NodeId) -> dict[str, Any]:
+        info = self._peers.get(peer)
+        stats = self.neighbours.stats(peer)
+        link = self.links.links().get(peer)
+        ann = info.announcement if info else self.book.get(peer)
+        return {
+            "node_id": peer.hex(),
+            "short_id": short_id(peer),
+            "name": ann.name if ann else "",
+            "role": ann.role.value if ann else "",
+            "address": f"{info.address[0]}:{info.address[1]}" if info else "",
+            "state": stats.state,
+            "rtt_ms": None if stats.rtt_ms is None else round(stats.rtt_ms, 3),
+            "loss": round(stats.loss, 4),
+            "tx_packets": link.tx_packets if link else 0,
+            "rx_packets": link.rx_packets if link else 0,
+            "tx_bytes": link.tx_bytes if link else 0,
+            "rx_bytes": link.rx_bytes if link else 0,
+            "up_since": info.up_since if info else None,
+            "initiator": info.initiator if info else None,
+        }
+
+    async def _h_neighbours(self, params: dict[str, Any]) -> dict[str, Any]:
+        peers = sorted(self.neighbours.peers())
+        return {"neighbours": [self._neighbour_json(p) for p in peers]}
+
+    async def _h_ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        query = params.get("node")
+        timeout = params.get("timeout", 2.0)
+        if not isinstance(query, str) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
+            raise ControlError("bad_request", "ping needs node (str) and 0 < timeout <= 60")
+        target = self.resolve(query)
+        result = await self.ping(target, float(timeout))
+        ann = self.book.get(target)
+        return {"node_id": target.hex(), "name": ann.name if ann else "", **result}
