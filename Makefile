@@ -1,0 +1,61 @@
+# carmesh — every target installs what it needs first (venv, Python packages, Debian packages as root).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# command:debian-package pairs the tests, demo and benchmarks use
+SYSDEPS := ip:iproute2 nft:nftables espeak-ng:espeak-ng sox:sox tmux:tmux pkill:procps
+PYTEST_ARGS ?=
+
+.PHONY: demo test run bench lint deps sysdeps clean help
+
+help:
+	@echo "make demo   a small mesh on this machine (namespaces as root, loopback otherwise)"
+	@echo "make test   the whole test suite (what CI runs)"
+	@echo "make run    one node on loopback in the foreground"
+	@echo "make bench  the benchmarks (results for docs/benchmarks.md)"
+	@echo "make lint   ruff and mypy --strict"
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory sysdeps
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+sysdeps:
+	@missing=""; \
+	for pair in $(SYSDEPS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	  else \
+	    echo "note: not root, so not installing:$$missing (namespace and audio tests will skip)"; \
+	  fi; \
+	fi
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+demo: $(STAMP)
+	$(BIN)/python -m meshd.demo
+
+run: $(STAMP)
+	$(BIN)/meshd --state-dir $${STATE_DIR:-/tmp/carmesh-run} --name $${NAME:-$$(hostname)-car} --log-level info
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check meshd voice sync library_replica tui tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
