@@ -1,0 +1,633 @@
+"""The daemon's control API: newline-delimited JSON over a Unix socket.
+
+Theory of operation
+-------------------
+``meshctl`` and the TUI are the only clients.  Each line a client sends is one
+UTF-8 JSON object, a request::
+
+    {"id": 1, "method": "status", "params": {...}}
+
+and each request gets exactly one response line with the same ``id``::
+
+    {"id": 1, "result": ...}
+    {"id": 1, "error": {"code": "not_found", "message": "...", "data": {...}}}
+
+Error codes are the stable tokens in ``ERROR_CODES``; scripts switch on them
+(``meshctl`` maps them to exit codes).  Requests on one connection run
+concurrently (a slow ``ping`` does not hold up ``status``), at most
+``MAX_IN_FLIGHT`` at a time; beyond that the server simply stops reading from
+that client.
+
+The built-in method ``subscribe`` (params ``{"events": ["neighbour.*", ...]}``,
+``fnmatch`` patterns) adds patterns to the connection's subscription; its
+response comes first, then the server pushes event lines on the same
+connection::
+
+    {"event": "neighbour.up", "data": {...}, "ts": 1764185000.123}
+
+``ts`` is wall-clock Unix time.  Every line a client is owed goes through one
+bounded queue per client drained by one writer task: a client that stops
+reading fills its queue and is disconnected; ``publish`` never waits and never
+raises into the daemon.
+
+Client input is untrusted: a line over ``MAX_LINE`` bytes gets an error and
+the connection is closed (the rest of the line cannot be resynchronised); bad
+UTF-8, bad JSON, a non-object, a bad ``id`` or ``params`` get a ``bad_request``
+response; an unknown method gets ``unknown_method``.  None of these reach a
+handler or the event loop.
+
+The socket is created with mode 0600 (set on the socket before ``bind``, so it
+never exists with a wider mode) and its path must stay under
+``MAX_SOCKET_PATH`` bytes (``sun_path`` holds 108 on Linux, less elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from meshd.errors import LocalProtocolError, MeshError
+
+__all__ = [
+    "ERROR_CODES",
+    "MAX_LINE",
+    "MAX_SOCKET_PATH",
+    "ControlClient",
+    "ControlError",
+    "ControlServer",
+    "Handler",
+    "NoDaemon",
+    "Subscription",
+    "check_socket_path",
+]
+
+log = logging.getLogger(__name__)
+
+#: longest request or response line in bytes, newline excluded
+MAX_LINE: Final = 1 << 20
+#: a socket path must be shorter than this many bytes
+MAX_SOCKET_PATH: Final = 100
+#: requests one connection may have running at once
+MAX_IN_FLIGHT: Final = 32
+#: lines queued for one client before it counts as slow and is dropped
+DEFAULT_QUEUE_SIZE: Final = 1024
+#: events a client holds unread before it gives up the connection
+CLIENT_EVENT_QUEUE: Final = 65536
+#: concurrent client connections; later ones are closed at once
+DEFAULT_MAX_CLIENTS: Final = 64
+#: longest method name and string id accepted
+_MAX_TOKEN: Final = 64
+#: patterns one connection may subscribe to
+_MAX_PATTERNS: Final = 64
+
+#: every error code a response may carry
+ERROR_CODES: Final = frozenset(
+    {"unreachable", "timeout", "bad_request", "not_found", "ambiguous", "failed", "unknown_method"}
+)
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+"""A control method: params in, a JSON-able result or raises ControlError."""
+
+
+class ControlError(MeshError):
+    """A control request failed; ``code`` is in ``ERROR_CODES``, ``data`` is JSON-able detail."""
+
+    def __init__(self, code: str, message: str, data: dict[str, Any] | None = None) -> None:
+        if code not in ERROR_CODES:
+            raise LocalProtocolError(f"unknown control error code {code!r}")
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.data: dict[str, Any] = data if data is not None else {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``error`` member of a response line."""
+        return {"code": self.code, "message": self.message, "data": self.data}
+
+
+class NoDaemon(MeshError):
+    """Nothing answers on the control socket (absent, refused, closed, or silent too long)."""
+
+
+def check_socket_path(path: Path) -> None:
+    """Raise ``LocalProtocolError`` unless ``path`` is under ``MAX_SOCKET_PATH`` bytes."""
+    n = len(os.fsencode(path))
+    if n >= MAX_SOCKET_PATH:
+        raise LocalProtocolError(
+            f"control socket path is {n} bytes, must be under {MAX_SOCKET_PATH}: {path} "
+            "(choose a shorter --state-dir or --socket)"
+        )
+
+
+def _dumps(obj: Any) -> bytes:
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (text + "\n").encode()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(line: bytes) -> Any:
+    """Parse one line; raise ValueError for anything that is not strict UTF-8 JSON."""
+    try:
+        text = line.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(type(exc).__name__) from None
+
+
+def _valid_id(v: Any) -> bool:
+    return (type(v) is int and -(2**53) <= v <= 2**53) or (type(v) is str and len(v) <= _MAX_TOKEN)
+
+
+class _Conn:
+    """One client connection on the server side: its queue, writer task and subscriptions."""
+
+    def __init__(self, server: ControlServer, num: int, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, queue_size: int) -> None:
+        self.server = server
+        self.num = num
+        self.reader = reader
+        self.writer = writer
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
+        self.patterns: list[str] = []
+        self.closed = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    def send(self, line: bytes) -> None:
+        """Queue one line without waiting; a full queue means a slow client, which is dropped."""
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(line)
+        except asyncio.QueueFull:
+            self.server.dropped_slow += 1
+            log.warning("[control #%d] client too slow (%d lines queued): disconnecting",
+                        self.num, self.queue.qsize())
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now, discarding whatever is still queued."""
+        if self.closed:
+            return
+        self.closed = True
+        self.writer.transport.abort()
+        # wake the writer task so it exits
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while True:
+                self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+    def finish(self) -> None:
+        """Close gracefully once everything queued so far is written."""
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            self.abort()
+
+    def wants(self, event: str) -> bool:
+        return any(fnmatch.fnmatchcase(event, p) for p in self.patterns)
+
+    async def write_loop(self) -> None:
+        while True:
+            line = await self.queue.get()
+            if self.closed:
+                return
+            try:
+                if line is None:
+                    # graceful: close() flushes the transport's buffer first
+                    self.closed = True
+                    self.writer.close()
+                    await self.writer.wait_closed()
+                    return
+                self.writer.write(line)
+                await self.writer.drain()
+            except (ConnectionError, OSError):
+                self.closed = True
+                self.writer.transport.abort()
+                return
+
+    async def read_loop(self) -> None:
+        while not self.closed:
+            try:
+                line = await self.reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError:
+                return  # EOF (a partial last line is ignored)
+            except asyncio.LimitOverrunError:
+                self.server.bad_requests += 1
+                self.send(_dumps({"id": None, "error": ControlError(
+                    "bad_request", f"request line over {MAX_LINE} bytes; closing").to_json()}))
+                return
+            except (ConnectionError, OSError):
+                return
+            await self.slots.acquire()
+            if self.closed:
+                return
+            self.dispatch(line)
+
+    def dispatch(self, line: bytes) -> None:
+        """Validate a request line; answer errors and ``subscribe`` now, run a handler as a task."""
+        req_id: Any = None
+        try:
+            req = _loads(line)
+            if not isinstance(req, dict):
+                raise ControlError("bad_request", "a request must be a JSON object")
+            req_id = req.get("id")
+            if not _valid_id(req_id):
+                req_id = None
+                raise ControlError("bad_request", "id must be an integer or a short string")
+            method = req.get("method")
+            if type(method) is not str or not 0 < len(method) <= _MAX_TOKEN:
+                raise ControlError("bad_request", "method must be a non-empty short string")
+            params = req.get("params")
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                raise ControlError("bad_request", "params must be a JSON object")
+            if method == "subscribe":
+                self.respond(req_id, self.subscribe(params))
+                return
+            handler = self.server.handlers.get(method)
+            if handler is None:
+                raise ControlError("unknown_method", f"no method {method!r}",
+                                   {"methods": self.server.methods()})
+        except ValueError as exc:
+            self.fail(req_id, ControlError("bad_request", f"not a JSON line ({exc})"))
+            return
+        except ControlError as exc:
+            self.fail(req_id, exc)
+            return
+        task = asyncio.create_task(self.run_handler(req_id, method, handler, params),
+                                   name=f"control-{self.num}-{method}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def fail(self, req_id: Any, exc: ControlError) -> None:
+        if exc.code == "bad_request":
+            self.server.bad_requests += 1
+            if not self.server.logged_bad:
+                self.server.logged_bad = True
+                log.warning("[control #%d] bad request: %s [further bad requests are counted]",
+                            self.num, exc.message)
+        self.slots.release()
+        self.send(_dumps({"id": req_id, "error": exc.to_json()}))
+
+    def respond(self, req_id: Any, result: Any) -> None:
+        self.slots.release()
+        try:
+            line = _dumps({"id": req_id, "result": result})
+        except (TypeError, ValueError) as exc:
+            log.error("[control #%d] result is not JSON: %s", self.num, exc)
+            line = _dumps({"id": req_id, "error": ControlError(
+                "failed", "internal error: result is not JSON").to_json()})
+        self.send(line)
+
+    def subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
+        events = params.get("events")
+        if (not isinstance(events, list) or not events
+                or not all(type(p) is str and 0 < len(p) <= 128 for p in events)):
+            raise ControlError("bad_request", "params.events must be a non-empty list of patterns")
+        for p in events:
+            if p not in self.patterns:
+                self.patterns.append(p)
+        if len(self.patterns) > _MAX_PATTERNS:
+            del self.patterns[_MAX_PATTERNS:]
+            raise ControlError("bad_request", f"at most {_MAX_PATTERNS} patterns")
+        return {"subscribed": list(self.patterns)}
+
+    async def run_handler(self, req_id: Any, method: str, handler: Handler,
+                          params: dict[str, Any]) -> None:
+        try:
+            result = await handler(params)
+        except ControlError as exc:
+            self.fail(req_id, exc)
+        except asyncio.CancelledError:
+            self.slots.release()
+            raise
+        except Exception as exc:  # the adapter's outer boundary: a handler bug must not kill us
+            log.exception("[control #%d] method %s failed", self.num, method)
+            self.fail(req_id, ControlError("failed", f"{type(exc).__name__}: {exc}"))
+        else:
+            self.respond(req_id, result)
+
+
+class ControlServer:
+    """Serves ``handlers`` (method name -> Handler) and the event stream on a Unix socket."""
+
+    def __init__(self, path: Path, handlers: Mapping[str, Handler], *,
+                 queue_size: int = DEFAULT_QUEUE_SIZE, max_clients: int = DEFAULT_MAX_CLIENTS,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        check_socket_path(path)
+        if "subscribe" in handlers:
+            raise LocalProtocolError("'subscribe' is built into the control server")
+        self.path = Path(path)
+        self.handlers = dict(handlers)
+        self._queue_size = queue_size
+        self._max_clients = max_clients
+        self._wall_clock = wall_clock
+        self._server: asyncio.Server | None = None
+        self._conns: dict[int, _Conn] = {}
+        self._conn_tasks: set[asyncio.Task[Any]] = set()
+        self._next = 0
+        self._bad_events: set[str] = set()
+        #: clients disconnected for not reading
+        self.dropped_slow = 0
+        #: malformed requests answered with bad_request
+        self.bad_requests = 0
+        self.logged_bad = False
+
+    def methods(self) -> list[str]:
+        """Every method name served, built-ins included, sorted."""
+        return sorted([*self.handlers, "subscribe"])
+
+    @property
+    def clients(self) -> int:
+        """Number of connected clients."""
+        return len(self._conns)
+
+    async def start(self) -> None:
+        """Bind the socket (mode 0600) and accept clients; refuse if another daemon answers."""
+        if self._server is not None:
+            raise LocalProtocolError("control server already started")
+        self._clear_stale()
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Linux applies the socket inode's mode at bind: the file is never wider than 0600.
+            os.fchmod(sock.fileno(), 0o600)
+            sock.bind(os.fspath(self.path))
+            os.chmod(self.path, 0o600)  # belt and braces for systems that ignore fchmod
+            self._server = await asyncio.start_unix_server(
+                self._accept, sock=sock, limit=MAX_LINE + 1)
+        except BaseException:
+            sock.close()
+            raise
+        log.info("control API listening on %s", self.path)
+
+    def _clear_stale(self) -> None:
+        try:
+            st = self.path.lstat()
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise LocalProtocolError(f"{self.path} exists and is not a socket; not removing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(os.fspath(self.path))
+        except OSError:
+            log.info("removing stale control socket %s", self.path)
+            self.path.unlink(missing_ok=True)
+        else:
+            raise LocalProtocolError(f"another daemon is answering on {self.path}")
+        finally:
+            probe.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._conns) >= self._max_clients:
+            log.warning("control: %d clients already connected; refusing one", len(self._conns))
+            writer.transport.abort()
+            return
+        self._next += 1
+        conn = _Conn(self, self._next, reader, writer, self._queue_size)
+        self._conns[conn.num] = conn
+        task = asyncio.current_task()
+        if task is not None:
+            self._conn_tasks.add(task)
+        log.debug("[control #%d] client connected", conn.num)
+        wtask = asyncio.create_task(conn.write_loop(), name=f"control-{conn.num}-writer")
+        try:
+            await conn.read_loop()
+            # EOF from the client: let running requests finish, then flush and close.
+            if conn.tasks:
+                await asyncio.wait(set(conn.tasks))
+            conn.finish()
+            await wtask
+        finally:
+            self._conns.pop(conn.num, None)
+            for t in list(conn.tasks):
+                t.cancel()
+            conn.abort()
+            if not wtask.done():
+                wtask.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await wtask
+            if task is not None:
+                self._conn_tasks.discard(task)
+            log.debug("[control #%d] client gone", conn.num)
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        """Queue ``event`` for each subscriber whose pattern matches; never blocks or raises."""
+        line: bytes | None = None
+        for conn in list(self._conns.values()):
+            if conn.closed or not conn.wants(event):
+                continue
+            if line is None:
+                try:
+                    line = _dumps({"event": event, "data": data, "ts": self._wall_clock()})
+                except (TypeError, ValueError) as exc:
+                    if event not in self._bad_events:
+                        self._bad_events.add(event)
+                        log.error("control: event %s has non-JSON data (%s); not published",
+                                  event, exc)
+                    return
+            conn.send(line)
+
+    async def close(self) -> None:
+        """Stop accepting, disconnect every client, cancel running requests, remove the socket."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        # Abort rather than cancel the per-connection tasks: asyncio's stream
+        # callback logs a cancelled client_connected_cb task as an error.
+        for conn in list(self._conns.values()):
+            for t in list(conn.tasks):
+                t.cancel()
+            conn.abort()
+        tasks = list(self._conn_tasks)
+        if tasks:
+            _done, stuck = await asyncio.wait(tasks, timeout=5.0)
+            for t in stuck:
+                t.cancel()
+        await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(self.path.lstat().st_mode):
+                self.path.unlink()
+        log.info("control API closed")
+
+
+class Subscription(AsyncIterator[tuple[str, dict[str, Any]]]):
+    """Async iterator of ``(event, data)`` pushed by the daemon; ``last_ts``: the last ``ts``."""
+
+    def __init__(self, client: ControlClient, patterns: list[str]) -> None:
+        self._client = client
+        self.patterns = patterns
+        self.last_ts: float | None = None
+
+    async def __anext__(self) -> tuple[str, dict[str, Any]]:
+        item = await self._client._events.get()
+        if item is None:
+            self._client._events.put_nowait(None)  # keep the end visible to other readers
+            raise NoDaemon(self._client._closed_reason)
+        name, data, ts = item
+        self.last_ts = ts
+        return name, data
+
+
+class ControlClient:
+    """A connection to the daemon's control socket: concurrent calls plus the event stream."""
+
+    def __init__(self, path: Path, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.path = path
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_id = 0
+        # one spare slot so the end-of-stream marker always fits
+        self._events: asyncio.Queue[tuple[str, dict[str, Any], float | None] | None] = (
+            asyncio.Queue(CLIENT_EVENT_QUEUE + 1))
+        self._closed_reason = ""
+        self._read_task = asyncio.create_task(self._read_loop(), name="control-client-reader")
+
+    @classmethod
+    async def connect(cls, path: Path, timeout: float = 2.0) -> ControlClient:  # noqa: ASYNC109
+        """Connect to ``path``; raise ``NoDaemon`` if nothing answers within ``timeout`` s."""
+        check_socket_path(path)
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_unix_connection(
+                    os.fspath(path), limit=MAX_LINE + 1)
+        except TimeoutError:
+            raise NoDaemon(f"no daemon answered on {path} within {timeout:g} s") from None
+        except FileNotFoundError:
+            raise NoDaemon(f"no daemon: {path} does not exist") from None
+        except ConnectionRefusedError:
+            raise NoDaemon(f"no daemon: connection to {path} refused (stale socket?)") from None
+        except OSError as exc:
+            raise NoDaemon(f"no daemon on {path}: {exc.strerror or exc}") from None
+        return cls(Path(path), reader, writer)
+
+    async def _read_loop(self) -> None:
+        reason = "connection closed by the daemon"
+        try:
+            while True:
+                try:
+                    line = await self._reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    break
+                except asyncio.LimitOverrunError:
+                    reason = "daemon sent an oversized line"
+                    break
+                try:
+                    msg = _loads(line)
+                except ValueError:
+                    log.warning("control client: daemon sent a line that is not JSON")
+                    continue
+                if not isinstance(msg, dict):
+                    continue
+                if "event" in msg:
+                    name, data, ts = msg.get("event"), msg.get("data"), msg.get("ts")
+                    if type(name) is str and isinstance(data, dict):
+                        if self._events.qsize() >= CLIENT_EVENT_QUEUE:
+                            reason = "events arrived faster than they were read; disconnected"
+                            break
+                        self._events.put_nowait(
+                            (name, data, float(ts) if isinstance(ts, int | float) else None))
+                    continue
+                msg_id = msg.get("id")
+                fut = self._pending.pop(msg_id, None) if type(msg_id) is int else None
+                if fut is None or fut.done():
+                    continue
+                err = msg.get("error")
+                if isinstance(err, dict):
+                    code = err.get("code")
+                    data = err.get("data")
+                    fut.set_exception(ControlError(
+                        code if code in ERROR_CODES else "failed",
+                        str(err.get("message", "")),
+                        data if isinstance(data, dict) else {}))
+                else:
+                    fut.set_result(msg.get("result"))
+        except (ConnectionError, OSError) as exc:
+            reason = f"connection to the daemon lost: {exc}"
+        finally:
+            self._writer.transport.abort()
+            self._closed_reason = self._closed_reason or reason
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(NoDaemon(self._closed_reason))
+            self._pending.clear()
+            self._events.put_nowait(None)
+
+    async def call(self, method: str, params: dict[str, Any] | None = None,
+                   timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """Return the result; raise ``ControlError``, or ``NoDaemon`` if unanswered in time."""
+        if self._read_task.done():
+            raise NoDaemon(self._closed_reason or "connection closed")
+        self._next_id += 1
+        req_id = self._next_id
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        try:
+            line = _dumps({"id": req_id, "method": method, "params": params or {}})
+        except (TypeError, ValueError) as exc:
+            self._pending.pop(req_id, None)
+            raise LocalProtocolError(f"params are not JSON: {exc}") from None
+        if len(line) > MAX_LINE:
+            self._pending.pop(req_id, None)
+            raise LocalProtocolError(f"request over {MAX_LINE} bytes")
+        try:
+            self._writer.write(line)
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self._pending.pop(req_id, None)
+            raise NoDaemon(f"connection to the daemon lost: {exc}") from None
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            raise NoDaemon(f"daemon did not answer {method} within {timeout:g} s") from None
+        finally:
+            self._pending.pop(req_id, None)
+
+    async def subscribe(self, patterns: list[str]) -> Subscription:
+        """Subscribe to event ``patterns`` (fnmatch); once acknowledged, iterate ``(event, data)``.
+
+        Events published after this returns are delivered; the iterator raises
+        ``NoDaemon`` when the connection ends (the daemon stopped, or dropped us
+        for reading too slowly).
+        """
+        result = await self.call("subscribe", {"events": list(patterns)})
+        subscribed = result.get("subscribed", patterns) if isinstance(result, dict) else patterns
+        return Subscription(self, list(subscribed))
+
+    async def close(self) -> None:
+        """Close the connection; pending calls raise ``NoDaemon``."""
+        self._closed_reason = self._closed_reason or "client closed"
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+        self._read_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._read_task
+
+    async def __aenter__(self) -> ControlClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,507 @@
+"""``meshctl``: talk to a running ``meshd`` through its control socket.
+
+Every subcommand is one entry in ``COMMANDS`` (see ``register``): a name, a
+help line, a function that adds its arguments to an argparse sub-parser, and an
+async ``run(client, args, out) -> exit code``.  Later commands register the same
+way, in this module or in their own.
+
+``--state-dir``, ``--socket`` and ``--json`` are accepted before or after the
+subcommand: each sub-parser repeats them with ``default=SUPPRESS``, so a value
+given after the subcommand wins and an absent one leaves the top-level value.
+
+Exit codes (the contract in docs/cli.md): 0 success; 1 the operation failed;
+2 usage (argparse errors, an ambiguous NODE, a request the daemon calls bad);
+3 no daemon answering on the socket; 4 target unreachable or timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from meshd.control import ControlClient, ControlError, NoDaemon
+from meshd.errors import LocalProtocolError
+
+__all__ = [
+    "COMMANDS",
+    "SOCKET_NAME",
+    "STATE_DIR_ENV",
+    "Command",
+    "ExitCode",
+    "Output",
+    "default_socket_path",
+    "default_state_dir",
+    "exit_code_for",
+    "main",
+    "register",
+]
+
+#: environment variable that overrides the default state directory (meshd and meshctl)
+STATE_DIR_ENV = "CARMESH_STATE_DIR"
+#: file name of the control socket inside the state directory
+SOCKET_NAME = "control.sock"
+#: how long meshctl waits for the socket to accept a connection, seconds
+CONNECT_TIMEOUT_S = 2.0
+#: how long a plain request may take before the daemon counts as not answering, seconds
+CALL_TIMEOUT_S = 10.0
+#: extra time the daemon gets beyond a ping's own timeout, seconds
+PING_GRACE_S = 5.0
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0  #: success
+    FAILED = 1  #: the operation failed
+    USAGE = 2  #: bad command line, ambiguous NODE, request refused as malformed
+    NO_DAEMON = 3  #: nothing answering on the control socket
+    UNREACHABLE = 4  #: the target is unreachable, unknown, or timed out
+
+
+_CODE_EXIT = {
+    "unreachable": ExitCode.UNREACHABLE,
+    "timeout": ExitCode.UNREACHABLE,
+    "not_found": ExitCode.UNREACHABLE,
+    "ambiguous": ExitCode.USAGE,
+    "bad_request": ExitCode.USAGE,
+    "failed": ExitCode.FAILED,
+    "unknown_method": ExitCode.FAILED,
+}
+
+
+def exit_code_for(err: ControlError) -> ExitCode:
+    """The meshctl exit code for a control error code."""
+    return _CODE_EXIT.get(err.code, ExitCode.FAILED)
+
+
+def default_state_dir() -> Path:
+    """``$CARMESH_STATE_DIR``, else ``$XDG_STATE_HOME/carmesh``, else ``~/.local/state/carmesh``."""
+    env = os.environ.get(STATE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    # the XDG spec says a relative value is invalid and must be ignored
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "carmesh"
+    return Path.home() / ".local" / "state" / "carmesh"
+
+
+def default_socket_path(state_dir: Path | None = None) -> Path:
+    """``<state_dir>/control.sock``; ``state_dir`` defaults to ``default_state_dir()``."""
+    return (state_dir if state_dir is not None else default_state_dir()) / SOCKET_NAME
+
+
+class Output:
+    """Where a command writes: human text or one JSON document on stdout, messages on stderr."""
+
+    def __init__(self, as_json: bool, stdout: TextIO | None = None,
+                 stderr: TextIO | None = None) -> None:
+        self.json = as_json
+        self._out = stdout
+        self._err = stderr
+
+    @property
+    def out(self) -> TextIO:
+        return self._out if self._out is not None else sys.stdout
+
+    @property
+    def err(self) -> TextIO:
+        return self._err if self._err is not None else sys.stderr
+
+    def line(self, text: str = "") -> None:
+        """A line of human output (suppressed under --json)."""
+        if not self.json:
+            print(text, file=self.out, flush=True)
+
+    def document(self, obj: Any) -> None:
+        """The one JSON document of a --json run."""
+        print(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False), file=self.out,
+              flush=True)
+
+    def error(self, text: str) -> None:
+        """A diagnostic on stderr, prefixed with the program name."""
+        print(f"meshctl: {text}", file=self.err, flush=True)
+
+    def control_error(self, err: ControlError) -> ExitCode:
+        """Report a control error (stderr; plus an ``{"error": ...}`` document under --json)."""
+        self.error(err.message if err.code not in ("not_found", "unreachable", "timeout")
+                   else f"{err.code.replace('_', ' ')}: {err.message}")
+        if err.code == "ambiguous":
+            for c in err.data.get("candidates", []):
+                if isinstance(c, dict):
+                    print(f"  {c.get('node_id', '')}  {c.get('name', '')}", file=self.err)
+        if self.json:
+            self.document({"error": err.to_json()})
+        return exit_code_for(err)
+
+
+Setup = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[ControlClient, argparse.Namespace, Output], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One meshctl subcommand: ``setup`` adds its arguments, ``run`` returns its exit code."""
+
+    name: str
+    help: str
+    setup: Setup
+    run: Run
+
+
+#: every subcommand, by name, in registration order
+COMMANDS: dict[str, Command] = {}
+
+
+def register(name: str, help: str, setup: Setup | None = None) -> Callable[[Run], Run]:
+    """Decorator: add ``run`` to ``COMMANDS`` as subcommand ``name``, arguments from ``setup``."""
+    def deco(run: Run) -> Run:
+        if name in COMMANDS:
+            raise LocalProtocolError(f"meshctl command {name!r} registered twice")
+        COMMANDS[name] = Command(name, help, setup or (lambda _p: None), run)
+        return run
+    return deco
+
+
+# ---------------------------------------------------------------------------- formatting
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*header).rstrip()] + [fmt.format(*row).rstrip() for row in rows]
+
+
+def _num(v: Any, digits: int = 1) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _pct(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "-"
+    return f"{100 * v:.0f}%"
+
+
+def _duration(seconds: Any) -> str:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _str(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v) or "-"
+    return str(v)
+
+
+# ---------------------------------------------------------------------------- status
+
+def _status_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", type=_nonneg_float, default=0.0, metavar="S",
+                   help="retry until the daemon is ready or S seconds have passed")
+
+
+@register("status", "show this node; exit 0 once the daemon is ready", _status_setup)
+async def _status(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    return _show_status(await client.call("status", timeout=CALL_TIMEOUT_S), out)
+
+
+def _show_status(st: Any, out: Output) -> int:
+    if not isinstance(st, dict):
+        out.error("daemon sent a malformed status")
+        return ExitCode.FAILED
+    ready = st.get("ready") is True
+    if out.json:
+        out.document(st)
+    else:
+        rows = [
+            ("node", f"{_str(st.get('node_id'))} ({_str(st.get('short_id'))})"),
+            ("name", _str(st.get("name"))),
+            ("role", _str(st.get("role"))),
+            ("version", _str(st.get("version"))),
+            ("ready", "yes" if ready else "no"),
+            ("uptime", _duration(st.get("uptime_s"))),
+            ("state dir", _str(st.get("state_dir"))),
+            ("listen", _str(st.get("listen"))),
+            ("interfaces", _str(st.get("interfaces"))),
+            ("neighbours", _str(st.get("neighbours"))),
+            ("routes", _str(st.get("routes"))),
+        ]
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            out.line(f"{k:<{width}}  {v}")
+    if not ready:
+        out.error("daemon is not ready yet")
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+async def _status_wait(args: argparse.Namespace, out: Output) -> int:
+    """``status --wait S``: poll, connecting afresh as needed, until ready or S seconds pass."""
+    deadline = time.monotonic() + args.wait
+    last: NoDaemon | ControlError | None = None
+    last_status: Any = None
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            connect_s = max(0.1, min(CONNECT_TIMEOUT_S, remaining))
+            async with await ControlClient.connect(args.socket_path, timeout=connect_s) as client:
+                last_status = await client.call(
+                    "status", timeout=max(0.1, min(CALL_TIMEOUT_S, remaining)))
+                last = None
+                if isinstance(last_status, dict) and last_status.get("ready") is True:
+                    break
+        except (NoDaemon, ControlError) as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    if isinstance(last, NoDaemon):
+        out.error(str(last))
+        return ExitCode.NO_DAEMON
+    if isinstance(last, ControlError):
+        return out.control_error(last)
+    return _show_status(last_status, out)
+
+
+# ---------------------------------------------------------------------------- neighbours
+
+@register("neighbours", "list neighbour links and their quality")
+async def _neighbours(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    res = await client.call("neighbours", timeout=CALL_TIMEOUT_S)
+    nbs = res.get("neighbours") if isinstance(res, dict) else None
+    if not isinstance(nbs, list):
+        out.error("daemon sent a malformed neighbour list")
+        return ExitCode.FAILED
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    if not nbs:
+        out.line("no neighbours")
+        return ExitCode.OK
+    now = time.time()
+    rows = []
+    for n in nbs:
+        if not isinstance(n, dict):
+            continue
+        up_since = n.get("up_since")
+        up = (_duration(now - up_since)
+              if isinstance(up_since, int | float) and not isinstance(up_since, bool) else "-")
+        rows.append((
+            _str(n.get("short_id") or str(n.get("node_id", ""))[:8]),
+            _str(n.get("name")),
+            _str(n.get("role")),
+            _str(n.get("address")),
+            _str(n.get("state")),
+            _num(n.get("rtt_ms")),
+            _pct(n.get("loss")),
+            f"{_num(n.get('tx_packets'))}/{_num(n.get('rx_packets'))}",
+            f"{_num(n.get('tx_bytes'))}/{_num(n.get('rx_bytes'))}",
+            up,
+            "out" if n.get("initiator") is True else "in" if n.get("initiator") is False else "-",
+        ))
+    header = ("NODE", "NAME", "ROLE", "ADDRESS", "STATE", "RTT_MS", "LOSS", "PKTS_TX/RX",
+              "BYTES_TX/RX", "UP", "DIR")
+    for text in _table(rows, header):
+        out.line(text)
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------------------- ping
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+def _float_in(text: str, lo: float, hi: float, lo_open: bool) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
+        raise argparse.ArgumentTypeError(
+            f"must be {'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    return _float_in(text, 0.0, 3600.0, True)
+
+
+def _nonneg_float(text: str) -> float:
+    return _float_in(text, 0.0, 86400.0, False)
+
+
+def _ping_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE", help="NodeId, unique id prefix or unique display name")
+    p.add_argument("-c", "--count", type=_positive_int, default=4, metavar="N",
+                   help="echo requests to send (default 4)")
+    p.add_argument("-W", "--timeout", type=_positive_float, default=2.0, metavar="S",
+                   help="seconds to wait for each reply (default 2)")
+    p.add_argument("-i", "--interval", type=_nonneg_float, default=1.0, metavar="S",
+                   help="seconds between the starts of two echoes (default 1)")
+
+
+@register("ping", "send echo requests to NODE over the mesh", _ping_setup)
+async def _ping(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    node_id: str | None = None
+    name: str | None = None
+    replies: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    sent = 0
+    interrupted = False
+    fatal: ControlError | None = None
+    try:
+        for seq in range(1, args.count + 1):
+            started = time.monotonic()
+            sent += 1
+            try:
+                r = await client.call("ping", {"node": args.node, "timeout": args.timeout},
+                                      timeout=args.timeout + PING_GRACE_S)
+            except ControlError as exc:
+                if isinstance(exc.data.get("node_id"), str):
+                    node_id = exc.data["node_id"]
+                    name = exc.data.get("name") if isinstance(exc.data.get("name"), str) else name
+                if exc.code not in ("unreachable", "timeout"):
+                    fatal = exc  # not_found, ambiguous, bad_request, failed: retrying cannot help
+                    break
+                errors.append({"seq": seq, "code": exc.code, "message": exc.message})
+                out.line(f"seq={seq}: {exc.code}: {exc.message}")
+            else:
+                if not isinstance(r, dict) or not isinstance(r.get("rtt_ms"), int | float):
+                    out.error("daemon sent a malformed ping reply")
+                    return ExitCode.FAILED
+                node_id = r.get("node_id") if isinstance(r.get("node_id"), str) else node_id
+                name = r.get("name") if isinstance(r.get("name"), str) else name
+                reply = {"seq": seq, "rtt_ms": float(r["rtt_ms"]), "hops": r.get("hops")}
+                replies.append(reply)
+                who = f"{name} ({node_id[:8]})" if name and node_id else node_id or args.node
+                out.line(f"reply from {who}: seq={seq} hops={_str(reply['hops'])} "
+                         f"time={reply['rtt_ms']:.2f} ms")
+            if seq < args.count:
+                await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+    except asyncio.CancelledError:
+        interrupted = True
+    if fatal is not None and not replies and not errors:
+        return out.control_error(fatal)
+    received = len(replies)
+    rtts = [r["rtt_ms"] for r in replies]
+    loss = (sent - received) / sent if sent else 1.0
+    rtt = ({"min": min(rtts), "avg": sum(rtts) / len(rtts), "max": max(rtts)} if rtts
+           else {"min": None, "avg": None, "max": None})
+    if out.json:
+        out.document({"node": args.node, "node_id": node_id, "name": name, "sent": sent,
+                      "received": received, "loss": loss, "rtt_ms": rtt, "replies": replies,
+                      "errors": errors})
+    else:
+        out.line(f"--- {name or node_id or args.node} ping statistics ---")
+        out.line(f"{sent} sent, {received} received, {100 * loss:.0f}% loss")
+        if rtts:
+            out.line(f"rtt min/avg/max = {rtt['min']:.2f}/{rtt['avg']:.2f}/{rtt['max']:.2f} ms")
+    if interrupted:
+        raise asyncio.CancelledError
+    if fatal is not None:
+        return out.control_error(fatal)
+    return ExitCode.OK if received else ExitCode.UNREACHABLE
+
+
+# ---------------------------------------------------------------------------- parsing and main
+
+def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help=f"node state directory (default ${STATE_DIR_ENV}, else "
+                        "$XDG_STATE_HOME/carmesh, else ~/.local/state/carmesh)",
+                   **({"default": None} | d))
+    p.add_argument("--socket", type=Path, metavar="PATH",
+                   help="control socket (default <state-dir>/control.sock)",
+                   **({"default": None} | d))
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout",
+                   **({"default": False} | d))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with one sub-parser per registered command."""
+    parser = argparse.ArgumentParser(
+        prog="meshctl", description="Talk to a running meshd through its control socket.",
+        epilog="exit codes: 0 success, 1 failed, 2 usage, 3 no daemon, 4 unreachable/timeout")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cmd in COMMANDS.values():
+        sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        _global_options(sp, suppress=True)
+        cmd.setup(sp)
+    return parser
+
+
+async def _run(args: argparse.Namespace, out: Output) -> int:
+    cmd = COMMANDS[args.command]
+    if args.command == "status" and args.wait > 0:
+        return await _status_wait(args, out)
+    try:
+        client = await ControlClient.connect(args.socket_path, timeout=CONNECT_TIMEOUT_S)
+    except NoDaemon as exc:
+        out.error(str(exc))
+        return ExitCode.NO_DAEMON
+    try:
+        return await cmd.run(client, args, out)
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run meshctl with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help exits 0, errors exit 2
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    out = Output(bool(args.json))
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        out.error("a command is required (see meshctl --help)")
+        return ExitCode.USAGE
+    state_dir = args.state_dir if args.state_dir is not None else default_state_dir()
+    args.socket_path = args.socket if args.socket is not None else default_socket_path(state_dir)
+    try:
+        return int(asyncio.run(_run(args, out)))
+    except NoDaemon as exc:
+        out.error(str(exc))
+        return ExitCode.NO_DAEMON
+    except ControlError as exc:
+        return out.control_error(exc)
+    except LocalProtocolError as exc:  # e.g. a socket path that is too long
+        out.error(str(exc))
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
