@@ -11,6 +11,7 @@ what the receive paths use to count what they refuse and log each reason once.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -102,7 +103,7 @@ class Fields:
         if type(v) not in (int, float):
             raise DecodeError("field", f"{key}: number")
         f = float(v)
-        if f != f or f in (float("inf"), float("-inf")):
+        if not math.isfinite(f):
             raise DecodeError("field", f"{key}: finite number")
         return f
 
