@@ -1,0 +1,565 @@
+"""Development network in Linux network namespaces (tests, ``make demo``, benchmarks).
+
+Theory of operation
+-------------------
+A ``DevNet`` owns a set of network namespaces, one per node, joined by veth
+pairs.  Everything it creates carries the prefix ``cm`` plus a short random run
+token (``cm3f2a-a`` is node ``a`` of run ``3f2a``), so parallel runs never
+collide and leftovers are recognisable.  A veth pair is created directly inside
+the two namespaces (``ip link add ... netns A type veth peer ... netns B``), so
+nothing ever appears in the host's own namespace, and its addresses
+(``10.77.<k>.0/24`` for the k-th link unless given) exist only inside the
+namespaces.  IP forwarding stays off in every namespace: a packet crosses more
+than one link only if the mesh forwards it.
+
+Interfaces are named after the neighbour they lead to (``to-b`` inside node
+``a``) and are up with MULTICAST on, which is all python-zeroconf needs to work
+inside a namespace (one instance per node).  Loss is an nftables rule on the
+ingress hook of the receiving interface (``numgen random mod 100 < N drop``);
+this kernel has no netem, so delay would need a userspace shim.
+
+Cleanup: ``close()`` (also run by the context managers, on exceptions too, by an
+``atexit`` hook, and on SIGTERM/SIGINT) kills every process started with
+``popen`` (by process group), then any other process still inside our
+namespaces, and deletes the namespaces, which removes their veths and nftables
+tables with them.  Each run leaves a marker file with its owner's pid and
+process start time; ``cleanup_stale`` removes namespaces whose owner is dead (a
+crashed run) and leaves live runs, and namespaces it did not make, alone.
+
+Every command runs with a timeout; a failing command raises ``DevNetError``
+with the command and its stderr.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import itertools
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from meshd.errors import LocalProtocolError
+
+__all__ = [
+    "PREFIX",
+    "DevNet",
+    "DevNetError",
+    "LinkInfo",
+    "NetNode",
+    "cleanup_stale",
+    "have_netns",
+    "list_namespaces",
+]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "cm"
+#: where each run records its owner (pid, start time) so crashed runs can be told from live ones
+MARKER_DIR = Path("/run/carmesh-devnet")
+CMD_TIMEOUT_S = 20.0
+KILL_GRACE_S = 3.0
+_NODE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,11}$")
+_TOKEN_RE = re.compile(r"^[a-z0-9]{2,8}$")
+_LINK_BASE = ipaddress.IPv4Network("10.77.0.0/16")
+
+
+class DevNetError(LocalProtocolError):
+    """A namespace command failed (not root, missing tool, name in use...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetNode:
+    """One node of the dev network: a namespace with ``lo`` up."""
+
+    name: str  # short name, e.g. "a"
+    netns: str  # namespace name, e.g. "cm3f2a-a"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """One veth link: the interface and address at each end (``a`` is the first node given)."""
+
+    a: NetNode
+    b: NetNode
+    if_a: str
+    if_b: str
+    addr_a: ipaddress.IPv4Interface
+    addr_b: ipaddress.IPv4Interface
+
+
+def _run(argv: Sequence[str], *, input_text: str | None = None,
+         check: bool = True, timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(list(argv), input=input_text, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        raise DevNetError(f"{argv[0]}: not installed ({exc})") from None
+    except subprocess.TimeoutExpired:
+        raise DevNetError(f"timed out after {timeout}s: {' '.join(argv)}") from None
+    if check and proc.returncode != 0:
+        raise DevNetError(f"failed ({proc.returncode}): {' '.join(argv)}: {proc.stderr.strip()}")
+    return proc
+
+
+def have_netns() -> str | None:
+    """None when namespaces can be created here, else the reason they cannot (for pytest skips)."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    for tool in ("ip", "nft"):
+        dirs = [*os.environ.get("PATH", "").split(":"), "/usr/sbin", "/sbin"]
+        if not any(Path(d, tool).exists() for d in dirs if d):
+            return f"needs the {tool!r} command"
+    return None
+
+
+def list_namespaces() -> list[str]:
+    """Names of all network namespaces (``ip netns list``)."""
+    out = _run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (stat field 22), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name is in parentheses and may contain spaces: split after the last ')'
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _kill_group_then_wait(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=KILL_GRACE_S)
+
+
+def _kill_pids_in(netns: str) -> None:
+    """Kill every process still inside ``netns`` (all of them belong to the run that made it)."""
+    out = _run(["ip", "netns", "pids", netns], check=False).stdout
+    pids = [int(p) for p in out.split() if p.isdigit()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + KILL_GRACE_S
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists()
+                    and not _is_zombie(p)]
+            if pids:
+                time.sleep(0.05)
+        if not pids:
+            return
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _delete_netns(netns: str) -> None:
+    _kill_pids_in(netns)
+    proc = _run(["ip", "netns", "del", netns], check=False)
+    if proc.returncode != 0 and netns in list_namespaces():
+        log.warning("devnet: could not delete namespace %s: %s", netns, proc.stderr.strip())
+
+
+# --- process-wide cleanup on exit and on SIGTERM/SIGINT ---------------------------------------
+
+_live: set[DevNet] = set()
+_live_lock = threading.RLock()
+_prev_handlers: dict[int, Any] = {}
+_atexit_registered = False
+
+
+def _close_all() -> None:
+    with _live_lock:
+        nets = list(_live)
+    for net in nets:
+        net.close()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _close_all()
+    prev = _prev_handlers.get(signum, signal.SIG_DFL)
+    _restore_handlers()
+    if callable(prev):
+        prev(signum, frame)
+    elif prev == signal.SIG_DFL:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _install_handlers() -> None:
+    global _atexit_registered  # noqa: PLW0603
+    if not _atexit_registered:
+        atexit.register(_close_all)
+        _atexit_registered = True
+    if threading.current_thread() is not threading.main_thread() or _prev_handlers:
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        prev = signal.getsignal(sig)
+        if prev is signal.SIG_IGN:
+            continue
+        _prev_handlers[sig] = prev
+        signal.signal(sig, _on_signal)
+
+
+def _restore_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, prev in list(_prev_handlers.items()):
+        if signal.getsignal(sig) is _on_signal:
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        del _prev_handlers[sig]
+
+
+# --- the dev network --------------------------------------------------------------------------
+
+
+class DevNet:
+    """A set of namespaces joined by veth pairs; deletes everything it created on close/exit."""
+
+    def __init__(self, token: str | None = None, *, prefix: str = PREFIX,
+                 install_signal_handlers: bool = True) -> None:
+        reason = have_netns()
+        if reason is not None:
+            raise DevNetError(f"devnet {reason}")
+        token = token if token is not None else secrets.token_hex(2)
+        if not _TOKEN_RE.match(token):
+            raise DevNetError(f"run token {token!r}: 2-8 lowercase letters or digits")
+        self.tag = f"{prefix}{token}"
+        self._nodes: dict[str, NetNode] = {}
+        self._namespaces: list[str] = []
+        self._links: dict[frozenset[str], LinkInfo] = {}
+        self._link_count = 0
+        self._procs: list[subprocess.Popen[Any]] = []
+        self._closed = False
+        self._lock = threading.RLock()
+        self._marker = MARKER_DIR / self.tag
+        self._write_marker()
+        with _live_lock:
+            _live.add(self)
+            if install_signal_handlers:
+                _install_handlers()
+            else:
+                global _atexit_registered  # noqa: PLW0603
+                if not _atexit_registered:
+                    atexit.register(_close_all)
+                    _atexit_registered = True
+
+    def _write_marker(self) -> None:
+        MARKER_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pid = os.getpid()
+        self._marker.write_text(json.dumps({"pid": pid, "start": _proc_start_time(pid)}))
+
+    # context managers (sync and async)
+    def __enter__(self) -> DevNet:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    async def __aenter__(self) -> DevNet:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        import asyncio  # only the async path needs it
+
+        await asyncio.to_thread(self.close)
+
+    # nodes and links
+    @property
+    def nodes(self) -> list[NetNode]:
+        """Nodes in creation order."""
+        return list(self._nodes.values())
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Every namespace this run created (and has not deleted yet)."""
+        return list(self._namespaces)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DevNetError("devnet is closed")
+
+    def node(self, name: str) -> NetNode:
+        """The node called ``name``."""
+        return self._nodes[name]
+
+    def add_node(self, name: str) -> NetNode:
+        """Create a namespace for node ``name`` (1-12 of ``a-z0-9_``) with ``lo`` up."""
+        with self._lock:
+            self._check_open()
+            if not _NODE_NAME_RE.match(name):
+                raise DevNetError(f"node name {name!r}: 1-12 of a-z, 0-9, _ (starting a-z/0-9)")
+            if name in self._nodes:
+                raise DevNetError(f"node {name!r} exists")
+            node = NetNode(name=name, netns=f"{self.tag}-{name}")
+            # recorded first: close() deletes it even if it is half made
+            self._namespaces.append(node.netns)
+            _run(["ip", "netns", "add", node.netns])
+            _run(["ip", "-n", node.netns, "link", "set", "lo", "up"])
+            self._nodes[name] = node
+            log.debug("devnet: node %s (%s)", name, node.netns)
+            return node
+
+    def _next_subnet(self) -> ipaddress.IPv4Network:
+        subnets = _LINK_BASE.subnets(new_prefix=24)
+        for i, net in enumerate(subnets):
+            if i == self._link_count:
+                self._link_count += 1
+                return net
+        raise DevNetError("out of link subnets (256 links)")
+
+    def link(self, a: NetNode, b: NetNode, subnet: str | None = None) -> tuple[str, str]:
+        """Join ``a`` and ``b`` by a veth pair; returns (ifname in a, ifname in b).
+
+        ``subnet`` (e.g. ``"10.9.0.0/24"``) overrides the automatic ``10.77.<k>.0/24``; ``a``
+        gets its first host address and ``b`` the second.  The interfaces are named
+        ``to-<peer>`` and are up with MULTICAST on.
+        """
+        with self._lock:
+            self._check_open()
+            for n in (a, b):
+                if self._nodes.get(n.name) != n:
+                    raise DevNetError(f"{n.name!r} is not a node of this devnet")
+            if a == b:
+                raise DevNetError("cannot link a node to itself")
+            key = frozenset((a.name, b.name))
+            if key in self._links:
+                raise DevNetError(f"{a.name} and {b.name} are already linked")
+            net = ipaddress.IPv4Network(subnet) if subnet is not None else self._next_subnet()
+            hosts = net.hosts()
+            addr_a = ipaddress.IPv4Interface(f"{next(hosts)}/{net.prefixlen}")
+            addr_b = ipaddress.IPv4Interface(f"{next(hosts)}/{net.prefixlen}")
+            if_a, if_b = f"to-{b.name}", f"to-{a.name}"
+            _run(["ip", "link", "add", if_a, "netns", a.netns, "type", "veth",
+                  "peer", "name", if_b, "netns", b.netns])
+            for ns, ifn, addr in ((a.netns, if_a, addr_a), (b.netns, if_b, addr_b)):
+                _run(["ip", "-n", ns, "addr", "add", str(addr), "dev", ifn])
+                _run(["ip", "-n", ns, "link", "set", ifn, "up", "multicast", "on"])
+            info = LinkInfo(a=a, b=b, if_a=if_a, if_b=if_b, addr_a=addr_a, addr_b=addr_b)
+            self._links[key] = info
+            return if_a, if_b
+
+    def link_info(self, a: NetNode, b: NetNode) -> LinkInfo:
+        """The link between ``a`` and ``b`` (``LinkInfo.a`` is the node given first to ``link``)."""
+        try:
+            return self._links[frozenset((a.name, b.name))]
+        except KeyError:
+            raise DevNetError(f"{a.name} and {b.name} are not linked") from None
+
+    def _end(self, node: NetNode, other: NetNode) -> tuple[str, ipaddress.IPv4Interface]:
+        info = self.link_info(node, other)
+        return (info.if_a, info.addr_a) if info.a == node else (info.if_b, info.addr_b)
+
+    def ifname(self, node: NetNode, towards: NetNode) -> str:
+        """The interface in ``node`` that leads to ``towards``."""
+        return self._end(node, towards)[0]
+
+    def address(self, node: NetNode, towards: NetNode) -> str:
+        """``node``'s IP address on its link to ``towards``."""
+        return str(self._end(node, towards)[1].ip)
+
+    def interfaces(self, node: NetNode) -> list[str]:
+        """All link interfaces of ``node`` (not ``lo``), in link order."""
+        out = []
+        for info in self._links.values():
+            if info.a == node:
+                out.append(info.if_a)
+            elif info.b == node:
+                out.append(info.if_b)
+        return out
+
+    def neighbours(self, node: NetNode) -> list[NetNode]:
+        """Nodes linked to ``node``, in link order."""
+        out = []
+        for info in self._links.values():
+            if info.a == node:
+                out.append(info.b)
+            elif info.b == node:
+                out.append(info.a)
+        return out
+
+    def unlink(self, a: NetNode, b: NetNode) -> None:
+        """Delete the veth pair between ``a`` and ``b``."""
+        with self._lock:
+            self._check_open()
+            info = self.link_info(a, b)
+            _run(["ip", "-n", info.a.netns, "link", "del", info.if_a])
+            del self._links[frozenset((a.name, b.name))]
+
+    def set_link_up(self, a: NetNode, b: NetNode, up: bool) -> None:
+        """Take both ends of the a–b link down (``up=False``) or bring them back up."""
+        info = self.link_info(a, b)
+        state = "up" if up else "down"
+        for ns, ifn in ((info.a.netns, info.if_a), (info.b.netns, info.if_b)):
+            _run(["ip", "-n", ns, "link", "set", ifn, state])
+
+    def set_ingress_loss(self, node: NetNode, ifname: str, percent: int) -> None:
+        """Drop ``percent`` % of what arrives on ``node``'s ``ifname`` (0 removes the rule)."""
+        if type(percent) is not int or not 0 <= percent <= 100:
+            raise DevNetError(f"loss percent {percent!r}: an int in 0..100")
+        chain = "in_" + ifname.replace("-", "_")
+        script = (
+            "add table netdev cmloss\n"
+            f"add chain netdev cmloss {chain} "
+            f"{{ type filter hook ingress device \"{ifname}\" priority 0; policy accept; }}\n"
+            f"flush chain netdev cmloss {chain}\n"
+        )
+        if percent == 100:  # numgen's range is 0..99: "< 100" does not parse
+            script += f"add rule netdev cmloss {chain} counter drop\n"
+        elif percent > 0:
+            script += (f"add rule netdev cmloss {chain} "
+                       f"numgen random mod 100 < {percent} counter drop\n")
+        self._check_open()
+        _run(["ip", "netns", "exec", node.netns, "nft", "-f", "-"], input_text=script)
+
+    def set_loss(self, a: NetNode, b: NetNode, percent: int) -> None:
+        """Drop ``percent`` % of packets each way on the a–b link (nftables, on ingress)."""
+        info = self.link_info(a, b)
+        self.set_ingress_loss(info.a, info.if_a, percent)
+        self.set_ingress_loss(info.b, info.if_b, percent)
+
+    def dropped(self, node: NetNode, ifname: str) -> int:
+        """Packets the loss rule on ``node``'s ``ifname`` has dropped so far (0 without a rule)."""
+        chain = "in_" + ifname.replace("-", "_")
+        proc = _run(["ip", "netns", "exec", node.netns, "nft", "list", "chain", "netdev",
+                     "cmloss", chain], check=False)
+        m = re.search(r"counter packets (\d+)", proc.stdout)
+        return int(m.group(1)) if m else 0
+
+    # processes
+    def popen(self, node: NetNode, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside ``node``'s namespace; it is killed (with its group) on close."""
+        with self._lock:
+            self._check_open()
+            kw.setdefault("start_new_session", True)
+            proc: subprocess.Popen[Any] = subprocess.Popen(
+                ["ip", "netns", "exec", node.netns, *argv], **kw)
+            self._procs.append(proc)
+            return proc
+
+    def run(self, node: NetNode, argv: Sequence[str], *, timeout: float = CMD_TIMEOUT_S,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside ``node``'s namespace to completion; output captured as text."""
+        self._check_open()
+        return _run(["ip", "netns", "exec", node.netns, *argv], timeout=timeout, check=check)
+
+    # topologies
+    def line(self, n: int, names: Sequence[str] | None = None) -> list[NetNode]:
+        """``n`` nodes (``a``, ``b``, ... unless named) linked in a chain."""
+        if names is None:
+            if n > 26:
+                raise DevNetError("give names for more than 26 nodes")
+            names = [chr(ord("a") + i) for i in range(n)]
+        if len(names) != n or n < 1:
+            raise DevNetError("line needs n >= 1 names")
+        nodes = [self.add_node(name) for name in names]
+        for x, y in itertools.pairwise(nodes):
+            self.link(x, y)
+        return nodes
+
+    def diamond(self, names: Sequence[str] = ("a", "b", "c", "d")) -> list[NetNode]:
+        """Four nodes: ``a`` linked to ``b`` and ``c``, both linked to ``d`` (two paths a→d)."""
+        a, b, c, d = (self.add_node(name) for name in names)
+        self.link(a, b)
+        self.link(a, c)
+        self.link(b, d)
+        self.link(c, d)
+        return [a, b, c, d]
+
+    # cleanup
+    def close(self) -> None:
+        """Kill our processes and delete every namespace we created (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            procs, self._procs = self._procs, []
+            for proc in procs:
+                _kill_group_then_wait(proc)
+            for ns in reversed(self._namespaces):
+                _delete_netns(ns)
+            self._namespaces.clear()
+            self._nodes.clear()
+            self._links.clear()
+            with contextlib.suppress(OSError):
+                self._marker.unlink()
+        with _live_lock:
+            _live.discard(self)
+            if not _live:
+                _restore_handlers()
+
+
+def _owner_state(tag: str) -> bool | None:
+    """True: the run's owner is alive; False: it died; None: no marker (not a DevNet run)."""
+    try:
+        doc = json.loads((MARKER_DIR / tag).read_text())
+        pid, start = int(doc["pid"]), str(doc["start"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # a marker we wrote but cannot read: its run is not alive
+    return _proc_start_time(pid) == start
+
+
+def cleanup_stale(prefix: str = PREFIX, *, include_unmarked: bool = False) -> list[str]:
+    """Delete namespaces left by crashed DevNet runs (owner dead); returns the names removed.
+
+    A namespace belongs to a run when it is named ``<prefix><token>-<node>`` and the run's
+    marker file exists.  Runs whose owner is alive are left alone, so parallel runs are
+    safe.  Namespaces with the prefix but no marker (made by hand, or by a run whose
+    markers were lost) are removed only with ``include_unmarked=True``.
+    """
+    pattern = re.compile(rf"^({re.escape(prefix)}[a-z0-9]{{2,8}})-[a-z0-9_]{{1,12}}$")
+    removed = []
+    states: dict[str, bool | None] = {}
+    for ns in list_namespaces():
+        m = pattern.match(ns)
+        if not m:
+            continue
+        tag = m.group(1)
+        if tag not in states:
+            states[tag] = _owner_state(tag)
+        state = states[tag]
+        if state is True or (state is None and not include_unmarked):
+            continue
+        _delete_netns(ns)
+        removed.append(ns)
+        log.warning("devnet: removed stale namespace %s", ns)
+    if MARKER_DIR.is_dir():
+        for marker in MARKER_DIR.iterdir():
+            if marker.name.startswith(prefix) and _owner_state(marker.name) is False:
+                with contextlib.suppress(OSError):
+                    marker.unlink()
+    return removed

@@ -1,0 +1,463 @@
+"""Neighbour discovery over multicast DNS (python-zeroconf).
+
+Theory of operation
+-------------------
+Each node runs one ``AsyncZeroconf`` bound only to the addresses of the
+interfaces its configuration names (a head unit also has a cellular modem and
+a vehicle network the mesh must stay off).  With no interface named, zeroconf
+is not started at all.  The node registers one service of type
+``_carmesh._udp.local.`` named ``<name>-<shortid>`` whose TXT record carries
+``id`` (full hex NodeId), ``role``, ``name``, ``v`` (protocol version) and
+``port``, with short record TTLs (``DEFAULT_TTL_S``) so that a car that drives
+away without a goodbye is forgotten quickly.
+
+A browser reports services appearing, changing and disappearing (a goodbye is
+a record with TTL 0, RFC 6762 §10.1; an expired record counts the same).  For
+each one we resolve the service, parse its TXT record ourselves from the raw
+bytes (size limit first, strict types after; malformed records are dropped,
+counted and logged once), ignore our own service, and pick the advertised
+address that shares a subnet with one of our interfaces: a node with several
+interfaces advertises all of its addresses, and only the one on our link is
+reachable without routing.
+
+Discovery is a hint, not a proof: the NodeId in a TXT record is only claimed.
+The link handshake (meshd.handshake) makes the peer prove it.
+
+The pure parts (``parse_txt``, ``pick_address``, ``PeerTable``) do no I/O and are
+unit tested; ``Discovery`` is the thin asyncio adapter around zeroconf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ifaddr
+from zeroconf import IPVersion, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from meshd import PROTOCOL_VERSION
+from meshd.codec import DropCounter
+from meshd.errors import DecodeError, LocalProtocolError
+from meshd.identity import MAX_NAME_LEN, NODE_ID_LEN, NodeId, Role, short_id
+
+__all__ = [
+    "DEFAULT_TTL_S",
+    "SERVICE_TYPE",
+    "Discovery",
+    "InterfaceError",
+    "PeerSeen",
+    "PeerTable",
+    "TxtRecord",
+    "encode_txt",
+    "instance_name",
+    "interface_addresses",
+    "parse_txt",
+    "pick_address",
+]
+
+log = logging.getLogger(__name__)
+
+SERVICE_TYPE = "_carmesh._udp.local."
+#: TTL of every record we publish; short so a vanished car expires quickly (RFC 6762 §10
+#: recommends 120 s / 75 min for fixed hosts, which is far too long for moving ones)
+DEFAULT_TTL_S = 20
+#: the whole TXT rdata; ours is about 100 bytes
+MAX_TXT_SIZE = 512
+#: resolutions in flight at once; more service events than this are dropped (a flood)
+MAX_PENDING_RESOLVES = 64
+RESOLVE_TIMEOUT_MS = 3000
+#: distinct service instances remembered at once
+MAX_PEERS = 1024
+_INSTANCE_MAX = 63  # one DNS label (RFC 6763 §4.1.1)
+
+IfAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class InterfaceError(LocalProtocolError):
+    """A configured interface does not exist or has no usable address."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSeen:
+    """A neighbour discovered on one of our links (its NodeId is claimed, not yet proven)."""
+
+    node_id: NodeId
+    name: str
+    role: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxtRecord:
+    """The decoded, type-checked contents of a carmesh TXT record."""
+
+    node_id: NodeId
+    name: str
+    role: str
+    version: int
+    port: int
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+
+def instance_name(name: str, node_id: NodeId) -> str:
+    """Service instance label ``<name>-<shortid>``: unique per node, one DNS label, no dots."""
+    suffix = "-" + short_id(node_id)
+    clean = re.sub(r"[^\w\- ]", "-", name, flags=re.UNICODE).strip() or "node"
+    while len((clean + suffix).encode()) > _INSTANCE_MAX:
+        clean = clean[:-1]
+    return clean + suffix
+
+
+def encode_txt(node_id: NodeId, name: str, role: str, port: int,
+               version: int = PROTOCOL_VERSION) -> dict[str, str]:
+    """The TXT properties we publish for our own service."""
+    return {"id": node_id.hex(), "role": role, "name": name[:MAX_NAME_LEN],
+            "v": str(version), "port": str(port)}
+
+
+def _txt_strings(rdata: bytes) -> list[bytes]:
+    """Split TXT rdata into its length-prefixed strings (RFC 1035 §3.3.14)."""
+    out: list[bytes] = []
+    i = 0
+    while i < len(rdata):
+        n = rdata[i]
+        if i + 1 + n > len(rdata):
+            raise DecodeError("txt", "truncated string")
+        out.append(rdata[i + 1:i + 1 + n])
+        i += 1 + n
+    return out
+
+
+def _small_int(props: dict[str, str], key: str, lo: int, hi: int) -> int:
+    text = props.get(key)
+    if text is None:
+        raise DecodeError("txt", f"missing {key}")
+    if not (text.isascii() and text.isdigit()) or len(text) > 6:
+        raise DecodeError("txt", f"{key} is not a number")
+    value = int(text)
+    if not lo <= value <= hi:
+        raise DecodeError("txt", f"{key} outside {lo}..{hi}")
+    return value
+
+
+def parse_txt(rdata: bytes) -> TxtRecord:
+    """Decode raw TXT rdata into a ``TxtRecord``; raises ``DecodeError`` on anything malformed.
+
+    Keys are case-insensitive and only the first occurrence counts (RFC 6763 §6.4).
+    """
+    if len(rdata) > MAX_TXT_SIZE:
+        raise DecodeError("oversize", f"TXT {len(rdata)} > {MAX_TXT_SIZE} bytes")
+    props: dict[str, str] = {}
+    for item in _txt_strings(rdata):
+        if not item:
+            continue
+        key_b, sep, value_b = item.partition(b"=")
+        try:
+            key = key_b.decode("ascii").lower()
+            value = value_b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DecodeError("txt", "not ASCII key / UTF-8 value") from None
+        if not key or not sep:
+            continue  # boolean attributes are not ours; ignore them
+        props.setdefault(key, value)
+    id_hex = props.get("id")
+    if id_hex is None:
+        raise DecodeError("txt", "missing id")
+    if len(id_hex) != 2 * NODE_ID_LEN or not re.fullmatch(r"[0-9a-fA-F]+", id_hex):
+        raise DecodeError("txt", "id is not a full hex NodeId")
+    role = props.get("role")
+    if role is None:
+        raise DecodeError("txt", "missing role")
+    if role not in {r.value for r in Role}:
+        raise DecodeError("txt", "unknown role")
+    name = props.get("name")
+    if name is None:
+        raise DecodeError("txt", "missing name")
+    if len(name) > MAX_NAME_LEN or not name.isprintable():
+        raise DecodeError("txt", "bad name")
+    return TxtRecord(node_id=bytes.fromhex(id_hex), name=name, role=role,
+                     version=_small_int(props, "v", 0, 255),
+                     port=_small_int(props, "port", 1, 65535))
+
+
+def _candidate(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    # a link-local IPv6 address "shares" fe80::/64 with every link and needs a
+    # scope to be usable: never pick one
+    if isinstance(addr, ipaddress.IPv6Address) and addr.is_link_local:
+        return None
+    return addr
+
+
+def pick_address(candidates: list[str], ours: list[IfAddress]) -> str | None:
+    """The first advertised address that lies in the subnet of one of our interface addresses."""
+    for text in candidates:
+        addr = _candidate(text)
+        if addr is None:
+            continue
+        for iface in ours:
+            if addr.version == iface.version and addr in iface.network and addr != iface.ip:
+                return str(addr)
+    return None
+
+
+class PeerTable:
+    """Service instances we currently see, and the events they imply (pure).
+
+    Several instances may claim one NodeId (a restart under a new name, or a
+    liar); the node counts as gone only when its last instance is.
+    """
+
+    def __init__(self, max_peers: int = MAX_PEERS) -> None:
+        self._by_instance: dict[str, PeerSeen] = {}
+        self._max = max_peers
+
+    def update(self, instance: str, peer: PeerSeen) -> bool:
+        """Record ``peer`` under ``instance``; True when it is new or changed (report it)."""
+        old = self._by_instance.get(instance)
+        if old == peer:
+            return False
+        if old is None and len(self._by_instance) >= self._max:
+            raise DecodeError("capacity", f"more than {self._max} services")
+        self._by_instance[instance] = peer
+        return True
+
+    def remove(self, instance: str) -> NodeId | None:
+        """Forget ``instance``; returns its NodeId when no other instance still claims it."""
+        old = self._by_instance.pop(instance, None)
+        if old is None:
+            return None
+        if any(p.node_id == old.node_id for p in self._by_instance.values()):
+            return None
+        return old.node_id
+
+    def peers(self) -> list[PeerSeen]:
+        """One entry per NodeId (the most recently updated instance wins), sorted by id."""
+        by_id: dict[NodeId, PeerSeen] = {}
+        for p in self._by_instance.values():
+            by_id[p.node_id] = p
+        return sorted(by_id.values(), key=lambda p: p.node_id)
+
+
+# --- interfaces -------------------------------------------------------------------------------
+
+
+def interface_addresses(ifname: str) -> list[IfAddress]:
+    """The addresses (with prefix length) of ``ifname``; ``InterfaceError`` if there is none."""
+    for adapter in ifaddr.get_adapters():
+        if adapter.name != ifname:
+            continue
+        out: list[IfAddress] = []
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                out.append(ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}"))
+            else:
+                out.append(ipaddress.IPv6Interface(f"{ip.ip[0]}/{ip.network_prefix}"))
+        return out
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        names = sorted(name for _, name in socket.if_nameindex())
+        raise InterfaceError(f"no network interface named {ifname!r} "
+                             f"(this host has: {', '.join(names)})") from None
+    return []
+
+
+# --- asyncio adapter --------------------------------------------------------------------------
+
+
+class Discovery:
+    """Advertises this node and reports carmesh neighbours seen on the configured interfaces."""
+
+    def __init__(self, *, node_id: NodeId, name: str, role: str, port: int, interfaces: list[str],
+                 on_seen: Callable[[PeerSeen], None], on_gone: Callable[[NodeId], None],
+                 ttl_s: int = DEFAULT_TTL_S) -> None:
+        if not 1 <= port <= 65535:
+            raise LocalProtocolError(f"port {port} outside 1..65535")
+        self._node_id = node_id
+        self._name = name
+        self._role = role
+        self._port = port
+        self._interfaces = list(interfaces)
+        self._on_seen = on_seen
+        self._on_gone = on_gone
+        self._ttl_s = ttl_s
+        self._table = PeerTable()
+        self.drops = DropCounter(log)
+        self._aiozc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._info: AsyncServiceInfo | None = None
+        self._ours: list[IfAddress] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._generation: dict[str, int] = {}
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        """True while zeroconf is running (False when no interface was configured)."""
+        return self._aiozc is not None
+
+    @property
+    def instance(self) -> str:
+        """Our own service instance label."""
+        return instance_name(self._name, self._node_id)
+
+    def peers(self) -> list[PeerSeen]:
+        """The neighbours seen now, one per NodeId."""
+        return self._table.peers()
+
+    async def start(self) -> None:
+        """Register our service and browse; ``InterfaceError`` for a missing or address-less one."""
+        if not self._interfaces:
+            log.info("discovery: no interface configured, zeroconf not started "
+                     "(name one with --interface IFNAME to find neighbours)")
+            return
+        ours: list[IfAddress] = []
+        for ifname in self._interfaces:
+            addrs = interface_addresses(ifname)
+            usable = [a for a in addrs
+                      if not (isinstance(a, ipaddress.IPv6Interface) and a.ip.is_link_local)]
+            if not usable:
+                raise InterfaceError(f"interface {ifname!r} has no usable IP address "
+                                     "(give it an IPv4 or global IPv6 address)")
+            ours.extend(usable)
+        self._ours = ours
+        v4 = [str(a.ip) for a in ours if a.version == 4]
+        v6 = [str(a.ip) for a in ours if a.version == 6]
+        # Bind to IPv4 where we have it; IPv6 only for interfaces that lack IPv4.
+        if v4:
+            bind: list[str] = v4
+            ip_version = IPVersion.V4Only
+            advertised = v4 + v6
+        else:
+            bind = v6
+            ip_version = IPVersion.V6Only
+            advertised = v6
+        self._aiozc = AsyncZeroconf(interfaces=bind, ip_version=ip_version)
+        try:
+            self._info = AsyncServiceInfo(
+                SERVICE_TYPE, f"{self.instance}.{SERVICE_TYPE}", port=self._port,
+                properties=encode_txt(self._node_id, self._name, self._role, self._port),
+                server=f"cm-{self._node_id.hex()}.local.",
+                host_ttl=self._ttl_s, other_ttl=self._ttl_s, parsed_addresses=advertised,
+            )
+            registered = await self._aiozc.async_register_service(
+                self._info, allow_name_change=True)
+            await registered
+            self._browser = AsyncServiceBrowser(self._aiozc.zeroconf, SERVICE_TYPE,
+                                                handlers=[self._on_service_state_change])
+        except BaseException:
+            await self._aiozc.async_close()
+            self._aiozc = None
+            raise
+        log.info("discovery: advertising %s on %s (%s), port %d", self.instance,
+                 ", ".join(self._interfaces), ", ".join(advertised), self._port)
+
+    async def close(self) -> None:
+        """Stop browsing, send goodbyes for our service and close zeroconf."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        aiozc, self._aiozc = self._aiozc, None
+        if aiozc is None:
+            return
+        if self._browser is not None:
+            await self._browser.async_cancel()
+            self._browser = None
+        try:
+            await aiozc.async_unregister_all_services()  # goodbyes (TTL 0), RFC 6762 §10.1
+        finally:
+            await aiozc.async_close()
+
+    # browser callbacks run inside the event loop
+    def _on_service_state_change(self, zeroconf: Zeroconf, service_type: str, name: str,
+                                 state_change: ServiceStateChange) -> None:
+        if self._closed:
+            return
+        gen = self._generation.get(name, 0) + 1
+        self._generation[name] = gen
+        if state_change is ServiceStateChange.Removed:
+            self._generation.pop(name, None)
+            self._forget(name)
+            return
+        if len(self._tasks) >= MAX_PENDING_RESOLVES:
+            self.drops.drop("flood", "", f"more than {MAX_PENDING_RESOLVES} resolutions pending")
+            return
+        task = asyncio.get_running_loop().create_task(self._resolve(zeroconf, name, gen))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, zeroconf: Zeroconf, name: str, gen: int) -> None:
+        try:
+            info = AsyncServiceInfo(SERVICE_TYPE, name)
+            if not await info.async_request(zeroconf, RESOLVE_TIMEOUT_MS):
+                log.debug("discovery: %s did not resolve", name)
+                return
+            if self._generation.get(name) != gen or self._closed:
+                return  # a newer event (or a goodbye) superseded this one
+            self._accept(name, info)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # adapter boundary: one bad service never stops discovery
+            log.exception("discovery: resolving %s failed", name)
+
+    def _accept(self, name: str, info: Any) -> None:
+        text = info.text
+        try:
+            if not isinstance(text, bytes):
+                raise DecodeError("txt", "missing TXT record")
+            txt = parse_txt(text)
+        except DecodeError as exc:
+            self.drops.drop(exc.reason, name, exc.detail)
+            return
+        if txt.node_id == self._node_id:
+            return  # our own service
+        if txt.version != PROTOCOL_VERSION:
+            self.drops.drop("version", name, f"protocol version {txt.version}")
+            return
+        addresses: list[str] = list(info.parsed_scoped_addresses())
+        host = pick_address(addresses, self._ours)
+        if host is None:
+            self.drops.drop("no-subnet", name, f"no address on our links among {addresses[:8]}")
+            return
+        peer = PeerSeen(node_id=txt.node_id, name=txt.name, role=txt.role, host=host,
+                        port=txt.port)
+        try:
+            changed = self._table.update(name, peer)
+        except DecodeError as exc:
+            self.drops.drop(exc.reason, name, exc.detail)
+            return
+        if changed:
+            log.info("discovery: seen %s (%s, %s) at %s", short_id(peer.node_id), peer.name,
+                     peer.role, f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}")
+            try:
+                self._on_seen(peer)
+            except Exception:
+                log.exception("discovery: on_seen callback failed")
+
+    def _forget(self, name: str) -> None:
+        gone = self._table.remove(name)
+        if gone is None:
+            return
+        log.info("discovery: %s gone", short_id(gone))
+        try:
+            self._on_gone(gone)
+        except Exception:
+            log.exception("discovery: on_gone callback failed")
