@@ -1,0 +1,1 @@
+"""sync: signed operations, range-based reconciliation between neighbours, the durable op store."""
