@@ -10,6 +10,7 @@ what the receive paths use to count what they refuse and log each reason once.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 from collections import Counter
@@ -82,23 +83,23 @@ class Fields:
             raise DecodeError("type", "expected a map")
         self._m: Mapping[str, Any] = obj
 
-    def _get(self, key: str, optional: bool) -> Any:
+    def _get(self, key: builtins.str, optional: builtins.bool) -> Any:
         if key not in self._m:
             if optional:
                 return None
             raise DecodeError("missing", key)
         return self._m[key]
 
-    def int(self, key: str, lo: int = 0, hi: int = 2**64 - 1) -> int:
+    def int(self, key: builtins.str, lo: builtins.int = 0, hi: builtins.int = 2**64 - 1) -> builtins.int:
         v = self._get(key, False)
         if type(v) is not int or not lo <= v <= hi:
             raise DecodeError("field", f"{key}: int in [{lo}, {hi}]")
         return v
 
-    def opt_int(self, key: str, lo: int = 0, hi: int = 2**64 - 1) -> int | None:
+    def opt_int(self, key: builtins.str, lo: builtins.int = 0, hi: builtins.int = 2**64 - 1) -> builtins.int | None:
         return None if self._m.get(key) is None else self.int(key, lo, hi)
 
-    def float(self, key: str) -> float:
+    def float(self, key: builtins.str) -> builtins.float:
         v = self._get(key, False)
         if type(v) not in (int, float):
             raise DecodeError("field", f"{key}: number")
@@ -107,13 +108,13 @@ class Fields:
             raise DecodeError("field", f"{key}: finite number")
         return f
 
-    def bool(self, key: str) -> bool:
+    def bool(self, key: builtins.str) -> builtins.bool:
         v = self._get(key, False)
         if type(v) is not bool:
             raise DecodeError("field", f"{key}: bool")
         return v
 
-    def bytes(self, key: str, *, size: int | None = None, max_len: int = 65536) -> bytes:
+    def bytes(self, key: builtins.str, *, size: builtins.int | None = None, max_len: builtins.int = 65536) -> builtins.bytes:
         v = self._get(key, False)
         if type(v) is not bytes:
             raise DecodeError("field", f"{key}: bytes")
@@ -123,28 +124,28 @@ class Fields:
             raise DecodeError("field", f"{key}: at most {max_len} bytes")
         return v
 
-    def opt_bytes(self, key: str, *, size: int | None = None, max_len: int = 65536) -> bytes | None:
+    def opt_bytes(self, key: builtins.str, *, size: builtins.int | None = None, max_len: builtins.int = 65536) -> builtins.bytes | None:
         return None if self._m.get(key) is None else self.bytes(key, size=size, max_len=max_len)
 
-    def str(self, key: str, *, max_len: int = 256) -> str:
+    def str(self, key: builtins.str, *, max_len: builtins.int = 256) -> builtins.str:
         v = self._get(key, False)
         if type(v) is not str or len(v) > max_len:
             raise DecodeError("field", f"{key}: str of at most {max_len}")
         return v
 
-    def opt_str(self, key: str, *, max_len: int = 256) -> str | None:
+    def opt_str(self, key: builtins.str, *, max_len: builtins.int = 256) -> builtins.str | None:
         return None if self._m.get(key) is None else self.str(key, max_len=max_len)
 
-    def list(self, key: str, *, max_len: int = 1024) -> list[Any]:
+    def list(self, key: builtins.str, *, max_len: builtins.int = 1024) -> builtins.list[Any]:
         v = self._get(key, False)
         if type(v) is not list or len(v) > max_len:
             raise DecodeError("field", f"{key}: list of at most {max_len}")
         return v
 
-    def map(self, key: str) -> Fields:
+    def map(self, key: builtins.str) -> Fields:
         return Fields(self._get(key, False))
 
-    def raw(self, key: str) -> Any:
+    def raw(self, key: builtins.str) -> Any:
         return self._get(key, False)
 
 

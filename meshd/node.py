@@ -39,6 +39,7 @@ from meshd.config import Config, parse_hostport
 from meshd.control import ControlError, ControlServer
 from meshd.discovery import Discovery, PeerSeen
 from meshd.errors import LocalProtocolError, RemoteProtocolError
+from meshd.fragment import Reassembler, split
 from meshd.identity import (
     ANNOUNCE_REFRESH_S,
     Announcement,
@@ -50,9 +51,10 @@ from meshd.identity import (
 )
 from meshd.links import MESH_MTU, LinkManager
 from meshd.meshctl import default_state_dir
+from meshd.messaging import Messenger, Undeliverable
 from meshd.names import resolve_node
 from meshd.neighbours import NeighbourLost, NeighbourTable, NeighbourUp
-from meshd.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service
+from meshd.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payload
 from meshd.pins import PinStore, parse_peer
 
 __all__ = ["Node", "PacketHandler"]
@@ -61,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 PacketHandler = Callable[[MeshPacket, float], None]
 MAX_PING_PAYLOAD = 256
+MAX_PAYLOAD = max_payload(MESH_MTU)
 CONTROL_SOCKET = "control.sock"
 
 
@@ -95,7 +98,12 @@ class Node:
         self.control = ControlServer(self._socket_path(), self._handlers())
         self.discovery: Discovery | None = None
         self._peers: dict[NodeId, _PeerInfo] = {}
-        self._services: dict[int, PacketHandler] = {Service.PING: self._on_ping_packet}
+        self._services: dict[int, PacketHandler] = {
+            Service.PING: self._on_ping_packet, Service.FRAG: self._on_fragment}
+        self._reassembler = Reassembler()
+        self._frag_ids = itertools.count(random.getrandbits(31))
+        self.messenger = Messenger(self, self.state_dir / "messages.jsonl", self.control.publish)
+        self.register_service(Service.MSG, self.messenger.on_packet)
         self._ping_ids = itertools.count(1)
         self._ping_waiters: dict[int, tuple[asyncio.Future[dict[str, Any]], float]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -291,21 +299,47 @@ class Node:
 
     def next_hop(self, destination: NodeId) -> NodeId | None:
         """The neighbour to send a packet for ``destination`` to, or None if unreachable."""
-        if destination in self._peers and destination in self.neighbours.usable():
+        if destination in self._peers and destination in self.neighbours.peers():
             return destination
         return None
 
     def send_packet(self, destination: NodeId, service: int, payload: bytes, *,
-                    flow_id: int = 0, deadline: float | None = None) -> bool:
+                    flow_id: int = 0, deadline: float | None = None,
+                    hop_limit: int = DEFAULT_HOP_LIMIT) -> bool:
         """Send one end-to-end packet; False when there is no route or the link refused it."""
-        if len(payload) > MESH_MTU - 1 - 39:
+        if len(payload) > MAX_PAYLOAD:
             raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the mesh MTU")
         hop = self.next_hop(destination)
         if hop is None:
             return False
-        pkt = MeshPacket(self.identity.node_id, destination, DEFAULT_HOP_LIMIT, service, flow_id,
-                         payload)
+        pkt = MeshPacket(self.identity.node_id, destination, hop_limit, service, flow_id, payload)
         return self._send_link(hop, Channel.PACKET, pkt.encode(), deadline)
+
+    def send_message(self, destination: NodeId, service: int, data: bytes) -> bool:
+        """Send an end-to-end message of any size up to the fragment limit (fragmenting as needed)."""
+        if len(data) <= MAX_PAYLOAD:
+            return self.send_packet(destination, service, data)
+        frags = split(service, next(self._frag_ids), data, MAX_PAYLOAD)
+        return all([self.send_packet(destination, Service.FRAG, f) for f in frags])
+
+    def _on_fragment(self, pkt: MeshPacket, now: float) -> None:
+        done = self._reassembler.add(pkt.source, pkt.payload, now)
+        if done is None:
+            return
+        service, data = done
+        handler = self._services.get(service)
+        if handler is None or service == Service.FRAG:
+            self.drops.drop("service", short_id(pkt.source), f"no service {service}")
+            return
+        handler(MeshPacket(pkt.source, pkt.destination, pkt.hop_limit, service, pkt.flow_id, data),
+                now)
+
+    def announcement_of(self, node_id: NodeId) -> Announcement | None:
+        """The newest verified announcement of ``node_id`` (its keys, name, role), if known."""
+        return self.book.get(node_id)
+
+    def wall_ms(self) -> int:
+        return int(self._wall() * 1000)
 
     def _on_packet(self, peer: NodeId, data: bytes, now: float) -> None:
         try:
@@ -372,6 +406,8 @@ class Node:
             "status": self._h_status,
             "neighbours": self._h_neighbours,
             "ping": self._h_ping,
+            "send": self._h_send,
+            "messages": self._h_messages,
         }
 
     def known_nodes(self) -> list[tuple[str, str]]:
@@ -394,8 +430,8 @@ class Node:
             "state_dir": str(self.state_dir),
             "listen": [f"{h}:{p}" for h, p in self.listening],
             "interfaces": list(self.config.interface),
-            "neighbours": len(self.neighbours.usable()),
-            "routes": len(self.neighbours.usable()),
+            "neighbours": len(self.neighbours.peers()),
+            "routes": len(self.neighbours.peers()),
             "pid": os.getpid(),
             "drops": dict(self.drops.counts),
         }
@@ -411,20 +447,21 @@ class Node:
             "name": ann.name if ann else "",
             "role": ann.role.value if ann else "",
             "address": f"{info.address[0]}:{info.address[1]}" if info else "",
-            "state": stats.state,
+            "state": stats.state.value,
             "rtt_ms": None if stats.rtt_ms is None else round(stats.rtt_ms, 3),
             "loss": round(stats.loss, 4),
-            "tx_packets": link.tx_packets if link else 0,
-            "rx_packets": link.rx_packets if link else 0,
-            "tx_bytes": link.tx_bytes if link else 0,
-            "rx_bytes": link.rx_bytes if link else 0,
+            "tx_packets": link.tx_datagrams if link else 0,
+            "rx_packets": link.rx_datagrams if link else 0,
+            "tx_bytes": (link.tx_datagram_bytes + link.tx_stream_bytes) if link else 0,
+            "rx_bytes": (link.rx_datagram_bytes + link.rx_stream_bytes) if link else 0,
+            "cost": stats.cost,
+            "etx": None if stats.etx == float("inf") else round(stats.etx, 3),
             "up_since": info.up_since if info else None,
             "initiator": info.initiator if info else None,
         }
 
     async def _h_neighbours(self, params: dict[str, Any]) -> dict[str, Any]:
-        peers = sorted(self.neighbours.peers())
-        return {"neighbours": [self._neighbour_json(p) for p in peers]}
+        return {"neighbours": [self._neighbour_json(p) for p in self.neighbours.links()]}
 
     async def _h_ping(self, params: dict[str, Any]) -> dict[str, Any]:
         query = params.get("node")
@@ -435,3 +472,21 @@ class Node:
         result = await self.ping(target, float(timeout))
         ann = self.book.get(target)
         return {"node_id": target.hex(), "name": ann.name if ann else "", **result}
+
+    async def _h_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        query, text = params.get("node"), params.get("text")
+        timeout = params.get("timeout", 10.0)
+        if not isinstance(query, str) or not isinstance(text, str) or not isinstance(timeout, int | float):
+            raise ControlError("bad_request", "send needs node (str) and text (str)")
+        target = self.resolve(query)
+        try:
+            res = await self.messenger.send(target, text, float(timeout))
+        except Undeliverable as exc:
+            raise ControlError("timeout" if exc.reason == "timeout" else "unreachable", str(exc)) from None
+        except LocalProtocolError as exc:
+            raise ControlError("bad_request", str(exc)) from None
+        return {"node_id": target.hex(), "message_id": res.message_id, "status": "delivered",
+                "attempts": res.attempts, "rtt_ms": res.rtt_ms}
+
+    async def _h_messages(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"messages": self.messenger.messages()}
