@@ -107,6 +107,7 @@ class Node:
         self._ping_ids = itertools.count(1)
         self._ping_waiters: dict[int, tuple[asyncio.Future[dict[str, Any]], float]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_mono = 0.0
         self.listening: list[tuple[str, int]] = []
@@ -145,7 +146,7 @@ class Node:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly (goodbyes, links, socket)."""
         self._loop = asyncio.get_running_loop()
-        self._started_mono = self._loop.time()
+        self._started_mono = self._now()
         try:
             for host, port in self._listen_addresses():
                 self.listening.append(await self.links.listen(host, port))
@@ -256,7 +257,9 @@ class Node:
     # ---------------------------------------------------------------- pump
 
     def _now(self) -> float:
-        return self._loop.time() if self._loop is not None else time.monotonic()
+        # time.monotonic, not loop.time(): uvloop's clock ticks in whole milliseconds,
+        # too coarse for RTTs on a fast link.
+        return time.monotonic()
 
     def _pump(self) -> None:
         """Send what the cores want to send, handle their events, re-arm the timer."""
@@ -278,16 +281,18 @@ class Node:
     def _arm_timer(self) -> None:
         assert self._loop is not None
         deadline = self.neighbours.get_timer()
+        if deadline is not None and deadline == self._timer_deadline:
+            return
         if self._timer is not None:
-            if deadline is not None and abs(self._timer.when() - deadline) < 1e-4:
-                return
             self._timer.cancel()
             self._timer = None
+        self._timer_deadline = deadline
         if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = self._loop.call_later(max(0.0, deadline - self._now()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_deadline = None
         self.neighbours.handle_timer(self._now())
         self._pump()
 
