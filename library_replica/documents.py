@@ -1,0 +1,668 @@
+"""Library documents materialised from signed ops.
+
+Theory of operation
+-------------------
+A document has a collection, a title, tags, a language and a body.  The body
+is a pycrdt (Yjs) ``Text`` so that concurrent edits merge; the other fields
+are last-writer-wins registers ordered by ``order_key`` (HLC, author, op id).
+Deleting and restoring set a last-writer-wins ``deleted`` register; reverting
+is an ordinary edit that restores an earlier version (``prepare_revert``) and
+names the op it reverts.  Every change is therefore a new signed op, and
+``history`` shows who changed what and when.
+
+Op kinds and bodies (MessagePack maps, short keys):
+
+==================  =========================================================
+``library.create``  ``c`` collection, ``t`` title, ``g`` tags, ``l`` language,
+                    ``u`` Yjs update of the initial body, ``sv`` state vector
+                    it was made from (empty)
+``library.edit``    ``sv`` the Yjs state vector the author edited from, ``u``
+                    the Yjs update (optional), any of ``c t g l``, ``r`` the op
+                    id this edit reverts (optional)
+``library.delete``  ``{}``
+``library.restore`` ``{}``
+==================  =========================================================
+
+pycrdt loses updates applied out of order, so each update is applied only when
+the document's state vector dominates the ``sv`` the author edited from (and
+after the document's create); otherwise the op waits in a pending list that is
+retried after every apply.  The update may contain items of its author's Yjs
+client only (``yjs_client_id``), and after applying it the document's state
+vector must have reached the update's end clock: if not (a lying ``sv``), the
+op is refused and the document rebuilt without it.
+
+Each node keeps a block list of authors whose changes it hides and does not
+relay: their ops are kept (so unblocking needs no re-sync) but not applied,
+and ops that build on their text wait with them.  Changing the block list
+rebuilds the documents from the kept ops.
+
+This module is a pure core: no I/O and no clock reads.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycrdt import Doc, Text
+
+from library_replica.ops import (
+    OpLike,
+    Refused,
+    body_fields,
+    encode_body,
+    order_key,
+)
+from library_replica.text import apply_edits, diff_edits, yjs_client_id
+from meshd.codec import DropCounter, Fields
+from meshd.errors import DecodeError, LocalProtocolError
+
+__all__ = [
+    "DEFAULT_COLLECTIONS",
+    "KIND_CREATE",
+    "KIND_DELETE",
+    "KIND_EDIT",
+    "KIND_RESTORE",
+    "Applied",
+    "DocumentView",
+    "HistoryEntry",
+    "Library",
+    "decode_state_vector",
+    "update_clock_ranges",
+]
+
+log = logging.getLogger(__name__)
+
+KIND_CREATE = "library.create"
+KIND_EDIT = "library.edit"
+KIND_DELETE = "library.delete"
+KIND_RESTORE = "library.restore"
+KINDS = frozenset({KIND_CREATE, KIND_EDIT, KIND_DELETE, KIND_RESTORE})
+
+DEFAULT_COLLECTIONS = ("work", "social", "history", "know-how")
+_COLLECTION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+MAX_TITLE = 200
+MAX_TAG = 40
+MAX_TAGS = 32
+MAX_LANG = 16
+MAX_BODY_CHARS = 200_000
+MAX_UPDATE = 240 * 1024
+MAX_SV = 64 * 1024
+#: ops waiting for their causal predecessors, over all documents
+MAX_PENDING = 100_000
+_ROOT = "body"
+
+
+class Applied(enum.Enum):
+    """What ``Library.apply`` did with an op."""
+
+    APPLIED = "applied"
+    PENDING = "pending"  # waits for ops it builds on
+    DUPLICATE = "duplicate"
+    HIDDEN = "hidden"  # its author is blocked here
+    REFUSED = "refused"  # malformed or inconsistent: counted and dropped
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One change to a document: who (author key), when (HLC), what (kind and changed parts)."""
+
+    op_id: bytes
+    author: bytes
+    hlc: int
+    kind: str
+    fields: tuple[str, ...]  # metadata fields set: collection, title, tags, lang
+    inserted: int  # characters inserted into the body
+    deleted: int  # characters deleted from the body
+    reverts: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentView:
+    """A read-only snapshot of a materialised document."""
+
+    doc_id: bytes
+    collection: str
+    title: str
+    body: str
+    tags: tuple[str, ...]
+    lang: str
+    deleted: bool
+    authors: frozenset[bytes]
+    created_hlc: int
+    updated_hlc: int
+
+
+def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise DecodeError("state_vector", "truncated varuint")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    """Decode a Yjs v1 state vector (varuint count, then client/clock pairs); strict."""
+    if len(data) > MAX_SV:
+        raise DecodeError("state_vector", "oversize")
+    count, pos = _read_varuint(data, 0)
+    if count > len(data):
+        raise DecodeError("state_vector", "count")
+    out: dict[int, int] = {}
+    for _ in range(count):
+        client, pos = _read_varuint(data, pos)
+        clock, pos = _read_varuint(data, pos)
+        out[client] = clock
+    if pos != len(data):
+        raise DecodeError("state_vector", "trailing bytes")
+    return out
+
+
+def _read_string(data: bytes, pos: int) -> tuple[str, int]:
+    n, pos = _read_varuint(data, pos)
+    if pos + n > len(data):
+        raise DecodeError("update", "truncated string")
+    try:
+        return data[pos : pos + n].decode("utf-8"), pos + n
+    except UnicodeDecodeError:
+        raise DecodeError("update", "string not UTF-8") from None
+
+
+# Yjs v1 struct info bits (yjs/src/utils/encoding.js, structs/Item.js)
+_BIT8_ORIGIN = 0x80
+_BIT7_RIGHT_ORIGIN = 0x40
+_BIT6_PARENT_SUB = 0x20
+_CONTENT_GC = 0
+_CONTENT_DELETED = 1
+_CONTENT_STRING = 4
+_CONTENT_SKIP = 10
+
+
+def update_clock_ranges(update: bytes) -> dict[int, tuple[int, int]]:
+    """The (first, end) Yjs clock of the structs per client in a v1 update; strict.
+
+    Only what a text body uses is accepted (strings, deleted content, GC and
+    skip structs); anything else is refused as ``DecodeError``.  String lengths
+    count UTF-16 code units, as Yjs clocks do.  The delete set is checked for
+    shape.  (pycrdt's ``get_state(update)`` cannot serve: it reports only
+    structs that integrate into an empty document.)
+    """
+    data = update
+    n_clients, pos = _read_varuint(data, 0)
+    if n_clients > len(data):
+        raise DecodeError("update", "client count")
+    out: dict[int, tuple[int, int]] = {}
+    for _ in range(n_clients):
+        n_structs, pos = _read_varuint(data, pos)
+        client, pos = _read_varuint(data, pos)
+        clock, pos = _read_varuint(data, pos)
+        if n_structs > len(data) or client in out:
+            raise DecodeError("update", "struct count")
+        start = clock
+        for _ in range(n_structs):
+            if pos >= len(data):
+                raise DecodeError("update", "truncated struct")
+            info = data[pos]
+            pos += 1
+            ref = info & 0x1F
+            if ref in (_CONTENT_GC, _CONTENT_SKIP):
+                length, pos = _read_varuint(data, pos)
+                clock += length
+                continue
+            if info & _BIT8_ORIGIN:
+                _, pos = _read_varuint(data, pos)
+                _, pos = _read_varuint(data, pos)
+            if info & _BIT7_RIGHT_ORIGIN:
+                _, pos = _read_varuint(data, pos)
+                _, pos = _read_varuint(data, pos)
+            if not info & (_BIT8_ORIGIN | _BIT7_RIGHT_ORIGIN):
+                has_key, pos = _read_varuint(data, pos)
+                if has_key == 1:
+                    _, pos = _read_string(data, pos)
+                else:
+                    _, pos = _read_varuint(data, pos)
+                    _, pos = _read_varuint(data, pos)
+                if info & _BIT6_PARENT_SUB:
+                    _, pos = _read_string(data, pos)
+            if ref == _CONTENT_STRING:
+                text, pos = _read_string(data, pos)
+                length = len(text.encode("utf-16-le")) // 2
+            elif ref == _CONTENT_DELETED:
+                length, pos = _read_varuint(data, pos)
+            else:
+                raise DecodeError("update", f"content type {ref} in a text body")
+            if length == 0:
+                raise DecodeError("update", "empty struct")
+            clock += length
+        out[client] = (start, clock)
+    n_ds, pos = _read_varuint(data, pos)
+    if n_ds > len(data):
+        raise DecodeError("update", "delete set count")
+    for _ in range(n_ds):
+        _, pos = _read_varuint(data, pos)
+        n_ranges, pos = _read_varuint(data, pos)
+        if n_ranges > len(data):
+            raise DecodeError("update", "delete range count")
+        for _ in range(n_ranges):
+            _, pos = _read_varuint(data, pos)
+            _, pos = _read_varuint(data, pos)
+    if pos != len(data):
+        raise DecodeError("update", "trailing bytes")
+    return out
+
+
+def _dominates(have: dict[int, int], need: dict[int, int]) -> bool:
+    return all(have.get(c, 0) >= k for c, k in need.items())
+
+
+@dataclass(slots=True)
+class _Register:
+    value: Any
+    key: tuple[int, bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A library op body checked for shape and types."""
+
+    kind: str
+    sv: dict[int, int]
+    update: bytes | None
+    update_end: int  # author's Yjs clock after the update (0 without one)
+    meta: dict[str, Any]
+    reverts: bytes | None
+
+
+def _present(f: Fields, key: str) -> bool:
+    try:
+        return f.raw(key) is not None
+    except DecodeError:
+        return False
+
+
+def _parse_tags(raw: list[Any]) -> tuple[str, ...]:
+    tags: list[str] = []
+    for t in raw:
+        if type(t) is not str or not 0 < len(t) <= MAX_TAG:
+            raise Refused("body", "tag")
+        tags.append(t)
+    return tuple(dict.fromkeys(tags))
+
+
+def _parse(op: OpLike) -> _Parsed:
+    if op.kind not in KINDS:
+        raise Refused("kind", op.kind)
+    f: Fields = body_fields(op)
+    try:
+        meta: dict[str, Any] = {}
+        if f.opt_str("c", max_len=32) is not None:
+            c = f.str("c", max_len=32)
+            if not _COLLECTION_RE.match(c):
+                raise Refused("body", "collection name")
+            meta["collection"] = c
+        if f.opt_str("t", max_len=MAX_TITLE) is not None:
+            meta["title"] = f.str("t", max_len=MAX_TITLE)
+        if _present(f, "g"):
+            meta["tags"] = _parse_tags(f.list("g", max_len=MAX_TAGS))
+        if f.opt_str("l", max_len=MAX_LANG) is not None:
+            meta["lang"] = f.str("l", max_len=MAX_LANG)
+        update = f.opt_bytes("u", max_len=MAX_UPDATE)
+        sv: dict[int, int] = {}
+        reverts: bytes | None = None
+        if op.kind in (KIND_CREATE, KIND_EDIT):
+            sv = decode_state_vector(f.bytes("sv", max_len=MAX_SV))
+            reverts = f.opt_bytes("r", size=32)
+        if op.kind == KIND_CREATE:
+            if {"collection", "title"} - meta.keys():
+                raise Refused("body", "create needs collection and title")
+            if sv:
+                raise Refused("body", "create starts from an empty document")
+    except DecodeError as exc:
+        raise Refused("body", str(exc)) from None
+    end = 0
+    if update is not None:
+        try:
+            ranges = update_clock_ranges(update)
+        except DecodeError as exc:
+            raise Refused("update", str(exc)) from None
+        cid = yjs_client_id(op.author)
+        if set(ranges) - {cid}:
+            raise Refused("update", "items of another author's Yjs client")
+        end = ranges[cid][1] if cid in ranges else 0
+    return _Parsed(op.kind, sv, update, end, meta, reverts)
+
+
+@dataclass(slots=True)
+class _DocState:
+    doc_id: bytes
+    ydoc: Doc[Any] = field(default_factory=Doc)
+    text_cache: str = ""
+    created: bool = False
+    created_hlc: int = 0
+    updated_hlc: int = 0
+    regs: dict[str, _Register] = field(default_factory=dict)
+    authors: set[bytes] = field(default_factory=set)
+    applied: list[OpLike] = field(default_factory=list)  # in apply order
+    history: list[HistoryEntry] = field(default_factory=list)
+
+    @property
+    def text(self) -> Text:
+        text: Text = self.ydoc.get(_ROOT, type=Text)
+        return text
+
+    def sv(self) -> dict[int, int]:
+        return decode_state_vector(self.ydoc.get_state())
+
+    def meta(self, name: str, default: Any) -> Any:
+        reg = self.regs.get(name)
+        return default if reg is None else reg.value
+
+
+def _integrate(st: _DocState, op: OpLike, parsed: _Parsed) -> tuple[str, str] | None:
+    """Apply one ready op to ``st``; return (reason, detail) if it must be refused instead."""
+    before = st.text_cache
+    inserted = deleted = 0
+    if parsed.update is not None:
+        try:
+            st.ydoc.apply_update(parsed.update)
+        except ValueError as exc:
+            return ("update", str(exc))
+        if st.sv().get(yjs_client_id(op.author), 0) < parsed.update_end:
+            # the update did not integrate: its sv lied about what it builds on
+            return ("sv_mismatch", "")
+        after = str(st.text)
+        if len(after) > MAX_BODY_CHARS:
+            return ("body_size", str(len(after)))
+        for e in diff_edits(before, after):
+            inserted += len(e.insert)
+            deleted += e.delete
+        st.text_cache = after
+    key = order_key(op)
+    for name, value in parsed.meta.items():
+        reg = st.regs.get(name)
+        if reg is None or key > reg.key:
+            st.regs[name] = _Register(value, key)
+    if parsed.kind in (KIND_DELETE, KIND_RESTORE):
+        reg = st.regs.get("deleted")
+        if reg is None or key > reg.key:
+            st.regs["deleted"] = _Register(parsed.kind == KIND_DELETE, key)
+    if parsed.kind == KIND_CREATE and (not st.created or op.hlc < st.created_hlc):
+        st.created_hlc = op.hlc
+    st.created = True
+    st.updated_hlc = max(st.updated_hlc, op.hlc)
+    st.authors.add(op.author)
+    st.applied.append(op)
+    st.history.append(HistoryEntry(op.op_id, op.author, op.hlc, op.kind,
+                                   tuple(sorted(parsed.meta)), inserted, deleted,
+                                   parsed.reverts))
+    return None
+
+
+class Library:
+    """Materialises library documents from ops applied in causal order per author.
+
+    Feed it every committed op of the ``library`` namespace with ``apply``;
+    read documents with ``get``/``documents``; build local changes with the
+    ``prepare_*`` methods, which return op bodies for sync to sign.
+    """
+
+    def __init__(self, blocked: Iterable[bytes] = ()) -> None:
+        self._docs: dict[bytes, _DocState] = {}
+        self._log: dict[bytes, list[OpLike]] = {}  # every accepted op per document, arrival order
+        self._seen: set[bytes] = set()
+        self._pending: dict[bytes, list[tuple[OpLike, _Parsed]]] = {}
+        self._pending_count = 0
+        self._refused: set[bytes] = set()
+        self._blocked: frozenset[bytes] = frozenset(blocked)
+        self._changed: set[bytes] = set()
+        self.drops = DropCounter(log)
+
+    # -- feeding ops ------------------------------------------------------
+
+    def authorize(self, op: OpLike, wall_now_ms: int) -> None:
+        """Authoriser for the ``library`` namespace: refuse (raise ``Refused``) malformed ops."""
+        del wall_now_ms  # library ops do not expire
+        _parse(op)
+
+    def apply(self, op: OpLike) -> Applied:
+        """Apply one committed op; malformed ones are counted, logged once and dropped."""
+        if op.op_id in self._seen:
+            return Applied.DUPLICATE
+        try:
+            parsed = _parse(op)
+        except Refused as exc:
+            self.drops.drop(exc.reason, op.author.hex()[:8], exc.detail)
+            return Applied.REFUSED
+        self._seen.add(op.op_id)
+        self._log.setdefault(op.doc_id, []).append(op)
+        return self._feed(op, parsed)
+
+    def _feed(self, op: OpLike, parsed: _Parsed) -> Applied:
+        if op.author in self._blocked:
+            return Applied.HIDDEN
+        st = self._docs.get(op.doc_id)
+        if st is None:
+            st = self._docs[op.doc_id] = _DocState(op.doc_id)
+        if not self._ready(st, parsed):
+            if self._pending_count >= MAX_PENDING:
+                self.drops.drop("pending_full", op.author.hex()[:8])
+                return Applied.REFUSED
+            self._pending.setdefault(op.doc_id, []).append((op, parsed))
+            self._pending_count += 1
+            return Applied.PENDING
+        result = self._apply_now(st, op, parsed)
+        if result is Applied.APPLIED:
+            self._drain(st)
+        return result
+
+    def _ready(self, st: _DocState, parsed: _Parsed) -> bool:
+        if parsed.kind != KIND_CREATE and not st.created:
+            return False
+        return not parsed.sv or _dominates(st.sv(), parsed.sv)
+
+    def _drain(self, st: _DocState) -> None:
+        waiting = self._pending.get(st.doc_id)
+        progress = True
+        while waiting and progress:
+            progress = False
+            for i, (op, parsed) in enumerate(waiting):
+                if self._ready(st, parsed):
+                    del waiting[i]
+                    self._pending_count -= 1
+                    self._apply_now(st, op, parsed)
+                    progress = True
+                    break
+        if not waiting:
+            self._pending.pop(st.doc_id, None)
+
+    def _apply_now(self, st: _DocState, op: OpLike, parsed: _Parsed) -> Applied:
+        problem = _integrate(st, op, parsed)
+        if problem is not None:
+            return self._refuse_and_rebuild(st, op, *problem)
+        self._changed.add(st.doc_id)
+        return Applied.APPLIED
+
+    def _refuse_and_rebuild(self, st: _DocState, op: OpLike, reason: str, detail: str) -> Applied:
+        self.drops.drop(reason, op.author.hex()[:8], detail)
+        self._refused.add(op.op_id)
+        self._rebuild_doc(st.doc_id)
+        return Applied.REFUSED
+
+    def _rebuild_doc(self, doc_id: bytes) -> None:
+        """Re-materialise one document from its kept ops (block list or refusal changed)."""
+        dropped = len(self._pending.pop(doc_id, []))
+        self._pending_count -= dropped
+        self._docs.pop(doc_id, None)
+        self._changed.add(doc_id)
+        for op in self._log.get(doc_id, []):
+            if op.op_id not in self._refused:
+                self._feed(op, _parse(op))
+
+    # -- block list --------------------------------------------------------
+
+    @property
+    def blocked(self) -> frozenset[bytes]:
+        """Authors whose changes this node hides and does not relay."""
+        return self._blocked
+
+    def set_blocked(self, authors: Iterable[bytes]) -> None:
+        """Replace the local block list and rebuild the affected documents."""
+        new = frozenset(authors)
+        changed = new ^ self._blocked
+        self._blocked = new
+        for doc_id, ops in list(self._log.items()):
+            if any(op.author in changed for op in ops):
+                self._rebuild_doc(doc_id)
+
+    def relayable(self, op: OpLike) -> bool:
+        """False for ops this node must not relay (blocked author or refused here)."""
+        return op.author not in self._blocked and op.op_id not in self._refused
+
+    # -- reading -------------------------------------------------------------
+
+    def _view(self, st: _DocState) -> DocumentView:
+        return DocumentView(
+            doc_id=st.doc_id,
+            collection=st.meta("collection", ""),
+            title=st.meta("title", ""),
+            body=st.text_cache,
+            tags=st.meta("tags", ()),
+            lang=st.meta("lang", ""),
+            deleted=bool(st.meta("deleted", False)),
+            authors=frozenset(st.authors),
+            created_hlc=st.created_hlc,
+            updated_hlc=st.updated_hlc,
+        )
+
+    def get(self, doc_id: bytes) -> DocumentView | None:
+        """The document, deleted ones included (check ``deleted``); None if never created here."""
+        st = self._docs.get(doc_id)
+        return self._view(st) if st is not None and st.created else None
+
+    def documents(self, include_deleted: bool = False) -> Iterator[DocumentView]:
+        """Every created document (not deleted ones unless asked)."""
+        for st in self._docs.values():
+            if st.created and (include_deleted or not st.meta("deleted", False)):
+                yield self._view(st)
+
+    def history(self, doc_id: bytes) -> list[HistoryEntry]:
+        """Applied changes of a document in the order they were applied here."""
+        st = self._docs.get(doc_id)
+        return list(st.history) if st is not None else []
+
+    def pending_count(self) -> int:
+        """Ops waiting for the ops they build on."""
+        return self._pending_count
+
+    def state_vector(self, doc_id: bytes) -> dict[int, int]:
+        """The Yjs state vector of a document's body (empty if unknown)."""
+        st = self._docs.get(doc_id)
+        return st.sv() if st is not None else {}
+
+    def drain_changed(self) -> set[bytes]:
+        """Ids of documents changed since the last call (for the search index)."""
+        out, self._changed = self._changed, set()
+        return out
+
+    # -- local changes -------------------------------------------------------
+
+    def _scratch(self, st: _DocState | None, author: bytes) -> tuple[Doc[Any], bytes]:
+        if st is not None:
+            for op, _ in self._pending.get(st.doc_id, []):
+                if op.author == author:
+                    raise LocalProtocolError("own earlier edit still waits; cannot edit yet")
+        scratch: Doc[Any] = Doc(client_id=yjs_client_id(author))
+        if st is not None:
+            scratch.apply_update(st.ydoc.get_update())
+        return scratch, scratch.get_state()
+
+    @staticmethod
+    def _meta_body(collection: str | None, title: str | None, tags: Iterable[str] | None,
+                   lang: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if collection is not None:
+            if not _COLLECTION_RE.match(collection):
+                raise LocalProtocolError(f"bad collection name {collection!r}")
+            body["c"] = collection
+        if title is not None:
+            if len(title) > MAX_TITLE:
+                raise LocalProtocolError("title too long")
+            body["t"] = title
+        if tags is not None:
+            tl = list(dict.fromkeys(tags))
+            if len(tl) > MAX_TAGS or any(not 0 < len(t) <= MAX_TAG for t in tl):
+                raise LocalProtocolError("bad tags")
+            body["g"] = tl
+        if lang is not None:
+            body["l"] = lang[:MAX_LANG]
+        return body
+
+    def prepare_create(self, author: bytes, *, collection: str, title: str, body: str,
+                       tags: Iterable[str] = (), lang: str = "") -> bytes:
+        """The body of a ``library.create`` op for a new document written by ``author``."""
+        if len(body) > MAX_BODY_CHARS:
+            raise LocalProtocolError("body too long")
+        scratch, sv0 = self._scratch(None, author)
+        if body:
+            with scratch.transaction():
+                apply_edits(scratch.get(_ROOT, type=Text), "", diff_edits("", body))
+        out = self._meta_body(collection, title, tags, lang)
+        out["sv"] = b"\x00"
+        out["u"] = scratch.get_update(sv0)
+        return encode_body(out)
+
+    def prepare_edit(self, doc_id: bytes, author: bytes, *, body: str | None = None,
+                     title: str | None = None, tags: Iterable[str] | None = None,
+                     lang: str | None = None, collection: str | None = None,
+                     reverts: bytes | None = None) -> bytes:
+        """The body of a ``library.edit`` op changing what is given (None = unchanged)."""
+        st = self._docs.get(doc_id)
+        if st is None or not st.created:
+            raise LocalProtocolError("no such document here")
+        out = self._meta_body(collection, title, tags, lang)
+        scratch, sv0 = self._scratch(st, author)
+        out["sv"] = sv0
+        if body is not None and body != st.text_cache:
+            if len(body) > MAX_BODY_CHARS:
+                raise LocalProtocolError("body too long")
+            with scratch.transaction():
+                apply_edits(scratch.get(_ROOT, type=Text), st.text_cache,
+                            diff_edits(st.text_cache, body))
+            out["u"] = scratch.get_update(sv0)
+        if reverts is not None:
+            out["r"] = reverts
+        return encode_body(out)
+
+    def version_before(self, doc_id: bytes, op_id: bytes) -> DocumentView:
+        """The document as it was just before ``op_id`` was applied here."""
+        st = self._docs.get(doc_id)
+        if st is None or all(op.op_id != op_id for op in st.applied):
+            raise LocalProtocolError("no such change in this document")
+        old = _DocState(doc_id)
+        for op in st.applied:
+            if op.op_id == op_id:
+                break
+            _integrate(old, op, _parse(op))
+        return self._view(old)
+
+    def prepare_revert(self, doc_id: bytes, author: bytes, op_id: bytes) -> bytes:
+        """The body of a ``library.edit`` op restoring the version from before ``op_id``."""
+        old = self.version_before(doc_id, op_id)
+        return self.prepare_edit(doc_id, author, body=old.body, title=old.title or None,
+                                 tags=old.tags, lang=old.lang or None,
+                                 collection=old.collection or None, reverts=op_id)
+
+    def prepare_delete(self) -> bytes:
+        """The body of a ``library.delete`` (or ``library.restore``) op."""
+        return encode_body({})
+
