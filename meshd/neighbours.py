@@ -1,0 +1,428 @@
+"""Neighbour state over authenticated links: hello / IHU, link cost, liveness.
+
+Theory of operation
+-------------------
+The link layer (QUIC, ``meshd.links``) has already proven the peer's NodeId;
+this core only measures the link.  Every ``hello_interval`` (jittered by
+0.8–1.0 × with the injected ``random.Random``) each end sends one small message on
+``Channel.NEIGHBOUR``.  Because a link is point-to-point, Babel's Hello and IHU
+(RFC 8966 §4.6.5, §4.6.6) travel in one message:
+
+* the *hello* part: a 16-bit seqno, the sender's 32-bit microsecond timestamp
+  and its hello interval;
+* the *IHU* part (present once we have heard the peer recently): our rxcost of
+  the peer's hellos, the peer's last timestamp echoed back and the time we held
+  it (the Babel RTT extension, draft-ietf-babel-rtt-extension: RTT = now -
+  echoed - hold, computed on the originator's own clock only, so no clock
+  synchronisation is needed).
+
+Link quality follows RFC 8966 Appendix A.2.2 (ETX): a 16-hello history of
+received seqnos gives ``beta`` (fraction received), ``rxcost = 256 / beta``; the
+peer's IHU gives ``txcost`` (its rxcost of our hellos); the link cost is
+``max(txcost, 256) * rxcost / 256`` plus an RTT penalty that grows linearly
+between ``RTT_MIN_MS`` and ``RTT_MAX_MS`` and is capped at ``RTT_MAX_PENALTY``.
+
+A neighbour is *up* (usable for routing) while we have had a hello from it and
+an IHU from it (it hears us) within ``dead_after`` seconds.  When a peer has
+been silent for 1.5 hello intervals we send it an extra hello flagged as a
+request; the peer answers at once (rate-limited).  On a lossy link that keeps
+a few lost hellos in a row from being taken for a dead link, while a link that
+is really gone is still declared lost ``dead_after`` after the last hello.
+
+The core does no I/O and never reads the clock: ``now`` is monotonic seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from dataclasses import dataclass
+
+from meshd.codec import DropCounter, Fields, pack, unpack
+from meshd.errors import DecodeError, LocalProtocolError
+from meshd.identity import NodeId, short_id
+
+__all__ = [
+    "COST_INFINITY",
+    "LinkCostChanged",
+    "NeighbourEvent",
+    "NeighbourLost",
+    "NeighbourState",
+    "NeighbourStats",
+    "NeighbourTable",
+    "NeighbourUp",
+    "decode_hello",
+    "link_cost",
+]
+
+logger = logging.getLogger(__name__)
+
+#: cost of an unusable link (Babel's 16-bit infinity)
+COST_INFINITY = 0xFFFF
+#: largest neighbour message we accept (a full one is about 40 bytes)
+MAX_HELLO_SIZE = 96
+HISTORY_LEN = 16
+_TS_MOD = 2**32  # timestamps are microseconds modulo 2^32 (Babel's RTT extension)
+RTT_MIN_MS = 25.0
+RTT_MAX_MS = 250.0
+RTT_MAX_PENALTY = 128
+#: smoothing of RTT samples (like TCP's SRTT)
+RTT_ALPHA = 0.125
+#: largest RTT sample we believe; anything larger is a stale echo
+RTT_SAMPLE_MAX_S = 10.0
+#: a cost change smaller than this fraction of the last reported cost is not reported
+COST_HYSTERESIS = 0.125
+
+
+class NeighbourState(enum.Enum):
+    PENDING = "pending"  #: link up, not yet heard both ways
+    UP = "up"  #: heard both ways within dead_after: usable for routing
+    LOST = "lost"  #: was up, silent for dead_after (link still there)
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourUp:
+    """The peer became usable for routing (heard both ways), at link cost ``cost``."""
+
+    peer: NodeId
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourLost:
+    """The peer is no longer usable for routing; ``reason`` is "timeout" or "link_down"."""
+
+    peer: NodeId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCostChanged:
+    """The cost of an up neighbour's link changed noticeably (hysteresis applied)."""
+
+    peer: NodeId
+    cost: int
+
+
+NeighbourEvent = NeighbourUp | NeighbourLost | LinkCostChanged
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourStats:
+    """A snapshot of one neighbour's link figures for the admin view and the router."""
+
+    peer: NodeId
+    state: NeighbourState
+    rtt_ms: float | None  #: smoothed round-trip time, None until measured
+    loss: float  #: fraction of the last (up to 16) hellos from the peer that were missed
+    hellos_sent: int
+    hellos_received: int
+    rxcost: int  #: our cost of receiving from the peer (256 = perfect)
+    txcost: int  #: the peer's rxcost of our hellos, from its IHU
+    etx: float  #: expected transmissions, txcost * rxcost / 256^2
+    cost: int  #: link cost used by routing (ETX * 256 + RTT penalty), COST_INFINITY if down
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A decoded neighbour message: hello plus optional IHU part."""
+
+    seqno: int
+    timestamp_us: int
+    interval_ms: int
+    request: bool
+    rxcost: int | None
+    echo_us: int | None
+    hold_us: int | None
+
+
+def decode_hello(data: bytes) -> Hello:
+    """Parse one neighbour message (without the channel byte); raises ``DecodeError``."""
+    obj = unpack(data, MAX_HELLO_SIZE, max_items=16)
+    f = Fields(obj)
+    if f.int("v", 0, 255) != 1:
+        raise DecodeError("version", "neighbour message version")
+    rq = obj.get("rq", False)
+    if type(rq) is not bool:
+        raise DecodeError("field", "rq: bool")
+    rx = f.opt_int("rx", 1, COST_INFINITY)
+    echo = f.opt_int("et", 0, _TS_MOD - 1)
+    hold = f.opt_int("hd", 0, _TS_MOD - 1)
+    if rx is not None and (echo is None) != (hold is None):
+        raise DecodeError("field", "et and hd go together")
+    return Hello(seqno=f.int("s", 0, 0xFFFF), timestamp_us=f.int("ts", 0, _TS_MOD - 1),
+                 interval_ms=f.int("iv", 10, 60_000), request=rq, rxcost=rx,
+                 echo_us=echo if rx is not None else None,
+                 hold_us=hold if rx is not None else None)
+
+
+def link_cost(rxcost: int, txcost: int, rtt_ms: float | None) -> int:
+    """Babel ETX link cost (RFC 8966 A.2.2) plus a capped RTT penalty, in [256, COST_INFINITY]."""
+    if rxcost >= COST_INFINITY or txcost >= COST_INFINITY:
+        return COST_INFINITY
+    cost = max(txcost, 256) * rxcost // 256
+    if rtt_ms is not None and rtt_ms > RTT_MIN_MS:
+        frac = min(1.0, (rtt_ms - RTT_MIN_MS) / (RTT_MAX_MS - RTT_MIN_MS))
+        cost += round(RTT_MAX_PENALTY * frac)
+    return min(cost, COST_INFINITY - 1)
+
+
+def _ts_us(now: float) -> int:
+    return round(now * 1_000_000) % _TS_MOD
+
+
+class _Neighbour:
+    __slots__ = (
+        "echo_rx_at",
+        "echo_ts",
+        "emitted_cost",
+        "hellos_received",
+        "hellos_sent",
+        "history",
+        "history_len",
+        "last_hello",
+        "last_ihu",
+        "last_reply",
+        "last_seqno",
+        "next_hello",
+        "next_probe",
+        "peer",
+        "peer_interval",
+        "rtt_ms",
+        "state",
+        "txcost",
+        "want_reply",
+    )
+
+    def __init__(self, peer: NodeId, next_hello: float) -> None:
+        self.peer = peer
+        self.state = NeighbourState.PENDING
+        self.next_hello = next_hello
+        self.next_probe: float | None = None
+        self.last_hello: float | None = None
+        self.last_ihu: float | None = None
+        self.last_seqno: int | None = None
+        self.history = 0
+        self.history_len = 0
+        self.hellos_sent = 0
+        self.hellos_received = 0
+        self.echo_ts: int | None = None  # the peer's last timestamp, to echo back
+        self.echo_rx_at = 0.0  # when we received it (for the hold time)
+        self.txcost = COST_INFINITY
+        self.rtt_ms: float | None = None
+        self.peer_interval = 0.5
+        self.emitted_cost = COST_INFINITY
+        self.want_reply = False
+        self.last_reply = float("-inf")
+
+
+class NeighbourTable:
+    """Pure hello/IHU core for all links of one node (see the module docstring)."""
+
+    def __init__(self, *, hello_interval: float = 0.5, dead_after: float = 2.0,
+                 rng: random.Random) -> None:
+        if not 0.0 < hello_interval < dead_after:
+            raise LocalProtocolError("need 0 < hello_interval < dead_after")
+        self.hello_interval = hello_interval
+        self.dead_after = dead_after
+        self._rng = rng
+        self._nbrs: dict[NodeId, _Neighbour] = {}
+        self._events: list[NeighbourEvent] = []
+        self._seqno = rng.randrange(0x10000)
+        self.drops = DropCounter(logger)
+
+    # -- link layer inputs -------------------------------------------------
+
+    def link_up(self, peer: NodeId, now: float) -> None:
+        """An authenticated link to ``peer`` exists: start sending it hellos at once."""
+        if peer not in self._nbrs:
+            self._nbrs[peer] = _Neighbour(peer, now)
+
+    def link_down(self, peer: NodeId, now: float) -> None:
+        """The link to ``peer`` is gone; emits ``NeighbourLost(peer, "link_down")`` if it was up."""
+        n = self._nbrs.pop(peer, None)
+        if n is not None and n.state is NeighbourState.UP:
+            self._events.append(NeighbourLost(peer, "link_down"))
+
+    def receive(self, peer: NodeId, data: bytes, now: float) -> None:
+        """Feed one neighbour datagram (no channel byte); malformed input is counted and dropped."""
+        n = self._nbrs.get(peer)
+        if n is None:
+            self.drops.drop("no-link", short_id(peer) if len(peer) else "?")
+            return
+        try:
+            h = decode_hello(data)
+        except DecodeError as exc:
+            self.drops.drop(exc.reason, short_id(peer), exc.detail)
+            return
+        self._on_hello(n, h, now)
+        self._update_state(n, now)
+
+    # -- outputs -------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[NodeId, bytes]]:
+        """Hellos due by ``now``, as (peer, payload without the channel byte), in peer order."""
+        out: list[tuple[NodeId, bytes]] = []
+        for peer in sorted(self._nbrs):
+            n = self._nbrs[peer]
+            request = n.next_probe is not None and now >= n.next_probe
+            if now >= n.next_hello or n.want_reply or request:
+                out.append((peer, self._hello_for(n, now, request)))
+                if now >= n.next_hello:
+                    n.next_hello = now + self._jittered()
+                n.want_reply = False
+                if request:
+                    n.next_probe = now + self.hello_interval / 2
+        return out
+
+    def get_timer(self) -> float | None:
+        """The earliest time at which ``handle_timer``/``datagrams_to_send`` have work."""
+        best: float | None = None
+        for n in self._nbrs.values():
+            for t in self._deadlines(n):
+                if best is None or t < best:
+                    best = t
+        return best
+
+    def handle_timer(self, now: float) -> None:
+        """Expire silent neighbours and schedule probes; hellos go out in ``datagrams_to_send``."""
+        for peer in sorted(self._nbrs):
+            n = self._nbrs[peer]
+            self._update_state(n, now)
+
+    def next_event(self) -> NeighbourEvent | None:
+        """Pop the oldest pending event, or None."""
+        return self._events.pop(0) if self._events else None
+
+    # -- queries -------------------------------------------------------------
+
+    def peers(self) -> list[NodeId]:
+        """Peers that are up (usable for routing), sorted."""
+        return sorted(p for p, n in self._nbrs.items() if n.state is NeighbourState.UP)
+
+    def links(self) -> list[NodeId]:
+        """All peers with a link, whatever their state, sorted."""
+        return sorted(self._nbrs)
+
+    def stats(self, peer: NodeId) -> NeighbourStats:
+        """Current figures of ``peer``; raises ``LocalProtocolError`` for a peer with no link."""
+        n = self._nbrs.get(peer)
+        if n is None:
+            raise LocalProtocolError(f"no link to {short_id(peer)}")
+        rx = self._rxcost(n)
+        tx = n.txcost
+        etx = (tx * rx) / 65536 if rx < COST_INFINITY and tx < COST_INFINITY else float("inf")
+        received = bin(n.history).count("1")
+        loss = 1.0 - received / n.history_len if n.history_len else 1.0
+        return NeighbourStats(
+            peer=peer, state=n.state, rtt_ms=n.rtt_ms, loss=loss, hellos_sent=n.hellos_sent,
+            hellos_received=n.hellos_received, rxcost=rx, txcost=tx, etx=etx,
+            cost=self._cost(n) if n.state is NeighbourState.UP else COST_INFINITY,
+        )
+
+    # -- internals -------------------------------------------------------------
+
+    def _jittered(self) -> float:
+        # jitter only downwards: a gap never exceeds the interval, so a live link is not lost early
+        return self.hello_interval * self._rng.uniform(0.8, 1.0)
+
+    def _deadlines(self, n: _Neighbour) -> list[float]:
+        ts = [n.next_hello]
+        if n.want_reply:
+            ts.append(n.last_reply)
+        if n.next_probe is not None:
+            ts.append(n.next_probe)
+        if n.state is NeighbourState.UP:
+            assert n.last_hello is not None and n.last_ihu is not None
+            ts.append(min(n.last_hello, n.last_ihu) + self.dead_after)
+        return ts
+
+    def _hello_for(self, n: _Neighbour, now: float, request: bool) -> bytes:
+        self._seqno = (self._seqno + 1) & 0xFFFF
+        msg: dict[str, object] = {"v": 1, "s": self._seqno, "ts": _ts_us(now),
+                                  "iv": max(10, round(self.hello_interval * 1000))}
+        if request:
+            msg["rq"] = True
+        if n.last_hello is not None and now < n.last_hello + self.dead_after:
+            msg["rx"] = self._rxcost(n)
+            if n.echo_ts is not None:
+                msg["et"] = n.echo_ts
+                msg["hd"] = min(_TS_MOD - 1, max(0, round((now - n.echo_rx_at) * 1_000_000)))
+        n.hellos_sent += 1
+        return pack(msg)
+
+    def _on_hello(self, n: _Neighbour, h: Hello, now: float) -> None:
+        n.hellos_received += 1
+        # RFC 8966 A.1: hello history, shifted by the seqno gap; reordered hellos fill their bit.
+        fresh = True
+        if n.last_seqno is None:
+            n.history, n.history_len = 1, 1
+            n.last_seqno = h.seqno
+        else:
+            gap = (h.seqno - n.last_seqno) & 0xFFFF
+            if gap == 0:
+                pass  # duplicate
+            elif gap < 0x8000:
+                if gap > HISTORY_LEN:
+                    n.history, n.history_len = 1, 1
+                else:
+                    n.history = ((n.history << gap) | 1) & ((1 << HISTORY_LEN) - 1)
+                    n.history_len = min(HISTORY_LEN, n.history_len + gap)
+                n.last_seqno = h.seqno
+            else:
+                fresh = False  # reordered: fill its bit, but echo only the newest timestamp
+                back = 0x10000 - gap
+                if back < n.history_len:
+                    n.history |= 1 << back
+        n.last_hello = now
+        n.peer_interval = h.interval_ms / 1000
+        if fresh:
+            n.echo_ts = h.timestamp_us
+            n.echo_rx_at = now
+        n.next_probe = None
+        if h.request and now - n.last_reply >= self.hello_interval / 4:
+            n.want_reply = True
+            n.last_reply = now
+        if h.rxcost is not None:
+            n.last_ihu = now
+            n.txcost = h.rxcost
+            if h.echo_us is not None and h.hold_us is not None:
+                rtt_us = (_ts_us(now) - h.echo_us - h.hold_us) % _TS_MOD
+                rtt_s = rtt_us / 1_000_000
+                if rtt_s <= RTT_SAMPLE_MAX_S:
+                    ms = rtt_s * 1000
+                    n.rtt_ms = ms if n.rtt_ms is None else n.rtt_ms + RTT_ALPHA * (ms - n.rtt_ms)
+
+    def _rxcost(self, n: _Neighbour) -> int:
+        received = bin(n.history).count("1")
+        if received == 0 or n.history_len == 0:
+            return COST_INFINITY
+        return min(COST_INFINITY, 256 * n.history_len // received)
+
+    def _cost(self, n: _Neighbour) -> int:
+        return link_cost(self._rxcost(n), n.txcost, n.rtt_ms)
+
+    def _update_state(self, n: _Neighbour, now: float) -> None:
+        # compare against the very deadline get_timer reports (no float round-off gap)
+        heard = n.last_hello is not None and now < n.last_hello + self.dead_after
+        ihu = n.last_ihu is not None and now < n.last_ihu + self.dead_after
+        if heard and ihu:
+            if n.state is not NeighbourState.UP:
+                n.state = NeighbourState.UP
+                n.emitted_cost = self._cost(n)
+                self._events.append(NeighbourUp(n.peer, n.emitted_cost))
+            else:
+                cost = self._cost(n)
+                old = n.emitted_cost
+                if abs(cost - old) > old * COST_HYSTERESIS:
+                    n.emitted_cost = cost
+                    self._events.append(LinkCostChanged(n.peer, cost))
+            if n.next_probe is None:
+                # silent for 1.5 intervals: ask for a hello (an unscheduled one, RFC 8966 §3.4.1)
+                start = min(n.last_hello or now, n.last_ihu or now)
+                n.next_probe = start + 1.5 * max(self.hello_interval, n.peer_interval)
+        elif n.state is NeighbourState.UP:
+            n.state = NeighbourState.LOST
+            n.next_probe = None
+            self._events.append(NeighbourLost(n.peer, "timeout"))
