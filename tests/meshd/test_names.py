@@ -1,0 +1,104 @@
+"""resolve_node: full NodeId, unique prefix, unique display name, ambiguity, nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshd.control import ControlError
+from meshd.names import resolve_node
+
+A = "0123abcd" + "0" * 24
+B = "0123abef" + "1" * 24
+C = "9999ffff" + "2" * 24
+D = "cafe0000" + "3" * 24
+KNOWN = [(A, "car-1"), (B, "car-2"), (C, "避難所"), (D, "Dealer Kobe")]
+
+
+def test_full_node_id_any_case() -> None:
+    assert resolve_node(A, KNOWN) == A
+    assert resolve_node(C.upper(), KNOWN) == C
+    # a well-formed full id resolves even if not known yet
+    unknown = "f" * 32
+    assert resolve_node(unknown, KNOWN) == unknown
+
+
+def test_unique_prefix() -> None:
+    assert resolve_node("0123abc", KNOWN) == A
+    assert resolve_node("0123abe", KNOWN) == B
+    assert resolve_node("9", KNOWN) == C
+    assert resolve_node("CAFE", KNOWN) == D
+    assert resolve_node(" 9999ffff ", KNOWN) == C
+
+
+def test_ambiguous_prefix_lists_candidates() -> None:
+    with pytest.raises(ControlError) as ei:
+        resolve_node("0123", KNOWN)
+    assert ei.value.code == "ambiguous"
+    assert ei.value.data == {"candidates": [{"node_id": A, "name": "car-1"},
+                                            {"node_id": B, "name": "car-2"}]}
+    assert "0123abcd" in ei.value.message and "0123abef" in ei.value.message
+
+
+def test_unique_display_name() -> None:
+    assert resolve_node("car-2", KNOWN) == B
+    assert resolve_node("避難所", KNOWN) == C
+    assert resolve_node("dealer kobe", KNOWN) == D  # case-insensitive fallback
+
+
+def test_name_normalised_nfc() -> None:
+    decomposed = "ka\u0301fe"  # a + combining acute
+    known = [(A, "k\u00e1fe")]
+    assert resolve_node(decomposed, known) == A
+
+
+def test_ambiguous_display_name() -> None:
+    known = [*KNOWN, ("abcd" + "4" * 28, "car-1")]
+    with pytest.raises(ControlError) as ei:
+        resolve_node("car-1", known)
+    assert ei.value.code == "ambiguous"
+    assert [c["node_id"] for c in ei.value.data["candidates"]] == [A, "abcd" + "4" * 28]
+
+
+def test_exact_name_beats_case_insensitive() -> None:
+    known = [(A, "Bus"), (B, "bus")]
+    assert resolve_node("bus", known) == B
+    assert resolve_node("Bus", known) == A
+    with pytest.raises(ControlError) as ei:
+        resolve_node("BUS", known)
+    assert ei.value.code == "ambiguous"
+
+
+def test_prefix_and_name_both_matching_is_ambiguous() -> None:
+    known = [(D, "x"), (A, "cafe")]
+    # "cafe" is a unique prefix of D: the id prefix wins, as the contract orders it
+    assert resolve_node("cafe", known) == D
+    known2 = [(D, "x"), ("cafe1111" + "5" * 24, "y"), (A, "cafe")]
+    with pytest.raises(ControlError) as ei:
+        resolve_node("cafe", known2)
+    assert ei.value.code == "ambiguous"
+    assert len(ei.value.data["candidates"]) == 3
+
+
+def test_duplicates_of_one_node_are_not_ambiguous() -> None:
+    known = [(A, ""), (A.upper(), "car-1"), (A, "car-1")]
+    assert resolve_node("0123", known) == A
+    assert resolve_node("car-1", known) == A
+
+
+def test_not_found_and_bad_query() -> None:
+    with pytest.raises(ControlError) as ei:
+        resolve_node("nobody", KNOWN)
+    assert ei.value.code == "not_found"
+    with pytest.raises(ControlError) as ei:
+        resolve_node("0124", KNOWN)
+    assert ei.value.code == "not_found"
+    with pytest.raises(ControlError) as ei:
+        resolve_node("anything", [])
+    assert ei.value.code == "not_found"
+    for bad in ("", "   ", "x" * 300):
+        with pytest.raises(ControlError) as ei:
+            resolve_node(bad, KNOWN)
+        assert ei.value.code == "bad_request"
+    # empty display names never match
+    with pytest.raises(ControlError):
+        resolve_node("", [(A, "")])
