@@ -1,0 +1,309 @@
+"""QUIC neighbour links between LinkManagers on loopback, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meshd.errors import LocalProtocolError, RemoteProtocolError, VerificationError
+from meshd.identity import Identity, NodeId
+from meshd.links import MESH_MTU, LinkBrokenError, Stream
+from tests.meshd.links_helpers import Node, eventually
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Node, Node]]:
+    a, b = Node("alpha"), Node("bravo")
+    await b.listen()
+    yield a, b
+    await a.mgr.close()
+    await b.mgr.close()
+
+
+async def linked(a: Node, b: Node) -> None:
+    assert b.addr is not None
+    peer = await a.mgr.connect(*b.addr, b.id)
+    assert peer == b.id
+    await b.rec.wait_for(lambda: len(b.rec.ups) == 1)
+
+
+async def test_link_up_both_sides_with_right_ids(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await linked(a, b)
+    assert len(a.rec.ups) == 1
+    peer, ann, remote, initiator = a.rec.ups[0]
+    assert (peer, ann.raw, initiator) == (b.id, b.ann.raw, True)
+    assert remote == b.addr
+    peer, ann, remote, initiator = b.rec.ups[0]
+    assert (peer, ann.raw, initiator) == (a.id, a.ann.raw, False)
+    assert remote[0] == "127.0.0.1"
+    assert set(a.mgr.links()) == {b.id} and set(b.mgr.links()) == {a.id}
+    assert a.mgr.peer_address(b.id) == b.addr
+    assert a.mgr.links()[b.id].initiator and not b.mgr.links()[a.id].initiator
+
+
+async def test_datagrams_both_ways_and_stats(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await linked(a, b)
+    for i in range(50):
+        assert a.mgr.send_datagram(b.id, b"\x02a->b %d" % i)
+        assert b.mgr.send_datagram(a.id, b"\x02b->a %d" % i)
+    await b.rec.wait_for(lambda: len(b.rec.datagrams) == 50)
+    await a.rec.wait_for(lambda: len(a.rec.datagrams) == 50)
+    assert {d for _, d in b.rec.datagrams} == {b"\x02a->b %d" % i for i in range(50)}
+    assert all(p == a.id for p, _ in b.rec.datagrams)
+    st = a.mgr.links()[b.id]
+    assert st.tx_datagrams == 50 and st.rx_datagrams == 50
+    assert st.tx_datagram_bytes == sum(len(b"\x02a->b %d" % i) for i in range(50))
+    # an MTU-sized datagram goes through
+    big = os.urandom(MESH_MTU)
+    assert a.mgr.send_datagram(b.id, big)
+    await b.rec.wait_for(lambda: b.rec.datagrams[-1][1] == big)
+    assert not a.mgr.send_datagram(Identity.generate().node_id, b"x")  # no link
+
+
+async def test_oversized_datagram_raises_and_link_still_works(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await linked(a, b)
+    with pytest.raises(LocalProtocolError):
+        a.mgr.send_datagram(b.id, bytes(MESH_MTU + 1))
+    with pytest.raises(LocalProtocolError):
+        a.mgr.send_datagram(b.id, bytes(5000))
+    assert a.mgr.links()[b.id].dropped_oversize == 2
+    assert a.mgr.send_datagram(b.id, b"after")
+    await b.rec.wait_for(lambda: any(d == b"after" for _, d in b.rec.datagrams))
+
+
+async def test_stale_queue_entries_are_dropped(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await linked(a, b)
+    loop = asyncio.get_running_loop()
+    # queued in the same loop iteration: the past deadlines are checked when fed to aioquic
+    assert a.mgr.send_datagram(b.id, b"stale-1", deadline=loop.time() - 0.001)
+    assert a.mgr.send_datagram(b.id, b"fresh", deadline=loop.time() + 5)
+    assert a.mgr.send_datagram(b.id, b"stale-2", deadline=loop.time() - 1)
+    assert a.mgr.send_datagram(b.id, b"no-deadline")
+    await b.rec.wait_for(lambda: len(b.rec.datagrams) == 2)
+    await asyncio.sleep(0.2)
+    assert [d for _, d in b.rec.datagrams] == [b"fresh", b"no-deadline"]
+    st = a.mgr.links()[b.id]
+    assert st.dropped_stale == 2 and st.tx_datagrams == 2
+
+
+async def test_bounded_queue_drops_oldest() -> None:
+    a, b = Node("alpha", datagram_queue_max=4), Node("bravo")
+    await b.listen()
+    try:
+        await linked(a, b)
+        for i in range(10):  # all in one loop iteration: nothing is fed to aioquic in between
+            a.mgr.send_datagram(b.id, b"%d" % i)
+        await b.rec.wait_for(lambda: len(b.rec.datagrams) == 4)
+        await asyncio.sleep(0.2)
+        assert [d for _, d in b.rec.datagrams] == [b"6", b"7", b"8", b"9"]
+        assert a.mgr.links()[b.id].dropped_queue_full == 6
+    finally:
+        await a.mgr.close()
+        await b.mgr.close()
+
+
+async def echo(peer: NodeId, stream: Stream) -> None:
+    while (msg := await stream.recv()) is not None:
+        await stream.send(msg)
+
+
+async def test_stream_echo_both_ways_with_1mib(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    a.mgr.register_stream_service("echo", echo, max_message=2 << 20)
+    b.mgr.register_stream_service("echo", echo, max_message=2 << 20)
+    await linked(a, b)
+    big = os.urandom(1 << 20)
+    for src, dst in ((a, b), (b, a)):
+        s = await src.mgr.open_stream(dst.id, "echo", max_message=2 << 20)
+        await s.send(b"hello")
+        assert await s.recv() == b"hello"
+        await s.send(big)
+        assert await s.recv() == big
+        await s.send(b"")
+        assert await s.recv() == b""
+        await s.close()
+        assert await s.recv() is None  # the echo handler ended its side too
+    st = a.mgr.links()[b.id]
+    assert st.tx_stream_bytes > 2 << 20 and st.rx_stream_bytes > 2 << 20
+    assert st.streams_opened == 1 and st.streams_accepted == 1
+
+
+async def test_stream_message_over_max_is_refused(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    got: list[bytes] = []
+
+    async def sink(peer: NodeId, stream: Stream) -> None:
+        while (msg := await stream.recv()) is not None:
+            got.append(msg)
+
+    b.mgr.register_stream_service("sink", sink, max_message=1000)
+    await linked(a, b)
+    s = await a.mgr.open_stream(b.id, "sink")
+    await s.send(bytes(1000))
+    await s.send(bytes(1001))
+    await eventually(lambda: b.mgr.drops.counts["oversize"] == 1)
+    assert got == [bytes(1000)]
+    with pytest.raises(LinkBrokenError):  # b reset the stream
+        await asyncio.wait_for(s.recv(), 5)
+    # the link is fine
+    s2 = await a.mgr.open_stream(b.id, "sink")
+    await s2.send(b"ok")
+    await eventually(lambda: got[-1] == b"ok")
+
+
+async def test_unknown_service_stream_is_reset(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await linked(a, b)
+    s = await a.mgr.open_stream(b.id, "nope")
+    with pytest.raises(LinkBrokenError):
+        await asyncio.wait_for(s.recv(), 5)
+    assert b.mgr.drops.counts["unknown-service"] == 1
+
+
+async def test_static_peer_pinned_to_another_node_is_refused(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    assert b.addr is not None
+    other = Identity.generate().node_id
+    with pytest.raises(VerificationError) as err:
+        await a.mgr.connect(*b.addr, other)
+    assert err.value.reason == "identity"
+    await asyncio.sleep(0.3)
+    assert a.rec.ups == [] and b.rec.ups == []
+    assert a.mgr.links() == {} and b.mgr.links() == {}
+
+
+async def test_certificate_of_another_key_is_refused() -> None:
+    """A node presenting a certificate that is not its announced key cannot link."""
+    a = Node("alpha")
+    forger = Node("mallory", tls_identity_override=Identity.generate())
+    await forger.listen()
+    assert forger.addr is not None
+    try:
+        for expect in (forger.id, None):
+            with pytest.raises(VerificationError) as err:
+                await a.mgr.connect(*forger.addr, expect)
+            assert err.value.reason == "cert-key"
+        await asyncio.sleep(0.3)
+        assert a.rec.ups == [] and forger.rec.ups == []
+        assert a.mgr.drops.counts["refused-cert-key"] == 2
+    finally:
+        await a.mgr.close()
+        await forger.mgr.close()
+
+
+async def test_tofu_learns_and_pins_the_id(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    assert b.addr is not None
+    learned: list[NodeId] = []
+    a.mgr.add_static_peer(*b.addr, None, learned.append)
+    await a.rec.wait_for(lambda: len(a.rec.ups) == 1)
+    await eventually(lambda: learned == [b.id])
+    assert a.rec.ups[0][0] == b.id
+    # one link, not a reconnect loop
+    await asyncio.sleep(0.5)
+    assert len(a.rec.ups) == 1 and len(b.rec.ups) == 1
+
+
+async def test_simultaneous_connect_ends_with_one_link(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await a.listen()
+    assert a.addr is not None and b.addr is not None
+    for _ in range(3):
+        r1, r2 = await asyncio.gather(a.mgr.connect(*b.addr, b.id), b.mgr.connect(*a.addr, a.id))
+        assert (r1, r2) == (b.id, a.id)
+        await asyncio.sleep(1.0)
+        assert set(a.mgr.links()) == {b.id} and set(b.mgr.links()) == {a.id}
+        # both kept the connection initiated by the smaller NodeId
+        small_is_a = a.id < b.id
+        assert a.mgr.links()[b.id].initiator == small_is_a
+        assert b.mgr.links()[a.id].initiator == (not small_is_a)
+        assert len(a.rec.ups) == 1 and len(b.rec.ups) == 1
+        assert a.rec.downs == [] and b.rec.downs == []
+        assert a.mgr.send_datagram(b.id, b"still")
+        await b.rec.wait_for(lambda: b.rec.datagrams[-1:] == [(a.id, b"still")])
+        b.rec.datagrams.clear()
+        a.mgr.close_link(b.id, "test round")
+        await b.rec.wait_for(lambda: len(b.rec.downs) == 1)
+        a.rec.ups.clear(), b.rec.ups.clear(), a.rec.downs.clear(), b.rec.downs.clear()
+
+
+async def test_close_link_reports_down_on_both_sides(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await linked(a, b)
+    a.mgr.close_link(b.id, "hellos stopped")
+    assert a.rec.downs == [(b.id, "hellos stopped")]
+    await b.rec.wait_for(lambda: len(b.rec.downs) == 1)
+    assert b.rec.downs[0][0] == a.id and "hellos stopped" in b.rec.downs[0][1]
+    assert a.mgr.links() == {} and b.mgr.links() == {}
+    assert not a.mgr.send_datagram(b.id, b"x")
+    with pytest.raises(LinkBrokenError):
+        await a.mgr.open_stream(b.id, "echo")
+
+
+async def test_reconnect_with_backoff_after_peer_restarts() -> None:
+    a, b = Node("alpha"), Node("bravo")
+    addr = await b.listen()
+    try:
+        a.mgr.add_static_peer(*addr, b.id)
+        await a.rec.wait_for(lambda: len(a.rec.ups) == 1)
+        await b.mgr.close()  # the peer goes away
+        await a.rec.wait_for(lambda: len(a.rec.downs) == 1)
+        await asyncio.sleep(1.0)  # a few refused attempts while it is away
+        b.restart_manager()
+        await b.listen(*addr)  # back on the same port
+        await a.rec.wait_for(lambda: len(a.rec.ups) == 2, timeout=20)
+        await b.rec.wait_for(lambda: len(b.rec.ups) == 1)
+        assert set(a.mgr.links()) == {b.id}
+        assert a.mgr.send_datagram(b.id, b"back")
+        await b.rec.wait_for(lambda: b.rec.datagrams == [(a.id, b"back")])
+    finally:
+        await a.mgr.close()
+        await b.mgr.close()
+
+
+async def test_ipv6_loopback() -> None:
+    a, b = Node("alpha"), Node("bravo")
+    try:
+        addr = await b.listen("::1", 0)
+        assert await a.mgr.connect(*addr, b.id) == b.id
+        assert a.mgr.send_datagram(b.id, b"v6")
+        await b.rec.wait_for(lambda: b.rec.datagrams == [(a.id, b"v6")])
+    finally:
+        await a.mgr.close()
+        await b.mgr.close()
+
+
+async def test_listener_exceptions_do_not_break_the_link(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await linked(a, b)
+    calls: list[bytes] = []
+
+    def boom(peer: NodeId, data: bytes) -> None:
+        calls.append(data)
+        raise RuntimeError("listener bug")
+
+    b.rec.datagram_received = boom  # type: ignore[method-assign]
+    a.mgr.send_datagram(b.id, b"1")
+    a.mgr.send_datagram(b.id, b"2")
+    await eventually(lambda: len(calls) == 2)
+    assert b.mgr.drops.counts["listener-error"] == 2
+    assert set(b.mgr.links()) == {a.id}
+
+
+async def test_connect_to_nothing_fails_with_connection_error() -> None:
+    a = Node("alpha")
+    b = Node("bravo")
+    addr = await b.listen()
+    await b.mgr.close()  # nothing listens there now
+    try:
+        with pytest.raises((ConnectionError, OSError, RemoteProtocolError)):
+            await a.mgr.connect(*addr, None)
+    finally:
+        await a.mgr.close()
