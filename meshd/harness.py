@@ -1,4 +1,4 @@
-"""Real ``meshd`` processes for tests, driven through the real ``meshctl`` command.
+"""Real ``meshd`` processes for tests, the demo and benchmarks, driven through real ``meshctl``.
 
 ``Cluster`` starts daemons (on loopback, or inside a network namespace via a
 command prefix), waits until ``meshctl status`` answers, and kills every
@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+__all__ = ["MESHCTL", "MESHD", "Cluster", "Daemon", "free_udp_port", "wait_until"]
 
 BIN = Path(sys.executable).parent
 MESHD = [str(BIN / "meshd")] if (BIN / "meshd").exists() else [sys.executable, "-m", "meshd.cli"]
@@ -52,7 +54,9 @@ class Daemon:
     """One meshd process and the meshctl calls that talk to it."""
 
     def __init__(self, name: str, state_dir: Path, args: Sequence[str],
-                 prefix: Sequence[str] = (), log_dir: Path | None = None) -> None:
+                 prefix: Sequence[str] = (), log_dir: Path | None = None,
+                 log_level: str = "debug") -> None:
+        self.log_level = log_level
         self.name = name
         self.state_dir = state_dir
         self.args = list(args)
@@ -65,7 +69,7 @@ class Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [*self.prefix, *MESHD, "--state-dir", str(self.state_dir), "--name", self.name,
-             "--log-level", "debug", *self.args],
+             "--log-level", self.log_level, *self.args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self
@@ -125,14 +129,15 @@ class Daemon:
 class Cluster:
     """Daemons started in a test; all of them are killed and their state removed on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, log_level: str = "debug") -> None:
         self.root = Path(tempfile.mkdtemp(prefix="cmt", dir="/tmp"))
+        self.log_level = log_level
         self.daemons: dict[str, Daemon] = {}
 
     def add(self, name: str, args: Sequence[str], prefix: Sequence[str] = ()) -> Daemon:
         state = self.root / name
         state.mkdir(exist_ok=True)
-        d = Daemon(name, state, args, prefix, log_dir=self.root)
+        d = Daemon(name, state, args, prefix, log_dir=self.root, log_level=self.log_level)
         self.daemons[name] = d
         return d.start()
 
