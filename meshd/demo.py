@@ -10,6 +10,7 @@ the demo made is removed when it ends (``DevNet`` also cleans up on SIGINT).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -34,7 +35,7 @@ def step(text: str) -> None:
 
 def _expected_neighbours(names: tuple[str, ...]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {n: set() for n in names}
-    for x, y in zip(names, names[1:], strict=False):
+    for x, y in itertools.pairwise(names):
         out[x].add(y)
         out[y].add(x)
     return out
