@@ -350,8 +350,8 @@ def _float_in(text: str, lo: float, hi: float, lo_open: bool) -> float:
     return v
 
 
-def _positive_float(text: str) -> float:
-    return _float_in(text, 0.0, 3600.0, True)
+def _ping_timeout(text: str) -> float:
+    return _float_in(text, 0.0, 60.0, True)
 
 
 def _nonneg_float(text: str) -> float:
@@ -362,8 +362,8 @@ def _ping_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("node", metavar="NODE", help="NodeId, unique id prefix or unique display name")
     p.add_argument("-c", "--count", type=_positive_int, default=4, metavar="N",
                    help="echo requests to send (default 4)")
-    p.add_argument("-W", "--timeout", type=_positive_float, default=2.0, metavar="S",
-                   help="seconds to wait for each reply (default 2)")
+    p.add_argument("-W", "--timeout", type=_ping_timeout, default=2.0, metavar="S",
+                   help="seconds to wait for each reply, at most 60 (default 2)")
     p.add_argument("-i", "--interval", type=_nonneg_float, default=1.0, metavar="S",
                    help="seconds between the starts of two echoes (default 1)")
 
