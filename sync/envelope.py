@@ -163,8 +163,12 @@ def create_op(signing_key: Ed25519PrivateKey, *, kind: str, doc_id: bytes, body:
               body, sig, raw)
 
 
-def decode_op(raw: bytes) -> Op:
-    """Decode and verify one signed op; raises ``DecodeError`` or ``VerificationError``."""
+def decode_op(raw: bytes, *, verify: bool = True) -> Op:
+    """Decode and verify one signed op; raises ``DecodeError`` or ``VerificationError``.
+
+    ``verify=False`` skips only the signature check: for ops read back from our own store,
+    which verified them before committing.
+    """
     if len(raw) > MAX_OP_SIZE:
         raise DecodeError("oversize", f"op of {len(raw)} > {MAX_OP_SIZE}")
     raw = bytes(raw)
@@ -187,7 +191,8 @@ def decode_op(raw: bytes) -> Op:
     if pack([*fields, sig]) != raw:
         raise DecodeError("noncanonical", "op is not in canonical encoding")
     try:
-        Ed25519PublicKey.from_public_bytes(author).verify(sig, _SIG_DOMAIN + signed)
+        if verify:
+            Ed25519PublicKey.from_public_bytes(author).verify(sig, _SIG_DOMAIN + signed)
     except (InvalidSignature, ValueError):
         raise VerificationError("signature", "op signature does not verify") from None
     return Op(hashlib.sha256(raw).digest(), kind, doc_id, author, seq, prev, hlc, expiry_ms,
@@ -218,6 +223,10 @@ class HybridClock:
         """Raise ``ClockSkew`` if ``remote_hlc`` is ahead of ``wall_ms`` by more than the skew."""
         if hlc_wall_ms(remote_hlc) > wall_ms + self.max_skew_ms:
             raise ClockSkew(f"timestamp {hlc_wall_ms(remote_hlc) - wall_ms} ms ahead")
+
+    def observe_trusted(self, hlc: int) -> None:
+        """Move past a timestamp that was already checked (an op we committed)."""
+        self._last = max(self._last, hlc)
 
     def observe(self, remote_hlc: int, wall_ms: int) -> None:
         """Move past an accepted remote timestamp; raises ``ClockSkew`` if it is too far ahead."""

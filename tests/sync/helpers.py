@@ -1,4 +1,4 @@
-"""Shared helpers for the sync tests: deterministic op-id sets and a reconciliation driver."""
+"""Shared helpers for the sync tests: op-id sets, signed op chains, a reconciliation driver."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import hashlib
 import random
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sync.envelope import Op
 from sync.reconcile import RangeSet, Reconciler
 
 
@@ -51,3 +54,18 @@ def all_ids(r: Reconciler, attr: str) -> list[bytes]:
     """Every id in ``r.have`` or ``r.need`` across namespaces."""
     d: dict[str, list[bytes]] = getattr(r, attr)
     return [i for ids in d.values() for i in ids]
+
+
+def chain(key: Ed25519PrivateKey, n: int, *, start_hlc: int, kind: str = "library.edit",
+          body: bytes = b"\x80", doc_id: bytes = b"D" * 16, first_seq: int = 1,
+          prev: bytes | None = None) -> list[Op]:
+    """``n`` consecutive signed ops of one author's chain."""
+    from sync.envelope import create_op
+
+    out = []
+    for i in range(n):
+        op = create_op(key, kind=kind, doc_id=doc_id, body=body, seq=first_seq + i, prev=prev,
+                       hlc=start_hlc + i)
+        prev = op.op_id
+        out.append(op)
+    return out

@@ -1,0 +1,556 @@
+"""Durable op store: SQLite through aiosqlite (WAL), causal application per author.
+
+Theory of operation
+-------------------
+``apply_remote`` takes raw ops from a peer and, for each, in this order:
+size limit and strict decoding with signature check (in a worker thread, so the
+loop keeps serving calls), duplicate check, expiry, clock skew, quarantine,
+authoriser of the op's namespace, per-author quota, and finally its place in
+the author's chain:
+
+* the next op of the chain (``seq == head + 1`` and ``prev`` = head id, with a
+  larger ``hlc``) is applied, and any parked successors after it;
+* an op further ahead waits in a bounded pending pool (durable too) until its
+  predecessor arrives;
+* a different op at a position already taken, or one whose ``prev`` is not the
+  op at ``seq - 1``, is a fork: the author is quarantined (no new ops accepted,
+  its ops no longer offered to peers) and the evidence is kept.
+
+Everything a batch changes is written in one transaction; only after the
+commit are in-memory indexes updated, subscribers told and ``ApplyResult``
+returned, whose ``acked`` ids are what the caller may acknowledge to the peer.
+Refused ops are counted per reason with a ``DropCounter`` and never stored, so
+they are never relayed.  On open the indexes are rebuilt from the database, so
+a restart resumes where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosqlite
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from meshd.codec import DropCounter
+from meshd.errors import RemoteProtocolError
+from sync.envelope import (
+    MAX_OP_SIZE,
+    Authorizer,
+    HybridClock,
+    Op,
+    decode_op,
+    hlc_wall_ms,
+)
+from sync.errors import SyncLocalError, Unauthorized
+from sync.reconcile import RangeSet
+
+__all__ = ["ApplyResult", "OpStore", "Quotas", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+#: called after a commit with the ops it applied, in causal order per author
+Subscriber = Callable[[Sequence[Op]], Awaitable[None] | None]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ops (
+    op_id BLOB PRIMARY KEY, ns TEXT NOT NULL, kind TEXT NOT NULL, doc_id BLOB NOT NULL,
+    author BLOB NOT NULL, seq INTEGER NOT NULL, hlc INTEGER NOT NULL, expiry_ms INTEGER,
+    raw BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ops_ns_hlc ON ops(ns, hlc, op_id);
+CREATE INDEX IF NOT EXISTS ops_doc ON ops(doc_id, hlc);
+CREATE INDEX IF NOT EXISTS ops_author ON ops(author, seq);
+CREATE INDEX IF NOT EXISTS ops_expiry ON ops(expiry_ms) WHERE expiry_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS authors (
+    author BLOB PRIMARY KEY, head_seq INTEGER NOT NULL, head_id BLOB, head_hlc INTEGER NOT NULL,
+    n_ops INTEGER NOT NULL, n_bytes INTEGER NOT NULL, quarantined TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    op_id BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL, raw BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evidence (
+    author BLOB NOT NULL, raw BLOB NOT NULL, reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Per-author limits and the size of the pending pool."""
+
+    max_ops_per_author: int = 500_000
+    max_bytes_per_author: int = 256 * 1024 * 1024
+    max_pending: int = 20_000
+    max_pending_per_author: int = 12_000
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one ``apply_remote`` batch did; ``acked`` ids are committed and may be acknowledged."""
+
+    applied: tuple[Op, ...] = ()
+    pending: int = 0
+    duplicates: int = 0
+    refused: Mapping[str, int] = field(default_factory=dict)
+    acked: tuple[bytes, ...] = ()
+
+
+@dataclass(slots=True)
+class _Author:
+    head_seq: int = 0
+    head_id: bytes | None = None
+    head_hlc: int = -1
+    n_ops: int = 0
+    n_bytes: int = 0
+    quarantined: str | None = None
+
+
+def _decode_batch(raws: Sequence[bytes]) -> list[Op | RemoteProtocolError]:
+    out: list[Op | RemoteProtocolError] = []
+    for raw in raws:
+        try:
+            if type(raw) is not bytes or len(raw) > MAX_OP_SIZE:
+                raise RemoteProtocolError("oversize", "op too large or not bytes")
+            out.append(decode_op(raw))
+        except RemoteProtocolError as exc:
+            out.append(exc)
+    return out
+
+
+class OpStore:
+    """The durable, verified op set of one node (one SQLite file, WAL); open with ``OpStore.open``."""
+
+    def __init__(self, db: aiosqlite.Connection, *, wall_clock: Callable[[], float],
+                 authorizers: Mapping[str, Authorizer] | None, quotas: Quotas) -> None:
+        self._db = db
+        self._wall_clock = wall_clock
+        self._authorizers: dict[str, Authorizer] = dict(authorizers or {})
+        self.quotas = quotas
+        self.clock = HybridClock()
+        self.drops = DropCounter(log)
+        self._lock = asyncio.Lock()
+        self._subscribers: list[Subscriber] = []
+        self._authors: dict[bytes, _Author] = {}
+        self._known: dict[bytes, tuple[str, int, bytes]] = {}  # op_id -> (ns, hlc, author)
+        self._keys: dict[str, dict[bytes, int]] = {}  # ns -> op_id -> hlc (offered to peers)
+        self._snapshots: dict[str, RangeSet] = {}
+        self._pending: dict[tuple[bytes, int], Op] = {}
+        self._pending_ids: set[bytes] = set()
+        self.bytes_stored = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path | str, *, wall_clock: Callable[[], float],
+                   authorizers: Mapping[str, Authorizer] | None = None,
+                   quotas: Quotas | None = None) -> OpStore:
+        """Open (or create) the store at ``path`` and rebuild its indexes; ``wall_clock`` is unix s."""
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.executescript(_SCHEMA)
+            store = cls(db, wall_clock=wall_clock, authorizers=authorizers,
+                        quotas=quotas or Quotas())
+            await store._load()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def _load(self) -> None:
+        async with self._db.execute(
+                "SELECT author, head_seq, head_id, head_hlc, n_ops, n_bytes, quarantined "
+                "FROM authors") as cur:
+            async for a, hs, hid, hh, no, nb, q in cur:
+                self._authors[a] = _Author(hs, hid, hh, no, nb, q)
+        max_hlc = 0
+        async with self._db.execute("SELECT op_id, ns, hlc, author, length(raw) FROM ops") as cur:
+            async for op_id, ns, hlc, author, size in cur:
+                self._known[op_id] = (ns, hlc, author)
+                self.bytes_stored += size
+                max_hlc = max(max_hlc, hlc)
+                a = self._authors.get(author)
+                if a is None or a.quarantined is None:
+                    self._keys.setdefault(ns, {})[op_id] = hlc
+        async with self._db.execute("SELECT raw FROM pending") as cur:
+            async for (raw,) in cur:
+                op = decode_op(raw, verify=False)
+                self._pending[(op.author, op.seq)] = op
+                self._pending_ids.add(op.op_id)
+        self.clock = HybridClock(max_hlc)
+
+    async def close(self) -> None:
+        """Close the database (everything acknowledged is already committed)."""
+        await self._db.close()
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def register_authorizer(self, namespace: str, authorizer: Authorizer) -> None:
+        """Install the application's authoriser for ``namespace`` (ops of unknown ones are refused)."""
+        self._authorizers[namespace] = authorizer
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Call ``fn`` with the ops of each commit, after it; returns an unsubscribe function."""
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn) if fn in self._subscribers else None
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def __contains__(self, op_id: object) -> bool:
+        return op_id in self._known
+
+    def author_head(self, author: bytes) -> tuple[int, bytes] | None:
+        """``(seq, op_id)`` of the author's newest applied chained op, or None."""
+        a = self._authors.get(author)
+        if a is None or a.head_id is None:
+            return None
+        return (a.head_seq, a.head_id)
+
+    def quarantined(self) -> dict[bytes, str]:
+        """Quarantined authors and why."""
+        return {k: a.quarantined for k, a in self._authors.items() if a.quarantined is not None}
+
+    def pending_count(self) -> int:
+        """Ops parked until their predecessor arrives."""
+        return len(self._pending)
+
+    def range_sets(self) -> dict[str, RangeSet]:
+        """Immutable per-namespace snapshots of the ops we offer to peers (cached until changed)."""
+        out: dict[str, RangeSet] = {}
+        for ns, keys in self._keys.items():
+            snap = self._snapshots.get(ns)
+            if snap is None:
+                snap = self._snapshots[ns] = RangeSet((h, i) for i, h in keys.items())
+            out[ns] = snap
+        return out
+
+    def namespace_of(self, op_id: bytes) -> str | None:
+        """The namespace of a stored op, or None."""
+        k = self._known.get(op_id)
+        return k[0] if k else None
+
+    def hlc_of(self, op_id: bytes) -> int | None:
+        """The hlc of a stored op, or None."""
+        k = self._known.get(op_id)
+        return k[1] if k else None
+
+    async def get(self, op_id: bytes) -> Op | None:
+        """The stored op with this id, or None."""
+        async with self._db.execute("SELECT raw FROM ops WHERE op_id = ?", (op_id,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else decode_op(row[0], verify=False)
+
+    async def get_raw_many(self, op_ids: Sequence[bytes]) -> list[bytes]:
+        """Raw forms of the stored ops among ``op_ids``, in the given order (missing ones skipped)."""
+        found: dict[bytes, bytes] = {}
+        for i in range(0, len(op_ids), 500):
+            chunk = list(op_ids[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            q = f"SELECT op_id, raw FROM ops WHERE op_id IN ({marks})"
+            async with self._db.execute(q, chunk) as cur:
+                async for op_id, raw in cur:
+                    found[op_id] = raw
+        return [found[i] for i in op_ids if i in found]
+
+    async def ops_for_doc(self, doc_id: bytes) -> list[Op]:
+        """Every stored op of a document in ``(hlc, op_id)`` order (causal per author)."""
+        async with self._db.execute(
+                "SELECT raw FROM ops WHERE doc_id = ? ORDER BY hlc, op_id", (doc_id,)) as cur:
+            return [decode_op(r[0], verify=False) async for r in cur]
+
+    async def iter_namespace(self, ns: str) -> AsyncIterator[Op]:
+        """Every stored op of a namespace in ``(hlc, op_id)`` order."""
+        async with self._db.execute(
+                "SELECT raw FROM ops WHERE ns = ? ORDER BY hlc, op_id", (ns,)) as cur:
+            async for (raw,) in cur:
+                yield decode_op(raw, verify=False)
+
+    async def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` answer ('ok' when sound)."""
+        async with self._db.execute("PRAGMA integrity_check") as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else "no answer"
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def add_local(self, signing_key: Ed25519PrivateKey, *, kind: str, doc_id: bytes,
+                        body: bytes, expiry_ms: int | None = None) -> Op:
+        """Create, sign, authorise and commit a new op of ours; raises ``Unauthorized``.
+
+        Chained ops get the next ``seq`` and ``prev`` of the key's chain; ops with an
+        expiry are ephemeral (``seq`` 0).  Subscribers are told after the commit.
+        """
+        from sync.envelope import create_op  # local: keeps the import list short
+
+        author = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        async with self._lock:
+            wall_ms = int(self._wall_clock() * 1000)
+            a = self._authors.get(author) or _Author()
+            if a.quarantined is not None:
+                raise SyncLocalError("this key is quarantined (it forked its own chain)")
+            hlc = self.clock.now(wall_ms)
+            if expiry_ms is None:
+                op = create_op(signing_key, kind=kind, doc_id=doc_id, body=body,
+                               seq=a.head_seq + 1, prev=a.head_id, hlc=max(hlc, a.head_hlc + 1))
+            else:
+                op = create_op(signing_key, kind=kind, doc_id=doc_id, body=body, seq=0,
+                               prev=None, hlc=hlc, expiry_ms=expiry_ms)
+            self._authorize(op, wall_ms)
+            result = await self._commit([op], [], [], {})
+        await self._notify(result)
+        return op
+
+    def _authorize(self, op: Op, wall_ms: int) -> None:
+        fn = self._authorizers.get(op.namespace)
+        if fn is None:
+            raise Unauthorized(f"no authoriser for namespace {op.namespace!r}")
+        fn(op, wall_ms)
+
+    async def apply_remote(self, raw_ops: Sequence[bytes], peer: str = "") -> ApplyResult:
+        """Verify and apply a peer's ops; returns what was committed (never raises for bad ops)."""
+        decoded = await asyncio.to_thread(_decode_batch, list(raw_ops))
+        async with self._lock:
+            result = await self._apply_locked(decoded, peer)
+        await self._notify(result)
+        return result
+
+    async def _notify(self, result: ApplyResult) -> None:
+        if not result.applied:
+            return
+        for fn in list(self._subscribers):
+            try:
+                res = fn(result.applied)
+                if inspect.isawaitable(res):
+                    await res
+            except Exception:
+                log.exception("sync subscriber %r failed", fn)
+
+    def _refuse(self, refused: dict[str, int], reason: str, peer: str, detail: str) -> None:
+        refused[reason] = refused.get(reason, 0) + 1
+        self.drops.drop(reason, peer, detail)
+
+    async def _apply_locked(self, decoded: list[Op | RemoteProtocolError],
+                            peer: str) -> ApplyResult:
+        wall_ms = int(self._wall_clock() * 1000)
+        refused: dict[str, int] = {}
+        duplicates = 0
+        acked: list[bytes] = []
+        # a working copy of the author state this batch touches; published after commit
+        authors: dict[bytes, _Author] = {}
+        apply: list[Op] = []
+        park: list[Op] = []
+        unpark: list[bytes] = []
+        evidence: list[tuple[bytes, bytes, str]] = []
+        batch_ids: set[bytes] = set()
+        parked_now: dict[tuple[bytes, int], Op] = {}
+        pending_per_author: dict[bytes, int] = {}
+        for k in self._pending:
+            pending_per_author[k[0]] = pending_per_author.get(k[0], 0) + 1
+
+        def author(key: bytes) -> _Author:
+            a = authors.get(key)
+            if a is None:
+                old = self._authors.get(key)
+                a = authors[key] = (_Author(old.head_seq, old.head_id, old.head_hlc, old.n_ops,
+                                            old.n_bytes, old.quarantined) if old else _Author())
+            return a
+
+        def quarantine(a: _Author, op: Op, why: str) -> None:
+            a.quarantined = why
+            evidence.append((op.author, op.raw, why))
+            self._refuse(refused, "fork", peer, why)
+
+        def try_apply(op: Op, a: _Author) -> bool:
+            """Authorise and take ``op`` into ``apply``; False if refused."""
+            try:
+                self._authorize(op, wall_ms)
+            except Unauthorized as exc:
+                self._refuse(refused, "unauthorized", peer, exc.detail)
+                return False
+            except Exception as exc:  # the application's authoriser is not ours to trust
+                log.exception("authoriser for %s failed", op.namespace)
+                self._refuse(refused, "authorizer-error", peer, type(exc).__name__)
+                return False
+            if (a.n_ops + 1 > self.quotas.max_ops_per_author
+                    or a.n_bytes + len(op.raw) > self.quotas.max_bytes_per_author):
+                self._refuse(refused, "quota", peer, "author over quota")
+                return False
+            a.n_ops += 1
+            a.n_bytes += len(op.raw)
+            if op.seq:
+                a.head_seq, a.head_id, a.head_hlc = op.seq, op.op_id, op.hlc
+            apply.append(op)
+            batch_ids.add(op.op_id)
+            return True
+
+        # chained ops of one author in seq order so a batch in any order applies at once
+        ops = [d for d in decoded if isinstance(d, Op)]
+        for d in decoded:
+            if isinstance(d, RemoteProtocolError):
+                self._refuse(refused, d.reason, peer, d.detail)
+        ops.sort(key=lambda o: (o.seq == 0, o.author, o.seq))
+        for op in ops:
+            if op.op_id in self._known or op.op_id in batch_ids or op.op_id in self._pending_ids:
+                duplicates += 1
+                acked.append(op.op_id)
+                continue
+            if op.expiry_ms is not None and op.expiry_ms <= wall_ms:
+                self._refuse(refused, "expired", peer, "")
+                continue
+            if hlc_wall_ms(op.hlc) > wall_ms + self.clock.max_skew_ms:
+                self._refuse(refused, "future", peer, "hlc beyond tolerated skew")
+                continue
+            a = author(op.author)
+            if a.quarantined is not None:
+                self._refuse(refused, "quarantined", peer, "")
+                continue
+            if op.seq == 0:
+                try_apply(op, a)
+                continue
+            if op.seq <= a.head_seq or (op.seq == a.head_seq + 1 and op.prev != a.head_id):
+                quarantine(a, op, f"second op at seq {op.seq}")
+                continue
+            if op.seq == a.head_seq + 1:
+                if op.hlc <= a.head_hlc:
+                    self._refuse(refused, "hlc-order", peer, "hlc not above predecessor's")
+                    continue
+                if not try_apply(op, a):
+                    continue
+                # successors parked earlier (durably) or in this batch
+                while True:
+                    key = (op.author, a.head_seq + 1)
+                    nxt = parked_now.pop(key, None) or self._pending.get(key)
+                    if nxt is None or nxt.op_id in unpark:
+                        break
+                    if nxt.op_id in self._pending_ids:
+                        unpark.append(nxt.op_id)
+                    else:
+                        park.remove(nxt)
+                    if nxt.prev != a.head_id:
+                        quarantine(a, nxt, f"prev mismatch at seq {nxt.seq}")
+                        break
+                    if nxt.hlc <= a.head_hlc:
+                        self._refuse(refused, "hlc-order", peer, "hlc not above predecessor's")
+                        break
+                    if not try_apply(nxt, a):
+                        break
+                    op = nxt
+                continue
+            key = (op.author, op.seq)
+            other = parked_now.get(key) or self._pending.get(key)
+            if other is not None:
+                quarantine(a, op, f"second pending op at seq {op.seq}")
+                continue
+            n_author = pending_per_author.get(op.author, 0)
+            if (len(self._pending) + len(park) >= self.quotas.max_pending
+                    or n_author >= self.quotas.max_pending_per_author):
+                self._refuse(refused, "pending-full", peer, "")
+                continue
+            park.append(op)
+            parked_now[key] = op
+            pending_per_author[op.author] = n_author + 1
+        result = await self._commit(apply, park, unpark, authors, evidence)
+        acked.extend(o.op_id for o in apply)
+        acked.extend(o.op_id for o in park)
+        return ApplyResult(result.applied, len(park), duplicates, refused, tuple(acked))
+
+    async def _commit(self, apply: list[Op], park: list[Op], unpark: list[bytes],
+                      authors: dict[bytes, _Author],
+                      evidence: list[tuple[bytes, bytes, str]] | None = None) -> ApplyResult:
+        if not authors:
+            # add_local: derive the author's new state from the op itself
+            for op in apply:
+                old = self._authors.get(op.author) or _Author()
+                a = _Author(old.head_seq, old.head_id, old.head_hlc, old.n_ops + 1,
+                            old.n_bytes + len(op.raw), old.quarantined)
+                if op.seq:
+                    a.head_seq, a.head_id, a.head_hlc = op.seq, op.op_id, op.hlc
+                authors[op.author] = a
+        if not (apply or park or unpark or authors or evidence):
+            return ApplyResult()
+        newly_quarantined = [k for k, a in authors.items() if a.quarantined is not None
+                             and (k not in self._authors or self._authors[k].quarantined is None)]
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            await self._db.executemany(
+                "INSERT INTO ops (op_id, ns, kind, doc_id, author, seq, hlc, expiry_ms, raw) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(o.op_id, o.namespace, o.kind, o.doc_id, o.author, o.seq, o.hlc, o.expiry_ms,
+                  o.raw) for o in apply])
+            await self._db.executemany(
+                "INSERT INTO pending (op_id, author, seq, raw) VALUES (?, ?, ?, ?)",
+                [(o.op_id, o.author, o.seq, o.raw) for o in park])
+            await self._db.executemany("DELETE FROM pending WHERE op_id = ?",
+                                       [(i,) for i in unpark])
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO authors (author, head_seq, head_id, head_hlc, n_ops, "
+                "n_bytes, quarantined) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(k, a.head_seq, a.head_id, a.head_hlc, a.n_ops, a.n_bytes, a.quarantined)
+                 for k, a in authors.items()])
+            await self._db.executemany("INSERT INTO evidence (author, raw, reason) VALUES (?, ?, ?)",
+                                       evidence or [])
+            await self._db.execute("COMMIT")
+        except BaseException:
+            # a failed or cancelled commit leaves nothing behind and nothing acknowledged
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.shield(self._db.execute("ROLLBACK"))
+            raise
+        # committed: publish to the in-memory indexes
+        self._authors.update(authors)
+        for op in apply:
+            self._known[op.op_id] = (op.namespace, op.hlc, op.author)
+            self.bytes_stored += len(op.raw)
+            self._keys.setdefault(op.namespace, {})[op.op_id] = op.hlc
+            self._snapshots.pop(op.namespace, None)
+            self.clock.observe_trusted(op.hlc)
+        for op in park:
+            self._pending[(op.author, op.seq)] = op
+            self._pending_ids.add(op.op_id)
+        for op_id in unpark:
+            self._pending_ids.discard(op_id)
+        self._pending = {k: v for k, v in self._pending.items() if v.op_id in self._pending_ids}
+        if newly_quarantined:
+            await self._hide_authors(newly_quarantined)
+        return ApplyResult(applied=tuple(apply))
+
+    async def _hide_authors(self, authors: Iterable[bytes]) -> None:
+        """Stop offering a quarantined author's ops to peers (they stay stored as evidence)."""
+        hide = set(authors)
+        for op_id, (ns, _, author) in self._known.items():
+            if author in hide and op_id in self._keys.get(ns, {}):
+                del self._keys[ns][op_id]
+                self._snapshots.pop(ns, None)
+        for key in [k for k in self._pending if k[0] in hide]:
+            self._pending_ids.discard(self._pending.pop(key).op_id)
+        marks = ",".join("?" * len(hide))
+        await self._db.execute(f"DELETE FROM pending WHERE author IN ({marks})", list(hide))
+
+    async def purge_expired(self) -> int:
+        """Delete ops whose expiry has passed; returns how many."""
+        wall_ms = int(self._wall_clock() * 1000)
+        async with self._lock:
+            async with self._db.execute(
+                    "SELECT op_id FROM ops WHERE expiry_ms IS NOT NULL AND expiry_ms <= ?",
+                    (wall_ms,)) as cur:
+                gone = [r[0] async for r in cur]
+            if not gone:
+                return 0
+            await self._db.execute(
+                "DELETE FROM ops WHERE expiry_ms IS NOT NULL AND expiry_ms <= ?", (wall_ms,))
+            for op_id in gone:
+                ns, _, _ = self._known.pop(op_id)
+                if self._keys.get(ns, {}).pop(op_id, None) is not None:
+                    self._snapshots.pop(ns, None)
+            return len(gone)
