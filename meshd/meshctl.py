@@ -431,6 +431,66 @@ async def _ping(client: ControlClient, args: argparse.Namespace, out: Output) ->
     return ExitCode.OK if received else ExitCode.UNREACHABLE
 
 
+# ---------------------------------------------------------------------------- send, messages
+
+#: how long ``send`` waits for the far end's acknowledgement by default, seconds
+SEND_TIMEOUT_S = 10.0
+
+
+def _send_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE", help="NodeId, unique id prefix or unique display name")
+    p.add_argument("text", metavar="TEXT", help="the message (sealed end to end)")
+    p.add_argument("-W", "--timeout", type=_ping_timeout, default=SEND_TIMEOUT_S, metavar="S",
+                   help=f"seconds to wait for the acknowledgement, at most 60 "
+                        f"(default {SEND_TIMEOUT_S:g})")
+
+
+@register("send", "send a sealed text message to NODE and wait for its acknowledgement",
+          _send_setup)
+async def _send(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    res = await client.call("send", {"node": args.node, "text": args.text,
+                                     "timeout": args.timeout},
+                            timeout=args.timeout + PING_GRACE_S)
+    if not isinstance(res, dict):
+        out.error("daemon sent a malformed send result")
+        return ExitCode.FAILED
+    if out.json:
+        out.document(res)
+    else:
+        node_id = res.get("node_id")
+        who = str(node_id)[:8] if isinstance(node_id, str) else args.node
+        out.line(f"{_str(res.get('status'))} to {who}: message {_str(res.get('message_id'))}, "
+                 f"{_str(res.get('attempts'))} attempt(s), {_num(res.get('rtt_ms'))} ms")
+    return ExitCode.OK
+
+
+def _clock(ms: Any) -> str:
+    if isinstance(ms, bool) or not isinstance(ms, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+@register("messages", "list the text messages this node received, oldest first")
+async def _messages(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    res = await client.call("messages", timeout=CALL_TIMEOUT_S)
+    msgs = res.get("messages") if isinstance(res, dict) else None
+    if not isinstance(msgs, list):
+        out.error("daemon sent a malformed message list")
+        return ExitCode.FAILED
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    if not msgs:
+        out.line("no messages")
+        return ExitCode.OK
+    rows = [(_clock(m.get("received_ms")), str(m.get("from", ""))[:8] or "-",
+             _str(m.get("from_name") or None), " ".join(str(m.get("text", "")).split()))
+            for m in msgs if isinstance(m, dict)]
+    for text in _table(rows, ("RECEIVED", "FROM", "NAME", "TEXT")):
+        out.line(text)
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------------------- parsing and main
 
 def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:

@@ -40,6 +40,7 @@ class FakeDaemon:
         self.ready = True
         self.pings: list[dict[str, Any]] = []
         self.flaky_n = 0
+        self.sent: list[tuple[str, str, Any]] = []
 
     async def status(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"node_id": ME, "short_id": ME[:8], "name": "my-car", "role": "car",
@@ -76,8 +77,28 @@ class FakeDaemon:
         return {"node_id": target, "name": name, "rtt_ms": 2.0 + len(self.pings),
                 "hops": 1 if target in (CAR1, CAR2) else 3}
 
+    async def send(self, params: dict[str, Any]) -> dict[str, Any]:
+        node, text = params.get("node"), params.get("text")
+        if type(node) is not str or type(text) is not str:
+            raise ControlError("bad_request", "send needs node and text")
+        target = resolve_node(node, KNOWN)
+        if target == GONE:
+            raise ControlError("unreachable", "no route to dead0000")
+        self.sent.append((target, text, params.get("timeout")))
+        return {"node_id": target, "message_id": "ab" * 12, "status": "delivered",
+                "attempts": 1, "rtt_ms": 12.5}
+
+    async def messages(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"messages": [
+            {"message_id": "cd" * 12, "from": CAR1, "from_name": "car-1",
+             "sent_ms": 1764180000000, "received_ms": 1764180000100, "text": "避難所は\n開いています"},
+            {"message_id": "ef" * 12, "from": FAR, "from_name": "",
+             "sent_ms": 1764180001000, "received_ms": 1764180001100, "text": "ok"},
+        ]}
+
     def handlers(self) -> dict[str, Any]:
-        return {"status": self.status, "neighbours": self.neighbours, "ping": self.ping}
+        return {"status": self.status, "neighbours": self.neighbours, "ping": self.ping,
+                "send": self.send, "messages": self.messages}
 
 
 @pytest.fixture
@@ -316,6 +337,33 @@ async def test_unknown_method_exits_1(state_dir: Path, capsys: pytest.CaptureFix
         assert "neighbours" in capsys.readouterr().err
     finally:
         await server.close()
+
+
+async def test_send(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run("send", "car-2", "給水は 3 時から", "--socket", sock(daemon)) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"delivered to 0123abef: message {'ab' * 12}, 1 attempt(s), 12.5 ms")
+    assert daemon.sent == [(CAR2, "給水は 3 時から", 10.0)]
+    assert await run("--json", "send", "far", "hi", "--timeout", "3",
+                     "--socket", sock(daemon)) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "node_id": FAR, "message_id": "ab" * 12, "status": "delivered", "attempts": 1,
+        "rtt_ms": 12.5}
+    assert daemon.sent[-1] == (FAR, "hi", 3.0)
+    assert await run("send", "gone", "hi", "--socket", sock(daemon)) == ExitCode.UNREACHABLE
+    assert await run("send", "0123", "hi", "--socket", sock(daemon)) == ExitCode.USAGE
+    assert await run("send", "car-1", "--socket", sock(daemon)) == ExitCode.USAGE
+    assert len(daemon.sent) == 2
+
+
+async def test_messages(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run("messages", "--socket", sock(daemon)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["RECEIVED", "FROM", "NAME", "TEXT"]
+    assert lines[1].split()[2:] == ["0123abcd", "car-1", "避難所は", "開いています"]
+    assert lines[2].split()[2:] == ["9999ffff", "-", "ok"]
+    assert await run("messages", "--json", "--socket", sock(daemon)) == 0
+    assert json.loads(capsys.readouterr().out) == await daemon.messages({})
 
 
 @pytest.mark.parametrize("argv", [
