@@ -1,0 +1,152 @@
+"""Search: Japanese words of one, two, three and more characters, English, filters, snippets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from library_replica.ops import LibraryError, new_doc_id
+from library_replica.search import SearchIndex, ngram_text, parse_query, refresh_index
+
+ALICE = b"a" * 32
+BOB = b"b" * 32
+
+
+@dataclass(frozen=True)
+class D:
+    doc_id: bytes
+    collection: str
+    title: str
+    body: str
+    tags: tuple[str, ...] = ()
+    lang: str = "ja"
+    authors: frozenset[bytes] = frozenset({ALICE})
+
+
+def _id(name: str) -> bytes:
+    return new_doc_id(name.encode())
+
+
+CORPUS = [
+    D(_id("shelter"), "know-how", "避難所の開設手順",
+      "地震のあと、避難所を開設する手順です。避難者の受付、給水、毛布の配布を行います。"
+      "避難所では避難者名簿を作ります。", ("避難", "防災")),
+    D(_id("water"), "know-how", "給水車の巡回",
+      "給水車は毎朝九時に公民館へ来ます。ポリタンクを持参してください。", ("給水",)),
+    D(_id("ev"), "work", "EV充電と電力融通",
+      "停電時は車の電池から充電できます。スマートグリッドの実験で、EVから公民館へ電力を送りました。",
+      ("電力", "EV"), authors=frozenset({BOB})),
+    D(_id("history"), "history", "町の歴史",
+      "この町は江戸時代に宿場町として栄えました。川の氾濫で何度も避難した記録があります。",
+      ("歴史",)),
+    D(_id("phone"), "social", "電話連絡網",
+      "電話がつながらないときは、車のメッシュ通話を使います。", ("連絡",)),
+    D(_id("english"), "know-how", "Battery sharing guide",
+      "Cars can lend battery power to the shelter. Ask the dealer about the smart grid adapter.",
+      ("battery",), lang="en", authors=frozenset({BOB})),
+]
+
+
+@pytest.fixture
+def index() -> SearchIndex:
+    idx = SearchIndex()
+    idx.upsert_many(CORPUS)
+    return idx
+
+
+def _ids(hits: list) -> list[bytes]:  # type: ignore[type-arg]
+    return [h.doc_id for h in hits]
+
+
+def test_ngram_tokens() -> None:
+    assert ngram_text("避難所") == "避 難 所 避難 難所"
+    assert ngram_text("ＥＶ、充電") == "e v ev 充 電 充電"
+
+
+def test_query_parsing_splits_by_length() -> None:
+    q = parse_query("避難　スマートグリッド EV 所")
+    assert q.long_words == ("スマートグリッド",)
+    assert q.short_words == ("避難", "ev", "所")
+    with pytest.raises(LibraryError):
+        parse_query("  、 ")
+
+
+def test_one_character_word(index: SearchIndex) -> None:
+    hits = index.search("毛")
+    assert _ids(hits) == [_id("shelter")]
+    assert "«毛»" in hits[0].snippet
+
+
+def test_two_character_words_are_ranked(index: SearchIndex) -> None:
+    hits = index.search("避難")
+    # the shelter document says it most often and in its title
+    assert _ids(hits)[0] == _id("shelter")
+    assert set(_ids(hits)) == {_id("shelter"), _id("history")}
+    assert "«避難»" in hits[0].snippet
+    assert hits[0].score < hits[1].score
+    assert _ids(index.search("給水")) == [_id("water"), _id("shelter")]
+    assert _ids(index.search("充電")) == [_id("ev")]
+    assert _ids(index.search("電話")) == [_id("phone")]
+
+
+def test_three_and_more_characters(index: SearchIndex) -> None:
+    hits = index.search("スマートグリッド")
+    assert _ids(hits) == [_id("ev")]
+    assert "«スマートグリッド»" in hits[0].snippet
+    assert set(_ids(index.search("公民館"))) == {_id("ev"), _id("water")}
+
+
+def test_english_words_case_insensitive(index: SearchIndex) -> None:
+    hits = index.search("BATTERY")
+    assert _ids(hits) == [_id("english")]
+    assert "«battery»" in hits[0].snippet
+    assert _ids(index.search("smart grid")) == [_id("english")]
+
+
+def test_several_words_must_all_match(index: SearchIndex) -> None:
+    assert _ids(index.search("避難 名簿")) == [_id("shelter")]
+    assert _ids(index.search("公民館 EV")) == [_id("ev")]
+    assert index.search("避難 スマートグリッド") == []
+
+
+def test_filters_by_collection_tag_author(index: SearchIndex) -> None:
+    assert _ids(index.search("避難", collection="history")) == [_id("history")]
+    assert _ids(index.search("公民館", tag="給水")) == [_id("water")]
+    assert _ids(index.search("公民館", author=BOB)) == [_id("ev")]
+    assert index.search("避難", collection="social") == []
+
+
+def test_reindex_and_remove(index: SearchIndex) -> None:
+    old = CORPUS[1]
+    index.upsert(D(old.doc_id, old.collection, "給水所", "井戸水を配ります。", ("給水",)))
+    assert len(index) == len(CORPUS)
+    assert _id("water") not in _ids(index.search("ポリタンク"))
+    assert _ids(index.search("井戸")) == [_id("water")]
+    index.remove(_id("water"))
+    assert index.search("井戸") == []
+    assert index.search("給水") and _id("water") not in _ids(index.search("給水"))
+
+
+def test_fts_syntax_in_queries_is_quoted(index: SearchIndex) -> None:
+    assert index.search('"避難" OR NEAR(') == []  # every word is a quoted phrase
+    assert index.search("AND") == []
+    assert index.search('避難"所') == []
+
+
+def test_refresh_index_follows_the_library() -> None:
+    from library_replica.documents import KIND_CREATE, KIND_DELETE, KIND_EDIT, Library
+    from tests.library_replica.factory import Author, hlc
+
+    lib, idx, alice = Library(), SearchIndex(), Author()
+    d = new_doc_id(b"x")
+    lib.apply(alice.op(KIND_CREATE, d, lib.prepare_create(
+        alice.pub, collection="know-how", title="停電", body="停電のときの連絡"), hlc(1)))
+    assert refresh_index(idx, lib) == 1
+    assert _ids(idx.search("連絡", author=alice.pub)) == [d]
+    lib.apply(alice.op(KIND_EDIT, d, lib.prepare_edit(d, alice.pub, body="断水のときの給水"), hlc(2)))
+    refresh_index(idx, lib)
+    assert idx.search("連絡") == [] and _ids(idx.search("給水")) == [d]
+    lib.apply(alice.op(KIND_DELETE, d, lib.prepare_delete(), hlc(3)))
+    refresh_index(idx, lib)
+    assert idx.search("給水") == [] and len(idx) == 0
