@@ -438,8 +438,16 @@ class Node:
             "neighbours": len(self.neighbours.peers()),
             "routes": len(self.neighbours.peers()),
             "pid": os.getpid(),
-            "drops": dict(self.drops.counts),
+            "drops": self.drop_counts(),
         }
+
+    def drop_counts(self) -> dict[str, int]:
+        """Refused input by reason, over the node, its cores and its adapters."""
+        total: dict[str, int] = {}
+        for counter in (self.drops, self.links.drops, self.neighbours.drops, self.messenger.drops):
+            for reason, n in counter.counts.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
 
     def _neighbour_json(self, peer: NodeId) -> dict[str, Any]:
         info = self._peers.get(peer)
