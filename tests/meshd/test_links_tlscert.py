@@ -1,0 +1,192 @@
+"""Link certificates and every aioquic internal meshd relies on, after a real in-memory handshake.
+
+These tests fail when an aioquic upgrade moves what meshd.tlscert and
+meshd.links read (the peer certificate, the datagram queue, the stream send
+buffer) or changes the DATAGRAM payload limit that MESH_MTU is derived from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from types import SimpleNamespace
+
+import pytest
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from meshd import ALPN
+from meshd.errors import LocalProtocolError
+from meshd.identity import Identity
+from meshd.links import (
+    MAX_DATAGRAM_FRAME_SIZE,
+    MESH_MTU,
+    _aioquic_datagrams_pending,
+    _aioquic_unacked,
+)
+from meshd.tlscert import (
+    certificate_fingerprint,
+    make_certificate,
+    peer_certificate,
+    peer_certificate_key,
+)
+from tests.meshd.links_helpers import Node
+
+CLIENT_ADDR = ("127.0.0.2", 1234)
+SERVER_ADDR = ("127.0.0.3", 4433)
+
+
+class Pair:
+    """Two QuicConnections passing datagrams in memory (no sockets; the addresses are labels)."""
+
+    def __init__(self, server_identity: Identity) -> None:
+        cert, key = make_certificate(server_identity)
+        self.cert = cert
+        self.now = 1.0
+        self.client = QuicConnection(configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE,
+            max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE))
+        self.server = QuicConnection(
+            configuration=QuicConfiguration(
+                is_client=False, alpn_protocols=[ALPN], certificate=cert, private_key=key,
+                max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE),
+            original_destination_connection_id=self.client.original_destination_connection_id)
+        self.client.connect(SERVER_ADDR, now=self.now)
+        for _ in range(10):
+            self.roundtrip()
+        assert self.drain(self.client, events.HandshakeCompleted)
+        self.drain(self.server, events.HandshakeCompleted)
+
+    def roundtrip(self) -> None:
+        self.now += 0.01
+        for data, _ in self.client.datagrams_to_send(now=self.now):
+            self.server.receive_datagram(data, CLIENT_ADDR, now=self.now)
+        for data, _ in self.server.datagrams_to_send(now=self.now):
+            self.client.receive_datagram(data, SERVER_ADDR, now=self.now)
+
+    @staticmethod
+    def drain(conn: QuicConnection, kind: type) -> list[events.QuicEvent]:
+        out = []
+        while (ev := conn.next_event()) is not None:
+            if isinstance(ev, kind):
+                out.append(ev)
+        return out
+
+
+def test_certificate_is_self_signed_with_the_identity_key() -> None:
+    ident = Identity.generate()
+    cert, key = make_certificate(ident)
+    assert key is ident.signing_key
+    assert cert.subject == cert.issuer
+    assert ident.hex in cert.subject.rfc4514_string()
+    assert certificate_fingerprint(cert) == certificate_fingerprint(cert.public_bytes(Encoding.DER))
+    assert len(certificate_fingerprint(cert)) == 32
+
+
+def test_peer_certificate_key_after_real_handshake() -> None:
+    ident = Identity.generate()
+    pair = Pair(ident)
+    # the attribute meshd.tlscert reads exists and holds the server's certificate
+    assert hasattr(pair.client.tls, "_peer_certificate")
+    assert peer_certificate_key(pair.client) == ident.ed25519_pub
+    assert certificate_fingerprint(peer_certificate(pair.client)) == \
+        certificate_fingerprint(pair.cert)
+    # the server saw no client certificate
+    with pytest.raises(LocalProtocolError):
+        peer_certificate_key(pair.server)
+
+
+def test_peer_certificate_key_reports_changed_internals() -> None:
+    with pytest.raises(LocalProtocolError, match="internals changed"):
+        peer_certificate_key(SimpleNamespace(tls=SimpleNamespace()))
+    with pytest.raises(LocalProtocolError, match="internals changed"):
+        peer_certificate_key(SimpleNamespace())
+
+
+def _largest_datagram(sender: QuicConnection, receiver: QuicConnection, pair: Pair) -> int:
+    """Largest DATAGRAM payload that arrives; stops at the first size that jams."""
+    largest = 0
+    for size in range(MESH_MTU - 10, MESH_MTU + 100):
+        sender.send_datagram_frame(b"x" * size)
+        for _ in range(3):
+            pair.roundtrip()
+        got = Pair.drain(receiver, events.DatagramFrameReceived)
+        if not got:
+            # aioquic keeps the oversize datagram queued for good (why MESH_MTU exists)
+            assert _aioquic_datagrams_pending(sender) == 1
+            return largest
+        largest = size
+    return largest
+
+
+def test_mesh_mtu_fits_aioquic_datagram_limit_both_ways() -> None:
+    pair = Pair(Identity.generate())
+    up = _largest_datagram(pair.client, pair.server, pair)
+    pair2 = Pair(Identity.generate())
+    down = _largest_datagram(pair2.server, pair2.client, pair2)
+    # measured with aioquic 1.7.2: 1170 both ways; MESH_MTU keeps a margin below
+    assert MESH_MTU < up < MESH_MTU + 100
+    assert MESH_MTU < down < MESH_MTU + 100
+    assert up - MESH_MTU >= 16 and down - MESH_MTU >= 16
+
+
+def test_stream_send_buffer_internal_is_visible() -> None:
+    pair = Pair(Identity.generate())
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, b"y" * 100_000)
+    assert _aioquic_unacked(pair.client, sid) == 100_000
+    for _ in range(200):
+        pair.roundtrip()
+        if _aioquic_unacked(pair.client, sid) == 0:
+            break
+    assert _aioquic_unacked(pair.client, sid) == 0
+
+
+async def test_early_traffic_dropped_and_garbage_handshake_refused() -> None:
+    """A TLS-complete client that never proves itself gets no datagram or stream through."""
+    b = Node("bravo")
+    addr = await b.listen()
+    loop = asyncio.get_running_loop()
+    from aioquic.asyncio.client import connect
+
+    cfg = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE,
+                            max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE)
+    try:
+        async with connect(*addr, configuration=cfg, wait_connected=True) as proto:
+            proto._quic.send_datagram_frame(b"\x03early")
+            sid = proto._quic.get_next_available_stream_id()
+            proto._quic.send_stream_data(sid, b"\x00" * 16)  # stream 0: garbage handshake
+            proto._quic.send_stream_data(sid + 4, b"service?")  # another stream: early
+            proto.transmit()
+            start = loop.time()
+            await asyncio.wait_for(proto.wait_closed(), 10)
+            assert loop.time() - start < 8
+        assert b.rec.datagrams == [] and b.rec.ups == []
+        assert b.mgr.drops.counts["early-datagram"] == 1
+        assert b.mgr.drops.counts["early-stream"] >= 1
+        assert any(k.startswith("refused-") for k in b.mgr.drops.counts)
+        assert b.mgr.links() == {}
+    finally:
+        await b.mgr.close()
+
+
+@pytest.mark.slow
+async def test_silent_client_is_refused_after_handshake_timeout() -> None:
+    b = Node("bravo")
+    addr = await b.listen()
+    from aioquic.asyncio.client import connect
+
+    cfg = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE,
+                            max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE)
+    try:
+        async with connect(*addr, configuration=cfg, wait_connected=True) as proto:
+            proto._quic.send_datagram_frame(b"\x03early")
+            proto.transmit()
+            await asyncio.wait_for(proto.wait_closed(), 10)
+        assert b.mgr.drops.counts["refused-timeout"] == 1
+        assert b.mgr.drops.counts["early-datagram"] == 1
+        assert b.rec.ups == []
+    finally:
+        await b.mgr.close()
