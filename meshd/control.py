@@ -294,6 +294,11 @@ class _Conn:
             log.error("[control #%d] result is not JSON: %s", self.num, exc)
             line = _dumps({"id": req_id, "error": ControlError(
                 "failed", "internal error: result is not JSON").to_json()})
+        if len(line) > MAX_LINE + 1:
+            log.error("[control #%d] result of %d bytes is over the line limit", self.num,
+                      len(line))
+            line = _dumps({"id": req_id, "error": ControlError(
+                "failed", f"result over {MAX_LINE} bytes").to_json()})
         self.send(line)
 
     def subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -439,12 +444,18 @@ class ControlServer:
                 try:
                     line = _dumps({"event": event, "data": data, "ts": self._wall_clock()})
                 except (TypeError, ValueError) as exc:
-                    if event not in self._bad_events:
-                        self._bad_events.add(event)
-                        log.error("control: event %s has non-JSON data (%s); not published",
-                                  event, exc)
+                    self._refuse_event(event, f"data is not JSON ({exc})")
+                    return
+                if len(line) > MAX_LINE + 1:
+                    self._refuse_event(event, f"{len(line)} bytes, over the line limit")
                     return
             conn.send(line)
+
+    def _refuse_event(self, event: str, why: str) -> None:
+        # our own bug, not a peer's: log it once per event name, never raise into the caller
+        if event not in self._bad_events and len(self._bad_events) < 1024:
+            self._bad_events.add(event)
+            log.error("control: event %s not published: %s", event, why)
 
     async def close(self) -> None:
         """Stop accepting, disconnect every client, cancel running requests, remove the socket."""
@@ -505,7 +516,7 @@ class ControlClient:
         self._read_task = asyncio.create_task(self._read_loop(), name="control-client-reader")
 
     @classmethod
-    async def connect(cls, path: Path, timeout: float = 2.0) -> ControlClient:  # noqa: ASYNC109
+    async def connect(cls, path: Path, timeout: float = 2.0) -> ControlClient:
         """Connect to ``path``; raise ``NoDaemon`` if nothing answers within ``timeout`` s."""
         check_socket_path(path)
         try:
@@ -575,7 +586,7 @@ class ControlClient:
             self._events.put_nowait(None)
 
     async def call(self, method: str, params: dict[str, Any] | None = None,
-                   timeout: float | None = None) -> Any:  # noqa: ASYNC109
+                   timeout: float | None = None) -> Any:
         """Return the result; raise ``ControlError``, or ``NoDaemon`` if unanswered in time."""
         if self._read_task.done():
             raise NoDaemon(self._closed_reason or "connection closed")

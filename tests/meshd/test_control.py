@@ -68,12 +68,15 @@ class Handlers:
     async def not_json(self, params: dict[str, Any]) -> Any:
         return {"x": object()}
 
+    async def huge(self, params: dict[str, Any]) -> Any:
+        return "h" * (MAX_LINE + 1)
+
     async def forever(self, params: dict[str, Any]) -> Any:
         await asyncio.sleep(3600)
 
     def table(self) -> dict[str, Any]:
         return {"echo": self.echo, "add": self.add, "wait_gate": self.wait_gate,
-                "open_gate": self.open_gate, "boom": self.boom, "not_json": self.not_json,
+                "open_gate": self.open_gate, "boom": self.boom, "not_json": self.not_json, "huge": self.huge,
                 "forever": self.forever}
 
 
@@ -149,6 +152,9 @@ async def test_handler_errors_become_error_responses(
         with pytest.raises(ControlError) as ei:
             await c.call("not_json")
         assert ei.value.code == "failed"
+        with pytest.raises(ControlError) as ei:
+            await c.call("huge")
+        assert ei.value.code == "failed" and "over" in ei.value.message
         with pytest.raises(ControlError) as ei:
             await c.call("no_such_method")
         assert ei.value.code == "unknown_method"
@@ -291,6 +297,7 @@ async def test_publish_with_non_json_data_does_not_raise(
     async with await ControlClient.connect(path) as c:
         sub = await c.subscribe(["*"])
         server.publish("bad", {"x": object()})
+        server.publish("too.big", {"x": "b" * MAX_LINE})
         server.publish("good", {"x": 1})
         async with asyncio.timeout(5):
             assert await anext(sub) == ("good", {"x": 1})
