@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.control import ControlError
 from meshd.names import resolve_node
@@ -102,3 +106,43 @@ def test_not_found_and_bad_query() -> None:
     # empty display names never match
     with pytest.raises(ControlError):
         resolve_node("", [(A, "")])
+
+
+hex_ids = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
+names = st.text(min_size=0, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(hex_ids, names), max_size=20), st.text(max_size=40))
+def test_resolution_is_total_and_sound(known: list[tuple[str, str]], query: str) -> None:
+    """Any query either resolves to a candidate that matches it, or raises ControlError."""
+    try:
+        got = resolve_node(query, known)
+    except ControlError as exc:
+        assert exc.code in ("bad_request", "not_found", "ambiguous")
+        if exc.code == "ambiguous":
+            assert len(exc.data["candidates"]) > 1
+        return
+    q = query.strip()
+    ids = {nid for nid, _ in known}
+    assert got == q.lower() or got in ids
+    def fold(s: str) -> str:
+        return unicodedata.normalize("NFC", s).casefold()
+
+    if got != q.lower():
+        assert got.startswith(q.lower()) or any(
+            nid == got and name and fold(name) == fold(q) for nid, name in known)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(hex_ids, min_size=1, max_size=30, unique=True))
+def test_every_known_node_resolves_by_full_id_and_shortest_unique_prefix(ids: list[str]) -> None:
+    known = [(nid, "") for nid in ids]
+    for nid in ids:
+        assert resolve_node(nid, known) == nid
+        n = next(n for n in range(1, 33) if sum(o.startswith(nid[:n]) for o in ids) == 1)
+        assert resolve_node(nid[:n], known) == nid
+        if n > 1:
+            with pytest.raises(ControlError) as ei:
+                resolve_node(nid[:n - 1], known)
+            assert ei.value.code == "ambiguous"
