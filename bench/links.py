@@ -9,8 +9,9 @@ Rows (loopback only, each bounded in time and count):
 - ``aioquic in memory``: two aioquic QuicConnection objects passing datagrams in memory, no
   sockets, no event loop (aioquic's own packet/crypto cost).
 
-Columns: datagrams/s one way (windowed: at most WINDOW in flight, so nothing is lost to
-queue limits) and round-trip time of one 100-byte datagram echoed back (p50 / p95).
+Columns: round-trip time of one 100-byte datagram echoed back (p50 / p95) on an idle link,
+then datagrams/s one way (windowed: at most WINDOW in flight, so nothing is lost to queue
+limits), then the round-trip time again right after that load.
 """
 
 from __future__ import annotations
@@ -128,11 +129,20 @@ async def bench_links(seconds: float) -> dict[str, Any]:
         await a.connect(*addr, idb.node_id)
         await asyncio.wait_for(sb.up.wait(), 5)
         payload = os.urandom(PAYLOAD)
-        rate = await _windowed(lambda: a.send_datagram(idb.node_id, payload), sb, seconds)
+
+        def ping() -> None:
+            a.send_datagram(idb.node_id, payload)
+
         sb.echo_to = b.send_datagram
-        rtt = await _rtts(lambda: a.send_datagram(idb.node_id, payload), sa, seconds / 2)
+        rtt = await _rtts(ping, sa, seconds / 2)
+        sb.echo_to = None
+        rate = await _windowed(ping, sb, seconds)
+        sb.echo_to = b.send_datagram
+        after = await _rtts(ping, sa, seconds / 2)
         return {"path": "LinkManager (QUIC link)", "datagrams_per_s": rate,
-                "rtt_p50_us": pct(rtt, 0.5), "rtt_p95_us": pct(rtt, 0.95), "rtt_n": len(rtt)}
+                "rtt_p50_us": pct(rtt, 0.5), "rtt_p95_us": pct(rtt, 0.95), "rtt_n": len(rtt),
+                "rtt_after_load_p50_us": pct(after, 0.5),
+                "rtt_after_load_p95_us": pct(after, 0.95)}
     finally:
         await a.close()
         await b.close()
@@ -163,11 +173,20 @@ async def bench_udp(seconds: float) -> dict[str, Any]:
                                                      remote_addr=addr)
     try:
         payload = os.urandom(PAYLOAD)
-        rate = await _windowed(lambda: ct.sendto(payload), server_sink, seconds)
+
+        def ping() -> None:
+            ct.sendto(payload)
+
         server.echo = True
-        rtt = await _rtts(lambda: ct.sendto(payload), client_sink, seconds / 2)
+        rtt = await _rtts(ping, client_sink, seconds / 2)
+        server.echo = False
+        rate = await _windowed(ping, server_sink, seconds)
+        server.echo = True
+        after = await _rtts(ping, client_sink, seconds / 2)
         return {"path": "asyncio UDP echo", "datagrams_per_s": rate,
-                "rtt_p50_us": pct(rtt, 0.5), "rtt_p95_us": pct(rtt, 0.95), "rtt_n": len(rtt)}
+                "rtt_p50_us": pct(rtt, 0.5), "rtt_p95_us": pct(rtt, 0.95), "rtt_n": len(rtt),
+                "rtt_after_load_p50_us": pct(after, 0.5),
+                "rtt_after_load_p95_us": pct(after, 0.95)}
     finally:
         ct.close()
         st.close()
@@ -204,6 +223,24 @@ def bench_memory(seconds: float) -> dict[str, Any]:
         pump(server, client, saddr)
     got(client), got(server)
     payload = os.urandom(PAYLOAD)
+
+    def rtts() -> list[float]:
+        out: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds / 2 and len(out) < RTT_MAX_COUNT:
+            t0 = time.perf_counter()
+            now[0] += 0.001
+            client.send_datagram_frame(payload)
+            pump(client, server, caddr)
+            got(server)
+            server.send_datagram_frame(payload)
+            pump(server, client, saddr)
+            got(client)
+            out.append((time.perf_counter() - t0) * 1e6)
+        return out
+
+    # "RTT": one datagram there and one back, in memory (CPU cost only)
+    rtt = rtts()
     # throughput: windows of WINDOW datagrams, acks flowing back
     received = 0
     start = time.perf_counter()
@@ -216,21 +253,10 @@ def bench_memory(seconds: float) -> dict[str, Any]:
         pump(server, client, saddr)
         got(client)
     rate = received / (time.perf_counter() - start)
-    # "RTT": one datagram there and one back, in memory
-    rtt: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds / 2 and len(rtt) < RTT_MAX_COUNT:
-        t0 = time.perf_counter()
-        now[0] += 0.001
-        client.send_datagram_frame(payload)
-        pump(client, server, caddr)
-        got(server)
-        server.send_datagram_frame(payload)
-        pump(server, client, saddr)
-        got(client)
-        rtt.append((time.perf_counter() - t0) * 1e6)
+    after = rtts()
     return {"path": "aioquic in memory (no sockets)", "datagrams_per_s": rate,
-            "rtt_p50_us": pct(rtt, 0.5), "rtt_p95_us": pct(rtt, 0.95), "rtt_n": len(rtt)}
+            "rtt_p50_us": pct(rtt, 0.5), "rtt_p95_us": pct(rtt, 0.95), "rtt_n": len(rtt),
+            "rtt_after_load_p50_us": pct(after, 0.5), "rtt_after_load_p95_us": pct(after, 0.95)}
 
 
 async def main_async(seconds: float) -> list[dict[str, Any]]:
@@ -259,11 +285,13 @@ def main() -> None:
         return
     print(f"Links benchmark ({loop_name}; {machine}; {PAYLOAD}-byte datagrams, "
           f"window {WINDOW})\n")
-    print("| path | datagrams/s | RTT p50 (µs) | RTT p95 (µs) |")
-    print("|---|---:|---:|---:|")
+    print("| path | datagrams/s | RTT p50 (µs) | RTT p95 (µs) "
+          "| after load: RTT p50 (µs) | after load: RTT p95 (µs) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['path']} | {r['datagrams_per_s']:,.0f} | {r['rtt_p50_us']:,.0f} "
-              f"| {r['rtt_p95_us']:,.0f} |")
+              f"| {r['rtt_p95_us']:,.0f} | {r['rtt_after_load_p50_us']:,.0f} "
+              f"| {r['rtt_after_load_p95_us']:,.0f} |")
 
 
 if __name__ == "__main__":
