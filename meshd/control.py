@@ -26,9 +26,11 @@ connection::
     {"event": "neighbour.up", "data": {...}, "ts": 1764185000.123}
 
 ``ts`` is wall-clock Unix time.  Every line a client is owed goes through one
-bounded queue per client drained by one writer task: a client that stops
-reading fills its queue and is disconnected; ``publish`` never waits and never
-raises into the daemon.
+queue per client drained by one writer task.  Events are bounded: a client
+that stops reading lets its queue fill and is disconnected, so ``publish``
+never waits and never raises into the daemon.  Responses are pushed back
+instead: while the queue is full the server reads no further request from
+that client, so a client that pipelines many requests is slowed, not dropped.
 
 Client input is untrusted: a line over ``MAX_LINE`` bytes gets an error and
 the connection is closed (the rest of the line cannot be resynchronised); bad
@@ -160,23 +162,39 @@ class _Conn:
         self.num = num
         self.reader = reader
         self.writer = writer
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
+        # Unbounded as a container; the bound is applied by kind: events beyond
+        # ``queue_size`` drop the client (slow reader), responses make the reader
+        # wait (a client pipelining requests is pushed back, not dropped).
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queue_size = queue_size
+        self.room = asyncio.Event()
         self.patterns: list[str] = []
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     def send(self, line: bytes) -> None:
-        """Queue one line without waiting; a full queue means a slow client, which is dropped."""
+        """Queue a response: always accepted (the reader waits for room before the next request)."""
+        if not self.closed:
+            self.queue.put_nowait(line)
+
+    def send_event(self, line: bytes) -> None:
+        """Queue an event without waiting; a full queue means a slow client, which is dropped."""
         if self.closed:
             return
-        try:
-            self.queue.put_nowait(line)
-        except asyncio.QueueFull:
+        if self.queue.qsize() >= self.queue_size:
             self.server.dropped_slow += 1
             log.warning("[control #%d] client too slow (%d lines queued): disconnecting",
                         self.num, self.queue.qsize())
             self.abort()
+            return
+        self.queue.put_nowait(line)
+
+    async def wait_for_room(self) -> None:
+        """Backpressure for requests: wait until the client has read most of what it is owed."""
+        while not self.closed and self.queue.qsize() >= self.queue_size:
+            self.room.clear()
+            await self.room.wait()
 
     def abort(self) -> None:
         """Drop the connection now, discarding whatever is still queued."""
@@ -189,15 +207,12 @@ class _Conn:
             while True:
                 self.queue.get_nowait()
         self.queue.put_nowait(None)
+        self.room.set()
 
     def finish(self) -> None:
         """Close gracefully once everything queued so far is written."""
-        if self.closed:
-            return
-        try:
+        if not self.closed:
             self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            self.abort()
 
     def wants(self, event: str) -> bool:
         return any(fnmatch.fnmatchcase(event, p) for p in self.patterns)
@@ -205,6 +220,8 @@ class _Conn:
     async def write_loop(self) -> None:
         while True:
             line = await self.queue.get()
+            if self.queue.qsize() < self.queue_size:
+                self.room.set()
             if self.closed:
                 return
             try:
@@ -234,6 +251,7 @@ class _Conn:
                 return
             except (ConnectionError, OSError):
                 return
+            await self.wait_for_room()
             await self.slots.acquire()
             if self.closed:
                 return
@@ -449,7 +467,7 @@ class ControlServer:
                 if len(line) > MAX_LINE + 1:
                     self._refuse_event(event, f"{len(line)} bytes, over the line limit")
                     return
-            conn.send(line)
+            conn.send_event(line)
 
     def _refuse_event(self, event: str, why: str) -> None:
         # our own bug, not a peer's: log it once per event name, never raise into the caller

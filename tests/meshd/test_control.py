@@ -477,3 +477,69 @@ def test_control_error_codes_are_checked() -> None:
 def test_subscribe_is_reserved(sock_dir: Path) -> None:
     with pytest.raises(LocalProtocolError):
         ControlServer(sock_dir / "s", {"subscribe": Handlers().echo})
+
+
+async def test_random_garbage_gets_one_answer_per_line(
+        served: tuple[ControlServer, Path, Handlers]) -> None:
+    """Seeded fuzz: random bytes and mutated requests never crash or desynchronise the server."""
+    import random
+
+    server, path, _ = served
+    rng = random.Random(20261126)
+    valid = b'{"id": 1, "method": "add", "params": {"a": 2, "b": 3}}'
+    lines: list[bytes] = []
+    for _ in range(400):
+        kind = rng.randrange(3)
+        if kind == 0:
+            line = bytes(rng.randrange(256) for _ in range(rng.randrange(60)))
+        elif kind == 1:  # flip some bytes of a valid request
+            b = bytearray(valid)
+            for _ in range(rng.randrange(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            line = bytes(b)
+        else:  # truncate a valid request
+            line = valid[: rng.randrange(len(valid))]
+        lines.append(line.replace(b"\n", b" "))
+    reader, writer = await raw_connect(path)
+    try:
+        writer.write(b"".join(line + b"\n" for line in lines) + valid.replace(b"1", b"77", 1) + b"\n")
+        await writer.drain()
+        answers = []
+        async with asyncio.timeout(20):
+            while True:
+                msg = json.loads(await reader.readline())
+                answers.append(msg)
+                if msg.get("id") == 77:
+                    break
+        assert len(answers) == len(lines) + 1
+        for msg in answers:
+            assert set(msg) in ({"id", "result"}, {"id", "error"})
+        assert answers[-1] == {"id": 77, "result": 5}
+        assert server.bad_requests > 0
+    finally:
+        writer.close()
+
+
+async def test_pipelining_client_is_pushed_back_not_dropped(
+        served: tuple[ControlServer, Path, Handlers]) -> None:
+    server, path, _ = served  # queue_size=8
+    reader, writer = await raw_connect(path)
+    n = 2000
+    try:
+        async def write_all() -> None:
+            for i in range(n):
+                writer.write(b'{"id": %d, "method": "add", "params": {"a": %d, "b": 1}}\n' % (i, i))
+            await writer.drain()
+
+        sender = asyncio.create_task(write_all())
+        await asyncio.sleep(0.2)  # let the server fill this client's queue while it reads nothing
+        got: dict[int, Any] = {}
+        async with asyncio.timeout(30):
+            while len(got) < n:
+                msg = json.loads(await reader.readline())
+                got[msg["id"]] = msg["result"]
+            await sender
+        assert got == {i: i + 1 for i in range(n)}
+        assert server.dropped_slow == 0
+    finally:
+        writer.close()
