@@ -424,8 +424,8 @@ async def _ping(client: ControlClient, args: argparse.Namespace, out: Output) ->
         out.line(f"{sent} sent, {received} received, {100 * loss:.0f}% loss")
         if rtts:
             out.line(f"rtt min/avg/max = {rtt['min']:.2f}/{rtt['avg']:.2f}/{rtt['max']:.2f} ms")
-    if interrupted:
-        raise asyncio.CancelledError
+    if interrupted:  # Ctrl-C: like ping(8), the summary above and the usual exit code
+        return ExitCode.OK if received else ExitCode.UNREACHABLE
     if fatal is not None:
         return out.control_error(fatal)
     return ExitCode.OK if received else ExitCode.UNREACHABLE

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -414,3 +415,24 @@ async def test_console_script(daemon: FakeDaemon) -> None:
     _out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 3
     assert b"no daemon" in err
+
+
+async def test_ping_interrupted_prints_summary(daemon: FakeDaemon) -> None:
+    env = {**os.environ, "CARMESH_STATE_DIR": str(daemon.state_dir)}
+    proc = await asyncio.create_subprocess_exec(
+        MESHCTL, "ping", "far", "-c", "10000", "-i", "0.05", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            for _ in range(2):
+                assert (await proc.stdout.readline()).startswith(b"reply from far")
+        proc.send_signal(signal.SIGINT)
+        out, _err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    assert b"--- far ping statistics ---" in out
+    assert len(daemon.pings) < 10000
