@@ -324,12 +324,13 @@ class _Conn:
         if (not isinstance(events, list) or not events
                 or not all(type(p) is str and 0 < len(p) <= 128 for p in events)):
             raise ControlError("bad_request", "params.events must be a non-empty list of patterns")
+        patterns = list(self.patterns)
         for p in events:
-            if p not in self.patterns:
-                self.patterns.append(p)
-        if len(self.patterns) > _MAX_PATTERNS:
-            del self.patterns[_MAX_PATTERNS:]
-            raise ControlError("bad_request", f"at most {_MAX_PATTERNS} patterns")
+            if p not in patterns:
+                patterns.append(p)
+        if len(patterns) > _MAX_PATTERNS:
+            raise ControlError("bad_request", f"at most {_MAX_PATTERNS} patterns per connection")
+        self.patterns = patterns
         return {"subscribed": list(self.patterns)}
 
     async def run_handler(self, req_id: Any, method: str, handler: Handler,

@@ -266,8 +266,13 @@ async def test_event_subscription_with_patterns(
             # a subscriber can still call, and sees nothing it did not ask for
             assert await a.call("add", {"a": 1, "b": 2}) == 3
         assert a._events.empty() and b._events.empty() and quiet._events.empty()
+        # too many patterns are refused as a whole
+        with pytest.raises(ControlError) as ei:
+            await a.subscribe([f"p{i}" for i in range(64)])
+        assert ei.value.code == "bad_request"
         # adding a pattern widens the subscription
-        await a.subscribe(["sync.*"])
+        more = await a.subscribe(["sync.*"])
+        assert more.patterns == ["neighbour.*", "sync.*"]
         server.publish("sync.lag", {"n": 3})
         async with asyncio.timeout(5):
             assert await anext(sub_a) == ("sync.lag", {"n": 3})
