@@ -548,3 +548,29 @@ async def test_pipelining_client_is_pushed_back_not_dropped(
         assert server.dropped_slow == 0
     finally:
         writer.close()
+
+
+def test_works_on_uvloop(sock_dir: Path) -> None:
+    """meshd runs on uvloop: the socket mode trick, requests and events hold there too."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        path = sock_dir / "control.sock"
+        server = ControlServer(path, Handlers().table())
+        await server.start()
+        try:
+            assert stat.S_IMODE(path.lstat().st_mode) == 0o600
+            async with await ControlClient.connect(path) as c:
+                assert await c.call("add", {"a": 20, "b": 22}) == 42
+                sub = await c.subscribe(["a.*"])
+                server.publish("b.x", {})
+                server.publish("a.x", {"v": 1})
+                async with asyncio.timeout(5):
+                    assert await anext(sub) == ("a.x", {"v": 1})
+                with pytest.raises(ControlError):
+                    await c.call("boom")
+        finally:
+            await server.close()
+        assert not path.exists()
+
+    uvloop.run(scenario())
