@@ -12,7 +12,14 @@ is not started at all.  The node registers one service of type
 away without a goodbye is forgotten quickly.
 
 A browser reports services appearing, changing and disappearing (a goodbye is
-a record with TTL 0, RFC 6762 §10.1; an expired record counts the same).  For
+a record with TTL 0, RFC 6762 §10.1).  Expiry needs our own help: python-zeroconf
+raises every received PTR TTL to at least 1125 s (``_DNS_PTR_MIN_TTL``, to
+limit browser refresh queries), so a car that vanishes silently would stay
+listed for about 19 minutes.  We therefore watch each known instance's SRV
+record, which keeps our short TTL: past half its lifetime we ask for it again
+(one multicast query for all such instances, RFC 6762 §5.2), and once it has
+expired unanswered the peer is gone.  A silent departure is noticed within
+about ``ttl_s * 1.25``.  For
 each one we resolve the service, parse its TXT record ourselves from the raw
 bytes (size limit first, strict types after; malformed records are dropped,
 counted and logged once), ignore our own service, and pick the advertised
@@ -39,7 +46,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import ifaddr
-from zeroconf import IPVersion, ServiceStateChange, Zeroconf
+
+# DNSOutgoing and DNSQuestion are importable from the top level but not listed in its __all__
+from zeroconf import (  # type: ignore[attr-defined]
+    DNSOutgoing,
+    DNSQuestion,
+    IPVersion,
+    ServiceStateChange,
+    Zeroconf,
+    current_time_millis,
+)
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from meshd import PROTOCOL_VERSION
@@ -76,6 +92,10 @@ RESOLVE_TIMEOUT_MS = 3000
 #: distinct service instances remembered at once
 MAX_PEERS = 1024
 _INSTANCE_MAX = 63  # one DNS label (RFC 6763 §4.1.1)
+# record types and class (RFC 1035 §3.2.2, §3.2.4; SRV: RFC 2782), query flags (RFC 6762 §18)
+_TYPE_SRV = 33
+_CLASS_IN = 1
+_FLAGS_QUERY = 0x0000
 
 IfAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -244,6 +264,10 @@ class PeerTable:
             return None
         return old.node_id
 
+    def instances(self) -> list[str]:
+        """Service instance names currently held."""
+        return list(self._by_instance)
+
     def peers(self) -> list[PeerSeen]:
         """One entry per NodeId (the most recently updated instance wins), sorted by id."""
         by_id: dict[NodeId, PeerSeen] = {}
@@ -302,6 +326,7 @@ class Discovery:
         self._info: AsyncServiceInfo | None = None
         self._ours: list[IfAddress] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._liveness: asyncio.Task[None] | None = None
         self._generation: dict[str, int] = {}
         self._closed = False
 
@@ -359,6 +384,7 @@ class Discovery:
             await registered
             self._browser = AsyncServiceBrowser(self._aiozc.zeroconf, SERVICE_TYPE,
                                                 handlers=[self._on_service_state_change])
+            self._liveness = asyncio.get_running_loop().create_task(self._liveness_loop())
         except BaseException:
             await self._aiozc.async_close()
             self._aiozc = None
@@ -371,10 +397,14 @@ class Discovery:
         if self._closed:
             return
         self._closed = True
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        if self._liveness is not None:
+            tasks.append(self._liveness)
+            self._liveness = None
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         aiozc, self._aiozc = self._aiozc, None
         if aiozc is None:
             return
@@ -452,11 +482,40 @@ class Discovery:
             except Exception:
                 log.exception("discovery: on_seen callback failed")
 
-    def _forget(self, name: str) -> None:
+    async def _liveness_loop(self) -> None:
+        interval_s = max(1.0, self._ttl_s / 4)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self._check_liveness(current_time_millis())
+            except Exception:  # adapter boundary: keep watching
+                log.exception("discovery: liveness check failed")
+
+    def _check_liveness(self, now_ms: float) -> None:
+        """Forget instances whose SRV record expired; re-query those past half their TTL."""
+        if self._aiozc is None:
+            return
+        zc = self._aiozc.zeroconf
+        stale: list[str] = []
+        for name in self._table.instances():
+            live = [r for r in zc.cache.async_all_by_details(name, _TYPE_SRV, _CLASS_IN)
+                    if not r.is_expired(now_ms)]
+            if not live:
+                self._generation.pop(name, None)  # a resolution in flight is now moot
+                self._forget(name, "expired")
+            elif all(r.is_stale(now_ms) for r in live):
+                stale.append(name)
+        if stale:
+            out = DNSOutgoing(_FLAGS_QUERY, multicast=True)
+            for name in stale:
+                out.add_question(DNSQuestion(name, _TYPE_SRV, _CLASS_IN))
+            zc.async_send(out)
+
+    def _forget(self, name: str, why: str = "goodbye") -> None:
         gone = self._table.remove(name)
         if gone is None:
             return
-        log.info("discovery: %s gone", short_id(gone))
+        log.info("discovery: %s gone (%s)", short_id(gone), why)
         try:
             self._on_gone(gone)
         except Exception:

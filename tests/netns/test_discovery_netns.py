@@ -1,0 +1,143 @@
+"""Zeroconf discovery between real processes in three namespaces a–b–c (a line).
+
+Each node runs ``tests.netns.discovery_probe`` (``meshd.discovery.Discovery`` on
+its veth interfaces) and prints what it sees as JSON lines.  b must see a and c
+at their addresses on its links, a and c must see only b (multicast does not
+cross b), and a node that stops sends goodbyes and disappears from b's list.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshd.devnet import DevNet, NetNode
+from tests.netns.procs import JsonLines
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+LIFETIME_S = 45  # every probe exits on its own after this, whatever the test does
+SEEN_TIMEOUT_S = 20.0
+
+
+def start_probe(net: DevNet, node: NetNode, *extra: str) -> JsonLines:
+    argv = [sys.executable, "-m", "tests.netns.discovery_probe", "--name", node.name,
+            "--lifetime", str(LIFETIME_S), *extra]
+    for ifname in net.interfaces(node):
+        argv += ["--iface", ifname]
+    proc = net.popen(node, argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                     text=True)
+    return JsonLines(proc, node.name)
+
+
+def seen_ids(events: list[dict[str, Any]]) -> set[str]:
+    """NodeIds currently seen, replaying seen/gone events in order."""
+    ids: set[str] = set()
+    for e in events:
+        if e.get("event") == "seen":
+            ids.add(e["id"])
+        elif e.get("event") == "gone":
+            ids.discard(e["id"])
+    return ids
+
+
+def last_seen(events: list[dict[str, Any]], node_id: str) -> dict[str, Any]:
+    return [e for e in events if e.get("event") == "seen" and e["id"] == node_id][-1]
+
+
+@pytest.fixture
+def probes(devnet: DevNet, line3: list[NetNode]) -> Iterator[dict[str, JsonLines]]:
+    out = {n.name: start_probe(devnet, n) for n in line3}
+    yield out
+    for p in out.values():  # devnet kills them anyway; stop them first to collect output
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+    for p in out.values():
+        try:
+            p.join(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+
+
+def test_line_discovery_and_goodbye(devnet: DevNet, line3: list[NetNode],
+                                    probes: dict[str, JsonLines]) -> None:
+    a, b, c = line3
+    t0 = time.monotonic()
+    ids: dict[str, str] = {}
+    for name, p in probes.items():
+        ready = p.wait_event("ready", SEEN_TIMEOUT_S)
+        assert ready is not None, f"{name} did not start: {p.snapshot()} {p.other}"
+        ids[name] = ready["id"]
+
+    def b_sees_both(evs: list[dict[str, Any]]) -> bool:
+        return seen_ids(evs) == {ids["a"], ids["c"]}
+
+    assert probes["b"].wait_for(b_sees_both, SEEN_TIMEOUT_S), probes["b"].snapshot()
+    assert probes["a"].wait_for(lambda evs: ids["b"] in seen_ids(evs), SEEN_TIMEOUT_S)
+    assert probes["c"].wait_for(lambda evs: ids["b"] in seen_ids(evs), SEEN_TIMEOUT_S)
+    discovery_s = time.monotonic() - t0
+
+    # each sees the other at the address on their shared link, although b
+    # advertises the addresses of both of its links
+    evs_b = probes["b"].snapshot()
+    assert last_seen(evs_b, ids["a"])["host"] == devnet.address(a, b)
+    assert last_seen(evs_b, ids["c"])["host"] == devnet.address(c, b)
+    assert last_seen(evs_b, ids["a"])["name"] == "a"
+    assert last_seen(evs_b, ids["a"])["port"] == 7420
+    assert last_seen(probes["a"].snapshot(), ids["b"])["host"] == devnet.address(b, a)
+    assert last_seen(probes["c"].snapshot(), ids["b"])["host"] == devnet.address(b, c)
+
+    # multicast does not cross b: a and c never see each other (give them time to)
+    time.sleep(3)
+    assert seen_ids(probes["a"].snapshot()) == {ids["b"]}
+    assert seen_ids(probes["c"].snapshot()) == {ids["b"]}
+    assert not any(e.get("id") == ids["c"] for e in probes["a"].snapshot())
+
+    # c stops: it sends goodbyes, and b forgets it well before the record TTL (20 s)
+    t1 = time.monotonic()
+    probes["c"].proc.send_signal(signal.SIGTERM)
+    assert probes["c"].wait_event("closed", 15) is not None, probes["c"].snapshot()
+    assert probes["b"].wait_for(lambda evs: seen_ids(evs) == {ids["a"]}, 10), \
+        probes["b"].snapshot()
+    gone_s = time.monotonic() - t1
+    assert any(e.get("event") == "gone" and e["id"] == ids["c"] for e in probes["b"].snapshot())
+    # a is unaffected
+    assert seen_ids(probes["a"].snapshot()) == {ids["b"]}
+
+    # b's own list (peers()) agrees with its events
+    probes["b"].proc.send_signal(signal.SIGTERM)
+    final = probes["b"].wait_event("peers", 15)
+    assert final is not None
+    assert final["peers"] == [ids["a"]]
+    print(f"discovery (from process start) in {discovery_s:.2f} s; "
+          f"goodbye observed in {gone_s:.2f} s")
+
+
+def test_silent_death_expires_after_the_ttl(devnet: DevNet) -> None:
+    """A node killed without goodbyes is forgotten once its short-TTL records expire."""
+    a, b = devnet.line(2)
+    ttl = ("--ttl", "4")
+    pa, pb = start_probe(devnet, a, *ttl), start_probe(devnet, b, *ttl)
+    ready_a = pa.wait_event("ready", SEEN_TIMEOUT_S)
+    assert ready_a is not None
+    assert pb.wait_for(lambda evs: ready_a["id"] in seen_ids(evs), SEEN_TIMEOUT_S)
+    # b keeps seeing a across several TTLs while a answers the refresh queries
+    time.sleep(9)
+    assert seen_ids(pb.snapshot()) == {ready_a["id"]}
+    assert not any(e.get("event") == "gone" for e in pb.snapshot())
+    t0 = time.monotonic()
+    pa.proc.kill()  # no goodbye
+    pa.join(timeout=10)
+    # the record expires after its TTL; zeroconf's cache reaper runs every 10 s
+    assert pb.wait_for(lambda evs: not seen_ids(evs), 4 + 10 + 6), pb.snapshot()
+    print(f"silent death noticed after {time.monotonic() - t0:.1f} s (TTL 4 s)")
+    pb.proc.send_signal(signal.SIGTERM)
+    pb.join(timeout=15)
