@@ -50,7 +50,7 @@ from meshd.identity import (
     short_id,
 )
 from meshd.links import MESH_MTU, LinkManager
-from meshd.meshctl import default_state_dir
+from meshd.meshctl import default_socket_path, default_state_dir
 from meshd.messaging import Messenger, Undeliverable
 from meshd.names import resolve_node
 from meshd.neighbours import NeighbourLost, NeighbourTable, NeighbourUp
@@ -64,7 +64,6 @@ logger = logging.getLogger(__name__)
 PacketHandler = Callable[[MeshPacket, float], None]
 MAX_PING_PAYLOAD = 256
 MAX_PAYLOAD = max_payload(MESH_MTU)
-CONTROL_SOCKET = "control.sock"
 
 
 @dataclass(slots=True)
@@ -116,7 +115,7 @@ class Node:
     # ------------------------------------------------------------------ setup
 
     def _socket_path(self) -> Path:
-        return self.state_dir / CONTROL_SOCKET
+        return default_socket_path(self.state_dir)
 
     def _sign_announcement(self) -> Announcement:
         return self.identity.announce(self._seqnos.next(), self._wall(), self.name, self.config.role)
