@@ -112,6 +112,10 @@ MAX_SERVICE_NAME = 64
 _DUPLICATE_GRACE_S = 1.5
 #: how long a preferred duplicate may take to answer a liveness ping
 _LIVENESS_PING_S = 1.0
+#: datagrams a client holds that overtook the server's accept (delivered once it arrives)
+_EARLY_MAX = 16
+#: connections still in the handshake per listener; more are refused at once (cheap DoS guard)
+MAX_PENDING_HANDSHAKES = 128
 #: datagrams handed to aioquic at once (the rest wait in our queue with their deadline)
 _FEED_BATCH = 16
 
@@ -283,6 +287,7 @@ class _Connection(QuicConnectionProtocol):
         self._hs_stream: int | None = None
         self._hs_buf = bytearray()
         self._dq: deque[tuple[bytes, float | None]] = deque()
+        self._early: list[bytes] = []
         self._streams: dict[int, Stream] = {}
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._client_transport: asyncio.DatagramTransport | None = None
@@ -303,6 +308,11 @@ class _Connection(QuicConnectionProtocol):
         if self.peer is not None:
             return short_id(self.peer.node_id)
         return f"{self.remote[0]}:{self.remote[1]}"
+
+    @property
+    def peer_address(self) -> tuple[str, int]:
+        addr = self._quic.get_peer_address()
+        return _addr(addr) if addr is not None else self.remote
 
     @property
     def is_ready(self) -> bool:
@@ -364,6 +374,12 @@ class _Connection(QuicConnectionProtocol):
                 self._start_client_handshake()
         elif isinstance(event, events.DatagramFrameReceived):
             if not self.is_ready or self.peer is None or self.stats is None:
+                if (self._hs_client is not None and len(self._early) < _EARLY_MAX
+                        and self._hs_client.state is HandshakeState.EXPECT_ACCEPT):
+                    # the server accepted us and sent at once: aioquic packs DATAGRAM
+                    # frames before STREAM frames, so these can overtake its accept
+                    self._early.append(event.data)
+                    return
                 self.drop("early-datagram", "before the link handshake completed")
                 return
             self.stats.rx_datagrams += 1
@@ -441,17 +457,18 @@ class _Connection(QuicConnectionProtocol):
         self._hs_timer.cancel()
         self._hs_buf.clear()
         assert self.peer is not None
-        if self.remote == ("", 0):
-            peer_addr = self._quic.get_peer_address() if hasattr(self._quic, "get_peer_address") \
-                else None
-            if peer_addr is not None:
-                self.remote = _addr(peer_addr)
+        self.remote = self.peer_address
         self.stats = LinkStats(peer=self.peer.node_id, remote=self.remote,
                                initiator=self.is_client,
                                connected_since=self.manager.wall_clock())
         if not self.ready.done():
             self.ready.set_result(self.peer.node_id)
         self.manager.on_ready(self)
+        early, self._early = self._early, []
+        for data in early:
+            self.stats.rx_datagrams += 1
+            self.stats.rx_datagram_bytes += len(data)
+            self.manager.deliver_datagram(self, data)
 
     def _handshake_timeout(self) -> None:
         if self.ready.done() or self.terminated:
@@ -474,8 +491,8 @@ class _Connection(QuicConnectionProtocol):
                                                  f"{HANDSHAKE_TIMEOUT_S} s")
         else:
             err = exc
-        log.warning("[%s] link refused: %s", self.label, exc)
-        self.manager.drops.counts[f"refused-{exc.reason}"] += 1
+        # counted per reason, logged once per (reason, peer): a peer cannot flood the log
+        self.manager.drops.drop(f"refused-{exc.reason}", self.label, f"link refused: {exc}")
         self.ready.set_exception(err)
         self.ready.exception()  # mark retrieved: refusals are reported via connect() or logs
         self.close(error_code=ERR_REFUSED, reason_phrase=f"refused: {exc.reason}")
@@ -566,6 +583,15 @@ class _Connection(QuicConnectionProtocol):
         self._transmit_soon()
 
     # --- end -----------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop all timers and release our socket (after close() sent its frames)."""
+        self._hs_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._client_transport is not None:
+            self._client_transport.close()
 
     def _on_terminated(self, event: events.ConnectionTerminated) -> None:
         if self.terminated:
@@ -684,8 +710,11 @@ class LinkManager:
             raise LocalProtocolError("link manager is closed")
 
         def factory(quic: QuicConnection, **kwargs: Any) -> _Connection:
+            pending = sum(1 for c in self._conns if not c.ready.done())
             conn = _Connection(quic, self, is_client=False, **kwargs)
             self._conns.add(conn)
+            if pending >= MAX_PENDING_HANDSHAKES:
+                conn.fail(RemoteProtocolError("busy", f"{pending} handshakes pending"))
             return conn
 
         server = await serve(host, port, configuration=self._config(False),
@@ -785,13 +814,16 @@ class LinkManager:
 
     def links(self) -> dict[NodeId, LinkStats]:
         """A snapshot of the counters of every current link."""
-        return {peer: replace(st.active.stats) for peer, st in self._peers.items()
-                if st.active.stats is not None}
+        out: dict[NodeId, LinkStats] = {}
+        for peer, st in self._peers.items():
+            if st.active.stats is not None:
+                out[peer] = replace(st.active.stats, remote=st.active.peer_address)
+        return out
 
     def peer_address(self, peer: NodeId) -> tuple[str, int] | None:
         """The remote UDP address of the link to ``peer``, if linked."""
         state = self._peers.get(peer)
-        return state.active.remote if state is not None else None
+        return state.active.peer_address if state is not None else None
 
     def is_linked(self, peer: NodeId) -> bool:
         """True while there is a link to ``peer``."""
@@ -810,8 +842,7 @@ class LinkManager:
             conn.close(error_code=ERR_CLOSED, reason_phrase="shutdown")
         await asyncio.sleep(0)  # let the close frames go out
         for conn in list(self._conns):
-            if conn._client_transport is not None:
-                conn._client_transport.close()
+            conn.shutdown()
         for server in self._servers:
             server.close()
         self._servers.clear()
@@ -889,6 +920,9 @@ class LinkManager:
         except (TimeoutError, ConnectionError):
             alive = False
         if state.active is not cur or self._peers.get(new.peer_id or b"") is not state:
+            # the link changed meanwhile (closed, or replaced): the new one is not needed
+            if state.active is not new and not new.terminated:
+                self._supersede(new)
             return
         if alive:
             self._supersede(new)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -307,3 +308,74 @@ async def test_connect_to_nothing_fails_with_connection_error() -> None:
             await a.mgr.connect(*addr, None)
     finally:
         await a.mgr.close()
+
+
+async def test_server_refuses_stale_client_and_client_hears_why() -> None:
+    """The accepting side's refusal reaches the connecting side as a VerificationError."""
+    a = Node("alpha")
+    b = Node("bravo", wall_clock=lambda: time.time() + 2 * 3600)  # b's clock is 2 h ahead
+    addr = await b.listen()
+    try:
+        with pytest.raises(VerificationError) as err:
+            await a.mgr.connect(*addr, b.id)
+        assert err.value.reason == "stale"
+        assert b.mgr.drops.counts["refused-stale"] == 1
+        assert a.rec.ups == [] and b.rec.ups == []
+    finally:
+        await a.mgr.close()
+        await b.mgr.close()
+
+
+def _ordered_pair(small_first: bool) -> tuple[Identity, Identity]:
+    x, y = Identity.generate(), Identity.generate()
+    lo, hi = (x, y) if x.node_id < y.node_id else (y, x)
+    return (lo, hi) if small_first else (hi, lo)
+
+
+@pytest.mark.parametrize("a_is_smaller", [True, False])
+async def test_crashed_peer_redials_and_replaces_dead_connection(a_is_smaller: bool) -> None:
+    """The peer crashed (no CONNECTION_CLOSE) and dials us again: no wait for the idle timeout."""
+    ida, idb = _ordered_pair(a_is_smaller)
+    a, b = Node("alpha", ida), Node("bravo", idb)
+    a_addr = await a.listen()
+    b_addr = await b.listen()
+    try:
+        assert await a.mgr.connect(*b_addr, b.id) == b.id
+        await b.rec.wait_for(lambda: len(b.rec.ups) == 1)
+        # crash b: its sockets vanish without a word
+        for server in b.mgr._servers:
+            assert server._transport is not None
+            server._transport.close()
+        for conn in list(b.mgr._conns):
+            conn.shutdown()
+        b.ann = b.identity.announce(2, time.time(), "bravo", b.ann.role)
+        b.restart_manager()
+        start = asyncio.get_running_loop().time()
+        assert await b.mgr.connect(*a_addr, a.id) == a.id
+        await eventually(lambda: b.id in a.mgr.links() and not a.mgr.links()[b.id].initiator,
+                         timeout=5)
+        assert asyncio.get_running_loop().time() - start < 4  # idle timeout is 8 s
+        assert a.rec.downs == []  # the link lived on: only its connection changed
+        assert a.mgr.send_datagram(b.id, b"hi again")
+        await b.rec.wait_for(lambda: b.rec.datagrams == [(a.id, b"hi again")])
+        assert b.mgr.send_datagram(a.id, b"back")
+        await a.rec.wait_for(lambda: a.rec.datagrams[-1:] == [(b.id, b"back")])
+    finally:
+        await a.mgr.close()
+        await b.mgr.close()
+
+
+async def test_datagrams_sent_from_link_up_arrive(pair: tuple[Node, Node]) -> None:
+    """The accepting side sends in link_up (as the hello core will): nothing is lost."""
+    a, b = pair
+    orig = b.rec.link_up
+
+    def up_and_send(peer: NodeId, ann: object, remote: tuple[str, int], initiator: bool) -> None:
+        orig(peer, ann, remote, initiator)  # type: ignore[arg-type]
+        for i in range(5):
+            b.mgr.send_datagram(peer, b"hello %d" % i)
+
+    b.rec.link_up = up_and_send  # type: ignore[method-assign,assignment]
+    await linked(a, b)
+    await a.rec.wait_for(lambda: len(a.rec.datagrams) == 5)
+    assert a.mgr.drops.counts["early-datagram"] == 0
