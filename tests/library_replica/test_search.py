@@ -150,3 +150,19 @@ def test_refresh_index_follows_the_library() -> None:
     lib.apply(alice.op(KIND_DELETE, d, lib.prepare_delete(), hlc(3)))
     refresh_index(idx, lib)
     assert idx.search("給水") == [] and len(idx) == 0
+
+
+def test_rank_window_ranks_the_newest_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    import library_replica.search as search_mod
+
+    idx = SearchIndex()
+    docs = [D(_id(f"n{i}"), "work", f"文書{i}", "避難" * (1 + i % 3) + "の記録") for i in range(30)]
+    idx.upsert_many(docs)
+    full = idx.search("避難", limit=30, rank_window=False)
+    assert len(full) == 30
+    assert _ids(idx.search("避難", limit=30)) == _ids(full)  # under the window: identical
+    monkeypatch.setattr(search_mod, "RANK_WINDOW", 5)
+    windowed = idx.search("避難", limit=30)
+    assert set(_ids(windowed)) == {d.doc_id for d in docs[-5:]}
+    scores = [h.score for h in windowed]
+    assert scores == sorted(scores)
