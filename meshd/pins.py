@@ -40,8 +40,8 @@ PIN_FILE = "pins.json"
 MAX_PIN_FILE_SIZE = 4 * 1024 * 1024
 MAX_HOST_LEN = 253
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})"
-_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
-_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+_HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*\.?")
+_HEX_RE = re.compile(r"[0-9a-fA-F]+")
 
 
 class PinConflictError(LocalProtocolError):
@@ -80,7 +80,7 @@ def _normalise_host(host: str, spec: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    if not _HOSTNAME_RE.match(host):
+    if not _HOSTNAME_RE.fullmatch(host):
         raise ValueError(f"peer {spec!r}: {host!r} is neither an IP address nor a host name")
     return host.lower().rstrip(".")
 
@@ -93,7 +93,7 @@ def parse_peer(spec: str) -> StaticPeer:
     node_id: NodeId | None = None
     if "@" in text:
         id_text, _, text = text.partition("@")
-        if not _HEX_RE.match(id_text) or len(id_text) != 2 * NODE_ID_LEN:
+        if not _HEX_RE.fullmatch(id_text) or len(id_text) != 2 * NODE_ID_LEN:
             raise ValueError(
                 f"peer {spec!r}: NODEID must be the full {2 * NODE_ID_LEN}-character hex id "
                 f"(not the 8-character short form); got {id_text!r}")
@@ -181,7 +181,7 @@ class PinStore:
         pins: dict[str, NodeId] = {}
         for key, value in doc["pins"].items():
             if (type(value) is not str or len(value) != 2 * NODE_ID_LEN
-                    or not _HEX_RE.match(value)):
+                    or not _HEX_RE.fullmatch(value)):
                 raise LocalProtocolError(
                     f"{self._path}: pin for {key!r} is not a {2 * NODE_ID_LEN}-hex NodeId")
             pins[key] = bytes.fromhex(value)

@@ -302,6 +302,7 @@ def test_parse_peer(spec: str, expected: StaticPeer) -> None:
     ("[10.0.0.1]:7420", "not an IPv6 address"),
     (":7420", "host is empty"),
     ("bad_host!:7420", "neither an IP address nor a host name"),
+    ("host\n:7420", "neither an IP address nor a host name"),
     ("00112233@10.0.0.2:7420", "full 32-character hex id"),
     ("zz" * 16 + "@10.0.0.2:7420", "full 32-character hex id"),
 ])
@@ -309,6 +310,16 @@ def test_parse_peer_errors_say_what_is_wrong(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=None) as exc:
         parse_peer(spec)
     assert message in str(exc.value)
+
+
+@given(st.text(max_size=80))
+def test_parse_peer_random_text_only_value_error(spec: str) -> None:
+    try:
+        peer = parse_peer(spec)
+    except ValueError:
+        return
+    assert 1 <= peer.port <= 65535
+    assert peer.host
 
 
 def test_static_peer_str_round_trips() -> None:
