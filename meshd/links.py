@@ -82,6 +82,7 @@ __all__ = [
     "MAX_DATAGRAM_FRAME_SIZE",
     "MESH_MTU",
     "STREAM_HIGH_WATER",
+    "STREAM_PIPELINE",
     "LinkBrokenError",
     "LinkListener",
     "LinkManager",
@@ -102,6 +103,9 @@ MAX_DATAGRAM_FRAME_SIZE = 65536
 IDLE_TIMEOUT_S = 8.0
 #: Stream.send waits while more than this many bytes are unacknowledged
 STREAM_HIGH_WATER = 256 * 1024
+#: unread max-size messages a receiver buffers per stream before it resets the stream
+#: (application protocols window their messages, as sync does)
+STREAM_PIPELINE = 4
 #: static-peer reconnect backoff bounds
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
@@ -183,13 +187,22 @@ def _aioquic_unacked(quic: QuicConnection, stream_id: int) -> int:
     return len(buf) if buf is not None else 0
 
 
+def _buffer_cap(max_message: int) -> int:
+    """Unread bytes a stream may hold: STREAM_PIPELINE max-size messages plus some slack."""
+    return STREAM_PIPELINE * (max_message + 4) + 65536
+
+
 class Stream:
     """A message-framed QUIC stream between two linked neighbours."""
 
-    def __init__(self, conn: _Connection, stream_id: int, max_message: int) -> None:
+    def __init__(self, conn: _Connection, stream_id: int, max_message: int,
+                 buffer_cap: int | None = None) -> None:
         self._conn = conn
         self.stream_id = stream_id
         self.max_message = max_message
+        # aioquic grants the peer stream credit as data arrives, whether we read it or not,
+        # so the unread buffer is capped here: a few max-size messages, then the stream is reset
+        self._cap = buffer_cap if buffer_cap is not None else _buffer_cap(max_message)
         self._buf = bytearray()
         self._eof = False
         self._broken: str | None = None
@@ -207,7 +220,7 @@ class Stream:
         if end:
             self._eof = True
         # a peer may pipeline messages, but not flood us: a few max-size messages at most
-        if len(self._buf) > 4 * (self.max_message + 4) + 65536:
+        if len(self._buf) > self._cap:
             self._conn.drop("stream-overflow", f"stream {self.stream_id}")
             self._conn.abort_stream(self.stream_id)
             self._break("overflow")
@@ -387,7 +400,7 @@ class _Connection(QuicConnectionProtocol):
             self.manager.deliver_datagram(self, event.data)
         elif isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event)
-        elif isinstance(event, events.StreamReset):
+        elif isinstance(event, events.StreamReset | events.StopSendingReceived):
             stream = self._streams.pop(event.stream_id, None)
             if stream is not None:
                 stream._break("reset by peer")
@@ -514,7 +527,10 @@ class _Connection(QuicConnectionProtocol):
         if stream is None:
             if not self._peer_initiated(sid):
                 return  # data for a stream of ours we already forgot
-            stream = Stream(self, sid, MAX_SERVICE_NAME)
+            # the service (and its max_message) is known once the first frame is read;
+            # until then buffer as much as the largest service allows
+            stream = Stream(self, sid, MAX_SERVICE_NAME,
+                            buffer_cap=_buffer_cap(self.manager.max_service_message))
             self._streams[sid] = stream
             if self.stats is not None:
                 self.stats.streams_accepted += 1
@@ -780,6 +796,11 @@ class LinkManager:
         state.active.queue_datagram(bytes(data), deadline, self.datagram_queue_max)
         return True
 
+    @property
+    def max_service_message(self) -> int:
+        """The largest ``max_message`` of any registered stream service."""
+        return max((s.max_message for s in self._services.values()), default=MAX_SERVICE_NAME)
+
     def register_stream_service(self, name: str,
                                 handler: Callable[[NodeId, Stream], Awaitable[None]], *,
                                 max_message: int = 1 << 20) -> None:
@@ -985,6 +1006,7 @@ class LinkManager:
             if service is None:
                 raise RemoteProtocolError("unknown-service", name[:MAX_SERVICE_NAME])
             stream.max_message = service.max_message
+            stream._cap = _buffer_cap(service.max_message)
             await service.handler(peer, stream)
         except RemoteProtocolError as exc:
             conn.drop(exc.reason, exc.detail)

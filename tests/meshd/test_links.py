@@ -379,3 +379,45 @@ async def test_datagrams_sent_from_link_up_arrive(pair: tuple[Node, Node]) -> No
     await linked(a, b)
     await a.rec.wait_for(lambda: len(a.rec.datagrams) == 5)
     assert a.mgr.drops.counts["early-datagram"] == 0
+
+
+async def test_peer_flooding_an_unread_stream_gets_it_reset(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    hold = asyncio.Event()
+
+    async def never_reads(peer: NodeId, stream: Stream) -> None:
+        await hold.wait()
+
+    b.mgr.register_stream_service("slow", never_reads, max_message=10_000)
+    await linked(a, b)
+    s = await a.mgr.open_stream(b.id, "slow")
+    with pytest.raises(LinkBrokenError):
+        for _ in range(200):  # 2 MB into a stream whose reader buffers at most ~100 kB
+            await asyncio.wait_for(s.send(bytes(10_000)), 5)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(s.recv(), 5)
+    assert b.mgr.drops.counts["stream-overflow"] == 1
+    hold.set()
+    assert a.mgr.send_datagram(b.id, b"fine")
+    await b.rec.wait_for(lambda: b.rec.datagrams[-1:] == [(a.id, b"fine")])
+
+
+def test_links_run_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        a, b = Node("alpha"), Node("bravo")
+        b.mgr.register_stream_service("echo", echo)
+        try:
+            addr = await b.listen()
+            assert await a.mgr.connect(*addr, b.id) == b.id
+            assert a.mgr.send_datagram(b.id, b"uv")
+            await b.rec.wait_for(lambda: b.rec.datagrams == [(a.id, b"uv")])
+            s = await a.mgr.open_stream(b.id, "echo")
+            await s.send(b"x" * 100_000)
+            assert await s.recv() == b"x" * 100_000
+        finally:
+            await a.mgr.close()
+            await b.mgr.close()
+
+    uvloop.run(scenario())
