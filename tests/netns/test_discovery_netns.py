@@ -143,3 +143,45 @@ def test_silent_death_expires_after_the_ttl(devnet: DevNet) -> None:
     print(f"silent death noticed after {time.monotonic() - t0:.1f} s (TTL 4 s)")
     pb.proc.send_signal(signal.SIGTERM)
     pb.join(timeout=15)
+
+
+def test_only_the_named_interfaces_are_used(devnet: DevNet) -> None:
+    """b runs discovery on its link to a only: c, on b's other link, neither sees nor is seen."""
+    a, b, c = devnet.line(3)
+    pa = start_probe(devnet, a)
+    pb = JsonLines(devnet.popen(
+        b, [sys.executable, "-m", "tests.netns.discovery_probe", "--name", "b",
+            "--lifetime", str(LIFETIME_S), "--iface", devnet.ifname(b, a)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), "b")
+    pc = start_probe(devnet, c)
+    ids = {}
+    for name, p in (("a", pa), ("b", pb), ("c", pc)):
+        ready = p.wait_event("ready", SEEN_TIMEOUT_S)
+        assert ready is not None, f"{name}: {p.snapshot()}"
+        ids[name] = ready["id"]
+    assert pb.wait_for(lambda evs: ids["a"] in seen_ids(evs), SEEN_TIMEOUT_S)
+    assert pa.wait_for(lambda evs: ids["b"] in seen_ids(evs), SEEN_TIMEOUT_S)
+    time.sleep(4)  # c's probes, announcements and queries have all been sent by now
+    assert seen_ids(pb.snapshot()) == {ids["a"]}
+    assert seen_ids(pc.snapshot()) == set()
+    for p in (pa, pb, pc):
+        p.proc.send_signal(signal.SIGTERM)
+    for p in (pa, pb, pc):
+        p.join(timeout=15)
+
+
+def test_discovery_survives_a_lossy_link(devnet: DevNet) -> None:
+    """30 % loss each way: mDNS repeats its announcements and queries, so both still meet."""
+    a, b = devnet.line(2)
+    devnet.set_loss(a, b, 30)
+    pa, pb = start_probe(devnet, a), start_probe(devnet, b)
+    ready_a, ready_b = pa.wait_event("ready", SEEN_TIMEOUT_S), pb.wait_event("ready", SEEN_TIMEOUT_S)
+    assert ready_a is not None
+    assert ready_b is not None
+    assert pa.wait_for(lambda evs: ready_b["id"] in seen_ids(evs), 30), pa.snapshot()
+    assert pb.wait_for(lambda evs: ready_a["id"] in seen_ids(evs), 30), pb.snapshot()
+    assert devnet.dropped(b, devnet.ifname(b, a)) + devnet.dropped(a, devnet.ifname(a, b)) > 0
+    for p in (pa, pb):
+        p.proc.send_signal(signal.SIGTERM)
+    for p in (pa, pb):
+        p.join(timeout=15)
