@@ -286,9 +286,9 @@ class SeqnoFile:
     def last(self) -> int:
         return self._last
 
-    def next(self) -> int:
-        """Reserve and return the next seqno; it is on disk before this returns."""
-        value = self._last + 1
+    def next(self, at_least: int = 0) -> int:
+        """Reserve and return the next seqno (and at least ``at_least``); on disk before it returns."""
+        value = max(self._last + 1, at_least)
         _write_private(self._path, f"{value}\n".encode())
         self._last = value
         return value

@@ -491,6 +491,71 @@ async def _messages(client: ControlClient, args: argparse.Namespace, out: Output
     return ExitCode.OK
 
 
+def _routes_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all", action="store_true",
+                   help="also list routes that are not selected (other next hops)")
+
+
+@register("routes", "list the routes this node knows: destination, next hop, metric, seqno, age",
+          _routes_setup)
+async def _routes(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    res = await client.call("routes", {"all": args.all}, timeout=CALL_TIMEOUT_S)
+    routes = res.get("routes") if isinstance(res, dict) else None
+    if not isinstance(routes, list):
+        out.error("daemon sent a malformed route list")
+        return ExitCode.FAILED
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    if not routes:
+        out.line("no routes")
+        return ExitCode.OK
+    rows = [(str(r.get("destination", ""))[:8], _str(r.get("name") or None),
+             str(r.get("next_hop", ""))[:8], _str(r.get("next_hop_name") or None),
+             "inf" if not r.get("reachable", True) else _str(r.get("metric")),
+             _str(r.get("seqno")), _duration(r.get("age_s")),
+             "*" if r.get("selected") else "")
+            for r in routes if isinstance(r, dict)]
+    for text in _table(rows, ("DEST", "NAME", "VIA", "VIA_NAME", "METRIC", "SEQNO", "AGE", "SEL")):
+        out.line(text)
+    return ExitCode.OK
+
+
+def _traceroute_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE", help="node id, unique id prefix, or display name")
+    p.add_argument("-W", "--timeout", type=lambda t: _float_in(t, 0, 60, True), default=2.0,
+                   metavar="S", help="seconds to wait for each probe (default 2)")
+    p.add_argument("-m", "--max-hops", type=_positive_int, default=16, metavar="N",
+                   help="give up after N hops (default 16, at most 64)")
+
+
+@register("traceroute", "show the hops a packet takes to NODE", _traceroute_setup)
+async def _traceroute(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.max_hops > 64:
+        out.error("--max-hops is at most 64")
+        return ExitCode.USAGE
+    res = await client.call("traceroute", {"node": args.node, "timeout": args.timeout,
+                                           "max_hops": args.max_hops},
+                            timeout=args.timeout * args.max_hops + PING_GRACE_S)
+    hops = res.get("hops") if isinstance(res, dict) else None
+    if not isinstance(hops, list):
+        out.error("daemon sent a malformed traceroute result")
+        return ExitCode.FAILED
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    out.line(f"traceroute to {_str(res.get('name') or None)} ({str(res.get('node_id'))[:8]})")
+    for h in hops:
+        if not isinstance(h, dict):
+            continue
+        if h.get("node_id") is None:
+            out.line(f"{h.get('hop'):>3}  *")
+        else:
+            out.line(f"{h.get('hop'):>3}  {_str(h.get('name') or None)} ({str(h['node_id'])[:8]})"
+                     f"  {_num(h.get('rtt_ms'), 2)} ms")
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------------------- parsing and main
 
 def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:

@@ -53,9 +53,10 @@ from meshd.links import MESH_MTU, LinkManager
 from meshd.meshctl import default_socket_path, default_state_dir
 from meshd.messaging import Messenger, Undeliverable
 from meshd.names import resolve_node
-from meshd.neighbours import NeighbourLost, NeighbourTable, NeighbourUp
+from meshd.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
 from meshd.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payload
 from meshd.pins import PinStore, parse_peer
+from meshd.routing import INFINITY, RouteChanged, RoutingTable
 
 __all__ = ["Node", "PacketHandler"]
 
@@ -93,6 +94,11 @@ class Node:
         self.links = LinkManager(self.identity, lambda: self.announcement, self,
                                  wall_clock=wall_clock)
         self.neighbours = NeighbourTable(rng=random.Random())
+        self.book.accept(self.announcement, self._wall())
+        self.routing = RoutingTable(
+            node_id=self.identity.node_id, announcement=self.announcement,
+            verify=self._verify_announcement, on_seqno_request=self._bump_seqno,
+            rng=random.Random())
         self.pins = PinStore(self.state_dir / "pins.json")
         self.control = ControlServer(self._socket_path(), self._handlers())
         self.discovery: Discovery | None = None
@@ -117,8 +123,22 @@ class Node:
     def _socket_path(self) -> Path:
         return default_socket_path(self.state_dir)
 
-    def _sign_announcement(self) -> Announcement:
-        return self.identity.announce(self._seqnos.next(), self._wall(), self.name, self.config.role)
+    def _sign_announcement(self, at_least: int = 0) -> Announcement:
+        return self.identity.announce(self._seqnos.next(at_least), self._wall(), self.name,
+                                      self.config.role)
+
+    def _bump_seqno(self, at_least: int) -> Announcement:
+        """Routing asks for a newer seqno (RFC 8966 §3.8.2): sign, persist, adopt."""
+        self.announcement = self._sign_announcement(at_least)
+        return self.announcement
+
+    def _verify_announcement(self, raw: bytes) -> Announcement:
+        """Routing's verifier: signature and freshness; newer ones also go to the book."""
+        ann = Announcement.decode(raw)
+        ann.check_fresh(self._wall())
+        with contextlib.suppress(RemoteProtocolError):
+            self.book.accept(ann, self._wall())
+        return ann
 
     def register_service(self, service: int, handler: PacketHandler) -> None:
         """Deliver packets addressed to us with this service code to ``handler``."""
@@ -191,6 +211,8 @@ class Node:
                 await asyncio.wait_for(stop.wait(), ANNOUNCE_REFRESH_S)
             if not stop.is_set():
                 self.announcement = self._sign_announcement()
+                self.routing.set_announcement(self.announcement, self._now())
+                self._pump()
 
     def _add_static_peer(self, spec: str) -> None:
         peer = parse_peer(spec)
@@ -247,6 +269,8 @@ class Node:
         channel, body = data[0], data[1:]
         if channel == Channel.NEIGHBOUR:
             self.neighbours.receive(peer, body, now)
+        elif channel == Channel.ROUTING:
+            self.routing.receive(peer, body, now)
         elif channel == Channel.PACKET:
             self._on_packet(peer, body, now)
         else:
@@ -269,17 +293,36 @@ class Node:
             self._send_link(peer, Channel.NEIGHBOUR, payload)
         while (event := self.neighbours.next_event()) is not None:
             if isinstance(event, NeighbourUp):
+                self.routing.neighbour_up(event.peer, event.cost, now)
                 self.control.publish("neighbour.up", self._neighbour_json(event.peer))
             elif isinstance(event, NeighbourLost):
                 logger.info("[%s] neighbour lost: %s", short_id(event.peer), event.reason)
+                self.routing.neighbour_lost(event.peer, now)
                 self.control.publish("neighbour.lost", {"node_id": event.peer.hex(),
                                                         "reason": event.reason})
                 self.links.close_link(event.peer, f"neighbour lost: {event.reason}")
+            elif isinstance(event, LinkCostChanged):
+                self.routing.cost_changed(event.peer, event.cost, now)
+        for peer, payload in self.routing.datagrams_to_send(now):
+            self._send_link(peer, Channel.ROUTING, payload)
+        while (revent := self.routing.next_event()) is not None:
+            if isinstance(revent, RouteChanged):
+                self._on_route_changed(revent)
         self._arm_timer()
+
+    def _on_route_changed(self, ev: RouteChanged) -> None:
+        ann = self.book.get(ev.destination)
+        data = {"destination": ev.destination.hex(), "name": ann.name if ann else "",
+                "next_hop": ev.next_hop.hex() if ev.next_hop else None,
+                "metric": ev.metric, "seqno": ev.seqno}
+        logger.debug("route to %s via %s metric %d", short_id(ev.destination),
+                     short_id(ev.next_hop) if ev.next_hop else "-", ev.metric)
+        self.control.publish("route.changed", data)
 
     def _arm_timer(self) -> None:
         assert self._loop is not None
-        deadline = self.neighbours.get_timer()
+        timers = [t for t in (self.neighbours.get_timer(), self.routing.get_timer()) if t is not None]
+        deadline = min(timers) if timers else None
         if deadline is not None and deadline == self._timer_deadline:
             return
         if self._timer is not None:
@@ -292,7 +335,11 @@ class Node:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_deadline = None
-        self.neighbours.handle_timer(self._now())
+        now = self._now()
+        for core in (self.neighbours, self.routing):
+            t = core.get_timer()
+            if t is not None and t <= now:
+                core.handle_timer(now)
         self._pump()
 
     def _send_link(self, peer: NodeId, channel: Channel, payload: bytes,
@@ -303,6 +350,9 @@ class Node:
 
     def next_hop(self, destination: NodeId) -> NodeId | None:
         """The neighbour to send a packet for ``destination`` to, or None if unreachable."""
+        hop = self.routing.next_hop(destination)
+        if hop is not None and hop in self._peers:
+            return hop
         if destination in self._peers and destination in self.neighbours.peers():
             return destination
         return None
@@ -362,7 +412,10 @@ class Node:
                 self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
             return
         if pkt.hop_limit <= 1:
-            self.drops.drop("hop_limit", short_id(peer))
+            if pkt.service == Service.PING:
+                self._ping_time_exceeded(pkt)
+            else:
+                self.drops.drop("hop_limit", short_id(peer))
             return
         hop = self.next_hop(pkt.destination)
         if hop is None or hop == peer:
@@ -372,34 +425,52 @@ class Node:
 
     # ---------------------------------------------------------------- ping
 
+    def _ping_time_exceeded(self, pkt: MeshPacket) -> None:
+        """A probe's hop limit ran out here: tell its sender who we are (traceroute)."""
+        f = Fields(unpack(pkt.payload, MAX_PING_PAYLOAD))
+        if f.str("k", max_len=8) == "req":
+            self.send_packet(pkt.source, Service.PING,
+                             pack({"k": "ttl", "id": f.int("id", 0, 2**32), "hops": 0}))
+
     def _on_ping_packet(self, pkt: MeshPacket, now: float) -> None:
         f = Fields(unpack(pkt.payload, MAX_PING_PAYLOAD))
         kind = f.str("k", max_len=8)
         ident = f.int("id", 0, 2**32)
         if kind == "req":
-            hops = DEFAULT_HOP_LIMIT - pkt.hop_limit + 1
+            hops = f.int("hl", 1, 255) - pkt.hop_limit + 1
             self.send_packet(pkt.source, Service.PING, pack({"k": "rep", "id": ident, "hops": hops}))
-        elif kind == "rep":
+        elif kind in ("rep", "ttl"):
             waiter = self._ping_waiters.pop(ident, None)
             if waiter is None:
                 return
             fut, sent_at = waiter
             if not fut.done():
                 fut.set_result({"rtt_ms": round((now - sent_at) * 1000, 3),
-                                "hops": f.int("hops", 0, 255)})
+                                "hops": f.int("hops", 0, 255), "responder": pkt.source,
+                                "reached": kind == "rep"})
 
-    async def ping(self, destination: NodeId, timeout: float) -> dict[str, Any]:
-        """One echo to ``destination``: ``{"rtt_ms", "hops"}``; raises ControlError on failure."""
+    async def ping(self, destination: NodeId, timeout: float,
+                   hop_limit: int = DEFAULT_HOP_LIMIT) -> dict[str, Any]:
+        """One echo to ``destination``: ``{"rtt_ms", "hops", "responder", "reached"}``.
+
+        With a small ``hop_limit`` the node where the limit runs out answers
+        instead (``reached`` False): that is how traceroute finds each hop.
+        Raises ``ControlError`` ("unreachable", "timeout") on failure.
+        """
         assert self._loop is not None
         ident = next(self._ping_ids) & 0xFFFFFFFF
         fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._ping_waiters[ident] = (fut, self._now())
         try:
-            if not self.send_packet(destination, Service.PING, pack({"k": "req", "id": ident})):
-                raise ControlError("unreachable", f"no route to {short_id(destination)}")
+            if not self.send_packet(destination, Service.PING,
+                                    pack({"k": "req", "id": ident, "hl": hop_limit}),
+                                    hop_limit=hop_limit):
+                raise ControlError("unreachable", f"no route to {short_id(destination)}",
+                                   {"node_id": destination.hex()})
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            raise ControlError("timeout", f"no reply from {short_id(destination)} in {timeout} s") from None
+            raise ControlError("timeout", f"no reply from {short_id(destination)} in {timeout} s",
+                               {"node_id": destination.hex()}) from None
         finally:
             self._ping_waiters.pop(ident, None)
 
@@ -411,6 +482,8 @@ class Node:
             "neighbours": self._h_neighbours,
             "ping": self._h_ping,
             "send": self._h_send,
+            "routes": self._h_routes,
+            "traceroute": self._h_traceroute,
             "messages": self._h_messages,
         }
 
@@ -435,7 +508,8 @@ class Node:
             "listen": [f"{h}:{p}" for h, p in self.listening],
             "interfaces": list(self.config.interface),
             "neighbours": len(self.neighbours.peers()),
-            "routes": len(self.neighbours.peers()),
+            "routes": len(self.routing.destinations()),
+            "seqno": self.announcement.seqno,
             "pid": os.getpid(),
             "drops": self.drop_counts(),
         }
@@ -482,8 +556,54 @@ class Node:
             raise ControlError("bad_request", "ping needs node (str) and 0 < timeout <= 60")
         target = self.resolve(query)
         result = await self.ping(target, float(timeout))
-        ann = self.book.get(target)
-        return {"node_id": target.hex(), "name": ann.name if ann else "", **result}
+        return {"node_id": target.hex(), "name": self._name_of(target),
+                "rtt_ms": result["rtt_ms"], "hops": result["hops"]}
+
+    def _name_of(self, node_id: NodeId | None) -> str:
+        ann = self.book.get(node_id) if node_id is not None else None
+        return ann.name if ann else ""
+
+    async def _h_traceroute(self, params: dict[str, Any]) -> dict[str, Any]:
+        query = params.get("node")
+        timeout = params.get("timeout", 2.0)
+        max_hops = params.get("max_hops", 16)
+        if (not isinstance(query, str) or not isinstance(timeout, int | float)
+                or not 0 < timeout <= 60 or not isinstance(max_hops, int) or not 0 < max_hops <= 64):
+            raise ControlError("bad_request", "traceroute needs node, 0 < timeout <= 60, max_hops <= 64")
+        target = self.resolve(query)
+        hops: list[dict[str, Any]] = []
+        reached = False
+        for limit in range(1, max_hops + 1):
+            try:
+                r = await self.ping(target, float(timeout), hop_limit=limit)
+            except ControlError as exc:
+                if exc.code == "unreachable":
+                    raise
+                hops.append({"hop": limit, "node_id": None, "name": "", "rtt_ms": None})
+                continue
+            hops.append({"hop": limit, "node_id": r["responder"].hex(),
+                         "name": self._name_of(r["responder"]), "rtt_ms": r["rtt_ms"]})
+            if r["reached"]:
+                reached = True
+                break
+        if not reached:
+            raise ControlError("timeout", f"{short_id(target)} not reached in {max_hops} hops",
+                               {"node_id": target.hex(), "hops": hops})
+        return {"node_id": target.hex(), "name": self._name_of(target), "hops": hops}
+
+    async def _h_routes(self, params: dict[str, Any]) -> dict[str, Any]:
+        show_all = params.get("all", False) is True
+        out = []
+        for r in self.routing.routes(self._now()):
+            if not (show_all or r.selected) or r.destination == self.identity.node_id:
+                continue
+            out.append({
+                "destination": r.destination.hex(), "name": self._name_of(r.destination),
+                "next_hop": r.next_hop.hex(), "next_hop_name": self._name_of(r.next_hop),
+                "metric": r.metric, "reachable": r.metric < INFINITY, "seqno": r.seqno,
+                "age_s": round(r.age, 3), "feasible": r.feasible, "selected": r.selected,
+            })
+        return {"routes": out}
 
     async def _h_send(self, params: dict[str, Any]) -> dict[str, Any]:
         query, text = params.get("node"), params.get("text")
