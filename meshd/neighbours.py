@@ -191,12 +191,14 @@ class _Neighbour:
         "peer_interval",
         "rtt_ms",
         "state",
+        "tx_seqno",
         "txcost",
         "want_reply",
     )
 
-    def __init__(self, peer: NodeId, next_hello: float) -> None:
+    def __init__(self, peer: NodeId, next_hello: float, tx_seqno: int) -> None:
         self.peer = peer
+        self.tx_seqno = tx_seqno
         self.state = NeighbourState.PENDING
         self.next_hello = next_hello
         self.next_probe: float | None = None
@@ -229,7 +231,6 @@ class NeighbourTable:
         self._rng = rng
         self._nbrs: dict[NodeId, _Neighbour] = {}
         self._events: list[NeighbourEvent] = []
-        self._seqno = rng.randrange(0x10000)
         self.drops = DropCounter(logger)
 
     # -- link layer inputs -------------------------------------------------
@@ -237,7 +238,7 @@ class NeighbourTable:
     def link_up(self, peer: NodeId, now: float) -> None:
         """An authenticated link to ``peer`` exists: start sending it hellos at once."""
         if peer not in self._nbrs:
-            self._nbrs[peer] = _Neighbour(peer, now)
+            self._nbrs[peer] = _Neighbour(peer, now, self._rng.randrange(0x10000))
 
     def link_down(self, peer: NodeId, now: float) -> None:
         """The link to ``peer`` is gone; emits ``NeighbourLost(peer, "link_down")`` if it was up."""
@@ -278,12 +279,19 @@ class NeighbourTable:
 
     def get_timer(self) -> float | None:
         """The earliest time at which ``handle_timer``/``datagrams_to_send`` have work."""
-        best: float | None = None
+        best = float("inf")
+        dead_after = self.dead_after
         for n in self._nbrs.values():
-            for t in self._deadlines(n):
-                if best is None or t < best:
-                    best = t
-        return best
+            t = n.next_hello
+            if n.want_reply and n.last_reply < t:
+                t = n.last_reply
+            if n.next_probe is not None and n.next_probe < t:
+                t = n.next_probe
+            if n.state is NeighbourState.UP:
+                assert n.last_hello is not None and n.last_ihu is not None
+                t = min(t, min(n.last_hello, n.last_ihu) + dead_after)
+            best = min(best, t)
+        return best if self._nbrs else None
 
     def handle_timer(self, now: float) -> None:
         """Expire silent neighbours and schedule probes; hellos go out in ``datagrams_to_send``."""
@@ -327,20 +335,10 @@ class NeighbourTable:
         # jitter only downwards: a gap never exceeds the interval, so a live link is not lost early
         return self.hello_interval * self._rng.uniform(0.8, 1.0)
 
-    def _deadlines(self, n: _Neighbour) -> list[float]:
-        ts = [n.next_hello]
-        if n.want_reply:
-            ts.append(n.last_reply)
-        if n.next_probe is not None:
-            ts.append(n.next_probe)
-        if n.state is NeighbourState.UP:
-            assert n.last_hello is not None and n.last_ihu is not None
-            ts.append(min(n.last_hello, n.last_ihu) + self.dead_after)
-        return ts
-
     def _hello_for(self, n: _Neighbour, now: float, request: bool) -> bytes:
-        self._seqno = (self._seqno + 1) & 0xFFFF
-        msg: dict[str, object] = {"v": 1, "s": self._seqno, "ts": _ts_us(now),
+        # one seqno space per link: the peer counts gaps in it as lost hellos (RFC 8966 A.1)
+        n.tx_seqno = (n.tx_seqno + 1) & 0xFFFF
+        msg: dict[str, object] = {"v": 1, "s": n.tx_seqno, "ts": _ts_us(now),
                                   "iv": max(10, round(self.hello_interval * 1000))}
         if request:
             msg["rq"] = True

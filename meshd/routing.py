@@ -1,0 +1,804 @@
+"""Babel routing (RFC 8966 semantics) over our own links: a pure core.
+
+Theory of operation
+-------------------
+Every node is a destination and an *origin*: it announces itself with metric 0
+and a sequence number.  That seqno is the seqno of the origin's signed
+``meshd.identity.Announcement``, so a route to an origin is only believed when
+its seqno is covered by a verified announcement of that origin: a relay can
+neither claim another node's id nor push a seqno the origin never signed.
+Announcements travel with the updates, once per (neighbour, origin, seqno);
+a receiver missing one asks the sender for it.  Verification is injected
+(``verify``), so the simulator can use real Ed25519 on a few nodes and a cheap
+check at a thousand.
+
+The route table keeps, per (origin, neighbour), the last (seqno, metric)
+advertised by that neighbour (RFC 8966 §3.2.6).  The metric of a route is the
+advertised metric plus the link cost from the neighbour core.  Route selection
+(§3.6) picks the smallest metric among *feasible* routes, with hysteresis so
+a lossy link's cost noise does not flap routes.  Feasibility (§3.5.1) is
+``update_feasible``: the source table holds, per origin, the seqno and
+feasibility distance (the smallest metric we advertised with that seqno); a
+route is feasible if its seqno is newer, or equal with a strictly smaller
+advertised metric.  This is what keeps next hops loop-free at every instant.
+
+When the selected route is lost and only unfeasible routes remain, the node
+retracts (sends metric infinity, §3.5.4) and sends a seqno request (§3.8.2)
+for seqno+1 towards the origin; intermediate nodes answer from a route that is
+new enough or forward it (hop count limited, duplicates suppressed); the origin
+bumps its seqno through the ``on_seqno_request`` callback (signing and
+persisting the new announcement is the node's job) and the new seqno floods
+back as triggered updates.
+
+Updates are sent in full every 16-20 s (jittered) and triggered on change:
+changes are collected and flushed together after ``trigger_delay`` and never
+more often than ``min_flush_gap`` (damping update storms in dense car parks);
+small metric changes wait for the next full update.  Routes to a neighbour's
+next hop are poisoned (sent with infinite metric to that next hop).  A route
+expires 3.5 update intervals after its last update (§3.5.5 / Appendix B).
+Every message fits one link datagram (``max_payload``), updates are packed
+together and split as needed.
+
+The core does no I/O and never reads the clock: ``now`` is monotonic seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from meshd.codec import DropCounter, Fields, pack, unpack
+from meshd.errors import DecodeError, LocalProtocolError, RemoteProtocolError
+from meshd.identity import NodeId, short_id
+
+__all__ = [
+    "INFINITY",
+    "MAX_ROUTING_PAYLOAD",
+    "RouteChanged",
+    "RouteInfo",
+    "RoutingEvent",
+    "RoutingTable",
+    "SeqnoBump",
+    "VerifiedAnnouncement",
+    "Verifier",
+    "update_feasible",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Babel's infinite metric: unreachable, and what a retraction carries
+INFINITY = 0xFFFF
+#: a link datagram is at most MESH_MTU (1,100 bytes) including the channel byte
+MAX_ROUTING_PAYLOAD = 1099
+_NODE_ID_LEN = 16
+_MAX_SEQNO = 2**63 - 1
+_MAX_ANN_SIZE = 512
+_MAX_ITEMS = 128
+#: room left for the map and array headers of a message (generous)
+_OVERHEAD = 40
+#: route expiry: this many times the sender's update interval (Babel: 3.5)
+HOLD_MULTIPLIER = 3.5
+#: a source entry unused this long is forgotten (babeld: 3 minutes)
+SOURCE_GC_S = 180.0
+#: retractions of a lost route are repeated in full updates for this long
+RETRACT_HOLD_S = 40.0
+#: seqno requests: resend interval, tries, and how long a forwarded one is remembered
+REQUEST_RESEND_S = 0.5
+REQUEST_TRIES = 4
+REQUEST_DEDUPE_S = 3.0
+REQUEST_HOPS = 64
+#: how often expiry is checked (routes expire after about a minute: coarse is fine)
+SWEEP_INTERVAL_S = 2.0
+#: an origin bumps its seqno at most this often in answer to requests
+BUMP_MIN_GAP_S = 0.5
+#: a metric change smaller than max(this, metric / 8) waits for the next full update
+TRIGGER_MIN_DELTA = 128
+#: minimum interval between "announcement please" requests per (peer, origin)
+ANN_REQUEST_GAP_S = 1.0
+
+
+class VerifiedAnnouncement(Protocol):
+    """What routing needs of a verified announcement (``meshd.identity.Announcement`` is one)."""
+
+    @property
+    def node_id(self) -> NodeId: ...
+
+    @property
+    def seqno(self) -> int: ...
+
+    @property
+    def raw(self) -> bytes: ...
+
+
+#: checks announcement bytes; raises ``RemoteProtocolError`` (Decode/Verification) if refused
+Verifier = Callable[[bytes], VerifiedAnnouncement]
+#: asks the node to sign and persist an announcement with seqno >= the argument; may
+#: return it at once, or return None and call ``RoutingTable.set_announcement`` later
+SeqnoBump = Callable[[int], VerifiedAnnouncement | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChanged:
+    """The selected next hop to ``destination`` changed; ``next_hop`` None means unreachable."""
+
+    destination: NodeId
+    next_hop: NodeId | None
+    metric: int
+    seqno: int
+
+
+RoutingEvent = RouteChanged
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    """One route of the table, for the admin view (``routes()``)."""
+
+    destination: NodeId
+    next_hop: NodeId
+    metric: int  #: advertised metric + link cost, INFINITY if retracted
+    seqno: int
+    age: float  #: seconds since the last update for it
+    feasible: bool
+    selected: bool
+
+
+def update_feasible(source: tuple[int, int] | None, seqno: int, refmetric: int) -> bool:
+    """RFC 8966 §3.5.1: is (seqno, advertised metric) feasible against source (seqno, fd)?"""
+    if source is None or refmetric >= INFINITY:
+        return True
+    src_seqno, fd = source
+    return seqno > src_seqno or (seqno == src_seqno and refmetric < fd)
+
+
+class _Route:
+    __slots__ = ("expires", "refmetric", "seqno", "updated")
+
+    def __init__(self, seqno: int, refmetric: int, expires: float, updated: float) -> None:
+        self.seqno = seqno
+        self.refmetric = refmetric
+        self.expires = expires
+        self.updated = updated
+
+
+class _Source:
+    __slots__ = ("metric", "seqno", "used")
+
+    def __init__(self, seqno: int, metric: int, used: float) -> None:
+        self.seqno = seqno
+        self.metric = metric
+        self.used = used
+
+
+class _Selected:
+    __slots__ = ("metric", "next_hop", "seqno")
+
+    def __init__(self, next_hop: NodeId, seqno: int, metric: int) -> None:
+        self.next_hop = next_hop
+        self.seqno = seqno
+        self.metric = metric
+
+
+class _Starving:
+    __slots__ = ("next_send", "seqno", "tries")
+
+    def __init__(self, seqno: int, next_send: float) -> None:
+        self.seqno = seqno
+        self.next_send = next_send
+        self.tries = 0
+
+
+class _Out:
+    """What is queued for one neighbour until the next flush."""
+
+    __slots__ = ("ann_requests", "force_ann", "requests", "updates", "wildcard")
+
+    def __init__(self) -> None:
+        self.wildcard = False
+        self.updates: dict[NodeId, None] = {}  # ordered set of origins
+        self.force_ann: set[NodeId] = set()
+        self.requests: dict[tuple[NodeId, int], int] = {}  # (origin, seqno) -> hop count
+        self.ann_requests: dict[NodeId, None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.updates or self.requests or self.ann_requests or self.wildcard)
+
+
+class _Update(NamedTuple):
+    origin: NodeId
+    seqno: int
+    metric: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    interval_cs: int
+    anns: list[bytes]
+    updates: list[_Update]
+    requests: list[tuple[NodeId, int, int]]
+    ann_requests: list[NodeId]
+    wildcard: bool
+
+
+def _node_id(v: object) -> NodeId:
+    if type(v) is not bytes or len(v) != _NODE_ID_LEN:
+        raise DecodeError("field", "node id: 16 bytes")
+    return v
+
+
+def _int(v: object, lo: int, hi: int) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise DecodeError("field", f"int in [{lo}, {hi}]")
+    return v
+
+
+def _triple(v: object) -> tuple[object, object, object]:
+    if type(v) is not list or len(v) != 3:
+        raise DecodeError("field", "entry of 3")
+    return v[0], v[1], v[2]
+
+
+def decode_message(data: bytes, max_payload: int = MAX_ROUTING_PAYLOAD) -> _Message:
+    """Parse one routing message (without the channel byte); raises ``DecodeError``."""
+    obj = unpack(data, max_payload, max_items=_MAX_ITEMS)
+    f = Fields(obj)
+    if f.int("v", 0, 255) != 1:
+        raise DecodeError("version", "routing message version")
+    interval_cs = f.int("iv", 1, 65535)
+    assert isinstance(obj, dict)
+    anns = []
+    for raw in (f.list("a", max_len=_MAX_ITEMS) if "a" in obj else []):
+        if type(raw) is not bytes or len(raw) > _MAX_ANN_SIZE:
+            raise DecodeError("field", "announcement bytes")
+        anns.append(raw)
+    updates = []
+    for e in (f.list("u", max_len=_MAX_ITEMS) if "u" in obj else []):
+        o, s, m = _triple(e)
+        updates.append(_Update(_node_id(o), _int(s, 0, _MAX_SEQNO), _int(m, 0, INFINITY)))
+    requests = []
+    for e in (f.list("r", max_len=_MAX_ITEMS) if "r" in obj else []):
+        o, s, h = _triple(e)
+        requests.append((_node_id(o), _int(s, 0, _MAX_SEQNO), _int(h, 0, 255)))
+    ann_requests = [_node_id(o) for o in (f.list("q", max_len=_MAX_ITEMS) if "q" in obj else [])]
+    wildcard = f.bool("w") if "w" in obj else False
+    return _Message(interval_cs, anns, updates, requests, ann_requests, wildcard)
+
+
+def _packed_len(v: object) -> int:
+    """Upper bound of the MessagePack size of our list items (bytes, ints, lists of them)."""
+    if isinstance(v, bytes):
+        return len(v) + 5
+    if isinstance(v, list):
+        return 5 + sum(_packed_len(x) for x in v)
+    return 9
+
+
+class RoutingTable:
+    """Pure Babel-style routing core of one node (see the module docstring)."""
+
+    def __init__(self, *, node_id: NodeId, announcement: VerifiedAnnouncement,
+                 verify: Verifier, on_seqno_request: SeqnoBump, rng: random.Random,
+                 update_interval: tuple[float, float] = (16.0, 20.0),
+                 trigger_delay: float = 0.05, min_flush_gap: float = 0.2,
+                 max_payload: int = MAX_ROUTING_PAYLOAD) -> None:
+        if announcement.node_id != node_id:
+            raise LocalProtocolError("own announcement is not for this node")
+        self.node_id = node_id
+        self._verify = verify
+        self._bump = on_seqno_request
+        self._rng = rng
+        self._interval = update_interval
+        self._trigger_delay = trigger_delay
+        self._min_flush_gap = min_flush_gap
+        self._max_payload = max_payload
+        self.drops = DropCounter(logger)
+        #: benign things ignored (old seqnos during a seqno change, duplicates): counted only
+        self.ignored: Counter[str] = Counter()
+        self._own_seqno = announcement.seqno
+        self._anns: dict[NodeId, tuple[int, bytes]] = {node_id: (announcement.seqno,
+                                                                 announcement.raw)}
+        self._held_raw: dict[bytes, NodeId] = {}  # raw form of every held announcement
+        self._nbr_cost: dict[NodeId, int] = {}
+        self._routes: dict[NodeId, dict[NodeId, _Route]] = {}
+        self._sources: dict[NodeId, _Source] = {}
+        self._selected: dict[NodeId, _Selected] = {}
+        self._retracted: dict[NodeId, tuple[int, float]] = {}  # origin -> (seqno, until)
+        self._starving: dict[NodeId, _Starving] = {}
+        self._seen_requests: dict[tuple[NodeId, int], float] = {}
+        self._ann_sent: dict[NodeId, dict[NodeId, int]] = {}
+        self._ann_asked: dict[tuple[NodeId, NodeId], float] = {}
+        self._out: dict[NodeId, _Out] = {}
+        self._events: list[RoutingEvent] = []
+        self._flush_at: float | None = None
+        self._last_flush = float("-inf")
+        self._next_full: float | None = None
+        self._next_sweep: float | None = None
+        self._last_bump = float("-inf")
+        self._earliest_expiry = float("inf")  # a lower bound: refreshes only push expiry later
+        self._now = 0.0
+
+    # -- inputs from the node ---------------------------------------------------
+
+    def set_announcement(self, announcement: VerifiedAnnouncement, now: float) -> None:
+        """Our own new (higher-seqno) signed announcement: advertise it to everyone."""
+        if announcement.node_id != self.node_id:
+            raise LocalProtocolError("own announcement is not for this node")
+        if announcement.seqno <= self._own_seqno:
+            return
+        self._own_seqno = announcement.seqno
+        self._anns[self.node_id] = (announcement.seqno, announcement.raw)
+        self._queue_all(self.node_id, now)
+
+    def neighbour_up(self, peer: NodeId, cost: int, now: float) -> None:
+        """``peer`` became usable at link cost ``cost``: send it our whole table soon."""
+        self._tick(now)
+        self._nbr_cost[peer] = min(max(cost, 1), INFINITY)
+        self._ann_sent[peer] = {}
+        out = self._out.setdefault(peer, _Out())
+        for origin in self._advertisable():
+            out.updates[origin] = None
+        # and ask for its table (Babel's wildcard route request, RFC 8966 §3.8.1.1)
+        out.wildcard = True
+        self._schedule_flush(now)
+
+    def neighbour_lost(self, peer: NodeId, now: float) -> None:
+        """``peer`` is unusable: every route through it is gone at once."""
+        self._tick(now)
+        if self._nbr_cost.pop(peer, None) is None:
+            return
+        self._out.pop(peer, None)
+        self._ann_sent.pop(peer, None)
+        for origin in sorted(self._routes):
+            if self._routes[origin].pop(peer, None) is not None:
+                if not self._routes[origin]:
+                    del self._routes[origin]
+                self._reselect(origin, now)
+
+    def cost_changed(self, peer: NodeId, cost: int, now: float) -> None:
+        """The link cost to ``peer`` changed: reconsider the routes through it."""
+        self._tick(now)
+        if peer not in self._nbr_cost:
+            return
+        self._nbr_cost[peer] = min(max(cost, 1), INFINITY)
+        for origin in sorted(self._routes):
+            if peer in self._routes[origin]:
+                self._reselect(origin, now)
+
+    def receive(self, peer: NodeId, data: bytes, now: float) -> None:
+        """Feed one routing datagram (no channel byte); refused input is counted and dropped."""
+        self._tick(now)
+        if peer not in self._nbr_cost:
+            # usual at link start: the peer heard us both ways before we heard it
+            self.ignored["not-neighbour"] += 1
+            return
+        try:
+            msg = decode_message(data, self._max_payload)
+        except DecodeError as exc:
+            self.drops.drop(exc.reason, short_id(peer), exc.detail)
+            return
+        for raw in msg.anns:
+            self._learn_announcement(peer, raw)
+        hold = HOLD_MULTIPLIER * msg.interval_cs / 100
+        for u in msg.updates:
+            self._handle_update(peer, u, hold, now)
+        for origin, seqno, hops in msg.requests:
+            self._handle_request(peer, origin, seqno, hops, now)
+        if msg.wildcard:
+            out = self._out.setdefault(peer, _Out())
+            for origin in self._advertisable():
+                out.updates[origin] = None
+            self._schedule_flush(now)
+        for origin in msg.ann_requests:
+            if origin in self._anns and self._advertisable_to(origin, peer):
+                out = self._out.setdefault(peer, _Out())
+                out.updates[origin] = None
+                out.force_ann.add(origin)
+                self._schedule_flush(now)
+
+    # -- outputs ------------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[NodeId, bytes]]:
+        """Messages due by ``now`` as (peer, payload without the channel byte)."""
+        self._tick(now)
+        self._run_timers(now)
+        if self._flush_at is None or now < self._flush_at:
+            return []
+        self._flush_at = None
+        self._last_flush = now
+        out: list[tuple[NodeId, bytes]] = []
+        for peer in sorted(self._out):
+            q = self._out[peer]
+            if peer in self._nbr_cost and q:
+                out.extend((peer, d) for d in self._build(peer, q))
+        self._out = {}
+        return out
+
+    def get_timer(self) -> float | None:
+        """The earliest time this core has something to do."""
+        ts = [t for t in (self._flush_at, self._next_full, self._next_sweep) if t is not None]
+        ts.extend(s.next_send for s in self._starving.values())
+        return min(ts) if ts else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run what is due: full updates, expiry, request resends (sends go via datagrams_to_send)."""
+        self._tick(now)
+        self._run_timers(now)
+
+    def next_event(self) -> RoutingEvent | None:
+        """Pop the oldest pending event, or None."""
+        return self._events.pop(0) if self._events else None
+
+    # -- queries --------------------------------------------------------------------
+
+    def next_hop(self, destination: NodeId) -> NodeId | None:
+        """The neighbour to forward to for ``destination``, or None if unreachable."""
+        sel = self._selected.get(destination)
+        return sel.next_hop if sel is not None else None
+
+    def metric(self, destination: NodeId) -> int:
+        """Metric of the selected route to ``destination`` (0 for ourselves, else INFINITY)."""
+        if destination == self.node_id:
+            return 0
+        sel = self._selected.get(destination)
+        return sel.metric if sel is not None else INFINITY
+
+    def routes(self, now: float | None = None) -> list[RouteInfo]:
+        """Every route we hold (selected or not), sorted by destination then next hop."""
+        t = self._now if now is None else now
+        out = []
+        for origin in sorted(self._routes):
+            sel = self._selected.get(origin)
+            src = self._sources.get(origin)
+            for nbr in sorted(self._routes[origin]):
+                r = self._routes[origin][nbr]
+                out.append(RouteInfo(
+                    destination=origin, next_hop=nbr, metric=self._route_metric(nbr, r),
+                    seqno=r.seqno, age=max(0.0, t - r.updated),
+                    feasible=update_feasible(
+                        (src.seqno, src.metric) if src else None, r.seqno, r.refmetric),
+                    selected=sel is not None and sel.next_hop == nbr,
+                ))
+        return out
+
+    def destinations(self) -> list[NodeId]:
+        """Destinations with a selected route, sorted."""
+        return sorted(self._selected)
+
+    @property
+    def seqno(self) -> int:
+        """Our own current (signed) seqno."""
+        return self._own_seqno
+
+    # -- receiving ------------------------------------------------------------------
+
+    def _learn_announcement(self, peer: NodeId, raw: bytes) -> None:
+        # the same announcement arrives from every neighbour: verify it once
+        if raw in self._held_raw:
+            self.ignored["duplicate-announcement"] += 1
+            return
+        try:
+            ann = self._verify(raw)
+        except RemoteProtocolError as exc:
+            self.drops.drop(exc.reason, short_id(peer), exc.detail)
+            return
+        if ann.node_id == self.node_id:
+            return  # ours: we know our seqno better than anyone
+        held = self._anns.get(ann.node_id)
+        if held is None or ann.seqno > held[0]:
+            if held is not None:
+                self._held_raw.pop(held[1], None)
+            self._anns[ann.node_id] = (ann.seqno, ann.raw)
+            self._held_raw[ann.raw] = ann.node_id
+        elif ann.seqno < held[0]:
+            self.ignored["old-announcement"] += 1
+
+    def _handle_update(self, peer: NodeId, u: _Update, hold: float, now: float) -> None:
+        origin = u.origin
+        if origin == self.node_id:
+            return
+        routes = self._routes.get(origin)
+        if u.metric >= INFINITY:
+            # a retraction needs no signature: a neighbour may always withdraw its own route
+            gone = routes.get(peer) if routes is not None else None
+            if gone is not None:
+                self._earliest_expiry = min(self._earliest_expiry, now + hold)
+                gone.refmetric = INFINITY
+                gone.updated = now
+                gone.expires = now + hold
+                self._reselect(origin, now)
+            return
+        held = self._anns.get(origin)
+        if held is None or u.seqno > held[0]:
+            self.drops.drop("unsigned-seqno", short_id(peer), f"{short_id(origin)} seq {u.seqno}")
+            key = (peer, origin)
+            if now - self._ann_asked.get(key, float("-inf")) >= ANN_REQUEST_GAP_S:
+                self._ann_asked[key] = now
+                self._out.setdefault(peer, _Out()).ann_requests[origin] = None
+                self._schedule_flush(now)
+            return
+        if u.seqno < held[0]:
+            self.ignored["old-seqno"] += 1  # a replay, or a neighbour not yet caught up
+            return
+        if routes is None:
+            routes = self._routes[origin] = {}
+        r = routes.get(peer)
+        if r is None:
+            routes[peer] = _Route(u.seqno, u.metric, now + hold, now)
+            self._earliest_expiry = min(self._earliest_expiry, now + hold)
+        elif r.seqno == u.seqno and r.refmetric == u.metric:
+            r.expires, r.updated = now + hold, now  # nothing new: no reselection
+            return
+        else:
+            r.seqno, r.refmetric, r.expires, r.updated = u.seqno, u.metric, now + hold, now
+        self._reselect(origin, now)
+
+    def _handle_request(self, peer: NodeId, origin: NodeId, seqno: int, hops: int,
+                        now: float) -> None:
+        # RFC 8966 §3.8.1.2
+        if origin == self.node_id:
+            if seqno > self._own_seqno and now - self._last_bump >= BUMP_MIN_GAP_S:
+                self._last_bump = now
+                ann = self._bump(seqno)
+                if ann is not None:
+                    self.set_announcement(ann, now)
+            else:
+                self._queue(peer, origin, now)
+            return
+        sel = self._selected.get(origin)
+        if sel is not None and sel.seqno >= seqno:
+            if sel.next_hop != peer:
+                self._queue(peer, origin, now)
+            return
+        if hops < 2:
+            return
+        key = (origin, seqno)
+        if key in self._seen_requests:
+            self.ignored["duplicate-request"] += 1
+            return
+        self._seen_requests[key] = now + REQUEST_DEDUPE_S
+        target = sel.next_hop if sel is not None else self._best_any(origin, exclude=peer)
+        if target is None or target == peer:
+            return
+        self._out.setdefault(target, _Out()).requests[(origin, seqno)] = hops - 1
+        self._schedule_flush(now)
+
+    # -- selection --------------------------------------------------------------
+
+    def _route_metric(self, nbr: NodeId, r: _Route) -> int:
+        cost = self._nbr_cost.get(nbr, INFINITY)
+        return min(INFINITY, r.refmetric + cost)
+
+    def _reselect(self, origin: NodeId, now: float) -> None:
+        src = self._sources.get(origin)
+        source = (src.seqno, src.metric) if src is not None else None
+        best: tuple[int, NodeId, _Route] | None = None
+        current: tuple[int, NodeId, _Route] | None = None
+        old = self._selected.get(origin)
+        has_unfeasible = False
+        cost = self._nbr_cost
+        for nbr, r in self._routes.get(origin, {}).items():
+            m = r.refmetric + cost.get(nbr, INFINITY)
+            if m >= INFINITY:
+                continue
+            if not update_feasible(source, r.seqno, r.refmetric):
+                has_unfeasible = True
+                continue
+            if best is None or m < best[0] or (m == best[0] and nbr < best[1]):
+                best = (m, nbr, r)
+            if old is not None and nbr == old.next_hop:
+                current = (m, nbr, r)
+        # hysteresis (§3.6): keep a usable current route unless the best is clearly better
+        if best is not None and current is not None and best[1] != current[1]:
+            cm = current[0]
+            if best[0] > cm - max(64, cm // 8):
+                best = current
+        if best is None:
+            if old is not None:
+                del self._selected[origin]
+                self._events.append(RouteChanged(origin, None, INFINITY, old.seqno))
+                self._retracted[origin] = (old.seqno, now + RETRACT_HOLD_S)
+                self._queue_all(origin, now)
+            if has_unfeasible or old is not None:
+                self._start_request(origin, now)
+            return
+        metric, nbr, r = best
+        self._retracted.pop(origin, None)
+        self._starving.pop(origin, None)
+        # the feasibility distance never exceeds what we advertise (§3.7.3)
+        if src is None or r.seqno > src.seqno or (r.seqno == src.seqno and metric < src.metric):
+            self._sources[origin] = _Source(r.seqno, metric, now)
+        else:
+            src.used = now
+        if old is None:
+            self._selected[origin] = _Selected(nbr, r.seqno, metric)
+            self._events.append(RouteChanged(origin, nbr, metric, r.seqno))
+            self._queue_all(origin, now)
+            return
+        hop_changed = old.next_hop != nbr
+        seq_changed = old.seqno != r.seqno
+        big_change = abs(metric - old.metric) >= max(TRIGGER_MIN_DELTA, old.metric // 8)
+        prev_hop = old.next_hop
+        old.next_hop, old.seqno, old.metric = nbr, r.seqno, metric
+        if hop_changed:
+            self._events.append(RouteChanged(origin, nbr, metric, r.seqno))
+        if seq_changed or big_change:
+            self._queue_all(origin, now)
+        elif hop_changed:
+            # poison towards the new next hop, the real metric to the old one
+            for p in (prev_hop, nbr):
+                if p in self._nbr_cost:
+                    self._out.setdefault(p, _Out()).updates[origin] = None
+            self._schedule_flush(now)
+
+    def _best_any(self, origin: NodeId, exclude: NodeId) -> NodeId | None:
+        best: tuple[int, NodeId] | None = None
+        for nbr, r in sorted(self._routes.get(origin, {}).items()):
+            m = self._route_metric(nbr, r)
+            if nbr != exclude and m < INFINITY and (best is None or m < best[0]):
+                best = (m, nbr)
+        return best[1] if best else None
+
+    def _start_request(self, origin: NodeId, now: float) -> None:
+        # §3.8.2.1: ask for a newer seqno when only unfeasible routes are left
+        src = self._sources.get(origin)
+        held = self._anns.get(origin)
+        base = max(src.seqno if src else 0, held[0] if held else 0)
+        s = self._starving.get(origin)
+        if s is None or s.seqno <= base:
+            self._starving[origin] = _Starving(base + 1, now)
+
+    def _send_requests(self, now: float) -> None:
+        for origin in sorted(self._starving):
+            s = self._starving[origin]
+            if s.next_send > now:
+                continue
+            if origin in self._selected or s.tries >= REQUEST_TRIES or not self._nbr_cost:
+                del self._starving[origin]
+                continue
+            s.tries += 1
+            s.next_send = now + REQUEST_RESEND_S * s.tries
+            self._seen_requests[(origin, s.seqno)] = now + REQUEST_DEDUPE_S
+            for peer in sorted(self._nbr_cost):
+                self._out.setdefault(peer, _Out()).requests[(origin, s.seqno)] = REQUEST_HOPS
+            self._schedule_flush(now)
+
+    # -- sending -----------------------------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        self._now = now
+        if self._next_full is None:
+            self._next_full = now + self._rng.uniform(*self._interval)
+            self._next_sweep = now + SWEEP_INTERVAL_S
+
+    def _run_timers(self, now: float) -> None:
+        if self._next_full is not None and now >= self._next_full:
+            self._next_full = now + self._rng.uniform(*self._interval)
+            adv = self._advertisable()
+            for peer in sorted(self._nbr_cost):
+                out = self._out.setdefault(peer, _Out())
+                for origin in adv:
+                    out.updates[origin] = None
+            self._schedule_flush(now, immediate=True)
+        if self._next_sweep is not None and now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL_S
+            self._sweep(now)
+        if any(s.next_send <= now for s in self._starving.values()):
+            self._send_requests(now)
+
+    def _sweep(self, now: float) -> None:
+        if now >= self._earliest_expiry:
+            earliest = float("inf")
+            for origin in sorted(self._routes):
+                routes = self._routes[origin]
+                expired = [n for n, r in routes.items() if r.expires <= now]
+                for n in expired:
+                    del routes[n]
+                if not routes:
+                    del self._routes[origin]
+                else:
+                    earliest = min(earliest, *(r.expires for r in routes.values()))
+                if expired:
+                    self._reselect(origin, now)
+            self._earliest_expiry = earliest
+        for origin in [o for o, (_, until) in self._retracted.items() if until <= now]:
+            del self._retracted[origin]
+        for origin in [o for o, s in self._sources.items()
+                       if now - s.used > SOURCE_GC_S and o not in self._selected]:
+            del self._sources[origin]
+        for key in [k for k, t in self._seen_requests.items() if t <= now]:
+            del self._seen_requests[key]
+        for key2 in [k for k, t in self._ann_asked.items() if now - t > 10 * ANN_REQUEST_GAP_S]:
+            del self._ann_asked[key2]
+
+    def _advertisable(self) -> list[NodeId]:
+        return [self.node_id, *sorted(self._selected), *sorted(self._retracted)]
+
+    def _advertisable_to(self, origin: NodeId, peer: NodeId) -> bool:
+        if origin == self.node_id:
+            return True
+        sel = self._selected.get(origin)
+        return sel is not None and sel.next_hop != peer
+
+    def _queue(self, peer: NodeId, origin: NodeId, now: float) -> None:
+        if peer in self._nbr_cost:
+            self._out.setdefault(peer, _Out()).updates[origin] = None
+            self._schedule_flush(now)
+
+    def _queue_all(self, origin: NodeId, now: float) -> None:
+        for peer in self._nbr_cost:
+            self._out.setdefault(peer, _Out()).updates[origin] = None
+        self._schedule_flush(now)
+
+    def _schedule_flush(self, now: float, *, immediate: bool = False) -> None:
+        # damping: changes wait trigger_delay to be merged, flushes keep min_flush_gap apart
+        t = max(now if immediate else now + self._trigger_delay,
+                self._last_flush + self._min_flush_gap)
+        if self._flush_at is None or t < self._flush_at:
+            self._flush_at = t
+
+    def _entry_for(self, peer: NodeId, origin: NodeId) -> _Update | None:
+        if origin == self.node_id:
+            return _Update(origin, self._own_seqno, 0)
+        sel = self._selected.get(origin)
+        if sel is not None:
+            # poisoned reverse: our next hop must not route back through us
+            metric = INFINITY if sel.next_hop == peer else sel.metric
+            return _Update(origin, sel.seqno, metric)
+        ret = self._retracted.get(origin)
+        if ret is not None:
+            return _Update(origin, ret[0], INFINITY)
+        return None
+
+    def _build(self, peer: NodeId, q: _Out) -> list[bytes]:
+        interval_cs = round(self._interval[1] * 100)
+        sent = self._ann_sent.setdefault(peer, {})
+        budget = self._max_payload - _OVERHEAD
+        msgs: list[bytes] = []
+        cur: dict[str, list[object]] = {}
+        size = 0
+
+        def flush() -> None:
+            nonlocal cur, size
+            if cur:
+                data = pack({"v": 1, "iv": interval_cs, **cur})
+                if len(data) > self._max_payload:
+                    raise LocalProtocolError(f"routing message of {len(data)} bytes")
+                msgs.append(data)
+            cur, size = {}, 0
+
+        def add(items: list[tuple[str, object]]) -> None:
+            nonlocal size
+            need = sum(_packed_len(v) for _, v in items)
+            if size + need > budget:
+                flush()
+            for k, v in items:
+                cur.setdefault(k, []).append(v)
+            size += need
+
+        for origin, seqno in sorted(q.requests):
+            add([("r", [origin, seqno, q.requests[(origin, seqno)]])])
+        for origin in q.ann_requests:
+            add([("q", origin)])
+        if q.wildcard:
+            cur["w"] = True  # type: ignore[assignment]
+            size += 3
+        for origin in q.updates:
+            e = self._entry_for(peer, origin)
+            if e is None:
+                continue
+            items: list[tuple[str, object]] = []
+            if e.metric < INFINITY:
+                held = self._anns.get(origin)
+                if held is None:
+                    continue
+                if sent.get(origin) != held[0] or origin in q.force_ann:
+                    items.append(("a", held[1]))
+                    sent[origin] = held[0]
+            items.append(("u", [e.origin, e.seqno, e.metric]))
+            add(items)
+        flush()
+        return msgs
