@@ -379,13 +379,17 @@ class Discovery:
                 server=f"cm-{self._node_id.hex()}.local.",
                 host_ttl=self._ttl_s, other_ttl=self._ttl_s, parsed_addresses=advertised,
             )
+            # browse first: finding others overlaps our own probing (RFC 6762 §8.1, ~1 s)
+            self._browser = AsyncServiceBrowser(self._aiozc.zeroconf, SERVICE_TYPE,
+                                                handlers=[self._on_service_state_change])
             registered = await self._aiozc.async_register_service(
                 self._info, allow_name_change=True)
             await registered
-            self._browser = AsyncServiceBrowser(self._aiozc.zeroconf, SERVICE_TYPE,
-                                                handlers=[self._on_service_state_change])
             self._liveness = asyncio.get_running_loop().create_task(self._liveness_loop())
         except BaseException:
+            if self._browser is not None:
+                await self._browser.async_cancel()
+                self._browser = None
             await self._aiozc.async_close()
             self._aiozc = None
             raise

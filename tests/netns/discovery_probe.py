@@ -67,9 +67,14 @@ def main() -> None:
     parser.add_argument("--iface", action="append", default=[])
     parser.add_argument("--ttl", type=int, default=20)
     parser.add_argument("--lifetime", type=float, default=30.0)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as meshd does")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"{args.name} %(name)s %(levelname)s %(message)s")
+    if args.uvloop:
+        import uvloop
+
+        sys.exit(uvloop.run(_main(args)))
     sys.exit(asyncio.run(_main(args)))
 
 

@@ -53,9 +53,11 @@ def last_seen(events: list[dict[str, Any]], node_id: str) -> dict[str, Any]:
     return [e for e in events if e.get("event") == "seen" and e["id"] == node_id][-1]
 
 
-@pytest.fixture
-def probes(devnet: DevNet, line3: list[NetNode]) -> Iterator[dict[str, JsonLines]]:
-    out = {n.name: start_probe(devnet, n) for n in line3}
+@pytest.fixture(params=["asyncio", "uvloop"])
+def probes(request: pytest.FixtureRequest, devnet: DevNet,
+           line3: list[NetNode]) -> Iterator[dict[str, JsonLines]]:
+    extra = ("--uvloop",) if request.param == "uvloop" else ()
+    out = {n.name: start_probe(devnet, n, *extra) for n in line3}
     yield out
     for p in out.values():  # devnet kills them anyway; stop them first to collect output
         if p.proc.poll() is None:
