@@ -294,6 +294,7 @@ class _Connection(QuicConnectionProtocol):
         self.superseded = False  # closed as a duplicate: no link_down for it
         self.down_reported = False
         self.terminated = False
+        self.closing = False  # we called close(); aioquic reports termination later
         self.created = self._loop.time()
         self._hs_server: ServerHandshake | None = None
         self._hs_client: ClientHandshake | None = None
@@ -335,6 +336,13 @@ class _Connection(QuicConnectionProtocol):
         self.manager.drops.drop(reason, self.label, detail)
 
     # --- asyncio / aioquic plumbing ------------------------------------------------------------
+
+    def close(self, error_code: int = ERR_CLOSED, reason_phrase: str = "") -> None:
+        self.closing = True
+        super().close(error_code=error_code, reason_phrase=reason_phrase)
+        for stream in self._streams.values():
+            stream._break("link closed")
+        self._wake_drain_waiters()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -410,7 +418,12 @@ class _Connection(QuicConnectionProtocol):
     # --- handshake -----------------------------------------------------------------------------
 
     def _start_client_handshake(self) -> None:
-        cert = peer_certificate(self._quic)
+        try:
+            cert = peer_certificate(self._quic)
+        except LocalProtocolError as exc:  # no certificate, or aioquic internals changed
+            log.error("[%s] cannot read the peer certificate: %s", self.label, exc)
+            self.fail(VerificationError("cert-key", str(exc)))
+            return
         key = cert.public_key()
         if not isinstance(key, Ed25519PublicKey):
             self.fail(VerificationError("cert-key", "certificate key is not Ed25519"))
@@ -552,7 +565,7 @@ class _Connection(QuicConnectionProtocol):
         return stream
 
     def write_stream(self, stream_id: int, data: bytes, end: bool) -> None:
-        if self.terminated or self._quic._close_event is not None:
+        if self.terminated or self.closing:
             raise LinkBrokenError(f"[{self.label}] link closed")
         try:
             self._quic.send_stream_data(stream_id, data, end)
@@ -575,7 +588,7 @@ class _Connection(QuicConnectionProtocol):
 
     async def wait_drained(self, stream_id: int, stream: Stream) -> None:
         while _aioquic_unacked(self._quic, stream_id) > STREAM_HIGH_WATER:
-            if self.terminated or stream._broken is not None:
+            if self.terminated or self.closing or stream._broken is not None:
                 raise LinkBrokenError(f"[{self.label}] stream {stream_id} broke while sending")
             fut: asyncio.Future[None] = self._loop.create_future()
             self._drain_waiters.append(fut)
@@ -1035,7 +1048,9 @@ class LinkManager:
             sp.attempts += 1
             try:
                 peer = await self.connect(sp.host, sp.port, sp.expect)
-            except (MeshError, OSError) as exc:
+            except Exception as exc:  # refused, unreachable, or our bug: retry all the same
+                if not isinstance(exc, MeshError | OSError):
+                    log.exception("static peer %s:%s: unexpected error", sp.host, sp.port)
                 sp.last_error = str(exc)
                 level = logging.WARNING if sp.attempts == 1 else logging.DEBUG
                 log.log(level, "static peer %s:%s: %s (retrying in %.2f s)",

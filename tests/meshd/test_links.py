@@ -421,3 +421,33 @@ def test_links_run_on_uvloop() -> None:
             await b.mgr.close()
 
     uvloop.run(scenario())
+
+
+async def test_link_close_breaks_pending_stream_operations(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    accepted: list[Stream] = []
+    release = asyncio.Event()
+
+    async def park(peer: NodeId, stream: Stream) -> None:
+        accepted.append(stream)
+        await release.wait()
+
+    b.mgr.register_stream_service("park", park)
+    await linked(a, b)
+    s = await a.mgr.open_stream(b.id, "park")
+    await s.send(b"x")
+    await eventually(lambda: len(accepted) == 1)
+    reader = asyncio.ensure_future(s.recv())
+    far_reader = asyncio.ensure_future(accepted[0].recv())
+    await asyncio.sleep(0.05)
+    assert not reader.done()
+    a.mgr.close_link(b.id, "test")
+    with pytest.raises(LinkBrokenError):
+        await asyncio.wait_for(reader, 5)
+    with pytest.raises(LinkBrokenError):
+        await asyncio.wait_for(s.send(b"more"), 5)
+    # the far side hears the close too; its read breaks
+    assert await asyncio.wait_for(far_reader, 5) == b"x"
+    with pytest.raises(LinkBrokenError):
+        await asyncio.wait_for(accepted[0].recv(), 5)
+    release.set()
