@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import ipaddress
 import itertools
 import json
@@ -114,14 +115,27 @@ def _run(argv: Sequence[str], *, input_text: str | None = None,
     return proc
 
 
+@functools.cache
 def have_netns() -> str | None:
-    """None when namespaces can be created here, else the reason they cannot (for pytest skips)."""
+    """None when namespaces can be created here, else the reason they cannot (for pytest skips).
+
+    Root is not enough in a container without CAP_SYS_ADMIN: the first call creates
+    and deletes a probe namespace to find out (the answer is cached).
+    """
     if os.geteuid() != 0:
         return "needs root to create network namespaces"
     for tool in ("ip", "nft"):
         dirs = [*os.environ.get("PATH", "").split(":"), "/usr/sbin", "/sbin"]
         if not any(Path(d, tool).exists() for d in dirs if d):
             return f"needs the {tool!r} command"
+    probe = f"{PREFIX}{secrets.token_hex(3)}-probe"
+    try:
+        made = _run(["ip", "netns", "add", probe], check=False)
+    except DevNetError as exc:
+        return str(exc)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    _run(["ip", "netns", "del", probe], check=False)
     return None
 
 
@@ -261,6 +275,7 @@ class DevNet:
         self._link_count = 0
         self._procs: list[subprocess.Popen[Any]] = []
         self._closed = False
+        self._owner_pid = os.getpid()
         self._lock = threading.RLock()
         self._marker = MARKER_DIR / self.tag
         self._write_marker()
@@ -501,6 +516,8 @@ class DevNet:
     # cleanup
     def close(self) -> None:
         """Kill our processes and delete every namespace we created (idempotent)."""
+        if os.getpid() != self._owner_pid:
+            return  # a forked child's atexit must not tear down its parent's network
         with self._lock:
             if self._closed:
                 return
