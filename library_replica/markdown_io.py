@@ -1,0 +1,278 @@
+"""Dealer workflow: import a folder of Markdown documents, export the library to one.
+
+Theory of operation
+-------------------
+Each ``.md`` file is one document.  A front matter block between ``---``
+lines gives ``title``, ``collection``, ``tags`` (``[a, b]`` or ``- a`` lines),
+``lang`` and, in exported files, ``id`` (32 hex characters).  Without an ``id``
+the document id is derived from the importing author and the file's path
+relative to the folder, so importing the same folder again updates the same
+documents instead of adding copies (and two dealers importing files with the
+same name make two documents, not one with both bodies merged).
+
+``plan_import`` compares every file with the library and returns the op bodies
+to sign (``library.create`` for new documents, ``library.edit`` for changed
+ones; unchanged files produce nothing) and a summary of what changed.
+``export_folder`` writes ``<collection>/<title>-<id8>.md`` for every live
+document and rewrites only files whose content differs.  Both report progress
+through a callback (``TextProgress`` draws a bar on a terminal).
+
+Files are read in sorted order; a file that is too large, not UTF-8 or has a
+malformed front matter is skipped and listed in the summary's errors.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from library_replica.documents import KIND_CREATE, KIND_EDIT, Library
+from library_replica.ops import LibraryError, new_doc_id
+from meshd.errors import LocalProtocolError
+
+__all__ = [
+    "SAMPLE_DIR",
+    "ExportSummary",
+    "ImportOp",
+    "ImportSummary",
+    "MarkdownDoc",
+    "Progress",
+    "TextProgress",
+    "export_folder",
+    "parse_markdown",
+    "plan_import",
+    "render_markdown",
+]
+
+MAX_FILE_BYTES = 1024 * 1024
+#: the bilingual sample library shipped with the package (demo loads)
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+DEFAULT_COLLECTION = "know-how"
+
+#: progress(done, total, current path)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class MarkdownDoc:
+    """One parsed Markdown file."""
+
+    title: str
+    collection: str
+    tags: tuple[str, ...]
+    lang: str
+    body: str
+    doc_id: bytes | None  # from the front matter's ``id``, if any
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOp:
+    """An op to sign and submit: kind, document id, body."""
+
+    kind: str
+    doc_id: bytes
+    body: bytes
+    path: str
+
+
+@dataclass(slots=True)
+class ImportSummary:
+    """What an import changed."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One human line, e.g. ``3 added, 1 changed, 12 unchanged, 0 errors``."""
+        return (f"{len(self.added)} added, {len(self.changed)} changed, "
+                f"{len(self.unchanged)} unchanged, {len(self.errors)} errors")
+
+
+@dataclass(slots=True)
+class ExportSummary:
+    """What an export wrote."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One human line."""
+        return (f"{len(self.added)} added, {len(self.changed)} changed, "
+                f"{len(self.unchanged)} unchanged")
+
+
+class TextProgress:
+    """A progress callback drawing ``[#####.....] 12/40 path`` on a terminal stream."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self._stream = stream
+        self._width = width
+
+    def __call__(self, done: int, total: int, path: str) -> None:
+        filled = self._width * done // total if total else self._width
+        bar = "#" * filled + "." * (self._width - filled)
+        end = "\n" if done >= total else ""
+        self._stream.write(f"\r[{bar}] {done}/{total} {path[-40:]:<40}{end}")
+        self._stream.flush()
+
+
+def _unquote(v: str) -> str:
+    v = v.strip()
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+        return v[1:-1]
+    return v
+
+
+def _split_list(v: str) -> list[str]:
+    inner = v.strip()[1:-1]
+    return [t for t in (_unquote(x) for x in inner.split(",")) if t]
+
+
+def parse_markdown(text: str) -> MarkdownDoc:
+    """Parse one Markdown document with optional front matter; raises ``LibraryError``."""
+    text = text.lstrip("\ufeff").replace("\r\n", "\n")
+    meta: dict[str, str | list[str]] = {}
+    body = text
+    if text.startswith("---\n"):
+        end = text.find("\n---", 3)
+        if end < 0:
+            raise LibraryError("front matter is not closed")
+        block = text[4:end]
+        body = text[end + 4 :].removeprefix("\n")
+        key: str | None = None
+        for raw in block.split("\n"):
+            if not raw.strip() or raw.lstrip().startswith("#"):
+                continue
+            item = re.match(r"^\s*-\s+(.*)$", raw)
+            if item and key is not None:
+                cur = meta.setdefault(key, [])
+                if not isinstance(cur, list):
+                    raise LibraryError(f"front matter: {key} mixes a value and a list")
+                cur.append(_unquote(item.group(1)))
+                continue
+            m = re.match(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*:\s*(.*)$", raw)
+            if not m:
+                raise LibraryError(f"front matter line not understood: {raw[:40]!r}")
+            key, value = m.group(1).lower(), m.group(2).strip()
+            if value.startswith("[") and value.endswith("]"):
+                meta[key] = _split_list(value)
+            elif value:
+                meta[key] = _unquote(value)
+    title = meta.get("title", "")
+    collection = meta.get("collection", DEFAULT_COLLECTION)
+    lang = meta.get("lang", "")
+    tags = meta.get("tags", [])
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(title, str) or not isinstance(collection, str) or not isinstance(lang, str):
+        raise LibraryError("front matter: title, collection and lang are single values")
+    if not title:
+        heading = re.search(r"^#\s+(.+)$", body, re.MULTILINE)
+        title = heading.group(1).strip() if heading else ""
+    if not title:
+        raise LibraryError("no title (front matter or a '# ' heading)")
+    doc_id: bytes | None = None
+    raw_id = meta.get("id")
+    if raw_id is not None:
+        if not isinstance(raw_id, str) or not re.fullmatch(r"[0-9a-f]{32}", raw_id):
+            raise LibraryError("front matter: id is 32 lowercase hex characters")
+        doc_id = bytes.fromhex(raw_id)
+    return MarkdownDoc(title, collection, tuple(dict.fromkeys(tags)), lang, body, doc_id)
+
+
+def render_markdown(doc_id: bytes, title: str, collection: str, tags: tuple[str, ...],
+                    lang: str, body: str) -> str:
+    """The Markdown text of a document, front matter first (``parse_markdown`` reads it back)."""
+
+    def q(s: str) -> str:
+        return '"' + s.replace('"', "'") + '"'
+
+    lines = ["---", f"id: {doc_id.hex()}", f"title: {q(title)}", f"collection: {collection}",
+             "tags: [" + ", ".join(q(t.replace(",", " ")) for t in tags) + "]"]
+    if lang:
+        lines.append(f"lang: {lang}")
+    lines.append("---")
+    return "\n".join(lines) + "\n" + body + ("" if body.endswith("\n") else "\n")
+
+
+def plan_import(library: Library, author: bytes, folder: Path,
+                progress: Progress | None = None) -> tuple[list[ImportOp], ImportSummary]:
+    """Op bodies that bring the library in line with ``folder``, and a summary."""
+    files = sorted(p for p in folder.rglob("*.md") if p.is_file())
+    summary = ImportSummary()
+    ops: list[ImportOp] = []
+    for n, path in enumerate(files, 1):
+        rel = path.relative_to(folder).as_posix()
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise LibraryError(f"larger than {MAX_FILE_BYTES} bytes")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise LibraryError("not UTF-8") from None
+            md = parse_markdown(text)
+            body = md.body
+            doc_id = md.doc_id or new_doc_id(b"md\x00" + author + rel.encode())
+            current = library.get(doc_id)
+            if current is None:
+                op = ImportOp(KIND_CREATE, doc_id, library.prepare_create(
+                    author, collection=md.collection, title=md.title, body=body,
+                    tags=md.tags, lang=md.lang), rel)
+                ops.append(op)
+                summary.added.append(rel)
+            else:
+                if not current.body.endswith("\n") and body.endswith("\n"):
+                    body = body[:-1]  # the newline export adds after a body without one
+                new_body = body if body != current.body else None
+                title = md.title if md.title != current.title else None
+                coll = md.collection if md.collection != current.collection else None
+                tags = md.tags if md.tags != current.tags else None
+                lang = md.lang if md.lang != current.lang else None
+                if (new_body, title, coll, tags, lang) == (None,) * 5:
+                    summary.unchanged.append(rel)
+                else:
+                    ops.append(ImportOp(KIND_EDIT, doc_id, library.prepare_edit(
+                        doc_id, author, body=new_body, title=title, collection=coll,
+                        tags=tags, lang=lang), rel))
+                    summary.changed.append(rel)
+        except (LibraryError, LocalProtocolError, OSError) as exc:
+            summary.errors.append((rel, str(exc)))
+        if progress is not None:
+            progress(n, len(files), rel)
+    return ops, summary
+
+
+def _slug(title: str) -> str:
+    s = re.sub(r"[^\w]+", "-", title, flags=re.UNICODE).strip("-_")
+    return s[:40] or "document"
+
+
+def export_folder(library: Library, folder: Path,
+                  progress: Progress | None = None) -> ExportSummary:
+    """Write every live document to ``folder/<collection>/<title>-<id8>.md``."""
+    docs = sorted(library.documents(), key=lambda d: (d.collection, d.title, d.doc_id))
+    summary = ExportSummary()
+    for n, d in enumerate(docs, 1):
+        rel = f"{d.collection}/{_slug(d.title)}-{d.doc_id.hex()[:8]}.md"
+        path = folder / rel
+        text = render_markdown(d.doc_id, d.title, d.collection, d.tags, d.lang, d.body)
+        if path.exists():
+            if path.read_text(encoding="utf-8") == text:
+                summary.unchanged.append(rel)
+            else:
+                path.write_text(text, encoding="utf-8")
+                summary.changed.append(rel)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            summary.added.append(rel)
+        if progress is not None:
+            progress(n, len(docs), rel)
+    return summary

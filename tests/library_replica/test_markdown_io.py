@@ -1,0 +1,103 @@
+"""Markdown import/export (dealer workflow) and the bundled sample library."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from library_replica.documents import KIND_CREATE, KIND_EDIT, Library
+from library_replica.markdown_io import (
+    SAMPLE_DIR,
+    ImportOp,
+    TextProgress,
+    export_folder,
+    parse_markdown,
+    plan_import,
+)
+from library_replica.ops import LibraryError
+from library_replica.search import SearchIndex, refresh_index
+from tests.library_replica.factory import Author, hlc
+
+
+def _submit(lib: Library, who: Author, ops: list[ImportOp], t: int = 1) -> None:
+    for i, op in enumerate(ops):
+        lib.apply(who.op(op.kind, op.doc_id, op.body, hlc(t, i)))
+
+
+def test_parse_front_matter_forms() -> None:
+    md = parse_markdown("\ufeff---\r\ntitle: '給水'\r\ncollection: work\r\ntags:\r\n  - a\r\n"
+                        "  - b\r\nlang: ja\r\n---\r\n本文\r\n")
+    assert (md.title, md.collection, md.tags, md.lang, md.body) == (
+        "給水", "work", ("a", "b"), "ja", "本文\n")
+    assert parse_markdown("# 見出しだけ\n本文").title == "見出しだけ"
+    for bad in ("---\ntitle: x\n", "no title at all", "---\n: x\n---\n", "---\nid: zz\ntitle: x\n---\n"):
+        with pytest.raises(LibraryError):
+            parse_markdown(bad)
+
+
+def test_sample_library_imports_and_is_searchable() -> None:
+    lib, dealer = Library(), Author()
+    seen: list[tuple[int, int]] = []
+    ops, summary = plan_import(lib, dealer.pub, SAMPLE_DIR, lambda d, t, p: seen.append((d, t)))
+    assert 12 <= len(summary.added) <= 20 and not summary.errors, summary.errors
+    assert all(op.kind == KIND_CREATE for op in ops)
+    assert seen[-1] == (len(ops), len(ops)) and len(seen) == len(ops)
+    _submit(lib, dealer, ops)
+    langs = {d.lang for d in lib.documents()}
+    assert langs == {"ja", "en"}
+    assert {d.collection for d in lib.documents()} == {"know-how", "history", "work", "social"}
+    idx = SearchIndex()
+    refresh_index(idx, lib)
+    for word in ("避難", "給水", "充電", "スマートグリッド", "井", "battery", "EV"):
+        assert idx.search(word), word
+    # importing the same folder again changes nothing
+    again, summary2 = plan_import(lib, dealer.pub, SAMPLE_DIR)
+    assert again == [] and len(summary2.unchanged) == len(ops)
+
+
+def test_reimport_reports_added_changed_unchanged_and_errors(tmp_path: Path) -> None:
+    lib, dealer = Library(), Author()
+    (tmp_path / "a.md").write_text("---\ntitle: 停電\n---\n停電のときは\n", encoding="utf-8")
+    (tmp_path / "b.md").write_text("---\ntitle: Water\nlang: en\n---\nBring water.\n",
+                                   encoding="utf-8")
+    ops, s = plan_import(lib, dealer.pub, tmp_path)
+    assert sorted(s.added) == ["a.md", "b.md"]
+    _submit(lib, dealer, ops)
+    (tmp_path / "a.md").write_text("---\ntitle: 停電\ntags: [電力]\n---\n停電のときは懐中電灯\n",
+                                   encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.md").write_text("# New\ntext\n", encoding="utf-8")
+    (tmp_path / "bad.md").write_bytes(b"\xff\xfe not utf-8")
+    ops, s = plan_import(lib, dealer.pub, tmp_path)
+    assert s.added == ["sub/c.md"] and s.changed == ["a.md"] and s.unchanged == ["b.md"]
+    assert [e[0] for e in s.errors] == ["bad.md"]
+    assert s.line() == "1 added, 1 changed, 1 unchanged, 1 errors"
+    assert sorted(op.kind for op in ops) == [KIND_CREATE, KIND_EDIT]
+    _submit(lib, dealer, ops, t=2)
+    [a] = [d for d in lib.documents() if d.title == "停電"]
+    assert a.body == "停電のときは懐中電灯\n" and a.tags == ("電力",)
+
+
+def test_export_then_reimport_roundtrips(tmp_path: Path) -> None:
+    lib, dealer, other = Library(), Author(), Author()
+    ops, _ = plan_import(lib, dealer.pub, SAMPLE_DIR)
+    _submit(lib, dealer, ops)
+    out = tmp_path / "export"
+    bar = io.StringIO()
+    s = export_folder(lib, out, TextProgress(bar))
+    assert len(s.added) == len(ops) and "\n" in bar.getvalue()
+    assert export_folder(lib, out).line() == f"0 added, 0 changed, {len(ops)} unchanged"
+    # another dealer imports the export: same ids, nothing to change
+    again, s2 = plan_import(lib, other.pub, out)
+    assert again == [] and len(s2.unchanged) == len(ops)
+    # into an empty library, the export recreates the same documents
+    fresh = Library()
+    ops2, _ = plan_import(fresh, other.pub, out)
+    _submit(fresh, other, ops2)
+    a = sorted((d.doc_id, d.title, d.body, d.tags, d.collection, d.lang)
+                for d in lib.documents())
+    b = sorted((d.doc_id, d.title, d.body, d.tags, d.collection, d.lang)
+                for d in fresh.documents())
+    assert a == b
