@@ -276,6 +276,10 @@ async def test_ipv6_loopback() -> None:
         assert await a.mgr.connect(*addr, b.id) == b.id
         assert a.mgr.send_datagram(b.id, b"v6")
         await b.rec.wait_for(lambda: b.rec.datagrams == [(a.id, b"v6")])
+        big = os.urandom(MESH_MTU)  # the same MTU holds over IPv6
+        assert b.mgr.send_datagram(a.id, big)
+        await a.rec.wait_for(lambda: a.rec.datagrams == [(b.id, big)])
+        assert a.mgr.peer_address(b.id) == addr
     finally:
         await a.mgr.close()
         await b.mgr.close()
@@ -298,6 +302,7 @@ async def test_listener_exceptions_do_not_break_the_link(pair: tuple[Node, Node]
     assert set(b.mgr.links()) == {a.id}
 
 
+@pytest.mark.slow
 async def test_connect_to_nothing_fails_with_connection_error() -> None:
     a = Node("alpha")
     b = Node("bravo")
@@ -451,3 +456,17 @@ async def test_link_close_breaks_pending_stream_operations(pair: tuple[Node, Nod
     with pytest.raises(LinkBrokenError):
         await asyncio.wait_for(accepted[0].recv(), 5)
     release.set()
+
+
+async def test_idle_link_times_out_on_both_sides() -> None:
+    """With no traffic (no hellos) the QUIC idle timeout ends the link on both sides."""
+    a, b = Node("alpha", idle_timeout_s=1.0), Node("bravo", idle_timeout_s=1.0)
+    addr = await b.listen()
+    try:
+        await a.mgr.connect(*addr, b.id)
+        await a.rec.wait_for(lambda: len(a.rec.downs) == 1, timeout=10)
+        await b.rec.wait_for(lambda: len(b.rec.downs) == 1, timeout=10)
+        assert a.mgr.links() == {} and b.mgr.links() == {}
+    finally:
+        await a.mgr.close()
+        await b.mgr.close()
