@@ -264,6 +264,9 @@ class PeerTable:
             return None
         return old.node_id
 
+    def __contains__(self, instance: object) -> bool:
+        return instance in self._by_instance
+
     def instances(self) -> list[str]:
         """Service instance names currently held."""
         return list(self._by_instance)
@@ -346,6 +349,8 @@ class Discovery:
 
     async def start(self) -> None:
         """Register our service and browse; ``InterfaceError`` for a missing or address-less one."""
+        if self._aiozc is not None or self._closed:
+            raise LocalProtocolError("Discovery.start() called twice or after close()")
         if not self._interfaces:
             log.info("discovery: no interface configured, zeroconf not started "
                      "(name one with --interface IFNAME to find neighbours)")
@@ -425,15 +430,17 @@ class Discovery:
                                  state_change: ServiceStateChange) -> None:
         if self._closed:
             return
-        gen = self._generation.get(name, 0) + 1
-        self._generation[name] = gen
         if state_change is ServiceStateChange.Removed:
             self._generation.pop(name, None)
             self._forget(name)
             return
-        if len(self._tasks) >= MAX_PENDING_RESOLVES:
-            self.drops.drop("flood", "", f"more than {MAX_PENDING_RESOLVES} resolutions pending")
+        if len(self._tasks) >= MAX_PENDING_RESOLVES or (
+                name not in self._generation and len(self._generation) >= 2 * MAX_PEERS):
+            self.drops.drop("flood", "", f"more than {MAX_PENDING_RESOLVES} resolutions pending "
+                                         f"or {2 * MAX_PEERS} services tracked")
             return
+        gen = self._generation.get(name, 0) + 1
+        self._generation[name] = gen
         task = asyncio.get_running_loop().create_task(self._resolve(zeroconf, name, gen))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -451,6 +458,10 @@ class Discovery:
             raise
         except Exception:  # adapter boundary: one bad service never stops discovery
             log.exception("discovery: resolving %s failed", name)
+        finally:
+            # forget the bookkeeping of services that did not make it into the table
+            if self._generation.get(name) == gen and name not in self._table:
+                del self._generation[name]
 
     def _accept(self, name: str, info: Any) -> None:
         text = info.text

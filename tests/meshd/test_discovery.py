@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from zeroconf import ServiceStateChange
 
 from meshd.discovery import (
+    MAX_PENDING_RESOLVES,
     MAX_TXT_SIZE,
+    SERVICE_TYPE,
     Discovery,
     InterfaceError,
     PeerSeen,
@@ -387,3 +392,115 @@ def test_pin_store_refuses_a_corrupt_file(tmp_path: Path, content: str) -> None:
 def test_pin_store_rejects_wrong_length_id(tmp_path: Path) -> None:
     with pytest.raises(LocalProtocolError):
         PinStore(tmp_path / "pins.json").pin("10.0.0.2", 7420, b"short")
+
+
+# --- browser events -> resolutions -> callbacks (zeroconf's resolver replaced) ---------------
+
+
+class ScriptedInfo:
+    """Stands in for AsyncServiceInfo: resolves after ``gate`` opens, with the scripted record."""
+
+    records: ClassVar[dict[str, tuple[bytes | None, list[str]]]] = {}
+    gate: ClassVar[asyncio.Event]
+
+    def __init__(self, type_: str, name: str) -> None:
+        self.name = name
+        self.text: bytes | None = None
+        self._addresses: list[str] = []
+
+    async def async_request(self, zc: object, timeout_ms: int) -> bool:
+        await ScriptedInfo.gate.wait()
+        if self.name not in ScriptedInfo.records:
+            return False
+        self.text, self._addresses = ScriptedInfo.records[self.name]
+        return True
+
+    def parsed_scoped_addresses(self) -> list[str]:
+        return self._addresses
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> type[ScriptedInfo]:
+    monkeypatch.setattr("meshd.discovery.AsyncServiceInfo", ScriptedInfo)
+    ScriptedInfo.records = {}
+    ScriptedInfo.gate = asyncio.Event()
+    return ScriptedInfo
+
+
+async def settle(d: Discovery) -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+    while d._tasks:
+        await asyncio.gather(*list(d._tasks))
+
+
+async def test_events_added_updated_removed(scripted: type[ScriptedInfo]) -> None:
+    seen: list[PeerSeen] = []
+    gone: list[bytes] = []
+    d = make_discovery(seen, gone)
+    name = "car-7._carmesh._udp.local."
+    scripted.records[name] = (txt_of(GOOD), ["10.77.0.2"])
+    scripted.gate.set()
+    d._on_service_state_change(None, SERVICE_TYPE, name, ServiceStateChange.Added)  # type: ignore[arg-type]
+    await settle(d)
+    assert [p.host for p in seen] == ["10.77.0.2"]
+    scripted.records[name] = (txt_of(GOOD), ["10.77.0.3"])  # the car got a new address
+    d._on_service_state_change(None, SERVICE_TYPE, name, ServiceStateChange.Updated)  # type: ignore[arg-type]
+    await settle(d)
+    assert [p.host for p in seen] == ["10.77.0.2", "10.77.0.3"]
+    d._on_service_state_change(None, SERVICE_TYPE, name, ServiceStateChange.Removed)  # type: ignore[arg-type]
+    assert gone == [ID_A]
+    assert d._generation == {}
+
+
+async def test_goodbye_during_resolution_wins(scripted: type[ScriptedInfo]) -> None:
+    seen: list[PeerSeen] = []
+    gone: list[bytes] = []
+    d = make_discovery(seen, gone)
+    name = "car-7._carmesh._udp.local."
+    scripted.records[name] = (txt_of(GOOD), ["10.77.0.2"])
+    d._on_service_state_change(None, SERVICE_TYPE, name, ServiceStateChange.Added)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    d._on_service_state_change(None, SERVICE_TYPE, name, ServiceStateChange.Removed)  # type: ignore[arg-type]
+    scripted.gate.set()
+    await settle(d)
+    assert seen == []  # the stale resolution did not bring the departed car back
+    assert d.peers() == []
+    assert d._generation == {}
+
+
+async def test_unresolvable_and_malformed_services_leave_no_state(
+        scripted: type[ScriptedInfo]) -> None:
+    seen: list[PeerSeen] = []
+    d = make_discovery(seen, [])
+    scripted.gate.set()
+    scripted.records["bad._carmesh._udp.local."] = (b"\x05id=zz", ["10.77.0.2"])
+    for i in range(50):
+        d._on_service_state_change(None, SERVICE_TYPE, f"ghost{i}._carmesh._udp.local.",  # type: ignore[arg-type]
+                                   ServiceStateChange.Added)
+    d._on_service_state_change(None, SERVICE_TYPE, "bad._carmesh._udp.local.",  # type: ignore[arg-type]
+                               ServiceStateChange.Added)
+    await settle(d)
+    assert seen == []
+    assert d._generation == {}
+    assert d.drops.counts["txt"] == 1
+
+
+async def test_resolution_flood_is_bounded(scripted: type[ScriptedInfo]) -> None:
+    d = make_discovery([], [])
+    for i in range(MAX_PENDING_RESOLVES + 10):
+        d._on_service_state_change(None, SERVICE_TYPE, f"s{i}._carmesh._udp.local.",  # type: ignore[arg-type]
+                                   ServiceStateChange.Added)
+    assert len(d._tasks) == MAX_PENDING_RESOLVES
+    assert d.drops.counts["flood"] == 10
+    scripted.gate.set()
+    await settle(d)
+    assert d._tasks == set()
+
+
+async def test_start_twice_is_refused() -> None:
+    d = Discovery(node_id=ID_A, name="x", role="car", port=7420, interfaces=[],
+                  on_seen=lambda p: None, on_gone=lambda n: None)
+    await d.close()
+    with pytest.raises(LocalProtocolError):
+        await d.start()
