@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from library_replica.documents import KIND_CREATE, KIND_EDIT, Library
+from library_replica.documents import Library
 from library_replica.ops import new_doc_id
 from library_replica.search import SearchIndex
 
@@ -156,14 +156,14 @@ def bench_materialise(n_docs: int) -> dict[str, object]:
     docs = generate(n_docs, seed=3)
     ops = []
     for i, d in enumerate(docs):
-        op = author.op(KIND_CREATE, d.doc_id, src.prepare_create(
-            author.pub, collection=d.collection, title=d.title, body=d.body), hlc(i))
+        [p] = src.prepare_create(author.pub, collection=d.collection, title=d.title, body=d.body)
+        op = author.op(p.kind, d.doc_id, p.body, hlc(i))
         src.apply(op)
         ops.append(op)
         for k in range(2):
             body = d.body[: 20 + k] + "（更新）" + d.body[20 + k :]
-            op = author.op(KIND_EDIT, d.doc_id, src.prepare_edit(d.doc_id, author.pub, body=body),
-                           hlc(i, k + 1))
+            [p] = src.prepare_edit(d.doc_id, author.pub, body=body)
+            op = author.op(p.kind, d.doc_id, p.body, hlc(i, k + 1))
             src.apply(op)
             ops.append(op)
     lib = Library()

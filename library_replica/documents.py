@@ -51,13 +51,14 @@ from typing import Any
 from pycrdt import Doc, Text
 
 from library_replica.ops import (
+    MAX_BODY_SIZE,
     OpLike,
     Refused,
     body_fields,
     encode_body,
     order_key,
 )
-from library_replica.text import apply_edits, diff_edits, yjs_client_id
+from library_replica.text import TextEdit, apply_edits, diff_edits, is_boundary, yjs_client_id
 from meshd.codec import DropCounter, Fields
 from meshd.errors import DecodeError, LocalProtocolError
 
@@ -71,6 +72,7 @@ __all__ = [
     "DocumentView",
     "HistoryEntry",
     "Library",
+    "PreparedOp",
     "decode_state_vector",
     "update_clock_ranges",
 ]
@@ -90,7 +92,7 @@ MAX_TAG = 40
 MAX_TAGS = 32
 MAX_LANG = 16
 MAX_BODY_CHARS = 200_000
-MAX_UPDATE = 240 * 1024
+MAX_UPDATE = MAX_BODY_SIZE
 MAX_SV = 64 * 1024
 #: ops waiting for their causal predecessors, over all documents
 MAX_PENDING = 100_000
@@ -135,6 +137,49 @@ class DocumentView:
     authors: frozenset[bytes]
     created_hlc: int
     updated_hlc: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedOp:
+    """An op to sign and submit (through sync) for a local change: kind and body."""
+
+    kind: str
+    body: bytes
+
+
+#: UTF-8 bytes of inserted text per op: its Yjs update stays well inside sync's body limit
+CHUNK_BYTES = 40_000
+#: budgeted Yjs bytes per edit besides its text (ids, origins, delete ranges)
+_EDIT_OVERHEAD = 24
+
+
+def _chunk_edits(edits: list[TextEdit]) -> list[list[TextEdit]]:
+    """Group sequential edits so that each group's update fits in one op.
+
+    A long insert is split at character boundaries into inserts at successive
+    positions; the sequence stays valid because edits come last-first.
+    """
+    pieces: list[TextEdit] = []
+    for e in edits:
+        ins, pos, delete = e.insert, e.start, e.delete
+        while len(ins.encode("utf-8")) > CHUNK_BYTES:
+            k = min(len(ins), CHUNK_BYTES // 4)  # at most 4 bytes per character
+            while k > 1 and not is_boundary(ins, k):
+                k -= 1
+            pieces.append(TextEdit(pos, delete, ins[:k]))
+            pos, delete, ins = pos + k, 0, ins[k:]
+        pieces.append(TextEdit(pos, delete, ins))
+    groups: list[list[TextEdit]] = []
+    cost = 0
+    for e in pieces:
+        c = len(e.insert.encode("utf-8")) + _EDIT_OVERHEAD
+        if groups and cost + c <= CHUNK_BYTES:
+            groups[-1].append(e)
+            cost += c
+        else:
+            groups.append([e])
+            cost = c
+    return groups
 
 
 def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
@@ -607,41 +652,57 @@ class Library:
             body["l"] = lang[:MAX_LANG]
         return body
 
+    @staticmethod
+    def _text_ops(scratch: Doc[Any], current: str, new: str) -> list[tuple[bytes, bytes]]:
+        """(sv, update) pairs turning ``current`` into ``new``, each under the op size limit."""
+        out: list[tuple[bytes, bytes]] = []
+        text: Text = scratch.get(_ROOT, type=Text)
+        for group in _chunk_edits(diff_edits(current, new)):
+            sv = scratch.get_state()
+            with scratch.transaction():
+                current = apply_edits(text, current, group)
+            out.append((sv, scratch.get_update(sv)))
+        return out
+
     def prepare_create(self, author: bytes, *, collection: str, title: str, body: str,
-                       tags: Iterable[str] = (), lang: str = "") -> bytes:
-        """The body of a ``library.create`` op for a new document written by ``author``."""
+                       tags: Iterable[str] = (), lang: str = "") -> list[PreparedOp]:
+        """Ops (a ``library.create``, then edits for a long body) of a new document.
+
+        Submit them in order, all with the same document id.
+        """
         if len(body) > MAX_BODY_CHARS:
             raise LocalProtocolError("body too long")
         scratch, sv0 = self._scratch(None, author)
-        if body:
-            with scratch.transaction():
-                apply_edits(scratch.get(_ROOT, type=Text), "", diff_edits("", body))
         out = self._meta_body(collection, title, tags, lang)
-        out["sv"] = b"\x00"
-        out["u"] = scratch.get_update(sv0)
-        return encode_body(out)
+        parts = self._text_ops(scratch, "", body) or [(sv0, scratch.get_update(sv0))]
+        out["sv"], out["u"] = parts[0]
+        ops = [PreparedOp(KIND_CREATE, encode_body(out))]
+        ops += [PreparedOp(KIND_EDIT, encode_body({"sv": sv, "u": u})) for sv, u in parts[1:]]
+        return ops
 
     def prepare_edit(self, doc_id: bytes, author: bytes, *, body: str | None = None,
                      title: str | None = None, tags: Iterable[str] | None = None,
                      lang: str | None = None, collection: str | None = None,
-                     reverts: bytes | None = None) -> bytes:
-        """The body of a ``library.edit`` op changing what is given (None = unchanged)."""
+                     reverts: bytes | None = None) -> list[PreparedOp]:
+        """``library.edit`` ops changing what is given (None = unchanged); submit in order."""
         st = self._docs.get(doc_id)
         if st is None or not st.created:
             raise LocalProtocolError("no such document here")
         out = self._meta_body(collection, title, tags, lang)
         scratch, sv0 = self._scratch(st, author)
-        out["sv"] = sv0
+        parts: list[tuple[bytes, bytes]] = []
         if body is not None and body != st.text_cache:
             if len(body) > MAX_BODY_CHARS:
                 raise LocalProtocolError("body too long")
-            with scratch.transaction():
-                apply_edits(scratch.get(_ROOT, type=Text), st.text_cache,
-                            diff_edits(st.text_cache, body))
-            out["u"] = scratch.get_update(sv0)
+            parts = self._text_ops(scratch, st.text_cache, body)
+        out["sv"] = sv0
+        if parts:
+            out["sv"], out["u"] = parts[0]
         if reverts is not None:
             out["r"] = reverts
-        return encode_body(out)
+        ops = [PreparedOp(KIND_EDIT, encode_body(out))]
+        ops += [PreparedOp(KIND_EDIT, encode_body({"sv": sv, "u": u})) for sv, u in parts[1:]]
+        return ops
 
     def version_before(self, doc_id: bytes, op_id: bytes) -> DocumentView:
         """The document as it was just before ``op_id`` was applied here."""
@@ -655,14 +716,15 @@ class Library:
             _integrate(old, op, _parse(op))
         return self._view(old)
 
-    def prepare_revert(self, doc_id: bytes, author: bytes, op_id: bytes) -> bytes:
+    def prepare_revert(self, doc_id: bytes, author: bytes, op_id: bytes) -> list[PreparedOp]:
         """The body of a ``library.edit`` op restoring the version from before ``op_id``."""
         old = self.version_before(doc_id, op_id)
         return self.prepare_edit(doc_id, author, body=old.body, title=old.title or None,
                                  tags=old.tags, lang=old.lang or None,
                                  collection=old.collection or None, reverts=op_id)
 
-    def prepare_delete(self) -> bytes:
-        """The body of a ``library.delete`` (or ``library.restore``) op."""
-        return encode_body({})
+    @staticmethod
+    def prepare_delete(restore: bool = False) -> PreparedOp:
+        """A ``library.delete`` op, or ``library.restore`` with ``restore``."""
+        return PreparedOp(KIND_RESTORE if restore else KIND_DELETE, encode_body({}))
 

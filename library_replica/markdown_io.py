@@ -10,9 +10,9 @@ relative to the folder, so importing the same folder again updates the same
 documents instead of adding copies (and two dealers importing files with the
 same name make two documents, not one with both bodies merged).
 
-``plan_import`` compares every file with the library and returns the op bodies
-to sign (``library.create`` for new documents, ``library.edit`` for changed
-ones; unchanged files produce nothing) and a summary of what changed.
+``plan_import`` compares every file with the library and returns the ops to
+sign, in order (``library.create`` for new documents, ``library.edit`` for
+changed ones, more than one for a long body; unchanged files produce nothing) and a summary of what changed.
 ``export_folder`` writes ``<collection>/<title>-<id8>.md`` for every live
 document and rewrites only files whose content differs.  Both report progress
 through a callback (``TextProgress`` draws a bar on a terminal).
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from library_replica.documents import KIND_CREATE, KIND_EDIT, Library
+from library_replica.documents import Library
 from library_replica.ops import LibraryError, new_doc_id
 from meshd.errors import LocalProtocolError
 
@@ -222,10 +222,9 @@ def plan_import(library: Library, author: bytes, folder: Path,
             doc_id = md.doc_id or new_doc_id(b"md\x00" + author + rel.encode())
             current = library.get(doc_id)
             if current is None:
-                op = ImportOp(KIND_CREATE, doc_id, library.prepare_create(
+                ops += [ImportOp(p.kind, doc_id, p.body, rel) for p in library.prepare_create(
                     author, collection=md.collection, title=md.title, body=body,
-                    tags=md.tags, lang=md.lang), rel)
-                ops.append(op)
+                    tags=md.tags, lang=md.lang)]
                 summary.added.append(rel)
             else:
                 if not current.body.endswith("\n") and body.endswith("\n"):
@@ -238,9 +237,9 @@ def plan_import(library: Library, author: bytes, folder: Path,
                 if (new_body, title, coll, tags, lang) == (None,) * 5:
                     summary.unchanged.append(rel)
                 else:
-                    ops.append(ImportOp(KIND_EDIT, doc_id, library.prepare_edit(
+                    ops += [ImportOp(p.kind, doc_id, p.body, rel) for p in library.prepare_edit(
                         doc_id, author, body=new_body, title=title, collection=coll,
-                        tags=tags, lang=lang), rel))
+                        tags=tags, lang=lang)]
                     summary.changed.append(rel)
         except (LibraryError, LocalProtocolError, OSError) as exc:
             summary.errors.append((rel, str(exc)))

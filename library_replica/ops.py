@@ -36,8 +36,8 @@ __all__ = [
 
 DOC_ID_LEN = 16
 AUTHOR_KEY_LEN = 32
-#: the largest op body we accept (a document edit carries a Yjs update)
-MAX_BODY_SIZE = 256 * 1024
+#: the largest op body (sync.envelope.MAX_BODY_SIZE; a document edit carries a Yjs update)
+MAX_BODY_SIZE = 60_000
 
 
 class LibraryError(MeshError):

@@ -53,15 +53,15 @@ class Node:
 
 def _create(node: Node, who: Author, body: str, t: int = T0) -> bytes:
     doc_id = new_doc_id(os.urandom(16))
-    b = node.lib.prepare_create(who.pub, collection="know-how", title="避難所の案内", body=body,
-                                tags=["避難", "shelter"], lang="ja")
-    node.author(who, KIND_CREATE, doc_id, b, t)
+    [p] = node.lib.prepare_create(who.pub, collection="know-how", title="避難所の案内",
+                                  body=body, tags=["避難", "shelter"], lang="ja")
+    node.author(who, p.kind, doc_id, p.body, t)
     return doc_id
 
 
 def _edit(node: Node, who: Author, doc_id: bytes, t: int, **kw: object) -> TestOp:
-    b = node.lib.prepare_edit(doc_id, who.pub, **kw)  # type: ignore[arg-type]
-    return node.author(who, KIND_EDIT, doc_id, b, t)
+    [p] = node.lib.prepare_edit(doc_id, who.pub, **kw)  # type: ignore[arg-type]
+    return node.author(who, p.kind, doc_id, p.body, t)
 
 
 def test_create_edit_and_view() -> None:
@@ -174,10 +174,10 @@ def test_lying_state_vector_is_refused_and_document_rebuilt() -> None:
     _edit(a, alice, d, T0 + 1, body="一二")
     # bob edits on top of alice's second edit, which b has seen, but claims an empty base
     a.heal(b)
-    real = b.lib.prepare_edit(d, bob.pub, body="一二三")
+    [real] = b.lib.prepare_edit(d, bob.pub, body="一二三")
     from meshd.codec import unpack
 
-    fields = unpack(real, 1 << 20)
+    fields = unpack(real.body, 1 << 20)
     fields["sv"] = b"\x00"
     lie = bob.op(KIND_EDIT, d, encode_body(fields), hlc(T0 + 2))
     fresh = Library()
@@ -194,15 +194,17 @@ def test_delete_restore_and_revert_are_new_ops_in_history() -> None:
     n, alice, bob = Node(), Author(), Author()
     d = _create(n, alice, "正しい情報")
     vandal = _edit(n, bob, d, T0 + 1, body="誤った情報", title="???")
-    revert_body = n.lib.prepare_revert(d, alice.pub, vandal.op_id)
-    n.author(alice, KIND_EDIT, d, revert_body, T0 + 2)
+    [revert] = n.lib.prepare_revert(d, alice.pub, vandal.op_id)
+    n.author(alice, revert.kind, d, revert.body, T0 + 2)
     v = n.lib.get(d)
     assert v is not None and v.body == "正しい情報" and v.title == "避難所の案内"
-    n.author(bob, KIND_DELETE, d, n.lib.prepare_delete(), T0 + 3)
+    n.author(bob, KIND_DELETE, d, n.lib.prepare_delete().body, T0 + 3)
     v = n.lib.get(d)
     assert v is not None and v.deleted
     assert list(n.lib.documents()) == []
-    n.author(alice, KIND_RESTORE, d, n.lib.prepare_delete(), T0 + 4)
+    restore = n.lib.prepare_delete(restore=True)
+    assert restore.kind == KIND_RESTORE
+    n.author(alice, restore.kind, d, restore.body, T0 + 4)
     v = n.lib.get(d)
     assert v is not None and not v.deleted
     h = n.lib.history(d)
@@ -271,3 +273,34 @@ def test_update_clock_ranges_match_pycrdt(raw: list[tuple[int, int, str]]) -> No
             assert ranges == {}
     end = decode_state_vector(doc.get_state()).get(cid, 0)
     assert update_clock_ranges(doc.get_update()) == ({cid: (0, end)} if end else {})
+
+
+def test_long_bodies_are_split_into_ops_that_fit_syncs_limit() -> None:
+    from library_replica.ops import MAX_BODY_SIZE
+
+    n, alice = Node(), Author()
+    d = new_doc_id(b"long")
+    body = ("避難所の運営記録👩\u200d👧。" * 6000)[:59_000]
+    ops = n.lib.prepare_create(alice.pub, collection="history", title="記録", body=body)
+    assert len(ops) >= 4 and ops[0].kind == KIND_CREATE
+    assert all(len(p.body) <= MAX_BODY_SIZE for p in ops)
+    signed = [alice.op(p.kind, d, p.body, hlc(T0, i)) for i, p in enumerate(ops)]
+    for op in signed:
+        assert n.receive(op) is Applied.APPLIED
+    v = n.lib.get(d)
+    assert v is not None and v.body == body
+    # a replacement of most of the text is split as well
+    new = "改訂版：" + body[::-1].replace("\u200d👩", "👩\u200d")
+    edits = n.lib.prepare_edit(d, alice.pub, body=new)
+    assert len(edits) >= 2 and all(len(p.body) <= MAX_BODY_SIZE for p in edits)
+    signed += [alice.op(p.kind, d, p.body, hlc(T0 + 1, i)) for i, p in enumerate(edits)]
+    rng = random.Random(3)
+    for _ in range(3):
+        order = signed[:]
+        rng.shuffle(order)
+        lib = Library()
+        for op in order:
+            lib.apply(op)
+        got = lib.get(d)
+        assert got is not None and lib.pending_count() == 0
+        assert got.body == new

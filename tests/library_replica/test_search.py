@@ -140,14 +140,15 @@ def test_refresh_index_follows_the_library() -> None:
 
     lib, idx, alice = Library(), SearchIndex(), Author()
     d = new_doc_id(b"x")
-    lib.apply(alice.op(KIND_CREATE, d, lib.prepare_create(
-        alice.pub, collection="know-how", title="停電", body="停電のときの連絡"), hlc(1)))
+    [p] = lib.prepare_create(alice.pub, collection="know-how", title="停電", body="停電のときの連絡")
+    lib.apply(alice.op(KIND_CREATE, d, p.body, hlc(1)))
     assert refresh_index(idx, lib) == 1
     assert _ids(idx.search("連絡", author=alice.pub)) == [d]
-    lib.apply(alice.op(KIND_EDIT, d, lib.prepare_edit(d, alice.pub, body="断水のときの給水"), hlc(2)))
+    [p] = lib.prepare_edit(d, alice.pub, body="断水のときの給水")
+    lib.apply(alice.op(KIND_EDIT, d, p.body, hlc(2)))
     refresh_index(idx, lib)
     assert idx.search("連絡") == [] and _ids(idx.search("給水")) == [d]
-    lib.apply(alice.op(KIND_DELETE, d, lib.prepare_delete(), hlc(3)))
+    lib.apply(alice.op(KIND_DELETE, d, lib.prepare_delete().body, hlc(3)))
     refresh_index(idx, lib)
     assert idx.search("給水") == [] and len(idx) == 0
 
