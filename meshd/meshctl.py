@@ -556,6 +556,19 @@ async def _traceroute(client: ControlClient, args: argparse.Namespace, out: Outp
     return ExitCode.OK
 
 
+# ---------------------------------------------------------------------------- tui
+
+@register("tui", "the admin console (Textual): live views of this node and the mesh")
+async def _tui(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    # The console keeps its own connection and reconnects by itself when the daemon
+    # restarts; this first connection only proved a daemon answers.
+    await client.close()
+    from tui.app import run_console  # textual loads only for this command
+
+    await run_console(args.socket_path)
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------------------- parsing and main
 
 def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:

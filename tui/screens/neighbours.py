@@ -1,0 +1,78 @@
+"""Neighbours: every link with its quality now and over time (RTT and loss sparklines)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Sparkline, Static
+
+from tui.model import MeshModel, sparkline
+from tui.screens.base import Cell, View, fill_table, fmt_ago, fmt_num, fmt_pct, matches
+
+__all__ = ["NeighboursView"]
+
+
+class NeighboursView(View):
+    """A table of neighbours; the selected one's RTT and loss history drawn below."""
+
+    KEY: ClassVar[str] = "n"
+    TITLE: ClassVar[str] = "Neighbours"
+    SHORT: ClassVar[str] = "Neighb"
+    METHODS: ClassVar[tuple[str, ...]] = ("neighbours",)
+
+    DEFAULT_CSS = """
+    NeighboursView #nb-detail { height: 5; }
+    NeighboursView #nb-detail Vertical { width: 1fr; padding: 0 1; }
+    NeighboursView Sparkline { height: 3; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(classes="notice")
+        table: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True, id="nb-table")
+        table.add_columns("NAME", "NODE", "STATE", "RTT ms", "RTT", "LOSS", "LOSS%", "COST",
+                          "UP", "ADDRESS")
+        yield table
+        with Horizontal(id="nb-detail"):
+            with Vertical():
+                yield Static(id="nb-rtt-label")
+                yield Sparkline([], id="nb-rtt")
+            with Vertical():
+                yield Static(id="nb-loss-label")
+                yield Sparkline([], id="nb-loss")
+
+    def show(self, model: MeshModel, now: float, needle: str) -> None:
+        self.set_notice(model, "" if model.neighbours or not model.connected
+                        else "no neighbours")
+        width = max(8, min(model.history, (self.size.width - 70) // 2 or 8))
+        rows = []
+        for n in sorted(model.neighbours.values(), key=lambda n: (n.name, n.node_id)):
+            rtt_h = model.rtt_history.get(n.node_id, ())
+            loss_h = model.loss_history.get(n.node_id, ())
+            cells = self.cells(n.name or "-", n.node_id[:8], n.state or "-", fmt_num(n.rtt_ms),
+                               sparkline(list(rtt_h), width), fmt_pct(n.loss),
+                               sparkline(list(loss_h), width, top=1.0), fmt_num(n.cost, 0),
+                               fmt_ago(n.up_since, now), n.address or "-")
+            if matches(needle, n.name, n.node_id, n.address, n.state, n.role):
+                rows.append((n.node_id, cells))
+        table = self.query_one("#nb-table", DataTable)
+        fill_table(table, rows)
+        sel = rows[table.cursor_row][0] if rows and 0 <= table.cursor_row < len(rows) else None
+        chosen = model.neighbours.get(sel) if sel else None
+        rtt = [v for v in model.rtt_history.get(sel, ()) if v is not None] if sel else []
+        loss = [v for v in model.loss_history.get(sel, ()) if v is not None] if sel else []
+        who = (chosen.name or chosen.node_id[:8]) if chosen else "-"
+        self.query_one("#nb-rtt-label", Static).update(
+            f"RTT to {who}: {fmt_num(chosen.rtt_ms) if chosen else '-'} ms"
+            + (f" (max {max(rtt):.1f})" if rtt else ""))
+        self.query_one("#nb-loss-label", Static).update(
+            f"loss to {who}: {fmt_pct(chosen.loss) if chosen else '-'}")
+        self.query_one("#nb-rtt", Sparkline).data = rtt or [0.0]
+        self.query_one("#nb-loss", Sparkline).data = loss or [0.0]
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        app = self.app
+        refresh = getattr(app, "refresh_view", None)
+        if callable(refresh):
+            refresh()
