@@ -13,11 +13,12 @@ limit, then read with strict types: a body from a peer is untrusted input.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from meshd.codec import Fields, pack, unpack
 from meshd.errors import DecodeError, LocalProtocolError, MeshError, RemoteProtocolError
+from sync.errors import Unauthorized
 
 __all__ = [
     "AUTHOR_KEY_LEN",
@@ -32,6 +33,7 @@ __all__ = [
     "hlc_wall_ms",
     "new_doc_id",
     "order_key",
+    "sync_authorizers",
 ]
 
 DOC_ID_LEN = 16
@@ -106,3 +108,24 @@ def body_fields(op: OpLike, max_size: int = MAX_BODY_SIZE) -> Fields:
 def new_doc_id(seed: bytes) -> bytes:
     """A 16-byte document id derived from ``seed`` (use ``os.urandom`` for fresh documents)."""
     return hashlib.sha256(b"carmesh/doc/1\x00" + seed).digest()[:DOC_ID_LEN]
+
+
+def sync_authorizers(by_namespace: Mapping[str, Authorizer]) -> dict[str, Authorizer]:
+    """Authorisers for sync's store: each ``Refused`` becomes ``sync.errors.Unauthorized``.
+
+    ``by_namespace`` maps namespaces (``library``, ``situation``, ``bulletin``,
+    ``trust``) to this package's authorisers; sync counts any other exception
+    as an authoriser failure, so the reason is carried over in the detail.
+    """
+
+    def wrap(fn: Authorizer) -> Authorizer:
+        def authorize(op: OpLike, wall_now_ms: int) -> None:
+            try:
+                fn(op, wall_now_ms)
+            except Refused as exc:
+                raise Unauthorized(f"{exc.reason}: {exc.detail}" if exc.detail
+                                   else exc.reason) from None
+
+        return authorize
+
+    return {ns: wrap(fn) for ns, fn in by_namespace.items()}
