@@ -28,7 +28,7 @@ def _emit(**fields: object) -> None:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    node_id = Identity.generate().node_id
+    node_id = bytes.fromhex(args.id) if args.id else Identity.generate().node_id
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--iface", action="append", default=[])
     parser.add_argument("--ttl", type=int, default=20)
     parser.add_argument("--lifetime", type=float, default=30.0)
+    parser.add_argument("--id", default="", help="NodeId as 32 hex (default: a fresh one)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as meshd does")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

@@ -187,3 +187,27 @@ def test_discovery_survives_a_lossy_link(devnet: DevNet) -> None:
         p.proc.send_signal(signal.SIGTERM)
     for p in (pa, pb):
         p.join(timeout=15)
+
+
+def test_restart_with_the_same_id_is_seen_again(devnet: DevNet) -> None:
+    """A daemon restart: goodbye, then the same NodeId and instance name announce again."""
+    a, b = devnet.line(2)
+    node_id = "ab" * 16
+    pa = start_probe(devnet, a, "--id", node_id)
+    pb = start_probe(devnet, b)
+    assert pb.wait_for(lambda evs: node_id in seen_ids(evs), SEEN_TIMEOUT_S), pb.snapshot()
+    pa.proc.send_signal(signal.SIGTERM)
+    assert pa.wait_event("closed", 15) is not None
+    pa.join(timeout=15)
+    pa2 = start_probe(devnet, a, "--id", node_id)
+
+    def back(evs: list[dict[str, Any]]) -> bool:
+        kinds = [e["event"] for e in evs if e.get("event") in ("seen", "gone")]
+        return kinds[-2:] == ["gone", "seen"]
+
+    assert pb.wait_for(back, SEEN_TIMEOUT_S), pb.snapshot()
+    assert seen_ids(pb.snapshot()) == {node_id}
+    for p in (pa2, pb):
+        p.proc.send_signal(signal.SIGTERM)
+    for p in (pa2, pb):
+        p.join(timeout=15)
