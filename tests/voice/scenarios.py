@@ -1,0 +1,123 @@
+"""Call scenarios with real aiortc endpoints over the in-process mesh; run inside a fresh network namespace.
+
+``python -m tests.voice.scenarios OUTDIR NAME...`` runs the named scenarios in
+one process and writes ``OUTDIR/result.json`` (one entry per scenario) plus the
+recordings.  ``run_isolated`` runs it under ``unshare --net`` with
+``127.0.0.2`` on the namespace's loopback (aioice skips 127.0.0.1 as a host
+candidate), so WebRTC never touches the machine's real interfaces and the
+namespace disappears with the process, even on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tests.voice.fakemesh import FakeMesh, MeshNode
+from voice.service import VoiceService
+
+TONE_A = 440.0
+TONE_D = 660.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_isolated(outdir: Path, names: list[str], timeout: float = 110.0) -> dict[str, Any]:
+    """Run scenarios in a child process in its own network namespace; return its result.json."""
+    script = ("ip link set lo up && ip addr add 127.0.0.2/8 dev lo && "
+              f"exec {sys.executable} -m tests.voice.scenarios {outdir} {' '.join(names)}")
+    proc = subprocess.run(["unshare", "--net", "sh", "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"scenario child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads((outdir / "result.json").read_text())
+    return result
+
+
+def service(node: MeshNode, **kw: Any) -> VoiceService:
+    kw.setdefault("auto_answer", False)
+    kw.setdefault("answer_play", None)
+    kw.setdefault("answer_record", None)
+    return VoiceService(node, relay_host="127.0.0.1", **kw)
+
+
+def ended(node: MeshNode, call_id: str) -> Callable[[str, dict[str, Any]], bool]:
+    return lambda e, d: e == "call.ended" and d.get("call_id") == call_id
+
+
+def summary(node: MeshNode, svc: VoiceService, call_id: str) -> dict[str, Any]:
+    info = svc.info(bytes.fromhex(call_id)).to_json()
+    info["events"] = [e for e, d in node.control.items if d.get("call_id") == call_id]
+    return info
+
+
+async def _line(out: Path, reverse: bool = False, loss: float = 0.0) -> dict[str, Any]:
+    mesh = FakeMesh(out / "keys", ["A", "B", "C", "D"], hop_delay_s=0.002, loss=loss, seed=5)
+    a, d = mesh.by_name["A"], mesh.by_name["D"]
+    caller, callee = (d, a) if reverse else (a, d)
+    f_caller, f_callee = (TONE_D, TONE_A) if reverse else (TONE_A, TONE_D)
+    rec_callee, rec_caller = out / "callee.wav", out / "caller.wav"
+    s_callee = service(callee, auto_answer=True, answer_play=Path(f"tone:{f_callee:g}"),
+                       answer_record=rec_callee)
+    s_caller = service(caller)
+    info = await s_caller.dial(callee.node_id, play=f"tone:{f_caller:g}", record=str(rec_caller))
+    cid = info.call_id
+    await callee.control.wait_for(lambda e, d: e == "call.audio" and d["call_id"] == cid, 15)
+    await asyncio.sleep(3.0)
+    s_caller.hangup(bytes.fromhex(cid))
+    await callee.control.wait_for(ended(callee, cid), 10)
+    await caller.control.wait_for(ended(caller, cid), 10)
+    res = {"caller": summary(caller, s_caller, cid), "callee": summary(callee, s_callee, cid),
+           "rec_callee": str(rec_callee), "rec_caller": str(rec_caller),
+           "tone_caller": f_caller, "tone_callee": f_callee,
+           "forwarded": dict(mesh.forwarded),
+           "relay_saw_plaintext": any(
+               b"a=fingerprint" in p or b"v=0" in p or b"a=ice-pwd" in p
+               for r in ("B", "C") for p in mesh.seen_by[r])}
+    await s_caller.close()
+    await s_callee.close()
+    return res
+
+
+async def line_a_to_d(out: Path) -> dict[str, Any]:
+    return await _line(out)
+
+
+async def line_d_to_a(out: Path) -> dict[str, Any]:
+    return await _line(out, reverse=True)
+
+
+async def loss5(out: Path) -> dict[str, Any]:
+    return await _line(out, loss=0.05)
+
+
+SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
+    "line_a_to_d": line_a_to_d,
+    "line_d_to_a": line_d_to_a,
+    "loss5": loss5,
+}
+
+
+async def main(outdir: Path, names: list[str]) -> None:
+    results: dict[str, Any] = {}
+    for name in names:
+        sub = outdir / name
+        sub.mkdir(parents=True, exist_ok=True)
+        try:
+            results[name] = await asyncio.wait_for(SCENARIOS[name](sub), 60)
+        except Exception as exc:  # report, do not hide: the parent test asserts on it
+            import traceback
+            results[name] = {"error": f"{type(exc).__name__}: {exc}",
+                             "traceback": traceback.format_exc()}
+    (outdir / "result.json").write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    import logging
+    logging.basicConfig(level=os.environ.get("VOICE_LOG", "WARNING"))
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2:]))

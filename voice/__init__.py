@@ -1,0 +1,1 @@
+"""carmesh voice: call signalling, the mesh media relay, the WebRTC endpoint (aiortc)."""
