@@ -234,12 +234,17 @@ def plan_import(library: Library, author: bytes, folder: Path,
                 coll = md.collection if md.collection != current.collection else None
                 tags = md.tags if md.tags != current.tags else None
                 lang = md.lang if md.lang != current.lang else None
-                if (new_body, title, coll, tags, lang) == (None,) * 5:
+                if (new_body, title, coll, tags, lang) == (None,) * 5 and not current.deleted:
                     summary.unchanged.append(rel)
                 else:
-                    ops += [ImportOp(p.kind, doc_id, p.body, rel) for p in library.prepare_edit(
-                        doc_id, author, body=new_body, title=title, collection=coll,
-                        tags=tags, lang=lang)]
+                    if current.deleted:  # the folder has it: bring it back
+                        p = library.prepare_delete(restore=True)
+                        ops.append(ImportOp(p.kind, doc_id, p.body, rel))
+                    if (new_body, title, coll, tags, lang) != (None,) * 5:
+                        ops += [ImportOp(p.kind, doc_id, p.body, rel)
+                                for p in library.prepare_edit(doc_id, author, body=new_body,
+                                                              title=title, collection=coll,
+                                                              tags=tags, lang=lang)]
                     summary.changed.append(rel)
         except (LibraryError, LocalProtocolError, OSError) as exc:
             summary.errors.append((rel, str(exc)))

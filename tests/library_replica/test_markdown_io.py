@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from library_replica.documents import KIND_CREATE, KIND_EDIT, Library
+from library_replica.documents import KIND_CREATE, KIND_EDIT, KIND_RESTORE, Library
 from library_replica.markdown_io import (
     SAMPLE_DIR,
     ImportOp,
@@ -78,6 +78,15 @@ def test_reimport_reports_added_changed_unchanged_and_errors(tmp_path: Path) -> 
     _submit(lib, dealer, ops, t=2)
     [a] = [d for d in lib.documents() if d.title == "停電"]
     assert a.body == "停電のときは懐中電灯\n" and a.tags == ("電力",)
+    # a document deleted in the library but present in the folder is restored
+    gone = lib.prepare_delete()
+    _submit(lib, dealer, [ImportOp(gone.kind, a.doc_id, gone.body, "a.md")], t=3)
+    assert a.doc_id not in {d.doc_id for d in lib.documents()}
+    (tmp_path / "bad.md").unlink()
+    ops, s = plan_import(lib, dealer.pub, tmp_path)
+    assert s.changed == ["a.md"] and [op.kind for op in ops] == [KIND_RESTORE]
+    _submit(lib, dealer, ops, t=4)
+    assert a.doc_id in {d.doc_id for d in lib.documents()}
 
 
 def test_export_then_reimport_roundtrips(tmp_path: Path) -> None:
