@@ -75,6 +75,9 @@ KILL_GRACE_S = 3.0
 _NODE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,11}$")
 _TOKEN_RE = re.compile(r"^[a-z0-9]{2,8}$")
 _LINK_BASE = ipaddress.IPv4Network("10.77.0.0/16")
+_LINK_BASE6 = ipaddress.IPv6Network("fd77::/48")  # a ULA prefix; fd77:0:0:<k>::/64 per link
+
+IfAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 class DevNetError(LocalProtocolError):
@@ -91,14 +94,36 @@ class NetNode:
 
 @dataclass(frozen=True, slots=True)
 class LinkInfo:
-    """One veth link: the interface and address at each end (``a`` is the first node given)."""
+    """One veth link: the interface and addresses at each end (``a`` is the first node given).
+
+    ``addr_a``/``addr_b`` are the primary addresses (IPv4 unless the link is IPv6-only);
+    ``addr6_a``/``addr6_b`` the IPv6 ones when the link has IPv6.
+    """
 
     a: NetNode
     b: NetNode
     if_a: str
     if_b: str
-    addr_a: ipaddress.IPv4Interface
-    addr_b: ipaddress.IPv4Interface
+    addr_a: IfAddress
+    addr_b: IfAddress
+    addr6_a: ipaddress.IPv6Interface | None = None
+    addr6_b: ipaddress.IPv6Interface | None = None
+
+
+def _two_hosts(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[IfAddress, IfAddress]:
+    hosts = net.hosts()
+    try:
+        first, second = next(hosts), next(hosts)
+    except StopIteration:
+        raise DevNetError(f"subnet {net} has fewer than two host addresses") from None
+    return (ipaddress.ip_interface(f"{first}/{net.prefixlen}"),
+            ipaddress.ip_interface(f"{second}/{net.prefixlen}"))
+
+
+def _v6(addr: IfAddress) -> ipaddress.IPv6Interface:
+    if not isinstance(addr, ipaddress.IPv6Interface):
+        raise DevNetError(f"{addr} is not an IPv6 address")
+    return addr
 
 
 def _run(argv: Sequence[str], *, input_text: str | None = None,
@@ -347,20 +372,20 @@ class DevNet:
             log.debug("devnet: node %s (%s)", name, node.netns)
             return node
 
-    def _next_subnet(self) -> ipaddress.IPv4Network:
-        subnets = _LINK_BASE.subnets(new_prefix=24)
-        for i, net in enumerate(subnets):
-            if i == self._link_count:
-                self._link_count += 1
-                return net
-        raise DevNetError("out of link subnets (256 links)")
+    def _next_index(self) -> int:
+        if self._link_count >= 256:
+            raise DevNetError("out of automatic link subnets (256 links); pass subnet=")
+        self._link_count += 1
+        return self._link_count - 1
 
-    def link(self, a: NetNode, b: NetNode, subnet: str | None = None) -> tuple[str, str]:
+    def link(self, a: NetNode, b: NetNode, subnet: str | None = None, *,
+             ipv6: bool = False) -> tuple[str, str]:
         """Join ``a`` and ``b`` by a veth pair; returns (ifname in a, ifname in b).
 
-        ``subnet`` (e.g. ``"10.9.0.0/24"``) overrides the automatic ``10.77.<k>.0/24``; ``a``
-        gets its first host address and ``b`` the second.  The interfaces are named
-        ``to-<peer>`` and are up with MULTICAST on.
+        Addresses come from ``10.77.<k>.0/24`` for the k-th link unless ``subnet`` is
+        given (IPv4, or IPv6 for an IPv6-only link); ``a`` gets the first host address
+        and ``b`` the second.  ``ipv6=True`` adds ``fd77:0:0:<k>::/64`` addresses too.
+        The interfaces are named ``to-<peer>`` and are up with MULTICAST on.
         """
         with self._lock:
             self._check_open()
@@ -372,17 +397,32 @@ class DevNet:
             key = frozenset((a.name, b.name))
             if key in self._links:
                 raise DevNetError(f"{a.name} and {b.name} are already linked")
-            net = ipaddress.IPv4Network(subnet) if subnet is not None else self._next_subnet()
-            hosts = net.hosts()
-            addr_a = ipaddress.IPv4Interface(f"{next(hosts)}/{net.prefixlen}")
-            addr_b = ipaddress.IPv4Interface(f"{next(hosts)}/{net.prefixlen}")
+            k = self._next_index()
+            try:
+                net = (ipaddress.ip_network(subnet) if subnet is not None
+                       else list(_LINK_BASE.subnets(new_prefix=24))[k])
+            except ValueError as exc:
+                raise DevNetError(f"subnet {subnet!r}: {exc}") from None
+            addr_a, addr_b = _two_hosts(net)
+            addr6_a: ipaddress.IPv6Interface | None = None
+            addr6_b: ipaddress.IPv6Interface | None = None
+            if net.version == 6:
+                addr6_a, addr6_b = _v6(addr_a), _v6(addr_b)
+            elif ipv6:
+                net6 = ipaddress.IPv6Network((int(_LINK_BASE6.network_address) + (k << 64), 64))
+                addr6_a, addr6_b = (_v6(x) for x in _two_hosts(net6))
             if_a, if_b = f"to-{b.name}", f"to-{a.name}"
             _run(["ip", "link", "add", if_a, "netns", a.netns, "type", "veth",
                   "peer", "name", if_b, "netns", b.netns])
-            for ns, ifn, addr in ((a.netns, if_a, addr_a), (b.netns, if_b, addr_b)):
-                _run(["ip", "-n", ns, "addr", "add", str(addr), "dev", ifn])
+            for ns, ifn, addr, addr6 in ((a.netns, if_a, addr_a, addr6_a),
+                                         (b.netns, if_b, addr_b, addr6_b)):
+                _run(["ip", "-n", ns, "addr", "add", str(addr), "dev", ifn]
+                     + (["nodad"] if addr.version == 6 else []))
+                if addr6 is not None and addr6 != addr:
+                    _run(["ip", "-n", ns, "addr", "add", str(addr6), "dev", ifn, "nodad"])
                 _run(["ip", "-n", ns, "link", "set", ifn, "up", "multicast", "on"])
-            info = LinkInfo(a=a, b=b, if_a=if_a, if_b=if_b, addr_a=addr_a, addr_b=addr_b)
+            info = LinkInfo(a=a, b=b, if_a=if_a, if_b=if_b, addr_a=addr_a, addr_b=addr_b,
+                            addr6_a=addr6_a, addr6_b=addr6_b)
             self._links[key] = info
             return if_a, if_b
 
@@ -393,17 +433,27 @@ class DevNet:
         except KeyError:
             raise DevNetError(f"{a.name} and {b.name} are not linked") from None
 
-    def _end(self, node: NetNode, other: NetNode) -> tuple[str, ipaddress.IPv4Interface]:
+    def _end(self, node: NetNode, other: NetNode
+             ) -> tuple[str, IfAddress, ipaddress.IPv6Interface | None]:
         info = self.link_info(node, other)
-        return (info.if_a, info.addr_a) if info.a == node else (info.if_b, info.addr_b)
+        if info.a == node:
+            return info.if_a, info.addr_a, info.addr6_a
+        return info.if_b, info.addr_b, info.addr6_b
 
     def ifname(self, node: NetNode, towards: NetNode) -> str:
         """The interface in ``node`` that leads to ``towards``."""
         return self._end(node, towards)[0]
 
-    def address(self, node: NetNode, towards: NetNode) -> str:
-        """``node``'s IP address on its link to ``towards``."""
-        return str(self._end(node, towards)[1].ip)
+    def address(self, node: NetNode, towards: NetNode, *, family: int | None = None) -> str:
+        """``node``'s IP address on its link to ``towards`` (``family=6``: its IPv6 one)."""
+        _, primary, v6 = self._end(node, towards)
+        if family == 6:
+            if v6 is None:
+                raise DevNetError(f"the {node.name}–{towards.name} link has no IPv6")
+            return str(v6.ip)
+        if family == 4 and primary.version != 4:
+            raise DevNetError(f"the {node.name}–{towards.name} link has no IPv4")
+        return str(primary.ip)
 
     def interfaces(self, node: NetNode) -> list[str]:
         """All link interfaces of ``node`` (not ``lo``), in link order."""

@@ -66,6 +66,7 @@ from meshd.identity import MAX_NAME_LEN, NODE_ID_LEN, NodeId, Role, short_id
 __all__ = [
     "DEFAULT_TTL_S",
     "SERVICE_TYPE",
+    "BindPlan",
     "Discovery",
     "InterfaceError",
     "PeerSeen",
@@ -76,6 +77,7 @@ __all__ = [
     "interface_addresses",
     "parse_txt",
     "pick_address",
+    "plan_binding",
 ]
 
 log = logging.getLogger(__name__)
@@ -303,6 +305,48 @@ def interface_addresses(ifname: str) -> list[IfAddress]:
     return []
 
 
+@dataclass(frozen=True, slots=True)
+class BindPlan:
+    """Where zeroconf listens and what we advertise, derived from the named interfaces."""
+
+    bind: list[str]  # addresses handed to zeroconf's ``interfaces=``
+    ip_version: IPVersion
+    advertised: list[str]  # every usable address, IPv4 first
+    ours: list[IfAddress]  # with prefix lengths, for ``pick_address``
+
+
+def plan_binding(per_interface: dict[str, list[IfAddress]]) -> BindPlan:
+    """Bind each interface by its IPv4 addresses, or by one IPv6 address when it has no IPv4.
+
+    Link-local IPv6 addresses are never used or advertised (they need a scope).  An
+    interface without a usable address raises ``InterfaceError``.
+    """
+    bind4: list[str] = []
+    bind6: list[str] = []
+    ours: list[IfAddress] = []
+    for ifname, addrs in per_interface.items():
+        usable = [a for a in addrs
+                  if not (isinstance(a, ipaddress.IPv6Interface) and a.ip.is_link_local)]
+        if not usable:
+            raise InterfaceError(f"interface {ifname!r} has no usable IP address "
+                                 "(give it an IPv4 or a non-link-local IPv6 address)")
+        v4 = [str(a.ip) for a in usable if a.version == 4]
+        if v4:
+            bind4.extend(v4)
+        else:
+            bind6.append(str(usable[0].ip))  # zeroconf joins IPv6 groups per interface index
+        ours.extend(usable)
+    if bind4 and bind6:
+        ip_version = IPVersion.All
+    elif bind6:
+        ip_version = IPVersion.V6Only
+    else:
+        ip_version = IPVersion.V4Only
+    advertised = ([str(a.ip) for a in ours if a.version == 4]
+                  + [str(a.ip) for a in ours if a.version == 6])
+    return BindPlan(bind=bind4 + bind6, ip_version=ip_version, advertised=advertised, ours=ours)
+
+
 # --- asyncio adapter --------------------------------------------------------------------------
 
 
@@ -355,28 +399,10 @@ class Discovery:
             log.info("discovery: no interface configured, zeroconf not started "
                      "(name one with --interface IFNAME to find neighbours)")
             return
-        ours: list[IfAddress] = []
-        for ifname in self._interfaces:
-            addrs = interface_addresses(ifname)
-            usable = [a for a in addrs
-                      if not (isinstance(a, ipaddress.IPv6Interface) and a.ip.is_link_local)]
-            if not usable:
-                raise InterfaceError(f"interface {ifname!r} has no usable IP address "
-                                     "(give it an IPv4 or global IPv6 address)")
-            ours.extend(usable)
-        self._ours = ours
-        v4 = [str(a.ip) for a in ours if a.version == 4]
-        v6 = [str(a.ip) for a in ours if a.version == 6]
-        # Bind to IPv4 where we have it; IPv6 only for interfaces that lack IPv4.
-        if v4:
-            bind: list[str] = v4
-            ip_version = IPVersion.V4Only
-            advertised = v4 + v6
-        else:
-            bind = v6
-            ip_version = IPVersion.V6Only
-            advertised = v6
-        self._aiozc = AsyncZeroconf(interfaces=bind, ip_version=ip_version)
+        plan = plan_binding({name: interface_addresses(name) for name in self._interfaces})
+        self._ours = plan.ours
+        advertised = plan.advertised
+        self._aiozc = AsyncZeroconf(interfaces=plan.bind, ip_version=plan.ip_version)
         try:
             self._info = AsyncServiceInfo(
                 SERVICE_TYPE, f"{self.instance}.{SERVICE_TYPE}", port=self._port,

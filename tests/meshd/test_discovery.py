@@ -13,7 +13,7 @@ from typing import ClassVar
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from zeroconf import ServiceStateChange
+from zeroconf import IPVersion, ServiceStateChange
 
 from meshd.discovery import (
     MAX_PENDING_RESOLVES,
@@ -28,6 +28,7 @@ from meshd.discovery import (
     interface_addresses,
     parse_txt,
     pick_address,
+    plan_binding,
 )
 from meshd.errors import DecodeError, LocalProtocolError, VerificationError
 from meshd.pins import PinConflictError, PinStore, StaticPeer, parse_peer
@@ -86,6 +87,35 @@ def test_pick_address_ignores_garbage_and_our_own_address() -> None:
 def test_pick_address_several_interfaces() -> None:
     ours = [iface("10.77.0.2/24"), iface("10.77.1.1/24")]
     assert pick_address(["10.77.1.2"], ours) == "10.77.1.2"
+
+
+# --- which addresses zeroconf binds -----------------------------------------------------------
+
+
+def test_plan_binding_ipv4_interfaces() -> None:
+    plan = plan_binding({"to-a": [iface("10.77.0.2/24"), iface("fe80::1/64")],
+                         "to-c": [iface("10.77.1.1/24")]})
+    assert plan.bind == ["10.77.0.2", "10.77.1.1"]
+    assert plan.ip_version is IPVersion.V4Only
+    assert plan.advertised == ["10.77.0.2", "10.77.1.1"]  # never a link-local address
+
+
+def test_plan_binding_ipv6_only_interface_uses_ipv6() -> None:
+    plan = plan_binding({"to-a": [iface("fd99::2/64"), iface("fd98::2/64"), iface("fe80::1/64")],
+                         "to-c": [iface("10.77.1.1/24"), iface("fd77:0:0:1::1/64")]})
+    assert plan.bind == ["10.77.1.1", "fd99::2"]  # one IPv6 address per v6-only interface
+    assert plan.ip_version is IPVersion.All
+    assert plan.advertised == ["10.77.1.1", "fd99::2", "fd98::2", "fd77:0:0:1::1"]
+    only6 = plan_binding({"to-a": [iface("fd99::2/64")]})
+    assert only6.ip_version is IPVersion.V6Only
+    assert only6.ours == [iface("fd99::2/64")]
+
+
+def test_plan_binding_refuses_an_interface_without_usable_address() -> None:
+    with pytest.raises(InterfaceError, match="'to-x' has no usable IP address"):
+        plan_binding({"to-a": [iface("10.0.0.1/24")], "to-x": [iface("fe80::1/64")]})
+    with pytest.raises(InterfaceError):
+        plan_binding({"to-x": []})
 
 
 # --- TXT parsing ----------------------------------------------------------------------------

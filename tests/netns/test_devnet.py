@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def ping(net: DevNet, node: NetNode, addr: str, count: int = 1,
          interval: str = "0.2") -> subprocess.CompletedProcess[str]:
-    return net.run(node, ["ping", "-n", "-q", "-c", str(count), "-i", interval, "-W", "1", addr],
-                   check=False, timeout=30)
+    # -W 3: the first IPv6 packet waits for neighbour discovery (about 1 s on a fresh link)
+    return net.run(node, ["ping", "-n", "-q", "-c", str(count), "-i", interval, "-W", "3", addr],
+                   check=False, timeout=60)
 
 
 def received(proc: subprocess.CompletedProcess[str]) -> int:
@@ -89,6 +90,21 @@ def test_one_way_loss(devnet: DevNet) -> None:
     devnet.set_ingress_loss(b, devnet.ifname(b, a), 100)  # a→b lost, b→a fine
     assert received(ping(devnet, a, devnet.address(b, a))) == 0
     assert devnet.dropped(a, devnet.ifname(a, b)) == 0
+
+
+def test_ipv6_links(devnet: DevNet) -> None:
+    a, b, c = (devnet.add_node(n) for n in "abc")
+    devnet.link(a, b, "fd99::/64")  # IPv6 only
+    devnet.link(b, c, ipv6=True)  # dual stack
+    assert devnet.address(a, b) == "fd99::1"
+    assert devnet.address(b, a, family=6) == "fd99::2"
+    with pytest.raises(DevNetError):
+        devnet.address(a, b, family=4)
+    assert devnet.address(c, b).startswith("10.77.")
+    assert devnet.address(c, b, family=6).startswith("fd77:")
+    assert received(ping(devnet, a, devnet.address(b, a))) == 1
+    assert received(ping(devnet, c, devnet.address(b, c, family=6))) == 1
+    assert received(ping(devnet, c, devnet.address(b, c, family=4))) == 1
 
 
 def test_unlink_and_link_down(devnet: DevNet) -> None:

@@ -211,3 +211,28 @@ def test_restart_with_the_same_id_is_seen_again(devnet: DevNet) -> None:
         p.proc.send_signal(signal.SIGTERM)
     for p in (pa2, pb):
         p.join(timeout=15)
+
+
+def test_ipv6_only_and_dual_stack_links(devnet: DevNet) -> None:
+    """a–b is IPv6-only, b–c dual-stack: b meets a over IPv6 and c over IPv4."""
+    a, b, c = (devnet.add_node(n) for n in "abc")
+    devnet.link(a, b, "fd99::/64")
+    devnet.link(b, c, ipv6=True)
+    probes = {n.name: start_probe(devnet, n) for n in (a, b, c)}
+    ids = {}
+    for name, p in probes.items():
+        ready = p.wait_event("ready", SEEN_TIMEOUT_S)
+        assert ready is not None, f"{name}: {p.snapshot()}"
+        ids[name] = ready["id"]
+    assert probes["b"].wait_for(lambda evs: seen_ids(evs) == {ids["a"], ids["c"]},
+                                SEEN_TIMEOUT_S), probes["b"].snapshot()
+    assert probes["a"].wait_for(lambda evs: ids["b"] in seen_ids(evs), SEEN_TIMEOUT_S)
+    evs_b = probes["b"].snapshot()
+    assert last_seen(evs_b, ids["a"])["host"] == devnet.address(a, b)  # fd99::1
+    assert last_seen(evs_b, ids["c"])["host"] == devnet.address(c, b, family=4)
+    assert last_seen(probes["a"].snapshot(), ids["b"])["host"] == devnet.address(b, a)
+    assert ":" in devnet.address(a, b)
+    for p in probes.values():
+        p.proc.send_signal(signal.SIGTERM)
+    for p in probes.values():
+        p.join(timeout=15)
