@@ -36,6 +36,13 @@ relay: their ops are kept (so unblocking needs no re-sync) but not applied,
 and ops that build on their text wait with them.  Changing the block list
 rebuilds the documents from the kept ops.
 
+Local changes are built by the ``prepare_*`` methods in a scratch Yjs document
+whose client id is the author's; they return ``PreparedOp`` lists (a long body
+is split so that every op body stays under sync's 60,000-byte limit) to be
+signed and submitted in order.  One key must author from one replica only: two
+devices sharing a key would reuse Yjs clocks.  An author cannot edit a
+document while an op of its own on it is still waiting (``LocalProtocolError``).
+
 This module is a pure core: no I/O and no clock reads.
 """
 
