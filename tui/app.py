@@ -192,6 +192,8 @@ class MeshConsole(App[None]):
         """Switch to the view ``view_id``."""
         self.query_one(ContentSwitcher).current = view_id
         self.refresh_view()
+        # once more after layout: views size some columns to the space they get
+        self.call_after_refresh(self.refresh_view)
         self.current_view.focus_main()
 
     def _step(self, delta: int) -> None:

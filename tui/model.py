@@ -502,6 +502,8 @@ class MeshModel:
         """Apply a pushed event and log it; ``ts`` is the daemon's wall time (None: unknown)."""
         when = ts if ts is not None else now
         nid = _str(data.get("node_id"))
+        # the name before the event changes anything: a lost neighbour is still named
+        who = "" if nid is None else self.name_of(nid) + " "
         if name == "neighbour.up":
             try:
                 n = Neighbour.parse(dict(data))
@@ -513,10 +515,8 @@ class MeshModel:
             gone = self.neighbours.pop(nid, None)
             self.lost.append((nid, gone.name if gone else "", _str(data.get("reason")) or "",
                               when))
-        who = ""
-        if nid is not None:
-            n2 = self.neighbours.get(nid)
-            who = (self.name_of(nid) if n2 is None else n2.name or nid[:8]) + " "
+        if name == "neighbour.up" and nid is not None:
+            who = self.name_of(nid) + " "
         self.log.append(LogLine(when, name, who + _summary(data)))
         self.log_total += 1
         self.version += 1

@@ -1,0 +1,131 @@
+"""The console's model, with literal data and literal times (no terminal, no daemon)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.tui.fixtures import BRAVO, CHARLIE, DELTA, ME, NOW, filled_model
+from tui.model import MeshModel, sparkline
+
+
+def test_sparkline_scales_to_max_or_top_and_keeps_gaps() -> None:
+    assert sparkline([0.0, 1.0, 2.0, 4.0], 4) == "▁▃▅█"
+    assert sparkline([0.0, 0.5, 1.0], 3, top=1.0) == "▁▅█"
+    assert sparkline([None, 2.0], 2) == " █"
+    assert sparkline([1.0, 2.0, 3.0], 2) == "▆█"  # last `width` values only
+    assert sparkline([5.0], 4) == "   █"  # right-aligned
+    assert sparkline([], 3) == "   "
+    assert sparkline([0.0, 0.0], 2) == "▁▁"
+
+
+def test_neighbours_keep_history_and_forget_the_gone() -> None:
+    m = MeshModel(history=3)
+    for i, rtt in enumerate([1.0, 2.0, None, 4.0]):
+        m.apply("neighbours", {"neighbours": [
+            {"node_id": BRAVO, "name": "bravo", "rtt_ms": rtt, "loss": 0.1 * i}]}, NOW + i)
+    assert list(m.rtt_history[BRAVO]) == [2.0, None, 4.0]
+    assert m.loss_history[BRAVO][-1] == pytest.approx(0.3)
+    m.apply("neighbours", {"neighbours": []}, NOW + 5)
+    assert m.neighbours == {} and BRAVO not in m.rtt_history
+
+
+def test_malformed_rows_are_dropped_and_counted_not_raised() -> None:
+    m = MeshModel()
+    m.apply("neighbours", {"neighbours": [{"name": "no id"}, 7, {"node_id": BRAVO,
+                                                                "rtt_ms": "fast"}]}, NOW)
+    assert list(m.neighbours) == [BRAVO] and m.neighbours[BRAVO].rtt_ms is None
+    assert m.malformed == 2
+    before = dict(m.neighbours)
+    m.apply("neighbours", {"neighbours": "nope"}, NOW)
+    m.apply("routes", ["not", "an", "object"], NOW)
+    assert m.neighbours == before
+    assert "neighbours" in m.errors and "routes" in m.errors
+    assert m.malformed == 4
+    m.apply("neighbours", {"neighbours": []}, NOW)
+    assert "neighbours" not in m.errors  # a good result clears the error
+
+
+def test_events_add_and_remove_neighbours_and_are_logged() -> None:
+    m = MeshModel()
+    m.set_connected(True, "s", NOW)
+    m.apply_event("neighbour.up", {"node_id": BRAVO, "name": "bravo", "rtt_ms": 1.5}, NOW, NOW)
+    assert m.neighbours[BRAVO].name == "bravo"
+    m.apply_event("neighbour.lost", {"node_id": BRAVO, "reason": "hello timeout"}, NOW + 2,
+                  NOW + 2)
+    assert BRAVO not in m.neighbours
+    assert [ln.kind for ln in m.log] == ["console", "neighbour.up", "neighbour.lost"]
+    assert m.log[-1].text.startswith("bravo ")  # name remembered from before it was lost
+    assert "node_id=b2b2b2b2 " in m.log[-1].text  # NodeIds shortened
+    assert m.log_total == 3
+    assert "lost neighbour bravo 8s ago (hello timeout)" in m.alerts(NOW + 10)
+    assert not any("lost" in a for a in m.alerts(NOW + 1000))
+
+
+def test_alerts_when_disconnected_isolated_lossy_or_dropping() -> None:
+    m = MeshModel()
+    assert m.alerts(NOW) == ["no daemon: connecting…"]
+    m.set_connected(True, "/tmp/x.sock", NOW)
+    m.apply("status", {"node_id": ME, "ready": False, "drops": {"a": 2, "b": 1}}, NOW)
+    assert m.alerts(NOW) == ["daemon is not ready", "no neighbours: this node is isolated",
+                             "3 malformed or refused packets dropped"]
+    m.apply("neighbours", {"neighbours": [{"node_id": BRAVO, "name": "bravo", "loss": 0.5}]},
+            NOW)
+    assert "high loss to bravo: 50%" in m.alerts(NOW)
+
+
+def test_reconnect_clears_unavailable_methods() -> None:
+    m = MeshModel()
+    m.set_connected(True, "s", NOW)
+    m.set_unavailable("routes")
+    m.set_connected(False, "gone", NOW + 1)
+    assert "routes" in m.unavailable
+    m.set_connected(True, "s", NOW + 2)
+    assert m.unavailable == set()
+    assert [ln.text for ln in m.log] == ["connected to s", "disconnected: gone", "connected to s"]
+
+
+def test_topology_dedupes_links_keeping_the_worse_cost() -> None:
+    m = MeshModel()
+    m.apply("topology", {"nodes": [{"node_id": ME, "name": "alpha", "role": "car"}],
+                         "links": [{"a": ME, "b": BRAVO, "cost": 96},
+                                   {"a": BRAVO, "b": ME, "cost": 120},
+                                   {"a": ME, "b": ME, "cost": 1},
+                                   {"a": 5, "b": ME}]}, NOW)
+    topo = m.topology
+    assert topo is not None and topo.complete
+    assert [(ln.a, ln.b, ln.cost) for ln in topo.links] == [(ME, BRAVO, 120)]
+    assert {n.node_id for n in topo.nodes} == {ME, BRAVO}  # endpoints become nodes
+    assert topo.name_of(BRAVO) == BRAVO[:8]
+
+
+def test_effective_topology_falls_back_to_own_links() -> None:
+    m = MeshModel()
+    assert m.effective_topology() is None
+    m.apply("status", {"node_id": ME, "name": "alpha", "role": "car"}, NOW)
+    m.apply("neighbours", {"neighbours": [{"node_id": BRAVO, "name": "bravo", "cost": 96},
+                                          {"node_id": CHARLIE, "name": "charlie"}]}, NOW)
+    topo = m.effective_topology()
+    assert topo is not None and not topo.complete
+    assert {(ln.a, ln.b, ln.cost) for ln in topo.links} == {(ME, BRAVO, 96), (ME, CHARLIE, None)}
+
+
+def test_sync_progress_from_catch_up_counts() -> None:
+    m = filled_model()
+    by = {p.node_id: p for p in m.sync_peers}
+    assert by[BRAVO].progress == pytest.approx(0.25) and by[BRAVO].expected == 400
+    assert by[CHARLIE].progress is None
+    assert m.sync_totals["ops"] == 1520
+
+
+def test_uptime_moves_with_the_injected_clock() -> None:
+    m = MeshModel()
+    assert m.uptime_s(NOW) is None
+    m.apply("status", {"node_id": ME, "uptime_s": 10.0}, NOW)
+    assert m.uptime_s(NOW + 5) == 15.0
+
+
+def test_fixture_model_is_consistent() -> None:
+    m = filled_model()
+    assert m.name_of(DELTA) == "delta"  # from the topology
+    assert len(m.call_rtt["9f8e7d6c5b4a39281706"]) == 20
+    assert m.library_doc is not None and m.library_query == "避難"
