@@ -11,6 +11,8 @@ namespace disappears with the process, even on failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,9 +21,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from meshd.packet import MeshPacket, Service
 from tests.voice.fakemesh import FakeMesh, MeshNode
 from voice.service import VoiceService
 
+#: how long the mesh has no path after a relay dies (routing converges within 3 s), seconds
+OUTAGE_S = 2.0
 TONE_A = 440.0
 TONE_D = 660.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,13 +98,159 @@ async def line_d_to_a(out: Path) -> dict[str, Any]:
 
 
 async def loss5(out: Path) -> dict[str, Any]:
-    return await _line(out, loss=0.05)
+    """5 % end-to-end loss over three hops (each hop loses 1.7 %)."""
+    return await _line(out, loss=1 - 0.95 ** (1 / 3))
+
+
+async def _two(out: Path, **callee_kw: Any) -> tuple[FakeMesh, MeshNode, MeshNode, VoiceService,
+                                                     VoiceService]:
+    mesh = FakeMesh(out / "keys", ["A", "B", "C", "D"], hop_delay_s=0.002, seed=7)
+    a, d = mesh.by_name["A"], mesh.by_name["D"]
+    return mesh, a, d, service(a), service(d, **callee_kw)
+
+
+def _reasons(a: MeshNode, sa: VoiceService, d: MeshNode, sd: VoiceService, cid: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"caller": summary(a, sa, cid)}
+    with contextlib.suppress(KeyError):
+        out["callee"] = summary(d, sd, cid)
+    return out
+
+
+async def busy(out: Path) -> dict[str, Any]:
+    mesh, a, d, sa, sd = await _two(out, auto_answer=True, answer_play=Path("tone:500"))
+    c = mesh.by_name["C"]
+    sc = service(c)
+    first = await sc.dial(d.node_id, play="tone:300", record=None)
+    await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == first.call_id, 15)
+    info = await sa.dial(d.node_id, play="tone:440", record=None)
+    await a.control.wait_for(ended(a, info.call_id), 15)
+    res = _reasons(a, sa, d, sd, info.call_id)
+    res["first_call_state"] = sd.info(bytes.fromhex(first.call_id)).state
+    for svc in (sa, sc, sd):
+        await svc.close()
+    return res
+
+
+async def declined(out: Path) -> dict[str, Any]:
+    _mesh, a, d, sa, sd = await _two(out)
+    info = await sa.dial(d.node_id, play="tone:440", record=None)
+    await d.control.wait_for(lambda e, x: e == "call.incoming", 10)
+    await a.control.wait_for(lambda e, x: e == "call.state" and x["state"] == "ringing", 10)
+    sd.hangup(bytes.fromhex(info.call_id))
+    await a.control.wait_for(ended(a, info.call_id), 10)
+    await d.control.wait_for(ended(d, info.call_id), 10)
+    res = _reasons(a, sa, d, sd, info.call_id)
+    await sa.close()
+    await sd.close()
+    return res
+
+
+async def unreachable(out: Path) -> dict[str, Any]:
+    mesh, a, d, sa, sd = await _two(out, auto_answer=True)
+    mesh.cut("C", "D")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    info = await sa.dial(d.node_id, play="tone:440", record=None)
+    await a.control.wait_for(ended(a, info.call_id), 20)
+    res = _reasons(a, sa, d, sd, info.call_id)
+    res["elapsed_s"] = loop.time() - t0
+    await sa.close()
+    await sd.close()
+    return res
+
+
+async def _hangup_by(out: Path, side: str) -> dict[str, Any]:
+    _mesh, a, d, sa, sd = await _two(out, auto_answer=True, answer_play=Path("tone:660"))
+    info = await sa.dial(d.node_id, play="tone:440", record=None)
+    await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == info.call_id, 15)
+    (sa if side == "caller" else sd).hangup(bytes.fromhex(info.call_id))
+    await a.control.wait_for(ended(a, info.call_id), 10)
+    await d.control.wait_for(ended(d, info.call_id), 10)
+    res = _reasons(a, sa, d, sd, info.call_id)
+    await sa.close()
+    await sd.close()
+    return res
+
+
+async def hangup_caller(out: Path) -> dict[str, Any]:
+    return await _hangup_by(out, "caller")
+
+
+async def hangup_callee(out: Path) -> dict[str, Any]:
+    return await _hangup_by(out, "callee")
+
+
+async def tampered(out: Path) -> dict[str, Any]:
+    """A relay flips one byte inside every offer (where the SDP and its fingerprint travel)."""
+    mesh, a, d, sa, sd = await _two(out, auto_answer=True)
+    altered = 0
+
+    def tamper(pkt: MeshPacket) -> MeshPacket:
+        nonlocal altered
+        if pkt.service == Service.SIG and pkt.source == a.node_id and len(pkt.payload) > 600:
+            altered += 1
+            body = bytearray(pkt.payload)
+            body[len(body) // 2] ^= 0x01
+            return dataclasses.replace(pkt, payload=bytes(body))
+        return pkt
+
+    mesh.tamper = tamper
+    info = await sa.dial(d.node_id, play="tone:440", record=None)
+    await a.control.wait_for(ended(a, info.call_id), 20)
+    res = _reasons(a, sa, d, sd, info.call_id)
+    res["altered"] = altered
+    res["callee_drops"] = dict(sd.drops.counts)
+    res["callee_incoming"] = len(d.control.of("call.incoming"))
+    await sa.close()
+    await sd.close()
+    return res
+
+
+async def diamond(out: Path) -> dict[str, Any]:
+    """A–B–D and A–C–D; the relay carrying the call dies; routing takes OUTAGE_S to find the other."""
+    mesh = FakeMesh(out / "keys", ["A", "B", "C", "D"], hop_delay_s=0.002, seed=9, line=False)
+    for x, y in (("A", "B"), ("B", "D"), ("A", "C"), ("C", "D")):
+        mesh.link(x, y)
+    a, d = mesh.by_name["A"], mesh.by_name["D"]
+    rec = out / "callee.wav"
+    sa = service(a)
+    sd = service(d, auto_answer=True, answer_play=Path("tone:660"), answer_record=rec)
+    info = await sa.dial(d.node_id, play=f"tone:{TONE_A:g}", record=None)
+    cid = bytes.fromhex(info.call_id)
+    await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == info.call_id, 15)
+    await asyncio.sleep(2.0)
+    relay = max(("B", "C"), key=lambda r: mesh.forwarded[r])
+    other = "C" if relay == "B" else "B"
+    loop = asyncio.get_running_loop()
+    killed_at = loop.time()
+    mesh.kill(relay)  # kill -9: its links are gone
+    mesh.cut(other, "D")  # routing has not converged yet
+    await asyncio.sleep(OUTAGE_S)
+    mesh.link(other, "D")
+    await asyncio.sleep(3.0)
+    ep = sd._calls[cid].endpoint
+    gaps = [(at - killed_at, g) for at, g in ep.sink.gaps] if ep is not None else []
+    state = sd.info(cid).state
+    sa.hangup(cid)
+    await d.control.wait_for(ended(d, info.call_id), 10)
+    res = {"relay": relay, "other": other, "gaps": gaps, "state_after": state, "rec_callee": str(rec),
+           "forwarded": dict(mesh.forwarded), "callee": summary(d, sd, info.call_id)}
+    await sa.close()
+    await sd.close()
+    return res
 
 
 SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "line_a_to_d": line_a_to_d,
     "line_d_to_a": line_d_to_a,
     "loss5": loss5,
+    "busy": busy,
+    "declined": declined,
+    "unreachable": unreachable,
+    "hangup_caller": hangup_caller,
+    "hangup_callee": hangup_callee,
+    "tampered": tampered,
+    "diamond": diamond,
 }
 
 

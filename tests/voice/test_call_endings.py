@@ -1,0 +1,87 @@
+"""How calls end, on both sides, with real endpoints over the in-process mesh (private netns).
+
+Busy, declined, unreachable, hang-up by either side; a signalling message
+altered in transit is refused; a relay dying mid-call only pauses the audio.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.voice.audio import read_wav, tone_windows
+from tests.voice.scenarios import OUTAGE_S, TONE_A, run_isolated
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                       reason="needs root and unshare(1) for a private network namespace"),
+]
+
+
+@pytest.fixture(scope="module")
+def endings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_isolated(tmp_path_factory.mktemp("voice-end"),
+                        ["busy", "declined", "unreachable", "hangup_caller", "hangup_callee",
+                         "tampered"])
+
+
+@pytest.fixture(scope="module")
+def diamond(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    result: dict[str, Any] = run_isolated(tmp_path_factory.mktemp("voice-diamond"), ["diamond"])
+    return dict(result["diamond"])
+
+
+def _both(r: dict[str, Any], caller: str, callee: str | None) -> None:
+    assert "error" not in r, r.get("traceback", r)
+    assert r["caller"]["state"] == "ended"
+    assert r["caller"]["reason"] == caller
+    if callee is not None:
+        assert r["callee"]["state"] == "ended"
+        assert r["callee"]["reason"] == callee
+
+
+@pytest.mark.parametrize(("name", "caller", "callee"), [
+    ("busy", "busy", "busy"),
+    ("declined", "declined", "declined"),
+    ("hangup_caller", "hung up", "hung up by peer"),
+    ("hangup_callee", "hung up by peer", "hung up"),
+])
+def test_call_ends_on_both_sides_with_the_reason(endings: dict[str, Any], name: str, caller: str,
+                                                 callee: str) -> None:
+    _both(endings[name], caller, callee)
+
+
+def test_busy_leaves_the_first_call_up(endings: dict[str, Any]) -> None:
+    assert endings["busy"]["first_call_state"] == "active"
+
+
+def test_unreachable_callee(endings: dict[str, Any]) -> None:
+    r = endings["unreachable"]
+    _both(r, "unreachable", None)
+    assert "callee" not in r  # the callee never heard of it
+
+
+def test_altered_offer_is_refused(endings: dict[str, Any]) -> None:
+    r = endings["tampered"]
+    _both(r, "unreachable", None)
+    assert r["altered"] >= 2  # the first offer and its retransmissions
+    assert r["callee_drops"].get("decrypt") == r["altered"]
+    assert r["callee_incoming"] == 0
+
+
+def test_relay_killed_mid_call_audio_resumes(diamond: dict[str, Any]) -> None:
+    r = diamond
+    assert "error" not in r, r.get("traceback", r)
+    assert r["state_after"] == "active"
+    assert r["forwarded"][r["other"]] > 50, "the call did not move to the other relay"
+    gaps = [g for at, g in r["gaps"] if at >= -0.1]
+    assert len(gaps) == 1 and gaps[0] <= OUTAGE_S + 1.0, r["gaps"]
+    samples, rate = read_wav(Path(r["rec_callee"]))
+    tail = tone_windows(samples[-2 * rate:], rate, TONE_A)
+    assert sum(tail) / len(tail) >= 0.9, tail
