@@ -32,6 +32,7 @@ with the command and its stderr.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import functools
@@ -63,6 +64,7 @@ __all__ = [
     "cleanup_stale",
     "have_netns",
     "list_namespaces",
+    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -630,3 +632,33 @@ def cleanup_stale(prefix: str = PREFIX, *, include_unmarked: bool = False) -> li
                 with contextlib.suppress(OSError):
                     marker.unlink()
     return removed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m meshd.devnet {list,cleanup}``: show or remove dev-network namespaces."""
+    parser = argparse.ArgumentParser(prog="python -m meshd.devnet",
+                                     description="carmesh dev-network namespaces")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="namespaces with the prefix, and whether their run is alive")
+    clean = sub.add_parser("cleanup", help="remove namespaces of crashed runs")
+    clean.add_argument("--include-unmarked", action="store_true",
+                       help=f"also remove {PREFIX}* namespaces no DevNet run claims")
+    parser.add_argument("--prefix", default=PREFIX)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.cmd == "list":
+        pattern = re.compile(rf"^({re.escape(args.prefix)}[a-z0-9]{{2,8}})-[a-z0-9_]{{1,12}}$")
+        for ns in list_namespaces():
+            m = pattern.match(ns)
+            if m:
+                state = _owner_state(m.group(1))
+                label = {True: "live run", False: "crashed run", None: "no marker"}[state]
+                print(f"{ns}\t{label}")
+        return 0
+    removed = cleanup_stale(args.prefix, include_unmarked=args.include_unmarked)
+    print(f"removed {len(removed)} namespace(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

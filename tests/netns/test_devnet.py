@@ -248,3 +248,14 @@ def test_markers_of_closed_runs_are_removed() -> None:
         marker = Path("/run/carmesh-devnet") / net.tag
         assert json.loads(marker.read_text())["pid"] == os.getpid()
     assert not marker.exists()
+
+
+def test_command_line_lists_and_cleans(devnet: DevNet) -> None:
+    devnet.add_node("a")
+    out = subprocess.run([sys.executable, "-m", "meshd.devnet", "list"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"{devnet.tag}-a\tlive run" in out
+    out = subprocess.run([sys.executable, "-m", "meshd.devnet", "cleanup"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "removed" in out
+    assert f"{devnet.tag}-a" in list_namespaces()  # a live run is never cleaned up
