@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from library_replica.ops import LibraryError, new_doc_id
 from library_replica.search import SearchIndex, ngram_text, parse_query, refresh_index
@@ -167,3 +170,26 @@ def test_rank_window_ranks_the_newest_matches(monkeypatch: pytest.MonkeyPatch) -
     assert set(_ids(windowed)) == {d.doc_id for d in docs[-5:]}
     scores = [h.score for h in windowed]
     assert scores == sorted(scores)
+
+
+_CHARS = "避難所給水充電車公民館スマートグリッドあいうabcEV"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet=_CHARS + "、。 ", min_size=1, max_size=40), min_size=1,
+                max_size=25),
+       st.integers(0, 10_000), st.integers(1, 5))
+def test_search_equals_a_substring_scan(bodies: list[str], pick: int, length: int) -> None:
+    idx = SearchIndex()
+    docs = [D(_id(f"h{i}"), "work", f"t{i}", b) for i, b in enumerate(bodies)]
+    idx.upsert_many(docs)
+    source = bodies[pick % len(bodies)]
+    runs = [r for r in re.split(r"[、。 ]+", source) if r]
+    if not runs:
+        return
+    run = runs[pick % len(runs)]
+    start = pick % len(run)
+    word = run[start : start + length]
+    expected = {d.doc_id for d in docs if word.lower() in d.body.lower()}
+    got = {h.doc_id for h in idx.search(word, limit=200, rank_window=False)}
+    assert got == expected, word
