@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import random
 import sqlite3
@@ -174,6 +175,16 @@ def bench_materialise(n_docs: int) -> dict[str, object]:
     return {"ops": len(ops), "ops_per_s": round(len(ops) / dt)}
 
 
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--sizes", default="10000,100000")
@@ -183,20 +194,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results: dict[str, object] = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} "
-                   f"python {platform.python_version()} sqlite {sqlite3.sqlite_version}",
+        "machine": f"{_cpu()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+                   f"sqlite {sqlite3.sqlite_version}",
         "sizes": [],
     }
+    results["load_before"] = round(os.getloadavg()[0], 2)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cmbench") as tmp:
         for n in sizes:
             results["sizes"].append(bench_size(n, args.rounds, Path(tmp)))  # type: ignore[attr-defined]
     results["materialise"] = bench_materialise(args.materialise_docs)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
+    results["load_after"] = round(os.getloadavg()[0], 2)
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
         return 0
-    print(f"machine: {results['machine']}\n")
+    print(f"machine: {results['machine']} (1-min load {results['load_before']} before, "
+          f"{results['load_after']} after)\n")
     print("| docs | query | search p50 ms | search p95 ms | raw FTS5 p50 ms | raw FTS5 p95 ms"
           " | scan ms | matches of first word |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
