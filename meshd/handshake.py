@@ -86,6 +86,7 @@ REFUSAL_REASONS = frozenset({
     "timeout",       # the exchange took longer than HANDSHAKE_TIMEOUT_S
     "unexpected",    # a message out of order
     "version",       # an unknown handshake version
+    "role",          # an announcement with an unknown role (meshd.identity)
     "malformed", "oversize", "field", "type", "missing",  # from meshd.codec
 })
 

@@ -57,7 +57,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -176,6 +176,18 @@ def _aioquic_datagrams_pending(quic: QuicConnection) -> int:
     """Datagrams aioquic holds but has not packed yet (0 if its internals changed)."""
     pending = getattr(quic, "_datagrams_pending", None)
     return len(pending) if pending is not None else 0
+
+
+def _aioquic_peer_closed(quic: QuicConnection) -> events.ConnectionTerminated | None:
+    """The peer's CONNECTION_CLOSE as soon as it arrived (None if not, or internals changed).
+
+    aioquic emits ConnectionTerminated only when draining ends (RFC 9000 §10.2.2,
+    three probe timeouts later); the link is gone the moment the close arrives.
+    """
+    if getattr(quic, "_state", None) is not QuicConnectionState.DRAINING:
+        return None
+    event = getattr(quic, "_close_event", None)
+    return event if isinstance(event, events.ConnectionTerminated) else None
 
 
 def _aioquic_unacked(quic: QuicConnection, stream_id: int) -> int:
@@ -353,6 +365,10 @@ class _Connection(QuicConnectionProtocol):
         if self.remote == ("", 0):
             self.remote = _addr(addr)
         super().datagram_received(data, addr)
+        if not self.terminated:
+            closed = _aioquic_peer_closed(self._quic)
+            if closed is not None:
+                self.quic_event_received(closed)
 
     def transmit(self) -> None:
         if self._transport is None or self._transport.is_closing():

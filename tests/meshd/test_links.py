@@ -470,3 +470,29 @@ async def test_idle_link_times_out_on_both_sides() -> None:
     finally:
         await a.mgr.close()
         await b.mgr.close()
+
+
+async def test_mutual_static_peers_settle_on_one_link() -> None:
+    """Both daemons list each other as static peers (the usual setup): one link, no flapping."""
+    a, b = Node("alpha"), Node("bravo")
+    a_addr, b_addr = await a.listen(), await b.listen()
+    try:
+        a.mgr.add_static_peer(*b_addr, b.id)
+        b.mgr.add_static_peer(*a_addr, a.id)
+        await a.rec.wait_for(lambda: len(a.rec.ups) == 1)
+        await b.rec.wait_for(lambda: len(b.rec.ups) == 1)
+        await asyncio.sleep(2.0)
+        assert len(a.rec.ups) == 1 and len(b.rec.ups) == 1
+        assert a.rec.downs == [] and b.rec.downs == []
+        assert a.mgr.links()[b.id].initiator == (a.id < b.id)
+        assert b.mgr.links()[a.id].initiator == (b.id < a.id)
+        # the link breaks: the static peers bring it back
+        a.mgr.close_link(b.id, "hellos stopped")
+        await a.rec.wait_for(lambda: len(a.rec.ups) == 2, timeout=15)
+        await b.rec.wait_for(lambda: len(b.rec.ups) == 2, timeout=15)
+        await asyncio.sleep(1.0)
+        assert set(a.mgr.links()) == {b.id} and set(b.mgr.links()) == {a.id}
+        assert len(a.rec.downs) == 1 and len(b.rec.downs) == 1
+    finally:
+        await a.mgr.close()
+        await b.mgr.close()

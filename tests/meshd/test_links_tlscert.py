@@ -24,6 +24,7 @@ from meshd.links import (
     MAX_DATAGRAM_FRAME_SIZE,
     MESH_MTU,
     _aioquic_datagrams_pending,
+    _aioquic_peer_closed,
     _aioquic_unacked,
 )
 from meshd.tlscert import (
@@ -190,3 +191,15 @@ async def test_silent_client_is_refused_after_handshake_timeout() -> None:
         assert b.rec.ups == []
     finally:
         await b.mgr.close()
+
+
+def test_peer_close_is_visible_before_draining_ends() -> None:
+    pair = Pair(Identity.generate())
+    assert _aioquic_peer_closed(pair.server) is None
+    pair.client.close(error_code=0x101, reason_phrase="refused: test")
+    pair.roundtrip()
+    closed = _aioquic_peer_closed(pair.server)
+    assert closed is not None
+    assert (closed.error_code, closed.reason_phrase) == (0x101, "refused: test")
+    # aioquic itself reports it only when draining ends (three PTOs later)
+    assert Pair.drain(pair.server, events.ConnectionTerminated) == []
