@@ -94,6 +94,7 @@ RESOLVE_TIMEOUT_MS = 3000
 #: distinct service instances remembered at once
 MAX_PEERS = 1024
 _INSTANCE_MAX = 63  # one DNS label (RFC 6763 §4.1.1)
+_TXT_NAME_MAX_BYTES = 200  # "name=" + this fits one TXT string (255 bytes, RFC 6763 §6.1)
 # record types and class (RFC 1035 §3.2.2, §3.2.4; SRV: RFC 2782), query flags (RFC 6762 §18)
 _TYPE_SRV = 33
 _CLASS_IN = 1
@@ -142,8 +143,11 @@ def instance_name(name: str, node_id: NodeId) -> str:
 
 def encode_txt(node_id: NodeId, name: str, role: str, port: int,
                version: int = PROTOCOL_VERSION) -> dict[str, str]:
-    """The TXT properties we publish for our own service."""
-    return {"id": node_id.hex(), "role": role, "name": name[:MAX_NAME_LEN],
+    """The TXT properties we publish for our own service (the name cut to fit one TXT string)."""
+    name = name[:MAX_NAME_LEN]
+    while len(name.encode()) > _TXT_NAME_MAX_BYTES:  # a TXT string is at most 255 bytes
+        name = name[:-1]
+    return {"id": node_id.hex(), "role": role, "name": name,
             "v": str(version), "port": str(port)}
 
 
@@ -418,13 +422,15 @@ class Discovery:
             await registered
             self._liveness = asyncio.get_running_loop().create_task(self._liveness_loop())
         except BaseException:
+            for task in list(self._tasks):
+                task.cancel()
             if self._browser is not None:
                 await self._browser.async_cancel()
                 self._browser = None
             await self._aiozc.async_close()
             self._aiozc = None
             raise
-        log.info("discovery: advertising %s on %s (%s), port %d", self.instance,
+        log.info("discovery: advertising %s on %s (%s), port %d", self._info.name,
                  ", ".join(self._interfaces), ", ".join(advertised), self._port)
 
     async def close(self) -> None:

@@ -127,6 +127,14 @@ def test_txt_round_trip() -> None:
     assert (rec.name, rec.role, rec.version, rec.port) == ("car-7", "car", 1, 7420)
 
 
+def test_txt_long_multibyte_name_fits_and_round_trips() -> None:
+    props = encode_txt(ID_A, "🚗" * 64, "car", 7420)
+    assert len(f"name={props['name']}".encode()) <= 255
+    rec = parse_txt(txt_of(props))
+    assert rec.name == props["name"]
+    assert rec.name.startswith("🚗" * 50)
+
+
 def test_txt_keys_case_insensitive_first_wins_unknown_ignored() -> None:
     data = rdata(b"ID=" + ID_A.hex().encode(), b"id=" + ID_B.hex().encode(), b"role=phone",
                  b"name=\xe9\x81\xbf\xe9\x9b\xa3", b"v=1", b"port=9", b"extra=1", b"flag", b"")
