@@ -21,10 +21,12 @@ first match and every match in them is highlighted.
 
 Ranking a very common word exactly costs a lookup per matching document (bm25
 reads each one's column sizes): 100-150 ms at 100k documents when a word is in
-most of them.  So when a query matches more than ``RANK_WINDOW`` (1,000) documents,
-only the most recently indexed ``RANK_WINDOW`` matches are ranked (newer
-information first, which suits an emergency library); the cut is found by
-walking the match list without scoring.  ``rank_window=False`` ranks all.
+most of them.  So when a query matches more than ``RANK_WINDOW`` (500)
+documents, only these are ranked: the most recently indexed ``RANK_WINDOW``
+matches (newer information first, which suits an emergency library) and the
+most recent ``RANK_WINDOW`` whose title matches (what bm25's title weight puts
+first anyway).  The cuts are found by walking match lists without scoring.
+``rank_window=False`` ranks every match.
 
 Text is NFKC-normalised before indexing and querying, so full-width Latin
 letters and half-width katakana match their usual forms.  Matching is
@@ -61,7 +63,7 @@ MAX_QUERY_CHARS = 256
 MAX_QUERY_WORDS = 16
 MAX_LIMIT = 200
 #: at most this many matches are scored (the most recently indexed ones)
-RANK_WINDOW = 1000
+RANK_WINDOW = 500
 #: bm25 column weights: (title, body)
 _WEIGHTS = "5.0, 1.0"
 _SPLIT = re.compile(r"[\s\u3000]+")
@@ -290,7 +292,8 @@ class SearchIndex:
 
         With ``rank_window`` (the default) a query matching more than
         ``RANK_WINDOW`` documents ranks the most recently indexed ``RANK_WINDOW``
-        of them; ``rank_window=False`` ranks every match (slower for common words).
+        of them and of those matching in the title; ``rank_window=False`` ranks
+        every match (slower for common words).
         """
         q = parse_query(text)
         limit = max(1, min(limit, MAX_LIMIT))
@@ -318,17 +321,24 @@ class SearchIndex:
         if author is not None:
             where.append(f"{table}.rowid IN (SELECT id FROM doc_authors WHERE author = ?)")
             params.append(author)
-        # Rank at most RANK_WINDOW candidates: bm25 costs a row lookup per match, and a
-        # common word (避難 in most documents) would otherwise be scored 60,000 times.
-        # The window holds the most recently indexed matches; the cut is found by
-        # walking the doclist alone, which is cheap.
-        cut = self._db.execute(
-            f"SELECT {table}.rowid FROM {table} WHERE {' AND '.join(where)}"
-            f" ORDER BY {table}.rowid DESC LIMIT 1 OFFSET ?", [*params, RANK_WINDOW - 1]
-        ).fetchone() if rank_window else None
-        if cut is not None:
-            where.append(f"{table}.rowid >= ?")
-            params.append(cut[0])
+        # Rank at most about 2 x RANK_WINDOW candidates: bm25 costs a row lookup per
+        # match, and a common word (避難 in most documents) would otherwise be scored
+        # 60,000 times.  Candidates are the newest RANK_WINDOW matches plus the newest
+        # RANK_WINDOW whose title matches (what bm25's title weight would put first);
+        # the cuts are found by walking match lists alone, which is cheap.
+        if rank_window:
+            match_sql = " AND ".join(where)
+            cut = self._db.execute(
+                f"SELECT {table}.rowid FROM {table} WHERE {match_sql}"
+                f" ORDER BY {table}.rowid DESC LIMIT 1 OFFSET ?", [*params, RANK_WINDOW - 1]
+            ).fetchone()
+            if cut is not None:
+                title_col = "title" if table == "tri" else "ngram_title"
+                title_expr = f"{title_col} : ({params[0]})"
+                where.append(
+                    f"({table}.rowid >= ? OR {table}.rowid IN (SELECT rowid FROM {table}"
+                    f" WHERE {table} MATCH ? ORDER BY rowid DESC LIMIT {RANK_WINDOW}))")
+                params += [cut[0], title_expr]
         # rank row ids first and read the documents of the top ``limit`` only: a join
         # before the sort would read the body of every match
         sql = (f"WITH top AS (SELECT {table}.rowid AS id, bm25({table}, {_WEIGHTS}) AS s"
