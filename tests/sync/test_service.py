@@ -87,6 +87,10 @@ async def test_new_local_ops_are_pushed_promptly_and_relayed(
     async with asyncio.timeout(10):
         await arrived.wait()
     assert op.op_id in stores[C]
+    for _ in range(500):  # B counts the op as sent once C's acknowledgement is back
+        if svcs[B].status()["peers"][C.hex()]["ops_out"] >= 1:
+            break
+        await asyncio.sleep(0.01)
     assert svcs[B].status()["peers"][C.hex()]["ops_out"] >= 1
     for r in runners:
         r.cancel()
