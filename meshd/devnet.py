@@ -292,10 +292,9 @@ class DevNet:
         reason = have_netns()
         if reason is not None:
             raise DevNetError(f"devnet {reason}")
-        token = token if token is not None else secrets.token_hex(2)
-        if not _TOKEN_RE.match(token):
+        if token is not None and not _TOKEN_RE.match(token):
             raise DevNetError(f"run token {token!r}: 2-8 lowercase letters or digits")
-        self.tag = f"{prefix}{token}"
+        self.tag = self._claim_tag(prefix, token)
         self._nodes: dict[str, NetNode] = {}
         self._namespaces: list[str] = []
         self._links: dict[frozenset[str], LinkInfo] = {}
@@ -305,7 +304,6 @@ class DevNet:
         self._owner_pid = os.getpid()
         self._lock = threading.RLock()
         self._marker = MARKER_DIR / self.tag
-        self._write_marker()
         with _live_lock:
             _live.add(self)
             if install_signal_handlers:
@@ -316,10 +314,31 @@ class DevNet:
                     atexit.register(_close_all)
                     _atexit_registered = True
 
-    def _write_marker(self) -> None:
+    @staticmethod
+    def _claim_tag(prefix: str, token: str | None) -> str:
+        """Reserve a run tag nobody uses: its marker is created exclusively (O_EXCL)."""
         MARKER_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        existing = list_namespaces()
         pid = os.getpid()
-        self._marker.write_text(json.dumps({"pid": pid, "start": _proc_start_time(pid)}))
+        record = json.dumps({"pid": pid, "start": _proc_start_time(pid)}).encode()
+        for _ in range(32):
+            tag = f"{prefix}{token if token is not None else secrets.token_hex(2)}"
+            if any(ns.startswith(tag + "-") for ns in existing):
+                if token is not None:
+                    raise DevNetError(f"namespaces of run {tag} exist already")
+                continue
+            try:
+                fd = os.open(MARKER_DIR / tag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if token is not None:
+                    raise DevNetError(f"run {tag} is in use (marker {MARKER_DIR / tag})") from None
+                continue
+            try:
+                os.write(fd, record)
+            finally:
+                os.close(fd)
+            return tag
+        raise DevNetError("could not find an unused run token")
 
     # context managers (sync and async)
     def __enter__(self) -> DevNet:
@@ -366,9 +385,10 @@ class DevNet:
             if name in self._nodes:
                 raise DevNetError(f"node {name!r} exists")
             node = NetNode(name=name, netns=f"{self.tag}-{name}")
-            # recorded first: close() deletes it even if it is half made
-            self._namespaces.append(node.netns)
             _run(["ip", "netns", "add", node.netns])
+            # recorded before anything else can fail: close() deletes it even if half made
+            # (but never a namespace that "ip netns add" refused because it exists)
+            self._namespaces.append(node.netns)
             _run(["ip", "-n", node.netns, "link", "set", "lo", "up"])
             self._nodes[name] = node
             log.debug("devnet: node %s (%s)", name, node.netns)

@@ -259,3 +259,15 @@ def test_command_line_lists_and_cleans(devnet: DevNet) -> None:
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert "removed" in out
     assert f"{devnet.tag}-a" in list_namespaces()  # a live run is never cleaned up
+
+
+def test_a_run_token_in_use_is_refused() -> None:
+    require_netns()
+    token = secrets.token_hex(3)
+    with DevNet(token=token) as first:
+        first.add_node("a")
+        with pytest.raises(DevNetError, match="in use"):
+            DevNet(token=token)
+        # the refused run did not touch the live one
+        assert f"cm{token}-a" in list_namespaces()
+    assert f"cm{token}-a" not in list_namespaces()
