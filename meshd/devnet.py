@@ -325,7 +325,7 @@ class DevNet:
             tag = f"{prefix}{token if token is not None else secrets.token_hex(2)}"
             if any(ns.startswith(tag + "-") for ns in existing):
                 if token is not None:
-                    raise DevNetError(f"namespaces of run {tag} exist already")
+                    raise DevNetError(f"run {tag} is in use (its namespaces exist)")
                 continue
             try:
                 fd = os.open(MARKER_DIR / tag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
