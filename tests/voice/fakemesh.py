@@ -33,10 +33,14 @@ class Events:
     def __init__(self) -> None:
         self.items: list[tuple[str, dict[str, Any]]] = []
         self.changed = asyncio.Event()
+        #: further sinks (a real ``ControlServer``) that see every event too
+        self.also: list[Any] = []
 
     def publish(self, event: str, data: dict[str, Any]) -> None:
         self.items.append((event, data))
         self.changed.set()
+        for sink in self.also:
+            sink.publish(event, data)
 
     def of(self, event: str) -> list[dict[str, Any]]:
         return [d for e, d in self.items if e == event]

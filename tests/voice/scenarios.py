@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from meshd.control import ControlServer
 from meshd.packet import MeshPacket, Service
 from tests.voice.fakemesh import FakeMesh, MeshNode
 from voice.service import VoiceService
@@ -240,6 +241,50 @@ async def diamond(out: Path) -> dict[str, Any]:
     return res
 
 
+async def _meshctl(sock: Path, *argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshd.meshctl", "--socket", str(sock), *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 40)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def meshctl(out: Path) -> dict[str, Any]:
+    """``meshctl call``/``calls``/``answer``/``decline`` against real control servers."""
+    mesh = FakeMesh(out / "keys", ["A", "B", "D"], hop_delay_s=0.002, seed=3)
+    a, d = mesh.by_name["A"], mesh.by_name["D"]
+    rec = out / "callee.wav"
+    sa = service(a)
+    sd = service(d, auto_answer=True, answer_play=Path("tone:660"), answer_record=rec)
+    servers = []
+    for node, svc in ((a, sa), (d, sd)):
+        srv = ControlServer(Path(f"/tmp/cmv-{os.getpid()}-{node.name}.sock"), svc.handlers())
+        await srv.start()
+        node.control.also.append(srv)
+        servers.append(srv)
+    res: dict[str, Any] = {"rec_callee": str(rec)}
+    try:
+        res["call"] = await _meshctl(servers[0].path, "call", "D", "--play", "tone:440",
+                                     "--duration", "2", "--json")
+        res["calls_json"] = await _meshctl(servers[1].path, "calls", "--json")
+        res["calls_text"] = await _meshctl(servers[1].path, "calls")
+        # declined through meshctl: the callee answers by hand this time
+        sd.auto_answer = False
+        caller = asyncio.ensure_future(_meshctl(servers[0].path, "call", "D"))
+        incoming = await d.control.wait_for(lambda e, x: e == "call.incoming" and not x["auto_answer"],
+                                            15)
+        res["decline"] = await _meshctl(servers[1].path, "decline", incoming["call_id"][:10])
+        res["declined_call"] = await caller
+        res["unknown_node"] = await _meshctl(servers[0].path, "call", "nosuchnode")
+    finally:
+        for srv in servers:
+            await srv.close()
+        await sa.close()
+        await sd.close()
+    return res
+
+
 SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "line_a_to_d": line_a_to_d,
     "line_d_to_a": line_d_to_a,
@@ -251,6 +296,7 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "hangup_callee": hangup_callee,
     "tampered": tampered,
     "diamond": diamond,
+    "meshctl": meshctl,
 }
 
 

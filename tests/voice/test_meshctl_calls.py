@@ -1,0 +1,61 @@
+"""``meshctl call|calls|decline`` as subprocesses against real control servers and real calls (private netns)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.voice.audio import dominant_hz, read_wav
+from tests.voice.scenarios import run_isolated
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                       reason="needs root and unshare(1) for a private network namespace"),
+]
+
+
+@pytest.fixture(scope="module")
+def r(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    res = run_isolated(tmp_path_factory.mktemp("voice-ctl"), ["meshctl"])["meshctl"]
+    assert "error" not in res, res.get("traceback", res)
+    return dict(res)
+
+
+def test_call_blocks_until_duration_then_prints_summary(r: dict[str, Any]) -> None:
+    code, out, _err = r["call"]
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["reason"] == "hung up" and doc["state"] == "ended"
+    assert 1.9 <= doc["duration_s"] <= 4.0
+    assert doc["quality"]["rtt_ms"] is not None and doc["quality"]["packets_received"] > 20
+    samples, rate = read_wav(Path(r["rec_callee"]))
+    assert abs(dominant_hz(samples, rate) - 440) < 5
+
+
+def test_calls_lists_the_call_on_the_callee(r: dict[str, Any]) -> None:
+    code, out, _err = r["calls_json"]
+    assert code == 0
+    (c,) = json.loads(out)["calls"]
+    assert c["call_id"] == json.loads(r["call"][1])["call_id"]
+    assert (c["role"], c["reason"]) == ("callee", "hung up by peer")
+    code, text, _err = r["calls_text"]
+    assert code == 0 and "hung up by peer" in text and c["call_id"][:12] in text
+
+
+def test_decline_by_prefix_ends_the_blocked_caller(r: dict[str, Any]) -> None:
+    assert r["decline"][0] == 0
+    code, out, _err = r["declined_call"]
+    assert code == 1
+    assert "ringing" in out and "ended: declined" in out
+
+
+def test_unknown_node_exits_4(r: dict[str, Any]) -> None:
+    code, _out, err = r["unknown_node"]
+    assert code == 4 and "not found" in err
