@@ -22,7 +22,8 @@ from meshd.harness import Cluster, Daemon, free_udp_port, wait_until
 
 __all__ = ["main"]
 
-NAMES = ("a", "b", "c")
+# not hex letters alone: NODE resolves a unique NodeId prefix before a display name
+NAMES = ("akane", "botan", "chika")
 
 
 def say(text: str = "") -> None:
@@ -85,11 +86,11 @@ def run(use_netns: bool, keep: bool) -> int:
             if use_netns:
                 cleanup_stale()
                 net = DevNet()
-                step(f"three nodes in network namespaces, a line a - b - c ({net.tag}-*), "
+                step(f"three nodes in network namespaces, a line akane - botan - chika ({net.tag}-*), "
                      "discovery by zeroconf only")
                 _start_netns(net, cluster)
             else:
-                step("three nodes on loopback with static peers, a line a - b - c")
+                step("three nodes on loopback with static peers, a line akane - botan - chika")
                 _start_loopback(cluster)
             for d in cluster:
                 d.wait_ready(30)
@@ -99,15 +100,16 @@ def run(use_netns: bool, keep: bool) -> int:
             say(f"  all links up after {time.monotonic() - t0:.1f} s")
             step("who sees whom (meshctl neighbours)")
             _who_sees_whom(cluster, NAMES)
-            step("meshctl ping b, from a (one hop)")
-            _show(cluster["a"], "ping", "b", "--count", "3",
+            first, second = NAMES[0], NAMES[1]
+            step(f"meshctl ping {second}, from {first} (one hop)")
+            _show(cluster[first], "ping", second, "--count", "3",
                   fmt=lambda r: f"  {r['received']}/{r['sent']} replies, "
                                 f"rtt avg {r['rtt_ms']['avg']:.2f} ms")
-            step("meshctl send b, from a (sealed end to end)")
-            _show(cluster["a"], "send", "b", "hello from a / こんにちは",
+            step(f"meshctl send {second}, from {first} (sealed end to end)")
+            _show(cluster[first], "send", second, f"hello from {first} / こんにちは",
                   fmt=lambda r: f"  {r['status']} after {r['attempts']} attempt(s)")
-            _show(cluster["b"], "messages",
-                  fmt=lambda r: "\n".join(f"  b's inbox: from {m['from_name']}: {m['text']}"
+            _show(cluster[second], "messages",
+                  fmt=lambda r: "\n".join(f"  {second}'s inbox: from {m['from_name']}: {m['text']}"
                                           for m in r["messages"]))
             if keep:
                 say("\nThe mesh keeps running; state dirs under " + str(cluster.root))

@@ -55,8 +55,9 @@ class Daemon:
 
     def __init__(self, name: str, state_dir: Path, args: Sequence[str],
                  prefix: Sequence[str] = (), log_dir: Path | None = None,
-                 log_level: str = "debug") -> None:
+                 log_level: str = "debug", env: dict[str, str] | None = None) -> None:
         self.log_level = log_level
+        self.env = dict(env or {})
         self.name = name
         self.state_dir = state_dir
         self.args = list(args)
@@ -70,7 +71,8 @@ class Daemon:
         self.proc = subprocess.Popen(
             [*self.prefix, *MESHD, "--state-dir", str(self.state_dir), "--name", self.name,
              "--log-level", self.log_level, *self.args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **self.env})
         log.close()
         return self
 
@@ -134,10 +136,12 @@ class Cluster:
         self.log_level = log_level
         self.daemons: dict[str, Daemon] = {}
 
-    def add(self, name: str, args: Sequence[str], prefix: Sequence[str] = ()) -> Daemon:
+    def add(self, name: str, args: Sequence[str], prefix: Sequence[str] = (),
+            env: dict[str, str] | None = None) -> Daemon:
         state = self.root / name
         state.mkdir(exist_ok=True)
-        d = Daemon(name, state, args, prefix, log_dir=self.root, log_level=self.log_level)
+        d = Daemon(name, state, args, prefix, log_dir=self.root, log_level=self.log_level,
+                   env=env)
         self.daemons[name] = d
         return d.start()
 

@@ -117,6 +117,10 @@ class Node:
         self._started_mono = 0.0
         self.listening: list[tuple[str, int]] = []
         self.ready = False
+        # Test-only: append every received link datagram (after QUIC decryption) to this
+        # file, so tests can show that relays never see a sealed message's plaintext.
+        dump = os.environ.get("CARMESH_DATAGRAM_DUMP")
+        self._dump = open(dump, "ab") if dump else None  # noqa: SIM115 - closed in _shutdown
 
     # ------------------------------------------------------------------ setup
 
@@ -202,6 +206,8 @@ class Node:
                 await self.discovery.close()
         await self.links.close()
         await self.control.close()
+        if self._dump is not None:
+            self._dump.close()
         logger.info("node %s stopped", short_id(self.identity.node_id))
 
     async def _refresh_announcement(self, stop: asyncio.Event) -> None:
@@ -262,6 +268,8 @@ class Node:
         self._pump()
 
     def datagram_received(self, peer: NodeId, data: bytes) -> None:
+        if self._dump is not None:
+            self._dump.write(len(data).to_bytes(4, "big") + data)
         if not data:
             self.drops.drop("empty", short_id(peer))
             return

@@ -8,38 +8,41 @@ from tests.daemons import Cluster, free_udp_port, wait_until
 
 pytestmark = pytest.mark.slow
 
+# not hex: NODE resolves a unique NodeId prefix before a display name
+NAMES = ("ann", "bob", "cy")
+
 
 def test_three_daemons_link_lose_and_relink() -> None:
-    ports = {n: free_udp_port() for n in "abc"}
-    addr = {n: f"127.0.0.1:{p}" for n, p in ports.items()}
+    addr = {n: f"127.0.0.1:{free_udp_port()}" for n in NAMES}
     with Cluster() as c:
-        for n in "abc":
-            peers = [x for m in "abc" if m != n for x in ("--peer", addr[m])]
+        for n in NAMES:
+            peers = [x for m in NAMES if m != n for x in ("--peer", addr[m])]
             c.add(n, ["--listen", addr[n], *peers])
         for d in c:
             d.wait_ready()
-        for n in "abc":
-            others = set("abc") - {n}
+        for n in NAMES:
+            others = set(NAMES) - {n}
             seen = wait_until(lambda n=n, o=others: set(c[n].neighbours()) >= o and c[n].neighbours(),
                               15, what=f"{n} sees {others}")
             for o in others:
                 assert seen[o]["rtt_ms"] is not None and seen[o]["rtt_ms"] >= 0
                 assert seen[o]["node_id"] == c[o].node_id
         # kill -9 one: the others report it lost within 5 s
-        c["c"].kill9()
-        for n in "ab":
-            wait_until(lambda n=n: "c" not in c[n].neighbours(), 5, what=f"{n} loses c")
+        c["cy"].kill9()
+        for n in ("ann", "bob"):
+            wait_until(lambda n=n: "cy" not in c[n].neighbours(), 5, what=f"{n} loses cy")
         # restart with the same state: the same NodeId comes back and relinks
-        old_id = c["c"].node_id
-        c["c"].start()
-        assert c["c"].wait_ready()["node_id"] == old_id
-        for n in "ab":
-            wait_until(lambda n=n: "c" in c[n].neighbours(), 15, what=f"{n} relinks c")
-        # one-hop ping by name and by id prefix
-        rc, res = c["a"].meshctl("ping", "b", "--count", "2")
+        old_id = c["cy"].node_id
+        c["cy"].start()
+        assert c["cy"].wait_ready()["node_id"] == old_id
+        for n in ("ann", "bob"):
+            wait_until(lambda n=n: "cy" in c[n].neighbours(), 15, what=f"{n} relinks cy")
+        # one-hop ping by display name and by NodeId prefix
+        rc, res = c["ann"].meshctl("ping", "bob", "--count", "2")
         assert rc == 0, res
-        assert res["received"] == 2
-        rc, res = c["a"].meshctl("ping", c["c"].node_id[:8], "--count", "1")
+        assert res["received"] == 2 and res["node_id"] == c["bob"].node_id
+        rc, res = c["ann"].meshctl("ping", c["cy"].node_id[:8], "--count", "1")
         assert rc == 0, res
+        assert res["node_id"] == c["cy"].node_id
         # clean shutdown on SIGTERM exits 0
-        assert c["b"].stop() == 0
+        assert c["bob"].stop() == 0
