@@ -95,6 +95,8 @@ class MeshConsole(App[None]):
     """The console; ``socket_path`` None runs it on ``model`` alone (tests, snapshots)."""
 
     TITLE = "carmesh"
+    #: focus is placed by the views (the hidden filter box must never take it)
+    AUTO_FOCUS = None
     BINDINGS: ClassVar[list[BindingType]] = _bindings()
     CSS = """
     #filter { dock: bottom; height: 3; display: none; }
@@ -132,7 +134,7 @@ class MeshConsole(App[None]):
                     view.utc = self.utc
                 yield view
         yield Input(placeholder="filter this view (Enter keeps it, Escape clears it)",
-                    id="filter")
+                    id="filter", disabled=True)
         yield Static(" ? help  / search  1-9 or o n r t c s l b g: views  q quit", id="keys")
 
     def on_mount(self) -> None:
@@ -217,6 +219,7 @@ class MeshConsole(App[None]):
             return
         box = self.query_one("#filter", Input)
         box.value = self.needle
+        box.disabled = False
         box.add_class("visible")
         box.focus()
 
@@ -224,6 +227,7 @@ class MeshConsole(App[None]):
         """Escape: close the filter box and clear the filter."""
         box = self.query_one("#filter", Input)
         box.remove_class("visible")
+        box.disabled = True
         self.needle = ""
         self.refresh_view()
         self.current_view.focus_main()
@@ -250,6 +254,7 @@ class MeshConsole(App[None]):
         if event.input.id == "filter":
             self.needle = event.value
             event.input.remove_class("visible")
+            event.input.disabled = True
             self.refresh_view()
             self.current_view.focus_main()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from textual.app import App
 from textual.pilot import Pilot
@@ -12,7 +13,7 @@ from textual.pilot import Pilot
 __all__ = ["screen_text", "wait_for_text"]
 
 
-def screen_text(app: App[object]) -> str:
+def screen_text(app: App[Any]) -> str:
     """What the terminal shows now, as plain text (one line per row).
 
     Reads the compositor's strips, a Textual internal: if Textual renames it,
@@ -22,7 +23,7 @@ def screen_text(app: App[object]) -> str:
     return "\n".join(s.text for s in strips)
 
 
-async def wait_for_text(pilot: Pilot[object], pred: Callable[[str], bool], timeout: float,
+async def wait_for_text(pilot: Pilot[Any], pred: Callable[[str], bool], timeout: float,
                         what: str) -> str:
     """Pause the pilot until ``pred(screen text)`` holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

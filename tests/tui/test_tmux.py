@@ -1,0 +1,68 @@
+"""The real command in a real terminal: tmux runs ``meshctl tui`` against a three-node mesh."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from meshd.harness import MESHCTL, Cluster
+
+pytestmark = pytest.mark.slow
+
+TMUX = shutil.which("tmux")
+
+
+def _tmux(sock: str, *args: str) -> str:
+    r = subprocess.run([TMUX or "tmux", "-L", sock, *args], capture_output=True, text=True,
+                       timeout=10, check=False)
+    return r.stdout
+
+
+def _wait_pane(sock: str, pred: Callable[[str], bool], timeout: float, what: str) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = _tmux(sock, "capture-pane", "-p", "-t", "tui")
+        if pred(text):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; pane:\n{text}")
+
+
+@pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+def test_meshctl_tui_in_tmux(star: Cluster) -> None:
+    sock = f"cmtui{os.getpid()}"
+    done = star.root / "tui.exit"
+    cmd = " ".join(shlex.quote(a) for a in
+                   [*MESHCTL, "--state-dir", str(star["alpha"].state_dir), "tui"])
+    env = dict(os.environ, LANG="C.UTF-8", LC_ALL="C.UTF-8", TERM="xterm-256color")
+    try:
+        subprocess.run([TMUX or "tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d",
+                        "-s", "tui", "-x", "120", "-y", "40",
+                        f"{cmd}; echo $? > {shlex.quote(str(done))}; sleep 30"],
+                       env=env, check=True, timeout=10)
+        _wait_pane(sock, lambda t: "alpha" in t and "● connected" in t, 20,
+                   "the console connected to alpha")
+        _tmux(sock, "send-keys", "-t", "tui", "n")
+        pane = _wait_pane(sock, lambda t: "bravo" in t and "charlie" in t, 20,
+                          "bravo and charlie in the neighbours view")
+        assert "Neighbours" in pane
+        _tmux(sock, "send-keys", "-t", "tui", "t")
+        pane = _wait_pane(sock, lambda t: "alpha ─[" in t and "]─ bravo" in t
+                          and "]─ charlie" in t, 20, "both links in the topology view")
+        links = [ln for ln in pane.splitlines() if "─[" in ln]
+        assert len(links) == 2, pane
+        _tmux(sock, "send-keys", "-t", "tui", "q")
+        deadline = time.monotonic() + 10
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert done.read_text().strip() == "0"
+    finally:
+        subprocess.run([TMUX or "tmux", "-L", sock, "kill-server"], capture_output=True,
+                       timeout=10, check=False)
