@@ -23,7 +23,7 @@ from meshd.harness import Cluster, Daemon, free_udp_port, wait_until
 __all__ = ["main"]
 
 # not hex letters alone: NODE resolves a unique NodeId prefix before a display name
-NAMES = ("akane", "botan", "chika")
+NAMES = ("akane", "botan", "chika", "daiki")
 
 
 def say(text: str = "") -> None:
@@ -86,11 +86,11 @@ def run(use_netns: bool, keep: bool) -> int:
             if use_netns:
                 cleanup_stale()
                 net = DevNet()
-                step(f"three nodes in network namespaces, a line akane - botan - chika ({net.tag}-*), "
+                step(f"four nodes in network namespaces, a line akane - botan - chika - daiki ({net.tag}-*), "
                      "discovery by zeroconf only")
                 _start_netns(net, cluster)
             else:
-                step("three nodes on loopback with static peers, a line akane - botan - chika")
+                step("four nodes on loopback with static peers, a line akane - botan - chika - daiki")
                 _start_loopback(cluster)
             for d in cluster:
                 d.wait_ready(30)
@@ -100,16 +100,25 @@ def run(use_netns: bool, keep: bool) -> int:
             say(f"  all links up after {time.monotonic() - t0:.1f} s")
             step("who sees whom (meshctl neighbours)")
             _who_sees_whom(cluster, NAMES)
-            first, second = NAMES[0], NAMES[1]
-            step(f"meshctl ping {second}, from {first} (one hop)")
-            _show(cluster[first], "ping", second, "--count", "3",
-                  fmt=lambda r: f"  {r['received']}/{r['sent']} replies, "
-                                f"rtt avg {r['rtt_ms']['avg']:.2f} ms")
-            step(f"meshctl send {second}, from {first} (sealed end to end)")
-            _show(cluster[first], "send", second, f"hello from {first} / こんにちは",
+            first, last = NAMES[0], NAMES[-1]
+            step(f"routes at {first} (Babel: metric 256 per good hop)")
+            wait_until(lambda: len(cluster[first].meshctl("routes")[1]["routes"]) >= len(NAMES) - 1,
+                       30, 0.3, f"{first} to learn routes")
+            _show(cluster[first], "routes", fmt=lambda r: "\n".join(
+                f"  to {x['name']:<8} via {x['next_hop_name']:<8} metric {x['metric']:<5} "
+                f"seqno {x['seqno']}" for x in r["routes"]))
+            step(f"meshctl traceroute {last}, from {first}")
+            _show(cluster[first], "traceroute", last, fmt=lambda r: "\n".join(
+                f"  {h['hop']}  {h['name']:<8} {h['rtt_ms']:.2f} ms" for h in r["hops"]))
+            step(f"meshctl ping {last}, from {first} (three hops)")
+            _show(cluster[first], "ping", last, "--count", "3",
+                  fmt=lambda r: f"  {r['received']}/{r['sent']} replies over "
+                                f"{r['replies'][0]['hops']} hops, rtt avg {r['rtt_ms']['avg']:.2f} ms")
+            step(f"meshctl send {last}, from {first} (sealed end to end: the relays see ciphertext)")
+            _show(cluster[first], "send", last, f"hello from {first} / こんにちは, 避難所は体育館です",
                   fmt=lambda r: f"  {r['status']} after {r['attempts']} attempt(s)")
-            _show(cluster[second], "messages",
-                  fmt=lambda r: "\n".join(f"  {second}'s inbox: from {m['from_name']}: {m['text']}"
+            _show(cluster[last], "messages",
+                  fmt=lambda r: "\n".join(f"  {last}'s inbox: from {m['from_name']}: {m['text']}"
                                           for m in r["messages"]))
             if keep:
                 say("\nThe mesh keeps running; state dirs under " + str(cluster.root))
