@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # command:debian-package pairs the tests, demo and benchmarks use
-SYSDEPS := ip:iproute2 nft:nftables espeak-ng:espeak-ng sox:sox tmux:tmux pkill:procps
+SYSDEPS := ip:iproute2 nft:nftables ping:iputils-ping espeak-ng:espeak-ng sox:sox tmux:tmux pkill:procps taskset:util-linux
 PYTEST_ARGS ?=
 
 .PHONY: demo test run bench lint deps sysdeps clean help
