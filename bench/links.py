@@ -9,9 +9,12 @@ Rows (loopback only, each bounded in time and count):
 - ``aioquic in memory``: two aioquic QuicConnection objects passing datagrams in memory, no
   sockets, no event loop (aioquic's own packet/crypto cost).
 
-Columns: round-trip time of one 100-byte datagram echoed back (p50 / p95) on an idle link,
+Datagram columns: round-trip time of one 100-byte datagram echoed back (p50 / p95) on an idle link,
 then datagrams/s one way (windowed: at most WINDOW in flight, so nothing is lost to queue
 limits), then the round-trip time again right after that load.
+
+A second table gives one-way stream throughput (64 KiB messages) over a LinkManager
+stream, over aioquic's own asyncio stream API with no meshd code, and over asyncio TCP.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from aioquic.quic.connection import QuicConnection
 
 from meshd import ALPN
 from meshd.identity import Announcement, Identity, NodeId, Role
-from meshd.links import MAX_DATAGRAM_FRAME_SIZE, LinkManager
+from meshd.links import MAX_DATAGRAM_FRAME_SIZE, LinkManager, Stream
 from meshd.tlscert import make_certificate
 
 PAYLOAD = 100
@@ -259,9 +262,141 @@ def bench_memory(seconds: float) -> dict[str, Any]:
             "rtt_after_load_p50_us": pct(after, 0.5), "rtt_after_load_p95_us": pct(after, 0.95)}
 
 
-async def main_async(seconds: float) -> list[dict[str, Any]]:
+STREAM_MSG = 64 * 1024
+STREAM_MAX_BYTES = 512 * 1024 * 1024
+
+
+async def bench_stream(seconds: float) -> dict[str, Any]:
+    """One-way bytes/s of STREAM_MSG-byte messages over a LinkManager stream (acked at the end)."""
+    ida, idb = Identity.generate(), Identity.generate()
+    anna = ida.announce(1, time.time(), "bench-a", Role.CAR)
+    annb = idb.announce(1, time.time(), "bench-b", Role.CAR)
+    sa, sb = _Sink(), _Sink()
+    a = LinkManager(ida, lambda: anna, sa)
+    b = LinkManager(idb, lambda: annb, sb)
+    received = 0
+
+    async def sink(peer: NodeId, stream: Stream) -> None:
+        nonlocal received
+        while (msg := await stream.recv()) is not None:
+            received += len(msg)
+        await stream.send(b"done")
+
+    b.register_stream_service("sink", sink)
+    try:
+        addr = await b.listen("127.0.0.1", 0)
+        await a.connect(*addr, idb.node_id)
+        stream = await a.open_stream(idb.node_id, "sink")
+        msg = os.urandom(STREAM_MSG)
+        loop = asyncio.get_running_loop()
+        sent = 0
+        start = loop.time()
+        while loop.time() - start < seconds and sent < STREAM_MAX_BYTES:
+            await stream.send(msg)
+            sent += len(msg)
+        await stream.close()
+        assert await asyncio.wait_for(stream.recv(), 30) == b"done"
+        elapsed = loop.time() - start
+        return {"path": "LinkManager stream (QUIC)", "mib_per_s": received / elapsed / 2**20}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def bench_raw_quic_stream(seconds: float) -> dict[str, Any]:
+    """aioquic's own asyncio client/server, one stream, no meshd code (same bytes as above)."""
+    from aioquic.asyncio import connect, serve
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+
+    received = 0
+    finished = asyncio.Event()
+    progress = asyncio.Event()
+
+    class Sink(QuicConnectionProtocol):
+        def quic_event_received(self, event: events.QuicEvent) -> None:
+            nonlocal received
+            if isinstance(event, events.StreamDataReceived):
+                received += len(event.data)
+                progress.set()
+                if event.end_stream:
+                    finished.set()
+
+    cert, key = make_certificate(Identity.generate())
+    scfg = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], certificate=cert,
+                             private_key=key)
+    server = await serve("127.0.0.1", 0, configuration=scfg, create_protocol=Sink)
+    assert server._transport is not None
+    port = server._transport.get_extra_info("sockname")[1]
+    ccfg = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+    try:
+        async with connect("127.0.0.1", port, configuration=ccfg) as client:
+            _, writer = await client.create_stream()
+            loop = asyncio.get_running_loop()
+            msg = os.urandom(STREAM_MSG)
+            start = loop.time()
+            sent = 0
+            # keep at most 256 KiB ahead of what the peer has received (like Stream.send)
+            while loop.time() - start < seconds and sent < STREAM_MAX_BYTES:
+                writer.write(msg)
+                sent += len(msg)
+                while sent - received > 256 * 1024:
+                    progress.clear()
+                    await progress.wait()
+            writer.write_eof()
+            await asyncio.wait_for(finished.wait(), 30)
+            elapsed = loop.time() - start
+        return {"path": "aioquic raw stream (no meshd)", "mib_per_s": received / elapsed / 2**20}
+    finally:
+        server.close()
+
+
+async def bench_tcp(seconds: float) -> dict[str, Any]:
+    """The same over a plain asyncio TCP connection on loopback (length-prefixed)."""
+    received = 0
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        while True:
+            head = await reader.readexactly(4)
+            n = int.from_bytes(head, "big")
+            if n == 0:
+                break
+            received += len(await reader.readexactly(n))
+        writer.write(b"k")
+        await writer.drain()
+        writer.close()
+        done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        msg = len(os.urandom(STREAM_MSG)).to_bytes(4, "big") + os.urandom(STREAM_MSG)
+        loop = asyncio.get_running_loop()
+        sent = 0
+        start = loop.time()
+        while loop.time() - start < seconds and sent < STREAM_MAX_BYTES:
+            writer.write(msg)
+            await writer.drain()
+            sent += STREAM_MSG
+        writer.write(bytes(4))
+        await writer.drain()
+        await asyncio.wait_for(reader.readexactly(1), 30)
+        elapsed = loop.time() - start
+        await asyncio.wait_for(done.wait(), 5)
+        return {"path": "asyncio TCP (loopback)", "mib_per_s": received / elapsed / 2**20}
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def main_async(seconds: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows = [await bench_links(seconds), await bench_udp(seconds), bench_memory(seconds)]
-    return rows
+    streams = [await bench_stream(seconds), await bench_raw_quic_stream(seconds),
+               await bench_tcp(seconds)]
+    return rows, streams
 
 
 def main() -> None:
@@ -273,15 +408,16 @@ def main() -> None:
     seconds = max(0.2, min(args.seconds, 10.0))
     if args.uvloop:
         import uvloop
-        rows = uvloop.run(main_async(seconds))
+        rows, streams = uvloop.run(main_async(seconds))
         loop_name = "uvloop"
     else:
-        rows = asyncio.run(main_async(seconds))
+        rows, streams = asyncio.run(main_async(seconds))
         loop_name = "asyncio"
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     if args.json:
         print(json.dumps({"loop": loop_name, "machine": machine, "payload_bytes": PAYLOAD,
-                          "window": WINDOW, "rows": rows}, indent=2))
+                          "window": WINDOW, "rows": rows, "stream_message_bytes": STREAM_MSG,
+                          "streams": streams}, indent=2))
         return
     print(f"Links benchmark ({loop_name}; {machine}; {PAYLOAD}-byte datagrams, "
           f"window {WINDOW})\n")
@@ -292,6 +428,10 @@ def main() -> None:
         print(f"| {r['path']} | {r['datagrams_per_s']:,.0f} | {r['rtt_p50_us']:,.0f} "
               f"| {r['rtt_p95_us']:,.0f} | {r['rtt_after_load_p50_us']:,.0f} "
               f"| {r['rtt_after_load_p95_us']:,.0f} |")
+    print(f"\n| stream path ({STREAM_MSG // 1024} KiB messages, one way) | MiB/s |")
+    print("|---|---:|")
+    for r in streams:
+        print(f"| {r['path']} | {r['mib_per_s']:,.1f} |")
 
 
 if __name__ == "__main__":
