@@ -21,12 +21,10 @@ first match and every match in them is highlighted.
 
 Ranking a very common word exactly costs a lookup per matching document (bm25
 reads each one's column sizes): 100-150 ms at 100k documents when a word is in
-most of them.  So when a query matches more than ``RANK_WINDOW`` (500)
-documents, only these are ranked: the most recently indexed ``RANK_WINDOW``
-matches (newer information first, which suits an emergency library) and the
-most recent ``RANK_WINDOW`` whose title matches (what bm25's title weight puts
-first anyway).  The cuts are found by walking match lists without scoring.
-``rank_window=False`` ranks every match.
+most of them.  So when a query matches more than ``RANK_WINDOW`` (500) documents,
+only the most recently indexed ``RANK_WINDOW`` matches are ranked (newer
+information first, which suits an emergency library); the cut is found by
+walking the match list without scoring.  ``rank_window=False`` ranks all.
 
 Text is NFKC-normalised before indexing and querying, so full-width Latin
 letters and half-width katakana match their usual forms.  Matching is
@@ -292,8 +290,7 @@ class SearchIndex:
 
         With ``rank_window`` (the default) a query matching more than
         ``RANK_WINDOW`` documents ranks the most recently indexed ``RANK_WINDOW``
-        of them and of those matching in the title; ``rank_window=False`` ranks
-        every match (slower for common words).
+        of them; ``rank_window=False`` ranks every match (slower for common words).
         """
         q = parse_query(text)
         limit = max(1, min(limit, MAX_LIMIT))
@@ -321,24 +318,17 @@ class SearchIndex:
         if author is not None:
             where.append(f"{table}.rowid IN (SELECT id FROM doc_authors WHERE author = ?)")
             params.append(author)
-        # Rank at most about 2 x RANK_WINDOW candidates: bm25 costs a row lookup per
-        # match, and a common word (避難 in most documents) would otherwise be scored
-        # 60,000 times.  Candidates are the newest RANK_WINDOW matches plus the newest
-        # RANK_WINDOW whose title matches (what bm25's title weight would put first);
-        # the cuts are found by walking match lists alone, which is cheap.
-        if rank_window:
-            match_sql = " AND ".join(where)
-            cut = self._db.execute(
-                f"SELECT {table}.rowid FROM {table} WHERE {match_sql}"
-                f" ORDER BY {table}.rowid DESC LIMIT 1 OFFSET ?", [*params, RANK_WINDOW - 1]
-            ).fetchone()
-            if cut is not None:
-                title_col = "title" if table == "tri" else "ngram_title"
-                title_expr = f"{title_col} : ({params[0]})"
-                where.append(
-                    f"({table}.rowid >= ? OR {table}.rowid IN (SELECT rowid FROM {table}"
-                    f" WHERE {table} MATCH ? ORDER BY rowid DESC LIMIT {RANK_WINDOW}))")
-                params += [cut[0], title_expr]
+        # Rank at most RANK_WINDOW candidates: bm25 costs a row lookup per match, and a
+        # common word (避難 in most documents) would otherwise be scored 60,000 times.
+        # The window holds the most recently indexed matches; the cut is found by
+        # walking the doclist alone, which is cheap.
+        cut = self._db.execute(
+            f"SELECT {table}.rowid FROM {table} WHERE {' AND '.join(where)}"
+            f" ORDER BY {table}.rowid DESC LIMIT 1 OFFSET ?", [*params, RANK_WINDOW - 1]
+        ).fetchone() if rank_window else None
+        if cut is not None:
+            where.append(f"{table}.rowid >= ?")
+            params.append(cut[0])
         # rank row ids first and read the documents of the top ``limit`` only: a join
         # before the sort would read the body of every match
         sql = (f"WITH top AS (SELECT {table}.rowid AS id, bm25({table}, {_WEIGHTS}) AS s"
