@@ -67,6 +67,8 @@ HISTORY: Final = 120
 LOG_LINES: Final = 1000
 #: how long a lost neighbour stays in the overview's alerts, seconds
 LOST_ALERT_S: Final = 120.0
+#: the routing metric meaning "unreachable" (RFC 8966 section 2.1: 0xFFFF)
+ROUTE_INFINITY: Final = 0xFFFF
 #: loss above which a neighbour raises an alert (fraction)
 LOSS_ALERT: Final = 0.2
 
@@ -169,14 +171,19 @@ class Route:
     metric: float | None
     seqno: int | None
     age_s: float | None
+    reachable: bool  #: False for a retracted route (infinite metric)
 
     @classmethod
     def parse(cls, d: Any) -> Route:
         if not isinstance(d, dict):
             raise _Bad("route")
+        metric = _num(d.get("metric"))
+        reachable = d.get("reachable")
+        if not isinstance(reachable, bool):
+            reachable = metric is None or metric < ROUTE_INFINITY
         return cls(_need_str(d, "destination"), _str(d.get("name")) or "",
                    _str(d.get("next_hop")) or "", _str(d.get("next_hop_name")) or "",
-                   _num(d.get("metric")), _int(d.get("seqno")), _num(d.get("age_s")))
+                   metric, _int(d.get("seqno")), _num(d.get("age_s")), reachable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,11 +263,18 @@ class Call:
     peer: str
     peer_name: str
     state: str
-    direction: str
+    direction: str  #: ``in``/``out`` or the daemon's ``caller``/``callee``
     duration_s: float | None
     rtt_ms: float | None
     jitter_ms: float | None
     loss: float | None
+    reason: str  #: why it ended ("" while live)
+    setup_ms: float | None
+
+    @property
+    def live(self) -> bool:
+        """The call has not ended."""
+        return self.state not in ("ended", "closed")
 
     @classmethod
     def parse(cls, d: Any) -> Call:
@@ -270,8 +284,9 @@ class Call:
         q = q if isinstance(q, dict) else {}
         return cls(_need_str(d, "call_id"), _str(d.get("peer")) or "",
                    _str(d.get("peer_name")) or "", _str(d.get("state")) or "",
-                   _str(d.get("direction")) or "", _num(d.get("duration_s")),
-                   _num(q.get("rtt_ms")), _num(q.get("jitter_ms")), _num(q.get("loss")))
+                   _str(d.get("direction")) or _str(d.get("role")) or "",
+                   _num(d.get("duration_s")), _num(q.get("rtt_ms")), _num(q.get("jitter_ms")),
+                   _num(q.get("loss")), _str(d.get("reason")) or "", _num(d.get("setup_ms")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +468,9 @@ class MeshModel:
         self.topology = _parse_topology(result)
 
     def _apply_calls(self, result: Any, now: float) -> None:
-        self.calls = self._keep(Call.parse, _rows(result, "calls"))
+        calls: list[Call] = self._keep(Call.parse, _rows(result, "calls"))
+        # live calls first, then ended ones newest first (the daemon lists oldest first)
+        self.calls = [c for c in calls if c.live] + [c for c in reversed(calls) if not c.live]
         for c in self.calls:
             self.call_rtt.setdefault(c.call_id, deque(maxlen=self.history)).append(c.rtt_ms)
         for gone in set(self.call_rtt) - {c.call_id for c in self.calls}:

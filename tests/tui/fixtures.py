@@ -53,8 +53,13 @@ def filled_model() -> MeshModel:
     }, NOW)
     for i in range(20):
         m.apply("calls", {"calls": [
+            {"call_id": "0a1b2c3d4e5f60718293", "peer": BRAVO, "peer_name": "bravo",
+             "role": "callee", "state": "ended", "reason": "hung up by peer",
+             "duration_s": 12.0, "setup_ms": 160.9,
+             "quality": {"rtt_ms": 9.9, "jitter_ms": 3.1, "loss": 0.0}},
             {"call_id": "9f8e7d6c5b4a39281706", "peer": DELTA, "peer_name": "delta",
-             "state": "connected", "direction": "out", "duration_s": 62.0 + i,
+             "role": "caller", "state": "active", "reason": None, "duration_s": 62.0 + i,
+             "setup_ms": 75.2,
              "quality": {"rtt_ms": 20.0 + (i % 4) * 3, "jitter_ms": 2.5, "loss": 0.01}}]}, NOW)
     m.apply("sync.status", {"ops": 1520, "pending": 3, "quarantined": [], "peers": {
         BRAVO: {"up": True, "last_sync": NOW - 4, "ops_in": 120, "ops_out": 80,

@@ -128,4 +128,15 @@ def test_fixture_model_is_consistent() -> None:
     m = filled_model()
     assert m.name_of(DELTA) == "delta"  # from the topology
     assert len(m.call_rtt["9f8e7d6c5b4a39281706"]) == 20
+    assert [c.state for c in m.calls] == ["active", "ended"]  # live first
+    assert m.calls[0].direction == "caller" and m.calls[1].reason == "hung up by peer"
     assert m.library_doc is not None and m.library_query == "避難"
+
+
+def test_retracted_routes_are_marked_unreachable() -> None:
+    m = MeshModel()
+    m.apply("routes", {"routes": [
+        {"destination": BRAVO, "next_hop": BRAVO, "metric": 96},
+        {"destination": CHARLIE, "next_hop": BRAVO, "metric": 0xFFFF},
+        {"destination": DELTA, "next_hop": BRAVO, "metric": 300, "reachable": False}]}, NOW)
+    assert [r.reachable for r in m.routes] == [True, False, False]

@@ -24,22 +24,25 @@ class CallsView(View):
     def compose(self) -> ComposeResult:
         yield Static(classes="notice")
         table: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True, id="call-table")
-        table.add_columns("PEER", "NODE", "STATE", "DIR", "TIME", "RTT ms", "JITTER", "LOSS",
-                          "RTT", "CALL")
+        table.add_columns("PEER", "NODE", "STATE", "ROLE", "TIME", "RTT ms", "JITTER", "LOSS",
+                          "RTT", "SETUP ms", "CALL")
         yield table
 
     def show(self, model: MeshModel, now: float, needle: str) -> None:
         self.set_notice(model, "" if model.calls or "calls" in model.unavailable
                         else "no calls")
-        width = max(8, min(model.history, (self.size.width - 80) or 8))
+        width = max(8, min(model.history, self.size.width - 90))
         rows = []
         for c in model.calls:
             name = c.peer_name or (model.name_of(c.peer) if c.peer else "-")
-            cells = self.cells(name, c.peer[:8] or "-", c.state or "-", c.direction or "-",
+            state = c.state or "-"
+            if c.reason:
+                state += f" ({c.reason})"
+            cells = self.cells(name, c.peer[:8] or "-", state, c.direction or "-",
                                fmt_duration(c.duration_s), fmt_num(c.rtt_ms),
                                fmt_num(c.jitter_ms), fmt_pct(c.loss),
                                sparkline(list(model.call_rtt.get(c.call_id, ())), width),
-                               c.call_id[:12])
+                               fmt_num(c.setup_ms, 0), c.call_id[:12])
             if matches(needle, name, c.peer, c.state, c.call_id):
                 rows.append((c.call_id, cells))
         fill_table(self.query_one("#call-table", DataTable), rows)

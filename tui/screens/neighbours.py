@@ -45,7 +45,7 @@ class NeighboursView(View):
     def show(self, model: MeshModel, now: float, needle: str) -> None:
         self.set_notice(model, "" if model.neighbours or not model.connected
                         else "no neighbours")
-        width = max(8, min(model.history, (self.size.width - 70) // 2 or 8))
+        width = max(8, min(model.history, (self.size.width - 70) // 2))
         rows = []
         for n in sorted(model.neighbours.values(), key=lambda n: (n.name, n.node_id)):
             rtt_h = model.rtt_history.get(n.node_id, ())

@@ -36,8 +36,9 @@ class OverviewView(View):
         grid.add_column(style="bold")
         grid.add_column()
         node_id = str(st.get("node_id", "-"))
-        calls_active = sum(1 for c in model.calls if c.state not in ("ended", "closed"))
-        routes = len(model.routes) if "routes" not in model.unavailable else st.get("routes", "-")
+        calls_active = sum(1 for c in model.calls if c.live)
+        routes = (sum(1 for r in model.routes if r.reachable) if "routes" not in model.unavailable
+                  else st.get("routes", "-"))
         topo = model.effective_topology()
         rows = [
             ("daemon", "connected" if model.connected else "not connected"),

@@ -33,7 +33,8 @@ class RoutesView(View):
         for r in model.routes:
             hop_name = r.next_hop_name or (model.name_of(r.next_hop) if r.next_hop else "-")
             cells = self.cells(r.name or model.name_of(r.destination), r.destination[:8],
-                               hop_name, r.next_hop[:8] or "-", fmt_num(r.metric, 0),
+                               hop_name, r.next_hop[:8] or "-",
+                               fmt_num(r.metric, 0) if r.reachable else "∞ (retracted)",
                                fmt_num(r.seqno), fmt_duration(r.age_s))
             if matches(needle, r.name, r.destination, hop_name, r.next_hop):
                 rows.append((r.destination, cells))
