@@ -24,6 +24,7 @@ from typing import Any
 from meshd.control import ControlServer
 from meshd.packet import MeshPacket, Service
 from tests.voice.fakemesh import FakeMesh, MeshNode
+from tests.voice.realmesh import Mesh, real_mesh, wait_route
 from voice.service import VoiceService
 
 #: how long the mesh has no path after a relay dies (routing converges within 3 s), seconds
@@ -285,6 +286,77 @@ async def meshctl(out: Path) -> dict[str, Any]:
     return res
 
 
+async def _real_call(mesh: Mesh, caller: str, callee: str, seconds: float, rec: Path,
+                     freq: float) -> dict[str, Any]:
+    a, d = mesh.endpoints[caller], mesh.endpoints[callee]
+    await wait_route(a, d)
+    info = await a.voice.dial(d.node_id, play=f"tone:{freq:g}", record=None)
+    cid = info.call_id
+    for _ in range(300):
+        c = d.voice._calls.get(bytes.fromhex(cid))
+        if c is not None and c.endpoint is not None and c.endpoint.sink.first_frame_at is not None:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(seconds)
+    a.voice.hangup(bytes.fromhex(cid))
+    for _ in range(200):
+        if d.voice.info(bytes.fromhex(cid)).state == "ended" and \
+                a.voice.info(bytes.fromhex(cid)).state == "ended":
+            break
+        await asyncio.sleep(0.05)
+    return {"caller": a.voice.info(bytes.fromhex(cid)).to_json(),
+            "callee": d.voice.info(bytes.fromhex(cid)).to_json(), "rec_callee": str(rec),
+            "tone_caller": freq}
+
+
+async def real_line(out: Path) -> dict[str, Any]:
+    """A and D in-process, B and C real meshd relays: A–B–C–D; A calls D, then D calls A."""
+    rec_d, rec_a = out / "d.wav", out / "a.wav"
+    links = [("A", "B"), ("B", "C"), ("C", "D")]
+    async with real_mesh(links, {"A": {"auto_answer": True, "answer_record": rec_a},
+                                 "D": {"auto_answer": True, "answer_record": rec_d}}) as mesh:
+        first = await _real_call(mesh, "A", "D", 3.0, rec_d, TONE_A)
+        second = await _real_call(mesh, "D", "A", 3.0, rec_a, TONE_D)
+    return {"a_to_d": first, "d_to_a": second}
+
+
+async def real_diamond(out: Path) -> dict[str, Any]:
+    """A–B–D and A–C–D with B and C real meshd relays; the relay carrying the call is kill -9'd."""
+    rec = out / "d.wav"
+    links = [("A", "B"), ("A", "C"), ("B", "D"), ("C", "D")]
+    async with real_mesh(links, {"A": {}, "D": {"auto_answer": True, "answer_record": rec}}) as mesh:
+        a, d = mesh.endpoints["A"], mesh.endpoints["D"]
+        await wait_route(a, d)
+        loop = asyncio.get_running_loop()
+        by_id: dict[str, str] = {}
+        for name, daemon in mesh.relays.items():  # meshctl status: blocking, so off the loop
+            by_id[(await loop.run_in_executor(None, daemon.wait_ready))["node_id"]] = name
+        info = await a.voice.dial(d.node_id, play=f"tone:{TONE_A:g}", record=None)
+        cid = bytes.fromhex(info.call_id)
+        for _ in range(300):
+            c = d.voice._calls.get(cid)
+            if c is not None and c.endpoint is not None and c.endpoint.sink.first_frame_at is not None:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)
+        hop = a.node.next_hop(d.node_id)
+        relay = by_id[hop.hex()] if hop is not None else "?"
+        killed_at = loop.time()
+        await loop.run_in_executor(None, mesh.relays[relay].kill9)
+        await asyncio.sleep(8.0)
+        c = d.voice._calls[cid]
+        gaps = [(at - killed_at, g) for at, g in c.endpoint.sink.gaps] if c.endpoint else []
+        last = (c.endpoint.sink.last_frame_at - killed_at) if c.endpoint and \
+            c.endpoint.sink.last_frame_at else None
+        state = d.voice.info(cid).state
+        new_hop = a.node.next_hop(d.node_id)
+        a.voice.hangup(cid)
+        await asyncio.sleep(0.5)
+        return {"relay": relay, "other": "C" if relay == "B" else "B", "gaps": gaps,
+                "last_frame_after_kill_s": last, "state_after": state, "rec_callee": str(rec),
+                "rerouted": new_hop is not None and new_hop != hop}
+
+
 SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "line_a_to_d": line_a_to_d,
     "line_d_to_a": line_d_to_a,
@@ -297,6 +369,8 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "tampered": tampered,
     "diamond": diamond,
     "meshctl": meshctl,
+    "real_line": real_line,
+    "real_diamond": real_diamond,
 }
 
 
