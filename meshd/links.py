@@ -507,7 +507,7 @@ class _Connection(QuicConnectionProtocol):
             self.ready.set_result(self.peer.node_id)
         self.manager.on_ready(self)
         early, self._early = self._early, []
-        for data in early:
+        for data in early if not self.closing else ():
             self.stats.rx_datagrams += 1
             self.stats.rx_datagram_bytes += len(data)
             self.manager.deliver_datagram(self, data)
@@ -814,6 +814,8 @@ class LinkManager:
 
         Raises ``LocalProtocolError`` if ``len(data) > MESH_MTU``.  ``deadline``
         is in ``loop.time()`` seconds: an entry still queued after it is dropped.
+        The per-link queue holds ``datagram_queue_max`` entries; when full, the
+        oldest is dropped (counted in ``LinkStats.dropped_queue_full``).
         """
         state = self._peers.get(peer)
         if len(data) > MESH_MTU:
