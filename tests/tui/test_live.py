@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshd.harness import Cluster
+from meshd.harness import Cluster, free_udp_port
 from meshd.meshctl import default_socket_path
 from tests.tui.helpers import screen_text, wait_for_text
 from tui.app import MeshConsole
@@ -89,3 +89,36 @@ async def test_console_follows_a_real_mesh(star: Cluster) -> None:
         await wait_for_text(pilot, lambda t: "● connected" in t and "bravo" in t, 20,
                             "reconnected with bravo back")
         assert app.poller is not None and app.poller.connections == 2
+
+
+async def test_route_changes_after_the_relay_fails() -> None:
+    """A diamond alpha-{bravo,delta}-charlie: kill the relay alpha uses, the route moves."""
+    names = ("alpha", "bravo", "charlie", "delta")
+    addr = {n: f"127.0.0.1:{free_udp_port()}" for n in names}
+    edges = {"alpha": ("bravo", "delta"), "bravo": ("alpha", "charlie"),
+             "charlie": ("bravo", "delta"), "delta": ("alpha", "charlie")}
+    with Cluster(log_level="info") as c:
+        for n in names:
+            c.add(n, ["--listen", addr[n], *[x for p in edges[n] for x in ("--peer", addr[p])]])
+        for d in c:
+            d.wait_ready()
+        app = MeshConsole(default_socket_path(c["alpha"].state_dir), interval_s=0.5)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await pilot.press("r")
+            if "routes" in app.model.unavailable:
+                pytest.skip("this meshd serves no routes method")
+
+            def charlie_row(text: str) -> str | None:
+                return next((ln for ln in text.splitlines() if ln.strip().startswith("charlie")
+                             and "retracted" not in ln), None)
+
+            text = await wait_for_text(
+                pilot, lambda t: (row := charlie_row(t)) is not None
+                and ("bravo" in row or "delta" in row), 20, "a route to charlie")
+            row = charlie_row(text)
+            assert row is not None
+            relay, other = ("bravo", "delta") if "bravo" in row else ("delta", "bravo")
+            c[relay].kill9()
+            await wait_for_text(pilot, lambda t: (row := charlie_row(t)) is not None
+                                and other in row and relay not in row, 20,
+                                f"the route to charlie moved from {relay} to {other}")
