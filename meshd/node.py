@@ -37,7 +37,7 @@ from meshd.channels import Channel
 from meshd.codec import DropCounter, Fields, pack, unpack
 from meshd.config import Config, parse_hostport
 from meshd.control import ControlError, ControlServer
-from meshd.discovery import Discovery, PeerSeen
+from meshd.discovery import Discovery, PeerSeen, interface_addresses, plan_binding
 from meshd.errors import LocalProtocolError, RemoteProtocolError
 from meshd.fragment import Reassembler, split
 from meshd.identity import (
@@ -151,17 +151,12 @@ class Node:
         self._services[service] = handler
 
     def _listen_addresses(self) -> list[tuple[str, int]]:
+        """--listen if given; else port 7420 on the addresses discovery advertises; else loopback."""
         if self.config.listen:
             return [parse_hostport(hp, default_port=DEFAULT_PORT) for hp in self.config.listen]
         if self.config.interface:
-            from meshd.discovery import interface_addresses
-
-            out = []
-            for ifname in self.config.interface:
-                for iface in interface_addresses(ifname):
-                    if iface.version == 4:
-                        out.append((str(iface.ip), DEFAULT_PORT))
-            return out
+            plan = plan_binding({i: interface_addresses(i) for i in self.config.interface})
+            return [(addr, DEFAULT_PORT) for addr in plan.advertised]
         return [("127.0.0.1", DEFAULT_PORT)]
 
     # ------------------------------------------------------------------- run
