@@ -99,6 +99,8 @@ log = logging.getLogger(__name__)
 MESH_MTU = 1150
 #: what we advertise (RFC 9221 max_datagram_frame_size); the real limit is MESH_MTU
 MAX_DATAGRAM_FRAME_SIZE = 65536
+#: receive buffer per UDP read (stock asyncio reads 256 KiB per datagram otherwise)
+UDP_RECV_SIZE = 4096
 #: QUIC idle timeout; liveness for routing is the hello core's job (~2 s)
 IDLE_TIMEOUT_S = 8.0
 #: Stream.send waits while more than this many bytes are unacknowledged
@@ -171,6 +173,17 @@ def _addr(addr: Any) -> tuple[str, int]:
 
 
 # --- aioquic internals other than the peer certificate (guarded; see tests) -------------------
+
+def _limit_receive_size(transport: Any) -> None:
+    """Make stock asyncio read UDP into a small buffer instead of 256 KiB per datagram.
+
+    QUIC packets of our peers are at most ~1,200 bytes (aioquic does no PMTU
+    discovery); anything larger than UDP_RECV_SIZE is truncated and then fails
+    decryption like any other garbage.  uvloop has no such attribute (and no need).
+    """
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = UDP_RECV_SIZE
+
 
 def _aioquic_datagrams_pending(quic: QuicConnection) -> int:
     """Datagrams aioquic holds but has not packed yet (0 if its internals changed)."""
@@ -360,6 +373,7 @@ class _Connection(QuicConnectionProtocol):
         super().connection_made(transport)
         if self.is_client:
             self._client_transport = transport  # type: ignore[assignment]
+            _limit_receive_size(transport)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.remote == ("", 0):
@@ -767,6 +781,7 @@ class LinkManager:
         self._servers.append(server)
         transport = server._transport
         assert transport is not None
+        _limit_receive_size(transport)
         sockname = transport.get_extra_info("sockname")
         return _addr(sockname)
 

@@ -203,3 +203,20 @@ def test_peer_close_is_visible_before_draining_ends() -> None:
     assert (closed.error_code, closed.reason_phrase) == (0x101, "refused: test")
     # aioquic itself reports it only when draining ends (three PTOs later)
     assert Pair.drain(pair.server, events.ConnectionTerminated) == []
+
+
+async def test_udp_reads_use_a_small_buffer_on_stock_asyncio() -> None:
+    from meshd.links import UDP_RECV_SIZE
+
+    a, b = Node("alpha"), Node("bravo")
+    addr = await b.listen()
+    try:
+        await a.mgr.connect(*addr, b.id)
+        server_transport = b.mgr._servers[0]._transport
+        client_conn = next(iter(a.mgr._conns))
+        for transport in (server_transport, client_conn._client_transport):
+            assert getattr(transport, "max_size", None) == UDP_RECV_SIZE
+        assert UDP_RECV_SIZE >= 1500  # above any QUIC packet aioquic sends (1,200 bytes)
+    finally:
+        await a.mgr.close()
+        await b.mgr.close()
