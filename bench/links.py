@@ -413,7 +413,9 @@ def main() -> None:
     else:
         rows, streams = asyncio.run(main_async(seconds))
         loop_name = "asyncio"
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load}, "
+               f"Python {platform.python_version()}")
     if args.json:
         print(json.dumps({"loop": loop_name, "machine": machine, "payload_bytes": PAYLOAD,
                           "window": WINDOW, "rows": rows, "stream_message_bytes": STREAM_MSG,
