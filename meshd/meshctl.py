@@ -726,6 +726,9 @@ async def _tui(client: ControlClient, args: argparse.Namespace, out: Output) -> 
     # The console keeps its own connection and reconnects by itself when the daemon
     # restarts; this first connection only proved a daemon answers.
     await client.close()
+    if out.json:
+        out.error("tui is interactive: it has no --json output")
+        return ExitCode.USAGE
     from tui.app import run_console  # textual loads only for this command
 
     await run_console(args.socket_path)

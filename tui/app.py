@@ -9,7 +9,6 @@ library it searches), ``?`` shows the keys, ``q`` quits.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -297,4 +296,3 @@ async def run_console(socket_path: Path) -> None:
     """Run the console against the daemon on ``socket_path`` until the user quits."""
     app = MeshConsole(socket_path)
     await app.run_async()
-    await asyncio.sleep(0)

@@ -711,6 +711,12 @@ class Poller:
             except NoDaemon as exc:
                 self.model.set_connected(False, str(exc), self.clock())
                 self.on_change()
+            except Exception as exc:  # the adapter's outer boundary: a bug must not freeze us
+                log.exception("console: polling %s failed", self.socket_path)
+                self.model.set_connected(False, f"console error ({type(exc).__name__}: {exc}); "
+                                         "reconnecting", self.clock())
+                self.on_change()
+                await asyncio.sleep(self.BACKOFF_MAX_S)
             finally:
                 self._client = None
                 with contextlib.suppress(Exception):

@@ -6,14 +6,14 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from meshd.harness import MESHCTL, Cluster
-
-pytestmark = pytest.mark.slow
 
 TMUX = shutil.which("tmux")
 
@@ -35,6 +35,7 @@ def _wait_pane(sock: str, pred: Callable[[str], bool], timeout: float, what: str
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; pane:\n{text}")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
 def test_meshctl_tui_in_tmux(star: Cluster) -> None:
     sock = f"cmtui{os.getpid()}"
@@ -66,3 +67,14 @@ def test_meshctl_tui_in_tmux(star: Cluster) -> None:
     finally:
         subprocess.run([TMUX or "tmux", "-L", sock, "kill-server"], capture_output=True,
                        timeout=10, check=False)
+
+
+def test_meshctl_tui_without_a_daemon_exits_3() -> None:
+    short = Path(tempfile.mkdtemp(prefix="cmtui", dir="/tmp"))
+    try:
+        r = subprocess.run([*MESHCTL, "--state-dir", str(short), "tui"], capture_output=True,
+                           text=True, timeout=30, check=False)
+        assert r.returncode == 3, r.stderr
+        assert "no daemon" in r.stderr
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
