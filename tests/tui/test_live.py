@@ -65,6 +65,13 @@ async def test_console_follows_a_real_mesh(star: Cluster) -> None:
         else:
             await wait_for_text(pilot, lambda t: "no calls" in t, 5, "empty call list")
 
+        # library search with /: the query goes to the daemon (or it says it has no library)
+        await pilot.press("l", "slash")
+        await pilot.press(*"避難", "enter")
+        await wait_for_text(pilot, lambda t: "library.search: not available on this daemon" in t
+                            or "library.search:" not in t and app.model.library_query == "避難",
+                            10, "the search answered")
+
         # a neighbour dies: it disappears from the neighbours view, the overview alerts
         star["charlie"].kill9()
         await pilot.press("n")
