@@ -241,6 +241,8 @@ class Stream:
 
     # called by the connection
     def _feed(self, data: bytes, end: bool) -> None:
+        if self._broken is not None:
+            return  # refused already: what still arrives is discarded
         self._buf += data
         if end:
             self._eof = True
@@ -266,6 +268,7 @@ class Stream:
             if len(self._buf) >= 4:
                 n = int.from_bytes(self._buf[:4], "big")
                 if n > self.max_message:
+                    self._buf.clear()
                     self._conn.abort_stream(self.stream_id)
                     self._break("oversize")
                     raise RemoteProtocolError("oversize", f"stream message {n} > {self.max_message}")
@@ -277,6 +280,8 @@ class Stream:
                 raise LinkBrokenError(f"stream {self.stream_id}: {self._broken}")
             if self._eof:
                 if self._buf:
+                    self._buf.clear()
+                    self._break("truncated")
                     raise RemoteProtocolError("truncated", f"stream {self.stream_id}")
                 return None
             self._readable.clear()
