@@ -646,6 +646,26 @@ class _Connection(QuicConnectionProtocol):
         self._dq.append((data, deadline))
         self._transmit_soon()
 
+    async def answers_ping(self, timeout_s: float) -> bool:
+        """True if the peer acknowledges a QUIC PING within ``timeout_s``."""
+        if self.terminated or self.closing:
+            return False
+        # aioquic's ping() leaves its waiter behind on timeout (to fail unretrieved later)
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        uid = id(waiter)
+        self._ping_waiters[uid] = waiter
+        self._quic.send_ping(uid)
+        self.transmit()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except (TimeoutError, ConnectionError):
+            return False
+        finally:
+            self._ping_waiters.pop(uid, None)
+            if not waiter.done():
+                waiter.cancel()
+        return not self.terminated
+
     # --- end -----------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
@@ -986,11 +1006,7 @@ class LinkManager:
     async def _check_preferred(self, state: _PeerState, cur: _Connection,
                                new: _Connection) -> None:
         """``cur`` wins by the rule; keep it if it still answers, else take ``new``."""
-        try:
-            await asyncio.wait_for(cur.ping(), _LIVENESS_PING_S)
-            alive = not cur.terminated
-        except (TimeoutError, ConnectionError):
-            alive = False
+        alive = await cur.answers_ping(_LIVENESS_PING_S)
         if state.active is not cur or self._peers.get(new.peer_id or b"") is not state:
             # the link changed meanwhile (closed, or replaced): the new one is not needed
             if state.active is not new and not new.terminated:
