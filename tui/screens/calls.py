@@ -25,7 +25,7 @@ class CallsView(View):
         yield Static(classes="notice")
         table: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True, id="call-table")
         table.add_columns("PEER", "NODE", "STATE", "ROLE", "TIME", "RTT ms", "JITTER", "LOSS",
-                          "RTT", "SETUP ms", "CALL")
+                          "RTT hist", "SETUP ms", "CALL")
         yield table
 
     def show(self, model: MeshModel, now: float, needle: str) -> None:
