@@ -23,13 +23,23 @@ Streams.  ``Stream`` frames messages (4-byte length prefix) on a QUIC stream.
 The opener's first frame names the service; the accepting node runs the
 handler registered under that name.  ``send`` waits while more than
 ``STREAM_HIGH_WATER`` bytes are unacknowledged (backpressure); ``recv``
-refuses a frame larger than the service's ``max_message``.
+refuses a frame larger than the service's ``max_message``.  aioquic grants
+stream credit as data arrives, whether the application reads it or not, so a
+receiver buffers at most ``STREAM_PIPELINE`` unread max-size messages and
+resets a stream that exceeds that: application protocols window their
+messages (as sync does).
 
 Duplicates.  When two connections to the same peer both complete (the two
 nodes dialled each other at once, or the peer restarted), the one initiated by
 the node with the smaller NodeId is kept; both nodes apply the same rule.  A
 connection the rule prefers is first pinged: if it no longer answers (the
 peer restarted and lost it) the newer one is kept instead.
+
+aioquic internals.  Besides the peer certificate (``meshd.tlscert``), four
+guarded helpers here read aioquic private state: the datagram queue length,
+a stream's unacknowledged bytes, the draining state (a peer's
+CONNECTION_CLOSE is reported on arrival, not three PTOs later) and the
+protocol's ping waiters.  ``tests/meshd/test_links_tlscert.py`` pins them.
 
 Errors.  Peer-caused trouble in event handling is counted in ``drops``
 (a ``DropCounter``) and logged once; nothing a peer does is raised into the
