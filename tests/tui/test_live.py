@@ -69,7 +69,7 @@ async def test_console_follows_a_real_mesh(star: Cluster) -> None:
         await pilot.press("l", "slash")
         await pilot.press(*"避難", "enter")
         await wait_for_text(pilot, lambda t: "library.search: not available on this daemon" in t
-                            or "library.search:" not in t and app.model.library_query == "避難",
+                            or ("library.search:" not in t and app.model.library_query == "避難"),
                             10, "the search answered")
 
         # a neighbour dies: it disappears from the neighbours view, the overview alerts

@@ -31,8 +31,8 @@ class NeighboursView(View):
     def compose(self) -> ComposeResult:
         yield Static(classes="notice")
         table: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True, id="nb-table")
-        table.add_columns("NAME", "NODE", "STATE", "RTT ms", "RTT hist", "LOSS", "LOSS hist", "COST",
-                          "UP", "ADDRESS")
+        table.add_columns("NAME", "NODE", "STATE", "RTT ms", "RTT hist", "LOSS", "LOSS hist",
+                          "COST", "UP", "ADDRESS")
         yield table
         with Horizontal(id="nb-detail"):
             with Vertical():
