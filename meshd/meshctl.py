@@ -735,6 +735,31 @@ async def _tui(client: ControlClient, args: argparse.Namespace, out: Output) -> 
     return ExitCode.OK
 
 
+@register("topology", "draw the mesh as this node knows it: nodes, and links with their cost")
+async def _topology(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    res = await client.call("topology", timeout=CALL_TIMEOUT_S + 5)
+    nodes = res.get("nodes") if isinstance(res, dict) else None
+    links = res.get("links") if isinstance(res, dict) else None
+    if not isinstance(nodes, list) or not isinstance(links, list):
+        out.error("daemon sent a malformed topology")
+        return ExitCode.FAILED
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    names = {n.get("node_id"): n.get("name") or str(n.get("node_id", ""))[:8]
+             for n in nodes if isinstance(n, dict)}
+    rows = [(str(n.get("node_id", ""))[:8], _str(n.get("name") or None), _str(n.get("role") or None),
+             "yes" if n.get("answered") else "no") for n in nodes if isinstance(n, dict)]
+    for text in _table(rows, ("NODE", "NAME", "ROLE", "ANSWERED")):
+        out.line(text)
+    out.line("")
+    lrows = [(f"{names.get(x.get('a'), '?')} -- {names.get(x.get('b'), '?')}", _str(x.get("cost")))
+             for x in links if isinstance(x, dict)]
+    for text in _table(lrows, ("LINK", "COST")):
+        out.line(text)
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------------------- parsing and main
 
 def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:

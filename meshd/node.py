@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshd import DEFAULT_PORT, __version__
+from meshd import DEFAULT_PORT, __version__, info
 from meshd.channels import Channel
 from meshd.codec import DropCounter, Fields, pack, unpack
 from meshd.config import Config, parse_hostport
@@ -104,7 +104,11 @@ class Node:
         self.discovery: Discovery | None = None
         self._peers: dict[NodeId, _PeerInfo] = {}
         self._services: dict[int, PacketHandler] = {
-            Service.PING: self._on_ping_packet, Service.FRAG: self._on_fragment}
+            Service.PING: self._on_ping_packet, Service.FRAG: self._on_fragment,
+            Service.INFO: self._on_info_packet}
+        self._info_limiter = info.RateLimiter()
+        self._info_waiters: dict[tuple[NodeId, int], asyncio.Future[info.InfoAnswer]] = {}
+        self._topology_cache: tuple[float, dict[str, Any]] | None = None
         self._reassembler = Reassembler()
         self._frag_ids = itertools.count(random.getrandbits(31))
         self.messenger = Messenger(self, self.state_dir / "messages.jsonl", self.control.publish)
@@ -488,6 +492,7 @@ class Node:
             "routes": self._h_routes,
             "traceroute": self._h_traceroute,
             "messages": self._h_messages,
+            "topology": self._h_topology,
         }
 
     def known_nodes(self) -> list[tuple[str, str]]:
@@ -625,3 +630,66 @@ class Node:
 
     async def _h_messages(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"messages": self.messenger.messages()}
+
+    # ---------------------------------------------------------------- info
+
+    def _my_links(self) -> list[tuple[NodeId, int]]:
+        return [(p, self.neighbours.stats(p).cost) for p in self.neighbours.peers()]
+
+    def _on_info_packet(self, pkt: MeshPacket, now: float) -> None:
+        msg = info.decode(pkt.payload)
+        if isinstance(msg, int):
+            if not self._info_limiter.allow(pkt.source, now):
+                self.drops.drop("info_rate", short_id(pkt.source))
+                return
+            self.send_message(pkt.source, Service.INFO, info.encode_answer(
+                msg, self.name, self.config.role.value, self._my_links()))
+            return
+        fut = self._info_waiters.pop((pkt.source, msg.request_id), None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def query_info(self, node_id: NodeId, timeout: float) -> info.InfoAnswer | None:
+        """Ask ``node_id`` for its facts over the mesh; None if it did not answer in time."""
+        assert self._loop is not None
+        rid = next(self._ping_ids) & 0xFFFFFFFF
+        fut: asyncio.Future[info.InfoAnswer] = self._loop.create_future()
+        self._info_waiters[(node_id, rid)] = fut
+        try:
+            if not self.send_message(node_id, Service.INFO, info.encode_request(rid)):
+                return None
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._info_waiters.pop((node_id, rid), None)
+
+    async def _h_topology(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The mesh as this node knows it: every reachable node's own view of its links."""
+        now = self._now()
+        if self._topology_cache is not None and now - self._topology_cache[0] < 2.0:
+            return self._topology_cache[1]
+        me = self.identity.node_id
+        others = [d for d in self.routing.destinations() if d != me]
+        answers = await asyncio.gather(*(self.query_info(d, 2.0) for d in others))
+        nodes = {me: (self.name, self.config.role.value, True)}
+        views: dict[NodeId, list[tuple[NodeId, int]]] = {me: self._my_links()}
+        for d, ans in zip(others, answers, strict=True):
+            if ans is None:
+                nodes[d] = (self._name_of(d), "", False)
+            else:
+                nodes[d] = (ans.name, ans.role, True)
+                views[d] = ans.neighbours
+        links: dict[tuple[NodeId, NodeId], int] = {}
+        for a, nbs in views.items():
+            for b, cost in nbs:
+                key = (min(a, b), max(a, b))
+                links[key] = min(cost, links.get(key, cost))
+                nodes.setdefault(b, (self._name_of(b), "", False))
+        result = {
+            "nodes": [{"node_id": n.hex(), "name": name, "role": role, "answered": ok}
+                      for n, (name, role, ok) in sorted(nodes.items())],
+            "links": [{"a": a.hex(), "b": b.hex(), "cost": c} for (a, b), c in sorted(links.items())],
+        }
+        self._topology_cache = (now, result)
+        return result
