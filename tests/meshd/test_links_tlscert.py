@@ -220,3 +220,23 @@ async def test_udp_reads_use_a_small_buffer_on_stock_asyncio() -> None:
     finally:
         await a.mgr.close()
         await b.mgr.close()
+
+
+async def test_liveness_ping_uses_aioquic_ping_waiters() -> None:
+    a, b = Node("alpha"), Node("bravo")
+    addr = await b.listen()
+    try:
+        await a.mgr.connect(*addr, b.id)
+        conn = next(iter(a.mgr._conns))
+        assert isinstance(conn._ping_waiters, dict)
+        assert await conn.answers_ping(5.0)
+        assert conn._ping_waiters == {}
+        # a peer that went silent does not answer (and nothing is left behind)
+        for server in b.mgr._servers:
+            assert server._transport is not None
+            server._transport.close()
+        assert not await conn.answers_ping(0.3)
+        assert conn._ping_waiters == {}
+    finally:
+        await a.mgr.close()
+        await b.mgr.close()
