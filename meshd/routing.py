@@ -44,6 +44,7 @@ The core does no I/O and never reads the clock: ``now`` is monotonic seconds.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 from collections import Counter
@@ -88,14 +89,21 @@ SOURCE_GC_S = 180.0
 RETRACT_HOLD_S = 40.0
 #: seqno requests: resend interval, tries, and how long a forwarded one is remembered
 REQUEST_RESEND_S = 0.5
-REQUEST_TRIES = 4
-REQUEST_DEDUPE_S = 3.0
+REQUEST_RESEND_MAX_S = 2.0
+REQUEST_TRIES = 8
+REQUEST_REPEAT_S = 0.15
+REQUEST_DEDUPE_S = 0.25  # shorter than the resend interval: resends must get through
 REQUEST_HOPS = 64
 #: how often expiry is checked (routes expire after about a minute: coarse is fine)
 SWEEP_INTERVAL_S = 2.0
 #: an origin bumps its seqno at most this often in answer to requests
 BUMP_MIN_GAP_S = 0.5
-#: a metric change smaller than max(this, metric / 8) waits for the next full update
+#: route selection switches only to a route better by max(this, current metric / 4)
+SWITCH_MIN_GAIN = 128
+#: triggered updates are sent again this long after the first send (lossy links)
+RESEND_DELAYS_S = (0.3, 0.8)
+#: a metric increase smaller than max(this, metric / 8), or a decrease smaller than
+#: this, waits for the next full update
 TRIGGER_MIN_DELTA = 128
 #: minimum interval between "announcement please" requests per (peer, origin)
 ANN_REQUEST_GAP_S = 1.0
@@ -199,13 +207,16 @@ class _Out:
 
     def __init__(self) -> None:
         self.wildcard = False
-        self.updates: dict[NodeId, None] = {}  # ordered set of origins
+        self.updates: dict[NodeId, bool] = {}  # origin -> urgent (resent), in queue order
         self.force_ann: set[NodeId] = set()
         self.requests: dict[tuple[NodeId, int], int] = {}  # (origin, seqno) -> hop count
         self.ann_requests: dict[NodeId, None] = {}
 
     def __bool__(self) -> bool:
         return bool(self.updates or self.requests or self.ann_requests or self.wildcard)
+
+    def add(self, origin: NodeId, urgent: bool = True) -> None:
+        self.updates[origin] = urgent or self.updates.get(origin, False)
 
 
 class _Update(NamedTuple):
@@ -318,6 +329,10 @@ class RoutingTable:
         self._next_full: float | None = None
         self._next_sweep: float | None = None
         self._last_bump = float("-inf")
+        self._resends: list[tuple[float, int, NodeId, list[NodeId], set[NodeId], int,
+                                  bool]] = []
+        self._resend_seq = 0
+        self._deferred: list[tuple[float, int, Callable[[float], None]]] = []
         self._earliest_expiry = float("inf")  # a lower bound: refreshes only push expiry later
         self._now = 0.0
 
@@ -340,7 +355,7 @@ class RoutingTable:
         self._ann_sent[peer] = {}
         out = self._out.setdefault(peer, _Out())
         for origin in self._advertisable():
-            out.updates[origin] = None
+            out.add(origin)
         # and ask for its table (Babel's wildcard route request, RFC 8966 §3.8.1.1)
         out.wildcard = True
         self._schedule_flush(now)
@@ -390,12 +405,12 @@ class RoutingTable:
         if msg.wildcard:
             out = self._out.setdefault(peer, _Out())
             for origin in self._advertisable():
-                out.updates[origin] = None
+                out.add(origin)
             self._schedule_flush(now)
         for origin in msg.ann_requests:
             if origin in self._anns and self._advertisable_to(origin, peer):
                 out = self._out.setdefault(peer, _Out())
-                out.updates[origin] = None
+                out.add(origin)
                 out.force_ann.add(origin)
                 self._schedule_flush(now)
 
@@ -413,7 +428,12 @@ class RoutingTable:
         for peer in sorted(self._out):
             q = self._out[peer]
             if peer in self._nbr_cost and q:
-                out.extend((peer, d) for d in self._build(peer, q))
+                msgs, attached = self._build(peer, q)
+                out.extend((peer, d) for d in msgs)
+                urgent = [o for o, u in q.updates.items() if u]
+                if (urgent or q.wildcard) and RESEND_DELAYS_S:
+                    self._push_resend(now + RESEND_DELAYS_S[0], peer, urgent, attached, 1,
+                                      q.wildcard)
         self._out = {}
         return out
 
@@ -421,6 +441,10 @@ class RoutingTable:
         """The earliest time this core has something to do."""
         ts = [t for t in (self._flush_at, self._next_full, self._next_sweep) if t is not None]
         ts.extend(s.next_send for s in self._starving.values())
+        if self._resends:
+            ts.append(self._resends[0][0])
+        if self._deferred:
+            ts.append(self._deferred[0][0])
         return min(ts) if ts else None
 
     def handle_timer(self, now: float) -> None:
@@ -513,7 +537,9 @@ class RoutingTable:
             return
         held = self._anns.get(origin)
         if held is None or u.seqno > held[0]:
-            self.drops.drop("unsigned-seqno", short_id(peer), f"{short_id(origin)} seq {u.seqno}")
+            # not covered by an announcement we hold: ask the sender for it (if it has none,
+            # the seqno was never signed and the update stays refused)
+            self.ignored["unsigned-seqno"] += 1
             key = (peer, origin)
             if now - self._ann_asked.get(key, float("-inf")) >= ANN_REQUEST_GAP_S:
                 self._ann_asked[key] = now
@@ -531,8 +557,24 @@ class RoutingTable:
             self._earliest_expiry = min(self._earliest_expiry, now + hold)
         elif r.seqno == u.seqno and r.refmetric == u.metric:
             r.expires, r.updated = now + hold, now  # nothing new: no reselection
+            if origin not in self._selected:
+                self._start_request(origin, now)  # still starving: ask again (rate-limited)
             return
         else:
+            sel = self._selected.get(origin)
+            src = self._sources.get(origin)
+            if sel is not None and sel.next_hop == peer and src is not None and \
+                    not update_feasible((src.seqno, src.metric), u.seqno, u.metric):
+                # RFC 8966 §3.5.4: an unfeasible update of the selected route may be
+                # ignored; keep the route (its old metric is still a valid fact) and ask the
+                # origin for a new seqno (§3.8.2.2), so cost noise does not drop routes
+                # The neighbour still has a route, so the entry does not expire: keeping an
+                # old fact about a neighbour is loop-free (its FD for this seqno only shrinks).
+                self.ignored["unfeasible-selected"] += 1
+                r.expires, r.updated = now + hold, now
+                if u.metric - r.refmetric >= max(TRIGGER_MIN_DELTA, r.refmetric // 8):
+                    self._start_request(origin, now)  # clearly worse, not just cost noise
+                return
             r.seqno, r.refmetric, r.expires, r.updated = u.seqno, u.metric, now + hold, now
         self._reselect(origin, now)
 
@@ -565,6 +607,21 @@ class RoutingTable:
             return
         self._out.setdefault(target, _Out()).requests[(origin, seqno)] = hops - 1
         self._schedule_flush(now)
+        # a request crosses many lossy hops: each forwarder sends it twice; the next
+        # forwarder's duplicate suppression absorbs the copy if both arrive
+        self._later(now + REQUEST_REPEAT_S, lambda t: self._forward_again(target, origin,
+                                                                          seqno, hops - 1, t))
+
+    def _forward_again(self, target: NodeId, origin: NodeId, seqno: int, hops: int,
+                       now: float) -> None:
+        sel = self._selected.get(origin)
+        if target in self._nbr_cost and (sel is None or sel.seqno < seqno):
+            self._out.setdefault(target, _Out()).requests[(origin, seqno)] = hops
+            self._schedule_flush(now, immediate=True)
+
+    def _later(self, t: float, fn: Callable[[float], None]) -> None:
+        self._resend_seq += 1
+        heapq.heappush(self._deferred, (t, self._resend_seq, fn))
 
     # -- selection --------------------------------------------------------------
 
@@ -594,7 +651,7 @@ class RoutingTable:
         # hysteresis (§3.6): keep a usable current route unless the best is clearly better
         if best is not None and current is not None and best[1] != current[1]:
             cm = current[0]
-            if best[0] > cm - max(64, cm // 8):
+            if best[0] > cm - max(SWITCH_MIN_GAIN, cm // 4):
                 best = current
         if best is None:
             if old is not None:
@@ -620,7 +677,10 @@ class RoutingTable:
             return
         hop_changed = old.next_hop != nbr
         seq_changed = old.seqno != r.seqno
-        big_change = abs(metric - old.metric) >= max(TRIGGER_MIN_DELTA, old.metric // 8)
+        delta = metric - old.metric
+        # better routes spread at once (fast convergence); worse ones only when clearly worse
+        big_change = delta <= -TRIGGER_MIN_DELTA or delta >= max(TRIGGER_MIN_DELTA,
+                                                                 old.metric // 8)
         prev_hop = old.next_hop
         old.next_hop, old.seqno, old.metric = nbr, r.seqno, metric
         if hop_changed:
@@ -631,7 +691,7 @@ class RoutingTable:
             # poison towards the new next hop, the real metric to the old one
             for p in (prev_hop, nbr):
                 if p in self._nbr_cost:
-                    self._out.setdefault(p, _Out()).updates[origin] = None
+                    self._out.setdefault(p, _Out()).add(origin)
             self._schedule_flush(now)
 
     def _best_any(self, origin: NodeId, exclude: NodeId) -> NodeId | None:
@@ -660,7 +720,7 @@ class RoutingTable:
                 del self._starving[origin]
                 continue
             s.tries += 1
-            s.next_send = now + REQUEST_RESEND_S * s.tries
+            s.next_send = now + min(REQUEST_RESEND_MAX_S, REQUEST_RESEND_S * s.tries)
             self._seen_requests[(origin, s.seqno)] = now + REQUEST_DEDUPE_S
             for peer in sorted(self._nbr_cost):
                 self._out.setdefault(peer, _Out()).requests[(origin, s.seqno)] = REQUEST_HOPS
@@ -681,13 +741,38 @@ class RoutingTable:
             for peer in sorted(self._nbr_cost):
                 out = self._out.setdefault(peer, _Out())
                 for origin in adv:
-                    out.updates[origin] = None
+                    out.add(origin, urgent=False)
             self._schedule_flush(now, immediate=True)
         if self._next_sweep is not None and now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL_S
             self._sweep(now)
         if any(s.next_send <= now for s in self._starving.values()):
             self._send_requests(now)
+        if self._resends and self._resends[0][0] <= now:
+            self._run_resends(now)
+        while self._deferred and self._deferred[0][0] <= now:
+            heapq.heappop(self._deferred)[2](now)
+
+    def _push_resend(self, t: float, peer: NodeId, origins: list[NodeId], anns: set[NodeId],
+                     step: int, wildcard: bool) -> None:
+        self._resend_seq += 1
+        heapq.heappush(self._resends, (t, self._resend_seq, peer, origins, anns, step, wildcard))
+
+    def _run_resends(self, now: float) -> None:
+        # datagrams are unreliable: triggered updates go out again (babeld's "urgent" resends)
+        while self._resends and self._resends[0][0] <= now:
+            _, _, peer, origins, anns, step, wildcard = heapq.heappop(self._resends)
+            if peer not in self._nbr_cost:
+                continue
+            out = self._out.setdefault(peer, _Out())
+            out.wildcard = out.wildcard or wildcard
+            for origin in origins:
+                out.add(origin, urgent=False)
+            out.force_ann |= anns
+            self._schedule_flush(now, immediate=True)
+            if step < len(RESEND_DELAYS_S):
+                self._push_resend(now + RESEND_DELAYS_S[step] - RESEND_DELAYS_S[step - 1],
+                                  peer, origins, anns, step + 1, wildcard)
 
     def _sweep(self, now: float) -> None:
         if now >= self._earliest_expiry:
@@ -725,12 +810,12 @@ class RoutingTable:
 
     def _queue(self, peer: NodeId, origin: NodeId, now: float) -> None:
         if peer in self._nbr_cost:
-            self._out.setdefault(peer, _Out()).updates[origin] = None
+            self._out.setdefault(peer, _Out()).add(origin)
             self._schedule_flush(now)
 
     def _queue_all(self, origin: NodeId, now: float) -> None:
         for peer in self._nbr_cost:
-            self._out.setdefault(peer, _Out()).updates[origin] = None
+            self._out.setdefault(peer, _Out()).add(origin)
         self._schedule_flush(now)
 
     def _schedule_flush(self, now: float, *, immediate: bool = False) -> None:
@@ -753,7 +838,8 @@ class RoutingTable:
             return _Update(origin, ret[0], INFINITY)
         return None
 
-    def _build(self, peer: NodeId, q: _Out) -> list[bytes]:
+    def _build(self, peer: NodeId, q: _Out) -> tuple[list[bytes], set[NodeId]]:
+        """The datagrams for ``q``, and the origins whose announcement went with them."""
         interval_cs = round(self._interval[1] * 100)
         sent = self._ann_sent.setdefault(peer, {})
         budget = self._max_payload - _OVERHEAD
@@ -779,6 +865,7 @@ class RoutingTable:
                 cur.setdefault(k, []).append(v)
             size += need
 
+        attached: set[NodeId] = set()
         for origin, seqno in sorted(q.requests):
             add([("r", [origin, seqno, q.requests[(origin, seqno)]])])
         for origin in q.ann_requests:
@@ -798,7 +885,8 @@ class RoutingTable:
                 if sent.get(origin) != held[0] or origin in q.force_ann:
                     items.append(("a", held[1]))
                     sent[origin] = held[0]
+                    attached.add(origin)
             items.append(("u", [e.origin, e.seqno, e.metric]))
             add(items)
         flush()
-        return msgs
+        return msgs, attached

@@ -21,7 +21,7 @@ from meshd.codec import Fields, pack, unpack
 from meshd.errors import VerificationError
 from meshd.identity import Announcement, Identity, Role
 from meshd.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
-from meshd.routing import RouteChanged, RoutingTable, Verifier, VerifiedAnnouncement
+from meshd.routing import RouteChanged, RoutingTable, VerifiedAnnouncement, Verifier
 from tests.sim.network import LinkParams, Network, NodeId, sim_id
 from tests.sim.topology import Edges
 

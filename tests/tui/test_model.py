@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.tui.fixtures import BRAVO, CHARLIE, DELTA, ME, NOW, filled_model
-from tui.model import MeshModel, sparkline
+from tui.model import POLLED, MeshModel, sparkline
 
 
 def test_sparkline_scales_to_max_or_top_and_keeps_gaps() -> None:
@@ -140,3 +142,31 @@ def test_retracted_routes_are_marked_unreachable() -> None:
         {"destination": CHARLIE, "next_hop": BRAVO, "metric": 0xFFFF},
         {"destination": DELTA, "next_hop": BRAVO, "metric": 300, "reachable": False}]}, NOW)
     assert [r.reachable for r in m.routes] == [True, False, False]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+        st.sampled_from(["node_id", "neighbours", "routes", "nodes", "links", "calls", "peers",
+                         "quality", "catch_up", "a", "b", "cost", "rtt_ms", "destination",
+                         "call_id", "results", "doc_id", "records", "bulletins", "x"]),
+        kids, max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(method=st.sampled_from([*POLLED, "library.search", "library.show", "neighbour.up",
+                               "neighbour.lost", "call.state"]), data=_json)
+def test_any_daemon_json_is_applied_or_counted_never_raised(method: str, data: object) -> None:
+    m = filled_model()
+    if method == "library.search":
+        m.apply_search("q", data)
+    elif method == "library.show":
+        m.apply_document(data)
+    elif "." in method and method not in POLLED:
+        m.apply_event(method, data if isinstance(data, dict) else {"v": data}, None, NOW)
+    else:
+        m.apply(method, data, NOW)
+    m.alerts(NOW)
+    m.effective_topology()
+    m.uptime_s(NOW)

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.tui.fixtures import NOW, filled_model
+from tests.tui.fixtures import BRAVO, ME, NOW, filled_model
+from tests.tui.helpers import screen_text
 from tui.app import MeshConsole
 from tui.model import MeshModel
 
@@ -48,3 +49,24 @@ def test_disconnected_and_unavailable(snap_compare: SnapCompare) -> None:
     m.set_connected(False, "no daemon: /tmp/cm/a/control.sock does not exist", NOW)
     m.set_unavailable("routes")
     assert snap_compare(console(m), press=["r"], terminal_size=(80, 24))
+
+
+async def test_every_view_renders_odd_daemon_values() -> None:
+    """Wrong-typed fields from a daemon are shown as text or dashes, never raised."""
+    m = MeshModel()
+    m.set_connected(True, "s", NOW)
+    m.apply("status", {"node_id": ME, "name": 7, "listen": 5, "interfaces": {"a": 1},
+                       "ready": [], "uptime_s": "long", "drops": [1, 2], "role": None}, NOW)
+    m.apply("neighbours", {"neighbours": [{"node_id": BRAVO, "name": None, "rtt_ms": True,
+                                           "up_since": "x", "loss": -1}]}, NOW)
+    m.apply("situation.list", {"records": [{"owner": 5, "kind": [], "fields": "free text"}]}, NOW)
+    m.apply("bulletin.list", {"bulletins": [{"title": {"x": 1}, "body": None}]}, NOW)
+    m.apply_search("q", {"results": [{"doc_id": "d", "title": None, "snippet": 5}]})
+    m.apply_document({"title": ["t"], "tags": "x", "body": 3})
+    app = console(m)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key in "onrtcslbg":
+            await pilot.press(key)
+            await pilot.pause()
+            assert screen_text(app).strip()
+        assert "alpha" not in screen_text(app)

@@ -16,6 +16,13 @@ from tui.screens.base import View, fmt_duration
 __all__ = ["OverviewView"]
 
 
+def _join(v: object) -> str:
+    """A list from the daemon as ``a, b``; anything else as its text."""
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return "" if v is None else str(v)
+
+
 class OverviewView(View):
     """This node at a glance, with what needs attention."""
 
@@ -46,10 +53,11 @@ class OverviewView(View):
             ("name", str(st.get("name", "-"))),
             ("role", str(st.get("role", "-"))),
             ("version", str(st.get("version", "-"))),
-            ("ready", {True: "yes", False: "no"}.get(st.get("ready"), "-")),  # type: ignore[arg-type]
+            ("ready", "yes" if st.get("ready") is True else "no" if st.get("ready") is False
+             else "-"),
             ("uptime", fmt_duration(model.uptime_s(now))),
-            ("listen", ", ".join(map(str, st.get("listen", []) or [])) or "-"),
-            ("interfaces", ", ".join(map(str, st.get("interfaces", []) or [])) or "loopback only"),
+            ("listen", _join(st.get("listen")) or "-"),
+            ("interfaces", _join(st.get("interfaces")) or "loopback only"),
             ("neighbours", str(len(model.neighbours))),
             ("routes", str(routes)),
             ("mesh nodes", str(len(topo.nodes)) if topo and topo.complete else "-"),
