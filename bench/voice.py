@@ -1,0 +1,359 @@
+"""Benchmark of calls over the mesh, with a plain asyncio UDP relay as the per-hop baseline.
+
+Usage: ``.venv/bin/python bench/voice.py [--json] [--runs N] [--quick]`` (needs root: it re-runs
+itself under ``unshare --net`` with 127.0.0.2 on a private loopback, so aiortc and every socket
+stay inside a throwaway network namespace).
+
+Topology: the two call endpoints are in-process ``meshd.node.Node`` objects with a
+``VoiceService`` (real QUIC links, real routing); the relay cars in between are real ``meshd``
+processes on 127.0.0.1 with static peers (``tests.voice.realmesh``).
+
+Rows, each bounded in count and time:
+- setup: dial to the first decoded audio frame at the callee (auto-answer, Opus tone), direct and
+  over 1 and 3 relays; median and max of N calls;
+- one-way latency of a 172-byte packet (an Opus RTP packet's size with SRTP) over 0, 1 and 3 relays
+  (median, 50 packets/s); the added latency per relay hop, next to the same figure for a plain
+  asyncio UDP forwarder process (the baseline);
+- audio gap at the callee when the relay carrying a call (diamond A–B–D, A–C–D) is killed with
+  SIGKILL; median and max of N kills;
+- concurrent calls through one relay: N synthetic calls (50 packets/s each way, 172 bytes, the
+  media path's own packet size and rate) between the two endpoints through one meshd relay, for
+  5 s per step, until loss exceeds 1 %; with the relay's CPU use (from /proc) at each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from meshd.harness import free_udp_port
+from meshd.packet import MeshPacket
+from tests.voice.realmesh import Endpoint, Mesh, real_mesh, wait_route
+
+NS_ENV = "CARMESH_VOICE_BENCH_NS"
+BENCH_SERVICE = 200  #: a service code no node uses: delivered to our handler, forwarded by relays
+PACKET = 172
+RATE = 50  #: packets per second per direction of one call (20 ms Opus frames)
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _relay_cpu(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def _chain(n_relays: int) -> list[tuple[str, str]]:
+    names = ["A", *[f"R{i}" for i in range(1, n_relays + 1)], "D"]
+    return list(itertools.pairwise(names))
+
+
+async def _first_frame(d: Endpoint, cid: bytes, timeout: float = 15.0) -> float | None:
+    for _ in range(int(timeout / 0.01)):
+        c = d.voice._calls.get(cid)
+        if c is not None and c.endpoint is not None and c.endpoint.sink.first_frame_at is not None:
+            return c.endpoint.sink.first_frame_at
+        await asyncio.sleep(0.01)
+    return None
+
+
+async def _end(a: Endpoint, d: Endpoint, cid: bytes) -> None:
+    a.voice.hangup(cid)
+    for _ in range(200):
+        if d.voice.info(cid).state == "ended" and a.voice.info(cid).state == "ended":
+            return
+        await asyncio.sleep(0.05)
+
+
+async def bench_setup(n_relays: int, runs: int) -> dict[str, Any]:
+    setups: list[float] = []
+    async with real_mesh(_chain(n_relays), {"A": {}, "D": {"auto_answer": True}}) as mesh:
+        a, d = mesh.endpoints["A"], mesh.endpoints["D"]
+        await wait_route(a, d)
+        loop = asyncio.get_running_loop()
+        for _ in range(runs):
+            t0 = loop.time()
+            info = await a.voice.dial(d.node_id, play="tone:440", record=None)
+            cid = bytes.fromhex(info.call_id)
+            first = await _first_frame(d, cid)
+            if first is not None:
+                setups.append((first - t0) * 1000)
+            await _end(a, d, cid)
+            await asyncio.sleep(0.3)
+    return {"relays": n_relays, "calls": runs, "ok": len(setups),
+            "setup_ms_median": statistics.median(setups) if setups else None,
+            "setup_ms_max": max(setups) if setups else None}
+
+
+async def _latency(mesh: Mesh, count: int) -> list[float]:
+    a, d = mesh.endpoints["A"], mesh.endpoints["D"]
+    await wait_route(a, d)
+    loop = asyncio.get_running_loop()
+    got: list[float] = []
+
+    def on_packet(pkt: MeshPacket, now: float) -> None:
+        (sent,) = struct.unpack_from("!d", pkt.payload)
+        got.append((loop.time() - sent) * 1000)
+
+    d.node.register_service(BENCH_SERVICE, on_packet)
+    for _ in range(count):
+        payload = struct.pack("!d", loop.time()).ljust(PACKET, b"\0")
+        a.node.send_packet(d.node_id, BENCH_SERVICE, payload, deadline=loop.time() + 0.5)
+        await asyncio.sleep(1 / RATE)
+    await asyncio.sleep(0.5)
+    return got
+
+
+async def bench_latency(n_relays: int, count: int) -> dict[str, Any]:
+    async with real_mesh(_chain(n_relays), {"A": {}, "D": {}}) as mesh:
+        got = await _latency(mesh, count)
+    return {"relays": n_relays, "sent": count, "received": len(got),
+            "one_way_ms_median": statistics.median(got) if got else None}
+
+
+_UDP_RELAY = """
+import asyncio, sys
+class P(asyncio.DatagramProtocol):
+    def connection_made(self, t): self.t = t
+    def datagram_received(self, data, addr): self.t.sendto(data, ("127.0.0.1", int(sys.argv[2])))
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", int(sys.argv[1])))
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+async def bench_udp_baseline(count: int) -> dict[str, Any]:
+    """One-way latency direct vs through one plain asyncio UDP forwarder process."""
+    loop = asyncio.get_running_loop()
+    got: list[float] = []
+
+    class Rx(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            (sent,) = struct.unpack_from("!d", data)
+            got.append((loop.time() - sent) * 1000)
+
+    rx, _ = await loop.create_datagram_endpoint(Rx, local_addr=("127.0.0.1", 0))
+    rx_port = rx.get_extra_info("sockname")[1]
+    relay_port = free_udp_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _UDP_RELAY, str(relay_port),
+                                                str(rx_port))
+    tx, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                local_addr=("127.0.0.1", 0))
+    out: dict[str, Any] = {}
+    try:
+        await asyncio.sleep(1.0)
+        for label, port in (("direct", rx_port), ("via", relay_port)):
+            got.clear()
+            for _ in range(count):
+                tx.sendto(struct.pack("!d", loop.time()).ljust(PACKET, b"\0"), ("127.0.0.1", port))
+                await asyncio.sleep(1 / RATE)
+            await asyncio.sleep(0.3)
+            out[label] = statistics.median(got) if got else None
+    finally:
+        proc.kill()
+        await proc.wait()
+        tx.close()
+        rx.close()
+    return {"udp_direct_ms": out["direct"], "udp_via_relay_ms": out["via"],
+            "added_per_hop_ms": (out["via"] - out["direct"]) if out["via"] and out["direct"] else None}
+
+
+async def bench_gap(runs: int) -> dict[str, Any]:
+    gaps: list[float] = []
+    links = [("A", "B"), ("A", "C"), ("B", "D"), ("C", "D")]
+    for _ in range(runs):
+        async with real_mesh(links, {"A": {}, "D": {"auto_answer": True}}) as mesh:
+            a, d = mesh.endpoints["A"], mesh.endpoints["D"]
+            await wait_route(a, d)
+            loop = asyncio.get_running_loop()
+            by_id = {}
+            for name, daemon in mesh.relays.items():
+                by_id[(await loop.run_in_executor(None, daemon.wait_ready))["node_id"]] = name
+            info = await a.voice.dial(d.node_id, play="tone:440", record=None)
+            cid = bytes.fromhex(info.call_id)
+            await _first_frame(d, cid)
+            await asyncio.sleep(2.0)
+            hop = a.node.next_hop(d.node_id)
+            if hop is None:
+                continue
+            killed = loop.time()
+            await loop.run_in_executor(None, mesh.relays[by_id[hop.hex()]].kill9)
+            await asyncio.sleep(8.0)
+            c = d.voice._calls[cid]
+            if c.endpoint is not None:
+                after = [g for at, g in c.endpoint.sink.gaps if at >= killed - 0.1]
+                gaps.append(max(after) if after else 0.0)
+            await _end(a, d, cid)
+    return {"kills": runs, "measured": len(gaps),
+            "gap_s_median": statistics.median(gaps) if gaps else None,
+            "gap_s_max": max(gaps) if gaps else None}
+
+
+async def _concurrent_step(mesh: Mesh, calls: int, seconds: float,
+                           received: dict[str, int]) -> dict[str, Any]:
+    a, d = mesh.endpoints["A"], mesh.endpoints["D"]
+    loop = asyncio.get_running_loop()
+    received["A"] = received["D"] = 0
+    relay_pid = next(iter(mesh.relays.values())).proc.pid  # type: ignore[union-attr]
+    links0 = {side: _link_counts(ep) for side, ep in (("A", a), ("D", d))}
+    cpu0, t0 = _relay_cpu(relay_pid), loop.time()
+    me0 = sum(os.times()[:2])
+    sent = 0
+    # calls are independent: spread their packets evenly over each 20 ms frame, 1 ms slots
+    slots = int(seconds * 1000)
+    per_ms = calls * RATE / 1000
+    due = 0.0
+    payload = bytes(PACKET)
+    flow = 0
+    for i in range(slots):
+        due += per_ms
+        deadline = loop.time() + 0.5
+        while due >= 1.0:
+            due -= 1.0
+            flow = flow % calls + 1
+            a.node.send_packet(d.node_id, BENCH_SERVICE, payload, flow_id=flow, deadline=deadline)
+            d.node.send_packet(a.node_id, BENCH_SERVICE, payload, flow_id=flow, deadline=deadline)
+            sent += 2
+        delay = t0 + (i + 1) / 1000 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i % 20 == 0:
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.5)
+    elapsed = loop.time() - t0
+    cpu = (_relay_cpu(relay_pid) - cpu0) / elapsed
+    me = (sum(os.times()[:2]) - me0) / elapsed
+    got = received["A"] + received["D"]
+    return {"calls": calls, "sent": sent, "received": got, "loss": 1 - got / sent if sent else None,
+            "relay_cpu": cpu, "endpoints_cpu": me, "achieved_rate": sent / elapsed / calls / 2,
+            "endpoint_drops": {k: v for k, v in a.node.drop_counts().items() if v},
+            "links": {side: {k: v - links0[side][k] for k, v in _link_counts(ep).items()}
+                      for side, ep in (("A", a), ("D", d))}}
+
+
+def _link_counts(ep: Endpoint) -> dict[str, int]:
+    """Datagram counters summed over the endpoint's links (where a loss happened)."""
+    out = {"tx": 0, "rx": 0, "stale": 0, "queue_full": 0}
+    for st in ep.node.links.links().values():
+        out["tx"] += st.tx_datagrams
+        out["rx"] += st.rx_datagrams
+        out["stale"] += st.dropped_stale
+        out["queue_full"] += st.dropped_queue_full
+    return out
+
+
+async def bench_concurrent(steps: list[int], seconds: float) -> list[dict[str, Any]]:
+    rows = []
+    received = {"A": 0, "D": 0}
+
+    def counter(side: str) -> Any:
+        def on_packet(pkt: MeshPacket, now: float) -> None:
+            received[side] += 1
+        return on_packet
+
+    async with real_mesh(_chain(1), {"A": {}, "D": {}}) as mesh:
+        for side in ("A", "D"):
+            mesh.endpoints[side].node.register_service(BENCH_SERVICE, counter(side))
+        await wait_route(mesh.endpoints["A"], mesh.endpoints["D"])
+        for n in steps:
+            row = await _concurrent_step(mesh, n, seconds, received)
+            rows.append(row)
+            if row["loss"] is not None and row["loss"] > 0.01:
+                break
+            await asyncio.sleep(1.0)
+    return rows
+
+
+async def main_async(runs: int, quick: bool) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    res["setup"] = [await bench_setup(n, runs) for n in (0, 1, 3)]
+    count = 100 if quick else 300
+    res["latency"] = [await bench_latency(n, count) for n in (0, 1, 3)]
+    res["udp_baseline"] = await bench_udp_baseline(count)
+    res["gap"] = await bench_gap(max(1, runs // 2))
+    steps = [10, 30, 50] if quick else [10, 20, 30, 40, 50, 75, 100]
+    res["concurrent"] = await bench_concurrent(steps, 3.0 if quick else 5.0)
+    return res
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def report(res: dict[str, Any]) -> None:
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print(f"Voice benchmark ({machine}; endpoints in-process, relays are meshd processes on loopback)")
+    print("\n| path | calls | setup median (ms) | setup max (ms) |")
+    print("|---|---:|---:|---:|")
+    for r in res["setup"]:
+        print(f"| {r['relays']} relays | {r['ok']}/{r['calls']} | {_fmt(r['setup_ms_median'])} "
+              f"| {_fmt(r['setup_ms_max'])} |")
+    lat = {r["relays"]: r["one_way_ms_median"] for r in res["latency"]}
+    print("\n| path | received | one-way median (ms) |")
+    print("|---|---:|---:|")
+    for r in res["latency"]:
+        print(f"| mesh, {r['relays']} relays | {r['received']}/{r['sent']} | {_fmt(r['one_way_ms_median'], 3)} |")
+    b = res["udp_baseline"]
+    print(f"| plain UDP, direct | | {_fmt(b['udp_direct_ms'], 3)} |")
+    print(f"| plain UDP, via one asyncio forwarder | | {_fmt(b['udp_via_relay_ms'], 3)} |")
+    per_hop_1 = (lat[1] - lat[0]) if lat.get(1) and lat.get(0) else None
+    per_hop_3 = (lat[3] - lat[0]) / 3 if lat.get(3) and lat.get(0) else None
+    print(f"\nadded one-way latency per relay hop (median): mesh {_fmt(per_hop_1, 3)} ms (1 relay), "
+          f"{_fmt(per_hop_3, 3)} ms (3 relays); plain asyncio UDP forwarder "
+          f"{_fmt(b['added_per_hop_ms'], 3)} ms")
+    g = res["gap"]
+    print(f"audio gap when the carrying relay is killed (kill -9): median {_fmt(g['gap_s_median'], 2)} s, "
+          f"max {_fmt(g['gap_s_max'], 2)} s over {g['measured']} kills")
+    print("\n| concurrent calls via one relay | loss | relay CPU (cores) | endpoints CPU (cores) "
+          "| dropped in endpoint link queues | lost between endpoint links (in the relay) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in res["concurrent"]:
+        la, ld = r["links"]["A"], r["links"]["D"]
+        in_relay = (la["tx"] - ld["rx"]) + (ld["tx"] - la["rx"])
+        print(f"| {r['calls']} | {100 * r['loss']:.2f}% | {r['relay_cpu']:.2f} | {r['endpoints_cpu']:.2f} "
+              f"| {la['queue_full'] + ld['queue_full'] + la['stale'] + ld['stale']} | {in_relay} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="fewer packets and steps")
+    args = ap.parse_args()
+    if os.environ.get(NS_ENV) != "1":
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            sys.exit("bench/voice.py needs root and unshare(1): it runs in a private network namespace")
+        script = ("ip link set lo up && ip addr add 127.0.0.2/8 dev lo && "
+                  f"exec {sys.executable} {Path(__file__).resolve()} " + " ".join(sys.argv[1:]))
+        env = {**os.environ, NS_ENV: "1"}
+        sys.exit(subprocess.run(["unshare", "--net", "sh", "-c", script], env=env, cwd=ROOT,
+                                check=False).returncode)
+    import logging
+    logging.basicConfig(level=logging.ERROR)
+    os.chdir(tempfile.gettempdir())
+    res = asyncio.run(main_async(args.runs, args.quick))
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        report(res)
+
+
+if __name__ == "__main__":
+    main()
