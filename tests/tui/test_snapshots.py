@@ -69,4 +69,7 @@ async def test_every_view_renders_odd_daemon_values() -> None:
             await pilot.press(key)
             await pilot.pause()
             assert screen_text(app).strip()
-        assert "alpha" not in screen_text(app)
+        await pilot.press("o")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "listen      5" in text and "ready       -" in text and "uptime      -" in text
