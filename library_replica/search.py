@@ -294,50 +294,51 @@ class SearchIndex:
         """
         q = parse_query(text)
         limit = max(1, min(limit, MAX_LIMIT))
-        params: list[object] = []
-        where: list[str] = []
-        long_expr = " AND ".join(_phrase(w) for w in q.long_words)
-        short_expr = " AND ".join(_phrase(w) for w in q.short_words)
-        if q.long_words:
-            table = "tri"
-            where.append("tri MATCH ?")
-            params.append(long_expr)
-            if q.short_words:
-                where.append("tri.rowid IN (SELECT rowid FROM ngram WHERE ngram MATCH ?)")
-                params.append(short_expr)
-        else:
-            table = "ngram"
-            where.append("ngram MATCH ?")
-            params.append(short_expr)
+        # FTS5 answers "rowid IN (subquery)" by re-running its MATCH once per candidate
+        # (seconds, measured), so every filter is a CROSS JOIN with the FTS table as
+        # the outer loop (CROSS JOIN fixes the join order in SQLite), and the short
+        # words of a mixed query are a materialised set joined the same way.
+        table = "tri" if q.long_words else "ngram"
+        ctes: list[str] = []
+        cte_params: list[object] = []
+        joins: list[str] = []
+        join_params: list[object] = []
+        if q.long_words and q.short_words:
+            ctes.append("short AS MATERIALIZED (SELECT rowid AS id FROM ngram WHERE ngram MATCH ?)")
+            cte_params.append(" AND ".join(_phrase(w) for w in q.short_words))
+            joins.append(f"CROSS JOIN short ON short.id = {table}.rowid")
         if collection is not None:
-            where.append(f"{table}.rowid IN (SELECT id FROM docs WHERE collection = ?)")
-            params.append(collection)
+            joins.append(f"CROSS JOIN docs dc ON dc.id = {table}.rowid AND dc.collection = ?")
+            join_params.append(collection)
         if tag is not None:
-            where.append(f"{table}.rowid IN (SELECT id FROM doc_tags WHERE tag = ?)")
-            params.append(normalise(tag).lower())
+            joins.append(f"CROSS JOIN doc_tags tg ON tg.id = {table}.rowid AND tg.tag = ?")
+            join_params.append(normalise(tag).lower())
         if author is not None:
-            where.append(f"{table}.rowid IN (SELECT id FROM doc_authors WHERE author = ?)")
-            params.append(author)
-        # Rank at most RANK_WINDOW candidates: bm25 costs a row lookup per match, and a
-        # common word (避難 in most documents) would otherwise be scored 60,000 times.
-        # The window holds the most recently indexed matches; the cut is found by
-        # walking the doclist alone, which is cheap.
-        cut = self._db.execute(
-            f"SELECT {table}.rowid FROM {table} WHERE {' AND '.join(where)}"
-            f" ORDER BY {table}.rowid DESC LIMIT 1 OFFSET ?", [*params, RANK_WINDOW - 1]
-        ).fetchone() if rank_window else None
-        if cut is not None:
-            where.append(f"{table}.rowid >= ?")
-            params.append(cut[0])
-        # rank row ids first and read the documents of the top ``limit`` only: a join
-        # before the sort would read the body of every match
-        sql = (f"WITH top AS (SELECT {table}.rowid AS id, bm25({table}, {_WEIGHTS}) AS s"
-               f" FROM {table} WHERE {' AND '.join(where)} ORDER BY s LIMIT ?)"
-               " SELECT d.doc_id, d.collection, d.title, d.body, top.s"
-               " FROM top JOIN docs d ON d.id = top.id ORDER BY top.s")
-        params.append(limit)
+            joins.append(f"CROSS JOIN doc_authors au ON au.id = {table}.rowid AND au.author = ?")
+            join_params.append(author)
+        match = " AND ".join(_phrase(w) for w in (q.long_words or q.short_words))
+        with_sql = f"WITH {', '.join(ctes)} " if ctes else ""
+        from_sql = f"FROM {table} {' '.join(joins)} WHERE {table} MATCH ?"
+        params: list[object] = [*cte_params, *join_params, match]
         try:
-            rows = self._db.execute(sql, params).fetchall()
+            # Rank at most RANK_WINDOW candidates: bm25 costs a row lookup per match,
+            # and a common word (避難 in most documents) would otherwise be scored
+            # 60,000 times.  The window holds the most recently indexed matches; the
+            # cut is found by walking the match list alone, which is cheap.
+            cut = self._db.execute(
+                f"{with_sql}SELECT {table}.rowid {from_sql}"
+                f" ORDER BY {table}.rowid DESC LIMIT 1 OFFSET ?", [*params, RANK_WINDOW - 1]
+            ).fetchone() if rank_window else None
+            if cut is not None:
+                from_sql += f" AND {table}.rowid >= ?"
+                params.append(cut[0])
+            # rank row ids first and read the documents of the top ``limit`` only: a
+            # join before the sort would read the body of every match
+            top = (f"top AS (SELECT {table}.rowid AS id, bm25({table}, {_WEIGHTS}) AS s"
+                   f" {from_sql} ORDER BY s LIMIT ?)")
+            sql = (f"WITH {', '.join([*ctes, top])} SELECT d.doc_id, d.collection, d.title,"
+                   " d.body, top.s FROM top JOIN docs d ON d.id = top.id ORDER BY top.s")
+            rows = self._db.execute(sql, [*params, limit]).fetchall()
         except sqlite3.OperationalError as exc:  # an FTS5 syntax the quoting did not cover
             raise LibraryError(f"query refused by FTS5: {exc}") from None
         words = q.words

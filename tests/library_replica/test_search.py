@@ -193,3 +193,11 @@ def test_search_equals_a_substring_scan(bodies: list[str], pick: int, length: in
     expected = {d.doc_id for d in docs if word.lower() in d.body.lower()}
     got = {h.doc_id for h in idx.search(word, limit=200, rank_window=False)}
     assert got == expected, word
+
+
+def test_mixed_queries_with_filters(index: SearchIndex) -> None:
+    assert _ids(index.search("公民館 EV", collection="work", author=BOB, tag="電力")) == [_id("ev")]
+    assert index.search("公民館 EV", collection="know-how") == []
+    assert _ids(index.search("避難 名簿", tag="防災", author=ALICE)) == [_id("shelter")]
+    assert index.search("避難 名簿", author=BOB) == []
+    assert _ids(index.search("給水", collection="know-how", tag="給水")) == [_id("water")]
