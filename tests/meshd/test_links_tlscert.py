@@ -240,3 +240,31 @@ async def test_liveness_ping_uses_aioquic_ping_waiters() -> None:
     finally:
         await a.mgr.close()
         await b.mgr.close()
+
+
+def test_aioquic_checks_certificate_verify_even_without_ca_checks() -> None:
+    """A server showing a victim's certificate without its private key cannot finish TLS.
+
+    The link handshake relies on this: with ``verify_mode=CERT_NONE`` aioquic
+    skips only the CA chain, not the CertificateVerify signature.
+    """
+    victim, thief = Identity.generate(), Identity.generate()
+    victim_cert, _ = make_certificate(victim)
+    client = QuicConnection(configuration=QuicConfiguration(
+        is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE))
+    server = QuicConnection(
+        configuration=QuicConfiguration(
+            is_client=False, alpn_protocols=[ALPN], certificate=victim_cert,
+            private_key=thief.signing_key),
+        original_destination_connection_id=client.original_destination_connection_id)
+    now = 1.0
+    client.connect(SERVER_ADDR, now=now)
+    for _ in range(10):
+        now += 0.01
+        for data, _ in client.datagrams_to_send(now=now):
+            server.receive_datagram(data, CLIENT_ADDR, now=now)
+        for data, _ in server.datagrams_to_send(now=now):
+            client.receive_datagram(data, SERVER_ADDR, now=now)
+    client_events = Pair.drain(client, events.QuicEvent)
+    assert not any(isinstance(e, events.HandshakeCompleted) for e in client_events)
+    assert client._close_event is not None  # the client aborted the handshake
