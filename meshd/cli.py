@@ -72,9 +72,9 @@ def _setup_logging(level: str) -> None:
 
 
 async def _run(config: Config) -> int:
-    from meshd.node import Node
+    from meshd.daemon import build_node
 
-    node = Node(config)
+    node = build_node(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

