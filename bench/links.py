@@ -11,7 +11,7 @@ Rows (loopback only, each bounded in time and count):
 
 Datagram columns: round-trip time of one 100-byte datagram echoed back (p50 / p95) on an idle link,
 then datagrams/s one way (windowed: at most WINDOW in flight, so nothing is lost to queue
-limits), then the round-trip time again right after that load.
+limits; "lost" counts what never arrived), then the round-trip time again right after that load.
 
 A second table gives one-way stream throughput (64 KiB messages) over a LinkManager
 stream, over aioquic's own asyncio stream API with no meshd code, and over asyncio TCP.
@@ -81,8 +81,9 @@ class _Sink:
             self.waiter.set_result(None)
 
 
-async def _windowed(send: Callable[[], None], sink: _Sink, seconds: float) -> float:
-    """Send in windows of WINDOW, waiting for each window to arrive; returns datagrams/s."""
+async def _windowed(send: Callable[[], None], sink: _Sink,
+                    seconds: float) -> tuple[float, int]:
+    """Send in windows of WINDOW, waiting for each to arrive; returns (datagrams/s, lost)."""
     loop = asyncio.get_running_loop()
     sent = 0
     sink.count = 0
@@ -95,10 +96,10 @@ async def _windowed(send: Callable[[], None], sink: _Sink, seconds: float) -> fl
         sent += WINDOW
         # a lost datagram only ends the window early: the count is what arrived
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(sink.waiter, 2.0)
+            await asyncio.wait_for(sink.waiter, 0.25)
     elapsed = loop.time() - start
     sink.waiter = None
-    return sink.count / elapsed
+    return sink.count / elapsed, sent - sink.count
 
 
 async def _rtts(send: Callable[[], None], sink: _Sink, seconds: float) -> list[float]:
@@ -139,10 +140,10 @@ async def bench_links(seconds: float) -> dict[str, Any]:
         sb.echo_to = b.send_datagram
         rtt = await _rtts(ping, sa, seconds / 2)
         sb.echo_to = None
-        rate = await _windowed(ping, sb, seconds)
+        rate, lost = await _windowed(ping, sb, seconds)
         sb.echo_to = b.send_datagram
         after = await _rtts(ping, sa, seconds / 2)
-        return {"path": "LinkManager (QUIC link)", "datagrams_per_s": rate,
+        return {"path": "LinkManager (QUIC link)", "datagrams_per_s": rate, "lost": lost,
                 "rtt_p50_us": pct(rtt, 0.5), "rtt_p95_us": pct(rtt, 0.95), "rtt_n": len(rtt),
                 "rtt_after_load_p50_us": pct(after, 0.5),
                 "rtt_after_load_p95_us": pct(after, 0.95)}
@@ -183,10 +184,10 @@ async def bench_udp(seconds: float) -> dict[str, Any]:
         server.echo = True
         rtt = await _rtts(ping, client_sink, seconds / 2)
         server.echo = False
-        rate = await _windowed(ping, server_sink, seconds)
+        rate, lost = await _windowed(ping, server_sink, seconds)
         server.echo = True
         after = await _rtts(ping, client_sink, seconds / 2)
-        return {"path": "asyncio UDP echo", "datagrams_per_s": rate,
+        return {"path": "asyncio UDP echo", "datagrams_per_s": rate, "lost": lost,
                 "rtt_p50_us": pct(rtt, 0.5), "rtt_p95_us": pct(rtt, 0.95), "rtt_n": len(rtt),
                 "rtt_after_load_p50_us": pct(after, 0.5),
                 "rtt_after_load_p95_us": pct(after, 0.95)}
@@ -245,11 +246,12 @@ def bench_memory(seconds: float) -> dict[str, Any]:
     # "RTT": one datagram there and one back, in memory (CPU cost only)
     rtt = rtts()
     # throughput: windows of WINDOW datagrams, acks flowing back
-    received = 0
+    received = sent = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds and received < MAX_COUNT:
         for _ in range(WINDOW):
             client.send_datagram_frame(payload)
+        sent += WINDOW
         now[0] += 0.001
         pump(client, server, caddr)
         received += got(server)
@@ -258,6 +260,7 @@ def bench_memory(seconds: float) -> dict[str, Any]:
     rate = received / (time.perf_counter() - start)
     after = rtts()
     return {"path": "aioquic in memory (no sockets)", "datagrams_per_s": rate,
+            "lost": sent - received,
             "rtt_p50_us": pct(rtt, 0.5), "rtt_p95_us": pct(rtt, 0.95), "rtt_n": len(rtt),
             "rtt_after_load_p50_us": pct(after, 0.5), "rtt_after_load_p95_us": pct(after, 0.95)}
 
@@ -448,11 +451,12 @@ def main() -> None:
         return
     print(f"Links benchmark ({loop_name}; {machine}; {PAYLOAD}-byte datagrams, "
           f"window {WINDOW})\n")
-    print("| path | datagrams/s | RTT p50 (µs) | RTT p95 (µs) "
+    print("| path | datagrams/s | lost | RTT p50 (µs) | RTT p95 (µs) "
           "| after load: RTT p50 (µs) | after load: RTT p95 (µs) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['path']} | {r['datagrams_per_s']:,.0f} | {r['rtt_p50_us']:,.0f} "
+        print(f"| {r['path']} | {r['datagrams_per_s']:,.0f} | {r['lost']} "
+              f"| {r['rtt_p50_us']:,.0f} "
               f"| {r['rtt_p95_us']:,.0f} | {r['rtt_after_load_p50_us']:,.0f} "
               f"| {r['rtt_after_load_p95_us']:,.0f} |")
     print(f"\n| stream path ({STREAM_MSG // 1024} KiB messages, one way) | MiB/s |")
