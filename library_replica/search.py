@@ -14,7 +14,9 @@ token and a two-character word a bigram token: an index lookup, not a scan.
 
 A query is split on white space (ASCII or ideographic); every word must match
 (AND).  Words of three or more characters go to the trigram table, shorter
-ones to the n-gram table; results are ranked by FTS5's bm25 (title weighted
+ones to the n-gram table (a query with both kinds runs on the n-gram table
+alone, a long word there being the phrase of its bigrams, whenever the long
+words are all letters and digits); results are ranked by FTS5's bm25 (title weighted
 above body) of the trigram table when the query has a long word, else of the
 n-gram table.  Filters: collection, tag, author.  Snippets are cut around the
 first match and every match in them is highlighted.
@@ -166,6 +168,11 @@ def _phrase(word: str) -> str:
     return '"' + word.replace('"', '""') + '"'
 
 
+def _bigram_phrase(word: str) -> str:
+    w = word.lower()
+    return '"' + " ".join(w[i : i + 2] for i in range(len(w) - 1)) + '"'
+
+
 def _snippet(text: str, words: tuple[str, ...], marks: tuple[str, str], width: int) -> str:
     if not text:
         return ""
@@ -299,14 +306,23 @@ class SearchIndex:
         # the outer loop (CROSS JOIN fixes the join order in SQLite), and the short
         # words of a mixed query are a materialised set joined the same way.
         table = "tri" if q.long_words else "ngram"
+        match = " AND ".join(_phrase(w) for w in (q.long_words or q.short_words))
         ctes: list[str] = []
         cte_params: list[object] = []
         joins: list[str] = []
         join_params: list[object] = []
         if q.long_words and q.short_words:
-            ctes.append("short AS MATERIALIZED (SELECT rowid AS id FROM ngram WHERE ngram MATCH ?)")
-            cte_params.append(" AND ".join(_phrase(w) for w in q.short_words))
-            joins.append(f"CROSS JOIN short ON short.id = {table}.rowid")
+            if all(_is_token_char(c) for w in q.long_words for c in w):
+                # one MATCH on the n-gram table: a long word is the phrase of its
+                # bigrams, which are consecutive tokens there (same substring semantics)
+                table = "ngram"
+                match = " AND ".join([_bigram_phrase(w) for w in q.long_words]
+                                     + [_phrase(w) for w in q.short_words])
+            else:
+                ctes.append("short AS MATERIALIZED"
+                            " (SELECT rowid AS id FROM ngram WHERE ngram MATCH ?)")
+                cte_params.append(" AND ".join(_phrase(w) for w in q.short_words))
+                joins.append(f"CROSS JOIN short ON short.id = {table}.rowid")
         if collection is not None:
             joins.append(f"CROSS JOIN docs dc ON dc.id = {table}.rowid AND dc.collection = ?")
             join_params.append(collection)
@@ -316,7 +332,6 @@ class SearchIndex:
         if author is not None:
             joins.append(f"CROSS JOIN doc_authors au ON au.id = {table}.rowid AND au.author = ?")
             join_params.append(author)
-        match = " AND ".join(_phrase(w) for w in (q.long_words or q.short_words))
         with_sql = f"WITH {', '.join(ctes)} " if ctes else ""
         from_sql = f"FROM {table} {' '.join(joins)} WHERE {table} MATCH ?"
         params: list[object] = [*cte_params, *join_params, match]

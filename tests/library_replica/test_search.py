@@ -201,3 +201,31 @@ def test_mixed_queries_with_filters(index: SearchIndex) -> None:
     assert _ids(index.search("避難 名簿", tag="防災", author=ALICE)) == [_id("shelter")]
     assert index.search("避難 名簿", author=BOB) == []
     assert _ids(index.search("給水", collection="know-how", tag="給水")) == [_id("water")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(alphabet=_CHARS + "、。 ", min_size=1, max_size=40), min_size=1,
+                max_size=25),
+       st.integers(0, 10_000), st.integers(0, 10_000))
+def test_mixed_query_equals_a_substring_scan(bodies: list[str], p1: int, p2: int) -> None:
+    idx = SearchIndex()
+    docs = [D(_id(f"m{i}"), "work", f"t{i}", b) for i, b in enumerate(bodies)]
+    idx.upsert_many(docs)
+    runs = [r for b in bodies for r in re.split(r"[、。 ]+", b) if len(r) >= 3]
+    if not runs:
+        return
+    long_run = runs[p1 % len(runs)]
+    long_word = long_run[p1 % (len(long_run) - 2):][:3 + p2 % 3]
+    short_run = runs[p2 % len(runs)]
+    short_word = short_run[p2 % len(short_run):][:1 + p1 % 2]
+    expected = {d.doc_id for d in docs
+                if long_word.lower() in d.body.lower() and short_word.lower() in d.body.lower()}
+    got = {h.doc_id for h in idx.search(f"{long_word} {short_word}", limit=200,
+                                        rank_window=False)}
+    assert got == expected, (long_word, short_word)
+
+
+def test_mixed_query_with_punctuated_long_word_uses_both_tables(index: SearchIndex) -> None:
+    index.upsert(D(_id("dash"), "work", "規格", "EV-充電の規格と避難"))
+    assert _ids(index.search("EV-充電 避難")) == [_id("dash")]
+    assert index.search("EV-充電 給水") == []
