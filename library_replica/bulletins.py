@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import logging
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -129,9 +130,9 @@ class TrustConfig:
         lines = ["# carmesh community trust configuration",
                  f'root = "{self.root.hex()}"', f"version = {self.version}", ""]
         for a in sorted(self.authorities.values(), key=lambda a: (a.role, a.name, a.key)):
-            name = a.name.replace("\\", "\\\\").replace('"', '\\"')
+            # a JSON string is a valid TOML basic string (same escapes)
             lines += ["[[authority]]", f'key = "{a.key.hex()}"', f'role = "{a.role}"',
-                      f'name = "{name}"', ""]
+                      f"name = {json.dumps(a.name, ensure_ascii=False)}", ""]
         return "\n".join(lines)
 
 

@@ -157,3 +157,11 @@ def test_bad_trust_file_is_refused() -> None:
         TrustConfig.from_toml('root = "' + "00" * 32 + '"\n[[authority]]\nkey = "00"\nrole = "city"')
     with pytest.raises(LibraryError):
         TrustConfig.from_toml("not toml [")
+
+
+def test_trust_file_roundtrip_with_awkward_names() -> None:
+    keys = [Author().pub for _ in range(3)]
+    names = ['市 "防災" 課', "back\\slash\nnew line", "販売店\t🚗"]
+    config = TrustConfig(Author().pub, 7, {
+        k: Authority(k, role, n) for k, role, n in zip(keys, AuthorityRole, names, strict=True)})
+    assert TrustConfig.from_toml(config.to_toml()) == config
