@@ -1,6 +1,29 @@
 """The community library and situation files, replicated as signed ops through sync/.
 
-Pure cores (``text``, ``documents``, ``situation``, ``bulletins``) materialise
-state from ops; ``search`` and ``markdown_io`` are the SQLite and file-system
-adapters.  See docs in each module's "theory of operation".
+Pure cores materialise state from ops: ``documents.Library`` (Yjs text bodies,
+last-writer-wins metadata, history, revert, block list), ``situation.SituationBoard``
+(per-field last-writer-wins records, owner-only writes), ``bulletins.BulletinBoard``
+and ``bulletins.TrustStore`` (authority keys, signed expiry).  ``search.SearchIndex``
+(SQLite FTS5) and ``markdown_io`` (folders of Markdown) are the adapters.
+``text`` is the one place that indexes a pycrdt ``Text``.
+
+Wiring (the composition root does this)::
+
+    trust = TrustStore(TrustConfig.load(state_dir / "trust.toml"))
+    library, situation, bulletins = Library(blocked), SituationBoard(), BulletinBoard(trust)
+    store = await OpStore.open(..., authorizers=sync_authorizers({
+        "library": library.authorize, "situation": authorize_situation,
+        "bulletin": bulletins.authorize, "trust": trust.authorize}))
+    # subscriber: for each committed op, by op.namespace:
+    #   library.apply(op) | situation.apply(op) | bulletins.apply(op, wall_ms) | trust.apply(op)
+    # then refresh_index(index, library) (in a worker thread); on a timer
+    # bulletins.purge(wall_ms) beside store.purge_expired().
+    # on start: replay store.iter_namespace(ns) for each namespace in the same way.
+
+Local changes: ``library.prepare_create/prepare_edit/prepare_revert/prepare_delete``
+return ``PreparedOp`` lists to submit in order with ``store.add_local(key,
+kind=p.kind, doc_id=doc_id, body=p.body)``; ``situation.prepare_set`` returns
+``(doc_id, body)``; ``bulletins.prepare_bulletin`` returns a body to submit with
+``expiry_ms=expires_ms``.  ``library.relayable(op)`` says whether an op may be
+offered to peers (blocked authors' ops are kept but not relayed).
 """
