@@ -168,9 +168,8 @@ class VoiceService:
         self._dedup = Dedup()
         self._calls: OrderedDict[bytes, _Call] = OrderedDict()
         self._flows: dict[tuple[NodeId, int], _Call] = {}
-        self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
-        self._quality_task = self._loop.create_task(self._sample_quality())
+        self._quality_task: asyncio.Task[None] | None = None
         self._closed = False
         node.register_service(Service.SIG, self._on_sig)
         node.register_service(Service.MEDIA, self._on_media)
@@ -291,9 +290,10 @@ class VoiceService:
             if call.machine.state not in (CallState.ENDED, CallState.IDLE):
                 with contextlib.suppress(CallStateError):
                     self._transition(call, CallInput.HANGUP)
-        self._quality_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._quality_task
+        if self._quality_task is not None:
+            self._quality_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._quality_task
         for call in list(self._calls.values()):
             for t in list(call.tasks):
                 t.cancel()
@@ -303,7 +303,14 @@ class VoiceService:
 
     # ------------------------------------------------------------------ call internals
 
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # looked up on use, so the service can be built before the daemon's loop runs
+        return asyncio.get_running_loop()
+
     def _remember(self, call: _Call) -> None:
+        if self._quality_task is None and not self._closed:
+            self._quality_task = self._loop.create_task(self._sample_quality())
         self._calls[call.call_id] = call
         self._flows[(call.peer, call.flow_id)] = call
         ended = [c for c in self._calls.values() if c.machine.state is CallState.ENDED

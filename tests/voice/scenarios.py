@@ -75,7 +75,7 @@ async def _line(out: Path, reverse: bool = False, loss: float = 0.0) -> dict[str
     info = await s_caller.dial(callee.node_id, play=f"tone:{f_caller:g}", record=str(rec_caller))
     cid = info.call_id
     await callee.control.wait_for(lambda e, d: e == "call.audio" and d["call_id"] == cid, 15)
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(4.0)  # RTT needs an RTCP sender report and the receiver report to it
     s_caller.hangup(bytes.fromhex(cid))
     await callee.control.wait_for(ended(callee, cid), 10)
     await caller.control.wait_for(ended(caller, cid), 10)
@@ -267,7 +267,7 @@ async def meshctl(out: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"rec_callee": str(rec)}
     try:
         res["call"] = await _meshctl(servers[0].path, "call", "D", "--play", "tone:440",
-                                     "--duration", "2", "--json")
+                                     "--duration", "4", "--json")
         res["calls_json"] = await _meshctl(servers[1].path, "calls", "--json")
         res["calls_text"] = await _meshctl(servers[1].path, "calls")
         # declined through meshctl: the callee answers by hand this time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -205,3 +206,14 @@ def test_dedup() -> None:
     assert d.first_time(CID, 1) and not d.first_time(CID, 1)
     assert d.first_time(CID, 2) and d.first_time(CID, 3)
     assert d.first_time(CID, 1)  # evicted: bounded memory
+
+
+def test_voice_service_builds_before_the_loop_runs(tmp_path: Path) -> None:
+    """The composition root builds services in ``Node.__init__``, before ``run()`` starts the loop."""
+    from tests.voice.fakemesh import FakeMesh
+    from voice.service import VoiceService
+
+    mesh = FakeMesh(tmp_path, ["A", "B"])
+    svc = VoiceService(mesh.by_name["A"], auto_answer=False, answer_play=None, answer_record=None)
+    assert set(svc.handlers()) == {"call", "answer", "decline", "hangup", "calls"}
+    assert set(mesh.by_name["A"].handlers) == {3, 4}  # Service.SIG, Service.MEDIA

@@ -33,7 +33,8 @@ def test_call_blocks_until_duration_then_prints_summary(r: dict[str, Any]) -> No
     assert code == 0
     doc = json.loads(out)
     assert doc["reason"] == "hung up" and doc["state"] == "ended"
-    assert 1.9 <= doc["duration_s"] <= 4.0
+    assert 3.9 <= doc["duration_s"] <= 6.0
+    # RTT needs an RTCP sender report and the receiver report answering it (each 0.5-1.5 s apart)
     assert doc["quality"]["rtt_ms"] is not None and doc["quality"]["packets_received"] > 20
     samples, rate = read_wav(Path(r["rec_callee"]))
     assert abs(dominant_hz(samples, rate) - 440) < 5
