@@ -429,6 +429,12 @@ def _integrate(st: _DocState, op: OpLike, parsed: _Parsed) -> tuple[str, str] | 
             st.ydoc.apply_update(parsed.update)
         except ValueError as exc:
             return ("update", str(exc))
+        except BaseException as exc:
+            # Yrs panics surface as pyo3's PanicException, a BaseException: a hostile
+            # update must not take the node down; the document is rebuilt without it
+            if type(exc).__name__ != "PanicException":
+                raise
+            return ("update", "pycrdt panic")
         if st.sv().get(yjs_client_id(op.author), 0) < parsed.update_end:
             # the update did not integrate: its sv lied about what it builds on
             return ("sv_mismatch", "")

@@ -21,6 +21,7 @@ from library_replica.documents import (
 )
 from library_replica.ops import LibraryError, encode_body, new_doc_id
 from library_replica.text import TextEdit, apply_edits, yjs_client_id
+from meshd.codec import unpack
 from tests.library_replica.factory import Author, TestOp, hlc
 
 T0 = 1_790_000_000_000
@@ -175,7 +176,6 @@ def test_lying_state_vector_is_refused_and_document_rebuilt() -> None:
     # bob edits on top of alice's second edit, which b has seen, but claims an empty base
     a.heal(b)
     [real] = b.lib.prepare_edit(d, bob.pub, body="一二三")
-    from meshd.codec import unpack
 
     fields = unpack(real.body, 1 << 20)
     fields["sv"] = b"\x00"
@@ -304,3 +304,25 @@ def test_long_bodies_are_split_into_ops_that_fit_syncs_limit() -> None:
         got = lib.get(d)
         assert got is not None and lib.pending_count() == 0
         assert got.body == new
+
+
+def test_a_pycrdt_panic_on_a_hostile_update_is_contained(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    class PanicException(BaseException):  # what pyo3 raises for a Rust panic
+        pass
+
+    n, alice, mallory = Node(), Author(), Author()
+    d = _create(n, alice, "本文")
+    [p] = n.lib.prepare_edit(d, mallory.pub, body="本文X")
+    real_apply = Doc.apply_update
+    poisoned = unpack(p.body, 1 << 20)["u"]
+
+    def apply_update(self: Doc, update: bytes) -> None:
+        if update == poisoned:
+            raise PanicException("byte index is not a char boundary")
+        real_apply(self, update)
+
+    monkeypatch.setattr(Doc, "apply_update", apply_update)
+    assert n.lib.apply(mallory.op(KIND_EDIT, d, p.body, hlc(T0 + 1))) is Applied.REFUSED
+    v = n.lib.get(d)
+    assert v is not None and v.body == "本文"
+    assert n.lib.drops.counts["update"] == 1
