@@ -450,7 +450,7 @@ class OpStore:
                 continue
             key = (op.author, op.seq)
             other = parked_now.get(key) or self._pending.get(key)
-            if other is not None:
+            if other is not None and other.op_id != op.op_id:
                 quarantine(a, op, f"second pending op at seq {op.seq}")
                 continue
             n_author = pending_per_author.get(op.author, 0)
@@ -460,6 +460,7 @@ class OpStore:
                 continue
             park.append(op)
             parked_now[key] = op
+            batch_ids.add(op.op_id)
             pending_per_author[op.author] = n_author + 1
         result = await self._commit(apply, park, unpark, authors, evidence)
         acked.extend(o.op_id for o in apply)
