@@ -83,6 +83,8 @@ _MAX_ITEMS = 128
 _OVERHEAD = 40
 #: route expiry: this many times the sender's update interval (Babel: 3.5)
 HOLD_MULTIPLIER = 3.5
+#: a selected route this close to expiry is asked for (a unicast route request, §3.8.1.1)
+REFRESH_BEFORE_S = 12.0
 #: a source entry unused this long is forgotten (babeld: 3 minutes)
 SOURCE_GC_S = 180.0
 #: retractions of a lost route are repeated in full updates for this long
@@ -203,17 +205,19 @@ class _Starving:
 class _Out:
     """What is queued for one neighbour until the next flush."""
 
-    __slots__ = ("ann_requests", "force_ann", "requests", "updates", "wildcard")
+    __slots__ = ("ann_requests", "force_ann", "requests", "updates", "wildcard", "wildcard_repeat")
 
     def __init__(self) -> None:
-        self.wildcard = False
+        self.wildcard = False  # ask the peer for its table (and repeat the question later)
+        self.wildcard_repeat = False  # a repetition: sent, but not repeated again
         self.updates: dict[NodeId, bool] = {}  # origin -> urgent (resent), in queue order
         self.force_ann: set[NodeId] = set()
         self.requests: dict[tuple[NodeId, int], int] = {}  # (origin, seqno) -> hop count
         self.ann_requests: dict[NodeId, None] = {}
 
     def __bool__(self) -> bool:
-        return bool(self.updates or self.requests or self.ann_requests or self.wildcard)
+        return bool(self.updates or self.requests or self.ann_requests or self.wildcard
+                    or self.wildcard_repeat)
 
     def add(self, origin: NodeId, urgent: bool = True) -> None:
         self.updates[origin] = urgent or self.updates.get(origin, False)
@@ -407,7 +411,7 @@ class RoutingTable:
             for origin in self._advertisable():
                 out.add(origin)
             self._schedule_flush(now)
-        for origin in msg.ann_requests:
+        for origin in msg.ann_requests:  # "send me this route, with its announcement"
             if origin in self._anns and self._advertisable_to(origin, peer):
                 out = self._out.setdefault(peer, _Out())
                 out.add(origin)
@@ -765,7 +769,7 @@ class RoutingTable:
             if peer not in self._nbr_cost:
                 continue
             out = self._out.setdefault(peer, _Out())
-            out.wildcard = out.wildcard or wildcard
+            out.wildcard_repeat = out.wildcard_repeat or wildcard
             for origin in origins:
                 out.add(origin, urgent=False)
             out.force_ann |= anns
@@ -775,6 +779,15 @@ class RoutingTable:
                                   peer, origins, anns, step + 1, wildcard)
 
     def _sweep(self, now: float) -> None:
+        if now >= self._earliest_expiry - REFRESH_BEFORE_S:
+            # a selected route close to expiry: ask its next hop for it (full updates are
+            # not resent and can be lost several times in a row on a lossy link)
+            for origin in sorted(self._selected):
+                sel = self._selected[origin]
+                r = self._routes[origin][sel.next_hop]
+                if r.expires - now < REFRESH_BEFORE_S:
+                    self._out.setdefault(sel.next_hop, _Out()).ann_requests[origin] = None
+                    self._schedule_flush(now)
         if now >= self._earliest_expiry:
             earliest = float("inf")
             for origin in sorted(self._routes):
@@ -870,7 +883,7 @@ class RoutingTable:
             add([("r", [origin, seqno, q.requests[(origin, seqno)]])])
         for origin in q.ann_requests:
             add([("q", origin)])
-        if q.wildcard:
+        if q.wildcard or q.wildcard_repeat:
             cur["w"] = True  # type: ignore[assignment]
             size += 3
         for origin in q.updates:
