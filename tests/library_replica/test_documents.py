@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Text
@@ -306,7 +307,7 @@ def test_long_bodies_are_split_into_ops_that_fit_syncs_limit() -> None:
         assert got.body == new
 
 
-def test_a_pycrdt_panic_on_a_hostile_update_is_contained(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_pycrdt_panic_on_a_hostile_update_is_contained(monkeypatch: pytest.MonkeyPatch) -> None:
     class PanicException(BaseException):  # what pyo3 raises for a Rust panic
         pass
 
