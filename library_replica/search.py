@@ -42,6 +42,7 @@ This is a synchronous SQLite adapter: call it from one thread at a time
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 import unicodedata
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Protocol
 
 from library_replica.ops import LibraryError
+from meshd.codec import pack
 
 __all__ = [
     "IndexableDocument",
@@ -172,6 +174,12 @@ def _phrase(word: str) -> str:
     return '"' + word.replace('"', '""') + '"'
 
 
+def _digest(doc: IndexableDocument) -> bytes:
+    h = hashlib.sha256(pack([doc.collection, doc.title, doc.body, list(doc.tags), doc.lang,
+                             sorted(doc.authors)]))
+    return h.digest()[:16]
+
+
 def _bigram_phrase(word: str) -> str:
     w = word.lower()
     return '"' + " ".join(w[i : i + 2] for i in range(len(w) - 1)) + '"'
@@ -200,7 +208,8 @@ CREATE TABLE IF NOT EXISTS docs(
     body TEXT NOT NULL,
     lang TEXT NOT NULL,
     ngram_title TEXT NOT NULL,
-    ngram_body TEXT NOT NULL
+    ngram_body TEXT NOT NULL,
+    digest BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS docs_collection ON docs(collection);
 CREATE TABLE IF NOT EXISTS doc_tags(tag TEXT NOT NULL, id INTEGER NOT NULL,
@@ -248,13 +257,13 @@ class SearchIndex:
         self._db.execute("DELETE FROM doc_authors WHERE id = ?", (rid,))
         self._db.execute("DELETE FROM docs WHERE id = ?", (rid,))
 
-    def _insert(self, doc: IndexableDocument) -> None:
+    def _insert(self, doc: IndexableDocument, digest: bytes) -> None:
         title, body = normalise(doc.title), normalise(doc.body)
         ng_title, ng_body = ngram_text(title), ngram_text(body)
         cur = self._db.execute(
-            "INSERT INTO docs(doc_id, collection, title, body, lang, ngram_title, ngram_body)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (doc.doc_id, doc.collection, title, body, doc.lang, ng_title, ng_body))
+            "INSERT INTO docs(doc_id, collection, title, body, lang, ngram_title, ngram_body,"
+            " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (doc.doc_id, doc.collection, title, body, doc.lang, ng_title, ng_body, digest))
         rid = cur.lastrowid
         self._db.execute("INSERT INTO tri(rowid, title, body) VALUES (?, ?, ?)", (rid, title, body))
         self._db.execute("INSERT INTO ngram(rowid, ngram_title, ngram_body) VALUES (?, ?, ?)",
@@ -265,13 +274,22 @@ class SearchIndex:
                              [(a, rid) for a in doc.authors])
 
     def upsert_many(self, docs: Iterable[IndexableDocument]) -> int:
-        """Index (or re-index) documents in one transaction; returns how many."""
+        """Index (or re-index) documents in one transaction; returns how many changed.
+
+        A document whose content is what the index holds already is skipped, so
+        re-feeding a whole library after a restart costs little.
+        """
         n = 0
         self._db.execute("BEGIN")
         try:
             for doc in docs:
+                digest = _digest(doc)
+                row = self._db.execute("SELECT digest FROM docs WHERE doc_id = ?",
+                                       (doc.doc_id,)).fetchone()
+                if row is not None and row[0] == digest:
+                    continue
                 self._remove(doc.doc_id)
-                self._insert(doc)
+                self._insert(doc, digest)
                 n += 1
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -282,6 +300,10 @@ class SearchIndex:
     def upsert(self, doc: IndexableDocument) -> None:
         """Index (or re-index) one document."""
         self.upsert_many([doc])
+
+    def doc_ids(self) -> set[bytes]:
+        """Ids of every indexed document."""
+        return {r[0] for r in self._db.execute("SELECT doc_id FROM docs")}
 
     def remove(self, doc_id: bytes) -> None:
         """Drop a document from the index (deleted, or hidden by the block list)."""
@@ -370,6 +392,7 @@ class SearchIndex:
 class _Library(Protocol):
     def drain_changed(self) -> set[bytes]: ...
     def get(self, doc_id: bytes) -> IndexableDocumentWithState | None: ...
+    def documents(self) -> Iterable[IndexableDocument]: ...
 
 
 class IndexableDocumentWithState(IndexableDocument, Protocol):
@@ -379,13 +402,28 @@ class IndexableDocumentWithState(IndexableDocument, Protocol):
     def deleted(self) -> bool: ...
 
 
-def refresh_index(index: SearchIndex, library: _Library) -> int:
-    """Re-index the documents the library changed since the last call; returns how many."""
-    live: list[IndexableDocument] = []
+def refresh_index(index: SearchIndex, library: _Library, *, full: bool = False) -> int:
+    """Re-index what the library changed since the last call; returns how many changed.
+
+    With ``full`` (after a restart, on a persistent index) every live document
+    is offered (unchanged ones are skipped) and indexed documents the library
+    no longer shows are removed.
+    """
+    if full:
+        library.drain_changed()
+        live = list(library.documents())
+        keep = {d.doc_id for d in live}
+        stale = index.doc_ids() - keep
+        for doc_id in stale:
+            index.remove(doc_id)
+        return index.upsert_many(live) + len(stale)
+    changed: list[IndexableDocument] = []
+    removed = 0
     for doc_id in library.drain_changed():
         view = library.get(doc_id)
         if view is None or view.deleted:
             index.remove(doc_id)
+            removed += 1
         else:
-            live.append(view)
-    return index.upsert_many(live)
+            changed.append(view)
+    return index.upsert_many(changed) + removed

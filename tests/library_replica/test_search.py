@@ -229,3 +229,31 @@ def test_mixed_query_with_punctuated_long_word_uses_both_tables(index: SearchInd
     index.upsert(D(_id("dash"), "work", "規格", "EV-充電の規格と避難"))
     assert _ids(index.search("EV-充電 避難")) == [_id("dash")]
     assert index.search("EV-充電 給水") == []
+
+
+def test_persistent_index_after_restart_reindexes_only_changes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from library_replica.documents import Library
+    from library_replica.markdown_io import SAMPLE_DIR, plan_import
+    from tests.library_replica.factory import Author, hlc
+
+    dealer = Author()
+    lib = Library()
+    ops, _ = plan_import(lib, dealer.pub, SAMPLE_DIR)
+    signed = [dealer.op(op.kind, op.doc_id, op.body, hlc(1, i)) for i, op in enumerate(ops)]
+    for op in signed:
+        lib.apply(op)
+    idx = SearchIndex(tmp_path / "search.sqlite")
+    assert refresh_index(idx, lib) == len(ops)
+    idx.close()
+    # restart: the library is rebuilt from the stored ops, the index file is kept
+    lib2 = Library()
+    for op in signed:
+        lib2.apply(op)
+    d = signed[0].doc_id
+    gone = lib2.prepare_delete()
+    lib2.apply(dealer.op(gone.kind, d, gone.body, hlc(2)))
+    idx2 = SearchIndex(tmp_path / "search.sqlite")
+    assert refresh_index(idx2, lib2, full=True) == 1  # only the deleted document
+    assert d not in idx2.doc_ids() and len(idx2) == len(ops) - 1
+    assert refresh_index(idx2, lib2, full=True) == 0
+    assert idx2.search("避難")
