@@ -33,7 +33,7 @@ def _mutate(text: str, rng: random.Random) -> str:
     return text
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(_step, max_size=25), st.integers(0, 2**32))
 def test_concurrent_edits_converge(steps: list[tuple[str, int, int]], seed: int) -> None:
     rng = random.Random(seed)
