@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import logging
 import sqlite3
@@ -320,10 +321,22 @@ class OpStore:
 
     async def apply_remote(self, raw_ops: Sequence[bytes], peer: str = "") -> ApplyResult:
         """Verify and apply a peer's ops; returns what was committed (never raises for bad ops)."""
-        decoded = await asyncio.to_thread(_decode_batch, list(raw_ops))
+        # ops we already hold are acknowledged without paying for a signature check again
+        fresh: list[bytes] = []
+        known: list[bytes] = []
+        for raw in raw_ops:
+            op_id = hashlib.sha256(raw).digest() if type(raw) is bytes else b""
+            if op_id in self._known or op_id in self._pending_ids:
+                known.append(op_id)
+            else:
+                fresh.append(raw)
+        decoded = await asyncio.to_thread(_decode_batch, fresh) if fresh else []
         async with self._lock:
             result = await self._apply_locked(decoded, peer)
         await self._notify(result)
+        if known:
+            result = ApplyResult(result.applied, result.pending, result.duplicates + len(known),
+                                 result.refused, result.acked + tuple(known))
         return result
 
     async def _notify(self, result: ApplyResult) -> None:
