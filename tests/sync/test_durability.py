@@ -1,0 +1,116 @@
+"""kill -9 during a 10,000-op catch-up: nothing acknowledged is lost, the database stays sound."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sync.envelope import Op
+from sync.service import ACK, END, OPS, RECON_DONE, _read_varint, _varint
+from tests.sync.helpers import chain
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _spawn(db: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.sync.durability_child", str(db), cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+
+
+async def _frame(proc: asyncio.subprocess.Process, msg: bytes) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(len(msg).to_bytes(4, "big") + msg)
+    await proc.stdin.drain()
+
+
+async def _read(proc: asyncio.subprocess.Process) -> bytes:
+    assert proc.stdout is not None
+    head = await proc.stdout.readexactly(4)
+    return await proc.stdout.readexactly(int.from_bytes(head, "big"))
+
+
+async def _push(proc: asyncio.subprocess.Process, ops: list[Op], acked: set[bytes],
+                kill_after_s: float | None, batch: int = 100, window: int = 4) -> bool:
+    """Push ``ops`` as a peer would; record acknowledged ids; True if the session completed."""
+    await _frame(proc, bytes([RECON_DONE]))
+    todo = [o for o in ops if o.op_id not in acked]
+    in_flight: dict[int, list[bytes]] = {}
+    next_batch = 0
+    deadline = None if kill_after_s is None else time.monotonic() + kill_after_s
+    try:
+        while todo or in_flight:
+            while todo and len(in_flight) < window:
+                part, todo = todo[:batch], todo[batch:]
+                payload = b"".join(_varint(len(o.raw)) + o.raw for o in part)
+                await _frame(proc, bytes([OPS]) + _varint(next_batch) + payload)
+                in_flight[next_batch] = [o.op_id for o in part]
+                next_batch += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                return False
+            timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+            try:
+                frame = await asyncio.wait_for(_read(proc), timeout)
+            except TimeoutError:
+                continue
+            if frame[0] == ACK:
+                n, _ = _read_varint(frame, 1)
+                acked.update(in_flight.pop(n))
+        await _frame(proc, bytes([END]))
+        while (await _read(proc))[0] != END:
+            pass
+        await proc.wait()
+        return True
+    except (asyncio.IncompleteReadError, ConnectionError):
+        await proc.wait()
+        return False
+
+
+@pytest.mark.slow
+async def test_kill_9_during_catch_up_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    hlc0 = int(time.time() * 1000 - 3_600_000) << 16
+    keys = [Ed25519PrivateKey.generate() for _ in range(20)]
+    ops = [o for i, k in enumerate(keys)
+           for o in chain(k, 500, start_hlc=hlc0 + i, kind="library.edit", body=b"\xc4" * 120)]
+    ops.sort(key=lambda o: o.hlc)
+    db = tmp_path / "ops.db"
+    acked: set[bytes] = set()
+    kills = 0
+    for _ in range(12):
+        proc = await _spawn(db)
+        done = await _push(proc, ops, acked, kill_after_s=rng.uniform(0.3, 2.5))
+        if done:
+            break
+        kills += 1
+        con = sqlite3.connect(db)
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            stored = {r[0] for r in con.execute("SELECT op_id FROM ops")}
+            stored |= {r[0] for r in con.execute("SELECT op_id FROM pending")}
+        finally:
+            con.close()
+        assert acked <= stored, f"{len(acked - stored)} acknowledged ops lost after kill {kills}"
+        print(f"kill {kills}: {len(acked)} acknowledged, {len(stored)} stored")
+    else:
+        proc = await _spawn(db)
+        assert await _push(proc, ops, acked, kill_after_s=None)
+    assert kills >= 1
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("SELECT count(*) FROM ops").fetchone()[0] == len(ops)
+        assert con.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
+    finally:
+        con.close()
