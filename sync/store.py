@@ -145,6 +145,7 @@ class OpStore:
         self._snapshots: dict[str, RangeSet] = {}
         self._pending: dict[tuple[bytes, int], Op] = {}
         self._pending_ids: set[bytes] = set()
+        self._withheld: set[bytes] = set()  # authors whose ops we keep but do not offer
         self.bytes_stored = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -226,6 +227,28 @@ class OpStore:
     def pending_count(self) -> int:
         """Ops parked until their predecessor arrives."""
         return len(self._pending)
+
+    def set_withheld_authors(self, authors: Iterable[bytes]) -> None:
+        """Keep these authors' ops but stop offering them to peers (the library's block list).
+
+        Replaces the previous set; not persisted: the application sets it again on start.
+        """
+        new = set(authors)
+        changed = new ^ self._withheld
+        self._withheld = new
+        if not changed:
+            return
+        for op_id, (ns, hlc, author) in self._known.items():
+            if author not in changed:
+                continue
+            a = self._authors.get(author)
+            offer = author not in new and (a is None or a.quarantined is None)
+            keys = self._keys.setdefault(ns, {})
+            if offer:
+                keys[op_id] = hlc
+            else:
+                keys.pop(op_id, None)
+            self._snapshots.pop(ns, None)
 
     def range_sets(self) -> dict[str, RangeSet]:
         """Immutable per-namespace snapshots of the ops we offer to peers (cached until changed)."""
@@ -526,7 +549,8 @@ class OpStore:
         for op in apply:
             self._known[op.op_id] = (op.namespace, op.hlc, op.author)
             self.bytes_stored += len(op.raw)
-            self._keys.setdefault(op.namespace, {})[op.op_id] = op.hlc
+            if op.author not in self._withheld:
+                self._keys.setdefault(op.namespace, {})[op.op_id] = op.hlc
             self._snapshots.pop(op.namespace, None)
             self.clock.observe_trusted(op.hlc)
         for op in park:

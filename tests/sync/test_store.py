@@ -170,3 +170,18 @@ async def test_async_subscriber_runs_after_commit(store: OpStore) -> None:
     ops = chain(key, 3, start_hlc=HLC0)
     await store.apply_remote([o.raw for o in reversed(ops)])
     assert got == ops
+
+
+async def test_withheld_authors_are_kept_but_not_offered(store: OpStore) -> None:
+    k1, k2 = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    a, b = chain(k1, 3, start_hlc=HLC0), chain(k2, 2, start_hlc=HLC0)
+    await store.apply_remote([o.raw for o in a + b])
+    store.set_withheld_authors([a[0].author])
+    assert len(store.range_sets()["library"]) == 2
+    more = create_op(k1, kind="library.edit", doc_id=b"D" * 16, body=b"\x80", seq=4,
+                     prev=a[2].op_id, hlc=HLC0 + 7)
+    r = await store.apply_remote([more.raw])
+    assert len(r.applied) == 1 and len(store) == 6
+    assert len(store.range_sets()["library"]) == 2
+    store.set_withheld_authors([])
+    assert len(store.range_sets()["library"]) == 6
