@@ -257,3 +257,30 @@ def test_persistent_index_after_restart_reindexes_only_changes(tmp_path) -> None
     assert d not in idx2.doc_ids() and len(idx2) == len(ops) - 1
     assert refresh_index(idx2, lib2, full=True) == 0
     assert idx2.search("避難")
+
+
+def test_window_ranking_agrees_with_fts5_bm25(monkeypatch: pytest.MonkeyPatch) -> None:
+    import library_replica.search as search_mod
+
+    idx = SearchIndex()
+    docs = [D(_id(f"w{k}"), "work", f"文書{k}", "避難所" * k + "あ" * (40 - 3 * k))
+            for k in (3, 1, 7, 5, 2, 9, 4)]
+    docs.append(D(_id("titled"), "work", "避難所の手引き", "避難所" + "あ" * 37))
+    idx.upsert_many(docs)
+    fts5 = idx.search("避難所", limit=20, rank_window=False)
+    monkeypatch.setattr(search_mod, "_PY_RANK_MATCHES", 0)  # rank the window in Python
+    calls: list[int] = []
+    real = SearchIndex._rank_window
+
+    def spy(self: SearchIndex, ids: list[int], *a: object) -> object:
+        calls.append(len(ids))
+        return real(self, ids, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SearchIndex, "_rank_window", spy)
+    monkeypatch.setattr(search_mod, "RANK_WINDOW", len(docs))  # window = every match
+    ours = idx.search("避難所", limit=20)
+    assert calls == [len(docs)]
+    assert _ids(ours) == _ids(fts5)
+    assert all("«避難所»" in h.snippet for h in ours)
+    monkeypatch.setattr(search_mod, "RANK_WINDOW", 4)  # only the 4 newest are ranked
+    assert set(_ids(idx.search("避難所", limit=20))) == {d.doc_id for d in docs[-4:]}
