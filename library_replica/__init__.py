@@ -24,6 +24,7 @@ Local changes: ``library.prepare_create/prepare_edit/prepare_revert/prepare_dele
 return ``PreparedOp`` lists to submit in order with ``store.add_local(key,
 kind=p.kind, doc_id=doc_id, body=p.body)``; ``situation.prepare_set`` returns
 ``(doc_id, body)``; ``bulletins.prepare_bulletin`` returns a body to submit with
-``expiry_ms=expires_ms``.  ``library.relayable(op)`` says whether an op may be
-offered to peers (blocked authors' ops are kept but not relayed).
+``expiry_ms=expires_ms``.  Block list: ``library.set_blocked(keys)`` together
+with ``store.set_withheld_authors(library.blocked)`` (their ops are kept, hidden
+and not offered to peers); ``library.relayable(op)`` answers per op.
 """
