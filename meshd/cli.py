@@ -74,7 +74,7 @@ def _setup_logging(level: str) -> None:
 async def _run(config: Config) -> int:
     from meshd.daemon import build_node
 
-    node = build_node(config)
+    node = await build_node(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

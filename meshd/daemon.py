@@ -16,7 +16,11 @@ __all__ = ["build_node"]
 logger = logging.getLogger(__name__)
 
 
-def build_node(config: Config) -> Node:
+async def build_node(config: Config) -> Node:
     """A ``Node`` for ``config`` with every application service registered."""
+    from sync.node_service import SyncNodeService, open_store
+
     node = Node(config)
+    store = await open_store(node.state_dir)
+    node.add_service(SyncNodeService(node, store))
     return node
