@@ -19,11 +19,11 @@ import contextlib
 import fractions
 import logging
 import math
-import wave
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -106,11 +106,48 @@ def open_source(spec: str | None) -> tuple[MediaStreamTrack, MediaPlayer | None]
     return player.audio, player
 
 
+_WAV_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
+
+
+def _wav_header(data_bytes: int) -> bytes:
+    return _WAV_HEADER.pack(b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, 1, SAMPLE_RATE,
+                            SAMPLE_RATE * 2, 2, 16, b"data", data_bytes)
+
+
+class _WavFile:
+    """48 kHz mono 16-bit PCM WAV, written as it comes; ``append`` continues an earlier recording
+    of this format (a re-offered call keeps one file), anything else is overwritten."""
+
+    def __init__(self, path: Path, append: bool) -> None:
+        self._data = 0
+        self._f: BinaryIO
+        if append and path.is_file() and path.stat().st_size >= _WAV_HEADER.size:
+            with path.open("rb") as f:
+                head = f.read(_WAV_HEADER.size)
+            if head[8:36] == _wav_header(0)[8:36] and head[36:40] == b"data":
+                self._f = path.open("r+b")
+                self._f.seek(0, 2)
+                self._data = self._f.tell() - _WAV_HEADER.size
+                return
+        self._f = path.open("wb")
+        self._f.write(_wav_header(0))
+
+    def write(self, pcm: bytes) -> None:
+        self._f.write(pcm)
+        self._data += len(pcm)
+
+    def close(self) -> None:
+        self._f.seek(0)
+        self._f.write(_wav_header(self._data))
+        self._f.close()
+
+
 class WavSink:
     """Consumes a remote audio track; writes 48 kHz mono 16-bit WAV (or only counts, with no path)."""
 
-    def __init__(self, path: Path | None, clock: Callable[[], float]) -> None:
+    def __init__(self, path: Path | None, clock: Callable[[], float], *, append: bool = False) -> None:
         self.path = path
+        self._append = append
         self._clock = clock
         self.first_frame_at: float | None = None
         self.last_frame_at: float | None = None
@@ -118,16 +155,13 @@ class WavSink:
         #: (loop time, seconds) of every pause longer than ``GAP_S`` between received frames
         self.gaps: list[tuple[float, float]] = []
         self._task: asyncio.Task[None] | None = None
-        self._wav: wave.Wave_write | None = None
+        self._wav: _WavFile | None = None
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
 
     def start(self, track: MediaStreamTrack) -> None:
         """Start reading ``track`` until it ends or ``stop`` is called."""
         if self.path is not None:
-            self._wav = wave.open(str(self.path), "wb")  # noqa: SIM115  (closed in stop())
-            self._wav.setnchannels(1)
-            self._wav.setsampwidth(2)
-            self._wav.setframerate(SAMPLE_RATE)
+            self._wav = _WavFile(self.path, self._append)
         self._task = asyncio.get_running_loop().create_task(self._run(track))
 
     async def _run(self, track: MediaStreamTrack) -> None:
@@ -148,7 +182,7 @@ class WavSink:
             if self._wav is not None:
                 for out in self._resampler.resample(frame):
                     # small sequential writes to a local file: cheaper than a thread hop per frame
-                    self._wav.writeframes(out.to_ndarray().tobytes())
+                    self._wav.write(out.to_ndarray().tobytes())
 
     async def stop(self) -> None:
         """Stop reading and close the file."""
@@ -185,7 +219,7 @@ class Endpoint:
     """One aiortc peer connection for one call; ``on_state(str)`` sees its connection state changes."""
 
     def __init__(self, *, play: str | None, record: Path | str | None,
-                 on_state: Callable[[str], None], label: str = "") -> None:
+                 on_state: Callable[[str], None], label: str = "", append: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._label = label
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -196,7 +230,7 @@ class Endpoint:
         if record == "speaker":
             self._recorder = MediaRecorder("default", format="alsa")
         elif record is not None:
-            self.sink = WavSink(Path(record), loop.time)
+            self.sink = WavSink(Path(record), loop.time, append=append)
         self._on_state = on_state
         self.connected_at: float | None = None
 

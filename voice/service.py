@@ -358,7 +358,9 @@ class VoiceService:
         def on_state(state: str, call: _Call = call) -> None:
             self._on_endpoint_state(call, generation, state)
 
-        call.endpoint = Endpoint(play=call.play, record=call.record, on_state=on_state, label=label)
+        # a re-offered call (generation > 0) keeps recording into the same file
+        call.endpoint = Endpoint(play=call.play, record=call.record, on_state=on_state, label=label,
+                                 append=call.generation > 0)
 
     async def _teardown_media(self, call: _Call) -> None:
         relay, endpoint = call.relay, call.endpoint
@@ -411,7 +413,9 @@ class VoiceService:
         if generation != call.generation or call.machine.state is not CallState.ACTIVE:
             return
         self._node.control.publish("call.media", {"call_id": call.call_id.hex(), "state": state})
-        if state == "failed":
+        # aiortc closes the connection itself when ICE consent expires: a close we did not ask
+        # for (ours bump the generation or end the call first) is a failure too
+        if state in ("failed", "closed"):
             now = self._loop.time()
             if call.reoffer_since is None:
                 call.reoffer_since = now

@@ -357,6 +357,46 @@ async def real_diamond(out: Path) -> dict[str, Any]:
                 "rerouted": new_hop is not None and new_hop != hop}
 
 
+async def reoffer(out: Path) -> dict[str, Any]:
+    """The path breaks for longer than aiortc tolerates (consent freshness, ~30 s), then comes back."""
+    mesh = FakeMesh(out / "keys", ["A", "B", "D"], hop_delay_s=0.002, seed=11)
+    a, d = mesh.by_name["A"], mesh.by_name["D"]
+    rec = out / "callee.wav"
+    sa = service(a)
+    sd = service(d, auto_answer=True, answer_play=Path("tone:660"), answer_record=rec)
+    info = await sa.dial(d.node_id, play=f"tone:{TONE_A:g}", record=None)
+    cid = bytes.fromhex(info.call_id)
+    await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == info.call_id, 15)
+    await asyncio.sleep(1.0)
+    loop = asyncio.get_running_loop()
+    mesh.cut("B", "D")
+    cut_at = loop.time()
+    await a.control.wait_for(lambda e, x: e == "call.media" and x["state"] in ("failed", "closed"), 70)
+    failed_after = loop.time() - cut_at
+    await asyncio.sleep(1.0)
+    mesh.link("B", "D")
+    restored_at = loop.time()
+    # the re-offered endpoint records its first frame
+    resumed_after = None
+    for _ in range(300):
+        c = sd._calls[cid]
+        if c.generation > 0 and c.endpoint is not None and c.endpoint.sink.first_frame_at is not None:
+            resumed_after = c.endpoint.sink.first_frame_at - restored_at
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.0)
+    res = {"failed_after_s": failed_after, "resumed_after_s": resumed_after,
+           "cut_after_audio_s": 1.0,
+           "generation_callee": sd._calls[cid].generation, "generation_caller": sa._calls[cid].generation,
+           "state_caller": sa.info(cid).state, "state_callee": sd.info(cid).state,
+           "rec_callee": str(rec)}
+    sa.hangup(cid)
+    await d.control.wait_for(ended(d, info.call_id), 10)
+    await sa.close()
+    await sd.close()
+    return res
+
+
 SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "line_a_to_d": line_a_to_d,
     "line_d_to_a": line_d_to_a,
@@ -370,6 +410,7 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "diamond": diamond,
     "meshctl": meshctl,
     "real_line": real_line,
+    "reoffer": reoffer,
     "real_diamond": real_diamond,
 }
 
@@ -380,7 +421,7 @@ async def main(outdir: Path, names: list[str]) -> None:
         sub = outdir / name
         sub.mkdir(parents=True, exist_ok=True)
         try:
-            results[name] = await asyncio.wait_for(SCENARIOS[name](sub), 60)
+            results[name] = await asyncio.wait_for(SCENARIOS[name](sub), 90)
         except Exception as exc:  # report, do not hide: the parent test asserts on it
             import traceback
             results[name] = {"error": f"{type(exc).__name__}: {exc}",

@@ -85,3 +85,23 @@ def test_relay_killed_mid_call_audio_resumes(diamond: dict[str, Any]) -> None:
     samples, rate = read_wav(Path(r["rec_callee"]))
     tail = tone_windows(samples[-2 * rate:], rate, TONE_A)
     assert sum(tail) / len(tail) >= 0.9, tail
+
+
+@pytest.fixture(scope="module")
+def reoffer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    result: dict[str, Any] = run_isolated(tmp_path_factory.mktemp("voice-reoffer"), ["reoffer"])
+    return dict(result["reoffer"])
+
+
+def test_call_whose_media_died_is_reoffered_once_a_route_is_back(reoffer: dict[str, Any]) -> None:
+    r = reoffer
+    assert "error" not in r, r.get("traceback", r)
+    assert 20 <= r["failed_after_s"] <= 45  # aiortc's consent freshness gave up
+    assert r["generation_caller"] == r["generation_callee"] == 1
+    assert r["state_caller"] == r["state_callee"] == "active"
+    assert r["resumed_after_s"] is not None and r["resumed_after_s"] < 5
+    # one recording: the second after the first audio, then the re-offered call's audio appended
+    samples, rate = read_wav(Path(r["rec_callee"]))
+    assert len(samples) / rate >= 2.5
+    windows = tone_windows(samples, rate, TONE_A)
+    assert sum(windows) / len(windows) >= 0.9
