@@ -170,6 +170,7 @@ class VoiceService:
         self._flows: dict[tuple[NodeId, int], _Call] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._quality_task: asyncio.Task[None] | None = None
+        self._running = False  # run() samples quality; without it, a task started on first use
         self._closed = False
         node.register_service(Service.SIG, self._on_sig)
         node.register_service(Service.MEDIA, self._on_media)
@@ -222,6 +223,26 @@ class VoiceService:
                                {"candidates": [{"node_id": c.call_id.hex(), "name": c.peer_name}
                                                for c in hits]})
         return hits[0]
+
+    # ------------------------------------------------------------------ NodeService seam
+
+    def stream_services(self) -> dict[str, Callable[[NodeId, Any], Awaitable[None]]]:
+        """Voice uses no neighbour streams: everything is end to end."""
+        return {}
+
+    def neighbour_up(self, peer: NodeId) -> None:
+        """Calls follow routes, not neighbours: nothing to do."""
+
+    def neighbour_lost(self, peer: NodeId) -> None:
+        """Calls follow routes, not neighbours: nothing to do."""
+
+    async def run(self) -> None:
+        """Sample call quality until cancelled (the node runs this in its task group)."""
+        self._running = True
+        try:
+            await self._sample_quality()
+        finally:
+            self._running = False
 
     # ------------------------------------------------------------------ public API
 
@@ -309,7 +330,7 @@ class VoiceService:
         return asyncio.get_running_loop()
 
     def _remember(self, call: _Call) -> None:
-        if self._quality_task is None and not self._closed:
+        if self._quality_task is None and not self._closed and not self._running:
             self._quality_task = self._loop.create_task(self._sample_quality())
         self._calls[call.call_id] = call
         self._flows[(call.peer, call.flow_id)] = call

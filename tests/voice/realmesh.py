@@ -28,7 +28,7 @@ from voice.service import VoiceService
 
 @dataclass
 class Endpoint:
-    """An in-process node with its voice service."""
+    """An in-process node with its voice service (``node.add_service``)."""
 
     name: str
     node: Node
@@ -53,16 +53,18 @@ async def start_endpoint(name: str, root: Path, port: int, peers: list[int], **v
     cfg = Config(state_dir=root / name, name=name, listen=(f"127.0.0.1:{port}",),
                  peer=tuple(f"127.0.0.1:{p}" for p in peers), log_level="warning")
     node = Node(cfg)
+    voice.setdefault("auto_answer", False)
+    voice.setdefault("answer_play", None)
+    voice.setdefault("answer_record", None)
+    # plugged in the way the composition root (meshd.daemon) plugs services in: before run()
+    svc = VoiceService(node, relay_host="127.0.0.1", **voice)
+    node.add_service(svc)
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(node.run(stop))
     for _ in range(200):
         if node.ready:
             break
         await asyncio.sleep(0.05)
-    voice.setdefault("auto_answer", False)
-    voice.setdefault("answer_play", None)
-    voice.setdefault("answer_record", None)
-    svc = VoiceService(node, relay_host="127.0.0.1", **voice)
     return Endpoint(name, node, svc, port, task, stop)
 
 
@@ -99,8 +101,7 @@ async def real_mesh(links: list[tuple[str, str]], endpoints: dict[str, dict[str,
             yield mesh
         finally:
             for ep in mesh.endpoints.values():
-                await ep.voice.close()
-                ep.stop.set()
+                ep.stop.set()  # the node closes its services (voice included) on the way out
             for ep in mesh.endpoints.values():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ep.task, 10)

@@ -317,7 +317,15 @@ async def real_line(out: Path) -> dict[str, Any]:
                                  "D": {"auto_answer": True, "answer_record": rec_d}}) as mesh:
         first = await _real_call(mesh, "A", "D", 3.0, rec_d, TONE_A)
         second = await _real_call(mesh, "D", "A", 3.0, rec_a, TONE_D)
-    return {"a_to_d": first, "d_to_a": second}
+        # the real control socket of node A, served with voice plugged in through add_service
+        rec_ctl = out / "ctl.wav"
+        d_ep = mesh.endpoints["D"]
+        d_ep.voice.answer_record = str(rec_ctl)
+        sock = mesh.endpoints["A"].node.control.path
+        ctl = await _meshctl(sock, "call", "D", "--play", "tone:550", "--duration", "4", "--json")
+        calls = await _meshctl(sock, "calls", "--json")
+    return {"a_to_d": first, "d_to_a": second, "meshctl_call": ctl, "meshctl_calls": calls,
+            "rec_ctl": str(rec_ctl)}
 
 
 async def real_diamond(out: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ checked by frequency analysis of the recording.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -31,8 +32,13 @@ def _run(tmp_path: Path, name: str) -> dict[str, Any]:
     return dict(r)
 
 
-def test_line_a_b_c_d_both_directions(tmp_path: Path) -> None:
-    r = _run(tmp_path, "real_line")
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _run(tmp_path_factory.mktemp("voice-real"), "real_line")
+
+
+def test_line_a_b_c_d_both_directions(line: dict[str, Any]) -> None:
+    r = line
     for key in ("a_to_d", "d_to_a"):
         call = r[key]
         assert call["caller"]["reason"] == "hung up"
@@ -42,6 +48,20 @@ def test_line_a_b_c_d_both_directions(tmp_path: Path) -> None:
         assert abs(dominant_hz(samples, rate) - call["tone_caller"]) < 5
         windows = tone_windows(samples, rate, call["tone_caller"])
         assert sum(windows) / len(windows) >= 0.9
+
+
+def test_meshctl_call_through_the_node_control_socket(line: dict[str, Any]) -> None:
+    r = line
+    code, out, err = r["meshctl_call"]
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["reason"] == "hung up" and doc["quality"]["rtt_ms"] is not None
+    samples, rate = read_wav(Path(r["rec_ctl"]))
+    assert abs(dominant_hz(samples, rate) - 550) < 5
+    code, out, _err = r["meshctl_calls"]
+    assert code == 0
+    ids = [c["call_id"] for c in json.loads(out)["calls"]]
+    assert doc["call_id"] in ids and len(ids) == 3
 
 
 def test_diamond_relay_kill9_mid_call_audio_resumes(tmp_path: Path) -> None:
