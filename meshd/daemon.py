@@ -23,4 +23,9 @@ async def build_node(config: Config) -> Node:
     node = Node(config)
     store = await open_store(node.state_dir)
     node.add_service(SyncNodeService(node, store))
+    from library_replica.node_service import LibraryNodeService
+
+    library = LibraryNodeService(node, store, trust_path=config.trust, inbox=node.messenger)
+    node.add_service(library)
+    node.mail_fallback = library.queue_mail
     return node

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import enum
 import json
 import math
@@ -459,8 +460,13 @@ async def _send(client: ControlClient, args: argparse.Namespace, out: Output) ->
     else:
         node_id = res.get("node_id")
         who = str(node_id)[:8] if isinstance(node_id, str) else args.node
-        out.line(f"{_str(res.get('status'))} to {who}: message {_str(res.get('message_id'))}, "
-                 f"{_str(res.get('attempts'))} attempt(s), {_num(res.get('rtt_ms'))} ms")
+        if res.get("status") == "queued":  # no route: carried as mail (see `meshctl mail`)
+            out.line(f"queued for {who}: message {_str(res.get('message_id'))} "
+                     "(no route now; carried by passing nodes, `meshctl mail` shows delivery)")
+        else:
+            out.line(f"{_str(res.get('status'))} to {who}: message "
+                     f"{_str(res.get('message_id'))}, {_str(res.get('attempts'))} attempt(s), "
+                     f"{_num(res.get('rtt_ms'))} ms")
     return ExitCode.OK
 
 
@@ -802,6 +808,303 @@ async def _sync(client: ControlClient, args: argparse.Namespace, out: Output) ->
             out.line(text)
     else:
         out.line("no sync peers yet")
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------------------- library, situation, bulletins, mail
+
+#: imports and exports of big folders take a while: meshctl waits this long, seconds
+LIBRARY_BULK_TIMEOUT_S = 600.0
+
+
+def _library_setup(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = sub.add_parser("add", help="add a document; prints its id")
+    a.add_argument("--collection", required=True, metavar="C")
+    a.add_argument("--title", required=True, metavar="T")
+    g = a.add_mutually_exclusive_group(required=True)
+    g.add_argument("--body", metavar="TEXT")
+    g.add_argument("--file", type=Path, metavar="PATH", help="read the body from PATH (UTF-8)")
+    a.add_argument("--tag", action="append", default=[], metavar="X", help="repeatable")
+    a.add_argument("--lang", metavar="L")
+    e = sub.add_parser("edit", help="change a document's body or title")
+    e.add_argument("id", metavar="ID", help="document id or a unique prefix (4+ hex)")
+    g = e.add_mutually_exclusive_group(required=True)
+    g.add_argument("--body", metavar="TEXT")
+    g.add_argument("--file", type=Path, metavar="PATH")
+    g.add_argument("--title", metavar="T")
+    sub.add_parser("show", help="print a document").add_argument("id", metavar="ID")
+    s = sub.add_parser("search", help="ranked full-text search (any language)")
+    s.add_argument("query", metavar="QUERY")
+    s.add_argument("--collection", metavar="C")
+    s.add_argument("--limit", type=_positive_int, default=10, metavar="N")
+    sub.add_parser("history", help="who changed a document, and when").add_argument(
+        "id", metavar="ID")
+    sub.add_parser("import", help="import a folder of Markdown files (the daemon reads it)"
+                   ).add_argument("dir", type=Path, metavar="DIR")
+    sub.add_parser("export", help="export the library as Markdown files (the daemon writes)"
+                   ).add_argument("dir", type=Path, metavar="DIR")
+    for sp in sub.choices.values():
+        _global_options(sp, suppress=True)
+
+
+def _read_body(args: argparse.Namespace) -> str | None:
+    if getattr(args, "file", None) is not None:
+        try:
+            return str(args.file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ControlError("bad_request", f"cannot read {args.file}: {exc}") from None
+    body = getattr(args, "body", None)
+    return body if isinstance(body, str) else None
+
+
+async def _with_progress(client: ControlClient, method: str, params: dict[str, Any],
+                         out: Output) -> Any:
+    """Call ``method`` while drawing its ``library.progress`` events on stderr (not with --json)."""
+    if out.json:
+        return await client.call(method, params, timeout=LIBRARY_BULK_TIMEOUT_S)
+    sub = await client.subscribe(["library.progress"])
+
+    async def draw() -> None:
+        width = 30
+        async for _event, data in sub:
+            done, total = data.get("done"), data.get("total")
+            if not isinstance(done, int) or not isinstance(total, int) or total <= 0:
+                continue
+            filled = width * min(done, total) // total
+            out.err.write(f"\r{_str(data.get('phase')):<8} [{'#' * filled}{'.' * (width - filled)}]"
+                          f" {done}/{total} {str(data.get('path') or '')[-30:]:<30}")
+            out.err.flush()
+
+    task = asyncio.create_task(draw())
+    try:
+        return await client.call(method, params, timeout=LIBRARY_BULK_TIMEOUT_S)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, NoDaemon):
+            await task
+        out.err.write("\r" + " " * 90 + "\r")
+        out.err.flush()
+
+
+def _show_document(d: dict[str, Any], out: Output) -> None:
+    out.line(f"{_str(d.get('title'))}  [{_str(d.get('collection'))}]"
+             + ("  (deleted)" if d.get("deleted") else ""))
+    out.line(f"id {_str(d.get('doc_id'))}  tags {', '.join(d.get('tags') or []) or '-'}  "
+             f"lang {_str(d.get('lang') or None)}  updated {_clock(d.get('updated_ms'))}  "
+             f"changes {_str(d.get('changes'))}")
+    out.line("")
+    out.line(str(d.get("body", "")))
+
+
+@register("library", "the community library: add, edit, show, search, history, import, export",
+          _library_setup)
+async def _library(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    act = args.action
+    res: Any
+    if act == "add":
+        params = {"collection": args.collection, "title": args.title, "body": _read_body(args),
+                  "tags": args.tag}
+        if args.lang:
+            params["lang"] = args.lang
+        res = await client.call("library.add", params, timeout=CALL_TIMEOUT_S * 3)
+        if out.json:
+            out.document(res)
+        else:
+            out.line(str(res.get("doc_id")))
+        return ExitCode.OK
+    if act == "edit":
+        params = {"id": args.id}
+        body = _read_body(args)
+        if body is not None:
+            params["body"] = body
+        if args.title is not None:
+            params["title"] = args.title
+        res = await client.call("library.edit", params, timeout=CALL_TIMEOUT_S * 3)
+        if out.json:
+            out.document(res)
+        else:
+            out.line(f"edited {_str(res.get('doc_id'))} ({_str(res.get('ops'))} op(s))")
+        return ExitCode.OK
+    if act == "show":
+        res = await client.call("library.show", {"id": args.id}, timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+        else:
+            _show_document(res, out)
+        return ExitCode.OK
+    if act == "search":
+        params = {"query": args.query, "limit": args.limit}
+        if args.collection:
+            params["collection"] = args.collection
+        res = await client.call("library.search", params, timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+            return ExitCode.OK
+        hits = res.get("results") or []
+        if not hits:
+            out.line("no results")
+        for h in hits:
+            out.line(f"{str(h.get('doc_id'))[:12]}  [{_str(h.get('collection'))}] "
+                     f"{_str(h.get('title'))}")
+            out.line("    " + " ".join(str(h.get("snippet", "")).split()))
+        return ExitCode.OK
+    if act == "history":
+        res = await client.call("library.history", {"id": args.id}, timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+            return ExitCode.OK
+        rows = [(_clock(h.get("time_ms")), str(h.get("author", ""))[:8],
+                 _str(h.get("author_name") or None), _str(h.get("kind")),
+                 ",".join(h.get("fields") or []) or "-",
+                 f"+{_str(h.get('inserted'))}/-{_str(h.get('deleted'))}")
+                for h in res.get("history") or []]
+        for text in _table(rows, ("TIME", "AUTHOR", "NAME", "KIND", "FIELDS", "BODY")):
+            out.line(text)
+        return ExitCode.OK
+    method = "library.import" if act == "import" else "library.export"
+    res = await _with_progress(client, method, {"path": str(args.dir.absolute())}, out)
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    out.line(f"{act} {_str(res.get('path'))}: {_str(res.get('summary'))} "
+             f"in {_num(res.get('elapsed_s'), 2)} s")
+    for e in res.get("errors") or []:
+        out.error(f"{e.get('path')}: {e.get('error')}")
+    return ExitCode.OK
+
+
+def _field_value(text: str) -> Any:
+    """``K=V`` values: JSON when it parses (numbers, true/false, null, lists, objects), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _situation_setup(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = sub.add_parser("set", help="set fields of this node's record of KIND")
+    s.add_argument("kind", metavar="KIND",
+                   help="person, household, shelter, shop, dealer or vehicle")
+    s.add_argument("--field", action="append", default=[], metavar="K=V",
+                   help="repeatable; V is JSON if it parses (3, true, [\"water\"]), else text; "
+                        "null clears")
+    sub.add_parser("show", help="the records of NODE").add_argument("node", metavar="NODE")
+    lst = sub.add_parser("list", help="every record, most recently updated first")
+    lst.add_argument("--kind", metavar="KIND")
+    for sp in sub.choices.values():
+        _global_options(sp, suppress=True)
+
+
+def _show_records(records: list[Any], out: Output) -> None:
+    if not records:
+        out.line("no records")
+    for r in records:
+        who = r.get("name") or str(r.get("owner", ""))[:8]
+        out.line(f"{_str(r.get('kind'))} of {who} (updated {_clock(r.get('updated_ms'))})")
+        for k, v in sorted((r.get("fields") or {}).items()):
+            out.line(f"    {k}: {json.dumps(v, ensure_ascii=False)}")
+
+
+@register("situation", "situation files: who is safe, shelters, shops, battery power on offer",
+          _situation_setup)
+async def _situation(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    res: Any
+    if args.action == "set":
+        fields: dict[str, Any] = {}
+        for item in args.field:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                out.error(f"--field {item!r}: expected K=V")
+                return ExitCode.USAGE
+            fields[k] = _field_value(v)
+        if not fields:
+            out.error("situation set needs at least one --field K=V")
+            return ExitCode.USAGE
+        res = await client.call("situation.set", {"kind": args.kind, "fields": fields},
+                                timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+        else:
+            _show_records([res], out)
+        return ExitCode.OK
+    if args.action == "show":
+        res = await client.call("situation.show", {"node": args.node}, timeout=CALL_TIMEOUT_S)
+    else:
+        params = {"kind": args.kind} if args.kind else {}
+        res = await client.call("situation.list", params, timeout=CALL_TIMEOUT_S)
+    if out.json:
+        out.document(res)
+    else:
+        _show_records(res.get("records") or [], out)
+    return ExitCode.OK
+
+
+def _bulletin_setup(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    pub = sub.add_parser("publish", help="publish a bulletin signed with this node's key "
+                                         "(an authority in the trust configuration)")
+    pub.add_argument("--title", required=True, metavar="T")
+    pub.add_argument("--body", required=True, metavar="B")
+    pub.add_argument("--expires", type=_positive_float, default=24 * 3600.0, metavar="S",
+                     help="seconds until it expires (default one day, at most 30 days)")
+    sub.add_parser("list", help="live bulletins, newest first")
+    for sp in sub.choices.values():
+        _global_options(sp, suppress=True)
+
+
+def _positive_float(text: str) -> float:
+    return _float_in(text, 0.0, 30 * 24 * 3600.0, True)
+
+
+def _show_bulletin(b: dict[str, Any], out: Output) -> None:
+    a = b.get("authority") or {}
+    out.line(f"[{_clock(b.get('issued_ms'))}] {_str(b.get('title'))} -- "
+             f"{_str(a.get('name') or None)} ({_str(a.get('role'))}), "
+             f"expires {_clock(b.get('expires_ms'))}")
+    out.line("    " + str(b.get("body", "")))
+
+
+@register("bulletin", "emergency bulletins from authority keys: publish, list", _bulletin_setup)
+async def _bulletin(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "publish":
+        res = await client.call("bulletin.publish", {"title": args.title, "body": args.body,
+                                                     "expires_s": args.expires},
+                                timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+        else:
+            out.line(f"published {str(res.get('op_id'))[:12]}")
+        return ExitCode.OK
+    res = await client.call("bulletin.list", timeout=CALL_TIMEOUT_S)
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    bulletins = res.get("bulletins") or []
+    if not bulletins:
+        out.line("no bulletins")
+    for b in bulletins:
+        _show_bulletin(b, out)
+    return ExitCode.OK
+
+
+@register("mail", "messages queued for nodes out of reach (carried car to car): "
+          "queued or delivered")
+async def _mail(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    res = await client.call("mail.list", timeout=CALL_TIMEOUT_S)
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    rows = [(str(m.get("message_id", ""))[:12], str(m.get("to", ""))[:8],
+             _str(m.get("to_name") or None), _clock(m.get("queued_ms")), _str(m.get("status")),
+             _clock(m.get("delivered_ms"))) for m in res.get("outbox") or []]
+    if rows:
+        for text in _table(rows, ("MESSAGE", "TO", "NAME", "QUEUED", "STATUS", "DELIVERED")):
+            out.line(text)
+    else:
+        out.line("no queued mail")
+    out.line(f"carrying {_str(res.get('carried'))} message(s) for other nodes")
     return ExitCode.OK
 
 

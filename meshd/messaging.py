@@ -184,6 +184,26 @@ class Messenger:
                    pack({"k": "ack", "ref": mid}), context=_CONTEXT, timestamp_ms=self._node.wall_ms())
         self._node.send_message(pkt.source, Service.MSG, ack)
 
+    def deliver(self, sender: NodeId, message_id: str, text: str, sent_ms: int, *,
+                via: str) -> bool:
+        """Put a message that reached us another way (``via``, e.g. "mail") in the inbox, once.
+
+        The caller has verified the sender already; False if it was delivered before.
+        """
+        key = (sender, f"{via}:{message_id}".encode())
+        if key in self._received:
+            return False
+        self._received[key] = None
+        ann = self._node.announcement_of(sender)
+        record = {"message_id": message_id, "from": sender.hex(),
+                  "from_name": ann.name if ann else "", "sent_ms": sent_ms,
+                  "received_ms": self._node.wall_ms(), "text": text, "via": via}
+        self._inbox.append(record)
+        asyncio.get_running_loop().create_task(self._append(record))
+        self._publish("message.received", record)
+        logger.info("[%s] message received via %s (%d bytes)", short_id(sender), via, len(text))
+        return True
+
     async def _append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
         async with self._write_lock:

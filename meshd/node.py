@@ -113,6 +113,9 @@ class Node:
         self._frag_ids = itertools.count(random.getrandbits(31))
         self.messenger = Messenger(self, self.state_dir / "messages.jsonl", self.control.publish)
         self.register_service(Service.MSG, self.messenger.on_packet)
+        #: set by the composition root: ``send`` to a node with no route but known keys
+        #: queues the message through this (store-and-forward mail) instead of failing
+        self.mail_fallback: Callable[[NodeId, str], Awaitable[dict[str, Any]]] | None = None
         self._ping_ids = itertools.count(1)
         self._ping_waiters: dict[int, tuple[asyncio.Future[dict[str, Any]], float]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -650,9 +653,14 @@ class Node:
         if not isinstance(query, str) or not isinstance(text, str) or not isinstance(timeout, int | float):
             raise ControlError("bad_request", "send needs node (str) and text (str)")
         target = self.resolve(query)
+        queue = self.mail_fallback if self.announcement_of(target) is not None else None
+        if queue is not None and self.next_hop(target) is None:
+            return await queue(target, text)
         try:
             res = await self.messenger.send(target, text, float(timeout))
         except Undeliverable as exc:
+            if queue is not None and exc.reason == "unreachable":
+                return await queue(target, text)
             raise ControlError("timeout" if exc.reason == "timeout" else "unreachable", str(exc)) from None
         except LocalProtocolError as exc:
             raise ControlError("bad_request", str(exc)) from None

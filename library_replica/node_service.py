@@ -1,0 +1,690 @@
+"""library_replica as a node service: the library, situation files, bulletins and mail in meshd.
+
+Theory of operation
+-------------------
+``LibraryNodeService`` owns the materialised state (``Library``,
+``SituationBoard``, ``TrustStore`` + ``BulletinBoard``, ``MailBox``) and the
+search index (SQLite, ``library-index.sqlite`` in the state directory).  It
+registers an authoriser per namespace on sync's ``OpStore`` (library,
+situation, bulletin, trust, mail) and subscribes to committed ops: every op,
+local or from a peer, reaches the state through that one path.
+
+Threads.  The library (pycrdt) and the index are touched only under
+``_lock`` and, for batches, in a worker thread (``asyncio.to_thread``), so the
+loop keeps answering.  Local writes take ``_write_lock`` as well, around
+prepare + submit: one key must never prepare two Yjs edits from the same state.
+The subscriber never takes ``_write_lock`` and a writer never holds ``_lock``
+while submitting, so the store's post-commit notification cannot deadlock.
+
+Start.  ``run`` replays the stored ops of every namespace (trust first, then
+bulletins, situation, mail, library) in a thread, refreshes the persistent
+index (unchanged documents are skipped), then opens mail addressed to us;
+control methods wait for that (``_ready``) while ``status`` answers at once.
+Then, every ``purge_interval_s``, expired bulletins and mail are forgotten.
+
+Control methods (params -> result; documented with the commands in docs/cli.md):
+
+* ``library.add`` {collection, title, body, tags?, lang?} -> {doc_id, ops}
+* ``library.edit`` {id, body? | title?} -> {doc_id, ops}
+* ``library.show`` {id} -> a document; ``library.history`` {id} -> {doc_id, history}
+* ``library.search`` {query, collection?, limit?} -> {query, results}
+* ``library.import`` / ``library.export`` {path (absolute)} -> a summary; progress
+  as ``library.progress`` events {op, phase, done, total, path}
+* ``situation.set`` {kind, fields}, ``situation.show`` {node}, ``situation.list`` {kind?}
+* ``bulletin.publish`` {title, body, expires_s}, ``bulletin.list``
+* ``mail.list``: the outbox (queued / delivered) and what this node carries
+
+Events: ``library.changed`` {doc_ids}, ``library.progress``, ``situation.changed``
+{owner, kind}, ``bulletin.published`` {bulletin}, ``bulletin.expired`` {op_ids},
+``mail.queued``, ``mail.delivered`` {message_id, to}, and ``message.received``
+(through the inbox) for mail opened here.
+
+An id (``ID``) is 32 hex characters or a unique prefix of at least 4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from library_replica.bulletins import (
+    KIND_PUBLISH,
+    Bulletin,
+    BulletinBoard,
+    TrustConfig,
+    TrustStore,
+    prepare_bulletin,
+)
+from library_replica.documents import DocumentView, Library
+from library_replica.mail import (
+    KIND_RECEIPT,
+    KIND_SEALED,
+    MailBox,
+    MailItem,
+    MailReceipt,
+    prepare_mail,
+    prepare_receipt,
+)
+from library_replica.markdown_io import export_folder, plan_import
+from library_replica.ops import LibraryError, OpLike, new_doc_id, sync_authorizers
+from library_replica.search import MAX_LIMIT, SearchIndex, refresh_index
+from library_replica.situation import (
+    KIND_SET,
+    RecordKind,
+    SituationBoard,
+    SituationRecord,
+    authorize_situation,
+    prepare_set,
+)
+from meshd.control import ControlError
+from meshd.errors import LocalProtocolError
+from meshd.identity import NodeId, short_id
+from meshd.services import ControlHandler, NodeApi, StreamHandler
+from sync.errors import SyncLocalError, Unauthorized
+from sync.store import OpStore
+
+__all__ = ["INDEX_NAME", "LibraryNodeService", "MailInbox"]
+
+log = logging.getLogger(__name__)
+
+#: the search index file in the state directory
+INDEX_NAME = "library-index.sqlite"
+#: default trust file looked for in the state directory when ``--trust`` is not given
+TRUST_NAME = "trust.toml"
+DEFAULT_BULLETIN_S = 24 * 3600
+_REPLAY_ORDER = ("trust", "bulletin", "situation", "mail", "library")
+_REPLAY_CHUNK = 2000
+_NO_ROOT = b"\x00" * 32  # no trust file: nobody can sign as root, nobody is an authority
+
+
+class MailInbox(Protocol):
+    """Where opened mail goes (``meshd.messaging.Messenger.deliver``)."""
+
+    def deliver(self, sender: NodeId, message_id: str, text: str, sent_ms: int, *,
+                via: str) -> bool: ...
+
+
+class _KnownNodes(Protocol):
+    def known_nodes(self) -> list[tuple[str, str]]: ...
+
+
+def _bad(msg: str) -> ControlError:
+    return ControlError("bad_request", msg)
+
+
+def _str_param(params: dict[str, Any], key: str, *, required: bool = True,
+               max_len: int = 1_000_000) -> str | None:
+    v = params.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or len(v) > max_len:
+        raise _bad(f"{key} must be a string")
+    return v
+
+
+class LibraryNodeService:
+    """``NodeService`` for library_replica (see the module docstring)."""
+
+    def __init__(self, node: NodeApi, store: OpStore, *, trust_path: Path | None,
+                 inbox: MailInbox | None = None, wall_clock: Callable[[], float] = time.time,
+                 purge_interval_s: float = 1.0) -> None:
+        self.node = node
+        self.store = store
+        self._wall = wall_clock
+        self._purge_interval_s = purge_interval_s
+        self._inbox = inbox
+        self._ident = node.identity
+        self._author = node.identity.ed25519_pub
+        state_dir = Path(node.state_dir)
+        if trust_path is None and (state_dir / TRUST_NAME).exists():
+            trust_path = state_dir / TRUST_NAME
+        self.trust_path = trust_path
+        config = TrustConfig.load(trust_path) if trust_path is not None else \
+            TrustConfig(_NO_ROOT, 0, {})
+        self.trust = TrustStore(config)
+        self.library = Library()
+        self.situation = SituationBoard()
+        self.bulletins = BulletinBoard(self.trust)
+        self.mail = MailBox(node.identity)
+        self.index = SearchIndex(state_dir / INDEX_NAME)
+        self._lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+        self._replaying = True
+        self._deferred_index = False
+        for ns, fn in sync_authorizers({
+                "library": self.library.authorize, "situation": authorize_situation,
+                "bulletin": self.bulletins.authorize, "trust": self.trust.authorize,
+                "mail": self.mail.authorize}).items():
+            store.register_authorizer(ns, fn)
+        self._unsubscribe = store.subscribe(self._on_commit)
+
+    # -- NodeService ------------------------------------------------------------------------
+
+    def handlers(self) -> Mapping[str, ControlHandler]:
+        return {
+            "library.add": self._h_add, "library.edit": self._h_edit,
+            "library.show": self._h_show, "library.search": self._h_search,
+            "library.history": self._h_history, "library.import": self._h_import,
+            "library.export": self._h_export,
+            "situation.set": self._h_situation_set, "situation.show": self._h_situation_show,
+            "situation.list": self._h_situation_list,
+            "bulletin.publish": self._h_bulletin_publish, "bulletin.list": self._h_bulletin_list,
+            "mail.list": self._h_mail_list,
+        }
+
+    def stream_services(self) -> Mapping[str, StreamHandler]:
+        return {}
+
+    def neighbour_up(self, peer: NodeId) -> None:
+        pass
+
+    def neighbour_lost(self, peer: NodeId) -> None:
+        pass
+
+    async def run(self) -> None:
+        try:
+            await self._replay()
+        finally:
+            self._ready.set()
+        while True:
+            await asyncio.sleep(self._purge_interval_s)
+            self._purge()
+
+    async def close(self) -> None:
+        self._unsubscribe()
+        async with self._lock:
+            await asyncio.to_thread(self.index.close)
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def _wall_ms(self) -> int:
+        return int(self._wall() * 1000)
+
+    # -- start ----------------------------------------------------------------------------------
+
+    async def _replay(self) -> None:
+        started = time.monotonic()
+        total = 0
+        for ns in _REPLAY_ORDER:
+            batch: list[Any] = []
+            async for op in self.store.iter_namespace(ns):
+                batch.append(op)
+                if len(batch) >= _REPLAY_CHUNK:
+                    await self._apply(batch, replay=True)
+                    total += len(batch)
+                    batch = []
+            if batch:
+                await self._apply(batch, replay=True)
+                total += len(batch)
+        async with self._lock:
+            n = await asyncio.to_thread(refresh_index, self.index, self.library, full=True)
+        self._replaying = False
+        log.info("library replayed %d ops in %.2f s (%d documents, %d re-indexed)", total,
+                 time.monotonic() - started, sum(1 for _ in self.library.documents()), n)
+        await self._open_my_mail()
+
+    async def _ensure_ready(self) -> None:
+        await self._ready.wait()
+
+    # -- applying committed ops -------------------------------------------------------------
+
+    async def _on_commit(self, ops: Sequence[Any]) -> None:
+        await self._apply(ops, replay=False)
+
+    async def _apply(self, ops: Sequence[Any], *, replay: bool) -> None:
+        wall = self._wall_ms()
+        lib_ops: list[OpLike] = []
+        new_mail: list[MailItem] = []
+        receipts: list[MailReceipt] = []
+        situation_changed: list[dict[str, Any]] = []
+        published: list[Bulletin] = []
+        # trust before bulletins: a batch may carry the update that makes a publisher trusted
+        ordered = sorted(ops, key=lambda o: 0 if o.namespace == "trust" else 1)
+        for op in ordered:
+            ns = op.namespace
+            if ns == "library":
+                lib_ops.append(op)
+            elif ns == "trust":
+                self.trust.apply(op)
+            elif ns == "bulletin":
+                if self.bulletins.apply(op, wall) and op.kind == KIND_PUBLISH:
+                    b = next((x for x in self.bulletins.active(wall) if x.op_id == op.op_id),
+                             None)
+                    if b is not None:
+                        published.append(b)
+            elif ns == "situation":
+                if self.situation.apply(op) and op.kind == KIND_SET:
+                    situation_changed.append({"owner": op.author.hex()})
+            elif ns == "mail":
+                item = self.mail.apply(op, wall)
+                if isinstance(item, MailItem):
+                    new_mail.append(item)
+                elif isinstance(item, MailReceipt):
+                    receipts.append(item)
+        if lib_ops:
+            async with self._lock:
+                changed = await asyncio.to_thread(self._apply_library, lib_ops,
+                                                  not (replay or self._deferred_index))
+            if changed and not replay:
+                self.node.publish("library.changed",
+                                  {"doc_ids": sorted(d.hex() for d in changed)})
+        if replay:
+            return
+        for b in published:
+            self.node.publish("bulletin.published", {"bulletin": self._bulletin_json(b)})
+        for ev in situation_changed:
+            self.node.publish("situation.changed", ev)
+        for r in receipts:
+            self._announce_delivery(r)
+        if any(m.recipient == self._ident.node_id for m in new_mail) and not self._replaying:
+            asyncio.get_running_loop().create_task(self._open_my_mail())
+
+    def _apply_library(self, ops: list[OpLike], index: bool) -> set[bytes]:
+        """In a worker thread, under ``_lock``: apply, then index what changed."""
+        for op in ops:
+            self.library.apply(op)
+        if index:
+            refresh_index(self.index, self.library)
+        return {op.doc_id for op in ops}
+
+    def _announce_delivery(self, r: MailReceipt) -> None:
+        """Tell control clients when a receipt for mail we sent arrives."""
+        mail = next((m for m in self.mail.outbox() if m.op_id == r.ref), None)
+        at = self.mail.delivered(r.ref)
+        if mail is not None and at is not None:
+            self.node.publish("mail.delivered", {"message_id": mail.op_id.hex()[:24],
+                                                 "to": mail.recipient.hex(), "delivered_ms": at})
+            log.info("[%s] mail %s delivered", short_id(mail.recipient), mail.op_id.hex()[:8])
+
+    async def _open_my_mail(self) -> None:
+        """Open mail addressed to us, put it in the inbox, and write receipts (once each)."""
+        async with self._write_lock:
+            for mail in self.mail.unopened_for_me():
+                if self.mail.delivered(mail.op_id) is not None:
+                    continue
+                opened = self.mail.open_for(mail)
+                if opened is None:
+                    continue
+                if self._inbox is not None:
+                    self._inbox.deliver(opened.sender, mail.op_id.hex()[:24], opened.text,
+                                        opened.sent_ms, via="mail")
+                doc_id, body, expiry = prepare_receipt(self._ident, mail, self._wall_ms())
+                try:
+                    await self.store.add_local(self._ident.signing_key, kind=KIND_RECEIPT,
+                                               doc_id=doc_id, body=body, expiry_ms=expiry)
+                except (Unauthorized, SyncLocalError) as exc:
+                    log.warning("receipt for mail %s refused: %s", mail.op_id.hex()[:8], exc)
+                log.info("[%s] mail opened (%d characters)", short_id(opened.sender),
+                         len(opened.text))
+
+    def _purge(self) -> None:
+        wall = self._wall_ms()
+        gone = self.bulletins.purge(wall)
+        if gone:
+            self.node.publish("bulletin.expired", {"op_ids": [g.hex() for g in gone]})
+        self.mail.purge(wall)
+
+    # -- local writes ----------------------------------------------------------------------------
+
+    async def _submit(self, kind_ops: Sequence[tuple[str, bytes, bytes]],
+                      progress: Callable[[int, int], None] | None = None) -> int:
+        """Sign and commit ops in order (each reaches the state through ``_on_commit``)."""
+        n = 0
+        for kind, doc_id, body in kind_ops:
+            try:
+                await self.store.add_local(self._ident.signing_key, kind=kind, doc_id=doc_id,
+                                           body=body)
+            except Unauthorized as exc:
+                raise ControlError("failed", f"refused: {exc}") from None
+            except SyncLocalError as exc:
+                raise ControlError("failed", str(exc)) from None
+            n += 1
+            if progress is not None:
+                progress(n, len(kind_ops))
+        return n
+
+    def _resolve_doc(self, params: dict[str, Any]) -> bytes:
+        ident = _str_param(params, "id", max_len=64)
+        assert ident is not None
+        q = ident.strip().lower()
+        if len(q) < 4 or any(c not in "0123456789abcdef" for c in q):
+            raise _bad("ID is 32 hex characters or a unique prefix of at least 4")
+        if len(q) == 32:
+            doc_id = bytes.fromhex(q)
+            if self.library.get(doc_id) is None:
+                raise ControlError("not_found", f"no document {q} here", {"id": q})
+            return doc_id
+        found = [d.doc_id for d in self.library.documents(include_deleted=True)
+                 if d.doc_id.hex().startswith(q)]
+        if not found:
+            raise ControlError("not_found", f"no document matches {q}", {"id": q})
+        if len(found) > 1:
+            raise _bad(f"{q} matches {len(found)} documents; give more of the id")
+        return found[0]
+
+    def _doc_json(self, d: DocumentView) -> dict[str, Any]:
+        return {"doc_id": d.doc_id.hex(), "collection": d.collection, "title": d.title,
+                "body": d.body, "tags": list(d.tags), "lang": d.lang, "deleted": d.deleted,
+                "authors": sorted(a.hex() for a in d.authors),
+                "created_ms": d.created_hlc >> 16, "updated_ms": d.updated_hlc >> 16}
+
+    async def _h_add(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        collection = _str_param(params, "collection", max_len=32)
+        title = _str_param(params, "title", max_len=200)
+        body = _str_param(params, "body")
+        lang = _str_param(params, "lang", required=False, max_len=16) or ""
+        tags = params.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise _bad("tags must be a list of strings")
+        assert collection is not None and title is not None and body is not None
+        doc_id = new_doc_id(os.urandom(16))
+        async with self._write_lock:
+            async with self._lock:
+                try:
+                    prepared = self.library.prepare_create(
+                        self._author, collection=collection, title=title, body=body,
+                        tags=tags, lang=lang)
+                except LocalProtocolError as exc:
+                    raise _bad(str(exc)) from None
+            n = await self._submit([(p.kind, doc_id, p.body) for p in prepared])
+        return {"doc_id": doc_id.hex(), "ops": n}
+
+    async def _h_edit(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        body = _str_param(params, "body", required=False)
+        title = _str_param(params, "title", required=False, max_len=200)
+        if body is None and title is None:
+            raise _bad("edit needs body or title")
+        async with self._write_lock:
+            async with self._lock:
+                doc_id = self._resolve_doc(params)
+                try:
+                    prepared = self.library.prepare_edit(doc_id, self._author, body=body,
+                                                         title=title)
+                except LocalProtocolError as exc:
+                    raise ControlError("failed", str(exc)) from None
+            n = await self._submit([(p.kind, doc_id, p.body) for p in prepared])
+        return {"doc_id": doc_id.hex(), "ops": n}
+
+    async def _h_show(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        async with self._lock:
+            doc_id = self._resolve_doc(params)
+            d = self.library.get(doc_id)
+            n = len(self.library.history(doc_id))
+        assert d is not None
+        return {**self._doc_json(d), "changes": n}
+
+    async def _h_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        async with self._lock:
+            doc_id = self._resolve_doc(params)
+            hist = self.library.history(doc_id)
+        names = self._names_by_key()
+        return {"doc_id": doc_id.hex(), "history": [
+            {"op_id": h.op_id.hex(), "author": h.author.hex(),
+             "author_name": names.get(h.author, ""), "time_ms": h.hlc >> 16, "kind": h.kind,
+             "fields": list(h.fields), "inserted": h.inserted, "deleted": h.deleted,
+             "reverts": h.reverts.hex() if h.reverts else None} for h in hist]}
+
+    async def _h_search(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        query = _str_param(params, "query", max_len=256)
+        collection = _str_param(params, "collection", required=False, max_len=32)
+        limit = params.get("limit", 10)
+        if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
+            raise _bad(f"limit is an integer from 1 to {MAX_LIMIT}")
+        assert query is not None
+        async with self._lock:
+            try:
+                hits = await asyncio.to_thread(self.index.search, query, collection=collection,
+                                               limit=limit)
+            except LibraryError as exc:
+                raise _bad(str(exc)) from None
+        return {"query": query, "results": [
+            {"doc_id": h.doc_id.hex(), "collection": h.collection, "title": h.title,
+             "snippet": h.snippet, "score": round(h.score, 6)} for h in hits]}
+
+    def _progress_cb(self, op: str, phase: str) -> Callable[[int, int, str], None]:
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def cb(done: int, total: int, path: str) -> None:
+            now = time.monotonic()
+            if done < total and now - last[0] < 0.1:
+                return  # at most ~10 events a second
+            last[0] = now
+            loop.call_soon_threadsafe(self.node.publish, "library.progress",
+                                      {"op": op, "phase": phase, "done": done,
+                                       "total": total, "path": path})
+        return cb
+
+    def _folder(self, params: dict[str, Any]) -> Path:
+        raw = _str_param(params, "path", max_len=4096)
+        assert raw is not None
+        path = Path(raw)
+        if not path.is_absolute():
+            raise _bad("path must be absolute (meshctl passes absolute paths)")
+        return path
+
+    async def _h_import(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        folder = self._folder(params)
+        if not folder.is_dir():
+            raise ControlError("failed", f"{folder} is not a directory")
+        started = time.monotonic()
+        reading = self._progress_cb("import", "reading")
+        async with self._write_lock:
+            async with self._lock:
+                ops, summary = await asyncio.to_thread(plan_import, self.library, self._author,
+                                                       folder, reading)
+            writing = self._progress_cb("import", "writing")
+            self._deferred_index = True
+            try:
+                n = await self._submit([(o.kind, o.doc_id, o.body) for o in ops],
+                                       lambda d, t: writing(d, t, ""))
+            finally:
+                self._deferred_index = False
+                async with self._lock:
+                    await asyncio.to_thread(refresh_index, self.index, self.library)
+        return {"path": str(folder), "added": summary.added, "changed": summary.changed,
+                "unchanged": summary.unchanged,
+                "errors": [{"path": p, "error": e} for p, e in summary.errors],
+                "ops": n, "summary": summary.line(),
+                "elapsed_s": round(time.monotonic() - started, 3)}
+
+    async def _h_export(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        folder = self._folder(params)
+        started = time.monotonic()
+        cb = self._progress_cb("export", "writing")
+        async with self._lock:
+            try:
+                await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+                summary = await asyncio.to_thread(export_folder, self.library, folder, cb)
+            except OSError as exc:
+                raise ControlError("failed", f"export to {folder}: {exc}") from None
+        return {"path": str(folder), "added": summary.added, "changed": summary.changed,
+                "unchanged": summary.unchanged, "summary": summary.line(),
+                "elapsed_s": round(time.monotonic() - started, 3)}
+
+    # -- situation files -----------------------------------------------------------------------
+
+    def _names_by_key(self) -> dict[bytes, str]:
+        """Ed25519 key -> display name of every node we hold an announcement for."""
+        out: dict[bytes, str] = {self._author: self.node.name}
+        known = getattr(self.node, "known_nodes", None)
+        if known is None:
+            return out
+        for node_hex, _name in known():
+            ann = self.node.announcement_of(bytes.fromhex(node_hex))
+            if ann is not None:
+                out[ann.ed25519_pub] = ann.name
+        return out
+
+    def _node_of_key(self) -> dict[bytes, str]:
+        out: dict[bytes, str] = {self._author: self._ident.node_id.hex()}
+        known = getattr(self.node, "known_nodes", None)
+        for node_hex, _ in (known() if known is not None else []):
+            ann = self.node.announcement_of(bytes.fromhex(node_hex))
+            if ann is not None:
+                out[ann.ed25519_pub] = node_hex
+        return out
+
+    def _record_json(self, r: SituationRecord, names: dict[bytes, str],
+                     nodes: dict[bytes, str]) -> dict[str, Any]:
+        fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.fields.items()}
+        return {"owner": r.owner.hex(), "node_id": nodes.get(r.owner, ""),
+                "name": names.get(r.owner, ""), "kind": str(r.kind), "fields": fields,
+                "updated_ms": r.updated_hlc >> 16}
+
+    async def _h_situation_set(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        kind = _str_param(params, "kind", max_len=16)
+        fields = params.get("fields")
+        if not isinstance(fields, dict) or not fields:
+            raise _bad("fields must be a non-empty object")
+        try:
+            doc_id, body = prepare_set(self._author, str(kind), fields)
+        except (LocalProtocolError, ValueError) as exc:
+            raise _bad(str(exc)) from None
+        async with self._write_lock:
+            await self._submit([(KIND_SET, doc_id, body)])
+        rec = self.situation.get(self._author, str(kind))
+        assert rec is not None
+        self.node.publish("situation.changed", {"owner": self._author.hex(), "kind": kind})
+        return self._record_json(rec, self._names_by_key(), self._node_of_key())
+
+    async def _h_situation_show(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        query = _str_param(params, "node", max_len=256)
+        assert query is not None
+        node_id = self.node.resolve(query)
+        if node_id == self._ident.node_id:
+            key = self._author
+        else:
+            ann = self.node.announcement_of(node_id)
+            if ann is None:
+                raise ControlError("not_found", f"no announcement (keys) known for "
+                                   f"{short_id(node_id)}", {"node_id": node_id.hex()})
+            key = ann.ed25519_pub
+        names, nodes = self._names_by_key(), self._node_of_key()
+        return {"node_id": node_id.hex(), "name": names.get(key, ""), "owner": key.hex(),
+                "records": [self._record_json(r, names, nodes)
+                            for r in sorted(self.situation.of_owner(key),
+                                            key=lambda r: str(r.kind))]}
+
+    async def _h_situation_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        kind = _str_param(params, "kind", required=False, max_len=16)
+        if kind is not None and kind not in RecordKind.__members__.values():
+            raise _bad(f"kind is one of {', '.join(k.value for k in RecordKind)}")
+        names, nodes = self._names_by_key(), self._node_of_key()
+        return {"records": [self._record_json(r, names, nodes)
+                            for r in self.situation.records(kind)]}
+
+    # -- bulletins ------------------------------------------------------------------------------
+
+    def _bulletin_json(self, b: Bulletin) -> dict[str, Any]:
+        return {"op_id": b.op_id.hex(), "title": b.title, "body": b.text,
+                "author": b.author.hex(), "authority": {"name": b.authority.name,
+                                                        "role": str(b.authority.role)},
+                "issued_ms": b.issued_ms, "expires_ms": b.expires_ms}
+
+    def _trust_json(self) -> dict[str, Any]:
+        c = self.trust.config
+        return {"file": str(self.trust_path) if self.trust_path else None,
+                "version": c.version, "authorities": len(c.authorities),
+                "key": self._author.hex(),
+                "authority": self.trust.authority(self._author) is not None}
+
+    async def _h_bulletin_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        title = _str_param(params, "title", max_len=200)
+        body = _str_param(params, "body", max_len=8000)
+        expires_s = params.get("expires_s", DEFAULT_BULLETIN_S)
+        if isinstance(expires_s, bool) or not isinstance(expires_s, int | float) or \
+                not 0 < expires_s <= 30 * 24 * 3600:
+            raise _bad("expires_s is seconds, more than 0 and at most 30 days")
+        assert title is not None and body is not None
+        if self.trust.authority(self._author) is None:
+            raise ControlError("failed", "this node's key is not an authority in the trust "
+                               "configuration" + ("" if self.trust_path else
+                                                  " (no trust file: meshd --trust FILE)"),
+                               {"key": self._author.hex()})
+        issued = self._wall_ms()
+        expires = issued + max(1, round(expires_s * 1000))
+        doc_id = new_doc_id(os.urandom(16))
+        try:
+            payload = prepare_bulletin(self._ident.sign, self._author, doc_id, title=title,
+                                       text=body, issued_ms=issued, expires_ms=expires)
+        except LocalProtocolError as exc:
+            raise _bad(str(exc)) from None
+        async with self._write_lock:
+            try:
+                op = await self.store.add_local(self._ident.signing_key, kind=KIND_PUBLISH,
+                                                doc_id=doc_id, body=payload, expiry_ms=expires)
+            except Unauthorized as exc:
+                raise ControlError("failed", f"refused: {exc}") from None
+        b = next((x for x in self.bulletins.active(self._wall_ms()) if x.op_id == op.op_id),
+                 None)
+        if b is None:
+            raise ControlError("failed", "the bulletin was stored but is not live")
+        return self._bulletin_json(b)
+
+    async def _h_bulletin_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        return {"bulletins": [self._bulletin_json(b)
+                              for b in self.bulletins.active(self._wall_ms())],
+                "trust": self._trust_json()}
+
+    # -- mail ----------------------------------------------------------------------------------
+
+    async def queue_mail(self, recipient: NodeId, text: str) -> dict[str, Any]:
+        """Seal ``text`` to ``recipient`` and store it as a mail op (the recipient is out of reach).
+
+        Raises ``ControlError`` ``not_found`` when the recipient's keys are unknown.
+        """
+        await self._ensure_ready()
+        ann = self.node.announcement_of(recipient)
+        if ann is None:
+            raise ControlError("not_found", f"no announcement (keys) known for "
+                               f"{short_id(recipient)}", {"node_id": recipient.hex()})
+        if len(text.encode("utf-8")) > 32 * 1024:
+            raise _bad("message exceeds 32768 bytes")
+        doc_id, body, expiry = prepare_mail(self._ident, recipient, ann.x25519_pub, text,
+                                            self._wall_ms())
+        async with self._write_lock:
+            try:
+                op = await self.store.add_local(self._ident.signing_key, kind=KIND_SEALED,
+                                                doc_id=doc_id, body=body, expiry_ms=expiry)
+            except Unauthorized as exc:
+                raise ControlError("failed", f"mail refused: {exc}") from None
+        res = {"node_id": recipient.hex(), "message_id": op.op_id.hex()[:24],
+               "status": "queued", "expires_ms": expiry}
+        self.node.publish("mail.queued", res)
+        log.info("[%s] no route: message queued as mail %s", short_id(recipient),
+                 op.op_id.hex()[:8])
+        return res
+
+    async def _h_mail_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        names = {bytes.fromhex(n): name for n, name in
+                 (getattr(self.node, "known_nodes", list)())}
+        out = []
+        for m in self.mail.outbox():
+            at = self.mail.delivered(m.op_id)
+            out.append({"message_id": m.op_id.hex()[:24], "to": m.recipient.hex(),
+                        "to_name": names.get(m.recipient, ""), "queued_ms": m.queued_ms,
+                        "expires_ms": m.expiry_ms,
+                        "status": "delivered" if at is not None else "queued",
+                        "delivered_ms": at})
+        return {"outbox": out, "carried": self.mail.carried()}
+
