@@ -34,9 +34,11 @@ TONE_D = 660.0
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_isolated(outdir: Path, names: list[str], timeout: float = 110.0) -> dict[str, Any]:
+def run_isolated(outdir: Path, names: list[str], timeout: float = 110.0, *,
+                 uvloop: bool = False) -> dict[str, Any]:
     """Run scenarios in a child process in its own network namespace; return its result.json."""
     script = ("ip link set lo up && ip addr add 127.0.0.2/8 dev lo && "
+              f"VOICE_UVLOOP={int(uvloop)} "
               f"exec {sys.executable} -m tests.voice.scenarios {outdir} {' '.join(names)}")
     proc = subprocess.run(["unshare", "--net", "sh", "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, check=False)
@@ -440,4 +442,8 @@ async def main(outdir: Path, names: list[str]) -> None:
 if __name__ == "__main__":
     import logging
     logging.basicConfig(level=os.environ.get("VOICE_LOG", "WARNING"))
-    asyncio.run(main(Path(sys.argv[1]), sys.argv[2:]))
+    if os.environ.get("VOICE_UVLOOP") == "1":  # meshd runs on uvloop: the service must too
+        import uvloop
+        uvloop.run(main(Path(sys.argv[1]), sys.argv[2:]))
+    else:
+        asyncio.run(main(Path(sys.argv[1]), sys.argv[2:]))

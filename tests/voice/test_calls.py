@@ -68,3 +68,11 @@ def test_five_percent_loss_connects_and_tone_arrives(results: dict[str, Any]) ->
     r = _ok(results, "loss5")
     _assert_tone(r["rec_callee"], r["tone_caller"], 0.6, min_s=1.0)
     _assert_tone(r["rec_caller"], r["tone_callee"], 0.6, min_s=1.0)
+
+
+def test_on_uvloop_like_meshd(tmp_path: Path) -> None:
+    """meshd runs on uvloop: the relay socket and aiortc must work there too."""
+    r = run_isolated(tmp_path, ["line_a_to_d"], uvloop=True)["line_a_to_d"]
+    assert "error" not in r, r.get("traceback", r)
+    _assert_tone(r["rec_callee"], r["tone_caller"], 0.9)
+    _assert_tone(r["rec_caller"], r["tone_callee"], 0.9)
