@@ -99,12 +99,17 @@ class OpenedMail:
     sender: NodeId
     text: str
     sent_ms: int
+    sender_name: str
 
 
 def prepare_mail(identity: Identity, recipient: NodeId, recipient_x25519: bytes, text: str,
-                 wall_ms: int) -> tuple[bytes, bytes, int]:
-    """(doc_id, body, expiry_ms) of a ``mail.sealed`` op carrying ``text`` to ``recipient``."""
-    sealed = seal(identity, recipient_x25519, recipient, pack({"k": "text", "text": text}),
+                 wall_ms: int, sender_name: str = "") -> tuple[bytes, bytes, int]:
+    """(doc_id, body, expiry_ms) of a ``mail.sealed`` op carrying ``text`` to ``recipient``.
+
+    ``sender_name`` travels sealed too: the recipient may hold no announcement of us.
+    """
+    sealed = seal(identity, recipient_x25519, recipient,
+                  pack({"k": "text", "text": text, "n": sender_name[:64]}),
                   context=_CONTEXT, timestamp_ms=wall_ms)
     return recipient, encode_body({"x": identity.x25519_pub, "s": sealed}), \
         wall_ms + MAIL_LIFETIME_MS
@@ -249,7 +254,8 @@ class MailBox:
             if f.str("k", max_len=8) != "text":
                 raise Refused("kind", "not a text mail")
             text = f.str("text", max_len=_TEXT_MAX)
+            name = f.opt_str("n", max_len=64) or ""
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, mail.author.hex()[:8], str(exc))
             return None
-        return OpenedMail(mail.op_id, mail.sender, text, opened.timestamp_ms)
+        return OpenedMail(mail.op_id, mail.sender, text, opened.timestamp_ms, name)

@@ -106,7 +106,7 @@ class MailInbox(Protocol):
     """Where opened mail goes (``meshd.messaging.Messenger.deliver``)."""
 
     def deliver(self, sender: NodeId, message_id: str, text: str, sent_ms: int, *,
-                via: str) -> bool: ...
+                via: str, sender_name: str = "") -> bool: ...
 
 
 class _KnownNodes(Protocol):
@@ -313,7 +313,8 @@ class LibraryNodeService:
                     continue
                 if self._inbox is not None:
                     self._inbox.deliver(opened.sender, mail.op_id.hex()[:24], opened.text,
-                                        opened.sent_ms, via="mail")
+                                        opened.sent_ms, via="mail",
+                                        sender_name=opened.sender_name)
                 doc_id, body, expiry = prepare_receipt(self._ident, mail, self._wall_ms())
                 try:
                     await self.store.add_local(self._ident.signing_key, kind=KIND_RECEIPT,
@@ -660,7 +661,7 @@ class LibraryNodeService:
         if len(text.encode("utf-8")) > 32 * 1024:
             raise _bad("message exceeds 32768 bytes")
         doc_id, body, expiry = prepare_mail(self._ident, recipient, ann.x25519_pub, text,
-                                            self._wall_ms())
+                                            self._wall_ms(), self.node.name)
         async with self._write_lock:
             try:
                 op = await self.store.add_local(self._ident.signing_key, kind=KIND_SEALED,

@@ -185,10 +185,11 @@ class Messenger:
         self._node.send_message(pkt.source, Service.MSG, ack)
 
     def deliver(self, sender: NodeId, message_id: str, text: str, sent_ms: int, *,
-                via: str) -> bool:
+                via: str, sender_name: str = "") -> bool:
         """Put a message that reached us another way (``via``, e.g. "mail") in the inbox, once.
 
-        The caller has verified the sender already; False if it was delivered before.
+        The caller has verified the sender already (``sender_name`` is shown when we hold
+        no announcement of it); False if it was delivered before.
         """
         key = (sender, f"{via}:{message_id}".encode())
         if key in self._received:
@@ -196,7 +197,7 @@ class Messenger:
         self._received[key] = None
         ann = self._node.announcement_of(sender)
         record = {"message_id": message_id, "from": sender.hex(),
-                  "from_name": ann.name if ann else "", "sent_ms": sent_ms,
+                  "from_name": ann.name if ann else sender_name, "sent_ms": sent_ms,
                   "received_ms": self._node.wall_ms(), "text": text, "via": via}
         self._inbox.append(record)
         asyncio.get_running_loop().create_task(self._append(record))
