@@ -104,11 +104,19 @@ BUMP_MIN_GAP_S = 0.5
 SWITCH_MIN_GAIN = 128
 #: triggered updates are sent again this long after the first send (lossy links)
 RESEND_DELAYS_S = (0.3, 0.8)
+#: links costing more than this (a clean link costs 256) get triggered updates resent
+RESEND_COST_THRESHOLD = 272
+YOUNG_LINK_S = 10.0
+YOUNG_TABLE_DELAYS_S = (2.0, 6.0)
+#: a wildcard request is answered with our table at most this often per neighbour
+WILDCARD_GAP_S = 0.25
 #: a metric increase smaller than max(this, metric / 8), or a decrease smaller than
 #: this, waits for the next full update
 TRIGGER_MIN_DELTA = 128
 #: minimum interval between "announcement please" requests per (peer, origin)
-ANN_REQUEST_GAP_S = 1.0
+ANN_REQUEST_GAP_S = 0.5
+ANN_REQUEST_TRIES = 6
+MAX_ANN_WANTED = 4096
 
 
 class VerifiedAnnouncement(Protocol):
@@ -205,11 +213,13 @@ class _Starving:
 class _Out:
     """What is queued for one neighbour until the next flush."""
 
-    __slots__ = ("ann_requests", "force_ann", "requests", "updates", "wildcard", "wildcard_repeat")
+    __slots__ = ("ann_requests", "force_ann", "requests", "table_answer", "updates", "wildcard",
+                 "wildcard_repeat")
 
     def __init__(self) -> None:
         self.wildcard = False  # ask the peer for its table (and repeat the question later)
         self.wildcard_repeat = False  # a repetition: sent, but not repeated again
+        self.table_answer = False  # these updates answer the peer's wildcard request
         self.updates: dict[NodeId, bool] = {}  # origin -> urgent (resent), in queue order
         self.force_ann: set[NodeId] = set()
         self.requests: dict[tuple[NodeId, int], int] = {}  # (origin, seqno) -> hop count
@@ -237,6 +247,7 @@ class _Message:
     requests: list[tuple[NodeId, int, int]]
     ann_requests: list[NodeId]
     wildcard: bool
+    table_answer: bool
 
 
 def _node_id(v: object) -> NodeId:
@@ -280,15 +291,16 @@ def decode_message(data: bytes, max_payload: int = MAX_ROUTING_PAYLOAD) -> _Mess
         requests.append((_node_id(o), _int(s, 0, _MAX_SEQNO), _int(h, 0, 255)))
     ann_requests = [_node_id(o) for o in (f.list("q", max_len=_MAX_ITEMS) if "q" in obj else [])]
     wildcard = f.bool("w") if "w" in obj else False
-    return _Message(interval_cs, anns, updates, requests, ann_requests, wildcard)
+    table_answer = f.bool("t") if "t" in obj else False
+    return _Message(interval_cs, anns, updates, requests, ann_requests, wildcard, table_answer)
 
 
 def _packed_len(v: object) -> int:
-    """Upper bound of the MessagePack size of our list items (bytes, ints, lists of them)."""
-    if isinstance(v, bytes):
+    """Upper bound of the MessagePack size of one list item (bytes, int, or a flat list)."""
+    if type(v) is bytes:
         return len(v) + 5
-    if isinstance(v, list):
-        return 5 + sum(_packed_len(x) for x in v)
+    if type(v) is list:
+        return 5 + sum(len(x) + 5 if type(x) is bytes else 9 for x in v)
     return 9
 
 
@@ -298,7 +310,7 @@ class RoutingTable:
     def __init__(self, *, node_id: NodeId, announcement: VerifiedAnnouncement,
                  verify: Verifier, on_seqno_request: SeqnoBump, rng: random.Random,
                  update_interval: tuple[float, float] = (16.0, 20.0),
-                 trigger_delay: float = 0.05, min_flush_gap: float = 0.2,
+                 trigger_delay: float = 0.005, min_flush_gap: float = 0.02,
                  max_payload: int = MAX_ROUTING_PAYLOAD) -> None:
         if announcement.node_id != node_id:
             raise LocalProtocolError("own announcement is not for this node")
@@ -318,6 +330,9 @@ class RoutingTable:
                                                                  announcement.raw)}
         self._held_raw: dict[bytes, NodeId] = {}  # raw form of every held announcement
         self._nbr_cost: dict[NodeId, int] = {}
+        self._nbr_since: dict[NodeId, float] = {}  # when each neighbour came up
+        self._heard: dict[NodeId, float] = {}  # last table answer from each neighbour
+        self._table_sent: dict[NodeId, float] = {}  # last full table sent on a wildcard
         self._routes: dict[NodeId, dict[NodeId, _Route]] = {}
         self._sources: dict[NodeId, _Source] = {}
         self._selected: dict[NodeId, _Selected] = {}
@@ -325,7 +340,8 @@ class RoutingTable:
         self._starving: dict[NodeId, _Starving] = {}
         self._seen_requests: dict[tuple[NodeId, int], float] = {}
         self._ann_sent: dict[NodeId, dict[NodeId, int]] = {}
-        self._ann_asked: dict[tuple[NodeId, NodeId], float] = {}
+        # (peer, origin) -> (seqno wanted, next ask, asks so far)
+        self._ann_wanted: dict[tuple[NodeId, NodeId], tuple[int, float, int]] = {}
         self._out: dict[NodeId, _Out] = {}
         self._events: list[RoutingEvent] = []
         self._flush_at: float | None = None
@@ -356,12 +372,28 @@ class RoutingTable:
         """``peer`` became usable at link cost ``cost``: send it our whole table soon."""
         self._tick(now)
         self._nbr_cost[peer] = min(max(cost, 1), INFINITY)
+        self._nbr_since[peer] = now
         self._ann_sent[peer] = {}
         out = self._out.setdefault(peer, _Out())
         for origin in self._advertisable():
-            out.add(origin)
-        # and ask for its table (Babel's wildcard route request, RFC 8966 §3.8.1.1)
+            out.add(origin, urgent=False)
+        # and ask for its table (Babel's wildcard route request, RFC 8966 §3.8.1.1); the
+        # request is repeated until something arrives from the peer
         out.wildcard = True
+        self._heard[peer] = float("-inf")
+        self._schedule_flush(now)
+        # a new link's first tables cross a lossy link once or twice: send ours again a
+        # little later, so a few lost datagrams do not wait for the next full update
+        since = now
+        for delay in YOUNG_TABLE_DELAYS_S:
+            self._later(now + delay, lambda t: self._send_table(peer, since, t))
+
+    def _send_table(self, peer: NodeId, since: float, now: float) -> None:
+        if self._nbr_since.get(peer) != since:
+            return  # lost (and maybe back) since: that link has its own schedule
+        out = self._out.setdefault(peer, _Out())
+        for origin in self._advertisable():
+            out.add(origin, urgent=False)
         self._schedule_flush(now)
 
     def neighbour_lost(self, peer: NodeId, now: float) -> None:
@@ -371,6 +403,9 @@ class RoutingTable:
             return
         self._out.pop(peer, None)
         self._ann_sent.pop(peer, None)
+        self._heard.pop(peer, None)
+        self._table_sent.pop(peer, None)
+        self._nbr_since.pop(peer, None)
         for origin in sorted(self._routes):
             if self._routes[origin].pop(peer, None) is not None:
                 if not self._routes[origin]:
@@ -406,10 +441,14 @@ class RoutingTable:
             self._handle_update(peer, u, hold, now)
         for origin, seqno, hops in msg.requests:
             self._handle_request(peer, origin, seqno, hops, now)
-        if msg.wildcard:
+        if msg.table_answer:
+            self._heard[peer] = now
+        if msg.wildcard and now - self._table_sent.get(peer, float("-inf")) >= WILDCARD_GAP_S:
+            self._table_sent[peer] = now
             out = self._out.setdefault(peer, _Out())
             for origin in self._advertisable():
-                out.add(origin)
+                out.add(origin)  # urgent: resent on a lossy link
+            out.table_answer = True
             self._schedule_flush(now)
         for origin in msg.ann_requests:  # "send me this route, with its announcement"
             if origin in self._anns and self._advertisable_to(origin, peer):
@@ -434,7 +473,11 @@ class RoutingTable:
             if peer in self._nbr_cost and q:
                 msgs, attached = self._build(peer, q)
                 out.extend((peer, d) for d in msgs)
-                urgent = [o for o, u in q.updates.items() if u]
+                # resend only on links that lose hellos (cost above a clean link's 256)
+                # (a young link's cost says little yet: treat it as lossy for a while)
+                lossy = self._nbr_cost[peer] > RESEND_COST_THRESHOLD or \
+                    now - self._nbr_since.get(peer, now) < YOUNG_LINK_S
+                urgent = [o for o, u in q.updates.items() if u] if lossy else []
                 if (urgent or q.wildcard) and RESEND_DELAYS_S:
                     self._push_resend(now + RESEND_DELAYS_S[0], peer, urgent, attached, 1,
                                       q.wildcard)
@@ -449,6 +492,7 @@ class RoutingTable:
             ts.append(self._resends[0][0])
         if self._deferred:
             ts.append(self._deferred[0][0])
+        ts.extend(due for _, due, _ in self._ann_wanted.values())
         return min(ts) if ts else None
 
     def handle_timer(self, now: float) -> None:
@@ -545,10 +589,8 @@ class RoutingTable:
             # the seqno was never signed and the update stays refused)
             self.ignored["unsigned-seqno"] += 1
             key = (peer, origin)
-            if now - self._ann_asked.get(key, float("-inf")) >= ANN_REQUEST_GAP_S:
-                self._ann_asked[key] = now
-                self._out.setdefault(peer, _Out()).ann_requests[origin] = None
-                self._schedule_flush(now)
+            if key not in self._ann_wanted and len(self._ann_wanted) < MAX_ANN_WANTED:
+                self._ann_wanted[key] = (u.seqno, now, 0)  # asked in _ask_announcements
             return
         if u.seqno < held[0]:
             self.ignored["old-seqno"] += 1  # a replay, or a neighbour not yet caught up
@@ -754,8 +796,27 @@ class RoutingTable:
             self._send_requests(now)
         if self._resends and self._resends[0][0] <= now:
             self._run_resends(now)
+        if self._ann_wanted:
+            self._ask_announcements(now)
         while self._deferred and self._deferred[0][0] <= now:
             heapq.heappop(self._deferred)[2](now)
+
+    def _ask_announcements(self, now: float) -> None:
+        # ask the neighbour that sent an update we could not verify for the announcement
+        # (and the route again), until it arrives: the answer may be lost
+        for key in sorted(self._ann_wanted):
+            seqno, due, asks = self._ann_wanted[key]
+            if due > now:
+                continue
+            peer, origin = key
+            held = self._anns.get(origin)
+            if (held is not None and held[0] >= seqno) or asks >= ANN_REQUEST_TRIES \
+                    or peer not in self._nbr_cost:
+                del self._ann_wanted[key]
+                continue
+            self._ann_wanted[key] = (seqno, now + ANN_REQUEST_GAP_S, asks + 1)
+            self._out.setdefault(peer, _Out()).ann_requests[origin] = None
+            self._schedule_flush(now, immediate=True)
 
     def _push_resend(self, t: float, peer: NodeId, origins: list[NodeId], anns: set[NodeId],
                      step: int, wildcard: bool) -> None:
@@ -765,8 +826,13 @@ class RoutingTable:
     def _run_resends(self, now: float) -> None:
         # datagrams are unreliable: triggered updates go out again (babeld's "urgent" resends)
         while self._resends and self._resends[0][0] <= now:
-            _, _, peer, origins, anns, step, wildcard = heapq.heappop(self._resends)
+            sent_at, _, peer, origins, anns, step, wildcard = heapq.heappop(self._resends)
             if peer not in self._nbr_cost:
+                continue
+            first_sent = sent_at - RESEND_DELAYS_S[step - 1]
+            if wildcard and self._heard.get(peer, float("-inf")) > first_sent:
+                wildcard = False  # the peer's table answer arrived
+            if not origins and not wildcard:
                 continue
             out = self._out.setdefault(peer, _Out())
             out.wildcard_repeat = out.wildcard_repeat or wildcard
@@ -809,8 +875,6 @@ class RoutingTable:
             del self._sources[origin]
         for key in [k for k, t in self._seen_requests.items() if t <= now]:
             del self._seen_requests[key]
-        for key2 in [k for k, t in self._ann_asked.items() if now - t > 10 * ANN_REQUEST_GAP_S]:
-            del self._ann_asked[key2]
 
     def _advertisable(self) -> list[NodeId]:
         return [self.node_id, *sorted(self._selected), *sorted(self._retracted)]
@@ -883,6 +947,9 @@ class RoutingTable:
             add([("r", [origin, seqno, q.requests[(origin, seqno)]])])
         for origin in q.ann_requests:
             add([("q", origin)])
+        if q.table_answer:
+            cur["t"] = True  # type: ignore[assignment]
+            size += 3
         if q.wildcard or q.wildcard_repeat:
             cur["w"] = True  # type: ignore[assignment]
             size += 3
