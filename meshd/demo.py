@@ -120,6 +120,7 @@ def run(use_netns: bool, keep: bool) -> int:
             _show(cluster[last], "messages",
                   fmt=lambda r: "\n".join(f"  {last}'s inbox: from {m['from_name']}: {m['text']}"
                                           for m in r["messages"]))
+            _library_step(cluster, first, last)
             if keep:
                 say("\nThe mesh keeps running; state dirs under " + str(cluster.root))
                 say("Press Ctrl-C to stop and clean up.")
@@ -136,6 +137,44 @@ def run(use_netns: bool, keep: bool) -> int:
             net.close()
     say("done: no namespace or process left behind")
     return 0
+
+
+def _library_step(cluster: Cluster, first: str, last: str) -> None:
+    """Load the sample library at one end; an edit there is found by a search at the other."""
+    from library_replica.markdown_io import SAMPLE_DIR
+
+    step(f"meshctl library import {SAMPLE_DIR.name}/, at {first} (the bilingual sample library)")
+    _show(cluster[first], "library", "import", str(SAMPLE_DIR),
+          fmt=lambda r: f"  {r['summary']} in {r['elapsed_s']:.2f} s")
+    step(f"meshctl library search 給水, at {last} (two-character Japanese word, three hops away)")
+    t0 = time.monotonic()
+
+    def found(query: str) -> Any:
+        rc, res = cluster[last].meshctl("library", "search", query, "--limit", "3")
+        return res if rc == 0 and isinstance(res, dict) and res["results"] else None
+
+    hits = wait_until(lambda: found("給水"), 30, 0.3, f"{last} to find the sample library")
+    for h in hits["results"]:
+        say(f"  {h['doc_id'][:8]}  [{h['collection']}] {h['title']}")
+        say(f"            {' '.join(h['snippet'].split())}")
+    say(f"  (synced through botan and chika in {time.monotonic() - t0:.1f} s)")
+    doc = hits["results"][0]["doc_id"]
+    rc, shown = cluster[first].meshctl("library", "show", doc)
+    if rc != 0 or not isinstance(shown, dict):
+        raise AssertionError(f"meshctl library show exited {rc}: {shown}")
+    step(f"an edit at {first}: meshctl library edit {doc[:8]} --body ... (adds a line)")
+    body = shown["body"].rstrip("\n") + "\n\n臨時給水所: 公民館前 14:00 (temporary water point at the community hall)\n"
+    _show(cluster[first], "library", "edit", doc, "--body", body,
+          fmt=lambda r: f"  edited {r['doc_id'][:8]} ({r['ops']} op)")
+    step(f"meshctl library search 臨時給水所, at {last}")
+    t0 = time.monotonic()
+    hits = wait_until(lambda: found("臨時給水所"), 30, 0.3, f"{last} to find the edit")
+    for h in hits["results"]:
+        say(f"  {h['doc_id'][:8]}  {h['title']}: {' '.join(h['snippet'].split())}")
+    say(f"  (the edit reached {last} in {time.monotonic() - t0:.1f} s)")
+    _show(cluster[last], "library", "history", doc, fmt=lambda r: "\n".join(
+        f"  {h['kind']:<15} by {h['author_name'] or h['author'][:8]:<8} "
+        f"+{h['inserted']}/-{h['deleted']} characters" for h in r["history"]))
 
 
 def _show(d: Daemon, *args: str, fmt: Callable[[Any], str]) -> None:
