@@ -351,7 +351,8 @@ class LibraryNodeService:
         return n
 
     def _resolve_doc(self, params: dict[str, Any]) -> bytes:
-        ident = _str_param(params, "id", max_len=64)
+        # "doc_id" is accepted too (the TUI's library view sends it)
+        ident = _str_param(params, "id" if "id" in params else "doc_id", max_len=64)
         assert ident is not None
         q = ident.strip().lower()
         if len(q) < 4 or any(c not in "0123456789abcdef" for c in q):
