@@ -203,6 +203,19 @@ def test_bulletins_need_authority_and_expire_everywhere(line: Cluster) -> None:
     assert _ok(ann, "bulletin", "list")["trust"]["authority"] is False
 
 
+def test_a_restart_replays_the_library_while_status_answers(line: Cluster) -> None:
+    ann = line["ann"]
+    before = _ok(ann, "library", "search", "note", "--limit", "200")["results"]
+    assert len(before) == 200  # the bulk import above
+    ann.stop()
+    ann.start()
+    ann.wait_ready()  # status answers at once; library methods wait for the replay
+    assert _ok(ann, "library", "search", "note", "--limit", "200")["results"] == before
+    assert _ok(ann, "library", "search", "marker5555")["results"][0]["title"] == "Note 5"
+    assert "library replayed" in ann.log()
+    wait_until(lambda: "bob" in ann.neighbours(), 30, what="ann linked to bob again")
+
+
 def _route_gone(d: Daemon, name: str) -> bool:
     rc, res = d.meshctl("routes")
     return rc == 0 and not any(r["name"] == name and r["reachable"] for r in res["routes"])
