@@ -12,7 +12,7 @@ closed by an upper bound and carrying one of:
 * ``FINGERPRINT`` — 16 bytes: SHA-256 over (sum of the ids as little-endian
   integers mod 2**256, then the count as a varint), truncated — the fingerprint
   of hoytech/negentropy;
-* ``IDLIST`` — every id the sender holds in the range;
+* ``IDLIST`` — every id the sender holds in the range (16-byte prefixes);
 * ``IDLIST_REPLY`` — a bitmap over the ids of the sender's earlier ``IDLIST``
   for the same range (the ids the replier lacks), then how many ops the
   replier will push in that range (for progress reporting).
@@ -63,7 +63,12 @@ MAX_NS_LEN = 32
 FINGERPRINT_LEN = 16
 DEFAULT_BUCKETS = 16
 #: ranges with at most this many of our items are sent as id lists, not split further
-DEFAULT_IDLIST_THRESHOLD = 32
+DEFAULT_IDLIST_THRESHOLD = 64
+#: id lists carry the first 16 bytes of each op id.  Nothing is ever requested by id
+#: (each side pushes what the other lacks), so a prefix only has to tell ids apart: a
+#: chance collision is 2**-128 per pair, and crafting an op to shadow someone else's
+#: op is a 128-bit second preimage of SHA-256.
+ID_PREFIX_LEN = 16
 _INF_TS = 2**64
 _MOD = 2**256
 
@@ -219,7 +224,7 @@ class Reconciler:
         self.namespaces: list[str] = sorted(names, key=lambda n: (order.get(n, len(order)), n))
         #: per namespace, ids we hold that the peer lacks (push them)
         self.have: dict[str, list[bytes]] = {}
-        #: per namespace, ids the peer holds that we lack (it will push them)
+        #: per namespace, id prefixes the peer holds that we lack (it will push them)
         self.need: dict[str, list[bytes]] = {}
         #: per namespace, how many ops the peer announced it will push that are not in ``need``
         self.expected: dict[str, int] = {}
@@ -240,7 +245,7 @@ class Reconciler:
         return s
 
     def initiate(self) -> bytes:
-        """The first message: one fingerprint (or id list, when small) per namespace."""
+        """The first message: one fingerprint per namespace (an empty id list when empty)."""
         w = _Writer()
         for ns in self.namespaces:
             s = self._set(ns)
@@ -252,16 +257,17 @@ class Reconciler:
         return msg
 
     def _idlist(self, s: RangeSet, lo: int, hi: int) -> bytes:
-        return _varint(hi - lo) + b"".join(s.ids(lo, hi))
+        return _varint(hi - lo) + b"".join(i[:ID_PREFIX_LEN] for i in s.ids(lo, hi))
 
     def _split_or_list(self, s: RangeSet, lo: int, hi: int, upper: Bound,
                        ranges: list[tuple[Bound, int, bytes]], *, split: bool = True) -> None:
         n = hi - lo
+        if not split and n:
+            # the opening message: one fingerprint, so that no difference costs a few bytes
+            _add_range(ranges, upper, FINGERPRINT, s.fingerprint(lo, hi))
+            return
         if n <= self._threshold:
             _add_range(ranges, upper, IDLIST, self._idlist(s, lo, hi))
-            return
-        if not split:
-            _add_range(ranges, upper, FINGERPRINT, s.fingerprint(lo, hi))
             return
         per, extra = divmod(n, self._buckets)
         start = lo
@@ -335,13 +341,13 @@ class Reconciler:
                     self._split_or_list(s, lo, hi, bound, out)
             elif mode == IDLIST:
                 count = r.varint()
-                if count * OP_ID_LEN > len(r.data) - r.pos:
+                if count * ID_PREFIX_LEN > len(r.data) - r.pos:
                     raise DecodeError("field", "id count")
-                their_ids = [r.take(OP_ID_LEN) for _ in range(count)]
+                their_ids = [r.take(ID_PREFIX_LEN) for _ in range(count)]
                 mine = s.ids(lo, hi)
-                mine_set = set(mine)
+                mine_set = {i[:ID_PREFIX_LEN] for i in mine}
                 their_set = set(their_ids)
-                pushing = [i for i in mine if i not in their_set]
+                pushing = [i for i in mine if i[:ID_PREFIX_LEN] not in their_set]
                 have.extend(pushing)
                 bits = bytearray((count + 7) // 8)
                 wanted = False
