@@ -37,6 +37,7 @@ import hashlib
 import heapq
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -57,6 +58,8 @@ BATCH_OPS = 256
 BATCH_BYTES = 128 * 1024
 #: unacknowledged batches in flight per session
 WINDOW = 4
+#: received batches being verified/committed at once (verification overlaps the commit)
+APPLY_AHEAD = 2
 MAX_FRAME = max(MAX_MESSAGE_SIZE + 1, BATCH_BYTES + MAX_OP_SIZE + 64)
 #: a session whose peer says nothing for this long is abandoned
 IDLE_TIMEOUT_S = 30.0
@@ -162,6 +165,7 @@ class _Session:
         self.out_done = 0
         self.recon_bytes = 0
         self.recon_round_trips = 0
+        self.applying: deque[asyncio.Future[None]] = deque()
         self._enqueue(push)
 
     @property
@@ -233,11 +237,15 @@ class _Session:
                 if frame is None:
                     raise ConnectionError("stream closed mid-session")
                 await self._handle(frame)
+            while self.applying:  # (the peer's END implies all were acknowledged)
+                await self.applying.popleft()
         finally:
             if recv is not None and not recv.done():
                 recv.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await recv
+            for task in self.applying:
+                task.cancel()
 
     async def _handle(self, frame: bytes) -> None:
         if not frame or len(frame) > MAX_FRAME:
@@ -272,13 +280,10 @@ class _Session:
             batch, raws = _parse_ops(payload)
             ids = [hashlib.sha256(r).digest() for r in raws]
             self.peer.known.update(ids)
-            result = await self.svc.store.apply_remote(raws, peer=self.tag)
-            refused = sum(result.refused.values())
-            self.in_done += len(raws)
-            self.peer.status.ops_in += len(raws) - refused
-            self.peer.status.refused_in += refused
-            self.svc.totals["ops_in"] += len(raws) - refused
-            await self._send(bytes([ACK]) + _varint(batch))
+            # verify the next batch while this one commits: at most APPLY_AHEAD at once
+            while len(self.applying) >= APPLY_AHEAD:
+                await self.applying.popleft()
+            self.applying.append(asyncio.ensure_future(self._apply(batch, raws)))
         elif kind == ACK:
             batch, _ = _read_varint(payload, 0)
             if batch not in self.in_flight:
@@ -293,6 +298,16 @@ class _Session:
             self.got_end = True
         else:
             raise DecodeError("malformed", f"frame type {kind}")
+
+    async def _apply(self, batch: int, raws: list[bytes]) -> None:
+        """Apply one batch; acknowledge it only once the store has committed it."""
+        result = await self.svc.store.apply_remote(raws, peer=self.tag)
+        refused = sum(result.refused.values())
+        self.in_done += len(raws)
+        self.peer.status.ops_in += len(raws) - refused
+        self.peer.status.refused_in += refused
+        self.svc.totals["ops_in"] += len(raws) - refused
+        await self._send(bytes([ACK]) + _varint(batch))
 
     async def _sender(self) -> None:
         while True:
