@@ -99,6 +99,8 @@ TRUST_NAME = "trust.toml"
 DEFAULT_BULLETIN_S = 24 * 3600
 _REPLAY_ORDER = ("trust", "bulletin", "situation", "mail", "library")
 _REPLAY_CHUNK = 2000
+#: a ``library.changed`` event lists at most this many ids (``count`` has them all)
+MAX_EVENT_IDS = 256
 _NO_ROOT = b"\x00" * 32  # no trust file: nobody can sign as root, nobody is an authority
 
 
@@ -144,8 +146,12 @@ class LibraryNodeService:
         if trust_path is None and (state_dir / TRUST_NAME).exists():
             trust_path = state_dir / TRUST_NAME
         self.trust_path = trust_path
-        config = TrustConfig.load(trust_path) if trust_path is not None else \
-            TrustConfig(_NO_ROOT, 0, {})
+        try:
+            config = TrustConfig.load(trust_path) if trust_path is not None else \
+                TrustConfig(_NO_ROOT, 0, {})
+        except OSError as exc:
+            raise LibraryError(f"trust configuration {trust_path}: {exc.strerror or exc}") \
+                from None
         self.trust = TrustStore(config)
         self.library = Library()
         self.situation = SituationBoard()
@@ -157,6 +163,7 @@ class LibraryNodeService:
         self._ready = asyncio.Event()
         self._replaying = True
         self._deferred_index = False
+        self._bulk_changed: set[bytes] = set()
         for ns, fn in sync_authorizers({
                 "library": self.library.authorize, "situation": authorize_situation,
                 "bulletin": self.bulletins.authorize, "trust": self.trust.authorize,
@@ -272,8 +279,10 @@ class LibraryNodeService:
                 changed = await asyncio.to_thread(self._apply_library, lib_ops,
                                                   not (replay or self._deferred_index))
             if changed and not replay:
-                self.node.publish("library.changed",
-                                  {"doc_ids": sorted(d.hex() for d in changed)})
+                if self._deferred_index:  # a bulk import: one event at its end
+                    self._bulk_changed |= changed
+                else:
+                    self._publish_changed(changed)
         if replay:
             return
         for b in published:
@@ -284,6 +293,11 @@ class LibraryNodeService:
             self._announce_delivery(r)
         if any(m.recipient == self._ident.node_id for m in new_mail) and not self._replaying:
             asyncio.get_running_loop().create_task(self._open_my_mail())
+
+    def _publish_changed(self, changed: set[bytes]) -> None:
+        ids = sorted(d.hex() for d in changed)
+        self.node.publish("library.changed", {"doc_ids": ids[:MAX_EVENT_IDS],
+                                              "count": len(ids)})
 
     def _apply_library(self, ops: list[OpLike], index: bool) -> set[bytes]:
         """In a worker thread, under ``_lock``: apply, then index what changed."""
@@ -496,6 +510,9 @@ class LibraryNodeService:
                 self._deferred_index = False
                 async with self._lock:
                     await asyncio.to_thread(refresh_index, self.index, self.library)
+                if self._bulk_changed:
+                    self._publish_changed(self._bulk_changed)
+                    self._bulk_changed = set()
         return {"path": str(folder), "added": summary.added, "changed": summary.changed,
                 "unchanged": summary.unchanged,
                 "errors": [{"path": p, "error": e} for p, e in summary.errors],
