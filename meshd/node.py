@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshd import DEFAULT_PORT, __version__, info
+from meshd import DEFAULT_PORT, __version__
 from meshd.channels import Channel
-from meshd.codec import DropCounter, Fields, pack, unpack
+from meshd.codec import DropCounter
 from meshd.config import Config, parse_hostport
 from meshd.control import ControlError, ControlServer
 from meshd.discovery import Discovery, PeerSeen, interface_addresses, plan_binding
@@ -49,12 +49,14 @@ from meshd.identity import (
     SeqnoFile,
     short_id,
 )
+from meshd.info import InfoService
 from meshd.links import MESH_MTU, LinkManager
 from meshd.meshctl import default_socket_path, default_state_dir
 from meshd.messaging import Messenger, Undeliverable
 from meshd.names import resolve_node
 from meshd.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
 from meshd.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payload
+from meshd.ping import Pinger
 from meshd.pins import PinStore, parse_peer
 from meshd.routing import INFINITY, RouteChanged, RoutingTable
 from meshd.services import NodeService, PacketHandler
@@ -100,15 +102,14 @@ class Node:
             verify=self._verify_announcement, on_seqno_request=self._bump_seqno,
             rng=random.Random())
         self.pins = PinStore(self.state_dir / "pins.json")
+        self.pinger = Pinger(self, self._now)
+        self.info = InfoService(self, self._now)
         self.control = ControlServer(self._socket_path(), self._handlers())
         self.discovery: Discovery | None = None
         self._peers: dict[NodeId, _PeerInfo] = {}
         self._services: dict[int, PacketHandler] = {
-            Service.PING: self._on_ping_packet, Service.FRAG: self._on_fragment,
-            Service.INFO: self._on_info_packet}
-        self._info_limiter = info.RateLimiter()
-        self._info_waiters: dict[tuple[NodeId, int], asyncio.Future[info.InfoAnswer]] = {}
-        self._topology_cache: tuple[float, dict[str, Any]] | None = None
+            Service.PING: self.pinger.on_packet, Service.FRAG: self._on_fragment,
+            Service.INFO: self.info.on_packet}
         self._reassembler = Reassembler()
         self._frag_ids = itertools.count(random.getrandbits(31))
         self.messenger = Messenger(self, self.state_dir / "messages.jsonl", self.control.publish)
@@ -116,8 +117,6 @@ class Node:
         #: set by the composition root: ``send`` to a node with no route but known keys
         #: queues the message through this (store-and-forward mail) instead of failing
         self.mail_fallback: Callable[[NodeId, str], Awaitable[dict[str, Any]]] | None = None
-        self._ping_ids = itertools.count(1)
-        self._ping_waiters: dict[int, tuple[asyncio.Future[dict[str, Any]], float]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -223,8 +222,7 @@ class Node:
     async def _shutdown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for fut, _ in self._ping_waiters.values():
-            fut.cancel()
+        self.pinger.cancel_all()
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await self.discovery.close()
@@ -454,7 +452,7 @@ class Node:
             return
         if pkt.hop_limit <= 1:
             if pkt.service == Service.PING:
-                self._ping_time_exceeded(pkt)
+                self.pinger.time_exceeded(pkt)
             else:
                 self.drops.drop("hop_limit", short_id(peer))
             return
@@ -464,69 +462,17 @@ class Node:
             return
         self._send_link(hop, Channel.PACKET, pkt.forwarded().encode())
 
-    # ---------------------------------------------------------------- ping
-
-    def _ping_time_exceeded(self, pkt: MeshPacket) -> None:
-        """A probe's hop limit ran out here: tell its sender who we are (traceroute)."""
-        f = Fields(unpack(pkt.payload, MAX_PING_PAYLOAD))
-        if f.str("k", max_len=8) == "req":
-            self.send_packet(pkt.source, Service.PING,
-                             pack({"k": "ttl", "id": f.int("id", 0, 2**32), "hops": 0}))
-
-    def _on_ping_packet(self, pkt: MeshPacket, now: float) -> None:
-        f = Fields(unpack(pkt.payload, MAX_PING_PAYLOAD))
-        kind = f.str("k", max_len=8)
-        ident = f.int("id", 0, 2**32)
-        if kind == "req":
-            hops = f.int("hl", 1, 255) - pkt.hop_limit + 1
-            self.send_packet(pkt.source, Service.PING, pack({"k": "rep", "id": ident, "hops": hops}))
-        elif kind in ("rep", "ttl"):
-            waiter = self._ping_waiters.pop(ident, None)
-            if waiter is None:
-                return
-            fut, sent_at = waiter
-            if not fut.done():
-                fut.set_result({"rtt_ms": round((now - sent_at) * 1000, 3),
-                                "hops": f.int("hops", 0, 255), "responder": pkt.source,
-                                "reached": kind == "rep"})
-
-    async def ping(self, destination: NodeId, timeout: float,
-                   hop_limit: int = DEFAULT_HOP_LIMIT) -> dict[str, Any]:
-        """One echo to ``destination``: ``{"rtt_ms", "hops", "responder", "reached"}``.
-
-        With a small ``hop_limit`` the node where the limit runs out answers
-        instead (``reached`` False): that is how traceroute finds each hop.
-        Raises ``ControlError`` ("unreachable", "timeout") on failure.
-        """
-        assert self._loop is not None
-        ident = next(self._ping_ids) & 0xFFFFFFFF
-        fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        self._ping_waiters[ident] = (fut, self._now())
-        try:
-            if not self.send_packet(destination, Service.PING,
-                                    pack({"k": "req", "id": ident, "hl": hop_limit}),
-                                    hop_limit=hop_limit):
-                raise ControlError("unreachable", f"no route to {short_id(destination)}",
-                                   {"node_id": destination.hex()})
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise ControlError("timeout", f"no reply from {short_id(destination)} in {timeout} s",
-                               {"node_id": destination.hex()}) from None
-        finally:
-            self._ping_waiters.pop(ident, None)
-
     # ------------------------------------------------------------- control
 
     def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         return {
             "status": self._h_status,
             "neighbours": self._h_neighbours,
-            "ping": self._h_ping,
             "send": self._h_send,
             "routes": self._h_routes,
-            "traceroute": self._h_traceroute,
             "messages": self._h_messages,
-            "topology": self._h_topology,
+            **self.pinger.handlers(),
+            **self.info.handlers(),
         }
 
     def known_nodes(self) -> list[tuple[str, str]]:
@@ -591,47 +537,22 @@ class Node:
     async def _h_neighbours(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"neighbours": [self._neighbour_json(p) for p in self.neighbours.links()]}
 
-    async def _h_ping(self, params: dict[str, Any]) -> dict[str, Any]:
-        query = params.get("node")
-        timeout = params.get("timeout", 2.0)
-        if not isinstance(query, str) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
-            raise ControlError("bad_request", "ping needs node (str) and 0 < timeout <= 60")
-        target = self.resolve(query)
-        result = await self.ping(target, float(timeout))
-        return {"node_id": target.hex(), "name": self._name_of(target),
-                "rtt_ms": result["rtt_ms"], "hops": result["hops"]}
+    def my_links(self) -> list[tuple[NodeId, int]]:
+        """Our usable neighbours and their link costs."""
+        return [(p, self.neighbours.stats(p).cost) for p in self.neighbours.peers()]
 
-    def _name_of(self, node_id: NodeId | None) -> str:
+    def destinations(self) -> list[NodeId]:
+        """Every node we have a route to."""
+        return [d for d in self.routing.destinations() if d != self.identity.node_id]
+
+    @property
+    def role(self) -> str:
+        return self.config.role.value
+
+    def name_of(self, node_id: NodeId | None) -> str:
+        """The display name from ``node_id``'s announcement, or "" if unknown."""
         ann = self.book.get(node_id) if node_id is not None else None
         return ann.name if ann else ""
-
-    async def _h_traceroute(self, params: dict[str, Any]) -> dict[str, Any]:
-        query = params.get("node")
-        timeout = params.get("timeout", 2.0)
-        max_hops = params.get("max_hops", 16)
-        if (not isinstance(query, str) or not isinstance(timeout, int | float)
-                or not 0 < timeout <= 60 or not isinstance(max_hops, int) or not 0 < max_hops <= 64):
-            raise ControlError("bad_request", "traceroute needs node, 0 < timeout <= 60, max_hops <= 64")
-        target = self.resolve(query)
-        hops: list[dict[str, Any]] = []
-        reached = False
-        for limit in range(1, max_hops + 1):
-            try:
-                r = await self.ping(target, float(timeout), hop_limit=limit)
-            except ControlError as exc:
-                if exc.code == "unreachable":
-                    raise
-                hops.append({"hop": limit, "node_id": None, "name": "", "rtt_ms": None})
-                continue
-            hops.append({"hop": limit, "node_id": r["responder"].hex(),
-                         "name": self._name_of(r["responder"]), "rtt_ms": r["rtt_ms"]})
-            if r["reached"]:
-                reached = True
-                break
-        if not reached:
-            raise ControlError("timeout", f"{short_id(target)} not reached in {max_hops} hops",
-                               {"node_id": target.hex(), "hops": hops})
-        return {"node_id": target.hex(), "name": self._name_of(target), "hops": hops}
 
     async def _h_routes(self, params: dict[str, Any]) -> dict[str, Any]:
         show_all = params.get("all", False) is True
@@ -640,8 +561,8 @@ class Node:
             if not (show_all or r.selected) or r.destination == self.identity.node_id:
                 continue
             out.append({
-                "destination": r.destination.hex(), "name": self._name_of(r.destination),
-                "next_hop": r.next_hop.hex(), "next_hop_name": self._name_of(r.next_hop),
+                "destination": r.destination.hex(), "name": self.name_of(r.destination),
+                "next_hop": r.next_hop.hex(), "next_hop_name": self.name_of(r.next_hop),
                 "metric": r.metric, "reachable": r.metric < INFINITY, "seqno": r.seqno,
                 "age_s": round(r.age, 3), "feasible": r.feasible, "selected": r.selected,
             })
@@ -669,66 +590,3 @@ class Node:
 
     async def _h_messages(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"messages": self.messenger.messages()}
-
-    # ---------------------------------------------------------------- info
-
-    def _my_links(self) -> list[tuple[NodeId, int]]:
-        return [(p, self.neighbours.stats(p).cost) for p in self.neighbours.peers()]
-
-    def _on_info_packet(self, pkt: MeshPacket, now: float) -> None:
-        msg = info.decode(pkt.payload)
-        if isinstance(msg, int):
-            if not self._info_limiter.allow(pkt.source, now):
-                self.drops.drop("info_rate", short_id(pkt.source))
-                return
-            self.send_message(pkt.source, Service.INFO, info.encode_answer(
-                msg, self.name, self.config.role.value, self._my_links()))
-            return
-        fut = self._info_waiters.pop((pkt.source, msg.request_id), None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-
-    async def query_info(self, node_id: NodeId, timeout: float) -> info.InfoAnswer | None:
-        """Ask ``node_id`` for its facts over the mesh; None if it did not answer in time."""
-        assert self._loop is not None
-        rid = next(self._ping_ids) & 0xFFFFFFFF
-        fut: asyncio.Future[info.InfoAnswer] = self._loop.create_future()
-        self._info_waiters[(node_id, rid)] = fut
-        try:
-            if not self.send_message(node_id, Service.INFO, info.encode_request(rid)):
-                return None
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return None
-        finally:
-            self._info_waiters.pop((node_id, rid), None)
-
-    async def _h_topology(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The mesh as this node knows it: every reachable node's own view of its links."""
-        now = self._now()
-        if self._topology_cache is not None and now - self._topology_cache[0] < 2.0:
-            return self._topology_cache[1]
-        me = self.identity.node_id
-        others = [d for d in self.routing.destinations() if d != me]
-        answers = await asyncio.gather(*(self.query_info(d, 2.0) for d in others))
-        nodes = {me: (self.name, self.config.role.value, True)}
-        views: dict[NodeId, list[tuple[NodeId, int]]] = {me: self._my_links()}
-        for d, ans in zip(others, answers, strict=True):
-            if ans is None:
-                nodes[d] = (self._name_of(d), "", False)
-            else:
-                nodes[d] = (ans.name, ans.role, True)
-                views[d] = ans.neighbours
-        links: dict[tuple[NodeId, NodeId], int] = {}
-        for a, nbs in views.items():
-            for b, cost in nbs:
-                key = (min(a, b), max(a, b))
-                links[key] = min(cost, links.get(key, cost))
-                nodes.setdefault(b, (self._name_of(b), "", False))
-        result = {
-            "nodes": [{"node_id": n.hex(), "name": name, "role": role, "answered": ok}
-                      for n, (name, role, ok) in sorted(nodes.items())],
-            "links": [{"a": a.hex(), "b": b.hex(), "cost": c} for (a, b), c in sorted(links.items())],
-        }
-        self._topology_cache = (now, result)
-        return result
