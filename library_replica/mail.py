@@ -21,7 +21,10 @@ Both are ephemeral ops (an ``expiry_ms``, at most ``MAIL_LIFETIME_MS`` = 7
 days ahead), so sync purges them everywhere once they expire.  The authoriser
 checks shape and sizes, the lifetime and a per-author quota of live ops
 (``MAX_MAIL_PER_AUTHOR``, ``MAX_RECEIPTS_PER_AUTHOR``) so one key cannot fill
-every car's store.  The seal's own signature, checked by the recipient, binds
+every car's store (counted over the ops held; one sync batch can overshoot by
+its own size, and the next batch is refused).  A receipt counts only when the
+mail's recipient wrote it; others are kept apart, so a forged receipt can
+neither mark a mail delivered nor stop the recipient from opening it.  The seal's own signature, checked by the recipient, binds
 the message to the sender's keys; ``MailBox.open_for`` also requires the seal's
 Ed25519 key to be the op's author, so nobody can re-wrap another's mail.
 
@@ -165,7 +168,9 @@ class MailBox:
         self._me = identity
         self._mail: dict[bytes, MailItem] = {}
         self._receipts: dict[bytes, MailReceipt] = {}
-        self._receipt_of: dict[bytes, MailReceipt] = {}  # mail op id -> receipt by its recipient
+        #: mail op id -> receipts naming it, by the node that wrote them (only the
+        #: mail's recipient counts; others are kept so a forged one cannot shadow it)
+        self._receipt_of: dict[bytes, dict[NodeId, MailReceipt]] = {}
         self._per_author: dict[tuple[bytes, str], int] = {}
         self.drops = DropCounter(log)
 
@@ -196,10 +201,7 @@ class MailBox:
             self._mail[op.op_id] = item
             return item
         self._receipts[op.op_id] = item
-        mail = self._mail.get(item.ref)
-        # a receipt counts only if the mail's recipient wrote it
-        if mail is None or mail.recipient == item.recipient:
-            self._receipt_of.setdefault(item.ref, item)
+        self._receipt_of.setdefault(item.ref, {}).setdefault(item.recipient, item)
         return item
 
     def purge(self, wall_now_ms: int) -> int:
@@ -211,19 +213,23 @@ class MailBox:
                 kind = KIND_SEALED if isinstance(v, MailItem) else KIND_RECEIPT
                 self._per_author[(v.author, kind)] -= 1
                 gone += 1
-        for ref in [k for k, r in self._receipt_of.items() if r.op_id not in self._receipts]:
-            del self._receipt_of[ref]
+        for ref, by_node in list(self._receipt_of.items()):
+            for node, r in list(by_node.items()):
+                if r.op_id not in self._receipts:
+                    del by_node[node]
+            if not by_node:
+                del self._receipt_of[ref]
         return gone
 
     # -- reading ------------------------------------------------------------
 
     def delivered(self, mail_op_id: bytes) -> int | None:
-        """When (wall ms of the receipt) our recipient acknowledged a mail, or None."""
-        r = self._receipt_of.get(mail_op_id)
+        """When (wall ms of its receipt) a held mail's recipient acknowledged it, or None."""
         mail = self._mail.get(mail_op_id)
-        if r is None or (mail is not None and mail.recipient != r.recipient):
+        if mail is None:
             return None
-        return r.at_ms
+        r = self._receipt_of.get(mail_op_id, {}).get(mail.recipient)
+        return r.at_ms if r is not None else None
 
     def outbox(self) -> Iterator[MailItem]:
         """Mail we sent that is still live, oldest first."""
@@ -234,7 +240,7 @@ class MailBox:
         """Mail addressed to us that we have not acknowledged yet, oldest first."""
         me = self._me.node_id
         out = [m for m in self._mail.values() if m.recipient == me
-               and self._receipt_of.get(m.op_id) is None]
+               and me not in self._receipt_of.get(m.op_id, {})]
         return sorted(out, key=lambda m: (m.queued_ms, m.op_id))
 
     def carried(self) -> int:

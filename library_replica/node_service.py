@@ -578,7 +578,6 @@ class LibraryNodeService:
             await self._submit([(KIND_SET, doc_id, body)])
         rec = self.situation.get(self._author, str(kind))
         assert rec is not None
-        self.node.publish("situation.changed", {"owner": self._author.hex(), "kind": kind})
         return self._record_json(rec, self._names_by_key(), self._node_of_key())
 
     async def _h_situation_show(self, params: dict[str, Any]) -> dict[str, Any]:

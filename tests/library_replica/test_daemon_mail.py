@@ -68,12 +68,18 @@ def test_queued_opened_by_the_recipient_only_then_delivered() -> None:
 def test_a_receipt_from_anyone_but_the_recipient_does_not_count() -> None:
     ann, bob, cy = Identity.generate(), Identity.generate(), Identity.generate()
     op = _mail(ann, cy, "hello")
-    box = MailBox(ann)
-    mail = box.apply(op, NOW)
+    mail = MailBox(ann).apply(op, NOW)
     assert isinstance(mail, MailItem)
     doc_id, body, expiry = prepare_receipt(bob, mail, NOW)
-    box.apply(_op(bob, KIND_RECEIPT, doc_id, body, expiry), NOW)
-    assert box.delivered(op.op_id) is None
+    forged = _op(bob, KIND_RECEIPT, doc_id, body, expiry)
+    # the forged receipt arriving before or after the mail: neither delivers nor hides it
+    for first, second in ((op, forged), (forged, op)):
+        sender, recipient = MailBox(ann), MailBox(cy)
+        for box in (sender, recipient):
+            box.apply(first, NOW)
+            box.apply(second, NOW)
+        assert sender.delivered(op.op_id) is None
+        assert [m.op_id for m in recipient.unopened_for_me()] == [op.op_id]
 
 
 def test_rewrapped_mail_is_not_opened() -> None:
