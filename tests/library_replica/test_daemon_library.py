@@ -8,6 +8,8 @@ authority.  Node names are not hex: NODE resolves an id prefix first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,10 +19,11 @@ import pytest
 
 from library_replica.bulletins import Authority, AuthorityRole, TrustConfig
 from library_replica.situation import KIND_SET, prepare_set
+from meshd.control import ControlClient
 from meshd.identity import Identity
 from sync.node_service import DB_NAME
 from sync.store import OpStore
-from tests.daemons import Cluster, Daemon, free_udp_port, wait_until
+from tests.daemons import MESHCTL, Cluster, Daemon, free_udp_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -148,6 +151,40 @@ def test_import_a_thousand_files_export_and_reimport_unchanged(line: Cluster,
     # and the whole lot reached the neighbour
     _eventually(bob, lambda r: r if _titles(r) == ["Note 5"] else None, "library", "search",
                 "marker5555", timeout=60, what="bob has the bulk import and the change")
+
+
+async def _import_watching_events(sock: Path, folder: Path) -> tuple[Any, list[tuple[str, Any]]]:
+    async with await ControlClient.connect(sock, timeout=5) as client:
+        sub = await client.subscribe(["library.*"])
+        res = await client.call("library.import", {"path": str(folder)}, timeout=60)
+        events: list[tuple[str, Any]] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for ev in sub:
+                    events.append(ev)
+        return res, events
+
+
+def test_import_progress_events_and_the_progress_bar(line: Cluster, tmp_path: Path) -> None:
+    bob = line["bob"]
+    for i in range(40):
+        (tmp_path / f"p{i:02d}.md").write_text(f"# Progress {i}\n\nprogress body {i}\n",
+                                               encoding="utf-8")
+    res, events = asyncio.run(_import_watching_events(bob.state_dir / "control.sock", tmp_path))
+    assert len(res["added"]) == 40
+    progress = [d for e, d in events if e == "library.progress"]
+    assert progress and all(d["op"] == "import" and d["total"] == 40 for d in progress)
+    assert {"phase": "writing", "done": 40} in [{"phase": d["phase"], "done": d["done"]}
+                                                for d in progress]
+    changed = [d for e, d in events if e == "library.changed"]
+    assert len(changed) == 1 and changed[0]["count"] == 40  # one event for the whole import
+    # without --json: a bar on stderr, the summary on stdout
+    r = subprocess.run([*MESHCTL, "--state-dir", str(bob.state_dir), "library", "export",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"export {tmp_path / 'out'}: ") and " added, " in r.stdout
+    assert "writing  [" in r.stderr and "#" * 30 in r.stderr
 
 
 def test_situation_owner_writes_and_a_forged_write_is_refused(line: Cluster) -> None:
