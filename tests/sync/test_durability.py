@@ -40,13 +40,15 @@ async def _read(proc: asyncio.subprocess.Process) -> bytes:
 
 
 async def _push(proc: asyncio.subprocess.Process, ops: list[Op], acked: set[bytes],
-                kill_after_s: float | None, batch: int = 100, window: int = 4) -> bool:
+                kill_after_s: float | None, kill_at_acked: int | None = None,
+                batch: int = 100, window: int = 4) -> bool:
     """Push ``ops`` as a peer would; record acknowledged ids; True if the session completed."""
     await _frame(proc, bytes([RECON_DONE]))
     todo = [o for o in ops if o.op_id not in acked]
     in_flight: dict[int, list[bytes]] = {}
     next_batch = 0
     deadline = None if kill_after_s is None else time.monotonic() + kill_after_s
+    reading: asyncio.Task[bytes] | None = None  # never cancelled mid-frame
     try:
         while todo or in_flight:
             while todo and len(in_flight) < window:
@@ -55,21 +57,28 @@ async def _push(proc: asyncio.subprocess.Process, ops: list[Op], acked: set[byte
                 await _frame(proc, bytes([OPS]) + _varint(next_batch) + payload)
                 in_flight[next_batch] = [o.op_id for o in part]
                 next_batch += 1
-            if deadline is not None and time.monotonic() >= deadline:
+            if ((deadline is not None and time.monotonic() >= deadline)
+                    or (kill_at_acked is not None and len(acked) >= kill_at_acked)):
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
+                if reading is not None:
+                    reading.cancel()
                 return False
             timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
-            try:
-                frame = await asyncio.wait_for(_read(proc), timeout)
-            except TimeoutError:
+            if reading is None:
+                reading = asyncio.ensure_future(_read(proc))
+            done, _ = await asyncio.wait({reading}, timeout=timeout)
+            if not done:
                 continue
+            frame = reading.result()
+            reading = None
             if frame[0] == ACK:
                 n, _ = _read_varint(frame, 1)
                 acked.update(in_flight.pop(n))
         await _frame(proc, bytes([END]))
-        while (await _read(proc))[0] != END:
-            pass
+        last = await reading if reading is not None else await _read(proc)
+        while last[0] != END:
+            last = await _read(proc)
         await proc.wait()
         return True
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -90,7 +99,10 @@ async def test_kill_9_during_catch_up_loses_nothing_acknowledged(tmp_path: Path)
     kills = 0
     for _ in range(12):
         proc = await _spawn(db)
-        done = await _push(proc, ops, acked, kill_after_s=rng.uniform(0.3, 2.5))
+        # kill at a random point of progress, or after a random time, whichever is first
+        target = len(acked) + rng.randrange(1, max(2, len(ops) - len(acked)))
+        done = await _push(proc, ops, acked, kill_after_s=rng.uniform(0.3, 3.0),
+                           kill_at_acked=target if rng.random() < 0.7 else None)
         if done:
             break
         kills += 1
