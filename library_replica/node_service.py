@@ -671,6 +671,8 @@ class LibraryNodeService:
         Raises ``ControlError`` ``not_found`` when the recipient's keys are unknown.
         """
         await self._ensure_ready()
+        if recipient == self._ident.node_id:
+            raise ControlError("unreachable", "that is this node itself")
         ann = self.node.announcement_of(recipient)
         if ann is None:
             raise ControlError("not_found", f"no announcement (keys) known for "

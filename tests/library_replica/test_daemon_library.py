@@ -272,6 +272,8 @@ def test_message_to_a_node_that_is_off_is_queued_carried_and_delivered(line: Clu
     # nothing is known about this node at all: still exit 4
     rc, _ = ann.meshctl("send", "nobody-here", "hello")
     assert rc == 4
+    rc, _ = ann.meshctl("send", "ann", "to myself")  # not queued for itself either
+    assert rc == 4
     cy.start()
     cy.wait_ready()
     inbox = _eventually(cy, lambda r: r if r["messages"] else None, "messages", timeout=40,
