@@ -124,17 +124,18 @@ def _allow(op: Op, wall_ms: int) -> None:
     return None
 
 
-async def _open(path: Path) -> OpStore:
+async def _open(path: Path, verify_workers: int = 0) -> OpStore:
     return await OpStore.open(path, wall_clock=lambda: WALL_S,
-                              authorizers={ns: _allow for ns in NAMESPACE_PRIORITY})
+                              authorizers={ns: _allow for ns in NAMESPACE_PRIORITY},
+                              verify_workers=verify_workers)
 
 
-async def bench_visit(n: int, visit: int, workdir: Path) -> dict[str, Any]:
+async def bench_visit(n: int, visit: int, workdir: Path, workers: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     ops = _make_ops(n)
     t_sign = time.perf_counter() - t0
     old, new = ops[: n - visit], ops[n - visit:]
-    car = await _open(workdir / "car.db")
+    car = await _open(workdir / "car.db", workers)
     t0 = time.perf_counter()
     for i in range(0, len(old), 256):
         await car.apply_remote([o.raw for o in old[i : i + 256]])
@@ -143,7 +144,8 @@ async def bench_visit(n: int, visit: int, workdir: Path) -> dict[str, Any]:
     for suffix in ("", "-wal", "-shm"):
         if (workdir / f"car.db{suffix}").exists():
             shutil.copy(workdir / f"car.db{suffix}", workdir / f"dealer.db{suffix}")
-    car, dealer = await _open(workdir / "car.db"), await _open(workdir / "dealer.db")
+    car = await _open(workdir / "car.db", workers)
+    dealer = await _open(workdir / "dealer.db", workers)
     for i in range(0, len(new), 256):
         await dealer.apply_remote([o.raw for o in new[i : i + 256]])
     net = MemNet()
@@ -169,7 +171,7 @@ async def bench_visit(n: int, visit: int, workdir: Path) -> dict[str, Any]:
         "round_trips": session.recon_round_trips, "seconds": t_visit,
         "visit_ops_per_s": visit / t_visit, "fill_ops_per_s": len(old) / t_fill,
         "sign_ops_per_s": n / t_sign, "integrity": await car.integrity_check(),
-        "verify_baseline_per_s": verify_baseline(new),
+        "verify_baseline_per_s": verify_baseline(new), "verify_workers": workers,
     }
     await car.close()
     await dealer.close()
@@ -182,13 +184,15 @@ def main() -> None:
     ap.add_argument("--visit", type=int, default=10_000)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--skip-visit", action="store_true")
+    ap.add_argument("--verify-workers", type=int, default=0,
+                    help="verify signatures in this many worker processes (0: one thread)")
     args = ap.parse_args()
     rng = random.Random(42)
     recon = bench_reconcile(args.n, rng)
     visit: dict[str, Any] | None = None
     if not args.skip_visit:
         with tempfile.TemporaryDirectory(prefix="cm-sync-bench-") as tmp:
-            visit = asyncio.run(bench_visit(args.n, args.visit, Path(tmp)))
+            visit = asyncio.run(bench_visit(args.n, args.visit, Path(tmp), args.verify_workers))
     machine = f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}"
     if args.json:
         print(json.dumps({"machine": machine, "reconcile": recon, "visit": visit}, indent=2))
@@ -212,7 +216,7 @@ def main() -> None:
         print(f"  reconciliation round trips               {visit['round_trips']:>12}")
         print(f"  time                                     {visit['seconds']:>12.2f} s")
         print(f"  catch-up verified+applied ops/s          {visit['visit_ops_per_s']:>12,.0f}"
-              f"   (target >= 5,000)")
+              f"   (target >= 5,000; verify workers: {visit['verify_workers'] or 'thread'})")
         print(f"  bulk fill verified+applied ops/s         {visit['fill_ops_per_s']:>12,.0f}")
         print(f"  baseline: bare Ed25519 verifies/s, now   {visit['verify_baseline_per_s']:>12,.0f}")
         print(f"  signing ops/s                            {visit['sign_ops_per_s']:>12,.0f}")

@@ -31,8 +31,10 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import multiprocessing
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +128,11 @@ def _decode_batch(raws: Sequence[bytes]) -> list[Op | RemoteProtocolError]:
     return out
 
 
+def _decode_portable(raws: Sequence[bytes]) -> list[Op | tuple[str, str]]:
+    """``_decode_batch`` for a worker process: errors travel as (reason, detail) pairs."""
+    return [d if isinstance(d, Op) else (d.reason, d.detail) for d in _decode_batch(raws)]
+
+
 class OpStore:
     """The durable, verified op set of one node (one SQLite file, WAL); open with ``OpStore.open``."""
 
@@ -147,14 +154,20 @@ class OpStore:
         self._pending_ids: set[bytes] = set()
         self._withheld: set[bytes] = set()  # authors whose ops we keep but do not offer
         self.bytes_stored = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._workers = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
     async def open(cls, path: Path | str, *, wall_clock: Callable[[], float],
                    authorizers: Mapping[str, Authorizer] | None = None,
-                   quotas: Quotas | None = None) -> OpStore:
-        """Open (or create) the store at ``path`` and rebuild its indexes; ``wall_clock`` is unix s."""
+                   quotas: Quotas | None = None, verify_workers: int = 0) -> OpStore:
+        """Open (or create) the store at ``path`` and rebuild its indexes; ``wall_clock`` is unix s.
+
+        ``verify_workers`` > 0 verifies signatures in that many worker processes
+        (Ed25519 verification holds the GIL, so threads do not scale past one core).
+        """
         db = await aiosqlite.connect(str(path), isolation_level=None)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
@@ -162,6 +175,10 @@ class OpStore:
             await db.executescript(_SCHEMA)
             store = cls(db, wall_clock=wall_clock, authorizers=authorizers,
                         quotas=quotas or Quotas())
+            if verify_workers > 0:
+                store._workers = verify_workers
+                store._pool = ProcessPoolExecutor(
+                    verify_workers, mp_context=multiprocessing.get_context("spawn"))
             await store._load()
         except BaseException:
             await db.close()
@@ -193,6 +210,20 @@ class OpStore:
     async def close(self) -> None:
         """Close the database (everything acknowledged is already committed)."""
         await self._db.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def _decode(self, raws: list[bytes]) -> list[Op | RemoteProtocolError]:
+        """Decode and verify off the event loop: a thread, or worker processes when configured."""
+        if self._pool is None or len(raws) < 2 * self._workers:
+            return await asyncio.to_thread(_decode_batch, raws)
+        loop = asyncio.get_running_loop()
+        step = -(-len(raws) // self._workers)
+        parts = await asyncio.gather(*(
+            loop.run_in_executor(self._pool, _decode_portable, raws[i : i + step])
+            for i in range(0, len(raws), step)))
+        return [d if isinstance(d, Op) else RemoteProtocolError(*d) for part in parts for d in part]
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -353,7 +384,7 @@ class OpStore:
                 known.append(op_id)
             else:
                 fresh.append(raw)
-        decoded = await asyncio.to_thread(_decode_batch, fresh) if fresh else []
+        decoded = await self._decode(fresh) if fresh else []
         async with self._lock:
             result = await self._apply_locked(decoded, peer)
         await self._notify(result)

@@ -185,3 +185,23 @@ async def test_withheld_authors_are_kept_but_not_offered(store: OpStore) -> None
     assert len(store.range_sets()["library"]) == 2
     store.set_withheld_authors([])
     assert len(store.range_sets()["library"]) == 6
+
+
+async def test_verification_in_worker_processes_keeps_refusal_reasons(tmp_path: Any) -> None:
+    from tests.sync.conftest import allow_all
+
+    s = await OpStore.open(tmp_path / "w.db", wall_clock=lambda: WALL_S,
+                           authorizers={"library": allow_all}, verify_workers=2)
+    try:
+        key = Ed25519PrivateKey.generate()
+        ops = chain(key, 40, start_hlc=HLC0, body=b"\x80" * 100)
+        raws = [o.raw for o in ops]
+        raws[5] = _tamper(raws[5])
+        raws.append(b"\x93\x01\x02")
+        r = await s.apply_remote(raws)
+        assert len(r.applied) == 5 and r.pending == 34
+        assert r.refused == {"signature": 1, "malformed": 1}
+        r = await s.apply_remote([ops[5].raw])
+        assert len(r.applied) == 35 and s.author_head(ops[0].author) == (40, ops[-1].op_id)
+    finally:
+        await s.close()
