@@ -134,6 +134,8 @@ class _Peer:
     status: PeerStatus = field(default_factory=PeerStatus)
     #: op ids this neighbour holds to our knowledge (sent and acknowledged, or received from it)
     known: set[bytes] = field(default_factory=set)
+    #: op ids some session is sending to this neighbour right now (not acknowledged yet)
+    sending: set[bytes] = field(default_factory=set)
     push: list[bytes] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     reconcile_due: bool = True
@@ -210,6 +212,8 @@ class _Session:
         try:
             await self._reader(sender)
         finally:
+            for ids in self.in_flight.values():  # never acknowledged: others may send them
+                self.peer.sending.difference_update(ids)
             if not sender.done():
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -290,6 +294,7 @@ class _Session:
                 raise DecodeError("state", "ack of an unknown batch")
             ids = self.in_flight.pop(batch)
             self.peer.known.update(ids)
+            self.peer.sending.difference_update(ids)
             self.out_done += len(ids)
             self.peer.status.ops_out += len(ids)
             self.svc.totals["ops_out"] += len(ids)
@@ -321,32 +326,36 @@ class _Session:
                 return
 
     async def _send_batch(self) -> None:
+        peer = self.peer
         ids: list[bytes] = []
         while self.queue and len(ids) < BATCH_OPS:
             _, _, op_id = heapq.heappop(self.queue)
-            if op_id not in self.peer.known:
+            # another session to this peer (both ends may open one) may carry it already
+            if op_id not in peer.known and op_id not in peer.sending:
                 ids.append(op_id)
         if not ids:
             return
+        peer.sending.update(ids)
+        # the store skips ops purged since they were queued: re-derive ids from what it returns
         raws = await self.svc.store.get_raw_many(ids)
         parts = [_varint(self.next_batch)]
         sent: list[bytes] = []
         size = 0
-        for op_id, raw in zip(ids, raws, strict=False):
+        for raw in raws:
             if size + len(raw) > BATCH_BYTES and sent:
-                # over the byte budget: the rest goes back to the queue
-                for back in ids[len(sent):]:
-                    ns = self.svc.store.namespace_of(back) or ""
-                    hlc = self.svc.store.hlc_of(back) or 0
-                    heapq.heappush(self.queue, (self.svc.priority(ns), hlc, back))
-                break
+                break  # over the byte budget: the rest goes back to the queue
             parts.append(_varint(len(raw)))
             parts.append(raw)
-            sent.append(op_id)
+            sent.append(hashlib.sha256(raw).digest())
             size += len(raw)
-        if len(raws) < len(ids):
-            # purged since they were queued; the store returns only what it still holds
-            sent = [hashlib.sha256(r).digest() for r in raws[: len(sent)]]
+        unsent = set(ids).difference(sent)
+        peer.sending.difference_update(unsent)
+        store = self.svc.store
+        for back in unsent:
+            hlc = store.hlc_of(back)
+            if hlc is not None:
+                heapq.heappush(self.queue, (self.svc.priority(store.namespace_of(back) or ""),
+                                            hlc, back))
         self.in_flight[self.next_batch] = sent
         self.next_batch += 1
         await self._send(bytes([OPS]) + b"".join(parts))
@@ -391,6 +400,7 @@ class SyncService:
             return
         p.status.up = True
         p.known.clear()
+        p.sending.clear()
         p.reconcile_due = True
         p.wake.set()
         if self._tg is not None and (p.task is None or p.task.done()):

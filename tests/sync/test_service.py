@@ -156,3 +156,23 @@ async def test_malformed_frames_end_the_session_quietly(
     st = svcs[B].status()["peers"][A.hex()]
     assert st["failures"] == 5 and svcs[B].drops.total == 5
     await sb.close()
+
+
+async def test_simultaneous_sessions_from_both_ends_send_each_op_once(
+        open_store: Callable[..., Any], wall: list[float]) -> None:
+    sa, sb = await open_store("a.db"), await open_store("b.db")
+    key = Ed25519PrivateKey.generate()
+    ops = chain(key, 1500, start_hlc=HLC0, body=b"\xc4" * 200)
+    await sa.apply_remote([o.raw for o in ops])
+    net = MemNet()
+    net.links.add(frozenset((A, B)))
+    svcs = _services(net, {A: sa, B: sb}, wall)
+    # both ends see the link come up and open a session at the same moment
+    assert all(await asyncio.gather(svcs[A].sync_now(B), svcs[B].sync_now(A)))
+    await asyncio.gather(*net.tasks)
+    assert len(sb) == 1500
+    assert svcs[A].status()["peers"][B.hex()]["ops_out"] == 1500
+    assert svcs[B].status()["peers"][A.hex()]["ops_in"] == 1500
+    assert net.bytes_total() < 1.1 * sum(len(o.raw) for o in ops)
+    await sa.close()
+    await sb.close()
