@@ -121,6 +121,7 @@ class _Call:
     offer_sdp: str | None = None  # the callee keeps the offer until answered
     final_number: int = 0  # the message that ended the call, if we sent it
     offer_number: int = 0
+    answering: bool = False
     reoffer_since: float | None = None
     reoffer_next: float | None = None
     quality: Quality | None = None
@@ -274,7 +275,13 @@ class VoiceService:
         call.machine.process(CallInput.DIAL, now)
         self._publish_state(call)
         assert call.endpoint is not None
-        sdp = await call.endpoint.create_offer()
+        try:
+            sdp = await call.endpoint.create_offer()
+        except Exception as exc:  # adapter boundary: aiortc/aioice can raise anything here
+            logger.exception("[call %s] could not create the offer", call.call_id.hex()[:8])
+            if call.machine.state is not CallState.ENDED:
+                self._transition(call, CallInput.MEDIA_FAILED)
+            raise ControlError("failed", f"could not set up media: {exc}") from None
         if call.machine.state is not CallState.DIALLING:
             return self._info(call)  # hung up while gathering
         call.offer_number = self._send(call, Kind.OFFER, sdp=sdp)
@@ -287,14 +294,27 @@ class VoiceService:
             raise ControlError("not_found", "no such call")
         if call.machine.role is not CallRole.CALLEE or call.machine.state is not CallState.RINGING:
             raise ControlError("failed", f"call is {call.machine.state.value}, not ringing in")
+        if call.answering:
+            raise ControlError("failed", "call is being answered already")
+        call.answering = True
         call.play, call.record = play, record
         call.dialled_at = self._loop.time()
         try:
             await self._accept_offer(call)
-        except LocalProtocolError as exc:
+        except LocalProtocolError as exc:  # a --play file that does not exist, a bad tone
+            call.answering = False
+            await self._teardown_media(call)
             raise ControlError("bad_request", str(exc)) from None
-        if call.machine.state is CallState.RINGING:
+        except Exception as exc:  # adapter boundary: aiortc/aioice can raise anything here
+            logger.exception("[call %s] could not answer", call.call_id.hex()[:8])
+            if self._state(call) is not CallState.ENDED:
+                self._transition(call, CallInput.MEDIA_FAILED)
+            raise ControlError("failed", f"could not set up media: {exc}") from None
+        after = self._state(call)  # the awaits above may have changed it
+        if after is CallState.RINGING:
             self._transition(call, CallInput.ANSWER)
+        elif after is CallState.ENDED:
+            await self._teardown_media(call)  # the caller gave up while we were setting up
 
     def hangup(self, call_id: bytes) -> None:
         """Hang up (or decline, if it rings in) a call; no-op for an ended one."""
@@ -323,6 +343,11 @@ class VoiceService:
             self._timer.cancel()
 
     # ------------------------------------------------------------------ call internals
+
+    @staticmethod
+    def _state(call: _Call) -> CallState:
+        # read through a call so that mypy does not keep a narrowing across an await
+        return call.machine.state
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:

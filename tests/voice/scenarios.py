@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from meshd.control import ControlServer
+from meshd.control import ControlError, ControlServer
 from meshd.packet import MeshPacket, Service
 from tests.voice.fakemesh import FakeMesh, MeshNode
 from tests.voice.realmesh import Mesh, real_mesh, wait_route
@@ -407,6 +407,31 @@ async def reoffer(out: Path) -> dict[str, Any]:
     return res
 
 
+async def answer_errors(out: Path) -> dict[str, Any]:
+    """A missing --play file is refused and leaves the call ringing; a second answer is refused."""
+    _mesh, a, d, sa, sd = await _two(out)
+    info = await sa.dial(d.node_id, play="tone:440", record=None)
+    cid = bytes.fromhex(info.call_id)
+    await d.control.wait_for(lambda e, x: e == "call.incoming", 10)
+    res: dict[str, Any] = {}
+    try:
+        await sd.answer(cid, play=str(out / "missing.wav"), record=None)
+    except ControlError as exc:
+        res["missing_file"] = exc.code
+    res["state_after_missing"] = sd.info(cid).state
+    outcomes = await asyncio.gather(sd.answer(cid, play="tone:660", record=None),
+                                    sd.answer(cid, play="tone:660", record=None),
+                                    return_exceptions=True)
+    res["double"] = sorted("ok" if o is None else getattr(o, "code", repr(o)) for o in outcomes)
+    await a.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == info.call_id, 15)
+    res["state_caller"] = sa.info(cid).state
+    sa.hangup(cid)
+    await d.control.wait_for(ended(d, info.call_id), 10)
+    await sa.close()
+    await sd.close()
+    return res
+
+
 SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "line_a_to_d": line_a_to_d,
     "line_d_to_a": line_d_to_a,
@@ -421,6 +446,7 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "meshctl": meshctl,
     "real_line": real_line,
     "reoffer": reoffer,
+    "answer_errors": answer_errors,
     "real_diamond": real_diamond,
 }
 

@@ -28,7 +28,7 @@ pytestmark = [
 def endings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return run_isolated(tmp_path_factory.mktemp("voice-end"),
                         ["busy", "declined", "unreachable", "hangup_caller", "hangup_callee",
-                         "tampered"])
+                         "tampered", "answer_errors"])
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +105,11 @@ def test_call_whose_media_died_is_reoffered_once_a_route_is_back(reoffer: dict[s
     assert len(samples) / rate >= 2.5
     windows = tone_windows(samples, rate, TONE_A)
     assert sum(windows) / len(windows) >= 0.9
+
+
+def test_answer_refuses_a_missing_file_then_a_second_answer(endings: dict[str, Any]) -> None:
+    r = endings["answer_errors"]
+    assert "error" not in r, r.get("traceback", r)
+    assert r["missing_file"] == "bad_request" and r["state_after_missing"] == "ringing"
+    assert r["double"] == ["failed", "ok"]
+    assert r["state_caller"] == "active"
