@@ -213,24 +213,26 @@ class _Starving:
 class _Out:
     """What is queued for one neighbour until the next flush."""
 
-    __slots__ = ("ann_requests", "force_ann", "requests", "table_answer", "updates", "wildcard",
-                 "wildcard_repeat")
+    __slots__ = ("ann_requests", "force_ann", "give_ann", "news", "requests", "table_answer",
+                 "updates", "wildcard", "wildcard_repeat")
 
     def __init__(self) -> None:
         self.wildcard = False  # ask the peer for its table (and repeat the question later)
         self.wildcard_repeat = False  # a repetition: sent, but not repeated again
         self.table_answer = False  # these updates answer the peer's wildcard request
-        self.updates: dict[NodeId, bool] = {}  # origin -> urgent (resent), in queue order
-        self.force_ann: set[NodeId] = set()
+        self.updates: dict[NodeId, bool] = {}  # origin -> resend on a lossy link, in order
+        self.force_ann: set[NodeId] = set()  # attach these origins' announcements to updates
+        self.give_ann: set[NodeId] = set()  # send these announcements (asked for)
+        self.news: set[NodeId] = set()  # origins with a new seqno: their announcement goes along
         self.requests: dict[tuple[NodeId, int], int] = {}  # (origin, seqno) -> hop count
         self.ann_requests: dict[NodeId, None] = {}
 
     def __bool__(self) -> bool:
         return bool(self.updates or self.requests or self.ann_requests or self.wildcard
-                    or self.wildcard_repeat)
+                    or self.wildcard_repeat or self.give_ann)
 
-    def add(self, origin: NodeId, urgent: bool = True) -> None:
-        self.updates[origin] = urgent or self.updates.get(origin, False)
+    def add(self, origin: NodeId, resend: bool = True) -> None:
+        self.updates[origin] = resend or self.updates.get(origin, False)
 
 
 class _Update(NamedTuple):
@@ -311,6 +313,7 @@ class RoutingTable:
                  verify: Verifier, on_seqno_request: SeqnoBump, rng: random.Random,
                  update_interval: tuple[float, float] = (16.0, 20.0),
                  trigger_delay: float = 0.005, min_flush_gap: float = 0.02,
+                 slow_flush_gap: float = 0.25,
                  max_payload: int = MAX_ROUTING_PAYLOAD) -> None:
         if announcement.node_id != node_id:
             raise LocalProtocolError("own announcement is not for this node")
@@ -321,6 +324,7 @@ class RoutingTable:
         self._interval = update_interval
         self._trigger_delay = trigger_delay
         self._min_flush_gap = min_flush_gap
+        self._slow_gap = slow_flush_gap
         self._max_payload = max_payload
         self.drops = DropCounter(logger)
         #: benign things ignored (old seqnos during a seqno change, duplicates): counted only
@@ -340,8 +344,9 @@ class RoutingTable:
         self._starving: dict[NodeId, _Starving] = {}
         self._seen_requests: dict[tuple[NodeId, int], float] = {}
         self._ann_sent: dict[NodeId, dict[NodeId, int]] = {}
-        # (peer, origin) -> (seqno wanted, next ask, asks so far)
-        self._ann_wanted: dict[tuple[NodeId, NodeId], tuple[int, float, int]] = {}
+        # origin -> (seqno wanted, next ask, asks so far, neighbour to ask)
+        self._ann_wanted: dict[NodeId, tuple[int, float, int, NodeId]] = {}
+        self._ann_due = float("inf")  # earliest "due" in _ann_wanted
         self._out: dict[NodeId, _Out] = {}
         self._events: list[RoutingEvent] = []
         self._flush_at: float | None = None
@@ -374,9 +379,9 @@ class RoutingTable:
         self._nbr_cost[peer] = min(max(cost, 1), INFINITY)
         self._nbr_since[peer] = now
         self._ann_sent[peer] = {}
-        out = self._out.setdefault(peer, _Out())
+        out = self._outq(peer)
         for origin in self._advertisable():
-            out.add(origin, urgent=False)
+            out.add(origin, resend=False)
         # and ask for its table (Babel's wildcard route request, RFC 8966 §3.8.1.1); the
         # request is repeated until something arrives from the peer
         out.wildcard = True
@@ -391,9 +396,9 @@ class RoutingTable:
     def _send_table(self, peer: NodeId, since: float, now: float) -> None:
         if self._nbr_since.get(peer) != since:
             return  # lost (and maybe back) since: that link has its own schedule
-        out = self._out.setdefault(peer, _Out())
+        out = self._outq(peer)
         for origin in self._advertisable():
-            out.add(origin, urgent=False)
+            out.add(origin, resend=False)
         self._schedule_flush(now)
 
     def neighbour_lost(self, peer: NodeId, now: float) -> None:
@@ -445,16 +450,17 @@ class RoutingTable:
             self._heard[peer] = now
         if msg.wildcard and now - self._table_sent.get(peer, float("-inf")) >= WILDCARD_GAP_S:
             self._table_sent[peer] = now
-            out = self._out.setdefault(peer, _Out())
+            out = self._outq(peer)
             for origin in self._advertisable():
                 out.add(origin)  # urgent: resent on a lossy link
             out.table_answer = True
             self._schedule_flush(now)
         for origin in msg.ann_requests:  # "send me this route, with its announcement"
-            if origin in self._anns and self._advertisable_to(origin, peer):
-                out = self._out.setdefault(peer, _Out())
-                out.add(origin)
-                out.force_ann.add(origin)
+            if origin in self._anns:
+                out = self._outq(peer)
+                out.give_ann.add(origin)
+                if self._advertisable_to(origin, peer):
+                    out.add(origin, resend=False)
                 self._schedule_flush(now)
 
     # -- outputs ------------------------------------------------------------------
@@ -492,7 +498,8 @@ class RoutingTable:
             ts.append(self._resends[0][0])
         if self._deferred:
             ts.append(self._deferred[0][0])
-        ts.extend(due for _, due, _ in self._ann_wanted.values())
+        if self._ann_wanted:
+            ts.append(self._ann_due)
         return min(ts) if ts else None
 
     def handle_timer(self, now: float) -> None:
@@ -588,9 +595,11 @@ class RoutingTable:
             # not covered by an announcement we hold: ask the sender for it (if it has none,
             # the seqno was never signed and the update stays refused)
             self.ignored["unsigned-seqno"] += 1
-            key = (peer, origin)
-            if key not in self._ann_wanted and len(self._ann_wanted) < MAX_ANN_WANTED:
-                self._ann_wanted[key] = (u.seqno, now, 0)  # asked in _ask_announcements
+            want = self._ann_wanted.get(origin)
+            if (want is None or want[0] < u.seqno) and len(self._ann_wanted) < MAX_ANN_WANTED:
+                # asked in _ask_announcements, of one neighbour at a time
+                self._ann_wanted[origin] = (u.seqno, now, 0, peer)
+                self._ann_due = min(self._ann_due, now)
             return
         if u.seqno < held[0]:
             self.ignored["old-seqno"] += 1  # a replay, or a neighbour not yet caught up
@@ -648,10 +657,13 @@ class RoutingTable:
             self.ignored["duplicate-request"] += 1
             return
         self._seen_requests[key] = now + REQUEST_DEDUPE_S
-        target = sel.next_hop if sel is not None else self._best_any(origin, exclude=peer)
+        # towards the origin: our next hop, or (if that is the requester, which has not
+        # seen our retraction yet) the best other neighbour offering a route (§3.8.1.2)
+        target = sel.next_hop if sel is not None and sel.next_hop != peer else \
+            self._best_any(origin, exclude=peer)
         if target is None or target == peer:
             return
-        self._out.setdefault(target, _Out()).requests[(origin, seqno)] = hops - 1
+        self._outq(target).requests[(origin, seqno)] = hops - 1
         self._schedule_flush(now)
         # a request crosses many lossy hops: each forwarder sends it twice; the next
         # forwarder's duplicate suppression absorbs the copy if both arrive
@@ -662,7 +674,7 @@ class RoutingTable:
                        now: float) -> None:
         sel = self._selected.get(origin)
         if target in self._nbr_cost and (sel is None or sel.seqno < seqno):
-            self._out.setdefault(target, _Out()).requests[(origin, seqno)] = hops
+            self._outq(target).requests[(origin, seqno)] = hops
             self._schedule_flush(now, immediate=True)
 
     def _later(self, t: float, fn: Callable[[float], None]) -> None:
@@ -709,7 +721,7 @@ class RoutingTable:
                 self._start_request(origin, now)
             return
         metric, nbr, r = best
-        self._retracted.pop(origin, None)
+        was_lost = self._retracted.pop(origin, None) is not None
         self._starving.pop(origin, None)
         # the feasibility distance never exceeds what we advertise (§3.7.3)
         if src is None or r.seqno > src.seqno or (r.seqno == src.seqno and metric < src.metric):
@@ -719,7 +731,9 @@ class RoutingTable:
         if old is None:
             self._selected[origin] = _Selected(nbr, r.seqno, metric)
             self._events.append(RouteChanged(origin, nbr, metric, r.seqno))
-            self._queue_all(origin, now)
+            newer = src is None or r.seqno > src.seqno
+            renewed = newer and src is not None
+            self._queue_all(origin, now, urgent=was_lost or renewed, news=renewed)
             return
         hop_changed = old.next_hop != nbr
         seq_changed = old.seqno != r.seqno
@@ -731,14 +745,16 @@ class RoutingTable:
         old.next_hop, old.seqno, old.metric = nbr, r.seqno, metric
         if hop_changed:
             self._events.append(RouteChanged(origin, nbr, metric, r.seqno))
-        if seq_changed or big_change:
-            self._queue_all(origin, now)
+        if seq_changed:
+            self._queue_all(origin, now, news=True)
+        elif big_change:
+            self._queue_all(origin, now, urgent=False)
         elif hop_changed:
             # poison towards the new next hop, the real metric to the old one
             for p in (prev_hop, nbr):
                 if p in self._nbr_cost:
-                    self._out.setdefault(p, _Out()).add(origin)
-            self._schedule_flush(now)
+                    self._outq(p).add(origin)
+            self._schedule_flush(now, slow=True)
 
     def _best_any(self, origin: NodeId, exclude: NodeId) -> NodeId | None:
         best: tuple[int, NodeId] | None = None
@@ -769,7 +785,7 @@ class RoutingTable:
             s.next_send = now + min(REQUEST_RESEND_MAX_S, REQUEST_RESEND_S * s.tries)
             self._seen_requests[(origin, s.seqno)] = now + REQUEST_DEDUPE_S
             for peer in sorted(self._nbr_cost):
-                self._out.setdefault(peer, _Out()).requests[(origin, s.seqno)] = REQUEST_HOPS
+                self._outq(peer).requests[(origin, s.seqno)] = REQUEST_HOPS
             self._schedule_flush(now)
 
     # -- sending -----------------------------------------------------------------
@@ -785,9 +801,9 @@ class RoutingTable:
             self._next_full = now + self._rng.uniform(*self._interval)
             adv = self._advertisable()
             for peer in sorted(self._nbr_cost):
-                out = self._out.setdefault(peer, _Out())
+                out = self._outq(peer)
                 for origin in adv:
-                    out.add(origin, urgent=False)
+                    out.add(origin, resend=False)
             self._schedule_flush(now, immediate=True)
         if self._next_sweep is not None and now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL_S
@@ -796,7 +812,7 @@ class RoutingTable:
             self._send_requests(now)
         if self._resends and self._resends[0][0] <= now:
             self._run_resends(now)
-        if self._ann_wanted:
+        if self._ann_wanted and now >= self._ann_due:
             self._ask_announcements(now)
         while self._deferred and self._deferred[0][0] <= now:
             heapq.heappop(self._deferred)[2](now)
@@ -804,19 +820,22 @@ class RoutingTable:
     def _ask_announcements(self, now: float) -> None:
         # ask the neighbour that sent an update we could not verify for the announcement
         # (and the route again), until it arrives: the answer may be lost
-        for key in sorted(self._ann_wanted):
-            seqno, due, asks = self._ann_wanted[key]
+        next_due = float("inf")
+        for origin in sorted(self._ann_wanted):
+            seqno, due, asks, peer = self._ann_wanted[origin]
             if due > now:
+                next_due = min(next_due, due)
                 continue
-            peer, origin = key
             held = self._anns.get(origin)
             if (held is not None and held[0] >= seqno) or asks >= ANN_REQUEST_TRIES \
                     or peer not in self._nbr_cost:
-                del self._ann_wanted[key]
+                del self._ann_wanted[origin]
                 continue
-            self._ann_wanted[key] = (seqno, now + ANN_REQUEST_GAP_S, asks + 1)
-            self._out.setdefault(peer, _Out()).ann_requests[origin] = None
+            self._ann_wanted[origin] = (seqno, now + ANN_REQUEST_GAP_S, asks + 1, peer)
+            next_due = min(next_due, now + ANN_REQUEST_GAP_S)
+            self._outq(peer).ann_requests[origin] = None
             self._schedule_flush(now, immediate=True)
+        self._ann_due = next_due
 
     def _push_resend(self, t: float, peer: NodeId, origins: list[NodeId], anns: set[NodeId],
                      step: int, wildcard: bool) -> None:
@@ -834,10 +853,10 @@ class RoutingTable:
                 wildcard = False  # the peer's table answer arrived
             if not origins and not wildcard:
                 continue
-            out = self._out.setdefault(peer, _Out())
+            out = self._outq(peer)
             out.wildcard_repeat = out.wildcard_repeat or wildcard
             for origin in origins:
-                out.add(origin, urgent=False)
+                out.add(origin, resend=False)
             out.force_ann |= anns
             self._schedule_flush(now, immediate=True)
             if step < len(RESEND_DELAYS_S):
@@ -852,7 +871,7 @@ class RoutingTable:
                 sel = self._selected[origin]
                 r = self._routes[origin][sel.next_hop]
                 if r.expires - now < REFRESH_BEFORE_S:
-                    self._out.setdefault(sel.next_hop, _Out()).ann_requests[origin] = None
+                    self._outq(sel.next_hop).ann_requests[origin] = None
                     self._schedule_flush(now)
         if now >= self._earliest_expiry:
             earliest = float("inf")
@@ -885,20 +904,36 @@ class RoutingTable:
         sel = self._selected.get(origin)
         return sel is not None and sel.next_hop != peer
 
+    def _outq(self, peer: NodeId) -> _Out:
+        q = self._out.get(peer)
+        if q is None:
+            q = self._out[peer] = _Out()
+        return q
+
     def _queue(self, peer: NodeId, origin: NodeId, now: float) -> None:
         if peer in self._nbr_cost:
-            self._out.setdefault(peer, _Out()).add(origin)
+            self._outq(peer).add(origin)
             self._schedule_flush(now)
 
-    def _queue_all(self, origin: NodeId, now: float) -> None:
+    def _queue_all(self, origin: NodeId, now: float, *, urgent: bool = True,
+                   news: bool = False) -> None:
         for peer in self._nbr_cost:
-            self._out.setdefault(peer, _Out()).add(origin)
-        self._schedule_flush(now)
+            out = self._outq(peer)
+            out.add(origin)  # triggered: resent on lossy links, whether fast or slow
+            if news:
+                out.news.add(origin)
+        self._schedule_flush(now, slow=not urgent)
 
-    def _schedule_flush(self, now: float, *, immediate: bool = False) -> None:
-        # damping: changes wait trigger_delay to be merged, flushes keep min_flush_gap apart
-        t = max(now if immediate else now + self._trigger_delay,
-                self._last_flush + self._min_flush_gap)
+    def _schedule_flush(self, now: float, *, immediate: bool = False, slow: bool = False) -> None:
+        # Damping: what repairs routes (retractions, new seqnos, requests) goes out within
+        # trigger_delay, flushes min_flush_gap apart; what only improves them (new routes
+        # while converging, metric changes) waits slow_flush_gap, so a storm of such changes
+        # in a dense car park is merged into few datagrams.
+        if slow:
+            t = max(now + self._slow_gap, self._last_flush + self._slow_gap)
+        else:
+            t = max(now if immediate else now + self._trigger_delay,
+                    self._last_flush + self._min_flush_gap)
         if self._flush_at is None or t < self._flush_at:
             self._flush_at = t
 
@@ -947,6 +982,11 @@ class RoutingTable:
             add([("r", [origin, seqno, q.requests[(origin, seqno)]])])
         for origin in q.ann_requests:
             add([("q", origin)])
+        for origin in sorted(q.give_ann - set(q.updates)):
+            held = self._anns.get(origin)
+            if held is not None:
+                add([("a", held[1])])
+                sent[origin] = held[0]
         if q.table_answer:
             cur["t"] = True  # type: ignore[assignment]
             size += 3
@@ -962,7 +1002,11 @@ class RoutingTable:
                 held = self._anns.get(origin)
                 if held is None:
                     continue
-                if sent.get(origin) != held[0] or origin in q.force_ann:
+                # Announcements travel on request (each node fetches each one about once),
+                # except our own, urgent news (a new seqno) and what was asked for.
+                fresh = sent.get(origin) != held[0]
+                if origin in q.force_ann or origin in q.give_ann or \
+                        (fresh and (origin == self.node_id or origin in q.news)):
                     items.append(("a", held[1]))
                     sent[origin] = held[0]
                     attached.add(origin)

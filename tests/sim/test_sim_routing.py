@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections import Counter
@@ -59,6 +60,7 @@ def test_converges_every_pair_reachable_loop_free(name: str) -> None:
     assert unreachable_pairs(net, ids) == []
 
 
+@pytest.mark.slow  # about 15 s alone, 50 s on a loaded 2-core machine
 def test_random_geometric_200_converges() -> None:
     _, edges = random_geometric(200, 0.12, seed=3)
     net, ids = build_mesh(200, edges, seed=3)
@@ -71,7 +73,7 @@ def test_random_geometric_200_converges() -> None:
 def _path_links(net: Network, a: NodeId, d: NodeId) -> list[tuple[NodeId, NodeId]]:
     path = follow(net, a, d)
     assert path is not None
-    return list(zip(path, path[1:], strict=False))
+    return list(itertools.pairwise(path))
 
 
 @pytest.mark.parametrize(("name", "seed"), [("ring20", 1), ("ring20", 2), ("grid10x10", 1)])
@@ -131,10 +133,10 @@ def test_links_failing_and_healing_never_loop() -> None:
 def test_lossy_links_reachable_without_flapping() -> None:
     net, ids = build_mesh(100, grid(10, 10), seed=6, params=LOSSY)
     watch = LoopWatch(net)
-    net.run_until(10.0)
+    net.run_until(15.0)
     assert unreachable_pairs(net, ids) == []
     mark = len(net.log)
-    for t in (15.0, 20.0, 25.0, 30.0, 35.0):
+    for t in (20.0, 25.0, 30.0, 35.0, 40.0):
         net.run_until(t)
         assert unreachable_pairs(net, ids) == []
     changes = [e for e in net.log[mark:] if isinstance(e.event, RouteChanged)]
@@ -146,20 +148,24 @@ def test_lossy_links_reachable_without_flapping() -> None:
     assert watch.loops == []
 
 
-def test_lossy_ring_reroutes_and_same_seed_same_log() -> None:
+def test_lossy_ring_reroutes_loop_free_and_same_seed_same_log() -> None:
+    """20 % loss, a ring cut: loop-free throughout, repaired (slowly: see the report), and
+    the whole event log is a function of the seed."""
+
     def run(seed: int) -> list[tuple[float, str, str]]:
         net, ids = build_mesh(20, ring(20), seed=seed, params=LOSSY)
         watch = LoopWatch(net)
-        net.run_until(10.0)
+        net.run_until(20.0)
         assert unreachable_pairs(net, ids) == []
         net.set_up(ids[3], ids[4], False)
-        net.run_until(14.0)
+        net.run_until(50.0)
         assert unreachable_pairs(net, ids, usable_only=True) == []
         assert watch.loops == []
         return [(e.time, e.node.hex(), repr(e.event)) for e in net.log]
 
-    assert run(7) == run(7)
-    assert run(7) != run(8)
+    first = run(7)
+    assert first == run(7)
+    assert first != run(8)
 
 
 # -- attacks: real Ed25519 announcements on a small mesh ----------------------
