@@ -174,3 +174,13 @@ def test_mobility_links_form_and_break() -> None:
     for a in ids:
         expect = [b for b in net.neighbours_of(a) if net.link_is_up(a, b)]
         assert table(net, a).peers() == expect
+
+
+def test_many_clean_links_cost_exactly_256() -> None:
+    """Each link has its own hello seqno space: a busy node's peers see no false gaps."""
+    net, ids = star(10, 5, LinkParams(delay=0.002))
+    net.run_until(30.0)
+    for nid in ids[1:]:
+        assert table(net, ids[0]).stats(nid).cost == 256
+        assert table(net, nid).stats(ids[0]).cost == 256
+    assert events(net, LinkCostChanged) == []
