@@ -92,7 +92,7 @@ RETRACT_HOLD_S = 40.0
 #: seqno requests: resend interval, tries, and how long a forwarded one is remembered
 REQUEST_RESEND_S = 0.5
 REQUEST_RESEND_MAX_S = 2.0
-REQUEST_TRIES = 8
+REQUEST_TRIES = 10
 REQUEST_REPEAT_S = 0.15
 REQUEST_DEDUPE_S = 0.25  # shorter than the resend interval: resends must get through
 REQUEST_HOPS = 64
@@ -646,6 +646,15 @@ class RoutingTable:
                 self._queue(peer, origin, now)
             return
         sel = self._selected.get(origin)
+        if sel is not None and sel.next_hop == peer:
+            # Our next hop asks for a newer seqno: it has no route itself (a forwarded request
+            # goes towards the origin, never back along a loop-free path), so this is an
+            # implicit retraction; it makes repair independent of a lost retraction.
+            r = self._routes[origin][peer]
+            r.refmetric = INFINITY
+            self.ignored["implicit-retraction"] += 1
+            self._reselect(origin, now)
+            sel = self._selected.get(origin)
         if sel is not None and sel.seqno >= seqno:
             if sel.next_hop != peer:
                 self._queue(peer, origin, now)
@@ -782,7 +791,7 @@ class RoutingTable:
                 del self._starving[origin]
                 continue
             s.tries += 1
-            s.next_send = now + min(REQUEST_RESEND_MAX_S, REQUEST_RESEND_S * s.tries)
+            s.next_send = now + min(REQUEST_RESEND_MAX_S, REQUEST_RESEND_S * (1 + s.tries // 4))
             self._seen_requests[(origin, s.seqno)] = now + REQUEST_DEDUPE_S
             for peer in sorted(self._nbr_cost):
                 self._outq(peer).requests[(origin, s.seqno)] = REQUEST_HOPS
