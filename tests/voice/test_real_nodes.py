@@ -53,15 +53,16 @@ def test_line_a_b_c_d_both_directions(line: dict[str, Any]) -> None:
 def test_meshctl_call_through_the_node_control_socket(line: dict[str, Any]) -> None:
     r = line
     code, out, err = r["meshctl_call"]
-    assert code == 0, err
+    assert code == 0, (out, err)
     doc = json.loads(out)
-    assert doc["reason"] == "hung up" and doc["quality"]["rtt_ms"] is not None
+    assert doc["reason"] == "hung up", doc
+    assert doc["quality"]["packets_received"] > 100, doc
     samples, rate = read_wav(Path(r["rec_ctl"]))
     assert abs(dominant_hz(samples, rate) - 550) < 5
     code, out, _err = r["meshctl_calls"]
     assert code == 0
     ids = [c["call_id"] for c in json.loads(out)["calls"]]
-    assert doc["call_id"] in ids and len(ids) == 3
+    assert doc["call_id"] in ids and len(ids) == 3, out
 
 
 def test_diamond_relay_kill9_mid_call_audio_resumes(tmp_path: Path) -> None:
