@@ -28,4 +28,9 @@ async def build_node(config: Config) -> Node:
     library = LibraryNodeService(node, store, trust_path=config.trust, inbox=node.messenger)
     node.add_service(library)
     node.mail_fallback = library.queue_mail
+    from voice.service import VoiceService
+
+    node.add_service(VoiceService(node, auto_answer=config.auto_answer,
+                                  answer_play=config.answer_play,
+                                  answer_record=config.answer_record))
     return node
