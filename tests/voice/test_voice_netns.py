@@ -1,16 +1,13 @@
 """Tier 4: calls between real ``meshd`` daemons in Linux network namespaces (root).
 
-Until ``meshd.daemon`` plugs voice in, the daemons run through
-``tests.voice.meshd_voice`` (the same ``add_service`` call); everything else is
-the real ``meshd`` and the real ``meshctl``.  Audio is checked by frequency
-analysis of what the far side recorded.
+The real ``meshd`` (which plugs voice in through ``meshd.daemon``) and the real
+``meshctl``.  Audio is checked by frequency analysis of what the far side recorded.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +15,20 @@ from typing import Any
 
 import pytest
 
-import meshd.harness
 from meshd.devnet import DevNet, NetNode, cleanup_stale, have_netns
 from tests.daemons import MESHCTL, Cluster, Daemon, wait_until
 from tests.voice.audio import dominant_hz, read_wav, tone_windows
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-VOICE_MESHD = [sys.executable, "-m", "tests.voice.meshd_voice"]
 
 
 @pytest.fixture
-def net(monkeypatch: pytest.MonkeyPatch) -> Iterator[DevNet]:
+def net() -> Iterator[DevNet]:
     why = have_netns()
     if why is not None:
         pytest.skip(f"network-namespace test: {why}")
     cleanup_stale()
-    monkeypatch.setattr(meshd.harness, "MESHD", VOICE_MESHD)
     with DevNet() as dn:
         yield dn
 
@@ -116,7 +110,7 @@ def test_line_call_both_ways_without_ip_path(net: DevNet) -> None:
 def test_five_percent_loss_connects_and_tone_arrives(net: DevNet) -> None:
     with Cluster(log_level="info") as cl:
         da, _dd, root = _line4(net, cl, loss_bc=5)
-        rc, doc = da.meshctl("call", _dd.node_id, "--play", "tone:440", "--duration", "4", timeout=60)
+        rc, doc = da.meshctl("call", _dd.node_id, "--play", "tone:440", "--duration", "6", timeout=60)
         assert rc == 0, (doc, cl.logs())
         _assert_tone(root / "d.wav", 440, fraction=0.6)
 
