@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
+import subprocess
 import sys
 import time
+import wave
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from meshd.devnet import DevNet, cleanup_stale, have_netns
@@ -60,12 +64,18 @@ def _wait_links(cluster: Cluster, names: tuple[str, ...], timeout: float) -> Non
         wait_until(ok, timeout, 0.3, f"{n} to see {sorted(want[n])}")
 
 
+def _recording(cluster: Cluster) -> Path:
+    return cluster.root / f"{NAMES[-1]}-heard.wav"
+
+
 def _start_netns(net: DevNet, cluster: Cluster) -> None:
     nodes = net.line(len(NAMES), list(NAMES))
     for node in nodes:
-        ifaces = [x for i in net.interfaces(node) for x in ("--interface", i)]
-        say(f"  {node.netns}: meshd --name {node.name} {' '.join(ifaces)}")
-        cluster.add(node.name, ifaces, prefix=["ip", "netns", "exec", node.netns])
+        args = [x for i in net.interfaces(node) for x in ("--interface", i)]
+        if node.name == NAMES[-1]:
+            args += ["--auto-answer", "--answer-record", str(_recording(cluster))]
+        say(f"  {node.netns}: meshd --name {node.name} {' '.join(args)}")
+        cluster.add(node.name, args, prefix=["ip", "netns", "exec", node.netns])
 
 
 def _start_loopback(cluster: Cluster) -> None:
@@ -121,6 +131,11 @@ def run(use_netns: bool, keep: bool) -> int:
                   fmt=lambda r: "\n".join(f"  {last}'s inbox: from {m['from_name']}: {m['text']}"
                                           for m in r["messages"]))
             _library_step(cluster, first, last)
+            if use_netns:
+                _call_step(cluster, first, last)
+            else:
+                step("(calls need addresses other than 127.0.0.1 for WebRTC: run as root for the "
+                     "namespace demo, which places a call)")
             if keep:
                 say("\nThe mesh keeps running; state dirs under " + str(cluster.root))
                 say("Press Ctrl-C to stop and clean up.")
@@ -175,6 +190,39 @@ def _library_step(cluster: Cluster, first: str, last: str) -> None:
     _show(cluster[last], "library", "history", doc, fmt=lambda r: "\n".join(
         f"  {h['kind']:<15} by {h['author_name'] or h['author'][:8]:<8} "
         f"+{h['inserted']}/-{h['deleted']} characters" for h in r["history"]))
+
+
+def _call_step(cluster: Cluster, first: str, last: str) -> None:
+    """A free call across the line: a 440 Hz tone from the first node, recorded at the last."""
+    step(f"meshctl call {last} --play tone:440 --duration 4, from {first} "
+         f"({last} auto-answers and records; botan and chika relay ciphertext)")
+    _show(cluster[first], "call", last, "--play", "tone:440", "--duration", "4",
+          fmt=lambda r: f"  call {r['call_id'][:8]} {r['reason']} after {r['duration_s']:.1f} s, "
+                        f"setup {r['setup_ms']:.0f} ms, quality {r['quality']}")
+    path = _recording(cluster)
+    seconds, hz = _analyse(path)
+    say(f"  {last} recorded {seconds:.1f} s of audio; its strongest frequency is {hz:.0f} Hz "
+        f"(the tone played at {first} was 440 Hz)")
+    player = shutil.which("play")
+    if player and subprocess.run([player, "-q", str(path)], capture_output=True,
+                                 timeout=15, check=False).returncode == 0:
+        say("  (played back on this machine's speaker)")
+    else:
+        say(f"  (no speaker here; to listen: play {path} while --keep holds the files)")
+
+
+def _analyse(path: Path) -> tuple[float, float]:
+    """Length in seconds and dominant frequency of a 16-bit PCM WAV file."""
+    import numpy as np
+
+    with wave.open(str(path), "rb") as w:
+        rate, channels = w.getframerate(), w.getnchannels()
+        frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    mono = frames.reshape(-1, channels).mean(axis=1) if channels > 1 else frames
+    if mono.size == 0:
+        return 0.0, 0.0
+    spectrum = np.abs(np.fft.rfft(mono * np.hanning(mono.size)))
+    return mono.size / rate, float(np.fft.rfftfreq(mono.size, 1 / rate)[int(spectrum.argmax())])
 
 
 def _show(d: Daemon, *args: str, fmt: Callable[[Any], str]) -> None:
