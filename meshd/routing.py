@@ -107,7 +107,7 @@ RESEND_DELAYS_S = (0.3, 0.8)
 #: links costing more than this (a clean link costs 256) get triggered updates resent
 RESEND_COST_THRESHOLD = 272
 YOUNG_LINK_S = 10.0
-YOUNG_TABLE_DELAYS_S = (2.0, 6.0)
+YOUNG_TABLE_DELAYS_S: tuple[float, ...] = (2.0, 6.0)
 #: a wildcard request is answered with our table at most this often per neighbour
 WILDCARD_GAP_S = 0.25
 #: a metric increase smaller than max(this, metric / 8), or a decrease smaller than
@@ -234,6 +234,18 @@ class _Out:
     def add(self, origin: NodeId, resend: bool = True) -> None:
         self.updates[origin] = resend or self.updates.get(origin, False)
 
+    def merge(self, other: _Out) -> None:
+        for origin, resend in other.updates.items():
+            self.add(origin, resend)
+        self.force_ann |= other.force_ann
+        self.give_ann |= other.give_ann
+        self.news |= other.news
+        self.requests.update(other.requests)
+        self.ann_requests.update(other.ann_requests)
+        self.wildcard = self.wildcard or other.wildcard
+        self.wildcard_repeat = self.wildcard_repeat or other.wildcard_repeat
+        self.table_answer = self.table_answer or other.table_answer
+
 
 class _Update(NamedTuple):
     origin: NodeId
@@ -350,6 +362,10 @@ class RoutingTable:
         self._out: dict[NodeId, _Out] = {}
         self._events: list[RoutingEvent] = []
         self._flush_at: float | None = None
+        # slow queue: improvements and repetitions, merged and sent every slow_flush_gap
+        self._slow: dict[NodeId, _Out] = {}
+        self._slow_at: float | None = None
+        self._last_slow = float("-inf")
         self._last_flush = float("-inf")
         self._next_full: float | None = None
         self._next_sweep: float | None = None
@@ -396,10 +412,10 @@ class RoutingTable:
     def _send_table(self, peer: NodeId, since: float, now: float) -> None:
         if self._nbr_since.get(peer) != since:
             return  # lost (and maybe back) since: that link has its own schedule
-        out = self._outq(peer)
+        out = self._slowq(peer)
         for origin in self._advertisable():
             out.add(origin, resend=False)
-        self._schedule_flush(now)
+        self._schedule_slow(now)
 
     def neighbour_lost(self, peer: NodeId, now: float) -> None:
         """``peer`` is unusable: every route through it is gone at once."""
@@ -407,6 +423,7 @@ class RoutingTable:
         if self._nbr_cost.pop(peer, None) is None:
             return
         self._out.pop(peer, None)
+        self._slow.pop(peer, None)
         self._ann_sent.pop(peer, None)
         self._heard.pop(peer, None)
         self._table_sent.pop(peer, None)
@@ -469,10 +486,19 @@ class RoutingTable:
         """Messages due by ``now`` as (peer, payload without the channel byte)."""
         self._tick(now)
         self._run_timers(now)
-        if self._flush_at is None or now < self._flush_at:
+        fast_due = self._flush_at is not None and now >= self._flush_at
+        slow_due = self._slow_at is not None and now >= self._slow_at
+        if not (fast_due or slow_due):
             return []
-        self._flush_at = None
-        self._last_flush = now
+        if fast_due:
+            self._flush_at = None
+            self._last_flush = now
+        if slow_due:
+            self._slow_at = None
+            self._last_slow = now
+            for peer in sorted(self._slow):
+                self._outq(peer).merge(self._slow[peer])
+            self._slow = {}
         out: list[tuple[NodeId, bytes]] = []
         for peer in sorted(self._out):
             q = self._out[peer]
@@ -492,7 +518,8 @@ class RoutingTable:
 
     def get_timer(self) -> float | None:
         """The earliest time this core has something to do."""
-        ts = [t for t in (self._flush_at, self._next_full, self._next_sweep) if t is not None]
+        ts = [t for t in (self._flush_at, self._slow_at, self._next_full, self._next_sweep)
+              if t is not None]
         ts.extend(s.next_send for s in self._starving.values())
         if self._resends:
             ts.append(self._resends[0][0])
@@ -862,12 +889,12 @@ class RoutingTable:
                 wildcard = False  # the peer's table answer arrived
             if not origins and not wildcard:
                 continue
-            out = self._outq(peer)
+            out = self._slowq(peer)  # a repetition can wait to be merged
             out.wildcard_repeat = out.wildcard_repeat or wildcard
             for origin in origins:
                 out.add(origin, resend=False)
             out.force_ann |= anns
-            self._schedule_flush(now, immediate=True)
+            self._schedule_slow(now)
             if step < len(RESEND_DELAYS_S):
                 self._push_resend(now + RESEND_DELAYS_S[step] - RESEND_DELAYS_S[step - 1],
                                   peer, origins, anns, step + 1, wildcard)
@@ -928,16 +955,28 @@ class RoutingTable:
                    news: bool = False) -> None:
         for peer in self._nbr_cost:
             out = self._outq(peer)
-            out.add(origin)  # triggered: resent on lossy links, whether fast or slow
+            out.add(origin)  # triggered: resent on lossy links, whether urgent or not
             if news:
                 out.news.add(origin)
+        # not urgent: goes out with the next flush, at the latest after slow_flush_gap
         self._schedule_flush(now, slow=not urgent)
 
+    def _slowq(self, peer: NodeId) -> _Out:
+        q = self._slow.get(peer)
+        if q is None:
+            q = self._slow[peer] = _Out()
+        return q
+
+    def _schedule_slow(self, now: float) -> None:
+        # what only improves routes (new routes while converging, metric changes, repeats)
+        # is merged and sent every slow_flush_gap: a storm of such changes in a dense car
+        # park costs a few datagrams per neighbour and second
+        if self._slow_at is None:
+            self._slow_at = max(now + self._slow_gap, self._last_slow + self._slow_gap)
+
     def _schedule_flush(self, now: float, *, immediate: bool = False, slow: bool = False) -> None:
-        # Damping: what repairs routes (retractions, new seqnos, requests) goes out within
-        # trigger_delay, flushes min_flush_gap apart; what only improves them (new routes
-        # while converging, metric changes) waits slow_flush_gap, so a storm of such changes
-        # in a dense car park is merged into few datagrams.
+        # Damping: what repairs routes (retractions, new seqnos, requests, answers) goes out
+        # within trigger_delay, flushes min_flush_gap apart (slow: see _schedule_slow).
         if slow:
             t = max(now + self._slow_gap, self._last_flush + self._slow_gap)
         else:
