@@ -243,10 +243,12 @@ def test_retraction_needs_no_signature_and_only_affects_that_neighbour() -> None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_thousand_nodes() -> None:
-    _, edges = random_geometric(1000, 0.05, seed=7)
+    """1,000 cars switched on at once (the worst storm), average degree about 5."""
+    _, edges = random_geometric(1000, 0.04, seed=7)
     net, ids = build_mesh(1000, edges, seed=7, log_routes=False)
-    net.run_until(10.0)
+    net.run_until(12.0)
     sample = random.Random(1).sample(ids, 40)
     assert unreachable_pairs(net, ids, sources=sample) == []
     assert net.stats.max_datagram <= 1100
