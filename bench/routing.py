@@ -22,7 +22,8 @@ Everything is bounded in time and count and runs on loopback or in namespaces it
 from __future__ import annotations
 
 import argparse
-import itertools
+import asyncio
+import concurrent.futures
 import json
 import os
 import platform
@@ -42,10 +43,12 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from meshd import ALPN
+from meshd.control import ControlClient, ControlError
 from meshd.devnet import DevNet, have_netns
-from meshd.harness import MESHCTL, MESHD, Cluster, free_udp_port, wait_until
+from meshd.harness import MESHD, Cluster, free_udp_port, wait_until
 from meshd.identity import Identity
 from meshd.links import MAX_DATAGRAM_FRAME_SIZE
+from meshd.meshctl import default_socket_path
 from meshd.tlscert import make_certificate
 from tests.netns.procs import JsonLines
 
@@ -205,24 +208,54 @@ def bench_hop_latency(count: int) -> dict[str, Any]:
             "n": min(len(one), len(three))}
 
 
-def bench_reroute(trials: int) -> dict[str, Any]:
+async def _ping_loop(sock: Path, stop_at: float, interval: float) -> list[tuple[float, bool]]:
+    """Ping "dan" through the control API every ``interval`` s; (time, answered) per probe."""
+    out: list[tuple[float, bool]] = []
+    async with await ControlClient.connect(sock) as client:
+        while (t := time.monotonic()) < stop_at:
+            try:
+                await client.call("ping", {"node": "dan", "timeout": 0.2}, timeout=2.0)
+                out.append((t, True))
+            except ControlError:
+                out.append((t, False))
+            await asyncio.sleep(max(0.0, t + interval - time.monotonic()))
+    return out
+
+
+def _fail(net: DevNet, cl: Cluster, nodes: list[Any], relay: str, silent: bool) -> float:
+    """Make ``relay`` fail; returns the monotonic time it failed."""
+    if silent:
+        relay_node = next(n for n in nodes if n.name == relay)
+        for other in net.neighbours(relay_node):
+            net.set_loss(relay_node, other, 100)
+    else:
+        cl[relay].kill9()
+    return time.monotonic()
+
+
+def bench_reroute(trials: int, silent: bool) -> dict[str, Any]:
+    """Gap in replies when the relay in use dies: ``silent`` drops all its traffic (a car
+    driving away: only the 2 s hello timeout notices), else ``kill -9`` (the kernel then
+    answers with ICMP port unreachable and QUIC gives up at once)."""
     gaps = []
     for _ in range(trials):
         with DevNet() as net, Cluster(log_level="warning") as cl:
             nodes = net.diamond(NAMES)
             _start(cl, net, nodes)
             first = wait_until(lambda: _route(cl, "ann", "dan"), 30, what="route")
-            interval = 0.05
-            ping = subprocess.Popen(
-                [*_ns(nodes[0]), *MESHCTL, "--state-dir", str(cl["ann"].state_dir), "--json",
-                 "ping", "dan", "--count", "200", "--interval", str(interval), "--timeout", "0.5"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            time.sleep(2.0)
-            cl[str(first["next_hop_name"])].kill9()
-            out, _ = ping.communicate(timeout=120)
-            seqs = sorted(r["seq"] for r in json.loads(out)["replies"])
-            gap = max(b - a for a, b in itertools.pairwise(seqs)) * interval
-            gaps.append(gap)
+            relay = str(first["next_hop_name"])
+            sock = default_socket_path(cl["ann"].state_dir)
+            start = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                probes = pool.submit(asyncio.run, _ping_loop(sock, start + 10.0, 0.02))
+                time.sleep(2.0)
+                t_fail = _fail(net, cl, nodes, relay, silent)
+                results = probes.result(timeout=60)
+            ok_before = [t for t, ok in results if ok and t < t_fail]
+            ok_after = [t for t, ok in results if ok and t >= t_fail]
+            if not ok_before or not ok_after:
+                raise RuntimeError(f"no replies before or after the failure: {results[:5]}...")
+            gaps.append(round(ok_after[0] - t_fail, 3))
     return {"gaps_s": gaps, "median_s": statistics.median(gaps), "max_s": max(gaps)}
 
 
@@ -256,15 +289,21 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="shorter windows and fewer trials")
     p.add_argument("--skip-netns", action="store_true")
     p.add_argument("--skip-sim", action="store_true")
+    p.add_argument("--only-reroute", action="store_true", help="just the namespace reroute rows")
     args = p.parse_args()
     secs = 1.5 if args.quick else 3.0
     result: dict[str, Any] = {"machine": machine(), "meshd": MESHD}
+    if args.only_reroute:
+        r = bench_reroute(3, silent=True)
+        print(json.dumps({"reroute_silent": r, "reroute_kill9": bench_reroute(2, silent=False)}))
+        return
     result["aioquic_memory"] = bench_aioquic_relay(secs)
     result["relay"] = bench_relay([2000, 4000, 6000, 8000, 10000, 14000], secs)
     netns = not args.skip_netns and os.geteuid() == 0 and have_netns() is None
     if netns:
         result["hop_latency"] = bench_hop_latency(50 if args.quick else 200)
-        result["reroute"] = bench_reroute(2 if args.quick else 5)
+        result["reroute_kill9"] = bench_reroute(2 if args.quick else 5, silent=False)
+        result["reroute_silent"] = bench_reroute(2 if args.quick else 5, silent=True)
     if not args.skip_sim:
         result["sim"] = bench_sim([50, 200, 1000])
     if args.json:
@@ -285,10 +324,12 @@ def main() -> None:
         h = result["hop_latency"]
         print(f"\nping rtt median: 1 hop {h['rtt1_ms']:.3f} ms, 3 hops {h['rtt3_ms']:.3f} ms "
               f"→ added one-way per relay hop {h['added_one_way_per_hop_ms']:.3f} ms (n={h['n']})")
-    if "reroute" in result:
-        r = result["reroute"]
-        print(f"reroute after kill -9 of the relay: median {r['median_s']:.2f} s, "
-              f"max {r['max_s']:.2f} s over {len(r['gaps_s'])} trials {r['gaps_s']}")
+    for key, what in (("reroute_kill9", "kill -9 of the relay"),
+                      ("reroute_silent", "the relay going silent (100 % loss)")):
+        if key in result:
+            r = result[key]
+            print(f"reroute after {what}: median {r['median_s']:.2f} s, "
+                  f"max {r['max_s']:.2f} s over {len(r['gaps_s'])} trials {r['gaps_s']}")
     for row in result.get("sim", []):
         print(f"sim: {row}")
 
