@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # command:debian-package pairs the tests, demo and benchmarks use
 SYSDEPS := ip:iproute2 nft:nftables ping:iputils-ping espeak-ng:espeak-ng sox:sox tmux:tmux pkill:procps taskset:util-linux
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -m "not soak"
 
 .PHONY: demo test run bench lint deps sysdeps clean help
 
