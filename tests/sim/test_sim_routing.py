@@ -243,6 +243,7 @@ def test_retraction_needs_no_signature_and_only_affects_that_neighbour() -> None
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # about 10 minutes of wall time: run explicitly (pytest -m soak), not by make test
 @pytest.mark.timeout(3600)
 def test_thousand_nodes() -> None:
     """1,000 cars switched on at once (the worst storm), average degree about 5."""
