@@ -1,8 +1,13 @@
 """Durability: a real daemon receiving a 10,000-op catch-up is killed with kill -9 at random moments.
 
-After each kill: the receiver's database passes ``PRAGMA integrity_check`` and holds
-at least every op the sender counted as acknowledged (an op is acknowledged only
-after the receiver committed it); after the last restart the catch-up completes.
+Just before each kill the receiver reports how many ops it holds (it reports only
+committed ops, and acknowledges a batch only after its commit); after the kill its
+database passes ``PRAGMA integrity_check`` and still holds at least that many; after
+the last restart the catch-up completes with nothing pending and no fork.
+
+(The sender's ``ops_out`` counts acknowledged batches op by op, including ops the
+receiver already had or refused, so it is not an exact count of distinct stored ops:
+it is reported, not asserted.)
 """
 
 from __future__ import annotations
@@ -62,6 +67,11 @@ def _count_ops(db: Path) -> tuple[int, str]:
         con.close()
 
 
+def _reported(d: object) -> int:
+    rc, st = d.meshctl("sync", "status", timeout=5)  # type: ignore[attr-defined]
+    return int(st["ops"]) + int(st["pending"]) if rc == 0 else 0
+
+
 def _acked(c: Cluster, receiver_id: str) -> int:
     rc, st = c["sender"].meshctl("sync", "status")
     assert rc == 0, st
@@ -89,13 +99,12 @@ def test_kill_9_during_catch_up_loses_nothing_acknowledged() -> None:
             wait_until(lambda: _acked(c, receiver_id) > 0 or _count_ops(db)[0] > 0, 30,
                        what="catch-up under way")
             time.sleep(rng.uniform(0.0, 0.8))
+            reported = _reported(receiver)
             receiver.kill9()
             kills += 1
-            time.sleep(0.5)  # acks already sent reach the sender
-            acked = _acked(c, receiver_id)
             held, integrity = _count_ops(db)
             assert integrity == "ok"
-            assert held >= acked, f"acknowledged {acked} ops but only {held} survived kill -9"
+            assert held >= reported, f"held {reported} ops before kill -9, only {held} after"
             if held >= N_OPS:
                 break
             receiver.start()
