@@ -141,7 +141,34 @@ class _Deadline:
             raise VerificationError("timeout", f"handshake not done within {HANDSHAKE_TIMEOUT_S} s")
 
 
-class ServerHandshake:
+class _Half:
+    """What both halves share: the deadline, and failing for good on any refusal."""
+
+    state: HandshakeState
+    _deadline: _Deadline
+
+    def check_timeout(self, now: float) -> None:
+        """Raise ``VerificationError('timeout')`` once the deadline passed without completion."""
+        if self.state not in (HandshakeState.DONE, HandshakeState.FAILED):
+            try:
+                self._deadline.check(now)
+            except RemoteProtocolError:
+                self.state = HandshakeState.FAILED
+                raise
+
+    def receive(self, data: bytes, now: float, wall_now: float) -> bytes | None:
+        """Feed one handshake message from the other side; returns our reply, if any."""
+        try:
+            return self._receive(data, now, wall_now)
+        except RemoteProtocolError:
+            self.state = HandshakeState.FAILED
+            raise
+
+    def _receive(self, data: bytes, now: float, wall_now: float) -> bytes | None:
+        raise NotImplementedError
+
+
+class ServerHandshake(_Half):
     """The accepting side's half: sends the challenge, checks the client's proof.
 
     ``receive`` returns the message to send back (or None) and raises a
@@ -164,23 +191,6 @@ class ServerHandshake:
         self.state = HandshakeState.EXPECT_HELLO
         #: the client's verified announcement once ``state`` is DONE
         self.peer: Announcement | None = None
-
-    def check_timeout(self, now: float) -> None:
-        """Raise ``VerificationError('timeout')`` once the deadline passed without completion."""
-        if self.state not in (HandshakeState.DONE, HandshakeState.FAILED):
-            try:
-                self._deadline.check(now)
-            except RemoteProtocolError:
-                self.state = HandshakeState.FAILED
-                raise
-
-    def receive(self, data: bytes, now: float, wall_now: float) -> bytes | None:
-        """Feed one handshake message from the client; returns our reply, if any."""
-        try:
-            return self._receive(data, now, wall_now)
-        except RemoteProtocolError:
-            self.state = HandshakeState.FAILED
-            raise
 
     def _receive(self, data: bytes, now: float, wall_now: float) -> bytes | None:
         self._deadline.check(now)
@@ -212,7 +222,7 @@ class ServerHandshake:
         raise VerificationError("unexpected", f"{kind!r} in state {self.state.value}")
 
 
-class ClientHandshake:
+class ClientHandshake(_Half):
     """The connecting side's half: checks the server's certificate binding, signs its nonce.
 
     ``cert_key`` and ``cert_fingerprint`` are what the TLS stack saw (the
@@ -241,23 +251,6 @@ class ClientHandshake:
     def hello(self) -> bytes:
         """The first message (the client opens the handshake stream with it)."""
         return pack({"t": _HELLO, "v": PROTOCOL_VERSION})
-
-    def check_timeout(self, now: float) -> None:
-        """Raise ``VerificationError('timeout')`` once the deadline passed without completion."""
-        if self.state not in (HandshakeState.DONE, HandshakeState.FAILED):
-            try:
-                self._deadline.check(now)
-            except RemoteProtocolError:
-                self.state = HandshakeState.FAILED
-                raise
-
-    def receive(self, data: bytes, now: float, wall_now: float) -> bytes | None:
-        """Feed one handshake message from the server; returns our reply, if any."""
-        try:
-            return self._receive(data, now, wall_now)
-        except RemoteProtocolError:
-            self.state = HandshakeState.FAILED
-            raise
 
     def _receive(self, data: bytes, now: float, wall_now: float) -> bytes | None:
         self._deadline.check(now)
