@@ -172,6 +172,28 @@ def register(name: str, help: str, setup: Setup | None = None) -> Callable[[Run]
     return deco
 
 
+async def _fetch_list(client: ControlClient, out: Output, method: str, key: str,
+                      params: dict[str, Any] | None, *, timeout: float, what: str,
+                      empty: str) -> list[Any] | int:
+    """Call ``method`` and return its ``key`` list for a table, or the exit code when done.
+
+    Done means: the daemon's answer was malformed (exit 1), ``--json`` printed it whole
+    (exit 0), or the list was empty and ``empty`` was printed (exit 0).
+    """
+    res = await client.call(method, params, timeout=timeout)
+    items = res.get(key) if isinstance(res, dict) else None
+    if not isinstance(items, list):
+        out.error(f"daemon sent a malformed {what}")
+        return ExitCode.FAILED
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    if not items:
+        out.line(empty)
+        return ExitCode.OK
+    return items
+
+
 # ---------------------------------------------------------------------------- formatting
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
@@ -289,17 +311,11 @@ async def _status_wait(args: argparse.Namespace, out: Output) -> int:
 
 @register("neighbours", "list neighbour links and their quality")
 async def _neighbours(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    res = await client.call("neighbours", timeout=CALL_TIMEOUT_S)
-    nbs = res.get("neighbours") if isinstance(res, dict) else None
-    if not isinstance(nbs, list):
-        out.error("daemon sent a malformed neighbour list")
-        return ExitCode.FAILED
-    if out.json:
-        out.document(res)
-        return ExitCode.OK
-    if not nbs:
-        out.line("no neighbours")
-        return ExitCode.OK
+    nbs = await _fetch_list(client, out, "neighbours", "neighbours", None,
+                         timeout=CALL_TIMEOUT_S, what="neighbour list",
+                         empty="no neighbours")
+    if isinstance(nbs, int):
+        return nbs
     now = time.time()
     rows = []
     for n in nbs:
@@ -478,17 +494,11 @@ def _clock(ms: Any) -> str:
 
 @register("messages", "list the text messages this node received, oldest first")
 async def _messages(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    res = await client.call("messages", timeout=CALL_TIMEOUT_S)
-    msgs = res.get("messages") if isinstance(res, dict) else None
-    if not isinstance(msgs, list):
-        out.error("daemon sent a malformed message list")
-        return ExitCode.FAILED
-    if out.json:
-        out.document(res)
-        return ExitCode.OK
-    if not msgs:
-        out.line("no messages")
-        return ExitCode.OK
+    msgs = await _fetch_list(client, out, "messages", "messages", None,
+                         timeout=CALL_TIMEOUT_S, what="message list",
+                         empty="no messages")
+    if isinstance(msgs, int):
+        return msgs
     rows = [(_clock(m.get("received_ms")), str(m.get("from", ""))[:8] or "-",
              _str(m.get("from_name") or None), " ".join(str(m.get("text", "")).split()))
             for m in msgs if isinstance(m, dict)]
@@ -505,17 +515,11 @@ def _routes_setup(p: argparse.ArgumentParser) -> None:
 @register("routes", "list the routes this node knows: destination, next hop, metric, seqno, age",
           _routes_setup)
 async def _routes(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    res = await client.call("routes", {"all": args.all}, timeout=CALL_TIMEOUT_S)
-    routes = res.get("routes") if isinstance(res, dict) else None
-    if not isinstance(routes, list):
-        out.error("daemon sent a malformed route list")
-        return ExitCode.FAILED
-    if out.json:
-        out.document(res)
-        return ExitCode.OK
-    if not routes:
-        out.line("no routes")
-        return ExitCode.OK
+    routes = await _fetch_list(client, out, "routes", "routes", {"all": args.all},
+                         timeout=CALL_TIMEOUT_S, what="route list",
+                         empty="no routes")
+    if isinstance(routes, int):
+        return routes
     rows = [(str(r.get("destination", ""))[:8], _str(r.get("name") or None),
              str(r.get("next_hop", ""))[:8], _str(r.get("next_hop_name") or None),
              "inf" if not r.get("reachable", True) else _str(r.get("metric")),
@@ -698,17 +702,11 @@ async def _hangup(client: ControlClient, args: argparse.Namespace, out: Output) 
 
 @register("calls", "list live and recent calls with their state and quality")
 async def _calls(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    res = await client.call("calls", timeout=CALL_TIMEOUT_S)
-    calls = res.get("calls") if isinstance(res, dict) else None
-    if not isinstance(calls, list):
-        out.error("daemon sent a malformed call list")
-        return ExitCode.FAILED
-    if out.json:
-        out.document(res)
-        return ExitCode.OK
-    if not calls:
-        out.line("no calls")
-        return ExitCode.OK
+    calls = await _fetch_list(client, out, "calls", "calls", None,
+                         timeout=CALL_TIMEOUT_S, what="call list",
+                         empty="no calls")
+    if isinstance(calls, int):
+        return calls
     rows = []
     for c in calls:
         if not isinstance(c, dict):
