@@ -125,9 +125,17 @@ def test_twenty_percent_loss_pings_get_through_without_flapping(devnet: DevNet) 
     with Cluster() as cl:
         _start(cl, devnet, nodes)
         wait_until(lambda: _route(cl, "ann", "dan"), 40, what="a route from ann to dan under loss")
-        _rc, res = cl["ann"].meshctl("ping", "dan", "--count", "30", "--interval", "0.2",
-                                  "--timeout", "1", timeout=60)
-        assert res["received"] >= 2, res  # ~0.8^6 = 26 % of round trips survive 6 lossy traversals
+        # ~0.8^6 = 26 % of round trips survive 6 lossy traversals; QUIC's congestion control
+        # also backs off under loss, so count replies over up to 4 rounds of 15 pings
+        received, rounds = 0, []
+        for _ in range(4):
+            _rc, res = cl["ann"].meshctl("ping", "dan", "--count", "15", "--interval", "0.2",
+                                         "--timeout", "1", timeout=60)
+            rounds.append(res)
+            received += res["received"] if isinstance(res, dict) else 0
+            if received >= 3:
+                break
+        assert received >= 3, rounds
         # routes do not flap: sampled for 8 s, d stays reachable via b with the same seqno
         seen = set()
         for _ in range(16):
