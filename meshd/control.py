@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from meshd.errors import LocalProtocolError, MeshError
+from meshd.tasks import cancel_and_wait
 
 __all__ = [
     "ERROR_CODES",
@@ -445,10 +446,7 @@ class ControlServer:
             for t in list(conn.tasks):
                 t.cancel()
             conn.abort()
-            if not wtask.done():
-                wtask.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await wtask
+            await cancel_and_wait(wtask)
             if task is not None:
                 self._conn_tasks.discard(task)
             log.debug("[control #%d] client gone", conn.num)
@@ -652,9 +650,7 @@ class ControlClient:
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
-        self._read_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._read_task
+        await cancel_and_wait(self._read_task)
 
     async def __aenter__(self) -> ControlClient:
         return self

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import enum
 import json
 import math
@@ -32,6 +31,7 @@ from typing import Any, TextIO
 
 from meshd.control import ControlClient, ControlError, NoDaemon
 from meshd.errors import LocalProtocolError
+from meshd.tasks import cancel_and_wait
 
 __all__ = [
     "COMMANDS",
@@ -878,9 +878,7 @@ async def _with_progress(client: ControlClient, method: str, params: dict[str, A
     try:
         return await client.call(method, params, timeout=LIBRARY_BULK_TIMEOUT_S)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, NoDaemon):
-            await task
+        await cancel_and_wait(task, NoDaemon)
         out.err.write("\r" + " " * 90 + "\r")
         out.err.flush()
 

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from meshd.codec import DropCounter
 from meshd.errors import DecodeError, RemoteProtocolError
+from meshd.tasks import cancel_and_wait
 from sync.envelope import MAX_OP_SIZE, NAMESPACE_PRIORITY, Op
 from sync.reconcile import MAX_MESSAGE_SIZE, Reconciler
 from sync.store import OpStore
@@ -215,9 +216,7 @@ class _Session:
             for ids in self.in_flight.values():  # never acknowledged: others may send them
                 self.peer.sending.difference_update(ids)
             if not sender.done():
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
+                await cancel_and_wait(sender)
         if sender.done() and not sender.cancelled():
             sender.result()  # re-raise the sender's error, if any
 
@@ -245,9 +244,7 @@ class _Session:
                 await self.applying.popleft()
         finally:
             if recv is not None and not recv.done():
-                recv.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await recv
+                await cancel_and_wait(recv)
             for task in self.applying:
                 task.cancel()
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from meshd.control import ControlClient, ControlError, NoDaemon
+from meshd.tasks import cancel_and_wait
 
 __all__ = [
     "EVENT_PATTERNS",
@@ -748,9 +749,7 @@ class Poller:
                     async with asyncio.timeout(self.interval_s):
                         await self._wake.wait()
         finally:
-            events.cancel()
-            with contextlib.suppress(asyncio.CancelledError, NoDaemon):
-                await events
+            await cancel_and_wait(events, NoDaemon)
 
     async def _fetch(self, client: Client, method: str) -> None:
         try:

@@ -38,6 +38,7 @@ from aiortc.contrib.media import MediaPlayer, MediaRecorder
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 from meshd.errors import LocalProtocolError
+from meshd.tasks import cancel_and_wait
 
 __all__ = ["Endpoint", "Quality", "ToneTrack", "WavSink", "open_source"]
 
@@ -186,10 +187,7 @@ class WavSink:
 
     async def stop(self) -> None:
         """Stop reading and close the file."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._wav is not None:
             self._wav.close()
             self._wav = None

@@ -52,6 +52,7 @@ from meshd.identity import Announcement, Identity, NodeId, short_id
 from meshd.links import MESH_MTU
 from meshd.packet import MeshPacket, Service, max_payload
 from meshd.seal import ReplayCache, open_sealed, seal
+from meshd.tasks import cancel_and_wait
 from voice.callstate import CallInput, CallMachine, CallRole, CallState, CallStateError, EndReason
 from voice.endpoint import Endpoint, Quality
 from voice.relay import MediaFramer, RelaySocket, ice_credentials, strip_and_add_relay
@@ -331,10 +332,7 @@ class VoiceService:
             if call.machine.state not in (CallState.ENDED, CallState.IDLE):
                 with contextlib.suppress(CallStateError):
                     self._transition(call, CallInput.HANGUP)
-        if self._quality_task is not None:
-            self._quality_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._quality_task
+        await cancel_and_wait(self._quality_task)
         for call in list(self._calls.values()):
             for t in list(call.tasks):
                 t.cancel()
