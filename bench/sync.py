@@ -5,7 +5,9 @@ Run: ``.venv/bin/python bench/sync.py [--n 100000] [--visit 10000] [--json]``
 1. Reconciliation alone (pure core, ``sync.reconcile``) between two sets of N
    ops: no difference, then 1, 100 and 1,000 recent differences (the newest
    ops, missing on one side or the other).  Bytes and round trips; the
-   overhead per difference is reconciliation bytes / differences.
+   overhead per difference is the marginal cost, (bytes with k differences -
+   bytes with none) / k: what the differences add on top of the check that
+   every session pays anyway.
 2. A dealer visit through the real stack (``SyncService`` over in-memory
    streams, ``OpStore`` on SQLite in a temporary directory): the dealer holds
    N signed ops, the car lacks the newest ``--visit`` of them.  Bytes on the
@@ -76,8 +78,11 @@ def bench_reconcile(n: int, rng: random.Random) -> list[dict[str, Any]]:
         r = _recon(a, b)
         assert r["found"] == k, (r, k)
         r["differences"] = k
-        r["per_difference"] = r["bytes"] / k if k else None
         rows.append(r)
+    base = rows[0]["bytes"]
+    for r in rows:
+        k = r["differences"]
+        r["marginal_per_difference"] = (r["bytes"] - base) / k if k else None
     return rows
 
 
@@ -201,12 +206,14 @@ def main() -> None:
     print(f"{'case':<28}{'bytes':>10}{'round trips':>13}{'B/diff':>9}{'time ms':>10}  target")
     for r in recon:
         k = r["differences"]
-        name = "no difference" if k == 0 else f"{k:,} recent differences"
+        name = ("no difference" if k == 0 else "1 recent difference" if k == 1
+                else f"{k:,} recent differences")
         tgt = (f"1 RT, <= {TARGETS['nodiff_bytes']} B" if k == 0
                else f"<= 3 RT, <= {TARGETS['per_diff']} B/diff")
-        per = f"{r['per_difference']:.1f}" if k else "-"
+        per = f"{r['marginal_per_difference']:.1f}" if k else "-"
         print(f"{name:<28}{r['bytes']:>10,}{r['round_trips']:>13}{per:>9}"
               f"{r['seconds'] * 1000:>10.1f}  {tgt}")
+    print("B/diff: marginal overhead, (bytes - bytes with no difference) / differences")
     if visit:
         print(f"\ndealer visit: car lacks the newest {visit['missing']:,} of {visit['n']:,} ops")
         print(f"  raw bytes of the missing ops (baseline) {visit['raw_bytes_missing']:>12,}")
