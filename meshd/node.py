@@ -452,7 +452,10 @@ class Node:
             return
         if pkt.hop_limit <= 1:
             if pkt.service == Service.PING:
-                self.pinger.time_exceeded(pkt)
+                try:
+                    self.pinger.time_exceeded(pkt)
+                except RemoteProtocolError as exc:
+                    self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
             else:
                 self.drops.drop("hop_limit", short_id(peer))
             return

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshd.channels import Channel
+from meshd.codec import pack
 from meshd.config import Config
 from meshd.fragment import split
 from meshd.identity import Identity
@@ -80,3 +81,13 @@ def test_memory_stays_bounded_under_a_flood_of_garbage(tmp_path: Path) -> None:
     assert node._reassembler.buffered_bytes <= 4 * 1024 * 1024
     assert current - baseline < 8 * 1024 * 1024, (baseline, current)
     assert sum(node.drop_counts().values()) > 10_000
+
+
+def test_malformed_probe_whose_hop_limit_ran_out_is_dropped_not_raised(tmp_path: Path) -> None:
+    """A ping with hop limit 1 addressed elsewhere is answered 'time exceeded' — unless garbage."""
+    node = _node(tmp_path)
+    elsewhere = bytes(range(16))
+    for payload in (b"", b"\xc1", pack({"k": 7}), pack({"k": "req", "id": "x"})):
+        pkt = MeshPacket(PEER, elsewhere, 1, Service.PING, 0, payload)
+        node.datagram_received(PEER, bytes([Channel.PACKET]) + pkt.encode())
+    assert node.drop_counts().get("malformed", 0) + node.drop_counts().get("type", 0) >= 2
