@@ -33,15 +33,34 @@ then follows that order (see ``sync.service``).
 
 Encoding (all integers are unsigned LEB128 varints)::
 
-    message := 0x61 section*
-    section := len(ns) ns n_ranges range*
+    message := 0x61 section+
+    section := len(ns) ns n_ranges range+
     range   := bound mode payload
-    bound   := ts_code prefix_len prefix     ts_code 0 = infinity, else 1 + ts - previous ts
+    bound   := ts_code prefix_len prefix
+               ts_code 0 = infinity (prefix_len 0), else 1 + ts - ts of the previous
+               finite bound of the section (0 before the first); the prefix is the
+               shortest id prefix that separates the neighbouring items (negentropy's
+               minimal bound)
+    payload := SKIP: nothing | FINGERPRINT: 16 bytes | IDLIST: count, count x 16 bytes
+             | IDLIST_REPLY: count, ceil(count / 8) bytes of bitmap (bit j of byte
+               j // 8 = the j-th listed id is lacking), pushed count
+
+Limits (a message that breaks one is refused whole with ``DecodeError`` and
+changes nothing): at most ``MAX_MESSAGE_SIZE`` bytes; at least one section
+and at most ``MAX_NAMESPACES``, each namespace once, its name an ASCII
+identifier of at most ``MAX_NS_LEN`` bytes; at least one range per section;
+bounds strictly ascending, finite timestamps below 2**64, prefixes of at most
+32 bytes, nothing after the infinite bound; no repeated id in an id list; an
+id-list reply only over a range where we hold as many ids as it counts, with
+zero padding bits, announcing at most ``MAX_ANNOUNCED_PUSH`` ops; and a
+session answers at most a few more messages than an honest exchange of 2**48
+ops needs (``max_rounds``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +79,11 @@ __all__ = [
 PROTOCOL_VERSION = 0x61
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 MAX_NS_LEN = 32
+#: sections per message (and namespaces per reconciler)
+MAX_NAMESPACES = 32
+#: an id-list reply announcing more pushes than this is refused (progress only; no store
+#: holds that many)
+MAX_ANNOUNCED_PUSH = 2**32
 FINGERPRINT_LEN = 16
 DEFAULT_BUCKETS = 16
 #: ranges with at most this many of our items are sent as id lists, not split further
@@ -71,10 +95,13 @@ DEFAULT_IDLIST_THRESHOLD = 64
 ID_PREFIX_LEN = 16
 _INF_TS = 2**64
 _MOD = 2**256
+#: sessions are sized for sets of up to 2**48 ops (see ``Reconciler.max_rounds``)
+_MAX_SET_BITS = 48
 
 SKIP, FINGERPRINT, IDLIST, IDLIST_REPLY = 0, 1, 2, 3
 
 Bound = tuple[int, bytes]
+Range = tuple[Bound, int, bytes]
 _INF: Bound = (_INF_TS, b"")
 _ZERO: Bound = (0, b"")
 
@@ -131,6 +158,9 @@ class RangeSet:
         return self._keys[i]
 
 
+_EMPTY = RangeSet(())
+
+
 def _minimal_bound(prev: tuple[int, bytes], curr: tuple[int, bytes]) -> Bound:
     """The shortest bound above ``prev`` and at or below ``curr`` (negentropy's getMinimalBound)."""
     if curr[0] != prev[0]:
@@ -152,6 +182,9 @@ class _Reader:
     def done(self) -> bool:
         return self.pos >= len(self.data)
 
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
     def varint(self) -> int:
         n = shift = 0
         while True:
@@ -171,29 +204,48 @@ class _Reader:
         self.pos += n
         return out
 
+    def bound(self, last_ts: int) -> tuple[Bound, int]:
+        """Read a bound; return it and the timestamp the next one is delta-coded from."""
+        code = self.varint()
+        plen = self.varint()
+        if plen > OP_ID_LEN:
+            raise DecodeError("field", "bound prefix")
+        prefix = self.take(plen)
+        if code == 0:
+            if plen:
+                raise DecodeError("field", "infinite bound with a prefix")
+            return _INF, last_ts
+        ts = last_ts + code - 1
+        if ts >= _INF_TS:
+            raise DecodeError("field", "bound timestamp")
+        return (ts, prefix), ts
+
+
+def _encode_section(ns: str, ranges: list[Range]) -> bytes:
+    out = bytearray()
+    name = ns.encode()
+    out += _varint(len(name)) + name + _varint(len(ranges))
+    last_ts = 0
+    for (ts, prefix), mode, payload in ranges:
+        if ts >= _INF_TS:
+            out += b"\x00"
+        else:
+            out += _varint(1 + ts - last_ts)
+            last_ts = ts
+        out += _varint(len(prefix)) + prefix + _varint(mode) + payload
+    return bytes(out)
+
 
 @dataclass(slots=True)
 class _Writer:
     sections: list[bytes] = field(default_factory=list)
 
-    def section(self, ns: str, ranges: list[tuple[Bound, int, bytes]]) -> None:
+    def section(self, ns: str, ranges: list[Range]) -> None:
         # drop trailing skips: the rest of a section is implicitly skipped
         while ranges and ranges[-1][1] == SKIP:
             ranges.pop()
-        if not ranges:
-            return
-        out = bytearray()
-        name = ns.encode()
-        out += _varint(len(name)) + name + _varint(len(ranges))
-        last_ts = 0
-        for (ts, prefix), mode, payload in ranges:
-            if ts >= _INF_TS:
-                out += b"\x00"
-            else:
-                out += _varint(1 + ts - last_ts)
-                last_ts = ts
-            out += _varint(len(prefix)) + prefix + _varint(mode) + payload
-        self.sections.append(bytes(out))
+        if ranges:
+            self.sections.append(_encode_section(ns, ranges))
 
     def message(self) -> bytes | None:
         if not self.sections:
@@ -201,8 +253,16 @@ class _Writer:
         return bytes([PROTOCOL_VERSION]) + b"".join(self.sections)
 
 
-def _add_range(ranges: list[tuple[Bound, int, bytes]], bound: Bound, mode: int,
-               payload: bytes) -> None:
+@dataclass(slots=True)
+class _Found:
+    """What one section of a message taught us; applied only once the whole message parsed."""
+
+    have: list[bytes] = field(default_factory=list)
+    need: list[bytes] = field(default_factory=list)
+    expected: int = 0
+
+
+def _add_range(ranges: list[Range], bound: Bound, mode: int, payload: bytes) -> None:
     if mode == SKIP and ranges and ranges[-1][1] == SKIP:
         ranges[-1] = (bound, SKIP, b"")  # coalesce neighbouring skips
     else:
@@ -221,6 +281,8 @@ class Reconciler:
         self._threshold = idlist_threshold
         order = {ns: i for i, ns in enumerate(NAMESPACE_PRIORITY)}
         names = set(NAMESPACE_PRIORITY) | set(self._sets)
+        if len(names) > MAX_NAMESPACES:
+            raise ValueError(f"at most {MAX_NAMESPACES} namespaces")
         self.namespaces: list[str] = sorted(names, key=lambda n: (order.get(n, len(order)), n))
         #: per namespace, ids we hold that the peer lacks (push them)
         self.have: dict[str, list[bytes]] = {}
@@ -228,7 +290,12 @@ class Reconciler:
         self.need: dict[str, list[bytes]] = {}
         #: per namespace, how many ops the peer announced it will push that are not in ``need``
         self.expected: dict[str, int] = {}
+        #: messages received and accepted so far
         self.rounds = 0
+        #: messages this side accepts in a session: each split divides a side's count in a
+        #: range by ``buckets`` at least every second message, so an honest exchange over
+        #: sets of up to 2**48 ops fits with room to spare; a peer that goes on is refused
+        self.max_rounds = 4 + math.ceil(_MAX_SET_BITS / math.log2(buckets))
 
     def incoming(self) -> int:
         """How many ops this session will bring us (known ids plus announced pushes)."""
@@ -239,33 +306,26 @@ class Reconciler:
         return sum(len(v) for v in self.have.values())
 
     def _set(self, ns: str) -> RangeSet:
-        s = self._sets.get(ns)
-        if s is None:
-            s = self._sets[ns] = RangeSet(())
-        return s
+        return self._sets.get(ns, _EMPTY)
 
     def initiate(self) -> bytes:
         """The first message: one fingerprint per namespace (an empty id list when empty)."""
-        w = _Writer()
+        sections = []
         for ns in self.namespaces:
             s = self._set(ns)
-            ranges: list[tuple[Bound, int, bytes]] = []
-            self._split_or_list(s, 0, len(s), _INF, ranges, split=False)
-            w.section(ns, ranges)
-        msg = w.message()
-        assert msg is not None
-        return msg
+            if len(s):
+                ranges: list[Range] = [(_INF, FINGERPRINT, s.fingerprint(0, len(s)))]
+            else:
+                ranges = [(_INF, IDLIST, _varint(0))]
+            sections.append(_encode_section(ns, ranges))
+        return bytes([PROTOCOL_VERSION]) + b"".join(sections)
 
     def _idlist(self, s: RangeSet, lo: int, hi: int) -> bytes:
         return _varint(hi - lo) + b"".join(i[:ID_PREFIX_LEN] for i in s.ids(lo, hi))
 
     def _split_or_list(self, s: RangeSet, lo: int, hi: int, upper: Bound,
-                       ranges: list[tuple[Bound, int, bytes]], *, split: bool = True) -> None:
+                       ranges: list[Range]) -> None:
         n = hi - lo
-        if not split and n:
-            # the opening message: one fingerprint, so that no difference costs a few bytes
-            _add_range(ranges, upper, FINGERPRINT, s.fingerprint(lo, hi))
-            return
         if n <= self._threshold:
             _add_range(ranges, upper, IDLIST, self._idlist(s, lo, hi))
             return
@@ -282,17 +342,23 @@ class Reconciler:
     def receive(self, msg: bytes) -> bytes | None:
         """Process a peer's message; return the reply, or ``None`` when reconciliation is done.
 
-        Raises ``DecodeError`` for a malformed or inconsistent message.
+        Raises ``DecodeError`` for a malformed, oversized or inconsistent message, which then
+        leaves this reconciler as it was (see the limits in the module docstring).
         """
         if len(msg) > MAX_MESSAGE_SIZE:
             raise DecodeError("oversize", f"reconcile message of {len(msg)} bytes")
+        if self.rounds >= self.max_rounds:
+            raise DecodeError("state", f"reconciliation past {self.max_rounds} messages")
         r = _Reader(bytes(msg))
         if r.done() or r.take(1)[0] != PROTOCOL_VERSION:
             raise DecodeError("version", "reconcile protocol version")
-        self.rounds += 1
+        if r.done():
+            raise DecodeError("field", "no namespace")
         w = _Writer()
-        seen: set[str] = set()
+        found: dict[str, _Found] = {}
         while not r.done():
+            if len(found) >= MAX_NAMESPACES:
+                raise DecodeError("field", "too many namespaces")
             name_len = r.varint()
             if name_len > MAX_NS_LEN:
                 raise DecodeError("field", "namespace name too long")
@@ -300,34 +366,28 @@ class Reconciler:
                 ns = r.take(name_len).decode("ascii")
             except UnicodeDecodeError:
                 raise DecodeError("field", "namespace name") from None
-            if ns in seen or not ns.isidentifier():
+            if ns in found or not ns.isidentifier():
                 raise DecodeError("field", "duplicate or bad namespace")
-            seen.add(ns)
-            w.section(ns, self._receive_section(ns, r))
+            found[ns] = _Found()
+            w.section(ns, self._receive_section(self._set(ns), r, found[ns]))
+        for ns, f in found.items():
+            self.have.setdefault(ns, []).extend(f.have)
+            self.need.setdefault(ns, []).extend(f.need)
+            if f.expected:
+                self.expected[ns] = self.expected.get(ns, 0) + f.expected
+        self.rounds += 1
         return w.message()
 
-    def _receive_section(self, ns: str, r: _Reader) -> list[tuple[Bound, int, bytes]]:
-        s = self._set(ns)
-        have = self.have.setdefault(ns, [])
-        need = self.need.setdefault(ns, [])
-        out: list[tuple[Bound, int, bytes]] = []
+    def _receive_section(self, s: RangeSet, r: _Reader, found: _Found) -> list[Range]:
+        out: list[Range] = []
         n_ranges = r.varint()
-        if n_ranges > len(r.data):
+        if n_ranges == 0 or n_ranges > r.left() // 3:  # a range takes 3 bytes at least
             raise DecodeError("field", "range count")
         prev_bound = _ZERO
         last_ts = 0
         for _ in range(n_ranges):
-            code = r.varint()
-            if code == 0:
-                ts = _INF_TS
-            else:
-                ts = last_ts + code - 1
-                last_ts = ts
-            plen = r.varint()
-            if plen > OP_ID_LEN:
-                raise DecodeError("field", "bound prefix")
-            bound: Bound = (ts, r.take(plen)) if ts < _INF_TS else _INF
-            if bound < prev_bound:
+            bound, last_ts = r.bound(last_ts)
+            if bound <= prev_bound:
                 raise DecodeError("field", "bounds not ascending")
             lo, hi = s.index(prev_bound), s.index(bound)
             mode = r.varint()
@@ -341,20 +401,22 @@ class Reconciler:
                     self._split_or_list(s, lo, hi, bound, out)
             elif mode == IDLIST:
                 count = r.varint()
-                if count * ID_PREFIX_LEN > len(r.data) - r.pos:
+                if count * ID_PREFIX_LEN > r.left():
                     raise DecodeError("field", "id count")
                 their_ids = [r.take(ID_PREFIX_LEN) for _ in range(count)]
+                their_set = set(their_ids)
+                if len(their_set) != count:
+                    raise DecodeError("field", "repeated id in an id list")
                 mine = s.ids(lo, hi)
                 mine_set = {i[:ID_PREFIX_LEN] for i in mine}
-                their_set = set(their_ids)
                 pushing = [i for i in mine if i[:ID_PREFIX_LEN] not in their_set]
-                have.extend(pushing)
+                found.have.extend(pushing)
                 bits = bytearray((count + 7) // 8)
                 wanted = False
                 for j, op_id in enumerate(their_ids):
                     if op_id not in mine_set:
                         bits[j >> 3] |= 1 << (j & 7)
-                        need.append(op_id)
+                        found.need.append(op_id)
                         wanted = True
                 if wanted or pushing:
                     _add_range(out, bound, IDLIST_REPLY,
@@ -366,9 +428,15 @@ class Reconciler:
                 if count != hi - lo:
                     raise DecodeError("field", "id list reply does not match our list")
                 flags = r.take((count + 7) // 8)
+                if count & 7 and flags[-1] >> (count & 7):
+                    raise DecodeError("field", "id list reply padding")
+                announced = r.varint()
+                if announced > MAX_ANNOUNCED_PUSH:
+                    raise DecodeError("field", "announced push count")
                 mine = s.ids(lo, hi)
-                have.extend(op_id for j, op_id in enumerate(mine) if flags[j >> 3] >> (j & 7) & 1)
-                self.expected[ns] = self.expected.get(ns, 0) + r.varint()
+                found.have.extend(op_id for j, op_id in enumerate(mine)
+                                  if flags[j >> 3] >> (j & 7) & 1)
+                found.expected += announced
                 _add_range(out, bound, SKIP, b"")
             else:
                 raise DecodeError("field", f"range mode {mode}")
