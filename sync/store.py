@@ -62,16 +62,24 @@ log = logging.getLogger(__name__)
 #: called after a commit with the ops it applied, in causal order per author
 Subscriber = Callable[[Sequence[Op]], Awaitable[None] | None]
 
-_SCHEMA = """
+#: ``PRAGMA user_version`` of the layout below (0: ops was a WITHOUT ROWID table keyed by op_id)
+SCHEMA_VERSION = 1
+#: ops is a rowid table: rows (with the raw op) are appended in arrival order, and only the
+#: small index entries land on random pages (a table keyed by the random op id rewrote a
+#: page of raw ops per insert and cost twice as much per op)
+_OPS_TABLE = """
 CREATE TABLE IF NOT EXISTS ops (
-    op_id BLOB PRIMARY KEY, ns TEXT NOT NULL, kind TEXT NOT NULL, doc_id BLOB NOT NULL,
+    op_id BLOB NOT NULL UNIQUE, ns TEXT NOT NULL, kind TEXT NOT NULL, doc_id BLOB NOT NULL,
     author BLOB NOT NULL, seq INTEGER NOT NULL, hlc INTEGER NOT NULL, expiry_ms INTEGER,
     raw BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ops_ns_hlc ON ops(ns, hlc, op_id);
-CREATE INDEX IF NOT EXISTS ops_doc ON ops(doc_id, hlc);
-CREATE INDEX IF NOT EXISTS ops_author ON ops(author, seq);
-CREATE INDEX IF NOT EXISTS ops_expiry ON ops(expiry_ms) WHERE expiry_ms IS NOT NULL;
+)"""
+_OPS_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS ops_ns_hlc ON ops(ns, hlc, op_id)",
+    "CREATE INDEX IF NOT EXISTS ops_doc ON ops(doc_id, hlc)",
+    "CREATE INDEX IF NOT EXISTS ops_expiry ON ops(expiry_ms) WHERE expiry_ms IS NOT NULL",
+)
+_OPS_COLUMNS = "op_id, ns, kind, doc_id, author, seq, hlc, expiry_ms, raw"
+_SCHEMA = _OPS_TABLE + ";\n" + ";\n".join(_OPS_INDEXES) + """;
 CREATE TABLE IF NOT EXISTS authors (
     author BLOB PRIMARY KEY, head_seq INTEGER NOT NULL, head_id BLOB, head_hlc INTEGER NOT NULL,
     n_ops INTEGER NOT NULL, n_bytes INTEGER NOT NULL, quarantined TEXT
@@ -133,6 +141,38 @@ def _decode_portable(raws: Sequence[bytes]) -> list[Op | tuple[str, str]]:
     return [d if isinstance(d, Op) else (d.reason, d.detail) for d in _decode_batch(raws)]
 
 
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Move a version-0 ops table (WITHOUT ROWID, keyed by op_id) to the current layout.
+
+    One transaction: a crash part-way leaves the old table as it was.
+    """
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    async with db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ops'") as cur:
+        has_ops = await cur.fetchone() is not None
+    if not has_ops or (row is not None and row[0] >= SCHEMA_VERSION):
+        return
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute("ALTER TABLE ops RENAME TO ops_v0")
+        for name in ("ops_ns_hlc", "ops_doc", "ops_author", "ops_expiry"):
+            await db.execute(f"DROP INDEX IF EXISTS {name}")
+        await db.execute(_OPS_TABLE)
+        await db.execute(f"INSERT INTO ops ({_OPS_COLUMNS}) "
+                         f"SELECT {_OPS_COLUMNS} FROM ops_v0 ORDER BY hlc, op_id")
+        await db.execute("DROP TABLE ops_v0")
+        for sql in _OPS_INDEXES:
+            await db.execute(sql)
+        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            await asyncio.shield(db.execute("ROLLBACK"))
+        raise
+    log.info("op store migrated to schema version %d", SCHEMA_VERSION)
+
+
 class OpStore:
     """The durable, verified op set of one node (one SQLite file, WAL); open with ``OpStore.open``."""
 
@@ -172,7 +212,9 @@ class OpStore:
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
+            await _migrate(db)
             await db.executescript(_SCHEMA)
+            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             store = cls(db, wall_clock=wall_clock, authorizers=authorizers,
                         quotas=quotas or Quotas())
             if verify_workers > 0:
@@ -553,8 +595,7 @@ class OpStore:
         try:
             await self._db.execute("BEGIN IMMEDIATE")
             await self._db.executemany(
-                "INSERT INTO ops (op_id, ns, kind, doc_id, author, seq, hlc, expiry_ms, raw) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO ops ({_OPS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(o.op_id, o.namespace, o.kind, o.doc_id, o.author, o.seq, o.hlc, o.expiry_ms,
                   o.raw) for o in apply])
             await self._db.executemany(

@@ -205,3 +205,50 @@ async def test_verification_in_worker_processes_keeps_refusal_reasons(tmp_path: 
         assert len(r.applied) == 35 and s.author_head(ops[0].author) == (40, ops[-1].op_id)
     finally:
         await s.close()
+
+
+async def test_version_0_database_is_migrated_on_open(tmp_path: Any) -> None:
+    import sqlite3
+
+    from tests.sync.conftest import allow_all
+
+    key = Ed25519PrivateKey.generate()
+    ops = chain(key, 3, start_hlc=HLC0, body=b"\x80" * 10)
+    db = tmp_path / "v0.db"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE ops (op_id BLOB PRIMARY KEY, ns TEXT NOT NULL, kind TEXT NOT NULL,
+            doc_id BLOB NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
+            hlc INTEGER NOT NULL, expiry_ms INTEGER, raw BLOB NOT NULL) WITHOUT ROWID;
+        CREATE INDEX ops_ns_hlc ON ops(ns, hlc, op_id);
+        CREATE INDEX ops_doc ON ops(doc_id, hlc);
+        CREATE INDEX ops_author ON ops(author, seq);
+        CREATE INDEX ops_expiry ON ops(expiry_ms) WHERE expiry_ms IS NOT NULL;
+        CREATE TABLE authors (author BLOB PRIMARY KEY, head_seq INTEGER NOT NULL, head_id BLOB,
+            head_hlc INTEGER NOT NULL, n_ops INTEGER NOT NULL, n_bytes INTEGER NOT NULL,
+            quarantined TEXT) WITHOUT ROWID;
+    """)
+    con.executemany("INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(o.op_id, o.namespace, o.kind, o.doc_id, o.author, o.seq, o.hlc,
+                      o.expiry_ms, o.raw) for o in ops[:2]])
+    con.execute("INSERT INTO authors VALUES (?, 2, ?, ?, 2, ?, NULL)",
+                (ops[0].author, ops[1].op_id, ops[1].hlc, len(ops[0].raw) + len(ops[1].raw)))
+    con.commit()
+    con.close()
+    for held in (2, 3):  # migrated once, then opened as it is
+        s = await OpStore.open(db, wall_clock=lambda: WALL_S, authorizers={"library": allow_all})
+        try:
+            assert len(s) == held and await s.get(ops[1].op_id) == ops[1]
+            assert await s.integrity_check() == "ok"
+            r = await s.apply_remote([ops[2].raw])
+            assert r.acked == (ops[2].op_id,)
+            assert await s.ops_for_doc(ops[0].doc_id) == ops
+        finally:
+            await s.close()
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        assert "ops_v0" not in names and "ops_author" not in names
+    finally:
+        con.close()
