@@ -25,6 +25,21 @@ lacks itself (flagged in an ``IDLIST_REPLY``); on the reply the original
 sender learns what to push.  Unlike negentropy's v1, the id list is therefore
 never echoed back: the bytes saved go straight into the op transfer.
 
+The opening is recency-aware.  Differences are usually recent (a car that was
+away misses the newest ops), so instead of one fingerprint over the whole set
+the initiator sends, per namespace, the ids of its newest ``OPENING_TAIL_IDS``
+ops, then fingerprints of ranges ``OPENING_GROWTH`` times longer each going
+back in time (newest 8 as ids, then ranges of 24, 96, 384, ... ops), and one
+fingerprint over the older rest.  A difference among the newest few ops is
+settled in one round trip (the peer answers the id list with a bitmap), and a
+deeper recent one is located in the first round trip instead of after two or
+three levels of splitting.  The whole opening stays within ``OPENING_BUDGET``
+bytes (each namespace, in priority order, gets an equal share of what the ones
+before it left; a namespace's detail is cut back from the coarse end, then the
+tail), so a check that finds nothing is still one round trip of a few hundred
+bytes.  This is the initiator's choice alone: the receiver answers any valid
+range list the same way, and nothing on the wire marks an opening.
+
 Both sides run the same code; the initiator only starts.  Reconciliation is
 finished when a side has nothing but skips to say (``receive`` returns
 ``None``).  Namespaces travel in the same messages, in ``NAMESPACE_PRIORITY``
@@ -72,6 +87,7 @@ __all__ = [
     "DEFAULT_BUCKETS",
     "DEFAULT_IDLIST_THRESHOLD",
     "MAX_MESSAGE_SIZE",
+    "OPENING_BUDGET",
     "RangeSet",
     "Reconciler",
 ]
@@ -88,6 +104,12 @@ FINGERPRINT_LEN = 16
 DEFAULT_BUCKETS = 16
 #: ranges with at most this many of our items are sent as id lists, not split further
 DEFAULT_IDLIST_THRESHOLD = 64
+#: the opening message, all namespaces together, stays within this many bytes when it can
+OPENING_BUDGET = 448
+#: the opening lists the ids of up to this many of a namespace's newest ops ...
+OPENING_TAIL_IDS = 8
+#: ... and fingerprints ranges this many times longer each, back from the newest end
+OPENING_GROWTH = 4
 #: id lists carry the first 16 bytes of each op id.  Nothing is ever requested by id
 #: (each side pushes what the other lacks), so a prefix only has to tell ids apart: a
 #: chance collision is 2**-128 per pair, and crafting an op to shadow someone else's
@@ -309,16 +331,68 @@ class Reconciler:
         return self._sets.get(ns, _EMPTY)
 
     def initiate(self) -> bytes:
-        """The first message: one fingerprint per namespace (an empty id list when empty)."""
-        sections = []
-        for ns in self.namespaces:
-            s = self._set(ns)
-            if len(s):
-                ranges: list[Range] = [(_INF, FINGERPRINT, s.fingerprint(0, len(s)))]
-            else:
-                ranges = [(_INF, IDLIST, _varint(0))]
-            sections.append(_encode_section(ns, ranges))
+        """The first message: per namespace, a recency-aware cut of the set (see ``_opening``).
+
+        The whole message stays within ``OPENING_BUDGET`` bytes when it can: each namespace,
+        in priority order, gets an equal share of what the ones before it left over.
+        """
+        left = OPENING_BUDGET - 1
+        sections: list[bytes] = []
+        for i, ns in enumerate(self.namespaces):
+            section = self._opening(ns, left // (len(self.namespaces) - i))
+            left -= len(section)
+            sections.append(section)
         return bytes([PROTOCOL_VERSION]) + b"".join(sections)
+
+    def _opening(self, ns: str, share: int) -> bytes:
+        """The opening section of ``ns``, with as much recency detail as fits in ``share`` bytes.
+
+        Detail grows in this order: the ids of the newest 1, 2, ... ``OPENING_TAIL_IDS`` ops,
+        then fingerprints of ranges ``OPENING_GROWTH`` times longer each, from the newest end
+        back; one fingerprint always covers the older rest.  The least detail (one
+        fingerprint, or an empty id list for an empty set) is sent even over the share.
+        """
+        s = self._set(ns)
+        best = _encode_section(ns, self._opening_ranges(s, 0, 0))
+        plans = [(t, 0) for t in range(1, min(len(s), OPENING_TAIL_IDS) + 1)]
+        plans += [(OPENING_TAIL_IDS, c) for c in range(1, 64)]
+        last_count = 0
+        for tail, cuts in plans:
+            ranges = self._opening_ranges(s, tail, cuts)
+            if cuts and len(ranges) == last_count:
+                break  # no further cut fits inside the set
+            last_count = len(ranges)
+            section = _encode_section(ns, ranges)
+            if len(section) > share:
+                break
+            best = section
+        return best
+
+    def _opening_ranges(self, s: RangeSet, tail: int, cuts: int) -> list[Range]:
+        """Ranges of ``s``: the newest ``tail`` items as ids, ``cuts`` geometric fingerprints."""
+        n = len(s)
+        if n == 0:
+            return [(_INF, IDLIST, _varint(0))]
+        if tail == 0:
+            return [(_INF, FINGERPRINT, s.fingerprint(0, n))]
+        starts = [max(0, n - tail)]
+        depth = tail
+        for _ in range(cuts):
+            depth *= OPENING_GROWTH
+            if depth >= n:
+                break
+            starts.append(n - depth)
+        if starts[-1] > 0:
+            starts.append(0)
+        starts.reverse()
+        ranges: list[Range] = []
+        for lo, hi in zip(starts, [*starts[1:], n], strict=True):
+            if hi == n:
+                ranges.append((_INF, IDLIST, self._idlist(s, lo, hi)))
+            else:
+                bound = _minimal_bound(s.key(hi - 1), s.key(hi))
+                ranges.append((bound, FINGERPRINT, s.fingerprint(lo, hi)))
+        return ranges
 
     def _idlist(self, s: RangeSet, lo: int, hi: int) -> bytes:
         return _varint(hi - lo) + b"".join(i[:ID_PREFIX_LEN] for i in s.ids(lo, hi))

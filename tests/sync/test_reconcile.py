@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
@@ -9,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshd.errors import DecodeError
-from sync.reconcile import RangeSet, Reconciler
-from tests.sync.helpers import all_ids, make_items, run_session
+from sync.envelope import NAMESPACE_PRIORITY
+from sync.reconcile import OPENING_BUDGET, OPENING_TAIL_IDS, RangeSet, Reconciler
+from tests.sync.helpers import Outcome, all_ids, make_items, run_session
 
 
 def _check(items_a: list[tuple[int, bytes]], items_b: list[tuple[int, bytes]], **kw: int) -> None:
@@ -101,3 +103,85 @@ def test_random_bytes_never_raise_anything_but_decode_error(data: bytes) -> None
         r.receive(b"\x61" + data)
     except DecodeError:
         pass
+
+
+# --- recency-aware opening -------------------------------------------------------------------
+
+def _newest_first(n: int, seed: int) -> list[tuple[int, bytes]]:
+    """``n`` items with distinct, realistic hlcs ((ms << 16) | counter), sorted oldest first."""
+    rng = random.Random(seed)
+    ms, out = 1_800_000_000_000, []
+    for i in range(n):
+        ms += rng.randrange(1, 60_000)
+        out.append(((ms << 16) | rng.randrange(4), hashlib.sha256(b"r%d" % i).digest()))
+    return out
+
+
+def _total(out: Outcome) -> int:
+    return out.bytes_a_to_b + out.bytes_b_to_a
+
+
+@pytest.mark.parametrize("missing_at", ["initiator", "responder"])
+@pytest.mark.parametrize("depth", [1, 2, OPENING_TAIL_IDS])
+def test_one_recent_difference_is_one_round_trip_and_under_64_bytes(missing_at: str,
+                                                                     depth: int) -> None:
+    items = _newest_first(20_000, seed=10)
+    lacking = items[:-depth] + items[len(items) - depth + 1:]
+    a, b = (lacking, items) if missing_at == "initiator" else (items, lacking)
+    none = run_session(items, list(items))
+    one = run_session(a, b)
+    assert one.round_trips == 1
+    assert _total(one) - _total(none) <= 64
+    _check(a, b)
+
+
+def test_a_hundred_recent_differences_cost_under_64_bytes_each() -> None:
+    items = _newest_first(20_000, seed=11)
+    newest = items[-200:]
+    pick = random.Random(12).sample(range(200), 100)
+    only_a = {newest[j] for j in pick[:50]}
+    only_b = {newest[j] for j in pick[50:]}
+    a = [i for i in items if i not in only_b]
+    b = [i for i in items if i not in only_a]
+    none = run_session(items, list(items))
+    out = run_session(a, b)
+    assert out.round_trips <= 2
+    assert (_total(out) - _total(none)) / 100 <= 64
+    _check(a, b)
+
+
+@pytest.mark.parametrize("depth", [9, 30, 100, 1000, 5000, 19_000])
+def test_a_single_older_difference_is_found_in_three_round_trips(depth: int) -> None:
+    items = _newest_first(20_000, seed=13)
+    lacking = items[:-depth] + items[len(items) - depth + 1:]
+    out = run_session(items, lacking)
+    assert out.round_trips <= 3
+    assert all_ids(out.a, "have") == [items[-depth][1]]
+
+
+def test_catch_up_of_the_newest_ops_is_one_round_trip() -> None:
+    # the dealer-visit shape: the initiator lacks the newest 1,000 ops of the responder
+    items = _newest_first(20_000, seed=14)
+    out = run_session(items[:-1000], items)
+    assert out.round_trips == 1
+    assert len(all_ids(out.b, "have")) == 1000
+    assert out.a.incoming() == 1000
+    assert _total(out) <= 2 * OPENING_BUDGET
+
+
+def test_opening_fits_the_budget_with_every_namespace_full() -> None:
+    items = {ns: sorted(make_items(random.Random(i), 5000, tag=ns.encode(), hlc_span=2**50))
+             for i, ns in enumerate(NAMESPACE_PRIORITY)}
+    sets = {ns: RangeSet(v) for ns, v in items.items()}
+    opening = Reconciler(sets).initiate()
+    assert len(opening) <= OPENING_BUDGET
+    assert Reconciler(sets).receive(opening) is None  # no difference: one message
+    # a difference at the newest end of any namespace still settles in one round trip
+    for ns, v in items.items():
+        initiator = Reconciler(sets)
+        peer = Reconciler({**sets, ns: RangeSet(v[:-1])})
+        reply = peer.receive(initiator.initiate())
+        assert reply is not None
+        assert initiator.receive(reply) is None
+        assert all_ids(initiator, "have") == [v[-1][1]]
+        assert peer.incoming() == 1
