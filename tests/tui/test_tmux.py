@@ -43,6 +43,8 @@ def test_meshctl_tui_in_tmux(star: Cluster) -> None:
     cmd = " ".join(shlex.quote(a) for a in
                    [*MESHCTL, "--state-dir", str(star["alpha"].state_dir), "tui"])
     env = dict(os.environ, LANG="C.UTF-8", LC_ALL="C.UTF-8", TERM="xterm-256color")
+    for var in ("COLUMNS", "LINES", "TMUX"):  # pytest-xdist sets 80x24: the pane's size must rule
+        env.pop(var, None)
     try:
         subprocess.run([TMUX or "tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d",
                         "-s", "tui", "-x", "120", "-y", "40",
