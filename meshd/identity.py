@@ -52,6 +52,7 @@ __all__ = [
     "SeqnoFile",
     "node_id_of",
     "short_id",
+    "write_private",
 ]
 
 NodeId = bytes  # 16 bytes
@@ -94,8 +95,9 @@ def _raw_priv(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600 (fsync, then rename)."""
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with mode 0600 (fsync the file, rename, fsync the
+    directory): after a crash the file holds the old or the new bytes, never a mix."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -150,7 +152,7 @@ class Identity:
                 X25519PrivateKey.from_private_bytes(f.bytes("x25519", size=32)),
             )
         ident = cls.generate()
-        _write_private(path, pack({"v": 1, "ed25519": _raw_priv(ident.signing_key),
+        write_private(path, pack({"v": 1, "ed25519": _raw_priv(ident.signing_key),
                                    "x25519": _raw_priv(ident.agreement_key)}))
         return ident
 
@@ -289,6 +291,6 @@ class SeqnoFile:
     def next(self, at_least: int = 0) -> int:
         """Reserve and return the next seqno (and at least ``at_least``); on disk before it returns."""
         value = max(self._last + 1, at_least)
-        _write_private(self._path, f"{value}\n".encode())
+        write_private(self._path, f"{value}\n".encode())
         self._last = value
         return value

@@ -20,14 +20,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshd import DEFAULT_PORT
 from meshd.errors import LocalProtocolError, VerificationError
-from meshd.identity import NODE_ID_LEN, NodeId, short_id
+from meshd.identity import NODE_ID_LEN, NodeId, short_id, write_private
 
 __all__ = ["PIN_FILE", "PinConflictError", "PinStore", "StaticPeer", "format_hostport",
            "parse_peer"]
@@ -134,24 +133,6 @@ def _key(host: str, port: int) -> str:
     return format_hostport(host, port)
 
 
-def _write_private_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically with mode 0600 (fsync the file, rename, fsync the directory)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 class PinStore:
     """Trust-on-first-use pins ``host:port -> NodeId``, persisted atomically as JSON (mode 0600)."""
 
@@ -190,7 +171,7 @@ class PinStore:
     def _save(self) -> None:
         doc = {"version": 1, "pins": {k: v.hex() for k, v in sorted(self._pins.items())}}
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private_text(self._path, json.dumps(doc, indent=1) + "\n")
+        write_private(self._path, (json.dumps(doc, indent=1) + "\n").encode())
 
     def get(self, host: str, port: int) -> NodeId | None:
         """The NodeId pinned for ``host:port``, or None when nothing is pinned there yet."""
