@@ -1,38 +1,15 @@
-"""A tiny op factory for library_replica tests: real Ed25519 keys, sync's field names.
-
-Not a model of sync's logic: it only builds envelope-shaped values so that the
-pure cores can be fed ops the way sync's store will feed them.
+"""A tiny op factory for library_replica tests: authors with real Ed25519 keys numbering their
+own ops, signed by sync's own ``create_op`` so the pure cores see exactly what the store feeds.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from meshd.codec import pack
-
-
-@dataclass(frozen=True, slots=True)
-class TestOp:
-    __test__ = False  # not a pytest class
-
-    op_id: bytes
-    kind: str
-    doc_id: bytes
-    author: bytes
-    seq: int
-    prev: bytes | None
-    hlc: int
-    expiry_ms: int | None
-    body: bytes
-    sig: bytes
-
-    @property
-    def namespace(self) -> str:
-        return self.kind.split(".")[0]
+from sync.envelope import Op, create_op
 
 
 @dataclass(slots=True)
@@ -51,13 +28,14 @@ class Author:
         return self.key.sign(data)
 
     def op(self, kind: str, doc_id: bytes, body: bytes, hlc: int,
-           expiry_ms: int | None = None) -> TestOp:
+           expiry_ms: int | None = None) -> Op:
+        if expiry_ms is not None:  # ephemeral (bulletins, mail): outside the author's chain
+            return create_op(self.key, kind=kind, doc_id=doc_id, body=body, seq=0, prev=None,
+                             hlc=hlc, expiry_ms=expiry_ms)
         self.seq += 1
-        signed = pack([kind, doc_id, self.pub, self.seq, self.prev, hlc, expiry_ms, body])
-        sig = self.key.sign(signed)
-        op_id = hashlib.sha256(signed + sig).digest()
-        op = TestOp(op_id, kind, doc_id, self.pub, self.seq, self.prev, hlc, expiry_ms, body, sig)
-        self.prev = op_id
+        op = create_op(self.key, kind=kind, doc_id=doc_id, body=body, seq=self.seq,
+                       prev=self.prev, hlc=hlc)
+        self.prev = op.op_id
         return op
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from library_replica.bulletins import (
 )
 from library_replica.ops import Refused, encode_body, new_doc_id
 from meshd.codec import unpack
-from tests.library_replica.factory import Author, TestOp, hlc
+from sync.envelope import Op
+from tests.library_replica.factory import Author, hlc
 
 NOW = 1_790_000_000_000
 HOUR = 3600_000
@@ -37,7 +39,7 @@ def world(tmp_path: Path) -> tuple[Author, Author, BulletinBoard]:
 
 
 def _bulletin(who: Author, expires: int, *, issued: int = NOW, signer: Author | None = None,
-              envelope_expiry: int | None = None) -> TestOp:
+              envelope_expiry: int | None = None) -> Op:
     doc_id = new_doc_id(who.pub + expires.to_bytes(8, "big"))
     body = prepare_bulletin((signer or who).sign, who.pub, doc_id, title="避難指示",
                             text="川沿いの地区は北小学校へ避難してください。",
@@ -78,8 +80,7 @@ def test_expiry_is_inside_the_signed_body(world: tuple[Author, Author, BulletinB
     op = _bulletin(city, NOW + HOUR)
     fields = unpack(op.body, 1 << 16)
     fields["x"] = NOW + 20 * HOUR  # a relay extends the expiry
-    tampered = TestOp(op.op_id, op.kind, op.doc_id, op.author, op.seq, op.prev, op.hlc,
-                      NOW + 20 * HOUR, encode_body(fields), op.sig)
+    tampered = dataclasses.replace(op, expiry_ms=NOW + 20 * HOUR, body=encode_body(fields))
     with pytest.raises(Refused) as exc:
         board.authorize(tampered, NOW)
     assert exc.value.reason == "signature"
@@ -139,8 +140,7 @@ def test_trust_update_not_from_root_is_refused(
         board.trust.authorize(as_mallory, NOW)
     assert exc.value.reason == "not_root"
     # claiming the root as author does not help without the root's signature
-    as_root = TestOp(as_mallory.op_id, KIND_TRUST_UPDATE, doc_id, root.pub, 1, None, hlc(NOW),
-                     None, body, as_mallory.sig)
+    as_root = dataclasses.replace(as_mallory, author=root.pub, seq=1, prev=None)
     with pytest.raises(Refused) as exc:
         board.trust.authorize(as_root, NOW)
     assert exc.value.reason == "signature"

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from library_replica.documents import Applied, Library
 from library_replica.ops import new_doc_id
 from library_replica.text import is_boundary
-from tests.library_replica.factory import Author, TestOp, hlc
+from sync.envelope import Op
+from tests.library_replica.factory import Author, hlc
 
 SNIPPETS = ["避難", "給水所", "🚗", "👩\u200d👧", "e\u0301", "が", "EV", "、", "。\n", "充電"]
 
@@ -39,7 +40,7 @@ def test_concurrent_edits_converge(steps: list[tuple[str, int, int]], seed: int)
     rng = random.Random(seed)
     authors = [Author() for _ in range(3)]
     libs = [Library() for _ in range(3)]
-    held: list[dict[bytes, TestOp]] = [{} for _ in range(3)]
+    held: list[dict[bytes, Op]] = [{} for _ in range(3)]
     d = new_doc_id(seed.to_bytes(8, "big"))
     [p] = libs[0].prepare_create(authors[0].pub, collection="work", title="t", body="避難所")
     create = authors[0].op(p.kind, d, p.body, hlc(1))
