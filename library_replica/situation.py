@@ -110,6 +110,14 @@ def record_id(owner: bytes, kind: RecordKind | str) -> bytes:
         :DOC_ID_LEN]
 
 
+_HINTS: Mapping[_T, str] = {
+    _T.STR: "text", _T.INT: "a whole number >= 0", _T.NUMBER: "a number >= 0",
+    _T.BOOL: "true or false", _T.STR_LIST: 'a list of text (water,food or ["water"])',
+    _T.COUNTS: 'a map of counts ({"water": 20})',
+    _T.SAFETY: " | ".join(s.value for s in Safety),
+}
+
+
 def _check_value(name: str, t: _T | None, v: Any) -> Any:
     """Return ``v`` in canonical form, or raise ValueError."""
     if v is None:
@@ -141,7 +149,7 @@ def _check_value(name: str, t: _T | None, v: Any) -> Any:
             type(k) is str and 0 < len(k) <= 100 and type(n) is int and 0 <= n < 2**53
             for k, n in v.items()):
         return dict(v)
-    raise ValueError(f"{name}: expected {t.value}")
+    raise ValueError(f"{name}: expected {_HINTS[t]}")
 
 
 def _check_fields(kind: RecordKind, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,12 +195,24 @@ def authorize_situation(op: OpLike, wall_now_ms: int) -> None:
     _parse(op)
 
 
+
+
+def _from_user(kind: RecordKind, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """What a person typed, in the schema's types: ``water, food`` for a list of text."""
+    schema = SCHEMAS[kind]
+    out = dict(fields)
+    for name, v in fields.items():
+        if schema.get(name) is _T.STR_LIST and type(v) is str:
+            out[name] = [x.strip() for x in v.split(",") if x.strip()]
+    return out
+
+
 def prepare_set(owner: bytes, kind: RecordKind | str, fields: Mapping[str, Any]) -> tuple[
         bytes, bytes]:
     """(doc_id, body) of a ``situation.set`` op by ``owner``; ``None`` clears a field."""
     try:
         k = RecordKind(kind)
-        checked = _check_fields(k, fields)
+        checked = _check_fields(k, _from_user(k, fields))
     except ValueError as exc:
         raise LocalProtocolError(str(exc)) from None
     wire = {n: (list(v) if isinstance(v, tuple) else v) for n, v in checked.items()}

@@ -108,3 +108,19 @@ def test_records_listing_by_kind_newest_first() -> None:
     assert [r.owner for r in board.records("household")] == [b.pub, a.pub]
     assert len(list(board.records())) == 3
     assert {r.kind for r in board.of_owner(a.pub)} == {RecordKind.HOUSEHOLD, RecordKind.VEHICLE}
+
+
+def test_typed_text_from_a_person_becomes_a_list_and_errors_say_what_is_expected() -> None:
+    owner = Author()
+    _, body = prepare_set(owner.pub, "person", {"needs": "water, blankets,", "safety": "safe"})
+    op = owner.op(KIND_SET, record_id(owner.pub, "person"), body, hlc(1_790_000_000_000))
+    board = SituationBoard()
+    assert board.apply(op)
+    [rec] = board.records()
+    assert rec.fields["needs"] == ("water", "blankets")
+    with pytest.raises(LocalProtocolError) as exc:
+        prepare_set(owner.pub, "shelter", {"capacity": "lots"})
+    assert "capacity: expected a whole number" in str(exc.value)
+    with pytest.raises(LocalProtocolError) as exc:
+        prepare_set(owner.pub, "person", {"safety": "fine"})
+    assert "safe | needs_help" in str(exc.value)
