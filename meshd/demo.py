@@ -84,6 +84,8 @@ def _start_loopback(cluster: Cluster) -> None:
     for n in NAMES:
         peers = [x for m in sorted(want[n]) for x in ("--peer", f"127.0.0.1:{ports[m]}")]
         args = ["--listen", f"127.0.0.1:{ports[n]}", *peers]
+        if n == NAMES[-1]:
+            args += ["--auto-answer", "--answer-record", str(_recording(cluster))]
         say(f"  meshd --name {n} {' '.join(args)}")
         cluster.add(n, args)
 
@@ -131,11 +133,7 @@ def run(use_netns: bool, keep: bool) -> int:
                   fmt=lambda r: "\n".join(f"  {last}'s inbox: from {m['from_name']}: {m['text']}"
                                           for m in r["messages"]))
             _library_step(cluster, first, last)
-            if use_netns:
-                _call_step(cluster, first, last)
-            else:
-                step("(calls need addresses other than 127.0.0.1 for WebRTC: run as root for the "
-                     "namespace demo, which places a call)")
+            _call_step(cluster, first, last)
             if keep:
                 say("\nThe mesh keeps running; state dirs under " + str(cluster.root))
                 say("Press Ctrl-C to stop and clean up.")
