@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from meshd.control import ControlClient, ControlError, NoDaemon
 from meshd.errors import LocalProtocolError
@@ -66,6 +66,10 @@ class ExitCode(enum.IntEnum):
     NO_DAEMON = 3  #: nothing answering on the control socket
     UNREACHABLE = 4  #: the target is unreachable, unknown, or timed out
 
+
+#: the ``error.code`` of a --json error document for a failure found by meshctl itself
+_EXIT_NAME = {ExitCode.FAILED: "failed", ExitCode.USAGE: "usage", ExitCode.NO_DAEMON: "no_daemon",
+              ExitCode.UNREACHABLE: "unreachable", ExitCode.OK: "ok"}
 
 _CODE_EXIT = {
     "unreachable": ExitCode.UNREACHABLE,
@@ -131,6 +135,13 @@ class Output:
         """A diagnostic on stderr, prefixed with the program name."""
         print(f"meshctl: {text}", file=self.err, flush=True)
 
+    def fail(self, code: ExitCode, text: str) -> ExitCode:
+        """Report a local failure: stderr, plus an ``{"error": ...}`` document under --json."""
+        self.error(text)
+        if self.json:
+            self.document({"error": {"code": _EXIT_NAME[code], "message": text, "data": {}}})
+        return code
+
     def control_error(self, err: ControlError) -> ExitCode:
         """Report a control error (stderr; plus an ``{"error": ...}`` document under --json)."""
         self.error(err.message if err.code not in ("not_found", "unreachable", "timeout")
@@ -183,8 +194,7 @@ async def _fetch_list(client: ControlClient, out: Output, method: str, key: str,
     res = await client.call(method, params, timeout=timeout)
     items = res.get(key) if isinstance(res, dict) else None
     if not isinstance(items, list):
-        out.error(f"daemon sent a malformed {what}")
-        return ExitCode.FAILED
+        return out.fail(ExitCode.FAILED, f"daemon sent a malformed {what}")
     if out.json:
         out.document(res)
         return ExitCode.OK
@@ -251,8 +261,7 @@ async def _status(client: ControlClient, args: argparse.Namespace, out: Output) 
 
 def _show_status(st: Any, out: Output) -> int:
     if not isinstance(st, dict):
-        out.error("daemon sent a malformed status")
-        return ExitCode.FAILED
+        return out.fail(ExitCode.FAILED, "daemon sent a malformed status")
     ready = st.get("ready") is True
     if out.json:
         out.document(st)
@@ -300,8 +309,7 @@ async def _status_wait(args: argparse.Namespace, out: Output) -> int:
             break
         await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
     if isinstance(last, NoDaemon):
-        out.error(str(last))
-        return ExitCode.NO_DAEMON
+        return out.fail(ExitCode.NO_DAEMON, str(last))
     if isinstance(last, ControlError):
         return out.control_error(last)
     return _show_status(last_status, out)
@@ -412,8 +420,7 @@ async def _ping(client: ControlClient, args: argparse.Namespace, out: Output) ->
                 out.line(f"seq={seq}: {exc.code}: {exc.message}")
             else:
                 if not isinstance(r, dict) or not isinstance(r.get("rtt_ms"), int | float):
-                    out.error("daemon sent a malformed ping reply")
-                    return ExitCode.FAILED
+                    return out.fail(ExitCode.FAILED, "daemon sent a malformed ping reply")
                 node_id = r.get("node_id") if isinstance(r.get("node_id"), str) else node_id
                 name = r.get("name") if isinstance(r.get("name"), str) else name
                 reply = {"seq": seq, "rtt_ms": float(r["rtt_ms"]), "hops": r.get("hops")}
@@ -469,8 +476,7 @@ async def _send(client: ControlClient, args: argparse.Namespace, out: Output) ->
                                      "timeout": args.timeout},
                             timeout=args.timeout + PING_GRACE_S)
     if not isinstance(res, dict):
-        out.error("daemon sent a malformed send result")
-        return ExitCode.FAILED
+        return out.fail(ExitCode.FAILED, "daemon sent a malformed send result")
     if out.json:
         out.document(res)
     else:
@@ -542,15 +548,13 @@ def _traceroute_setup(p: argparse.ArgumentParser) -> None:
 @register("traceroute", "show the hops a packet takes to NODE", _traceroute_setup)
 async def _traceroute(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
     if args.max_hops > 64:
-        out.error("--max-hops is at most 64")
-        return ExitCode.USAGE
+        return out.fail(ExitCode.USAGE, "--max-hops is at most 64")
     res = await client.call("traceroute", {"node": args.node, "timeout": args.timeout,
                                            "max_hops": args.max_hops},
                             timeout=args.timeout * args.max_hops + PING_GRACE_S)
     hops = res.get("hops") if isinstance(res, dict) else None
     if not isinstance(hops, list):
-        out.error("daemon sent a malformed traceroute result")
-        return ExitCode.FAILED
+        return out.fail(ExitCode.FAILED, "daemon sent a malformed traceroute result")
     if out.json:
         out.document(res)
         return ExitCode.OK
@@ -615,8 +619,7 @@ async def _call(client: ControlClient, args: argparse.Namespace, out: Output) ->
                             timeout=CALL_START_TIMEOUT_S)
     call_id = res.get("call_id") if isinstance(res, dict) else None
     if not isinstance(call_id, str):
-        out.error("daemon sent a malformed call result")
-        return ExitCode.FAILED
+        return out.fail(ExitCode.FAILED, "daemon sent a malformed call result")
     out.line(f"calling {_str(res.get('peer_name') or None)} ({str(res.get('peer'))[:8]}), "
              f"call {call_id}")
     loop = asyncio.get_running_loop()
@@ -670,8 +673,7 @@ def _answer_setup(p: argparse.ArgumentParser) -> None:
 
 def _show_call(res: Any, out: Output, verb: str) -> int:
     if not isinstance(res, dict):
-        out.error("daemon sent a malformed call")
-        return ExitCode.FAILED
+        return out.fail(ExitCode.FAILED, "daemon sent a malformed call")
     if out.json:
         out.document(res)
     else:
@@ -731,8 +733,7 @@ async def _tui(client: ControlClient, args: argparse.Namespace, out: Output) -> 
     # restarts; this first connection only proved a daemon answers.
     await client.close()
     if out.json:
-        out.error("tui is interactive: it has no --json output")
-        return ExitCode.USAGE
+        return out.fail(ExitCode.USAGE, "tui is interactive: it has no --json output")
     from tui.app import run_console  # textual loads only for this command
 
     await run_console(args.socket_path)
@@ -745,8 +746,7 @@ async def _topology(client: ControlClient, args: argparse.Namespace, out: Output
     nodes = res.get("nodes") if isinstance(res, dict) else None
     links = res.get("links") if isinstance(res, dict) else None
     if not isinstance(nodes, list) or not isinstance(links, list):
-        out.error("daemon sent a malformed topology")
-        return ExitCode.FAILED
+        return out.fail(ExitCode.FAILED, "daemon sent a malformed topology")
     if out.json:
         out.document(res)
         return ExitCode.OK
@@ -780,8 +780,7 @@ async def _sync(client: ControlClient, args: argparse.Namespace, out: Output) ->
     res = await client.call("sync.status", timeout=CALL_TIMEOUT_S)
     peers = res.get("peers") if isinstance(res, dict) else None
     if not isinstance(peers, dict):
-        out.error("daemon sent a malformed sync status")
-        return ExitCode.FAILED
+        return out.fail(ExitCode.FAILED, "daemon sent a malformed sync status")
     if out.json:
         out.document(res)
         return ExitCode.OK
@@ -1012,12 +1011,10 @@ async def _situation(client: ControlClient, args: argparse.Namespace, out: Outpu
         for item in args.field:
             k, sep, v = item.partition("=")
             if not sep or not k:
-                out.error(f"--field {item!r}: expected K=V")
-                return ExitCode.USAGE
+                return out.fail(ExitCode.USAGE, f"--field {item!r}: expected K=V")
             fields[k] = _field_value(v)
         if not fields:
-            out.error("situation set needs at least one --field K=V")
-            return ExitCode.USAGE
+            return out.fail(ExitCode.USAGE, "situation set needs at least one --field K=V")
         res = await client.call("situation.set", {"kind": args.kind, "fields": fields},
                                 timeout=CALL_TIMEOUT_S)
         if out.json:
@@ -1119,9 +1116,20 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
                    **({"default": False} | d))
 
 
+class _UsageError(Exception):
+    """A command line argparse refused: ``(usage, message)`` of the parser that refused it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises on a usage error, so ``main`` can also answer it in JSON."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self.format_usage(), f"{self.prog}: error: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one sub-parser per registered command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="meshctl", description="Talk to a running meshd through its control socket.",
         epilog="exit codes: 0 success, 1 failed, 2 usage, 3 no daemon, 4 unreachable/timeout")
     _global_options(parser, suppress=False)
@@ -1140,8 +1148,7 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         client = await ControlClient.connect(args.socket_path, timeout=CONNECT_TIMEOUT_S)
     except NoDaemon as exc:
-        out.error(str(exc))
-        return ExitCode.NO_DAEMON
+        return out.fail(ExitCode.NO_DAEMON, str(exc))
     try:
         return await cmd.run(client, args, out)
     finally:
@@ -1153,25 +1160,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help exits 0, errors exit 2
+    except SystemExit as exc:  # argparse: --help exits 0
         return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    except _UsageError as exc:
+        usage, message = exc.args
+        sys.stderr.write(usage)
+        print(message, file=sys.stderr, flush=True)
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            Output(True).document({"error": {"code": "usage", "message": message, "data": {}}})
+        return ExitCode.USAGE
     out = Output(bool(args.json))
     if args.command is None:
         parser.print_usage(sys.stderr)
-        out.error("a command is required (see meshctl --help)")
-        return ExitCode.USAGE
+        return out.fail(ExitCode.USAGE, "a command is required (see meshctl --help)")
     state_dir = args.state_dir if args.state_dir is not None else default_state_dir()
     args.socket_path = args.socket if args.socket is not None else default_socket_path(state_dir)
     try:
         return int(asyncio.run(_run(args, out)))
     except NoDaemon as exc:
-        out.error(str(exc))
-        return ExitCode.NO_DAEMON
+        return out.fail(ExitCode.NO_DAEMON, str(exc))
     except ControlError as exc:
         return out.control_error(exc)
     except LocalProtocolError as exc:  # e.g. a socket path that is too long
-        out.error(str(exc))
-        return ExitCode.USAGE
+        return out.fail(ExitCode.USAGE, str(exc))
     except KeyboardInterrupt:
         return 130
 

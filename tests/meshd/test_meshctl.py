@@ -436,3 +436,26 @@ async def test_ping_interrupted_prints_summary(daemon: FakeDaemon) -> None:
     assert proc.returncode == 0
     assert b"--- far ping statistics ---" in out
     assert len(daemon.pings) < 10000
+
+
+async def test_json_failures_still_print_one_error_document(
+        daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under --json stdout is always one JSON document: usage, no daemon, daemon errors alike."""
+    cases: list[tuple[list[str | Path], ExitCode, str]] = [
+        (["--json", "status", "--socket", "/tmp/cm-none/control.sock"], ExitCode.NO_DAEMON,
+         "no_daemon"),
+        (["ping", "car-1", "--count", "two", "--json"], ExitCode.USAGE, "usage"),
+        (["--json", "no-such-command"], ExitCode.USAGE, "usage"),
+        (["situation", "set", "person", "--field", "oops", "--json", "--socket", sock(daemon)],
+         ExitCode.USAGE, "usage"),
+        (["ping", "0123", "--json", "--socket", sock(daemon)], ExitCode.USAGE, "ambiguous"),
+    ]
+    for argv, code, name in cases:
+        assert await run(*argv) == code, argv
+        captured = capsys.readouterr()
+        doc = json.loads(captured.out)
+        assert doc["error"]["code"] == name, (argv, doc)
+        assert doc["error"]["message"] and captured.err
+    # without --json nothing but human text: stdout stays empty on a failure
+    assert await run("ping", "car-1", "--count", "two") == ExitCode.USAGE
+    assert capsys.readouterr().out == ""
