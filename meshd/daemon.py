@@ -22,15 +22,19 @@ async def build_node(config: Config) -> Node:
 
     node = Node(config)
     store = await open_store(node.state_dir)
-    node.add_service(SyncNodeService(node, store))
-    from library_replica.node_service import LibraryNodeService
+    try:
+        node.add_service(SyncNodeService(node, store))
+        from library_replica.node_service import LibraryNodeService
 
-    library = LibraryNodeService(node, store, trust_path=config.trust, inbox=node.messenger)
-    node.add_service(library)
-    node.mail_fallback = library.queue_mail
-    from voice.service import VoiceService
+        library = LibraryNodeService(node, store, trust_path=config.trust, inbox=node.messenger)
+        node.add_service(library)
+        node.mail_fallback = library.queue_mail
+        from voice.service import VoiceService
 
-    node.add_service(VoiceService(node, auto_answer=config.auto_answer,
-                                  answer_play=config.answer_play,
-                                  answer_record=config.answer_record))
+        node.add_service(VoiceService(node, auto_answer=config.auto_answer,
+                                      answer_play=config.answer_play,
+                                      answer_record=config.answer_record))
+    except BaseException:
+        await store.close()  # its database thread would keep the process alive
+        raise
     return node

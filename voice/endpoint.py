@@ -83,18 +83,34 @@ class ToneTrack(AudioStreamTrack):
         return frame
 
 
+def _tone_hz(spec: str) -> float:
+    try:
+        freq = float(spec[5:])
+    except ValueError:
+        raise LocalProtocolError(f"bad tone frequency in {spec!r}") from None
+    if not 20 <= freq <= 20000:
+        raise LocalProtocolError("tone frequency must be 20..20000 Hz")
+    return freq
+
+
+def check_media_options(play: str | None, record: str | None) -> None:
+    """Refuse a ``play`` source or ``record`` sink that could never work, before any call
+    needs it (``LocalProtocolError`` with what is wrong)."""
+    if play is not None and play.startswith("tone:"):
+        _tone_hz(play)
+    elif play not in (None, "silence", "mic") and not Path(str(play)).is_file():
+        raise LocalProtocolError(f"no such file to play: {play}")
+    if record not in (None, "speaker") and not Path(str(record)).parent.is_dir():
+        raise LocalProtocolError(f"cannot record to {record}: "
+                                 f"{Path(str(record)).parent} is not a directory")
+
+
 def open_source(spec: str | None) -> tuple[MediaStreamTrack, MediaPlayer | None]:
     """The audio track for a ``--play`` value (None or ``silence``: silence) and its player, if any."""
     if spec is None or spec == "silence":
         return AudioStreamTrack(), None
     if spec.startswith("tone:"):
-        try:
-            freq = float(spec[5:])
-        except ValueError:
-            raise LocalProtocolError(f"bad tone frequency in {spec!r}") from None
-        if not 20 <= freq <= 20000:
-            raise LocalProtocolError("tone frequency must be 20..20000 Hz")
-        return ToneTrack(freq), None
+        return ToneTrack(_tone_hz(spec)), None
     if spec == "mic":
         player = MediaPlayer("default", format="pulse") if Path("/run/user").exists() else \
             MediaPlayer("default", format="alsa")

@@ -54,7 +54,7 @@ from meshd.packet import MeshPacket, Service, max_payload
 from meshd.seal import ReplayCache, open_sealed, seal
 from meshd.tasks import cancel_and_wait
 from voice.callstate import CallInput, CallMachine, CallRole, CallState, CallStateError, EndReason
-from voice.endpoint import Endpoint, Quality
+from voice.endpoint import Endpoint, Quality, check_media_options
 from voice.relay import MediaFramer, RelaySocket, ice_credentials, strip_and_add_relay
 from voice.signalling import CALL_ID_LEN, Dedup, Kind, Outbox, SigMessage
 
@@ -163,6 +163,7 @@ class VoiceService:
         self.auto_answer = auto_answer
         self.answer_play = str(answer_play) if answer_play is not None else None
         self.answer_record = str(answer_record) if answer_record is not None else None
+        check_media_options(self.answer_play, self.answer_record)
         self.relay_host = relay_host
         self.max_calls = max_calls
         self.drops = DropCounter(logger)

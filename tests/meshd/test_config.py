@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from meshd.cli import build_parser
 from meshd.config import ConfigError, load_config, parse_hostport
+from meshd.harness import MESHD
 from meshd.identity import Role
 
 
@@ -53,3 +55,18 @@ def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
 def test_parse_hostport_refuses(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_hostport(text, default_port=7420)
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--answer-play", "/nonexistent/hello.wav", "--auto-answer"], "no such file to play"),
+    (["--answer-record", "/nonexistent/dir/heard.wav"], "is not a directory"),
+    (["--answer-play", "tone:5"], "tone frequency"),
+    (["--trust", "/nonexistent/trust.toml"], "trust configuration"),
+])
+def test_meshd_refuses_unusable_files_at_start_and_exits(tmp_path: Path, flags: list[str],
+                                                         says: str) -> None:
+    """A bad path fails the start with a message, and the process ends (nothing left running)."""
+    r = subprocess.run([*MESHD, "--state-dir", str(tmp_path), "--listen", "127.0.0.1:0", *flags],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1, r.stderr
+    assert says in r.stderr
