@@ -74,6 +74,9 @@ REOFFER_GIVE_UP_S = 60.0
 REOFFER_RETRY_S = 1.0
 #: how often call quality is sampled from getStats, seconds
 QUALITY_EVERY_S = 1.0
+#: no audio frame for this long in an active call counts as failed media (aiortc's own ICE
+#: consent check gives up only after about 30 s); above the ~2 s a re-route takes, seconds
+MEDIA_STALL_S = 6.0
 #: ended calls kept for ``calls``
 HISTORY = 50
 _FINAL = {EndReason.BUSY: Kind.BUSY, EndReason.DECLINED: Kind.DECLINE, EndReason.TIMEOUT: Kind.TIMEOUT,
@@ -459,8 +462,9 @@ class VoiceService:
             return
         self._node.control.publish("call.media", {"call_id": call.call_id.hex(), "state": state})
         # aiortc closes the connection itself when ICE consent expires: a close we did not ask
-        # for (ours bump the generation or end the call first) is a failure too
-        if state in ("failed", "closed"):
+        # for (ours bump the generation or end the call first) is a failure too; "stalled" is
+        # our own watchdog (no audio for MEDIA_STALL_S)
+        if state in ("failed", "closed", "stalled"):
             now = self._loop.time()
             if call.reoffer_since is None:
                 call.reoffer_since = now
@@ -697,6 +701,17 @@ class VoiceService:
                 ep = call.endpoint
                 if ep is not None and call.machine.state is CallState.ACTIVE:
                     call.quality = await ep.quality()
+                    self._check_media(call, ep)
+
+    def _check_media(self, call: _Call, ep: Endpoint) -> None:
+        """Audio that stopped arriving for ``MEDIA_STALL_S`` fails the media like ICE would."""
+        last = ep.sink.last_frame_at
+        if last is None or call.reoffer_since is not None or call.endpoint is not ep:
+            return
+        if self._loop.time() - last >= MEDIA_STALL_S:
+            logger.info("[call %s] no audio for %.1f s: media failed", call.call_id.hex()[:8],
+                        self._loop.time() - last)
+            self._on_endpoint_state(call, call.generation, "stalled")
 
 
 def _opt_str(params: dict[str, Any], key: str) -> str | None:

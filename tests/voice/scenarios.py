@@ -235,10 +235,12 @@ async def diamond(out: Path) -> dict[str, Any]:
     ep = sd._calls[cid].endpoint
     gaps = [(at - killed_at, g) for at, g in ep.sink.gaps] if ep is not None else []
     state = sd.info(cid).state
+    generation = sd._calls[cid].generation
     sa.hangup(cid)
     await d.control.wait_for(ended(d, info.call_id), 10)
     res = {"relay": relay, "other": other, "gaps": gaps, "state_after": state, "rec_callee": str(rec),
-           "forwarded": dict(mesh.forwarded), "callee": summary(d, sd, info.call_id)}
+           "forwarded": dict(mesh.forwarded), "callee": summary(d, sd, info.call_id),
+           "generation": generation}
     await sa.close()
     await sd.close()
     return res
@@ -368,7 +370,8 @@ async def real_diamond(out: Path) -> dict[str, Any]:
 
 
 async def reoffer(out: Path) -> dict[str, Any]:
-    """The path breaks for longer than aiortc tolerates (consent freshness, ~30 s), then comes back."""
+    """The path breaks for longer than the endpoint tolerates (no audio for MEDIA_STALL_S), then
+    comes back."""
     mesh = FakeMesh(out / "keys", ["A", "B", "D"], hop_delay_s=0.002, seed=11)
     a, d = mesh.by_name["A"], mesh.by_name["D"]
     rec = out / "callee.wav"
@@ -381,7 +384,8 @@ async def reoffer(out: Path) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     mesh.cut("B", "D")
     cut_at = loop.time()
-    await a.control.wait_for(lambda e, x: e == "call.media" and x["state"] in ("failed", "closed"), 70)
+    await a.control.wait_for(lambda e, x: e == "call.media"
+                             and x["state"] in ("failed", "closed", "stalled"), 70)
     failed_after = loop.time() - cut_at
     await asyncio.sleep(1.0)
     mesh.link("B", "D")
