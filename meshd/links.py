@@ -39,7 +39,11 @@ aioquic internals.  Besides the peer certificate (``meshd.tlscert``), four
 guarded helpers here read aioquic private state: the datagram queue length,
 a stream's unacknowledged bytes, the draining state (a peer's
 CONNECTION_CLOSE is reported on arrival, not three PTOs later) and the
-protocol's ping waiters.  ``tests/meshd/test_links_tlscert.py`` pins them.
+protocol's ping waiters.  ``_Connection`` replaces the methods of aioquic's
+asyncio protocol that read the loop's clock (aioquic runs on
+``time.monotonic()``: uvloop's clock ticks in milliseconds) and coalesces
+transmits to one per connection per loop iteration.
+``tests/meshd/test_links_tlscert.py`` pins them.
 
 Errors.  Peer-caused trouble in event handling is counted in ``drops``
 (a ``DropCounter``) and logged once; nothing a peer does is raised into the
@@ -61,7 +65,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer, serve
@@ -111,6 +115,11 @@ MESH_MTU = 1150
 MAX_DATAGRAM_FRAME_SIZE = 65536
 #: receive buffer per UDP read (stock asyncio reads 256 KiB per datagram otherwise)
 UDP_RECV_SIZE = 4096
+#: kernel socket buffers asked for on every link socket (SO_RCVBUF and SO_SNDBUF; the kernel
+#: caps them at net.core.rmem_max / wmem_max).  The usual default, about 208 KiB, holds some
+#: 60 ms of a relay's traffic at 50 calls: a relay descheduled for longer on a shared CPU lost
+#: packets in the kernel (UDP RcvbufErrors, measured with bench/voice.py)
+LINK_SOCKET_BUFFER = 1 << 20
 #: QUIC idle timeout; liveness for routing is the hello core's job (~2 s)
 IDLE_TIMEOUT_S = 8.0
 #: Stream.send waits while more than this many bytes are unacknowledged
@@ -184,15 +193,25 @@ def _addr(addr: Any) -> tuple[str, int]:
 
 # --- aioquic internals other than the peer certificate (guarded; see tests) -------------------
 
-def _limit_receive_size(transport: Any) -> None:
-    """Make stock asyncio read UDP into a small buffer instead of 256 KiB per datagram.
+def _tune_socket(transport: Any) -> None:
+    """Small reads, large kernel buffers: what a link's UDP socket needs (stock asyncio or uvloop).
 
+    Stock asyncio reads UDP into 256 KiB per datagram unless told otherwise;
     QUIC packets of our peers are at most ~1,200 bytes (aioquic does no PMTU
-    discovery); anything larger than UDP_RECV_SIZE is truncated and then fails
-    decryption like any other garbage.  uvloop has no such attribute (and no need).
+    discovery), and anything larger than UDP_RECV_SIZE is truncated and then
+    fails decryption like any other garbage.  uvloop has no such attribute (and
+    no need).  The kernel buffers are raised to ``LINK_SOCKET_BUFFER`` so that
+    a burst or a scheduling stall is absorbed, not dropped.
     """
     if isinstance(getattr(transport, "max_size", None), int):
         transport.max_size = UDP_RECV_SIZE
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):  # best effort: a smaller buffer still works
+            if sock.getsockopt(socket.SOL_SOCKET, option) < LINK_SOCKET_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, option, LINK_SOCKET_BUFFER)
 
 
 def _aioquic_datagrams_pending(quic: QuicConnection) -> int:
@@ -376,6 +395,17 @@ class _Connection(QuicConnectionProtocol):
         self.manager.drops.drop(reason, self.label, detail)
 
     # --- asyncio / aioquic plumbing ------------------------------------------------------------
+    #
+    # aioquic runs on time.monotonic(), not loop.time(): uvloop's clock ticks in whole
+    # milliseconds and is read once per loop iteration, so aioquic's RTT samples, ack timer
+    # and pacer (refilled only when the clock moves) saw a clock up to an iteration stale.
+    # On stock asyncio loop.time() is time.monotonic() already.  The methods below replace
+    # those of QuicConnectionProtocol that read the loop's clock.
+
+    def connect(self, addr: Any, transmit: bool = True) -> None:
+        self._quic.connect(addr, now=time.monotonic())
+        if transmit:
+            self.transmit()
 
     def close(self, error_code: int = ERR_CLOSED, reason_phrase: str = "") -> None:
         self.closing = True
@@ -388,27 +418,62 @@ class _Connection(QuicConnectionProtocol):
         super().connection_made(transport)
         if self.is_client:
             self._client_transport = transport  # type: ignore[assignment]
-            _limit_receive_size(transport)
+            _tune_socket(transport)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.remote == ("", 0):
             self.remote = _addr(addr)
-        super().datagram_received(data, addr)
+        self._quic.receive_datagram(cast(bytes, data), addr, now=time.monotonic())
+        self._process_events()
+        # one transmit per connection per loop iteration, not one per packet received: a burst
+        # of packets read in one go is answered (ACKs, forwarded datagrams) in few packets
+        self._transmit_soon()
         if not self.terminated:
             closed = _aioquic_peer_closed(self._quic)
             if closed is not None:
                 self.quic_event_received(closed)
 
     def transmit(self) -> None:
+        self._transmit(time.monotonic())
+
+    def _transmit(self, now: float) -> None:
+        self._transmit_task = None
         if self._transport is None or self._transport.is_closing():
             return  # the socket is gone (shutdown): late aioquic timers have nothing to send on
         # feed our deadline-aware queue to aioquic only as fast as it packs datagrams
         for _ in range(64):
             self._feed_datagrams()
-            super().transmit()
+            for data, addr in self._quic.datagrams_to_send(now=now):
+                self._transport.sendto(data, addr)
             if not self._dq or _aioquic_datagrams_pending(self._quic) > 0:
                 break
+        self._arm_timer(now)
         self._wake_drain_waiters()
+
+    def _arm_timer(self, now: float) -> None:
+        # aioquic's timer moves with nearly every packet (ack, loss, idle deadlines); a timer
+        # armed earlier than needed is kept (it fires, finds nothing due and re-arms), so
+        # only a deadline that moved earlier costs a cancel and a new timer handle
+        timer_at = self._quic.get_timer()
+        if self._timer is not None and self._timer_at is not None and (
+                timer_at is None or timer_at < self._timer_at):
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_later(max(0.0, timer_at - now), self._handle_timer)
+            self._timer_at = timer_at
+
+    def _handle_timer(self) -> None:
+        armed, self._timer, self._timer_at = self._timer_at, None, None
+        now = time.monotonic()
+        if armed is not None:
+            # uvloop fires timers up to a millisecond early (its clock ticks in milliseconds):
+            # what was due is handled and sent now, or the ACK or paced packet would wait
+            # for another timer, and a sub-millisecond one is a call_soon: a busy loop
+            now = max(now, armed)
+        self._quic.handle_timer(now=now)
+        self._process_events()
+        self._transmit(now)
 
     def _feed_datagrams(self) -> None:
         if not self._dq:
@@ -816,7 +881,7 @@ class LinkManager:
         self._servers.append(server)
         transport = server._transport
         assert transport is not None
-        _limit_receive_size(transport)
+        _tune_socket(transport)
         sockname = transport.get_extra_info("sockname")
         return _addr(sockname)
 

@@ -12,6 +12,7 @@ import ssl
 from types import SimpleNamespace
 
 import pytest
+from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -33,7 +34,7 @@ from meshd.tlscert import (
     peer_certificate,
     peer_certificate_key,
 )
-from tests.meshd.links_helpers import Node
+from tests.meshd.links_helpers import Node, assert_large_kernel_buffers
 
 CLIENT_ADDR = ("127.0.0.2", 1234)
 SERVER_ADDR = ("127.0.0.3", 4433)
@@ -193,6 +194,22 @@ async def test_silent_client_is_refused_after_handshake_timeout() -> None:
         await b.mgr.close()
 
 
+async def test_asyncio_protocol_methods_replaced_by_links_exist() -> None:
+    """_Connection replaces these (aioquic's own read loop.time()) and uses their state."""
+    for name in ("connect", "datagram_received", "transmit", "_handle_timer",
+                 "_process_events", "_transmit_soon"):
+        assert callable(getattr(QuicConnectionProtocol, name))
+    proto = QuicConnectionProtocol(Pair(Identity.generate()).client)
+    assert (proto._timer, proto._timer_at, proto._transmit_task) == (None, None, None)
+    calls: list[None] = []
+    proto.transmit = lambda: calls.append(None)  # type: ignore[method-assign]
+    proto._transmit_soon()
+    proto._transmit_soon()  # coalesced: one transmit per loop iteration
+    assert proto._transmit_task is not None
+    await asyncio.sleep(0)
+    assert calls == [None]
+
+
 def test_peer_close_is_visible_before_draining_ends() -> None:
     pair = Pair(Identity.generate())
     assert _aioquic_peer_closed(pair.server) is None
@@ -216,6 +233,7 @@ async def test_udp_reads_use_a_small_buffer_on_stock_asyncio() -> None:
         client_conn = next(iter(a.mgr._conns))
         for transport in (server_transport, client_conn._client_transport):
             assert getattr(transport, "max_size", None) == UDP_RECV_SIZE
+            assert_large_kernel_buffers(transport)
         assert UDP_RECV_SIZE >= 1500  # above any QUIC packet aioquic sends (1,200 bytes)
     finally:
         await a.mgr.close()
