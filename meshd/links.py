@@ -35,10 +35,11 @@ the node with the smaller NodeId is kept; both nodes apply the same rule.  A
 connection the rule prefers is first pinged: if it no longer answers (the
 peer restarted and lost it) the newer one is kept instead.
 
-aioquic internals.  Besides the peer certificate (``meshd.tlscert``), four
-guarded helpers here read aioquic private state: the datagram queue length,
+aioquic internals.  Besides the peer certificate (``meshd.tlscert``), five
+guarded helpers here use aioquic private state: the datagram queue length,
 a stream's unacknowledged bytes, the draining state (a peer's
-CONNECTION_CLOSE is reported on arrival, not three PTOs later) and the
+CONNECTION_CLOSE is reported on arrival, not three PTOs later), the pending
+ACK (sent with the next datagram instead of in a packet of its own) and the
 protocol's ping waiters.  ``_Connection`` replaces the methods of aioquic's
 asyncio protocol that read the loop's clock (aioquic runs on
 ``time.monotonic()``: uvloop's clock ticks in milliseconds) and coalesces
@@ -67,6 +68,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
+from aioquic import tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic import events
@@ -218,6 +220,21 @@ def _aioquic_datagrams_pending(quic: QuicConnection) -> int:
     """Datagrams aioquic holds but has not packed yet (0 if its internals changed)."""
     pending = getattr(quic, "_datagrams_pending", None)
     return len(pending) if pending is not None else 0
+
+
+def _aioquic_ack_with_next_packet(quic: QuicConnection, now: float) -> None:
+    """Let the next packet carry the pending ACK, not a packet of its own later (no-op if unknown).
+
+    aioquic writes an ACK frame only once its ack delay has passed, even into a
+    packet it sends anyway; RFC 9000 §13.2.1 lets an ACK go sooner.  Without
+    this a relay answered every voice packet with a separate ACK packet a
+    millisecond later, though a voice packet the other way left in between.
+    """
+    spaces = getattr(quic, "_spaces", None)
+    space = spaces.get(tls.Epoch.ONE_RTT) if isinstance(spaces, dict) else None
+    ack_at = getattr(space, "ack_at", None)
+    if isinstance(ack_at, float) and ack_at > now:
+        space.ack_at = now  # type: ignore[union-attr]
 
 
 def _aioquic_peer_closed(quic: QuicConnection) -> events.ConnectionTerminated | None:
@@ -440,6 +457,8 @@ class _Connection(QuicConnectionProtocol):
         self._transmit_task = None
         if self._transport is None or self._transport.is_closing():
             return  # the socket is gone (shutdown): late aioquic timers have nothing to send on
+        if self._dq or _aioquic_datagrams_pending(self._quic):
+            _aioquic_ack_with_next_packet(self._quic, now)
         # feed our deadline-aware queue to aioquic only as fast as it packs datagrams
         for _ in range(64):
             self._feed_datagrams()
