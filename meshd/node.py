@@ -307,7 +307,8 @@ class Node:
         elif channel == Channel.ROUTING:
             self.routing.receive(peer, body, now)
         elif channel == Channel.PACKET:
-            self._on_packet(peer, body, now)
+            if self._on_packet(peer, body, now):
+                return  # forwarded: no core changed, nothing to pump (a relay's hot path)
         else:
             self.drops.drop("channel", short_id(peer), f"unknown channel {channel}")
         self._pump()
@@ -434,22 +435,23 @@ class Node:
     def wall_ms(self) -> int:
         return int(self._wall() * 1000)
 
-    def _on_packet(self, peer: NodeId, data: bytes, now: float) -> None:
+    def _on_packet(self, peer: NodeId, data: bytes, now: float) -> bool:
+        """Deliver or forward one mesh packet; True if it was forwarded."""
         try:
             pkt = MeshPacket.decode(data, MESH_MTU)
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, short_id(peer), str(exc))
-            return
+            return False
         if pkt.destination == self.identity.node_id:
             handler = self._services.get(pkt.service)
             if handler is None:
                 self.drops.drop("service", short_id(peer), f"no service {pkt.service}")
-                return
+                return False
             try:
                 handler(pkt, now)
             except RemoteProtocolError as exc:
                 self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
-            return
+            return False
         if pkt.hop_limit <= 1:
             if pkt.service == Service.PING:
                 try:
@@ -458,12 +460,13 @@ class Node:
                     self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
             else:
                 self.drops.drop("hop_limit", short_id(peer))
-            return
+            return False
         hop = self.next_hop(pkt.destination)
         if hop is None or hop == peer:
             self.drops.drop("no_route", short_id(peer))
-            return
+            return False
         self._send_link(hop, Channel.PACKET, pkt.forwarded().encode())
+        return True
 
     # ------------------------------------------------------------- control
 
