@@ -18,7 +18,7 @@ from typing import Any
 from meshd.identity import NodeId
 from meshd.services import ControlHandler, NodeApi, StreamHandler
 from sync.service import SyncService
-from sync.store import OpStore
+from sync.store import OpStore, default_verify_workers
 
 __all__ = ["SyncNodeService", "open_store"]
 
@@ -26,8 +26,13 @@ DB_NAME = "ops.sqlite"
 
 
 async def open_store(state_dir: Path) -> OpStore:
-    """Open (or create) the node's durable op store (SQLite, WAL) in ``state_dir``."""
-    return await OpStore.open(Path(state_dir) / DB_NAME, wall_clock=time.time)
+    """Open (or create) the node's durable op store (SQLite, WAL) in ``state_dir``.
+
+    Large received batches (a catch-up) are verified in worker processes when the
+    machine has two CPUs or more; they start with the first such batch.
+    """
+    return await OpStore.open(Path(state_dir) / DB_NAME, wall_clock=time.time,
+                              verify_workers=default_verify_workers())
 
 
 class SyncNodeService:

@@ -333,17 +333,17 @@ class _Session:
         if not ids:
             return
         peer.sending.update(ids)
-        # the store skips ops purged since they were queued: re-derive ids from what it returns
-        raws = await self.svc.store.get_raw_many(ids)
+        # the store skips ops purged since they were queued
+        pairs = await self.svc.store.get_raw_pairs(ids)
         parts = [_varint(self.next_batch)]
         sent: list[bytes] = []
         size = 0
-        for raw in raws:
+        for op_id, raw in pairs:
             if size + len(raw) > BATCH_BYTES and sent:
                 break  # over the byte budget: the rest goes back to the queue
             parts.append(_varint(len(raw)))
             parts.append(raw)
-            sent.append(hashlib.sha256(raw).digest())
+            sent.append(op_id)
             size += len(raw)
         unsent = set(ids).difference(sent)
         peer.sending.difference_update(unsent)

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 ``apply_remote`` takes raw ops from a peer and, for each, in this order:
-size limit and strict decoding with signature check (in a worker thread, so the
-loop keeps serving calls), duplicate check, expiry, clock skew, quarantine,
+size limit and strict decoding with signature check (off the loop, so it keeps
+serving calls: in verification threads, or for a large batch in worker processes
+when configured; see "Verification" below), duplicate check, expiry, clock skew, quarantine,
 authoriser of the op's namespace, per-author quota, and finally its place in
 the author's chain:
 
@@ -22,6 +23,14 @@ returned, whose ``acked`` ids are what the caller may acknowledge to the peer.
 Refused ops are counted per reason with a ``DropCounter`` and never stored, so
 they are never relayed.  On open the indexes are rebuilt from the database, so
 a restart resumes where it was.
+
+Verification.  Ed25519 through libsodium releases the GIL, so threads verify on
+every core; but decoding around it holds the GIL, contending with the event loop
+and the SQLite thread.  With ``verify_workers`` (the daemon's default on two CPUs
+or more) batches of at least ``WORKER_MIN_BATCH`` ops are decoded and verified
+in worker processes instead.  They start with the first such batch (threads
+carry the batches until they are up), stop on ``close``, and exit by themselves
+if the daemon is killed; if one dies, verification goes back to threads.
 """
 
 from __future__ import annotations
@@ -32,9 +41,13 @@ import hashlib
 import inspect
 import logging
 import multiprocessing
+import os
 import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,38 +68,56 @@ from sync.envelope import (
 from sync.errors import SyncLocalError, Unauthorized
 from sync.reconcile import RangeSet
 
-__all__ = ["ApplyResult", "OpStore", "Quotas", "Subscriber"]
+__all__ = [
+    "WORKER_MIN_BATCH",
+    "ApplyResult",
+    "OpStore",
+    "Quotas",
+    "Subscriber",
+    "default_verify_threads",
+    "default_verify_workers",
+]
 
 log = logging.getLogger(__name__)
 
 #: called after a commit with the ops it applied, in causal order per author
 Subscriber = Callable[[Sequence[Op]], Awaitable[None] | None]
 
-#: ``PRAGMA user_version`` of the layout below (0: ops was a WITHOUT ROWID table keyed by op_id)
-SCHEMA_VERSION = 1
-#: ops is a rowid table: rows (with the raw op) are appended in arrival order, and only the
-#: small index entries land on random pages (a table keyed by the random op id rewrote a
-#: page of raw ops per insert and cost twice as much per op)
+#: ``PRAGMA user_version`` of the layout below; older layouts are migrated on open
+#: (0: ops WITHOUT ROWID keyed by op_id; 1: a rowid table with op_id UNIQUE and a doc index;
+#: both kept pending keyed by op_id)
+SCHEMA_VERSION = 2
+#: ops is a rowid table, its rows (with the raw op) appended in arrival order, and its one
+#: key is (ns, hlc, op_id): new ops land at the end of their namespace, so a commit dirties
+#: a few pages instead of about one page per op (as any index on the random op id or
+#: doc id does).  The op id alone is unique too, since it fixes ns and hlc (it hashes
+#: them); lookups by op id go through the in-memory ``_known`` map to (ns, hlc).
 _OPS_TABLE = """
 CREATE TABLE IF NOT EXISTS ops (
-    op_id BLOB NOT NULL UNIQUE, ns TEXT NOT NULL, kind TEXT NOT NULL, doc_id BLOB NOT NULL,
+    op_id BLOB NOT NULL, ns TEXT NOT NULL, kind TEXT NOT NULL, doc_id BLOB NOT NULL,
     author BLOB NOT NULL, seq INTEGER NOT NULL, hlc INTEGER NOT NULL, expiry_ms INTEGER,
     raw BLOB NOT NULL
 )"""
 _OPS_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS ops_ns_hlc ON ops(ns, hlc, op_id)",
-    "CREATE INDEX IF NOT EXISTS ops_doc ON ops(doc_id, hlc)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ops_key ON ops(ns, hlc, op_id)",
     "CREATE INDEX IF NOT EXISTS ops_expiry ON ops(expiry_ms) WHERE expiry_ms IS NOT NULL",
 )
+#: pending is keyed by (author, seq): an author's parked ops sit together, parked at the end
+#: of its range and taken from the front, instead of one random page per op
+_PENDING_TABLE = """
+CREATE TABLE IF NOT EXISTS pending (
+    author BLOB NOT NULL, seq INTEGER NOT NULL, op_id BLOB NOT NULL, raw BLOB NOT NULL,
+    PRIMARY KEY (author, seq)
+) WITHOUT ROWID"""
+#: indexes of older layouts, dropped by the migration
+_OLD_INDEXES = ("ops_ns_hlc", "ops_doc", "ops_author", "ops_expiry")
 _OPS_COLUMNS = "op_id, ns, kind, doc_id, author, seq, hlc, expiry_ms, raw"
 _SCHEMA = _OPS_TABLE + ";\n" + ";\n".join(_OPS_INDEXES) + """;
 CREATE TABLE IF NOT EXISTS authors (
     author BLOB PRIMARY KEY, head_seq INTEGER NOT NULL, head_id BLOB, head_hlc INTEGER NOT NULL,
     n_ops INTEGER NOT NULL, n_bytes INTEGER NOT NULL, quarantined TEXT
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pending (
-    op_id BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL, raw BLOB NOT NULL
-) WITHOUT ROWID;
+""" + _PENDING_TABLE + """;
 CREATE TABLE IF NOT EXISTS evidence (
     author BLOB NOT NULL, raw BLOB NOT NULL, reason TEXT NOT NULL
 );
@@ -124,6 +155,29 @@ class _Author:
     quarantined: str | None = None
 
 
+#: a batch is split across verification threads in parts of at least this many ops
+_MIN_SPLIT = 32
+#: batches of fewer ops are verified in threads even when worker processes are configured
+#: (a push of a few new ops is not worth two process hops)
+WORKER_MIN_BATCH = 64
+
+
+def default_verify_threads() -> int:
+    """Verification threads by default: one per CPU, at most 4 (libsodium releases the GIL)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def default_verify_workers() -> int:
+    """Worker processes the daemon verifies large batches in: one per CPU up to 4, none on 1 CPU.
+
+    In a process, decoding holds the GIL (about an eighth of the cost of an op); in its
+    own process it does not take the event loop's GIL, so the loop and the SQLite
+    thread keep a core to themselves while the workers verify.
+    """
+    n = os.cpu_count() or 1
+    return min(n, 4) if n >= 2 else 0
+
+
 def _decode_batch(raws: Sequence[bytes]) -> list[Op | RemoteProtocolError]:
     out: list[Op | RemoteProtocolError] = []
     for raw in raws:
@@ -136,27 +190,51 @@ def _decode_batch(raws: Sequence[bytes]) -> list[Op | RemoteProtocolError]:
     return out
 
 
-def _decode_portable(raws: Sequence[bytes]) -> list[Op | tuple[str, str]]:
-    """``_decode_batch`` for a worker process: errors travel as (reason, detail) pairs."""
-    return [d if isinstance(d, Op) else (d.reason, d.detail) for d in _decode_batch(raws)]
+#: what a worker process returns per op: the fields of ``Op`` but ``raw`` (the caller has
+#: it), or (reason, detail) of the refusal; plain tuples pickle in C, a frozen dataclass not
+_Portable = tuple[bytes, str, bytes, bytes, int, bytes | None, int, int | None, bytes, bytes]
+
+
+def _decode_portable(raws: Sequence[bytes]) -> list[_Portable | tuple[str, str]]:
+    """``_decode_batch`` for a worker process."""
+    return [(d.op_id, d.kind, d.doc_id, d.author, d.seq, d.prev, d.hlc, d.expiry_ms, d.body,
+             d.sig) if isinstance(d, Op) else (d.reason, d.detail) for d in _decode_batch(raws)]
+
+
+def _worker_init(parent_pid: int) -> None:
+    """In each worker process: exit when the parent is gone (kill -9 leaves no orphans).
+
+    A worker blocks on its task queue, whose write end it holds too, so it would
+    otherwise wait for ever once the daemon is killed.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _worker_ready() -> None:
+    """Run once per worker process when the pool starts (the imports are the work)."""
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
-    """Move a version-0 ops table (WITHOUT ROWID, keyed by op_id) to the current layout.
+    """Move the ops table of an older layout (see ``SCHEMA_VERSION``) to the current one.
 
     One transaction: a crash part-way leaves the old table as it was.
     """
     async with db.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
-    async with db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ops'") as cur:
-        has_ops = await cur.fetchone() is not None
-    if not has_ops or (row is not None and row[0] >= SCHEMA_VERSION):
+    async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:
+        tables = {r[0] async for r in cur}
+    if "ops" not in tables or (row is not None and row[0] >= SCHEMA_VERSION):
         return
     await db.execute("BEGIN IMMEDIATE")
     try:
         await db.execute("ALTER TABLE ops RENAME TO ops_v0")
-        for name in ("ops_ns_hlc", "ops_doc", "ops_author", "ops_expiry"):
+        for name in _OLD_INDEXES:
             await db.execute(f"DROP INDEX IF EXISTS {name}")
         await db.execute(_OPS_TABLE)
         await db.execute(f"INSERT INTO ops ({_OPS_COLUMNS}) "
@@ -164,6 +242,12 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         await db.execute("DROP TABLE ops_v0")
         for sql in _OPS_INDEXES:
             await db.execute(sql)
+        if "pending" in tables:
+            await db.execute("ALTER TABLE pending RENAME TO pending_v0")
+            await db.execute(_PENDING_TABLE)
+            await db.execute("INSERT OR IGNORE INTO pending (author, seq, op_id, raw) "
+                             "SELECT author, seq, op_id, raw FROM pending_v0")
+            await db.execute("DROP TABLE pending_v0")
         await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         await db.execute("COMMIT")
     except BaseException:
@@ -194,19 +278,25 @@ class OpStore:
         self._pending_ids: set[bytes] = set()
         self._withheld: set[bytes] = set()  # authors whose ops we keep but do not offer
         self.bytes_stored = 0
-        self._pool: ProcessPoolExecutor | None = None
         self._workers = 0
+        self._pool: ProcessPoolExecutor | None = None  # started on the first large batch
+        self._pool_ready: asyncio.Future[list[None]] | None = None
+        self._threads = 1
+        self._thread_pool: ThreadPoolExecutor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
     async def open(cls, path: Path | str, *, wall_clock: Callable[[], float],
                    authorizers: Mapping[str, Authorizer] | None = None,
-                   quotas: Quotas | None = None, verify_workers: int = 0) -> OpStore:
+                   quotas: Quotas | None = None, verify_workers: int = 0,
+                   verify_threads: int | None = None) -> OpStore:
         """Open (or create) the store at ``path`` and rebuild its indexes; ``wall_clock`` is unix s.
 
-        ``verify_workers`` > 0 verifies signatures in that many worker processes
-        (Ed25519 verification holds the GIL, so threads do not scale past one core).
+        Received ops are decoded and verified in ``verify_threads`` threads (default: one per
+        CPU up to 4).  ``verify_workers`` > 0 sends batches of at least ``WORKER_MIN_BATCH``
+        ops to that many worker processes instead (``default_verify_workers()`` is what
+        the daemon uses); they start on the first such batch and stop on ``close``.
         """
         db = await aiosqlite.connect(str(path), isolation_level=None)
         try:
@@ -217,10 +307,9 @@ class OpStore:
             await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             store = cls(db, wall_clock=wall_clock, authorizers=authorizers,
                         quotas=quotas or Quotas())
-            if verify_workers > 0:
-                store._workers = verify_workers
-                store._pool = ProcessPoolExecutor(
-                    verify_workers, mp_context=multiprocessing.get_context("spawn"))
+            store._threads = (default_verify_threads() if verify_threads is None
+                              else max(1, verify_threads))
+            store._workers = max(0, verify_workers)
             await store._load()
         except BaseException:
             await db.close()
@@ -250,22 +339,73 @@ class OpStore:
         self.clock = HybridClock(max_hlc)
 
     async def close(self) -> None:
-        """Close the database (everything acknowledged is already committed)."""
+        """Close the database and stop the verification workers (all acknowledged is committed)."""
         await self._db.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        pool, self._pool, self._pool_ready = self._pool, None, None
+        if pool is not None:
+            # wait for the processes to exit, off the loop: none outlives the store
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        if self._thread_pool is not None:
+            self._thread_pool.shutdown(wait=False, cancel_futures=True)
+            self._thread_pool = None
 
     async def _decode(self, raws: list[bytes]) -> list[Op | RemoteProtocolError]:
-        """Decode and verify off the event loop: a thread, or worker processes when configured."""
-        if self._pool is None or len(raws) < 2 * self._workers:
-            return await asyncio.to_thread(_decode_batch, raws)
+        """Decode and verify off the event loop: in threads, or worker processes when started."""
+        if self._workers and len(raws) >= WORKER_MIN_BATCH and self._workers_ready():
+            try:
+                return await self._decode_in_workers(raws)
+            except BrokenProcessPool:
+                log.warning("a verification worker died; verifying in threads from now on")
+                self._workers = 0
+                pool, self._pool, self._pool_ready = self._pool, None, None
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+        loop = asyncio.get_running_loop()
+        if self._thread_pool is None:
+            self._thread_pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sync-verify")
+        n = max(1, min(self._threads, len(raws) // _MIN_SPLIT))
+        step = -(-len(raws) // n)
+        parts = await asyncio.gather(*(
+            loop.run_in_executor(self._thread_pool, _decode_batch, raws[i : i + step])
+            for i in range(0, len(raws), step)))
+        return [d for part in parts for d in part]
+
+    def _workers_ready(self) -> bool:
+        """Start the worker processes on first use; True once they are up (threads till then)."""
+        if self._pool is None:
+            # spawn, not fork: the loop's and SQLite's threads must not be copied mid-flight
+            pool = ProcessPoolExecutor(self._workers,
+                                       mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_init, initargs=(os.getpid(),))
+            loop = asyncio.get_running_loop()
+            try:
+                ready = [loop.run_in_executor(pool, _worker_ready) for _ in range(self._workers)]
+            except (OSError, RuntimeError) as exc:  # e.g. a __main__ that spawn cannot import
+                log.warning("cannot start verification workers (%s); verifying in threads", exc)
+                self._workers = 0
+                pool.shutdown(wait=False, cancel_futures=True)
+                return False
+            self._pool = pool
+            self._pool_ready = asyncio.gather(*ready)
+            # a pool that fails to start shows up as BrokenProcessPool on the next batch
+            self._pool_ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return self._pool_ready is not None and self._pool_ready.done()
+
+    async def _decode_in_workers(self, raws: list[bytes]) -> list[Op | RemoteProtocolError]:
+        assert self._pool is not None
         loop = asyncio.get_running_loop()
         step = -(-len(raws) // self._workers)
         parts = await asyncio.gather(*(
             loop.run_in_executor(self._pool, _decode_portable, raws[i : i + step])
             for i in range(0, len(raws), step)))
-        return [d if isinstance(d, Op) else RemoteProtocolError(*d) for part in parts for d in part]
+        out: list[Op | RemoteProtocolError] = []
+        for raw, d in zip(raws, (d for part in parts for d in part), strict=True):
+            if len(d) == 2:
+                reason, detail = d
+                out.append(RemoteProtocolError(reason, detail))
+            else:
+                out.append(Op(*d, raw))
+        return out
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -329,7 +469,7 @@ class OpStore:
         for ns, keys in self._keys.items():
             snap = self._snapshots.get(ns)
             if snap is None:
-                snap = self._snapshots[ns] = RangeSet((h, i) for i, h in keys.items())
+                snap = self._snapshots[ns] = RangeSet(zip(keys.values(), keys, strict=True))
             out[ns] = snap
         return out
 
@@ -345,24 +485,39 @@ class OpStore:
 
     async def get(self, op_id: bytes) -> Op | None:
         """The stored op with this id, or None."""
-        async with self._db.execute("SELECT raw FROM ops WHERE op_id = ?", (op_id,)) as cur:
+        k = self._known.get(op_id)
+        if k is None:
+            return None
+        async with self._db.execute("SELECT raw FROM ops WHERE ns = ? AND hlc = ? AND op_id = ?",
+                                    (k[0], k[1], op_id)) as cur:
             row = await cur.fetchone()
         return None if row is None else decode_op(row[0], verify=False)
 
     async def get_raw_many(self, op_ids: Sequence[bytes]) -> list[bytes]:
         """Raw forms of the stored ops among ``op_ids``, in the given order (missing ones skipped)."""
+        return [raw for _, raw in await self.get_raw_pairs(op_ids)]
+
+    async def get_raw_pairs(self, op_ids: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        """``(op_id, raw)`` of the stored ops among ``op_ids``, in the given order."""
+        keys = [(k[0], k[1], i) for i in op_ids if (k := self._known.get(i)) is not None]
         found: dict[bytes, bytes] = {}
-        for i in range(0, len(op_ids), 500):
-            chunk = list(op_ids[i : i + 500])
-            marks = ",".join("?" * len(chunk))
-            q = f"SELECT op_id, raw FROM ops WHERE op_id IN ({marks})"
-            async with self._db.execute(q, chunk) as cur:
-                async for op_id, raw in cur:
-                    found[op_id] = raw
-        return [found[i] for i in op_ids if i in found]
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            # CROSS JOIN keeps SQLite's join order: the wanted keys outside, the index inside
+            q = ("WITH want(ns, hlc, op_id) AS (VALUES " + ",".join(["(?, ?, ?)"] * len(chunk))
+                 + ") SELECT ops.op_id, ops.raw FROM want CROSS JOIN ops ON ops.ns = want.ns "
+                 "AND ops.hlc = want.hlc AND ops.op_id = want.op_id")
+            # one round trip (iterating the cursor fetches 64 rows per trip)
+            rows = await self._db.execute_fetchall(q, [v for key in chunk for v in key])
+            found.update((op_id, raw) for op_id, raw in rows)
+        return [(i, found[i]) for i in op_ids if i in found]
 
     async def ops_for_doc(self, doc_id: bytes) -> list[Op]:
-        """Every stored op of a document in ``(hlc, op_id)`` order (causal per author)."""
+        """Every stored op of a document in ``(hlc, op_id)`` order (causal per author).
+
+        Scans the table: there is no index by document (it cost as much per insert as the
+        rest of the table); for tools and tests, not for a hot path.
+        """
         async with self._db.execute(
                 "SELECT raw FROM ops WHERE doc_id = ? ORDER BY hlc, op_id", (doc_id,)) as cur:
             return [decode_op(r[0], verify=False) async for r in cur]
@@ -460,7 +615,10 @@ class OpStore:
         authors: dict[bytes, _Author] = {}
         apply: list[Op] = []
         park: list[Op] = []
-        unpark: list[bytes] = []
+        n_parked = 0
+        unparked_now: set[bytes] = set()  # parked earlier in this batch, taken out again
+        unpark: list[Op] = []  # parked in earlier batches (durably), applied now
+        unpark_ids: set[bytes] = set()
         evidence: list[tuple[bytes, bytes, str]] = []
         batch_ids: set[bytes] = set()
         parked_now: dict[tuple[bytes, int], Op] = {}
@@ -541,12 +699,14 @@ class OpStore:
                 while True:
                     key = (op.author, a.head_seq + 1)
                     nxt = parked_now.pop(key, None) or self._pending.get(key)
-                    if nxt is None or nxt.op_id in unpark:
+                    if nxt is None or nxt.op_id in unpark_ids:
                         break
                     if nxt.op_id in self._pending_ids:
-                        unpark.append(nxt.op_id)
+                        unpark.append(nxt)
+                        unpark_ids.add(nxt.op_id)
                     else:
-                        park.remove(nxt)
+                        unparked_now.add(nxt.op_id)
+                        n_parked -= 1
                     if nxt.prev != a.head_id:
                         quarantine(a, nxt, f"prev mismatch at seq {nxt.seq}")
                         break
@@ -563,20 +723,23 @@ class OpStore:
                 quarantine(a, op, f"second pending op at seq {op.seq}")
                 continue
             n_author = pending_per_author.get(op.author, 0)
-            if (len(self._pending) + len(park) >= self.quotas.max_pending
+            if (len(self._pending) + n_parked >= self.quotas.max_pending
                     or n_author >= self.quotas.max_pending_per_author):
                 self._refuse(refused, "pending-full", peer, "")
                 continue
             park.append(op)
+            n_parked += 1
             parked_now[key] = op
             batch_ids.add(op.op_id)
             pending_per_author[op.author] = n_author + 1
+        if unparked_now:
+            park = [o for o in park if o.op_id not in unparked_now]
         result = await self._commit(apply, park, unpark, authors, evidence)
         acked.extend(o.op_id for o in apply)
         acked.extend(o.op_id for o in park)
         return ApplyResult(result.applied, len(park), duplicates, refused, tuple(acked))
 
-    async def _commit(self, apply: list[Op], park: list[Op], unpark: list[bytes],
+    async def _commit(self, apply: list[Op], park: list[Op], unpark: list[Op],
                       authors: dict[bytes, _Author],
                       evidence: list[tuple[bytes, bytes, str]] | None = None) -> ApplyResult:
         if not authors:
@@ -592,24 +755,26 @@ class OpStore:
             return ApplyResult()
         newly_quarantined = [k for k, a in authors.items() if a.quarantined is not None
                              and (k not in self._authors or self._authors[k].quarantined is None)]
+        writes: list[tuple[str, list[tuple[object, ...]]]] = [
+            (f"INSERT INTO ops ({_OPS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             [(o.op_id, o.namespace, o.kind, o.doc_id, o.author, o.seq, o.hlc, o.expiry_ms,
+               o.raw) for o in apply]),
+            ("INSERT INTO pending (author, seq, op_id, raw) VALUES (?, ?, ?, ?)",
+             [(o.author, o.seq, o.op_id, o.raw) for o in park]),
+            ("DELETE FROM pending WHERE author = ? AND seq = ?",
+             [(o.author, o.seq) for o in unpark]),
+            ("INSERT OR REPLACE INTO authors (author, head_seq, head_id, head_hlc, n_ops, "
+             "n_bytes, quarantined) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             [(k, a.head_seq, a.head_id, a.head_hlc, a.n_ops, a.n_bytes, a.quarantined)
+              for k, a in authors.items()]),
+            ("INSERT INTO evidence (author, raw, reason) VALUES (?, ?, ?)",
+             list(evidence or [])),
+        ]
         try:
             await self._db.execute("BEGIN IMMEDIATE")
-            await self._db.executemany(
-                f"INSERT INTO ops ({_OPS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(o.op_id, o.namespace, o.kind, o.doc_id, o.author, o.seq, o.hlc, o.expiry_ms,
-                  o.raw) for o in apply])
-            await self._db.executemany(
-                "INSERT INTO pending (op_id, author, seq, raw) VALUES (?, ?, ?, ?)",
-                [(o.op_id, o.author, o.seq, o.raw) for o in park])
-            await self._db.executemany("DELETE FROM pending WHERE op_id = ?",
-                                       [(i,) for i in unpark])
-            await self._db.executemany(
-                "INSERT OR REPLACE INTO authors (author, head_seq, head_id, head_hlc, n_ops, "
-                "n_bytes, quarantined) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(k, a.head_seq, a.head_id, a.head_hlc, a.n_ops, a.n_bytes, a.quarantined)
-                 for k, a in authors.items()])
-            await self._db.executemany("INSERT INTO evidence (author, raw, reason) VALUES (?, ?, ?)",
-                                       evidence or [])
+            for sql, rows in writes:
+                if rows:  # each statement is a round trip to the database thread
+                    await self._db.executemany(sql, rows)
             await self._db.execute("COMMIT")
         except BaseException:
             # a failed or cancelled commit leaves nothing behind and nothing acknowledged
@@ -628,9 +793,9 @@ class OpStore:
         for op in park:
             self._pending[(op.author, op.seq)] = op
             self._pending_ids.add(op.op_id)
-        for op_id in unpark:
-            self._pending_ids.discard(op_id)
-        self._pending = {k: v for k, v in self._pending.items() if v.op_id in self._pending_ids}
+        for op in unpark:
+            self._pending_ids.discard(op.op_id)
+            self._pending.pop((op.author, op.seq), None)
         if newly_quarantined:
             await self._hide_authors(newly_quarantined)
         return ApplyResult(applied=tuple(apply))

@@ -13,7 +13,7 @@ import time
 
 from sync.envelope import NAMESPACE_PRIORITY, Op
 from sync.service import SyncService
-from sync.store import OpStore
+from sync.store import OpStore, default_verify_workers
 
 
 def _allow(op: Op, wall_ms: int) -> None:
@@ -49,8 +49,10 @@ async def main(db: str) -> None:
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
                                                         sys.stdout)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    # verification as the daemon does it: worker processes for large batches (2+ CPUs)
     store = await OpStore.open(db, wall_clock=time.time,
-                               authorizers={ns: _allow for ns in NAMESPACE_PRIORITY})
+                               authorizers={ns: _allow for ns in NAMESPACE_PRIORITY},
+                               verify_workers=default_verify_workers())
     svc = SyncService(store, open_stream=_no_open, wall_clock=time.time, rng=random.Random(1))
     await svc.handle_stream(b"P" * 16, PipeStream(reader, writer))
     await store.close()

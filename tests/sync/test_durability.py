@@ -39,10 +39,36 @@ async def _read(proc: asyncio.subprocess.Process) -> bytes:
     return await proc.stdout.readexactly(int.from_bytes(head, "big"))
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (the child's verification workers)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _still_running(pids: list[int], timeout_s: float) -> list[int]:
+    """Those of ``pids`` still running after waiting up to ``timeout_s`` for them to exit."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
+
+
 async def _push(proc: asyncio.subprocess.Process, ops: list[Op], acked: set[bytes],
                 kill_after_s: float | None, kill_at_acked: int | None = None,
-                batch: int = 100, window: int = 4) -> bool:
-    """Push ``ops`` as a peer would; record acknowledged ids; True if the session completed."""
+                batch: int = 100, window: int = 4, orphans: list[int] | None = None) -> bool:
+    """Push ``ops`` as a peer would; record acknowledged ids; True if the session completed.
+
+    Before a kill, the child's own child processes are added to ``orphans``.
+    """
     await _frame(proc, bytes([RECON_DONE]))
     todo = [o for o in ops if o.op_id not in acked]
     in_flight: dict[int, list[bytes]] = {}
@@ -59,6 +85,8 @@ async def _push(proc: asyncio.subprocess.Process, ops: list[Op], acked: set[byte
                 next_batch += 1
             if ((deadline is not None and time.monotonic() >= deadline)
                     or (kill_at_acked is not None and len(acked) >= kill_at_acked)):
+                if orphans is not None:
+                    orphans.extend(_children(proc.pid))
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
                 if reading is not None:
@@ -96,13 +124,15 @@ async def test_kill_9_during_catch_up_loses_nothing_acknowledged(tmp_path: Path)
     ops.sort(key=lambda o: o.hlc)
     db = tmp_path / "ops.db"
     acked: set[bytes] = set()
+    orphans: list[int] = []
     kills = 0
     for _ in range(12):
         proc = await _spawn(db)
         # kill at a random point of progress, or after a random time, whichever is first
         target = len(acked) + rng.randrange(1, max(2, len(ops) - len(acked)))
         done = await _push(proc, ops, acked, kill_after_s=rng.uniform(0.3, 3.0),
-                           kill_at_acked=target if rng.random() < 0.7 else None)
+                           kill_at_acked=target if rng.random() < 0.7 else None,
+                           orphans=orphans)
         if done:
             break
         kills += 1
@@ -114,11 +144,14 @@ async def test_kill_9_during_catch_up_loses_nothing_acknowledged(tmp_path: Path)
         finally:
             con.close()
         assert acked <= stored, f"{len(acked - stored)} acknowledged ops lost after kill {kills}"
-        print(f"kill {kills}: {len(acked)} acknowledged, {len(stored)} stored")
+        print(f"kill {kills}: {len(acked)} acknowledged, {len(stored)} stored, "
+              f"{len(orphans)} worker processes left to exit")
     else:
         proc = await _spawn(db)
         assert await _push(proc, ops, acked, kill_after_s=None)
     assert kills >= 1
+    # verification workers of killed children exit on their own (they watch their parent)
+    assert await asyncio.to_thread(_still_running, orphans, 10.0) == []
     con = sqlite3.connect(db)
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

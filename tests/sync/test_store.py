@@ -188,42 +188,80 @@ async def test_withheld_authors_are_kept_but_not_offered(store: OpStore) -> None
 
 
 async def test_verification_in_worker_processes_keeps_refusal_reasons(tmp_path: Any) -> None:
+    import multiprocessing
+    import os
+    import signal
+
+    from sync.store import WORKER_MIN_BATCH
     from tests.sync.conftest import allow_all
 
     s = await OpStore.open(tmp_path / "w.db", wall_clock=lambda: WALL_S,
-                           authorizers={"library": allow_all}, verify_workers=2)
+                           authorizers={"library": allow_all}, verify_workers=1)
     try:
         key = Ed25519PrivateKey.generate()
-        ops = chain(key, 40, start_hlc=HLC0, body=b"\x80" * 100)
-        raws = [o.raw for o in ops]
+        n = WORKER_MIN_BATCH
+        ops = chain(key, 3 * n, start_hlc=HLC0, body=b"\x80" * 100)
+        # the first large batch starts the worker and is verified in threads meanwhile
+        r = await s.apply_remote([o.raw for o in ops[:n]])
+        assert len(r.applied) == n and s._pool_ready is not None
+        await s._pool_ready
+        raws = [o.raw for o in ops[n : 2 * n]]
         raws[5] = _tamper(raws[5])
         raws.append(b"\x93\x01\x02")
         r = await s.apply_remote(raws)
-        assert len(r.applied) == 5 and r.pending == 34
+        assert len(r.applied) == 5 and r.pending == n - 6
         assert r.refused == {"signature": 1, "malformed": 1}
-        r = await s.apply_remote([ops[5].raw])
-        assert len(r.applied) == 35 and s.author_head(ops[0].author) == (40, ops[-1].op_id)
+        r = await s.apply_remote([ops[n + 5].raw])
+        assert len(r.applied) == n - 5 and s.author_head(ops[0].author) == (2 * n, ops[2 * n - 1].op_id)
+        # a worker that dies is replaced by threads, and the batch is still verified
+        assert s._pool is not None
+        for pid in list(s._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        raws = [o.raw for o in ops[2 * n :]]
+        raws[0] = _tamper(raws[0])
+        r = await s.apply_remote(raws)
+        assert r.refused == {"signature": 1} and r.pending == n - 1 and s._pool is None
     finally:
         await s.close()
+    assert multiprocessing.active_children() == []
 
 
-async def test_version_0_database_is_migrated_on_open(tmp_path: Any) -> None:
+_V0_OPS = """
+    CREATE TABLE ops (op_id BLOB PRIMARY KEY, ns TEXT NOT NULL, kind TEXT NOT NULL,
+        doc_id BLOB NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
+        hlc INTEGER NOT NULL, expiry_ms INTEGER, raw BLOB NOT NULL) WITHOUT ROWID;
+    CREATE INDEX ops_ns_hlc ON ops(ns, hlc, op_id);
+    CREATE INDEX ops_doc ON ops(doc_id, hlc);
+    CREATE INDEX ops_author ON ops(author, seq);
+    CREATE INDEX ops_expiry ON ops(expiry_ms) WHERE expiry_ms IS NOT NULL;
+    CREATE TABLE pending (op_id BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL,
+        raw BLOB NOT NULL) WITHOUT ROWID;
+"""
+_V1_OPS = """
+    CREATE TABLE ops (op_id BLOB NOT NULL UNIQUE, ns TEXT NOT NULL, kind TEXT NOT NULL,
+        doc_id BLOB NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
+        hlc INTEGER NOT NULL, expiry_ms INTEGER, raw BLOB NOT NULL);
+    CREATE INDEX ops_ns_hlc ON ops(ns, hlc, op_id);
+    CREATE INDEX ops_doc ON ops(doc_id, hlc);
+    CREATE INDEX ops_expiry ON ops(expiry_ms) WHERE expiry_ms IS NOT NULL;
+    CREATE TABLE pending (op_id BLOB PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL,
+        raw BLOB NOT NULL) WITHOUT ROWID;
+    PRAGMA user_version = 1;
+"""
+
+
+@pytest.mark.parametrize("old_layout", [_V0_OPS, _V1_OPS], ids=["v0", "v1"])
+async def test_older_database_layouts_are_migrated_on_open(tmp_path: Any, old_layout: str) -> None:
     import sqlite3
 
+    from sync.store import SCHEMA_VERSION
     from tests.sync.conftest import allow_all
 
     key = Ed25519PrivateKey.generate()
-    ops = chain(key, 3, start_hlc=HLC0, body=b"\x80" * 10)
-    db = tmp_path / "v0.db"
+    ops = chain(key, 5, start_hlc=HLC0, body=b"\x80" * 10)
+    db = tmp_path / "old.db"
     con = sqlite3.connect(db)
-    con.executescript("""
-        CREATE TABLE ops (op_id BLOB PRIMARY KEY, ns TEXT NOT NULL, kind TEXT NOT NULL,
-            doc_id BLOB NOT NULL, author BLOB NOT NULL, seq INTEGER NOT NULL,
-            hlc INTEGER NOT NULL, expiry_ms INTEGER, raw BLOB NOT NULL) WITHOUT ROWID;
-        CREATE INDEX ops_ns_hlc ON ops(ns, hlc, op_id);
-        CREATE INDEX ops_doc ON ops(doc_id, hlc);
-        CREATE INDEX ops_author ON ops(author, seq);
-        CREATE INDEX ops_expiry ON ops(expiry_ms) WHERE expiry_ms IS NOT NULL;
+    con.executescript(old_layout + """
         CREATE TABLE authors (author BLOB PRIMARY KEY, head_seq INTEGER NOT NULL, head_id BLOB,
             head_hlc INTEGER NOT NULL, n_ops INTEGER NOT NULL, n_bytes INTEGER NOT NULL,
             quarantined TEXT) WITHOUT ROWID;
@@ -233,22 +271,31 @@ async def test_version_0_database_is_migrated_on_open(tmp_path: Any) -> None:
                       o.expiry_ms, o.raw) for o in ops[:2]])
     con.execute("INSERT INTO authors VALUES (?, 2, ?, ?, 2, ?, NULL)",
                 (ops[0].author, ops[1].op_id, ops[1].hlc, len(ops[0].raw) + len(ops[1].raw)))
+    con.execute("INSERT INTO pending VALUES (?, ?, ?, ?)",
+                (ops[4].op_id, ops[4].author, ops[4].seq, ops[4].raw))  # waits for seq 4
     con.commit()
     con.close()
-    for held in (2, 3):  # migrated once, then opened as it is
+    for held in (2, 5):  # migrated once, then opened as it is
         s = await OpStore.open(db, wall_clock=lambda: WALL_S, authorizers={"library": allow_all})
         try:
             assert len(s) == held and await s.get(ops[1].op_id) == ops[1]
+            assert s.pending_count() == (1 if held == 2 else 0)
+            assert await s.get_raw_many([ops[1].op_id, b"x" * 32, ops[0].op_id]) == [
+                ops[1].raw, ops[0].raw]
             assert await s.integrity_check() == "ok"
-            r = await s.apply_remote([ops[2].raw])
-            assert r.acked == (ops[2].op_id,)
+            r = await s.apply_remote([ops[2].raw, ops[3].raw])
+            assert {ops[2].op_id, ops[3].op_id} <= set(r.acked)
             assert await s.ops_for_doc(ops[0].doc_id) == ops
+            assert s.author_head(ops[0].author) == (5, ops[4].op_id)
         finally:
             await s.close()
     con = sqlite3.connect(db)
     try:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
-        assert "ops_v0" not in names and "ops_author" not in names
+        assert names >= {"ops", "ops_key", "ops_expiry", "authors", "pending", "evidence"}
+        assert not names & {"ops_v0", "pending_v0", "ops_ns_hlc", "ops_doc", "ops_author"}
+        with pytest.raises(sqlite3.IntegrityError):  # one row per op
+            con.execute("INSERT INTO ops SELECT * FROM ops LIMIT 1")
     finally:
         con.close()
