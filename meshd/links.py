@@ -115,13 +115,11 @@ log = logging.getLogger(__name__)
 MESH_MTU = 1150
 #: what we advertise (RFC 9221 max_datagram_frame_size); the real limit is MESH_MTU
 MAX_DATAGRAM_FRAME_SIZE = 65536
-#: receive buffer per UDP read (stock asyncio reads 256 KiB per datagram otherwise)
+#: receive buffer per UDP read (stock asyncio reads 256 KiB per datagram otherwise).
+#: The kernel's socket buffers stay at their default (about 208 KiB): a 1 MiB receive buffer
+#: absorbed a relay's scheduling stalls, but a stream's whole send window then queued in it,
+#: ahead of voice (RTT of datagrams during a stream transfer 8 ms -> 40 ms, bench/links.py)
 UDP_RECV_SIZE = 4096
-#: kernel socket buffers asked for on every link socket (SO_RCVBUF and SO_SNDBUF; the kernel
-#: caps them at net.core.rmem_max / wmem_max).  The usual default, about 208 KiB, holds some
-#: 60 ms of a relay's traffic at 50 calls: a relay descheduled for longer on a shared CPU lost
-#: packets in the kernel (UDP RcvbufErrors, measured with bench/voice.py)
-LINK_SOCKET_BUFFER = 1 << 20
 #: QUIC idle timeout; liveness for routing is the hello core's job (~2 s)
 IDLE_TIMEOUT_S = 8.0
 #: Stream.send waits while more than this many bytes are unacknowledged
@@ -195,25 +193,15 @@ def _addr(addr: Any) -> tuple[str, int]:
 
 # --- aioquic internals other than the peer certificate (guarded; see tests) -------------------
 
-def _tune_socket(transport: Any) -> None:
-    """Small reads, large kernel buffers: what a link's UDP socket needs (stock asyncio or uvloop).
+def _limit_receive_size(transport: Any) -> None:
+    """Make stock asyncio read UDP into a small buffer instead of 256 KiB per datagram.
 
-    Stock asyncio reads UDP into 256 KiB per datagram unless told otherwise;
     QUIC packets of our peers are at most ~1,200 bytes (aioquic does no PMTU
-    discovery), and anything larger than UDP_RECV_SIZE is truncated and then
-    fails decryption like any other garbage.  uvloop has no such attribute (and
-    no need).  The kernel buffers are raised to ``LINK_SOCKET_BUFFER`` so that
-    a burst or a scheduling stall is absorbed, not dropped.
+    discovery); anything larger than UDP_RECV_SIZE is truncated and then fails
+    decryption like any other garbage.  uvloop has no such attribute (and no need).
     """
     if isinstance(getattr(transport, "max_size", None), int):
         transport.max_size = UDP_RECV_SIZE
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):  # best effort: a smaller buffer still works
-            if sock.getsockopt(socket.SOL_SOCKET, option) < LINK_SOCKET_BUFFER:
-                sock.setsockopt(socket.SOL_SOCKET, option, LINK_SOCKET_BUFFER)
 
 
 def _aioquic_datagrams_pending(quic: QuicConnection) -> int:
@@ -435,7 +423,7 @@ class _Connection(QuicConnectionProtocol):
         super().connection_made(transport)
         if self.is_client:
             self._client_transport = transport  # type: ignore[assignment]
-            _tune_socket(transport)
+            _limit_receive_size(transport)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.remote == ("", 0):
@@ -900,7 +888,7 @@ class LinkManager:
         self._servers.append(server)
         transport = server._transport
         assert transport is not None
-        _tune_socket(transport)
+        _limit_receive_size(transport)
         sockname = transport.get_extra_info("sockname")
         return _addr(sockname)
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from meshd.identity import Announcement, Identity, NodeId, Role
-from meshd.links import LINK_SOCKET_BUFFER, LinkManager
+from meshd.links import LinkManager
 
 
 @dataclass
@@ -83,12 +81,3 @@ async def eventually(cond: Callable[[], bool | Awaitable[bool]], timeout: float 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(step)
-
-
-def assert_large_kernel_buffers(transport: Any) -> None:
-    """SO_RCVBUF and SO_SNDBUF at LINK_SOCKET_BUFFER or the most the kernel allows."""
-    sock = transport.get_extra_info("socket")
-    for option, limit in ((socket.SO_RCVBUF, "rmem_max"), (socket.SO_SNDBUF, "wmem_max")):
-        most = int(Path(f"/proc/sys/net/core/{limit}").read_text())
-        # Linux reports twice what was set (bookkeeping overhead)
-        assert sock.getsockopt(socket.SOL_SOCKET, option) >= min(LINK_SOCKET_BUFFER, most)

@@ -12,7 +12,7 @@ import pytest
 from meshd.errors import LocalProtocolError, RemoteProtocolError, VerificationError
 from meshd.identity import Identity, NodeId
 from meshd.links import MESH_MTU, LinkBrokenError, Stream
-from tests.meshd.links_helpers import Node, assert_large_kernel_buffers, eventually
+from tests.meshd.links_helpers import Node, eventually
 
 
 @pytest.fixture
@@ -416,9 +416,6 @@ def test_links_run_on_uvloop() -> None:
         try:
             addr = await b.listen()
             assert await a.mgr.connect(*addr, b.id) == b.id
-            # the kernel buffers are raised through uvloop's socket object too
-            assert_large_kernel_buffers(b.mgr._servers[0]._transport)
-            assert_large_kernel_buffers(next(iter(a.mgr._conns))._client_transport)
             assert a.mgr.send_datagram(b.id, b"uv")
             await b.rec.wait_for(lambda: b.rec.datagrams == [(a.id, b"uv")])
             s = await a.mgr.open_stream(b.id, "echo")

@@ -36,7 +36,7 @@ from meshd.tlscert import (
     peer_certificate,
     peer_certificate_key,
 )
-from tests.meshd.links_helpers import Node, assert_large_kernel_buffers
+from tests.meshd.links_helpers import Node
 
 CLIENT_ADDR = ("127.0.0.2", 1234)
 SERVER_ADDR = ("127.0.0.3", 4433)
@@ -264,7 +264,6 @@ async def test_udp_reads_use_a_small_buffer_on_stock_asyncio() -> None:
         client_conn = next(iter(a.mgr._conns))
         for transport in (server_transport, client_conn._client_transport):
             assert getattr(transport, "max_size", None) == UDP_RECV_SIZE
-            assert_large_kernel_buffers(transport)
         assert UDP_RECV_SIZE >= 1500  # above any QUIC packet aioquic sends (1,200 bytes)
     finally:
         await a.mgr.close()
