@@ -1,12 +1,13 @@
 """Benchmark of calls over the mesh, with a plain asyncio UDP relay as the per-hop baseline.
 
-Usage: ``.venv/bin/python bench/voice.py [--json] [--runs N] [--quick]`` (needs root: it re-runs
-itself under ``unshare --net`` with 127.0.0.2 on a private loopback, so aiortc and every socket
-stay inside a throwaway network namespace).
+Usage: ``.venv/bin/python bench/voice.py [--json] [--runs N] [--quick] [--asyncio]`` (needs root:
+it re-runs itself under ``unshare --net`` with 127.0.0.2 on a private loopback, so aiortc and every
+socket stay inside a throwaway network namespace).
 
 Topology: the two call endpoints are in-process ``meshd.node.Node`` objects with a
 ``VoiceService`` (real QUIC links, real routing); the relay cars in between are real ``meshd``
-processes on 127.0.0.1 with static peers (``tests.voice.realmesh``).
+processes on 127.0.0.1 with static peers (``tests.voice.realmesh``).  The endpoints run on uvloop
+when it is installed, as meshd does (``--asyncio``: the stock loop).
 
 Rows, each bounded in count and time:
 - setup: dial to the first decoded audio frame at the callee (auto-answer, Opus tone), direct and
@@ -18,7 +19,12 @@ Rows, each bounded in count and time:
   SIGKILL; median and max of N kills;
 - concurrent calls through one relay: N synthetic calls (50 packets/s each way, 172 bytes, the
   media path's own packet size and rate) between the two endpoints through one meshd relay, for
-  5 s per step, until loss exceeds 1 %; with the relay's CPU use (from /proc) at each step.
+  5 s per step, until loss exceeds 1 %; with the relay's CPU use and the time it waited for a CPU
+  (from /proc), its CPU per forwarded packet, and where lost packets died (on the way into the
+  relay, in the relay's link queues, on the way out; kernel UDP receive-buffer drops);
+- the baseline for the relay's forwarding cost, in the same run: aioquic alone receiving one
+  datagram and sending one in memory (``bench/routing.py``'s relay-equivalent chain).  Calls per
+  relay core = the most calls carried at < 1 % loss / the relay's CPU (cores) at that step.
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.routing import bench_aioquic_relay
 from meshd.harness import free_udp_port
 from meshd.packet import MeshPacket
 from tests.voice.realmesh import Endpoint, Mesh, real_mesh, wait_route
@@ -56,6 +64,21 @@ def _relay_cpu(pid: int) -> float:
     """utime + stime of ``pid`` in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def _run_delay(pid: int) -> float:
+    """Seconds ``pid``'s main thread has spent runnable but waiting for a CPU (0 if unknown)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _udp_rcvbuf_errors() -> int:
+    """UDP datagrams the kernel dropped for a full receive buffer, in this network namespace."""
+    rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+            if line.startswith("Udp:")]
+    return int(dict(zip(rows[0][1:], rows[1][1:], strict=True)).get("RcvbufErrors", 0))
 
 
 def _chain(n_relays: int) -> list[tuple[str, str]]:
@@ -106,13 +129,14 @@ async def _latency(mesh: Mesh, count: int) -> list[float]:
     loop = asyncio.get_running_loop()
     got: list[float] = []
 
+    # stamps from time.monotonic(): uvloop's loop.time() ticks in whole milliseconds
     def on_packet(pkt: MeshPacket, now: float) -> None:
         (sent,) = struct.unpack_from("!d", pkt.payload)
-        got.append((loop.time() - sent) * 1000)
+        got.append((time.monotonic() - sent) * 1000)
 
     d.node.register_service(BENCH_SERVICE, on_packet)
     for _ in range(count):
-        payload = struct.pack("!d", loop.time()).ljust(PACKET, b"\0")
+        payload = struct.pack("!d", time.monotonic()).ljust(PACKET, b"\0")
         a.node.send_packet(d.node_id, BENCH_SERVICE, payload, deadline=loop.time() + 0.5)
         await asyncio.sleep(1 / RATE)
     await asyncio.sleep(0.5)
@@ -147,7 +171,7 @@ async def bench_udp_baseline(count: int) -> dict[str, Any]:
     class Rx(asyncio.DatagramProtocol):
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
             (sent,) = struct.unpack_from("!d", data)
-            got.append((loop.time() - sent) * 1000)
+            got.append((time.monotonic() - sent) * 1000)
 
     rx, _ = await loop.create_datagram_endpoint(Rx, local_addr=("127.0.0.1", 0))
     rx_port = rx.get_extra_info("sockname")[1]
@@ -162,7 +186,8 @@ async def bench_udp_baseline(count: int) -> dict[str, Any]:
         for label, port in (("direct", rx_port), ("via", relay_port)):
             got.clear()
             for _ in range(count):
-                tx.sendto(struct.pack("!d", loop.time()).ljust(PACKET, b"\0"), ("127.0.0.1", port))
+                tx.sendto(struct.pack("!d", time.monotonic()).ljust(PACKET, b"\0"),
+                          ("127.0.0.1", port))
                 await asyncio.sleep(1 / RATE)
             await asyncio.sleep(0.3)
             out[label] = statistics.median(got) if got else None
@@ -206,14 +231,25 @@ async def bench_gap(runs: int) -> dict[str, Any]:
             "gap_s_max": max(gaps) if gaps else None}
 
 
+def _relay_links(daemon: Any) -> dict[str, tuple[int, int]]:
+    """(tx, rx) datagrams of the relay's link to each endpoint, by name (meshctl neighbours)."""
+    rc, data = daemon.meshctl("neighbours")
+    if rc != 0 or not isinstance(data, dict):
+        return {}
+    return {n["name"]: (n["tx_packets"], n["rx_packets"]) for n in data["neighbours"]}
+
+
 async def _concurrent_step(mesh: Mesh, calls: int, seconds: float,
                            received: dict[str, int]) -> dict[str, Any]:
     a, d = mesh.endpoints["A"], mesh.endpoints["D"]
     loop = asyncio.get_running_loop()
     received["A"] = received["D"] = 0
-    relay_pid = next(iter(mesh.relays.values())).proc.pid  # type: ignore[union-attr]
+    relay = next(iter(mesh.relays.values()))
+    relay_pid = relay.proc.pid  # type: ignore[union-attr]
+    relay0 = await loop.run_in_executor(None, _relay_links, relay)
     links0 = {side: _link_counts(ep) for side, ep in (("A", a), ("D", d))}
-    cpu0, t0 = _relay_cpu(relay_pid), loop.time()
+    rcvbuf0 = _udp_rcvbuf_errors()
+    cpu0, wait0, t0 = _relay_cpu(relay_pid), _run_delay(relay_pid), time.monotonic()
     me0 = sum(os.times()[:2])
     sent = 0
     # calls are independent: spread their packets evenly over each 20 ms frame, 1 ms slots
@@ -231,21 +267,41 @@ async def _concurrent_step(mesh: Mesh, calls: int, seconds: float,
             a.node.send_packet(d.node_id, BENCH_SERVICE, payload, flow_id=flow, deadline=deadline)
             d.node.send_packet(a.node_id, BENCH_SERVICE, payload, flow_id=flow, deadline=deadline)
             sent += 2
-        delay = t0 + (i + 1) / 1000 - loop.time()
+        delay = t0 + (i + 1) / 1000 - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         elif i % 20 == 0:
             await asyncio.sleep(0)
+    sending = time.monotonic() - t0
     await asyncio.sleep(0.5)
-    elapsed = loop.time() - t0
+    elapsed = time.monotonic() - t0
     cpu = (_relay_cpu(relay_pid) - cpu0) / elapsed
+    waited = (_run_delay(relay_pid) - wait0) / elapsed
     me = (sum(os.times()[:2]) - me0) / elapsed
+    rcvbuf = _udp_rcvbuf_errors() - rcvbuf0
+    relay1 = await loop.run_in_executor(None, _relay_links, relay)
     got = received["A"] + received["D"]
+    links = {side: {k: v - links0[side][k] for k, v in _link_counts(ep).items()}
+             for side, ep in (("A", a), ("D", d))}
+    rl = {n: (relay1[n][0] - relay0[n][0], relay1[n][1] - relay0[n][1])
+          for n in ("A", "D") if n in relay0 and n in relay1}
+    where: dict[str, int] | None = None
+    if len(rl) == 2:
+        la, ld = links["A"], links["D"]
+        # (tx, rx) of the relay's link to A and to D; hellos and routing updates ride
+        # the same links, so a few packets either way are noise
+        where = {"into_relay": (la["tx"] - rl["A"][1]) + (ld["tx"] - rl["D"][1]),
+                 "in_relay": (rl["A"][1] - rl["D"][0]) + (rl["D"][1] - rl["A"][0]),
+                 "out_of_relay": (rl["D"][0] - ld["rx"]) + (rl["A"][0] - la["rx"])}
+    forwarded = sum(tx for tx, _ in rl.values())
     return {"calls": calls, "sent": sent, "received": got, "loss": 1 - got / sent if sent else None,
-            "relay_cpu": cpu, "endpoints_cpu": me, "achieved_rate": sent / elapsed / calls / 2,
+            "relay_cpu": cpu, "relay_waited": waited, "endpoints_cpu": me,
+            "relay_forwarded": forwarded,
+            "relay_us_per_packet": cpu * elapsed / forwarded * 1e6 if forwarded else None,
+            "achieved_rate": sent / sending / calls / 2,
+            "udp_rcvbuf_errors": rcvbuf, "where_lost": where,
             "endpoint_drops": {k: v for k, v in a.node.drop_counts().items() if v},
-            "links": {side: {k: v - links0[side][k] for k, v in _link_counts(ep).items()}
-                      for side, ep in (("A", a), ("D", d))}}
+            "links": links}
 
 
 def _link_counts(ep: Endpoint) -> dict[str, int]:
@@ -281,15 +337,38 @@ async def bench_concurrent(steps: list[int], seconds: float) -> list[dict[str, A
     return rows
 
 
+def calls_per_core(rows: list[dict[str, Any]], aioquic_rate: float | None) -> dict[str, Any]:
+    """The most calls carried at < 1 % loss over the relay's CPU then, beside aioquic alone."""
+    clean = [r for r in rows if r["loss"] is not None and r["loss"] < 0.01]
+    best = max(clean, key=lambda r: r["calls"]) if clean else None
+    out: dict[str, Any] = {"calls": None, "relay_cpu": None, "calls_per_core": None,
+                           "relay_us_per_packet": None, "aioquic_rate_per_s": aioquic_rate,
+                           "aioquic_us_per_packet": 1e6 / aioquic_rate if aioquic_rate else None,
+                           # a call is RATE packets/s each way through the relay
+                           "aioquic_calls_per_core": aioquic_rate / (2 * RATE) if aioquic_rate
+                           else None,
+                           "stopped_by_loss": bool(rows) and rows[-1]["loss"] is not None
+                           and rows[-1]["loss"] > 0.01}
+    if best is not None and best["relay_cpu"] > 0:
+        out.update(calls=best["calls"], relay_cpu=best["relay_cpu"],
+                   calls_per_core=best["calls"] / best["relay_cpu"],
+                   relay_us_per_packet=best["relay_us_per_packet"])
+    return out
+
+
 async def main_async(runs: int, quick: bool) -> dict[str, Any]:
-    res: dict[str, Any] = {}
+    res: dict[str, Any] = {"loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}
     res["setup"] = [await bench_setup(n, runs) for n in (0, 1, 3)]
     count = 100 if quick else 300
     res["latency"] = [await bench_latency(n, count) for n in (0, 1, 3)]
     res["udp_baseline"] = await bench_udp_baseline(count)
     res["gap"] = await bench_gap(max(1, runs // 2))
-    steps = [10, 30, 50] if quick else [10, 20, 30, 40, 50, 75, 100]
+    steps = [10, 50, 100] if quick else [10, 25, 50, 75, 100, 150, 200]
     res["concurrent"] = await bench_concurrent(steps, 3.0 if quick else 5.0)
+    # the baseline of the relay's forwarding cost, measured here in the same run (single core)
+    res["aioquic_memory"] = bench_aioquic_relay(1.5 if quick else 3.0)
+    res["calls_per_core"] = calls_per_core(res["concurrent"],
+                                           res["aioquic_memory"]["relay_rate_per_s"])
     return res
 
 
@@ -299,7 +378,9 @@ def _fmt(v: Any, digits: int = 1) -> str:
 
 def report(res: dict[str, Any]) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    print(f"Voice benchmark ({machine}; endpoints in-process, relays are meshd processes on loopback)")
+    print(f"Voice benchmark ({machine}; endpoints in-process on {res['loop']}, relays are meshd "
+          f"processes on loopback; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          "at the end)")
     print("\n| path | calls | setup median (ms) | setup max (ms) |")
     print("|---|---:|---:|---:|")
     for r in res["setup"]:
@@ -321,14 +402,26 @@ def report(res: dict[str, Any]) -> None:
     g = res["gap"]
     print(f"audio gap when the carrying relay is killed (kill -9): median {_fmt(g['gap_s_median'], 2)} s, "
           f"max {_fmt(g['gap_s_max'], 2)} s over {g['measured']} kills")
-    print("\n| concurrent calls via one relay | loss | relay CPU (cores) | endpoints CPU (cores) "
-          "| dropped in endpoint link queues | lost between endpoint links (in the relay) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n| calls via one relay | loss | relay CPU (cores) | relay waited for a CPU | relay CPU "
+          "per forwarded packet (µs) | endpoints CPU (cores) | lost into / in / out of the relay "
+          "| kernel UDP buffer drops | dropped in endpoint link queues |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in res["concurrent"]:
         la, ld = r["links"]["A"], r["links"]["D"]
-        in_relay = (la["tx"] - ld["rx"]) + (ld["tx"] - la["rx"])
-        print(f"| {r['calls']} | {100 * r['loss']:.2f}% | {r['relay_cpu']:.2f} | {r['endpoints_cpu']:.2f} "
-              f"| {la['queue_full'] + ld['queue_full'] + la['stale'] + ld['stale']} | {in_relay} |")
+        w = r["where_lost"]
+        where = f"{w['into_relay']} / {w['in_relay']} / {w['out_of_relay']}" if w else "-"
+        print(f"| {r['calls']} | {100 * r['loss']:.2f} % | {r['relay_cpu']:.2f} "
+              f"| {100 * r['relay_waited']:.0f} % | {_fmt(r['relay_us_per_packet'], 0)} "
+              f"| {r['endpoints_cpu']:.2f} | {where} | {r['udp_rcvbuf_errors']} "
+              f"| {la['queue_full'] + ld['queue_full'] + la['stale'] + ld['stale']} |")
+    c = res["calls_per_core"]
+    print(f"\ncalls per relay core: {c['calls'] or '-'} calls at < 1 % loss with the relay at "
+          f"{_fmt(c['relay_cpu'], 2)} core → **{_fmt(c['calls_per_core'], 0)} calls per relay core**"
+          f"{'' if c['stopped_by_loss'] else ' (the largest step offered; not a limit)'}; "
+          f"relay forwarding cost {_fmt(c['relay_us_per_packet'], 0)} µs of CPU per packet there, "
+          f"against aioquic alone in memory (same run, one datagram per packet, receive + send) "
+          f"{_fmt(c['aioquic_us_per_packet'], 0)} µs per packet = {_fmt(c['aioquic_rate_per_s'], 0)} "
+          f"packets/s = {_fmt(c['aioquic_calls_per_core'], 0)} calls per core")
 
 
 def main() -> None:
@@ -336,6 +429,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="fewer packets and steps")
+    ap.add_argument("--asyncio", action="store_true",
+                    help="run the endpoints on the stock asyncio loop, not uvloop")
     args = ap.parse_args()
     if os.environ.get(NS_ENV) != "1":
         if os.geteuid() != 0 or shutil.which("unshare") is None:
@@ -348,7 +443,15 @@ def main() -> None:
     import logging
     logging.basicConfig(level=logging.ERROR)
     os.chdir(tempfile.gettempdir())
-    res = asyncio.run(main_async(args.runs, args.quick))
+    runner: Any = asyncio.run
+    if not args.asyncio:
+        try:  # the endpoints run on the loop meshd runs on
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            pass
+    res = runner(main_async(args.runs, args.quick))
     if args.json:
         print(json.dumps(res, indent=1))
     else:
