@@ -1,6 +1,6 @@
 """Sync benchmark: reconciliation cost at N ops, a dealer visit's catch-up, verified apply rate.
 
-Run: ``.venv/bin/python bench/sync.py [--n 100000] [--visit 10000] [--json]``
+Run: ``.venv/bin/python bench/sync.py [--n 100000] [--visit 10000] [--verify-workers N] [--json]``
 
 1. Reconciliation alone (pure core, ``sync.reconcile``) between two sets of N
    ops: no difference, then 1, 100 and 1,000 recent differences (the newest
@@ -12,7 +12,11 @@ Run: ``.venv/bin/python bench/sync.py [--n 100000] [--visit 10000] [--json]``
    streams, ``OpStore`` on SQLite in a temporary directory): the dealer holds
    N signed ops, the car lacks the newest ``--visit`` of them.  Bytes on the
    wire against the raw bytes of the missing ops (the baseline measured in the
-   same run), round trips, time, and ops verified+applied per second.
+   same run), round trips, time, and ops verified+applied per second.  The
+   stores verify as the daemon's does (``default_verify_workers()``: worker
+   processes for batches of 64 ops or more on 2+ CPUs, started by the first
+   such batch, threads until they are up); ``--verify-workers 0`` measures
+   threads only.  Baseline: bare Ed25519 verifications on one core, now.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -38,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sync.envelope import NAMESPACE_PRIORITY, Op, create_op
 from sync.reconcile import RangeSet, Reconciler
 from sync.service import SyncService
-from sync.store import OpStore
+from sync.store import OpStore, default_verify_workers
 from tests.sync.memnet import MemNet
 
 WALL_S = 1_800_000_000.0
@@ -105,9 +110,11 @@ def _make_ops(n: int) -> list[Op]:
     return ops
 
 
-def verify_baseline(ops: list[Op], seconds: float = 2.0) -> float:
-    """Bare Ed25519 verifications per second on this machine, now (the ceiling for apply)."""
+def verify_baseline(ops: list[Op], seconds: float = 1.0) -> dict[str, float]:
+    """Bare Ed25519 verifications per second on one core, now: libsodium (what the store
+    uses, the ceiling for apply on one core) and OpenSSL through cryptography (reference)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from nacl.bindings import crypto_sign_open
 
     from meshd.codec import pack
     from sync.envelope import _SIG_DOMAIN
@@ -116,13 +123,27 @@ def verify_baseline(ops: list[Op], seconds: float = 2.0) -> float:
     for op in ops[:500]:
         signed = _SIG_DOMAIN + pack([1, op.kind, op.doc_id, op.author, op.seq, op.prev, op.hlc,
                                      op.expiry_ms, op.body])
-        prepared.append((Ed25519PublicKey.from_public_bytes(op.author), op.sig, signed))
+        prepared.append((op.author, op.sig, signed))
+    out: dict[str, float] = {}
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for pub, sig, signed in prepared:
-            pub.verify(sig, signed)
+        for author, sig, signed in prepared:
+            crypto_sign_open(sig + signed, author)
         count += len(prepared)
-    return count / (time.perf_counter() - t0)
+    out["libsodium"] = count / (time.perf_counter() - t0)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for author, sig, signed in prepared:
+            Ed25519PublicKey.from_public_bytes(author).verify(sig, signed)
+        count += len(prepared)
+    out["openssl"] = count / (time.perf_counter() - t0)
+    return out
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of the worker processes that have exited (they exit when a store closes)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _allow(op: Op, wall_ms: int) -> None:
@@ -149,10 +170,12 @@ async def bench_visit(n: int, visit: int, workdir: Path, workers: int = 0) -> di
     for suffix in ("", "-wal", "-shm"):
         if (workdir / f"car.db{suffix}").exists():
             shutil.copy(workdir / f"car.db{suffix}", workdir / f"dealer.db{suffix}")
-    car = await _open(workdir / "car.db", workers)
     dealer = await _open(workdir / "dealer.db", workers)
     for i in range(0, len(new), 256):
         await dealer.apply_remote([o.raw for o in new[i : i + 256]])
+    await dealer.close()  # reopened below: the visit starts from two freshly opened stores
+    car = await _open(workdir / "car.db", workers)
+    dealer = await _open(workdir / "dealer.db", workers)
     net = MemNet()
     c, d = b"C" * 16, b"D" * 16
     net.links.add(frozenset((c, d)))
@@ -161,10 +184,12 @@ async def bench_visit(n: int, visit: int, workdir: Path, workers: int = 0) -> di
     svc_d = SyncService(dealer, open_stream=net.opener(d), wall_clock=lambda: WALL_S,
                         rng=random.Random(2))
     net.handlers = {c: svc_c.handle_stream, d: svc_d.handle_stream}
-    t0 = time.perf_counter()
+    children0 = _children_cpu_s()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     assert await svc_c.sync_now(d)
     await asyncio.gather(*net.tasks)
     t_visit = time.perf_counter() - t0
+    cpu_visit = time.process_time() - cpu0
     session = svc_c.last_session
     assert session is not None
     assert len(car) == len(dealer) == n, (len(car), len(dealer))
@@ -176,10 +201,15 @@ async def bench_visit(n: int, visit: int, workdir: Path, workers: int = 0) -> di
         "round_trips": session.recon_round_trips, "seconds": t_visit,
         "visit_ops_per_s": visit / t_visit, "fill_ops_per_s": len(old) / t_fill,
         "sign_ops_per_s": n / t_sign, "integrity": await car.integrity_check(),
-        "verify_baseline_per_s": verify_baseline(new), "verify_workers": workers,
+        "verify_workers": workers,
+        # both ends run in this process: the dealer's reads and sends count too
+        "cpu_us_per_op_process": cpu_visit / visit * 1e6,
     }
     await car.close()
     await dealer.close()
+    # the visit's workers (both stores') exit on close; the dealer's did nothing but start
+    result["cpu_us_per_op_workers"] = (_children_cpu_s() - children0) / visit * 1e6
+    result["verify_baseline_per_s"] = verify_baseline(new)
     return result
 
 
@@ -189,15 +219,19 @@ def main() -> None:
     ap.add_argument("--visit", type=int, default=10_000)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--skip-visit", action="store_true")
-    ap.add_argument("--verify-workers", type=int, default=0,
-                    help="verify signatures in this many worker processes (0: one thread)")
+    ap.add_argument("--verify-workers", type=int, default=None,
+                    help="worker processes for large batches, as OpStore.open takes it "
+                         "(default: what the daemon uses, default_verify_workers(); "
+                         "0: verification threads only)")
     args = ap.parse_args()
     rng = random.Random(42)
     recon = bench_reconcile(args.n, rng)
     visit: dict[str, Any] | None = None
     if not args.skip_visit:
         with tempfile.TemporaryDirectory(prefix="cm-sync-bench-") as tmp:
-            visit = asyncio.run(bench_visit(args.n, args.visit, Path(tmp), args.verify_workers))
+            workers = (default_verify_workers() if args.verify_workers is None
+                       else args.verify_workers)
+            visit = asyncio.run(bench_visit(args.n, args.visit, Path(tmp), workers))
     machine = f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_version()}"
     if args.json:
         print(json.dumps({"machine": machine, "reconcile": recon, "visit": visit}, indent=2))
@@ -223,9 +257,14 @@ def main() -> None:
         print(f"  reconciliation round trips               {visit['round_trips']:>12}")
         print(f"  time                                     {visit['seconds']:>12.2f} s")
         print(f"  catch-up verified+applied ops/s          {visit['visit_ops_per_s']:>12,.0f}"
-              f"   (target >= 5,000; verify workers: {visit['verify_workers'] or 'thread'})")
+              f"   (target >= 5,000; verify workers: {visit['verify_workers'] or 'threads only'})")
         print(f"  bulk fill verified+applied ops/s         {visit['fill_ops_per_s']:>12,.0f}")
-        print(f"  baseline: bare Ed25519 verifies/s, now   {visit['verify_baseline_per_s']:>12,.0f}")
+        print(f"  CPU per catch-up op: this process        {visit['cpu_us_per_op_process']:>12.0f} us"
+              "   (both ends)")
+        print(f"                       worker processes    {visit['cpu_us_per_op_workers']:>12.0f} us")
+        base = visit["verify_baseline_per_s"]
+        print(f"  baseline: bare Ed25519 verifies/s, now   {base['libsodium']:>12,.0f}"
+              f"   (one core, libsodium; OpenSSL {base['openssl']:,.0f})")
         print(f"  signing ops/s                            {visit['sign_ops_per_s']:>12,.0f}")
         print(f"  integrity_check                          {visit['integrity']:>12}")
 

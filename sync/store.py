@@ -168,14 +168,13 @@ def default_verify_threads() -> int:
 
 
 def default_verify_workers() -> int:
-    """Worker processes the daemon verifies large batches in: one per CPU up to 4, none on 1 CPU.
+    """Worker processes the daemon verifies large batches in: one per CPU but one, at most 4.
 
-    In a process, decoding holds the GIL (about an eighth of the cost of an op); in its
-    own process it does not take the event loop's GIL, so the loop and the SQLite
-    thread keep a core to themselves while the workers verify.
+    Decoding around the signature check holds the GIL; in worker processes it does not
+    contend with the event loop, which keeps a core of its own (with the SQLite thread,
+    it needs about as much CPU per op as the verification does).  None on one CPU.
     """
-    n = os.cpu_count() or 1
-    return min(n, 4) if n >= 2 else 0
+    return max(0, min((os.cpu_count() or 1) - 1, 4))
 
 
 def _decode_batch(raws: Sequence[bytes]) -> list[Op | RemoteProtocolError]:
