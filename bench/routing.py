@@ -298,7 +298,7 @@ def main() -> None:
         print(json.dumps({"reroute_silent": r, "reroute_kill9": bench_reroute(2, silent=False)}))
         return
     result["aioquic_memory"] = bench_aioquic_relay(secs)
-    result["relay"] = bench_relay([2000, 4000, 6000, 8000, 10000, 14000], secs)
+    result["relay"] = bench_relay([2000, 4000, 6000, 8000, 10000, 14000, 18000, 22000], secs)
     netns = not args.skip_netns and os.geteuid() == 0 and have_netns() is None
     if netns:
         result["hop_latency"] = bench_hop_latency(50 if args.quick else 200)
