@@ -47,7 +47,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
-	$(BIN)/python -m meshd.demo
+	$(BIN)/python -m carmesh.dev.demo
 
 run: $(STAMP)
 	$(BIN)/meshd --state-dir $${STATE_DIR:-/tmp/carmesh-run} --name $${NAME:-$$(hostname)-car} --log-level info

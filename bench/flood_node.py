@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from meshd.config import Config
-from meshd.identity import NodeId
+from meshd.core.identity import NodeId
+from meshd.core.packet import MeshPacket
 from meshd.node import Node
-from meshd.packet import MeshPacket
 
 BENCH_SERVICE = 250
 

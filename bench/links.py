@@ -39,9 +39,9 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from meshd import ALPN
-from meshd.identity import Announcement, Identity, NodeId, Role
-from meshd.links import MAX_DATAGRAM_FRAME_SIZE, LinkManager, Stream
-from meshd.tlscert import make_certificate
+from meshd.core.identity import Announcement, Identity, NodeId, Role
+from meshd.links.manager import MAX_DATAGRAM_FRAME_SIZE, LinkManager, Stream
+from meshd.links.tlscert import make_certificate
 
 PAYLOAD = 100
 WINDOW = 64

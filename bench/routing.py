@@ -42,14 +42,15 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from carmesh.dev.devnet import DevNet, have_netns
+from carmesh.dev.harness import MESHD, Cluster, free_udp_port, wait_until
 from meshd import ALPN
-from meshd.control import ControlClient, ControlError
-from meshd.devnet import DevNet, have_netns
-from meshd.harness import MESHD, Cluster, free_udp_port, wait_until
-from meshd.identity import Identity
-from meshd.links import MAX_DATAGRAM_FRAME_SIZE
-from meshd.meshctl import default_socket_path
-from meshd.tlscert import make_certificate
+from meshd.control.client import ControlClient
+from meshd.core.errors import ControlError
+from meshd.core.identity import Identity
+from meshd.links.manager import MAX_DATAGRAM_FRAME_SIZE
+from meshd.links.tlscert import make_certificate
+from meshd.paths import default_socket_path
 from tests.netns.procs import JsonLines
 
 PAYLOAD = 200  # a 160-byte bench payload + 39-byte mesh header + channel byte

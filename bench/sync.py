@@ -116,7 +116,7 @@ def verify_baseline(ops: list[Op], seconds: float = 1.0) -> dict[str, float]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from nacl.bindings import crypto_sign_open
 
-    from meshd.codec import pack
+    from meshd.core.codec import pack
     from sync.envelope import _SIG_DOMAIN
 
     prepared = []

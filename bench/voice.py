@@ -49,8 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.routing import bench_aioquic_relay
-from meshd.harness import free_udp_port
-from meshd.packet import MeshPacket
+from carmesh.dev.harness import free_udp_port
+from meshd.core.packet import MeshPacket
 from tests.voice.realmesh import Endpoint, Mesh, real_mesh, wait_route
 
 NS_ENV = "CARMESH_VOICE_BENCH_NS"

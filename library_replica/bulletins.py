@@ -43,9 +43,9 @@ from library_replica.ops import (
     body_fields,
     encode_body,
 )
-from meshd.codec import DropCounter, Fields, pack
-from meshd.errors import DecodeError, LocalProtocolError
-from meshd.identity import verify_ed25519
+from meshd.core.codec import DropCounter, Fields, pack
+from meshd.core.errors import DecodeError, LocalProtocolError
+from meshd.core.identity import verify_ed25519
 
 __all__ = [
     "KIND_PUBLISH",

@@ -66,8 +66,8 @@ from library_replica.ops import (
     order_key,
 )
 from library_replica.text import TextEdit, apply_edits, diff_edits, is_boundary, yjs_client_id
-from meshd.codec import DropCounter, Fields
-from meshd.errors import DecodeError, LocalProtocolError
+from meshd.core.codec import DropCounter, Fields
+from meshd.core.errors import DecodeError, LocalProtocolError
 
 __all__ = [
     "DEFAULT_COLLECTIONS",

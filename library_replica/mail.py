@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 When ``meshctl send`` finds no route to a node whose announcement (keys) we
 hold, the daemon seals the text to the recipient exactly as the ``msg``
-service does (``meshd.seal``, context ``b"mail"``) and stores it as an op of
+service does (``meshd.core.seal``, context ``b"mail"``) and stores it as an op of
 the ``mail`` namespace.  Sync carries it to every node it meets; nobody but the
 recipient can open it.  The recipient opens it, puts it in its inbox and
 answers with a receipt op, which sync carries back the same way.
@@ -43,10 +43,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from library_replica.ops import OpLike, Refused, body_fields, encode_body
-from meshd.codec import DropCounter, Fields, pack, unpack
-from meshd.errors import DecodeError, RemoteProtocolError
-from meshd.identity import Identity, NodeId, node_id_of
-from meshd.seal import MAX_SEALED, Opened, open_sealed, seal
+from meshd.core.codec import DropCounter, Fields, pack, unpack
+from meshd.core.errors import DecodeError, RemoteProtocolError
+from meshd.core.identity import Identity, NodeId, node_id_of
+from meshd.core.seal import MAX_SEALED, Opened, open_sealed, seal
 
 __all__ = [
     "KIND_RECEIPT",

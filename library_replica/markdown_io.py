@@ -32,7 +32,7 @@ from typing import TextIO
 
 from library_replica.documents import Library
 from library_replica.ops import LibraryError, new_doc_id
-from meshd.errors import LocalProtocolError
+from meshd.core.errors import LocalProtocolError
 
 __all__ = [
     "SAMPLE_DIR",

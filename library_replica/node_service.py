@@ -81,10 +81,9 @@ from library_replica.situation import (
     authorize_situation,
     prepare_set,
 )
-from meshd.control import ControlError
-from meshd.errors import LocalProtocolError
-from meshd.identity import NodeId, short_id
-from meshd.services import ControlHandler, NodeApi, StreamHandler
+from meshd.core.errors import ControlError, LocalProtocolError
+from meshd.core.identity import NodeId, short_id
+from meshd.services.api import ControlHandler, NodeApi, StreamHandler
 from sync.errors import SyncLocalError, Unauthorized
 from sync.store import OpStore
 
@@ -105,7 +104,7 @@ _NO_ROOT = b"\x00" * 32  # no trust file: nobody can sign as root, nobody is an 
 
 
 class MailInbox(Protocol):
-    """Where opened mail goes (``meshd.messaging.Messenger.deliver``)."""
+    """Where opened mail goes (``meshd.services.messaging.Messenger.deliver``)."""
 
     def deliver(self, sender: NodeId, message_id: str, text: str, sent_ms: int, *,
                 via: str, sender_name: str = "") -> bool: ...

@@ -6,7 +6,7 @@ that sync's ``Op`` satisfies.  An ``Authorizer`` is called by sync's store with
 ``(op, wall_now_ms)`` before an op is committed and raises to refuse it;
 refused ops are never stored or relayed.
 
-Every body is MessagePack decoded with ``meshd.codec.unpack`` under a size
+Every body is MessagePack decoded with ``meshd.core.codec.unpack`` under a size
 limit, then read with strict types: a body from a peer is untrusted input.
 """
 
@@ -16,8 +16,8 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from meshd.codec import Fields, pack, unpack
-from meshd.errors import DecodeError, LocalProtocolError, MeshError, RemoteProtocolError
+from meshd.core.codec import Fields, pack, unpack
+from meshd.core.errors import DecodeError, LocalProtocolError, MeshError, RemoteProtocolError
 from sync.errors import Unauthorized
 
 __all__ = [

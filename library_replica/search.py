@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Protocol
 
 from library_replica.ops import LibraryError
-from meshd.codec import pack
+from meshd.core.codec import pack
 
 __all__ = [
     "IndexableDocument",

@@ -36,8 +36,8 @@ from library_replica.ops import (
     encode_body,
     order_key,
 )
-from meshd.codec import DropCounter
-from meshd.errors import DecodeError, LocalProtocolError
+from meshd.core.codec import DropCounter
+from meshd.core.errors import DecodeError, LocalProtocolError
 
 __all__ = [
     "KIND_SET",

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from meshd import DEFAULT_PORT
-from meshd.errors import LocalProtocolError
-from meshd.identity import Role
+from meshd.core.errors import LocalProtocolError
+from meshd.core.identity import Role
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_hostport"]
 

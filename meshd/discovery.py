@@ -28,7 +28,7 @@ interfaces advertises all of its addresses, and only the one on our link is
 reachable without routing.
 
 Discovery is a hint, not a proof: the NodeId in a TXT record is only claimed.
-The link handshake (meshd.handshake) makes the peer prove it.
+The link handshake (meshd.links.handshake) makes the peer prove it.
 
 The pure parts (``parse_txt``, ``pick_address``, ``PeerTable``) do no I/O and are
 unit tested; ``Discovery`` is the thin asyncio adapter around zeroconf.
@@ -59,9 +59,9 @@ from zeroconf import (  # type: ignore[attr-defined]
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from meshd import PROTOCOL_VERSION
-from meshd.codec import DropCounter
-from meshd.errors import DecodeError, LocalProtocolError
-from meshd.identity import MAX_NAME_LEN, NODE_ID_LEN, NodeId, Role, short_id
+from meshd.core.codec import DropCounter
+from meshd.core.errors import DecodeError, LocalProtocolError
+from meshd.core.identity import MAX_NAME_LEN, NODE_ID_LEN, NodeId, Role, short_id
 
 __all__ = [
     "DEFAULT_TTL_S",

@@ -14,7 +14,7 @@ import string
 import unicodedata
 from collections.abc import Iterable
 
-from meshd.control import ControlError
+from meshd.core.errors import ControlError
 
 __all__ = ["NODE_ID_HEX_LEN", "resolve_node"]
 

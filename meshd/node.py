@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from meshd import DEFAULT_PORT, __version__
-from meshd.channels import Channel
-from meshd.codec import DropCounter
 from meshd.config import Config, parse_hostport
-from meshd.control import ControlError, ControlServer
-from meshd.discovery import Discovery, PeerSeen, interface_addresses, plan_binding
-from meshd.errors import LocalProtocolError, RemoteProtocolError
-from meshd.fragment import Reassembler, split
-from meshd.identity import (
+from meshd.control.server import ControlServer
+from meshd.core.channels import Channel
+from meshd.core.codec import DropCounter
+from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolError
+from meshd.core.fragment import Reassembler, split
+from meshd.core.identity import (
     ANNOUNCE_REFRESH_S,
     Announcement,
     AnnouncementBook,
@@ -49,17 +48,18 @@ from meshd.identity import (
     SeqnoFile,
     short_id,
 )
-from meshd.info import InfoService
-from meshd.links import MESH_MTU, LinkManager
-from meshd.meshctl import default_socket_path, default_state_dir
-from meshd.messaging import Messenger, Undeliverable
+from meshd.core.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payload
+from meshd.discovery import Discovery, PeerSeen, interface_addresses, plan_binding
+from meshd.links.manager import MESH_MTU, LinkManager
 from meshd.names import resolve_node
-from meshd.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
-from meshd.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payload
-from meshd.ping import Pinger
+from meshd.paths import default_socket_path, default_state_dir
 from meshd.pins import PinStore, parse_peer
-from meshd.routing import INFINITY, RouteChanged, RoutingTable
-from meshd.services import NodeService, PacketHandler
+from meshd.routing.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
+from meshd.routing.table import INFINITY, RouteChanged, RoutingTable
+from meshd.services.api import NodeService, PacketHandler
+from meshd.services.info import InfoService
+from meshd.services.messaging import Messenger, Undeliverable
+from meshd.services.ping import Pinger
 
 __all__ = ["Node", "PacketHandler"]
 
@@ -431,6 +431,11 @@ class Node:
     def announcement_of(self, node_id: NodeId) -> Announcement | None:
         """The newest verified announcement of ``node_id`` (its keys, name, role), if known."""
         return self.book.get(node_id)
+
+    @property
+    def max_payload(self) -> int:
+        """Largest ``send_packet`` payload in bytes (``NodeApi``)."""
+        return MAX_PAYLOAD
 
     def wall_ms(self) -> int:
         return int(self._wall() * 1000)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshd import DEFAULT_PORT
-from meshd.errors import LocalProtocolError, VerificationError
-from meshd.identity import NODE_ID_LEN, NodeId, short_id, write_private
+from meshd.core.errors import LocalProtocolError, VerificationError
+from meshd.core.identity import NODE_ID_LEN, NodeId, short_id, write_private
 
 __all__ = ["PIN_FILE", "PinConflictError", "PinStore", "StaticPeer", "format_hostport",
            "parse_peer"]

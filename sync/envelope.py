@@ -40,8 +40,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
-from meshd.codec import pack, unpack
-from meshd.errors import DecodeError, VerificationError
+from meshd.core.codec import pack, unpack
+from meshd.core.errors import DecodeError, VerificationError
 from sync.errors import ClockSkew, SyncLocalError
 
 __all__ = [

@@ -7,7 +7,7 @@ counts them with a ``DropCounter`` and never raises them into the event loop.
 
 from __future__ import annotations
 
-from meshd.errors import LocalProtocolError, RemoteProtocolError
+from meshd.core.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "ClockSkew",

@@ -1,6 +1,6 @@
 """Sync as a node service: the op store and the gossip service plugged into a meshd node.
 
-The composition root (``meshd.daemon``) opens the store in the node's state
+The composition root (``carmesh.app``) opens the store in the node's state
 directory, registers the application's authorisers on it (library_replica does),
 and adds this service to the node: neighbour events start and stop
 reconciliation, the link stream service ``sync`` carries sessions, and the
@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from meshd.identity import NodeId
-from meshd.services import ControlHandler, NodeApi, StreamHandler
+from meshd.core.identity import NodeId
+from meshd.services.api import ControlHandler, NodeApi, StreamHandler
 from sync.service import SyncService
 from sync.store import OpStore, default_verify_workers
 

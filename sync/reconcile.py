@@ -80,7 +80,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from meshd.errors import DecodeError
+from meshd.core.errors import DecodeError
 from sync.envelope import NAMESPACE_PRIORITY, OP_ID_LEN
 
 __all__ = [

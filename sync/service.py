@@ -42,9 +42,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from meshd.codec import DropCounter
-from meshd.errors import DecodeError, RemoteProtocolError
-from meshd.tasks import cancel_and_wait
+from meshd.core.codec import DropCounter
+from meshd.core.errors import DecodeError, RemoteProtocolError
+from meshd.core.tasks import cancel_and_wait
 from sync.envelope import MAX_OP_SIZE, NAMESPACE_PRIORITY, Op
 from sync.reconcile import MAX_MESSAGE_SIZE, Reconciler
 from sync.store import OpStore
@@ -67,7 +67,7 @@ IDLE_TIMEOUT_S = 30.0
 
 
 class Stream(Protocol):
-    """A message-framed, reliable, ordered stream to one neighbour (meshd.links.Stream)."""
+    """A message-framed, reliable, ordered stream to one neighbour (meshd.links.manager.Stream)."""
 
     async def send(self, msg: bytes) -> None: ...
     async def recv(self) -> bytes | None: ...

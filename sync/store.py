@@ -55,8 +55,8 @@ import aiosqlite
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from meshd.codec import DropCounter
-from meshd.errors import RemoteProtocolError
+from meshd.core.codec import DropCounter
+from meshd.core.errors import RemoteProtocolError
 from sync.envelope import (
     MAX_OP_SIZE,
     Authorizer,

@@ -20,7 +20,8 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import ContentSwitcher, Input, Static
 
-from meshd.control import ControlError, NoDaemon
+from meshd.control.protocol import NoDaemon
+from meshd.core.errors import ControlError
 from tui.model import MeshModel, Poller
 from tui.screens import (
     BoardView,

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from meshd.control import ControlClient, ControlError, NoDaemon
-from meshd.tasks import cancel_and_wait
+from meshd.control.client import ControlClient
+from meshd.control.protocol import NoDaemon
+from meshd.core.errors import ControlError
+from meshd.core.tasks import cancel_and_wait
 
 __all__ = [
     "EVENT_PATTERNS",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from meshd.errors import LocalProtocolError
+from meshd.core.errors import LocalProtocolError
 
 __all__ = [
     "DIAL_TIMEOUT_S",

@@ -37,8 +37,8 @@ from aiortc import (
 from aiortc.contrib.media import MediaPlayer, MediaRecorder
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
-from meshd.errors import LocalProtocolError
-from meshd.tasks import cancel_and_wait
+from meshd.core.errors import LocalProtocolError
+from meshd.core.tasks import cancel_and_wait
 
 __all__ = ["Endpoint", "Quality", "ToneTrack", "WavSink", "open_source"]
 

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from meshd.codec import DropCounter
-from meshd.errors import DecodeError
+from meshd.core.codec import DropCounter
+from meshd.core.errors import DecodeError
 
 __all__ = [
     "HOLD_S",

@@ -8,7 +8,7 @@ Theory of operation
 endpoints.
 
 Dialling: the caller's node builds its endpoint and relay socket, creates an
-offer and sends it sealed to the callee (``meshd.seal``, context ``sig``:
+offer and sends it sealed to the callee (``meshd.core.seal``, context ``sig``:
 encrypted to the callee's X25519 key and signed by the caller's node key, so
 the DTLS fingerprints in the SDP cannot be swapped by a relay).  The callee's
 node answers RINGING at once, publishes ``call.incoming`` and, on ``answer``
@@ -43,29 +43,27 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from meshd.codec import DropCounter
-from meshd.control import ControlError
-from meshd.errors import LocalProtocolError, RemoteProtocolError
-from meshd.identity import Announcement, Identity, NodeId, short_id
-from meshd.links import MESH_MTU
-from meshd.packet import MeshPacket, Service, max_payload
-from meshd.seal import ReplayCache, open_sealed, seal
-from meshd.tasks import cancel_and_wait
+from meshd.core.codec import DropCounter
+from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolError
+from meshd.core.identity import NodeId, short_id
+from meshd.core.packet import MeshPacket, Service
+from meshd.core.seal import ReplayCache, open_sealed, seal
+from meshd.core.tasks import cancel_and_wait
+from meshd.services.api import NodeApi
 from voice.callstate import CallInput, CallMachine, CallRole, CallState, CallStateError, EndReason
 from voice.endpoint import Endpoint, Quality, check_media_options
 from voice.relay import MediaFramer, RelaySocket, ice_credentials, strip_and_add_relay
 from voice.signalling import CALL_ID_LEN, Dedup, Kind, Outbox, SigMessage
 
-__all__ = ["REOFFER_GIVE_UP_S", "CallInfo", "ControlSink", "NodeApi", "VoiceService"]
+__all__ = ["REOFFER_GIVE_UP_S", "CallInfo", "VoiceService"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 #: payload of one mesh packet
-MEDIA_PAYLOAD = max_payload(MESH_MTU)
 #: a relayed media packet not sent within this long is dropped (stale voice), seconds
 MEDIA_DEADLINE_S = 0.5
 #: a caller keeps trying to re-offer a call whose media failed for this long, seconds
@@ -87,27 +85,6 @@ _RECV = {Kind.OFFER: CallInput.RECV_OFFER, Kind.RINGING: CallInput.RECV_RINGING,
          Kind.TIMEOUT: CallInput.RECV_TIMEOUT}
 
 
-class ControlSink(Protocol):
-    def publish(self, event: str, data: dict[str, Any]) -> None: ...
-
-
-class NodeApi(Protocol):
-    """What the voice service needs from the node (``meshd.node.Node`` provides it)."""
-
-    identity: Identity
-
-    @property
-    def control(self) -> ControlSink: ...
-
-    def register_service(self, service: int, handler: Callable[[MeshPacket, float], None]) -> None: ...
-    def send_message(self, destination: NodeId, service: int, data: bytes) -> bool: ...
-    def send_packet(self, destination: NodeId, service: int, payload: bytes, *, flow_id: int = 0,
-                    deadline: float | None = None) -> bool: ...
-    def announcement_of(self, node_id: NodeId) -> Announcement | None: ...
-    def resolve(self, query: str) -> NodeId: ...
-    def wall_ms(self) -> int: ...
-
-
 @dataclass(slots=True)
 class _Call:
     call_id: bytes
@@ -115,10 +92,10 @@ class _Call:
     peer_name: str
     machine: CallMachine
     flow_id: int
+    framer: MediaFramer  # payloads up to the node's max_payload
     play: str | None = None
     record: str | None = None
     outbox: Outbox = field(default_factory=Outbox)
-    framer: MediaFramer = field(default_factory=lambda: MediaFramer(MEDIA_PAYLOAD))
     endpoint: Endpoint | None = None
     relay: RelaySocket | None = None
     generation: int = 0
@@ -270,7 +247,8 @@ class VoiceService:
         now = self._loop.time()
         call = _Call(secrets.token_bytes(CALL_ID_LEN), peer, ann.name,
                      CallMachine(CallRole.CALLER, now), 1 + secrets.randbelow(2**32 - 1),
-                     play=play, record=record, dialled_at=now)
+                     play=play, record=record, dialled_at=now,
+                     framer=MediaFramer(self._node.max_payload))
         try:
             await self._new_endpoint(call)
         except LocalProtocolError as exc:
@@ -460,7 +438,7 @@ class VoiceService:
     def _on_endpoint_state(self, call: _Call, generation: int, state: str) -> None:
         if generation != call.generation or call.machine.state is not CallState.ACTIVE:
             return
-        self._node.control.publish("call.media", {"call_id": call.call_id.hex(), "state": state})
+        self._node.publish("call.media", {"call_id": call.call_id.hex(), "state": state})
         # aiortc closes the connection itself when ICE consent expires: a close we did not ask
         # for (ours bump the generation or end the call first) is a failure too; "stalled" is
         # our own watchdog (no audio for MEDIA_STALL_S)
@@ -501,7 +479,7 @@ class VoiceService:
             if call.first_audio_at is None and call.endpoint is not None \
                     and call.endpoint.sink.first_frame_at is not None:
                 call.first_audio_at = call.endpoint.sink.first_frame_at
-                self._node.control.publish("call.audio", {
+                self._node.publish("call.audio", {
                     "call_id": call.call_id.hex(), "setup_ms": self._info(call).setup_ms})
 
     # ------------------------------------------------------------------ signalling
@@ -556,7 +534,8 @@ class VoiceService:
     def _incoming(self, source: NodeId, msg: SigMessage, now: float) -> None:
         ann = self._node.announcement_of(source)
         call = _Call(msg.call_id, source, ann.name if ann else "", CallMachine(CallRole.CALLEE, now),
-                     msg.flow_id, offer_sdp=msg.sdp, generation=msg.generation)
+                     msg.flow_id, offer_sdp=msg.sdp, generation=msg.generation,
+                     framer=MediaFramer(self._node.max_payload))
         try:
             ice_credentials(msg.sdp or "")
         except RemoteProtocolError as exc:
@@ -570,7 +549,7 @@ class VoiceService:
             self._transition(call, CallInput.REFUSE_BUSY)
             return
         self._send(call, Kind.RINGING)
-        self._node.control.publish("call.incoming", {
+        self._node.publish("call.incoming", {
             **self._info(call).to_json(), "auto_answer": self.auto_answer})
         self._publish_state(call)
         if self.auto_answer:
@@ -627,13 +606,13 @@ class VoiceService:
 
         async def finish() -> None:
             await self._teardown_media(call)
-            self._node.control.publish("call.ended", self._info(call).to_json())
+            self._node.publish("call.ended", self._info(call).to_json())
 
         self._spawn(call, finish())
         self._arm()
 
     def _publish_state(self, call: _Call) -> None:
-        self._node.control.publish("call.state", self._info(call).to_json())
+        self._node.publish("call.state", self._info(call).to_json())
 
     # ------------------------------------------------------------------ timers
 

@@ -2,7 +2,7 @@
 
 A ``SigMessage`` is MessagePack ``{"k": kind, "c": call id (16 B), "n": message
 number, ...}``: ``offer`` and ``answer`` carry the SDP (``"sdp"``, whose
-``a=fingerprint`` lines are thereby signed end to end by ``meshd.seal``) and a
+``a=fingerprint`` lines are thereby signed end to end by ``meshd.core.seal``) and a
 generation (``"g"``: 0 for the first offer, +1 for each re-offer); ``offer``
 carries the call's media flow id (``"f"``).  Every message but ``ack`` is
 acknowledged with ``{"k": "ack", "c", "n": 0, "a": acked number}``.
@@ -11,7 +11,7 @@ acknowledged with ``{"k": "ack", "c", "n": 0, "a": acked number}``.
 exponential schedule until acknowledged or until ``MAX_TRIES`` sends, then
 reported as failed.  ``Dedup`` remembers the (call, number) pairs already
 processed so that a retransmission is acknowledged but not applied twice
-(each retransmission is sealed afresh, so ``meshd.seal.ReplayCache`` alone
+(each retransmission is sealed afresh, so ``meshd.core.seal.ReplayCache`` alone
 cannot see that it is a repeat).
 """
 
@@ -21,8 +21,8 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from meshd.codec import Fields, pack, unpack
-from meshd.errors import DecodeError
+from meshd.core.codec import Fields, pack, unpack
+from meshd.core.errors import DecodeError
 
 __all__ = [
     "CALL_ID_LEN",

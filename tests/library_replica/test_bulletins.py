@@ -19,7 +19,7 @@ from library_replica.bulletins import (
     prepare_trust_update,
 )
 from library_replica.ops import Refused, encode_body, new_doc_id
-from meshd.codec import unpack
+from meshd.core.codec import unpack
 from sync.envelope import Op
 from tests.library_replica.factory import Author, hlc
 

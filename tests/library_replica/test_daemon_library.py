@@ -19,8 +19,8 @@ import pytest
 
 from library_replica.bulletins import Authority, AuthorityRole, TrustConfig
 from library_replica.situation import KIND_SET, prepare_set
-from meshd.control import ControlClient
-from meshd.identity import Identity
+from meshd.control.client import ControlClient
+from meshd.core.identity import Identity
 from sync.node_service import DB_NAME
 from sync.store import OpStore
 from tests.daemons import MESHCTL, Cluster, Daemon, free_udp_port, wait_until

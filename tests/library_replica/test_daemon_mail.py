@@ -18,7 +18,7 @@ from library_replica.mail import (
     prepare_receipt,
 )
 from library_replica.ops import Refused, encode_body
-from meshd.identity import Identity
+from meshd.core.identity import Identity
 from sync.envelope import Op, create_op
 
 NOW = 1_800_000_000_000

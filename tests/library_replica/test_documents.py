@@ -23,7 +23,7 @@ from library_replica.documents import (
 )
 from library_replica.ops import LibraryError, encode_body, new_doc_id
 from library_replica.text import TextEdit, apply_edits, yjs_client_id
-from meshd.codec import unpack
+from meshd.core.codec import unpack
 from sync.envelope import Op
 from tests.library_replica.factory import Author, hlc
 

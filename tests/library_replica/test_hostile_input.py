@@ -15,7 +15,7 @@ from library_replica.bulletins import (
 from library_replica.documents import KIND_CREATE, KIND_EDIT, Applied, Library
 from library_replica.ops import encode_body, new_doc_id
 from library_replica.situation import SituationBoard, record_id
-from meshd.codec import pack
+from meshd.core.codec import pack
 from tests.library_replica.factory import Author, hlc
 
 AUTHOR = Author()

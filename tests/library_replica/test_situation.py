@@ -15,7 +15,7 @@ from library_replica.situation import (
     prepare_set,
     record_id,
 )
-from meshd.errors import LocalProtocolError
+from meshd.core.errors import LocalProtocolError
 from tests.library_replica.factory import Author, hlc
 
 T0 = 1_790_000_000_000

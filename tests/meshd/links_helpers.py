@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshd.identity import Announcement, Identity, NodeId, Role
-from meshd.links import LinkManager
+from meshd.core.identity import Announcement, Identity, NodeId, Role
+from meshd.links.manager import LinkManager
 
 
 @dataclass

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.codec import DropCounter, Fields, pack, unpack
-from meshd.errors import DecodeError, RemoteProtocolError
-from meshd.identity import Announcement, Identity, Role
-from meshd.packet import HEADER_LEN, MeshPacket, Service, max_payload
+from meshd.core.codec import DropCounter, Fields, pack, unpack
+from meshd.core.errors import DecodeError, RemoteProtocolError
+from meshd.core.identity import Announcement, Identity, Role
+from meshd.core.packet import HEADER_LEN, MeshPacket, Service, max_payload
 
 T0 = 1_800_000_000.0
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from meshd.cli import build_parser
+from carmesh.cli import build_parser
+from carmesh.dev.harness import MESHD
 from meshd.config import ConfigError, load_config, parse_hostport
-from meshd.harness import MESHD
-from meshd.identity import Role
+from meshd.core.identity import Role
 
 
 def test_toml_keys_are_flag_names_and_flags_win(tmp_path: Path) -> None:

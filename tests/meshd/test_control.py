@@ -16,15 +16,10 @@ from typing import Any
 
 import pytest
 
-from meshd.control import (
-    MAX_LINE,
-    ControlClient,
-    ControlError,
-    ControlServer,
-    NoDaemon,
-    check_socket_path,
-)
-from meshd.errors import LocalProtocolError
+from meshd.control.client import ControlClient
+from meshd.control.protocol import MAX_LINE, NoDaemon, check_socket_path
+from meshd.control.server import ControlServer
+from meshd.core.errors import ControlError, LocalProtocolError
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zeroconf import IPVersion, ServiceStateChange
 
+from meshd.core.errors import DecodeError, LocalProtocolError, VerificationError
 from meshd.discovery import (
     MAX_PENDING_RESOLVES,
     MAX_TXT_SIZE,
@@ -30,7 +31,6 @@ from meshd.discovery import (
     pick_address,
     plan_binding,
 )
-from meshd.errors import DecodeError, LocalProtocolError, VerificationError
 from meshd.pins import PinConflictError, PinStore, StaticPeer, parse_peer
 
 ID_A = bytes.fromhex("00112233445566778899aabbccddeeff")

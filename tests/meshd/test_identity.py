@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from meshd.codec import pack, unpack
-from meshd.errors import LocalProtocolError, VerificationError
-from meshd.identity import (
+from meshd.core.codec import pack, unpack
+from meshd.core.errors import LocalProtocolError, VerificationError
+from meshd.core.identity import (
     ANNOUNCE_MAX_AGE_S,
     ANNOUNCE_MAX_SKEW_S,
     Announcement,

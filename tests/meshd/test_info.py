@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd import info
-from meshd.errors import RemoteProtocolError
+from meshd.core.errors import RemoteProtocolError
+from meshd.services import info
 
 
 def test_request_and_answer_roundtrip() -> None:
@@ -19,7 +19,7 @@ def test_request_and_answer_roundtrip() -> None:
 
 
 def test_bad_answers_refused() -> None:
-    from meshd.codec import pack
+    from meshd.core.codec import pack
     for bad in ({"k": "rep", "id": 1, "name": "x", "role": "car", "nb": [[b"short", 1]]},
                 {"k": "rep", "id": 1, "name": "x", "role": "car", "nb": [[b"a" * 16, -1]]},
                 {"k": "zzz", "id": 1}):

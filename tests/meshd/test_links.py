@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from meshd.errors import LocalProtocolError, RemoteProtocolError, VerificationError
-from meshd.identity import Identity, NodeId
-from meshd.links import MESH_MTU, LinkBrokenError, Stream
+from meshd.core.errors import LocalProtocolError, RemoteProtocolError, VerificationError
+from meshd.core.identity import Identity, NodeId
+from meshd.links.manager import MESH_MTU, LinkBrokenError, Stream
 from tests.meshd.links_helpers import Node, eventually
 
 

@@ -1,4 +1,4 @@
-"""The pure link-handshake core (meshd.handshake) with literal keys, nonces and times."""
+"""The pure link-handshake core (meshd.links.handshake) with literal keys, nonces and times."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.codec import pack, unpack
-from meshd.errors import LocalProtocolError, RemoteProtocolError, VerificationError
-from meshd.handshake import (
+from meshd.core.codec import pack, unpack
+from meshd.core.errors import LocalProtocolError, RemoteProtocolError, VerificationError
+from meshd.core.identity import ANNOUNCE_MAX_AGE_S, Identity, Role
+from meshd.links.handshake import (
     HANDSHAKE_TIMEOUT_S,
     REFUSAL_REASONS,
     ClientHandshake,
@@ -18,7 +19,6 @@ from meshd.handshake import (
     ServerHandshake,
     proof_payload,
 )
-from meshd.identity import ANNOUNCE_MAX_AGE_S, Identity, Role
 
 WALL = 1_750_000_000.0  # wall-clock seconds of every announcement below
 NOW = 100.0  # monotonic seconds

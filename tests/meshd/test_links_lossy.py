@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from meshd.identity import NodeId
-from meshd.links import Stream
+from meshd.core.identity import NodeId
+from meshd.links.manager import Stream
 from tests.meshd.links_helpers import Node
 
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.errors import RemoteProtocolError
-from meshd.links import LinkBrokenError, Stream
+from meshd.core.errors import RemoteProtocolError
+from meshd.links.manager import LinkBrokenError, Stream
 
 
 class _Conn:

@@ -1,7 +1,7 @@
 """Link certificates and every aioquic internal meshd relies on, after a real in-memory handshake.
 
-These tests fail when an aioquic upgrade moves what meshd.tlscert and
-meshd.links read (the peer certificate, the datagram queue, the stream send
+These tests fail when an aioquic upgrade moves what meshd.links.tlscert and
+meshd.links.manager read (the peer certificate, the datagram queue, the stream send
 buffer) or changes the DATAGRAM payload limit that MESH_MTU is derived from.
 """
 
@@ -20,9 +20,9 @@ from aioquic.quic.connection import QuicConnection
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshd import ALPN
-from meshd.errors import LocalProtocolError
-from meshd.identity import Identity
-from meshd.links import (
+from meshd.core.errors import LocalProtocolError
+from meshd.core.identity import Identity
+from meshd.links.manager import (
     MAX_DATAGRAM_FRAME_SIZE,
     MESH_MTU,
     _aioquic_ack_with_next_packet,
@@ -30,7 +30,7 @@ from meshd.links import (
     _aioquic_peer_closed,
     _aioquic_unacked,
 )
-from meshd.tlscert import (
+from meshd.links.tlscert import (
     certificate_fingerprint,
     make_certificate,
     peer_certificate,
@@ -92,7 +92,7 @@ def test_certificate_is_self_signed_with_the_identity_key() -> None:
 def test_peer_certificate_key_after_real_handshake() -> None:
     ident = Identity.generate()
     pair = Pair(ident)
-    # the attribute meshd.tlscert reads exists and holds the server's certificate
+    # the attribute meshd.links.tlscert reads exists and holds the server's certificate
     assert hasattr(pair.client.tls, "_peer_certificate")
     assert peer_certificate_key(pair.client) == ident.ed25519_pub
     assert certificate_fingerprint(peer_certificate(pair.client)) == \
@@ -254,7 +254,7 @@ def test_peer_close_is_visible_before_draining_ends() -> None:
 
 
 async def test_udp_reads_use_a_small_buffer_on_stock_asyncio() -> None:
-    from meshd.links import UDP_RECV_SIZE
+    from meshd.links.manager import UDP_RECV_SIZE
 
     a, b = Node("alpha"), Node("bravo")
     addr = await b.listen()

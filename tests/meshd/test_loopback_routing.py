@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from meshd.control import ControlClient
-from meshd.meshctl import default_socket_path
+from meshd.control.client import ControlClient
+from meshd.paths import default_socket_path
 from tests.daemons import Cluster, free_udp_port, wait_until
 
 pytestmark = pytest.mark.slow

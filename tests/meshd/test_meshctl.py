@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
-from meshd import meshctl
-from meshd.control import ControlError, ControlServer
-from meshd.meshctl import ExitCode, default_socket_path, default_state_dir, main
+from carmesh import meshctl
+from carmesh.meshctl import ExitCode, main
+from meshd.control.server import ControlServer
+from meshd.core.errors import ControlError
 from meshd.names import resolve_node
+from meshd.paths import default_socket_path, default_state_dir
 
 ME = "aa" * 16
 CAR1 = "0123abcd" + "0" * 24

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.control import ControlError
+from meshd.core.errors import ControlError
 from meshd.names import resolve_node
 
 A = "0123abcd" + "0" * 24

@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.codec import pack, unpack
-from meshd.neighbours import (
+from meshd.core.codec import pack, unpack
+from meshd.routing.neighbours import (
     COST_INFINITY,
     NeighbourLost,
     NeighbourState,

@@ -11,13 +11,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.channels import Channel
-from meshd.codec import pack
 from meshd.config import Config
-from meshd.fragment import split
-from meshd.identity import Identity
+from meshd.core.channels import Channel
+from meshd.core.codec import pack
+from meshd.core.fragment import split
+from meshd.core.identity import Identity
+from meshd.core.packet import MeshPacket, Service
 from meshd.node import Node
-from meshd.packet import MeshPacket, Service
 
 
 def _node(tmp: Path) -> Node:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.codec import pack
-from meshd.routing import (
+from meshd.core.codec import pack
+from meshd.routing.table import (
     INFINITY,
     MAX_ROUTING_PAYLOAD,
     RouteChanged,

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.errors import LocalProtocolError, RemoteProtocolError, VerificationError
-from meshd.fragment import MAX_FRAGMENTS, Reassembler, split
-from meshd.identity import Identity
-from meshd.seal import ReplayCache, open_sealed, seal
+from meshd.core.errors import LocalProtocolError, RemoteProtocolError, VerificationError
+from meshd.core.fragment import MAX_FRAGMENTS, Reassembler, split
+from meshd.core.identity import Identity
+from meshd.core.seal import ReplayCache, open_sealed, seal
 
 NOW_MS = 1_800_000_000_000
 A, B, M = Identity.generate(), Identity.generate(), Identity.generate()

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from meshd.tasks import cancel_and_wait
+from meshd.core.tasks import cancel_and_wait
 
 
 async def test_cancels_and_waits_for_the_task() -> None:

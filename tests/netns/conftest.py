@@ -1,6 +1,6 @@
 """Fixtures for tests in Linux network namespaces (need root; skipped otherwise).
 
-``devnet`` gives a fresh ``meshd.devnet.DevNet`` that is torn down after the
+``devnet`` gives a fresh ``carmesh.dev.devnet.DevNet`` that is torn down after the
 test whatever happens; ``line3`` is three nodes a–b–c in a line on top of it.
 Leftovers of crashed earlier runs are removed once per session (only runs whose
 owner process is dead; parallel runs are left alone).
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshd.devnet import DevNet, NetNode, cleanup_stale, have_netns
+from carmesh.dev.devnet import DevNet, NetNode, cleanup_stale, have_netns
 
 NETNS_SKIP = have_netns()
 

@@ -18,8 +18,8 @@ import logging
 import signal
 import sys
 
+from meshd.core.identity import Identity, NodeId
 from meshd.discovery import Discovery, PeerSeen
-from meshd.identity import Identity, NodeId
 
 
 def _emit(**fields: object) -> None:

@@ -11,8 +11,8 @@ import asyncio
 import json
 import time
 
-from meshd.identity import Announcement, Identity, NodeId, Role
-from meshd.links import LinkManager
+from meshd.core.identity import Announcement, Identity, NodeId, Role
+from meshd.links.manager import LinkManager
 
 
 class _Listener:

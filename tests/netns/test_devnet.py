@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.devnet import DevNet, DevNetError, NetNode, cleanup_stale, list_namespaces
+from carmesh.dev.devnet import DevNet, DevNetError, NetNode, cleanup_stale, list_namespaces
 from tests.netns.conftest import require_netns
 
 pytestmark = pytest.mark.netns
@@ -186,7 +186,7 @@ def _child(code: str) -> subprocess.Popen[str]:
 
 CHILD = """
     import json, os, signal, sys, time
-    from meshd.devnet import DevNet
+    from carmesh.dev.devnet import DevNet
     net = DevNet()
     a, b = net.line(2)
     net.popen(a, ["sleep", "60"])
@@ -252,10 +252,10 @@ def test_markers_of_closed_runs_are_removed() -> None:
 
 def test_command_line_lists_and_cleans(devnet: DevNet) -> None:
     devnet.add_node("a")
-    out = subprocess.run([sys.executable, "-m", "meshd.devnet", "list"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "carmesh.dev.devnet", "list"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert f"{devnet.tag}-a\tlive run" in out
-    out = subprocess.run([sys.executable, "-m", "meshd.devnet", "cleanup"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "carmesh.dev.devnet", "cleanup"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert "removed" in out
     assert f"{devnet.tag}-a" in list_namespaces()  # a live run is never cleaned up

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from meshd.devnet import DevNet, NetNode
+from carmesh.dev.devnet import DevNet, NetNode
 from tests.netns.procs import JsonLines
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from meshd.devnet import DevNet, NetNode
+from carmesh.dev.devnet import DevNet, NetNode
 from tests.daemons import Cluster, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

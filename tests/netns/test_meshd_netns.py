@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.devnet import DevNet, NetNode
+from carmesh.dev.devnet import DevNet, NetNode
 from tests.daemons import Cluster, wait_until
 from tests.netns.procs import JsonLines
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from meshd.channels import Channel
-from meshd.devnet import DevNet, NetNode
-from meshd.harness import MESHCTL
+from carmesh.dev.devnet import DevNet, NetNode
+from carmesh.dev.harness import MESHCTL
+from meshd.core.channels import Channel
 from tests.daemons import Cluster, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -61,7 +61,7 @@ class LoopWatch:
         net.observe(self._on)
 
     def _on(self, entry: LogEntry) -> None:
-        from meshd.routing import RouteChanged
+        from meshd.routing.table import RouteChanged
 
         ev = entry.event
         if isinstance(ev, RouteChanged) and ev.next_hop is not None:

@@ -1,10 +1,10 @@
 """A simulated mesh node: the neighbour core and the routing core glued the way the daemon does.
 
 ``MeshNode`` multiplexes the two pure cores on one link with the channel byte
-(``meshd.channels.Channel``) and turns neighbour events into the routing
+(``meshd.core.channels.Channel``) and turns neighbour events into the routing
 core's ``neighbour_up`` / ``neighbour_lost`` / ``cost_changed``, exactly the
 wiring the daemon needs.  Announcements are either real (Ed25519,
-``meshd.identity``) or cheap (``CheapSigner``: a keyed hash standing in for a
+``meshd.core.identity``) or cheap (``CheapSigner``: a keyed hash standing in for a
 signature, so a thousand nodes run fast; a forger without the key still fails).
 """
 
@@ -16,12 +16,12 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from meshd.channels import Channel
-from meshd.codec import Fields, pack, unpack
-from meshd.errors import VerificationError
-from meshd.identity import Announcement, Identity, Role
-from meshd.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
-from meshd.routing import RouteChanged, RoutingTable, VerifiedAnnouncement, Verifier
+from meshd.core.channels import Channel
+from meshd.core.codec import Fields, pack, unpack
+from meshd.core.errors import VerificationError
+from meshd.core.identity import Announcement, Identity, Role
+from meshd.routing.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
+from meshd.routing.table import RouteChanged, RoutingTable, VerifiedAnnouncement, Verifier
 from tests.sim.network import LinkParams, Network, NodeId, sim_id
 from tests.sim.topology import Edges
 
@@ -59,7 +59,7 @@ class CheapSigner:
 
 
 class RealSigner:
-    """Real Ed25519 announcements (``meshd.identity``) for a few nodes."""
+    """Real Ed25519 announcements (``meshd.core.identity``) for a few nodes."""
 
     def __init__(self, wall_now: float = 1_700_000_000.0) -> None:
         self.identities: dict[NodeId, Identity] = {}

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from meshd.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
+from meshd.routing.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
 from tests.sim import LinkParams, Mobility, Network, sim_id
 
 LOSSY = LinkParams(loss=0.2, duplicate=0.02, reorder=0.2, delay=0.01, jitter=0.02,

@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from meshd.channels import Channel
-from meshd.codec import Fields, pack, unpack
-from meshd.routing import INFINITY, RouteChanged
+from meshd.core.channels import Channel
+from meshd.core.codec import Fields, pack, unpack
+from meshd.routing.table import INFINITY, RouteChanged
 from tests.sim import LinkParams, Network, grid, line, random_geometric, ring
 from tests.sim.checks import LoopWatch, follow, unreachable_pairs
 from tests.sim.mesh import MeshNode, RealSigner, build_mesh

@@ -1,4 +1,4 @@
-"""In-memory message-framed streams and a tiny network of SyncServices (no meshd.links)."""
+"""In-memory message-framed streams and a tiny network of SyncServices (no meshd.links.manager)."""
 
 from __future__ import annotations
 

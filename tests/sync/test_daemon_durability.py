@@ -22,7 +22,7 @@ import pytest
 
 from library_replica.ops import sync_authorizers
 from library_replica.situation import KIND_SET, authorize_situation, prepare_set
-from meshd.identity import Identity
+from meshd.core.identity import Identity
 from sync.envelope import create_op
 from sync.node_service import DB_NAME
 from sync.store import OpStore

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from meshd.codec import pack
-from meshd.errors import DecodeError, VerificationError
+from meshd.core.codec import pack
+from meshd.core.errors import DecodeError, VerificationError
 from sync.envelope import create_op, decode_op
 from tests.sync.conftest import WALL_S
 

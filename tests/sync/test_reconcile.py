@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshd.errors import DecodeError
+from meshd.core.errors import DecodeError
 from sync.envelope import NAMESPACE_PRIORITY
 from sync.reconcile import OPENING_BUDGET, OPENING_TAIL_IDS, RangeSet, Reconciler
 from tests.sync.helpers import Outcome, all_ids, make_items, run_session

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.errors import DecodeError
+from meshd.core.errors import DecodeError
 from sync.reconcile import (
     MAX_ANNOUNCED_PUSH,
     MAX_MESSAGE_SIZE,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshd.harness import Cluster, free_udp_port
+from carmesh.dev.harness import Cluster, free_udp_port
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from meshd.control import ControlServer
+from meshd.control.server import ControlServer
 from tests.tui.fixtures import DELTA, ME
 from tests.tui.helpers import wait_for_text
 from tui.app import MeshConsole

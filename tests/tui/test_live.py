@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from meshd.harness import Cluster, free_udp_port
-from meshd.meshctl import default_socket_path
+from carmesh.dev.harness import Cluster, free_udp_port
+from meshd.paths import default_socket_path
 from tests.tui.helpers import screen_text, wait_for_text
 from tui.app import MeshConsole
 

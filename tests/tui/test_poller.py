@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from meshd.control import ControlError, ControlServer
+from meshd.control.server import ControlServer
+from meshd.core.errors import ControlError
 from tests.tui.fixtures import BRAVO, ME, NOW
 from tui.model import MeshModel, Poller
 

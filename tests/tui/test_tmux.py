@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.harness import MESHCTL, Cluster
+from carmesh.dev.harness import MESHCTL, Cluster
 
 TMUX = shutil.which("tmux")
 

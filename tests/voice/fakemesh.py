@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshd.control import ControlError
-from meshd.identity import Announcement, Identity, NodeId, Role
-from meshd.packet import DEFAULT_HOP_LIMIT, MeshPacket
+from meshd.core.errors import ControlError
+from meshd.core.identity import Announcement, Identity, NodeId, Role
+from meshd.core.packet import DEFAULT_HOP_LIMIT, MeshPacket
 
 MAX_PAYLOAD = 1110
 
@@ -95,6 +95,11 @@ class MeshNode:
 
     def wall_ms(self) -> int:
         return int(self.mesh.wall() * 1000)
+
+    max_payload = MAX_PAYLOAD
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        self.control.publish(event, data)
 
 
 class FakeMesh:

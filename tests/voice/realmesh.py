@@ -3,7 +3,7 @@
 The two call endpoints are real ``Node`` objects in this process (real QUIC
 links, real routing, real forwarding) with a ``VoiceService`` attached the way
 the daemon's composition root will attach it; the relay cars in between are
-real ``meshd`` processes (``meshd.harness.Cluster``), so a relay can be killed
+real ``meshd`` processes (``carmesh.dev.harness.Cluster``), so a relay can be killed
 with SIGKILL mid-call.  Everything listens on 127.0.0.1 with static peers; run
 it inside a private network namespace (``tests.voice.scenarios.run_isolated``)
 so that aiortc sees only loopback.
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from carmesh.dev.harness import Cluster, Daemon, free_udp_port
 from meshd.config import Config
-from meshd.harness import Cluster, Daemon, free_udp_port
-from meshd.identity import NodeId
+from meshd.core.identity import NodeId
 from meshd.node import Node
 from voice.service import VoiceService
 
@@ -56,7 +56,7 @@ async def start_endpoint(name: str, root: Path, port: int, peers: list[int], **v
     voice.setdefault("auto_answer", False)
     voice.setdefault("answer_play", None)
     voice.setdefault("answer_record", None)
-    # plugged in the way the composition root (meshd.daemon) plugs services in: before run()
+    # plugged in the way the composition root (carmesh.app) plugs services in: before run()
     svc = VoiceService(node, relay_host="127.0.0.1", **voice)
     node.add_service(svc)
     stop = asyncio.Event()

@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from meshd.control import ControlError, ControlServer
-from meshd.packet import MeshPacket, Service
+from meshd.control.server import ControlServer
+from meshd.core.errors import ControlError
+from meshd.core.packet import MeshPacket, Service
 from tests.voice.fakemesh import FakeMesh, MeshNode
 from tests.voice.realmesh import Mesh, real_mesh, wait_route
 from voice.service import VoiceService
@@ -248,7 +249,7 @@ async def diamond(out: Path) -> dict[str, Any]:
 
 async def _meshctl(sock: Path, *argv: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshd.meshctl", "--socket", str(sock), *argv,
+        sys.executable, "-m", "carmesh.meshctl", "--socket", str(sock), *argv,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 40)
     assert proc.returncode is not None

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshd.codec import pack
-from meshd.errors import DecodeError
+from meshd.core.codec import pack
+from meshd.core.errors import DecodeError
 from voice.callstate import (
     DIAL_TIMEOUT_S,
     RING_TIMEOUT_S,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd.codec import pack
-from meshd.errors import DecodeError
+from meshd.core.codec import pack
+from meshd.core.errors import DecodeError
 from voice.relay import MediaFramer, classify, stun_binding_request
 from voice.signalling import SigMessage
 

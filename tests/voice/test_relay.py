@@ -9,8 +9,8 @@ import os
 import pytest
 from aioice import stun
 
-from meshd.codec import DropCounter
-from meshd.errors import DecodeError
+from meshd.core.codec import DropCounter
+from meshd.core.errors import DecodeError
 from voice.relay import (
     HOLD_S,
     IceCredentials,

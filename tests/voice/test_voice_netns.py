@@ -1,6 +1,6 @@
 """Tier 4: calls between real ``meshd`` daemons in Linux network namespaces (root).
 
-The real ``meshd`` (which plugs voice in through ``meshd.daemon``) and the real
+The real ``meshd`` (which plugs voice in through ``carmesh.app``) and the real
 ``meshctl``.  Audio is checked by frequency analysis of what the far side recorded.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from meshd.devnet import DevNet, NetNode, cleanup_stale, have_netns
+from carmesh.dev.devnet import DevNet, NetNode, cleanup_stale, have_netns
 from tests.daemons import MESHCTL, Cluster, Daemon, wait_until
 from tests.voice.audio import dominant_hz, read_wav, tone_windows
 

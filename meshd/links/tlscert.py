@@ -2,7 +2,7 @@
 
 Each node's QUIC certificate is self-signed with its Ed25519 identity key
 (DESIGN.md "Neighbour links").  Nobody trusts the certificate as such: the
-link handshake (``meshd.handshake``) checks that its key is the key in the
+link handshake (``meshd.links.handshake``) checks that its key is the key in the
 peer's signed announcement, and the connecting side signs the SHA-256
 fingerprint of the certificate it saw, so a machine in the middle presenting
 its own certificate is caught.
@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from meshd.errors import LocalProtocolError
-from meshd.identity import Identity
+from meshd.core.errors import LocalProtocolError
+from meshd.core.identity import Identity
 
 __all__ = [
     "CERT_VALIDITY_DAYS",

@@ -53,7 +53,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from meshd.errors import LocalProtocolError
+from meshd.core.errors import LocalProtocolError
 
 __all__ = [
     "PREFIX",
@@ -655,8 +655,8 @@ def cleanup_stale(prefix: str = PREFIX, *, include_unmarked: bool = False) -> li
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m meshd.devnet {list,cleanup}``: show or remove dev-network namespaces."""
-    parser = argparse.ArgumentParser(prog="python -m meshd.devnet",
+    """``python -m carmesh.dev.devnet {list,cleanup}``: show or remove dev-network namespaces."""
+    parser = argparse.ArgumentParser(prog="python -m carmesh.dev.devnet",
                                      description="carmesh dev-network namespaces")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="namespaces with the prefix, and whether their run is alive")

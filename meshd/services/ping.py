@@ -14,11 +14,11 @@ import itertools
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from meshd.codec import Fields, pack, unpack
-from meshd.control import ControlError
-from meshd.identity import NodeId, short_id
-from meshd.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service
-from meshd.services import ControlHandler
+from meshd.core.codec import Fields, pack, unpack
+from meshd.core.errors import ControlError
+from meshd.core.identity import NodeId, short_id
+from meshd.core.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service
+from meshd.services.api import ControlHandler
 
 __all__ = ["MAX_PING_PAYLOAD", "PingNode", "Pinger"]
 

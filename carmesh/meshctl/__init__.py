@@ -29,28 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from meshd.control import ControlClient, ControlError, NoDaemon
-from meshd.errors import LocalProtocolError
-from meshd.tasks import cancel_and_wait
+from meshd.control.client import ControlClient
+from meshd.control.protocol import NoDaemon
+from meshd.core.errors import ControlError, LocalProtocolError
+from meshd.core.tasks import cancel_and_wait
+from meshd.paths import STATE_DIR_ENV, default_socket_path, default_state_dir
 
 __all__ = [
     "COMMANDS",
-    "SOCKET_NAME",
-    "STATE_DIR_ENV",
     "Command",
     "ExitCode",
     "Output",
-    "default_socket_path",
-    "default_state_dir",
     "exit_code_for",
     "main",
     "register",
 ]
 
-#: environment variable that overrides the default state directory (meshd and meshctl)
-STATE_DIR_ENV = "CARMESH_STATE_DIR"
-#: file name of the control socket inside the state directory
-SOCKET_NAME = "control.sock"
 #: how long meshctl waits for the socket to accept a connection, seconds
 CONNECT_TIMEOUT_S = 2.0
 #: how long a plain request may take before the daemon counts as not answering, seconds
@@ -85,23 +79,6 @@ _CODE_EXIT = {
 def exit_code_for(err: ControlError) -> ExitCode:
     """The meshctl exit code for a control error code."""
     return _CODE_EXIT.get(err.code, ExitCode.FAILED)
-
-
-def default_state_dir() -> Path:
-    """``$CARMESH_STATE_DIR``, else ``$XDG_STATE_HOME/carmesh``, else ``~/.local/state/carmesh``."""
-    env = os.environ.get(STATE_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    # the XDG spec says a relative value is invalid and must be ignored
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "carmesh"
-    return Path.home() / ".local" / "state" / "carmesh"
-
-
-def default_socket_path(state_dir: Path | None = None) -> Path:
-    """``<state_dir>/control.sock``; ``state_dir`` defaults to ``default_state_dir()``."""
-    return (state_dir if state_dir is not None else default_state_dir()) / SOCKET_NAME
 
 
 class Output:

@@ -8,7 +8,11 @@ adapter boundary, never raised into the event loop.
 
 from __future__ import annotations
 
+from typing import Any, Final
+
 __all__ = [
+    "ERROR_CODES",
+    "ControlError",
     "DecodeError",
     "LocalProtocolError",
     "MeshError",
@@ -43,3 +47,25 @@ class DecodeError(RemoteProtocolError):
 
 class VerificationError(RemoteProtocolError):
     """A signature, key binding or freshness check failed."""
+
+
+#: every error code a control response may carry (meshctl maps them to exit codes)
+ERROR_CODES: Final = frozenset(
+    {"unreachable", "timeout", "bad_request", "not_found", "ambiguous", "failed", "unknown_method"}
+)
+
+
+class ControlError(MeshError):
+    """A control request failed; ``code`` is in ``ERROR_CODES``, ``data`` is JSON-able detail."""
+
+    def __init__(self, code: str, message: str, data: dict[str, Any] | None = None) -> None:
+        if code not in ERROR_CODES:
+            raise LocalProtocolError(f"unknown control error code {code!r}")
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.data: dict[str, Any] = data if data is not None else {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``error`` member of a response line."""
+        return {"code": self.code, "message": self.message, "data": self.data}

@@ -13,6 +13,6 @@ __all__ = ["Channel"]
 
 
 class Channel(enum.IntEnum):
-    NEIGHBOUR = 0x01  #: hello / IHU between the two ends of a link (meshd.neighbours)
-    ROUTING = 0x02  #: Babel-style routing messages (meshd.routing)
-    PACKET = 0x03  #: an end-to-end mesh packet being forwarded (meshd.packet)
+    NEIGHBOUR = 0x01  #: hello / IHU between the two ends of a link (meshd.routing.neighbours)
+    ROUTING = 0x02  #: Babel-style routing messages (meshd.routing.table)
+    PACKET = 0x03  #: an end-to-end mesh packet being forwarded (meshd.core.packet)

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Every node is a destination and an *origin*: it announces itself with metric 0
 and a sequence number.  That seqno is the seqno of the origin's signed
-``meshd.identity.Announcement``, so a route to an origin is only believed when
+``meshd.core.identity.Announcement``, so a route to an origin is only believed when
 its seqno is covered by a verified announcement of that origin: a relay can
 neither claim another node's id nor push a seqno the origin never signed.
 Announcements travel with the updates, once per (neighbour, origin, seqno);
@@ -52,9 +52,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from meshd.codec import DropCounter, Fields, pack, unpack
-from meshd.errors import DecodeError, LocalProtocolError, RemoteProtocolError
-from meshd.identity import NodeId, short_id
+from meshd.core.codec import DropCounter, Fields, pack, unpack
+from meshd.core.errors import DecodeError, LocalProtocolError, RemoteProtocolError
+from meshd.core.identity import NodeId, short_id
 
 __all__ = [
     "INFINITY",
@@ -120,7 +120,7 @@ MAX_ANN_WANTED = 4096
 
 
 class VerifiedAnnouncement(Protocol):
-    """What routing needs of a verified announcement (``meshd.identity.Announcement`` is one)."""
+    """What routing needs of a verified announcement (``meshd.core.identity.Announcement`` is one)."""
 
     @property
     def node_id(self) -> NodeId: ...

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The link layer (QUIC, ``meshd.links``) has already proven the peer's NodeId;
+The link layer (QUIC, ``meshd.links.manager``) has already proven the peer's NodeId;
 this core only measures the link.  Every ``hello_interval`` (jittered by
 0.8–1.0 × with the injected ``random.Random``) each end sends one small message on
 ``Channel.NEIGHBOUR``.  Because a link is point-to-point, Babel's Hello and IHU
@@ -39,9 +39,9 @@ import logging
 import random
 from dataclasses import dataclass
 
-from meshd.codec import DropCounter, Fields, pack, unpack
-from meshd.errors import DecodeError, LocalProtocolError
-from meshd.identity import NodeId, short_id
+from meshd.core.codec import DropCounter, Fields, pack, unpack
+from meshd.core.errors import DecodeError, LocalProtocolError
+from meshd.core.identity import NodeId, short_id
 
 __all__ = [
     "COST_INFINITY",

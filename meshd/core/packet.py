@@ -18,8 +18,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from meshd.errors import DecodeError, LocalProtocolError
-from meshd.identity import NODE_ID_LEN, NodeId
+from meshd.core.errors import DecodeError, LocalProtocolError
+from meshd.core.identity import NODE_ID_LEN, NodeId
 
 __all__ = [
     "DEFAULT_HOP_LIMIT",

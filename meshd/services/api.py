@@ -1,7 +1,7 @@
 """The seam between the node and the application packages (voice, sync, library_replica).
 
 The node (links, routing, forwarding) imports none of them.  Each registers as
-a ``NodeService`` with the composition root (``meshd.daemon``): it contributes
+a ``NodeService`` with the composition root (``carmesh.app``): it contributes
 control methods, may run long-lived tasks in the node's task group, hears about
 neighbours coming and going, and may serve stream services on links.  What a
 service needs from the node is the ``NodeApi`` below (end-to-end packets and
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from meshd.identity import Announcement, Identity, NodeId
-from meshd.packet import MeshPacket
+from meshd.core.identity import Announcement, Identity, NodeId
+from meshd.core.packet import MeshPacket
 
 __all__ = ["ControlHandler", "NodeApi", "NodeService", "PacketHandler", "StreamHandler"]
 
@@ -29,6 +29,11 @@ class NodeApi(Protocol):
     identity: Identity
     name: str
     state_dir: Any
+
+    @property
+    def max_payload(self) -> int:
+        """Largest ``send_packet`` payload in bytes (the mesh MTU less the packet header)."""
+        ...
 
     def register_service(self, service: int, handler: PacketHandler) -> None: ...
 

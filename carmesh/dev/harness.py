@@ -25,9 +25,9 @@ from typing import Any
 __all__ = ["MESHCTL", "MESHD", "Cluster", "Daemon", "free_udp_port", "wait_until"]
 
 BIN = Path(sys.executable).parent
-MESHD = [str(BIN / "meshd")] if (BIN / "meshd").exists() else [sys.executable, "-m", "meshd.cli"]
+MESHD = [str(BIN / "meshd")] if (BIN / "meshd").exists() else [sys.executable, "-m", "carmesh.cli"]
 MESHCTL = ([str(BIN / "meshctl")] if (BIN / "meshctl").exists()
-           else [sys.executable, "-m", "meshd.meshctl"])
+           else [sys.executable, "-m", "carmesh.meshctl"])
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:

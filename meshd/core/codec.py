@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from meshd.errors import DecodeError
+from meshd.core.errors import DecodeError
 
 __all__ = ["DropCounter", "Fields", "pack", "unpack"]
 

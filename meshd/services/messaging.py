@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``send`` seals the text to the recipient's X25519 key (``meshd.seal``: relays
+``send`` seals the text to the recipient's X25519 key (``meshd.core.seal``: relays
 see only routing headers), hands it to the node (which fragments anything
 larger than one packet), and retries the *same* sealed bytes with backoff
 until a sealed acknowledgement carrying the message id comes back or the
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshd.codec import DropCounter, Fields, pack, unpack
-from meshd.errors import LocalProtocolError, RemoteProtocolError
-from meshd.identity import Announcement, Identity, NodeId, short_id
-from meshd.packet import MeshPacket, Service
-from meshd.seal import MAX_SEALED, ReplayCache, open_sealed, seal
+from meshd.core.codec import DropCounter, Fields, pack, unpack
+from meshd.core.errors import LocalProtocolError, RemoteProtocolError
+from meshd.core.identity import Announcement, Identity, NodeId, short_id
+from meshd.core.packet import MeshPacket, Service
+from meshd.core.seal import MAX_SEALED, ReplayCache, open_sealed, seal
 
 __all__ = ["MAX_TEXT_BYTES", "MessageNode", "Messenger", "SendResult", "Undeliverable"]
 

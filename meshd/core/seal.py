@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from meshd.codec import Fields, pack, unpack
-from meshd.errors import DecodeError, VerificationError
-from meshd.identity import Identity, NodeId, node_id_of, verify_ed25519
+from meshd.core.codec import Fields, pack, unpack
+from meshd.core.errors import DecodeError, VerificationError
+from meshd.core.identity import Identity, NodeId, node_id_of, verify_ed25519
 
 __all__ = ["MAX_SEALED", "Opened", "ReplayCache", "open_sealed", "seal"]
 

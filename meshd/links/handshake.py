@@ -43,9 +43,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshd import PROTOCOL_VERSION
-from meshd.codec import Fields, pack, unpack
-from meshd.errors import DecodeError, LocalProtocolError, RemoteProtocolError, VerificationError
-from meshd.identity import (
+from meshd.core.codec import Fields, pack, unpack
+from meshd.core.errors import (
+    DecodeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VerificationError,
+)
+from meshd.core.identity import (
     MAX_ANNOUNCEMENT_SIZE,
     Announcement,
     Identity,
@@ -86,8 +91,8 @@ REFUSAL_REASONS = frozenset({
     "timeout",       # the exchange took longer than HANDSHAKE_TIMEOUT_S
     "unexpected",    # a message out of order
     "version",       # an unknown handshake version
-    "role",          # an announcement with an unknown role (meshd.identity)
-    "malformed", "oversize", "field", "type", "missing",  # from meshd.codec
+    "role",          # an announcement with an unknown role (meshd.core.identity)
+    "malformed", "oversize", "field", "type", "missing",  # from meshd.core.codec
 })
 
 # message type tags

@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from meshd import PROTOCOL_VERSION
-from meshd.codec import Fields, pack, unpack
-from meshd.errors import LocalProtocolError, VerificationError
+from meshd.core.codec import Fields, pack, unpack
+from meshd.core.errors import LocalProtocolError, VerificationError
 
 __all__ = [
     "ANNOUNCE_MAX_AGE_S",

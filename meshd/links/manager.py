@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 One QUIC connection (aioquic, ALPN ``carmesh/1``) per neighbour pair
 (DESIGN.md "Neighbour links").  A connection is a *link* only after the
-proof exchange of ``meshd.handshake`` has completed on its first
+proof exchange of ``meshd.links.handshake`` has completed on its first
 bidirectional stream; until then every datagram and every other stream from
 the peer is dropped and counted.  ``LinkManager`` owns the listening sockets,
 the connections, the per-peer state and the static-peer reconnect loops, and
@@ -35,7 +35,7 @@ the node with the smaller NodeId is kept; both nodes apply the same rule.  A
 connection the rule prefers is first pinged: if it no longer answers (the
 peer restarted and lost it) the newer one is kept instead.
 
-aioquic internals.  Besides the peer certificate (``meshd.tlscert``), five
+aioquic internals.  Besides the peer certificate (``meshd.links.tlscert``), five
 guarded helpers here use aioquic private state: the datagram queue length,
 a stream's unacknowledged bytes, the draining state (a peer's
 CONNECTION_CLOSE is reported on arrival, not three PTOs later), the pending
@@ -78,9 +78,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshd import ALPN
-from meshd.codec import DropCounter
-from meshd.errors import LocalProtocolError, MeshError, RemoteProtocolError, VerificationError
-from meshd.handshake import (
+from meshd.core.codec import DropCounter
+from meshd.core.errors import LocalProtocolError, MeshError, RemoteProtocolError, VerificationError
+from meshd.core.identity import Announcement, Identity, NodeId, short_id
+from meshd.links.handshake import (
     HANDSHAKE_TIMEOUT_S,
     MAX_HANDSHAKE_MESSAGE,
     NONCE_LEN,
@@ -88,8 +89,7 @@ from meshd.handshake import (
     HandshakeState,
     ServerHandshake,
 )
-from meshd.identity import Announcement, Identity, NodeId, short_id
-from meshd.tlscert import certificate_fingerprint, make_certificate, peer_certificate
+from meshd.links.tlscert import certificate_fingerprint, make_certificate, peer_certificate
 
 __all__ = [
     "BACKOFF_MAX_S",

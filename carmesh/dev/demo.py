@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshd.devnet import DevNet, cleanup_stale, have_netns
-from meshd.harness import Cluster, Daemon, free_udp_port, wait_until
+from carmesh.dev.devnet import DevNet, cleanup_stale, have_netns
+from carmesh.dev.harness import Cluster, Daemon, free_udp_port, wait_until
 
 __all__ = ["main"]
 
@@ -231,7 +231,7 @@ def _show(d: Daemon, *args: str, fmt: Callable[[Any], str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m meshd.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m carmesh.dev.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--loopback", action="store_true", help="use loopback even as root")
     p.add_argument("--keep", action="store_true", help="keep the mesh running until Ctrl-C")

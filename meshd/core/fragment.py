@@ -17,8 +17,8 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from meshd.errors import DecodeError, LocalProtocolError
-from meshd.identity import NodeId
+from meshd.core.errors import DecodeError, LocalProtocolError
+from meshd.core.identity import NodeId
 
 __all__ = ["FRAG_HEADER_LEN", "MAX_FRAGMENTS", "Reassembler", "split"]
 

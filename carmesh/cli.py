@@ -17,8 +17,8 @@ from typing import Any
 
 from meshd import __version__
 from meshd.config import Config, ConfigError, load_config
-from meshd.errors import MeshError
-from meshd.identity import Role
+from meshd.core.errors import MeshError
+from meshd.core.identity import Role
 
 __all__ = ["build_parser", "meshd_main"]
 
@@ -72,7 +72,7 @@ def _setup_logging(level: str) -> None:
 
 
 async def _run(config: Config) -> int:
-    from meshd.daemon import build_node
+    from carmesh.app import build_node
 
     node = await build_node(config)
     stop = asyncio.Event()

@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from meshd.codec import DropCounter, Fields, pack, unpack
-from meshd.errors import DecodeError
-from meshd.identity import Identity, NodeId, short_id
-from meshd.packet import MeshPacket, Service
-from meshd.services import ControlHandler
+from meshd.core.codec import DropCounter, Fields, pack, unpack
+from meshd.core.errors import DecodeError
+from meshd.core.identity import Identity, NodeId, short_id
+from meshd.core.packet import MeshPacket, Service
+from meshd.services.api import ControlHandler
 
 __all__ = ["InfoAnswer", "InfoNode", "InfoService", "RateLimiter", "decode", "encode_answer",
            "encode_request"]
