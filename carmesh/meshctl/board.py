@@ -1,0 +1,129 @@
+"""meshctl situation and bulletin: the situation files and emergency bulletins."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from carmesh.meshctl.common import (
+    CALL_TIMEOUT_S,
+    ExitCode,
+    Output,
+    _clock,
+    _global_options,
+    _positive_float,
+    _str,
+    register,
+)
+from meshd.control.client import ControlClient
+
+
+def _field_value(text: str) -> Any:
+    """``K=V`` values: JSON when it parses (numbers, true/false, null, lists, objects), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _situation_setup(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = sub.add_parser("set", help="set fields of this node's record of KIND")
+    s.add_argument("kind", metavar="KIND",
+                   help="person, household, shelter, shop, dealer or vehicle")
+    s.add_argument("--field", action="append", default=[], metavar="K=V",
+                   help="repeatable; V is JSON if it parses (3, true, [\"water\"]), else text; "
+                        "null clears")
+    sub.add_parser("show", help="the records of NODE").add_argument("node", metavar="NODE")
+    lst = sub.add_parser("list", help="every record, most recently updated first")
+    lst.add_argument("--kind", metavar="KIND")
+    for sp in sub.choices.values():
+        _global_options(sp, suppress=True)
+
+
+def _show_records(records: list[Any], out: Output) -> None:
+    if not records:
+        out.line("no records")
+    for r in records:
+        who = r.get("name") or str(r.get("owner", ""))[:8]
+        out.line(f"{_str(r.get('kind'))} of {who} (updated {_clock(r.get('updated_ms'))})")
+        for k, v in sorted((r.get("fields") or {}).items()):
+            out.line(f"    {k}: {json.dumps(v, ensure_ascii=False)}")
+
+
+@register("situation", "situation files: who is safe, shelters, shops, battery power on offer",
+          _situation_setup)
+async def _situation(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    res: Any
+    if args.action == "set":
+        fields: dict[str, Any] = {}
+        for item in args.field:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                return out.fail(ExitCode.USAGE, f"--field {item!r}: expected K=V")
+            fields[k] = _field_value(v)
+        if not fields:
+            return out.fail(ExitCode.USAGE, "situation set needs at least one --field K=V")
+        res = await client.call("situation.set", {"kind": args.kind, "fields": fields},
+                                timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+        else:
+            _show_records([res], out)
+        return ExitCode.OK
+    if args.action == "show":
+        res = await client.call("situation.show", {"node": args.node}, timeout=CALL_TIMEOUT_S)
+    else:
+        params = {"kind": args.kind} if args.kind else {}
+        res = await client.call("situation.list", params, timeout=CALL_TIMEOUT_S)
+    if out.json:
+        out.document(res)
+    else:
+        _show_records(res.get("records") or [], out)
+    return ExitCode.OK
+
+
+def _bulletin_setup(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    pub = sub.add_parser("publish", help="publish a bulletin signed with this node's key "
+                                         "(an authority in the trust configuration)")
+    pub.add_argument("--title", required=True, metavar="T")
+    pub.add_argument("--body", required=True, metavar="B")
+    pub.add_argument("--expires", type=_positive_float, default=24 * 3600.0, metavar="S",
+                     help="seconds until it expires (default one day, at most 30 days)")
+    sub.add_parser("list", help="live bulletins, newest first")
+    for sp in sub.choices.values():
+        _global_options(sp, suppress=True)
+
+
+
+def _show_bulletin(b: dict[str, Any], out: Output) -> None:
+    a = b.get("authority") or {}
+    out.line(f"[{_clock(b.get('issued_ms'))}] {_str(b.get('title'))} -- "
+             f"{_str(a.get('name') or None)} ({_str(a.get('role'))}), "
+             f"expires {_clock(b.get('expires_ms'))}")
+    out.line("    " + str(b.get("body", "")))
+
+
+@register("bulletin", "emergency bulletins from authority keys: publish, list", _bulletin_setup)
+async def _bulletin(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "publish":
+        res = await client.call("bulletin.publish", {"title": args.title, "body": args.body,
+                                                     "expires_s": args.expires},
+                                timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+        else:
+            out.line(f"published {str(res.get('op_id'))[:12]}")
+        return ExitCode.OK
+    res = await client.call("bulletin.list", timeout=CALL_TIMEOUT_S)
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    bulletins = res.get("bulletins") or []
+    if not bulletins:
+        out.line("no bulletins")
+    for b in bulletins:
+        _show_bulletin(b, out)
+    return ExitCode.OK
