@@ -17,7 +17,7 @@ help:
 	@echo "make test   the whole test suite (what CI runs)"
 	@echo "make run    one node on loopback in the foreground"
 	@echo "make bench  the benchmarks (results for docs/benchmarks.md)"
-	@echo "make lint   ruff and mypy --strict"
+	@echo "make lint   ruff, mypy --strict and the import contracts (lint-imports)"
 
 deps: $(STAMP)
 
@@ -44,6 +44,7 @@ sysdeps:
 	fi
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
@@ -56,8 +57,9 @@ bench: $(STAMP)
 	@for b in links routing sync library voice; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 lint: $(STAMP)
-	$(BIN)/ruff check meshd voice sync library_replica tui tests bench
+	$(BIN)/ruff check carmesh meshd voice sync library_replica tui tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

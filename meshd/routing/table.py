@@ -50,11 +50,22 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from meshd.core.codec import DropCounter, Fields, pack, unpack
+from meshd.core.codec import DropCounter, pack
 from meshd.core.errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from meshd.core.identity import NodeId, short_id
+from meshd.routing.requests import OutQueue, Starving
+from meshd.routing.route import Route, Selected
+from meshd.routing.source import Source, update_feasible
+from meshd.routing.wire import (
+    INFINITY,
+    MAX_ROUTING_PAYLOAD,
+    OVERHEAD,
+    Update,
+    decode_message,
+    packed_len,
+)
 
 __all__ = [
     "INFINITY",
@@ -71,16 +82,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Babel's infinite metric: unreachable, and what a retraction carries
-INFINITY = 0xFFFF
-#: a link datagram is at most MESH_MTU (1,100 bytes) including the channel byte
-MAX_ROUTING_PAYLOAD = 1099
-_NODE_ID_LEN = 16
-_MAX_SEQNO = 2**63 - 1
-_MAX_ANN_SIZE = 512
-_MAX_ITEMS = 128
-#: room left for the map and array headers of a message (generous)
-_OVERHEAD = 40
 #: route expiry: this many times the sender's update interval (Babel: 3.5)
 HOLD_MULTIPLIER = 3.5
 #: a selected route this close to expiry is asked for (a unicast route request, §3.8.1.1)
@@ -165,159 +166,6 @@ class RouteInfo:
     selected: bool
 
 
-def update_feasible(source: tuple[int, int] | None, seqno: int, refmetric: int) -> bool:
-    """RFC 8966 §3.5.1: is (seqno, advertised metric) feasible against source (seqno, fd)?"""
-    if source is None or refmetric >= INFINITY:
-        return True
-    src_seqno, fd = source
-    return seqno > src_seqno or (seqno == src_seqno and refmetric < fd)
-
-
-class _Route:
-    __slots__ = ("expires", "refmetric", "seqno", "updated")
-
-    def __init__(self, seqno: int, refmetric: int, expires: float, updated: float) -> None:
-        self.seqno = seqno
-        self.refmetric = refmetric
-        self.expires = expires
-        self.updated = updated
-
-
-class _Source:
-    __slots__ = ("metric", "seqno", "used")
-
-    def __init__(self, seqno: int, metric: int, used: float) -> None:
-        self.seqno = seqno
-        self.metric = metric
-        self.used = used
-
-
-class _Selected:
-    __slots__ = ("metric", "next_hop", "seqno")
-
-    def __init__(self, next_hop: NodeId, seqno: int, metric: int) -> None:
-        self.next_hop = next_hop
-        self.seqno = seqno
-        self.metric = metric
-
-
-class _Starving:
-    __slots__ = ("next_send", "seqno", "tries")
-
-    def __init__(self, seqno: int, next_send: float) -> None:
-        self.seqno = seqno
-        self.next_send = next_send
-        self.tries = 0
-
-
-class _Out:
-    """What is queued for one neighbour until the next flush."""
-
-    __slots__ = ("ann_requests", "force_ann", "give_ann", "news", "requests", "table_answer",
-                 "updates", "wildcard", "wildcard_repeat")
-
-    def __init__(self) -> None:
-        self.wildcard = False  # ask the peer for its table (and repeat the question later)
-        self.wildcard_repeat = False  # a repetition: sent, but not repeated again
-        self.table_answer = False  # these updates answer the peer's wildcard request
-        self.updates: dict[NodeId, bool] = {}  # origin -> resend on a lossy link, in order
-        self.force_ann: set[NodeId] = set()  # attach these origins' announcements to updates
-        self.give_ann: set[NodeId] = set()  # send these announcements (asked for)
-        self.news: set[NodeId] = set()  # origins with a new seqno: their announcement goes along
-        self.requests: dict[tuple[NodeId, int], int] = {}  # (origin, seqno) -> hop count
-        self.ann_requests: dict[NodeId, None] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.updates or self.requests or self.ann_requests or self.wildcard
-                    or self.wildcard_repeat or self.give_ann)
-
-    def add(self, origin: NodeId, resend: bool = True) -> None:
-        self.updates[origin] = resend or self.updates.get(origin, False)
-
-    def merge(self, other: _Out) -> None:
-        for origin, resend in other.updates.items():
-            self.add(origin, resend)
-        self.force_ann |= other.force_ann
-        self.give_ann |= other.give_ann
-        self.news |= other.news
-        self.requests.update(other.requests)
-        self.ann_requests.update(other.ann_requests)
-        self.wildcard = self.wildcard or other.wildcard
-        self.wildcard_repeat = self.wildcard_repeat or other.wildcard_repeat
-        self.table_answer = self.table_answer or other.table_answer
-
-
-class _Update(NamedTuple):
-    origin: NodeId
-    seqno: int
-    metric: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    interval_cs: int
-    anns: list[bytes]
-    updates: list[_Update]
-    requests: list[tuple[NodeId, int, int]]
-    ann_requests: list[NodeId]
-    wildcard: bool
-    table_answer: bool
-
-
-def _node_id(v: object) -> NodeId:
-    if type(v) is not bytes or len(v) != _NODE_ID_LEN:
-        raise DecodeError("field", "node id: 16 bytes")
-    return v
-
-
-def _int(v: object, lo: int, hi: int) -> int:
-    if type(v) is not int or not lo <= v <= hi:
-        raise DecodeError("field", f"int in [{lo}, {hi}]")
-    return v
-
-
-def _triple(v: object) -> tuple[object, object, object]:
-    if type(v) is not list or len(v) != 3:
-        raise DecodeError("field", "entry of 3")
-    return v[0], v[1], v[2]
-
-
-def decode_message(data: bytes, max_payload: int = MAX_ROUTING_PAYLOAD) -> _Message:
-    """Parse one routing message (without the channel byte); raises ``DecodeError``."""
-    obj = unpack(data, max_payload, max_items=_MAX_ITEMS)
-    f = Fields(obj)
-    if f.int("v", 0, 255) != 1:
-        raise DecodeError("version", "routing message version")
-    interval_cs = f.int("iv", 1, 65535)
-    assert isinstance(obj, dict)
-    anns = []
-    for raw in (f.list("a", max_len=_MAX_ITEMS) if "a" in obj else []):
-        if type(raw) is not bytes or len(raw) > _MAX_ANN_SIZE:
-            raise DecodeError("field", "announcement bytes")
-        anns.append(raw)
-    updates = []
-    for e in (f.list("u", max_len=_MAX_ITEMS) if "u" in obj else []):
-        o, s, m = _triple(e)
-        updates.append(_Update(_node_id(o), _int(s, 0, _MAX_SEQNO), _int(m, 0, INFINITY)))
-    requests = []
-    for e in (f.list("r", max_len=_MAX_ITEMS) if "r" in obj else []):
-        o, s, h = _triple(e)
-        requests.append((_node_id(o), _int(s, 0, _MAX_SEQNO), _int(h, 0, 255)))
-    ann_requests = [_node_id(o) for o in (f.list("q", max_len=_MAX_ITEMS) if "q" in obj else [])]
-    wildcard = f.bool("w") if "w" in obj else False
-    table_answer = f.bool("t") if "t" in obj else False
-    return _Message(interval_cs, anns, updates, requests, ann_requests, wildcard, table_answer)
-
-
-def _packed_len(v: object) -> int:
-    """Upper bound of the MessagePack size of one list item (bytes, int, or a flat list)."""
-    if type(v) is bytes:
-        return len(v) + 5
-    if type(v) is list:
-        return 5 + sum(len(x) + 5 if type(x) is bytes else 9 for x in v)
-    return 9
-
-
 class RoutingTable:
     """Pure Babel-style routing core of one node (see the module docstring)."""
 
@@ -349,21 +197,21 @@ class RoutingTable:
         self._nbr_since: dict[NodeId, float] = {}  # when each neighbour came up
         self._heard: dict[NodeId, float] = {}  # last table answer from each neighbour
         self._table_sent: dict[NodeId, float] = {}  # last full table sent on a wildcard
-        self._routes: dict[NodeId, dict[NodeId, _Route]] = {}
-        self._sources: dict[NodeId, _Source] = {}
-        self._selected: dict[NodeId, _Selected] = {}
+        self._routes: dict[NodeId, dict[NodeId, Route]] = {}
+        self._sources: dict[NodeId, Source] = {}
+        self._selected: dict[NodeId, Selected] = {}
         self._retracted: dict[NodeId, tuple[int, float]] = {}  # origin -> (seqno, until)
-        self._starving: dict[NodeId, _Starving] = {}
+        self._starving: dict[NodeId, Starving] = {}
         self._seen_requests: dict[tuple[NodeId, int], float] = {}
         self._ann_sent: dict[NodeId, dict[NodeId, int]] = {}
         # origin -> (seqno wanted, next ask, asks so far, neighbour to ask)
         self._ann_wanted: dict[NodeId, tuple[int, float, int, NodeId]] = {}
         self._ann_due = float("inf")  # earliest "due" in _ann_wanted
-        self._out: dict[NodeId, _Out] = {}
+        self._out: dict[NodeId, OutQueue] = {}
         self._events: list[RoutingEvent] = []
         self._flush_at: float | None = None
         # slow queue: improvements and repetitions, merged and sent every slow_flush_gap
-        self._slow: dict[NodeId, _Out] = {}
+        self._slow: dict[NodeId, OutQueue] = {}
         self._slow_at: float | None = None
         self._last_slow = float("-inf")
         self._last_flush = float("-inf")
@@ -602,7 +450,7 @@ class RoutingTable:
         elif ann.seqno < held[0]:
             self.ignored["old-announcement"] += 1
 
-    def _handle_update(self, peer: NodeId, u: _Update, hold: float, now: float) -> None:
+    def _handle_update(self, peer: NodeId, u: Update, hold: float, now: float) -> None:
         origin = u.origin
         if origin == self.node_id:
             return
@@ -635,7 +483,7 @@ class RoutingTable:
             routes = self._routes[origin] = {}
         r = routes.get(peer)
         if r is None:
-            routes[peer] = _Route(u.seqno, u.metric, now + hold, now)
+            routes[peer] = Route(u.seqno, u.metric, now + hold, now)
             self._earliest_expiry = min(self._earliest_expiry, now + hold)
         elif r.seqno == u.seqno and r.refmetric == u.metric:
             r.expires, r.updated = now + hold, now  # nothing new: no reselection
@@ -719,15 +567,15 @@ class RoutingTable:
 
     # -- selection --------------------------------------------------------------
 
-    def _route_metric(self, nbr: NodeId, r: _Route) -> int:
+    def _route_metric(self, nbr: NodeId, r: Route) -> int:
         cost = self._nbr_cost.get(nbr, INFINITY)
         return min(INFINITY, r.refmetric + cost)
 
     def _reselect(self, origin: NodeId, now: float) -> None:
         src = self._sources.get(origin)
         source = (src.seqno, src.metric) if src is not None else None
-        best: tuple[int, NodeId, _Route] | None = None
-        current: tuple[int, NodeId, _Route] | None = None
+        best: tuple[int, NodeId, Route] | None = None
+        current: tuple[int, NodeId, Route] | None = None
         old = self._selected.get(origin)
         has_unfeasible = False
         cost = self._nbr_cost
@@ -761,11 +609,11 @@ class RoutingTable:
         self._starving.pop(origin, None)
         # the feasibility distance never exceeds what we advertise (§3.7.3)
         if src is None or r.seqno > src.seqno or (r.seqno == src.seqno and metric < src.metric):
-            self._sources[origin] = _Source(r.seqno, metric, now)
+            self._sources[origin] = Source(r.seqno, metric, now)
         else:
             src.used = now
         if old is None:
-            self._selected[origin] = _Selected(nbr, r.seqno, metric)
+            self._selected[origin] = Selected(nbr, r.seqno, metric)
             self._events.append(RouteChanged(origin, nbr, metric, r.seqno))
             newer = src is None or r.seqno > src.seqno
             renewed = newer and src is not None
@@ -807,7 +655,7 @@ class RoutingTable:
         base = max(src.seqno if src else 0, held[0] if held else 0)
         s = self._starving.get(origin)
         if s is None or s.seqno <= base:
-            self._starving[origin] = _Starving(base + 1, now)
+            self._starving[origin] = Starving(base + 1, now)
 
     def _send_requests(self, now: float) -> None:
         for origin in sorted(self._starving):
@@ -940,10 +788,10 @@ class RoutingTable:
         sel = self._selected.get(origin)
         return sel is not None and sel.next_hop != peer
 
-    def _outq(self, peer: NodeId) -> _Out:
+    def _outq(self, peer: NodeId) -> OutQueue:
         q = self._out.get(peer)
         if q is None:
-            q = self._out[peer] = _Out()
+            q = self._out[peer] = OutQueue()
         return q
 
     def _queue(self, peer: NodeId, origin: NodeId, now: float) -> None:
@@ -961,10 +809,10 @@ class RoutingTable:
         # not urgent: goes out with the next flush, at the latest after slow_flush_gap
         self._schedule_flush(now, slow=not urgent)
 
-    def _slowq(self, peer: NodeId) -> _Out:
+    def _slowq(self, peer: NodeId) -> OutQueue:
         q = self._slow.get(peer)
         if q is None:
-            q = self._slow[peer] = _Out()
+            q = self._slow[peer] = OutQueue()
         return q
 
     def _schedule_slow(self, now: float) -> None:
@@ -985,24 +833,24 @@ class RoutingTable:
         if self._flush_at is None or t < self._flush_at:
             self._flush_at = t
 
-    def _entry_for(self, peer: NodeId, origin: NodeId) -> _Update | None:
+    def _entry_for(self, peer: NodeId, origin: NodeId) -> Update | None:
         if origin == self.node_id:
-            return _Update(origin, self._own_seqno, 0)
+            return Update(origin, self._own_seqno, 0)
         sel = self._selected.get(origin)
         if sel is not None:
             # poisoned reverse: our next hop must not route back through us
             metric = INFINITY if sel.next_hop == peer else sel.metric
-            return _Update(origin, sel.seqno, metric)
+            return Update(origin, sel.seqno, metric)
         ret = self._retracted.get(origin)
         if ret is not None:
-            return _Update(origin, ret[0], INFINITY)
+            return Update(origin, ret[0], INFINITY)
         return None
 
-    def _build(self, peer: NodeId, q: _Out) -> tuple[list[bytes], set[NodeId]]:
+    def _build(self, peer: NodeId, q: OutQueue) -> tuple[list[bytes], set[NodeId]]:
         """The datagrams for ``q``, and the origins whose announcement went with them."""
         interval_cs = round(self._interval[1] * 100)
         sent = self._ann_sent.setdefault(peer, {})
-        budget = self._max_payload - _OVERHEAD
+        budget = self._max_payload - OVERHEAD
         msgs: list[bytes] = []
         cur: dict[str, list[object]] = {}
         size = 0
@@ -1018,7 +866,7 @@ class RoutingTable:
 
         def add(items: list[tuple[str, object]]) -> None:
             nonlocal size
-            need = sum(_packed_len(v) for _, v in items)
+            need = sum(packed_len(v) for _, v in items)
             if size + need > budget:
                 flush()
             for k, v in items:
