@@ -228,7 +228,7 @@ async def test_silent_daemon_exits_3(state_dir: Path, monkeypatch: pytest.Monkey
 
     server = ControlServer(state_dir / "control.sock", {"status": hang})
     await server.start()
-    monkeypatch.setattr(meshctl, "CALL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(meshctl.node, "CALL_TIMEOUT_S", 0.2)  # status lives in the node group
     try:
         assert await run("status", "--state-dir", state_dir) == ExitCode.NO_DAEMON
     finally:
