@@ -11,7 +11,8 @@ import pytest
 
 from meshd.core.errors import LocalProtocolError, RemoteProtocolError, VerificationError
 from meshd.core.identity import Identity, NodeId
-from meshd.links.manager import MESH_MTU, LinkBrokenError, Stream
+from meshd.links.connection import MESH_MTU
+from meshd.links.stream import LinkBrokenError, Stream
 from tests.meshd.links_helpers import Node, eventually
 
 
@@ -232,7 +233,9 @@ async def test_simultaneous_connect_ends_with_one_link(pair: tuple[Node, Node]) 
         b.rec.datagrams.clear()
         a.mgr.close_link(b.id, "test round")
         await b.rec.wait_for(lambda: len(b.rec.downs) == 1)
-        a.rec.ups.clear(), b.rec.ups.clear(), a.rec.downs.clear(), b.rec.downs.clear()
+        for rec in (a.rec, b.rec):
+            rec.ups.clear()
+            rec.downs.clear()
 
 
 async def test_close_link_reports_down_on_both_sides(pair: tuple[Node, Node]) -> None:
