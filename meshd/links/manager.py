@@ -112,6 +112,7 @@ class _StaticPeer:
     on_learned: Callable[[NodeId], None] | None
     backoff: Backoff
     task: asyncio.Task[None] | None = None
+    dialling: bool = False  # a connect attempt is in flight
     last_error: str = ""
 
 
@@ -488,9 +489,11 @@ class LinkManager:
                 await self._peers[sp.expect].down_event.wait()
                 sp.backoff.link_lost()
                 continue
+            sp.dialling = True
             try:
                 peer = await self.connect(sp.host, sp.port, sp.expect)
             except Exception as exc:  # refused, unreachable, or our bug: retry all the same
+                sp.dialling = False
                 if not isinstance(exc, MeshError | OSError):
                     log.exception("static peer %s:%s: unexpected error", sp.host, sp.port)
                 sp.last_error = str(exc)
@@ -501,6 +504,7 @@ class LinkManager:
                         sp.host, sp.port, exc, at - now)
                 await asyncio.sleep(at - now)
                 continue
+            sp.dialling = False
             sp.backoff.succeeded()
             if sp.expect is None:
                 sp.expect = peer
