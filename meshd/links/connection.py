@@ -437,8 +437,10 @@ class Connection(QuicConnectionProtocol):
                                                  f"{HANDSHAKE_TIMEOUT_S} s")
         else:
             err = exc
-        # counted per reason, logged once per (reason, peer): a peer cannot flood the log
-        self.manager.drops.drop(f"refused-{exc.reason}", self.label, f"link refused: {exc}")
+        # counted per reason, logged once per (reason, peer): a peer cannot flood the log.  An
+        # unproven remote is not a peer: a spoofer choosing addresses would get a line each
+        key = self.label if self.is_client or self.peer is not None else ""
+        self.manager.drops.drop(f"refused-{exc.reason}", key, f"link refused ({self.label}): {exc}")
         self.ready.set_exception(err)
         self.ready.exception()  # mark retrieved: refusals are reported via connect() or logs
         self.close(error_code=ERR_REFUSED, reason_phrase=f"refused: {exc.reason}")

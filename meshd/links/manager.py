@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
@@ -49,6 +50,7 @@ from meshd import ALPN
 from meshd.core.codec import DropCounter
 from meshd.core.errors import LocalProtocolError, MeshError, RemoteProtocolError
 from meshd.core.identity import Announcement, Identity, NodeId, short_id
+from meshd.links.admission import AdmissionPolicy, PendingHandshakes, RetryTokens
 from meshd.links.aioquic_internals import limit_receive_size
 from meshd.links.connection import (
     ERR_CLOSED,
@@ -61,6 +63,7 @@ from meshd.links.connection import (
     addr_of,
 )
 from meshd.links.rules import BACKOFF_MAX_S, BACKOFF_MIN_S, Backoff, Duplicate, resolve_duplicate
+from meshd.links.server import LinkServer, serve_links
 from meshd.links.stream import STREAM_HIGH_WATER, STREAM_PIPELINE, LinkBrokenError, Stream
 from meshd.links.tlscert import certificate_fingerprint, make_certificate
 
@@ -89,8 +92,16 @@ SERVICE_NAME_TIMEOUT_S = 10.0
 _DUPLICATE_GRACE_S = 1.5
 #: how long a preferred duplicate may take to answer a liveness ping
 _LIVENESS_PING_S = 1.0
-#: connections still in the handshake per listener; more are refused at once (cheap DoS guard)
-MAX_PENDING_HANDSHAKES = 128
+
+
+def _quiet_aioquic_loggers() -> None:
+    """aioquic logs every connection's events at INFO and each peer's protocol error at
+    WARNING ("quic"): a handshake flood made thousands of lines.  What a peer does wrong is
+    counted and logged once by the link layer, so aioquic's own logger is raised to ERROR,
+    unless the operator set a level for it on purpose."""
+    logger = logging.getLogger("quic")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
 
 
 class LinkListener(Protocol):
@@ -136,7 +147,8 @@ class LinkManager:
                  listener: LinkListener, *, wall_clock: Callable[[], float] = time.time,
                  datagram_queue_max: int = 256, rng: random.Random | None = None,
                  tls_identity_override: Identity | None = None,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 admission: AdmissionPolicy | None = None) -> None:
         self.identity = identity
         self.announcement = announcement
         self.listener = listener
@@ -152,7 +164,13 @@ class LinkManager:
         self._key = key
         self.fingerprint = certificate_fingerprint(cert)
         self._idle_timeout_s = idle_timeout_s
-        self._servers: list[QuicServer] = []
+        #: server-side handshakes in progress (meshd.links.admission decides on new ones)
+        self.pending_handshakes = PendingHandshakes(admission or AdmissionPolicy())
+        #: what the admission did with new Initials: accepted, retry-sent, refused-busy, ...
+        self.handshake_counts: Counter[str] = Counter()
+        self._retry_tokens = RetryTokens(os.urandom(32))
+        _quiet_aioquic_loggers()
+        self._servers: list[LinkServer] = []
         self._peers: dict[NodeId, _PeerState] = {}
         self._conns: set[Connection] = set()
         self._services: dict[str, _Service] = {}
@@ -190,16 +208,14 @@ class LinkManager:
         if self._closing:
             raise LocalProtocolError("link manager is closed")
 
-        def factory(quic: QuicConnection, **kwargs: Any) -> Connection:
-            pending = sum(1 for c in self._conns if not c.ready.done())
-            conn = Connection(quic, self, is_client=False, **kwargs)
+        def factory(quic: QuicConnection) -> Connection:
+            conn = Connection(quic, self, is_client=False)
             self._conns.add(conn)
-            if pending >= MAX_PENDING_HANDSHAKES:
-                conn.fail(RemoteProtocolError("busy", f"{pending} handshakes pending"))
             return conn
 
-        server = await serve(host, port, configuration=self._config(False),
-                             create_protocol=factory)
+        server = await serve_links(host, port, configuration=self._config(False),
+                                   create_protocol=factory, pending=self.pending_handshakes,
+                                   tokens=self._retry_tokens, counts=self.handshake_counts)
         self._servers.append(server)
         transport = server._transport
         assert transport is not None
