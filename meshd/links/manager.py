@@ -62,7 +62,14 @@ from meshd.links.connection import (
     LinkStats,
     addr_of,
 )
-from meshd.links.rules import BACKOFF_MAX_S, BACKOFF_MIN_S, Backoff, Duplicate, resolve_duplicate
+from meshd.links.rules import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    DISCOVERED_BACKOFF_MAX_S,
+    Backoff,
+    Duplicate,
+    resolve_duplicate,
+)
 from meshd.links.server import LinkServer, serve_links
 from meshd.links.stream import STREAM_HIGH_WATER, STREAM_PIPELINE, LinkBrokenError, Stream
 from meshd.links.tlscert import certificate_fingerprint, make_certificate
@@ -72,6 +79,8 @@ __all__ = [
     "BACKOFF_MIN_S",
     "IDLE_TIMEOUT_S",
     "MAX_DATAGRAM_FRAME_SIZE",
+    "MAX_DISCOVERED_DIALS",
+    "MAX_DISCOVERED_PEERS",
     "MESH_MTU",
     "STREAM_HIGH_WATER",
     "STREAM_PIPELINE",
@@ -86,6 +95,10 @@ log = logging.getLogger(__name__)
 
 #: QUIC idle timeout; liveness for routing is the hello core's job (~2 s)
 IDLE_TIMEOUT_S = 8.0
+#: connect attempts to discovered peers at once (each is a UDP socket and a TLS handshake)
+MAX_DISCOVERED_DIALS = 4
+#: discovered peers dialled (a spoofed zeroconf flood must not become a dial flood)
+MAX_DISCOVERED_PEERS = 64
 #: how long a peer may take to name the service of a stream it opened
 SERVICE_NAME_TIMEOUT_S = 10.0
 #: grace before reporting link_down when the peer closed our link as a duplicate
@@ -124,7 +137,9 @@ class _StaticPeer:
     backoff: Backoff
     task: asyncio.Task[None] | None = None
     dialling: bool = False  # a connect attempt is in flight
+    attempts: int = 0  # connect attempts made, in all
     last_error: str = ""
+    discovered: bool = False  # reported by zeroconf: dialled while advertised, slots bounded
 
 
 @dataclass(slots=True)
@@ -175,6 +190,8 @@ class LinkManager:
         self._conns: set[Connection] = set()
         self._services: dict[str, _Service] = {}
         self._static: list[_StaticPeer] = []
+        self._discovered: dict[NodeId, _StaticPeer] = {}
+        self._discovered_dials = asyncio.Semaphore(MAX_DISCOVERED_DIALS)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -261,6 +278,42 @@ class LinkManager:
         sp = _StaticPeer(host, port, expect, on_learned, Backoff(self._rng))
         self._static.append(sp)
         sp.task = self._spawn(self._static_loop(sp), f"static-peer {host}:{port}")
+
+    def add_discovered_peer(self, node_id: NodeId, host: str, port: int) -> bool:
+        """Keep dialling a peer discovery reported at ``host:port`` until it is gone.
+
+        Like a static peer (reconnect with backoff, pinned to ``node_id``) but
+        ended by ``remove_discovered_peer`` (the service's goodbye or expiry),
+        with a slower backoff, at most ``MAX_DISCOVERED_DIALS`` connect attempts
+        to discovered peers at once and at most ``MAX_DISCOVERED_PEERS`` of them
+        tracked (more are refused, counted in ``drops``: False).  Reporting a
+        known peer again updates its address.
+        """
+        if self._closing:
+            return False
+        sp = self._discovered.get(node_id)
+        if sp is not None:
+            sp.host, sp.port = host, port
+            return True
+        if len(self._discovered) >= MAX_DISCOVERED_PEERS:
+            self.drops.drop("discovered-full", "",
+                            f"more than {MAX_DISCOVERED_PEERS} discovered peers to dial")
+            return False
+        sp = _StaticPeer(host, port, node_id, None,
+                         Backoff(self._rng, max_s=DISCOVERED_BACKOFF_MAX_S), discovered=True)
+        self._discovered[node_id] = sp
+        sp.task = self._spawn(self._static_loop(sp), f"discovered-peer {short_id(node_id)}")
+        return True
+
+    def remove_discovered_peer(self, node_id: NodeId) -> None:
+        """Stop dialling a discovered peer (an attempt in flight is abandoned; a link stays)."""
+        sp = self._discovered.pop(node_id, None)
+        if sp is not None and sp.task is not None:
+            sp.task.cancel()
+
+    def discovered_peers(self) -> dict[NodeId, tuple[str, int]]:
+        """The discovered peers being dialled (or kept), with their addresses."""
+        return {nid: (sp.host, sp.port) for nid, sp in self._discovered.items()}
 
     def send_datagram(self, peer: NodeId, data: bytes, *, deadline: float | None = None) -> bool:
         """Queue one datagram to ``peer``; False if there is no link.
@@ -498,6 +551,25 @@ class LinkManager:
 
     # --- static peers --------------------------------------------------------------------------
 
+    async def _dial(self, sp: _StaticPeer) -> NodeId:
+        """One connect attempt; a discovered peer waits for one of the bounded dial slots."""
+        if not sp.discovered:
+            sp.dialling = True
+            sp.attempts += 1
+            try:
+                return await self.connect(sp.host, sp.port, sp.expect)
+            finally:
+                sp.dialling = False
+        async with self._discovered_dials:
+            if sp.expect is not None and sp.expect in self._peers:
+                return sp.expect  # it dialled us while we waited for a slot
+            sp.dialling = True
+            sp.attempts += 1
+            try:
+                return await self.connect(sp.host, sp.port, sp.expect)
+            finally:
+                sp.dialling = False
+
     async def _static_loop(self, sp: _StaticPeer) -> None:
         loop = asyncio.get_running_loop()
         while not self._closing:
@@ -505,22 +577,19 @@ class LinkManager:
                 await self._peers[sp.expect].down_event.wait()
                 sp.backoff.link_lost()
                 continue
-            sp.dialling = True
             try:
-                peer = await self.connect(sp.host, sp.port, sp.expect)
+                peer = await self._dial(sp)
             except Exception as exc:  # refused, unreachable, or our bug: retry all the same
-                sp.dialling = False
                 if not isinstance(exc, MeshError | OSError):
                     log.exception("static peer %s:%s: unexpected error", sp.host, sp.port)
                 sp.last_error = str(exc)
                 now = loop.time()
                 at = sp.backoff.failed(now)
                 level = logging.WARNING if sp.backoff.failures == 1 else logging.DEBUG
-                log.log(level, "static peer %s:%s: %s (retrying in %.2f s)",
-                        sp.host, sp.port, exc, at - now)
+                log.log(level, "%s peer %s:%s: %s (retrying in %.2f s)",
+                        "discovered" if sp.discovered else "static", sp.host, sp.port, exc, at - now)
                 await asyncio.sleep(at - now)
                 continue
-            sp.dialling = False
             sp.backoff.succeeded()
             if sp.expect is None:
                 sp.expect = peer

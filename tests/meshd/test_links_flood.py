@@ -102,7 +102,7 @@ async def test_genuine_peer_links_and_existing_link_pings_during_initial_flood(
         link_s = loop.time() - t0
         await b.rec.wait_for(lambda: any(up[0] == c.id for up in b.rec.ups))
         assert counts["accepted-validated"] >= 1
-        redials = c.mgr._static[0].backoff.failures
+        redials = c.mgr._static[0].attempts - 1
         # the existing link carried pings while Retries kept going out
         retries_before = counts["retry-sent"]
         await eventually(lambda: len(rtts) >= pings_before + 20, timeout=60)
