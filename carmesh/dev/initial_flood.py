@@ -22,12 +22,12 @@ import socket
 import time
 
 from aioquic import tls
-from aioquic.tls import cipher_suite_hash, hkdf_expand_label, hkdf_extract
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import INITIAL_CIPHER_SUITE, INITIAL_SALT_VERSION_1, CryptoPair
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
 from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.tls import cipher_suite_hash, hkdf_expand_label, hkdf_extract
 
 from meshd import ALPN
 
