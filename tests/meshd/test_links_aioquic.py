@@ -311,3 +311,61 @@ def test_aioquic_checks_certificate_verify_even_without_ca_checks() -> None:
     client_events = Pair.drain(client, events.QuicEvent)
     assert not any(isinstance(e, events.HandshakeCompleted) for e in client_events)
     assert client._close_event is not None  # the client aborted the handshake
+
+
+# --- the listening side: LinkServer on aioquic's QuicServer (meshd.links.server) ----------------
+
+
+def test_retry_packet_is_byte_for_byte_aioquics() -> None:
+    from aioquic.quic.packet import QuicProtocolVersion, encode_quic_retry
+
+    from meshd.links.server import encode_retry
+
+    for version in (QuicProtocolVersion.VERSION_1, QuicProtocolVersion.VERSION_2):
+        args = dict(version=version, source_cid=b"\x01" * 8, destination_cid=b"\x02" * 8,
+                    original_destination_cid=b"\x03" * 8)
+        assert encode_retry(**args, token=b"tok") == encode_quic_retry(**args, retry_token=b"tok")  # type: ignore[arg-type]
+
+
+async def test_quic_server_internals_link_server_relies_on() -> None:
+    """LinkServer reuses aioquic's connection-id table and callbacks: they must still exist."""
+    from aioquic.asyncio.server import QuicServer
+
+    for name in ("_connection_id_issued", "_connection_id_retired", "_connection_terminated"):
+        assert callable(getattr(QuicServer, name))
+    server = QuicServer(configuration=QuicConfiguration(is_client=False))
+    assert server._protocols == {} and server._transport is None
+    assert server._configuration.connection_id_length == 8
+    proto = QuicConnectionProtocol(Pair(Identity.generate()).client)
+    for hook in ("_connection_id_issued_handler", "_connection_id_retired_handler",
+                 "_connection_terminated_handler"):
+        assert callable(getattr(proto, hook))
+
+
+async def test_link_through_a_retry_and_a_stateless_refusal() -> None:
+    """retry_above=0: every client proves its address first, and still links; with no room
+    left at all a validated client is refused at once (CONNECTION_REFUSED), not left waiting."""
+    from meshd.core.errors import RemoteProtocolError
+    from meshd.links.admission import AdmissionPolicy
+
+    a = Node("alpha")
+    b = Node("bravo", admission=AdmissionPolicy(retry_above=0))
+    full = Node("full", admission=AdmissionPolicy(retry_above=0, max_pending=0))
+    try:
+        addr = await b.listen()
+        assert await a.mgr.connect(*addr, b.id) == b.id
+        counts = b.mgr.handshake_counts
+        assert (counts["retry-sent"], counts["accepted-validated"], counts["accepted"]) == (1, 1, 0)
+        assert b.mgr.pending_handshakes.total == 0
+        assert a.mgr.send_datagram(b.id, b"validated")
+        await b.rec.wait_for(lambda: b.rec.datagrams == [(a.id, b"validated")])
+        full_addr = await full.listen()
+        with pytest.raises((ConnectionError, RemoteProtocolError)) as err:
+            await a.mgr.connect(*full_addr, full.id)
+        assert "closed during the handshake" in str(err.value)
+        assert full.mgr.handshake_counts["retry-sent"] == 1
+        assert full.mgr.handshake_counts["refused-busy"] == 1
+        assert full.mgr._conns == set()  # nothing was kept for it
+    finally:
+        for n in (a, b, full):
+            await n.mgr.close()
