@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 MAX_PING_PAYLOAD = 256
 MAX_PAYLOAD = max_payload(MESH_MTU)
+#: the larger NodeId of two that discovered each other dials this much later (the smaller first)
+DISCOVERED_DIAL_DELAY_S = 1.5
 
 
 @dataclass(slots=True)
@@ -107,6 +109,8 @@ class Node:
         self.control = ControlServer(self._socket_path(), self._handlers())
         self.discovery: Discovery | None = None
         self._peers: dict[NodeId, _PeerInfo] = {}
+        #: discovered peers waiting for their dial (the larger NodeId lets the smaller go first)
+        self._discovery_dials: dict[NodeId, asyncio.TimerHandle] = {}
         self._services: dict[int, PacketHandler] = {
             Service.PING: self.pinger.on_packet, Service.FRAG: self._on_fragment,
             Service.INFO: self.info.on_packet}
@@ -222,6 +226,9 @@ class Node:
     async def _shutdown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for handle in self._discovery_dials.values():
+            handle.cancel()
+        self._discovery_dials.clear()
         self.pinger.cancel_all()
         if self.discovery is not None:
             with contextlib.suppress(Exception):
@@ -258,21 +265,32 @@ class Node:
         self.links.add_static_peer(peer.host, peer.port, expect, on_learned=learned)
 
     def _on_peer_seen(self, seen: PeerSeen) -> None:
-        if seen.node_id == self.identity.node_id or seen.node_id in self._peers:
+        if seen.node_id == self.identity.node_id:
             return
         # Both ends discover each other; the smaller NodeId dials first and the
-        # link layer resolves a simultaneous dial deterministically.
-        delay = 0.0 if self.identity.node_id < seen.node_id else 1.5
+        # link layer resolves a simultaneous dial deterministically.  The link layer keeps
+        # dialling (with backoff, a bounded number at once) until the service is gone.
+        delay = 0.0 if self.identity.node_id < seen.node_id else DISCOVERED_DIAL_DELAY_S
         assert self._loop is not None
-        self._loop.call_later(delay, self._dial_discovered, seen)
+        pending = self._discovery_dials.pop(seen.node_id, None)
+        if pending is not None:
+            pending.cancel()
+        self._discovery_dials[seen.node_id] = self._loop.call_later(
+            delay, self._dial_discovered, seen)
 
     def _dial_discovered(self, seen: PeerSeen) -> None:
-        if seen.node_id in self._peers or not self.ready:
+        self._discovery_dials.pop(seen.node_id, None)
+        if not self.ready:
             return
-        self.links.add_static_peer(seen.host, seen.port, seen.node_id)
+        self.links.add_discovered_peer(seen.node_id, seen.host, seen.port)
 
     def _on_peer_gone(self, node_id: NodeId) -> None:
+        """The service said goodbye (or expired): stop dialling it; a live link stays."""
         logger.info("[%s] discovery: service gone", short_id(node_id))
+        pending = self._discovery_dials.pop(node_id, None)
+        if pending is not None:
+            pending.cancel()
+        self.links.remove_discovered_peer(node_id)
 
     # ------------------------------------------------------- LinkListener
 

@@ -1,50 +1,26 @@
-"""QUIC neighbour links: the asyncio adapter between aioquic and the rest of meshd.
+"""QUIC neighbour links: ``LinkManager``, the link layer's face to the rest of meshd.
 
 Theory of operation
 -------------------
 One QUIC connection (aioquic, ALPN ``carmesh/1``) per neighbour pair
-(DESIGN.md "Neighbour links").  A connection is a *link* only after the
-proof exchange of ``meshd.links.handshake`` has completed on its first
-bidirectional stream; until then every datagram and every other stream from
-the peer is dropped and counted.  ``LinkManager`` owns the listening sockets,
-the connections, the per-peer state and the static-peer reconnect loops, and
-reports to a ``LinkListener``: ``link_up`` once per peer, ``link_down`` when
-the last usable connection to it is gone, ``datagram_received`` for each QUIC
-DATAGRAM frame (RFC 9221) from a linked peer.
+(DESIGN.md "Neighbour links").  The link layer is four modules:
 
-Datagrams.  aioquic 1.7.2 silently accepts a DATAGRAM larger than fits in a
-packet and then never sends anything from its datagram queue again, so every
-send is checked against ``MESH_MTU`` first.  Our own per-link queue is bounded
-(the oldest entry is dropped when full) and is fed to aioquic only as fast as
-aioquic actually packs datagrams into packets, so an entry whose deadline
-passed while congestion control held it back is dropped, not sent stale.
+- ``meshd.links.manager`` (this one): ``LinkManager`` owns the listening
+  sockets, the connections, the per-peer state and the static-peer reconnect
+  loops, and reports to a ``LinkListener``: ``link_up`` once per peer,
+  ``link_down`` when the last usable connection to it is gone,
+  ``datagram_received`` for each QUIC DATAGRAM frame (RFC 9221) from a linked peer;
+- ``meshd.links.connection``: one QUIC connection (aioquic's asyncio protocol,
+  the link handshake, the datagram queue);
+- ``meshd.links.stream``: message-framed streams;
+- ``meshd.links.rules``: the pure rules applied here (duplicate connections,
+  redial backoff), and ``meshd.links.aioquic_internals``: every access to
+  aioquic's private state.
 
-Streams.  ``Stream`` frames messages (4-byte length prefix) on a QUIC stream.
-The opener's first frame names the service; the accepting node runs the
-handler registered under that name.  ``send`` waits while more than
-``STREAM_HIGH_WATER`` bytes are unacknowledged (backpressure); ``recv``
-refuses a frame larger than the service's ``max_message``.  aioquic grants
-stream credit as data arrives, whether the application reads it or not, so a
-receiver buffers at most ``STREAM_PIPELINE`` unread max-size messages and
-resets a stream that exceeds that: application protocols window their
-messages (as sync does).
-
-Duplicates.  When two connections to the same peer both complete (the two
-nodes dialled each other at once, or the peer restarted), the one initiated by
-the node with the smaller NodeId is kept; both nodes apply the same rule.  A
-connection the rule prefers is first pinged: if it no longer answers (the
-peer restarted and lost it) the newer one is kept instead.
-
-aioquic internals.  Besides the peer certificate (``meshd.links.tlscert``), five
-guarded helpers here use aioquic private state: the datagram queue length,
-a stream's unacknowledged bytes, the draining state (a peer's
-CONNECTION_CLOSE is reported on arrival, not three PTOs later), the pending
-ACK (sent with the next datagram instead of in a packet of its own) and the
-protocol's ping waiters.  ``_Connection`` replaces the methods of aioquic's
-asyncio protocol that read the loop's clock (aioquic runs on
-``time.monotonic()``: uvloop's clock ticks in milliseconds) and coalesces
-transmits to one per connection per loop iteration.
-``tests/meshd/test_links_tlscert.py`` pins them.
+Duplicates.  When two connections to the same peer both complete, both nodes
+apply ``rules.resolve_duplicate``: the one initiated by the node with the
+smaller NodeId is kept.  A connection the rule prefers is first pinged: if it
+no longer answers (the peer restarted and lost it) the newer one is kept instead.
 
 Errors.  Peer-caused trouble in event handling is counted in ``drops``
 (a ``DropCounter``) and logged once; nothing a peer does is raised into the
@@ -56,46 +32,55 @@ event loop.  ``connect`` raises ``VerificationError`` (or another
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import socket
 import ssl
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from aioquic import tls
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer, serve
-from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, QuicConnectionState
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from aioquic.quic.connection import QuicConnection
 
 from meshd import ALPN
 from meshd.core.codec import DropCounter
-from meshd.core.errors import LocalProtocolError, MeshError, RemoteProtocolError, VerificationError
+from meshd.core.errors import LocalProtocolError, MeshError, RemoteProtocolError
 from meshd.core.identity import Announcement, Identity, NodeId, short_id
-from meshd.links.handshake import (
-    HANDSHAKE_TIMEOUT_S,
-    MAX_HANDSHAKE_MESSAGE,
-    NONCE_LEN,
-    ClientHandshake,
-    HandshakeState,
-    ServerHandshake,
+from meshd.links.admission import AdmissionPolicy, PendingHandshakes, RetryTokens
+from meshd.links.aioquic_internals import limit_receive_size
+from meshd.links.connection import (
+    ERR_CLOSED,
+    ERR_DUPLICATE,
+    MAX_DATAGRAM_FRAME_SIZE,
+    MAX_SERVICE_NAME,
+    MESH_MTU,
+    Connection,
+    LinkStats,
+    addr_of,
 )
-from meshd.links.tlscert import certificate_fingerprint, make_certificate, peer_certificate
+from meshd.links.rules import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    DISCOVERED_BACKOFF_MAX_S,
+    Backoff,
+    Duplicate,
+    resolve_duplicate,
+)
+from meshd.links.server import LinkServer, serve_links
+from meshd.links.stream import STREAM_HIGH_WATER, STREAM_PIPELINE, LinkBrokenError, Stream
+from meshd.links.tlscert import certificate_fingerprint, make_certificate
 
 __all__ = [
     "BACKOFF_MAX_S",
     "BACKOFF_MIN_S",
     "IDLE_TIMEOUT_S",
     "MAX_DATAGRAM_FRAME_SIZE",
+    "MAX_DISCOVERED_DIALS",
+    "MAX_DISCOVERED_PEERS",
     "MESH_MTU",
     "STREAM_HIGH_WATER",
     "STREAM_PIPELINE",
@@ -108,47 +93,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: max bytes of one link datagram we send.  aioquic 1.7.2 fits at most 1,170
-#: bytes of DATAGRAM payload into its 1,200-byte packets (measured, both
-#: directions, see tests/meshd/test_links_tlscert.py); 20 bytes of margin for
-#: longer packet numbers and connection ids.
-MESH_MTU = 1150
-#: what we advertise (RFC 9221 max_datagram_frame_size); the real limit is MESH_MTU
-MAX_DATAGRAM_FRAME_SIZE = 65536
-#: receive buffer per UDP read (stock asyncio reads 256 KiB per datagram otherwise).
-#: The kernel's socket buffers stay at their default (about 208 KiB): a 1 MiB receive buffer
-#: absorbed a relay's scheduling stalls, but a stream's whole send window then queued in it,
-#: ahead of voice (RTT of datagrams during a stream transfer 8 ms -> 40 ms, bench/links.py)
-UDP_RECV_SIZE = 4096
 #: QUIC idle timeout; liveness for routing is the hello core's job (~2 s)
 IDLE_TIMEOUT_S = 8.0
-#: Stream.send waits while more than this many bytes are unacknowledged
-STREAM_HIGH_WATER = 256 * 1024
-#: unread max-size messages a receiver buffers per stream before it resets the stream
-#: (application protocols window their messages, as sync does)
-STREAM_PIPELINE = 4
-#: static-peer reconnect backoff bounds
-BACKOFF_MIN_S = 0.25
-BACKOFF_MAX_S = 10.0
+#: connect attempts to discovered peers at once (each is a UDP socket and a TLS handshake)
+MAX_DISCOVERED_DIALS = 4
+#: discovered peers dialled (a spoofed zeroconf flood must not become a dial flood)
+MAX_DISCOVERED_PEERS = 64
 #: how long a peer may take to name the service of a stream it opened
 SERVICE_NAME_TIMEOUT_S = 10.0
-MAX_SERVICE_NAME = 64
 #: grace before reporting link_down when the peer closed our link as a duplicate
 _DUPLICATE_GRACE_S = 1.5
 #: how long a preferred duplicate may take to answer a liveness ping
 _LIVENESS_PING_S = 1.0
-#: datagrams a client holds that overtook the server's accept (delivered once it arrives)
-_EARLY_MAX = 16
-#: connections still in the handshake per listener; more are refused at once (cheap DoS guard)
-MAX_PENDING_HANDSHAKES = 128
-#: datagrams handed to aioquic at once (the rest wait in our queue with their deadline)
-_FEED_BATCH = 16
 
-# QUIC application error codes (RFC 9000 §20.2 leaves them to us)
-ERR_CLOSED = 0x0
-ERR_REFUSED = 0x101
-ERR_DUPLICATE = 0x102
-ERR_STREAM = 0x103
+
+def _quiet_aioquic_loggers() -> None:
+    """aioquic logs every connection's events at INFO and each peer's protocol error at
+    WARNING ("quic"): a handshake flood made thousands of lines.  What a peer does wrong is
+    counted and logged once by the link layer, so aioquic's own logger is raised to ERROR,
+    unless the operator set a level for it on purpose."""
+    logger = logging.getLogger("quic")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
 
 
 class LinkListener(Protocol):
@@ -162,643 +128,18 @@ class LinkListener(Protocol):
     def datagram_received(self, peer: NodeId, data: bytes) -> None: ...
 
 
-class LinkBrokenError(MeshError):
-    """The link or stream went away (peer closed, reset, timed out) before the operation ended."""
-
-
-@dataclass(slots=True)
-class LinkStats:
-    """Counters of one link (a copy is returned by ``LinkManager.links``)."""
-
-    peer: NodeId
-    remote: tuple[str, int]
-    initiator: bool
-    connected_since: float  # wall-clock seconds
-    tx_datagrams: int = 0
-    tx_datagram_bytes: int = 0
-    rx_datagrams: int = 0
-    rx_datagram_bytes: int = 0
-    tx_stream_bytes: int = 0
-    rx_stream_bytes: int = 0
-    dropped_stale: int = 0  # queue entries whose deadline passed before aioquic took them
-    dropped_oversize: int = 0  # sends refused for exceeding MESH_MTU
-    dropped_queue_full: int = 0  # oldest entries pushed out of the bounded queue
-    streams_opened: int = 0
-    streams_accepted: int = 0
-
-
-def _addr(addr: Any) -> tuple[str, int]:
-    return (str(addr[0]), int(addr[1]))
-
-
-# --- aioquic internals other than the peer certificate (guarded; see tests) -------------------
-
-def _limit_receive_size(transport: Any) -> None:
-    """Make stock asyncio read UDP into a small buffer instead of 256 KiB per datagram.
-
-    QUIC packets of our peers are at most ~1,200 bytes (aioquic does no PMTU
-    discovery); anything larger than UDP_RECV_SIZE is truncated and then fails
-    decryption like any other garbage.  uvloop has no such attribute (and no need).
-    """
-    if isinstance(getattr(transport, "max_size", None), int):
-        transport.max_size = UDP_RECV_SIZE
-
-
-def _aioquic_datagrams_pending(quic: QuicConnection) -> int:
-    """Datagrams aioquic holds but has not packed yet (0 if its internals changed)."""
-    pending = getattr(quic, "_datagrams_pending", None)
-    return len(pending) if pending is not None else 0
-
-
-def _aioquic_ack_with_next_packet(quic: QuicConnection, now: float) -> None:
-    """Let the next packet carry the pending ACK, not a packet of its own later (no-op if unknown).
-
-    aioquic writes an ACK frame only once its ack delay has passed, even into a
-    packet it sends anyway; RFC 9000 §13.2.1 lets an ACK go sooner.  Without
-    this a relay answered every voice packet with a separate ACK packet a
-    millisecond later, though a voice packet the other way left in between.
-    """
-    spaces = getattr(quic, "_spaces", None)
-    space = spaces.get(tls.Epoch.ONE_RTT) if isinstance(spaces, dict) else None
-    ack_at = getattr(space, "ack_at", None)
-    if isinstance(ack_at, float) and ack_at > now:
-        space.ack_at = now  # type: ignore[union-attr]
-
-
-def _aioquic_peer_closed(quic: QuicConnection) -> events.ConnectionTerminated | None:
-    """The peer's CONNECTION_CLOSE as soon as it arrived (None if not, or internals changed).
-
-    aioquic emits ConnectionTerminated only when draining ends (RFC 9000 §10.2.2,
-    three probe timeouts later); the link is gone the moment the close arrives.
-    """
-    if getattr(quic, "_state", None) is not QuicConnectionState.DRAINING:
-        return None
-    event = getattr(quic, "_close_event", None)
-    return event if isinstance(event, events.ConnectionTerminated) else None
-
-
-def _aioquic_unacked(quic: QuicConnection, stream_id: int) -> int:
-    """Bytes written to a stream and not yet acknowledged (0 if unknown)."""
-    streams = getattr(quic, "_streams", None)
-    stream = streams.get(stream_id) if streams is not None else None
-    sender = getattr(stream, "sender", None)
-    buf = getattr(sender, "_buffer", None)
-    return len(buf) if buf is not None else 0
-
-
-def _buffer_cap(max_message: int) -> int:
-    """Unread bytes a stream may hold: STREAM_PIPELINE max-size messages plus some slack."""
-    return STREAM_PIPELINE * (max_message + 4) + 65536
-
-
-class Stream:
-    """A message-framed QUIC stream between two linked neighbours."""
-
-    def __init__(self, conn: _Connection, stream_id: int, max_message: int,
-                 buffer_cap: int | None = None) -> None:
-        self._conn = conn
-        self.stream_id = stream_id
-        self.max_message = max_message
-        # aioquic grants the peer stream credit as data arrives, whether we read it or not,
-        # so the unread buffer is capped here: a few max-size messages, then the stream is reset
-        self._cap = buffer_cap if buffer_cap is not None else _buffer_cap(max_message)
-        self._buf = bytearray()
-        self._eof = False
-        self._broken: str | None = None
-        self._closed = False
-        self._readable = asyncio.Event()
-
-    @property
-    def peer(self) -> NodeId | None:
-        """The NodeId at the other end."""
-        return self._conn.peer_id
-
-    # called by the connection
-    def _feed(self, data: bytes, end: bool) -> None:
-        if self._broken is not None:
-            return  # refused already: what still arrives is discarded
-        self._buf += data
-        if end:
-            self._eof = True
-        # a peer may pipeline messages, but not flood us: a few max-size messages at most
-        if len(self._buf) > self._cap:
-            self._conn.drop("stream-overflow", f"stream {self.stream_id}")
-            self._conn.abort_stream(self.stream_id)
-            self._break("overflow")
-        self._readable.set()
-
-    def _break(self, why: str) -> None:
-        if self._broken is None:
-            self._broken = why
-        self._readable.set()
-
-    async def recv(self) -> bytes | None:
-        """The next whole message; None on a clean end of stream.
-
-        Raises ``RemoteProtocolError`` for a frame over ``max_message`` or a
-        truncated one, ``LinkBrokenError`` if the stream or link broke.
-        """
-        while True:
-            if len(self._buf) >= 4:
-                n = int.from_bytes(self._buf[:4], "big")
-                if n > self.max_message:
-                    self._buf.clear()
-                    self._conn.abort_stream(self.stream_id)
-                    self._break("oversize")
-                    raise RemoteProtocolError("oversize", f"stream message {n} > {self.max_message}")
-                if len(self._buf) >= 4 + n:
-                    msg = bytes(self._buf[4:4 + n])
-                    del self._buf[:4 + n]
-                    return msg
-            if self._broken is not None:
-                raise LinkBrokenError(f"stream {self.stream_id}: {self._broken}")
-            if self._eof:
-                if self._buf:
-                    self._buf.clear()
-                    self._break("truncated")
-                    raise RemoteProtocolError("truncated", f"stream {self.stream_id}")
-                return None
-            self._readable.clear()
-            await self._readable.wait()
-
-    async def send(self, msg: bytes) -> None:
-        """Send one message; waits while too much is unacknowledged (backpressure)."""
-        if self._closed:
-            raise LocalProtocolError("send on a closed stream")
-        if self._broken is not None:
-            raise LinkBrokenError(f"stream {self.stream_id}: {self._broken}")
-        if len(msg) >= 1 << 32:
-            raise LocalProtocolError("stream message too large")
-        self._conn.write_stream(self.stream_id, len(msg).to_bytes(4, "big") + msg, end=False)
-        await self._conn.wait_drained(self.stream_id, self)
-
-    async def close(self) -> None:
-        """End our side of the stream (FIN); idempotent."""
-        if self._closed or self._broken is not None:
-            self._closed = True
-            return
-        self._closed = True
-        with contextlib.suppress(LinkBrokenError):
-            self._conn.write_stream(self.stream_id, b"", end=True)
-
-
-class _Connection(QuicConnectionProtocol):
-    """One QUIC connection: handshake, datagram queue, framed streams (driven by the manager)."""
-
-    def __init__(self, quic: QuicConnection, manager: LinkManager, *, is_client: bool,
-                 expect: NodeId | None = None, **kwargs: Any) -> None:
-        super().__init__(quic, **kwargs)
-        self.manager = manager
-        self.is_client = is_client
-        self.expect = expect
-        self.peer: Announcement | None = None
-        self.remote: tuple[str, int] = ("", 0)
-        self.stats: LinkStats | None = None
-        self.ready: asyncio.Future[NodeId] = self._loop.create_future()
-        self.superseded = False  # closed as a duplicate: no link_down for it
-        self.down_reported = False
-        self.terminated = False
-        self.closing = False  # we called close(); aioquic reports termination later
-        self.created = self._loop.time()
-        self._hs_server: ServerHandshake | None = None
-        self._hs_client: ClientHandshake | None = None
-        self._hs_stream: int | None = None
-        self._hs_buf = bytearray()
-        self._dq: deque[tuple[bytes, float | None]] = deque()
-        self._early: list[bytes] = []
-        self._streams: dict[int, Stream] = {}
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        self._client_transport: asyncio.DatagramTransport | None = None
-        self._hs_timer = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
-        if not is_client:
-            self._hs_server = ServerHandshake(
-                manager.identity, manager.announcement(), manager.fingerprint,
-                nonce=os.urandom(NONCE_LEN), now=self._loop.time(), known=manager.known)
-
-    # --- identity of the other end -------------------------------------------------------------
-
-    @property
-    def peer_id(self) -> NodeId | None:
-        return self.peer.node_id if self.peer is not None else None
-
-    @property
-    def label(self) -> str:
-        if self.peer is not None:
-            return short_id(self.peer.node_id)
-        return f"{self.remote[0]}:{self.remote[1]}"
-
-    @property
-    def peer_address(self) -> tuple[str, int]:
-        addr = self._quic.get_peer_address()
-        return _addr(addr) if addr is not None else self.remote
-
-    @property
-    def is_ready(self) -> bool:
-        return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
-
-    def drop(self, reason: str, detail: str = "") -> None:
-        self.manager.drops.drop(reason, self.label, detail)
-
-    # --- asyncio / aioquic plumbing ------------------------------------------------------------
-    #
-    # aioquic runs on time.monotonic(), not loop.time(): uvloop's clock ticks in whole
-    # milliseconds and is read once per loop iteration, so aioquic's RTT samples, ack timer
-    # and pacer (refilled only when the clock moves) saw a clock up to an iteration stale.
-    # On stock asyncio loop.time() is time.monotonic() already.  The methods below replace
-    # those of QuicConnectionProtocol that read the loop's clock.
-
-    def connect(self, addr: Any, transmit: bool = True) -> None:
-        self._quic.connect(addr, now=time.monotonic())
-        if transmit:
-            self.transmit()
-
-    def close(self, error_code: int = ERR_CLOSED, reason_phrase: str = "") -> None:
-        self.closing = True
-        super().close(error_code=error_code, reason_phrase=reason_phrase)
-        for stream in self._streams.values():
-            stream._break("link closed")
-        self._wake_drain_waiters()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self.is_client:
-            self._client_transport = transport  # type: ignore[assignment]
-            _limit_receive_size(transport)
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        if self.remote == ("", 0):
-            self.remote = _addr(addr)
-        self._quic.receive_datagram(cast(bytes, data), addr, now=time.monotonic())
-        self._process_events()
-        # one transmit per connection per loop iteration, not one per packet received: a burst
-        # of packets read in one go is answered (ACKs, forwarded datagrams) in few packets
-        self._transmit_soon()
-        if not self.terminated:
-            closed = _aioquic_peer_closed(self._quic)
-            if closed is not None:
-                self.quic_event_received(closed)
-
-    def transmit(self) -> None:
-        self._transmit(time.monotonic())
-
-    def _transmit(self, now: float) -> None:
-        self._transmit_task = None
-        if self._transport is None or self._transport.is_closing():
-            return  # the socket is gone (shutdown): late aioquic timers have nothing to send on
-        if self._dq or _aioquic_datagrams_pending(self._quic):
-            _aioquic_ack_with_next_packet(self._quic, now)
-        # feed our deadline-aware queue to aioquic only as fast as it packs datagrams
-        for _ in range(64):
-            self._feed_datagrams()
-            for data, addr in self._quic.datagrams_to_send(now=now):
-                self._transport.sendto(data, addr)
-            if not self._dq or _aioquic_datagrams_pending(self._quic) > 0:
-                break
-        self._arm_timer(now)
-        self._wake_drain_waiters()
-
-    def _arm_timer(self, now: float) -> None:
-        # aioquic's timer moves with nearly every packet (ack, loss, idle deadlines); a timer
-        # armed earlier than needed is kept (it fires, finds nothing due and re-arms), so
-        # only a deadline that moved earlier costs a cancel and a new timer handle
-        timer_at = self._quic.get_timer()
-        if self._timer is not None and self._timer_at is not None and (
-                timer_at is None or timer_at < self._timer_at):
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = self._loop.call_later(max(0.0, timer_at - now), self._handle_timer)
-            self._timer_at = timer_at
-
-    def _handle_timer(self) -> None:
-        armed, self._timer, self._timer_at = self._timer_at, None, None
-        now = time.monotonic()
-        if armed is not None:
-            # uvloop fires timers up to a millisecond early (its clock ticks in milliseconds):
-            # what was due is handled and sent now, or the ACK or paced packet would wait
-            # for another timer, and a sub-millisecond one is a call_soon: a busy loop
-            now = max(now, armed)
-        self._quic.handle_timer(now=now)
-        self._process_events()
-        self._transmit(now)
-
-    def _feed_datagrams(self) -> None:
-        if not self._dq:
-            return
-        now = self._loop.time()
-        while self._dq and _aioquic_datagrams_pending(self._quic) < _FEED_BATCH:
-            data, deadline = self._dq.popleft()
-            if deadline is not None and deadline < now:
-                if self.stats is not None:
-                    self.stats.dropped_stale += 1
-                continue
-            self._quic.send_datagram_frame(data)
-            if self.stats is not None:
-                self.stats.tx_datagrams += 1
-                self.stats.tx_datagram_bytes += len(data)
-
-    def quic_event_received(self, event: events.QuicEvent) -> None:
-        try:
-            self._on_event(event)
-        except RemoteProtocolError as exc:
-            self.drop(exc.reason, exc.detail)
-        except Exception:  # adapter boundary: never raise into aioquic / the loop
-            log.exception("[%s] error handling %s", self.label, type(event).__name__)
-            self.drop("internal", type(event).__name__)
-
-    def _on_event(self, event: events.QuicEvent) -> None:
-        if isinstance(event, events.HandshakeCompleted):
-            if self.is_client:
-                self._start_client_handshake()
-        elif isinstance(event, events.DatagramFrameReceived):
-            if not self.is_ready or self.peer is None or self.stats is None:
-                if (self._hs_client is not None and len(self._early) < _EARLY_MAX
-                        and self._hs_client.state is HandshakeState.EXPECT_ACCEPT):
-                    # the server accepted us and sent at once: aioquic packs DATAGRAM
-                    # frames before STREAM frames, so these can overtake its accept
-                    self._early.append(event.data)
-                    return
-                self.drop("early-datagram", "before the link handshake completed")
-                return
-            self.stats.rx_datagrams += 1
-            self.stats.rx_datagram_bytes += len(event.data)
-            self.manager.deliver_datagram(self, event.data)
-        elif isinstance(event, events.StreamDataReceived):
-            self._on_stream_data(event)
-        elif isinstance(event, events.StreamReset | events.StopSendingReceived):
-            stream = self._streams.pop(event.stream_id, None)
-            if stream is not None:
-                stream._break("reset by peer")
-        elif isinstance(event, events.ConnectionTerminated):
-            self._on_terminated(event)
-
-    # --- handshake -----------------------------------------------------------------------------
-
-    def _start_client_handshake(self) -> None:
-        try:
-            cert = peer_certificate(self._quic)
-        except LocalProtocolError as exc:  # no certificate, or aioquic internals changed
-            log.error("[%s] cannot read the peer certificate: %s", self.label, exc)
-            self.fail(VerificationError("cert-key", str(exc)))
-            return
-        key = cert.public_key()
-        if not isinstance(key, Ed25519PublicKey):
-            self.fail(VerificationError("cert-key", "certificate key is not Ed25519"))
-            return
-        self._hs_client = ClientHandshake(
-            self.manager.identity, self.manager.announcement(), expect=self.expect,
-            cert_key=key.public_bytes(Encoding.Raw, PublicFormat.Raw),
-            cert_fingerprint=certificate_fingerprint(cert), now=self._loop.time(),
-            known=self.manager.known)
-        self._hs_stream = self._quic.get_next_available_stream_id()
-        self._send_hs(self._hs_client.hello(), end=False)
-
-    def _send_hs(self, msg: bytes, end: bool) -> None:
-        assert self._hs_stream is not None
-        self._quic.send_stream_data(self._hs_stream, len(msg).to_bytes(2, "big") + msg, end)
-        self._transmit_soon()
-
-    def _on_hs_data(self, data: bytes) -> None:
-        if self.is_ready:
-            return  # the exchange is over; nothing more is expected on this stream
-        self._hs_buf += data
-        while len(self._hs_buf) >= 2:
-            n = int.from_bytes(self._hs_buf[:2], "big")
-            if n > MAX_HANDSHAKE_MESSAGE:
-                self.fail(RemoteProtocolError("oversize", f"handshake message of {n} bytes"))
-                return
-            if len(self._hs_buf) < 2 + n:
-                return
-            msg = bytes(self._hs_buf[2:2 + n])
-            del self._hs_buf[:2 + n]
-            now, wall = self._loop.time(), self.manager.wall_clock()
-            try:
-                if self._hs_server is not None:
-                    reply = self._hs_server.receive(msg, now, wall)
-                    done = self._hs_server.state is HandshakeState.DONE
-                    if reply is not None:
-                        self._send_hs(reply, end=done)
-                    if done:
-                        self.peer = self._hs_server.peer
-                        self._handshake_done()
-                        return
-                elif self._hs_client is not None:
-                    reply = self._hs_client.receive(msg, now, wall)
-                    if reply is not None:
-                        self._send_hs(reply, end=True)
-                    if self._hs_client.state is HandshakeState.DONE:
-                        self.peer = self._hs_client.peer
-                        self._handshake_done()
-                        return
-                else:
-                    raise RemoteProtocolError("unexpected", "handshake data before TLS completed")
-            except RemoteProtocolError as exc:
-                self.fail(exc)
-                return
-
-    def _handshake_done(self) -> None:
-        self._hs_timer.cancel()
-        self._hs_buf.clear()
-        assert self.peer is not None
-        self.remote = self.peer_address
-        self.stats = LinkStats(peer=self.peer.node_id, remote=self.remote,
-                               initiator=self.is_client,
-                               connected_since=self.manager.wall_clock())
-        if not self.ready.done():
-            self.ready.set_result(self.peer.node_id)
-        self.manager.on_ready(self)
-        early, self._early = self._early, []
-        for data in early if not self.closing else ():
-            self.stats.rx_datagrams += 1
-            self.stats.rx_datagram_bytes += len(data)
-            self.manager.deliver_datagram(self, data)
-
-    def _handshake_timeout(self) -> None:
-        if self.ready.done() or self.terminated:
-            return
-        hs = self._hs_server or self._hs_client
-        try:
-            if hs is not None:
-                hs.check_timeout(self._loop.time() + 1e-3)
-            raise VerificationError("timeout", f"no link within {HANDSHAKE_TIMEOUT_S} s")
-        except RemoteProtocolError as exc:
-            self.fail(exc)
-
-    def fail(self, exc: RemoteProtocolError) -> None:
-        """Refuse this connection: close it with the reason and fail ``ready``."""
-        if self.ready.done():
-            return
-        self._hs_timer.cancel()
-        if exc.reason == "timeout" and self._hs_client is None and self._hs_server is None:
-            err: BaseException = ConnectionError(f"{self.label}: no answer within "
-                                                 f"{HANDSHAKE_TIMEOUT_S} s")
-        else:
-            err = exc
-        # counted per reason, logged once per (reason, peer): a peer cannot flood the log
-        self.manager.drops.drop(f"refused-{exc.reason}", self.label, f"link refused: {exc}")
-        self.ready.set_exception(err)
-        self.ready.exception()  # mark retrieved: refusals are reported via connect() or logs
-        self.close(error_code=ERR_REFUSED, reason_phrase=f"refused: {exc.reason}")
-
-    # --- streams -------------------------------------------------------------------------------
-
-    def _on_stream_data(self, event: events.StreamDataReceived) -> None:
-        sid = event.stream_id
-        if sid == self._hs_stream or (self._hs_stream is None and self._hs_server is not None
-                                      and sid == 0):
-            self._hs_stream = sid
-            self._on_hs_data(event.data)
-            return
-        if not self.is_ready:
-            self.drop("early-stream", f"stream {sid} before the link handshake completed")
-            self.abort_stream(sid)
-            return
-        stream = self._streams.get(sid)
-        if stream is None:
-            if not self._peer_initiated(sid):
-                return  # data for a stream of ours we already forgot
-            # the service (and its max_message) is known once the first frame is read;
-            # until then buffer as much as the largest service allows
-            stream = Stream(self, sid, MAX_SERVICE_NAME,
-                            buffer_cap=_buffer_cap(self.manager.max_service_message))
-            self._streams[sid] = stream
-            if self.stats is not None:
-                self.stats.streams_accepted += 1
-            self.manager.accept_stream(self, stream)
-        if self.stats is not None:
-            self.stats.rx_stream_bytes += len(event.data)
-        stream._feed(event.data, event.end_stream)
-
-    def _peer_initiated(self, stream_id: int) -> bool:
-        # RFC 9000 §2.1: bit 0 is 0 for client-initiated streams
-        return bool(stream_id & 1) == self.is_client
-
-    def open_stream(self, max_message: int) -> Stream:
-        sid = self._quic.get_next_available_stream_id()
-        stream = Stream(self, sid, max_message)
-        self._streams[sid] = stream
-        if self.stats is not None:
-            self.stats.streams_opened += 1
-        return stream
-
-    def write_stream(self, stream_id: int, data: bytes, end: bool) -> None:
-        if self.terminated or self.closing:
-            raise LinkBrokenError(f"[{self.label}] link closed")
-        try:
-            self._quic.send_stream_data(stream_id, data, end)
-        except Exception as exc:  # aioquic raises ValueError / StreamFinishedError
-            raise LinkBrokenError(f"[{self.label}] stream {stream_id}: {exc}") from None
-        if self.stats is not None:
-            self.stats.tx_stream_bytes += len(data)
-        self._transmit_soon()
-
-    def forget_stream(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
-
-    def abort_stream(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
-        with contextlib.suppress(Exception):
-            self._quic.stop_stream(stream_id, ERR_STREAM)
-        with contextlib.suppress(Exception):
-            self._quic.reset_stream(stream_id, ERR_STREAM)
-        self._transmit_soon()
-
-    async def wait_drained(self, stream_id: int, stream: Stream) -> None:
-        while _aioquic_unacked(self._quic, stream_id) > STREAM_HIGH_WATER:
-            if self.terminated or self.closing or stream._broken is not None:
-                raise LinkBrokenError(f"[{self.label}] stream {stream_id} broke while sending")
-            fut: asyncio.Future[None] = self._loop.create_future()
-            self._drain_waiters.append(fut)
-            await fut
-
-    def _wake_drain_waiters(self) -> None:
-        if self._drain_waiters:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-
-    # --- datagrams -----------------------------------------------------------------------------
-
-    def queue_datagram(self, data: bytes, deadline: float | None, queue_max: int) -> None:
-        if len(self._dq) >= queue_max:
-            self._dq.popleft()
-            if self.stats is not None:
-                self.stats.dropped_queue_full += 1
-        self._dq.append((data, deadline))
-        self._transmit_soon()
-
-    async def answers_ping(self, timeout_s: float) -> bool:
-        """True if the peer acknowledges a QUIC PING within ``timeout_s``."""
-        if self.terminated or self.closing:
-            return False
-        # aioquic's ping() leaves its waiter behind on timeout (to fail unretrieved later)
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        uid = id(waiter)
-        self._ping_waiters[uid] = waiter
-        self._quic.send_ping(uid)
-        self.transmit()
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
-        except (TimeoutError, ConnectionError):
-            return False
-        finally:
-            self._ping_waiters.pop(uid, None)
-            if not waiter.done():
-                waiter.cancel()
-        return not self.terminated
-
-    # --- end -----------------------------------------------------------------------------------
-
-    def shutdown(self) -> None:
-        """Stop all timers and release our socket (after close() sent its frames)."""
-        self._hs_timer.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._client_transport is not None:
-            self._client_transport.close()
-
-    def _on_terminated(self, event: events.ConnectionTerminated) -> None:
-        if self.terminated:
-            return
-        self.terminated = True
-        self._hs_timer.cancel()
-        for stream in list(self._streams.values()):
-            stream._break("link closed")
-        self._streams.clear()
-        self._wake_drain_waiters()
-        if not self.ready.done():
-            if event.error_code == ERR_REFUSED:
-                reason = event.reason_phrase.removeprefix("refused: ") or "refused"
-                exc: BaseException = VerificationError(reason, f"{self.label} refused the link")
-            else:
-                exc = ConnectionError(f"{self.label}: connection closed during the handshake "
-                                      f"({event.reason_phrase or event.error_code})")
-            self.ready.set_exception(exc)
-            self.ready.exception()
-        if event.error_code == ERR_DUPLICATE:
-            why = "duplicate"
-        elif event.reason_phrase:
-            why = event.reason_phrase
-        elif event.error_code == 0 and event.frame_type is None:
-            why = "idle timeout or closed"
-        else:
-            why = f"error {event.error_code}"
-        self.manager.on_terminated(self, why)
-        if self._client_transport is not None:
-            self._client_transport.close()
-
-
 @dataclass(slots=True)
 class _StaticPeer:
     host: str
     port: int
     expect: NodeId | None
     on_learned: Callable[[NodeId], None] | None
+    backoff: Backoff
     task: asyncio.Task[None] | None = None
-    attempts: int = 0
+    dialling: bool = False  # a connect attempt is in flight
+    attempts: int = 0  # connect attempts made, in all
     last_error: str = ""
+    discovered: bool = False  # reported by zeroconf: dialled while advertised, slots bounded
 
 
 @dataclass(slots=True)
@@ -809,7 +150,7 @@ class _Service:
 
 @dataclass(slots=True)
 class _PeerState:
-    active: _Connection
+    active: Connection
     down_event: asyncio.Event = field(default_factory=asyncio.Event)
     pending_down: asyncio.TimerHandle | None = None
 
@@ -821,7 +162,8 @@ class LinkManager:
                  listener: LinkListener, *, wall_clock: Callable[[], float] = time.time,
                  datagram_queue_max: int = 256, rng: random.Random | None = None,
                  tls_identity_override: Identity | None = None,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 admission: AdmissionPolicy | None = None) -> None:
         self.identity = identity
         self.announcement = announcement
         self.listener = listener
@@ -837,11 +179,19 @@ class LinkManager:
         self._key = key
         self.fingerprint = certificate_fingerprint(cert)
         self._idle_timeout_s = idle_timeout_s
-        self._servers: list[QuicServer] = []
+        #: server-side handshakes in progress (meshd.links.admission decides on new ones)
+        self.pending_handshakes = PendingHandshakes(admission or AdmissionPolicy())
+        #: what the admission did with new Initials: accepted, retry-sent, refused-busy, ...
+        self.handshake_counts: Counter[str] = Counter()
+        self._retry_tokens = RetryTokens(os.urandom(32))
+        _quiet_aioquic_loggers()
+        self._servers: list[LinkServer] = []
         self._peers: dict[NodeId, _PeerState] = {}
-        self._conns: set[_Connection] = set()
+        self._conns: set[Connection] = set()
         self._services: dict[str, _Service] = {}
         self._static: list[_StaticPeer] = []
+        self._discovered: dict[NodeId, _StaticPeer] = {}
+        self._discovered_dials = asyncio.Semaphore(MAX_DISCOVERED_DIALS)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
@@ -875,22 +225,20 @@ class LinkManager:
         if self._closing:
             raise LocalProtocolError("link manager is closed")
 
-        def factory(quic: QuicConnection, **kwargs: Any) -> _Connection:
-            pending = sum(1 for c in self._conns if not c.ready.done())
-            conn = _Connection(quic, self, is_client=False, **kwargs)
+        def factory(quic: QuicConnection) -> Connection:
+            conn = Connection(quic, self, is_client=False)
             self._conns.add(conn)
-            if pending >= MAX_PENDING_HANDSHAKES:
-                conn.fail(RemoteProtocolError("busy", f"{pending} handshakes pending"))
             return conn
 
-        server = await serve(host, port, configuration=self._config(False),
-                             create_protocol=factory)
+        server = await serve_links(host, port, configuration=self._config(False),
+                                   create_protocol=factory, pending=self.pending_handshakes,
+                                   tokens=self._retry_tokens, counts=self.handshake_counts)
         self._servers.append(server)
         transport = server._transport
         assert transport is not None
-        _limit_receive_size(transport)
+        limit_receive_size(transport)
         sockname = transport.get_extra_info("sockname")
-        return _addr(sockname)
+        return addr_of(sockname)
 
     async def connect(self, host: str, port: int, expect: NodeId | None) -> NodeId:
         """One attempt to link with ``host:port``; returns the peer's proven NodeId.
@@ -909,10 +257,10 @@ class LinkManager:
         local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
         quic = QuicConnection(configuration=self._config(True))
         _, conn = await loop.create_datagram_endpoint(
-            lambda: _Connection(quic, self, is_client=True, expect=expect),
+            lambda: Connection(quic, self, is_client=True, expect=expect),
             local_addr=local, family=family)
         self._conns.add(conn)
-        conn.remote = _addr(addr)
+        conn.remote = addr_of(addr)
         conn.connect(addr)
         try:
             return await asyncio.shield(conn.ready)
@@ -927,9 +275,45 @@ class LinkManager:
         With ``expect`` None the first successful link learns the NodeId (trust
         on first use, logged) and pins it; ``on_learned`` is told.
         """
-        sp = _StaticPeer(host, port, expect, on_learned)
+        sp = _StaticPeer(host, port, expect, on_learned, Backoff(self._rng))
         self._static.append(sp)
         sp.task = self._spawn(self._static_loop(sp), f"static-peer {host}:{port}")
+
+    def add_discovered_peer(self, node_id: NodeId, host: str, port: int) -> bool:
+        """Keep dialling a peer discovery reported at ``host:port`` until it is gone.
+
+        Like a static peer (reconnect with backoff, pinned to ``node_id``) but
+        ended by ``remove_discovered_peer`` (the service's goodbye or expiry),
+        with a slower backoff, at most ``MAX_DISCOVERED_DIALS`` connect attempts
+        to discovered peers at once and at most ``MAX_DISCOVERED_PEERS`` of them
+        tracked (more are refused, counted in ``drops``: False).  Reporting a
+        known peer again updates its address.
+        """
+        if self._closing:
+            return False
+        sp = self._discovered.get(node_id)
+        if sp is not None:
+            sp.host, sp.port = host, port
+            return True
+        if len(self._discovered) >= MAX_DISCOVERED_PEERS:
+            self.drops.drop("discovered-full", "",
+                            f"more than {MAX_DISCOVERED_PEERS} discovered peers to dial")
+            return False
+        sp = _StaticPeer(host, port, node_id, None,
+                         Backoff(self._rng, max_s=DISCOVERED_BACKOFF_MAX_S), discovered=True)
+        self._discovered[node_id] = sp
+        sp.task = self._spawn(self._static_loop(sp), f"discovered-peer {short_id(node_id)}")
+        return True
+
+    def remove_discovered_peer(self, node_id: NodeId) -> None:
+        """Stop dialling a discovered peer (an attempt in flight is abandoned; a link stays)."""
+        sp = self._discovered.pop(node_id, None)
+        if sp is not None and sp.task is not None:
+            sp.task.cancel()
+
+    def discovered_peers(self) -> dict[NodeId, tuple[str, int]]:
+        """The discovered peers being dialled (or kept), with their addresses."""
+        return {nid: (sp.host, sp.port) for nid, sp in self._discovered.items()}
 
     def send_datagram(self, peer: NodeId, data: bytes, *, deadline: float | None = None) -> bool:
         """Queue one datagram to ``peer``; False if there is no link.
@@ -1025,7 +409,7 @@ class LinkManager:
 
     # --- called by connections -----------------------------------------------------------------
 
-    def deliver_datagram(self, conn: _Connection, data: bytes) -> None:
+    def deliver_datagram(self, conn: Connection, data: bytes) -> None:
         assert conn.peer is not None
         try:
             self.listener.datagram_received(conn.peer.node_id, data)
@@ -1033,7 +417,7 @@ class LinkManager:
             log.exception("[%s] listener.datagram_received failed", conn.label)
             self.drops.drop("listener-error", conn.label)
 
-    def on_ready(self, conn: _Connection) -> None:
+    def on_ready(self, conn: Connection) -> None:
         assert conn.peer is not None
         peer = conn.peer.node_id
         known = self.known.get(peer)
@@ -1059,34 +443,28 @@ class LinkManager:
         if cur.terminated:
             state.active = conn
             return
-        if self._preferred(cur) == self._preferred(conn):
-            # same direction twice: the peer restarted (or re-dialled); the newer wins
-            self._replace(state, conn, cur)
-        elif self._preferred(conn):
+        decision = resolve_duplicate(self.identity.node_id, peer,
+                                     current_we_initiated=cur.is_client,
+                                     new_we_initiated=conn.is_client)
+        if decision is Duplicate.TAKE_NEW:
             self._replace(state, conn, cur)
         else:
             self._spawn(self._check_preferred(state, cur, conn), f"liveness {conn.label}")
 
-    def _preferred(self, conn: _Connection) -> bool:
-        """True if ``conn`` was initiated by the node with the smaller NodeId."""
-        assert conn.peer is not None
-        initiator = self.identity.node_id if conn.is_client else conn.peer.node_id
-        return initiator == min(self.identity.node_id, conn.peer.node_id)
-
-    def _replace(self, state: _PeerState, keep: _Connection, lose: _Connection) -> None:
+    def _replace(self, state: _PeerState, keep: Connection, lose: Connection) -> None:
         state.active = keep
         if keep.stats is not None and lose.stats is not None:
             # the link lives on: keep its history
             keep.stats.connected_since = lose.stats.connected_since
         self._supersede(lose)
 
-    def _supersede(self, conn: _Connection) -> None:
+    def _supersede(self, conn: Connection) -> None:
         log.debug("[%s] closing duplicate connection", conn.label)
         conn.superseded = True
         conn.close(error_code=ERR_DUPLICATE, reason_phrase="duplicate")
 
-    async def _check_preferred(self, state: _PeerState, cur: _Connection,
-                               new: _Connection) -> None:
+    async def _check_preferred(self, state: _PeerState, cur: Connection,
+                               new: Connection) -> None:
         """``cur`` wins by the rule; keep it if it still answers, else take ``new``."""
         alive = await cur.answers_ping(_LIVENESS_PING_S)
         if state.active is not cur or self._peers.get(new.peer_id or b"") is not state:
@@ -1100,7 +478,7 @@ class LinkManager:
             log.info("[%s] old connection is dead; keeping the new one", new.label)
             self._replace(state, new, cur)
 
-    def on_terminated(self, conn: _Connection, why: str) -> None:
+    def on_terminated(self, conn: Connection, why: str) -> None:
         self._conns.discard(conn)
         peer = conn.peer_id
         if peer is None or conn.superseded:
@@ -1134,10 +512,10 @@ class LinkManager:
             log.exception("listener.%s failed", what)
             self.drops.drop("listener-error", "", what)
 
-    def accept_stream(self, conn: _Connection, stream: Stream) -> None:
+    def accept_stream(self, conn: Connection, stream: Stream) -> None:
         self._spawn(self._serve_stream(conn, stream), f"stream {conn.label}/{stream.stream_id}")
 
-    async def _serve_stream(self, conn: _Connection, stream: Stream) -> None:
+    async def _serve_stream(self, conn: Connection, stream: Stream) -> None:
         peer = conn.peer_id
         assert peer is not None
         try:
@@ -1154,8 +532,7 @@ class LinkManager:
             service = self._services.get(name)
             if service is None:
                 raise RemoteProtocolError("unknown-service", name[:MAX_SERVICE_NAME])
-            stream.max_message = service.max_message
-            stream._cap = _buffer_cap(service.max_message)
+            stream.set_max_message(service.max_message)
             await service.handler(peer, stream)
         except RemoteProtocolError as exc:
             conn.drop(exc.reason, exc.detail)
@@ -1174,29 +551,46 @@ class LinkManager:
 
     # --- static peers --------------------------------------------------------------------------
 
+    async def _dial(self, sp: _StaticPeer) -> NodeId:
+        """One connect attempt; a discovered peer waits for one of the bounded dial slots."""
+        if not sp.discovered:
+            sp.dialling = True
+            sp.attempts += 1
+            try:
+                return await self.connect(sp.host, sp.port, sp.expect)
+            finally:
+                sp.dialling = False
+        async with self._discovered_dials:
+            if sp.expect is not None and sp.expect in self._peers:
+                return sp.expect  # it dialled us while we waited for a slot
+            sp.dialling = True
+            sp.attempts += 1
+            try:
+                return await self.connect(sp.host, sp.port, sp.expect)
+            finally:
+                sp.dialling = False
+
     async def _static_loop(self, sp: _StaticPeer) -> None:
-        delay = BACKOFF_MIN_S
+        loop = asyncio.get_running_loop()
         while not self._closing:
             if sp.expect is not None and sp.expect in self._peers:
                 await self._peers[sp.expect].down_event.wait()
-                delay = BACKOFF_MIN_S
+                sp.backoff.link_lost()
                 continue
-            sp.attempts += 1
             try:
-                peer = await self.connect(sp.host, sp.port, sp.expect)
+                peer = await self._dial(sp)
             except Exception as exc:  # refused, unreachable, or our bug: retry all the same
                 if not isinstance(exc, MeshError | OSError):
                     log.exception("static peer %s:%s: unexpected error", sp.host, sp.port)
                 sp.last_error = str(exc)
-                level = logging.WARNING if sp.attempts == 1 else logging.DEBUG
-                log.log(level, "static peer %s:%s: %s (retrying in %.2f s)",
-                        sp.host, sp.port, exc, delay)
-                # full jitter on the upper half: spreads cars that lost the same relay
-                await asyncio.sleep(delay * (0.5 + self._rng.random() * 0.5))
-                delay = min(delay * 2, BACKOFF_MAX_S)
+                now = loop.time()
+                at = sp.backoff.failed(now)
+                level = logging.WARNING if sp.backoff.failures == 1 else logging.DEBUG
+                log.log(level, "%s peer %s:%s: %s (retrying in %.2f s)",
+                        "discovered" if sp.discovered else "static", sp.host, sp.port, exc, at - now)
+                await asyncio.sleep(at - now)
                 continue
-            sp.attempts = 0
-            delay = BACKOFF_MIN_S
+            sp.backoff.succeeded()
             if sp.expect is None:
                 sp.expect = peer
                 log.warning("static peer %s:%s is %s: trusted on first use and pinned",

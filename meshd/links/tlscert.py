@@ -1,4 +1,4 @@
-"""TLS certificates for neighbour links, and the one adapter that reads aioquic internals.
+"""TLS certificates for neighbour links.
 
 Each node's QUIC certificate is self-signed with its Ed25519 identity key
 (DESIGN.md "Neighbour links").  Nobody trusts the certificate as such: the
@@ -7,31 +7,26 @@ peer's signed announcement, and the connecting side signs the SHA-256
 fingerprint of the certificate it saw, so a machine in the middle presenting
 its own certificate is caught.
 
-aioquic 1.7.2 has no public accessor for the peer's certificate.
-``peer_certificate_key`` is the only place in carmesh that reaches into
-aioquic's TLS internals; ``tests/meshd/test_links_tlscert.py`` fails if they
-change.
+Reading the certificate a peer presented needs aioquic internals: that is
+``meshd.links.aioquic_internals.peer_certificate``.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from meshd.core.errors import LocalProtocolError
 from meshd.core.identity import Identity
 
 __all__ = [
     "CERT_VALIDITY_DAYS",
     "certificate_fingerprint",
     "make_certificate",
-    "peer_certificate_key",
 ]
 
 #: validity of the self-signed link certificate; nothing checks dates beyond the TLS stack
@@ -60,37 +55,3 @@ def certificate_fingerprint(cert: x509.Certificate | bytes) -> bytes:
     """SHA-256 of the certificate's DER encoding (32 bytes)."""
     der = cert if isinstance(cert, bytes) else cert.public_bytes(Encoding.DER)
     return hashlib.sha256(der).digest()
-
-
-def _peer_certificate(quic_connection: Any) -> x509.Certificate | None:
-    tls = getattr(quic_connection, "tls", None)
-    if tls is None:
-        raise LocalProtocolError("aioquic internals changed: QuicConnection has no 'tls' attribute"
-                                 " (or the handshake has not started)")
-    if not hasattr(tls, "_peer_certificate"):
-        raise LocalProtocolError(
-            "aioquic internals changed: tls.Context has no '_peer_certificate'")
-    cert = tls._peer_certificate
-    if cert is not None and not isinstance(cert, x509.Certificate):
-        raise LocalProtocolError(f"aioquic internals changed: _peer_certificate is {type(cert)!r}")
-    return cert
-
-
-def peer_certificate(quic_connection: Any) -> x509.Certificate:
-    """The certificate the peer presented on an aioquic ``QuicConnection`` (after its handshake)."""
-    cert = _peer_certificate(quic_connection)
-    if cert is None:
-        raise LocalProtocolError("the peer presented no certificate (yet)")
-    return cert
-
-
-def peer_certificate_key(quic_connection: Any) -> bytes:
-    """Raw 32-byte Ed25519 public key of the certificate the peer presented.
-
-    Raises ``LocalProtocolError`` if aioquic's internals changed or no Ed25519
-    certificate was seen.
-    """
-    key = peer_certificate(quic_connection).public_key()
-    if not isinstance(key, Ed25519PublicKey):
-        raise LocalProtocolError(f"peer certificate key is {type(key).__name__}, not Ed25519")
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)

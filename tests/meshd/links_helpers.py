@@ -81,3 +81,22 @@ async def eventually(cond: Callable[[], bool | Awaitable[bool]], timeout: float 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(step)
+
+
+def settled(*nodes: Node) -> bool:
+    """True once every connection of these nodes carries a link and no static peer is dialling."""
+    for node in nodes:
+        active = {id(st.active) for st in node.mgr._peers.values()}
+        if any(id(c) not in active for c in node.mgr._conns):
+            return False
+        if any(st.pending_down is not None for st in node.mgr._peers.values()):
+            return False
+        if any(sp.dialling for sp in node.mgr._static):
+            return False
+    return True
+
+
+async def wait_settled(*nodes: Node, timeout: float = 10.0) -> None:
+    """Wait until duplicate connections are resolved and closed on every node given."""
+    await eventually(lambda: settled(*nodes), timeout=timeout)
+

@@ -11,8 +11,9 @@ import pytest
 
 from meshd.core.errors import LocalProtocolError, RemoteProtocolError, VerificationError
 from meshd.core.identity import Identity, NodeId
-from meshd.links.manager import MESH_MTU, LinkBrokenError, Stream
-from tests.meshd.links_helpers import Node, eventually
+from meshd.links.connection import MESH_MTU
+from meshd.links.stream import LinkBrokenError, Stream
+from tests.meshd.links_helpers import Node, eventually, wait_settled
 
 
 @pytest.fixture
@@ -88,10 +89,12 @@ async def test_stale_queue_entries_are_dropped(pair: tuple[Node, Node]) -> None:
     assert a.mgr.send_datagram(b.id, b"stale-2", deadline=loop.time() - 1)
     assert a.mgr.send_datagram(b.id, b"no-deadline")
     await b.rec.wait_for(lambda: len(b.rec.datagrams) == 2)
-    await asyncio.sleep(0.2)
-    assert [d for _, d in b.rec.datagrams] == [b"fresh", b"no-deadline"]
+    # a later datagram arriving shows nothing else was on its way
+    assert a.mgr.send_datagram(b.id, b"marker")
+    await b.rec.wait_for(lambda: b.rec.datagrams[-1:] == [(a.id, b"marker")])
+    assert [d for _, d in b.rec.datagrams] == [b"fresh", b"no-deadline", b"marker"]
     st = a.mgr.links()[b.id]
-    assert st.dropped_stale == 2 and st.tx_datagrams == 2
+    assert st.dropped_stale == 2 and st.tx_datagrams == 3
 
 
 async def test_bounded_queue_drops_oldest() -> None:
@@ -102,8 +105,9 @@ async def test_bounded_queue_drops_oldest() -> None:
         for i in range(10):  # all in one loop iteration: nothing is fed to aioquic in between
             a.mgr.send_datagram(b.id, b"%d" % i)
         await b.rec.wait_for(lambda: len(b.rec.datagrams) == 4)
-        await asyncio.sleep(0.2)
-        assert [d for _, d in b.rec.datagrams] == [b"6", b"7", b"8", b"9"]
+        assert a.mgr.send_datagram(b.id, b"marker")
+        await b.rec.wait_for(lambda: b.rec.datagrams[-1:] == [(a.id, b"marker")])
+        assert [d for _, d in b.rec.datagrams] == [b"6", b"7", b"8", b"9", b"marker"]
         assert a.mgr.links()[b.id].dropped_queue_full == 6
     finally:
         await a.mgr.close()
@@ -175,7 +179,8 @@ async def test_static_peer_pinned_to_another_node_is_refused(pair: tuple[Node, N
     with pytest.raises(VerificationError) as err:
         await a.mgr.connect(*b.addr, other)
     assert err.value.reason == "identity"
-    await asyncio.sleep(0.3)
+    # both ends closed the refused connection
+    await eventually(lambda: not a.mgr._conns and not b.mgr._conns)
     assert a.rec.ups == [] and b.rec.ups == []
     assert a.mgr.links() == {} and b.mgr.links() == {}
 
@@ -191,7 +196,7 @@ async def test_certificate_of_another_key_is_refused() -> None:
             with pytest.raises(VerificationError) as err:
                 await a.mgr.connect(*forger.addr, expect)
             assert err.value.reason == "cert-key"
-        await asyncio.sleep(0.3)
+        await eventually(lambda: not a.mgr._conns and not forger.mgr._conns)
         assert a.rec.ups == [] and forger.rec.ups == []
         assert a.mgr.drops.counts["refused-cert-key"] == 2
     finally:
@@ -207,9 +212,12 @@ async def test_tofu_learns_and_pins_the_id(pair: tuple[Node, Node]) -> None:
     await a.rec.wait_for(lambda: len(a.rec.ups) == 1)
     await eventually(lambda: learned == [b.id])
     assert a.rec.ups[0][0] == b.id
-    # one link, not a reconnect loop
-    await asyncio.sleep(0.5)
-    assert len(a.rec.ups) == 1 and len(b.rec.ups) == 1
+    # one link, not a reconnect loop: the static peer waits on the link
+    await eventually(lambda: len(b.rec.ups) == 1)
+    await wait_settled(a, b)
+    sp = a.mgr._static[0]
+    assert sp.expect == b.id and sp.backoff.failures == 0
+    assert len(a.mgr._conns) == 1 and len(a.rec.ups) == 1 and len(b.rec.ups) == 1
 
 
 async def test_simultaneous_connect_ends_with_one_link(pair: tuple[Node, Node]) -> None:
@@ -219,7 +227,7 @@ async def test_simultaneous_connect_ends_with_one_link(pair: tuple[Node, Node]) 
     for _ in range(3):
         r1, r2 = await asyncio.gather(a.mgr.connect(*b.addr, b.id), b.mgr.connect(*a.addr, a.id))
         assert (r1, r2) == (b.id, a.id)
-        await asyncio.sleep(1.0)
+        await wait_settled(a, b)
         assert set(a.mgr.links()) == {b.id} and set(b.mgr.links()) == {a.id}
         # both kept the connection initiated by the smaller NodeId
         small_is_a = a.id < b.id
@@ -232,7 +240,9 @@ async def test_simultaneous_connect_ends_with_one_link(pair: tuple[Node, Node]) 
         b.rec.datagrams.clear()
         a.mgr.close_link(b.id, "test round")
         await b.rec.wait_for(lambda: len(b.rec.downs) == 1)
-        a.rec.ups.clear(), b.rec.ups.clear(), a.rec.downs.clear(), b.rec.downs.clear()
+        for rec in (a.rec, b.rec):
+            rec.ups.clear()
+            rec.downs.clear()
 
 
 async def test_close_link_reports_down_on_both_sides(pair: tuple[Node, Node]) -> None:
@@ -256,7 +266,8 @@ async def test_reconnect_with_backoff_after_peer_restarts() -> None:
         await a.rec.wait_for(lambda: len(a.rec.ups) == 1)
         await b.mgr.close()  # the peer goes away
         await a.rec.wait_for(lambda: len(a.rec.downs) == 1)
-        await asyncio.sleep(1.0)  # a few refused attempts while it is away
+        # a few refused attempts while it is away
+        await eventually(lambda: a.mgr._static[0].backoff.failures >= 2, timeout=20)
         b.restart_manager()
         await b.listen(*addr)  # back on the same port
         await a.rec.wait_for(lambda: len(a.rec.ups) == 2, timeout=20)
@@ -481,7 +492,7 @@ async def test_mutual_static_peers_settle_on_one_link() -> None:
         b.mgr.add_static_peer(*a_addr, a.id)
         await a.rec.wait_for(lambda: len(a.rec.ups) == 1)
         await b.rec.wait_for(lambda: len(b.rec.ups) == 1)
-        await asyncio.sleep(2.0)
+        await wait_settled(a, b)
         assert len(a.rec.ups) == 1 and len(b.rec.ups) == 1
         assert a.rec.downs == [] and b.rec.downs == []
         assert a.mgr.links()[b.id].initiator == (a.id < b.id)
@@ -490,7 +501,7 @@ async def test_mutual_static_peers_settle_on_one_link() -> None:
         a.mgr.close_link(b.id, "hellos stopped")
         await a.rec.wait_for(lambda: len(a.rec.ups) == 2, timeout=15)
         await b.rec.wait_for(lambda: len(b.rec.ups) == 2, timeout=15)
-        await asyncio.sleep(1.0)
+        await wait_settled(a, b)
         assert set(a.mgr.links()) == {b.id} and set(b.mgr.links()) == {a.id}
         assert len(a.rec.downs) == 1 and len(b.rec.downs) == 1
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from meshd.core.identity import NodeId
-from meshd.links.manager import Stream
+from meshd.links.stream import Stream
 from tests.meshd.links_helpers import Node
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshd.core.errors import RemoteProtocolError
-from meshd.links.manager import LinkBrokenError, Stream
+from meshd.links.stream import LinkBrokenError, Stream
 
 
 class _Conn:

@@ -1,7 +1,7 @@
 """Link certificates and every aioquic internal meshd relies on, after a real in-memory handshake.
 
-These tests fail when an aioquic upgrade moves what meshd.links.tlscert and
-meshd.links.manager read (the peer certificate, the datagram queue, the stream send
+These tests fail when an aioquic upgrade moves what meshd.links.aioquic_internals,
+meshd.links.connection and meshd.links.server read (the peer certificate, the datagram queue, the stream send
 buffer) or changes the DATAGRAM payload limit that MESH_MTU is derived from.
 """
 
@@ -22,20 +22,17 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from meshd import ALPN
 from meshd.core.errors import LocalProtocolError
 from meshd.core.identity import Identity
-from meshd.links.manager import (
-    MAX_DATAGRAM_FRAME_SIZE,
-    MESH_MTU,
-    _aioquic_ack_with_next_packet,
-    _aioquic_datagrams_pending,
-    _aioquic_peer_closed,
-    _aioquic_unacked,
-)
-from meshd.links.tlscert import (
-    certificate_fingerprint,
-    make_certificate,
+from meshd.links.aioquic_internals import (
+    UDP_RECV_SIZE,
+    ack_with_next_packet,
+    datagrams_pending,
     peer_certificate,
     peer_certificate_key,
+    peer_closed,
+    stream_unacked,
 )
+from meshd.links.connection import MAX_DATAGRAM_FRAME_SIZE, MESH_MTU
+from meshd.links.tlscert import certificate_fingerprint, make_certificate
 from tests.meshd.links_helpers import Node
 
 CLIENT_ADDR = ("127.0.0.2", 1234)
@@ -92,7 +89,7 @@ def test_certificate_is_self_signed_with_the_identity_key() -> None:
 def test_peer_certificate_key_after_real_handshake() -> None:
     ident = Identity.generate()
     pair = Pair(ident)
-    # the attribute meshd.links.tlscert reads exists and holds the server's certificate
+    # the attribute meshd.links.aioquic_internals reads exists and holds the server's certificate
     assert hasattr(pair.client.tls, "_peer_certificate")
     assert peer_certificate_key(pair.client) == ident.ed25519_pub
     assert certificate_fingerprint(peer_certificate(pair.client)) == \
@@ -119,7 +116,7 @@ def _largest_datagram(sender: QuicConnection, receiver: QuicConnection, pair: Pa
         got = Pair.drain(receiver, events.DatagramFrameReceived)
         if not got:
             # aioquic keeps the oversize datagram queued for good (why MESH_MTU exists)
-            assert _aioquic_datagrams_pending(sender) == 1
+            assert datagrams_pending(sender) == 1
             return largest
         largest = size
     return largest
@@ -140,12 +137,12 @@ def test_stream_send_buffer_internal_is_visible() -> None:
     pair = Pair(Identity.generate())
     sid = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(sid, b"y" * 100_000)
-    assert _aioquic_unacked(pair.client, sid) == 100_000
+    assert stream_unacked(pair.client, sid) == 100_000
     for _ in range(200):
         pair.roundtrip()
-        if _aioquic_unacked(pair.client, sid) == 0:
+        if stream_unacked(pair.client, sid) == 0:
             break
-    assert _aioquic_unacked(pair.client, sid) == 0
+    assert stream_unacked(pair.client, sid) == 0
 
 
 async def test_early_traffic_dropped_and_garbage_handshake_refused() -> None:
@@ -219,14 +216,14 @@ def test_pending_ack_rides_on_the_next_datagram() -> None:
     pair2 = Pair(Identity.generate())
     now = _ack_pending_after_one_datagram(pair2)
     pair2.server.send_datagram_frame(b"reply")
-    _aioquic_ack_with_next_packet(pair2.server, now)
+    ack_with_next_packet(pair2.server, now)
     assert len(pair2.server.datagrams_to_send(now=now)) == 1
     assert pair2.server._spaces[tls.Epoch.ONE_RTT].ack_at is None
-    _aioquic_ack_with_next_packet(SimpleNamespace(), now)  # type: ignore[arg-type]
+    ack_with_next_packet(SimpleNamespace(), now)  # type: ignore[arg-type]
 
 
 async def test_asyncio_protocol_methods_replaced_by_links_exist() -> None:
-    """_Connection replaces these (aioquic's own read loop.time()) and uses their state."""
+    """Connection replaces these (aioquic's own read loop.time()) and uses their state."""
     for name in ("connect", "datagram_received", "transmit", "_handle_timer",
                  "_process_events", "_transmit_soon"):
         assert callable(getattr(QuicConnectionProtocol, name))
@@ -243,10 +240,10 @@ async def test_asyncio_protocol_methods_replaced_by_links_exist() -> None:
 
 def test_peer_close_is_visible_before_draining_ends() -> None:
     pair = Pair(Identity.generate())
-    assert _aioquic_peer_closed(pair.server) is None
+    assert peer_closed(pair.server) is None
     pair.client.close(error_code=0x101, reason_phrase="refused: test")
     pair.roundtrip()
-    closed = _aioquic_peer_closed(pair.server)
+    closed = peer_closed(pair.server)
     assert closed is not None
     assert (closed.error_code, closed.reason_phrase) == (0x101, "refused: test")
     # aioquic itself reports it only when draining ends (three PTOs later)
@@ -254,8 +251,6 @@ def test_peer_close_is_visible_before_draining_ends() -> None:
 
 
 async def test_udp_reads_use_a_small_buffer_on_stock_asyncio() -> None:
-    from meshd.links.manager import UDP_RECV_SIZE
-
     a, b = Node("alpha"), Node("bravo")
     addr = await b.listen()
     try:
@@ -316,3 +311,61 @@ def test_aioquic_checks_certificate_verify_even_without_ca_checks() -> None:
     client_events = Pair.drain(client, events.QuicEvent)
     assert not any(isinstance(e, events.HandshakeCompleted) for e in client_events)
     assert client._close_event is not None  # the client aborted the handshake
+
+
+# --- the listening side: LinkServer on aioquic's QuicServer (meshd.links.server) ----------------
+
+
+def test_retry_packet_is_byte_for_byte_aioquics() -> None:
+    from aioquic.quic.packet import QuicProtocolVersion, encode_quic_retry
+
+    from meshd.links.server import encode_retry
+
+    for version in (QuicProtocolVersion.VERSION_1, QuicProtocolVersion.VERSION_2):
+        args = dict(version=version, source_cid=b"\x01" * 8, destination_cid=b"\x02" * 8,
+                    original_destination_cid=b"\x03" * 8)
+        assert encode_retry(**args, token=b"tok") == encode_quic_retry(**args, retry_token=b"tok")  # type: ignore[arg-type]
+
+
+async def test_quic_server_internals_link_server_relies_on() -> None:
+    """LinkServer reuses aioquic's connection-id table and callbacks: they must still exist."""
+    from aioquic.asyncio.server import QuicServer
+
+    for name in ("_connection_id_issued", "_connection_id_retired", "_connection_terminated"):
+        assert callable(getattr(QuicServer, name))
+    server = QuicServer(configuration=QuicConfiguration(is_client=False))
+    assert server._protocols == {} and server._transport is None
+    assert server._configuration.connection_id_length == 8
+    proto = QuicConnectionProtocol(Pair(Identity.generate()).client)
+    for hook in ("_connection_id_issued_handler", "_connection_id_retired_handler",
+                 "_connection_terminated_handler"):
+        assert callable(getattr(proto, hook))
+
+
+async def test_link_through_a_retry_and_a_stateless_refusal() -> None:
+    """retry_above=0: every client proves its address first, and still links; with no room
+    left at all a validated client is refused at once (CONNECTION_REFUSED), not left waiting."""
+    from meshd.core.errors import RemoteProtocolError
+    from meshd.links.admission import AdmissionPolicy
+
+    a = Node("alpha")
+    b = Node("bravo", admission=AdmissionPolicy(retry_above=0))
+    full = Node("full", admission=AdmissionPolicy(retry_above=0, max_pending=0))
+    try:
+        addr = await b.listen()
+        assert await a.mgr.connect(*addr, b.id) == b.id
+        counts = b.mgr.handshake_counts
+        assert (counts["retry-sent"], counts["accepted-validated"], counts["accepted"]) == (1, 1, 0)
+        assert b.mgr.pending_handshakes.total == 0
+        assert a.mgr.send_datagram(b.id, b"validated")
+        await b.rec.wait_for(lambda: b.rec.datagrams == [(a.id, b"validated")])
+        full_addr = await full.listen()
+        with pytest.raises((ConnectionError, RemoteProtocolError)) as err:
+            await a.mgr.connect(*full_addr, full.id)
+        assert "closed during the handshake" in str(err.value)
+        assert full.mgr.handshake_counts["retry-sent"] == 1
+        assert full.mgr.handshake_counts["refused-busy"] == 1
+        assert full.mgr._conns == set()  # nothing was kept for it
+    finally:
+        for n in (a, b, full):
+            await n.mgr.close()

@@ -1,0 +1,111 @@
+"""Pure rules of the link layer: which duplicate connection survives, when to dial again.
+
+No I/O and no clock reads: time comes in as ``now`` (seconds on any monotonic
+clock) and jitter from an injected ``random.Random``, so each rule is tested
+with literal values (``tests/meshd/test_links_rules.py``).  ``LinkManager``
+applies them.
+
+Duplicates.  Two nodes may each complete a connection to the other at once
+(both dialled, e.g. mutual static peers or both saw the other's zeroconf
+service), or a peer that restarted dials again while its old connection still
+looks alive to us.  Both ends must keep the *same* connection without talking
+about it, so the rule depends only on facts both ends share: the connection
+initiated by the node with the smaller NodeId is preferred.  Two connections
+in the same direction mean the initiator restarted or re-dialled: the newer
+wins.  A preferred connection that is older than the new one is kept only if
+it still answers a liveness ping (the peer may have restarted and lost it).
+
+Backoff.  A static or discovered peer that cannot be reached is dialled again
+after an exponentially growing delay (``min_s`` doubling up to ``max_s``) with
+jitter on the upper half, so cars that lost the same relay do not redial in
+step; a successful link, or a link that later went down, starts again from
+``min_s``.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+
+__all__ = [
+    "BACKOFF_MAX_S",
+    "BACKOFF_MIN_S",
+    "DISCOVERED_BACKOFF_MAX_S",
+    "Backoff",
+    "Duplicate",
+    "initiated_by_smaller",
+    "resolve_duplicate",
+]
+
+#: reconnect backoff bounds of a configured static peer
+BACKOFF_MIN_S = 0.25
+BACKOFF_MAX_S = 10.0
+#: a discovered peer is re-announced by zeroconf while it is around: dial it less eagerly
+DISCOVERED_BACKOFF_MAX_S = 30.0
+
+
+def initiated_by_smaller(our_id: bytes, peer_id: bytes, we_initiated: bool) -> bool:
+    """True if the connection was initiated by the node with the smaller NodeId."""
+    initiator = our_id if we_initiated else peer_id
+    return initiator == min(our_id, peer_id)
+
+
+class Duplicate(enum.Enum):
+    """What to do when a second connection to an already linked peer completes."""
+
+    #: close the current connection, the new one carries the link from now on
+    TAKE_NEW = "take-new"
+    #: the current one is preferred: keep it if it answers a liveness ping, else take the new one
+    KEEP_CURRENT_IF_ALIVE = "keep-current-if-alive"
+
+
+def resolve_duplicate(our_id: bytes, peer_id: bytes, *, current_we_initiated: bool,
+                      new_we_initiated: bool) -> Duplicate:
+    """The duplicate-connection rule; both ends reach the same connection from their own view."""
+    current = initiated_by_smaller(our_id, peer_id, current_we_initiated)
+    new = initiated_by_smaller(our_id, peer_id, new_we_initiated)
+    if current == new:
+        # the same direction twice: the initiator restarted or re-dialled; the newer wins
+        return Duplicate.TAKE_NEW
+    if new:
+        return Duplicate.TAKE_NEW
+    return Duplicate.KEEP_CURRENT_IF_ALIVE
+
+
+@dataclass(slots=True)
+class Backoff:
+    """The redial schedule of one peer: exponential, jittered on the upper half, reset on success.
+
+    ``failed(now)`` returns the time of the next attempt; ``succeeded()``
+    (a link came up) and ``link_lost()`` start over from ``min_s``.
+    """
+
+    rng: random.Random
+    min_s: float = BACKOFF_MIN_S
+    max_s: float = BACKOFF_MAX_S
+    #: the un-jittered delay the next failure waits
+    delay: float = 0.0
+    #: failed attempts since the last success
+    failures: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_s <= self.max_s:
+            raise ValueError(f"backoff bounds {self.min_s}..{self.max_s}")
+        self.delay = self.min_s
+
+    def failed(self, now: float) -> float:
+        """An attempt failed at ``now``: when to try again."""
+        self.failures += 1
+        wait = self.delay * (0.5 + self.rng.random() * 0.5)
+        self.delay = min(self.delay * 2, self.max_s)
+        return now + wait
+
+    def succeeded(self) -> None:
+        """A link came up: the next loss redials at once, then from ``min_s``."""
+        self.failures = 0
+        self.delay = self.min_s
+
+    def link_lost(self) -> None:
+        """The link went down after having been up: start over."""
+        self.succeeded()
