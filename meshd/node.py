@@ -41,6 +41,8 @@ from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolEr
 from meshd.core.fragment import Reassembler, split
 from meshd.core.identity import (
     ANNOUNCE_REFRESH_S,
+    KEY_FILE,
+    SEQNO_FILE,
     Announcement,
     AnnouncementBook,
     Identity,
@@ -87,9 +89,11 @@ class Node:
         self.state_dir = config.state_dir or default_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._wall = wall_clock
+        known_before = (self.state_dir / KEY_FILE).exists()
         self.identity = Identity.load_or_create(self.state_dir)
         self.name = config.name or f"{config.role.value}-{short_id(self.identity.node_id)}"
-        self._seqnos = SeqnoFile(self.state_dir / "announce.seqno")
+        self._seqnos = SeqnoFile(self.state_dir / SEQNO_FILE, wall_clock=wall_clock,
+                                 expect_existing=known_before)
         self.announcement = self._sign_announcement()
         self.book = AnnouncementBook()
         self.drops = DropCounter(logger)
