@@ -65,7 +65,7 @@ from sync.envelope import (
     decode_op,
     hlc_wall_ms,
 )
-from sync.errors import SyncLocalError, Unauthorized
+from sync.errors import StoreCorrupt, SyncLocalError, Unauthorized
 from sync.reconcile import RangeSet
 
 __all__ = [
@@ -256,6 +256,17 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     log.info("op store migrated to schema version %d", SCHEMA_VERSION)
 
 
+def _wal_of(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _corrupt_message(path: Path, detail: str) -> str:
+    return (f"the op store {path} is damaged ({detail}). Its ops can be fetched again from"
+            f" the neighbours: stop the node and run `meshd --state-dir {path.parent}"
+            f" --recover-store`, which moves it aside (kept for inspection) and starts with"
+            f" an empty store that resyncs")
+
+
 class OpStore:
     """The durable, verified op set of one node (one SQLite file, WAL); open with ``OpStore.open``."""
 
@@ -297,8 +308,20 @@ class OpStore:
         ops to that many worker processes instead (``default_verify_workers()`` is what
         the daemon uses); they start on the first such batch and stop on ``close``.
         """
+        path = Path(path)
+        if path.exists() and path.stat().st_size == 0 and not _wal_of(path).exists():
+            # SQLite would take an empty file for a new, empty database: ops would be lost
+            # silently (a file truncated by a crash or a full disk, or emptied by hand)
+            raise StoreCorrupt(_corrupt_message(path, "the file is empty (0 bytes)"))
         db = await aiosqlite.connect(str(path), isolation_level=None)
         try:
+            try:
+                async with db.execute("PRAGMA quick_check") as cur:
+                    rows = [str(r[0]) async for r in cur]
+            except sqlite3.DatabaseError as exc:
+                raise StoreCorrupt(_corrupt_message(path, str(exc))) from None
+            if rows != ["ok"]:
+                raise StoreCorrupt(_corrupt_message(path, "; ".join(rows[:3])))
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await _migrate(db)
