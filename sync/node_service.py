@@ -18,7 +18,7 @@ from typing import Any
 from meshd.core.identity import NodeId
 from meshd.services.api import ControlHandler, NodeApi, StreamHandler
 from sync.service import SyncService
-from sync.store import OpStore, default_verify_workers
+from sync.store import OpStore, default_verify_workers, refuse_empty_file
 
 __all__ = ["SyncNodeService", "open_store"]
 
@@ -32,6 +32,7 @@ async def open_store(state_dir: Path, *,
     Large received batches (a catch-up) are verified in worker processes when the
     machine has two CPUs or more; they start with the first such batch.
     """
+    refuse_empty_file(Path(state_dir) / DB_NAME)
     return await OpStore.open(Path(state_dir) / DB_NAME, wall_clock=wall_clock,
                               verify_workers=default_verify_workers())
 

@@ -76,6 +76,7 @@ __all__ = [
     "Subscriber",
     "default_verify_threads",
     "default_verify_workers",
+    "refuse_empty_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,17 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     log.info("op store migrated to schema version %d", SCHEMA_VERSION)
 
 
-def _wal_of(path: Path) -> Path:
-    return path.with_name(path.name + "-wal")
+def refuse_empty_file(path: Path) -> None:
+    """Raise ``StoreCorrupt`` if ``path`` is an empty file (with no WAL beside it).
+
+    SQLite takes an empty file for a new, empty database, so the ops of a store truncated
+    by a crash or a full disk, or emptied by hand, would be lost silently and the node would
+    fork its own chain.  The daemon calls this for a store it has opened before; a store
+    killed within its very first open can be empty too, and ``--recover-store`` clears that.
+    """
+    if (path.exists() and path.stat().st_size == 0
+            and not path.with_name(path.name + "-wal").exists()):
+        raise StoreCorrupt(_corrupt_message(path, "the file is empty (0 bytes)"))
 
 
 def _corrupt_message(path: Path, detail: str) -> str:
@@ -309,10 +319,6 @@ class OpStore:
         the daemon uses); they start on the first such batch and stop on ``close``.
         """
         path = Path(path)
-        if path.exists() and path.stat().st_size == 0 and not _wal_of(path).exists():
-            # SQLite would take an empty file for a new, empty database: ops would be lost
-            # silently (a file truncated by a crash or a full disk, or emptied by hand)
-            raise StoreCorrupt(_corrupt_message(path, "the file is empty (0 bytes)"))
         db = await aiosqlite.connect(str(path), isolation_level=None)
         try:
             try:

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from library_replica.search import IndexableDocument, SearchIndex
 from sync.errors import StoreCorrupt
+from sync.node_service import DB_NAME, open_store
 from sync.store import OpStore
 from tests.sync.conftest import WALL_S, allow_all
 
@@ -46,11 +47,11 @@ async def test_damaged_pages_fail_the_quick_check(tmp_path: Path) -> None:
 
 
 async def test_an_empty_op_store_file_is_not_taken_for_a_new_store(tmp_path: Path) -> None:
-    path = tmp_path / "ops.sqlite"
+    path = tmp_path / DB_NAME
     await _store_with_ops(path, 3)
     path.write_bytes(b"")
     with pytest.raises(StoreCorrupt, match="empty"):
-        await OpStore.open(path, wall_clock=lambda: WALL_S)
+        await open_store(tmp_path)  # the daemon's open
     # a new store (no file yet) still opens
     store = await OpStore.open(tmp_path / "new.sqlite", wall_clock=lambda: WALL_S)
     assert len(store) == 0
