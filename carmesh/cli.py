@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from meshd import __version__
 from meshd.config import Config, ConfigError, load_config
 from meshd.core.errors import MeshError
 from meshd.core.identity import Role
+from meshd.paths import default_socket_path, default_state_dir
 
 __all__ = ["build_parser", "meshd_main"]
 
@@ -53,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
     p.add_argument("--trust", type=Path, metavar="FILE",
                    help="community trust configuration (root and authority keys)")
+    p.add_argument("--recover-store", action="store_true",
+                   help="move a damaged op store (and the search index) aside, then start with"
+                   " empty ones that resync from the neighbours")
     calls = p.add_argument_group("calls")
     calls.add_argument("--auto-answer", action="store_true", default=None,
                        help="answer incoming calls automatically")
@@ -83,16 +90,44 @@ async def _run(config: Config) -> int:
     return 0
 
 
+def _recover_store(state_dir: Path) -> bool:
+    """``--recover-store``: move the op store and the search index aside (False: refused)."""
+    from library_replica.node_service import INDEX_NAME
+    from sync.node_service import DB_NAME
+
+    log = logging.getLogger("meshd")
+    sock = default_socket_path(state_dir)
+    with socket.socket(socket.AF_UNIX) as s, contextlib.suppress(OSError):
+        s.connect(str(sock))
+        log.error("a node is running on %s: stop it before --recover-store", state_dir)
+        return False
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for name in (DB_NAME, INDEX_NAME):
+        base = state_dir / name
+        if not base.exists():
+            continue
+        for suffix in ("", "-wal", "-shm"):
+            part = state_dir / (name + suffix)
+            if part.exists():
+                part.replace(state_dir / f"{name}.damaged-{stamp}{suffix}")
+        log.warning("moved %s aside to %s.damaged-%s; starting with an empty one that resyncs"
+                    " from the neighbours", base, name, stamp)
+    return True
+
+
 def meshd_main(argv: list[str] | None = None) -> int:
     """Entry point of the ``meshd`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "config"}
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items()
+                             if k not in ("config", "recover_store")}
     try:
         config = load_config(args.config).merged(flags)
     except ConfigError as exc:
         parser.error(str(exc))
     _setup_logging(config.log_level)
+    if args.recover_store and not _recover_store(config.state_dir or default_state_dir()):
+        return 1
     try:
         import uvloop
 

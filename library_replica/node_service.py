@@ -156,7 +156,7 @@ class LibraryNodeService:
         self.situation = SituationBoard()
         self.bulletins = BulletinBoard(self.trust)
         self.mail = MailBox(node.identity)
-        self.index = SearchIndex(state_dir / INDEX_NAME)
+        self.index = SearchIndex.open_checked(state_dir / INDEX_NAME)
         self._lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._ready = asyncio.Event()

@@ -43,8 +43,10 @@ This is a synchronous SQLite adapter: call it from one thread at a time
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
+import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ from typing import Protocol
 
 from library_replica.ops import LibraryError
 from meshd.core.codec import pack
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "IndexableDocument",
@@ -240,6 +244,41 @@ class SearchIndex:
         n, tl, bl = self._db.execute(
             "SELECT count(*), total(length(title)), total(length(body)) FROM docs").fetchone()
         self._n, self._len_total = int(n), float(tl) + float(bl)
+
+    @classmethod
+    def open_checked(cls, path: Path) -> SearchIndex:
+        """Open the index at ``path``; a damaged one is moved aside and started afresh.
+
+        The index is derived from the op store (the library service refreshes it from the
+        stored ops at every start), so a damaged file — fails ``PRAGMA quick_check``, or is
+        no database at all — costs a rebuild, never data.  Logged once, with where the old
+        file went.
+        """
+        problem: str | None = None
+        if path.exists():
+            try:
+                db = sqlite3.connect(str(path), isolation_level=None)
+                try:
+                    rows = [str(r[0]) for r in db.execute("PRAGMA quick_check")]
+                finally:
+                    db.close()
+                if rows != ["ok"]:
+                    problem = "; ".join(rows[:3])
+            except sqlite3.DatabaseError as exc:
+                problem = str(exc)
+        if problem is None:
+            try:
+                return cls(path)
+            except sqlite3.DatabaseError as exc:
+                problem = str(exc)
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            part = path.with_name(path.name + suffix)
+            if part.exists():
+                part.replace(aside.with_name(aside.name + suffix))
+        log.warning("search index %s was damaged (%s): moved to %s, rebuilding it from the"
+                    " op store", path, problem, aside)
+        return cls(path)
 
     def close(self) -> None:
         """Close the database."""

@@ -36,11 +36,14 @@ from meshd import DEFAULT_PORT, __version__
 from meshd.config import Config, parse_hostport
 from meshd.control.server import ControlServer
 from meshd.core.channels import Channel
+from meshd.core.clock import MeshClock
 from meshd.core.codec import DropCounter
 from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolError
 from meshd.core.fragment import Reassembler, split
 from meshd.core.identity import (
     ANNOUNCE_REFRESH_S,
+    KEY_FILE,
+    SEQNO_FILE,
     Announcement,
     AnnouncementBook,
     Identity,
@@ -88,15 +91,20 @@ class Node:
         self.config = config
         self.state_dir = config.state_dir or default_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._wall = wall_clock
+        #: the raw system clock; everything signed or checked uses mesh time (``self._wall``)
+        self._raw_wall = wall_clock
+        self.clock = MeshClock()
+        self._clock_warned: str | None = None
+        known_before = (self.state_dir / KEY_FILE).exists()
         self.identity = Identity.load_or_create(self.state_dir)
         self.name = config.name or f"{config.role.value}-{short_id(self.identity.node_id)}"
-        self._seqnos = SeqnoFile(self.state_dir / "announce.seqno")
+        self._seqnos = SeqnoFile(self.state_dir / SEQNO_FILE, wall_clock=self._wall,
+                                 expect_existing=known_before)
         self.announcement = self._sign_announcement()
         self.book = AnnouncementBook()
         self.drops = DropCounter(logger)
         self.links = LinkManager(self.identity, lambda: self.announcement, self,
-                                 wall_clock=wall_clock)
+                                 wall_clock=self._wall)
         self.neighbours = NeighbourTable(rng=random.Random())
         self.book.accept(self.announcement, self._wall())
         self.routing = RoutingTable(
@@ -134,6 +142,36 @@ class Node:
         self._dump = open(dump, "ab") if dump else None  # noqa: SIM115 - closed in _shutdown
 
     # ------------------------------------------------------------------ setup
+
+    def _wall(self) -> float:
+        """Mesh time (unix seconds): the system clock bounded by the neighbours' (``MeshClock``)."""
+        return self.clock.time(self._raw_wall())
+
+    def mesh_time(self) -> float:
+        """Mesh time for the application services (the op store's HLC, expiries)."""
+        return self._wall()
+
+    def _on_clock_moved(self, now: float) -> None:
+        """The applied clock offset moved: say so, and re-sign in the corrected time."""
+        view = self.clock.view(now)
+        if view.warning is not None:
+            logger.warning("clock: %s", view.warning)
+        else:
+            logger.warning("clock: the system clock agrees with the neighbours again;"
+                           " signing with it")
+        self.announcement = self._sign_announcement()
+        self.book.accept(self.announcement, self._wall())
+        self.routing.set_announcement(self.announcement, now)
+        self.control.publish("clock.changed", self._clock_json(now))
+
+    def _clock_json(self, now: float) -> dict[str, Any]:
+        view = self.clock.view(now)
+        return {
+            "offset_s": round(view.offset_s, 3),
+            "estimate_s": None if view.estimate_s is None else round(view.estimate_s, 3),
+            "neighbours": {short_id(p): round(off, 3) for p, off in sorted(view.samples.items())},
+            "warning": view.warning,
+        }
 
     def _socket_path(self) -> Path:
         return default_socket_path(self.state_dir)
@@ -321,7 +359,10 @@ class Node:
         now = self._now()
         channel, body = data[0], data[1:]
         if channel == Channel.NEIGHBOUR:
-            self.neighbours.receive(peer, body, now)
+            self.neighbours.receive(peer, body, now, self._raw_wall())
+            offset = self.neighbours.clock_offset(peer)
+            if offset is not None:
+                self.clock.sample(peer, offset, now)
         elif channel == Channel.ROUTING:
             self.routing.receive(peer, body, now)
         elif channel == Channel.PACKET:
@@ -343,7 +384,9 @@ class Node:
         if self._loop is None:
             return
         now = self._now()
-        for peer, payload in self.neighbours.datagrams_to_send(now):
+        if self.clock.update(self._raw_wall(), now):
+            self._on_clock_moved(now)
+        for peer, payload in self.neighbours.datagrams_to_send(now, self._raw_wall()):
             self._send_link(peer, Channel.NEIGHBOUR, payload)
         while (event := self.neighbours.next_event()) is not None:
             if isinstance(event, NeighbourUp):
@@ -354,6 +397,7 @@ class Node:
             elif isinstance(event, NeighbourLost):
                 logger.info("[%s] neighbour lost: %s", short_id(event.peer), event.reason)
                 self.routing.neighbour_lost(event.peer, now)
+                self.clock.forget(event.peer)
                 for svc in self._app_services:
                     svc.neighbour_lost(event.peer)
                 self.control.publish("neighbour.lost", {"node_id": event.peer.hex(),
@@ -529,6 +573,7 @@ class Node:
             "seqno": self.announcement.seqno,
             "pid": os.getpid(),
             "drops": self.drop_counts(),
+            "clock": self._clock_json(self._now()),
         }
 
     def drop_counts(self) -> dict[str, int]:

@@ -222,8 +222,17 @@ class HybridClock:
         return self._last
 
     def now(self, wall_ms: int) -> int:
-        """A timestamp above every one issued or observed; follows ``wall_ms`` when it is ahead."""
+        """A timestamp above every one issued or observed; follows ``wall_ms`` when it is ahead.
+
+        Bounded: when the last value lies more than ``max_skew_ms`` ahead of ``wall_ms`` it
+        came from a clock that was wrong (ours before it was corrected, or persisted in the
+        store from then), and every peer would refuse a stamp that far ahead as ``future``;
+        the clock follows ``wall_ms`` again instead of keeping the node in the future.
+        """
         candidate = wall_ms << HLC_COUNTER_BITS
+        if hlc_wall_ms(self._last) > wall_ms + self.max_skew_ms:
+            self._last = candidate
+            return candidate
         self._last = candidate if candidate > self._last else self._last + 1
         return self._last
 

@@ -7,12 +7,13 @@ counts them with a ``DropCounter`` and never raises them into the event loop.
 
 from __future__ import annotations
 
-from meshd.core.errors import LocalProtocolError, RemoteProtocolError
+from meshd.core.errors import LocalProtocolError, MeshError, RemoteProtocolError
 
 __all__ = [
     "ClockSkew",
     "ForkDetected",
     "OpRefused",
+    "StoreCorrupt",
     "SyncError",
     "SyncLocalError",
     "Unauthorized",
@@ -25,6 +26,11 @@ class SyncError(Exception):
 
 class SyncLocalError(SyncError, LocalProtocolError):
     """We misused the sync API (our bug or bad local input)."""
+
+
+class StoreCorrupt(SyncError, MeshError):
+    """The op store's database failed its integrity check at open (the message says how to
+    recover: ``meshd --recover-store`` moves it aside and the node resyncs)."""
 
 
 class OpRefused(SyncError, RemoteProtocolError):

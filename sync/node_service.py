@@ -11,27 +11,29 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from meshd.core.identity import NodeId
 from meshd.services.api import ControlHandler, NodeApi, StreamHandler
 from sync.service import SyncService
-from sync.store import OpStore, default_verify_workers
+from sync.store import OpStore, default_verify_workers, refuse_empty_file
 
 __all__ = ["SyncNodeService", "open_store"]
 
 DB_NAME = "ops.sqlite"
 
 
-async def open_store(state_dir: Path) -> OpStore:
+async def open_store(state_dir: Path, *,
+                     wall_clock: Callable[[], float] = time.time) -> OpStore:
     """Open (or create) the node's durable op store (SQLite, WAL) in ``state_dir``.
 
     Large received batches (a catch-up) are verified in worker processes when the
     machine has two CPUs or more; they start with the first such batch.
     """
-    return await OpStore.open(Path(state_dir) / DB_NAME, wall_clock=time.time,
+    refuse_empty_file(Path(state_dir) / DB_NAME)
+    return await OpStore.open(Path(state_dir) / DB_NAME, wall_clock=wall_clock,
                               verify_workers=default_verify_workers())
 
 

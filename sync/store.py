@@ -65,7 +65,7 @@ from sync.envelope import (
     decode_op,
     hlc_wall_ms,
 )
-from sync.errors import SyncLocalError, Unauthorized
+from sync.errors import StoreCorrupt, SyncLocalError, Unauthorized
 from sync.reconcile import RangeSet
 
 __all__ = [
@@ -76,6 +76,7 @@ __all__ = [
     "Subscriber",
     "default_verify_threads",
     "default_verify_workers",
+    "refuse_empty_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,26 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     log.info("op store migrated to schema version %d", SCHEMA_VERSION)
 
 
+def refuse_empty_file(path: Path) -> None:
+    """Raise ``StoreCorrupt`` if ``path`` is an empty file (with no WAL beside it).
+
+    SQLite takes an empty file for a new, empty database, so the ops of a store truncated
+    by a crash or a full disk, or emptied by hand, would be lost silently and the node would
+    fork its own chain.  The daemon calls this for a store it has opened before; a store
+    killed within its very first open can be empty too, and ``--recover-store`` clears that.
+    """
+    if (path.exists() and path.stat().st_size == 0
+            and not path.with_name(path.name + "-wal").exists()):
+        raise StoreCorrupt(_corrupt_message(path, "the file is empty (0 bytes)"))
+
+
+def _corrupt_message(path: Path, detail: str) -> str:
+    return (f"the op store {path} is damaged ({detail}). Its ops can be fetched again from"
+            f" the neighbours: stop the node and run `meshd --state-dir {path.parent}"
+            f" --recover-store`, which moves it aside (kept for inspection) and starts with"
+            f" an empty store that resyncs")
+
+
 class OpStore:
     """The durable, verified op set of one node (one SQLite file, WAL); open with ``OpStore.open``."""
 
@@ -297,8 +318,16 @@ class OpStore:
         ops to that many worker processes instead (``default_verify_workers()`` is what
         the daemon uses); they start on the first such batch and stop on ``close``.
         """
+        path = Path(path)
         db = await aiosqlite.connect(str(path), isolation_level=None)
         try:
+            try:
+                async with db.execute("PRAGMA quick_check") as cur:
+                    rows = [str(r[0]) async for r in cur]
+            except sqlite3.DatabaseError as exc:
+                raise StoreCorrupt(_corrupt_message(path, str(exc))) from None
+            if rows != ["ok"]:
+                raise StoreCorrupt(_corrupt_message(path, "; ".join(rows[:3])))
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await _migrate(db)

@@ -61,13 +61,32 @@ def _show_status(st: Any, out: Output) -> int:
             ("neighbours", _str(st.get("neighbours"))),
             ("routes", _str(st.get("routes"))),
         ]
+        clock = st.get("clock")
+        warning = None
+        if isinstance(clock, dict):
+            rows.append(("clock", _clock_row(clock)))
+            warning = clock.get("warning")
         width = max(len(k) for k, _ in rows)
         for k, v in rows:
             out.line(f"{k:<{width}}  {v}")
+        if isinstance(warning, str):
+            out.line(f"warning: {_str(warning)}")
     if not ready:
         out.error("daemon is not ready yet")
         return ExitCode.FAILED
     return ExitCode.OK
+
+
+def _clock_row(clock: dict[str, Any]) -> str:
+    """``status``'s clock line: the correction applied and how many neighbours it rests on."""
+    offset = clock.get("offset_s")
+    n = len(clock["neighbours"]) if isinstance(clock.get("neighbours"), dict) else 0
+    if not isinstance(offset, int | float):
+        return "-"
+    if offset == 0:
+        return f"system clock (compared with {n} neighbour{'s' if n != 1 else ''})" if n else \
+            "system clock (no neighbour to compare with)"
+    return f"system clock {offset:+.0f} s (corrected by {n} neighbour{'s' if n != 1 else ''})"
 
 
 async def _status_wait(args: argparse.Namespace, out: Output) -> int:

@@ -20,10 +20,13 @@ signed Babel seqno.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
 import hashlib
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +47,8 @@ from meshd.core.errors import LocalProtocolError, VerificationError
 __all__ = [
     "ANNOUNCE_MAX_AGE_S",
     "ANNOUNCE_MAX_SKEW_S",
+    "KEY_FILE",
+    "SEQNO_FILE",
     "Announcement",
     "AnnouncementBook",
     "Identity",
@@ -67,6 +72,8 @@ ANNOUNCE_REFRESH_S = 600.0
 #: tolerated clock skew between nodes for timestamps in the future
 ANNOUNCE_MAX_SKEW_S = 300.0
 _SIG_DOMAIN = b"carmesh/announce/1\x00"
+
+_log = logging.getLogger(__name__)
 
 
 class Role(enum.StrEnum):
@@ -101,12 +108,20 @@ def write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (a nearly full disk)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        # a full disk (ENOSPC) or a crash of the write: leave no half-written .tmp behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -278,11 +293,41 @@ class AnnouncementBook:
 
 
 class SeqnoFile:
-    """A monotonically increasing counter persisted (fsync'd) before each value is used."""
+    """A monotonically increasing counter persisted (fsync'd) before each value is used.
 
-    def __init__(self, path: Path) -> None:
+    With a ``wall_clock`` (unix seconds) every value is also at least the current wall-clock
+    second, so the counter tracks time: a node whose file was lost (deleted, corrupt) starts
+    again above every seqno it signed before — neighbours would otherwise refuse it as a
+    replay (issue 11, item 10) — as long as its clock is not behind the clock it signed
+    with and it signed no more than one seqno per second on average (refreshes are minutes
+    apart, routing bumps at least ``BUMP_MIN_GAP_S`` apart).  If the value cannot be written
+    (a full disk) it is still used, with an error logged: the wall-clock floor keeps the next
+    start above it, and a node that stays reachable beats one that is muted.
+    """
+
+    def __init__(self, path: Path, wall_clock: Callable[[], float] | None = None, *,
+                 expect_existing: bool = False) -> None:
         self._path = path
-        self._last = int(path.read_text().strip() or 0) if path.exists() else 0
+        self._wall = wall_clock
+        self._last = 0
+        self._write_failed = False
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = None
+        if text is not None:
+            try:
+                self._last = max(0, int(text.strip() or 0))
+            except ValueError:
+                _log.warning("%s is corrupt (%r): %s", path, text[:40], self._recovery())
+        elif expect_existing:
+            _log.warning("%s is missing though the node has an identity: %s", path,
+                         self._recovery())
+
+    def _recovery(self) -> str:
+        if self._wall is None:
+            return "starting again at 1 (neighbours may refuse it as a replay)"
+        return "continuing from the wall-clock second, above the seqnos signed before"
 
     @property
     def last(self) -> int:
@@ -290,7 +335,21 @@ class SeqnoFile:
 
     def next(self, at_least: int = 0) -> int:
         """Reserve and return the next seqno (and at least ``at_least``); on disk before it returns."""
-        value = max(self._last + 1, at_least)
-        write_private(self._path, f"{value}\n".encode())
+        floor = int(self._wall()) if self._wall is not None else 0
+        value = max(self._last + 1, at_least, floor)
+        try:
+            write_private(self._path, f"{value}\n".encode())
+        except OSError as exc:
+            if self._wall is None:
+                raise
+            if not self._write_failed:
+                what = ("the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                        else str(exc))
+                _log.error("cannot persist the announcement seqno to %s (%s): using %d anyway,"
+                           " the wall-clock floor keeps the next start above it; free some"
+                           " space", self._path, what, value)
+            self._write_failed = True
+        else:
+            self._write_failed = False
         self._last = value
         return value

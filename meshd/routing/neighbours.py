@@ -9,7 +9,9 @@ this core only measures the link.  Every ``hello_interval`` (jittered by
 (RFC 8966 §4.6.5, §4.6.6) travel in one message:
 
 * the *hello* part: a 16-bit seqno, the sender's 32-bit microsecond timestamp
-  and its hello interval;
+  and its hello interval, and (optional) its raw wall clock in milliseconds, from
+  which the receiver estimates the clock offset between the two
+  (``clock_offset``; ``meshd.core.clock`` bounds the node's clock with it);
 * the *IHU* part (present once we have heard the peer recently): our rxcost of
   the peer's hellos, the peer's last timestamp echoed back and the time we held
   it (the Babel RTT extension, draft-ietf-babel-rtt-extension: RTT = now -
@@ -135,6 +137,7 @@ class Hello:
     rxcost: int | None
     echo_us: int | None
     hold_us: int | None
+    wall_ms: int | None = None
 
 
 def decode_hello(data: bytes) -> Hello:
@@ -149,12 +152,13 @@ def decode_hello(data: bytes) -> Hello:
     rx = f.opt_int("rx", 1, COST_INFINITY)
     echo = f.opt_int("et", 0, _TS_MOD - 1)
     hold = f.opt_int("hd", 0, _TS_MOD - 1)
+    wall = f.opt_int("w", 0, 2**53)
     if rx is not None and (echo is None) != (hold is None):
         raise DecodeError("field", "et and hd go together")
     return Hello(seqno=f.int("s", 0, 0xFFFF), timestamp_us=f.int("ts", 0, _TS_MOD - 1),
                  interval_ms=f.int("iv", 10, 60_000), request=rq, rxcost=rx,
                  echo_us=echo if rx is not None else None,
-                 hold_us=hold if rx is not None else None)
+                 hold_us=hold if rx is not None else None, wall_ms=wall)
 
 
 def link_cost(rxcost: int, txcost: int, rtt_ms: float | None) -> int:
@@ -174,6 +178,7 @@ def _ts_us(now: float) -> int:
 
 class _Neighbour:
     __slots__ = (
+        "clock_offset",
         "echo_rx_at",
         "echo_ts",
         "emitted_cost",
@@ -217,6 +222,7 @@ class _Neighbour:
         self.emitted_cost = COST_INFINITY
         self.want_reply = False
         self.last_reply = float("-inf")
+        self.clock_offset: float | None = None  # the peer's wall clock minus ours, seconds
 
 
 class NeighbourTable:
@@ -246,8 +252,12 @@ class NeighbourTable:
         if n is not None and n.state is NeighbourState.UP:
             self._events.append(NeighbourLost(peer, "link_down"))
 
-    def receive(self, peer: NodeId, data: bytes, now: float) -> None:
-        """Feed one neighbour datagram (no channel byte); malformed input is counted and dropped."""
+    def receive(self, peer: NodeId, data: bytes, now: float, wall: float | None = None) -> None:
+        """Feed one neighbour datagram (no channel byte); malformed input is counted and dropped.
+
+        ``wall`` is our raw wall clock (unix seconds) at receipt: with it, a hello that carries
+        the peer's wall clock updates ``clock_offset(peer)``.
+        """
         n = self._nbrs.get(peer)
         if n is None:
             self.drops.drop("no-link", short_id(peer) if len(peer) else "?")
@@ -258,18 +268,26 @@ class NeighbourTable:
             self.drops.drop(exc.reason, short_id(peer), exc.detail)
             return
         self._on_hello(n, h, now)
+        if wall is not None and h.wall_ms is not None:
+            one_way = (n.rtt_ms or 0.0) / 2000
+            n.clock_offset = h.wall_ms / 1000 + one_way - wall
         self._update_state(n, now)
 
     # -- outputs -------------------------------------------------------------
 
-    def datagrams_to_send(self, now: float) -> list[tuple[NodeId, bytes]]:
-        """Hellos due by ``now``, as (peer, payload without the channel byte), in peer order."""
+    def datagrams_to_send(self, now: float,
+                          wall: float | None = None) -> list[tuple[NodeId, bytes]]:
+        """Hellos due by ``now``, as (peer, payload without the channel byte), in peer order.
+
+        ``wall`` (our raw wall clock, unix seconds) goes into each hello for the peer's clock
+        offset estimate.
+        """
         out: list[tuple[NodeId, bytes]] = []
         for peer in sorted(self._nbrs):
             n = self._nbrs[peer]
             request = n.next_probe is not None and now >= n.next_probe
             if now >= n.next_hello or n.want_reply or request:
-                out.append((peer, self._hello_for(n, now, request)))
+                out.append((peer, self._hello_for(n, now, request, wall)))
                 if now >= n.next_hello:
                     n.next_hello = now + self._jittered()
                 n.want_reply = False
@@ -309,6 +327,11 @@ class NeighbourTable:
         """Peers that are up (usable for routing), sorted."""
         return sorted(p for p, n in self._nbrs.items() if n.state is NeighbourState.UP)
 
+    def clock_offset(self, peer: NodeId) -> float | None:
+        """``peer``'s wall clock minus ours in seconds, from its last hello (None: not known)."""
+        n = self._nbrs.get(peer)
+        return n.clock_offset if n is not None else None
+
     def links(self) -> list[NodeId]:
         """All peers with a link, whatever their state, sorted."""
         return sorted(self._nbrs)
@@ -335,13 +358,16 @@ class NeighbourTable:
         # jitter only downwards: a gap never exceeds the interval, so a live link is not lost early
         return self.hello_interval * self._rng.uniform(0.8, 1.0)
 
-    def _hello_for(self, n: _Neighbour, now: float, request: bool) -> bytes:
+    def _hello_for(self, n: _Neighbour, now: float, request: bool,
+                   wall: float | None = None) -> bytes:
         # one seqno space per link: the peer counts gaps in it as lost hellos (RFC 8966 A.1)
         n.tx_seqno = (n.tx_seqno + 1) & 0xFFFF
         msg: dict[str, object] = {"v": 1, "s": n.tx_seqno, "ts": _ts_us(now),
                                   "iv": max(10, round(self.hello_interval * 1000))}
         if request:
             msg["rq"] = True
+        if wall is not None and wall >= 0:
+            msg["w"] = round(wall * 1000)
         if n.last_hello is not None and now < n.last_hello + self.dead_after:
             msg["rx"] = self._rxcost(n)
             if n.echo_ts is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import stat
 from pathlib import Path
 
@@ -106,6 +108,52 @@ def test_seqno_is_on_disk_before_use(tmp_path: Path) -> None:
     value = s.next()
     assert (tmp_path / "seq").read_text().strip() == str(value)
     assert stat.S_IMODE((tmp_path / "seq").stat().st_mode) == 0o600
+
+
+def test_a_lost_seqno_file_continues_from_wall_time_above_the_old_seqnos(tmp_path: Path) -> None:
+    """Issue 11 item 10: a deleted (or corrupt) seqno file must not restart the counter at 1."""
+    clock = [T0]
+    path = tmp_path / "announce.seqno"
+    seq = SeqnoFile(path, wall_clock=lambda: clock[0])
+    used = [seq.next() for _ in range(3)]  # three signings within one wall-clock second
+    assert used == [1_800_000_000, 1_800_000_001, 1_800_000_002]
+    clock[0] = T0 + 600  # ten minutes later the refresh signs with the clock again
+    assert seq.next() == 1_800_000_600
+    assert seq.next(at_least=1_800_000_650) == 1_800_000_650  # routing asks for more
+    path.unlink()
+    clock[0] = T0 + 700
+    lost = SeqnoFile(path, wall_clock=lambda: clock[0], expect_existing=True)
+    assert lost.next() == 1_800_000_700  # above 1_800_000_650: no replay at the neighbours
+    path.write_text("garbage\n")
+    clock[0] = T0 + 701
+    corrupt = SeqnoFile(path, wall_clock=lambda: clock[0])
+    assert corrupt.next() == 1_800_000_701
+    # persisted, monotone with the file: a clock set back does not go back
+    clock[0] = T0
+    assert SeqnoFile(path, wall_clock=lambda: clock[0]).next() == 1_800_000_702
+
+
+def test_seqno_on_a_full_disk_is_used_and_leaves_no_tmp(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 8: a start on a full disk crashed writing announce.seqno and left .tmp."""
+    path = tmp_path / "announce.seqno"
+    path.write_text("7\n")
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        if os.fstat(fd).st_size:  # the data write reaches the disk here
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    seq = SeqnoFile(path, wall_clock=lambda: T0)
+    assert seq.next() == 1_800_000_000
+    assert path.read_text() == "7\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["announce.seqno"]
+    # without a wall clock there is no safe value to fall back to: the error surfaces
+    with pytest.raises(OSError):
+        SeqnoFile(path).next()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["announce.seqno"]
 
 
 def test_unknown_role_refused() -> None:
