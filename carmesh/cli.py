@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
     p.add_argument("--log-format", choices=list(LOG_FORMATS),
                    help="text lines (default) or json: one JSON object per line")
+    p.add_argument("--admin", action="append", metavar="NODEID",
+                   help="a node (full NodeId) that sees this node's whole status over the mesh, "
+                        "not only the public facts (repeatable)")
     p.add_argument("--metrics", metavar="ADDR:PORT|off",
                    help=f"OpenMetrics endpoint for Prometheus (default http://{DEFAULT_METRICS}"
                         "/metrics, loopback only unless an address is given)")

@@ -49,6 +49,8 @@ class Config:
     #: ``ADDR:PORT`` or ``off``; None: ``DEFAULT_METRICS``, and a taken port is only a warning
     metrics: str | None = None
     log_format: str = "text"
+    #: NodeIds (hex) that see whole remote status answers, not only the public facts
+    admin: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def merged(self, overrides: dict[str, Any]) -> Config:
@@ -56,7 +58,7 @@ class Config:
         return replace(self, **_coerce({k: v for k, v in overrides.items() if v is not None}))
 
 
-_LIST_KEYS = {"interface", "listen", "peer"}
+_LIST_KEYS = {"interface", "listen", "peer", "admin"}
 _PATH_KEYS = {"state_dir", "answer_play", "answer_record", "trust"}
 _LOG_LEVELS = {"debug", "info", "warning", "error", "critical"}
 
@@ -104,6 +106,9 @@ def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, str):
                 raise ConfigError(f"{key!r} must be a string")
             out[k] = value
+    for a in out.get("admin", ()):
+        if len(a) != 32 or any(c not in "0123456789abcdef" for c in a):
+            raise ConfigError(f"admin {a!r}: expected a full NodeId (32 lowercase hex digits)")
     for hp in out.get("listen", ()):
         parse_hostport(hp, default_port=DEFAULT_PORT)
     return out

@@ -105,6 +105,9 @@ class Node:
         self.pins = PinStore(self.state_dir / "pins.json")
         self.pinger = Pinger(self, self._now)
         self.info = InfoService(self, self._now)
+        self.info.serve_remote({"status": self._h_status, "neighbours": self._h_neighbours,
+                                "routes": self._h_routes},
+                               admins=frozenset(bytes.fromhex(a) for a in config.admin))
         self.control = ControlServer(self._socket_path(), self._handlers())
         self.discovery: Discovery | None = None
         self._peers: dict[NodeId, _PeerInfo] = {}
