@@ -360,8 +360,57 @@ async def _traceroute(client: ControlClient, args: argparse.Namespace, out: Outp
     return ExitCode.OK
 
 
-@register("topology", "draw the mesh as this node knows it: nodes, and links with their cost")
+def _topology_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dot", action="store_true",
+                   help="print the graph in Graphviz DOT (every link with its cost); "
+                        "e.g. `meshctl topology --dot | dot -Tsvg > mesh.svg`")
+
+
+def _dot_escape(text: Any) -> str:
+    clean = "".join(ch for ch in str(text) if ch.isprintable())
+    return clean.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _dot_str(*lines: Any) -> str:
+    """A DOT double-quoted string of ``lines`` (joined by DOT's ``\\n``): quotes and
+    backslashes escaped, control characters dropped (names come from other nodes)."""
+    return '"' + "\\n".join(_dot_escape(x) for x in lines) + '"'
+
+
+def topology_dot(topo: dict[str, Any]) -> str:
+    """The ``topology`` answer as an undirected Graphviz graph: nodes labelled with name,
+    short id and role (this node doubled, nodes that did not answer dashed), every link
+    labelled with its cost."""
+    lines = ["graph carmesh {", "  graph [overlap=false, splines=true];",
+             "  node [shape=box, style=rounded, fontname=\"sans-serif\"];",
+             "  edge [fontname=\"sans-serif\", fontsize=10];"]
+    me = topo.get("self")
+    for n in topo.get("nodes", []):
+        if not isinstance(n, dict):
+            continue
+        nid = str(n.get("node_id", ""))
+        label = [x for x in (str(n.get("name") or ""), nid[:8], str(n.get("role") or "")) if x]
+        attrs = [f"label={_dot_str(*label)}"]
+        if nid == me:
+            attrs.append("peripheries=2")
+        if not n.get("answered"):
+            attrs.append("style=\"rounded,dashed\"")
+        lines.append(f"  {_dot_str(nid)} [{', '.join(attrs)}];")
+    for x in topo.get("links", []):
+        if not isinstance(x, dict):
+            continue
+        cost = x.get("cost")
+        lines.append(f"  {_dot_str(x.get('a', ''))} -- {_dot_str(x.get('b', ''))} "
+                     f"[label={_dot_str(cost)}, cost={_dot_str(cost)}];")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+@register("topology", "draw the mesh as this node knows it: nodes, and links with their cost "
+          "(--json, or --dot for Graphviz)", _topology_setup)
 async def _topology(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.dot and out.json:
+        return out.fail(ExitCode.USAGE, "--dot and --json are two formats: give one")
     res = await client.call("topology", timeout=CALL_TIMEOUT_S + 5)
     nodes = res.get("nodes") if isinstance(res, dict) else None
     links = res.get("links") if isinstance(res, dict) else None
@@ -369,6 +418,9 @@ async def _topology(client: ControlClient, args: argparse.Namespace, out: Output
         return out.fail(ExitCode.FAILED, "daemon sent a malformed topology")
     if out.json:
         out.document(res)
+        return ExitCode.OK
+    if args.dot:
+        print(topology_dot(res), file=out.out, flush=True)
         return ExitCode.OK
     names = {n.get("node_id"): n.get("name") or str(n.get("node_id", ""))[:8]
              for n in nodes if isinstance(n, dict)}

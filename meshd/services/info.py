@@ -276,6 +276,7 @@ class InfoService:
                 links[key] = min(cost, links.get(key, cost))
                 nodes.setdefault(b, (node.name_of(b), "", False))
         result = {
+            "self": me.hex(),
             "nodes": [{"node_id": n.hex(), "name": name, "role": role, "answered": ok}
                       for n, (name, role, ok) in sorted(nodes.items())],
             "links": [{"a": a.hex(), "b": b.hex(), "cost": c} for (a, b), c in sorted(links.items())],
