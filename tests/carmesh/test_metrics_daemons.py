@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +33,18 @@ def scrape(port: int) -> Samples:
         for s in fam.samples:
             out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
     return out
+
+
+def documented_metrics() -> set[str]:
+    """The metric names in docs/metrics.md's table."""
+    text = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    return set(re.findall(r"^\| `(carmesh_[a-z_]+)` \|", text, re.M))
+
+
+def exposed_metrics(port: int) -> set[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return set(re.findall(r"^# HELP (carmesh_\S+) ", text, re.M))
 
 
 def by(samples: Samples, name: str, label: str) -> dict[str, float]:
@@ -96,6 +110,8 @@ def test_metrics_match_meshctl_on_a_line_of_three() -> None:
         assert set(by(m, "carmesh_calls", "state")) >= {"dialling", "ringing", "active", "ended"}
         for name in ("carmesh_bulletins", "carmesh_mail_carried", "carmesh_store_bytes"):
             assert one(m, name) >= 0
+        # every metric the docs promise is served, and nothing undocumented
+        assert exposed_metrics(mport["bob"]) == documented_metrics()
         # link RTT, loss and cost: the same figures as `meshctl neighbours`
         wait_until(lambda: _links_agree(bob, mport["bob"]), 30, 0.0, "a scrape equal to meshctl")
 

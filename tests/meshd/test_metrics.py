@@ -143,3 +143,29 @@ def test_endpoint_http(tmp_path: Path) -> None:
     assert fams["carmesh_neighbours"].samples[0].value == 0
     assert root.startswith(b"HTTP/1.1 404") and post.startswith(b"HTTP/1.1 405")
     assert garbage.startswith(b"HTTP/1.1 400") and huge.startswith(b"HTTP/1.1 431")
+
+
+ISSUE_17 = {"carmesh_neighbours", "carmesh_routes", "carmesh_link_rtt_seconds",
+            "carmesh_link_loss_ratio", "carmesh_link_cost", "carmesh_calls",
+            "carmesh_relayed_packets_total", "carmesh_relay_drops_total", "carmesh_sync_ops",
+            "carmesh_sync_backlog_ops", "carmesh_bulletins", "carmesh_mail_carried",
+            "carmesh_store_bytes", "carmesh_drops_total"}
+
+
+def test_docs_list_every_metric_and_the_dashboard_uses_only_those() -> None:
+    import json
+    import re
+
+    docs = Path(__file__).parents[2] / "docs"
+    table = set(re.findall(r"^\| `(carmesh_[a-z_]+)` \|", (docs / "metrics.md").read_text(),
+                           re.M))
+    assert table >= ISSUE_17
+    dash = json.loads((docs / "monitoring" / "grafana-dashboard.json").read_text())
+    used: set[str] = set()
+    for panel in dash["panels"]:
+        for t in panel.get("targets", []):
+            used |= set(re.findall(r"carmesh_[a-z_]+", t["expr"]))
+    used |= set(re.findall(r"carmesh_[a-z_]+", json.dumps(dash["templating"])))
+    assert used <= table and len(used) >= 15
+    prom = (docs / "monitoring" / "prometheus.yml").read_text()
+    assert "127.0.0.1:7481" in prom and "job_name: carmesh" in prom
