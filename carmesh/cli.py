@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd import __version__
-from meshd.config import Config, ConfigError, load_config
+from meshd.config import DEFAULT_METRICS, LOG_FORMATS, Config, ConfigError, load_config
 from meshd.core.errors import MeshError
 from meshd.core.identity import Role
 from meshd.paths import default_socket_path, default_state_dir
@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", action="append", metavar="[NODEID@]HOST:PORT",
                    help="static peer (repeatable); without NODEID the first contact pins it")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--log-format", choices=list(LOG_FORMATS),
+                   help="text lines (default) or json: one JSON object per line")
+    p.add_argument("--admin", action="append", metavar="NODEID",
+                   help="a node (full NodeId) that sees this node's whole status over the mesh, "
+                        "not only the public facts (repeatable)")
+    p.add_argument("--metrics", metavar="ADDR:PORT|off",
+                   help=f"OpenMetrics endpoint for Prometheus (default http://{DEFAULT_METRICS}"
+                        "/metrics, loopback only unless an address is given)")
     p.add_argument("--trust", type=Path, metavar="FILE",
                    help="community trust configuration (root and authority keys)")
     p.add_argument("--recover-store", action="store_true",
@@ -70,10 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from carmesh.logjson import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     for noisy in ("aioquic", "aioice", "aiortc", "zeroconf"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -125,7 +138,7 @@ def meshd_main(argv: list[str] | None = None) -> int:
         config = load_config(args.config).merged(flags)
     except ConfigError as exc:
         parser.error(str(exc))
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, config.log_format)
     if args.recover_store and not _recover_store(config.state_dir or default_state_dir()):
         return 1
     try:

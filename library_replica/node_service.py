@@ -83,7 +83,7 @@ from library_replica.situation import (
 )
 from meshd.core.errors import ControlError, LocalProtocolError
 from meshd.core.identity import NodeId, short_id
-from meshd.services.api import ControlHandler, NodeApi, StreamHandler
+from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
 from sync.errors import SyncLocalError, Unauthorized
 from sync.store import OpStore
 
@@ -201,6 +201,23 @@ class LibraryNodeService:
         while True:
             await asyncio.sleep(self._purge_interval_s)
             self._purge()
+
+    def metrics(self) -> list[Metric]:
+        """``MetricsSource``: live bulletins, mail carried for others, refused ops by reason."""
+        drops: dict[str, int] = {}
+        for counter in (self.library.drops, self.situation.drops, self.bulletins.drops,
+                        self.mail.drops):
+            for reason, n in dict(counter.counts).items():  # dict(): one atomic copy
+                drops[reason] = drops.get(reason, 0) + n
+        return [
+            Metric("carmesh_bulletins", "gauge", "Live (unexpired, trusted) bulletins.",
+                   samples=(((), float(len(self.bulletins.active(self._wall_ms())))),)),
+            Metric("carmesh_mail_carried", "gauge",
+                   "Mail this node carries for other nodes (store and forward).",
+                   samples=(((), float(self.mail.carried())),)),
+            Metric("carmesh_drops_total", "counter", "Refused or malformed input, by reason.",
+                   ("reason",), tuple(((r,), float(n)) for r, n in sorted(drops.items()))),
+        ]
 
     async def close(self) -> None:
         self._unsubscribe()

@@ -17,7 +17,14 @@ from meshd import DEFAULT_PORT
 from meshd.core.errors import LocalProtocolError
 from meshd.core.identity import Role
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_hostport"]
+__all__ = ["DEFAULT_METRICS", "LOG_FORMATS", "Config", "ConfigError", "load_config",
+           "parse_hostport", "parse_metrics_address"]
+
+#: where the OpenMetrics endpoint listens when the configuration says nothing
+DEFAULT_METRICS = "127.0.0.1:7481"
+DEFAULT_METRICS_PORT = 7481
+#: ``log-format`` values: human text lines, or one JSON object per line
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(LocalProtocolError):
@@ -39,6 +46,11 @@ class Config:
     answer_play: Path | None = None
     answer_record: Path | None = None
     trust: Path | None = None
+    #: ``ADDR:PORT`` or ``off``; None: ``DEFAULT_METRICS``, and a taken port is only a warning
+    metrics: str | None = None
+    log_format: str = "text"
+    #: NodeIds (hex) that see whole remote status answers, not only the public facts
+    admin: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def merged(self, overrides: dict[str, Any]) -> Config:
@@ -46,7 +58,7 @@ class Config:
         return replace(self, **_coerce({k: v for k, v in overrides.items() if v is not None}))
 
 
-_LIST_KEYS = {"interface", "listen", "peer"}
+_LIST_KEYS = {"interface", "listen", "peer", "admin"}
 _PATH_KEYS = {"state_dir", "answer_play", "answer_record", "trust"}
 _LOG_LEVELS = {"debug", "info", "warning", "error", "critical"}
 
@@ -81,10 +93,22 @@ def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, str) or value.lower() not in _LOG_LEVELS:
                 raise ConfigError(f"log-level must be one of {', '.join(sorted(_LOG_LEVELS))}")
             out[k] = value.lower()
+        elif k == "metrics":
+            if not isinstance(value, str):
+                raise ConfigError("'metrics' must be a string: ADDR:PORT or off")
+            parse_metrics_address(value)
+            out[k] = value.strip()
+        elif k == "log_format":
+            if not isinstance(value, str) or value.lower() not in LOG_FORMATS:
+                raise ConfigError(f"log-format must be one of {', '.join(LOG_FORMATS)}")
+            out[k] = value.lower()
         else:
             if not isinstance(value, str):
                 raise ConfigError(f"{key!r} must be a string")
             out[k] = value
+    for a in out.get("admin", ()):
+        if len(a) != 32 or any(c not in "0123456789abcdef" for c in a):
+            raise ConfigError(f"admin {a!r}: expected a full NodeId (32 lowercase hex digits)")
     for hp in out.get("listen", ()):
         parse_hostport(hp, default_port=DEFAULT_PORT)
     return out
@@ -133,3 +157,19 @@ def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, 
             raise ConfigError(f"{text!r}: host must be an IP address") from None
         host = "127.0.0.1"
     return host, port
+
+
+def parse_metrics_address(value: str) -> tuple[str, int] | None:
+    """``off`` → None; ``ADDR:PORT``, ``[V6]:PORT``, ``ADDR`` or ``:PORT`` → (host, port).
+
+    A bare port or ``:PORT`` means loopback: the endpoint leaves loopback only when an
+    address is named.
+    """
+    text = value.strip()
+    if text.lower() == "off":
+        return None
+    if text.startswith(":"):
+        text = "127.0.0.1" + text
+    elif text.isdigit():
+        text = f"127.0.0.1:{text}"
+    return parse_hostport(text, default_port=DEFAULT_METRICS_PORT)

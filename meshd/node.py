@@ -54,12 +54,13 @@ from meshd.core.identity import (
 from meshd.core.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payload
 from meshd.discovery import Discovery, PeerSeen, interface_addresses, plan_binding
 from meshd.links.manager import MESH_MTU, LinkManager
+from meshd.metrics import DEFAULT_METRICS, MetricsServer, parse_metrics_address
 from meshd.names import resolve_node
 from meshd.paths import default_socket_path, default_state_dir
 from meshd.pins import PinStore, parse_peer
 from meshd.routing.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
 from meshd.routing.table import INFINITY, RouteChanged, RoutingTable
-from meshd.services.api import NodeService, PacketHandler
+from meshd.services.api import MetricsSource, NodeService, PacketHandler
 from meshd.services.info import InfoService
 from meshd.services.messaging import Messenger, Undeliverable
 from meshd.services.ping import Pinger
@@ -114,6 +115,9 @@ class Node:
         self.pins = PinStore(self.state_dir / "pins.json")
         self.pinger = Pinger(self, self._now)
         self.info = InfoService(self, self._now)
+        self.info.serve_remote({"status": self._h_status, "neighbours": self._h_neighbours,
+                                "routes": self._h_routes},
+                               admins=frozenset(bytes.fromhex(a) for a in config.admin))
         self.control = ControlServer(self._socket_path(), self._handlers())
         self.discovery: Discovery | None = None
         self._peers: dict[NodeId, _PeerInfo] = {}
@@ -136,6 +140,10 @@ class Node:
         self.listening: list[tuple[str, int]] = []
         self.ready = False
         self._app_services: list[NodeService] = []
+        #: mesh packets forwarded for others, and those the next hop's link refused
+        self.forwarded = 0
+        self.forward_failed = 0
+        self.metrics_server: MetricsServer | None = None
         # Test-only: append every received link datagram (after QUIC decryption) to this
         # file, so tests can show that relays never see a sealed message's plaintext.
         dump = os.environ.get("CARMESH_DATAGRAM_DUMP")
@@ -249,6 +257,7 @@ class Node:
             for spec in self.config.peer:
                 self._add_static_peer(spec)
             await self.control.start()
+            await self._start_metrics()
             self.ready = True
             self._pump()
             async with asyncio.TaskGroup() as tg:
@@ -278,9 +287,31 @@ class Node:
                 logger.exception("closing service %s", type(svc).__name__)
         await self.links.close()
         await self.control.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         if self._dump is not None:
             self._dump.close()
         logger.info("node %s stopped", short_id(self.identity.node_id))
+
+    async def _start_metrics(self) -> None:
+        """Serve OpenMetrics (``--metrics``); a taken port is logged, never fatal to the mesh."""
+        where = parse_metrics_address(self.config.metrics or DEFAULT_METRICS)
+        if where is None:
+            return
+        server = MetricsServer(self, *where)
+        try:
+            await server.start()
+        except OSError as exc:
+            level = logging.ERROR if self.config.metrics else logging.WARNING
+            logger.log(level, "metrics endpoint not started: cannot listen on %s:%d (%s); "
+                       "set --metrics ADDR:PORT or --metrics off", *where, exc.strerror or exc)
+            return
+        self.metrics_server = server
+        logger.info("metrics at %s", server.url)
+
+    def app_services(self) -> list[NodeService]:
+        """The application services plugged in with ``add_service``."""
+        return list(self._app_services)
 
     async def _refresh_announcement(self, stop: asyncio.Event) -> None:
         """Re-sign well before the announcement would turn stale for others."""
@@ -532,7 +563,10 @@ class Node:
         if hop is None or hop == peer:
             self.drops.drop("no_route", short_id(peer))
             return False
-        self._send_link(hop, Channel.PACKET, pkt.forwarded().encode())
+        if self._send_link(hop, Channel.PACKET, pkt.forwarded().encode()):
+            self.forwarded += 1
+        else:
+            self.forward_failed += 1
         return True
 
     # ------------------------------------------------------------- control
@@ -574,15 +608,39 @@ class Node:
             "pid": os.getpid(),
             "drops": self.drop_counts(),
             "clock": self._clock_json(self._now()),
+            "metrics": self.metrics_server.url if self.metrics_server is not None else None,
         }
 
-    def drop_counts(self) -> dict[str, int]:
-        """Refused input by reason, over the node, its cores and its adapters."""
+    def core_drop_counts(self) -> dict[str, int]:
+        """Refused input by reason over meshd itself: node, links, neighbours, routing,
+        discovery, messaging."""
         total: dict[str, int] = {}
-        for counter in (self.drops, self.links.drops, self.neighbours.drops, self.messenger.drops):
+        counters = [self.drops, self.links.drops, self.neighbours.drops, self.routing.drops,
+                    self.messenger.drops]
+        if self.discovery is not None:
+            counters.append(self.discovery.drops)
+        for counter in counters:
             for reason, n in counter.counts.items():
                 total[reason] = total.get(reason, 0) + n
         return total
+
+    def drop_counts(self) -> dict[str, int]:
+        """Refused input by reason, over the node, its cores, adapters and services
+        (what ``carmesh_drops_total`` reports)."""
+        total = self.core_drop_counts()
+        for svc in self._app_services:
+            if not isinstance(svc, MetricsSource):
+                continue
+            for fam in svc.metrics():
+                if fam.name == "carmesh_drops_total" and fam.labels == ("reason",):
+                    for (reason,), n in fam.samples:
+                        total[reason] = total.get(reason, 0) + int(n)
+        return total
+
+    def relay_drop_counts(self) -> dict[str, int]:
+        """Packets for others not forwarded: hop limit spent, no route, next link refused."""
+        return {"hop_limit": self.drops.counts["hop_limit"],
+                "no_route": self.drops.counts["no_route"], "link": self.forward_failed}
 
     def _neighbour_json(self, peer: NodeId) -> dict[str, Any]:
         info = self._peers.get(peer)

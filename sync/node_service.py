@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.core.identity import NodeId
-from meshd.services.api import ControlHandler, NodeApi, StreamHandler
+from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
 from sync.service import SyncService
 from sync.store import OpStore, default_verify_workers, refuse_empty_file
 
@@ -63,6 +63,39 @@ class SyncNodeService:
 
     async def close(self) -> None:
         await self.store.close()
+
+    def metrics(self) -> list[Metric]:
+        """``MetricsSource``: ops held, per-neighbour backlog, bytes stored, transfers, drops."""
+        st = self.service.status()
+        backlog = []
+        for node_id, peer in st["peers"].items():
+            if not peer["up"]:
+                continue
+            cu = peer["catch_up"] or {}
+            left = (max(0, cu.get("in_expected", 0) - cu.get("in_done", 0))
+                    + max(0, cu.get("out_expected", 0) - cu.get("out_done", 0)))
+            backlog.append(((node_id,), float(left)))
+        drops: dict[str, int] = dict(self.store.drops.counts)
+        for reason, n in dict(self.service.drops.counts).items():
+            drops[reason] = drops.get(reason, 0) + n
+        totals = st["totals"]
+        return [
+            Metric("carmesh_sync_ops", "gauge", "Operations held in the op store.",
+                   samples=(((), float(st["ops"])),)),
+            Metric("carmesh_sync_pending_ops", "gauge",
+                   "Received operations waiting for their predecessor.",
+                   samples=(((), float(st["pending"])),)),
+            Metric("carmesh_sync_backlog_ops", "gauge",
+                   "Operations a running session with a neighbour still has to move "
+                   "(both ways; 0 when in step).", ("peer",), tuple(backlog)),
+            Metric("carmesh_sync_transferred_ops_total", "counter",
+                   "Operations moved to and from neighbours.", ("direction",),
+                   ((("in",), float(totals["ops_in"])), (("out",), float(totals["ops_out"])))),
+            Metric("carmesh_store_bytes", "gauge", "Bytes of operations in the op store.",
+                   samples=(((), float(self.store.bytes_stored)),)),
+            Metric("carmesh_drops_total", "counter", "Refused or malformed input, by reason.",
+                   ("reason",), tuple(((r,), float(n)) for r, n in sorted(drops.items()))),
+        ]
 
     async def _h_status(self, params: dict[str, Any]) -> dict[str, Any]:
         st = self.service.status()

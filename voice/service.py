@@ -51,7 +51,7 @@ from meshd.core.identity import NodeId, short_id
 from meshd.core.packet import MeshPacket, Service
 from meshd.core.seal import ReplayCache, open_sealed, seal
 from meshd.core.tasks import cancel_and_wait
-from meshd.services.api import NodeApi
+from meshd.services.api import Metric, NodeApi
 from voice.callstate import CallInput, CallMachine, CallRole, CallState, CallStateError, EndReason
 from voice.endpoint import Endpoint, Quality, check_media_options
 from voice.relay import MediaFramer, RelaySocket, ice_credentials, strip_and_add_relay
@@ -232,6 +232,23 @@ class VoiceService:
     def calls(self) -> list[CallInfo]:
         """Live and recent calls, oldest first."""
         return [self._info(c) for c in self._calls.values()]
+
+    def metrics(self) -> list[Metric]:
+        """``MetricsSource``: calls by state, media-relay drops, and this service's drops."""
+        states = dict.fromkeys((s.value for s in CallState), 0)
+        for c in self._calls.values():
+            states[self._state(c).value] += 1
+        drops = dict(self.drops.counts)
+        relay = sum(n for r, n in drops.items() if r.startswith(("relay-", "media-", "stun-")))
+        return [
+            Metric("carmesh_calls", "gauge", "Calls this node takes part in (live and recent), "
+                   "by state.", ("state",), tuple(((s,), float(n)) for s, n in states.items())),
+            Metric("carmesh_relay_drops_total", "counter",
+                   "Packets for others this node could not forward, by where they were lost.",
+                   ("where",), ((("media_relay",), float(relay)),)),
+            Metric("carmesh_drops_total", "counter", "Refused or malformed input, by reason.",
+                   ("reason",), tuple(((r,), float(n)) for r, n in sorted(drops.items()))),
+        ]
 
     def info(self, call_id: bytes) -> CallInfo:
         """One call as the control API shows it; raise ``KeyError`` if unknown."""

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace, out: Output) -> int:
     cmd = COMMANDS[args.command]
-    if args.command == "status" and args.wait > 0:
+    if args.command == "status" and args.wait > 0 and args.node is None:
         return await _status_wait(args, out)
     try:
         client = await ControlClient.connect(args.socket_path, timeout=CONNECT_TIMEOUT_S)

@@ -133,7 +133,7 @@ def register(name: str, help: str, setup: Setup | None = None) -> Callable[[Run]
 
 async def _fetch_list(client: ControlClient, out: Output, method: str, key: str,
                       params: dict[str, Any] | None, *, timeout: float, what: str,
-                      empty: str) -> list[Any] | int:
+                      empty: str, header: Callable[[Any], None] | None = None) -> list[Any] | int:
     """Call ``method`` and return its ``key`` list for a table, or the exit code when done.
 
     Done means: the daemon's answer was malformed (exit 1), ``--json`` printed it whole
@@ -146,6 +146,8 @@ async def _fetch_list(client: ControlClient, out: Output, method: str, key: str,
     if out.json:
         out.document(res)
         return ExitCode.OK
+    if header is not None:
+        header(res)
     if not items:
         out.line(empty)
         return ExitCode.OK

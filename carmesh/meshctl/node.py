@@ -30,15 +30,47 @@ from meshd.control.client import ControlClient
 from meshd.control.protocol import NoDaemon
 from meshd.core.errors import ControlError
 
+#: how long a remote query (``status|neighbours|routes NODE``) waits for the far node, seconds
+REMOTE_TIMEOUT_S = 5.0
+
+
+def _remote_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("node", metavar="NODE", nargs="?", default=None,
+                   help=f"ask this node over the mesh for its own {what} (authenticated; "
+                        "exit 4 when it does not answer)")
+    p.add_argument("-W", "--timeout", type=_ping_timeout, default=REMOTE_TIMEOUT_S, metavar="S",
+                   help=f"with NODE: seconds to wait for its answer, at most 60 "
+                        f"(default {REMOTE_TIMEOUT_S:g})")
+
+
+def _ask(args: argparse.Namespace, kind: str,
+         params: dict[str, Any] | None = None) -> tuple[str, dict[str, Any] | None, float]:
+    """(method, params, timeout) of a local request, or of the remote one when NODE is given."""
+    if args.node is None:
+        return kind, params, CALL_TIMEOUT_S
+    return ("remote", {"node": args.node, "kind": kind, "timeout": args.timeout, **(params or {})},
+            args.timeout + PING_GRACE_S)
+
+
+def _answered_by(res: Any, args: argparse.Namespace, out: Output) -> None:
+    if args.node is not None and isinstance(res, dict):
+        out.line(f"answer from {_str(res.get('name') or None)} "
+                 f"({str(res.get('node_id', ''))[:8]}), {_str(res.get('disclosure'))} facts")
+
 
 def _status_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=_nonneg_float, default=0.0, metavar="S",
                    help="retry until the daemon is ready or S seconds have passed")
+    _remote_args(p, "status")
 
 
-@register("status", "show this node; exit 0 once the daemon is ready", _status_setup)
+@register("status", "show this node (or NODE over the mesh); exit 0 once the daemon is ready",
+          _status_setup)
 async def _status(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    return _show_status(await client.call("status", timeout=CALL_TIMEOUT_S), out)
+    method, params, timeout = _ask(args, "status")
+    res = await client.call(method, params, timeout=timeout)
+    _answered_by(res, args, out)
+    return _show_status(res, out)
 
 
 def _show_status(st: Any, out: Output) -> int:
@@ -118,11 +150,17 @@ async def _status_wait(args: argparse.Namespace, out: Output) -> int:
 
 # ---------------------------------------------------------------------------- neighbours
 
-@register("neighbours", "list neighbour links and their quality")
+def _neighbours_setup(p: argparse.ArgumentParser) -> None:
+    _remote_args(p, "neighbours")
+
+
+@register("neighbours", "list neighbour links and their quality (this node's, or NODE's)",
+          _neighbours_setup)
 async def _neighbours(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    nbs = await _fetch_list(client, out, "neighbours", "neighbours", None,
-                         timeout=CALL_TIMEOUT_S, what="neighbour list",
-                         empty="no neighbours")
+    method, params, timeout = _ask(args, "neighbours")
+    nbs = await _fetch_list(client, out, method, "neighbours", params,
+                         timeout=timeout, what="neighbour list",
+                         empty="no neighbours", header=lambda r: _answered_by(r, args, out))
     if isinstance(nbs, int):
         return nbs
     now = time.time()
@@ -284,14 +322,17 @@ async def _messages(client: ControlClient, args: argparse.Namespace, out: Output
 def _routes_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true",
                    help="also list routes that are not selected (other next hops)")
+    _remote_args(p, "routes")
 
 
-@register("routes", "list the routes this node knows: destination, next hop, metric, seqno, age",
+@register("routes", "list the routes this node (or NODE) knows: destination, next hop, metric, "
+          "seqno, age",
           _routes_setup)
 async def _routes(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    routes = await _fetch_list(client, out, "routes", "routes", {"all": args.all},
-                         timeout=CALL_TIMEOUT_S, what="route list",
-                         empty="no routes")
+    method, params, timeout = _ask(args, "routes", {"all": args.all})
+    routes = await _fetch_list(client, out, method, "routes", params,
+                         timeout=timeout, what="route list",
+                         empty="no routes", header=lambda r: _answered_by(r, args, out))
     if isinstance(routes, int):
         return routes
     rows = [(str(r.get("destination", ""))[:8], _str(r.get("name") or None),
@@ -338,8 +379,57 @@ async def _traceroute(client: ControlClient, args: argparse.Namespace, out: Outp
     return ExitCode.OK
 
 
-@register("topology", "draw the mesh as this node knows it: nodes, and links with their cost")
+def _topology_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dot", action="store_true",
+                   help="print the graph in Graphviz DOT (every link with its cost); "
+                        "e.g. `meshctl topology --dot | dot -Tsvg > mesh.svg`")
+
+
+def _dot_escape(text: Any) -> str:
+    clean = "".join(ch for ch in str(text) if ch.isprintable())
+    return clean.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _dot_str(*lines: Any) -> str:
+    """A DOT double-quoted string of ``lines`` (joined by DOT's ``\\n``): quotes and
+    backslashes escaped, control characters dropped (names come from other nodes)."""
+    return '"' + "\\n".join(_dot_escape(x) for x in lines) + '"'
+
+
+def topology_dot(topo: dict[str, Any]) -> str:
+    """The ``topology`` answer as an undirected Graphviz graph: nodes labelled with name,
+    short id and role (this node doubled, nodes that did not answer dashed), every link
+    labelled with its cost."""
+    lines = ["graph carmesh {", "  graph [overlap=false, splines=true];",
+             "  node [shape=box, style=rounded, fontname=\"sans-serif\"];",
+             "  edge [fontname=\"sans-serif\", fontsize=10];"]
+    me = topo.get("self")
+    for n in topo.get("nodes", []):
+        if not isinstance(n, dict):
+            continue
+        nid = str(n.get("node_id", ""))
+        label = [x for x in (str(n.get("name") or ""), nid[:8], str(n.get("role") or "")) if x]
+        attrs = [f"label={_dot_str(*label)}"]
+        if nid == me:
+            attrs.append("peripheries=2")
+        if not n.get("answered"):
+            attrs.append("style=\"rounded,dashed\"")
+        lines.append(f"  {_dot_str(nid)} [{', '.join(attrs)}];")
+    for x in topo.get("links", []):
+        if not isinstance(x, dict):
+            continue
+        cost = x.get("cost")
+        lines.append(f"  {_dot_str(x.get('a', ''))} -- {_dot_str(x.get('b', ''))} "
+                     f"[label={_dot_str(cost)}, cost={_dot_str(cost)}];")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+@register("topology", "draw the mesh as this node knows it: nodes, and links with their cost "
+          "(--json, or --dot for Graphviz)", _topology_setup)
 async def _topology(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.dot and out.json:
+        return out.fail(ExitCode.USAGE, "--dot and --json are two formats: give one")
     res = await client.call("topology", timeout=CALL_TIMEOUT_S + 5)
     nodes = res.get("nodes") if isinstance(res, dict) else None
     links = res.get("links") if isinstance(res, dict) else None
@@ -347,6 +437,9 @@ async def _topology(client: ControlClient, args: argparse.Namespace, out: Output
         return out.fail(ExitCode.FAILED, "daemon sent a malformed topology")
     if out.json:
         out.document(res)
+        return ExitCode.OK
+    if args.dot:
+        print(topology_dot(res), file=out.out, flush=True)
         return ExitCode.OK
     names = {n.get("node_id"): n.get("name") or str(n.get("node_id", ""))[:8]
              for n in nodes if isinstance(n, dict)}

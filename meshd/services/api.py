@@ -10,13 +10,15 @@ messages, neighbour streams, keys of other nodes, events to the control API).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from meshd.core.identity import Announcement, Identity, NodeId
 from meshd.core.packet import MeshPacket
 
-__all__ = ["ControlHandler", "NodeApi", "NodeService", "PacketHandler", "StreamHandler"]
+__all__ = ["ControlHandler", "Metric", "MetricsSource", "NodeApi", "NodeService",
+           "PacketHandler", "StreamHandler"]
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 PacketHandler = Callable[[MeshPacket, float], None]
@@ -77,3 +79,30 @@ class NodeService(Protocol):
     async def close(self) -> None:
         """Release resources (databases, sockets); called once at shutdown."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One metric family a service reports when the node is scraped (``meshd.metrics``).
+
+    ``name`` is the full OpenMetrics name (``carmesh_sync_ops``; a counter's ends in
+    ``_total``); ``samples`` pair label values (in the order of ``labels``) with a value.
+    Families of the same name from the node and several services are merged, samples
+    with equal labels summed (every component adds its ``carmesh_drops_total{reason}``).
+    """
+
+    name: str
+    kind: Literal["gauge", "counter"]
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: tuple[tuple[tuple[str, ...], float], ...] = ()
+
+
+@runtime_checkable
+class MetricsSource(Protocol):
+    """Optional for a ``NodeService``: metrics read from its live state on every scrape.
+
+    Called on the event loop; must be cheap and must not block (no I/O, no locks).
+    """
+
+    def metrics(self) -> Iterable[Metric]: ...
