@@ -208,7 +208,7 @@ async def _guard(request: web.Request,
         if exc.status >= 400 and exc.content_type != "text/html":
             resp = _error_page(request, exc.status, exc.reason)
         else:
-            resp = exc
+            resp = web.Response(status=exc.status, headers=exc.headers, body=exc.body)
     except ControlError as exc:
         resp = _error_page(request, _STATUS.get(exc.code, 500), exc.message)
     for k, v in _HEADERS.items():
@@ -288,7 +288,7 @@ async def set_language(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(reason="lang is ja or en")
     target = nxt if isinstance(nxt, str) and nxt.startswith("/") and \
         not nxt.startswith("//") and "\\" not in nxt and len(nxt) < 512 else "/"
-    resp = web.HTTPSeeOther(target)
+    resp = web.Response(status=303, headers={"Location": target})
     resp.set_cookie("lang", str(lang), max_age=365 * 24 * 3600, samesite="Strict",
                     httponly=True, secure=request.secure)
     return resp
