@@ -64,7 +64,7 @@ CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 
 _HEADERS: Final = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # not no-referrer: then Chromium sends "Origin: null" on forms
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",

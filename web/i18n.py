@@ -16,7 +16,7 @@ LANGS = ("ja", "en")
 TEXT: Mapping[str, Mapping[str, str]] = {
     "ja": {
         "app": "carmesh", "home": "ホーム", "library": "図書館", "board": "掲示板",
-        "people": "つながっている人", "bulletins": "緊急のお知らせ",
+        "people": "つながっている人", "people_nav": "近くの人", "bulletins": "緊急のお知らせ",
         "no_bulletins": "いま有効なお知らせはありません。", "new_bulletin": "新しいお知らせが届きました",
         "search": "検索", "search_placeholder": "例: 避難、給水", "results": "検索結果",
         "no_results": "見つかりませんでした。", "shelters": "避難所", "needs": "必要なもの",
@@ -37,7 +37,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
     },
     "en": {
         "app": "carmesh", "home": "Home", "library": "Library", "board": "Board",
-        "people": "People nearby", "bulletins": "Emergency bulletins",
+        "people": "People nearby", "people_nav": "People", "bulletins": "Emergency bulletins",
         "no_bulletins": "No bulletins in force.", "new_bulletin": "A new bulletin arrived",
         "search": "Search", "search_placeholder": "e.g. 避難, water", "results": "Results",
         "no_results": "Nothing found.", "shelters": "Shelters", "needs": "Needs",

@@ -4,7 +4,7 @@ Everything a document says is untrusted (any node can write the library).
 Markdown goes through markdown-it with raw HTML off (every ``<`` is escaped),
 only a small set of rules on (paragraphs, headings, lists, emphasis, quotes,
 code, rules, links, line breaks), no images (no request leaves the page), and
-links kept only when they are relative or http(s)/mailto: ``javascript:``,
+headings moved one level down (the title is the page's ``<h1>``), links kept only when they are relative or http(s)/mailto: ``javascript:``,
 ``data:`` and every other scheme become plain text.  Links get
 ``rel="nofollow noopener noreferrer"``.  Nesting is capped (markdown-it's
 ``maxNesting``), so a quote bomb cannot recurse deeply.
@@ -48,7 +48,15 @@ def _make() -> MarkdownIt:
         tokens[idx].attrSet("rel", "nofollow noopener noreferrer")
         return str(self.renderToken(tokens, idx, options, env))
 
+    def heading(self: Any, tokens: Sequence[Any], idx: int, options: Any, env: Any) -> str:
+        # the page's <h1> is the document's title: its own headings start at <h2>
+        tok = tokens[idx]
+        tok.tag = f"h{min(6, int(tok.tag[1]) + 1)}"
+        return str(self.renderToken(tokens, idx, options, env))
+
     md.add_render_rule("link_open", link_open)
+    md.add_render_rule("heading_open", heading)
+    md.add_render_rule("heading_close", heading)
     return md
 
 

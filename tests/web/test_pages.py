@@ -32,7 +32,7 @@ def _ok_headers(h: Any) -> None:
     assert "default-src 'none'" in CSP and "frame-ancestors 'none'" in CSP
     assert h["X-Content-Type-Options"] == "nosniff"
     assert h["X-Frame-Options"] == "DENY"
-    assert h["Referrer-Policy"] == "no-referrer"
+    assert h["Referrer-Policy"] == "same-origin"
 
 
 def _no_inline_script(html: str) -> None:

@@ -57,5 +57,8 @@ if (typeof EventSource !== "undefined") {
     }
     if (empty && list && !list.children.length) empty.hidden = false;
   });
-  es.addEventListener("ready", () => { loaded = true; });
+  es.addEventListener("ready", () => {
+    loaded = true;
+    document.documentElement.dataset.live = "ready"; // for tests and styling: live updates on
+  });
 }
