@@ -1,7 +1,7 @@
 """The composition root: build a node and plug in the application services.
 
 This is the one module that knows both the node and the application packages
-(``sync``, ``library_replica``, ``voice``); the node itself imports none of them.
+(``sync``, ``library_replica``, ``voice``, ``web``); the node itself imports none of them.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from meshd.config import Config
 from meshd.node import Node
 
-__all__ = ["CLOCK_OFFSET_ENV", "build_node", "wall_clock_from_env"]
+__all__ = ["CLOCK_OFFSET_ENV", "build_node", "wall_clock_from_env", "web_seams"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,30 @@ async def build_node(config: Config) -> Node:
         node.add_service(VoiceService(node, auto_answer=config.auto_answer,
                                       answer_play=config.answer_play,
                                       answer_record=config.answer_record))
+        if not config.no_web:
+            _add_web(node, config)
     except BaseException:
         await store.close()  # its database thread would keep the process alive
         raise
     return node
+
+
+def web_seams(node: Node) -> tuple[Callable[[str, dict[str, Any]], Awaitable[Any]],
+                                   Callable[[Callable[[str, dict[str, Any]], None]],
+                                            Callable[[], None]]]:
+    """(call, subscribe) for the web app: the control socket's own handlers and events."""
+    handlers = node.control.handlers  # the live dict: services added later are seen too
+
+    async def call(method: str, params: dict[str, Any]) -> Any:
+        return await handlers[method](params)
+
+    return call, node.control.add_listener
+
+
+def _add_web(node: Node, config: Config) -> None:
+    """The citizens' web app, calling the very handlers the control socket serves."""
+    from web.service import WebService
+
+    call, subscribe = web_seams(node)
+    node.add_service(WebService(call=call, subscribe=subscribe, state_dir=node.state_dir,
+                                name=node.name, local=config.web_local, https=config.web))

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recover-store", action="store_true",
                    help="move a damaged op store (and the search index) aside, then start with"
                    " empty ones that resync from the neighbours")
+    web = p.add_argument_group("web app")
+    web.add_argument("--web", action="append", metavar="ADDR:PORT",
+                     help="also serve the web app over HTTPS here (repeatable)")
+    web.add_argument("--web-local", metavar="HOST:PORT",
+                     help="loopback HTTP address of the web app (default 127.0.0.1:7480)")
+    web.add_argument("--no-web", action="store_true", default=None,
+                     help="serve no web app at all")
     calls = p.add_argument_group("calls")
     calls.add_argument("--auto-answer", action="store_true", default=None,
                        help="answer incoming calls automatically")

@@ -51,6 +51,10 @@ class Config:
     log_format: str = "text"
     #: NodeIds (hex) that see whole remote status answers, not only the public facts
     admin: tuple[str, ...] = ()
+    #: HTTPS listeners of the web app (ADDR:PORT); the loopback HTTP one is ``web_local``
+    web: tuple[str, ...] = ()
+    web_local: str = "127.0.0.1:7480"
+    no_web: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def merged(self, overrides: dict[str, Any]) -> Config:
@@ -58,7 +62,7 @@ class Config:
         return replace(self, **_coerce({k: v for k, v in overrides.items() if v is not None}))
 
 
-_LIST_KEYS = {"interface", "listen", "peer", "admin"}
+_LIST_KEYS = {"interface", "listen", "peer", "admin", "web"}
 _PATH_KEYS = {"state_dir", "answer_play", "answer_record", "trust"}
 _LOG_LEVELS = {"debug", "info", "warning", "error", "critical"}
 
@@ -85,7 +89,7 @@ def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
                 out[k] = Role(value)
             except ValueError:
                 raise ConfigError(f"role must be one of {', '.join(r.value for r in Role)}, not {value!r}") from None
-        elif k == "auto_answer":
+        elif k in ("auto_answer", "no_web"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key!r} must be true or false")
             out[k] = value
@@ -111,6 +115,13 @@ def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"admin {a!r}: expected a full NodeId (32 lowercase hex digits)")
     for hp in out.get("listen", ()):
         parse_hostport(hp, default_port=DEFAULT_PORT)
+    for hp in out.get("web", ()):
+        parse_hostport(hp)
+    if "web_local" in out:
+        host, _ = parse_hostport(out["web_local"])
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ConfigError(f"web-local {out['web_local']!r}: plain HTTP is served on "
+                              "loopback only (use --web for HTTPS)")
     return out
 
 

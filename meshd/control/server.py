@@ -301,6 +301,7 @@ class ControlServer:
         self._conn_tasks: set[asyncio.Task[Any]] = set()
         self._next = 0
         self._bad_events: set[str] = set()
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         #: clients disconnected for not reading
         self.dropped_slow = 0
         #: malformed requests answered with bad_request
@@ -383,8 +384,21 @@ class ControlServer:
                 self._conn_tasks.discard(task)
             log.debug("[control #%d] client gone", conn.num)
 
+    def add_listener(self, fn: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        """Also hand every published event to ``fn`` in-process (the web app); returns a remover.
+
+        ``fn`` must not block; an exception from it is logged, never raised into ``publish``.
+        """
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
     def publish(self, event: str, data: dict[str, Any]) -> None:
         """Queue ``event`` for each subscriber whose pattern matches; never blocks or raises."""
+        for fn in list(self._listeners):
+            try:
+                fn(event, data)
+            except Exception:  # a listener's bug must not reach the service that published
+                log.exception("control: in-process listener failed on %s", event)
         line: bytes | None = None
         for conn in list(self._conns.values()):
             if conn.closed or not conn.wants(event):

@@ -1,0 +1,191 @@
+"""Tier 6: Debian's chromium (headless, via Playwright) on the web app of a real meshd.
+
+Two daemons on loopback, a -- c.  a's key is the community's authority.  A
+document added at a with ``meshctl`` reaches c by sync and is found in the
+browser at c's ``/library?q=避難``; a bulletin published at a appears on the
+browser's home page at c without a reload.  No Content-Security-Policy
+violation is reported on any page.  With ``CARMESH_SCREENSHOTS=DIR`` the test
+also saves phone-size (390×844) screenshots of each page there (docs/web/).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from library_replica.bulletins import Authority, AuthorityRole, TrustConfig
+from meshd.core.identity import Identity
+from tests.daemons import Cluster, Daemon, free_udp_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:  # pragma: no cover - make sysdeps installs it
+    pytest.skip("Debian's chromium is not installed (make sysdeps)", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+PHONE = {"width": 390, "height": 844}
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ok(d: Daemon, *args: str) -> Any:
+    rc, res = d.meshctl(*args, timeout=60)
+    assert rc == 0, (args, rc, res)
+    return res
+
+
+def _has(d: Daemon, key: str, *args: str) -> Any:
+    rc, res = d.meshctl(*args)
+    return res[key] if rc == 0 and isinstance(res, dict) else None
+
+
+class Mesh:
+    def __init__(self, cl: Cluster, http: str, https: str) -> None:
+        self.cl, self.http, self.https = cl, http, https
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[Mesh]:
+    with Cluster(log_level="info") as cl:
+        (cl.root / "a").mkdir()
+        a_id = Identity.load_or_create(cl.root / "a")
+        trust = cl.root / "trust.toml"
+        trust.write_text(TrustConfig(Identity.generate().ed25519_pub, 1, {a_id.ed25519_pub: Authority(
+            a_id.ed25519_pub, AuthorityRole.CITY, "市役所 防災課")}).to_toml())
+        pa, pc = free_udp_port(), free_udp_port()
+        http, https = _free_tcp_port(), _free_tcp_port()
+        cl.add("a", ["--listen", f"127.0.0.1:{pa}", "--trust", str(trust), "--no-web"])
+        cl.add("c", ["--listen", f"127.0.0.1:{pc}", "--trust", str(trust),
+                     "--peer", f"127.0.0.1:{pa}", "--web-local", f"127.0.0.1:{http}",
+                     "--web", f"127.0.0.1:{https}"])
+        for d in cl:
+            d.wait_ready(60)
+        wait_until(lambda: "a" in cl["c"].neighbours(), 60, 0.3, "a -- c linked")
+        yield Mesh(cl, f"http://127.0.0.1:{http}", f"https://127.0.0.1:{https}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _page(browser: Any, *, lang: str = "ja", https: bool = False) -> tuple[Any, Any, list[str]]:
+    ctx = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True,
+                              has_touch=True, locale=lang, ignore_https_errors=https,
+                              extra_http_headers={"Accept-Language": lang})
+    page = ctx.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    return ctx, page, problems
+
+
+def _shot(page: Any, name: str) -> None:
+    out = os.environ.get("CARMESH_SCREENSHOTS")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(out) / f"{name}.png"))
+
+
+def test_document_added_at_a_is_found_in_the_browser_at_c(mesh: Mesh, browser: Any) -> None:
+    a, c = mesh.cl["a"], mesh.cl["c"]
+    doc = _ok(a, "library", "add", "--collection", "know-how", "--title", "避難所の開設状況",
+              "--body", "# 北小学校\n\n避難所は**午前9時**に開設。給水は体育館前。\n\n"
+              "- 毛布あり\n- ペット可\n\n[市の案内](https://example.org/)", "--lang", "ja")["doc_id"]
+    wait_until(lambda: _has(c, "results", "library", "search", "避難"), 60, 0.3,
+               "c holds the document")
+    ctx, page, problems = _page(browser)
+    try:
+        page.goto(f"{mesh.http}/library?q=避難")
+        link = page.locator(f'a[href="/library/{doc}"]')
+        link.wait_for()
+        assert link.inner_text() == "避難所の開設状況"
+        assert page.locator("mark", has_text="避難").count() >= 1
+        _shot(page, "library-search")
+        link.click()
+        page.wait_for_url(f"**/library/{doc}")
+        assert page.locator("h1").inner_text() == "避難所の開設状況"  # the body's "#" is an h2
+        assert page.locator(".md h2").inner_text() == "北小学校"
+        assert page.locator(".md strong").inner_text() == "午前9時"
+        _shot(page, "library-document")
+        assert problems == [], problems
+    finally:
+        ctx.close()
+
+
+def test_bulletin_published_at_a_appears_without_reload(mesh: Mesh, browser: Any) -> None:
+    a = mesh.cl["a"]
+    _ok(a, "situation", "set", "shelter", "--field", "name=北小学校 体育館", "--field",
+        "capacity=300", "--field", "occupancy=112", "--field", 'needs=["毛布","乳児用ミルク"]')
+    _ok(a, "situation", "set", "vehicle", "--field", "name=佐藤さんのEV", "--field",
+        "battery_offer_kwh=12.5", "--field", "battery_soc_pct=80", "--field",
+        'outlets=["AC100V 1500W"]')
+    ctx, page, problems = _page(browser)
+    try:
+        page.goto(mesh.http + "/")
+        page.wait_for_function("document.documentElement.dataset.live === 'ready'")
+        page.evaluate("window.__notReloaded = true")
+        b = _ok(a, "bulletin", "publish", "--title", "避難指示（川沿いの地区）", "--body",
+                "川沿いの地区の方は北小学校へ避難してください。", "--expires", "3600")
+        item = page.locator(f"#b-{b['op_id']}")
+        item.wait_for(timeout=60_000)
+        assert item.locator("h3").inner_text() == "避難指示（川沿いの地区）"
+        assert "市役所 防災課" in item.inner_text()
+        assert page.evaluate("window.__notReloaded") is True
+        notice = page.locator("#notice")
+        assert notice.is_visible() and "避難指示" in notice.inner_text()
+        assert page.locator("#no-bulletins").is_hidden()
+        _shot(page, "home")
+        assert problems == [], problems
+    finally:
+        ctx.close()
+
+
+def test_every_page_over_https_in_english_without_csp_violations(mesh: Mesh,
+                                                                  browser: Any) -> None:
+    # the certificate verifies for the IP address it names
+    host, port = mesh.https.removeprefix("https://").rsplit(":", 1)
+    tls = ssl.create_default_context(cafile=str(mesh.cl["c"].state_dir / "web-cert.pem"))
+    with socket.create_connection((host, int(port)), 10) as s, \
+            tls.wrap_socket(s, server_hostname=host) as t:
+        assert t.version() in ("TLSv1.2", "TLSv1.3")
+    wait_until(lambda: len(_has(mesh.cl["c"], "records", "situation", "list") or []) >= 2,
+               60, 0.3, "c holds a's records")
+    ctx, page, problems = _page(browser, lang="en", https=True)
+    try:
+        for path, name, expect in (("/board", "board", "Shelters"),
+                                   ("/people", "people", "Reachable devices"),
+                                   ("/library", "library", "Library")):
+            page.goto(mesh.https + path)
+            assert page.locator("html").get_attribute("lang") == "en"
+            assert expect in page.inner_text("main")
+            _shot(page, name)
+        page.goto(mesh.https + "/board")
+        assert "北小学校 体育館" in page.inner_text("main")
+        assert "佐藤さんのEV" in page.inner_text("main")
+        page.goto(mesh.https + "/people")
+        assert page.locator(".records li", has_text="a").count() == 1
+        # the switch: one tap to Japanese, the page stays where it was
+        page.get_by_role("button", name="日本語").click()
+        page.wait_for_url("**/people")
+        assert page.locator("html").get_attribute("lang") == "ja"
+        assert problems == [], problems
+    finally:
+        ctx.close()

@@ -1,0 +1,82 @@
+"""The web app's words in Japanese and English, and which language a request gets.
+
+The ``lang`` cookie (set by the switch on every page) wins; else the first of
+``ja``/``en`` in Accept-Language by quality; else Japanese (the mission's
+first language).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["LANGS", "TEXT", "pick_language"]
+
+LANGS = ("ja", "en")
+
+TEXT: Mapping[str, Mapping[str, str]] = {
+    "ja": {
+        "app": "carmesh", "home": "ホーム", "library": "図書館", "board": "掲示板",
+        "people": "つながっている人", "people_nav": "近くの人", "bulletins": "緊急のお知らせ",
+        "no_bulletins": "いま有効なお知らせはありません。", "new_bulletin": "新しいお知らせが届きました",
+        "search": "検索", "search_placeholder": "例: 避難、給水", "results": "検索結果",
+        "no_results": "見つかりませんでした。", "shelters": "避難所", "needs": "必要なもの",
+        "vehicles": "電気を分けられる車", "capacity": "定員", "occupancy": "避難者",
+        "open": "開設中", "closed": "閉鎖", "seats": "座席", "power": "提供できる電力",
+        "battery": "電池残量", "outlets": "コンセント", "nothing": "まだ登録がありません。",
+        "from": "発信", "until": "有効期限", "reachable": "通信できる端末",
+        "hops": "経由数", "nobody": "まだ誰ともつながっていません。", "this_node": "この端末",
+        "updated": "更新", "authors": "書いた人", "tags": "タグ", "back": "戻る",
+        "not_found": "見つかりません", "error": "エラー", "language": "English",
+        "safety": "安否", "safe": "無事", "needs_help": "助けが必要", "injured": "けが",
+        "missing": "行方不明", "unknown": "不明", "links": "できること",
+        "library_hint": "避難所、給水、医療などの情報を探す",
+        "board_hint": "避難所・必要な物資・電気を分けられる車",
+        "people_hint": "いまメッシュでつながっている端末",
+        "deleted": "この文書は削除されました。", "too_many": "リクエストが多すぎます。少し待ってください。",
+        "forbidden": "このページからの操作は受け付けられません。",
+    },
+    "en": {
+        "app": "carmesh", "home": "Home", "library": "Library", "board": "Board",
+        "people": "People nearby", "people_nav": "People", "bulletins": "Emergency bulletins",
+        "no_bulletins": "No bulletins in force.", "new_bulletin": "A new bulletin arrived",
+        "search": "Search", "search_placeholder": "e.g. 避難, water", "results": "Results",
+        "no_results": "Nothing found.", "shelters": "Shelters", "needs": "Needs",
+        "vehicles": "Vehicles with power to share", "capacity": "capacity",
+        "occupancy": "sheltering", "open": "open", "closed": "closed", "seats": "seats",
+        "power": "power on offer", "battery": "battery", "outlets": "outlets",
+        "nothing": "Nothing registered yet.", "from": "from", "until": "until",
+        "reachable": "Reachable devices", "hops": "cost", "nobody": "Nobody is reachable yet.",
+        "this_node": "this device", "updated": "updated", "authors": "authors", "tags": "tags",
+        "back": "Back", "not_found": "Not found", "error": "Error", "language": "日本語",
+        "safety": "safety", "safe": "safe", "needs_help": "needs help", "injured": "injured",
+        "missing": "missing", "unknown": "unknown", "links": "What you can do",
+        "library_hint": "Find shelters, water, medical help and more",
+        "board_hint": "Shelters, needs, vehicles with power to share",
+        "people_hint": "Devices reachable on the mesh now",
+        "deleted": "This document was deleted.", "too_many": "Too many requests; wait a moment.",
+        "forbidden": "This request is refused (not from this site).",
+    },
+}
+
+
+def pick_language(cookie: str | None, accept_language: str | None) -> str:
+    """``ja`` or ``en`` for a request (see the module docstring)."""
+    if cookie in LANGS:
+        assert cookie is not None
+        return cookie
+    best, best_q = "ja", -1.0
+    for i, part in enumerate((accept_language or "")[:512].split(",")[:16]):
+        tag, _, params = part.strip().partition(";")
+        lang = tag.strip().lower().split("-")[0]
+        if lang not in LANGS:
+            continue
+        q = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                continue
+        if q > best_q or (q == best_q and i == 0):
+            best, best_q = lang, q
+    return best
