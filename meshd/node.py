@@ -491,7 +491,7 @@ class Node:
         return [(a.node_id.hex(), a.name) for a in self.book]
 
     def resolve(self, query: str) -> NodeId:
-        """NODE argument → NodeId (full id, unique prefix, unique name)."""
+        """NODE argument → NodeId (full id, else exact name, else unique prefix of 4+ digits)."""
         return bytes.fromhex(resolve_node(query, self.known_nodes()))
 
     async def _h_status(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -585,19 +585,21 @@ class Node:
         if not isinstance(query, str) or not isinstance(text, str) or not isinstance(timeout, int | float):
             raise ControlError("bad_request", "send needs node (str) and text (str)")
         target = self.resolve(query)
+        who = {"name": self.name_of(target), "short_id": short_id(target)}
         queue = self.mail_fallback if self.announcement_of(target) is not None else None
         if queue is not None and self.next_hop(target) is None:
-            return await queue(target, text)
+            return {**await queue(target, text), **who}
         try:
             res = await self.messenger.send(target, text, float(timeout))
         except Undeliverable as exc:
             if queue is not None and exc.reason == "unreachable":
-                return await queue(target, text)
-            raise ControlError("timeout" if exc.reason == "timeout" else "unreachable", str(exc)) from None
+                return {**await queue(target, text), **who}
+            raise ControlError("timeout" if exc.reason == "timeout" else "unreachable", str(exc),
+                               {"node_id": target.hex(), **who}) from None
         except LocalProtocolError as exc:
             raise ControlError("bad_request", str(exc)) from None
-        return {"node_id": target.hex(), "message_id": res.message_id, "status": "delivered",
-                "attempts": res.attempts, "rtt_ms": res.rtt_ms}
+        return {"node_id": target.hex(), **who, "message_id": res.message_id,
+                "status": "delivered", "attempts": res.attempts, "rtt_ms": res.rtt_ms}
 
     async def _h_messages(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"messages": self.messenger.messages()}
