@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from meshd import __version__
 from meshd.config import Config, ConfigError, load_config
 from meshd.core.errors import MeshError
 from meshd.core.identity import Role
+from meshd.paths import PRIVATE_UMASK
 
 __all__ = ["build_parser", "meshd_main"]
 
@@ -93,6 +95,8 @@ def meshd_main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     _setup_logging(config.log_level)
+    # everything the daemon creates (databases, logs of messages, the socket) is ours alone
+    os.umask(PRIVATE_UMASK)
     try:
         import uvloop
 

@@ -52,7 +52,7 @@ from meshd.core.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payloa
 from meshd.discovery import Discovery, PeerSeen, interface_addresses, plan_binding
 from meshd.links.manager import MESH_MTU, LinkManager
 from meshd.names import resolve_node
-from meshd.paths import default_socket_path, default_state_dir
+from meshd.paths import default_socket_path, default_state_dir, secure_state_dir
 from meshd.pins import PinStore, parse_peer
 from meshd.routing.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
 from meshd.routing.table import INFINITY, RouteChanged, RoutingTable
@@ -85,7 +85,7 @@ class Node:
     def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.state_dir = config.state_dir or default_state_dir()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secure_state_dir(self.state_dir)
         self._wall = wall_clock
         self.identity = Identity.load_or_create(self.state_dir)
         self.name = config.name or f"{config.role.value}-{short_id(self.identity.node_id)}"

@@ -35,7 +35,7 @@ from typing import Any, Final, Protocol
 
 from meshd.control.client import ControlClient
 from meshd.control.protocol import NoDaemon
-from meshd.core.errors import ControlError
+from meshd.core.errors import ControlError, LocalProtocolError
 from meshd.core.tasks import cancel_and_wait
 from meshd.core.text import terminal_safe
 
@@ -728,7 +728,7 @@ class Poller:
         while True:
             try:
                 client = await self._connect(self.socket_path)
-            except NoDaemon as exc:
+            except (NoDaemon, LocalProtocolError) as exc:  # LocalProtocolError: an unsafe socket
                 self.model.set_connected(False, str(exc), self.clock())
                 self.on_change()
                 await asyncio.sleep(backoff)
