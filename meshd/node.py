@@ -192,7 +192,13 @@ class Node:
         self._started_mono = self._now()
         try:
             for host, port in self._listen_addresses():
-                self.listening.append(await self.links.listen(host, port))
+                try:
+                    self.listening.append(await self.links.listen(host, port))
+                except OSError as exc:  # uvloop wraps the errno in __cause__
+                    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+                    raise LocalProtocolError(
+                        f"cannot listen on {host}:{port}: {cause.strerror or cause} (is another "
+                        "meshd running there? pick another --listen port)") from None
             logger.info("node %s (%s) listening on %s", short_id(self.identity.node_id), self.name,
                         ", ".join(f"{h}:{p}" for h, p in self.listening))
             if self.config.interface:

@@ -444,6 +444,28 @@ async def test_ping_interrupted_prints_summary(daemon: FakeDaemon) -> None:
     assert len(daemon.pings) < 10000
 
 
+async def test_a_closed_pipe_ends_meshctl_quietly(daemon: FakeDaemon) -> None:
+    """``meshctl ping ... | head -1``: no BrokenPipeError traceback (issue 11, item 13)."""
+    env = {**os.environ, "CARMESH_STATE_DIR": str(daemon.state_dir)}
+    proc = await asyncio.create_subprocess_exec(
+        MESHCTL, "ping", "far", "-c", "100000", "-i", "0", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(60):
+            assert (await proc.stdout.readline()).startswith(b"reply from far")
+        proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]  # head exits
+        err = await asyncio.wait_for(proc.stderr.read(), 60)
+        await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert err == b""
+    assert proc.returncode == 0
+    assert len(daemon.pings) < 100000
+
+
 async def test_json_failures_still_print_one_error_document(
         daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     """Under --json stdout is always one JSON document: usage, no daemon, daemon errors alike."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
@@ -63,3 +64,27 @@ def test_a_new_state_dir_and_everything_in_it_are_private(root: Path) -> None:
             assert stat.S_IMODE(os.lstat(p).st_mode) & 0o077 == 0, (p, oct(os.lstat(p).st_mode))
     finally:
         d.kill9()
+
+
+def test_a_port_in_use_is_one_line(root: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        r = meshd("--state-dir", root / "n", "--listen", f"127.0.0.1:{port}")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in last, r.stderr
+    assert "pick another --listen port" in last
+
+
+def test_a_name_longer_than_peers_accept_is_refused(root: Path) -> None:
+    r = meshd("--state-dir", root / "n", "--name", "n" * 65, "--listen",
+              f"127.0.0.1:{free_udp_port()}")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "name must be 1 to 64 characters (other nodes see no more), not 65" in r.stderr
+    assert not (root / "n").exists()  # refused before anything was created
+    r = meshd("--state-dir", root / "n", "--name", "car\x1b[2J", "--listen",
+              f"127.0.0.1:{free_udp_port()}")
+    assert r.returncode == 2 and "control or invisible" in r.stderr, r.stderr
