@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -22,7 +23,7 @@ from meshd import __version__
 from meshd.config import DEFAULT_METRICS, LOG_FORMATS, Config, ConfigError, load_config
 from meshd.core.errors import MeshError
 from meshd.core.identity import Role
-from meshd.paths import default_socket_path, default_state_dir
+from meshd.paths import PRIVATE_UMASK, default_socket_path, default_state_dir
 
 __all__ = ["build_parser", "meshd_main"]
 
@@ -146,6 +147,8 @@ def meshd_main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     _setup_logging(config.log_level, config.log_format)
+    # everything the daemon creates (databases, logs of messages, the socket) is ours alone
+    os.umask(PRIVATE_UMASK)
     if args.recover_store and not _recover_store(config.state_dir or default_state_dir()):
         return 1
     try:

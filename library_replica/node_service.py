@@ -610,7 +610,8 @@ class LibraryNodeService:
                                    f"{short_id(node_id)}", {"node_id": node_id.hex()})
             key = ann.ed25519_pub
         names, nodes = self._names_by_key(), self._node_of_key()
-        return {"node_id": node_id.hex(), "name": names.get(key, ""), "owner": key.hex(),
+        return {"node_id": node_id.hex(), "name": names.get(key, ""),
+                "short_id": short_id(node_id), "owner": key.hex(),
                 "records": [self._record_json(r, names, nodes)
                             for r in sorted(self.situation.of_owner(key),
                                             key=lambda r: str(r.kind))]}

@@ -131,6 +131,8 @@ def _check_value(name: str, t: _T | None, v: Any) -> Any:
             return v
         if type(v) is float and math.isfinite(v):
             return v
+        if type(v) is str:
+            raise ValueError(f"free field {name}: too long ({len(v)} characters, max {MAX_STR})")
         raise ValueError(f"free field {name}: a string, number or bool")
     if t is _T.STR and type(v) is str and len(v) <= MAX_STR:
         return v
@@ -149,6 +151,13 @@ def _check_value(name: str, t: _T | None, v: Any) -> Any:
             type(k) is str and 0 < len(k) <= 100 and type(n) is int and 0 <= n < 2**53
             for k, n in v.items()):
         return dict(v)
+    if t is _T.STR and type(v) is str:
+        raise ValueError(f"{name}: too long ({len(v)} characters, max {MAX_STR})")
+    if t is _T.STR_LIST and type(v) in (list, tuple) and len(v) > MAX_LIST:
+        raise ValueError(f"{name}: too many items ({len(v)}, max {MAX_LIST})")
+    if t is _T.STR_LIST and type(v) in (list, tuple) and any(
+            type(x) is str and len(x) > 100 for x in v):
+        raise ValueError(f"{name}: an item is too long (max 100 characters)")
     raise ValueError(f"{name}: expected {_HINTS[t]}")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from meshd import DEFAULT_PORT
 from meshd.core.errors import LocalProtocolError
-from meshd.core.identity import Role
+from meshd.core.identity import MAX_NAME_LEN, Role
 
 __all__ = ["DEFAULT_METRICS", "LOG_FORMATS", "Config", "ConfigError", "load_config",
            "parse_hostport", "parse_metrics_address"]
@@ -113,6 +113,13 @@ def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
     for a in out.get("admin", ()):
         if len(a) != 32 or any(c not in "0123456789abcdef" for c in a):
             raise ConfigError(f"admin {a!r}: expected a full NodeId (32 lowercase hex digits)")
+    name = out.get("name")
+    if name is not None and not 0 < len(name) <= MAX_NAME_LEN:
+        # peers keep only MAX_NAME_LEN characters: a longer name would be shown cut everywhere else
+        raise ConfigError(f"name must be 1 to {MAX_NAME_LEN} characters (other nodes see no "
+                          f"more), not {len(name)}")
+    if name is not None and not name.isprintable():
+        raise ConfigError("name must not contain control or invisible formatting characters")
     for hp in out.get("listen", ()):
         parse_hostport(hp, default_port=DEFAULT_PORT)
     for hp in out.get("web", ()):

@@ -1,11 +1,22 @@
 """How a NODE typed by a person resolves to a NodeId (pure: no I/O).
 
-The order, fixed by the command contract: a full NodeId (32 hex characters,
-any case) is taken as is; else a hex prefix of exactly one known NodeId; else
-a display name of exactly one known node (exact match first, then
-case-insensitive after Unicode NFC normalisation).  When the query could mean
-more than one node, the error lists every candidate, so that the user can
-retype a longer prefix.
+Theory of operation
+-------------------
+A name must always reach the node it names (DESIGN.md, "meshctl"), so the
+order is fixed by the command contract:
+
+1. a full NodeId (32 hex characters, any case) is taken as is;
+2. else the display name of a known node: an exact match after Unicode NFC
+   normalisation, else a case-insensitive one;
+3. else a unique hex prefix of at least ``MIN_PREFIX_LEN`` digits (as git
+   asks for at least 4), so that a one-letter name such as ``e`` can never be
+   taken for an id prefix.
+
+A query that is both a name and an id prefix is looked up both ways: when the
+two (or two names, or two prefixes) point at different nodes, the query is
+``ambiguous`` and the error lists every candidate (name and short id) — the
+resolver never picks one silently, because a node whose id was ground to
+start with someone's name must not receive that person's messages.
 """
 
 from __future__ import annotations
@@ -16,10 +27,12 @@ from collections.abc import Iterable
 
 from meshd.core.errors import ControlError
 
-__all__ = ["NODE_ID_HEX_LEN", "resolve_node"]
+__all__ = ["MIN_PREFIX_LEN", "NODE_ID_HEX_LEN", "resolve_node"]
 
 #: NodeId = 16 bytes, shown as 32 lowercase hex characters
 NODE_ID_HEX_LEN = 32
+#: shortest id prefix accepted, in hex digits (git's minimum abbreviation)
+MIN_PREFIX_LEN = 4
 _HEX = frozenset(string.hexdigits)
 #: longest query considered at all (a display name is short)
 _MAX_QUERY = 256
@@ -31,6 +44,16 @@ def _norm(name: str) -> str:
 
 def _fold(name: str) -> str:
     return _norm(name).casefold()
+
+
+def _by_name(q: str, names: dict[str, str]) -> list[str]:
+    """Nodes whose display name is ``q``: exact (NFC) matches, else case-insensitive ones."""
+    nq = _norm(q)
+    exact = sorted(nid for nid, name in names.items() if name and _norm(name) == nq)
+    if exact:
+        return exact
+    fq = _fold(q)
+    return sorted(nid for nid, name in names.items() if name and _fold(name) == fq)
 
 
 def resolve_node(query: str, known: Iterable[tuple[str, str]]) -> str:
@@ -55,22 +78,18 @@ def resolve_node(query: str, known: Iterable[tuple[str, str]]) -> str:
     if is_hex and len(q) == NODE_ID_HEX_LEN:
         return ql
 
-    by_prefix = sorted(nid for nid in names if ql and is_hex and nid.startswith(ql))
-    if len(by_prefix) == 1:
-        return by_prefix[0]
-
-    nq = _norm(q)
-    by_name = sorted(nid for nid, name in names.items() if name and _norm(name) == nq)
-    if not by_name:
-        fq = _fold(q)
-        by_name = sorted(nid for nid, name in names.items() if name and _fold(name) == fq)
-    if not by_prefix and len(by_name) == 1:
-        return by_name[0]
-
-    matches = sorted(set(by_prefix) | set(by_name))
+    by_name = _by_name(q, names)
+    by_prefix = (sorted(nid for nid in names if nid.startswith(ql))
+                 if is_hex and len(q) >= MIN_PREFIX_LEN else [])
+    matches = sorted(set(by_name) | set(by_prefix))
+    if len(matches) == 1:
+        return matches[0]
     if len(matches) > 1:
         candidates = [{"node_id": nid, "name": names[nid]} for nid in matches]
-        listing = ", ".join(f"{c['node_id'][:8]} ({c['name'] or '?'})" for c in candidates)
-        raise ControlError("ambiguous", f"{query!r} matches {len(matches)} nodes: {listing}",
+        listing = ", ".join(f"{c['name'] or '?'} ({c['node_id'][:8]})" for c in candidates)
+        raise ControlError("ambiguous", f"{query!r} matches {len(matches)} nodes: {listing}; "
+                                        "give a longer id prefix or the full NodeId",
                            {"candidates": candidates})
-    raise ControlError("not_found", f"no known node matches {query!r}", {"query": query})
+    hint = (f"; an id prefix needs at least {MIN_PREFIX_LEN} hex digits"
+            if is_hex and len(q) < MIN_PREFIX_LEN else "")
+    raise ControlError("not_found", f"no known node matches {query!r}{hint}", {"query": query})

@@ -56,7 +56,7 @@ from meshd.discovery import Discovery, PeerSeen, interface_addresses, plan_bindi
 from meshd.links.manager import MESH_MTU, LinkManager
 from meshd.metrics import DEFAULT_METRICS, MetricsServer, parse_metrics_address
 from meshd.names import resolve_node
-from meshd.paths import default_socket_path, default_state_dir
+from meshd.paths import default_socket_path, default_state_dir, secure_state_dir
 from meshd.pins import PinStore, parse_peer
 from meshd.routing.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
 from meshd.routing.table import INFINITY, RouteChanged, RoutingTable
@@ -91,7 +91,7 @@ class Node:
     def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.state_dir = config.state_dir or default_state_dir()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secure_state_dir(self.state_dir)
         #: the raw system clock; everything signed or checked uses mesh time (``self._wall``)
         self._raw_wall = wall_clock
         self.clock = MeshClock()
@@ -242,7 +242,13 @@ class Node:
         self._started_mono = self._now()
         try:
             for host, port in self._listen_addresses():
-                self.listening.append(await self.links.listen(host, port))
+                try:
+                    self.listening.append(await self.links.listen(host, port))
+                except OSError as exc:  # uvloop wraps the errno in __cause__
+                    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+                    raise LocalProtocolError(
+                        f"cannot listen on {host}:{port}: {cause.strerror or cause} (is another "
+                        "meshd running there? pick another --listen port)") from None
             logger.info("node %s (%s) listening on %s", short_id(self.identity.node_id), self.name,
                         ", ".join(f"{h}:{p}" for h, p in self.listening))
             if self.config.interface:
@@ -587,7 +593,7 @@ class Node:
         return [(a.node_id.hex(), a.name) for a in self.book]
 
     def resolve(self, query: str) -> NodeId:
-        """NODE argument → NodeId (full id, unique prefix, unique name)."""
+        """NODE argument → NodeId (full id, else exact name, else unique prefix of 4+ digits)."""
         return bytes.fromhex(resolve_node(query, self.known_nodes()))
 
     async def _h_status(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -706,19 +712,21 @@ class Node:
         if not isinstance(query, str) or not isinstance(text, str) or not isinstance(timeout, int | float):
             raise ControlError("bad_request", "send needs node (str) and text (str)")
         target = self.resolve(query)
+        who = {"name": self.name_of(target), "short_id": short_id(target)}
         queue = self.mail_fallback if self.announcement_of(target) is not None else None
         if queue is not None and self.next_hop(target) is None:
-            return await queue(target, text)
+            return {**await queue(target, text), **who}
         try:
             res = await self.messenger.send(target, text, float(timeout))
         except Undeliverable as exc:
             if queue is not None and exc.reason == "unreachable":
-                return await queue(target, text)
-            raise ControlError("timeout" if exc.reason == "timeout" else "unreachable", str(exc)) from None
+                return {**await queue(target, text), **who}
+            raise ControlError("timeout" if exc.reason == "timeout" else "unreachable", str(exc),
+                               {"node_id": target.hex(), **who}) from None
         except LocalProtocolError as exc:
             raise ControlError("bad_request", str(exc)) from None
-        return {"node_id": target.hex(), "message_id": res.message_id, "status": "delivered",
-                "attempts": res.attempts, "rtt_ms": res.rtt_ms}
+        return {"node_id": target.hex(), **who, "message_id": res.message_id,
+                "status": "delivered", "attempts": res.attempts, "rtt_ms": res.rtt_ms}
 
     async def _h_messages(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"messages": self.messenger.messages()}

@@ -35,8 +35,9 @@ from typing import Any, Final, Protocol
 
 from meshd.control.client import ControlClient
 from meshd.control.protocol import NoDaemon
-from meshd.core.errors import ControlError
+from meshd.core.errors import ControlError, LocalProtocolError
 from meshd.core.tasks import cancel_and_wait
+from meshd.core.text import terminal_safe
 
 __all__ = [
     "EVENT_PATTERNS",
@@ -94,6 +95,28 @@ def sparkline(values: Sequence[float | None], width: int, top: float | None = No
             i = int(min(max(v / hi, 0.0), 1.0) * (len(_BLOCKS) - 1) + 0.5)
             out.append(_BLOCKS[i])
     return "".join(out).rjust(width)
+
+
+# --------------------------------------------------------------------------- remote text
+
+#: keys whose text may span lines (a message, a bulletin or document body)
+_MULTILINE_KEYS: Final = frozenset({"body", "text"})
+
+
+def clean(value: Any, key: str | None = None) -> Any:
+    """``value`` with every string (keys too) made terminal-safe; multi-line only under ``body``/``text``.
+
+    Everything the daemon sends passes through here before the model keeps it:
+    names, titles, messages, bulletins and situation values come from other nodes.
+    """
+    if isinstance(value, str):
+        return terminal_safe(value, multiline=key in _MULTILINE_KEYS)
+    if isinstance(value, dict):
+        return {clean(k) if isinstance(k, str) else k: clean(v, k if isinstance(k, str) else None)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v, key) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- strict readers
@@ -345,7 +368,7 @@ def _summary(data: Mapping[str, Any], limit: int = 160) -> str:
     parts = []
     for k, v in data.items():
         if isinstance(v, str | int | float | bool) or v is None:
-            s = str(v)
+            s = terminal_safe(str(v))  # one line: a newline in a message must not fake a log line
             if isinstance(v, str) and len(v) == 32 and all(c in _HEX for c in v):
                 s = v[:8]  # a NodeId: the short form people type
             parts.append(f"{k}={s[:40]}")
@@ -419,7 +442,7 @@ class MeshModel:
 
     def set_error(self, method: str, message: str) -> None:
         """``method`` failed with ``message`` (shown in its screen)."""
-        self.errors[method] = message
+        self.errors[method] = terminal_safe(message, multiline=True)
         self.version += 1
 
     # -- results ----------------------------------------------------------------------
@@ -430,7 +453,7 @@ class MeshModel:
         if handler is None:
             return
         try:
-            handler(self, result, now)
+            handler(self, clean(result), now)
         except _Bad as exc:
             self.malformed += 1
             self.set_error(method, f"daemon sent a malformed {method} result ({exc})")
@@ -494,6 +517,7 @@ class MeshModel:
     def apply_search(self, query: str, result: Any) -> None:
         """Results of ``library.search`` for ``query``."""
         self.library_query = query
+        result = clean(result)
         try:
             self.library_results = [r for r in _rows(result, "results") if isinstance(r, dict)
                                     and isinstance(r.get("doc_id"), str)]
@@ -506,6 +530,7 @@ class MeshModel:
 
     def apply_document(self, result: Any) -> None:
         """A document from ``library.show``."""
+        result = clean(result)
         doc = result.get("document", result) if isinstance(result, dict) else None
         if isinstance(doc, dict):
             self.library_doc = doc
@@ -520,6 +545,7 @@ class MeshModel:
     def apply_event(self, name: str, data: Mapping[str, Any], ts: float | None,
                     now: float) -> None:
         """Apply a pushed event and log it; ``ts`` is the daemon's wall time (None: unknown)."""
+        name, data = terminal_safe(name), clean(dict(data))
         when = ts if ts is not None else now
         nid = _str(data.get("node_id"))
         # the name before the event changes anything: a lost neighbour is still named
@@ -702,7 +728,7 @@ class Poller:
         while True:
             try:
                 client = await self._connect(self.socket_path)
-            except NoDaemon as exc:
+            except (NoDaemon, LocalProtocolError) as exc:  # LocalProtocolError: an unsafe socket
                 self.model.set_connected(False, str(exc), self.clock())
                 self.on_change()
                 await asyncio.sleep(backoff)

@@ -93,11 +93,28 @@ def _tone_hz(spec: str) -> float:
     return freq
 
 
+def _mic_format() -> str:
+    """The FFmpeg input format for ``--play mic``: PulseAudio on a desktop session, else ALSA.
+
+    Raises ``LocalProtocolError`` when this FFmpeg build has neither (PyAV's wheels
+    often lack ``pulse``: opening it raised "no container format 'pulse'").
+    """
+    available = av.formats_available
+    if "pulse" in available and Path("/run/user").exists():
+        return "pulse"
+    if "alsa" in available:
+        return "alsa"
+    raise LocalProtocolError("--play mic: this build of FFmpeg (PyAV) can read neither "
+                             "PulseAudio nor ALSA input; play a file or tone:HZ instead")
+
+
 def check_media_options(play: str | None, record: str | None) -> None:
     """Refuse a ``play`` source or ``record`` sink that could never work, before any call
     needs it (``LocalProtocolError`` with what is wrong)."""
     if play is not None and play.startswith("tone:"):
         _tone_hz(play)
+    elif play == "mic":
+        _mic_format()
     elif play not in (None, "silence", "mic") and not Path(str(play)).is_file():
         raise LocalProtocolError(f"no such file to play: {play}")
     if record not in (None, "speaker") and not Path(str(record)).parent.is_dir():
@@ -112,8 +129,12 @@ def open_source(spec: str | None) -> tuple[MediaStreamTrack, MediaPlayer | None]
     if spec.startswith("tone:"):
         return ToneTrack(_tone_hz(spec)), None
     if spec == "mic":
-        player = MediaPlayer("default", format="pulse") if Path("/run/user").exists() else \
-            MediaPlayer("default", format="alsa")
+        fmt = _mic_format()
+        try:
+            player = MediaPlayer("default", format=fmt)
+        except (ValueError, OSError, av.FFmpegError) as exc:  # no such format, no device
+            raise LocalProtocolError(f"--play mic: cannot open the microphone ({fmt}: {exc}); "
+                                     "play a file or tone:HZ instead") from None
     else:
         if not Path(spec).is_file():
             raise LocalProtocolError(f"no such file: {spec}")

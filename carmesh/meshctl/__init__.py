@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from typing import NoReturn
 
@@ -91,6 +92,16 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
         await client.close()
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (embedded, captured): nothing to silence
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run meshctl with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
@@ -113,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     args.socket_path = args.socket if args.socket is not None else default_socket_path(state_dir)
     try:
         return int(asyncio.run(_run(args, out)))
+    except BrokenPipeError:  # `meshctl ... | head`: the reader has all it wanted
+        _silence_stdout()
+        return ExitCode.OK
     except NoDaemon as exc:
         return out.fail(ExitCode.NO_DAEMON, str(exc))
     except ControlError as exc:

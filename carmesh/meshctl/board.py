@@ -15,6 +15,7 @@ from carmesh.meshctl.common import (
     _positive_float,
     _str,
     register,
+    who,
 )
 from meshd.control.client import ControlClient
 
@@ -46,10 +47,10 @@ def _show_records(records: list[Any], out: Output) -> None:
     if not records:
         out.line("no records")
     for r in records:
-        who = r.get("name") or str(r.get("owner", ""))[:8]
-        out.line(f"{_str(r.get('kind'))} of {who} (updated {_clock(r.get('updated_ms'))})")
+        owner = _str(r.get("name") or str(r.get("owner", ""))[:8])
+        out.line(f"{_str(r.get('kind'))} of {owner} (updated {_clock(r.get('updated_ms'))})")
         for k, v in sorted((r.get("fields") or {}).items()):
-            out.line(f"    {k}: {json.dumps(v, ensure_ascii=False)}")
+            out.line(f"    {_str(k)}: {json.dumps(v, ensure_ascii=False)}")
 
 
 @register("situation", "situation files: who is safe, shelters, shops, battery power on offer",
@@ -74,6 +75,8 @@ async def _situation(client: ControlClient, args: argparse.Namespace, out: Outpu
         return ExitCode.OK
     if args.action == "show":
         res = await client.call("situation.show", {"node": args.node}, timeout=CALL_TIMEOUT_S)
+        if not out.json:
+            out.line(f"situation of {who(res.get('name'), res.get('node_id'), args.node)}")
     else:
         params = {"kind": args.kind} if args.kind else {}
         res = await client.call("situation.list", params, timeout=CALL_TIMEOUT_S)
@@ -103,7 +106,7 @@ def _show_bulletin(b: dict[str, Any], out: Output) -> None:
     out.line(f"[{_clock(b.get('issued_ms'))}] {_str(b.get('title'))} -- "
              f"{_str(a.get('name') or None)} ({_str(a.get('role'))}), "
              f"expires {_clock(b.get('expires_ms'))}")
-    out.line("    " + str(b.get("body", "")))
+    out.line("    " + str(b.get("body", "")).replace("\n", "\n    "))
 
 
 @register("bulletin", "emergency bulletins from authority keys: publish, list", _bulletin_setup)

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from meshd.control.client import ControlClient
 from meshd.core.errors import ControlError, LocalProtocolError
+from meshd.core.text import terminal_safe
 from meshd.paths import STATE_DIR_ENV
 
 CONNECT_TIMEOUT_S = 2.0
@@ -70,9 +71,13 @@ class Output:
         return self._err if self._err is not None else sys.stderr
 
     def line(self, text: str = "") -> None:
-        """A line of human output (suppressed under --json)."""
+        """A line of human output (suppressed under --json), control and bidi characters escaped.
+
+        Single-line fields (names, titles) are escaped once more by ``_str``/``_table``/``who``
+        so that a newline inside one cannot start a line of its own.
+        """
         if not self.json:
-            print(text, file=self.out, flush=True)
+            print(terminal_safe(text, multiline=True), file=self.out, flush=True)
 
     def document(self, obj: Any) -> None:
         """The one JSON document of a --json run."""
@@ -81,7 +86,7 @@ class Output:
 
     def error(self, text: str) -> None:
         """A diagnostic on stderr, prefixed with the program name."""
-        print(f"meshctl: {text}", file=self.err, flush=True)
+        print(f"meshctl: {terminal_safe(text, multiline=True)}", file=self.err, flush=True)
 
     def fail(self, code: ExitCode, text: str) -> ExitCode:
         """Report a local failure: stderr, plus an ``{"error": ...}`` document under --json."""
@@ -97,7 +102,7 @@ class Output:
         if err.code == "ambiguous":
             for c in err.data.get("candidates", []):
                 if isinstance(c, dict):
-                    print(f"  {c.get('node_id', '')}  {c.get('name', '')}", file=self.err)
+                    print(f"  {_str(c.get('node_id'))}  {_str(c.get('name'))}", file=self.err)
         if self.json:
             self.document({"error": err.to_json()})
         return exit_code_for(err)
@@ -157,6 +162,7 @@ async def _fetch_list(client: ControlClient, out: Output, method: str, key: str,
 # ---------------------------------------------------------------------------- formatting
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
+    rows = [[terminal_safe(c) for c in row] for row in rows]
     widths = [len(h) for h in header]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -190,11 +196,21 @@ def _duration(seconds: Any) -> str:
 
 
 def _str(v: Any) -> str:
+    """A value as one line of text: ``-`` for None, lists comma-separated, escapes shown."""
     if v is None:
         return "-"
     if isinstance(v, list):
-        return ", ".join(str(x) for x in v) or "-"
-    return str(v)
+        return ", ".join(terminal_safe(str(x)) for x in v) or "-"
+    return terminal_safe(str(v))
+
+
+def who(name: Any, node_id: Any, fallback: str = "?") -> str:
+    """Who a command reached: ``name (short id)``, or the short id alone, escaped."""
+    short = node_id[:8] if isinstance(node_id, str) and node_id else None
+    label = terminal_safe(name) if isinstance(name, str) and name else None
+    if label and short:
+        return f"{label} ({short})"
+    return short or label or terminal_safe(fallback)
 
 
 # ---------------------------------------------------------------------------- status

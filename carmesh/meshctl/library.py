@@ -83,7 +83,7 @@ async def _with_progress(client: ControlClient, method: str, params: dict[str, A
                 continue
             filled = width * min(done, total) // total
             out.err.write(f"\r{_str(data.get('phase')):<8} [{'#' * filled}{'.' * (width - filled)}]"
-                          f" {done}/{total} {str(data.get('path') or '')[-30:]:<30}")
+                          f" {done}/{total} {_str(data.get('path') or '')[-30:]:<30}")
             out.err.flush()
 
     task = asyncio.create_task(draw())
@@ -98,7 +98,7 @@ async def _with_progress(client: ControlClient, method: str, params: dict[str, A
 def _show_document(d: dict[str, Any], out: Output) -> None:
     out.line(f"{_str(d.get('title'))}  [{_str(d.get('collection'))}]"
              + ("  (deleted)" if d.get("deleted") else ""))
-    out.line(f"id {_str(d.get('doc_id'))}  tags {', '.join(d.get('tags') or []) or '-'}  "
+    out.line(f"id {_str(d.get('doc_id'))}  tags {_str(d.get('tags') or None)}  "
              f"lang {_str(d.get('lang') or None)}  updated {_clock(d.get('updated_ms'))}  "
              f"changes {_str(d.get('changes'))}")
     out.line("")
@@ -178,5 +178,5 @@ async def _library(client: ControlClient, args: argparse.Namespace, out: Output)
     out.line(f"{act} {_str(res.get('path'))}: {_str(res.get('summary'))} "
              f"in {_num(res.get('elapsed_s'), 2)} s")
     for e in res.get("errors") or []:
-        out.error(f"{e.get('path')}: {e.get('error')}")
+        out.error(f"{_str(e.get('path'))}: {_str(e.get('error'))}")
     return ExitCode.OK

@@ -25,6 +25,7 @@ from carmesh.meshctl.common import (
     _str,
     _table,
     register,
+    who,
 )
 from meshd.control.client import ControlClient
 from meshd.control.protocol import NoDaemon
@@ -236,8 +237,7 @@ async def _ping(client: ControlClient, args: argparse.Namespace, out: Output) ->
                 name = r.get("name") if isinstance(r.get("name"), str) else name
                 reply = {"seq": seq, "rtt_ms": float(r["rtt_ms"]), "hops": r.get("hops")}
                 replies.append(reply)
-                who = f"{name} ({node_id[:8]})" if name and node_id else node_id or args.node
-                out.line(f"reply from {who}: seq={seq} hops={_str(reply['hops'])} "
+                out.line(f"reply from {who(name, node_id, args.node)}: seq={seq} hops={_str(reply['hops'])} "
                          f"time={reply['rtt_ms']:.2f} ms")
             if seq < args.count:
                 await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
@@ -251,11 +251,12 @@ async def _ping(client: ControlClient, args: argparse.Namespace, out: Output) ->
     rtt = ({"min": min(rtts), "avg": sum(rtts) / len(rtts), "max": max(rtts)} if rtts
            else {"min": None, "avg": None, "max": None})
     if out.json:
-        out.document({"node": args.node, "node_id": node_id, "name": name, "sent": sent,
+        out.document({"node": args.node, "node_id": node_id, "name": name,
+                      "short_id": node_id[:8] if node_id else None, "sent": sent,
                       "received": received, "loss": loss, "rtt_ms": rtt, "replies": replies,
                       "errors": errors})
     else:
-        out.line(f"--- {name or node_id or args.node} ping statistics ---")
+        out.line(f"--- {who(name, node_id, args.node)} ping statistics ---")
         out.line(f"{sent} sent, {received} received, {100 * loss:.0f}% loss")
         if rtts:
             out.line(f"rtt min/avg/max = {rtt['min']:.2f}/{rtt['avg']:.2f}/{rtt['max']:.2f} ms")
@@ -291,13 +292,12 @@ async def _send(client: ControlClient, args: argparse.Namespace, out: Output) ->
     if out.json:
         out.document(res)
     else:
-        node_id = res.get("node_id")
-        who = str(node_id)[:8] if isinstance(node_id, str) else args.node
+        to = who(res.get("name"), res.get("node_id"), args.node)
         if res.get("status") == "queued":  # no route: carried as mail (see `meshctl mail`)
-            out.line(f"queued for {who}: message {_str(res.get('message_id'))} "
+            out.line(f"queued for {to}: message {_str(res.get('message_id'))} "
                      "(no route now; carried by passing nodes, `meshctl mail` shows delivery)")
         else:
-            out.line(f"{_str(res.get('status'))} to {who}: message "
+            out.line(f"{_str(res.get('status'))} to {to}: message "
                      f"{_str(res.get('message_id'))}, {_str(res.get('attempts'))} attempt(s), "
                      f"{_num(res.get('rtt_ms'))} ms")
     return ExitCode.OK
@@ -367,14 +367,14 @@ async def _traceroute(client: ControlClient, args: argparse.Namespace, out: Outp
     if out.json:
         out.document(res)
         return ExitCode.OK
-    out.line(f"traceroute to {_str(res.get('name') or None)} ({str(res.get('node_id'))[:8]})")
+    out.line(f"traceroute to {who(res.get('name'), res.get('node_id'), args.node)}")
     for h in hops:
         if not isinstance(h, dict):
             continue
         if h.get("node_id") is None:
             out.line(f"{h.get('hop'):>3}  *")
         else:
-            out.line(f"{h.get('hop'):>3}  {_str(h.get('name') or None)} ({str(h['node_id'])[:8]})"
+            out.line(f"{h.get('hop'):>3}  {who(h.get('name'), h.get('node_id'))}"
                      f"  {_num(h.get('rtt_ms'), 2)} ms")
     return ExitCode.OK
 

@@ -26,6 +26,7 @@ from meshd.control.protocol import (
 )
 from meshd.core.errors import LocalProtocolError
 from meshd.core.tasks import cancel_and_wait
+from meshd.paths import check_socket_owner
 
 __all__ = ["ControlClient", "Subscription"]
 
@@ -70,6 +71,7 @@ class ControlClient:
     async def connect(cls, path: Path, timeout: float = 2.0) -> ControlClient:
         """Connect to ``path``; raise ``NoDaemon`` if nothing answers within ``timeout`` s."""
         check_socket_path(path)
+        check_socket_owner(path)
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_unix_connection(

@@ -38,6 +38,15 @@ UTF-8, bad JSON, a non-object, a bad ``id`` or ``params`` get a ``bad_request``
 response; an unknown method gets ``unknown_method``.  None of these reach a
 handler or the event loop.
 
+Connection slots (``max_clients``) are not held by clients that do nothing: a
+connection with no subscription and no request running that sends no complete
+line for ``idle_timeout_s`` is closed (a client that sent half a line and
+stopped, or connected and said nothing), and when every slot is taken a new
+client takes the slot of the longest-idle such connection instead of being
+refused.  So 64 connections sending partial lines cannot lock meshctl out.
+Subscribers (meshctl call, the console) and clients waiting for an answer are
+never timed out.
+
 The socket is created with mode 0600 (set on the socket before ``bind``, so it
 never exists with a wider mode) and its path must stay under
 ``MAX_SOCKET_PATH`` bytes (``sun_path`` holds 108 on Linux, less elsewhere).
@@ -81,6 +90,12 @@ DEFAULT_QUEUE_SIZE: Final = 1024
 DEFAULT_MAX_CLIENTS: Final = 64
 #: patterns one connection may subscribe to
 _MAX_PATTERNS: Final = 64
+#: seconds a connection with no subscription and no request running may go without a full line
+DEFAULT_IDLE_TIMEOUT_S: Final = 10.0
+
+
+class _Idle(Exception):
+    """The client sent no complete line for the idle timeout while it had nothing to wait for."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 """A control method: params in, a JSON-able result or raises ControlError."""
@@ -105,6 +120,13 @@ class _Conn:
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        #: monotonic time of the connection or of its last complete line
+        self.last_line = time.monotonic()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to keep the connection for: no subscription, no request running."""
+        return not self.patterns and not self.tasks
 
     def send(self, line: bytes) -> None:
         """Queue a response: always accepted (the reader waits for room before the next request)."""
@@ -171,10 +193,30 @@ class _Conn:
                 self.writer.transport.abort()
                 return
 
+    async def _read_line(self) -> bytes:
+        """The next request line; raises ``_Idle`` when the client idles past the timeout."""
+        read = asyncio.ensure_future(self.reader.readuntil(b"\n"))
+        try:
+            while True:
+                done, _ = await asyncio.wait({read}, timeout=self.server.idle_timeout_s)
+                if done:
+                    self.last_line = time.monotonic()
+                    return read.result()
+                if self.idle:
+                    raise _Idle
+        finally:
+            if not read.done():
+                await cancel_and_wait(read, ConnectionError, OSError)
+
     async def read_loop(self) -> None:
         while not self.closed:
             try:
-                line = await self.reader.readuntil(b"\n")
+                line = await self._read_line()
+            except _Idle:
+                self.server.idle_closed += 1
+                log.debug("[control #%d] no complete line in %g s: closing", self.num,
+                          self.server.idle_timeout_s)
+                return
             except asyncio.IncompleteReadError:
                 return  # EOF (a partial last line is ignored)
             except asyncio.LimitOverrunError:
@@ -287,6 +329,7 @@ class ControlServer:
 
     def __init__(self, path: Path, handlers: Mapping[str, Handler], *,
                  queue_size: int = DEFAULT_QUEUE_SIZE, max_clients: int = DEFAULT_MAX_CLIENTS,
+                 idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
                  wall_clock: Callable[[], float] = time.time) -> None:
         check_socket_path(path)
         if "subscribe" in handlers:
@@ -295,6 +338,7 @@ class ControlServer:
         self.handlers = dict(handlers)
         self._queue_size = queue_size
         self._max_clients = max_clients
+        self.idle_timeout_s = idle_timeout_s
         self._wall_clock = wall_clock
         self._server: asyncio.Server | None = None
         self._conns: dict[int, _Conn] = {}
@@ -306,6 +350,8 @@ class ControlServer:
         self.dropped_slow = 0
         #: malformed requests answered with bad_request
         self.bad_requests = 0
+        #: connections closed (timed out or evicted) for idling without a full line
+        self.idle_closed = 0
         self.logged_bad = False
 
     def methods(self) -> list[str]:
@@ -356,9 +402,18 @@ class ControlServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._conns) >= self._max_clients:
-            log.warning("control: %d clients already connected; refusing one", len(self._conns))
-            writer.transport.abort()
-            return
+            idle = [c for c in self._conns.values() if c.idle and not c.closed]
+            if not idle:
+                log.warning("control: %d clients already connected; refusing one",
+                            len(self._conns))
+                writer.transport.abort()
+                return
+            oldest = min(idle, key=lambda c: c.last_line)
+            self.idle_closed += 1
+            log.debug("[control #%d] all %d slots taken: closing this idle client",
+                      oldest.num, self._max_clients)
+            self._conns.pop(oldest.num, None)
+            oldest.abort()
         self._next += 1
         conn = _Conn(self, self._next, reader, writer, self._queue_size)
         self._conns[conn.num] = conn

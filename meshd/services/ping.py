@@ -108,9 +108,13 @@ class Pinger:
         if not isinstance(query, str) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
             raise ControlError("bad_request", "ping needs node (str) and 0 < timeout <= 60")
         target = self._node.resolve(query)
-        result = await self.ping(target, float(timeout))
+        try:
+            result = await self.ping(target, float(timeout))
+        except ControlError as exc:  # say who was not reached
+            exc.data.update(name=self._node.name_of(target), short_id=short_id(target))
+            raise
         return {"node_id": target.hex(), "name": self._node.name_of(target),
-                "rtt_ms": result["rtt_ms"], "hops": result["hops"]}
+                "short_id": short_id(target), "rtt_ms": result["rtt_ms"], "hops": result["hops"]}
 
     async def _h_traceroute(self, params: dict[str, Any]) -> dict[str, Any]:
         query = params.get("node")
@@ -132,6 +136,7 @@ class Pinger:
             hops.append({"hop": limit, "node_id": r["responder"].hex(),
                          "name": self._node.name_of(r["responder"]), "rtt_ms": r["rtt_ms"]})
             if r["reached"]:
-                return {"node_id": target.hex(), "name": self._node.name_of(target), "hops": hops}
+                return {"node_id": target.hex(), "name": self._node.name_of(target),
+                        "short_id": short_id(target), "hops": hops}
         raise ControlError("timeout", f"{short_id(target)} not reached in {max_hops} hops",
                            {"node_id": target.hex(), "hops": hops})

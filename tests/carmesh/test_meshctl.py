@@ -77,7 +77,8 @@ class FakeDaemon:
             self.flaky_n += 1
             if self.flaky_n % 2 == 0:
                 raise ControlError("timeout", f"no reply in {timeout} s")
-        return {"node_id": target, "name": name, "rtt_ms": 2.0 + len(self.pings),
+        return {"node_id": target, "name": name, "short_id": target[:8],
+                "rtt_ms": 2.0 + len(self.pings),
                 "hops": 1 if target in (CAR1, CAR2) else 3}
 
     async def send(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +89,8 @@ class FakeDaemon:
         if target == GONE:
             raise ControlError("unreachable", "no route to dead0000")
         self.sent.append((target, text, params.get("timeout")))
-        return {"node_id": target, "message_id": "ab" * 12, "status": "delivered",
+        return {"node_id": target, "name": dict(KNOWN)[target], "short_id": target[:8],
+                "message_id": "ab" * 12, "status": "delivered",
                 "attempts": 1, "rtt_ms": 12.5}
 
     async def messages(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +265,7 @@ async def test_ping_human(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "reply from far (9999ffff): seq=1 hops=3 time=3.00 ms"
     assert out[2] == "reply from far (9999ffff): seq=3 hops=3 time=5.00 ms"
-    assert out[3] == "--- far ping statistics ---"
+    assert out[3] == "--- far (9999ffff) ping statistics ---"
     assert out[4] == "3 sent, 3 received, 0% loss"
     assert out[5] == "rtt min/avg/max = 3.00/4.00/5.00 ms"
     assert daemon.pings == [{"node": "far", "timeout": 1.5}] * 3
@@ -274,7 +276,8 @@ async def test_ping_json_shape(daemon: FakeDaemon, capsys: pytest.CaptureFixture
                      "--socket", sock(daemon)) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc == {
-        "node": "0123abc", "node_id": CAR1, "name": "car-1", "sent": 2, "received": 2,
+        "node": "0123abc", "node_id": CAR1, "name": "car-1", "short_id": "0123abcd",
+        "sent": 2, "received": 2,
         "loss": 0.0, "rtt_ms": {"min": 3.0, "avg": 3.5, "max": 4.0},
         "replies": [{"seq": 1, "rtt_ms": 3.0, "hops": 1}, {"seq": 2, "rtt_ms": 4.0, "hops": 1}],
         "errors": []}
@@ -345,12 +348,13 @@ async def test_unknown_method_exits_1(state_dir: Path, capsys: pytest.CaptureFix
 async def test_send(daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert await run("send", "car-2", "給水は 3 時から", "--socket", sock(daemon)) == 0
     assert capsys.readouterr().out.strip() == (
-        f"delivered to 0123abef: message {'ab' * 12}, 1 attempt(s), 12.5 ms")
+        f"delivered to car-2 (0123abef): message {'ab' * 12}, 1 attempt(s), 12.5 ms")
     assert daemon.sent == [(CAR2, "給水は 3 時から", 10.0)]
     assert await run("--json", "send", "far", "hi", "--timeout", "3",
                      "--socket", sock(daemon)) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "node_id": FAR, "message_id": "ab" * 12, "status": "delivered", "attempts": 1,
+        "node_id": FAR, "name": "far", "short_id": "9999ffff",
+        "message_id": "ab" * 12, "status": "delivered", "attempts": 1,
         "rtt_ms": 12.5}
     assert daemon.sent[-1] == (FAR, "hi", 3.0)
     assert await run("send", "gone", "hi", "--socket", sock(daemon)) == ExitCode.UNREACHABLE
@@ -436,8 +440,30 @@ async def test_ping_interrupted_prints_summary(daemon: FakeDaemon) -> None:
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0
-    assert b"--- far ping statistics ---" in out
+    assert b"--- far (9999ffff) ping statistics ---" in out
     assert len(daemon.pings) < 10000
+
+
+async def test_a_closed_pipe_ends_meshctl_quietly(daemon: FakeDaemon) -> None:
+    """``meshctl ping ... | head -1``: no BrokenPipeError traceback (issue 11, item 13)."""
+    env = {**os.environ, "CARMESH_STATE_DIR": str(daemon.state_dir)}
+    proc = await asyncio.create_subprocess_exec(
+        MESHCTL, "ping", "far", "-c", "100000", "-i", "0", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(60):
+            assert (await proc.stdout.readline()).startswith(b"reply from far")
+        proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]  # head exits
+        err = await asyncio.wait_for(proc.stderr.read(), 60)
+        await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert err == b""
+    assert proc.returncode == 0
+    assert len(daemon.pings) < 100000
 
 
 async def test_json_failures_still_print_one_error_document(
@@ -461,3 +487,89 @@ async def test_json_failures_still_print_one_error_document(
     # without --json nothing but human text: stdout stays empty on a failure
     assert await run("ping", "car-1", "--count", "two") == ExitCode.USAGE
     assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------------------- hostile remote text
+
+ESC = "\x1b[2J\x1b[H\x1b[1;31mSYSTEM: evacuate north\x1b[0m"
+RLO = "\u202eefac"  # reads as "cafe" on a terminal that honours the override
+HOSTILE = "0bad0000" + "6" * 24
+_RAW = ("\x1b", "\x9b", "\x07", "\u202e", "\u2066", "\u2069")
+
+
+class HostileDaemon:
+    """Every remote-supplied string in every shape meshctl prints carries escapes or overrides."""
+
+    async def messages(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"messages": [{"from": HOSTILE, "from_name": RLO, "received_ms": 1764180000100,
+                              "text": ESC + "\nsecond line\u2066"}]}
+
+    async def neighbours(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"neighbours": [{"node_id": HOSTILE, "short_id": HOSTILE[:8], "name": ESC,
+                                "role": "car\x07", "state": "up"}]}
+
+    async def send(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"node_id": HOSTILE, "name": RLO + "\nSYSTEM: ok", "short_id": HOSTILE[:8],
+                "message_id": "ab" * 12, "status": "delivered", "attempts": 1, "rtt_ms": 1.0}
+
+    async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"node_id": HOSTILE, "name": ESC, "short_id": HOSTILE[:8], "rtt_ms": 1.0,
+                "hops": 1}
+
+    async def situation_show(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"node_id": HOSTILE, "name": RLO, "short_id": HOSTILE[:8], "records": [
+            {"kind": "person", "name": ESC, "owner": HOSTILE, "updated_ms": 1764180000100,
+             "fields": {"note\x1b[8m": "\x9b2J\u2066safe\u2069", "status": ESC}}]}
+
+    async def bulletin_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"bulletins": [{"title": "\x1b]0;owned\x07" + RLO, "body": ESC,
+                               "authority": {"name": RLO, "role": "city"},
+                               "issued_ms": 1764180000100, "expires_ms": 1764190000100}]}
+
+    async def library_show(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"doc_id": "cd" * 16, "title": ESC, "collection": RLO, "tags": [ESC],
+                "body": "line 1\n" + ESC, "changes": 1}
+
+    async def calls(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"calls": [{"call_id": "ef" * 10, "peer": HOSTILE, "peer_name": ESC,
+                           "role": "caller", "state": "ringing"}]}
+
+    async def fail(self, params: dict[str, Any]) -> dict[str, Any]:
+        raise ControlError("ambiguous", f"{RLO!s} matches 2 nodes", {"candidates": [
+            {"node_id": HOSTILE, "name": ESC}, {"node_id": CAR1, "name": RLO}]})
+
+    def handlers(self) -> dict[str, Any]:
+        return {"messages": self.messages, "neighbours": self.neighbours, "send": self.send,
+                "ping": self.ping, "situation.show": self.situation_show,
+                "bulletin.list": self.bulletin_list, "library.show": self.library_show,
+                "calls": self.calls, "traceroute": self.fail}
+
+
+async def test_hostile_remote_text_is_escaped_in_every_human_output(
+        state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server = ControlServer(state_dir / "control.sock", HostileDaemon().handlers())
+    await server.start()
+    s = str(state_dir / "control.sock")
+    try:
+        outputs = {}
+        for argv in (["messages"], ["neighbours"], ["send", "x", "hi"], ["ping", "x", "-c", "1"],
+                     ["situation", "show", "x"], ["bulletin", "list"],
+                     ["library", "show", "cdcd"], ["calls"], ["traceroute", "x"]):
+            await run(*argv, "--socket", s)
+            captured = capsys.readouterr()
+            outputs[argv[0]] = captured.out + captured.err
+        for cmd, text in outputs.items():
+            for raw in _RAW:
+                assert raw not in text, (cmd, raw, text)
+        assert "\\x1b[2J\\x1b[H\\x1b[1;31mSYSTEM: evacuate north\\x1b[0m" in outputs["neighbours"]
+        assert "\\u202eefac" in outputs["messages"]
+        # a newline inside a name cannot start a line of its own
+        assert outputs["send"].splitlines()[0].startswith(
+            "delivered to \\u202eefac\\x0aSYSTEM: ok (0bad0000)")
+        assert "\\x9b2J\\u2066safe\\u2069" in outputs["situation"]
+        assert outputs["situation"].startswith("situation of \\u202eefac (0bad0000)")
+        assert "\\x1b]0;owned\\x07\\u202eefac" in outputs["bulletin"]
+        assert "line 1\n\\x1b[2J" in outputs["library"]  # a body keeps its lines
+        assert "\\u202eefac matches 2 nodes" in outputs["traceroute"]
+    finally:
+        await server.close()

@@ -124,3 +124,20 @@ def test_typed_text_from_a_person_becomes_a_list_and_errors_say_what_is_expected
     with pytest.raises(LocalProtocolError) as exc:
         prepare_set(owner.pub, "person", {"safety": "fine"})
     assert "safe | needs_help" in str(exc.value)
+
+
+def test_over_long_text_says_too_long_with_the_limit() -> None:
+    """It used to say "expected text" for 501 characters of text (issue 11, item 13)."""
+    owner = Author()
+    prepare_set(owner.pub, "shelter", {"name": "x" * 500, "open": True})  # at the limit: fine
+    cases = [("shelter", {"name": "x" * 501}, "name: too long (501 characters, max 500)"),
+             ("shelter", {"color": "y" * 600}, "free field color: too long (600 characters, "
+                                                "max 500)"),
+             ("shelter", {"needs": ["z" * 101]}, "needs: an item is too long (max 100 characters)"),
+             ("shelter", {"needs": ["w"] * 33}, "needs: too many items (33, max 32)")]
+    for kind, fields, says in cases:
+        with pytest.raises(LocalProtocolError) as exc:
+            prepare_set(owner.pub, kind, fields)
+        assert says in str(exc.value), str(exc.value)
+    with pytest.raises(LocalProtocolError, match="name: expected text"):
+        prepare_set(owner.pub, "shelter", {"name": 5})  # a wrong type still says what is expected

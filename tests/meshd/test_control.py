@@ -457,6 +457,8 @@ async def test_many_clients_and_the_client_limit(sock_dir: Path) -> None:
     try:
         results = await asyncio.gather(*(c.call("echo", {"i": i}) for i, c in enumerate(clients)))
         assert results == [{"params": {"i": i}} for i in range(5)]
+        for c in clients:  # subscribers keep their slots (idle ones would be given up)
+            await c.subscribe(["x.*"])
         extra = await ControlClient.connect(path)
         with pytest.raises(NoDaemon):
             await extra.call("echo", timeout=5)
@@ -464,6 +466,45 @@ async def test_many_clients_and_the_client_limit(sock_dir: Path) -> None:
     finally:
         for c in clients:
             await c.close()
+        await server.close()
+
+
+async def test_partial_lines_cannot_lock_clients_out(sock_dir: Path) -> None:
+    """64 connections that send half a request and stop (issue 11, item 12)."""
+    path = sock_dir / "control.sock"
+    handlers = Handlers()
+    server = ControlServer(path, {"echo": handlers.echo, "wait": handlers.wait_gate},
+                           idle_timeout_s=0.5)
+    await server.start()
+    subscriber = await ControlClient.connect(path)
+    waiting = await ControlClient.connect(path)
+    hogs: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        events = await subscriber.subscribe(["x.*"])
+        pending = asyncio.create_task(waiting.call("wait", timeout=60))
+        await asyncio.sleep(0)
+        for _ in range(64):
+            r, w = await asyncio.open_unix_connection(os.fspath(path))
+            w.write(b'{"id": 1, "method": "ec')
+            await w.drain()
+            hogs.append((r, w))
+        # every slot is taken, yet a new client gets one at once (an idle hog makes room)
+        async with await ControlClient.connect(path) as c:
+            assert await c.call("echo", {"n": 1}, timeout=5) == {"params": {"n": 1}}
+        # and the hogs that are left are closed after the idle timeout: their reads end
+        for r, _w in hogs:
+            assert await asyncio.wait_for(r.read(), 30) == b""
+        assert server.idle_closed >= 64
+        # a subscriber and a client waiting for its answer were never idle
+        server.publish("x.y", {"still": "here"})
+        assert await asyncio.wait_for(anext(events), 5) == ("x.y", {"still": "here"})
+        handlers.gate.set()
+        assert await pending == "opened"
+    finally:
+        for _r, w in hogs:
+            w.close()
+        await subscriber.close()
+        await waiting.close()
         await server.close()
 
 

@@ -29,7 +29,7 @@ def test_full_node_id_any_case() -> None:
 def test_unique_prefix() -> None:
     assert resolve_node("0123abc", KNOWN) == A
     assert resolve_node("0123abe", KNOWN) == B
-    assert resolve_node("9", KNOWN) == C
+    assert resolve_node("9999", KNOWN) == C
     assert resolve_node("CAFE", KNOWN) == D
     assert resolve_node(" 9999ffff ", KNOWN) == C
 
@@ -73,14 +73,40 @@ def test_exact_name_beats_case_insensitive() -> None:
 
 
 def test_prefix_and_name_both_matching_is_ambiguous() -> None:
+    """The issue's case: a node whose id was ground to start with "cafe" must not get cafe's mail."""
     known = [(D, "x"), (A, "cafe")]
-    # "cafe" is a unique prefix of D: the id prefix wins, as the contract orders it
-    assert resolve_node("cafe", known) == D
+    with pytest.raises(ControlError) as ei:
+        resolve_node("cafe", known)
+    assert ei.value.code == "ambiguous"
+    assert ei.value.data == {"candidates": [{"node_id": A, "name": "cafe"},
+                                            {"node_id": D, "name": "x"}]}
+    assert "cafe (0123abcd)" in ei.value.message and "x (cafe0000)" in ei.value.message
     known2 = [(D, "x"), ("cafe1111" + "5" * 24, "y"), (A, "cafe")]
     with pytest.raises(ControlError) as ei:
         resolve_node("cafe", known2)
     assert ei.value.code == "ambiguous"
     assert len(ei.value.data["candidates"]) == 3
+    # a longer prefix, or the full id, still reaches D
+    assert resolve_node("cafe0", known) == D
+    assert resolve_node(D, known) == D
+
+
+def test_name_and_prefix_of_the_same_node_resolve() -> None:
+    known = [(D, "cafe"), (A, "x")]
+    assert resolve_node("cafe", known) == D
+
+
+def test_name_beats_a_prefix_shorter_than_four() -> None:
+    """``ping e`` reached the node whose id starts with e: a 1-3 digit prefix is no prefix."""
+    e_node = "ea98" + "6" * 28
+    known = [(e_node, "cafe"), (A, "e"), (D, "d")]
+    assert resolve_node("e", known) == A
+    assert resolve_node("d", known) == D
+    with pytest.raises(ControlError) as ei:
+        resolve_node("ea9", known)
+    assert ei.value.code == "not_found"
+    assert "at least 4 hex digits" in ei.value.message
+    assert resolve_node("ea98", known) == e_node
 
 
 def test_duplicates_of_one_node_are_not_ambiguous() -> None:
@@ -136,13 +162,16 @@ def test_resolution_is_total_and_sound(known: list[tuple[str, str]], query: str)
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(hex_ids, min_size=1, max_size=30, unique=True))
-def test_every_known_node_resolves_by_full_id_and_shortest_unique_prefix(ids: list[str]) -> None:
+def test_every_known_node_resolves_by_full_id_and_shortest_unique_prefix_of_four_or_more(ids: list[str]) -> None:
     known = [(nid, "") for nid in ids]
     for nid in ids:
         assert resolve_node(nid, known) == nid
-        n = next(n for n in range(1, 33) if sum(o.startswith(nid[:n]) for o in ids) == 1)
+        n = next(n for n in range(4, 33) if sum(o.startswith(nid[:n]) for o in ids) == 1)
         assert resolve_node(nid[:n], known) == nid
-        if n > 1:
+        with pytest.raises(ControlError) as ei:
+            resolve_node(nid[:3], known)
+        assert ei.value.code == "not_found"
+        if n > 4:
             with pytest.raises(ControlError) as ei:
                 resolve_node(nid[:n - 1], known)
             assert ei.value.code == "ambiguous"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
@@ -125,7 +126,7 @@ class View(Vertical):
         """Fill the first ``.notice`` Static of the view (hidden when empty)."""
         text = "\n".join(t for t in (self.notice_text(model), extra) if t)
         for notice in self.query(".notice").results(Static):
-            notice.update(text)
+            notice.update(Text(text))
             notice.display = bool(text)
             break
 
@@ -141,5 +142,5 @@ class View(Vertical):
 
     @staticmethod
     def cells(*values: Any) -> list[Cell]:
-        """Table cells from strings, rich ``Text`` and other values."""
-        return [v if isinstance(v, Text) else str(v) for v in values]
+        """Table cells from strings, rich ``Text`` and other values (strings are not markup)."""
+        return [v if isinstance(v, Text) else escape(str(v)) for v in values]

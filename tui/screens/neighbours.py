@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Sparkline, Static
@@ -63,11 +64,11 @@ class NeighboursView(View):
         rtt = [v for v in model.rtt_history.get(sel, ()) if v is not None] if sel else []
         loss = [v for v in model.loss_history.get(sel, ()) if v is not None] if sel else []
         who = (chosen.name or chosen.node_id[:8]) if chosen else "-"
-        self.query_one("#nb-rtt-label", Static).update(
+        self.query_one("#nb-rtt-label", Static).update(Text(  # Text: a name is not markup
             f"RTT to {who}: {fmt_num(chosen.rtt_ms) if chosen else '-'} ms"
-            + (f" (max {max(rtt):.1f})" if rtt else ""))
-        self.query_one("#nb-loss-label", Static).update(
-            f"loss to {who}: {fmt_pct(chosen.loss) if chosen else '-'}")
+            + (f" (max {max(rtt):.1f})" if rtt else "")))
+        self.query_one("#nb-loss-label", Static).update(Text(
+            f"loss to {who}: {fmt_pct(chosen.loss) if chosen else '-'}"))
         self.query_one("#nb-rtt", Sparkline).data = rtt or [0.0]
         self.query_one("#nb-loss", Sparkline).data = loss or [0.0]
 

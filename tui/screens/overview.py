@@ -65,7 +65,7 @@ class OverviewView(View):
             ("sync peers", str(len(model.sync_peers))),
         ]
         for k, v in rows:
-            grid.add_row(k, v)
+            grid.add_row(k, Text(v))  # Text: a name is not markup
         self.query_one("#identity", Static).update(grid)
         alerts = model.alerts(now)
         self.query_one("#alerts-title", Static).update(f"Alerts ({len(alerts)})")
