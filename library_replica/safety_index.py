@@ -213,41 +213,34 @@ class SafetyIndex:
         """Person ids matching every word of ``text`` (name or reading), best first."""
         q = parse_name_query(text)
         limit = max(1, min(limit, MAX_LIMIT))
-        if all(_token_char(c) for w in q.words for c in w):
-            sql = ("SELECT rowid FROM people_ngram WHERE people_ngram MATCH ?"
-                   " ORDER BY rowid DESC LIMIT ?")
-            params: list[object] = [" AND ".join(_ngram_match(w) for w in q.words), WINDOW]
+        words = q.words
+        if all(_token_char(c) for w in words for c in w):
+            window = ("SELECT rowid AS id FROM people_ngram WHERE people_ngram MATCH ?"
+                      " ORDER BY rowid DESC LIMIT ?")
+            params: list[object] = [" AND ".join(_ngram_match(w) for w in words), WINDOW]
         elif not q.short_words:
-            sql = ("SELECT rowid FROM people_tri WHERE people_tri MATCH ?"
-                   " ORDER BY rowid DESC LIMIT ?")
+            window = ("SELECT rowid AS id FROM people_tri WHERE people_tri MATCH ?"
+                      " ORDER BY rowid DESC LIMIT ?")
             params = [" AND ".join(_phrase(w) for w in q.long_words), WINDOW]
         else:
-            sql = ("WITH short AS MATERIALIZED (SELECT rowid AS id FROM people_ngram"
-                   " WHERE people_ngram MATCH ?) SELECT people_tri.rowid FROM people_tri"
-                   " CROSS JOIN short ON short.id = people_tri.rowid WHERE people_tri MATCH ?"
-                   " ORDER BY people_tri.rowid DESC LIMIT ?")
-            params = [" AND ".join(_ngram_match(w) for w in q.short_words),
-                      " AND ".join(_phrase(w) for w in q.long_words), WINDOW]
+            window = ("SELECT people_tri.rowid AS id FROM people_tri CROSS JOIN short"
+                      " ON short.id = people_tri.rowid WHERE people_tri MATCH ?"
+                      " ORDER BY people_tri.rowid DESC LIMIT ?")
+            params = [" AND ".join(_phrase(w) for w in q.long_words), WINDOW]
+        # rank the window in SQL: the whole name or reading, then a prefix of one, then
+        # anywhere; newest first within a grade
+        ctes = f"w AS MATERIALIZED ({window})"
+        if "CROSS JOIN short" in window:
+            ctes = ("short AS MATERIALIZED (SELECT rowid AS id FROM people_ngram"
+                    " WHERE people_ngram MATCH ?), " + ctes)
+            params.insert(0, " AND ".join(_ngram_match(w) for w in q.short_words))
+        whole, first = "".join(words), words[0]
+        sql = (f"WITH {ctes} SELECT p.person_id FROM w CROSS JOIN people p ON p.id = w.id"
+               " ORDER BY CASE WHEN p.name = ? OR p.reading = ? THEN 0"
+               " WHEN substr(p.name, 1, ?) = ? OR substr(p.reading, 1, ?) = ? THEN 1"
+               " ELSE 2 END, p.id DESC LIMIT ?")
+        params += [whole, whole, len(first), first, len(first), first, limit]
         try:
-            rids = [r[0] for r in self._db.execute(sql, params)]
-            if not rids:
-                return []
-            rows = self._db.execute(
-                f"SELECT id, person_id, name, reading FROM people WHERE id IN"
-                f" ({','.join('?' * len(rids))})", rids).fetchall()
+            return [r[0] for r in self._db.execute(sql, params)]
         except sqlite3.OperationalError as exc:
             raise LibraryError(f"query refused by FTS5: {exc}") from None
-        whole = "".join(q.words)
-
-        def rank(row: tuple[int, bytes, str, str]) -> tuple[int, int]:
-            rid, _, name, reading = row
-            if whole in (name, reading):
-                grade = 0
-            elif name.startswith(q.words[0]) or reading.startswith(q.words[0]):
-                grade = 1
-            else:
-                grade = 2
-            return (grade, -rid)
-
-        rows.sort(key=rank)
-        return [r[1] for r in rows[:limit]]
