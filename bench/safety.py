@@ -42,11 +42,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.library import QUERIES_2, QUERIES_4, generate  # noqa: E402
-from library_replica.safety import KIND_PERSON, SafetyRegistry, fold, prepare_person  # noqa: E402
-from library_replica.safety_index import SafetyIndex, parse_name_query  # noqa: E402
-from library_replica.safety_service import person_json  # noqa: E402
-from library_replica.search import SearchIndex  # noqa: E402
+from bench.library import QUERIES_2, QUERIES_4, generate
+from library_replica.safety import KIND_PERSON, SafetyRegistry, fold, prepare_person
+from library_replica.safety_index import SafetyIndex, parse_name_query
+from library_replica.safety_service import person_json
+from library_replica.search import SearchIndex
 
 #: (surname, reading), most common first (Zipf-like weights)
 SURNAMES = [("佐藤", "さとう"), ("鈴木", "すずき"), ("高橋", "たかはし"), ("田中", "たなか"),
@@ -176,9 +176,11 @@ def bench_people(n: int, rounds: int, tmp: Path) -> dict[str, object]:
         first = parse_name_query(qs[0]).words
         matches = raw.execute("SELECT count(*) FROM people_ngram WHERE people_ngram MATCH ?",
                               (" AND ".join(_raw_match(w) for w in first),)).fetchone()[0]
-        scans = [_time_ms(lambda w=fold(q.split()[0]): raw.execute(  # type: ignore[misc]
-            "SELECT id FROM people WHERE instr(name, ?) > 0 OR instr(reading, ?) > 0",
-            (w, w)).fetchall()) for q in qs[:2]]
+        scans = []
+        for w in (fold(q.split()[0]) for q in qs[:2]):
+            scans.append(_time_ms(lambda w=w: raw.execute(  # type: ignore[misc]
+                "SELECT id FROM people WHERE instr(name, ?) > 0 OR instr(reading, ?) > 0",
+                (w, w)).fetchall()))
         p50, p95 = _pct(ours)
         b50, b95 = _pct(base)
         out["queries"][label] = {  # type: ignore[index]
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     assert isinstance(s, dict)
     print(f"machine: {results['machine']} (1-min load {results['load_before']} before, "
           f"{results['load_after']} after)\n")
-    print(f"| people | query | safety search p50 ms | p95 ms | raw FTS5 p50 ms | raw FTS5 p95 ms"
+    print("| people | query | safety search p50 ms | p95 ms | raw FTS5 p50 ms | raw FTS5 p95 ms"
           " | scan ms | hits | matches of first query |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, q in s["queries"].items():
