@@ -177,3 +177,15 @@ def test_three_shelters_totalled_at_a_fourth_node_with_power_beside_the_shelter(
     assert "power for 市民病院別館:" in r.stdout and "12.5 kWh" in r.stdout
     rc, _ = dan.meshctl("situation", "summary", "--stale", "0")
     assert rc == 2
+
+
+def test_a_restart_replays_the_registry_and_keeps_its_index(line: Cluster) -> None:
+    cy = line["cy"]
+    before = _ok(cy, "safety", "search", "田中")
+    assert _found(before) == ["田中 由紀"] and before["people"][0]["status"] == "injured"
+    cy.stop()
+    cy.start()
+    cy.wait_ready()  # status answers at once; safety methods wait for the replay
+    assert _ok(cy, "safety", "search", "田中") == before
+    assert _found(_ok(cy, "safety", "search", "ｽｽﾞｷ")) == ["鈴木 健"]
+    assert "safety registry replayed" in cy.log()
