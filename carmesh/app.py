@@ -49,6 +49,9 @@ async def build_node(config: Config) -> Node:
                                      wall_clock=node.mesh_time)
         node.add_service(library)
         node.mail_fallback = library.queue_mail
+        from library_replica.safety_service import SafetyNodeService
+
+        node.add_service(SafetyNodeService(node, store))
         from voice.service import VoiceService
 
         node.add_service(VoiceService(node, auto_answer=config.auto_answer,

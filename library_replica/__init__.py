@@ -5,7 +5,10 @@ last-writer-wins metadata, history, revert, block list), ``situation.SituationBo
 (per-field last-writer-wins records, owner-only writes), ``bulletins.BulletinBoard``
 and ``bulletins.TrustStore`` (authority keys, signed expiry).  ``search.SearchIndex``
 (SQLite FTS5) and ``markdown_io`` (folders of Markdown) are the adapters.
-``text`` is the one place that indexes a pycrdt ``Text``.
+``text`` is the one place that indexes a pycrdt ``Text``.  The safety registry
+(``safety.SafetyRegistry``: person records plus notes, namespace ``safety``) has
+its own name index (``safety_index``) and node service (``safety_service``);
+``summary.town_summary`` totals shelters' needs and matches power offers.
 
 Wiring (the composition root does this)::
 

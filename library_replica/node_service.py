@@ -31,6 +31,7 @@ Control methods (params -> result; documented with the commands in docs/cli.md):
 * ``library.import`` / ``library.export`` {path (absolute)} -> a summary; progress
   as ``library.progress`` events {op, phase, done, total, path}
 * ``situation.set`` {kind, fields}, ``situation.show`` {node}, ``situation.list`` {kind?}
+* ``situation.summary`` {stale_s?}: shelters, town totals, power offers (``summary.py``)
 * ``bulletin.publish`` {title, body, expires_s}, ``bulletin.list``
 * ``mail.list``: the outbox (queued / delivered) and what this node carries
 
@@ -81,6 +82,7 @@ from library_replica.situation import (
     authorize_situation,
     prepare_set,
 )
+from library_replica.summary import DEFAULT_STALE_S, town_summary
 from meshd.core.errors import ControlError, LocalProtocolError
 from meshd.core.identity import NodeId, short_id
 from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
@@ -180,6 +182,7 @@ class LibraryNodeService:
             "library.export": self._h_export,
             "situation.set": self._h_situation_set, "situation.show": self._h_situation_show,
             "situation.list": self._h_situation_list,
+            "situation.summary": self._h_situation_summary,
             "bulletin.publish": self._h_bulletin_publish, "bulletin.list": self._h_bulletin_list,
             "mail.list": self._h_mail_list,
         }
@@ -624,6 +627,16 @@ class LibraryNodeService:
         names, nodes = self._names_by_key(), self._node_of_key()
         return {"records": [self._record_json(r, names, nodes)
                             for r in self.situation.records(kind)]}
+
+    async def _h_situation_summary(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        stale_s = params.get("stale_s", DEFAULT_STALE_S)
+        if isinstance(stale_s, bool) or not isinstance(stale_s, int | float) or \
+                not 0 < stale_s <= 30 * 24 * 3600:
+            raise _bad("stale_s is seconds, more than 0 and at most 30 days")
+        return town_summary(self.situation.records(), now_ms=self._wall_ms(),
+                            names=self._names_by_key(), nodes=self._node_of_key(),
+                            stale_after_s=stale_s)
 
     # -- bulletins ------------------------------------------------------------------------------
 

@@ -78,8 +78,9 @@ _SIG_DOMAIN = b"carmesh/op/1\x00"
 _SIG_BIN8 = b"\xc4\x40"
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_.]*\Z")
 
-#: reconciliation and transfer order: bulletins first, library last
-NAMESPACE_PRIORITY: tuple[str, ...] = ("bulletin", "trust", "situation", "mail", "library")
+#: reconciliation and transfer order: bulletins first, then the safety registry, library last
+NAMESPACE_PRIORITY: tuple[str, ...] = ("bulletin", "trust", "safety", "situation", "mail",
+                                       "library")
 
 
 @dataclass(frozen=True, slots=True)

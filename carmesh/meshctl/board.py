@@ -11,9 +11,12 @@ from carmesh.meshctl.common import (
     ExitCode,
     Output,
     _clock,
+    _duration,
     _global_options,
+    _num,
     _positive_float,
     _str,
+    _table,
     register,
     who,
 )
@@ -39,6 +42,11 @@ def _situation_setup(p: argparse.ArgumentParser) -> None:
     sub.add_parser("show", help="the records of NODE").add_argument("node", metavar="NODE")
     lst = sub.add_parser("list", help="every record, most recently updated first")
     lst.add_argument("--kind", metavar="KIND")
+    summ = sub.add_parser("summary", help="shelters and town totals of needs, occupancy and "
+                                          "supplies; vehicles with power beside shelters "
+                                          "that need it")
+    summ.add_argument("--stale", type=_positive_float, default=6 * 3600.0, metavar="S",
+                      help="records older than S seconds are marked stale (default 6 h)")
     for sp in sub.choices.values():
         _global_options(sp, suppress=True)
 
@@ -73,6 +81,14 @@ async def _situation(client: ControlClient, args: argparse.Namespace, out: Outpu
         else:
             _show_records([res], out)
         return ExitCode.OK
+    if args.action == "summary":
+        res = await client.call("situation.summary", {"stale_s": args.stale},
+                                timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+        else:
+            _show_summary(res, out)
+        return ExitCode.OK
     if args.action == "show":
         res = await client.call("situation.show", {"node": args.node}, timeout=CALL_TIMEOUT_S)
         if not out.json:
@@ -85,6 +101,41 @@ async def _situation(client: ControlClient, args: argparse.Namespace, out: Outpu
     else:
         _show_records(res.get("records") or [], out)
     return ExitCode.OK
+
+
+def _show_summary(res: dict[str, Any], out: Output) -> None:
+    shelters = res.get("shelters") or []
+    rows = []
+    for s in shelters:
+        people = f"{_num(s.get('occupancy'))}/{_num(s.get('capacity'))}"
+        rows.append([_str(s.get("name") or None), _str(s.get("place") or None), people,
+                     _num(s.get("free")), _str(s.get("needs")),
+                     _duration(s.get("age_s")) + " ago" + (" STALE" if s.get("stale") else "")])
+    if rows:
+        for line in _table(rows, ["SHELTER", "PLACE", "PEOPLE", "FREE", "NEEDS", "UPDATED"]):
+            out.line(line)
+    else:
+        out.line("no shelter records")
+    t = res.get("totals") or {}
+    needs = ", ".join(f"{k} x{v}" for k, v in (t.get("needs") or {}).items()) or "none"
+    supplies = ", ".join(f"{k} {v}" for k, v in (t.get("supplies") or {}).items()) or "none"
+    out.line(f"town: {t.get('shelters', 0)} shelter(s) ({t.get('open', 0)} open, "
+             f"{t.get('stale', 0)} stale), {t.get('occupancy', 0)}/{t.get('capacity', 0)} "
+             f"people, {t.get('free', 0)} free")
+    out.line(f"  needs (shelters): {needs}")
+    out.line(f"  supplies: {supplies}")
+    out.line(f"  power on offer: {t.get('vehicles_offering_power', 0)} vehicle(s), "
+             f"{_num(t.get('power_offer_kwh'))} kWh")
+    for s in shelters:
+        if not s.get("needs_power"):
+            continue
+        offers = s.get("power_offers") or []
+        out.line(f"power for {_str(s.get('name') or None)}:" + ("" if offers else " none offered"))
+        for o in offers:
+            dist = f"{_num(o.get('distance_km'), 2)} km" if o.get("distance_km") is not None \
+                else "distance unknown"
+            out.line(f"    {_str(o.get('name') or None)}  {_num(o.get('kwh'))} kWh  {dist}"
+                     f"  {_str(o.get('outlets') or None)}" + ("  STALE" if o.get("stale") else ""))
 
 
 def _bulletin_setup(p: argparse.ArgumentParser) -> None:
