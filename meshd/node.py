@@ -112,7 +112,8 @@ class Node:
             Service.INFO: self.info.on_packet}
         self._reassembler = Reassembler()
         self._frag_ids = itertools.count(random.getrandbits(31))
-        self.messenger = Messenger(self, self.state_dir / "messages.jsonl", self.control.publish)
+        self.messenger = Messenger(self, self.state_dir / "messages.jsonl", self.control.publish,
+                                   self._now)
         self.register_service(Service.MSG, self.messenger.on_packet)
         #: set by the composition root: ``send`` to a node with no route but known keys
         #: queues the message through this (store-and-forward mail) instead of failing
@@ -211,7 +212,8 @@ class Node:
             self._pump()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._refresh_announcement(stop))
-                service_tasks = [tg.create_task(svc.run()) for svc in self._app_services]
+                service_tasks = [tg.create_task(self.messenger.run())]  # the inbox writer
+                service_tasks += [tg.create_task(svc.run()) for svc in self._app_services]
                 await stop.wait()
                 self.ready = False
                 for task in service_tasks:
@@ -511,6 +513,7 @@ class Node:
             "seqno": self.announcement.seqno,
             "pid": os.getpid(),
             "drops": self.drop_counts(),
+            "inbox_error": self.messenger.store_error,
         }
 
     def drop_counts(self) -> dict[str, int]:
@@ -593,7 +596,8 @@ class Node:
         except Undeliverable as exc:
             if queue is not None and exc.reason == "unreachable":
                 return await queue(target, text)
-            raise ControlError("timeout" if exc.reason == "timeout" else "unreachable", str(exc)) from None
+            code = {"timeout": "timeout", "not_stored": "failed"}.get(exc.reason, "unreachable")
+            raise ControlError(code, str(exc), {"why": exc.why} if exc.why else None) from None
         except LocalProtocolError as exc:
             raise ControlError("bad_request", str(exc)) from None
         return {"node_id": target.hex(), "message_id": res.message_id, "status": "delivered",

@@ -55,7 +55,8 @@ from meshd.services.api import NodeApi
 from voice.callstate import CallInput, CallMachine, CallRole, CallState, CallStateError, EndReason
 from voice.endpoint import Endpoint, Quality, check_media_options
 from voice.relay import MediaFramer, RelaySocket, ice_credentials, strip_and_add_relay
-from voice.signalling import CALL_ID_LEN, Dedup, Kind, Outbox, SigMessage
+from meshd.services.outbox import Dedup, Outbox
+from voice.signalling import CALL_ID_LEN, Kind, SigMessage
 
 __all__ = ["REOFFER_GIVE_UP_S", "CallInfo", "VoiceService"]
 
@@ -148,7 +149,7 @@ class VoiceService:
         self.max_calls = max_calls
         self.drops = DropCounter(logger)
         self._replay = ReplayCache()
-        self._dedup = Dedup()
+        self._dedup: Dedup[tuple[bytes, int]] = Dedup()
         self._calls: OrderedDict[bytes, _Call] = OrderedDict()
         self._flows: dict[tuple[NodeId, int], _Call] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -517,7 +518,7 @@ class VoiceService:
                 call.outbox.ack(msg.acked)
             return
         self._send_sealed(pkt.source, SigMessage(Kind.ACK, msg.call_id, 0, acked=msg.number).encode())
-        if not self._dedup.first_time(msg.call_id, msg.number):
+        if not self._dedup.first_time((msg.call_id, msg.number)):
             return
         call = self._calls.get(msg.call_id)
         if call is not None and call.peer != pkt.source:
