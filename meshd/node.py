@@ -442,6 +442,10 @@ class Node:
     def wall_ms(self) -> int:
         return int(self._wall() * 1000)
 
+    def now(self) -> float:
+        """The node's monotonic clock (``NodeApi``): the ``now`` every packet handler gets."""
+        return self._now()
+
     def _on_packet(self, peer: NodeId, data: bytes, now: float) -> bool:
         """Deliver or forward one mesh packet; True if it was forwarded."""
         try:

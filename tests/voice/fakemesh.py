@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +97,9 @@ class MeshNode:
     def wall_ms(self) -> int:
         return int(self.mesh.wall() * 1000)
 
+    def now(self) -> float:
+        return time.monotonic()  # the node's clock, as in meshd.node.Node
+
     max_payload = MAX_PAYLOAD
 
     def publish(self, event: str, data: dict[str, Any]) -> None:
@@ -107,7 +111,6 @@ class FakeMesh:
 
     def __init__(self, tmp: Path, names: list[str], *, hop_delay_s: float = 0.001, loss: float = 0.0,
                  seed: int = 1, line: bool = True) -> None:
-        import time
         self.wall = time.time
         self.nodes = [MeshNode(self, n, tmp / n) for n in names]
         self.by_id = {n.node_id: n for n in self.nodes}
@@ -181,4 +184,4 @@ class FakeMesh:
     def _deliver(self, dst: MeshNode, pkt: MeshPacket) -> None:
         handler = dst.handlers.get(pkt.service)
         if handler is not None:
-            handler(pkt, asyncio.get_running_loop().time())
+            handler(pkt, dst.now())

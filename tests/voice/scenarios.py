@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -226,8 +227,7 @@ async def diamond(out: Path) -> dict[str, Any]:
     await asyncio.sleep(2.0)
     relay = max(("B", "C"), key=lambda r: mesh.forwarded[r])
     other = "C" if relay == "B" else "B"
-    loop = asyncio.get_running_loop()
-    killed_at = loop.time()
+    killed_at = time.monotonic()  # the sinks' clock: the node's
     mesh.kill(relay)  # kill -9: its links are gone
     mesh.cut(other, "D")  # routing has not converged yet
     await asyncio.sleep(OUTAGE_S)
@@ -236,7 +236,7 @@ async def diamond(out: Path) -> dict[str, Any]:
     ep = sd._calls[cid].endpoint
     gaps = [(at - killed_at, g) for at, g in ep.sink.gaps] if ep is not None else []
     state = sd.info(cid).state
-    generation = sd._calls[cid].generation
+    generation = sd.session(cid).generation
     sa.hangup(cid)
     await d.control.wait_for(ended(d, info.call_id), 10)
     res = {"relay": relay, "other": other, "gaps": gaps, "state_after": state, "rec_callee": str(rec),
@@ -354,7 +354,7 @@ async def real_diamond(out: Path) -> dict[str, Any]:
         await asyncio.sleep(2.0)
         hop = a.node.next_hop(d.node_id)
         relay = by_id[hop.hex()] if hop is not None else "?"
-        killed_at = loop.time()
+        killed_at = time.monotonic()  # the sinks' clock: the node's
         await loop.run_in_executor(None, mesh.relays[relay].kill9)
         await asyncio.sleep(8.0)
         c = d.voice._calls[cid]
@@ -382,27 +382,28 @@ async def reoffer(out: Path) -> dict[str, Any]:
     cid = bytes.fromhex(info.call_id)
     await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == info.call_id, 15)
     await asyncio.sleep(1.0)
-    loop = asyncio.get_running_loop()
     mesh.cut("B", "D")
-    cut_at = loop.time()
+    cut_at = time.monotonic()
     await a.control.wait_for(lambda e, x: e == "call.media"
                              and x["state"] in ("failed", "closed", "stalled"), 70)
-    failed_after = loop.time() - cut_at
+    failed_after = time.monotonic() - cut_at
     await asyncio.sleep(1.0)
     mesh.link("B", "D")
-    restored_at = loop.time()
+    restored_at = time.monotonic()
     # the re-offered endpoint records its first frame
     resumed_after = None
     for _ in range(300):
         c = sd._calls[cid]
-        if c.generation > 0 and c.endpoint is not None and c.endpoint.sink.first_frame_at is not None:
+        if sd.session(cid).generation > 0 and c.endpoint is not None \
+                and c.endpoint.sink.first_frame_at is not None:
             resumed_after = c.endpoint.sink.first_frame_at - restored_at
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(2.0)
     res = {"failed_after_s": failed_after, "resumed_after_s": resumed_after,
            "cut_after_audio_s": 1.0,
-           "generation_callee": sd._calls[cid].generation, "generation_caller": sa._calls[cid].generation,
+           "generation_callee": sd.session(cid).generation,
+           "generation_caller": sa.session(cid).generation,
            "state_caller": sa.info(cid).state, "state_callee": sd.info(cid).state,
            "rec_callee": str(rec)}
     sa.hangup(cid)
