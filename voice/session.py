@@ -307,7 +307,9 @@ class CallSession:
         before = self.state
         self._process(_RECV[msg.kind], now, local=False)  # CallStateError: the adapter counts it
         if msg.kind is Kind.FAILED:
-            self.detail = "the peer's media failed"
+            # no audio here either: the same fix likely applies on this side
+            self.detail = ("the peer's media failed" if self.first_audio_at is not None
+                           else "media could not be set up at the peer" + self._hint())
         elif msg.kind is Kind.OFFER and before is CallState.ACTIVE \
                 and msg.generation > self.generation and msg.sdp is not None:
             self.generation = msg.generation  # the caller re-offers after media was lost

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from carmesh.dev.harness import MESHCTL
 from meshd.control.server import ControlServer
 from meshd.core.errors import ControlError
 from meshd.core.packet import MeshPacket, Service
@@ -37,9 +39,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_isolated(outdir: Path, names: list[str], timeout: float = 110.0, *,
-                 uvloop: bool = False) -> dict[str, Any]:
-    """Run scenarios in a child process in its own network namespace; return its result.json."""
-    script = ("ip link set lo up && ip addr add 127.0.0.2/8 dev lo && "
+                 uvloop: bool = False, second_loopback: bool = True) -> dict[str, Any]:
+    """Run scenarios in a child process in its own network namespace; return its result.json.
+
+    ``second_loopback=False`` leaves the namespace with 127.0.0.1 only: WebRTC then has no
+    address it can use (aioice skips 127.0.0.1), as on a loopback-only host."""
+    extra = "ip addr add 127.0.0.2/8 dev lo && " if second_loopback else ""
+    script = (f"ip link set lo up && {extra}"
               f"VOICE_UVLOOP={int(uvloop)} "
               f"exec {sys.executable} -m tests.voice.scenarios {outdir} {' '.join(names)}")
     proc = subprocess.run(["unshare", "--net", "sh", "-c", script], cwd=ROOT, capture_output=True,
@@ -249,7 +255,7 @@ async def diamond(out: Path) -> dict[str, Any]:
 
 async def _meshctl(sock: Path, *argv: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "carmesh.meshctl", "--socket", str(sock), *argv,
+        *MESHCTL, "--socket", str(sock), *argv,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 40)
     assert proc.returncode is not None
@@ -289,6 +295,78 @@ async def meshctl(out: Path) -> dict[str, Any]:
         await sa.close()
         await sd.close()
     return res
+
+
+async def _ctl_pair(out: Path, auto_answer: bool) -> tuple[MeshNode, MeshNode, VoiceService,
+                                                           VoiceService, list[ControlServer]]:
+    mesh = FakeMesh(out / "keys", ["A", "B", "D"], hop_delay_s=0.002, seed=13)
+    a, d = mesh.by_name["A"], mesh.by_name["D"]
+    sa = service(a)
+    sd = service(d, auto_answer=auto_answer, answer_play=Path("tone:660"))
+    servers = []
+    for node, svc in ((a, sa), (d, sd)):
+        srv = ControlServer(Path(f"/tmp/cmv-{os.getpid()}-{node.name}-{out.name}.sock"),
+                            svc.handlers())
+        await srv.start()
+        node.control.also.append(srv)
+        servers.append(srv)
+    return a, d, sa, sd, servers
+
+
+async def _interrupt_call(out: Path, sig: int, when: str) -> dict[str, Any]:
+    """``meshctl call D`` interrupted with ``sig`` once the call is ``when`` (ringing|active)."""
+    a, d, sa, sd, servers = await _ctl_pair(out, auto_answer=when == "active")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *MESHCTL, "--socket", str(servers[0].path), "call", "D",
+            "--play", "tone:440", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        if when == "ringing":
+            await a.control.wait_for(lambda e, x: e == "call.state" and x["state"] == "ringing", 15)
+        else:
+            await d.control.wait_for(lambda e, x: e == "call.audio", 15)
+        cid = next(x["call_id"] for e, x in a.control.items if e == "call.state")
+        assert proc.stdout is not None
+        while when not in (await asyncio.wait_for(proc.stdout.readline(), 15)).decode():
+            pass  # meshctl printed the state: it follows the call
+        proc.send_signal(sig)
+        rest, err = await asyncio.wait_for(proc.communicate(), 20)
+        await d.control.wait_for(ended(d, cid), 15)
+        return {"code": proc.returncode, "out": rest.decode(), "err": err.decode(),
+                "caller": sa.info(bytes.fromhex(cid)).to_json(),
+                "callee": sd.info(bytes.fromhex(cid)).to_json()}
+    finally:
+        for srv in servers:
+            await srv.close()
+        await sa.close()
+        await sd.close()
+
+
+async def sigint_ringing(out: Path) -> dict[str, Any]:
+    return await _interrupt_call(out, signal.SIGINT, "ringing")
+
+
+async def sigterm_ringing(out: Path) -> dict[str, Any]:
+    return await _interrupt_call(out, signal.SIGTERM, "ringing")
+
+
+async def sigterm_active(out: Path) -> dict[str, Any]:
+    return await _interrupt_call(out, signal.SIGTERM, "active")
+
+
+async def no_address(out: Path) -> dict[str, Any]:
+    """A namespace with 127.0.0.1 only: ``meshctl call`` must fail loudly, not record silence."""
+    _a, d, sa, sd, servers = await _ctl_pair(out, auto_answer=True)
+    try:
+        res = await _meshctl(servers[0].path, "call", "D", "--play", "tone:440",
+                             "--duration", "30", "--json")
+        doc = json.loads(res[1])
+        await d.control.wait_for(ended(d, doc["call_id"]), 20)
+        return {"call": res, "callee": sd.info(bytes.fromhex(doc["call_id"])).to_json()}
+    finally:
+        for srv in servers:
+            await srv.close()
+        await sa.close()
+        await sd.close()
 
 
 async def _real_call(mesh: Mesh, caller: str, callee: str, seconds: float, rec: Path,
@@ -454,6 +532,10 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "reoffer": reoffer,
     "answer_errors": answer_errors,
     "real_diamond": real_diamond,
+    "sigint_ringing": sigint_ringing,
+    "sigterm_ringing": sigterm_ringing,
+    "sigterm_active": sigterm_active,
+    "no_address": no_address,
 }
 
 

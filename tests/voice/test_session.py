@@ -127,9 +127,10 @@ def test_answered_call_without_audio_fails_loudly_at_both_ends() -> None:
     peer = _callee_ringing(0.1)
     peer.begin_answer(0.2)
     peer.send_answer(SDP, 0.3)
+    peer.media_hint = "add 127.0.0.2 here too"
     peer.receive(failed, 15.1)
     assert peer.reason is not None and peer.reason.value == "failed"
-    assert peer.detail == "the peer's media failed"
+    assert peer.detail == "media could not be set up at the peer: add 127.0.0.2 here too"
 
 
 def test_endpoint_failing_before_any_audio_ends_the_call_at_once() -> None:
