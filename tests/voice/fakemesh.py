@@ -62,6 +62,7 @@ class MeshNode:
     def __init__(self, mesh: FakeMesh, name: str, state_dir: Path) -> None:
         self.mesh = mesh
         self.name = name
+        self.state_dir = state_dir
         self.identity = Identity.load_or_create(state_dir)
         self.announcement: Announcement = Announcement.decode(
             self.identity.announce(1, mesh.wall(), name, Role.CAR).raw)
@@ -99,6 +100,14 @@ class MeshNode:
 
     def now(self) -> float:
         return time.monotonic()  # the node's clock, as in meshd.node.Node
+
+    def next_hop(self, destination: NodeId) -> NodeId | None:
+        dst = self.mesh.by_id.get(destination)
+        route = self.mesh.path(self.name, dst.name) if dst is not None else None
+        return self.mesh.by_name[route[1]].node_id if route and len(route) > 1 else None
+
+    async def open_stream(self, peer: NodeId, service: str) -> Any:
+        raise ControlError("failed", "the voice test mesh has no neighbour streams")
 
     max_payload = MAX_PAYLOAD
 
