@@ -108,8 +108,10 @@ _NO_ROOT = b"\x00" * 32  # no trust file: nobody can sign as root, nobody is an 
 class MailInbox(Protocol):
     """Where opened mail goes (``meshd.services.messaging.Messenger.deliver``)."""
 
-    def deliver(self, sender: NodeId, message_id: str, text: str, sent_ms: int, *,
-                via: str, sender_name: str = "") -> bool: ...
+    async def deliver(self, sender: NodeId, message_id: str, text: str, sent_ms: int, *,
+                      via: str, sender_name: str = "") -> bool:
+        """Returns once the message is durable; raises ``OSError`` if it could not be stored."""
+        ...
 
 
 class _KnownNodes(Protocol):
@@ -345,9 +347,14 @@ class LibraryNodeService:
                 if opened is None:
                     continue
                 if self._inbox is not None:
-                    self._inbox.deliver(opened.sender, mail.op_id.hex()[:24], opened.text,
-                                        opened.sent_ms, via="mail",
-                                        sender_name=opened.sender_name)
+                    try:  # the receipt says "delivered": only once the inbox holds it
+                        await self._inbox.deliver(opened.sender, mail.op_id.hex()[:24],
+                                                  opened.text, opened.sent_ms, via="mail",
+                                                  sender_name=opened.sender_name)
+                    except OSError as exc:
+                        log.warning("mail %s not stored, no receipt written: %s",
+                                    mail.op_id.hex()[:8], exc)
+                        continue
                 doc_id, body, expiry = prepare_receipt(self._ident, mail, self._wall_ms())
                 try:
                     await self.store.add_local(self._ident.signing_key, kind=KIND_RECEIPT,

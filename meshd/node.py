@@ -128,7 +128,8 @@ class Node:
             Service.INFO: self.info.on_packet}
         self._reassembler = Reassembler()
         self._frag_ids = itertools.count(random.getrandbits(31))
-        self.messenger = Messenger(self, self.state_dir / "messages.jsonl", self.control.publish)
+        self.messenger = Messenger(self, self.state_dir / "messages.jsonl", self.control.publish,
+                                   self._now)
         self.register_service(Service.MSG, self.messenger.on_packet)
         #: set by the composition root: ``send`` to a node with no route but known keys
         #: queues the message through this (store-and-forward mail) instead of failing
@@ -268,7 +269,8 @@ class Node:
             self._pump()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._refresh_announcement(stop))
-                service_tasks = [tg.create_task(svc.run()) for svc in self._app_services]
+                service_tasks = [tg.create_task(self.messenger.run())]  # the inbox writer
+                service_tasks += [tg.create_task(svc.run()) for svc in self._app_services]
                 await stop.wait()
                 self.ready = False
                 for task in service_tasks:
@@ -539,6 +541,10 @@ class Node:
     def wall_ms(self) -> int:
         return int(self._wall() * 1000)
 
+    def now(self) -> float:
+        """The node's monotonic clock (``NodeApi``): the ``now`` every packet handler gets."""
+        return self._now()
+
     def _on_packet(self, peer: NodeId, data: bytes, now: float) -> bool:
         """Deliver or forward one mesh packet; True if it was forwarded."""
         try:
@@ -615,6 +621,7 @@ class Node:
             "drops": self.drop_counts(),
             "clock": self._clock_json(self._now()),
             "metrics": self.metrics_server.url if self.metrics_server is not None else None,
+            "inbox_error": self.messenger.store_error,
         }
 
     def core_drop_counts(self) -> dict[str, int]:
@@ -721,8 +728,11 @@ class Node:
         except Undeliverable as exc:
             if queue is not None and exc.reason == "unreachable":
                 return {**await queue(target, text), **who}
-            raise ControlError("timeout" if exc.reason == "timeout" else "unreachable", str(exc),
-                               {"node_id": target.hex(), **who}) from None
+            code = {"timeout": "timeout", "not_stored": "failed"}.get(exc.reason, "unreachable")
+            data: dict[str, Any] = {"node_id": target.hex(), **who}
+            if exc.why:
+                data["why"] = exc.why
+            raise ControlError(code, str(exc), data) from None
         except LocalProtocolError as exc:
             raise ControlError("bad_request", str(exc)) from None
         return {"node_id": target.hex(), **who, "message_id": res.message_id,

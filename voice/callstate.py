@@ -16,8 +16,10 @@ network and reports those that came from the user.
 
 Timers (``get_timer``/``handle_timer(now)``): a caller that hears no RINGING
 within ``DIAL_TIMEOUT_S`` gives up (UNREACHABLE); a call that rings for
-``RING_TIMEOUT_S`` ends (TIMEOUT) on both sides.  Retransmission of the
-messages themselves is ``voice.signalling.Outbox``'s business.
+``RING_TIMEOUT_S`` ends (TIMEOUT) on both sides.  A caller that hangs up
+before the answer has CANCELLED the call; its callee MISSED it.  Signalling,
+retransmission and the media policy around the machine are
+``voice.session.CallSession``'s business.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class EndReason(enum.Enum):
     UNREACHABLE = "unreachable"
     HUNG_UP_LOCAL = "hung up"  #: this side hung up
     HUNG_UP_REMOTE = "hung up by peer"  #: the other side hung up
+    CANCELLED = "cancelled"  #: the caller hung up before the call was answered (caller's side)
+    MISSED = "missed"  #: the caller gave up before this side answered (callee's side)
     FAILED = "failed"  #: media could not be set up or was lost for good
 
 
@@ -90,6 +94,7 @@ class CallInput(enum.Enum):
     RECV_DECLINE = "recv_decline"
     RECV_HANGUP = "recv_hangup"
     RECV_TIMEOUT = "recv_timeout"  #: the peer ended an unanswered call on its ring timer
+    RECV_FAILED = "recv_failed"  #: the peer's media could not be set up or was lost for good
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +119,11 @@ TRANSITIONS: dict[tuple[CallState, CallInput], tuple[CallState, EndReason | None
     (S.DIALLING, I.RECV_BUSY): (_END, R.BUSY),
     (S.DIALLING, I.RECV_DECLINE): (_END, R.DECLINED),
     (S.DIALLING, I.RECV_HANGUP): (_END, R.HUNG_UP_REMOTE),
-    (S.DIALLING, I.HANGUP): (_END, R.HUNG_UP_LOCAL),
+    (S.DIALLING, I.HANGUP): (_END, R.CANCELLED),
     (S.DIALLING, I.SEND_FAILED): (_END, R.UNREACHABLE),
     (S.DIALLING, I.DIAL_TIMER): (_END, R.UNREACHABLE),
     (S.DIALLING, I.MEDIA_FAILED): (_END, R.FAILED),
+    (S.DIALLING, I.RECV_FAILED): (_END, R.FAILED),
     # ringing (both sides)
     (S.RINGING, I.RECV_RINGING): (S.RINGING, None),  # a retransmission
     (S.RINGING, I.RECV_OFFER): (S.RINGING, None),  # a retransmission
@@ -127,12 +133,13 @@ TRANSITIONS: dict[tuple[CallState, CallInput], tuple[CallState, EndReason | None
     (S.RINGING, I.REFUSE_BUSY): (_END, R.BUSY),
     (S.RINGING, I.RECV_DECLINE): (_END, R.DECLINED),
     (S.RINGING, I.RECV_BUSY): (_END, R.BUSY),
-    (S.RINGING, I.HANGUP): (_END, R.HUNG_UP_LOCAL),
-    (S.RINGING, I.RECV_HANGUP): (_END, R.HUNG_UP_REMOTE),
+    (S.RINGING, I.HANGUP): (_END, R.CANCELLED),  # the caller gives up (a callee declines)
+    (S.RINGING, I.RECV_HANGUP): (_END, R.MISSED),  # the callee hears the caller give up
     (S.RINGING, I.RING_TIMER): (_END, R.TIMEOUT),
     (S.RINGING, I.RECV_TIMEOUT): (_END, R.TIMEOUT),
     (S.RINGING, I.SEND_FAILED): (_END, R.UNREACHABLE),
     (S.RINGING, I.MEDIA_FAILED): (_END, R.FAILED),
+    (S.RINGING, I.RECV_FAILED): (_END, R.FAILED),
     # in a call
     (S.ACTIVE, I.RECV_ANSWER): (S.ACTIVE, None),  # a retransmission, or the answer to a re-offer
     (S.ACTIVE, I.RECV_OFFER): (S.ACTIVE, None),  # a re-offer after media was lost
@@ -140,6 +147,7 @@ TRANSITIONS: dict[tuple[CallState, CallInput], tuple[CallState, EndReason | None
     (S.ACTIVE, I.HANGUP): (_END, R.HUNG_UP_LOCAL),
     (S.ACTIVE, I.RECV_HANGUP): (_END, R.HUNG_UP_REMOTE),
     (S.ACTIVE, I.MEDIA_FAILED): (_END, R.FAILED),
+    (S.ACTIVE, I.RECV_FAILED): (_END, R.FAILED),
     (S.ACTIVE, I.SEND_FAILED): (_END, R.UNREACHABLE),
 }
 

@@ -8,8 +8,9 @@ the mesh relay (see ``voice.relay``).
 Sources (``--play``): a file (anything FFmpeg reads), ``tone:HZ`` (a sine),
 ``mic`` (the default ALSA/Pulse capture device, where the machine has one),
 ``silence``.  Sinks (``--record``): a ``.wav`` file, ``speaker`` (the default
-playback device, where present), or nothing.  The sink records the loop time of
-the first audio frame, which is what "setup time" is measured to.
+playback device, where present), or nothing.  The sink records, on the clock it
+is given (the node's), the first and last audio frame: "setup time" is measured
+to the first, the media watchdog reads the last.
 """
 
 from __future__ import annotations
@@ -254,18 +255,20 @@ class Endpoint:
     """One aiortc peer connection for one call; ``on_state(str)`` sees its connection state changes."""
 
     def __init__(self, *, play: str | None, record: Path | str | None,
-                 on_state: Callable[[str], None], label: str = "", append: bool = False) -> None:
+                 on_state: Callable[[str], None], label: str = "", append: bool = False,
+                 clock: Callable[[], float] | None = None) -> None:
         loop = asyncio.get_running_loop()
+        clock = clock or loop.time
         self._label = label
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._track, self._player = open_source(play)
         self._recorder: MediaRecorder | None = None
         self._recorder_task: asyncio.Future[None] | None = None
-        self.sink = WavSink(None, loop.time)
+        self.sink = WavSink(None, clock)
         if record == "speaker":
             self._recorder = MediaRecorder("default", format="alsa")
         elif record is not None:
-            self.sink = WavSink(Path(record), loop.time, append=append)
+            self.sink = WavSink(Path(record), clock, append=append)
         self._on_state = on_state
         self.connected_at: float | None = None
 
@@ -283,7 +286,7 @@ class Endpoint:
         def _on_change() -> None:
             state = self.pc.connectionState
             if state == "connected" and self.connected_at is None:
-                self.connected_at = loop.time()
+                self.connected_at = clock()
             self._on_state(state)
 
     def _prefer_opus(self) -> None:

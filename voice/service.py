@@ -18,12 +18,14 @@ caller's node does the same with the answer.  From then on every datagram an
 endpoint sends to its relay socket crosses the mesh as ``media`` packets with
 the call's flow id, packet by packet, so the call follows reroutes.
 
-Every signalling message but ``ack`` is acknowledged and retransmitted
-(``Outbox``); a message that exhausts its tries ends the call as
-``unreachable``.  If an active call's media fails (aiortc gives up about 30 s
-after media stops), the caller re-offers (generation + 1) as soon as a route
-is back, for up to ``REOFFER_GIVE_UP_S``; the callee replaces its endpoint
-when the re-offer arrives.
+The call logic is pure and lives in one ``voice.session.CallSession`` per
+call (state machine, signalling outbox and dedup, re-offer and media-setup
+policy, timers); this adapter feeds it inputs with ``now`` from **one clock**,
+the node's monotonic ``NodeApi.now()`` (packet handlers get the same value),
+seals and sends what it wants sent, acts on its events (build an endpoint,
+hand it an answer, re-offer, tear down), and re-arms one asyncio timer at the
+earliest deadline any session reports.  Tasks that build media belong to their
+call and are cancelled with it.
 
 Control methods (``handlers()``): ``call`` returns as soon as the offer is
 sent, with the call id; ``meshctl call`` then follows the ``call.*`` events
@@ -52,63 +54,66 @@ from meshd.core.packet import MeshPacket, Service
 from meshd.core.seal import ReplayCache, open_sealed, seal
 from meshd.core.tasks import cancel_and_wait
 from meshd.services.api import Metric, NodeApi
-from voice.callstate import CallInput, CallMachine, CallRole, CallState, CallStateError, EndReason
+from voice.callstate import CallRole, CallState, CallStateError
 from voice.endpoint import Endpoint, Quality, check_media_options
 from voice.relay import MediaFramer, RelaySocket, ice_credentials, strip_and_add_relay
-from voice.signalling import CALL_ID_LEN, Dedup, Kind, Outbox, SigMessage
+from voice.session import (
+    MEDIA_SETUP_S,
+    MEDIA_STALL_S,
+    REOFFER_GIVE_UP_S,
+    AcceptOffer,
+    CallSession,
+    Ended,
+    MediaStalled,
+    ReofferDue,
+    StateChanged,
+    TakeAnswer,
+)
+from voice.signalling import CALL_ID_LEN, Kind, SigMessage
 
-__all__ = ["REOFFER_GIVE_UP_S", "CallInfo", "VoiceService"]
+__all__ = ["MEDIA_SETUP_S", "MEDIA_STALL_S", "REOFFER_GIVE_UP_S", "CallInfo", "VoiceService"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
-#: payload of one mesh packet
 #: a relayed media packet not sent within this long is dropped (stale voice), seconds
 MEDIA_DEADLINE_S = 0.5
-#: a caller keeps trying to re-offer a call whose media failed for this long, seconds
-REOFFER_GIVE_UP_S = 60.0
-#: how often a caller without a route retries the re-offer, seconds
-REOFFER_RETRY_S = 1.0
-#: how often call quality is sampled from getStats, seconds
+#: how often call quality is sampled from getStats (and audio progress read), seconds
 QUALITY_EVERY_S = 1.0
-#: no audio frame for this long in an active call counts as failed media (aiortc's own ICE
-#: consent check gives up only after about 30 s); above the ~2 s a re-route takes, seconds
-MEDIA_STALL_S = 6.0
 #: ended calls kept for ``calls``
 HISTORY = 50
-_FINAL = {EndReason.BUSY: Kind.BUSY, EndReason.DECLINED: Kind.DECLINE, EndReason.TIMEOUT: Kind.TIMEOUT,
-          EndReason.HUNG_UP_LOCAL: Kind.HANGUP, EndReason.FAILED: Kind.HANGUP}
-_RECV = {Kind.OFFER: CallInput.RECV_OFFER, Kind.RINGING: CallInput.RECV_RINGING,
-         Kind.ANSWER: CallInput.RECV_ANSWER, Kind.BUSY: CallInput.RECV_BUSY,
-         Kind.DECLINE: CallInput.RECV_DECLINE, Kind.HANGUP: CallInput.RECV_HANGUP,
-         Kind.TIMEOUT: CallInput.RECV_TIMEOUT}
-
+#: what to do when a host offers WebRTC no address at all (aioice skips 127.0.0.1)
+NO_ADDRESS_HINT = ("this host offers WebRTC no usable address (aioice skips 127.0.0.1): add one, "
+                   "e.g. `sudo ip addr add 127.0.0.2/8 dev lo` on a loopback-only host, or run "
+                   "meshd with --interface on a real network")
+OTHER_HINT = ("the endpoint could not reach the mesh relay socket on {host}: check that local "
+              "UDP is not filtered (firewall) and that both nodes run the same carmesh version")
 
 @dataclass(slots=True)
 class _Call:
-    call_id: bytes
+    """The adapter's side of one call: the pure session plus the endpoint, relay and tasks."""
+
+    session: CallSession
     peer: NodeId
     peer_name: str
-    machine: CallMachine
-    flow_id: int
     framer: MediaFramer  # payloads up to the node's max_payload
     play: str | None = None
     record: str | None = None
-    outbox: Outbox = field(default_factory=Outbox)
     endpoint: Endpoint | None = None
+    endpoint_generation: int = 0
     relay: RelaySocket | None = None
-    generation: int = 0
-    offer_sdp: str | None = None  # the callee keeps the offer until answered
-    final_number: int = 0  # the message that ended the call, if we sent it
-    offer_number: int = 0
     answering: bool = False
-    reoffer_since: float | None = None
-    reoffer_next: float | None = None
     quality: Quality | None = None
-    dialled_at: float = 0.0
-    first_audio_at: float | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def call_id(self) -> bytes:
+        return self.session.call_id
+
+    @property
+    def state(self) -> CallState:
+        return self.session.state
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +128,17 @@ class CallInfo:
     reason: str | None
     flow_id: int
     duration_s: float | None
+    answer_ms: float | None
     setup_ms: float | None
     quality: dict[str, Any] | None
+    detail: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"call_id": self.call_id, "peer": self.peer, "peer_name": self.peer_name,
                 "role": self.role, "state": self.state, "reason": self.reason,
-                "flow_id": self.flow_id, "duration_s": self.duration_s, "setup_ms": self.setup_ms,
-                "quality": self.quality}
+                "flow_id": self.flow_id, "duration_s": self.duration_s,
+                "answer_ms": self.answer_ms, "setup_ms": self.setup_ms,
+                "quality": self.quality, "detail": self.detail}
 
 
 class VoiceService:
@@ -148,7 +156,6 @@ class VoiceService:
         self.max_calls = max_calls
         self.drops = DropCounter(logger)
         self._replay = ReplayCache()
-        self._dedup = Dedup()
         self._calls: OrderedDict[bytes, _Call] = OrderedDict()
         self._flows: dict[tuple[NodeId, int], _Call] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -182,12 +189,12 @@ class VoiceService:
 
     async def _h_decline(self, params: dict[str, Any]) -> dict[str, Any]:
         call = self._find(params)
-        self._local(call, CallInput.DECLINE)
+        self._local(call, call.session.decline)
         return self._info(call).to_json()
 
     async def _h_hangup(self, params: dict[str, Any]) -> dict[str, Any]:
         call = self._find(params)
-        self._local(call, CallInput.HANGUP)
+        self._local(call, call.session.hangup)
         return self._info(call).to_json()
 
     async def _h_calls(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +244,7 @@ class VoiceService:
         """``MetricsSource``: calls by state, media-relay drops, and this service's drops."""
         states = dict.fromkeys((s.value for s in CallState), 0)
         for c in self._calls.values():
-            states[self._state(c).value] += 1
+            states[c.session.state.value] += 1
         drops = dict(self.drops.counts)
         relay = sum(n for r, n in drops.items() if r.startswith(("relay-", "media-", "stun-")))
         return [
@@ -254,6 +261,14 @@ class VoiceService:
         """One call as the control API shows it; raise ``KeyError`` if unknown."""
         return self._info(self._calls[call_id])
 
+    def session(self, call_id: bytes) -> CallSession:
+        """The pure session of a call (tests read generation and timers from it)."""
+        return self._calls[call_id].session
+
+    def endpoint(self, call_id: bytes) -> Endpoint | None:
+        """The call's current WebRTC endpoint, if any."""
+        return self._calls[call_id].endpoint
+
     async def dial(self, peer: NodeId, *, play: str | None, record: str | None) -> CallInfo:
         """Start a call to ``peer``; returns once the offer is sent (raise ``ControlError`` if impossible)."""
         if peer == self._node.identity.node_id:
@@ -261,30 +276,30 @@ class VoiceService:
         ann = self._node.announcement_of(peer)
         if ann is None:
             raise ControlError("unreachable", f"no announcement of {short_id(peer)}: not reachable")
-        now = self._loop.time()
-        call = _Call(secrets.token_bytes(CALL_ID_LEN), peer, ann.name,
-                     CallMachine(CallRole.CALLER, now), 1 + secrets.randbelow(2**32 - 1),
-                     play=play, record=record, dialled_at=now,
-                     framer=MediaFramer(self._node.max_payload))
+        now = self._node.now()
+        session = CallSession(secrets.token_bytes(CALL_ID_LEN), CallRole.CALLER,
+                              1 + secrets.randbelow(2**32 - 1), now)
+        call = _Call(session, peer, ann.name, MediaFramer(self._node.max_payload),
+                     play=play, record=record)
         try:
             await self._new_endpoint(call)
         except LocalProtocolError as exc:
             await self._teardown_media(call)
             raise ControlError("bad_request", str(exc)) from None
         self._remember(call)
-        call.machine.process(CallInput.DIAL, now)
-        self._publish_state(call)
+        session.dial(self._node.now())
+        self._flush(call)
         assert call.endpoint is not None
         try:
             sdp = await call.endpoint.create_offer()
         except Exception as exc:  # adapter boundary: aiortc/aioice can raise anything here
             logger.exception("[call %s] could not create the offer", call.call_id.hex()[:8])
-            if call.machine.state is not CallState.ENDED:
-                self._transition(call, CallInput.MEDIA_FAILED)
+            session.media_failed(self._node.now(), f"could not set up media: {exc}")
+            self._flush(call)
             raise ControlError("failed", f"could not set up media: {exc}") from None
-        if call.machine.state is not CallState.DIALLING:
-            return self._info(call)  # hung up while gathering
-        call.offer_number = self._send(call, Kind.OFFER, sdp=sdp)
+        session.media_hint = self._hint(sdp)
+        session.offer(sdp, self._node.now())
+        self._flush(call)
         return self._info(call)
 
     async def answer(self, call_id: bytes, *, play: str | None, record: str | None) -> None:
@@ -292,99 +307,97 @@ class VoiceService:
         call = self._calls.get(call_id)
         if call is None:
             raise ControlError("not_found", "no such call")
-        if call.machine.role is not CallRole.CALLEE or call.machine.state is not CallState.RINGING:
-            raise ControlError("failed", f"call is {call.machine.state.value}, not ringing in")
+        if call.session.role is not CallRole.CALLEE or call.state is not CallState.RINGING:
+            raise ControlError("failed", f"call is {call.state.value}, not ringing in")
         if call.answering:
             raise ControlError("failed", "call is being answered already")
         call.answering = True
         call.play, call.record = play, record
-        call.dialled_at = self._loop.time()
+        call.session.begin_answer(self._node.now())
         try:
             await self._accept_offer(call)
         except LocalProtocolError as exc:  # a --play file that does not exist, a bad tone
             call.answering = False
+            call.session.answering_at = None
             await self._teardown_media(call)
             raise ControlError("bad_request", str(exc)) from None
         except Exception as exc:  # adapter boundary: aiortc/aioice can raise anything here
             logger.exception("[call %s] could not answer", call.call_id.hex()[:8])
-            if self._state(call) is not CallState.ENDED:
-                self._transition(call, CallInput.MEDIA_FAILED)
+            call.session.media_failed(self._node.now(), f"could not set up media: {exc}")
+            self._flush(call)
             raise ControlError("failed", f"could not set up media: {exc}") from None
-        after = self._state(call)  # the awaits above may have changed it
-        if after is CallState.RINGING:
-            self._transition(call, CallInput.ANSWER)
-        elif after is CallState.ENDED:
+        if _ended(call):
             await self._teardown_media(call)  # the caller gave up while we were setting up
 
     def hangup(self, call_id: bytes) -> None:
         """Hang up (or decline, if it rings in) a call; no-op for an ended one."""
         call = self._calls.get(call_id)
-        if call is None or call.machine.state is CallState.ENDED:
+        if call is None or call.state is CallState.ENDED:
             return
-        ringing_in = call.machine.role is CallRole.CALLEE and call.machine.state is CallState.RINGING
-        self._local(call, CallInput.DECLINE if ringing_in else CallInput.HANGUP)
+        call.session.hangup(self._node.now())
+        self._flush(call)
 
     async def close(self) -> None:
         """Hang up every live call, close endpoints and relay sockets."""
         self._closed = True
         for call in list(self._calls.values()):
-            if call.machine.state not in (CallState.ENDED, CallState.IDLE):
+            if call.state not in (CallState.ENDED, CallState.IDLE):
                 with contextlib.suppress(CallStateError):
-                    self._transition(call, CallInput.HANGUP)
+                    call.session.hangup(self._node.now())
+                    self._flush(call)
         await cancel_and_wait(self._quality_task)
         for call in list(self._calls.values()):
             for t in list(call.tasks):
-                t.cancel()
+                await cancel_and_wait(t)
             await self._teardown_media(call)
         if self._timer is not None:
             self._timer.cancel()
 
     # ------------------------------------------------------------------ call internals
 
-    @staticmethod
-    def _state(call: _Call) -> CallState:
-        # read through a call so that mypy does not keep a narrowing across an await
-        return call.machine.state
-
-    @property
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        # looked up on use, so the service can be built before the daemon's loop runs
-        return asyncio.get_running_loop()
+    def _local(self, call: _Call, action: Callable[[float], None]) -> None:
+        try:
+            action(self._node.now())
+        except CallStateError as exc:
+            raise ControlError("failed", str(exc)) from None
+        self._flush(call)
 
     def _remember(self, call: _Call) -> None:
         if self._quality_task is None and not self._closed and not self._running:
-            self._quality_task = self._loop.create_task(self._sample_quality())
+            self._quality_task = asyncio.get_running_loop().create_task(self._sample_quality())
         self._calls[call.call_id] = call
-        self._flows[(call.peer, call.flow_id)] = call
-        ended = [c for c in self._calls.values() if c.machine.state is CallState.ENDED
-                 and not c.outbox.pending]
+        self._flows[(call.peer, call.session.flow_id)] = call
+        ended = [c for c in self._calls.values() if c.state is CallState.ENDED
+                 and not c.session.pending]
         while len(self._calls) > HISTORY and ended:
             old = ended.pop(0)
             self._calls.pop(old.call_id, None)
-            self._flows.pop((old.peer, old.flow_id), None)
+            self._flows.pop((old.peer, old.session.flow_id), None)
 
     def _info(self, call: _Call) -> CallInfo:
-        m = call.machine
-        end = m.ended_at if m.ended_at is not None else self._loop.time()
-        duration = round(end - m.answered_at, 3) if m.answered_at is not None else None
-        setup = (round((call.first_audio_at - call.dialled_at) * 1000, 1)
-                 if call.first_audio_at is not None else None)
-        return CallInfo(call.call_id.hex(), call.peer.hex(), call.peer_name, m.role.value,
-                        m.state.value, m.reason.value if m.reason else None, call.flow_id, duration,
-                        setup, call.quality.to_json() if call.quality else None)
+        s = call.session
+        return CallInfo(call.call_id.hex(), call.peer.hex(), call.peer_name, s.role.value,
+                        s.state.value, s.reason.value if s.reason else None, s.flow_id,
+                        s.duration_s(self._node.now()), s.answer_ms(), s.setup_ms(),
+                        call.quality.to_json() if call.quality else None, s.detail)
+
+    def _hint(self, local_sdp: str) -> str:
+        if "typ host" not in local_sdp:
+            return NO_ADDRESS_HINT
+        return OTHER_HINT.format(host=self.relay_host)
 
     def _spawn(self, call: _Call, coro: Awaitable[Any]) -> None:
+        """Run media work for ``call``; the call owns the task (cancelled with it at close)."""
         async def run() -> None:
             try:
                 await coro
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the adapter's outer boundary: aiortc can raise anything
+            except Exception as exc:  # the adapter's outer boundary: aiortc can raise anything
                 logger.exception("[call %s] media setup failed", call.call_id.hex()[:8])
-                if call.machine.state is not CallState.ENDED:
-                    with contextlib.suppress(CallStateError):
-                        self._transition(call, CallInput.MEDIA_FAILED)
-        task = self._loop.create_task(run())
+                call.session.media_failed(self._node.now(), f"could not set up media: {exc}")
+                self._flush(call)
+        task = asyncio.get_running_loop().create_task(run())
         call.tasks.add(task)
         task.add_done_callback(call.tasks.discard)
 
@@ -396,14 +409,14 @@ class VoiceService:
             self._forward_media(call, data, twice)
 
         call.relay = await RelaySocket.open(self.relay_host, forward, drops=self.drops, label=label)
-        generation = call.generation
+        generation = call.endpoint_generation = call.session.generation
 
         def on_state(state: str, call: _Call = call) -> None:
             self._on_endpoint_state(call, generation, state)
 
         # a re-offered call (generation > 0) keeps recording into the same file
         call.endpoint = Endpoint(play=call.play, record=call.record, on_state=on_state, label=label,
-                                 append=call.generation > 0)
+                                 append=generation > 0, clock=self._node.now)
 
     async def _teardown_media(self, call: _Call) -> None:
         relay, endpoint = call.relay, call.endpoint
@@ -411,8 +424,7 @@ class VoiceService:
         if relay is not None:
             relay.close()
         if endpoint is not None:
-            if call.first_audio_at is None and endpoint.sink.first_frame_at is not None:
-                call.first_audio_at = endpoint.sink.first_frame_at
+            self._feed_audio(call, endpoint, call.endpoint_generation)
             q = await endpoint.quality()
             if q.packets_received or q.packets_sent:
                 call.quality = q
@@ -420,7 +432,7 @@ class VoiceService:
 
     async def _accept_offer(self, call: _Call) -> None:
         """Callee: build the endpoint for the stored offer and send the answer."""
-        offer = call.offer_sdp
+        offer = call.session.offer_sdp
         assert offer is not None
         remote = ice_credentials(offer)
         await self._new_endpoint(call)
@@ -429,8 +441,9 @@ class VoiceService:
         relay.set_credentials(remote, None)
         answer = await call.endpoint.accept_offer(strip_and_add_relay(offer, *relay.address))
         relay.set_credentials(remote, ice_credentials(answer).ufrag)
-        if call.machine.state not in (CallState.ENDED,):
-            self._send(call, Kind.ANSWER, sdp=answer)
+        call.session.media_hint = self._hint(answer)
+        call.session.send_answer(answer, self._node.now())
+        self._flush(call)
 
     async def _take_answer(self, call: _Call, sdp: str) -> None:
         """Caller: hand the endpoint the answer with our relay as its only candidate."""
@@ -441,31 +454,29 @@ class VoiceService:
         await call.endpoint.accept_answer(strip_and_add_relay(sdp, *call.relay.address))
 
     async def _reoffer(self, call: _Call) -> None:
-        call.generation += 1
+        generation = call.session.begin_reoffer()
         await self._new_endpoint(call)
         assert call.endpoint is not None
         sdp = await call.endpoint.create_offer()
-        if call.machine.state is CallState.ACTIVE:
-            if call.offer_number:
-                call.outbox.ack(call.offer_number)
-            call.offer_number = self._send(call, Kind.OFFER, sdp=sdp)
+        if call.session.offer(sdp, self._node.now()):
             logger.info("[call %s] media lost: re-offered (generation %d)", call.call_id.hex()[:8],
-                        call.generation)
+                        generation)
+        self._flush(call)
 
     def _on_endpoint_state(self, call: _Call, generation: int, state: str) -> None:
-        if generation != call.generation or call.machine.state is not CallState.ACTIVE:
+        if generation != call.session.generation or call.state is not CallState.ACTIVE:
             return
         self._node.publish("call.media", {"call_id": call.call_id.hex(), "state": state})
         # aiortc closes the connection itself when ICE consent expires: a close we did not ask
-        # for (ours bump the generation or end the call first) is a failure too; "stalled" is
-        # our own watchdog (no audio for MEDIA_STALL_S)
-        if state in ("failed", "closed", "stalled"):
-            now = self._loop.time()
-            if call.reoffer_since is None:
-                call.reoffer_since = now
-            if call.machine.role is CallRole.CALLER:
-                call.reoffer_next = now
-            self._arm()
+        # for (ours bump the generation or end the call first) is a failure too
+        call.session.media_state(generation, state, self._node.now())
+        self._flush(call)
+
+    def _feed_audio(self, call: _Call, ep: Endpoint, generation: int) -> None:
+        if call.session.audio(generation, ep.sink.first_frame_at, ep.sink.last_frame_at):
+            self._node.publish("call.audio", {"call_id": call.call_id.hex(),
+                                              "answer_ms": call.session.answer_ms(),
+                                              "setup_ms": call.session.setup_ms()})
 
     def _forward_media(self, call: _Call, data: bytes, twice: bool) -> None:
         try:
@@ -473,10 +484,12 @@ class VoiceService:
         except ValueError:
             self.drops.drop("media-too-large", call.call_id.hex()[:8])
             return
-        deadline = self._loop.time() + MEDIA_DEADLINE_S
+        # the one read of the loop clock: ``send_packet`` deadlines are the link layer's, which
+        # keeps them on ``loop.time()`` (meshd.links.manager.send_datagram); no call logic uses it
+        deadline = asyncio.get_running_loop().time() + MEDIA_DEADLINE_S
         for _ in range(2 if twice else 1):
             for p in payloads:
-                self._node.send_packet(call.peer, Service.MEDIA, p, flow_id=call.flow_id,
+                self._node.send_packet(call.peer, Service.MEDIA, p, flow_id=call.session.flow_id,
                                        deadline=deadline)
 
     def _on_media(self, pkt: MeshPacket, now: float) -> None:
@@ -493,23 +506,43 @@ class VoiceService:
             return
         if data is not None:
             call.relay.deliver(data)
-            if call.first_audio_at is None and call.endpoint is not None \
-                    and call.endpoint.sink.first_frame_at is not None:
-                call.first_audio_at = call.endpoint.sink.first_frame_at
-                self._node.publish("call.audio", {
-                    "call_id": call.call_id.hex(), "setup_ms": self._info(call).setup_ms})
+            ep = call.endpoint
+            if call.session.first_audio_at is None and ep is not None \
+                    and ep.sink.first_frame_at is not None:
+                self._feed_audio(call, ep, call.endpoint_generation)
+                self._flush(call)
 
     # ------------------------------------------------------------------ signalling
 
-    def _send(self, call: _Call, kind: Kind, *, sdp: str | None = None) -> int:
-        number = call.outbox.next_number()
-        msg = SigMessage(kind, call.call_id, number, sdp=sdp, generation=call.generation,
-                         flow_id=call.flow_id)
-        data = msg.encode()
-        call.outbox.add(number, data, self._loop.time())
-        self._send_sealed(call.peer, data)
+    def _flush(self, call: _Call) -> None:
+        """Send what the session wants sent, act on its events, re-arm the timer."""
+        s = call.session
+        for body in s.messages_to_send():
+            self._send_sealed(call.peer, body)
+        while (ev := s.next_event()) is not None:
+            if isinstance(ev, StateChanged):
+                self._node.publish("call.state", self._info(call).to_json())
+            elif isinstance(ev, AcceptOffer):
+                self._spawn(call, self._accept_offer(call))
+            elif isinstance(ev, TakeAnswer):
+                self._spawn(call, self._take_answer(call, ev.sdp))
+            elif isinstance(ev, MediaStalled):
+                logger.info("[call %s] no audio for %.1f s: media failed", call.call_id.hex()[:8],
+                            ev.silent_s)
+                self._node.publish("call.media", {"call_id": call.call_id.hex(),
+                                                  "state": "stalled"})
+            elif isinstance(ev, ReofferDue):
+                if self._node.announcement_of(call.peer) is not None and self._probe_route(call):
+                    self._spawn(call, self._reoffer(call))
+            elif isinstance(ev, Ended):
+                if s.detail and ev.reason.value == "failed":
+                    logger.warning("[call %s] failed: %s", call.call_id.hex()[:8], s.detail)
+                self._spawn(call, self._finish(call))
         self._arm()
-        return number
+
+    async def _finish(self, call: _Call) -> None:
+        await self._teardown_media(call)
+        self._node.publish("call.ended", self._info(call).to_json())
 
     def _send_sealed(self, peer: NodeId, body: bytes) -> bool:
         ann = self._node.announcement_of(peer)
@@ -528,108 +561,53 @@ class VoiceService:
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, peer, str(exc))
             return
-        if msg.kind is Kind.ACK:
-            call = self._calls.get(msg.call_id)
-            if call is not None and call.peer == pkt.source:
-                call.outbox.ack(msg.acked)
-            return
-        self._send_sealed(pkt.source, SigMessage(Kind.ACK, msg.call_id, 0, acked=msg.number).encode())
-        if not self._dedup.first_time(msg.call_id, msg.number):
-            return
         call = self._calls.get(msg.call_id)
         if call is not None and call.peer != pkt.source:
             self.drops.drop("sig-wrong-peer", peer, "call id of another peer")
             return
         if call is None:
+            if msg.kind is Kind.ACK:
+                return
+            # acknowledged even if refused: the sender stops retransmitting
+            self._send_sealed(pkt.source, SigMessage(Kind.ACK, msg.call_id, 0,
+                                                     acked=msg.number).encode())
             if msg.kind is Kind.OFFER:
                 self._incoming(pkt.source, msg, now)
             else:
                 self.drops.drop("sig-unknown-call", peer, msg.kind.value)
             return
-        self._remote(call, msg, now)
+        try:
+            call.session.receive(msg, now)
+        except CallStateError as exc:
+            self.drops.drop("sig-state", peer, str(exc))
+        self._flush(call)
 
     def _incoming(self, source: NodeId, msg: SigMessage, now: float) -> None:
-        ann = self._node.announcement_of(source)
-        call = _Call(msg.call_id, source, ann.name if ann else "", CallMachine(CallRole.CALLEE, now),
-                     msg.flow_id, offer_sdp=msg.sdp, generation=msg.generation,
-                     framer=MediaFramer(self._node.max_payload))
         try:
             ice_credentials(msg.sdp or "")
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, short_id(source), "offer")
             return
+        ann = self._node.announcement_of(source)
+        session = CallSession(msg.call_id, CallRole.CALLEE, msg.flow_id, now,
+                              generation=msg.generation, offer_sdp=msg.sdp)
+        session.receive(msg, now)  # IDLE -> RINGING; its ack was sent above, drop the copy
+        session.messages_to_send()
+        call = _Call(session, source, ann.name if ann else "", MediaFramer(self._node.max_payload))
         self._remember(call)
-        call.machine.process(CallInput.RECV_OFFER, now)
         live = sum(1 for c in self._calls.values()
-                   if c.machine.state in (CallState.DIALLING, CallState.RINGING, CallState.ACTIVE))
+                   if c.state in (CallState.DIALLING, CallState.RINGING, CallState.ACTIVE))
         if live > self.max_calls or self._closed:
-            self._transition(call, CallInput.REFUSE_BUSY)
+            session.refuse_busy(now)
+            self._flush(call)
             return
-        self._send(call, Kind.RINGING)
+        session.ring(now)
         self._node.publish("call.incoming", {
             **self._info(call).to_json(), "auto_answer": self.auto_answer})
-        self._publish_state(call)
+        self._flush(call)
         if self.auto_answer:
             self._spawn(call, self.answer(call.call_id, play=self.answer_play,
                                           record=self.answer_record))
-
-    def _remote(self, call: _Call, msg: SigMessage, now: float) -> None:
-        state = call.machine.state
-        if state is CallState.ENDED:
-            return
-        try:
-            tr = call.machine.process(_RECV[msg.kind], now)
-        except CallStateError as exc:
-            self.drops.drop("sig-state", short_id(call.peer), str(exc))
-            return
-        if msg.kind is Kind.OFFER and state is CallState.ACTIVE and msg.generation > call.generation:
-            # the caller re-offers after media was lost
-            call.generation = msg.generation
-            call.offer_sdp = msg.sdp
-            call.reoffer_since = None
-            self._spawn(call, self._accept_offer(call))
-        elif msg.kind is Kind.ANSWER and call.machine.role is CallRole.CALLER \
-                and msg.generation == call.generation and msg.sdp is not None:
-            call.outbox.ack(call.offer_number)
-            call.reoffer_since = call.reoffer_next = None
-            self._spawn(call, self._take_answer(call, msg.sdp))
-        if tr.after is not tr.before:
-            self._publish_state(call)
-            if tr.after is CallState.ENDED:
-                self._ended(call)
-
-    def _local(self, call: _Call, event: CallInput) -> None:
-        try:
-            self._transition(call, event)
-        except CallStateError as exc:
-            raise ControlError("failed", str(exc)) from None
-
-    def _transition(self, call: _Call, event: CallInput) -> None:
-        tr = call.machine.process(event, self._loop.time())
-        if tr.after is tr.before:
-            return
-        self._publish_state(call)
-        if tr.after is CallState.ENDED:
-            assert tr.reason is not None
-            kind = _FINAL.get(tr.reason)
-            call.outbox.clear()
-            if kind is not None and tr.before is not CallState.IDLE:
-                call.final_number = self._send(call, kind)
-            self._ended(call)
-
-    def _ended(self, call: _Call) -> None:
-        if call.machine.reason is not EndReason.HUNG_UP_LOCAL and call.final_number == 0:
-            call.outbox.clear()
-
-        async def finish() -> None:
-            await self._teardown_media(call)
-            self._node.publish("call.ended", self._info(call).to_json())
-
-        self._spawn(call, finish())
-        self._arm()
-
-    def _publish_state(self, call: _Call) -> None:
-        self._node.publish("call.state", self._info(call).to_json())
 
     # ------------------------------------------------------------------ timers
 
@@ -637,77 +615,44 @@ class VoiceService:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        deadlines: list[float] = []
-        for call in self._calls.values():
-            for t in (call.machine.get_timer(), call.outbox.get_timer(), call.reoffer_next):
-                if t is not None:
-                    deadlines.append(t)
-            if call.reoffer_since is not None and call.machine.role is CallRole.CALLEE:
-                deadlines.append(call.reoffer_since + REOFFER_GIVE_UP_S)
+        deadlines = [t for c in self._calls.values() if (t := c.session.get_timer()) is not None]
         if deadlines and not self._closed:
-            self._timer = self._loop.call_at(min(deadlines), self._on_timer)
+            delay = max(0.0, min(deadlines) - self._node.now())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = self._loop.time()
+        now = self._node.now()
         for call in list(self._calls.values()):
-            resend, failed = call.outbox.due(now)
-            for _n, data in resend:
-                self._send_sealed(call.peer, data)
-            if failed and call.machine.state is not CallState.ENDED:
-                if call.reoffer_since is not None and call.machine.role is CallRole.CALLER:
-                    call.reoffer_next = now + REOFFER_RETRY_S  # the re-offer was lost: try again
-                else:
-                    with contextlib.suppress(CallStateError):
-                        self._transition(call, CallInput.SEND_FAILED)
-            tr = call.machine.handle_timer(now)
-            if tr is not None and tr.after is CallState.ENDED:
-                call.outbox.clear()
-                if tr.reason is EndReason.TIMEOUT:
-                    call.final_number = self._send(call, Kind.TIMEOUT)
-                self._publish_state(call)
-                self._ended(call)
-            self._reoffer_tick(call, now)
+            t = call.session.get_timer()
+            if t is None or t > now:
+                continue
+            ep = call.endpoint
+            if ep is not None:  # the freshest audio progress before the media watchdog looks
+                self._feed_audio(call, ep, call.endpoint_generation)
+            call.session.handle_timer(now)
+            self._flush(call)
         self._arm()
-
-    def _reoffer_tick(self, call: _Call, now: float) -> None:
-        if call.reoffer_since is None or call.machine.state is not CallState.ACTIVE:
-            return
-        if now >= call.reoffer_since + REOFFER_GIVE_UP_S:
-            call.reoffer_since = call.reoffer_next = None
-            with contextlib.suppress(CallStateError):
-                self._transition(call, CallInput.MEDIA_FAILED)
-            return
-        if call.machine.role is CallRole.CALLER and call.reoffer_next is not None \
-                and now >= call.reoffer_next:
-            if self._node.announcement_of(call.peer) is None or not self._probe_route(call):
-                call.reoffer_next = now + REOFFER_RETRY_S
-                return
-            call.reoffer_next = None
-            self._spawn(call, self._reoffer(call))
 
     def _probe_route(self, call: _Call) -> bool:
         # an empty media packet: the far side counts and drops it; True if a route exists
-        return self._node.send_packet(call.peer, Service.MEDIA, b"\x02", flow_id=call.flow_id)
+        return self._node.send_packet(call.peer, Service.MEDIA, b"\x02",
+                                      flow_id=call.session.flow_id)
 
     async def _sample_quality(self) -> None:
         while True:
             await asyncio.sleep(QUALITY_EVERY_S)
             for call in list(self._calls.values()):
                 ep = call.endpoint
-                if ep is not None and call.machine.state is CallState.ACTIVE:
+                if ep is not None and call.state is CallState.ACTIVE:
                     call.quality = await ep.quality()
-                    self._check_media(call, ep)
+                    if call.endpoint is ep:
+                        self._feed_audio(call, ep, call.endpoint_generation)
 
-    def _check_media(self, call: _Call, ep: Endpoint) -> None:
-        """Audio that stopped arriving for ``MEDIA_STALL_S`` fails the media like ICE would."""
-        last = ep.sink.last_frame_at
-        if last is None or call.reoffer_since is not None or call.endpoint is not ep:
-            return
-        if self._loop.time() - last >= MEDIA_STALL_S:
-            logger.info("[call %s] no audio for %.1f s: media failed", call.call_id.hex()[:8],
-                        self._loop.time() - last)
-            self._on_endpoint_state(call, call.generation, "stalled")
+
+def _ended(call: _Call) -> bool:
+    # read through a function so that mypy keeps no narrowing across an await
+    return call.state is CallState.ENDED
 
 
 def _opt_str(params: dict[str, Any], key: str) -> str | None:

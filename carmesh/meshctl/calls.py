@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
+import sys
 from typing import Any
 
 from carmesh.meshctl.common import (
@@ -21,6 +24,7 @@ from carmesh.meshctl.common import (
     register,
 )
 from meshd.control.client import ControlClient
+from meshd.core.errors import ControlError
 
 # ---------------------------------------------------------------------------- calls (voice/)
 
@@ -29,6 +33,7 @@ CALL_START_TIMEOUT_S = 15.0
 #: exit code of ``meshctl call`` by the reason the call ended
 _CALL_END_EXIT = {"hung up": ExitCode.OK, "hung up by peer": ExitCode.OK, "busy": ExitCode.FAILED,
                   "declined": ExitCode.FAILED, "failed": ExitCode.FAILED,
+                  "cancelled": ExitCode.FAILED, "missed": ExitCode.FAILED,
                   "unreachable": ExitCode.UNREACHABLE, "timeout": ExitCode.UNREACHABLE}
 
 
@@ -66,9 +71,27 @@ def _media_params(args: argparse.Namespace) -> dict[str, Any]:
 @register("call", "call NODE over the mesh; blocks until the call ends, then prints a summary",
           _call_setup)
 async def _call(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    assert me is not None
+    # SIGTERM hangs up like Ctrl-C does (asyncio.run turns Ctrl-C into a cancellation)
+    loop.add_signal_handler(signal.SIGTERM, me.cancel)
+    try:
+        return await _call_until_ended(client, args, out)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _call_until_ended(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
     sub = await client.subscribe(["call.*"])  # before dialling: no event can be missed
-    res = await client.call("call", {"node": args.node, **_media_params(args)},
-                            timeout=CALL_START_TIMEOUT_S)
+    dial = asyncio.ensure_future(client.call("call", {"node": args.node, **_media_params(args)},
+                                             timeout=CALL_START_TIMEOUT_S))
+    interrupted = False
+    try:
+        res = await asyncio.shield(dial)
+    except asyncio.CancelledError:  # interrupted while the daemon sets the call up
+        interrupted = True
+        res = await dial
     call_id = res.get("call_id") if isinstance(res, dict) else None
     if not isinstance(call_id, str):
         return out.fail(ExitCode.FAILED, "daemon sent a malformed call result")
@@ -77,7 +100,8 @@ async def _call(client: ControlClient, args: argparse.Namespace, out: Output) ->
     loop = asyncio.get_running_loop()
     hangup_at: float | None = None
     final: dict[str, Any] | None = None
-    interrupted = False
+    if interrupted:
+        await client.call("hangup", {"call": call_id}, timeout=CALL_TIMEOUT_S)
     while final is None:
         try:
             async with asyncio.timeout_at(hangup_at):
@@ -86,12 +110,13 @@ async def _call(client: ControlClient, args: argparse.Namespace, out: Output) ->
             hangup_at = None
             await client.call("hangup", {"call": call_id}, timeout=CALL_TIMEOUT_S)
             continue
-        except asyncio.CancelledError:  # Ctrl-C: hang up, then report like a normal end
+        except asyncio.CancelledError:  # Ctrl-C or SIGTERM: hang up, then report like a normal end
             if interrupted:
                 raise
             interrupted = True
             hangup_at = None
-            await client.call("hangup", {"call": call_id}, timeout=CALL_TIMEOUT_S)
+            with contextlib.suppress(ControlError):  # it may have ended meanwhile
+                await client.call("hangup", {"call": call_id}, timeout=CALL_TIMEOUT_S)
             continue
         if data.get("call_id") != call_id:
             continue
@@ -99,10 +124,12 @@ async def _call(client: ControlClient, args: argparse.Namespace, out: Output) ->
             state = data.get("state")
             if state == "active" and args.duration is not None and hangup_at is None:
                 hangup_at = loop.time() + args.duration
-            if state != "ended":
+            if state == "active":
+                out.line(f"active (answered after {_num(data.get('answer_ms'))} ms)")
+            elif state != "ended":
                 out.line(f"{state}")
         elif event == "call.audio":
-            out.line(f"audio flowing (setup {_num(data.get('setup_ms'))} ms)")
+            out.line(f"audio flowing (media setup {_num(data.get('setup_ms'))} ms)")
         elif event == "call.ended":
             final = data
     reason = final.get("reason")
@@ -110,7 +137,11 @@ async def _call(client: ControlClient, args: argparse.Namespace, out: Output) ->
         out.document(final)
     else:
         out.line(f"call {call_id} ended: {_str(reason)} after {_num(final.get('duration_s'))} s; "
-                 f"setup {_num(final.get('setup_ms'))} ms; {_quality_text(final.get('quality'))}")
+                 f"answer {_num(final.get('answer_ms'))} ms, media setup "
+                 f"{_num(final.get('setup_ms'))} ms; {_quality_text(final.get('quality'))}")
+    detail = final.get("detail")
+    if reason == "failed" and isinstance(detail, str):
+        print(f"meshctl: call failed: {_str(detail)}", file=sys.stderr, flush=True)
     return _CALL_END_EXIT.get(str(reason), ExitCode.FAILED)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,7 @@ class MeshNode:
     def __init__(self, mesh: FakeMesh, name: str, state_dir: Path) -> None:
         self.mesh = mesh
         self.name = name
+        self.state_dir = state_dir
         self.identity = Identity.load_or_create(state_dir)
         self.announcement: Announcement = Announcement.decode(
             self.identity.announce(1, mesh.wall(), name, Role.CAR).raw)
@@ -96,6 +98,17 @@ class MeshNode:
     def wall_ms(self) -> int:
         return int(self.mesh.wall() * 1000)
 
+    def now(self) -> float:
+        return time.monotonic()  # the node's clock, as in meshd.node.Node
+
+    def next_hop(self, destination: NodeId) -> NodeId | None:
+        dst = self.mesh.by_id.get(destination)
+        route = self.mesh.path(self.name, dst.name) if dst is not None else None
+        return self.mesh.by_name[route[1]].node_id if route and len(route) > 1 else None
+
+    async def open_stream(self, peer: NodeId, service: str) -> Any:
+        raise ControlError("failed", "the voice test mesh has no neighbour streams")
+
     max_payload = MAX_PAYLOAD
 
     def publish(self, event: str, data: dict[str, Any]) -> None:
@@ -107,7 +120,6 @@ class FakeMesh:
 
     def __init__(self, tmp: Path, names: list[str], *, hop_delay_s: float = 0.001, loss: float = 0.0,
                  seed: int = 1, line: bool = True) -> None:
-        import time
         self.wall = time.time
         self.nodes = [MeshNode(self, n, tmp / n) for n in names]
         self.by_id = {n.node_id: n for n in self.nodes}
@@ -181,4 +193,4 @@ class FakeMesh:
     def _deliver(self, dst: MeshNode, pkt: MeshPacket) -> None:
         handler = dst.handlers.get(pkt.service)
         if handler is not None:
-            handler(pkt, asyncio.get_running_loop().time())
+            handler(pkt, dst.now())

@@ -15,12 +15,15 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from carmesh.dev.harness import MESHCTL
 from meshd.control.server import ControlServer
 from meshd.core.errors import ControlError
 from meshd.core.packet import MeshPacket, Service
@@ -36,9 +39,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_isolated(outdir: Path, names: list[str], timeout: float = 110.0, *,
-                 uvloop: bool = False) -> dict[str, Any]:
-    """Run scenarios in a child process in its own network namespace; return its result.json."""
-    script = ("ip link set lo up && ip addr add 127.0.0.2/8 dev lo && "
+                 uvloop: bool = False, second_loopback: bool = True) -> dict[str, Any]:
+    """Run scenarios in a child process in its own network namespace; return its result.json.
+
+    ``second_loopback=False`` leaves the namespace with 127.0.0.1 only: WebRTC then has no
+    address it can use (aioice skips 127.0.0.1), as on a loopback-only host."""
+    extra = "ip addr add 127.0.0.2/8 dev lo && " if second_loopback else ""
+    script = (f"ip link set lo up && {extra}"
               f"VOICE_UVLOOP={int(uvloop)} "
               f"exec {sys.executable} -m tests.voice.scenarios {outdir} {' '.join(names)}")
     proc = subprocess.run(["unshare", "--net", "sh", "-c", script], cwd=ROOT, capture_output=True,
@@ -226,8 +233,7 @@ async def diamond(out: Path) -> dict[str, Any]:
     await asyncio.sleep(2.0)
     relay = max(("B", "C"), key=lambda r: mesh.forwarded[r])
     other = "C" if relay == "B" else "B"
-    loop = asyncio.get_running_loop()
-    killed_at = loop.time()
+    killed_at = time.monotonic()  # the sinks' clock: the node's
     mesh.kill(relay)  # kill -9: its links are gone
     mesh.cut(other, "D")  # routing has not converged yet
     await asyncio.sleep(OUTAGE_S)
@@ -236,7 +242,7 @@ async def diamond(out: Path) -> dict[str, Any]:
     ep = sd._calls[cid].endpoint
     gaps = [(at - killed_at, g) for at, g in ep.sink.gaps] if ep is not None else []
     state = sd.info(cid).state
-    generation = sd._calls[cid].generation
+    generation = sd.session(cid).generation
     sa.hangup(cid)
     await d.control.wait_for(ended(d, info.call_id), 10)
     res = {"relay": relay, "other": other, "gaps": gaps, "state_after": state, "rec_callee": str(rec),
@@ -249,7 +255,7 @@ async def diamond(out: Path) -> dict[str, Any]:
 
 async def _meshctl(sock: Path, *argv: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "carmesh.meshctl", "--socket", str(sock), *argv,
+        *MESHCTL, "--socket", str(sock), *argv,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 40)
     assert proc.returncode is not None
@@ -289,6 +295,78 @@ async def meshctl(out: Path) -> dict[str, Any]:
         await sa.close()
         await sd.close()
     return res
+
+
+async def _ctl_pair(out: Path, auto_answer: bool) -> tuple[MeshNode, MeshNode, VoiceService,
+                                                           VoiceService, list[ControlServer]]:
+    mesh = FakeMesh(out / "keys", ["A", "B", "D"], hop_delay_s=0.002, seed=13)
+    a, d = mesh.by_name["A"], mesh.by_name["D"]
+    sa = service(a)
+    sd = service(d, auto_answer=auto_answer, answer_play=Path("tone:660"))
+    servers = []
+    for node, svc in ((a, sa), (d, sd)):
+        srv = ControlServer(Path(f"/tmp/cmv-{os.getpid()}-{node.name}-{out.name}.sock"),
+                            svc.handlers())
+        await srv.start()
+        node.control.also.append(srv)
+        servers.append(srv)
+    return a, d, sa, sd, servers
+
+
+async def _interrupt_call(out: Path, sig: int, when: str) -> dict[str, Any]:
+    """``meshctl call D`` interrupted with ``sig`` once the call is ``when`` (ringing|active)."""
+    a, d, sa, sd, servers = await _ctl_pair(out, auto_answer=when == "active")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *MESHCTL, "--socket", str(servers[0].path), "call", "D",
+            "--play", "tone:440", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        if when == "ringing":
+            await a.control.wait_for(lambda e, x: e == "call.state" and x["state"] == "ringing", 15)
+        else:
+            await d.control.wait_for(lambda e, x: e == "call.audio", 15)
+        cid = next(x["call_id"] for e, x in a.control.items if e == "call.state")
+        assert proc.stdout is not None
+        while when not in (await asyncio.wait_for(proc.stdout.readline(), 15)).decode():
+            pass  # meshctl printed the state: it follows the call
+        proc.send_signal(sig)
+        rest, err = await asyncio.wait_for(proc.communicate(), 20)
+        await d.control.wait_for(ended(d, cid), 15)
+        return {"code": proc.returncode, "out": rest.decode(), "err": err.decode(),
+                "caller": sa.info(bytes.fromhex(cid)).to_json(),
+                "callee": sd.info(bytes.fromhex(cid)).to_json()}
+    finally:
+        for srv in servers:
+            await srv.close()
+        await sa.close()
+        await sd.close()
+
+
+async def sigint_ringing(out: Path) -> dict[str, Any]:
+    return await _interrupt_call(out, signal.SIGINT, "ringing")
+
+
+async def sigterm_ringing(out: Path) -> dict[str, Any]:
+    return await _interrupt_call(out, signal.SIGTERM, "ringing")
+
+
+async def sigterm_active(out: Path) -> dict[str, Any]:
+    return await _interrupt_call(out, signal.SIGTERM, "active")
+
+
+async def no_address(out: Path) -> dict[str, Any]:
+    """A namespace with 127.0.0.1 only: ``meshctl call`` must fail loudly, not record silence."""
+    _a, d, sa, sd, servers = await _ctl_pair(out, auto_answer=True)
+    try:
+        res = await _meshctl(servers[0].path, "call", "D", "--play", "tone:440",
+                             "--duration", "30", "--json")
+        doc = json.loads(res[1])
+        await d.control.wait_for(ended(d, doc["call_id"]), 20)
+        return {"call": res, "callee": sd.info(bytes.fromhex(doc["call_id"])).to_json()}
+    finally:
+        for srv in servers:
+            await srv.close()
+        await sa.close()
+        await sd.close()
 
 
 async def _real_call(mesh: Mesh, caller: str, callee: str, seconds: float, rec: Path,
@@ -354,7 +432,7 @@ async def real_diamond(out: Path) -> dict[str, Any]:
         await asyncio.sleep(2.0)
         hop = a.node.next_hop(d.node_id)
         relay = by_id[hop.hex()] if hop is not None else "?"
-        killed_at = loop.time()
+        killed_at = time.monotonic()  # the sinks' clock: the node's
         await loop.run_in_executor(None, mesh.relays[relay].kill9)
         await asyncio.sleep(8.0)
         c = d.voice._calls[cid]
@@ -382,27 +460,28 @@ async def reoffer(out: Path) -> dict[str, Any]:
     cid = bytes.fromhex(info.call_id)
     await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == info.call_id, 15)
     await asyncio.sleep(1.0)
-    loop = asyncio.get_running_loop()
     mesh.cut("B", "D")
-    cut_at = loop.time()
+    cut_at = time.monotonic()
     await a.control.wait_for(lambda e, x: e == "call.media"
                              and x["state"] in ("failed", "closed", "stalled"), 70)
-    failed_after = loop.time() - cut_at
+    failed_after = time.monotonic() - cut_at
     await asyncio.sleep(1.0)
     mesh.link("B", "D")
-    restored_at = loop.time()
+    restored_at = time.monotonic()
     # the re-offered endpoint records its first frame
     resumed_after = None
     for _ in range(300):
         c = sd._calls[cid]
-        if c.generation > 0 and c.endpoint is not None and c.endpoint.sink.first_frame_at is not None:
+        if sd.session(cid).generation > 0 and c.endpoint is not None \
+                and c.endpoint.sink.first_frame_at is not None:
             resumed_after = c.endpoint.sink.first_frame_at - restored_at
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(2.0)
     res = {"failed_after_s": failed_after, "resumed_after_s": resumed_after,
            "cut_after_audio_s": 1.0,
-           "generation_callee": sd._calls[cid].generation, "generation_caller": sa._calls[cid].generation,
+           "generation_callee": sd.session(cid).generation,
+           "generation_caller": sa.session(cid).generation,
            "state_caller": sa.info(cid).state, "state_callee": sd.info(cid).state,
            "rec_callee": str(rec)}
     sa.hangup(cid)
@@ -453,6 +532,10 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "reoffer": reoffer,
     "answer_errors": answer_errors,
     "real_diamond": real_diamond,
+    "sigint_ringing": sigint_ringing,
+    "sigterm_ringing": sigterm_ringing,
+    "sigterm_active": sigterm_active,
+    "no_address": no_address,
 }
 
 

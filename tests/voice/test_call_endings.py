@@ -103,8 +103,9 @@ def reoffer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_call_whose_media_died_is_reoffered_once_a_route_is_back(reoffer: dict[str, Any]) -> None:
     r = reoffer
     assert "error" not in r, r.get("traceback", r)
-    # the watchdog (no audio for MEDIA_STALL_S) noticed, long before aiortc's 30 s consent check
-    assert MEDIA_STALL_S <= r["failed_after_s"] <= MEDIA_STALL_S + 5
+    # the watchdog (no audio for MEDIA_STALL_S) noticed, long before aiortc's 30 s consent check;
+    # it counts from the last frame decoded, a little before the cut (the jitter buffer)
+    assert MEDIA_STALL_S - 1.0 <= r["failed_after_s"] <= MEDIA_STALL_S + 5
     assert r["generation_caller"] == r["generation_callee"] == 1
     assert r["state_caller"] == r["state_callee"] == "active"
     assert r["resumed_after_s"] is not None and r["resumed_after_s"] < 5

@@ -60,3 +60,40 @@ def test_decline_by_prefix_ends_the_blocked_caller(r: dict[str, Any]) -> None:
 def test_unknown_node_exits_4(r: dict[str, Any]) -> None:
     code, _out, err = r["unknown_node"]
     assert code == 4 and "not found" in err
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_isolated(tmp_path_factory.mktemp("voice-int"),
+                        ["sigint_ringing", "sigterm_ringing", "sigterm_active"])
+
+
+@pytest.mark.parametrize("name", ["sigint_ringing", "sigterm_ringing"])
+def test_interrupt_while_ringing_is_cancelled_here_and_missed_there(
+        interrupted: dict[str, Any], name: str) -> None:
+    r = interrupted[name]
+    assert "error" not in r, r.get("traceback", r)
+    assert (r["caller"]["state"], r["caller"]["reason"]) == ("ended", "cancelled")
+    assert (r["callee"]["state"], r["callee"]["reason"]) == ("ended", "missed")
+    assert r["code"] == 1 and "ended: cancelled" in r["out"], r
+
+
+def test_sigterm_in_a_call_hangs_up_at_both_ends(interrupted: dict[str, Any]) -> None:
+    r = interrupted["sigterm_active"]
+    assert "error" not in r, r.get("traceback", r)
+    assert r["caller"]["reason"] == "hung up" and r["callee"]["reason"] == "hung up by peer"
+    assert r["code"] == 0 and "ended: hung up" in r["out"], r
+    # the human's answering time and the media setup are reported apart
+    assert "answer " in r["out"] and "media setup " in r["out"]
+    assert r["caller"]["answer_ms"] is not None and r["caller"]["setup_ms"] is not None
+
+
+def test_call_whose_media_never_flows_fails_loudly_with_the_fix(tmp_path: Path) -> None:
+    r = run_isolated(tmp_path, ["no_address"], second_loopback=False)["no_address"]
+    assert "error" not in r, r.get("traceback", r)
+    code, out, err = r["call"]
+    doc = json.loads(out)
+    assert code == 1, (out, err)
+    assert (doc["state"], doc["reason"]) == ("ended", "failed")
+    assert "127.0.0.2" in doc["detail"] and "127.0.0.2" in err
+    assert r["callee"]["reason"] == "failed"
