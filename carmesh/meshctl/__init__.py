@@ -4,7 +4,8 @@ Every subcommand is one entry in ``COMMANDS`` (see ``register``): a name, a
 help line, a function that adds its arguments to an argparse sub-parser, and an
 async ``run(client, args, out) -> exit code``.  Each command group is a module of
 this package (node, calls, library, board, sync, console); importing them here
-registers their commands.
+registers their commands.  A sub-command that works on files alone (``trust init``)
+sets ``offline_run`` and runs without a daemon.
 
 ``--state-dir``, ``--socket`` and ``--json`` are accepted before or after the
 subcommand: each sub-parser repeats them with ``default=SUPPRESS``, so a value
@@ -23,7 +24,7 @@ import sys
 from typing import NoReturn
 
 # importing a group registers its commands
-from carmesh.meshctl import board, calls, console, library, node, sync
+from carmesh.meshctl import board, calls, console, library, node, sync, trust
 from carmesh.meshctl.common import (
     COMMANDS,
     CONNECT_TIMEOUT_S,
@@ -55,7 +56,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: the order command groups appear in ``meshctl --help``
-_GROUPS = (node, calls, console, sync, library, board)
+_GROUPS = (node, calls, console, sync, library, board, trust)
 
 
 def _help_rank(cmd: Command) -> int:
@@ -81,6 +82,9 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     cmd = COMMANDS[args.command]
     if args.command == "status" and args.wait > 0 and args.node is None:
         return await _status_wait(args, out)
+    offline = getattr(args, "offline_run", None)
+    if offline is not None:  # works on files only (e.g. `trust init`): no daemon needed
+        return int(await offline(args, out))
     try:
         client = await ControlClient.connect(args.socket_path, timeout=CONNECT_TIMEOUT_S)
     except NoDaemon as exc:
