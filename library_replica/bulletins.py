@@ -4,18 +4,34 @@ Theory of operation
 -------------------
 A community trusts one *root* key.  Its trust configuration lists the
 *authority* keys allowed to publish bulletins, each with a role (maker, city,
-dealer) and a name.  It starts from a TOML file (``TrustConfig.load``) and is
-replaced by ``trust.update`` ops carrying a higher version, whose body is
-signed by the root key (and whose envelope is authored by it).
+dealer) and a name, plus the keys it *revoked*.  A node pins a root (a
+``TrustConfig`` from a TOML file, or only the root's ``fingerprint`` until an
+update from that root arrives), and the configuration is then replaced by
+``trust.update`` ops carrying a higher version, whose body is signed by the
+root key (and whose envelope is authored by it).  An update is a whole
+configuration, so a node that missed versions needs only the newest.  Updates
+the root's tool makes are ephemeral ops (an expiry, outside the key's chain):
+an offline root used from any node can never fork its chain.
 
 A bulletin (``bulletin.publish``) carries its title, text, issue time and
 expiry inside a body signed by the publishing authority, so the expiry cannot
 be changed by a relay, and the envelope's ``expiry_ms`` must equal it so that
-sync drops the op everywhere once it expires.  The authoriser refuses a
-bulletin whose author is not an authority now, whose inner signature fails,
-that has expired or lives longer than ``MAX_LIFETIME_MS``.  ``BulletinBoard``
-shows only live bulletins of keys still trusted and ``purge`` forgets expired
-ones.
+sync drops the op everywhere once it expires.  The body also names the
+community root it speaks for and the trust version at which its author is an
+authority: a node at that version or later decides for itself, a node behind
+(or with no trust at all) cannot.
+
+Verdicts (``BulletinBoard.classify``, ``TrustStore.classify``):
+
+* a body that does not verify against its author, or expired, or malformed,
+  is refused everywhere, trust or no trust (a forgery stops at the first hop);
+* a bulletin of an authority of our root is shown; of a revoked key, or of a
+  key that is no authority at a version we hold, refused;
+* anything else that verifies (no root pinned, another community, a version
+  ahead of ours) is *carried*: stored and forwarded, never shown, checked
+  again when trust changes (``library_replica.carried.CarriedPool`` bounds it);
+* a root-signed update newer than ours is adopted; an older one of our root is
+  kept (it is harmless, and refusing it would make every peer offer it again).
 
 The inner signatures do not depend on sync's envelope format: a bulletin can
 be checked end to end from its body alone.  Pure core: wall time is passed in
@@ -48,16 +64,23 @@ from meshd.core.errors import DecodeError, LocalProtocolError
 from meshd.core.identity import verify_ed25519
 
 __all__ = [
+    "FINGERPRINT_LEN",
     "KIND_PUBLISH",
     "KIND_TRUST_UPDATE",
     "MAX_LIFETIME_MS",
     "TRUST_DOC_ID",
+    "TRUST_UPDATE_LIFETIME_MS",
     "Authority",
     "AuthorityRole",
     "Bulletin",
     "BulletinBoard",
     "TrustConfig",
     "TrustStore",
+    "TrustVerdict",
+    "fingerprint",
+    "format_fingerprint",
+    "parse_fingerprint",
+    "parse_trust_update",
     "prepare_bulletin",
     "prepare_trust_update",
 ]
@@ -69,13 +92,21 @@ KIND_TRUST_UPDATE = "trust.update"
 TRUST_DOC_ID = hashlib.sha256(b"carmesh/trust/1").digest()[:DOC_ID_LEN]
 #: a bulletin lives at most 30 days
 MAX_LIFETIME_MS = 30 * 24 * 3600 * 1000
+#: the envelope expiry of a trust update the root's tool publishes (nodes keep the adopted
+#: configuration in their state directory; the op itself only has to reach them)
+TRUST_UPDATE_LIFETIME_MS = 365 * 24 * 3600 * 1000
 #: tolerated clock skew for an issue time in the future
 MAX_SKEW_MS = 5 * 60 * 1000
 MAX_TITLE = 200
 MAX_TEXT = 8000
 MAX_AUTHORITIES = 256
-_BULLETIN_DOMAIN = "carmesh/bulletin/1"
-_TRUST_DOMAIN = "carmesh/trust/1"
+MAX_REVOKED = 4096
+MAX_COMMUNITY = 100
+#: bytes of SHA-256 a root fingerprint keeps (128 bits: read aloud, typed at a dealer)
+FINGERPRINT_LEN = 16
+_BULLETIN_DOMAIN = "carmesh/bulletin/2"
+_TRUST_DOMAIN = "carmesh/trust/2"
+_FINGERPRINT_DOMAIN = b"carmesh/root/1\x00"
 
 Signer = Callable[[bytes], bytes]
 
@@ -84,6 +115,34 @@ class AuthorityRole(enum.StrEnum):
     MAKER = "maker"
     CITY = "city"
     DEALER = "dealer"
+
+
+def fingerprint(root: bytes) -> bytes:
+    """The fingerprint of a community root key (what ``trust join FINGERPRINT`` pins)."""
+    return hashlib.sha256(_FINGERPRINT_DOMAIN + root).digest()[:FINGERPRINT_LEN]
+
+
+def format_fingerprint(fp: bytes) -> str:
+    """A fingerprint for people: eight groups of four hex digits joined by ``-``."""
+    h = fp.hex()
+    return "-".join(h[i : i + 4] for i in range(0, len(h), 4))
+
+
+def parse_fingerprint(text: str) -> tuple[bytes, bytes | None]:
+    """``(fingerprint, root or None)`` from a fingerprint (any grouping) or a 64-hex root key.
+
+    Raises ``LibraryError`` when it is neither.
+    """
+    h = "".join(c for c in text.strip().lower() if c not in "-: ")
+    try:
+        raw = bytes.fromhex(h)
+    except ValueError:
+        raise LibraryError("a fingerprint is 32 hex digits (a root key 64)") from None
+    if len(raw) == AUTHOR_KEY_LEN:
+        return fingerprint(raw), raw
+    if len(raw) != FINGERPRINT_LEN:
+        raise LibraryError("a fingerprint is 32 hex digits (a root key 64)")
+    return raw, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +156,13 @@ class Authority:
 
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
-    """The community's root key, a version, and its authority keys."""
+    """The community's root key, a version, its authority keys and the keys it revoked."""
 
     root: bytes
     version: int
     authorities: Mapping[bytes, Authority] = field(default_factory=dict)
+    community: str = ""
+    revoked: frozenset[bytes] = frozenset()
 
     @classmethod
     def from_toml(cls, text: str) -> TrustConfig:
@@ -110,15 +171,23 @@ class TrustConfig:
             data = tomllib.loads(text)
             root = bytes.fromhex(data["root"])
             version = data.get("version", 0)
+            community = data.get("community", "")
             auths = [Authority(bytes.fromhex(a["key"]), AuthorityRole(a["role"]),
                                str(a.get("name", ""))) for a in data.get("authority", [])]
-        except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError) as exc:
+            revoked = [bytes.fromhex(k) for k in data.get("revoked", [])]
+        except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError,
+                AttributeError) as exc:
             raise LibraryError(f"trust configuration: {exc}") from None
-        if len(root) != AUTHOR_KEY_LEN or type(version) is not int or version < 0:
+        if len(root) != AUTHOR_KEY_LEN or type(version) is not int or not 0 <= version < 2**53:
             raise LibraryError("trust configuration: root is a 32-byte hex key, version an int")
-        if any(len(a.key) != AUTHOR_KEY_LEN for a in auths):
+        if any(len(a.key) != AUTHOR_KEY_LEN for a in auths) or \
+                any(len(k) != AUTHOR_KEY_LEN for k in revoked):
             raise LibraryError("trust configuration: authority keys are 32 bytes")
-        return cls(root, version, {a.key: a for a in auths})
+        if type(community) is not str or len(community) > MAX_COMMUNITY:
+            raise LibraryError("trust configuration: community is a short name")
+        if len(auths) > MAX_AUTHORITIES or len(revoked) > MAX_REVOKED:
+            raise LibraryError("trust configuration: too many keys")
+        return cls(root, version, {a.key: a for a in auths}, community, frozenset(revoked))
 
     @classmethod
     def load(cls, path: Path) -> TrustConfig:
@@ -127,17 +196,25 @@ class TrustConfig:
 
     def to_toml(self) -> str:
         """The trust file text (``from_toml`` reads it back)."""
-        lines = ["# carmesh community trust configuration",
-                 f'root = "{self.root.hex()}"', f"version = {self.version}", ""]
-        for a in sorted(self.authorities.values(), key=lambda a: (a.role, a.name, a.key)):
+        lines = ["# carmesh community trust configuration (enrolment file)",
+                 f"# root fingerprint {format_fingerprint(fingerprint(self.root))}",
+                 f'root = "{self.root.hex()}"', f"version = {self.version}"]
+        if self.community:
             # a JSON string is a valid TOML basic string (same escapes)
+            lines.append(f"community = {json.dumps(self.community, ensure_ascii=False)}")
+        if self.revoked:
+            lines.append("revoked = [" + ", ".join(f'"{k.hex()}"' for k in sorted(self.revoked))
+                         + "]")
+        lines.append("")
+        for a in sorted(self.authorities.values(), key=lambda a: (a.role, a.name, a.key)):
             lines += ["[[authority]]", f'key = "{a.key.hex()}"', f'role = "{a.role}"',
                       f"name = {json.dumps(a.name, ensure_ascii=False)}", ""]
         return "\n".join(lines)
 
 
-def _trust_signed(root: bytes, version: int, auths: list[list[Any]]) -> bytes:
-    return pack([_TRUST_DOMAIN, root, version, auths])
+def _trust_signed(root: bytes, version: int, auths: list[list[Any]], revoked: list[bytes],
+                  community: str) -> bytes:
+    return pack([_TRUST_DOMAIN, root, version, auths, revoked, community])
 
 
 def _auth_list(authorities: Iterable[Authority]) -> list[list[Any]]:
@@ -145,66 +222,143 @@ def _auth_list(authorities: Iterable[Authority]) -> list[list[Any]]:
 
 
 def prepare_trust_update(sign: Signer, root: bytes, version: int,
-                         authorities: Iterable[Authority]) -> tuple[bytes, bytes]:
+                         authorities: Iterable[Authority], *, revoked: Iterable[bytes] = (),
+                         community: str = "") -> tuple[bytes, bytes]:
     """(doc_id, body) of a ``trust.update`` op; ``sign`` signs with the root key."""
     auths = _auth_list(authorities)
-    if len(auths) > MAX_AUTHORITIES:
-        raise LocalProtocolError("too many authorities")
-    sig = sign(_trust_signed(root, version, auths))
-    return TRUST_DOC_ID, encode_body({"v": version, "a": auths, "sig": sig})
+    rev = sorted(set(revoked))
+    if len(auths) > MAX_AUTHORITIES or len(rev) > MAX_REVOKED:
+        raise LocalProtocolError("too many authorities or revoked keys")
+    if len(community) > MAX_COMMUNITY:
+        raise LocalProtocolError("community name too long")
+    if not 0 < version < 2**53:
+        raise LocalProtocolError("version out of range")
+    sig = sign(_trust_signed(root, version, auths, rev, community))
+    return TRUST_DOC_ID, encode_body({"v": version, "a": auths, "r": rev, "n": community,
+                                      "sig": sig})
+
+
+def parse_trust_update(op: OpLike) -> TrustConfig:
+    """The configuration inside a ``trust.update``, verified against its author as the root.
+
+    Raises ``Refused`` (kind, body, signature): such an op is refused everywhere.
+    """
+    if op.kind != KIND_TRUST_UPDATE or op.doc_id != TRUST_DOC_ID:
+        raise Refused("kind", op.kind)
+    f = body_fields(op, 300 * 1024)
+    try:
+        version = f.int("v", 0, 2**53)
+        raw = f.list("a", max_len=MAX_AUTHORITIES)
+        rev = f.list("r", max_len=MAX_REVOKED)
+        community = f.str("n", max_len=MAX_COMMUNITY)
+        sig = f.bytes("sig", size=64)
+        auths: list[Authority] = []
+        for item in raw:
+            if type(item) is not list or len(item) != 3:
+                raise DecodeError("field", "authority entry")
+            key, role, name = item
+            if type(key) is not bytes or len(key) != AUTHOR_KEY_LEN:
+                raise DecodeError("field", "authority key")
+            if type(name) is not str or len(name) > MAX_TITLE:
+                raise DecodeError("field", "authority name")
+            auths.append(Authority(key, AuthorityRole(role), name))
+        if any(type(k) is not bytes or len(k) != AUTHOR_KEY_LEN for k in rev):
+            raise DecodeError("field", "revoked key")
+    except (DecodeError, ValueError) as exc:
+        raise Refused("body", str(exc)) from None
+    if not verify_ed25519(op.author, sig, _trust_signed(op.author, version, raw, rev, community)):
+        raise Refused("signature", "trust update not signed by its root key")
+    return TrustConfig(op.author, version, {a.key: a for a in auths}, community, frozenset(rev))
+
+
+class TrustVerdict(enum.Enum):
+    """What a node does with a ``trust.update`` that verifies."""
+
+    ADOPT = "adopt"  #: our root, newer than ours
+    STALE = "stale"  #: our root, not newer: kept, not applied
+    CARRY = "carry"  #: not checkable here (no root pinned, another community)
 
 
 class TrustStore:
-    """The current trust configuration, advanced by root-signed ``trust.update`` ops."""
+    """The pinned root and current trust configuration, advanced by root-signed updates.
 
-    def __init__(self, config: TrustConfig) -> None:
+    ``config`` is None while no configuration is known: nothing pinned, or only a root
+    fingerprint (``pinned``) until an update from that root arrives.
+    """
+
+    def __init__(self, config: TrustConfig | None = None, *,
+                 pinned: bytes | None = None) -> None:
         self.config = config
+        self.pinned = fingerprint(config.root) if config is not None else pinned
 
-    def _parse(self, op: OpLike) -> TrustConfig:
-        if op.kind != KIND_TRUST_UPDATE or op.doc_id != TRUST_DOC_ID:
-            raise Refused("kind", op.kind)
-        if op.author != self.config.root:
-            raise Refused("not_root", "trust updates are signed by the root key")
-        f = body_fields(op, 64 * 1024)
-        try:
-            version = f.int("v", 0, 2**53)
-            raw = f.list("a", max_len=MAX_AUTHORITIES)
-            sig = f.bytes("sig", size=64)
-            auths: list[Authority] = []
-            for item in raw:
-                if type(item) is not list or len(item) != 3:
-                    raise DecodeError("field", "authority entry")
-                key, role, name = item
-                if type(key) is not bytes or len(key) != AUTHOR_KEY_LEN:
-                    raise DecodeError("field", "authority key")
-                if type(name) is not str or len(name) > MAX_TITLE:
-                    raise DecodeError("field", "authority name")
-                auths.append(Authority(key, AuthorityRole(role), name))
-        except (DecodeError, ValueError) as exc:
-            raise Refused("body", str(exc)) from None
-        if not verify_ed25519(self.config.root, sig,
-                              _trust_signed(self.config.root, version, raw)):
-            raise Refused("signature", "trust update not signed by the root key")
-        if version <= self.config.version:
-            raise Refused("stale", f"version {version} <= {self.config.version}")
-        return TrustConfig(self.config.root, version, {a.key: a for a in auths})
+    @property
+    def root(self) -> bytes | None:
+        """The pinned root key, when known."""
+        return self.config.root if self.config is not None else None
+
+    @property
+    def version(self) -> int:
+        """The version held (0 with no configuration)."""
+        return self.config.version if self.config is not None else 0
+
+    def classify(self, op: OpLike) -> tuple[TrustVerdict, TrustConfig]:
+        """The verdict on a trust update; raises ``Refused`` for a forged or malformed one."""
+        config = parse_trust_update(op)
+        if self.pinned is None or fingerprint(config.root) != self.pinned:
+            return TrustVerdict.CARRY, config
+        if config.version > self.version:
+            return TrustVerdict.ADOPT, config
+        return TrustVerdict.STALE, config
 
     def authorize(self, op: OpLike, wall_now_ms: int) -> None:
-        """Authoriser for the ``trust`` namespace: root-signed and newer than what we hold."""
+        """Authoriser for the ``trust`` namespace when nothing is carried (see the module doc)."""
         del wall_now_ms
-        self._parse(op)
+        verdict, _ = self.classify(op)
+        if verdict is TrustVerdict.CARRY:
+            raise Refused("not_root", "trust updates are signed by the pinned root key")
 
     def apply(self, op: OpLike) -> bool:
-        """Adopt a newer configuration; False if the op is refused (stale, forged)."""
+        """Adopt a newer configuration of our root; False otherwise (stale, foreign, forged)."""
         try:
-            self.config = self._parse(op)
+            verdict, config = self.classify(op)
         except Refused:
             return False
+        if verdict is not TrustVerdict.ADOPT:
+            return False
+        self.config = config
+        return True
+
+    def pin(self, config: TrustConfig) -> bool:
+        """Join with an enrolment file; True if the configuration changed.
+
+        Raises ``LibraryError`` when another root is pinned already.
+        """
+        if self.pinned is not None and fingerprint(config.root) != self.pinned:
+            raise LibraryError("this node is pinned to another community root")
+        if self.config is not None and config.version <= self.config.version:
+            return False
+        self.config = config
+        self.pinned = fingerprint(config.root)
+        return True
+
+    def pin_fingerprint(self, fp: bytes) -> bool:
+        """Join by root fingerprint; True if it changed.  Raises ``LibraryError`` on a conflict."""
+        if self.pinned is not None:
+            if self.pinned != fp:
+                raise LibraryError("this node is pinned to another community root")
+            return False
+        self.pinned = fp
         return True
 
     def authority(self, key: bytes) -> Authority | None:
         """The authority entry of ``key``, or None if it is not trusted now."""
+        if self.config is None or key in self.config.revoked:
+            return None
         return self.config.authorities.get(key)
+
+    def revoked(self, key: bytes) -> bool:
+        """True when our configuration revoked ``key``."""
+        return self.config is not None and key in self.config.revoked
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,47 +376,54 @@ class Bulletin:
 
 
 def _bulletin_signed(doc_id: bytes, author: bytes, title: str, text: str, issued_ms: int,
-                     expires_ms: int) -> bytes:
-    return pack([_BULLETIN_DOMAIN, doc_id, author, title, text, issued_ms, expires_ms])
+                     expires_ms: int, root: bytes, trust_version: int) -> bytes:
+    return pack([_BULLETIN_DOMAIN, doc_id, author, title, text, issued_ms, expires_ms, root,
+                 trust_version])
 
 
 def prepare_bulletin(sign: Signer, author: bytes, doc_id: bytes, *, title: str, text: str,
-                     issued_ms: int, expires_ms: int) -> bytes:
-    """The body of a ``bulletin.publish`` op (the envelope's ``expiry_ms`` = ``expires_ms``)."""
+                     issued_ms: int, expires_ms: int, root: bytes, trust_version: int) -> bytes:
+    """The body of a ``bulletin.publish`` op (the envelope's ``expiry_ms`` = ``expires_ms``).
+
+    ``root`` is the community root the author is an authority of, since ``trust_version``.
+    """
     if len(title) > MAX_TITLE or len(text) > MAX_TEXT:
         raise LocalProtocolError("bulletin too long")
     if not issued_ms < expires_ms <= issued_ms + MAX_LIFETIME_MS:
         raise LocalProtocolError("expiry must be after issue and within 30 days")
-    sig = sign(_bulletin_signed(doc_id, author, title, text, issued_ms, expires_ms))
-    return encode_body({"t": title, "b": text, "i": issued_ms, "x": expires_ms, "sig": sig})
+    if len(root) != AUTHOR_KEY_LEN or not 0 <= trust_version < 2**53:
+        raise LocalProtocolError("root is a 32-byte key, trust_version an int")
+    sig = sign(_bulletin_signed(doc_id, author, title, text, issued_ms, expires_ms, root,
+                                trust_version))
+    return encode_body({"t": title, "b": text, "i": issued_ms, "x": expires_ms, "r": root,
+                        "tv": trust_version, "sig": sig})
 
 
 class BulletinBoard:
-    """Live bulletins: authorises, verifies, lists and purges on expiry."""
+    """Live bulletins: classifies (show, carry, refuse), lists and purges on expiry."""
 
     def __init__(self, trust: TrustStore) -> None:
         self.trust = trust
         self._bulletins: dict[bytes, Bulletin] = {}
         self.drops = DropCounter(log)
 
-    def _parse(self, op: OpLike, wall_now_ms: int) -> Bulletin:
+    def classify(self, op: OpLike, wall_now_ms: int) -> Bulletin | None:
+        """The bulletin to show, or None to carry it unverified; raises ``Refused``."""
         if op.kind != KIND_PUBLISH:
             raise Refused("kind", op.kind)
-        authority = self.trust.authority(op.author)
-        if authority is None:
-            raise Refused("not_authority", "bulletins are published by authority keys only")
         f: Fields = body_fields(op, 32 * 1024)
         try:
             title = f.str("t", max_len=MAX_TITLE)
             text = f.str("b", max_len=MAX_TEXT)
             issued = f.int("i", 0, 2**53)
             expires = f.int("x", 0, 2**53)
+            root = f.bytes("r", size=AUTHOR_KEY_LEN)
+            tv = f.int("tv", 0, 2**53)
             sig = f.bytes("sig", size=64)
         except DecodeError as exc:
             raise Refused("body", str(exc)) from None
-        if not verify_ed25519(op.author, sig,
-                              _bulletin_signed(op.doc_id, op.author, title, text, issued,
-                                               expires)):
+        if not verify_ed25519(op.author, sig, _bulletin_signed(
+                op.doc_id, op.author, title, text, issued, expires, root, tv)):
             raise Refused("signature", "bulletin body not signed by its author")
         if op.expiry_ms != expires:
             raise Refused("expiry", "envelope expiry differs from the signed expiry")
@@ -272,21 +433,45 @@ class BulletinBoard:
             raise Refused("future", f"issued {issued - wall_now_ms} ms ahead")
         if expires <= wall_now_ms:
             raise Refused("expired", "")
-        return Bulletin(op.op_id, op.doc_id, op.author, authority, title, text, issued, expires)
+        if self.trust.root is None or root != self.trust.root:
+            return None  # no trust here, or another community's: carry it
+        if self.trust.revoked(op.author):
+            raise Refused("revoked", "the community revoked this key")
+        authority = self.trust.authority(op.author)
+        if authority is not None:
+            return Bulletin(op.op_id, op.doc_id, op.author, authority, title, text, issued,
+                            expires)
+        if tv > self.trust.version:
+            return None  # it relies on a trust version we do not have yet
+        raise Refused("not_authority", "bulletins are published by authority keys only")
 
     def authorize(self, op: OpLike, wall_now_ms: int) -> None:
-        """Authoriser for the ``bulletin`` namespace."""
-        self._parse(op, wall_now_ms)
+        """Authoriser for the ``bulletin`` namespace when nothing is carried."""
+        if self.classify(op, wall_now_ms) is None:
+            raise Refused("not_authority", "cannot verify the publishing authority here")
 
     def apply(self, op: OpLike, wall_now_ms: int) -> bool:
-        """Keep a valid live bulletin; False (counted, logged once) when refused."""
+        """Keep a valid live bulletin to show; False (refusals counted, logged once) otherwise."""
         try:
-            b = self._parse(op, wall_now_ms)
+            b = self.classify(op, wall_now_ms)
         except Refused as exc:
             self.drops.drop(exc.reason, op.author.hex()[:8], exc.detail)
             return False
+        if b is None:
+            return False
         self._bulletins[b.op_id] = b
         return True
+
+    def add(self, b: Bulletin) -> None:
+        """Keep a bulletin ``classify`` verified."""
+        self._bulletins[b.op_id] = b
+
+    def drop_untrusted(self) -> list[bytes]:
+        """Forget bulletins whose author is no authority now (revoked, removed); their op ids."""
+        gone = [k for k, b in self._bulletins.items() if self.trust.authority(b.author) is None]
+        for k in gone:
+            del self._bulletins[k]
+        return gone
 
     def active(self, wall_now_ms: int) -> list[Bulletin]:
         """Unexpired bulletins of keys that are authorities now, newest first."""

@@ -22,6 +22,15 @@ index (unchanged documents are skipped), then opens mail addressed to us;
 control methods wait for that (``_ready``) while ``status`` answers at once.
 Then, every ``purge_interval_s``, expired bulletins and mail are forgotten.
 
+Trust.  The pinned root and the newest configuration adopted are kept in the
+state directory (``trust.toml``, or ``trust.pin`` for a root fingerprint
+alone); ``--trust FILE`` names a file too, and the newer of the two wins.
+Bulletin and trust ops this node cannot check are carried (``CarriedPool``);
+whenever the configuration changes (an adopted update, ``trust.join``) the
+carried ops are checked again (newly verifiable bulletins appear, updates of
+the root are adopted) and bulletins that lost their authority are withdrawn:
+hidden, and deleted from the store so they are no longer forwarded.
+
 Control methods (params -> result; documented with the commands in docs/cli.md):
 
 * ``library.add`` {collection, title, body, tags?, lang?} -> {doc_id, ops}
@@ -33,10 +42,13 @@ Control methods (params -> result; documented with the commands in docs/cli.md):
 * ``situation.set`` {kind, fields}, ``situation.show`` {node}, ``situation.list`` {kind?}
 * ``situation.summary`` {stale_s?}: shelters, town totals, power offers (``summary.py``)
 * ``bulletin.publish`` {title, body, expires_s}, ``bulletin.list``
+* ``trust.show``, ``trust.export``, ``trust.join`` {config | fingerprint},
+  ``trust.publish`` {op: a root-signed ``trust.update``, hex}
 * ``mail.list``: the outbox (queued / delivered) and what this node carries
 
 Events: ``library.changed`` {doc_ids}, ``library.progress``, ``situation.changed``
 {owner, kind}, ``bulletin.published`` {bulletin}, ``bulletin.expired`` {op_ids},
+``bulletin.revoked`` {op_ids}, ``trust.changed`` {community, version, authorities},
 ``mail.queued``, ``mail.delivered`` {message_id, to}, and ``message.received``
 (through the inbox) for mail opened here.
 
@@ -55,12 +67,17 @@ from typing import Any, Protocol
 
 from library_replica.bulletins import (
     KIND_PUBLISH,
+    KIND_TRUST_UPDATE,
     Bulletin,
     BulletinBoard,
     TrustConfig,
     TrustStore,
+    TrustVerdict,
+    format_fingerprint,
+    parse_fingerprint,
     prepare_bulletin,
 )
+from library_replica.carried import CarriedPool
 from library_replica.documents import DocumentView, Library
 from library_replica.mail import (
     KIND_RECEIPT,
@@ -72,7 +89,7 @@ from library_replica.mail import (
     prepare_receipt,
 )
 from library_replica.markdown_io import export_folder, plan_import
-from library_replica.ops import LibraryError, OpLike, new_doc_id, sync_authorizers
+from library_replica.ops import LibraryError, OpLike, Refused, new_doc_id, sync_authorizers
 from library_replica.search import MAX_LIMIT, SearchIndex, refresh_index
 from library_replica.situation import (
     KIND_SET,
@@ -83,9 +100,10 @@ from library_replica.situation import (
     prepare_set,
 )
 from library_replica.summary import DEFAULT_STALE_S, town_summary
-from meshd.core.errors import ControlError, LocalProtocolError
+from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolError
 from meshd.core.identity import NodeId, short_id
 from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
+from sync.envelope import MAX_OP_SIZE, Op, decode_op
 from sync.errors import SyncLocalError, Unauthorized
 from sync.store import OpStore
 
@@ -95,14 +113,18 @@ log = logging.getLogger(__name__)
 
 #: the search index file in the state directory
 INDEX_NAME = "library-index.sqlite"
-#: default trust file looked for in the state directory when ``--trust`` is not given
+#: the node's own trust configuration in the state directory (written by ``trust join`` and
+#: whenever a newer update is adopted; read when ``--trust`` is not given, or is older)
 TRUST_NAME = "trust.toml"
+#: a root pinned by fingerprint alone, until an update from that root arrives
+PIN_NAME = "trust.pin"
 DEFAULT_BULLETIN_S = 24 * 3600
 _REPLAY_ORDER = ("trust", "bulletin", "situation", "mail", "library")
 _REPLAY_CHUNK = 2000
 #: a ``library.changed`` event lists at most this many ids (``count`` has them all)
 MAX_EVENT_IDS = 256
-_NO_ROOT = b"\x00" * 32  # no trust file: nobody can sign as root, nobody is an authority
+#: carried ops listed by ``trust.show`` at most
+MAX_SHOWN_CARRIED = 256
 
 
 class MailInbox(Protocol):
@@ -132,6 +154,16 @@ def _str_param(params: dict[str, Any], key: str, *, required: bool = True,
     return v
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (a crash leaves the old file or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class LibraryNodeService:
     """``NodeService`` for library_replica (see the module docstring)."""
 
@@ -146,16 +178,13 @@ class LibraryNodeService:
         self._ident = node.identity
         self._author = node.identity.ed25519_pub
         state_dir = Path(node.state_dir)
-        if trust_path is None and (state_dir / TRUST_NAME).exists():
-            trust_path = state_dir / TRUST_NAME
+        self._state_trust = state_dir / TRUST_NAME
+        self._pin_path = state_dir / PIN_NAME
         self.trust_path = trust_path
-        try:
-            config = TrustConfig.load(trust_path) if trust_path is not None else \
-                TrustConfig(_NO_ROOT, 0, {})
-        except OSError as exc:
-            raise LibraryError(f"trust configuration {trust_path}: {exc.strerror or exc}") \
-                from None
-        self.trust = TrustStore(config)
+        self.trust = self._load_trust(trust_path)
+        self._saved_version = self.trust.version
+        self.carried = CarriedPool()
+        self._trust_lock = asyncio.Lock()
         self.library = Library()
         self.situation = SituationBoard()
         self.bulletins = BulletinBoard(self.trust)
@@ -169,7 +198,7 @@ class LibraryNodeService:
         self._bulk_changed: set[bytes] = set()
         for ns, fn in sync_authorizers({
                 "library": self.library.authorize, "situation": authorize_situation,
-                "bulletin": self.bulletins.authorize, "trust": self.trust.authorize,
+                "bulletin": self._authorize_bulletin, "trust": self._authorize_trust,
                 "mail": self.mail.authorize}).items():
             store.register_authorizer(ns, fn)
         self._unsubscribe = store.subscribe(self._on_commit)
@@ -186,6 +215,8 @@ class LibraryNodeService:
             "situation.list": self._h_situation_list,
             "situation.summary": self._h_situation_summary,
             "bulletin.publish": self._h_bulletin_publish, "bulletin.list": self._h_bulletin_list,
+            "trust.show": self._h_trust_show, "trust.export": self._h_trust_export,
+            "trust.join": self._h_trust_join, "trust.publish": self._h_trust_publish,
             "mail.list": self._h_mail_list,
         }
 
@@ -217,6 +248,9 @@ class LibraryNodeService:
         return [
             Metric("carmesh_bulletins", "gauge", "Live (unexpired, trusted) bulletins.",
                    samples=(((), float(len(self.bulletins.active(self._wall_ms())))),)),
+            Metric("carmesh_trust_carried_ops", "gauge",
+                   "Bulletin and trust ops carried for others without a verifiable authority.",
+                   samples=(((), float(len(self.carried))),)),
             Metric("carmesh_mail_carried", "gauge",
                    "Mail this node carries for other nodes (store and forward).",
                    samples=(((), float(self.mail.carried())),)),
@@ -272,20 +306,14 @@ class LibraryNodeService:
         receipts: list[MailReceipt] = []
         situation_changed: list[dict[str, Any]] = []
         published: list[Bulletin] = []
-        # trust before bulletins: a batch may carry the update that makes a publisher trusted
-        ordered = sorted(ops, key=lambda o: 0 if o.namespace == "trust" else 1)
-        for op in ordered:
+        trust_ops = [o for o in ops if o.namespace in ("trust", "bulletin")]
+        if trust_ops:
+            async with self._trust_lock:
+                published = await self._apply_trusted(trust_ops, wall, replay=replay)
+        for op in ops:
             ns = op.namespace
             if ns == "library":
                 lib_ops.append(op)
-            elif ns == "trust":
-                self.trust.apply(op)
-            elif ns == "bulletin":
-                if self.bulletins.apply(op, wall) and op.kind == KIND_PUBLISH:
-                    b = next((x for x in self.bulletins.active(wall) if x.op_id == op.op_id),
-                             None)
-                    if b is not None:
-                        published.append(b)
             elif ns == "situation":
                 if self.situation.apply(op) and op.kind == KIND_SET:
                     situation_changed.append({"owner": op.author.hex()})
@@ -314,6 +342,173 @@ class LibraryNodeService:
             self._announce_delivery(r)
         if any(m.recipient == self._ident.node_id for m in new_mail) and not self._replaying:
             asyncio.get_running_loop().create_task(self._open_my_mail())
+
+    # -- trust and bulletins --------------------------------------------------------------------
+
+    def _load_trust(self, explicit: Path | None) -> TrustStore:
+        """The pinned trust: ``--trust FILE`` and the state directory's copy, the newer wins."""
+        def load(path: Path) -> TrustConfig:
+            try:
+                return TrustConfig.load(path)
+            except OSError as exc:
+                raise LibraryError(f"trust configuration {path}: {exc.strerror or exc}") \
+                    from None
+
+        given = load(explicit) if explicit is not None else None
+        saved = load(self._state_trust) if self._state_trust.exists() else None
+        if given is not None and saved is not None:
+            if saved.root != given.root:
+                log.warning("%s names another community root than %s; using %s", explicit,
+                            self._state_trust, explicit)
+            elif saved.version > given.version:
+                log.info("trust: version %d from %s is newer than %s's %d", saved.version,
+                         self._state_trust, explicit, given.version)
+                return TrustStore(saved)
+            return TrustStore(given)
+        if given is None and saved is not None:
+            self.trust_path = self._state_trust
+        config = given or saved
+        if config is not None:
+            return TrustStore(config)
+        if self._pin_path.exists():
+            try:
+                fp, _ = parse_fingerprint(self._pin_path.read_text(encoding="utf-8"))
+            except (OSError, LibraryError) as exc:
+                raise LibraryError(f"trust pin {self._pin_path}: {exc}") from None
+            return TrustStore(pinned=fp)
+        return TrustStore()
+
+    def _save_trust(self) -> None:
+        """Keep the pinned root (and the newest configuration) in the state directory."""
+        c = self.trust.config
+        if c is None:
+            if self.trust.pinned is not None:
+                _write_atomic(self._pin_path, format_fingerprint(self.trust.pinned) + "\n")
+            return
+        if c.version < self._saved_version and self._state_trust.exists():
+            return
+        _write_atomic(self._state_trust, c.to_toml())
+        self._saved_version = c.version
+        self._pin_path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _size(op: OpLike) -> int:
+        raw = getattr(op, "raw", None)
+        return len(raw) if isinstance(raw, bytes) else len(op.body) + 200
+
+    def _authorize_bulletin(self, op: OpLike, wall_now_ms: int) -> None:
+        """Show it, carry it (bounded) when its authority cannot be checked, or refuse it."""
+        if self.bulletins.classify(op, wall_now_ms) is None:
+            self.carried.admit(op, self._size(op), wall_now_ms)
+
+    def _authorize_trust(self, op: OpLike, wall_now_ms: int) -> None:
+        """Our root's updates are kept (adopted when newer); other verified ones are carried."""
+        verdict, _ = self.trust.classify(op)
+        if verdict is TrustVerdict.CARRY:
+            self.carried.admit(op, self._size(op), wall_now_ms)
+
+    async def _apply_trusted(self, ops: Sequence[Op], wall: int, *,
+                             replay: bool) -> list[Bulletin]:
+        """Trust then bulletin ops of one commit (under ``_trust_lock``); the ones to announce."""
+        before = self.trust.version, self.trust.root
+        withdraw: list[bytes] = []
+        for op in sorted(ops, key=lambda o: 0 if o.namespace == "trust" else 1):
+            if op.namespace == "trust":
+                self._take_trust(op, wall)
+        if (self.trust.version, self.trust.root) != before:
+            withdraw += self.bulletins.drop_untrusted()
+        published: list[Bulletin] = []
+        for op in ops:
+            if op.namespace == "bulletin":
+                b = self._take_bulletin(op, wall, withdraw)
+                if b is not None and op.kind == KIND_PUBLISH:
+                    published.append(b)
+        if (self.trust.version, self.trust.root) != before:
+            published += await self._recheck(wall, withdraw)
+        await self._withdraw(withdraw, announce=not replay)
+        if (self.trust.version, self.trust.root) != before:
+            await asyncio.to_thread(self._save_trust)
+            if not replay:
+                self._announce_trust()
+        return published
+
+    def _take_trust(self, op: OpLike, wall: int) -> bool:
+        """A committed trust op: adopt, keep as stale, or count as carried; True if adopted."""
+        try:
+            verdict, config = self.trust.classify(op)
+        except Refused as exc:
+            self.bulletins.drops.drop(exc.reason, op.author.hex()[:8], exc.detail)
+            return False
+        if verdict is TrustVerdict.CARRY:
+            self.carried.restore(op, self._size(op), wall)
+            return False
+        self.carried.discard(op.op_id)
+        if verdict is TrustVerdict.ADOPT:
+            self.trust.config = config
+            log.info("trust: adopted version %d of %s (%d authorities, %d revoked)",
+                     config.version, config.community or "the community",
+                     len(config.authorities), len(config.revoked))
+            return True
+        return False
+
+    def _take_bulletin(self, op: OpLike, wall: int, withdraw: list[bytes]) -> Bulletin | None:
+        """A committed bulletin op: shown (returned), carried, or refused now (withdrawn)."""
+        try:
+            b = self.bulletins.classify(op, wall)
+        except Refused as exc:
+            self.bulletins.drops.drop(exc.reason, op.author.hex()[:8], exc.detail)
+            self.carried.discard(op.op_id)
+            withdraw.append(op.op_id)
+            return None
+        if b is None:
+            self.carried.restore(op, self._size(op), wall)
+            return None
+        self.carried.discard(op.op_id)
+        self.bulletins.add(b)
+        return b
+
+    async def _recheck(self, wall: int, withdraw: list[bytes]) -> list[Bulletin]:
+        """Trust changed: check the carried ops again; the bulletins that became verifiable."""
+        carried = list(self.carried)
+        if not carried:
+            return []
+        pairs = await self.store.get_raw_pairs([c.op_id for c in carried])
+        ops = [decode_op(raw, verify=False) for _, raw in pairs]
+        held = {op.op_id for op in ops}
+        for c in carried:
+            if c.op_id not in held:
+                self.carried.discard(c.op_id)
+        while True:  # an adopted update may make another carried update (ours) adoptable
+            adopted = False
+            for op in ops:
+                if op.namespace == "trust" and op.op_id in self.carried:
+                    adopted |= self._take_trust(op, wall)
+            if not adopted:
+                break
+            withdraw += self.bulletins.drop_untrusted()
+        shown: list[Bulletin] = []
+        for op in ops:
+            if op.namespace == "bulletin" and op.op_id in self.carried:
+                b = self._take_bulletin(op, wall, withdraw)
+                if b is not None:
+                    shown.append(b)
+        return shown
+
+    async def _withdraw(self, op_ids: list[bytes], *, announce: bool) -> None:
+        """Delete refused bulletins from the store (no longer forwarded) and say so."""
+        if not op_ids:
+            return
+        gone = await self.store.forget(op_ids)
+        if gone:
+            log.info("trust: withdrew %d bulletin(s) no longer trusted", len(gone))
+        if announce and gone:
+            self.node.publish("bulletin.revoked", {"op_ids": [g.hex() for g in gone]})
+
+    def _announce_trust(self) -> None:
+        c = self.trust.config
+        self.node.publish("trust.changed", {
+            "community": c.community if c else "", "version": self.trust.version,
+            "authorities": len(c.authorities) if c else 0})
 
     def _publish_changed(self, changed: set[bytes]) -> None:
         ids = sorted(d.hex() for d in changed)
@@ -370,6 +565,8 @@ class LibraryNodeService:
         if gone:
             self.node.publish("bulletin.expired", {"op_ids": [g.hex() for g in gone]})
         self.mail.purge(wall)
+        self.carried.expire(wall)
+        self.carried.retain(self.store.__contains__, wall)
 
     # -- local writes ----------------------------------------------------------------------------
 
@@ -656,7 +853,7 @@ class LibraryNodeService:
     def _trust_json(self) -> dict[str, Any]:
         c = self.trust.config
         return {"file": str(self.trust_path) if self.trust_path else None,
-                "version": c.version, "authorities": len(c.authorities),
+                "version": self.trust.version, "authorities": len(c.authorities) if c else 0,
                 "key": self._author.hex(),
                 "authority": self.trust.authority(self._author) is not None}
 
@@ -677,9 +874,12 @@ class LibraryNodeService:
         issued = self._wall_ms()
         expires = issued + max(1, round(expires_s * 1000))
         doc_id = new_doc_id(os.urandom(16))
+        root = self.trust.root
+        assert root is not None  # an authority exists only under a pinned root
         try:
             payload = prepare_bulletin(self._ident.sign, self._author, doc_id, title=title,
-                                       text=body, issued_ms=issued, expires_ms=expires)
+                                       text=body, issued_ms=issued, expires_ms=expires,
+                                       root=root, trust_version=self.trust.version)
         except LocalProtocolError as exc:
             raise _bad(str(exc)) from None
         async with self._write_lock:
@@ -699,6 +899,112 @@ class LibraryNodeService:
         return {"bulletins": [self._bulletin_json(b)
                               for b in self.bulletins.active(self._wall_ms())],
                 "trust": self._trust_json()}
+
+    # -- trust ---------------------------------------------------------------------------------
+
+    def _trust_show(self) -> dict[str, Any]:
+        c = self.trust.config
+        pinned = self.trust.pinned
+        carried = sorted(self.carried, key=lambda e: (e.kind, e.admitted_ms, e.op_id))
+        return {
+            "community": c.community if c else "",
+            "pinned": "root" if c else ("fingerprint" if pinned else "none"),
+            "root": c.root.hex() if c else None,
+            "fingerprint": format_fingerprint(pinned) if pinned else None,
+            "version": self.trust.version,
+            "authorities": [{"key": a.key.hex(), "role": str(a.role), "name": a.name}
+                            for a in sorted(c.authorities.values(),
+                                            key=lambda a: (a.role, a.name, a.key))]
+            if c else [],
+            "revoked": sorted(k.hex() for k in c.revoked) if c else [],
+            "file": str(self.trust_path) if self.trust_path else None,
+            "key": self._author.hex(),
+            "authority": self.trust.authority(self._author) is not None,
+            "carried": {"ops": len(self.carried), "bytes": self.carried.bytes,
+                        "max_ops": self.carried.max_ops, "max_bytes": self.carried.max_bytes,
+                        "items": [{"op_id": e.op_id.hex(), "kind": e.kind,
+                                   "author": e.author.hex(), "expires_ms": e.expiry_ms}
+                                  for e in carried[:MAX_SHOWN_CARRIED]]},
+        }
+
+    async def _h_trust_show(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        return self._trust_show()
+
+    async def _h_trust_export(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        c = self.trust.config
+        if c is None:
+            raise ControlError("failed", "this node holds no trust configuration to export"
+                               + (" (pinned by fingerprint; waiting for an update from the "
+                                  "root)" if self.trust.pinned else ""))
+        return {"config": c.to_toml(), "community": c.community, "version": c.version,
+                "fingerprint": format_fingerprint(self.trust.pinned or b""),
+                "authorities": len(c.authorities)}
+
+    async def _h_trust_join(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Pin a root: an enrolment file's text (``config``) or a ``fingerprint``."""
+        await self._ensure_ready()
+        text = _str_param(params, "config", required=False, max_len=512 * 1024)
+        fp_text = _str_param(params, "fingerprint", required=False, max_len=200)
+        if (text is None) == (fp_text is None):
+            raise _bad("trust.join takes config (an enrolment file's text) or fingerprint")
+        async with self._trust_lock:
+            before = self.trust.version, self.trust.root, self.trust.pinned
+            try:
+                if text is not None:
+                    self.trust.pin(TrustConfig.from_toml(text))
+                else:
+                    assert fp_text is not None
+                    fp, root = parse_fingerprint(fp_text)
+                    if root is not None and self.trust.config is None:
+                        self.trust.pin(TrustConfig(root, 0, {}))
+                    else:
+                        self.trust.pin_fingerprint(fp)
+            except LibraryError as exc:
+                code = "bad_request" if "configuration" in str(exc) or "fingerprint" in \
+                    str(exc) else "failed"
+                raise ControlError(code, str(exc)) from None
+            if (self.trust.version, self.trust.root, self.trust.pinned) != before:
+                wall = self._wall_ms()
+                withdraw = self.bulletins.drop_untrusted()
+                shown = await self._recheck(wall, withdraw)
+                await self._withdraw(withdraw, announce=True)
+                await asyncio.to_thread(self._save_trust)
+                self._announce_trust()
+                for b in shown:
+                    self.node.publish("bulletin.published", {"bulletin": self._bulletin_json(b)})
+                log.info("trust: joined %s (fingerprint %s, version %d)",
+                         self.trust.config.community if self.trust.config else "a community",
+                         format_fingerprint(self.trust.pinned or b""), self.trust.version)
+        return self._trust_show()
+
+    async def _h_trust_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Store and spread a root-signed ``trust.update`` made by ``meshctl trust authority``."""
+        await self._ensure_ready()
+        raw_hex = _str_param(params, "op", max_len=2 * MAX_OP_SIZE)
+        assert raw_hex is not None
+        try:
+            raw = bytes.fromhex(raw_hex)
+            op = decode_op(raw)
+        except (ValueError, RemoteProtocolError) as exc:
+            raise _bad(f"not a signed op: {exc}") from None
+        if op.kind != KIND_TRUST_UPDATE:
+            raise _bad("only trust.update ops are published this way")
+        try:
+            verdict, config = self.trust.classify(op)
+        except Refused as exc:
+            raise ControlError("failed", f"refused: {exc.reason} {exc.detail}") from None
+        if verdict is TrustVerdict.CARRY:
+            raise ControlError("failed", "this node is not pinned to that root (run `meshctl "
+                               "trust join FINGERPRINT` on it first)")
+        if verdict is TrustVerdict.STALE:
+            raise ControlError("failed", f"version {config.version} is not newer than this "
+                               f"node's {self.trust.version}")
+        res = await self.store.apply_remote([raw], peer="meshctl")
+        if res.refused:
+            raise ControlError("failed", f"refused by the store: {dict(res.refused)}")
+        return {"op_id": op.op_id.hex(), **self._trust_show()}
 
     # -- mail ----------------------------------------------------------------------------------
 

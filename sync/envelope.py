@@ -78,8 +78,10 @@ _SIG_DOMAIN = b"carmesh/op/1\x00"
 _SIG_BIN8 = b"\xc4\x40"
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_.]*\Z")
 
-#: reconciliation and transfer order: bulletins first, then the safety registry, library last
-NAMESPACE_PRIORITY: tuple[str, ...] = ("bulletin", "trust", "safety", "situation", "mail",
+#: reconciliation and transfer order: trust first (a revocation must arrive no later than
+#: the bulletins it withdraws, and an update before the bulletins it makes verifiable),
+#: then bulletins, then the safety registry, library last
+NAMESPACE_PRIORITY: tuple[str, ...] = ("trust", "bulletin", "safety", "situation", "mail",
                                        "library")
 
 

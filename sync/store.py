@@ -840,6 +840,33 @@ class OpStore:
         marks = ",".join("?" * len(hide))
         await self._db.execute(f"DELETE FROM pending WHERE author IN ({marks})", list(hide))
 
+    async def forget(self, op_ids: Iterable[bytes]) -> list[bytes]:
+        """Delete stored ephemeral ops (``seq`` 0) the application withdrew; returns their ids.
+
+        For ops refused after they were stored (a revoked authority's bulletins): they are
+        no longer offered to peers, and a peer offering one again meets the authoriser.
+        Chained ops are never forgotten (a re-delivery would look like a fork).
+        """
+        async with self._lock:
+            gone: list[bytes] = []
+            for op_id in dict.fromkeys(op_ids):
+                k = self._known.get(op_id)
+                if k is None:
+                    continue
+                cur = await self._db.execute(
+                    "DELETE FROM ops WHERE ns = ? AND hlc = ? AND op_id = ? AND seq = 0 "
+                    "RETURNING length(raw)", (k[0], k[1], op_id))
+                rows = list(await cur.fetchall())
+                await cur.close()
+                if not rows:
+                    continue
+                self.bytes_stored -= int(rows[0][0])
+                del self._known[op_id]
+                if self._keys.get(k[0], {}).pop(op_id, None) is not None:
+                    self._snapshots.pop(k[0], None)
+                gone.append(op_id)
+            return gone
+
     async def purge_expired(self) -> int:
         """Delete ops whose expiry has passed; returns how many."""
         wall_ms = int(self._wall_clock() * 1000)

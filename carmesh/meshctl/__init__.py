@@ -3,8 +3,9 @@
 Every subcommand is one entry in ``COMMANDS`` (see ``register``): a name, a
 help line, a function that adds its arguments to an argparse sub-parser, and an
 async ``run(client, args, out) -> exit code``.  Each command group is a module of
-this package (node, calls, library, board, safety, sync, console); importing them here
-registers their commands.
+this package (node, calls, library, board, safety, trust, sync, console); importing
+them here registers their commands.  A sub-command that works on files alone
+(``trust init``) sets ``offline_run`` and runs without a daemon.
 
 ``--state-dir``, ``--socket`` and ``--json`` are accepted before or after the
 subcommand: each sub-parser repeats them with ``default=SUPPRESS``, so a value
@@ -24,7 +25,7 @@ import sys
 from typing import NoReturn
 
 # importing a group registers its commands
-from carmesh.meshctl import board, calls, console, library, node, safety, sync
+from carmesh.meshctl import board, calls, console, library, node, safety, sync, trust
 from carmesh.meshctl.common import (
     COMMANDS,
     CONNECT_TIMEOUT_S,
@@ -56,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: the order command groups appear in ``meshctl --help``
-_GROUPS = (node, calls, console, sync, library, board, safety)
+_GROUPS = (node, calls, console, sync, library, board, safety, trust)
 
 
 def _help_rank(cmd: Command) -> int:
@@ -82,6 +83,9 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     cmd = COMMANDS[args.command]
     if args.command == "status" and args.wait > 0 and args.node is None:
         return await _status_wait(args, out)
+    offline = getattr(args, "offline_run", None)
+    if offline is not None:  # works on files only (e.g. `trust init`): no daemon needed
+        return int(await offline(args, out))
     try:
         client = await ControlClient.connect(args.socket_path, timeout=CONNECT_TIMEOUT_S)
     except NoDaemon as exc:

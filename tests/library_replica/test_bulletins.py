@@ -27,9 +27,13 @@ NOW = 1_790_000_000_000
 HOUR = 3600_000
 
 
+#: the community root of the ``world`` fixture (``_bulletin`` names it)
+ROOT: list[Author] = [Author()]
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> tuple[Author, Author, BulletinBoard]:
-    root, city = Author(), Author()
+    root, city = ROOT[0], Author()
     config = TrustConfig(root.pub, 1, {city.pub: Authority(city.pub, AuthorityRole.CITY, "市役所")})
     path = tmp_path / "trust.toml"
     path.write_text(config.to_toml(), encoding="utf-8")
@@ -39,11 +43,12 @@ def world(tmp_path: Path) -> tuple[Author, Author, BulletinBoard]:
 
 
 def _bulletin(who: Author, expires: int, *, issued: int = NOW, signer: Author | None = None,
-              envelope_expiry: int | None = None) -> Op:
+              envelope_expiry: int | None = None, root: bytes = b"", version: int = 1) -> Op:
     doc_id = new_doc_id(who.pub + expires.to_bytes(8, "big"))
     body = prepare_bulletin((signer or who).sign, who.pub, doc_id, title="避難指示",
                             text="川沿いの地区は北小学校へ避難してください。",
-                            issued_ms=issued, expires_ms=expires)
+                            issued_ms=issued, expires_ms=expires, root=root or ROOT[0].pub,
+                            trust_version=version)
     return who.op(KIND_PUBLISH, doc_id, body, hlc(issued),
                   expiry_ms=expires if envelope_expiry is None else envelope_expiry)
 
@@ -133,7 +138,7 @@ def test_trust_update_not_from_root_is_refused(
         world: tuple[Author, Author, BulletinBoard]) -> None:
     root, city, board = world
     mallory = Author()
-    doc_id, body = prepare_trust_update(mallory.sign, root.pub, 9, [
+    doc_id, body = prepare_trust_update(mallory.sign, mallory.pub, 9, [
         Authority(mallory.pub, AuthorityRole.MAKER, "偽メーカー")])
     as_mallory = mallory.op(KIND_TRUST_UPDATE, doc_id, body, hlc(NOW))
     with pytest.raises(Refused) as exc:

@@ -115,11 +115,13 @@ async def test_two_replicas_through_sync_store(tmp_path: Path) -> None:
             await a.store.add_local(bob, kind=KIND_PUBLISH, doc_id=bid, expiry_ms=expires,
                                     body=prepare_bulletin(bob.sign, _pub(bob), bid, title="偽",
                                                           text="x", issued_ms=now_ms,
-                                                          expires_ms=expires))
+                                                          expires_ms=expires, root=_pub(root),
+                                                          trust_version=1))
         op = await a.store.add_local(city, kind=KIND_PUBLISH, doc_id=bid, expiry_ms=expires,
                                      body=prepare_bulletin(city.sign, _pub(city), bid,
                                                            title="給水車", text="九時に公民館",
-                                                           issued_ms=now_ms, expires_ms=expires))
+                                                           issued_ms=now_ms, expires_ms=expires,
+                                                           root=_pub(root), trust_version=1))
         await b.store.apply_remote([op.raw], "a")
         assert [x.title for x in b.bulletins.active(now_ms)] == ["給水車"]
         clock[0] = NOW_S + 7200

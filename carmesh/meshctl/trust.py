@@ -1,0 +1,298 @@
+"""meshctl trust: the community root key, its authorities, and enrolment of nodes.
+
+The root key lives in a file kept offline (``trust init``); ``trust authority
+add|remove`` read it, sign a whole new configuration as a ``trust.update`` op
+here, in meshctl, and hand the signed op to the daemon, which stores and
+spreads it like any op (the root's secret never reaches a daemon).  Updates
+are ephemeral ops (an expiry, outside the root key's chain), so a root used
+from any node can never fork its chain; their version is the Unix time in
+seconds (or one more than the node's), so coordinators working from nodes
+that are behind do not publish two configurations under one number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+from carmesh.meshctl.common import (
+    CALL_TIMEOUT_S,
+    ExitCode,
+    Output,
+    _global_options,
+    _str,
+    register,
+)
+from library_replica.bulletins import (
+    KIND_TRUST_UPDATE,
+    MAX_COMMUNITY,
+    TRUST_UPDATE_LIFETIME_MS,
+    Authority,
+    AuthorityRole,
+    fingerprint,
+    format_fingerprint,
+    prepare_trust_update,
+)
+from meshd.control.client import ControlClient
+from meshd.paths import default_state_dir
+from sync.envelope import create_op
+
+__all__ = ["load_root_key", "write_root_key"]
+
+_HEADER = """\
+# carmesh community root key.  KEEP IT OFFLINE (a USB stick in a safe): whoever holds
+# this file decides who may publish bulletins to the whole community.  Never copy it
+# into a node's state directory.  The public half and its fingerprint may be shared.
+"""
+
+
+def _pub(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def write_root_key(path: Path, key: Ed25519PrivateKey, community: str) -> None:
+    """Create ``path`` (mode 0600, never over an existing file) holding the root key."""
+    secret = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    text = (_HEADER + f"community = {_toml_str(community)}\n"
+            f'public = "{_pub(key).hex()}"\n'
+            f'fingerprint = "{format_fingerprint(fingerprint(_pub(key)))}"\n'
+            f'secret = "{secret.hex()}"\n')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_root_key(path: Path) -> tuple[Ed25519PrivateKey, str]:
+    """(key, community name) from a root key file; raises ``ValueError`` with the reason."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["secret"]))
+        community = data.get("community", "")
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path} is not a root key file ({exc})") from None
+    if "public" in data and data["public"] != _pub(key).hex():
+        raise ValueError(f"{path}: public key does not match the secret")
+    return key, str(community)
+
+
+def _toml_str(text: str) -> str:
+    import json
+
+    return json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _resolved(path: Path) -> str:
+    return str(path.resolve())
+
+
+def _read_enrolment(src: Path) -> str | None:
+    """The text of an enrolment file, or None when ``src`` is not a file."""
+    if not src.is_file():
+        return None
+    return src.read_text(encoding="utf-8")
+
+
+def _write_file(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _key_arg(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise argparse.ArgumentTypeError("KEY is a 64-hex Ed25519 key (see `trust show`: key)")
+    return key
+
+
+def _setup(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    init = sub.add_parser("init", help="make a community root key in a file (offline; no daemon)")
+    init.add_argument("--root-key", type=Path, required=True, metavar="FILE",
+                      help="where to create the root key (mode 0600; kept offline)")
+    init.add_argument("--community", default="", metavar="NAME",
+                      help="the community's name, shown by `trust show`")
+    init.add_argument("--force", action="store_true",
+                      help="allow FILE inside the node's state directory (not recommended)")
+    init.set_defaults(offline_run=_init)
+    sub.add_parser("show", help="the community, its version, authorities, and what is carried")
+    exp = sub.add_parser("export", help="write the enrolment file (for `trust join FILE`)")
+    exp.add_argument("file", type=Path, metavar="FILE")
+    join = sub.add_parser("join", help="pin the community root on this node: an enrolment "
+                                       "file, or the root's fingerprint")
+    join.add_argument("source", metavar="FILE|FINGERPRINT")
+    auth = sub.add_parser("authority", help="add or remove an authority (signs with the root)")
+    asub = auth.add_subparsers(dest="auth_action", metavar="ACTION", required=True)
+    add = asub.add_parser("add", help="add (or rename) an authority key")
+    add.add_argument("key", type=_key_arg, metavar="KEY")
+    add.add_argument("--role", required=True, choices=[r.value for r in AuthorityRole])
+    add.add_argument("--name", required=True, metavar="N")
+    add.add_argument("--root-key", type=Path, required=True, metavar="FILE")
+    rm = asub.add_parser("remove", help="remove an authority key (revokes its bulletins)")
+    rm.add_argument("key", type=_key_arg, metavar="KEY")
+    rm.add_argument("--root-key", type=Path, required=True, metavar="FILE")
+    for sp in (*sub.choices.values(), *asub.choices.values()):
+        _global_options(sp, suppress=True)
+
+
+async def _init(args: argparse.Namespace, out: Output) -> int:
+    path: Path = args.root_key
+    state_dir = args.state_dir if args.state_dir is not None else default_state_dir()
+    if _inside(path, Path(state_dir)) and not args.force:
+        return out.fail(ExitCode.USAGE, f"{path} is inside the state directory {state_dir}: "
+                        "keep the root key offline (or pass --force)")
+    if len(args.community) > MAX_COMMUNITY:
+        return out.fail(ExitCode.USAGE, f"--community is at most {MAX_COMMUNITY} characters")
+    key = Ed25519PrivateKey.generate()
+    try:
+        write_root_key(path, key, args.community)
+    except FileExistsError:
+        return out.fail(ExitCode.FAILED, f"{path} exists: a root key is never overwritten")
+    except OSError as exc:
+        return out.fail(ExitCode.FAILED, f"{path}: {exc.strerror or exc}")
+    fp = format_fingerprint(fingerprint(_pub(key)))
+    if out.json:
+        out.document({"root_key_file": _resolved(path), "root": _pub(key).hex(),
+                      "fingerprint": fp, "community": args.community})
+    else:
+        out.line(f"root key written to {path} (mode 0600): keep it offline")
+        out.line(f"fingerprint {fp}")
+        out.line("enrol a node with `meshctl trust join " + fp + "`")
+    return ExitCode.OK
+
+
+def _show(res: dict[str, Any], out: Output) -> None:
+    pinned = res.get("pinned")
+    if pinned == "none":
+        out.line("not enrolled in a community (meshctl trust join FILE|FINGERPRINT)")
+    else:
+        out.line(f"community {_str(res.get('community') or None)}, version "
+                 f"{_str(res.get('version'))}, fingerprint {_str(res.get('fingerprint'))}"
+                 + (" (waiting for the root's configuration)" if pinned == "fingerprint"
+                    else ""))
+        auths = res.get("authorities") or []
+        out.line(f"authorities: {len(auths)}")
+        for a in auths:
+            if isinstance(a, dict):
+                out.line(f"  {_str(a.get('role')):<7} {_str(a.get('name') or None):<24} "
+                         f"{_str(a.get('key'))}")
+        if res.get("revoked"):
+            out.line(f"revoked keys: {len(res['revoked'])}")
+    out.line(f"this node's key {_str(res.get('key'))}"
+             + (" (an authority)" if res.get("authority") else ""))
+    c = res.get("carried") or {}
+    out.line(f"carrying unverified: {_str(c.get('ops'))} op(s), {_str(c.get('bytes'))} bytes "
+             f"(at most {_str(c.get('max_ops'))} ops, {_str(c.get('max_bytes'))} bytes)")
+
+
+async def _authority(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    try:
+        secret, key_community = load_root_key(args.root_key)
+    except ValueError as exc:
+        return out.fail(ExitCode.FAILED, str(exc))
+    root = _pub(secret)
+    cur = await client.call("trust.show", timeout=CALL_TIMEOUT_S)
+    fp = format_fingerprint(fingerprint(root))
+    if cur.get("pinned") == "none":
+        return out.fail(ExitCode.FAILED, f"this node has not joined a community: run `meshctl "
+                        f"trust join {fp}` on it first")
+    if cur.get("fingerprint") != fp:
+        return out.fail(ExitCode.FAILED, f"this node is pinned to another root "
+                        f"({cur.get('fingerprint')}, not {fp})")
+    auths = {bytes.fromhex(a["key"]): Authority(bytes.fromhex(a["key"]), AuthorityRole(a["role"]),
+                                                str(a["name"])) for a in cur["authorities"]}
+    revoked = {bytes.fromhex(k) for k in cur["revoked"]}
+    key: bytes = args.key
+    if args.auth_action == "add":
+        auths[key] = Authority(key, AuthorityRole(args.role), args.name)
+        revoked.discard(key)
+    else:
+        if key not in auths:
+            return out.fail(ExitCode.FAILED, f"{key.hex()} is not an authority")
+        del auths[key]
+        revoked.add(key)
+    version = max(int(cur["version"]) + 1, int(time.time()))
+    community = str(cur.get("community") or key_community)
+    doc_id, body = prepare_trust_update(secret.sign, root, version, auths.values(),
+                                        revoked=revoked, community=community)
+    now_ms = int(time.time() * 1000)
+    op = create_op(secret, kind=KIND_TRUST_UPDATE, doc_id=doc_id, body=body, seq=0, prev=None,
+                   hlc=now_ms << 16, expiry_ms=now_ms + TRUST_UPDATE_LIFETIME_MS)
+    res = await client.call("trust.publish", {"op": op.raw.hex()}, timeout=CALL_TIMEOUT_S)
+    if out.json:
+        out.document(res)
+    else:
+        out.line(f"published trust version {res.get('version')} "
+                 f"({len(res.get('authorities') or [])} authorities, op "
+                 f"{str(res.get('op_id'))[:12]})")
+    return ExitCode.OK
+
+
+@register("trust", "community trust: root key, authorities, enrolment (init, show, export, "
+          "join, authority add|remove)", _setup)
+async def _trust(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "authority":
+        return await _authority(client, args, out)
+    if args.action == "join":
+        src = Path(args.source)
+        try:
+            text = _read_enrolment(src)
+        except (OSError, UnicodeDecodeError) as exc:
+            return out.fail(ExitCode.FAILED, f"{src}: {exc}")
+        if text is not None:
+            params = {"config": text}
+        elif any(c in args.source for c in "/."):
+            return out.fail(ExitCode.USAGE, f"{src}: no such enrolment file")
+        else:
+            params = {"fingerprint": args.source}
+        res = await client.call("trust.join", params, timeout=CALL_TIMEOUT_S)
+    elif args.action == "export":
+        res = await client.call("trust.export", timeout=CALL_TIMEOUT_S)
+        path: Path = args.file
+        try:
+            _write_file(path, str(res["config"]))
+        except OSError as exc:
+            return out.fail(ExitCode.FAILED, f"{path}: {exc.strerror or exc}")
+        doc = {"file": _resolved(path), "community": res.get("community"),
+               "version": res.get("version"), "fingerprint": res.get("fingerprint"),
+               "authorities": res.get("authorities")}
+        if out.json:
+            out.document(doc)
+        else:
+            out.line(f"enrolment file {path}: {_str(doc['community'] or None)} version "
+                     f"{doc['version']}, fingerprint {doc['fingerprint']}")
+        return ExitCode.OK
+    else:
+        res = await client.call("trust.show", timeout=CALL_TIMEOUT_S)
+    if out.json:
+        out.document(res)
+    else:
+        _show(res, out)
+    return ExitCode.OK
