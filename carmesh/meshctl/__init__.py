@@ -3,7 +3,7 @@
 Every subcommand is one entry in ``COMMANDS`` (see ``register``): a name, a
 help line, a function that adds its arguments to an argparse sub-parser, and an
 async ``run(client, args, out) -> exit code``.  Each command group is a module of
-this package (node, calls, library, board, sync, console); importing them here
+this package (node, calls, watch, library, board, sync, console); importing them here
 registers their commands.
 
 ``--state-dir``, ``--socket`` and ``--json`` are accepted before or after the
@@ -23,7 +23,7 @@ import sys
 from typing import NoReturn
 
 # importing a group registers its commands
-from carmesh.meshctl import board, calls, console, library, node, sync
+from carmesh.meshctl import board, calls, console, library, node, sync, watch
 from carmesh.meshctl.common import (
     COMMANDS,
     CONNECT_TIMEOUT_S,
@@ -55,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: the order command groups appear in ``meshctl --help``
-_GROUPS = (node, calls, console, sync, library, board)
+_GROUPS = (node, calls, watch, console, sync, library, board)
 
 
 def _help_rank(cmd: Command) -> int:
