@@ -100,7 +100,7 @@ from library_replica.situation import (
     prepare_set,
 )
 from library_replica.summary import DEFAULT_STALE_S, town_summary
-from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolError
+from meshd.core.errors import ControlError, DiskFull, LocalProtocolError, RemoteProtocolError
 from meshd.core.identity import NodeId, short_id
 from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
 from sync.envelope import MAX_OP_SIZE, Op, decode_op
@@ -195,6 +195,7 @@ class LibraryNodeService:
         self._ready = asyncio.Event()
         self._replaying = True
         self._deferred_index = False
+        self._index_full_logged = False
         self._bulk_changed: set[bytes] = set()
         for ns, fn in sync_authorizers({
                 "library": self.library.authorize, "situation": authorize_situation,
@@ -237,6 +238,8 @@ class LibraryNodeService:
         while True:
             await asyncio.sleep(self._purge_interval_s)
             self._purge()
+            if self.index.behind:
+                await self._catch_up_index()
 
     def metrics(self) -> list[Metric]:
         """``MetricsSource``: live bulletins, mail carried for others, refused ops by reason."""
@@ -285,11 +288,36 @@ class LibraryNodeService:
                 await self._apply(batch, replay=True)
                 total += len(batch)
         async with self._lock:
-            n = await asyncio.to_thread(refresh_index, self.index, self.library, full=True)
+            try:
+                n = await asyncio.to_thread(refresh_index, self.index, self.library, full=True)
+            except DiskFull as exc:
+                self._index_failed(exc)
+                n = 0
         self._replaying = False
         log.info("library replayed %d ops in %.2f s (%d documents, %d re-indexed)", total,
                  time.monotonic() - started, sum(1 for _ in self.library.documents()), n)
         await self._open_my_mail()
+
+    # -- the search index on a full disk ----------------------------------------------------
+
+    def _index_failed(self, exc: DiskFull) -> None:
+        """A write to the index failed for lack of space: what it missed stays owed."""
+        if not self._index_full_logged:
+            log.error("%s: search results miss recent changes until there is room (the"
+                      " index catches up by itself)", exc)
+        self._index_full_logged = True
+
+    async def _catch_up_index(self) -> None:
+        """Index what a full disk kept out of the index (called from ``run``'s loop)."""
+        async with self._lock:
+            try:
+                n = await asyncio.to_thread(refresh_index, self.index, self.library)
+            except DiskFull as exc:
+                self._index_failed(exc)
+                return
+        if self._index_full_logged:
+            log.info("search index caught up with the library (%d document(s) indexed)", n)
+        self._index_full_logged = False
 
     async def _ensure_ready(self) -> None:
         await self._ready.wait()
@@ -520,7 +548,10 @@ class LibraryNodeService:
         for op in ops:
             self.library.apply(op)
         if index:
-            refresh_index(self.index, self.library)
+            try:
+                refresh_index(self.index, self.library)
+            except DiskFull as exc:  # the ops are committed: the index catches up later
+                self._index_failed(exc)
         return {op.doc_id for op in ops}
 
     def _announce_delivery(self, r: MailReceipt) -> None:
@@ -554,8 +585,9 @@ class LibraryNodeService:
                 try:
                     await self.store.add_local(self._ident.signing_key, kind=KIND_RECEIPT,
                                                doc_id=doc_id, body=body, expiry_ms=expiry)
-                except (Unauthorized, SyncLocalError) as exc:
-                    log.warning("receipt for mail %s refused: %s", mail.op_id.hex()[:8], exc)
+                except (Unauthorized, SyncLocalError, DiskFull) as exc:
+                    log.warning("receipt for mail %s not written: %s", mail.op_id.hex()[:8],
+                                exc)
                 log.info("[%s] mail opened (%d characters)", short_id(opened.sender),
                          len(opened.text))
 
@@ -582,6 +614,11 @@ class LibraryNodeService:
                 raise ControlError("failed", f"refused: {exc}") from None
             except SyncLocalError as exc:
                 raise ControlError("failed", str(exc)) from None
+            except DiskFull as exc:
+                stored = f"{n} of {len(kind_ops)} change(s) stored" if n else "nothing stored"
+                raise ControlError("failed", f"disk full: {stored}; free some space on the"
+                                   " disk and try again", {"disk_full": True, "ops": n,
+                                                           "total": len(kind_ops)}) from exc
             n += 1
             if progress is not None:
                 progress(n, len(kind_ops))
@@ -726,16 +763,27 @@ class LibraryNodeService:
                                                        folder, reading)
             writing = self._progress_cb("import", "writing")
             self._deferred_index = True
+            index_full: DiskFull | None = None
             try:
                 n = await self._submit([(o.kind, o.doc_id, o.body) for o in ops],
                                        lambda d, t: writing(d, t, ""))
             finally:
                 self._deferred_index = False
                 async with self._lock:
-                    await asyncio.to_thread(refresh_index, self.index, self.library)
+                    try:
+                        await asyncio.to_thread(refresh_index, self.index, self.library)
+                    except DiskFull as exc:
+                        self._index_failed(exc)
+                        index_full = exc
                 if self._bulk_changed:
                     self._publish_changed(self._bulk_changed)
                     self._bulk_changed = set()
+        if index_full is not None:
+            raise ControlError(
+                "failed", f"disk full: the import is stored ({n} change(s), they replicate),"
+                " but the search index could not be updated; it catches up by itself once"
+                " there is room: free some space on the disk",
+                {"disk_full": True, "ops": n, "index": "behind", "summary": summary.line()})
         return {"path": str(folder), "added": summary.added, "changed": summary.changed,
                 "unchanged": summary.unchanged,
                 "errors": [{"path": p, "error": e} for p, e in summary.errors],

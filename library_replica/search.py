@@ -42,19 +42,21 @@ This is a synchronous SQLite adapter: call it from one thread at a time
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from library_replica.ops import LibraryError
 from meshd.core.codec import pack
+from meshd.core.errors import DiskFull, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +246,16 @@ class SearchIndex:
         n, tl, bl = self._db.execute(
             "SELECT count(*), total(length(title)), total(length(body)) FROM docs").fetchone()
         self._n, self._len_total = int(n), float(tl) + float(bl)
+        #: documents whose indexing failed (a full disk): ``refresh_index`` retries them
+        self.owed: set[bytes] = set()
+        #: a whole refresh is owed (the one at start failed)
+        self.owed_full = False
+        self.in_memory = str(path) == ":memory:"
+
+    @property
+    def behind(self) -> bool:
+        """True while changes of the library are not in the index (see ``owed``)."""
+        return bool(self.owed) or self.owed_full
 
     @classmethod
     def open_checked(cls, path: Path) -> SearchIndex:
@@ -254,6 +266,19 @@ class SearchIndex:
         no database at all — costs a rebuild, never data.  Logged once, with where the old
         file went.
         """
+        try:
+            return cls._open_checked(path)
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+        # the disk is full and the file cannot be opened (or created): search from memory
+        # until the next start; the library service fills it from the op store
+        log.warning("disk full: cannot open the search index %s; searching an index in memory"
+                    " until the next start", path)
+        return cls(":memory:")
+
+    @classmethod
+    def _open_checked(cls, path: Path) -> SearchIndex:
         problem: str | None = None
         if path.exists():
             try:
@@ -265,11 +290,15 @@ class SearchIndex:
                 if rows != ["ok"]:
                     problem = "; ".join(rows[:3])
             except sqlite3.DatabaseError as exc:
+                if is_disk_full(exc):
+                    raise
                 problem = str(exc)
         if problem is None:
             try:
                 return cls(path)
             except sqlite3.DatabaseError as exc:
+                if is_disk_full(exc):  # a full disk is no damage: keep the file
+                    raise
                 problem = str(exc)
         aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
         for suffix in ("", "-wal", "-shm"):
@@ -331,8 +360,7 @@ class SearchIndex:
         re-feeding a whole library after a restart costs little.
         """
         n = 0
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction("index"):
             for doc in docs:
                 digest = _digest(doc)
                 row = self._db.execute("SELECT digest FROM docs WHERE doc_id = ?",
@@ -342,12 +370,26 @@ class SearchIndex:
                 self._remove(doc.doc_id)
                 self._insert(doc, digest)
                 n += 1
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            self._recount()
-            raise
-        self._db.execute("COMMIT")
         return n
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """BEGIN ... COMMIT; on failure nothing is kept, and a full disk raises ``DiskFull``.
+
+        SQLite may roll back by itself on a full disk ("database or disk is full"); a
+        ROLLBACK then fails with "no transaction is active" and must not hide the cause.
+        """
+        try:
+            self._db.execute("BEGIN")
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._recount()
+            if is_disk_full(exc):
+                raise DiskFull(f"cannot {what} in the search index") from None
+            raise
 
     def upsert(self, doc: IndexableDocument) -> None:
         """Index (or re-index) one document."""
@@ -364,13 +406,8 @@ class SearchIndex:
 
     def remove(self, doc_id: bytes) -> None:
         """Drop a document from the index (deleted, or hidden by the block list)."""
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction("remove a document"):
             self._remove(doc_id)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def search(self, text: str, *, collection: str | None = None, tag: str | None = None,
                author: bytes | None = None, limit: int = 10,
@@ -506,22 +543,41 @@ def refresh_index(index: SearchIndex, library: _Library, *, full: bool = False) 
     With ``full`` (after a restart, on a persistent index) every live document
     is offered (unchanged ones are skipped) and indexed documents the library
     no longer shows are removed.
+
+    A write that fails (``DiskFull``) leaves what it did not index owed to the index
+    (``SearchIndex.owed``, ``owed_full``): the next call indexes it, so the index
+    catches up with the library as soon as there is room again.
     """
-    if full:
-        library.drain_changed()
-        live = list(library.documents())
-        keep = {d.doc_id for d in live}
-        stale = index.doc_ids() - keep
-        for doc_id in stale:
-            index.remove(doc_id)
-        return index.upsert_many(live) + len(stale)
+    ids = library.drain_changed() | index.owed
+    index.owed = set()
+    if full or index.owed_full:
+        index.owed_full = True
+        try:
+            live = list(library.documents())
+            keep = {d.doc_id for d in live}
+            stale = index.doc_ids() - keep
+            for doc_id in stale:
+                index.remove(doc_id)
+            n = index.upsert_many(live) + len(stale)
+        except BaseException:
+            index.owed |= ids
+            raise
+        index.owed_full = False
+        return n
     changed: list[IndexableDocument] = []
-    removed = 0
-    for doc_id in library.drain_changed():
+    removed: list[bytes] = []
+    for doc_id in ids:
         view = library.get(doc_id)
         if view is None or view.deleted:
-            index.remove(doc_id)
-            removed += 1
+            removed.append(doc_id)
         else:
             changed.append(view)
-    return index.upsert_many(changed) + removed
+    done = 0
+    try:
+        for doc_id in removed:
+            index.remove(doc_id)
+            done += 1
+        return index.upsert_many(changed) + done
+    except BaseException:
+        index.owed |= set(removed[done:]) | {d.doc_id for d in changed}
+        raise

@@ -41,8 +41,9 @@ import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ifaddr
@@ -69,6 +70,7 @@ __all__ = [
     "BindPlan",
     "Discovery",
     "InterfaceError",
+    "InterfaceWatch",
     "PeerSeen",
     "PeerTable",
     "TxtRecord",
@@ -78,6 +80,7 @@ __all__ = [
     "parse_txt",
     "pick_address",
     "plan_binding",
+    "usable_interfaces",
 ]
 
 log = logging.getLogger(__name__)
@@ -349,6 +352,83 @@ def plan_binding(per_interface: dict[str, list[IfAddress]]) -> BindPlan:
     advertised = ([str(a.ip) for a in ours if a.version == 4]
                   + [str(a.ip) for a in ours if a.version == 6])
     return BindPlan(bind=bind4 + bind6, ip_version=ip_version, advertised=advertised, ours=ours)
+
+
+def usable_interfaces(names: list[str]) -> tuple[dict[str, list[IfAddress]], dict[str, str]]:
+    """The named interfaces that have a usable address now, and why each other one has not.
+
+    A head unit brings its hotspot up after the daemon starts, or a USB adapter appears
+    later: a named interface that is missing or has no usable address is waited for,
+    not an error (``InterfaceWatch`` looks again).
+    """
+    usable: dict[str, list[IfAddress]] = {}
+    waiting: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        try:
+            addrs = interface_addresses(name)
+            plan_binding({name: addrs})
+        except InterfaceError as exc:
+            waiting[name] = str(exc)
+            continue
+        if not _is_up(name):
+            waiting[name] = f"interface {name!r} is down"
+            continue
+        usable[name] = addrs
+    return usable, waiting
+
+
+def _is_up(ifname: str) -> bool:
+    """IFF_UP from sysfs (True when sysfs cannot tell: the addresses decide then)."""
+    try:
+        flags = int(Path("/sys/class/net", ifname, "flags").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return True
+    return bool(flags & 0x1)
+
+
+class InterfaceWatch:
+    """Looks at the named interfaces every ``interval_s`` and reports each change of them.
+
+    ``on_change(usable)`` (awaited) gets the interfaces that are up with a usable address
+    whenever that set or their addresses change, the first time at once.  Interfaces
+    that are missing are logged once per reason, and once more when they appear.  Only
+    the named interfaces are read (one ``getifaddrs`` per look), so the cost is bounded.
+    """
+
+    def __init__(self, names: list[str], on_change: Callable[[dict[str, list[IfAddress]]],
+                                                             Awaitable[None]], *,
+                 interval_s: float = 2.0,
+                 read: Callable[[list[str]], tuple[dict[str, list[IfAddress]],
+                                                   dict[str, str]]] = usable_interfaces) -> None:
+        self.names = list(names)
+        self.interval_s = interval_s
+        self._on_change = on_change
+        self._read = read
+        self._seen: dict[str, list[str]] | None = None
+        self.waiting: dict[str, str] = {}
+
+    async def check(self) -> bool:
+        """Look once; True if the usable interfaces changed (and ``on_change`` ran)."""
+        usable, waiting = self._read(self.names)
+        for name, why in waiting.items():
+            if self.waiting.get(name) != why:
+                log.warning("%s: waiting for it (looking every %g s)", why, self.interval_s)
+        for name in self.waiting.keys() - waiting.keys():
+            log.info("interface %r is up: %s", name,
+                     ", ".join(str(a) for a in usable.get(name, [])))
+        self.waiting = waiting
+        seen = {name: sorted(str(a) for a in addrs) for name, addrs in usable.items()}
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        await self._on_change(usable)
+        return True
+
+    async def run(self) -> None:
+        """Look every ``interval_s`` until cancelled (the first look is ``check`` at start)."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.check()
 
 
 # --- asyncio adapter --------------------------------------------------------------------------

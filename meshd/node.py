@@ -52,7 +52,14 @@ from meshd.core.identity import (
     short_id,
 )
 from meshd.core.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payload
-from meshd.discovery import Discovery, PeerSeen, interface_addresses, plan_binding
+from meshd.discovery import (
+    Discovery,
+    IfAddress,
+    InterfaceError,
+    InterfaceWatch,
+    PeerSeen,
+    plan_binding,
+)
 from meshd.links.manager import MESH_MTU, LinkManager
 from meshd.metrics import DEFAULT_METRICS, MetricsServer, parse_metrics_address
 from meshd.names import resolve_node
@@ -73,6 +80,8 @@ MAX_PING_PAYLOAD = 256
 MAX_PAYLOAD = max_payload(MESH_MTU)
 #: the larger NodeId of two that discovered each other dials this much later (the smaller first)
 DISCOVERED_DIAL_DELAY_S = 1.5
+#: how often the named interfaces are looked at again (ones not up yet, new addresses), s
+INTERFACE_POLL_S = 2.0
 
 
 @dataclass(slots=True)
@@ -120,6 +129,7 @@ class Node:
                                admins=frozenset(bytes.fromhex(a) for a in config.admin))
         self.control = ControlServer(self._socket_path(), self._handlers())
         self.discovery: Discovery | None = None
+        self.interfaces: InterfaceWatch | None = None
         self._peers: dict[NodeId, _PeerInfo] = {}
         #: discovered peers waiting for their dial (the larger NodeId lets the smaller go first)
         self._discovery_dials: dict[NodeId, asyncio.TimerHandle] = {}
@@ -227,13 +237,46 @@ class Node:
         return await self.links.open_stream(peer, service)
 
     def _listen_addresses(self) -> list[tuple[str, int]]:
-        """--listen if given; else port 7420 on the addresses discovery advertises; else loopback."""
+        """--listen if given, else loopback (with --interface: see ``_on_interfaces``)."""
         if self.config.listen:
             return [parse_hostport(hp, default_port=DEFAULT_PORT) for hp in self.config.listen]
-        if self.config.interface:
-            plan = plan_binding({i: interface_addresses(i) for i in self.config.interface})
-            return [(addr, DEFAULT_PORT) for addr in plan.advertised]
         return [("127.0.0.1", DEFAULT_PORT)]
+
+    async def _on_interfaces(self, usable: dict[str, list[IfAddress]]) -> None:
+        """The named interfaces that are up changed (also at start): listen on their new
+        addresses (port 7420, unless --listen was given) and run zeroconf on them."""
+        old, self.discovery = self.discovery, None
+        if old is not None:
+            for seen in old.peers():  # the new instance finds those still there again
+                self._on_peer_gone(seen.node_id)
+            with contextlib.suppress(Exception):
+                await old.close()
+        if not usable:
+            return
+        plan = plan_binding(usable)
+        if not self.config.listen:
+            for addr in plan.advertised:
+                if any(host == addr for host, _ in self.listening):
+                    continue
+                try:
+                    self.listening.append(await self.links.listen(addr, DEFAULT_PORT))
+                except OSError as exc:
+                    logger.error("cannot listen on %s:%d: %s", addr, DEFAULT_PORT, exc)
+                    continue
+                if self.ready:
+                    logger.info("listening on %s:%d too", addr, DEFAULT_PORT)
+        if not self.listening:
+            return
+        discovery = Discovery(
+            node_id=self.identity.node_id, name=self.name, role=self.config.role.value,
+            port=self.listening[0][1], interfaces=list(usable),
+            on_seen=self._on_peer_seen, on_gone=self._on_peer_gone)
+        try:
+            await discovery.start()
+        except (InterfaceError, OSError) as exc:  # the interface went again meanwhile
+            logger.error("discovery on %s not started: %s", ", ".join(usable), exc)
+            return
+        self.discovery = discovery
 
     # ------------------------------------------------------------------- run
 
@@ -242,23 +285,25 @@ class Node:
         self._loop = asyncio.get_running_loop()
         self._started_mono = self._now()
         try:
-            for host, port in self._listen_addresses():
-                try:
-                    self.listening.append(await self.links.listen(host, port))
-                except OSError as exc:  # uvloop wraps the errno in __cause__
-                    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-                    raise LocalProtocolError(
-                        f"cannot listen on {host}:{port}: {cause.strerror or cause} (is another "
-                        "meshd running there? pick another --listen port)") from None
-            logger.info("node %s (%s) listening on %s", short_id(self.identity.node_id), self.name,
-                        ", ".join(f"{h}:{p}" for h, p in self.listening))
+            if self.config.listen or not self.config.interface:
+                for host, port in self._listen_addresses():
+                    try:
+                        self.listening.append(await self.links.listen(host, port))
+                    except OSError as exc:  # uvloop wraps the errno in __cause__
+                        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+                        raise LocalProtocolError(
+                            f"cannot listen on {host}:{port}: {cause.strerror or cause} (is another "
+                            "meshd running there? pick another --listen port)") from None
             if self.config.interface:
-                self.discovery = Discovery(
-                    node_id=self.identity.node_id, name=self.name, role=self.config.role.value,
-                    port=self.listening[0][1], interfaces=list(self.config.interface),
-                    on_seen=self._on_peer_seen, on_gone=self._on_peer_gone)
-                await self.discovery.start()
-            else:
+                # interfaces named but not up yet, or that appear later, are picked up
+                self.interfaces = InterfaceWatch(list(self.config.interface),
+                                                 self._on_interfaces,
+                                                 interval_s=INTERFACE_POLL_S)
+                await self.interfaces.check()
+            logger.info("node %s (%s) listening on %s", short_id(self.identity.node_id), self.name,
+                        ", ".join(f"{h}:{p}" for h, p in self.listening)
+                        or "no address yet (waiting for the named interfaces)")
+            if not self.config.interface:
                 logger.warning("no --interface named: running on loopback only, zeroconf is off; "
                                "name an interface (--interface wlan0) to join a mesh")
             for spec in self.config.peer:
@@ -271,12 +316,22 @@ class Node:
                 tg.create_task(self._refresh_announcement(stop))
                 service_tasks = [tg.create_task(self.messenger.run())]  # the inbox writer
                 service_tasks += [tg.create_task(svc.run()) for svc in self._app_services]
+                if self.interfaces is not None:
+                    service_tasks.append(tg.create_task(self._follow_interfaces(self.interfaces)))
                 await stop.wait()
                 self.ready = False
                 for task in service_tasks:
                     task.cancel()
         finally:
             await self._shutdown()
+
+    async def _follow_interfaces(self, watch: InterfaceWatch) -> None:
+        while True:
+            try:
+                await watch.run()
+            except Exception:  # adapter boundary: the mesh must not stop for an interface
+                logger.exception("following the interfaces failed; trying again")
+                await asyncio.sleep(watch.interval_s)
 
     async def _shutdown(self) -> None:
         if self._timer is not None:

@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshd.core.codec import DropCounter
-from meshd.core.errors import RemoteProtocolError
+from meshd.core.errors import DiskFull, RemoteProtocolError, is_disk_full
 from sync.envelope import (
     MAX_OP_SIZE,
     Authorizer,
@@ -303,6 +303,7 @@ class OpStore:
         self._pool_ready: asyncio.Future[list[None]] | None = None
         self._threads = 1
         self._thread_pool: ThreadPoolExecutor | None = None
+        self._purge_blocked = False  # the last purge found the disk full (logged once)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -331,16 +332,23 @@ class OpStore:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await _migrate(db)
+            # an existing store of this layout is opened without a write (CREATE IF NOT
+            # EXISTS writes nothing): a node starts, read-only in effect, on a full disk
             await db.executescript(_SCHEMA)
-            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            async with db.execute("PRAGMA user_version") as cur:
+                version = await cur.fetchone()
+            if version is None or version[0] != SCHEMA_VERSION:
+                await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             store = cls(db, wall_clock=wall_clock, authorizers=authorizers,
                         quotas=quotas or Quotas())
             store._threads = (default_verify_threads() if verify_threads is None
                               else max(1, verify_threads))
             store._workers = max(0, verify_workers)
             await store._load()
-        except BaseException:
+        except BaseException as exc:
             await db.close()
+            if is_disk_full(exc):
+                raise DiskFull(f"cannot set up the op store {path}") from exc
             raise
         return store
 
@@ -804,10 +812,13 @@ class OpStore:
                 if rows:  # each statement is a round trip to the database thread
                     await self._db.executemany(sql, rows)
             await self._db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             # a failed or cancelled commit leaves nothing behind and nothing acknowledged
+            # (SQLite may have rolled back already, on a full disk: then ROLLBACK fails)
             with contextlib.suppress(sqlite3.Error):
                 await asyncio.shield(self._db.execute("ROLLBACK"))
+            if is_disk_full(exc):
+                raise DiskFull(f"{len(apply) + len(park)} op(s) not stored") from None
             raise
         # committed: publish to the in-memory indexes
         self._authors.update(authors)
@@ -877,8 +888,20 @@ class OpStore:
                 gone = [r[0] async for r in cur]
             if not gone:
                 return 0
-            await self._db.execute(
-                "DELETE FROM ops WHERE expiry_ms IS NOT NULL AND expiry_ms <= ?", (wall_ms,))
+            try:
+                await self._db.execute(
+                    "DELETE FROM ops WHERE expiry_ms IS NOT NULL AND expiry_ms <= ?", (wall_ms,))
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc):
+                    raise
+                # a delete needs room in the WAL too: the expired ops stay until a later
+                # purge finds some, and the node runs on
+                if not self._purge_blocked:
+                    log.warning("disk full: %d expired op(s) stay stored until there is room",
+                                len(gone))
+                self._purge_blocked = True
+                return 0
+            self._purge_blocked = False
             for op_id in gone:
                 ns, _, _ = self._known.pop(op_id)
                 if self._keys.get(ns, {}).pop(op_id, None) is not None:

@@ -3,8 +3,8 @@
 Every subcommand is one entry in ``COMMANDS`` (see ``register``): a name, a
 help line, a function that adds its arguments to an argparse sub-parser, and an
 async ``run(client, args, out) -> exit code``.  Each command group is a module of
-this package (node, calls, library, board, safety, trust, sync, console); importing
-them here registers their commands.  A sub-command that works on files alone
+this package (node, calls, watch, library, board, safety, trust, sync, console);
+importing them here registers their commands.  A sub-command that works on files alone
 (``trust init``) sets ``offline_run`` and runs without a daemon.
 
 ``--state-dir``, ``--socket`` and ``--json`` are accepted before or after the
@@ -25,7 +25,7 @@ import sys
 from typing import NoReturn
 
 # importing a group registers its commands
-from carmesh.meshctl import board, calls, console, library, node, safety, sync, trust
+from carmesh.meshctl import board, calls, console, library, node, safety, sync, trust, watch
 from carmesh.meshctl.common import (
     COMMANDS,
     CONNECT_TIMEOUT_S,
@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: the order command groups appear in ``meshctl --help``
-_GROUPS = (node, calls, console, sync, library, board, safety, trust)
+_GROUPS = (node, calls, watch, console, sync, library, board, safety, trust)
 
 
 def _help_rank(cmd: Command) -> int:

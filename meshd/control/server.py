@@ -75,7 +75,7 @@ from meshd.control.protocol import (
 from meshd.control.protocol import dumps as _dumps
 from meshd.control.protocol import loads as _loads
 from meshd.control.protocol import valid_id as _valid_id
-from meshd.core.errors import LocalProtocolError
+from meshd.core.errors import DiskFull, LocalProtocolError, is_disk_full
 from meshd.core.tasks import cancel_and_wait
 
 __all__ = ["ControlServer", "Handler"]
@@ -318,6 +318,12 @@ class _Conn:
             self.slots.release()
             raise
         except Exception as exc:  # the adapter's outer boundary: a handler bug must not kill us
+            if is_disk_full(exc):  # no bug: say so plainly (exit 1 in meshctl)
+                text = str(exc) if isinstance(exc, DiskFull) else \
+                    f"disk full: {method} could not write; free some space on the disk"
+                log.error("[control #%d] %s: %s", self.num, method, text)
+                self.fail(req_id, ControlError("failed", text, {"disk_full": True}))
+                return
             log.exception("[control #%d] method %s failed", self.num, method)
             self.fail(req_id, ControlError("failed", f"{type(exc).__name__}: {exc}"))
         else:

@@ -8,16 +8,19 @@ adapter boundary, never raised into the event loop.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Final
 
 __all__ = [
     "ERROR_CODES",
     "ControlError",
     "DecodeError",
+    "DiskFull",
     "LocalProtocolError",
     "MeshError",
     "RemoteProtocolError",
     "VerificationError",
+    "is_disk_full",
 ]
 
 
@@ -39,6 +42,36 @@ class RemoteProtocolError(MeshError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class DiskFull(MeshError, OSError):
+    """A write failed because the disk (or the quota, or SQLite's page limit) is full.
+
+    An ``OSError`` with errno ENOSPC, so code that already treats I/O failures as such
+    keeps doing so; the message says what was not written and that space must be freed.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(errno.ENOSPC, f"disk full: {what}; free some space on the disk")
+        self.what = what
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+#: SQLite's primary result code for "database or disk is full"
+_SQLITE_FULL: Final = 13
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT and SQLite's "database or disk is full" (SQLITE_FULL)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    # sqlite3.Error, read by duck type: this kernel module imports no SQLite
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        return True
+    return type(exc).__module__ == "sqlite3" and "database or disk is full" in str(exc)
 
 
 class DecodeError(RemoteProtocolError):
