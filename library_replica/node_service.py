@@ -542,9 +542,8 @@ class LibraryNodeService:
         cb = self._progress_cb("export", "writing")
         async with self._lock:
             try:
-                await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
                 summary = await asyncio.to_thread(export_folder, self.library, folder, cb)
-            except OSError as exc:
+            except (OSError, LibraryError) as exc:
                 raise ControlError("failed", f"export to {folder}: {exc}") from None
         return {"path": str(folder), "added": summary.added, "changed": summary.changed,
                 "unchanged": summary.unchanged, "summary": summary.line(),

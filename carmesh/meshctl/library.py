@@ -172,11 +172,13 @@ async def _library(client: ControlClient, args: argparse.Namespace, out: Output)
         return ExitCode.OK
     method = "library.import" if act == "import" else "library.export"
     res = await _with_progress(client, method, {"path": str(args.dir.absolute())}, out)
+    # an import where some files had errors did not do all it was asked: exit 1
+    rc = ExitCode.FAILED if res.get("errors") else ExitCode.OK
     if out.json:
         out.document(res)
-        return ExitCode.OK
+        return rc
     out.line(f"{act} {_str(res.get('path'))}: {_str(res.get('summary'))} "
              f"in {_num(res.get('elapsed_s'), 2)} s")
     for e in res.get("errors") or []:
-        out.error(f"{e.get('path')}: {e.get('error')}")
-    return ExitCode.OK
+        out.error(f"{_str(e.get('path'))}: {_str(e.get('error'))}")
+    return rc

@@ -110,3 +110,56 @@ def test_export_then_reimport_roundtrips(tmp_path: Path) -> None:
     b = sorted((d.doc_id, d.title, d.body, d.tags, d.collection, d.lang)
                 for d in fresh.documents())
     assert a == b
+
+
+def test_import_never_follows_a_symlink_out_of_the_folder(tmp_path: Path) -> None:
+    secret = tmp_path / "wifi.md"
+    secret.write_text("# Wi-Fi\npassword: hunter2\n", encoding="utf-8")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "more.md").write_text("# Outside\nprivate\n", encoding="utf-8")
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    (src / "real" / "ok.md").write_text("# OK\nfine\n", encoding="utf-8")
+    (src / "leak.md").symlink_to(secret)
+    (src / "dir-leak").symlink_to(outside, target_is_directory=True)
+    (src / "inside.md").symlink_to(src / "real" / "ok.md")  # stays inside: imported once
+    lib, dealer = Library(), Author()
+    ops, s = plan_import(lib, dealer.pub, src)
+    assert s.added == ["real/ok.md"]
+    assert sorted(p for p, _ in s.errors) == ["dir-leak", "leak.md"]
+    assert all("symbolic link" in e for _, e in s.errors)
+    _submit(lib, dealer, ops)
+    assert [d.title for d in lib.documents()] == ["OK"]
+    assert not any("hunter2" in op.body.decode("utf-8", "replace") for op in ops)
+
+
+def test_export_never_writes_through_a_preplaced_symlink(tmp_path: Path) -> None:
+    lib, dealer = Library(), Author()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.md").write_text("---\ntitle: Alpha\ncollection: work\n---\nA\n",
+                                          encoding="utf-8")
+    ops, _ = plan_import(lib, dealer.pub, tmp_path / "in")
+    _submit(lib, dealer, ops)
+    out = tmp_path / "out"
+    first = export_folder(lib, out)
+    [rel] = first.added
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not overwrite", encoding="utf-8")
+    target = out / rel
+    target.unlink()
+    target.symlink_to(victim)  # pre-placed by someone else
+    s = export_folder(lib, out)
+    assert s.changed == [rel]
+    assert victim.read_text(encoding="utf-8") == "do not overwrite"
+    assert not target.is_symlink() and "title: \"Alpha\"" in target.read_text(encoding="utf-8")
+    # a collection directory replaced by a link elsewhere is refused, nothing written there
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for f in (out / "work").iterdir():
+        f.unlink()
+    (out / "work").rmdir()
+    (out / "work").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(LibraryError, match="symbolic link"):
+        export_folder(lib, out)
+    assert list(elsewhere.iterdir()) == []
