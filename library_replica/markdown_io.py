@@ -6,9 +6,16 @@ Each ``.md`` file is one document.  A front matter block between ``---``
 lines gives ``title``, ``collection``, ``tags`` (``[a, b]`` or ``- a`` lines),
 ``lang`` and, in exported files, ``id`` (32 hex characters).  Without an ``id``
 the document id is derived from the importing author and the file's path
-relative to the folder, so importing the same folder again updates the same
-documents instead of adding copies (and two dealers importing files with the
-same name make two documents, not one with both bodies merged).
+relative to the folder and the folder's *source* name (``--source``, by
+default the directory's name), never from who imports: importing the same
+folder again, here or at another node, updates the same documents instead of
+adding copies.  New documents get *seeded* bodies
+(``Library.prepare_seeded_create``): two nodes importing the same file build
+the same Yjs items, so after sync there is one document with one copy of the
+text.  Export writes the ``id`` back, so export, edit, import round-trips.
+Imports before this scheme derived ids from the importing author
+(``legacy_doc_id``): when a file's document is new, the live copies those
+imports made of it are deleted (``merged`` in the summary).
 
 ``plan_import`` compares every file with the library and returns the ops to
 sign, in order (``library.create`` for new documents, ``library.edit`` for
@@ -46,7 +53,10 @@ __all__ = [
     "MarkdownDoc",
     "Progress",
     "TextProgress",
+    "default_source",
     "export_folder",
+    "import_doc_id",
+    "legacy_doc_id",
     "parse_markdown",
     "plan_import",
     "render_markdown",
@@ -91,11 +101,14 @@ class ImportSummary:
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    #: ids of copies earlier imports made of the same files, now deleted
+    merged: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         """One human line, e.g. ``3 added, 1 changed, 12 unchanged, 0 errors``."""
         return (f"{len(self.added)} added, {len(self.changed)} changed, "
-                f"{len(self.unchanged)} unchanged, {len(self.errors)} errors")
+                f"{len(self.unchanged)} unchanged, {len(self.errors)} errors"
+                + (f", {len(self.merged)} earlier copies merged" if self.merged else ""))
 
 
 @dataclass(slots=True)
@@ -250,9 +263,31 @@ def _read_nofollow(path: Path) -> bytes:
     return data
 
 
+def import_doc_id(source: str, rel: str) -> bytes:
+    """The document id of the file at ``rel`` (a POSIX path) in the folder named ``source``."""
+    return new_doc_id(b"import/2\x00" + source.encode("utf-8") + b"\x00" + rel.encode("utf-8"))
+
+
+def legacy_doc_id(author: bytes, rel: str) -> bytes:
+    """The id an import made before ``import_doc_id`` (per importing author: copies)."""
+    return new_doc_id(b"md\x00" + author + rel.encode())
+
+
+def default_source(folder: Path) -> str:
+    """The import identity of a folder when none is given: its name."""
+    return folder.resolve().name
+
+
 def plan_import(library: Library, author: bytes, folder: Path,
-                progress: Progress | None = None) -> tuple[list[ImportOp], ImportSummary]:
-    """Op bodies that bring the library in line with ``folder``, and a summary."""
+                progress: Progress | None = None, *, source: str | None = None,
+                may_restore: bool = True) -> tuple[list[ImportOp], ImportSummary]:
+    """Op bodies that bring the library in line with ``folder``, and a summary.
+
+    ``source`` names the folder (default: its directory name); ``may_restore``
+    False reports files whose document was deleted as errors instead of restoring them.
+    """
+    source = default_source(folder) if source is None else source
+    creators = library.create_authors()
     files, link_errors = _walk(folder)
     root = folder.resolve()
     summary = ImportSummary()
@@ -267,13 +302,24 @@ def plan_import(library: Library, author: bytes, folder: Path,
                 raise LibraryError("not UTF-8") from None
             md = parse_markdown(text)
             body = md.body
-            doc_id = md.doc_id or new_doc_id(b"md\x00" + author + rel.encode())
+            doc_id = md.doc_id or import_doc_id(source, rel)
             current = library.get(doc_id)
             if current is None:
-                ops += [ImportOp(p.kind, doc_id, p.body, rel) for p in library.prepare_create(
-                    author, collection=md.collection, title=md.title, body=body,
-                    tags=md.tags, lang=md.lang)]
+                ops += [ImportOp(p.kind, doc_id, p.body, rel)
+                        for p in library.prepare_seeded_create(
+                            doc_id, collection=md.collection, title=md.title, body=body,
+                            tags=md.tags, lang=md.lang)]
                 summary.added.append(rel)
+                # copies an earlier import made of this file (ids per importing author)
+                for old in sorted(legacy_doc_id(a, rel) for a in creators):
+                    d = library.get(old)
+                    if d is not None and not d.deleted and old != doc_id:
+                        p = library.prepare_delete()
+                        ops.append(ImportOp(p.kind, old, p.body, rel))
+                        summary.merged.append(old.hex())
+            elif current.deleted and not may_restore:
+                raise LibraryError("deleted in the library: an authority can restore it "
+                                   "(meshctl library restore)")
             else:
                 if not current.body.endswith("\n") and body.endswith("\n"):
                     body = body[:-1]  # the newline export adds after a body without one
