@@ -70,7 +70,7 @@ import enum
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -581,7 +581,10 @@ class Library:
     ``prepare_*`` methods, which return op bodies for sync to sign.
     """
 
-    def __init__(self, blocked: Iterable[bytes] = ()) -> None:
+    def __init__(self, blocked: Iterable[bytes] = (),
+                 may_restore: Callable[[bytes], bool] | None = None) -> None:
+        #: who may restore a deleted document (an authority); None: anyone
+        self._may_restore = may_restore
         self._docs: dict[bytes, _DocState] = {}
         self._log: dict[bytes, list[OpLike]] = {}  # every accepted op per document, arrival order
         self._seen: set[bytes] = set()
@@ -598,6 +601,9 @@ class Library:
         """Authoriser for the ``library`` namespace: refuse (raise ``Refused``) malformed ops."""
         del wall_now_ms  # library ops do not expire
         _parse(op)
+        if op.kind == KIND_RESTORE and self._may_restore is not None \
+                and not self._may_restore(op.author):
+            raise Refused("not_authority", "only an authority restores a deleted document")
 
     def apply(self, op: OpLike) -> Applied:
         """Apply one committed op; malformed ones are counted, logged once and dropped."""

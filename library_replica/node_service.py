@@ -45,6 +45,7 @@ An id (``ID``) is 32 hex characters or a unique prefix of at least 4.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -70,7 +71,7 @@ from library_replica.mail import (
     prepare_mail,
     prepare_receipt,
 )
-from library_replica.markdown_io import export_folder, plan_import
+from library_replica.markdown_io import default_source, export_folder, plan_import
 from library_replica.ops import LibraryError, OpLike, new_doc_id, sync_authorizers
 from library_replica.search import MAX_LIMIT, SearchIndex, refresh_index
 from library_replica.situation import (
@@ -152,7 +153,7 @@ class LibraryNodeService:
             raise LibraryError(f"trust configuration {trust_path}: {exc.strerror or exc}") \
                 from None
         self.trust = TrustStore(config)
-        self.library = Library()
+        self.library = Library(may_restore=lambda key: self.trust.authority(key) is not None)
         self.situation = SituationBoard()
         self.bulletins = BulletinBoard(self.trust)
         self.mail = MailBox(node.identity)
@@ -169,6 +170,11 @@ class LibraryNodeService:
                 "mail": self.mail.authorize}).items():
             store.register_authorizer(ns, fn)
         self._unsubscribe = store.subscribe(self._on_commit)
+        self._version: dict[str, Any] = {"version": "", "collections": {}}
+        self._version_dirty = True
+        info = getattr(node, "info", None)  # meshd's InfoService: gossip our library version
+        if info is not None and hasattr(info, "add_fact"):
+            info.add_fact("lib", lambda: str(self._version["version"]))
 
     # -- NodeService ------------------------------------------------------------------------
 
@@ -177,7 +183,10 @@ class LibraryNodeService:
             "library.add": self._h_add, "library.edit": self._h_edit,
             "library.show": self._h_show, "library.search": self._h_search,
             "library.history": self._h_history, "library.import": self._h_import,
-            "library.export": self._h_export,
+            "library.export": self._h_export, "library.delete": self._h_delete,
+            "library.restore": self._h_restore, "library.list": self._h_list,
+            "library.version": self._h_version, "library.repair": self._h_repair,
+            "sync.reach": self._h_reach,
             "situation.set": self._h_situation_set, "situation.show": self._h_situation_show,
             "situation.list": self._h_situation_list,
             "bulletin.publish": self._h_bulletin_publish, "bulletin.list": self._h_bulletin_list,
@@ -199,8 +208,16 @@ class LibraryNodeService:
         finally:
             self._ready.set()
         while True:
+            await self._refresh_version()
             await asyncio.sleep(self._purge_interval_s)
             self._purge()
+
+    async def _refresh_version(self) -> None:
+        if not self._version_dirty:
+            return
+        self._version_dirty = False
+        async with self._lock:
+            self._version = await asyncio.to_thread(self._compute_version)
 
     def metrics(self) -> list[Metric]:
         """``MetricsSource``: live bulletins, mail carried for others, refused ops by reason."""
@@ -247,6 +264,8 @@ class LibraryNodeService:
                 total += len(batch)
         async with self._lock:
             n = await asyncio.to_thread(refresh_index, self.index, self.library, full=True)
+            self._version = await asyncio.to_thread(self._compute_version)
+            self._version_dirty = False
         self._replaying = False
         log.info("library replayed %d ops in %.2f s (%d documents, %d re-indexed)", total,
                  time.monotonic() - started, sum(1 for _ in self.library.documents()), n)
@@ -319,6 +338,7 @@ class LibraryNodeService:
         """In a worker thread, under ``_lock``: apply, then index what changed."""
         for op in ops:
             self.library.apply(op)
+        self._version_dirty = True
         if index:
             refresh_index(self.index, self.library)
         return {op.doc_id for op in ops}
@@ -513,10 +533,15 @@ class LibraryNodeService:
             raise ControlError("failed", f"{folder} is not a directory")
         started = time.monotonic()
         reading = self._progress_cb("import", "reading")
+        source = _str_param(params, "source", required=False, max_len=200)
+        if source is not None and not source.strip():
+            raise _bad("source must not be empty")
+        may_restore = self.trust.authority(self._author) is not None
         async with self._write_lock:
             async with self._lock:
-                ops, summary = await asyncio.to_thread(plan_import, self.library, self._author,
-                                                       folder, reading)
+                ops, summary = await asyncio.to_thread(
+                    lambda: plan_import(self.library, self._author, folder, reading,
+                                        source=source, may_restore=may_restore))
             writing = self._progress_cb("import", "writing")
             self._deferred_index = True
             try:
@@ -532,6 +557,7 @@ class LibraryNodeService:
         return {"path": str(folder), "added": summary.added, "changed": summary.changed,
                 "unchanged": summary.unchanged,
                 "errors": [{"path": p, "error": e} for p, e in summary.errors],
+                "merged": summary.merged, "source": source or default_source(folder),
                 "ops": n, "summary": summary.line(),
                 "elapsed_s": round(time.monotonic() - started, 3)}
 
@@ -548,6 +574,129 @@ class LibraryNodeService:
         return {"path": str(folder), "added": summary.added, "changed": summary.changed,
                 "unchanged": summary.unchanged, "summary": summary.line(),
                 "elapsed_s": round(time.monotonic() - started, 3)}
+
+    def _doc_or_bad(self, params: dict[str, Any]) -> bytes:
+        """Like ``_resolve_doc``, but an unknown id is a usage error (exit 2): a write."""
+        try:
+            return self._resolve_doc(params)
+        except ControlError as exc:
+            if exc.code == "not_found":
+                raise _bad(exc.message) from None
+            raise
+
+    async def _h_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        async with self._write_lock:
+            async with self._lock:
+                doc_id = self._doc_or_bad(params)
+                d = self.library.get(doc_id)
+                assert d is not None
+                if d.deleted:
+                    raise _bad(f"document {doc_id.hex()} is already deleted")
+            p = self.library.prepare_delete()
+            n = await self._submit([(p.kind, doc_id, p.body)])
+        return {"doc_id": doc_id.hex(), "title": d.title, "deleted": True, "ops": n}
+
+    async def _h_restore(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        async with self._write_lock:
+            async with self._lock:
+                doc_id = self._doc_or_bad(params)
+                d = self.library.get(doc_id)
+                assert d is not None
+                if not d.deleted:
+                    raise _bad(f"document {doc_id.hex()} is not deleted")
+            if self.trust.authority(self._author) is None:
+                raise ControlError("failed", "only an authority in the trust configuration "
+                                   "restores a deleted document", {"key": self._author.hex()})
+            p = self.library.prepare_delete(restore=True)
+            n = await self._submit([(p.kind, doc_id, p.body)])
+        return {"doc_id": doc_id.hex(), "title": d.title, "deleted": False, "ops": n}
+
+    def _list_json(self, d: DocumentView) -> dict[str, Any]:
+        return {"doc_id": d.doc_id.hex(), "collection": d.collection, "title": d.title,
+                "lang": d.lang, "tags": list(d.tags), "deleted": d.deleted,
+                "authors": len(d.authors), "chars": len(d.body),
+                "updated_ms": d.updated_hlc >> 16}
+
+    async def _h_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        collection = _str_param(params, "collection", required=False, max_len=32)
+        deleted = params.get("deleted", False)
+        if not isinstance(deleted, bool):
+            raise _bad("deleted must be true or false")
+        async with self._lock:
+            docs = [d for d in self.library.documents(include_deleted=deleted)
+                    if collection is None or d.collection == collection]
+        docs.sort(key=lambda d: (d.collection, d.title, d.doc_id))
+        return {"collection": collection, "documents": [self._list_json(d) for d in docs]}
+
+    def _compute_version(self) -> dict[str, Any]:
+        """This node's library version: a digest of document heads per collection, and overall."""
+        per = self.library.version()
+        h = hashlib.sha256()
+        for coll, (digest, _n) in sorted(per.items()):
+            h.update(f"{coll}={digest};".encode())
+        return {"version": h.hexdigest()[:16],
+                "collections": {c: {"version": v, "documents": n}
+                                for c, (v, n) in per.items()}}
+
+    async def _h_version(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        await self._refresh_version()
+        return {**self._version, "node_id": self._ident.node_id.hex()}
+
+    async def _h_reach(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Which known nodes hold this node's library version (they say so in their info answer)."""
+        await self._ensure_ready()
+        timeout = params.get("timeout_s", 2.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or \
+                not 0 < timeout <= 30:
+            raise _bad("timeout_s is seconds, more than 0 and at most 30")
+        await self._refresh_version()
+        mine = str(self._version["version"])
+        info = getattr(self.node, "info", None)
+        dests = getattr(self.node, "destinations", None)
+        if info is None or dests is None:
+            raise ControlError("failed", "this node cannot ask others for their facts")
+        others = list(dests())
+        answers = await asyncio.gather(*(info.query(d, timeout) for d in others))
+        nodes = []
+        for d, ans in zip(others, answers, strict=True):
+            theirs = ans.facts.get("lib") if ans is not None else None
+            nodes.append({"node_id": d.hex(), "name": ans.name if ans else "",
+                          "version": theirs, "answered": ans is not None,
+                          "current": theirs == mine})
+        nodes.sort(key=lambda n: (not n["current"], n["name"], n["node_id"]))
+        return {"version": mine, "nodes": nodes,
+                "current": sum(1 for n in nodes if n["current"]), "known": len(nodes)}
+
+    async def _h_repair(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Delete duplicate live documents (same collection and title) but the newest of each.
+
+        Only deletions: two nodes repairing at once write the same tombstones.
+        """
+        await self._ensure_ready()
+        dry_run = params.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise _bad("dry_run must be true or false")
+        async with self._write_lock:
+            async with self._lock:
+                groups: dict[tuple[str, str], list[DocumentView]] = {}
+                for d in self.library.documents():
+                    groups.setdefault((d.collection, d.title), []).append(d)
+            out = []
+            todo: list[tuple[str, bytes, bytes]] = []
+            p = self.library.prepare_delete()
+            for (coll, title), docs in sorted(groups.items()):
+                if len(docs) < 2:
+                    continue
+                docs.sort(key=lambda d: (d.updated_hlc, d.doc_id), reverse=True)
+                out.append({"collection": coll, "title": title, "kept": docs[0].doc_id.hex(),
+                            "deleted": [d.doc_id.hex() for d in docs[1:]]})
+                todo += [(p.kind, d.doc_id, p.body) for d in docs[1:]]
+            n = 0 if dry_run else await self._submit(todo)
+        return {"groups": out, "deleted": len(todo), "dry_run": dry_run, "ops": n}
 
     # -- situation files -----------------------------------------------------------------------
 
