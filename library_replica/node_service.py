@@ -72,6 +72,17 @@ from library_replica.mail import (
     prepare_receipt,
 )
 from library_replica.markdown_io import default_source, export_folder, plan_import
+from library_replica.notices import (
+    KIND_RETRACT,
+    KIND_SEEN,
+    KIND_UPDATE,
+    NOTICE_KINDS,
+    Notice,
+    NoticeBoard,
+    prepare_retract,
+    prepare_seen,
+    prepare_update,
+)
 from library_replica.ops import LibraryError, OpLike, new_doc_id, sync_authorizers
 from library_replica.search import MAX_LIMIT, SearchIndex, refresh_index
 from library_replica.situation import (
@@ -156,6 +167,9 @@ class LibraryNodeService:
         self.library = Library(may_restore=lambda key: self.trust.authority(key) is not None)
         self.situation = SituationBoard()
         self.bulletins = BulletinBoard(self.trust)
+        self.notices = NoticeBoard(self.trust)
+        #: notices shown here that still need our receipt (written by ``run``)
+        self._to_acknowledge: set[bytes] = set()
         self.mail = MailBox(node.identity)
         self.index = SearchIndex.open_checked(state_dir / INDEX_NAME)
         self._lock = asyncio.Lock()
@@ -166,7 +180,7 @@ class LibraryNodeService:
         self._bulk_changed: set[bytes] = set()
         for ns, fn in sync_authorizers({
                 "library": self.library.authorize, "situation": authorize_situation,
-                "bulletin": self.bulletins.authorize, "trust": self.trust.authorize,
+                "bulletin": self._authorize_bulletin, "trust": self.trust.authorize,
                 "mail": self.mail.authorize}).items():
             store.register_authorizer(ns, fn)
         self._unsubscribe = store.subscribe(self._on_commit)
@@ -175,6 +189,12 @@ class LibraryNodeService:
         info = getattr(node, "info", None)  # meshd's InfoService: gossip our library version
         if info is not None and hasattr(info, "add_fact"):
             info.add_fact("lib", lambda: str(self._version["version"]))
+
+    def _authorize_bulletin(self, op: OpLike, wall_now_ms: int) -> None:
+        if op.kind in NOTICE_KINDS:
+            self.notices.authorize(op, wall_now_ms)
+        else:
+            self.bulletins.authorize(op, wall_now_ms)
 
     # -- NodeService ------------------------------------------------------------------------
 
@@ -190,6 +210,8 @@ class LibraryNodeService:
             "situation.set": self._h_situation_set, "situation.show": self._h_situation_show,
             "situation.list": self._h_situation_list,
             "bulletin.publish": self._h_bulletin_publish, "bulletin.list": self._h_bulletin_list,
+            "bulletin.update": self._h_bulletin_update,
+            "bulletin.retract": self._h_bulletin_retract,
             "mail.list": self._h_mail_list,
         }
 
@@ -207,10 +229,31 @@ class LibraryNodeService:
             await self._replay()
         finally:
             self._ready.set()
+        wall = self._wall_ms()
+        self._to_acknowledge |= {n.bulletin.doc_id for n in
+                                 self.notices.show(self.bulletins.active(wall), wall)}
         while True:
             await self._refresh_version()
+            await self._acknowledge_notices()
             await asyncio.sleep(self._purge_interval_s)
             self._purge()
+
+    async def _acknowledge_notices(self) -> None:
+        """Write our receipt (``bulletin.seen``) for each notice this node has shown."""
+        wall = self._wall_ms()
+        live = {n.bulletin.doc_id: n.bulletin for n in
+                self.notices.show(self.bulletins.active(wall), wall)}
+        todo, self._to_acknowledge = self._to_acknowledge, set()
+        for doc_id in sorted(todo):
+            b = live.get(doc_id)
+            if b is None or self.notices.seen_by(doc_id, self._author):
+                continue
+            try:
+                await self.store.add_local(self._ident.signing_key, kind=KIND_SEEN,
+                                           doc_id=doc_id, body=prepare_seen(),
+                                           expiry_ms=b.expires_ms)
+            except (Unauthorized, SyncLocalError) as exc:
+                log.warning("receipt for bulletin %s refused: %s", doc_id.hex()[:8], exc)
 
     async def _refresh_version(self) -> None:
         if not self._version_dirty:
@@ -223,7 +266,7 @@ class LibraryNodeService:
         """``MetricsSource``: live bulletins, mail carried for others, refused ops by reason."""
         drops: dict[str, int] = {}
         for counter in (self.library.drops, self.situation.drops, self.bulletins.drops,
-                        self.mail.drops):
+                        self.notices.drops, self.mail.drops):
             for reason, n in dict(counter.counts).items():  # dict(): one atomic copy
                 drops[reason] = drops.get(reason, 0) + n
         return [
@@ -286,6 +329,7 @@ class LibraryNodeService:
         receipts: list[MailReceipt] = []
         situation_changed: list[dict[str, Any]] = []
         published: list[Bulletin] = []
+        changed_notices: list[bytes] = []
         # trust before bulletins: a batch may carry the update that makes a publisher trusted
         ordered = sorted(ops, key=lambda o: 0 if o.namespace == "trust" else 1)
         for op in ordered:
@@ -294,6 +338,9 @@ class LibraryNodeService:
                 lib_ops.append(op)
             elif ns == "trust":
                 self.trust.apply(op)
+            elif ns == "bulletin" and op.kind in NOTICE_KINDS:
+                if self.notices.apply(op, wall) and op.kind != KIND_SEEN:
+                    changed_notices.append(op.doc_id)
             elif ns == "bulletin":
                 if self.bulletins.apply(op, wall) and op.kind == KIND_PUBLISH:
                     b = next((x for x in self.bulletins.active(wall) if x.op_id == op.op_id),
@@ -321,7 +368,21 @@ class LibraryNodeService:
         if replay:
             return
         for b in published:
-            self.node.publish("bulletin.published", {"bulletin": self._bulletin_json(b)})
+            shown = self.notices.show([b], wall)
+            if shown:
+                self._to_acknowledge.add(b.doc_id)
+                self.node.publish("bulletin.published", {"bulletin": self._notice_json(shown[0])})
+        for doc_id in dict.fromkeys(changed_notices):
+            for b in self.bulletins.active(wall):
+                if b.doc_id != doc_id:
+                    continue
+                if self.notices.retracted(b):
+                    self._to_acknowledge.discard(doc_id)
+                    self.node.publish("bulletin.retracted", {"bulletin_id": doc_id.hex()})
+                else:
+                    for n in self.notices.show([b], wall):
+                        self._to_acknowledge.add(doc_id)
+                        self.node.publish("bulletin.updated", {"bulletin": self._notice_json(n)})
         for ev in situation_changed:
             self.node.publish("situation.changed", ev)
         for r in receipts:
@@ -376,6 +437,7 @@ class LibraryNodeService:
 
     def _purge(self) -> None:
         wall = self._wall_ms()
+        self.notices.purge(wall)
         gone = self.bulletins.purge(wall)
         if gone:
             self.node.publish("bulletin.expired", {"op_ids": [g.hex() for g in gone]})
@@ -819,13 +881,89 @@ class LibraryNodeService:
                  None)
         if b is None:
             raise ControlError("failed", "the bulletin was stored but is not live")
-        return self._bulletin_json(b)
+        self._to_acknowledge.add(b.doc_id)
+        return self._notice_json(Notice(b, 1, 0))
 
     async def _h_bulletin_list(self, params: dict[str, Any]) -> dict[str, Any]:
         await self._ensure_ready()
-        return {"bulletins": [self._bulletin_json(b)
-                              for b in self.bulletins.active(self._wall_ms())],
+        wall = self._wall_ms()
+        return {"bulletins": [self._notice_json(n) for n in
+                              self.notices.show(self.bulletins.active(wall), wall)],
                 "trust": self._trust_json()}
+
+    def _notice_json(self, n: Notice) -> dict[str, Any]:
+        return {**self._bulletin_json(n.bulletin), "bulletin_id": n.bulletin.doc_id.hex(),
+                "version": n.version, "reached": n.reached}
+
+    def _my_bulletin(self, params: dict[str, Any]) -> Bulletin:
+        """The live bulletin ``params["id"]`` names (id or unique prefix); ours to change."""
+        raw = _str_param(params, "id", max_len=64)
+        assert raw is not None
+        q = raw.strip().lower()
+        if len(q) < 4 or any(c not in "0123456789abcdef" for c in q):
+            raise _bad("ID is a bulletin id (32 hex characters) or a unique prefix of at least 4")
+        wall = self._wall_ms()
+        live = {n.bulletin.doc_id: n.bulletin for n in
+                self.notices.show(self.bulletins.active(wall), wall)}
+        found = [b for d, b in live.items() if d.hex().startswith(q)]
+        if not found:
+            raise _bad(f"no live bulletin {q} here (see bulletin list)")
+        if len(found) > 1:
+            raise _bad(f"{q} matches {len(found)} bulletins; give more of the id")
+        if found[0].author != self._author:
+            raise ControlError("failed", "only the authority that published a bulletin changes "
+                               "it", {"author": found[0].author.hex()})
+        return found[0]
+
+    async def _submit_notice(self, kind: str, doc_id: bytes, body: bytes, expires: int) -> None:
+        async with self._write_lock:
+            try:
+                await self.store.add_local(self._ident.signing_key, kind=kind, doc_id=doc_id,
+                                           body=body, expiry_ms=expires)
+            except Unauthorized as exc:
+                raise ControlError("failed", f"refused: {exc}") from None
+
+    async def _h_bulletin_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        title = _str_param(params, "title", required=False, max_len=200)
+        body = _str_param(params, "body", required=False, max_len=8000)
+        expires_s = params.get("expires_s")
+        if expires_s is not None and (isinstance(expires_s, bool) or
+                                      not isinstance(expires_s, int | float) or
+                                      not 0 < expires_s <= 30 * 24 * 3600):
+            raise _bad("expires_s is seconds, more than 0 and at most 30 days")
+        if title is None and body is None:
+            raise _bad("update needs a title or a body")
+        wall = self._wall_ms()
+        b = self._my_bulletin(params)
+        [cur] = self.notices.show([b], wall)
+        version = self.notices.latest_version(b) + 1
+        expires = (wall + max(1, round(expires_s * 1000)) if expires_s is not None
+                   else cur.bulletin.expires_ms)
+        try:
+            payload = prepare_update(self._ident.sign, self._author, b.doc_id, version=version,
+                                     title=cur.bulletin.title if title is None else title,
+                                     text=cur.bulletin.text if body is None else body,
+                                     issued_ms=wall, expires_ms=expires)
+        except LocalProtocolError as exc:
+            raise _bad(str(exc)) from None
+        await self._submit_notice(KIND_UPDATE, b.doc_id, payload, expires)
+        [now] = self.notices.show([b], self._wall_ms())
+        return self._notice_json(now)
+
+    async def _h_bulletin_retract(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        wall = self._wall_ms()
+        b = self._my_bulletin(params)
+        version = self.notices.latest_version(b) + 1
+        expires = max(b.expires_ms, wall + 1)
+        try:
+            payload = prepare_retract(self._ident.sign, self._author, b.doc_id, version=version,
+                                      issued_ms=wall, expires_ms=expires)
+        except LocalProtocolError as exc:
+            raise _bad(str(exc)) from None
+        await self._submit_notice(KIND_RETRACT, b.doc_id, payload, expires)
+        return {"bulletin_id": b.doc_id.hex(), "version": version, "retracted": True}
 
     # -- mail ----------------------------------------------------------------------------------
 
