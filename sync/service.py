@@ -423,6 +423,7 @@ class SyncService:
             if p.status.up:
                 p.push.extend(o.op_id for o in ops if o.op_id not in p.known)
                 if p.push:
+                    p.status.up_to_date = False  # until a reconciliation finds no difference
                     p.wake.set()
 
     # -- sessions ----------------------------------------------------------------------------
