@@ -93,7 +93,6 @@ def test_town_and_dealer_import_the_same_folder_then_an_edited_copy(
     c = _ok(dealer, "library", "import", str(edited), "--source", "sample")
     assert c["changed"] == ["water.md"] and len(c["unchanged"]) == 2
     want = [("history", "1959年の洪水"), ("know-how", "EV power"), ("know-how", "給水所")]
-    versions = set()
     for d in line:
         _eventually(d, lambda r: r if sorted((x["collection"], x["title"])
                                              for x in r["documents"]) == want else None,
@@ -104,10 +103,14 @@ def test_town_and_dealer_import_the_same_folder_then_an_edited_copy(
         body = _ok(d, "library", "show", hit["results"][0]["doc_id"])["body"]
         assert body == "給水は午前10時から体育館で。\n", (d.name, body)  # one copy of the text
         assert _ok(d, "library", "search", "午前9時")["results"] == []
-    for d in line:
-        versions.add(_eventually(d, lambda r: r["version"] if _docs(d) == want else None,
-                                 "library", "version"))
-    assert len(versions) == 1
+        assert _docs(d) == want
+
+    def one_version() -> set[str] | None:
+        seen = {_ok(d, "library", "version")["version"] for d in line}
+        return seen if len(seen) == 1 else None
+
+    versions = wait_until(one_version, 60, 0.5, "the same library version everywhere")
+    assert len(versions) == 1 and "" not in versions
     # sync status says so, with the dealer's neighbour (after a reconciliation)
     st = _eventually(dealer, lambda r: r if any(p["up_to_date"] for p in r["peers"].values())
                      else None, "sync", "status", timeout=90, what="dealer up to date")
