@@ -31,7 +31,12 @@ Control methods (params -> result; documented with the commands in docs/cli.md):
 * ``library.import`` / ``library.export`` {path (absolute)} -> a summary; progress
   as ``library.progress`` events {op, phase, done, total, path}
 * ``situation.set`` {kind, fields}, ``situation.show`` {node}, ``situation.list`` {kind?}
-* ``bulletin.publish`` {title, body, expires_s}, ``bulletin.list``
+* ``library.delete`` / ``library.restore`` {id}, ``library.list`` {collection?, deleted?},
+  ``library.version``, ``library.repair`` {dry_run?}, ``sync.reach`` {timeout_s?}
+  (the library version is published as the ``lib`` fact of meshd's info answers)
+* ``bulletin.publish`` {title, body, expires_s}, ``bulletin.list``,
+  ``bulletin.update`` {id, title?, body?, expires_s?}, ``bulletin.retract`` {id};
+  receipts (``bulletin.seen``) for shown notices are written by ``run``
 * ``mail.list``: the outbox (queued / delivered) and what this node carries
 
 Events: ``library.changed`` {doc_ids}, ``library.progress``, ``situation.changed``
