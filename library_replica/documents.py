@@ -20,8 +20,26 @@ Op kinds and bodies (MessagePack maps, short keys):
                     the Yjs update (optional), any of ``c t g l``, ``r`` the op
                     id this edit reverts (optional)
 ``library.delete``  ``{}``
-``library.restore`` ``{}``
+``library.restore`` ``{}`` (the authoriser takes only authority keys)
 ==================  =========================================================
+
+Seeded bodies (imports).  Two nodes that import the same file must end with
+one copy of its text, but two Yjs inserts of the same text by two clients are
+two copies.  So an import's ``library.create`` carries no Yjs update but the
+text itself: ``x`` the text (a chunk of it), ``h`` SHA-256 of the whole
+initial text, ``o`` the chunk's offset in UTF-16 units (0 in the create;
+later chunks are ``library.edit`` ops with ``o`` > 0).  Every replica builds
+the Yjs update itself (``seed_update``) as the insert of ``x`` by the *seed
+client* ``yjs_client_id(doc_id ‖ h)``: the same file gives byte-identical
+items at every node, and Yjs keeps one copy.  Nobody can forge a seed item,
+because the update is derived from the text that names the client.
+
+Several seeds in one document (two nodes imported different texts under the
+same id without having seen each other's) would show both texts; the rule:
+the seed of the latest create (``order_key``) wins and every other seed's
+items are deleted, locally and deterministically (a delete-only Yjs update),
+at every replica that holds both.  Edits made on a losing seed keep only what
+they inserted.
 
 pycrdt loses updates applied out of order, so each update is applied only when
 the document's state vector dominates the ``sv`` the author edited from (and
@@ -49,9 +67,10 @@ This module is a pure core: no I/O and no clock reads.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +100,8 @@ __all__ = [
     "Library",
     "PreparedOp",
     "decode_state_vector",
+    "seed_client",
+    "seed_update",
     "update_clock_ranges",
 ]
 
@@ -313,6 +334,47 @@ def update_clock_ranges(update: bytes) -> dict[int, tuple[int, int]]:
     return out
 
 
+def seed_client(doc_id: bytes, text_hash: bytes) -> int:
+    """The Yjs client id of a seeded body: derived from the document and its initial text."""
+    return yjs_client_id(b"carmesh/seed/1\x00" + doc_id + text_hash)
+
+
+def _utf16_len(s: str) -> int:
+    return len(s.encode("utf-16-le")) // 2
+
+
+def seed_update(client: int, offset: int, text: str) -> bytes:
+    """The Yjs update inserting ``text`` by ``client`` after its first ``offset`` clocks.
+
+    Deterministic: built in a scratch document whose first ``offset`` clocks are
+    ASCII placeholders (their content is not part of the update, only the origin
+    ``(client, offset - 1)`` is), so every replica derives the same bytes.
+    """
+    scratch: Doc[Any] = Doc(client_id=client)
+    text_: Text = scratch.get(_ROOT, type=Text)
+    if offset:
+        text_.insert(0, "a" * offset)  # one byte and one UTF-16 unit per character
+    sv = scratch.get_state()
+    text_.insert(offset, text)
+    return scratch.get_update(sv)
+
+
+def _varuint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _delete_only_update(client: int, end: int) -> bytes:
+    """A Yjs v1 update with no structs that deletes ``client``'s clocks ``0..end``."""
+    return (_varuint(0) + _varuint(1) + _varuint(client) + _varuint(1) + _varuint(0)
+            + _varuint(end))
+
+
 def _dominates(have: dict[int, int], need: dict[int, int]) -> bool:
     return all(have.get(c, 0) >= k for c, k in need.items())
 
@@ -333,6 +395,8 @@ class _Parsed:
     update_end: int  # author's Yjs clock after the update (0 without one)
     meta: dict[str, Any]
     reverts: bytes | None
+    client: int = 0  # the Yjs client of the update's items (the author's, or a seed's)
+    seed: int = 0  # a seeded body's client (0 when the body is not seeded)
 
 
 def _present(f: Fields, key: str) -> bool:
@@ -379,6 +443,9 @@ def _parse(op: OpLike) -> _Parsed:
                 raise Refused("body", "create needs collection and title")
             if sv:
                 raise Refused("body", "create starts from an empty document")
+        seed_text = f.opt_str("x", max_len=MAX_UPDATE)
+        if seed_text is not None:
+            return _parse_seeded(op, f, seed_text, update, sv, meta)
     except DecodeError as exc:
         raise Refused("body", str(exc)) from None
     end = 0
@@ -391,7 +458,26 @@ def _parse(op: OpLike) -> _Parsed:
         if set(ranges) - {cid}:
             raise Refused("update", "items of another author's Yjs client")
         end = ranges[cid][1] if cid in ranges else 0
-    return _Parsed(op.kind, sv, update, end, meta, reverts)
+    return _Parsed(op.kind, sv, update, end, meta, reverts, yjs_client_id(op.author))
+
+
+def _parse_seeded(op: OpLike, f: Fields, text: str, update: bytes | None,
+                  sv: dict[int, int], meta: dict[str, Any]) -> _Parsed:
+    """A seeded body (see the module docstring): the update is derived, never carried."""
+    if update is not None or sv:
+        raise Refused("body", "a seeded body carries text, not a Yjs update")
+    if op.kind not in (KIND_CREATE, KIND_EDIT):
+        raise Refused("body", "seed text in a delete or restore")
+    h = f.bytes("h", size=32)
+    offset = f.int("o", 0, MAX_BODY_CHARS * 2)
+    if (offset == 0) != (op.kind == KIND_CREATE):
+        raise Refused("body", "a seed starts in its create, later chunks are edits")
+    if not text or len(text.encode("utf-8")) > CHUNK_BYTES + 4:
+        raise Refused("body", "seed chunk size")
+    client = seed_client(op.doc_id, h)
+    upd = seed_update(client, offset, text)
+    return _Parsed(op.kind, {client: offset} if offset else {}, upd,
+                   offset + _utf16_len(text), meta, None, client, client)
 
 
 @dataclass(slots=True)
@@ -406,6 +492,10 @@ class _DocState:
     authors: set[bytes] = field(default_factory=set)
     applied: list[OpLike] = field(default_factory=list)  # in apply order
     history: list[HistoryEntry] = field(default_factory=list)
+    #: seed client -> order key of the latest create naming it (the latest seed wins)
+    seeds: dict[int, tuple[int, bytes, bytes]] = field(default_factory=dict)
+    #: XOR of the applied op ids: the document's head, whatever the apply order
+    head: int = 0
 
     @property
     def text(self) -> Text:
@@ -435,9 +525,14 @@ def _integrate(st: _DocState, op: OpLike, parsed: _Parsed) -> tuple[str, str] | 
             if type(exc).__name__ != "PanicException":
                 raise
             return ("update", "pycrdt panic")
-        if st.sv().get(yjs_client_id(op.author), 0) < parsed.update_end:
+        if st.sv().get(parsed.client, 0) < parsed.update_end:
             # the update did not integrate: its sv lied about what it builds on
             return ("sv_mismatch", "")
+        if parsed.kind == KIND_CREATE and parsed.seed:
+            key = order_key(op)
+            if key > st.seeds.get(parsed.seed, (0, b"", b"")):
+                st.seeds[parsed.seed] = key
+        _delete_losing_seeds(st)
         after = str(st.text)
         if len(after) > MAX_BODY_CHARS:
             return ("body_size", str(len(after)))
@@ -460,10 +555,22 @@ def _integrate(st: _DocState, op: OpLike, parsed: _Parsed) -> tuple[str, str] | 
     st.updated_hlc = max(st.updated_hlc, op.hlc)
     st.authors.add(op.author)
     st.applied.append(op)
+    st.head ^= int.from_bytes(op.op_id[:16], "big")
     st.history.append(HistoryEntry(op.op_id, op.author, op.hlc, op.kind,
                                    tuple(sorted(parsed.meta)), inserted, deleted,
                                    parsed.reverts))
     return None
+
+
+def _delete_losing_seeds(st: _DocState) -> None:
+    """Delete every seed's items but the latest create's (a no-op with one seed)."""
+    if len(st.seeds) < 2:
+        return
+    winner = max(st.seeds, key=lambda c: st.seeds[c])
+    sv = st.sv()
+    for client in st.seeds:
+        if client != winner and sv.get(client, 0):
+            st.ydoc.apply_update(_delete_only_update(client, sv[client]))
 
 
 class Library:
@@ -474,7 +581,10 @@ class Library:
     ``prepare_*`` methods, which return op bodies for sync to sign.
     """
 
-    def __init__(self, blocked: Iterable[bytes] = ()) -> None:
+    def __init__(self, blocked: Iterable[bytes] = (),
+                 may_restore: Callable[[bytes], bool] | None = None) -> None:
+        #: who may restore a deleted document (an authority); None: anyone
+        self._may_restore = may_restore
         self._docs: dict[bytes, _DocState] = {}
         self._log: dict[bytes, list[OpLike]] = {}  # every accepted op per document, arrival order
         self._seen: set[bytes] = set()
@@ -491,6 +601,9 @@ class Library:
         """Authoriser for the ``library`` namespace: refuse (raise ``Refused``) malformed ops."""
         del wall_now_ms  # library ops do not expire
         _parse(op)
+        if op.kind == KIND_RESTORE and self._may_restore is not None \
+                and not self._may_restore(op.author):
+            raise Refused("not_authority", "only an authority restores a deleted document")
 
     def apply(self, op: OpLike) -> Applied:
         """Apply one committed op; malformed ones are counted, logged once and dropped."""
@@ -735,6 +848,64 @@ class Library:
         return self.prepare_edit(doc_id, author, body=old.body, title=old.title or None,
                                  tags=old.tags, lang=old.lang or None,
                                  collection=old.collection or None, reverts=op_id)
+
+    @staticmethod
+    def prepare_seeded_create(doc_id: bytes, *, collection: str, title: str, body: str,
+                              tags: Iterable[str] = (), lang: str = "") -> list[PreparedOp]:
+        """Ops of a document whose initial body is *seeded* (see the module docstring).
+
+        Whoever prepares them for the same ``doc_id`` and ``body`` builds the same
+        Yjs items: two nodes importing one file end with one copy of its text.
+        A long body is a ``library.create`` and ``library.edit`` chunks; submit in order.
+        """
+        if len(body) > MAX_BODY_CHARS:
+            raise LocalProtocolError("body too long")
+        meta = Library._meta_body(collection, title, tags, lang)
+        h = hashlib.sha256(body.encode("utf-8")).digest()
+        chunks: list[str] = []
+        rest = body
+        while len(rest.encode("utf-8")) > CHUNK_BYTES:
+            k = min(len(rest), CHUNK_BYTES // 4)
+            while k > 1 and not is_boundary(rest, k):
+                k -= 1
+            chunks.append(rest[:k])
+            rest = rest[k:]
+        chunks.append(rest)
+        ops: list[PreparedOp] = []
+        offset = 0
+        for i, chunk in enumerate(chunks):
+            if not chunk:  # an empty body: a create with no text at all
+                ops.append(PreparedOp(KIND_CREATE, encode_body({**meta, "sv": b"\x00"})))
+                break
+            part: dict[str, Any] = {"x": chunk, "h": h, "o": offset, "sv": b"\x00"}
+            if i == 0:
+                part.update(meta)
+            ops.append(PreparedOp(KIND_CREATE if i == 0 else KIND_EDIT, encode_body(part)))
+            offset += _utf16_len(chunk)
+        return ops
+
+    def create_authors(self) -> set[bytes]:
+        """Authors of at least one ``library.create`` applied here (legacy import ids need them)."""
+        return {h.author for st in self._docs.values() for h in st.history
+                if h.kind == KIND_CREATE}
+
+    def version(self) -> dict[str, tuple[str, int]]:
+        """Per collection: (digest of its documents' heads, documents), deleted ones included.
+
+        A document's head is the XOR of the op ids applied to it, so two replicas
+        holding the same ops have the same digest whatever order they applied them in.
+        """
+        per: dict[str, list[tuple[bytes, int]]] = {}
+        for st in self._docs.values():
+            if st.created:
+                per.setdefault(st.meta("collection", ""), []).append((st.doc_id, st.head))
+        out: dict[str, tuple[str, int]] = {}
+        for coll, heads in sorted(per.items()):
+            h = hashlib.sha256()
+            for doc_id, head in sorted(heads):
+                h.update(doc_id + head.to_bytes(16, "big"))
+            out[coll] = (h.hexdigest()[:16], len(heads))
+        return out
 
     @staticmethod
     def prepare_delete(restore: bool = False) -> PreparedOp:

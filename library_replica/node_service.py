@@ -41,7 +41,12 @@ Control methods (params -> result; documented with the commands in docs/cli.md):
   as ``library.progress`` events {op, phase, done, total, path}
 * ``situation.set`` {kind, fields}, ``situation.show`` {node}, ``situation.list`` {kind?}
 * ``situation.summary`` {stale_s?}: shelters, town totals, power offers (``summary.py``)
-* ``bulletin.publish`` {title, body, expires_s}, ``bulletin.list``
+* ``library.delete`` / ``library.restore`` {id}, ``library.list`` {collection?, deleted?},
+  ``library.version``, ``library.repair`` {dry_run?}, ``sync.reach`` {timeout_s?}
+  (the library version is published as the ``lib`` fact of meshd's info answers)
+* ``bulletin.publish`` {title, body, expires_s}, ``bulletin.list``,
+  ``bulletin.update`` {id, title?, body?, expires_s?}, ``bulletin.retract`` {id};
+  receipts (``bulletin.seen``) for shown notices are written by ``run``
 * ``trust.show``, ``trust.export``, ``trust.join`` {config | fingerprint},
   ``trust.publish`` {op: a root-signed ``trust.update``, hex}
 * ``mail.list``: the outbox (queued / delivered) and what this node carries
@@ -58,6 +63,7 @@ An id (``ID``) is 32 hex characters or a unique prefix of at least 4.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -88,7 +94,18 @@ from library_replica.mail import (
     prepare_mail,
     prepare_receipt,
 )
-from library_replica.markdown_io import export_folder, plan_import
+from library_replica.markdown_io import default_source, export_folder, plan_import
+from library_replica.notices import (
+    KIND_RETRACT,
+    KIND_SEEN,
+    KIND_UPDATE,
+    NOTICE_KINDS,
+    Notice,
+    NoticeBoard,
+    prepare_retract,
+    prepare_seen,
+    prepare_update,
+)
 from library_replica.ops import LibraryError, OpLike, Refused, new_doc_id, sync_authorizers
 from library_replica.search import MAX_LIMIT, SearchIndex, refresh_index
 from library_replica.situation import (
@@ -185,9 +202,12 @@ class LibraryNodeService:
         self._saved_version = self.trust.version
         self.carried = CarriedPool()
         self._trust_lock = asyncio.Lock()
-        self.library = Library()
+        self.library = Library(may_restore=lambda key: self.trust.authority(key) is not None)
         self.situation = SituationBoard()
         self.bulletins = BulletinBoard(self.trust)
+        self.notices = NoticeBoard(self.trust)
+        #: notices shown here that still need our receipt (written by ``run``)
+        self._to_acknowledge: set[bytes] = set()
         self.mail = MailBox(node.identity)
         self.index = SearchIndex.open_checked(state_dir / INDEX_NAME)
         self._lock = asyncio.Lock()
@@ -203,6 +223,11 @@ class LibraryNodeService:
                 "mail": self.mail.authorize}).items():
             store.register_authorizer(ns, fn)
         self._unsubscribe = store.subscribe(self._on_commit)
+        self._version: dict[str, Any] = {"version": "", "collections": {}}
+        self._version_dirty = True
+        info = getattr(node, "info", None)  # meshd's InfoService: gossip our library version
+        if info is not None and hasattr(info, "add_fact"):
+            info.add_fact("lib", lambda: str(self._version["version"]))
 
     # -- NodeService ------------------------------------------------------------------------
 
@@ -211,13 +236,18 @@ class LibraryNodeService:
             "library.add": self._h_add, "library.edit": self._h_edit,
             "library.show": self._h_show, "library.search": self._h_search,
             "library.history": self._h_history, "library.import": self._h_import,
-            "library.export": self._h_export,
+            "library.export": self._h_export, "library.delete": self._h_delete,
+            "library.restore": self._h_restore, "library.list": self._h_list,
+            "library.version": self._h_version, "library.repair": self._h_repair,
+            "sync.reach": self._h_reach,
             "situation.set": self._h_situation_set, "situation.show": self._h_situation_show,
             "situation.list": self._h_situation_list,
             "situation.summary": self._h_situation_summary,
             "bulletin.publish": self._h_bulletin_publish, "bulletin.list": self._h_bulletin_list,
             "trust.show": self._h_trust_show, "trust.export": self._h_trust_export,
             "trust.join": self._h_trust_join, "trust.publish": self._h_trust_publish,
+            "bulletin.update": self._h_bulletin_update,
+            "bulletin.retract": self._h_bulletin_retract,
             "mail.list": self._h_mail_list,
         }
 
@@ -235,17 +265,46 @@ class LibraryNodeService:
             await self._replay()
         finally:
             self._ready.set()
+        wall = self._wall_ms()
+        self._to_acknowledge |= {n.bulletin.doc_id for n in
+                                 self.notices.show(self.bulletins.active(wall), wall)}
         while True:
+            await self._refresh_version()
+            await self._acknowledge_notices()
             await asyncio.sleep(self._purge_interval_s)
             self._purge()
             if self.index.behind:
                 await self._catch_up_index()
 
+    async def _acknowledge_notices(self) -> None:
+        """Write our receipt (``bulletin.seen``) for each notice this node has shown."""
+        wall = self._wall_ms()
+        live = {n.bulletin.doc_id: n.bulletin for n in
+                self.notices.show(self.bulletins.active(wall), wall)}
+        todo, self._to_acknowledge = self._to_acknowledge, set()
+        for doc_id in sorted(todo):
+            b = live.get(doc_id)
+            if b is None or self.notices.seen_by(doc_id, self._author):
+                continue
+            try:
+                await self.store.add_local(self._ident.signing_key, kind=KIND_SEEN,
+                                           doc_id=doc_id, body=prepare_seen(),
+                                           expiry_ms=b.expires_ms)
+            except (Unauthorized, SyncLocalError) as exc:
+                log.warning("receipt for bulletin %s refused: %s", doc_id.hex()[:8], exc)
+
+    async def _refresh_version(self) -> None:
+        if not self._version_dirty:
+            return
+        self._version_dirty = False
+        async with self._lock:
+            self._version = await asyncio.to_thread(self._compute_version)
+
     def metrics(self) -> list[Metric]:
         """``MetricsSource``: live bulletins, mail carried for others, refused ops by reason."""
         drops: dict[str, int] = {}
         for counter in (self.library.drops, self.situation.drops, self.bulletins.drops,
-                        self.mail.drops):
+                        self.notices.drops, self.mail.drops):
             for reason, n in dict(counter.counts).items():  # dict(): one atomic copy
                 drops[reason] = drops.get(reason, 0) + n
         return [
@@ -293,6 +352,8 @@ class LibraryNodeService:
             except DiskFull as exc:
                 self._index_failed(exc)
                 n = 0
+            self._version = await asyncio.to_thread(self._compute_version)
+            self._version_dirty = False
         self._replaying = False
         log.info("library replayed %d ops in %.2f s (%d documents, %d re-indexed)", total,
                  time.monotonic() - started, sum(1 for _ in self.library.documents()), n)
@@ -334,7 +395,9 @@ class LibraryNodeService:
         receipts: list[MailReceipt] = []
         situation_changed: list[dict[str, Any]] = []
         published: list[Bulletin] = []
-        trust_ops = [o for o in ops if o.namespace in ("trust", "bulletin")]
+        changed_notices: list[bytes] = []
+        trust_ops = [o for o in ops if o.namespace == "trust"
+                     or (o.namespace == "bulletin" and o.kind not in NOTICE_KINDS)]
         if trust_ops:
             async with self._trust_lock:
                 published = await self._apply_trusted(trust_ops, wall, replay=replay)
@@ -342,6 +405,9 @@ class LibraryNodeService:
             ns = op.namespace
             if ns == "library":
                 lib_ops.append(op)
+            elif ns == "bulletin" and op.kind in NOTICE_KINDS:
+                if self.notices.apply(op, wall) and op.kind != KIND_SEEN:
+                    changed_notices.append(op.doc_id)
             elif ns == "situation":
                 if self.situation.apply(op) and op.kind == KIND_SET:
                     situation_changed.append({"owner": op.author.hex()})
@@ -363,7 +429,21 @@ class LibraryNodeService:
         if replay:
             return
         for b in published:
-            self.node.publish("bulletin.published", {"bulletin": self._bulletin_json(b)})
+            shown = self.notices.show([b], wall)
+            if shown:
+                self._to_acknowledge.add(b.doc_id)
+                self.node.publish("bulletin.published", {"bulletin": self._notice_json(shown[0])})
+        for doc_id in dict.fromkeys(changed_notices):
+            for b in self.bulletins.active(wall):
+                if b.doc_id != doc_id:
+                    continue
+                if self.notices.retracted(b):
+                    self._to_acknowledge.discard(doc_id)
+                    self.node.publish("bulletin.retracted", {"bulletin_id": doc_id.hex()})
+                else:
+                    for n in self.notices.show([b], wall):
+                        self._to_acknowledge.add(doc_id)
+                        self.node.publish("bulletin.updated", {"bulletin": self._notice_json(n)})
         for ev in situation_changed:
             self.node.publish("situation.changed", ev)
         for r in receipts:
@@ -425,7 +505,14 @@ class LibraryNodeService:
         return len(raw) if isinstance(raw, bytes) else len(op.body) + 200
 
     def _authorize_bulletin(self, op: OpLike, wall_now_ms: int) -> None:
-        """Show it, carry it (bounded) when its authority cannot be checked, or refuse it."""
+        """Show it, carry it (bounded) when its authority cannot be checked, or refuse it.
+
+        Notices (update, retract, receipt) are checked by the notice board: signed by the
+        bulletin's publisher, or a receipt by anyone.
+        """
+        if op.kind in NOTICE_KINDS:
+            self.notices.authorize(op, wall_now_ms)
+            return
         if self.bulletins.classify(op, wall_now_ms) is None:
             self.carried.admit(op, self._size(op), wall_now_ms)
 
@@ -547,6 +634,7 @@ class LibraryNodeService:
         """In a worker thread, under ``_lock``: apply, then index what changed."""
         for op in ops:
             self.library.apply(op)
+        self._version_dirty = True
         if index:
             try:
                 refresh_index(self.index, self.library)
@@ -593,6 +681,7 @@ class LibraryNodeService:
 
     def _purge(self) -> None:
         wall = self._wall_ms()
+        self.notices.purge(wall)
         gone = self.bulletins.purge(wall)
         if gone:
             self.node.publish("bulletin.expired", {"op_ids": [g.hex() for g in gone]})
@@ -757,10 +846,15 @@ class LibraryNodeService:
             raise ControlError("failed", f"{folder} is not a directory")
         started = time.monotonic()
         reading = self._progress_cb("import", "reading")
+        source = _str_param(params, "source", required=False, max_len=200)
+        if source is not None and not source.strip():
+            raise _bad("source must not be empty")
+        may_restore = self.trust.authority(self._author) is not None
         async with self._write_lock:
             async with self._lock:
-                ops, summary = await asyncio.to_thread(plan_import, self.library, self._author,
-                                                       folder, reading)
+                ops, summary = await asyncio.to_thread(
+                    lambda: plan_import(self.library, self._author, folder, reading,
+                                        source=source, may_restore=may_restore))
             writing = self._progress_cb("import", "writing")
             self._deferred_index = True
             index_full: DiskFull | None = None
@@ -787,6 +881,7 @@ class LibraryNodeService:
         return {"path": str(folder), "added": summary.added, "changed": summary.changed,
                 "unchanged": summary.unchanged,
                 "errors": [{"path": p, "error": e} for p, e in summary.errors],
+                "merged": summary.merged, "source": source or default_source(folder),
                 "ops": n, "summary": summary.line(),
                 "elapsed_s": round(time.monotonic() - started, 3)}
 
@@ -797,13 +892,135 @@ class LibraryNodeService:
         cb = self._progress_cb("export", "writing")
         async with self._lock:
             try:
-                await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
                 summary = await asyncio.to_thread(export_folder, self.library, folder, cb)
-            except OSError as exc:
+            except (OSError, LibraryError) as exc:
                 raise ControlError("failed", f"export to {folder}: {exc}") from None
         return {"path": str(folder), "added": summary.added, "changed": summary.changed,
                 "unchanged": summary.unchanged, "summary": summary.line(),
                 "elapsed_s": round(time.monotonic() - started, 3)}
+
+    def _doc_or_bad(self, params: dict[str, Any]) -> bytes:
+        """Like ``_resolve_doc``, but an unknown id is a usage error (exit 2): a write."""
+        try:
+            return self._resolve_doc(params)
+        except ControlError as exc:
+            if exc.code == "not_found":
+                raise _bad(exc.message) from None
+            raise
+
+    async def _h_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        async with self._write_lock:
+            async with self._lock:
+                doc_id = self._doc_or_bad(params)
+                d = self.library.get(doc_id)
+                assert d is not None
+                if d.deleted:
+                    raise _bad(f"document {doc_id.hex()} is already deleted")
+            p = self.library.prepare_delete()
+            n = await self._submit([(p.kind, doc_id, p.body)])
+        return {"doc_id": doc_id.hex(), "title": d.title, "deleted": True, "ops": n}
+
+    async def _h_restore(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        async with self._write_lock:
+            async with self._lock:
+                doc_id = self._doc_or_bad(params)
+                d = self.library.get(doc_id)
+                assert d is not None
+                if not d.deleted:
+                    raise _bad(f"document {doc_id.hex()} is not deleted")
+            if self.trust.authority(self._author) is None:
+                raise ControlError("failed", "only an authority in the trust configuration "
+                                   "restores a deleted document", {"key": self._author.hex()})
+            p = self.library.prepare_delete(restore=True)
+            n = await self._submit([(p.kind, doc_id, p.body)])
+        return {"doc_id": doc_id.hex(), "title": d.title, "deleted": False, "ops": n}
+
+    def _list_json(self, d: DocumentView) -> dict[str, Any]:
+        return {"doc_id": d.doc_id.hex(), "collection": d.collection, "title": d.title,
+                "lang": d.lang, "tags": list(d.tags), "deleted": d.deleted,
+                "authors": len(d.authors), "chars": len(d.body),
+                "updated_ms": d.updated_hlc >> 16}
+
+    async def _h_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        collection = _str_param(params, "collection", required=False, max_len=32)
+        deleted = params.get("deleted", False)
+        if not isinstance(deleted, bool):
+            raise _bad("deleted must be true or false")
+        async with self._lock:
+            docs = [d for d in self.library.documents(include_deleted=deleted)
+                    if collection is None or d.collection == collection]
+        docs.sort(key=lambda d: (d.collection, d.title, d.doc_id))
+        return {"collection": collection, "documents": [self._list_json(d) for d in docs]}
+
+    def _compute_version(self) -> dict[str, Any]:
+        """This node's library version: a digest of document heads per collection, and overall."""
+        per = self.library.version()
+        h = hashlib.sha256()
+        for coll, (digest, _n) in sorted(per.items()):
+            h.update(f"{coll}={digest};".encode())
+        return {"version": h.hexdigest()[:16],
+                "collections": {c: {"version": v, "documents": n}
+                                for c, (v, n) in per.items()}}
+
+    async def _h_version(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        await self._refresh_version()
+        return {**self._version, "node_id": self._ident.node_id.hex()}
+
+    async def _h_reach(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Which known nodes hold this node's library version (they say so in their info answer)."""
+        await self._ensure_ready()
+        timeout = params.get("timeout_s", 2.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or \
+                not 0 < timeout <= 30:
+            raise _bad("timeout_s is seconds, more than 0 and at most 30")
+        await self._refresh_version()
+        mine = str(self._version["version"])
+        info = getattr(self.node, "info", None)
+        dests = getattr(self.node, "destinations", None)
+        if info is None or dests is None:
+            raise ControlError("failed", "this node cannot ask others for their facts")
+        others = list(dests())
+        answers = await asyncio.gather(*(info.query(d, timeout) for d in others))
+        nodes = []
+        for d, ans in zip(others, answers, strict=True):
+            theirs = ans.facts.get("lib") if ans is not None else None
+            nodes.append({"node_id": d.hex(), "name": ans.name if ans else "",
+                          "version": theirs, "answered": ans is not None,
+                          "current": theirs == mine})
+        nodes.sort(key=lambda n: (not n["current"], n["name"], n["node_id"]))
+        return {"version": mine, "nodes": nodes,
+                "current": sum(1 for n in nodes if n["current"]), "known": len(nodes)}
+
+    async def _h_repair(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Delete duplicate live documents (same collection and title) but the newest of each.
+
+        Only deletions: two nodes repairing at once write the same tombstones.
+        """
+        await self._ensure_ready()
+        dry_run = params.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise _bad("dry_run must be true or false")
+        async with self._write_lock:
+            async with self._lock:
+                groups: dict[tuple[str, str], list[DocumentView]] = {}
+                for d in self.library.documents():
+                    groups.setdefault((d.collection, d.title), []).append(d)
+            out = []
+            todo: list[tuple[str, bytes, bytes]] = []
+            p = self.library.prepare_delete()
+            for (coll, title), docs in sorted(groups.items()):
+                if len(docs) < 2:
+                    continue
+                docs.sort(key=lambda d: (d.updated_hlc, d.doc_id), reverse=True)
+                out.append({"collection": coll, "title": title, "kept": docs[0].doc_id.hex(),
+                            "deleted": [d.doc_id.hex() for d in docs[1:]]})
+                todo += [(p.kind, d.doc_id, p.body) for d in docs[1:]]
+            n = 0 if dry_run else await self._submit(todo)
+        return {"groups": out, "deleted": len(todo), "dry_run": dry_run, "ops": n}
 
     # -- situation files -----------------------------------------------------------------------
 
@@ -940,12 +1157,14 @@ class LibraryNodeService:
                  None)
         if b is None:
             raise ControlError("failed", "the bulletin was stored but is not live")
-        return self._bulletin_json(b)
+        self._to_acknowledge.add(b.doc_id)
+        return self._notice_json(Notice(b, 1, 0))
 
     async def _h_bulletin_list(self, params: dict[str, Any]) -> dict[str, Any]:
         await self._ensure_ready()
-        return {"bulletins": [self._bulletin_json(b)
-                              for b in self.bulletins.active(self._wall_ms())],
+        wall = self._wall_ms()
+        return {"bulletins": [self._notice_json(n) for n in
+                              self.notices.show(self.bulletins.active(wall), wall)],
                 "trust": self._trust_json()}
 
     # -- trust ---------------------------------------------------------------------------------
@@ -1053,6 +1272,80 @@ class LibraryNodeService:
         if res.refused:
             raise ControlError("failed", f"refused by the store: {dict(res.refused)}")
         return {"op_id": op.op_id.hex(), **self._trust_show()}
+
+    def _notice_json(self, n: Notice) -> dict[str, Any]:
+        return {**self._bulletin_json(n.bulletin), "bulletin_id": n.bulletin.doc_id.hex(),
+                "version": n.version, "reached": n.reached}
+
+    def _my_bulletin(self, params: dict[str, Any]) -> Bulletin:
+        """The live bulletin ``params["id"]`` names (id or unique prefix); ours to change."""
+        raw = _str_param(params, "id", max_len=64)
+        assert raw is not None
+        q = raw.strip().lower()
+        if len(q) < 4 or any(c not in "0123456789abcdef" for c in q):
+            raise _bad("ID is a bulletin id (32 hex characters) or a unique prefix of at least 4")
+        wall = self._wall_ms()
+        live = {n.bulletin.doc_id: n.bulletin for n in
+                self.notices.show(self.bulletins.active(wall), wall)}
+        found = [b for d, b in live.items() if d.hex().startswith(q)]
+        if not found:
+            raise _bad(f"no live bulletin {q} here (see bulletin list)")
+        if len(found) > 1:
+            raise _bad(f"{q} matches {len(found)} bulletins; give more of the id")
+        if found[0].author != self._author:
+            raise ControlError("failed", "only the authority that published a bulletin changes "
+                               "it", {"author": found[0].author.hex()})
+        return found[0]
+
+    async def _submit_notice(self, kind: str, doc_id: bytes, body: bytes, expires: int) -> None:
+        async with self._write_lock:
+            try:
+                await self.store.add_local(self._ident.signing_key, kind=kind, doc_id=doc_id,
+                                           body=body, expiry_ms=expires)
+            except Unauthorized as exc:
+                raise ControlError("failed", f"refused: {exc}") from None
+
+    async def _h_bulletin_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        title = _str_param(params, "title", required=False, max_len=200)
+        body = _str_param(params, "body", required=False, max_len=8000)
+        expires_s = params.get("expires_s")
+        if expires_s is not None and (isinstance(expires_s, bool) or
+                                      not isinstance(expires_s, int | float) or
+                                      not 0 < expires_s <= 30 * 24 * 3600):
+            raise _bad("expires_s is seconds, more than 0 and at most 30 days")
+        if title is None and body is None:
+            raise _bad("update needs a title or a body")
+        wall = self._wall_ms()
+        b = self._my_bulletin(params)
+        [cur] = self.notices.show([b], wall)
+        version = self.notices.latest_version(b) + 1
+        expires = (wall + max(1, round(expires_s * 1000)) if expires_s is not None
+                   else cur.bulletin.expires_ms)
+        try:
+            payload = prepare_update(self._ident.sign, self._author, b.doc_id, version=version,
+                                     title=cur.bulletin.title if title is None else title,
+                                     text=cur.bulletin.text if body is None else body,
+                                     issued_ms=wall, expires_ms=expires)
+        except LocalProtocolError as exc:
+            raise _bad(str(exc)) from None
+        await self._submit_notice(KIND_UPDATE, b.doc_id, payload, expires)
+        [now] = self.notices.show([b], self._wall_ms())
+        return self._notice_json(now)
+
+    async def _h_bulletin_retract(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        wall = self._wall_ms()
+        b = self._my_bulletin(params)
+        version = self.notices.latest_version(b) + 1
+        expires = max(b.expires_ms, wall + 1)
+        try:
+            payload = prepare_retract(self._ident.sign, self._author, b.doc_id, version=version,
+                                      issued_ms=wall, expires_ms=expires)
+        except LocalProtocolError as exc:
+            raise _bad(str(exc)) from None
+        await self._submit_notice(KIND_RETRACT, b.doc_id, payload, expires)
+        return {"bulletin_id": b.doc_id.hex(), "version": version, "retracted": True}
 
     # -- mail ----------------------------------------------------------------------------------
 

@@ -127,6 +127,10 @@ class PeerStatus:
     refused_in: int = 0
     #: catch-up in flight: expected and done, each way (None when idle)
     catch_up: dict[str, int] | None = None
+    #: the last completed reconciliation found no difference either way
+    up_to_date: bool = False
+    #: what the last completed reconciliation found: ops to fetch and to send
+    last_difference: dict[str, int] | None = None
 
 
 @dataclass
@@ -419,6 +423,7 @@ class SyncService:
             if p.status.up:
                 p.push.extend(o.op_id for o in ops if o.op_id not in p.known)
                 if p.push:
+                    p.status.up_to_date = False  # until a reconciliation finds no difference
                     p.wake.set()
 
     # -- sessions ----------------------------------------------------------------------------
@@ -441,6 +446,9 @@ class SyncService:
             ok = True
             if s.rec is not None:
                 p.status.last_sync = self.wall_clock()
+                found = {"in": s.rec.incoming(), "out": s.rec.outgoing()}
+                p.status.last_difference = found
+                p.status.up_to_date = found == {"in": 0, "out": 0}
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, s.tag, str(exc))
         except (ConnectionError, TimeoutError, OSError) as exc:
@@ -522,16 +530,27 @@ class SyncService:
             st = p.status
             sessions = self._sessions.get(node_id, [])
             catch_up: dict[str, int] | None = None
+            # steady figures: what reconciliation found and is still to move (it only
+            # shrinks once a session's reconciliation is done); None while still reconciling
+            to_fetch: int | None = 0
+            to_send = 0
             if sessions:
                 catch_up = {"in_expected": 0, "in_done": 0, "out_expected": 0, "out_done": 0}
                 for s in sessions:
-                    for k, v in s.progress().items():
+                    prog = s.progress()
+                    for k, v in prog.items():
                         catch_up[k] += v
+                    to_send += max(0, prog["out_expected"] - prog["out_done"])
+                    if s.rec is not None and to_fetch is not None:
+                        to_fetch = (None if not s.recon_done else
+                                    to_fetch + max(0, prog["in_expected"] - prog["in_done"]))
             peers[node_id.hex()] = {
                 "up": st.up, "last_sync": st.last_sync, "ops_in": st.ops_in,
                 "ops_out": st.ops_out, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
                 "sessions": st.sessions, "failures": st.failures, "refused_in": st.refused_in,
-                "catch_up": catch_up,
+                "catch_up": catch_up, "to_fetch": to_fetch, "to_send": to_send,
+                "up_to_date": st.up and st.up_to_date and not to_fetch and not to_send,
+                "last_difference": st.last_difference,
             }
         return {"ops": len(self.store), "pending": self.store.pending_count(),
                 "quarantined": [a.hex() for a in self.store.quarantined()],

@@ -147,6 +147,15 @@ def _bulletin_setup(p: argparse.ArgumentParser) -> None:
     pub.add_argument("--expires", type=_positive_float, default=24 * 3600.0, metavar="S",
                      help="seconds until it expires (default one day, at most 30 days)")
     sub.add_parser("list", help="live bulletins, newest first")
+    upd = sub.add_parser("update", help="replace a bulletin's text everywhere (same id, a "
+                         "higher version; its publisher only)")
+    upd.add_argument("id", metavar="ID", help="bulletin id or a unique prefix (4+ hex)")
+    upd.add_argument("--title", metavar="T")
+    upd.add_argument("--body", metavar="B")
+    upd.add_argument("--expires", type=_positive_float, metavar="S",
+                     help="seconds from now until it expires (default: unchanged)")
+    sub.add_parser("retract", help="withdraw a bulletin everywhere (its publisher only)"
+                   ).add_argument("id", metavar="ID")
     for sp in sub.choices.values():
         _global_options(sp, suppress=True)
 
@@ -154,14 +163,42 @@ def _bulletin_setup(p: argparse.ArgumentParser) -> None:
 
 def _show_bulletin(b: dict[str, Any], out: Output) -> None:
     a = b.get("authority") or {}
+    version = b.get("version") or 1
     out.line(f"[{_clock(b.get('issued_ms'))}] {_str(b.get('title'))} -- "
              f"{_str(a.get('name') or None)} ({_str(a.get('role'))}), "
-             f"expires {_clock(b.get('expires_ms'))}")
+             f"expires {_clock(b.get('expires_ms'))}"
+             + (f", version {version}" if version != 1 else "")
+             + f", reached {_str(b.get('reached'))} node(s)  id {str(b.get('bulletin_id'))[:8]}")
     out.line("    " + str(b.get("body", "")).replace("\n", "\n    "))
 
 
-@register("bulletin", "emergency bulletins from authority keys: publish, list", _bulletin_setup)
+@register("bulletin", "emergency bulletins from authority keys: publish, list, update, retract",
+          _bulletin_setup)
 async def _bulletin(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "update":
+        params: dict[str, Any] = {"id": args.id}
+        if args.title is not None:
+            params["title"] = args.title
+        if args.body is not None:
+            params["body"] = args.body
+        if args.title is None and args.body is None:
+            return out.fail(ExitCode.USAGE, "bulletin update needs --title or --body")
+        if args.expires is not None:
+            params["expires_s"] = args.expires
+        res = await client.call("bulletin.update", params, timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+        else:
+            out.line(f"updated {str(res.get('bulletin_id'))[:12]} to version "
+                     f"{_str(res.get('version'))}")
+        return ExitCode.OK
+    if args.action == "retract":
+        res = await client.call("bulletin.retract", {"id": args.id}, timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+        else:
+            out.line(f"retracted {str(res.get('bulletin_id'))[:12]}")
+        return ExitCode.OK
     if args.action == "publish":
         res = await client.call("bulletin.publish", {"title": args.title, "body": args.body,
                                                      "expires_s": args.expires},
@@ -169,7 +206,7 @@ async def _bulletin(client: ControlClient, args: argparse.Namespace, out: Output
         if out.json:
             out.document(res)
         else:
-            out.line(f"published {str(res.get('op_id'))[:12]}")
+            out.line(f"published {str(res.get('bulletin_id'))[:12]}")
         return ExitCode.OK
     res = await client.call("bulletin.list", timeout=CALL_TIMEOUT_S)
     if out.json:

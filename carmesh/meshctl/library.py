@@ -50,10 +50,26 @@ def _library_setup(p: argparse.ArgumentParser) -> None:
     s.add_argument("--limit", type=_positive_int, default=10, metavar="N")
     sub.add_parser("history", help="who changed a document, and when").add_argument(
         "id", metavar="ID")
-    sub.add_parser("import", help="import a folder of Markdown files (the daemon reads it)"
-                   ).add_argument("dir", type=Path, metavar="DIR")
+    imp = sub.add_parser("import", help="import a folder of Markdown files (the daemon reads "
+                         "it); a folder imported before, here or elsewhere, is updated")
+    imp.add_argument("dir", type=Path, metavar="DIR")
+    imp.add_argument("--source", metavar="NAME",
+                     help="the folder's import identity (default: its directory name); give "
+                          "the same NAME to import a copy kept under another name")
     sub.add_parser("export", help="export the library as Markdown files (the daemon writes)"
                    ).add_argument("dir", type=Path, metavar="DIR")
+    sub.add_parser("delete", help="delete a document everywhere (a tombstone: history kept, "
+                   "an authority can restore it)").add_argument("id", metavar="ID")
+    sub.add_parser("restore", help="restore a deleted document (authority keys only)"
+                   ).add_argument("id", metavar="ID")
+    ls = sub.add_parser("list", help="documents by collection and title")
+    ls.add_argument("--collection", metavar="C")
+    ls.add_argument("--deleted", action="store_true", help="include deleted documents")
+    sub.add_parser("version", help="this node's library version (digest of document heads "
+                   "per collection)")
+    rp = sub.add_parser("repair", help="one-time repair: delete duplicate documents (same "
+                        "collection and title) that earlier imports created, keeping the newest")
+    rp.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     for sp in sub.choices.values():
         _global_options(sp, suppress=True)
 
@@ -105,7 +121,8 @@ def _show_document(d: dict[str, Any], out: Output) -> None:
     out.line(str(d.get("body", "")))
 
 
-@register("library", "the community library: add, edit, show, search, history, import, export",
+@register("library", "the community library: add, edit, show, search, history, import, "
+          "export, delete, restore, list, version, repair",
           _library_setup)
 async def _library(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
     act = args.action
@@ -170,13 +187,66 @@ async def _library(client: ControlClient, args: argparse.Namespace, out: Output)
         for text in _table(rows, ("TIME", "AUTHOR", "NAME", "KIND", "FIELDS", "BODY")):
             out.line(text)
         return ExitCode.OK
+    if act in ("delete", "restore"):
+        res = await client.call(f"library.{act}", {"id": args.id}, timeout=CALL_TIMEOUT_S * 3)
+        if out.json:
+            out.document(res)
+        else:
+            out.line(f"{'deleted' if act == 'delete' else 'restored'} "
+                     f"{_str(res.get('doc_id'))} {_str(res.get('title'))}")
+        return ExitCode.OK
+    if act == "list":
+        params = {"deleted": bool(args.deleted)}
+        if args.collection:
+            params["collection"] = args.collection
+        res = await client.call("library.list", params, timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+            return ExitCode.OK
+        docs = res.get("documents") or []
+        if not docs:
+            out.line("no documents")
+        doc_rows = [(str(d.get("doc_id", ""))[:12], _str(d.get("collection")),
+                 _str(d.get("title")) + ("  (deleted)" if d.get("deleted") else ""),
+                 _str(d.get("lang") or None), _clock(d.get("updated_ms"))) for d in docs]
+        for text in _table(doc_rows, ("ID", "COLLECTION", "TITLE", "LANG", "UPDATED")):
+            out.line(text)
+        return ExitCode.OK
+    if act == "version":
+        res = await client.call("library.version", timeout=CALL_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+            return ExitCode.OK
+        out.line(f"library version {_str(res.get('version'))}")
+        for coll, v in sorted((res.get("collections") or {}).items()):
+            out.line(f"    {coll}: {_str(v.get('version'))} ({_str(v.get('documents'))} "
+                     "documents)")
+        return ExitCode.OK
+    if act == "repair":
+        res = await client.call("library.repair", {"dry_run": bool(args.dry_run)},
+                                timeout=LIBRARY_BULK_TIMEOUT_S)
+        if out.json:
+            out.document(res)
+            return ExitCode.OK
+        for g in res.get("groups") or []:
+            out.line(f"[{_str(g.get('collection'))}] {_str(g.get('title'))}: keep "
+                     f"{str(g.get('kept'))[:12]}, delete "
+                     f"{', '.join(str(x)[:12] for x in g.get('deleted') or [])}")
+        verb = "would delete" if res.get("dry_run") else "deleted"
+        out.line(f"{verb} {_str(res.get('deleted'))} duplicate(s)")
+        return ExitCode.OK
     method = "library.import" if act == "import" else "library.export"
-    res = await _with_progress(client, method, {"path": str(args.dir.absolute())}, out)
+    call_params: dict[str, Any] = {"path": str(args.dir.absolute())}
+    if act == "import" and args.source is not None:
+        call_params["source"] = args.source
+    res = await _with_progress(client, method, call_params, out)
+    # an import where some files had errors did not do all it was asked: exit 1
+    rc = ExitCode.FAILED if res.get("errors") else ExitCode.OK
     if out.json:
         out.document(res)
-        return ExitCode.OK
+        return rc
     out.line(f"{act} {_str(res.get('path'))}: {_str(res.get('summary'))} "
              f"in {_num(res.get('elapsed_s'), 2)} s")
     for e in res.get("errors") or []:
         out.error(f"{_str(e.get('path'))}: {_str(e.get('error'))}")
-    return ExitCode.OK
+    return rc

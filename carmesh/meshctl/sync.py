@@ -9,6 +9,7 @@ from carmesh.meshctl.common import (
     ExitCode,
     Output,
     _ago,
+    _positive_float,
     _str,
     _table,
     register,
@@ -17,13 +18,35 @@ from meshd.control.client import ControlClient
 
 
 def _sync_setup(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["status"], help="status: per-peer sync progress")
+    p.add_argument("action", choices=["status", "reach"],
+                   help="status: per-peer sync progress; reach: which known nodes hold this "
+                        "node's library version")
+    p.add_argument("--timeout", type=_positive_float, default=2.0, metavar="S",
+                   help="reach: seconds to wait for each node's answer (default 2)")
 
+
+async def _reach(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    res = await client.call("sync.reach", {"timeout_s": min(args.timeout, 30.0)},
+                            timeout=CALL_TIMEOUT_S + args.timeout)
+    if out.json:
+        out.document(res)
+        return ExitCode.OK
+    out.line(f"library version {_str(res.get('version'))}: held by {_str(res.get('current'))} "
+             f"of {_str(res.get('known'))} known node(s)")
+    rows = [(str(n.get("node_id", ""))[:8], _str(n.get("name") or None),
+             _str(n.get("version")) if n.get("answered") else "no answer",
+             "yes" if n.get("current") else "no") for n in res.get("nodes") or []]
+    for text in _table(rows, ("NODE", "NAME", "VERSION", "CURRENT")):
+        out.line(text)
+    return ExitCode.OK
 
 
 @register("sync", "replication with neighbours: `sync status` shows each peer's last sync, "
-          "ops and bytes each way, and catch-up progress", _sync_setup)
+          "ops and bytes each way, and what is left to move; `sync reach` which nodes hold "
+          "this node's library version", _sync_setup)
 async def _sync(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "reach":
+        return await _reach(client, args, out)
     res = await client.call("sync.status", timeout=CALL_TIMEOUT_S)
     peers = res.get("peers") if isinstance(res, dict) else None
     if not isinstance(peers, dict):
@@ -37,12 +60,15 @@ async def _sync(client: ControlClient, args: argparse.Namespace, out: Output) ->
     for node_id, p in sorted(peers.items()):
         if not isinstance(p, dict):
             continue
-        cu = p.get("catch_up")
-        progress = "-"
-        if isinstance(cu, dict):
-            exp = (cu.get("in_expected") or 0) + (cu.get("out_expected") or 0)
-            done = (cu.get("in_done") or 0) + (cu.get("out_done") or 0)
-            progress = f"{done}/{exp}" if exp else "reconciling"
+        fetch, send = p.get("to_fetch"), p.get("to_send") or 0
+        if p.get("up_to_date"):
+            progress = "up to date"
+        elif fetch is None:
+            progress = "reconciling"
+        elif fetch or send:
+            progress = f"{fetch} to fetch, {send} to send"
+        else:
+            progress = "-"
         rows.append((node_id[:8], _str(p.get("name") or None), "up" if p.get("up") else "down",
                      _ago(p.get("last_sync")), f"{_str(p.get('ops_in'))}/{_str(p.get('ops_out'))}",
                      f"{_str(p.get('bytes_in'))}/{_str(p.get('bytes_out'))}", progress))
@@ -52,6 +78,9 @@ async def _sync(client: ControlClient, args: argparse.Namespace, out: Output) ->
             out.line(text)
     else:
         out.line("no sync peers yet")
+    for node_id, p in sorted(peers.items()):
+        if isinstance(p, dict) and p.get("up_to_date"):
+            out.line(f"up to date with {_str(p.get('name') or node_id[:8])}")
     return ExitCode.OK
 
 

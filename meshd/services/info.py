@@ -108,6 +108,13 @@ class InfoAnswer:
     name: str
     role: str
     neighbours: list[tuple[NodeId, int]]  # (neighbour, link cost)
+    #: short facts services publish (``InfoService.add_fact``), e.g. the library version
+    facts: dict[str, str] = field(default_factory=dict)
+
+
+#: facts per answer, and the length of a fact's name and value
+MAX_FACTS = 8
+MAX_FACT = 64
 
 
 def encode_request(request_id: int) -> bytes:
@@ -115,9 +122,20 @@ def encode_request(request_id: int) -> bytes:
 
 
 def encode_answer(request_id: int, name: str, role: str,
-                  neighbours: list[tuple[NodeId, int]]) -> bytes:
-    return pack({"k": "rep", "id": request_id, "name": name, "role": role,
-                 "nb": [[n, c] for n, c in neighbours[:MAX_NEIGHBOURS]]})
+                  neighbours: list[tuple[NodeId, int]],
+                  facts: Mapping[str, str] | None = None) -> bytes:
+    msg: dict[str, Any] = {"k": "rep", "id": request_id, "name": name, "role": role,
+                           "nb": [[n, c] for n, c in neighbours[:MAX_NEIGHBOURS]]}
+    if facts:
+        msg["x"] = {k[:MAX_FACT]: v[:MAX_FACT] for k, v in list(facts.items())[:MAX_FACTS]}
+    return pack(msg)
+
+
+def _has(f: Fields, key: str) -> bool:
+    try:
+        return f.raw(key) is not None
+    except DecodeError:
+        return False
 
 
 def decode(data: bytes) -> int | InfoAnswer:
@@ -134,7 +152,15 @@ def decode(data: bytes) -> int | InfoAnswer:
                 or len(item[0]) != 16 or type(item[1]) is not int or not 0 <= item[1] <= 0xFFFF):
             raise DecodeError("field", "nb: [node id, cost]")
         nbs.append((item[0], item[1]))
-    return InfoAnswer(rid, f.str("name", max_len=64), f.str("role", max_len=16), nbs)
+    facts: dict[str, str] = {}
+    raw = f.raw("x") if _has(f, "x") else None
+    if raw is not None:
+        if not isinstance(raw, dict) or len(raw) > MAX_FACTS or not all(
+                type(k) is str and type(v) is str and len(k) <= MAX_FACT and len(v) <= MAX_FACT
+                for k, v in raw.items()):
+            raise DecodeError("field", "x: facts")
+        facts = dict(raw)
+    return InfoAnswer(rid, f.str("name", max_len=64), f.str("role", max_len=16), nbs, facts)
 
 
 @dataclass(slots=True)
@@ -208,6 +234,13 @@ class InfoService:
         self._replay = ReplayCache()
         self._remote_waiters: dict[tuple[NodeId, int], asyncio.Future[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._facts: dict[str, Callable[[], str]] = {}
+
+    def add_fact(self, name: str, fn: Callable[[], str]) -> None:
+        """Publish a short fact in every info answer (a service's version, say; cheap to call)."""
+        if len(self._facts) >= MAX_FACTS and name not in self._facts:
+            raise ValueError(f"at most {MAX_FACTS} info facts")
+        self._facts[name] = fn
 
     def serve_remote(self, answers: Mapping[str, ControlHandler],
                      admins: frozenset[NodeId] = frozenset()) -> None:
@@ -232,7 +265,8 @@ class InfoService:
                 self._node.drops.drop("info_rate", short_id(pkt.source))
                 return
             self._node.send_message(pkt.source, Service.INFO, encode_answer(
-                msg, self._node.name, self._node.role, self._node.my_links()))
+                msg, self._node.name, self._node.role, self._node.my_links(),
+                {k: fn() for k, fn in self._facts.items()}))
             return
         fut = self._waiters.pop((pkt.source, msg.request_id), None)
         if fut is not None and not fut.done():

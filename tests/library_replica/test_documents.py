@@ -331,3 +331,60 @@ def test_a_pycrdt_panic_on_a_hostile_update_is_contained(monkeypatch: pytest.Mon
     v = n.lib.get(d)
     assert v is not None and v.body == "本文"
     assert n.lib.drops.counts["update"] == 1
+
+
+def _seeded(who: Author, doc_id: bytes, body: str, t: int) -> list[Op]:
+    return [who.op(p.kind, doc_id, p.body, hlc(t, i)) for i, p in enumerate(
+        Library.prepare_seeded_create(doc_id, collection="work", title="案内", body=body))]
+
+
+def test_seeded_bodies_of_the_same_text_are_one_copy_in_any_order() -> None:
+    doc_id = new_doc_id(b"seeded")
+    body = "避難所は北小学校です。🇯🇵\n" * 3000  # several chunks
+    a, b = _seeded(Author(), doc_id, body, T0), _seeded(Author(), doc_id, body, T0 + 5)
+    assert len(a) > 1 and a[0].kind == KIND_CREATE and a[1].kind == KIND_EDIT
+    results = set()
+    rng = random.Random(7)
+    for _ in range(5):
+        ops = a + b
+        rng.shuffle(ops)
+        lib = Library()
+        for op in ops:
+            lib.apply(op)
+        d = lib.get(doc_id)
+        assert d is not None and d.body == body and len(d.authors) == 2
+        results.add(tuple(sorted(lib.version().items())))
+    assert len(results) == 1
+
+
+def test_the_latest_seed_wins_and_edits_on_it_survive() -> None:
+    doc_id = new_doc_id(b"two seeds")
+    town, dealer = Author(), Author()
+    old = _seeded(town, doc_id, "古い案内\n", T0)
+    new = _seeded(dealer, doc_id, "新しい案内\n", T0 + 10)
+    n1 = Node()
+    for op in new:
+        n1.receive(op)
+    edit = _edit(n1, dealer, doc_id, T0 + 20, body="新しい案内\n追記\n")
+    for order in ([*old, *new, edit], [edit, *new, *old], [*new, edit, *old]):
+        lib = Library()
+        for op in order:
+            lib.apply(op)
+        got = lib.get(doc_id)
+        assert got is not None and got.body == "新しい案内\n追記\n", order
+
+
+def test_a_seeded_body_carrying_its_own_update_is_refused() -> None:
+    who = Author()
+    doc_id = new_doc_id(b"forged seed")
+    [p] = Library.prepare_seeded_create(doc_id, collection="work", title="t", body="本文")
+    fields = unpack(p.body, 100_000)
+    scratch: Doc = Doc(client_id=yjs_client_id(who.pub))
+    scratch.get("body", type=Text).insert(0, "別の本文")
+    forged = encode_body({**fields, "u": scratch.get_update()})
+    lib = Library()
+    assert lib.apply(who.op(KIND_CREATE, doc_id, forged, hlc(T0))) is Applied.REFUSED
+    # a later chunk without its create's seed offset rule
+    bad = encode_body({**fields, "o": 3})
+    assert lib.apply(who.op(KIND_CREATE, doc_id, bad, hlc(T0 + 1))) is Applied.REFUSED
+    assert lib.get(doc_id) is None

@@ -56,14 +56,20 @@ async def test_reconcile_session_exchanges_exactly_the_difference(
     st = svcs[B].status()["peers"][A.hex()]
     assert st["ops_in"] == 400 and st["ops_out"] == 50 and st["last_sync"] == WALL_S
     assert st["catch_up"] is None and st["bytes_in"] > sum(len(o.raw) for o in only_a)
+    assert st["last_difference"] == {"in": 400, "out": 50} and st["up_to_date"] is False
+    assert st["to_fetch"] == 0 and st["to_send"] == 0
     # the transfer cost little more than the ops themselves
     raw = sum(len(o.raw) for o in only_a + only_b)
     assert net.bytes_total() < 1.25 * raw
     # a second session finds nothing and sends no ops
     before = net.bytes_total()
+    svcs[A].neighbour_up(B)  # (no task group here: marks the link up, starts no loop)
+    assert svcs[A].status()["peers"][B.hex()]["up_to_date"] is False
     assert await svcs[A].sync_now(B)
     await asyncio.gather(*net.tasks)
     assert net.bytes_total() - before < 512
+    st = svcs[A].status()["peers"][B.hex()]
+    assert st["last_difference"] == {"in": 0, "out": 0} and st["up_to_date"] is True
     await sa.close()
     await sb.close()
 
