@@ -15,7 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sync.envelope import Op
-from sync.service import ACK, END, OPS, RECON_DONE, _read_varint, _varint
+from sync.session import ACK, END, OPS, RECON_DONE
+from sync.session import decode_varint as _read_varint
+from sync.session import encode_varint as _varint
 from tests.sync.helpers import chain
 
 ROOT = Path(__file__).resolve().parents[2]
