@@ -140,10 +140,10 @@ def test_batches_respect_the_byte_budget_and_skip_purged_ops() -> None:
     index = Index()
     big = [index.add(bytes([i]) * 40_000, "library", i) for i in range(5)]
     gone = index.add(b"purged", "library", 99)
-    s = SyncSession(index, PeerLedger(), 0.0, initiator=True, reconcile=False, push=big + [gone])
+    s = SyncSession(index, PeerLedger(), 0.0, initiator=True, reconcile=False, push=[*big, gone])
     s.frames_to_send(0.0)
     ids = s.take_batch()
-    assert ids == big + [gone]
+    assert ids == [*big, gone]
     del index.raw[gone], index.meta[gone]  # purged between queueing and loading
     s.batch_loaded(index.pairs(ids), 0.0)
     first = s.frames_to_send(0.0)
