@@ -153,24 +153,31 @@ def test_partition_and_heal() -> None:
 
 
 def _crash_and_replay(seed: int) -> dict[str, Any]:
-    """Two nodes: A holds 1,500 ops of 5 authors; B catches up, crashes between receiving a
+    """Two nodes: A holds 3,000 ops of 5 authors; B catches up, crashes between receiving a
     batch and committing it, restarts from its store and catches up the rest."""
     w = World(seed, 2, radius=2.0, params=LinkParams(loss=0.05, duplicate=0.02, reorder=0.05),
               commit_delay_s=0.02)
     a_id, b_id = w.ids
     a, b = w.nodes[a_id], w.nodes[b_id]
     keys = [_key(w.rng) for _ in range(5)]
-    w.planned = 1500
-    for j in range(1500):
+    w.planned = 3000
+    for j in range(3000):
         op = a.edit(keys[j % 5], 0.0, kind="library.edit", doc_id=bytes([j % 7]) * 16,
                     body=w.rng.randbytes(w.rng.randrange(20, 300)))
         w.created.add(op.op_id)
     w.net.replace_node(a_id, a)
-    # run until B has committed part of the catch-up and holds a received batch uncommitted
-    w.net.run_until(30.0, stop=lambda: len(b.store) >= 500 and b.uncommitted() > 0)
-    assert 500 <= len(b.store) < 1500 and b.uncommitted() > 0
-    received = {hashlib.sha256(r).digest() for s in b.slots.values() for c in s.commits
-                for r in c[2]}
+    # run until A has seen part of the catch-up acknowledged and B holds a batch uncommitted
+    known = a.peers[b_id].ledger.known
+
+    def received() -> set[bytes]:
+        ids = {hashlib.sha256(r).digest() for s in b.slots.values() for c in s.commits
+               for r in c[2]}
+        return ids - b.store.ids()
+
+    w.net.run_until(30.0, stop=lambda: len(known) > 0 and b.uncommitted() > 0
+                    and bool(received()))
+    assert len(b.store) < 3000 and received()
+    lost = received()
     # what A saw acknowledged: the ops it now counts as held by B
     acknowledged = set(a.peers[b_id].ledger.known)
     t_crash = w.net.now
@@ -184,7 +191,7 @@ def _crash_and_replay(seed: int) -> dict[str, Any]:
     w.net.replace_node(b_id, restarted)
     w.net.schedule(w.net.now + 1.0, lambda: w.net.connect(a_id, b_id))
     took = w.run_until_converged(30.0)
-    return {"world": w, "b": restarted, "received": received, "acknowledged": acknowledged,
+    return {"world": w, "b": restarted, "received": lost, "acknowledged": acknowledged,
             "stored": stored, "restarted_with": restarted_with, "t_crash": t_crash,
             "took": took}
 
@@ -198,12 +205,12 @@ def test_crash_between_receive_and_commit_is_replayed_from_the_store() -> None:
     assert r["restarted_with"] == r["stored"]
     # and a new session brought the rest, the lost batch among it, exactly once each
     b: SyncSimNode = r["b"]
-    assert r["received"] <= b.store.ids() and len(b.store) == 1500
+    assert r["received"] <= b.store.ids() and len(b.store) == 3000
     d = b.store.durable
     assert not d.pending and not d.evidence and not b.store.refused
     w: World = r["world"]
     w.net.run_for(5.0)  # the sessions end
-    assert sum(e.ops_in for e in b.ended) == 1500 - len(r["stored"])
+    assert sum(e.ops_in for e in b.ended) == 3000 - len(r["stored"])
 
 
 def test_runs_are_deterministic_by_seed() -> None:
