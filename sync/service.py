@@ -2,39 +2,28 @@
 
 Theory of operation
 -------------------
-A *session* is one message-framed stream between two neighbours (the link
-layer's ``open_stream(peer, "sync")``).  Frames start with a type byte:
-
-==============  ====================================================
-``RECON``       a ``sync.reconcile`` message
-``RECON_DONE``  reconciliation is finished (or was not wanted: a push session)
-``OPS``         batch number, then raw ops, each prefixed by its length (varints)
-``ACK``         batch number: every op of that batch is committed at the receiver
-``END``         I have nothing more to send and all of it is acknowledged
-==============  ====================================================
-
-Both ends run the same ``_Session``: a reader that answers reconciliation
-messages, applies op batches through ``OpStore.apply_remote`` and acknowledges
-each batch only after it returns (after the commit), and a sender that pushes
-the ops the reconciliation found the peer lacks, highest-priority namespace
-first and oldest first within it (so an author's chain arrives in order), in
-bounded batches with at most ``WINDOW`` unacknowledged at once.  That window
-is the backpressure: a dealer's 10,000-op catch-up moves at the speed the far
-side commits, in frames small enough that voice datagrams interleave.
+The session protocol (frames, window, acknowledgements, END) is the pure core
+``sync.session.SyncSession``; its docstring describes it.  This module only
+moves bytes, rows and time for it: ``_Session`` reads frames from the stream
+into the core, writes the frames it hands out, reads the raw ops of each
+batch it names from the ``OpStore``, commits each batch the peer sends through
+``OpStore.apply_remote`` (verification of the next batch overlapping the
+commit of this one: at most ``APPLY_AHEAD`` at once) and tells the core after
+the commit, so only what is durable is acknowledged, and fires the core's
+idle timer on the event loop's clock.
 
 Per neighbour the service reconciles when the link comes up and every
 ``interval_s`` (with jitter from the injected ``rng``), and pushes ops newly
 committed here (created locally or received from another neighbour) within
 ``push_delay_s``, in a push-only session.  Ops a neighbour sent us, or that we
-already sent it, are not sent to it again while the link stays up.
+already sent it, are not sent to it again while the link stays up (the
+``PeerLedger`` shared by its sessions).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import heapq
 import logging
 import random
 from collections import deque
@@ -43,27 +32,28 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from meshd.core.codec import DropCounter
-from meshd.core.errors import DecodeError, RemoteProtocolError
+from meshd.core.errors import RemoteProtocolError
 from meshd.core.tasks import cancel_and_wait
-from sync.envelope import MAX_OP_SIZE, NAMESPACE_PRIORITY, Op
-from sync.reconcile import MAX_MESSAGE_SIZE, Reconciler
-from sync.store import OpStore
+from sync.envelope import Op
+from sync.session import (
+    IDLE_TIMEOUT_S,
+    IdleTimedOut,
+    OpsAcknowledged,
+    OpsReceived,
+    PeerLedger,
+    PeerMisbehaved,
+    SessionCompleted,
+    SyncSession,
+    namespace_rank,
+)
+from sync.store import ApplyResult, OpStore
 
 __all__ = ["OpenStream", "PeerStatus", "Stream", "SyncService"]
 
 log = logging.getLogger(__name__)
 
-RECON, RECON_DONE, OPS, ACK, END = 1, 2, 3, 4, 5
-#: ops and bytes per OPS frame; frames stay small so calls interleave
-BATCH_OPS = 256
-BATCH_BYTES = 128 * 1024
-#: unacknowledged batches in flight per session
-WINDOW = 4
 #: received batches being verified/committed at once (verification overlaps the commit)
 APPLY_AHEAD = 2
-MAX_FRAME = max(MAX_MESSAGE_SIZE + 1, BATCH_BYTES + MAX_OP_SIZE + 64)
-#: a session whose peer says nothing for this long is abandoned
-IDLE_TIMEOUT_S = 30.0
 
 
 class Stream(Protocol):
@@ -75,41 +65,6 @@ class Stream(Protocol):
 
 
 OpenStream = Callable[[bytes, str], Awaitable[Stream]]
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise DecodeError("malformed", "bad varint")
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
-
-
-def _parse_ops(payload: bytes) -> tuple[int, list[bytes]]:
-    batch, pos = _read_varint(payload, 0)
-    raws: list[bytes] = []
-    while pos < len(payload):
-        n, pos = _read_varint(payload, pos)
-        if n > MAX_OP_SIZE or pos + n > len(payload) or len(raws) >= BATCH_OPS:
-            raise DecodeError("malformed", "op batch")
-        raws.append(payload[pos : pos + n])
-        pos += n
-    return batch, raws
 
 
 @dataclass
@@ -137,10 +92,7 @@ class PeerStatus:
 class _Peer:
     node_id: bytes
     status: PeerStatus = field(default_factory=PeerStatus)
-    #: op ids this neighbour holds to our knowledge (sent and acknowledged, or received from it)
-    known: set[bytes] = field(default_factory=set)
-    #: op ids some session is sending to this neighbour right now (not acknowledged yet)
-    sending: set[bytes] = field(default_factory=set)
+    ledger: PeerLedger = field(default_factory=PeerLedger)
     push: list[bytes] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     reconcile_due: bool = True
@@ -148,219 +100,111 @@ class _Peer:
 
 
 class _Session:
-    """One sync session over one stream; the same code at both ends."""
+    """Moves one ``SyncSession``'s frames, rows and time between a stream and the store."""
 
-    def __init__(self, svc: SyncService, peer: _Peer, stream: Stream, *,
-                 reconcile: bool, initiator: bool, push: Sequence[bytes] = ()) -> None:
+    def __init__(self, svc: SyncService, peer: _Peer, stream: Stream, core: SyncSession) -> None:
         self.svc = svc
         self.peer = peer
         self.stream = stream
-        self.initiator = initiator
-        self.reconcile = reconcile
-        self.rec: Reconciler | None = None
-        self.recon_done = not reconcile and initiator
-        self.queue: list[tuple[int, int, bytes]] = []
-        self.queued: set[bytes] = set()
-        self.in_flight: dict[int, list[bytes]] = {}
-        self.next_batch = 0
-        self.sent_end = False
-        self.got_end = False
-        self.changed = asyncio.Event()
-        self.send_lock = asyncio.Lock()
-        self.in_expected = 0
-        self.in_done = 0
-        self.out_done = 0
-        self.recon_bytes = 0
-        self.recon_round_trips = 0
-        self.applying: deque[asyncio.Future[None]] = deque()
-        self._enqueue(push)
+        self.core = core
+        self._to_apply: deque[OpsReceived] = deque()
+        self._applying: dict[asyncio.Future[ApplyResult], OpsReceived] = {}
 
     @property
     def tag(self) -> str:
         return self.peer.node_id.hex()[:8]
 
-    def _enqueue(self, ids: Sequence[bytes]) -> None:
-        store = self.svc.store
-        for op_id in ids:
-            if op_id in self.queued or op_id in self.peer.known:
-                continue
-            ns = store.namespace_of(op_id)
-            hlc = store.hlc_of(op_id)
-            if ns is None or hlc is None:
-                continue
-            heapq.heappush(self.queue, (self.svc.priority(ns), hlc, op_id))
-            self.queued.add(op_id)
-        self.changed.set()
-
-    def progress(self) -> dict[str, int]:
-        return {"in_expected": max(self.in_expected, self.in_done), "in_done": self.in_done,
-                "out_expected": len(self.queued), "out_done": self.out_done}
-
-    async def _send(self, frame: bytes) -> None:
-        async with self.send_lock:
-            await self.stream.send(frame)
-        self.peer.status.bytes_out += len(frame)
-        self.svc.totals["bytes_out"] += len(frame)
-
     async def run(self) -> None:
         """Run the session to its end (raises on a broken stream or a misbehaving peer)."""
-        if self.initiator:
-            if self.reconcile:
-                self.rec = Reconciler(self.svc.store.range_sets())
-                msg = self.rec.initiate()
-                self.recon_bytes += len(msg)
-                self.recon_round_trips += 1
-                await self._send(bytes([RECON]) + msg)
-            else:
-                await self._send(bytes([RECON_DONE]))
-        sender = asyncio.ensure_future(self._sender())
+        loop = asyncio.get_running_loop()
+        core = self.core
+        recv: asyncio.Future[bytes | None] | None = None  # never cancelled while the session lives
+        send: asyncio.Future[None] | None = None
+        load: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
         try:
-            await self._reader(sender)
-        finally:
-            for ids in self.in_flight.values():  # never acknowledged: others may send them
-                self.peer.sending.difference_update(ids)
-            if not sender.done():
-                await cancel_and_wait(sender)
-        if sender.done() and not sender.cancelled():
-            sender.result()  # re-raise the sender's error, if any
-
-    async def _reader(self, sender: asyncio.Future[None]) -> None:
-        # one receive in flight at a time, never cancelled while the session lives
-        recv: asyncio.Future[bytes | None] | None = None
-        try:
-            while not (self.got_end and self.sent_end):
-                if recv is None:
+            while True:
+                if self._pump():
+                    break
+                if send is None and (frames := core.frames_to_send(loop.time())):
+                    send = asyncio.ensure_future(self._send(frames))
+                if load is None and (ids := core.take_batch()) is not None:
+                    # the store skips ops purged since they were queued
+                    load = asyncio.ensure_future(self.svc.store.get_raw_pairs(ids))
+                while self._to_apply and len(self._applying) < APPLY_AHEAD:
+                    ev = self._to_apply.popleft()
+                    task = asyncio.ensure_future(
+                        self.svc.store.apply_remote(list(ev.raw_ops), peer=self.tag))
+                    self._applying[task] = ev
+                # a batch waiting for an apply slot holds further frames back
+                if recv is None and not self._to_apply:
                     recv = asyncio.ensure_future(self.stream.recv())
-                waiters: set[asyncio.Future[Any]] = {recv}
-                if not sender.done():
-                    waiters.add(sender)
-                async with asyncio.timeout(self.svc.idle_timeout_s):
-                    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                if recv not in done:
-                    sender.result()  # the sender failed: re-raise its error; or it finished
+                waiters: set[asyncio.Future[Any]] = {*self._applying}
+                waiters.update(f for f in (recv, send, load) if f is not None)
+                timer = core.get_timer()
+                timeout = None if timer is None else max(0.0, timer - loop.time())
+                done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                now = loop.time()
+                if not done:
+                    core.handle_timer(now)
                     continue
-                frame = recv.result()
-                recv = None
-                if frame is None:
-                    raise ConnectionError("stream closed mid-session")
-                await self._handle(frame)
-            while self.applying:  # (the peer's END implies all were acknowledged)
-                await self.applying.popleft()
+                if send in done:
+                    send.result()  # a broken stream raises here
+                    send = None
+                if load in done:
+                    core.batch_loaded(load.result(), now)
+                    load = None
+                    await asyncio.sleep(0)  # let voice and routing run between batches
+                for fut in [t for t in self._applying if t in done]:
+                    ev = self._applying.pop(fut)
+                    self._count_applied(len(ev.raw_ops), fut.result())
+                    core.batch_committed(ev.batch, now)
+                if recv in done:
+                    frame = recv.result()
+                    recv = None
+                    if frame is None:
+                        raise ConnectionError("stream closed mid-session")
+                    self.peer.status.bytes_in += len(frame)
+                    self.svc.totals["bytes_in"] += len(frame)
+                    core.receive_frame(frame, now)
+            # completed: what is still to go out (the last ACKs, our END) goes
+            if send is not None:
+                await send
+            await self._send(core.frames_to_send(loop.time()))
         finally:
-            if recv is not None and not recv.done():
-                await cancel_and_wait(recv)
-            for task in self.applying:
-                task.cancel()
+            core.abort()  # releases what was never acknowledged (a no-op once complete)
+            pending: list[asyncio.Future[Any] | None] = [recv, send, load, *self._applying]
+            for left in pending:
+                if left is not None and not left.done():
+                    await cancel_and_wait(left)
 
-    async def _handle(self, frame: bytes) -> None:
-        if not frame or len(frame) > MAX_FRAME:
-            raise DecodeError("malformed", "frame size")
-        self.peer.status.bytes_in += len(frame)
-        self.svc.totals["bytes_in"] += len(frame)
-        kind, payload = frame[0], frame[1:]
-        if kind == RECON:
-            if self.recon_done:
-                raise DecodeError("state", "reconcile message after the end")
-            if self.rec is None:
-                self.rec = Reconciler(self.svc.store.range_sets())
-            self.recon_bytes += len(frame)
-            reply = self.rec.receive(payload)
-            self._enqueue([i for ns in self.rec.have.values() for i in ns])
-            self.in_expected = self.rec.incoming()
-            if reply is None:
-                self.recon_done = True
-                await self._send(bytes([RECON_DONE]))
-            else:
-                self.recon_bytes += len(reply) + 1
-                if self.initiator:
-                    self.recon_round_trips += 1
-                await self._send(bytes([RECON]) + reply)
-            self.changed.set()
-        elif kind == RECON_DONE:
-            self.recon_done = True
-            if self.rec is not None:
-                self.in_expected = self.rec.incoming()
-            self.changed.set()
-        elif kind == OPS:
-            batch, raws = _parse_ops(payload)
-            ids = [hashlib.sha256(r).digest() for r in raws]
-            self.peer.known.update(ids)
-            # verify the next batch while this one commits: at most APPLY_AHEAD at once
-            while len(self.applying) >= APPLY_AHEAD:
-                await self.applying.popleft()
-            self.applying.append(asyncio.ensure_future(self._apply(batch, raws)))
-        elif kind == ACK:
-            batch, _ = _read_varint(payload, 0)
-            if batch not in self.in_flight:
-                raise DecodeError("state", "ack of an unknown batch")
-            ids = self.in_flight.pop(batch)
-            self.peer.known.update(ids)
-            self.peer.sending.difference_update(ids)
-            self.out_done += len(ids)
-            self.peer.status.ops_out += len(ids)
-            self.svc.totals["ops_out"] += len(ids)
-            self.changed.set()
-        elif kind == END:
-            self.got_end = True
-        else:
-            raise DecodeError("malformed", f"frame type {kind}")
+    def _pump(self) -> bool:
+        """Handle the core's events; True once the session completed (raises if it failed)."""
+        while (ev := self.core.next_event()) is not None:
+            if isinstance(ev, OpsReceived):
+                self._to_apply.append(ev)
+            elif isinstance(ev, OpsAcknowledged):
+                self.peer.status.ops_out += len(ev.op_ids)
+                self.svc.totals["ops_out"] += len(ev.op_ids)
+            elif isinstance(ev, SessionCompleted):
+                return True
+            elif isinstance(ev, PeerMisbehaved):
+                raise RemoteProtocolError(ev.reason, ev.detail)
+            elif isinstance(ev, IdleTimedOut):
+                raise TimeoutError(f"peer silent for {ev.idle_s:.1f} s")
+        return False
 
-    async def _apply(self, batch: int, raws: list[bytes]) -> None:
-        """Apply one batch; acknowledge it only once the store has committed it."""
-        result = await self.svc.store.apply_remote(raws, peer=self.tag)
+    def _count_applied(self, n: int, result: ApplyResult) -> None:
         refused = sum(result.refused.values())
-        self.in_done += len(raws)
-        self.peer.status.ops_in += len(raws) - refused
+        self.peer.status.ops_in += n - refused
         self.peer.status.refused_in += refused
-        self.svc.totals["ops_in"] += len(raws) - refused
-        await self._send(bytes([ACK]) + _varint(batch))
+        self.svc.totals["ops_in"] += n - refused
 
-    async def _sender(self) -> None:
-        while True:
-            await self.changed.wait()
-            self.changed.clear()
-            while self.queue and len(self.in_flight) < WINDOW:
-                await self._send_batch()
-            if self.recon_done and not self.queue and not self.in_flight:
-                self.sent_end = True
-                await self._send(bytes([END]))
-                return
-
-    async def _send_batch(self) -> None:
-        peer = self.peer
-        ids: list[bytes] = []
-        while self.queue and len(ids) < BATCH_OPS:
-            _, _, op_id = heapq.heappop(self.queue)
-            # another session to this peer (both ends may open one) may carry it already
-            if op_id not in peer.known and op_id not in peer.sending:
-                ids.append(op_id)
-        if not ids:
-            return
-        peer.sending.update(ids)
-        # the store skips ops purged since they were queued
-        pairs = await self.svc.store.get_raw_pairs(ids)
-        parts = [_varint(self.next_batch)]
-        sent: list[bytes] = []
-        size = 0
-        for op_id, raw in pairs:
-            if size + len(raw) > BATCH_BYTES and sent:
-                break  # over the byte budget: the rest goes back to the queue
-            parts.append(_varint(len(raw)))
-            parts.append(raw)
-            sent.append(op_id)
-            size += len(raw)
-        unsent = set(ids).difference(sent)
-        peer.sending.difference_update(unsent)
-        store = self.svc.store
-        for back in unsent:
-            hlc = store.hlc_of(back)
-            if hlc is not None:
-                heapq.heappush(self.queue, (self.svc.priority(store.namespace_of(back) or ""),
-                                            hlc, back))
-        self.in_flight[self.next_batch] = sent
-        self.next_batch += 1
-        await self._send(bytes([OPS]) + b"".join(parts))
-        await asyncio.sleep(0)  # let voice and routing run between batches
+    async def _send(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            await self.stream.send(frame)
+            self.peer.status.bytes_out += len(frame)
+            self.svc.totals["bytes_out"] += len(frame)
 
 
 class SyncService:
@@ -380,15 +224,15 @@ class SyncService:
         self.drops = DropCounter(log)
         self.totals: dict[str, int] = {"ops_in": 0, "ops_out": 0, "bytes_in": 0, "bytes_out": 0}
         self._peers: dict[bytes, _Peer] = {}
-        self._sessions: dict[bytes, list[_Session]] = {}
+        self._sessions: dict[bytes, list[SyncSession]] = {}
         self._tg: asyncio.TaskGroup | None = None
-        self._order = {ns: i for i, ns in enumerate(NAMESPACE_PRIORITY)}
         self._unsubscribe = store.subscribe(self._on_commit)
-        self.last_session: _Session | None = None
+        #: the core of the session that ended last (its reconciliation cost, for benchmarks)
+        self.last_session: SyncSession | None = None
 
     def priority(self, ns: str) -> int:
         """Transfer rank of a namespace (lower goes first)."""
-        return self._order.get(ns, len(self._order))
+        return namespace_rank(ns)
 
     # -- neighbour events --------------------------------------------------------------------
 
@@ -400,8 +244,7 @@ class SyncService:
         if p.status.up:
             return
         p.status.up = True
-        p.known.clear()
-        p.sending.clear()
+        p.ledger.clear()
         p.reconcile_due = True
         p.wake.set()
         if self._tg is not None and (p.task is None or p.task.done()):
@@ -421,7 +264,7 @@ class SyncService:
     def _on_commit(self, ops: Sequence[Op]) -> None:
         for p in self._peers.values():
             if p.status.up:
-                p.push.extend(o.op_id for o in ops if o.op_id not in p.known)
+                p.push.extend(o.op_id for o in ops if o.op_id not in p.ledger.known)
                 if p.push:
                     p.status.up_to_date = False  # until a reconciliation finds no difference
                     p.wake.set()
@@ -437,16 +280,20 @@ class SyncService:
 
     async def _run_session(self, p: _Peer, stream: Stream, *, reconcile: bool, initiator: bool,
                            push: Sequence[bytes] = ()) -> bool:
-        s = _Session(self, p, stream, reconcile=reconcile, initiator=initiator, push=push)
-        self._sessions.setdefault(p.node_id, []).append(s)
+        core = SyncSession(self.store, p.ledger, asyncio.get_running_loop().time(),
+                           initiator=initiator, reconcile=reconcile, push=push,
+                           idle_timeout_s=self.idle_timeout_s)
+        s = _Session(self, p, stream, core)
+        self._sessions.setdefault(p.node_id, []).append(core)
         p.status.sessions += 1
         ok = False
         try:
             await s.run()
             ok = True
-            if s.rec is not None:
+            if core.reconciled:
                 p.status.last_sync = self.wall_clock()
-                found = {"in": s.rec.incoming(), "out": s.rec.outgoing()}
+                assert core.rec is not None  # reconciled
+                found = {"in": core.rec.incoming(), "out": core.rec.outgoing()}
                 p.status.last_difference = found
                 p.status.up_to_date = found == {"in": 0, "out": 0}
         except RemoteProtocolError as exc:
@@ -458,8 +305,8 @@ class SyncService:
         finally:
             if not ok:
                 p.status.failures += 1
-            self._sessions[p.node_id].remove(s)
-            self.last_session = s
+            self._sessions[p.node_id].remove(core)
+            self.last_session = core
             with contextlib.suppress(Exception):
                 await stream.close()
         return ok

@@ -7,15 +7,10 @@ size limit and strict decoding with signature check (off the loop, so it keeps
 serving calls: in verification threads, or for a large batch in worker processes
 when configured; see "Verification" below), duplicate check, expiry, clock skew, quarantine,
 authoriser of the op's namespace, per-author quota, and finally its place in
-the author's chain:
-
-* the next op of the chain (``seq == head + 1`` and ``prev`` = head id, with a
-  larger ``hlc``) is applied, and any parked successors after it;
-* an op further ahead waits in a bounded pending pool (durable too) until its
-  predecessor arrives;
-* a different op at a position already taken, or one whose ``prev`` is not the
-  op at ``seq - 1``, is a fork: the author is quarantined (no new ops accepted,
-  its ops no longer offered to peers) and the evidence is kept.
+the author's chain: applied, parked until its predecessor arrives, or a fork
+that quarantines the author.  Those decisions are the pure planner
+``sync.apply.plan_apply`` (its docstring has the rules); this adapter gives it a
+read-only view of the committed chain state and writes the plan it returns.
 
 Everything a batch changes is written in one transaction; only after the
 commit are in-memory indexes updated, subscribers told and ``ApplyResult``
@@ -57,13 +52,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshd.core.codec import DropCounter
 from meshd.core.errors import DiskFull, RemoteProtocolError, is_disk_full
+from sync.apply import AuthorState, ChainView, Quotas, plan_apply
 from sync.envelope import (
     MAX_OP_SIZE,
     Authorizer,
     HybridClock,
     Op,
     decode_op,
-    hlc_wall_ms,
 )
 from sync.errors import StoreCorrupt, SyncLocalError, Unauthorized
 from sync.reconcile import RangeSet
@@ -126,16 +121,6 @@ CREATE TABLE IF NOT EXISTS evidence (
 
 
 @dataclass(frozen=True, slots=True)
-class Quotas:
-    """Per-author limits and the size of the pending pool."""
-
-    max_ops_per_author: int = 500_000
-    max_bytes_per_author: int = 256 * 1024 * 1024
-    max_pending: int = 20_000
-    max_pending_per_author: int = 12_000
-
-
-@dataclass(frozen=True, slots=True)
 class ApplyResult:
     """What one ``apply_remote`` batch did; ``acked`` ids are committed and may be acknowledged."""
 
@@ -144,16 +129,6 @@ class ApplyResult:
     duplicates: int = 0
     refused: Mapping[str, int] = field(default_factory=dict)
     acked: tuple[bytes, ...] = ()
-
-
-@dataclass(slots=True)
-class _Author:
-    head_seq: int = 0
-    head_id: bytes | None = None
-    head_hlc: int = -1
-    n_ops: int = 0
-    n_bytes: int = 0
-    quarantined: str | None = None
 
 
 #: a batch is split across verification threads in parts of at least this many ops
@@ -290,7 +265,7 @@ class OpStore:
         self.drops = DropCounter(log)
         self._lock = asyncio.Lock()
         self._subscribers: list[Subscriber] = []
-        self._authors: dict[bytes, _Author] = {}
+        self._authors: dict[bytes, AuthorState] = {}
         self._known: dict[bytes, tuple[str, int, bytes]] = {}  # op_id -> (ns, hlc, author)
         self._keys: dict[str, dict[bytes, int]] = {}  # ns -> op_id -> hlc (offered to peers)
         self._snapshots: dict[str, RangeSet] = {}
@@ -357,7 +332,7 @@ class OpStore:
                 "SELECT author, head_seq, head_id, head_hlc, n_ops, n_bytes, quarantined "
                 "FROM authors") as cur:
             async for a, hs, hid, hh, no, nb, q in cur:
-                self._authors[a] = _Author(hs, hid, hh, no, nb, q)
+                self._authors[a] = AuthorState(hs, hid, hh, no, nb, q)
         max_hlc = 0
         async with self._db.execute("SELECT op_id, ns, hlc, author, length(raw) FROM ops") as cur:
             async for op_id, ns, hlc, author, size in cur:
@@ -585,7 +560,7 @@ class OpStore:
         author = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         async with self._lock:
             wall_ms = int(self._wall_clock() * 1000)
-            a = self._authors.get(author) or _Author()
+            a = self._authors.get(author) or AuthorState()
             if a.quarantined is not None:
                 raise SyncLocalError("this key is quarantined (it forked its own chain)")
             hlc = self.clock.now(wall_ms)
@@ -643,146 +618,28 @@ class OpStore:
 
     async def _apply_locked(self, decoded: list[Op | RemoteProtocolError],
                             peer: str) -> ApplyResult:
-        wall_ms = int(self._wall_clock() * 1000)
+        view = ChainView(self._authors, self._known, self._pending, self._pending_ids)
+        plan = plan_apply(decoded, view, wall_ms=int(self._wall_clock() * 1000),
+                          max_skew_ms=self.clock.max_skew_ms, quotas=self.quotas,
+                          authorize=self._authorize)
         refused: dict[str, int] = {}
-        duplicates = 0
-        acked: list[bytes] = []
-        # a working copy of the author state this batch touches; published after commit
-        authors: dict[bytes, _Author] = {}
-        apply: list[Op] = []
-        park: list[Op] = []
-        n_parked = 0
-        unparked_now: set[bytes] = set()  # parked earlier in this batch, taken out again
-        unpark: list[Op] = []  # parked in earlier batches (durably), applied now
-        unpark_ids: set[bytes] = set()
-        evidence: list[tuple[bytes, bytes, str]] = []
-        batch_ids: set[bytes] = set()
-        parked_now: dict[tuple[bytes, int], Op] = {}
-        pending_per_author: dict[bytes, int] = {}
-        for k in self._pending:
-            pending_per_author[k[0]] = pending_per_author.get(k[0], 0) + 1
-
-        def author(key: bytes) -> _Author:
-            a = authors.get(key)
-            if a is None:
-                old = self._authors.get(key)
-                a = authors[key] = (_Author(old.head_seq, old.head_id, old.head_hlc, old.n_ops,
-                                            old.n_bytes, old.quarantined) if old else _Author())
-            return a
-
-        def quarantine(a: _Author, op: Op, why: str) -> None:
-            a.quarantined = why
-            evidence.append((op.author, op.raw, why))
-            self._refuse(refused, "fork", peer, why)
-
-        def try_apply(op: Op, a: _Author) -> bool:
-            """Authorise and take ``op`` into ``apply``; False if refused."""
-            try:
-                self._authorize(op, wall_ms)
-            except Unauthorized as exc:
-                self._refuse(refused, "unauthorized", peer, exc.detail)
-                return False
-            except Exception as exc:  # the application's authoriser is not ours to trust
-                log.exception("authoriser for %s failed", op.namespace)
-                self._refuse(refused, "authorizer-error", peer, type(exc).__name__)
-                return False
-            if (a.n_ops + 1 > self.quotas.max_ops_per_author
-                    or a.n_bytes + len(op.raw) > self.quotas.max_bytes_per_author):
-                self._refuse(refused, "quota", peer, "author over quota")
-                return False
-            a.n_ops += 1
-            a.n_bytes += len(op.raw)
-            if op.seq:
-                a.head_seq, a.head_id, a.head_hlc = op.seq, op.op_id, op.hlc
-            apply.append(op)
-            batch_ids.add(op.op_id)
-            return True
-
-        # chained ops of one author in seq order so a batch in any order applies at once
-        ops = [d for d in decoded if isinstance(d, Op)]
-        for d in decoded:
-            if isinstance(d, RemoteProtocolError):
-                self._refuse(refused, d.reason, peer, d.detail)
-        ops.sort(key=lambda o: (o.seq == 0, o.author, o.seq))
-        for op in ops:
-            if op.op_id in self._known or op.op_id in batch_ids or op.op_id in self._pending_ids:
-                duplicates += 1
-                acked.append(op.op_id)
-                continue
-            if op.expiry_ms is not None and op.expiry_ms <= wall_ms:
-                self._refuse(refused, "expired", peer, "")
-                continue
-            if hlc_wall_ms(op.hlc) > wall_ms + self.clock.max_skew_ms:
-                self._refuse(refused, "future", peer, "hlc beyond tolerated skew")
-                continue
-            a = author(op.author)
-            if a.quarantined is not None:
-                self._refuse(refused, "quarantined", peer, "")
-                continue
-            if op.seq == 0:
-                try_apply(op, a)
-                continue
-            if op.seq <= a.head_seq or (op.seq == a.head_seq + 1 and op.prev != a.head_id):
-                quarantine(a, op, f"second op at seq {op.seq}")
-                continue
-            if op.seq == a.head_seq + 1:
-                if op.hlc <= a.head_hlc:
-                    self._refuse(refused, "hlc-order", peer, "hlc not above predecessor's")
-                    continue
-                if not try_apply(op, a):
-                    continue
-                # successors parked earlier (durably) or in this batch
-                while True:
-                    key = (op.author, a.head_seq + 1)
-                    nxt = parked_now.pop(key, None) or self._pending.get(key)
-                    if nxt is None or nxt.op_id in unpark_ids:
-                        break
-                    if nxt.op_id in self._pending_ids:
-                        unpark.append(nxt)
-                        unpark_ids.add(nxt.op_id)
-                    else:
-                        unparked_now.add(nxt.op_id)
-                        n_parked -= 1
-                    if nxt.prev != a.head_id:
-                        quarantine(a, nxt, f"prev mismatch at seq {nxt.seq}")
-                        break
-                    if nxt.hlc <= a.head_hlc:
-                        self._refuse(refused, "hlc-order", peer, "hlc not above predecessor's")
-                        break
-                    if not try_apply(nxt, a):
-                        break
-                    op = nxt
-                continue
-            key = (op.author, op.seq)
-            other = parked_now.get(key) or self._pending.get(key)
-            if other is not None and other.op_id != op.op_id:
-                quarantine(a, op, f"second pending op at seq {op.seq}")
-                continue
-            n_author = pending_per_author.get(op.author, 0)
-            if (len(self._pending) + n_parked >= self.quotas.max_pending
-                    or n_author >= self.quotas.max_pending_per_author):
-                self._refuse(refused, "pending-full", peer, "")
-                continue
-            park.append(op)
-            n_parked += 1
-            parked_now[key] = op
-            batch_ids.add(op.op_id)
-            pending_per_author[op.author] = n_author + 1
-        if unparked_now:
-            park = [o for o in park if o.op_id not in unparked_now]
-        result = await self._commit(apply, park, unpark, authors, evidence)
-        acked.extend(o.op_id for o in apply)
-        acked.extend(o.op_id for o in park)
-        return ApplyResult(result.applied, len(park), duplicates, refused, tuple(acked))
+        for r in plan.refusals:
+            if r.error is not None and r.op is not None:
+                log.error("authoriser for %s failed", r.op.namespace, exc_info=r.error)
+            self._refuse(refused, r.reason, peer, r.detail)
+        result = await self._commit(list(plan.apply), list(plan.park), list(plan.unpark),
+                                    dict(plan.authors or {}), list(plan.evidence))
+        return ApplyResult(result.applied, len(plan.park), len(plan.duplicates), refused,
+                           plan.acked)
 
     async def _commit(self, apply: list[Op], park: list[Op], unpark: list[Op],
-                      authors: dict[bytes, _Author],
+                      authors: dict[bytes, AuthorState],
                       evidence: list[tuple[bytes, bytes, str]] | None = None) -> ApplyResult:
         if not authors:
             # add_local: derive the author's new state from the op itself
             for op in apply:
-                old = self._authors.get(op.author) or _Author()
-                a = _Author(old.head_seq, old.head_id, old.head_hlc, old.n_ops + 1,
+                old = self._authors.get(op.author) or AuthorState()
+                a = AuthorState(old.head_seq, old.head_id, old.head_hlc, old.n_ops + 1,
                             old.n_bytes + len(op.raw), old.quarantined)
                 if op.seq:
                     a.head_seq, a.head_id, a.head_hlc = op.seq, op.op_id, op.hlc

@@ -10,15 +10,20 @@ from tests.sim.network import (
     pairs_within,
     sim_id,
 )
+from tests.sim.streams import MessageReceived, StreamKey, StreamMux, StreamOpened
 from tests.sim.topology import components, grid, line, random_geometric, ring, shortest_hops
 
 __all__ = [
     "LinkParams",
     "LogEntry",
+    "MessageReceived",
     "Mobility",
     "Network",
     "SimError",
     "SimNode",
+    "StreamKey",
+    "StreamMux",
+    "StreamOpened",
     "components",
     "grid",
     "line",

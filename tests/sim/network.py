@@ -144,6 +144,16 @@ class Network:
         self._timer_at[node_id] = None
         self._touch(node_id)
 
+    def replace_node(self, node_id: NodeId, node: SimNode) -> None:
+        """Put a new object in a node's place (a crash and restart: it starts from what it
+        reads from its durable state); its timer is consulted at once.  Datagrams in flight
+        to it are delivered to the new object, as they would be to the restarted process."""
+        if node_id not in self.nodes:
+            raise SimError("no such node")
+        self.nodes[node_id] = node
+        self._timer_at[node_id] = None
+        self._touch(node_id)
+
     def connect(self, a: NodeId, b: NodeId, params: LinkParams | None = None, *,
                 notify: bool = True) -> None:
         """Create the link a<->b now (both directions, same impairments); calls ``link_up``."""

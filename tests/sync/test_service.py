@@ -11,7 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sync.envelope import create_op
 from sync.errors import Unauthorized
-from sync.service import ACK, END, OPS, RECON_DONE, SyncService, _varint
+from sync.service import SyncService
+from sync.session import ACK, END, OPS, RECON_DONE
+from sync.session import encode_varint as _varint
 from sync.store import OpStore
 from tests.sync.conftest import WALL_S
 from tests.sync.helpers import chain

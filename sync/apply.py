@@ -1,0 +1,246 @@
+"""Causal application of a peer's ops, as a pure planner (no I/O, no clock).
+
+Theory of operation
+-------------------
+``plan_apply`` takes a batch of decoded ops (or their decoding errors) and a
+read-only view of the store's chain state (``ChainView``: author heads and
+counters, the ops applied, the pending pool), and returns an ``ApplyPlan``
+saying what to do with each op; the store (``sync.store``, or an in-memory
+one in the simulator) then only writes the plan in one transaction.  For each
+op, in this order: duplicate check, expiry, clock skew, quarantine, the
+namespace's authoriser, the per-author quota, and its place in the author's
+chain:
+
+* the next op of the chain (``seq == head + 1`` and ``prev`` = head id, with a
+  larger ``hlc``) is **applied**, and any parked successors after it (taken out
+  of the pending pool: ``unpark``);
+* an op further ahead is **parked** in the bounded pending pool until its
+  predecessor arrives;
+* a different op at a position already taken, or one whose ``prev`` is not the
+  op at ``seq - 1``, is a fork: the author is **quarantined** (no new ops
+  accepted, its ops no longer offered to peers) and the op kept as evidence;
+* anything else is **refused**, with a reason token for the drop counter.
+
+Ephemeral ops (``seq`` 0) are outside any chain: applied if authorised and
+within quota.  Chained ops of one author are taken in ``seq`` order, so a
+batch in any order applies at once.  Ops applied and parked are what the
+caller may acknowledge after the commit, with the duplicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from meshd.core.errors import RemoteProtocolError
+from sync.envelope import Authorizer, Op, hlc_wall_ms
+from sync.errors import Unauthorized
+
+__all__ = ["ApplyPlan", "AuthorState", "ChainView", "Quotas", "Refusal", "plan_apply"]
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Per-author limits and the size of the pending pool."""
+
+    max_ops_per_author: int = 500_000
+    max_bytes_per_author: int = 256 * 1024 * 1024
+    max_pending: int = 20_000
+    max_pending_per_author: int = 12_000
+
+
+@dataclass(slots=True)
+class AuthorState:
+    """One author's chain head and counters (``quarantined``: why, once it forked)."""
+
+    head_seq: int = 0
+    head_id: bytes | None = None
+    head_hlc: int = -1
+    n_ops: int = 0
+    n_bytes: int = 0
+    quarantined: str | None = None
+
+    def copy(self) -> AuthorState:
+        return AuthorState(self.head_seq, self.head_id, self.head_hlc, self.n_ops, self.n_bytes,
+                           self.quarantined)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainView:
+    """The store's committed chain state, read-only: what ``plan_apply`` decides against."""
+
+    authors: Mapping[bytes, AuthorState]
+    #: ids of the applied ops
+    applied: Collection[bytes]
+    #: the pending pool by (author, seq), and its ids
+    pending: Mapping[tuple[bytes, int], Op]
+    pending_ids: Collection[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One op refused: ``reason`` is the drop counter's token; ``error`` an authoriser's crash."""
+
+    reason: str
+    detail: str
+    op: Op | None = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyPlan:
+    """What to write for one batch, in one transaction; nothing of it is done yet."""
+
+    #: ops to store, in chain order per author
+    apply: tuple[Op, ...] = ()
+    #: ops to add to the pending pool
+    park: tuple[Op, ...] = ()
+    #: ops to take out of the pending pool (parked by an earlier batch; applied, or refused now)
+    unpark: tuple[Op, ...] = ()
+    #: new state of every author the batch touched
+    authors: Mapping[bytes, AuthorState] | None = None
+    #: (author, raw op, why) for each fork found: the author is quarantined
+    evidence: tuple[tuple[bytes, bytes, str], ...] = ()
+    refusals: tuple[Refusal, ...] = ()
+    #: ids of ops already held (applied, parked, or twice in this batch)
+    duplicates: tuple[bytes, ...] = ()
+
+    @property
+    def acked(self) -> tuple[bytes, ...]:
+        """Ids the caller may acknowledge once the plan is committed."""
+        return (self.duplicates + tuple(o.op_id for o in self.apply)
+                + tuple(o.op_id for o in self.park))
+
+
+def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, wall_ms: int,
+               max_skew_ms: int, quotas: Quotas,
+               authorize: Callable[[Op, int], None] | Authorizer) -> ApplyPlan:
+    """Decide, for each op of a batch, apply / park / quarantine / refuse (see module docstring).
+
+    ``authorize(op, wall_ms)`` raises ``Unauthorized`` to refuse an op; any other exception
+    it raises is a refusal too (``authorizer-error``, the exception in ``Refusal.error``).
+    """
+    refusals: list[Refusal] = []
+    duplicates: list[bytes] = []
+    # a working copy of the author state this batch touches
+    authors: dict[bytes, AuthorState] = {}
+    apply: list[Op] = []
+    park: list[Op] = []
+    n_parked = 0
+    unparked_now: set[bytes] = set()  # parked earlier in this batch, taken out again
+    unpark: list[Op] = []  # parked in earlier batches (durably), applied now
+    unpark_ids: set[bytes] = set()
+    evidence: list[tuple[bytes, bytes, str]] = []
+    batch_ids: set[bytes] = set()
+    parked_now: dict[tuple[bytes, int], Op] = {}
+    pending_per_author: dict[bytes, int] = {}
+    for k in view.pending:
+        pending_per_author[k[0]] = pending_per_author.get(k[0], 0) + 1
+
+    def author(key: bytes) -> AuthorState:
+        a = authors.get(key)
+        if a is None:
+            old = view.authors.get(key)
+            a = authors[key] = old.copy() if old else AuthorState()
+        return a
+
+    def quarantine(a: AuthorState, op: Op, why: str) -> None:
+        a.quarantined = why
+        evidence.append((op.author, op.raw, why))
+        refusals.append(Refusal("fork", why, op))
+
+    def try_apply(op: Op, a: AuthorState) -> bool:
+        """Authorise and take ``op`` into ``apply``; False if refused."""
+        try:
+            authorize(op, wall_ms)
+        except Unauthorized as exc:
+            refusals.append(Refusal("unauthorized", exc.detail, op))
+            return False
+        except Exception as exc:  # the application's authoriser is not ours to trust
+            refusals.append(Refusal("authorizer-error", type(exc).__name__, op, exc))
+            return False
+        if (a.n_ops + 1 > quotas.max_ops_per_author
+                or a.n_bytes + len(op.raw) > quotas.max_bytes_per_author):
+            refusals.append(Refusal("quota", "author over quota", op))
+            return False
+        a.n_ops += 1
+        a.n_bytes += len(op.raw)
+        if op.seq:
+            a.head_seq, a.head_id, a.head_hlc = op.seq, op.op_id, op.hlc
+        apply.append(op)
+        batch_ids.add(op.op_id)
+        return True
+
+    ops = [d for d in decoded if isinstance(d, Op)]
+    for d in decoded:
+        if isinstance(d, RemoteProtocolError):
+            refusals.append(Refusal(d.reason, d.detail))
+    # chained ops of one author in seq order so a batch in any order applies at once
+    ops.sort(key=lambda o: (o.seq == 0, o.author, o.seq))
+    for op in ops:
+        if op.op_id in view.applied or op.op_id in batch_ids or op.op_id in view.pending_ids:
+            duplicates.append(op.op_id)
+            continue
+        if op.expiry_ms is not None and op.expiry_ms <= wall_ms:
+            refusals.append(Refusal("expired", "", op))
+            continue
+        if hlc_wall_ms(op.hlc) > wall_ms + max_skew_ms:
+            refusals.append(Refusal("future", "hlc beyond tolerated skew", op))
+            continue
+        a = author(op.author)
+        if a.quarantined is not None:
+            refusals.append(Refusal("quarantined", "", op))
+            continue
+        if op.seq == 0:
+            try_apply(op, a)
+            continue
+        if op.seq <= a.head_seq or (op.seq == a.head_seq + 1 and op.prev != a.head_id):
+            quarantine(a, op, f"second op at seq {op.seq}")
+            continue
+        if op.seq == a.head_seq + 1:
+            if op.hlc <= a.head_hlc:
+                refusals.append(Refusal("hlc-order", "hlc not above predecessor's", op))
+                continue
+            if not try_apply(op, a):
+                continue
+            # successors parked earlier (durably) or in this batch
+            while True:
+                key = (op.author, a.head_seq + 1)
+                nxt = parked_now.pop(key, None) or view.pending.get(key)
+                if nxt is None or nxt.op_id in unpark_ids:
+                    break
+                if nxt.op_id in view.pending_ids:
+                    unpark.append(nxt)
+                    unpark_ids.add(nxt.op_id)
+                else:
+                    unparked_now.add(nxt.op_id)
+                    n_parked -= 1
+                if nxt.prev != a.head_id:
+                    quarantine(a, nxt, f"prev mismatch at seq {nxt.seq}")
+                    break
+                if nxt.hlc <= a.head_hlc:
+                    refusals.append(Refusal("hlc-order", "hlc not above predecessor's", nxt))
+                    break
+                if not try_apply(nxt, a):
+                    break
+                op = nxt
+            continue
+        key = (op.author, op.seq)
+        other = parked_now.get(key) or view.pending.get(key)
+        if other is not None and other.op_id != op.op_id:
+            quarantine(a, op, f"second pending op at seq {op.seq}")
+            continue
+        n_author = pending_per_author.get(op.author, 0)
+        if (len(view.pending) + n_parked >= quotas.max_pending
+                or n_author >= quotas.max_pending_per_author):
+            refusals.append(Refusal("pending-full", "", op))
+            continue
+        park.append(op)
+        n_parked += 1
+        parked_now[key] = op
+        batch_ids.add(op.op_id)
+        pending_per_author[op.author] = n_author + 1
+    if unparked_now:
+        park = [o for o in park if o.op_id not in unparked_now]
+    return ApplyPlan(tuple(apply), tuple(park), tuple(unpark), authors, tuple(evidence),
+                     tuple(refusals), tuple(duplicates))

@@ -1,0 +1,454 @@
+"""One sync session between two neighbours, as a pure protocol core (no I/O, no clock).
+
+Theory of operation
+-------------------
+A *session* is one message-framed, reliable, ordered stream between two
+neighbours (the link layer's ``open_stream(peer, "sync")``).  Frames start
+with a type byte (docs/protocols.md, "Sync"):
+
+==============  ====================================================
+``RECON``       a ``sync.reconcile`` message
+``RECON_DONE``  reconciliation is finished (or was not wanted: a push session)
+``OPS``         batch number, then raw ops, each prefixed by its length (varints)
+``ACK``         batch number: every op of that batch is committed at the receiver
+``END``         I have nothing more to send and all of it is acknowledged
+==============  ====================================================
+
+Both ends run the same ``SyncSession``; only the initiator starts (a ``RECON``
+opening, or ``RECON_DONE`` for a push-only session).  Reconciliation messages
+are answered at once; what it finds the peer lacks is queued, highest-priority
+namespace first and oldest first within it (so an author's chain arrives in
+order), and sent in batches of at most ``BATCH_OPS`` ops and ``BATCH_BYTES``
+bytes, with at most ``WINDOW`` batches unacknowledged.  That window is the
+backpressure: a dealer's 10,000-op catch-up moves at the speed the far side
+commits, in frames small enough that voice datagrams interleave.
+
+The core never touches the store or the stream.  Its caller (the asyncio
+adapter ``sync.service``, or the simulator) moves three things:
+
+* bytes: ``receive_frame(data, now)`` in, ``frames_to_send(now)`` out;
+* rows: ``take_batch()`` names the op ids of the next batch, the caller reads
+  their raw forms and hands them back with ``batch_loaded(pairs, now)``; an
+  ``OpsReceived`` event carries a peer's batch to the caller, which commits it
+  and then calls ``batch_committed(batch, now)``: only then is it acknowledged
+  (acknowledge only what is durable);
+* time: ``get_timer()`` is the idle deadline (a peer that says nothing for
+  ``idle_timeout_s`` is abandoned), ``handle_timer(now)`` fires it.
+
+Events (``next_event()``) say what happened: ``OpsReceived``,
+``OpsAcknowledged``, and exactly one of ``SessionCompleted`` (both ``END``\\ s
+exchanged, every received batch committed), ``PeerMisbehaved`` (a malformed or
+out-of-place frame: the session is over, counted and dropped by the caller) or
+``IdleTimedOut``.  ``abort()`` ends the session from the caller's side (a broken
+stream).  However a session ends, op ids it was sending but that were never
+acknowledged are released from the ``PeerLedger`` so another session may send
+them.
+
+The ``PeerLedger`` is shared by every session with one neighbour (both ends
+may open one at the same moment): ops the neighbour holds to our knowledge,
+and ops some session is sending it right now, so each op crosses once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from meshd.core.errors import DecodeError, RemoteProtocolError
+from sync.envelope import MAX_OP_SIZE, NAMESPACE_PRIORITY
+from sync.reconcile import MAX_MESSAGE_SIZE, RangeSet, Reconciler
+
+__all__ = [
+    "ACK",
+    "BATCH_BYTES",
+    "BATCH_OPS",
+    "END",
+    "IDLE_TIMEOUT_S",
+    "MAX_FRAME",
+    "OPS",
+    "RECON",
+    "RECON_DONE",
+    "WINDOW",
+    "IdleTimedOut",
+    "OpIndex",
+    "OpsAcknowledged",
+    "OpsReceived",
+    "PeerLedger",
+    "PeerMisbehaved",
+    "SessionCompleted",
+    "SessionEvent",
+    "SyncSession",
+    "decode_varint",
+    "encode_varint",
+    "namespace_rank",
+    "parse_ops",
+]
+
+#: frame types (the first byte of every frame)
+RECON, RECON_DONE, OPS, ACK, END = 1, 2, 3, 4, 5
+#: ops and bytes per OPS frame; frames stay small so calls interleave
+BATCH_OPS = 256
+BATCH_BYTES = 128 * 1024
+#: unacknowledged batches in flight per session
+WINDOW = 4
+MAX_FRAME = max(MAX_MESSAGE_SIZE + 1, BATCH_BYTES + MAX_OP_SIZE + 64)
+#: a session whose peer says nothing for this long is abandoned
+IDLE_TIMEOUT_S = 30.0
+
+_RANK = {ns: i for i, ns in enumerate(NAMESPACE_PRIORITY)}
+
+
+def namespace_rank(ns: str) -> int:
+    """Transfer rank of a namespace (lower goes first; unknown ones last)."""
+    return _RANK.get(ns, len(_RANK))
+
+
+def encode_varint(n: int) -> bytes:
+    """Unsigned LEB128."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """``(value, next position)`` of the LEB128 varint at ``pos``; ``DecodeError`` if malformed."""
+    n = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise DecodeError("malformed", "bad varint")
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, pos
+        shift += 7
+
+
+def parse_ops(payload: bytes) -> tuple[int, list[bytes]]:
+    """``(batch, raw ops)`` of an OPS frame's payload; ``DecodeError`` if malformed."""
+    batch, pos = decode_varint(payload, 0)
+    raws: list[bytes] = []
+    while pos < len(payload):
+        n, pos = decode_varint(payload, pos)
+        if n > MAX_OP_SIZE or pos + n > len(payload) or len(raws) >= BATCH_OPS:
+            raise DecodeError("malformed", "op batch")
+        raws.append(payload[pos : pos + n])
+        pos += n
+    return batch, raws
+
+
+class OpIndex(Protocol):
+    """The read-only facts a session needs about the local op set (``OpStore`` has them)."""
+
+    def namespace_of(self, op_id: bytes) -> str | None: ...
+    def hlc_of(self, op_id: bytes) -> int | None: ...
+    def range_sets(self) -> Mapping[str, RangeSet]: ...
+
+
+@dataclass(slots=True)
+class PeerLedger:
+    """What one neighbour holds, shared by every session with it (cleared when its link comes up)."""
+
+    #: op ids it holds to our knowledge (sent and acknowledged, or received from it)
+    known: set[bytes] = field(default_factory=set)
+    #: op ids some session is sending it right now (not acknowledged yet)
+    sending: set[bytes] = field(default_factory=set)
+
+    def clear(self) -> None:
+        self.known.clear()
+        self.sending.clear()
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpsReceived:
+    """The peer sent batch ``batch``: commit ``raw_ops``, then call ``batch_committed(batch)``."""
+
+    batch: int
+    raw_ops: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OpsAcknowledged:
+    """The peer committed our batch ``batch``, these ops."""
+
+    batch: int
+    op_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCompleted:
+    """Both ends said END and every batch received was committed: the session is over, well."""
+
+    reconciled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMisbehaved:
+    """The peer sent a malformed or out-of-place frame: the session is over."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdleTimedOut:
+    """The peer said nothing for ``idle_s`` seconds: the session is over."""
+
+    idle_s: float
+
+
+SessionEvent = OpsReceived | OpsAcknowledged | SessionCompleted | PeerMisbehaved | IdleTimedOut
+
+
+class SyncSession:
+    """One end of one sync session (see the module docstring); the same code at both ends."""
+
+    def __init__(self, index: OpIndex, ledger: PeerLedger, now: float, *, initiator: bool,
+                 reconcile: bool, push: Iterable[bytes] = (),
+                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+        self._index = index
+        self._ledger = ledger
+        self.initiator = initiator
+        self.idle_timeout_s = idle_timeout_s
+        self.rec: Reconciler | None = None
+        self.recon_done = not reconcile and initiator
+        self._queue: list[tuple[int, int, bytes]] = []
+        self._queued: set[bytes] = set()
+        self._in_flight: dict[int, list[bytes]] = {}
+        self._loading: list[bytes] | None = None
+        self._uncommitted: dict[int, int] = {}  # batch -> ops, received and not yet committed
+        self._next_batch = 0
+        self._outbox: list[bytes] = []
+        self._events: list[SessionEvent] = []
+        self._last_activity = now
+        self.sent_end = False
+        self.got_end = False
+        self.closed = False
+        self.in_expected = 0
+        self.in_done = 0
+        self.out_done = 0
+        #: reconciliation cost of this session: bytes both ways, round trips we began
+        self.recon_bytes = 0
+        self.recon_round_trips = 0
+        self._enqueue(push)
+        if initiator:
+            if reconcile:
+                self.rec = Reconciler(index.range_sets())
+                msg = self.rec.initiate()
+                self.recon_bytes += len(msg)
+                self.recon_round_trips += 1
+                self._outbox.append(bytes([RECON]) + msg)
+            else:
+                self._outbox.append(bytes([RECON_DONE]))
+
+    # -- facts ---------------------------------------------------------------------------------
+
+    @property
+    def reconciled(self) -> bool:
+        """Whether this session reconciled (a push-only session did not)."""
+        return self.rec is not None
+
+    def progress(self) -> dict[str, int]:
+        """Catch-up progress: ops expected and done, each way."""
+        return {"in_expected": max(self.in_expected, self.in_done), "in_done": self.in_done,
+                "out_expected": len(self._queued), "out_done": self.out_done}
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def receive_frame(self, data: bytes, now: float) -> None:
+        """Take one frame from the peer (never raises for what the peer sent)."""
+        if self.closed:
+            return
+        self._last_activity = now
+        try:
+            self._receive(data)
+        except RemoteProtocolError as exc:
+            self._close(PeerMisbehaved(exc.reason, exc.detail))
+
+    def _receive(self, frame: bytes) -> None:
+        if not frame or len(frame) > MAX_FRAME:
+            raise DecodeError("malformed", "frame size")
+        kind, payload = frame[0], frame[1:]
+        if self.got_end and kind != ACK:
+            # after its END a peer only acknowledges what we still send
+            raise DecodeError("state", f"frame type {kind} after END")
+        if kind == RECON:
+            if self.recon_done:
+                raise DecodeError("state", "reconcile message after the end")
+            if self.rec is None:
+                self.rec = Reconciler(self._index.range_sets())
+            self.recon_bytes += len(frame)
+            reply = self.rec.receive(payload)
+            self._enqueue([i for ids in self.rec.have.values() for i in ids])
+            self.in_expected = self.rec.incoming()
+            if reply is None:
+                self.recon_done = True
+                self._outbox.append(bytes([RECON_DONE]))
+            else:
+                self.recon_bytes += len(reply) + 1
+                if self.initiator:
+                    self.recon_round_trips += 1
+                self._outbox.append(bytes([RECON]) + reply)
+        elif kind == RECON_DONE:
+            self.recon_done = True
+            if self.rec is not None:
+                self.in_expected = self.rec.incoming()
+        elif kind == OPS:
+            batch, raws = parse_ops(payload)
+            if batch in self._uncommitted:
+                raise DecodeError("state", "batch number reused")
+            self._ledger.known.update(hashlib.sha256(r).digest() for r in raws)
+            self._uncommitted[batch] = len(raws)
+            self._events.append(OpsReceived(batch, tuple(raws)))
+        elif kind == ACK:
+            batch, _ = decode_varint(payload, 0)
+            if batch not in self._in_flight:
+                raise DecodeError("state", "ack of an unknown batch")
+            ids = self._in_flight.pop(batch)
+            self._ledger.known.update(ids)
+            self._ledger.sending.difference_update(ids)
+            self.out_done += len(ids)
+            self._events.append(OpsAcknowledged(batch, tuple(ids)))
+        elif kind == END:
+            self.got_end = True
+        else:
+            raise DecodeError("malformed", f"frame type {kind}")
+        self._check_complete()
+
+    def batch_committed(self, batch: int, now: float) -> None:
+        """The caller committed the peer's batch ``batch``: acknowledge it."""
+        if self.closed:
+            return
+        n = self._uncommitted.pop(batch)  # KeyError: not a batch we handed out (caller's bug)
+        self._last_activity = now  # the peer was waiting on us, not silent
+        self.in_done += n
+        self._outbox.append(bytes([ACK]) + encode_varint(batch))
+        self._check_complete()
+
+    def push(self, op_ids: Iterable[bytes]) -> None:
+        """Queue more ops to send in this session (before it has said END)."""
+        self._enqueue(op_ids)
+
+    def _enqueue(self, ids: Iterable[bytes]) -> None:
+        for op_id in ids:
+            if op_id in self._queued or op_id in self._ledger.known:
+                continue
+            ns = self._index.namespace_of(op_id)
+            hlc = self._index.hlc_of(op_id)
+            if ns is None or hlc is None:
+                continue
+            heapq.heappush(self._queue, (namespace_rank(ns), hlc, op_id))
+            self._queued.add(op_id)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def take_batch(self) -> list[bytes] | None:
+        """Op ids of the next batch to send, or None (window full, nothing queued, or loading).
+
+        The caller reads their raw forms and passes them to ``batch_loaded``.
+        """
+        if self.closed or self._loading is not None or len(self._in_flight) >= WINDOW:
+            return None
+        ledger = self._ledger
+        ids: list[bytes] = []
+        while self._queue and len(ids) < BATCH_OPS:
+            _, _, op_id = heapq.heappop(self._queue)
+            # another session to this peer (both ends may open one) may carry it already
+            if op_id not in ledger.known and op_id not in ledger.sending:
+                ids.append(op_id)
+        if not ids:
+            return None
+        ledger.sending.update(ids)
+        self._loading = ids
+        return ids
+
+    def batch_loaded(self, pairs: Sequence[tuple[bytes, bytes]], now: float) -> None:
+        """``(op_id, raw)`` of the batch ``take_batch`` named, in its order (purged ones missing)."""
+        ids, self._loading = self._loading, None
+        if ids is None:
+            raise RuntimeError("batch_loaded without take_batch")
+        if self.closed:
+            self._ledger.sending.difference_update(ids)
+            return
+        parts = [encode_varint(self._next_batch)]
+        sent: list[bytes] = []
+        size = 0
+        for op_id, raw in pairs:
+            if size + len(raw) > BATCH_BYTES and sent:
+                break  # over the byte budget: the rest goes back to the queue
+            parts.append(encode_varint(len(raw)))
+            parts.append(raw)
+            sent.append(op_id)
+            size += len(raw)
+        unsent = set(ids).difference(sent)
+        self._ledger.sending.difference_update(unsent)
+        for back in unsent:
+            hlc = self._index.hlc_of(back)
+            if hlc is not None:
+                heapq.heappush(self._queue, (namespace_rank(self._index.namespace_of(back) or ""),
+                                             hlc, back))
+        if sent:
+            self._in_flight[self._next_batch] = sent
+            self._next_batch += 1
+            self._outbox.append(bytes([OPS]) + b"".join(parts))
+        self._check_complete()
+
+    def frames_to_send(self, now: float) -> list[bytes]:
+        """Frames for the stream, in order (END once nothing is queued, loading or unacknowledged)."""
+        if (not self.closed and not self.sent_end and self.recon_done and not self._queue
+                and self._loading is None and not self._in_flight):
+            self.sent_end = True
+            self._outbox.append(bytes([END]))
+            self._check_complete()
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> SessionEvent | None:
+        """The oldest event not yet taken, or None."""
+        return self._events.pop(0) if self._events else None
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` is due: the idle deadline (None once the session is over)."""
+        return None if self.closed else self._last_activity + self.idle_timeout_s
+
+    def handle_timer(self, now: float) -> None:
+        """Abandon the session if the peer has been silent for ``idle_timeout_s``."""
+        if not self.closed and now >= self._last_activity + self.idle_timeout_s:
+            self._close(IdleTimedOut(now - self._last_activity))
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """End the session from our side (a broken stream); no event.  Idempotent."""
+        if not self.closed:
+            self._close(None)
+
+    def _check_complete(self) -> None:
+        # (our END is queued behind every frame but the ACKs still to come, which the
+        # caller flushes with frames_to_send after this event)
+        if not self.closed and self.got_end and self.sent_end and not self._uncommitted:
+            self._close(SessionCompleted(self.rec is not None))
+
+    def _close(self, event: SessionEvent | None) -> None:
+        self.closed = True
+        # never acknowledged: others may send them
+        for ids in self._in_flight.values():
+            self._ledger.sending.difference_update(ids)
+        self._in_flight.clear()
+        if self._loading is not None:
+            self._ledger.sending.difference_update(self._loading)
+        self._queue.clear()
+        if event is not None:
+            self._events.append(event)

@@ -1,0 +1,370 @@
+"""Sync on the simulator: the session core and the apply planner, glued as the daemon does.
+
+``MemOpStore`` is the ``OpStore`` of the simulator: its *durable* part
+(``Durable``: the ops, the pending pool, author states and evidence, what
+SQLite holds) changes only by committing a plan of ``sync.apply.plan_apply``
+in one step; its indexes (what the real store keeps in memory) are rebuilt
+from it on ``MemOpStore(durable)``, so a restart replays from the store.
+
+``SyncSimNode`` is a ``tests.sim`` node: one ``SyncSession`` core per stream
+of a ``tests.sim.streams.StreamMux`` (reliable streams over the lossy
+simulated links), each received batch committed ``commit_delay_s`` later (the
+window in which a crash loses it, unacknowledged), and the per-neighbour
+schedule of ``sync.service.SyncService``: reconcile when the link comes up and
+every ``interval_s`` with jitter, push what was committed within
+``push_delay_s``, back off after a failed session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from meshd.core.errors import RemoteProtocolError
+from sync.apply import AuthorState, ChainView, Quotas, plan_apply
+from sync.envelope import MAX_SKEW_MS, HybridClock, Op, create_op, decode_op
+from sync.reconcile import RangeSet
+from sync.session import (
+    IdleTimedOut,
+    OpsAcknowledged,
+    OpsReceived,
+    PeerLedger,
+    PeerMisbehaved,
+    SessionCompleted,
+    SyncSession,
+)
+from tests.sim.streams import MessageReceived, StreamKey, StreamMux, StreamOpened
+
+__all__ = ["Durable", "MemOpStore", "SessionEnded", "SyncSimNode"]
+
+#: unix ms at virtual time 0
+WALL0_MS = 1_800_000_000_000
+
+
+@dataclass
+class Durable:
+    """What survives a crash: the committed rows."""
+
+    ops: dict[bytes, Op] = field(default_factory=dict)
+    pending: dict[tuple[bytes, int], Op] = field(default_factory=dict)
+    authors: dict[bytes, AuthorState] = field(default_factory=dict)
+    evidence: list[tuple[bytes, bytes, str]] = field(default_factory=list)
+
+
+class MemOpStore:
+    """An in-memory op store applying through the pure planner (see module docstring)."""
+
+    def __init__(self, durable: Durable | None = None, *, quotas: Quotas | None = None) -> None:
+        self.durable = durable or Durable()
+        self.quotas = quotas or Quotas()
+        # indexes, rebuilt from the rows as ``OpStore._load`` does
+        self._known: dict[bytes, tuple[str, int]] = {
+            i: (o.namespace, o.hlc) for i, o in self.durable.ops.items()}
+        self._pending_ids = {o.op_id for o in self.durable.pending.values()}
+        self._sets: dict[str, RangeSet] = {}
+        self.clock = HybridClock(max((o.hlc for o in self.durable.ops.values()), default=0))
+        self.refused: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def __contains__(self, op_id: object) -> bool:
+        return op_id in self._known
+
+    def ids(self) -> set[bytes]:
+        return set(self._known)
+
+    # -- OpIndex --------------------------------------------------------------------------
+
+    def namespace_of(self, op_id: bytes) -> str | None:
+        k = self._known.get(op_id)
+        return k[0] if k else None
+
+    def hlc_of(self, op_id: bytes) -> int | None:
+        k = self._known.get(op_id)
+        return k[1] if k else None
+
+    def range_sets(self) -> Mapping[str, RangeSet]:
+        quarantined = {a for a, s in self.durable.authors.items() if s.quarantined is not None}
+        if not self._sets:
+            by_ns: dict[str, list[tuple[int, bytes]]] = {}
+            for op in self.durable.ops.values():
+                if op.author not in quarantined:
+                    by_ns.setdefault(op.namespace, []).append((op.hlc, op.op_id))
+            self._sets = {ns: RangeSet(items) for ns, items in by_ns.items()}
+        return self._sets
+
+    def get_raw_pairs(self, op_ids: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        return [(i, self.durable.ops[i].raw) for i in op_ids if i in self.durable.ops]
+
+    # -- writing --------------------------------------------------------------------------
+
+    def apply_remote(self, raws: Sequence[bytes], wall_ms: int) -> tuple[list[Op], list[bytes]]:
+        """Verify, plan and commit a peer's batch; ``(applied ops, acknowledgeable ids)``."""
+        known: list[bytes] = []
+        decoded: list[Op | RemoteProtocolError] = []
+        for raw in raws:
+            op_id = hashlib.sha256(raw).digest()
+            if op_id in self._known or op_id in self._pending_ids:
+                known.append(op_id)
+                continue
+            try:
+                decoded.append(decode_op(raw))
+            except RemoteProtocolError as exc:
+                decoded.append(exc)
+        applied, acked = self._commit(decoded, wall_ms)
+        return applied, known + acked
+
+    def add_local(self, key: Ed25519PrivateKey, *, kind: str, doc_id: bytes, body: bytes,
+                  wall_ms: int) -> Op:
+        author = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        a = self.durable.authors.get(author) or AuthorState()
+        op = create_op(key, kind=kind, doc_id=doc_id, body=body, seq=a.head_seq + 1,
+                       prev=a.head_id, hlc=max(self.clock.now(wall_ms), a.head_hlc + 1))
+        applied, _ = self._commit([op], wall_ms)
+        assert applied == [op], self.refused
+        return op
+
+    def _commit(self, decoded: Sequence[Op | RemoteProtocolError],
+                wall_ms: int) -> tuple[list[Op], list[bytes]]:
+        d = self.durable
+        plan = plan_apply(decoded, ChainView(d.authors, self._known, d.pending, self._pending_ids),
+                          wall_ms=wall_ms, max_skew_ms=MAX_SKEW_MS, quotas=self.quotas,
+                          authorize=lambda op, ms: None)
+        for r in plan.refusals:
+            self.refused[r.reason] = self.refused.get(r.reason, 0) + 1
+        # the one transaction: rows, then indexes
+        for op in plan.apply:
+            d.ops[op.op_id] = op
+            self._known[op.op_id] = (op.namespace, op.hlc)
+            self.clock.observe_trusted(op.hlc)
+        for op in plan.park:
+            d.pending[(op.author, op.seq)] = op
+            self._pending_ids.add(op.op_id)
+        for op in plan.unpark:
+            d.pending.pop((op.author, op.seq), None)
+            self._pending_ids.discard(op.op_id)
+        d.authors.update(plan.authors or {})
+        d.evidence.extend(plan.evidence)
+        if plan.apply or plan.evidence:
+            self._sets = {}
+        return list(plan.apply), list(plan.acked)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """One session of a node ended (the simulator logs these)."""
+
+    peer: bytes
+    initiator: bool
+    outcome: str  # "completed", "timeout", a misbehaviour reason, or "link-down"
+    ops_in: int
+    ops_out: int
+
+
+@dataclass
+class _Peer:
+    ledger: PeerLedger = field(default_factory=PeerLedger)
+    up: bool = False
+    reconcile_due: bool = True
+    next_at: float = 0.0
+    push: list[bytes] = field(default_factory=list)
+    push_at: float | None = None
+    backoff_s: float = 1.0
+    running: StreamKey | None = None  # the session we initiated, if any
+
+
+@dataclass
+class _Slot:
+    core: SyncSession
+    peer: bytes
+    commits: list[tuple[float, int, tuple[bytes, ...]]] = field(default_factory=list)
+
+
+class SyncSimNode:
+    """One node: sessions over a stream mux, a MemOpStore, the per-neighbour schedule."""
+
+    def __init__(self, node_id: bytes, store: MemOpStore, rng: random.Random, *,
+                 interval_s: float = 5.0, push_delay_s: float = 0.05,
+                 commit_delay_s: float = 0.004, idle_timeout_s: float = 3.0) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.rng = rng
+        self.interval_s = interval_s
+        self.push_delay_s = push_delay_s
+        self.commit_delay_s = commit_delay_s
+        self.idle_timeout_s = idle_timeout_s
+        self.mux = StreamMux()
+        self.peers: dict[bytes, _Peer] = {}
+        self.slots: dict[StreamKey, _Slot] = {}
+        #: every op id this node has acknowledged to a peer
+        self.acknowledged: set[bytes] = set()
+        self.ended: list[SessionEnded] = []
+        self._events: list[SessionEnded] = []
+        self._dirty: dict[StreamKey, None] = {}  # sessions with input since the last pump
+
+    # -- what the test does ---------------------------------------------------------------
+
+    def edit(self, key: Ed25519PrivateKey, now: float, *, kind: str, doc_id: bytes,
+             body: bytes) -> Op:
+        op = self.store.add_local(key, kind=kind, doc_id=doc_id, body=body,
+                                  wall_ms=WALL0_MS + int(now * 1000))
+        self._committed([op], now)
+        return op
+
+    def uncommitted(self) -> int:
+        """Received batches waiting for their commit."""
+        return sum(len(s.commits) for s in self.slots.values())
+
+    # -- SimNode --------------------------------------------------------------------------
+
+    def link_up(self, peer: bytes, now: float) -> None:
+        p = self.peers.setdefault(peer, _Peer())
+        p.up, p.reconcile_due, p.next_at, p.backoff_s = True, True, now, 1.0
+        p.ledger.clear()
+
+    def link_down(self, peer: bytes, now: float) -> None:
+        p = self.peers.get(peer)
+        if p is None:
+            return
+        p.up = False
+        p.push.clear()
+        p.push_at = None
+        for key in [k for k, s in self.slots.items() if s.peer == peer]:
+            self._end(key, "link-down", now)
+        self.mux.reset_peer(peer)
+
+    def receive(self, src: bytes, data: bytes, now: float) -> None:
+        self.mux.receive(src, data, now)
+        while (ev := self.mux.next_event()) is not None:
+            if isinstance(ev, StreamOpened):
+                p = self.peers.get(ev.key.peer)
+                if p is None or not p.up:
+                    self.mux.reset(ev.key)
+                    continue
+                self.slots[ev.key] = _Slot(SyncSession(
+                    self.store, p.ledger, now, initiator=False, reconcile=True,
+                    idle_timeout_s=self.idle_timeout_s), ev.key.peer)
+                self._dirty[ev.key] = None
+            elif isinstance(ev, MessageReceived):
+                slot = self.slots.get(ev.key)
+                if slot is not None:
+                    slot.core.receive_frame(ev.data, now)
+                    self._dirty[ev.key] = None
+        self._pump(now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, bytes]]:
+        self._pump(now)
+        return self.mux.datagrams_to_send(now)
+
+    def get_timer(self) -> float | None:
+        ts = [self.mux.get_timer()]
+        for s in self.slots.values():
+            ts.append(s.core.get_timer())
+            ts.extend(c[0] for c in s.commits[:1])
+        for p in self.peers.values():
+            if p.up and p.running is None:
+                if p.reconcile_due:
+                    ts.append(p.next_at)
+                elif p.push_at is not None:
+                    ts.append(p.push_at)
+                else:
+                    ts.append(p.next_at)
+        return min((t for t in ts if t is not None), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        self.mux.handle_timer(now)
+        wall_ms = WALL0_MS + int(now * 1000)
+        for key, s in list(self.slots.items()):
+            self._dirty[key] = None
+            while s.commits and s.commits[0][0] <= now and not s.core.closed:
+                _, batch, raws = s.commits.pop(0)
+                applied, acked = self.store.apply_remote(raws, wall_ms)
+                self.acknowledged.update(acked)
+                s.core.batch_committed(batch, now)
+                self._committed(applied, now)
+            s.core.handle_timer(now)
+        for peer, p in self.peers.items():
+            if not p.up or p.running is not None:
+                continue
+            if not p.reconcile_due and p.push_at is None and now >= p.next_at:
+                p.reconcile_due = True
+            if p.reconcile_due and now >= p.next_at:
+                p.reconcile_due = False
+                p.push.clear()  # the reconciliation covers them
+                p.push_at = None
+                self._open(peer, p, now, reconcile=True, push=[])
+            elif p.push_at is not None and now >= p.push_at:
+                push, p.push, p.push_at = p.push, [], None
+                self._open(peer, p, now, reconcile=False, push=push)
+        self._pump(now)
+
+    def next_event(self) -> SessionEnded | None:
+        return self._events.pop(0) if self._events else None
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _open(self, peer: bytes, p: _Peer, now: float, *, reconcile: bool,
+              push: list[bytes]) -> None:
+        key = self.mux.open(peer)
+        p.running = key
+        self.slots[key] = _Slot(SyncSession(self.store, p.ledger, now, initiator=True,
+                                            reconcile=reconcile, push=push,
+                                            idle_timeout_s=self.idle_timeout_s), peer)
+        self._dirty[key] = None
+
+    def _committed(self, ops: Sequence[Op], now: float) -> None:
+        for p in self.peers.values():
+            if p.up:
+                p.push.extend(o.op_id for o in ops if o.op_id not in p.ledger.known)
+                if p.push and p.push_at is None:
+                    p.push_at = now + self.push_delay_s
+
+    def _pump(self, now: float) -> None:
+        dirty, self._dirty = self._dirty, {}
+        for key in dirty:
+            s = self.slots.get(key)
+            if s is None:
+                continue
+            core = s.core
+            while (ids := core.take_batch()) is not None:
+                core.batch_loaded(self.store.get_raw_pairs(ids), now)
+            for frame in core.frames_to_send(now):
+                self.mux.send(key, frame, now)
+            while (ev := core.next_event()) is not None:
+                if isinstance(ev, OpsReceived):
+                    s.commits.append((now + self.commit_delay_s, ev.batch, ev.raw_ops))
+                elif isinstance(ev, OpsAcknowledged):
+                    pass
+                elif isinstance(ev, SessionCompleted):
+                    for frame in core.frames_to_send(now):  # the last ACKs and our END
+                        self.mux.send(key, frame, now)
+                    self._end(key, "completed", now)
+                elif isinstance(ev, PeerMisbehaved):
+                    self._end(key, ev.reason, now)
+                elif isinstance(ev, IdleTimedOut):
+                    self._end(key, "timeout", now)
+
+    def _end(self, key: StreamKey, outcome: str, now: float) -> None:
+        s = self.slots.pop(key)
+        s.core.abort()
+        if outcome != "completed":
+            self.mux.reset(key)
+        p = self.peers[s.peer]
+        if p.running == key:
+            p.running = None
+            if outcome == "completed":
+                p.backoff_s = 1.0
+                p.next_at = now + self.interval_s * (0.75 + 0.5 * self.rng.random())
+            else:
+                p.reconcile_due = True
+                p.next_at = now + p.backoff_s * (0.5 + self.rng.random())
+                p.backoff_s = min(p.backoff_s * 2, self.interval_s)
+        ev = SessionEnded(s.peer, key.mine, outcome, s.core.in_done, s.core.out_done)
+        self.ended.append(ev)
+        self._events.append(ev)
