@@ -136,12 +136,20 @@ def _recover_store(state_dir: Path) -> bool:
     return True
 
 
+#: flags that act once instead of configuring the node (no config key of the same name)
+ACTION_FLAGS = ("config", "recover_store")
+
+
+def config_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags that are configuration (``Config.merged`` takes them)."""
+    return {k: v for k, v in vars(args).items() if k not in ACTION_FLAGS}
+
+
 def meshd_main(argv: list[str] | None = None) -> int:
     """Entry point of the ``meshd`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    flags: dict[str, Any] = {k: v for k, v in vars(args).items()
-                             if k not in ("config", "recover_store")}
+    flags = config_flags(args)
     try:
         config = load_config(args.config).merged(flags)
     except ConfigError as exc:

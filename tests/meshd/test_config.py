@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carmesh.cli import build_parser
+from carmesh.cli import build_parser, config_flags
 from carmesh.dev.harness import MESHD
 from meshd.config import ConfigError, load_config, parse_hostport
 from meshd.core.identity import Role
@@ -21,8 +21,7 @@ def test_toml_keys_are_flag_names_and_flags_win(tmp_path: Path) -> None:
     assert cfg.name == "car-7" and cfg.role is Role.DEALER and cfg.interface == ("veth0",)
     assert cfg.state_dir == Path("/tmp/x") and cfg.peer == ("127.0.0.1:7421",)
     assert cfg.auto_answer is True
-    args = vars(build_parser().parse_args(["--name", "car-8", "--role", "phone"]))
-    args.pop("config")
+    args = config_flags(build_parser().parse_args(["--name", "car-8", "--role", "phone"]))
     merged = cfg.merged(args)
     assert merged.name == "car-8" and merged.role is Role.PHONE and merged.interface == ("veth0",)
 

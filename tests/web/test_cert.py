@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from carmesh.cli import build_parser
+from carmesh.cli import build_parser, config_flags
 from meshd.config import Config, ConfigError
 from web.cert import VALIDITY_DAYS, ensure_certificate
 
@@ -58,9 +58,8 @@ def test_certificate_is_kept_then_remade_for_new_addresses_or_expiry(tmp_path: P
 
 def test_web_flags() -> None:
     p = build_parser()
-    args = vars(p.parse_args(["--web", "192.168.7.1:8443", "--web", "[fd00::1]:8443",
-                              "--web-local", "127.0.0.1:9000", "--no-web"]))
-    args.pop("config")
+    args = config_flags(p.parse_args(["--web", "192.168.7.1:8443", "--web", "[fd00::1]:8443",
+                                      "--web-local", "127.0.0.1:9000", "--no-web"]))
     c = Config().merged(args)
     assert c.web == ("192.168.7.1:8443", "[fd00::1]:8443")
     assert c.web_local == "127.0.0.1:9000" and c.no_web is True
