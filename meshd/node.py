@@ -620,9 +620,23 @@ class Node:
             "seqno": self.announcement.seqno,
             "pid": os.getpid(),
             "drops": self.drop_counts(),
+            "drop_sources": self.drop_sources(),
             "clock": self._clock_json(self._now()),
             "metrics": self.metrics_server.url if self.metrics_server is not None else None,
         }
+
+    def drop_sources(self, limit: int = 32) -> list[dict[str, Any]]:
+        """The node's and its cores' drops per (reason, peer short id), most first (``status``)."""
+        total: dict[tuple[str, str], int] = {}
+        counters = [self.drops, self.links.drops, self.neighbours.drops, self.routing.drops,
+                    self.messenger.drops]
+        if self.discovery is not None:
+            counters.append(self.discovery.drops)
+        for counter in counters:
+            for key, n in counter.by_peer.items():
+                total[key] = total.get(key, 0) + n
+        top = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        return [{"reason": r, "peer": p, "count": n} for (r, p), n in top]
 
     def core_drop_counts(self) -> dict[str, int]:
         """Refused input by reason over meshd itself: node, links, neighbours, routing,

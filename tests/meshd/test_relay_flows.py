@@ -40,3 +40,17 @@ def test_bounded_least_recently_seen_goes_first() -> None:
     for i, k in enumerate(keys):
         t.forwarded(k, 1, True, float(i))
     assert len(t) == 3 and {k for k, _ in t.snapshot(4.0)} == set(keys[1:])
+
+
+def test_drop_counter_keeps_drops_per_reason_and_peer_bounded() -> None:
+    import logging
+
+    from meshd.core.codec import DropCounter
+
+    d = DropCounter(logging.getLogger("test"), max_logged=2)
+    for _ in range(3):
+        d.drop("bad_hello", "327e5667")
+    d.drop("oversize", "0badc0de")
+    d.drop("oversize", "11111111")  # a third pair: counted by reason only
+    assert d.by_peer == {("bad_hello", "327e5667"): 3, ("oversize", "0badc0de"): 1}
+    assert d.counts == {"bad_hello": 3, "oversize": 2}
