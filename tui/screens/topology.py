@@ -10,6 +10,7 @@ every link stays visible however meshed the network is.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Sequence
 from typing import ClassVar
@@ -94,7 +95,7 @@ def render_graph(topo: Topology, me: str | None, path: Sequence[str] = ()) -> Te
     """The arc diagram of ``topo``; the links and nodes of ``path`` in bold yellow."""
     order = node_order(topo, me)
     row = {nid: i for i, nid in enumerate(order)}
-    on_path = {frozenset(p) for p in zip(path, path[1:], strict=False)}
+    on_path = {frozenset(p) for p in itertools.pairwise(path)}
     links = []
     for ln in topo.links:
         ra, rb = sorted((row[ln.a], row[ln.b]))
