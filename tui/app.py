@@ -25,6 +25,7 @@ from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.containers import Vertical
 from textual.widgets import ContentSwitcher, DataTable, Input, Static
 
 from meshd.control.protocol import NoDaemon
@@ -95,7 +96,7 @@ class TabBar(Static):
         self.current = _view_id(VIEWS[0])
 
     def render_bar(self, width: int) -> Text:
-        long = sum(len(c.TITLE) + 4 for c in VIEWS) <= width
+        long = sum(len(c.TITLE) + 4 for c in VIEWS) + len(VIEWS) - 1 <= width
         t = Text(no_wrap=True, overflow="crop")
         for i, cls in enumerate(VIEWS, start=1):
             key = str(i % 10) if i <= 10 else cls.KEY
@@ -121,9 +122,13 @@ class MeshConsole(App[None]):
     AUTO_FOCUS = None
     BINDINGS: ClassVar[list[BindingType]] = _bindings()
     CSS = """
-    #filter { dock: bottom; height: 3; display: none; }
+    #bottom { dock: bottom; height: auto; }
+    #filter { height: 3; display: none; }
     #filter.visible { display: block; }
-    #keys { dock: bottom; height: 1; background: $panel; color: $text-muted; }
+    #keys { height: 1; background: $panel; color: $text-muted; }
+    #said { height: auto; padding: 0 1; display: none; }
+    #said.on { display: block; }
+    #said.error { color: $error; }
     ContentSwitcher { height: 1fr; }
     """
 
@@ -155,9 +160,11 @@ class MeshConsole(App[None]):
                 view = cls(id=_view_id(cls))
                 view.utc = self.utc
                 yield view
-        yield Input(placeholder="filter this view (Enter keeps it, Escape clears it)",
-                    id="filter", disabled=True)
-        yield Static(id="keys")
+        with Vertical(id="bottom"):
+            yield Input(placeholder="filter this view (Enter keeps it, Escape clears it)",
+                        id="filter", disabled=True)
+            yield Static(id="said")
+            yield Static(id="keys")
 
     def on_mount(self) -> None:
         if self.poller is not None:
@@ -302,6 +309,10 @@ class MeshConsole(App[None]):
     def _say(self, text: str, error: bool = False) -> None:
         """Tell the admin what an action did: a notification and a line in the Log."""
         self.model.note(("failed: " if error else "") + text, self.clock())
+        said = self.query_one("#said", Static)
+        said.update(Text(("✗ " if error else "✓ ") + clean(text)))
+        said.set_class(error, "error")
+        said.add_class("on")
         self.notify(clean(text), severity="error" if error else "information",
                     timeout=8 if error else 4, markup=False)
         self._dirty = True
