@@ -77,7 +77,7 @@ class CallsView(View):
             if matches(needle, name, c.peer, c.state, c.call_id):
                 rows.append((c.call_id, cells))
         fill_table(self.query_one("#call-table", DataTable),
-                   [Column("PEER", squeeze=True, min=6), Column("NODE"),
+                   [Column("PEER", squeeze=True, min=6), Column("NODE", optional=True),
                     Column("STATE", squeeze=True, min=8), Column("ROLE"), Column("TIME"),
                     Column("RTT ms"), Column("JITTER"), Column("LOSS"),
                     Column("RTT hist", grow=True, optional=True, min=8, max=40),
