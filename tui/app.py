@@ -171,7 +171,8 @@ class MeshConsole(App[None]):
             self.run_worker(self.poller.run(), name="poller", exit_on_error=False)
         self.set_interval(0.25, self._tick)
         self.refresh_view()
-        self.call_after_refresh(self.current_view.focus_main)
+        # the view on screen when the layout is done (a key may have switched it already)
+        self.call_after_refresh(lambda: self.current_view.focus_main())
 
     def on_resize(self, event: events.Resize) -> None:
         # the views size their columns to the space they get: render again once the
