@@ -172,7 +172,10 @@ class MeshConsole(App[None]):
         self.set_interval(0.25, self._tick)
         self.refresh_view()
         # the view on screen when the layout is done (a key may have switched it already)
-        self.call_after_refresh(lambda: self.current_view.focus_main())
+        self.call_after_refresh(self._focus_current)
+
+    def _focus_current(self) -> None:
+        self.current_view.focus_main()
 
     def on_resize(self, event: events.Resize) -> None:
         # the views size their columns to the space they get: render again once the

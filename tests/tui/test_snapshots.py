@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from textual.pilot import Pilot
 
 from tests.tui.fixtures import BRAVO, ME, NOW, filled_model
 from tests.tui.helpers import screen_text
-from textual.pilot import Pilot
-
 from tui.app import MeshConsole
 from tui.model import MeshModel
 
