@@ -65,6 +65,7 @@ from meshd.metrics import DEFAULT_METRICS, MetricsServer, parse_metrics_address
 from meshd.names import resolve_node
 from meshd.paths import default_socket_path, default_state_dir, secure_state_dir
 from meshd.pins import PinStore, parse_peer
+from meshd.routing.flows import FlowKey, FlowTable
 from meshd.routing.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
 from meshd.routing.table import INFINITY, RouteChanged, RoutingTable
 from meshd.services.api import MetricsSource, NodeService, PacketHandler
@@ -154,6 +155,8 @@ class Node:
         #: mesh packets forwarded for others, and those the next hop's link refused
         self.forwarded = 0
         self.forward_failed = 0
+        #: per-flow counters of what we relay (``relay.flows``; calls show there on relays)
+        self.flows = FlowTable()
         self.metrics_server: MetricsServer | None = None
         # Test-only: append every received link datagram (after QUIC decryption) to this
         # file, so tests can show that relays never see a sealed message's plaintext.
@@ -617,7 +620,11 @@ class Node:
             except RemoteProtocolError as exc:
                 self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
             return False
+        flow = (FlowKey(pkt.source, pkt.destination, pkt.service, pkt.flow_id)
+                if pkt.flow_id else None)
         if pkt.hop_limit <= 1:
+            if flow is not None:
+                self.flows.forwarded(flow, len(pkt.payload), False, now)
             if pkt.service == Service.PING:
                 try:
                     self.pinger.time_exceeded(pkt)
@@ -629,11 +636,16 @@ class Node:
         hop = self.next_hop(pkt.destination)
         if hop is None or hop == peer:
             self.drops.drop("no_route", short_id(peer))
+            if flow is not None:
+                self.flows.forwarded(flow, len(pkt.payload), False, now)
             return False
-        if self._send_link(hop, Channel.PACKET, pkt.forwarded().encode()):
+        passed = self._send_link(hop, Channel.PACKET, pkt.forwarded().encode())
+        if passed:
             self.forwarded += 1
         else:
             self.forward_failed += 1
+        if flow is not None:
+            self.flows.forwarded(flow, len(pkt.payload), passed, now)
         return True
 
     # ------------------------------------------------------------- control
@@ -645,6 +657,7 @@ class Node:
             "send": self._h_send,
             "routes": self._h_routes,
             "messages": self._h_messages,
+            "relay.flows": self._h_relay_flows,
             **self.pinger.handlers(),
             **self.info.handlers(),
         }
@@ -674,10 +687,24 @@ class Node:
             "seqno": self.announcement.seqno,
             "pid": os.getpid(),
             "drops": self.drop_counts(),
+            "drop_sources": self.drop_sources(),
             "clock": self._clock_json(self._now()),
             "metrics": self.metrics_server.url if self.metrics_server is not None else None,
             "inbox_error": self.messenger.store_error,
         }
+
+    def drop_sources(self, limit: int = 32) -> list[dict[str, Any]]:
+        """The node's and its cores' drops per (reason, peer short id), most first (``status``)."""
+        total: dict[tuple[str, str], int] = {}
+        counters = [self.drops, self.links.drops, self.neighbours.drops, self.routing.drops,
+                    self.messenger.drops]
+        if self.discovery is not None:
+            counters.append(self.discovery.drops)
+        for counter in counters:
+            for key, n in counter.by_peer.items():
+                total[key] = total.get(key, 0) + n
+        top = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        return [{"reason": r, "peer": p, "count": n} for (r, p), n in top]
 
     def core_drop_counts(self) -> dict[str, int]:
         """Refused input by reason over meshd itself: node, links, neighbours, routing,
@@ -753,6 +780,25 @@ class Node:
         """The display name from ``node_id``'s announcement, or "" if unknown."""
         ann = self.book.get(node_id) if node_id is not None else None
         return ann.name if ann else ""
+
+    async def _h_relay_flows(self, params: dict[str, Any]) -> dict[str, Any]:
+        now = self._now()
+        out = []
+        for key, st in self.flows.snapshot(now):
+            try:
+                service = Service(key.service).name.lower()
+            except ValueError:
+                service = str(key.service)
+            out.append({
+                "source": key.source.hex(), "source_name": self.name_of(key.source),
+                "destination": key.destination.hex(),
+                "destination_name": self.name_of(key.destination),
+                "service": service, "flow_id": key.flow_id, "packets": st.packets,
+                "bytes": st.bytes, "dropped": st.dropped, "loss": round(st.loss, 4),
+                "rate_pps": round(st.rate_pps, 1), "age_s": round(now - st.first, 3),
+                "idle_s": round(now - st.last, 3),
+            })
+        return {"flows": out}
 
     async def _h_routes(self, params: dict[str, Any]) -> dict[str, Any]:
         show_all = params.get("all", False) is True

@@ -40,19 +40,26 @@ from meshd.core.tasks import cancel_and_wait
 from meshd.core.text import terminal_safe
 
 __all__ = [
+    "AGGREGATE_S",
+    "DROP_REASONS",
     "EVENT_PATTERNS",
     "POLLED",
+    "Alert",
     "Call",
     "Client",
     "Link",
     "LogLine",
+    "Mail",
     "MeshModel",
+    "Message",
     "Neighbour",
     "Poller",
+    "RelayFlow",
     "Route",
     "SyncPeer",
     "TopoNode",
     "Topology",
+    "drop_reason",
     "sparkline",
 ]
 
@@ -63,8 +70,11 @@ EVENT_PATTERNS: Final = ("*",)
 #: polled methods and their period in poll intervals
 POLLED: Final[Mapping[str, int]] = {
     "status": 1, "neighbours": 1, "routes": 1, "calls": 1, "sync.status": 2,
-    "topology": 3, "situation.list": 5, "bulletin.list": 5,
+    "topology": 3, "situation.list": 5, "bulletin.list": 5, "relay.flows": 1, "messages": 3,
+    "mail.list": 3,
 }
+#: repeated events of one kind (and subject) within this many seconds share one log line
+AGGREGATE_S: Final = 10.0
 #: samples of RTT/loss history kept per neighbour and per call
 HISTORY: Final = 120
 #: log lines kept
@@ -354,13 +364,109 @@ class SyncPeer:
                    _int(d.get("bytes_out")), _int(d.get("failures")), progress, expected)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class LogLine:
-    """One line of the log pane."""
+    """One line of the log pane: an event, or ``count`` events of one kind and subject from
+    ``first_ts`` to ``ts`` (the text is the latest one's)."""
 
-    ts: float  #: wall-clock seconds
+    ts: float  #: wall-clock seconds (the latest event's)
     kind: str  #: event name, or ``console`` for the console's own notes
     text: str
+    count: int = 1
+    first_ts: float | None = None
+    subject: str = ""
+    #: ``MeshModel.log_total`` when the line was appended (is it still in the log?)
+    seq: int = 0
+
+    @property
+    def span_s(self) -> float:
+        """Seconds from the first to the latest event of the line."""
+        return 0.0 if self.first_ts is None else max(0.0, self.ts - self.first_ts)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayFlow:
+    """A flow this node relays for others (``relay.flows``): a call's media, seen from a relay."""
+
+    source: str
+    source_name: str
+    destination: str
+    destination_name: str
+    service: str
+    flow_id: int
+    packets: int
+    bytes: int
+    dropped: int
+    loss: float | None
+    rate_pps: float | None
+    age_s: float | None
+    idle_s: float | None
+
+    @classmethod
+    def parse(cls, d: Any) -> RelayFlow:
+        if not isinstance(d, dict):
+            raise _Bad("flow")
+        fid = _int(d.get("flow_id"))
+        if fid is None:
+            raise _Bad("flow_id")
+        return cls(_need_str(d, "source"), _str(d.get("source_name")) or "",
+                   _need_str(d, "destination"), _str(d.get("destination_name")) or "",
+                   _str(d.get("service")) or "", fid, _int(d.get("packets")) or 0,
+                   _int(d.get("bytes")) or 0, _int(d.get("dropped")) or 0, _num(d.get("loss")),
+                   _num(d.get("rate_pps")), _num(d.get("age_s")), _num(d.get("idle_s")))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A text message this node received (``messages``)."""
+
+    message_id: str
+    sender: str
+    sender_name: str
+    received_ms: int | None
+    text: str
+    via: str  #: "mail" when it came carried by sync, "" when direct
+
+    @classmethod
+    def parse(cls, d: Any) -> Message:
+        if not isinstance(d, dict):
+            raise _Bad("message")
+        return cls(_need_str(d, "message_id"), _str(d.get("from")) or "",
+                   _str(d.get("from_name")) or "", _int(d.get("received_ms")),
+                   _need_str(d, "text"), _str(d.get("via")) or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """A message this node queued for a node out of reach (``mail.list``)."""
+
+    message_id: str
+    to: str
+    to_name: str
+    queued_ms: int | None
+    status: str
+    delivered_ms: int | None
+
+    @classmethod
+    def parse(cls, d: Any) -> Mail:
+        if not isinstance(d, dict):
+            raise _Bad("mail")
+        return cls(_need_str(d, "message_id"), _str(d.get("to")) or "",
+                   _str(d.get("to_name")) or "", _int(d.get("queued_ms")),
+                   _str(d.get("status")) or "", _int(d.get("delivered_ms")))
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Something that needs the admin's attention, with where to look.
+
+    ``detail`` says which peer and which reason in words; ``view`` (a view id) and
+    ``select`` (a row key there) are where Enter on the alert leads."""
+
+    text: str
+    detail: str = ""
+    view: str = ""
+    select: str = ""
 
 
 def _summary(data: Mapping[str, Any], limit: int = 160) -> str:
@@ -405,6 +511,16 @@ class MeshModel:
     log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     #: lines ever appended to ``log`` (views use it to append only what is new)
     log_total: int = 0
+    #: bumped when a line already in ``log`` changed (a repeated event joined it)
+    log_edits: int = 0
+    relay_flows: list[RelayFlow] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    outbox: list[Mail] = field(default_factory=list)
+    mail_carried: int | None = None
+    #: this node's key is an authority in the trust configuration (may publish bulletins)
+    authority: bool | None = None
+    #: open log lines by (kind, subject), for joining repeated events
+    _open_lines: dict[tuple[str, str], LogLine] = field(default_factory=dict)
     #: methods the daemon answered ``unknown_method`` to
     unavailable: set[str] = field(default_factory=set)
     #: last error per method (other than unknown_method)
@@ -513,6 +629,22 @@ class MeshModel:
 
     def _apply_bulletins(self, result: Any, now: float) -> None:
         self.bulletins = [r for r in _first_list(result, ("bulletins",)) if isinstance(r, dict)]
+        trust = result.get("trust") if isinstance(result, dict) else None
+        if isinstance(trust, dict) and isinstance(trust.get("authority"), bool):
+            self.authority = trust["authority"]
+
+    def _apply_flows(self, result: Any, now: float) -> None:
+        self.relay_flows = self._keep(RelayFlow.parse, _rows(result, "flows"))
+
+    def _apply_messages(self, result: Any, now: float) -> None:
+        # newest first: the daemon lists them oldest first
+        self.messages = list(reversed(self._keep(Message.parse, _rows(result, "messages"))))
+
+    def _apply_mail(self, result: Any, now: float) -> None:
+        self.outbox = sorted(self._keep(Mail.parse, _rows(result, "outbox")),
+                             key=lambda m: -(m.queued_ms or 0))
+        assert isinstance(result, dict)  # _rows checked
+        self.mail_carried = _int(result.get("carried"))
 
     def apply_search(self, query: str, result: Any) -> None:
         """Results of ``library.search`` for ``query``."""
@@ -563,9 +695,29 @@ class MeshModel:
                               when))
         if name == "neighbour.up" and nid is not None:
             who = self.name_of(nid) + " "
-        self.log.append(LogLine(when, name, who + _summary(data)))
-        self.log_total += 1
+        self._log_event(name, _subject(data), who + _summary(data), when)
         self.version += 1
+
+    def _log_event(self, kind: str, subject: str, text: str, when: float) -> None:
+        """Append an event to the log, or join it to the open line of the same kind and subject
+        when that line began at most ``AGGREGATE_S`` earlier."""
+        key = (kind, subject)
+        line = self._open_lines.get(key)
+        if line is not None and line.first_ts is not None and (
+                0 <= when - line.first_ts <= AGGREGATE_S) and (
+                self.log_total - line.seq < (self.log.maxlen or 0)):
+            line.count += 1
+            line.ts = when
+            line.text = text
+            self.log_edits += 1
+            return
+        line = LogLine(when, kind, text, first_ts=when, subject=subject, seq=self.log_total)
+        self.log.append(line)
+        self.log_total += 1
+        self._open_lines[key] = line
+        if len(self._open_lines) > 256:  # forget the oldest open lines
+            for k in list(self._open_lines)[:128]:
+                del self._open_lines[k]
 
     # -- derived ----------------------------------------------------------------------
 
@@ -605,32 +757,119 @@ class MeshModel:
             links.append(Link(min(me, n.node_id), max(me, n.node_id), n.cost))
         return Topology(tuple(nodes), tuple(links), False)
 
-    def alerts(self, now: float) -> list[str]:
-        """What needs the admin's attention, most serious first."""
-        out: list[str] = []
+    def alerts(self, now: float) -> list[Alert]:
+        """What needs the admin's attention, most serious first, each with its details."""
+        out: list[Alert] = []
         if not self.connected:
-            out.append(f"no daemon: {self.connection_note}")
+            out.append(Alert(f"no daemon: {self.connection_note}",
+                             "the console retries by itself; start meshd or check --socket"))
             return out
         st = self.status or {}
         if st.get("ready") is False:
-            out.append("daemon is not ready")
+            out.append(Alert("daemon is not ready", "it is still starting (replaying its store "
+                             "or binding its listeners)", "log"))
         if st and not self.neighbours:
-            out.append("no neighbours: this node is isolated")
+            out.append(Alert("no neighbours: this node is isolated",
+                             "no link is up: check the interfaces, --peer addresses and "
+                             "whether other nodes are in range", "neighbours"))
         for n in sorted(self.neighbours.values(), key=lambda n: n.name):
             if n.loss is not None and n.loss > LOSS_ALERT:
-                out.append(f"high loss to {n.name or n.node_id[:8]}: {100 * n.loss:.0f}%")
+                who = n.name or n.node_id[:8]
+                out.append(Alert(
+                    f"high loss to {who}: {100 * n.loss:.0f}%",
+                    f"{who} ({n.node_id}) at {n.address or 'an unknown address'}: "
+                    f"{100 * n.loss:.0f}% of its recent hellos did not arrive; RTT "
+                    f"{'-' if n.rtt_ms is None else f'{n.rtt_ms:.1f} ms'}, link cost "
+                    f"{'-' if n.cost is None else f'{n.cost:.0f}'}", "neighbours", n.node_id))
         for nid, name, reason, when in reversed(self.lost):
             if now - when <= LOST_ALERT_S and nid not in self.neighbours:
-                out.append(f"lost neighbour {name or nid[:8]} {_ago(now - when)} ago"
-                           + (f" ({reason})" if reason else ""))
+                who = name or self.name_of(nid)
+                out.append(Alert(
+                    f"lost neighbour {who} {_ago(now - when)} ago"
+                    + (f" ({reason})" if reason else ""),
+                    f"{who} ({nid}): link down {_ago(now - when)} ago, "
+                    f"{reason or 'no reason given'}; the log has its events", "log", nid[:8]))
         drops = st.get("drops")
         if isinstance(drops, dict):
-            total = sum(v for v in drops.values() if type(v) is int)
+            counts = {str(r): v for r, v in drops.items() if type(v) is int and v > 0}
+            total = sum(counts.values())
             if total:
-                out.append(f"{total} malformed or refused packets dropped")
+                top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                head = ", ".join(f"{n} {drop_reason(r)}" for r, n in top[:2])
+                more = f" and {len(top) - 2} more reasons" if len(top) > 2 else ""
+                out.append(Alert(f"{total} packets refused: {head}{more}",
+                                 self._drops_detail(top, st.get("drop_sources"))))
         for method, msg in sorted(self.errors.items()):
-            out.append(f"{method}: {msg}")
+            out.append(Alert(f"{method}: {msg}", f"the daemon's answer to {method}: {msg}"))
         return out
+
+    def _drops_detail(self, top: list[tuple[str, int]], sources: Any) -> str:
+        """Per reason: how many, what it means, and from which peers (``status.drop_sources``)."""
+        by_reason: dict[str, list[str]] = {}
+        if isinstance(sources, list):
+            for s in sources:
+                if not isinstance(s, dict):
+                    continue
+                r, p, n = _str(s.get("reason")), _str(s.get("peer")), _int(s.get("count"))
+                if r is None or p is None or n is None:
+                    continue
+                who = self._short_name(p) if p else "no single peer"
+                by_reason.setdefault(r, []).append(f"{who} ×{n}")
+        lines = []
+        for r, n in top:
+            line = f"{n} × {r}: {drop_reason(r)}"
+            if r in by_reason:
+                line += " — from " + ", ".join(by_reason[r])
+            lines.append(line)
+        if not isinstance(sources, list):
+            lines.append("(this daemon does not say which peers; the meshd log names each "
+                         "peer's first drop of a kind)")
+        return "\n".join(lines)
+
+    def _short_name(self, short: str) -> str:
+        """``name (short id)`` for a peer named by its short id, when we know it."""
+        for nid in [*self.neighbours, *(r.destination for r in self.routes)]:
+            if nid.startswith(short):
+                name = self.name_of(nid)
+                return f"{name} ({short})" if name != short else short
+        return short
+
+
+#: what a drop reason means, in words (the reasons meshd and its services count)
+DROP_REASONS: Final[Mapping[str, str]] = {
+    "bad_hello": "hellos that did not parse", "oversize": "packets over the size limit",
+    "short": "truncated packets", "version": "packets of another protocol version",
+    "malformed": "messages that did not parse", "field": "messages with a bad field",
+    "channel": "datagrams on an unknown channel", "empty": "empty datagrams",
+    "service": "packets for a service this node does not run",
+    "hop_limit": "packets whose hop limit ran out here",
+    "no_route": "packets for a destination this node has no route to",
+    "flood": "handshakes refused as a flood", "info_rate": "info requests over the rate limit",
+    "signature": "announcements with a bad signature", "stale": "stale announcements",
+    "future": "announcements dated in the future", "replay": "replayed messages",
+    "unfeasible": "route updates that failed the feasibility condition",
+    "fragment": "bad fragments", "fragment_quota": "fragments over a sender's quota",
+    "pending_full": "messages refused while the queue was full",
+    "early-datagram": "datagrams before the link handshake finished",
+    "early-stream": "streams before the link handshake finished",
+    "stream-overflow": "streams that sent more than they may",
+    "media-unknown-flow": "call media for no known call",
+    "relay-unlatched": "call media from an unauthenticated address",
+}
+
+
+def drop_reason(reason: str) -> str:
+    """``reason`` in words (the reason itself when unknown)."""
+    return DROP_REASONS.get(reason, reason.replace("_", " ").replace("-", " "))
+
+
+def _subject(data: Mapping[str, Any]) -> str:
+    """What an event is about (a node, a call, a destination, an owner), for joining repeats."""
+    for k in ("node_id", "call_id", "destination", "owner", "message_id", "to"):
+        v = data.get(k)
+        if isinstance(v, str):
+            return v
+    return ""
 
 
 def _ago(seconds: float) -> str:
@@ -663,6 +902,9 @@ _APPLY: Final[Mapping[str, Callable[[MeshModel, Any, float], None]]] = {
     "sync.status": MeshModel._apply_sync,
     "situation.list": MeshModel._apply_situation,
     "bulletin.list": MeshModel._apply_bulletins,
+    "relay.flows": MeshModel._apply_flows,
+    "messages": MeshModel._apply_messages,
+    "mail.list": MeshModel._apply_mail,
 }
 
 
@@ -715,12 +957,13 @@ class Poller:
         self._due.update(methods or POLLED)
         self._wake.set()
 
-    async def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
+    async def request(self, method: str, params: dict[str, Any] | None = None, *,
+                      timeout: float | None = None) -> Any:
         """An on-demand request; ``ControlError`` as the daemon sent it, ``NoDaemon`` if none."""
         client = self._client
         if client is None:
             raise NoDaemon(self.model.connection_note)
-        return await client.call(method, params, timeout=self.CALL_TIMEOUT_S)
+        return await client.call(method, params, timeout=timeout or self.CALL_TIMEOUT_S)
 
     async def run(self) -> None:
         """Connect, poll and follow events until cancelled, reconnecting whenever needed."""
@@ -805,4 +1048,8 @@ class Poller:
                 self.poke("sync.status")
             elif family in ("situation", "bulletin"):
                 self.poke("situation.list", "bulletin.list")
+            elif family == "message":
+                self.poke("messages")
+            elif family == "mail":
+                self.poke("mail.list", "messages")
             self.on_change()

@@ -158,6 +158,8 @@ class DropCounter:
 
     def __init__(self, logger: logging.Logger, max_logged: int = 1024) -> None:
         self.counts: Counter[str] = Counter()
+        #: drops per (reason, peer), for the first ``max_logged`` pairs (later pairs: counts only)
+        self.by_peer: Counter[tuple[str, str]] = Counter()
         self._logger = logger
         self._logged: set[tuple[str, str]] = set()
         self._max_logged = max_logged
@@ -166,6 +168,8 @@ class DropCounter:
         """Count one refused input; log it if this (reason, peer) was not logged yet."""
         self.counts[reason] += 1
         key = (reason, peer)
+        if key in self.by_peer or len(self.by_peer) < self._max_logged:
+            self.by_peer[key] += 1
         if key not in self._logged and len(self._logged) < self._max_logged:
             self._logged.add(key)
             self._logger.warning("%sdropped (%s) %s [further drops of this kind are counted, not logged]",

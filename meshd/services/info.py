@@ -58,7 +58,8 @@ _MAX_DEPTH = 6
 
 #: fields only admin keys (and the local socket) see; everyone else gets null
 PRIVATE_FIELDS: dict[str, frozenset[str]] = {
-    "status": frozenset({"state_dir", "listen", "interfaces", "pid", "metrics"}),
+    "status": frozenset({"state_dir", "listen", "interfaces", "pid", "metrics",
+                        "drop_sources"}),
     "neighbours": frozenset({"address", "tx_packets", "rx_packets", "tx_bytes", "rx_bytes"}),
     "routes": frozenset(),
 }

@@ -16,7 +16,7 @@ DELTA = "d4" * 16
 def _nb(node_id: str, name: str, port: int, rtt: float | None, loss: float, cost: int,
         up_s: float) -> dict[str, object]:
     return {"node_id": node_id, "short_id": node_id[:8], "name": name, "role": "car",
-            "address": f"127.0.0.1:{port}", "state": "up", "rtt_ms": rtt, "loss": loss,
+            "address": f"10.88.23.{port - 7300}:{port}", "state": "up", "rtt_ms": rtt, "loss": loss,
             "tx_packets": 100, "rx_packets": 98, "tx_bytes": 9000, "rx_bytes": 8800,
             "cost": cost, "etx": 1.0, "up_since": NOW - up_s, "initiator": True}
 
@@ -83,7 +83,31 @@ def filled_model() -> MeshModel:
          "fields": {"capacity": 120, "needs": "water"}}]}, NOW)
     m.apply("bulletin.list", {"bulletins": [
         {"id": "bul1", "title": "Water point open", "author_name": "city",
-         "body": "Water at the school gym from 10:00."}]}, NOW)
+         "body": "Water at the school gym from 10:00 until the tanks are empty; bring your own "
+                 "containers, at most 20 litres a household."}],
+        "trust": {"authority": True}}, NOW)
+    m.apply("relay.flows", {"flows": [
+        {"source": BRAVO, "source_name": "bravo", "destination": DELTA,
+         "destination_name": "delta", "service": "media", "flow_id": 688698988,
+         "packets": 3120, "bytes": 412000, "dropped": 12, "loss": 0.0038, "rate_pps": 50.0,
+         "age_s": 62.5, "idle_s": 0.02},
+        {"source": DELTA, "source_name": "delta", "destination": BRAVO,
+         "destination_name": "bravo", "service": "media", "flow_id": 688698988,
+         "packets": 3098, "bytes": 409000, "dropped": 0, "loss": 0.0, "rate_pps": 49.5,
+         "age_s": 62.4, "idle_s": 0.03}]}, NOW)
+    m.apply("messages", {"messages": [
+        {"message_id": "m1", "from": BRAVO, "from_name": "bravo", "sent_ms": 1_764_184_900_000,
+         "received_ms": 1_764_184_900_500, "text": "避難所は開いています"},
+        {"message_id": "m2", "from": DELTA, "from_name": "delta[red]", "sent_ms": 1_764_184_950_000,
+         "received_ms": 1_764_184_990_000, "text": "need water\x1b[2J at the gym", "via": "mail"}]},
+        NOW)
+    m.apply("mail.list", {"outbox": [
+        {"message_id": "5be0c7a1d2e3f4", "to": DELTA, "to_name": "delta",
+         "queued_ms": 1_764_184_000_000, "expires_ms": 1_764_788_800_000, "status": "delivered",
+         "delivered_ms": 1_764_184_600_000},
+        {"message_id": "77aa00bb11cc22", "to": CHARLIE, "to_name": "charlie",
+         "queued_ms": 1_764_184_800_000, "expires_ms": 1_764_789_600_000, "status": "queued",
+         "delivered_ms": None}], "carried": 3}, NOW)
     m.apply_event("neighbour.lost", {"node_id": DELTA, "reason": "hello timeout"}, NOW - 30, NOW)
     m.apply_event("route.changed", {"destination": DELTA, "next_hop": BRAVO}, NOW - 29, NOW)
     return m

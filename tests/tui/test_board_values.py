@@ -45,5 +45,6 @@ async def test_board_shows_values_and_authority_names(size: tuple[int, int]) -> 
         assert "['" not in text and "True" not in text and "False" not in text
         if size[0] >= 160:
             assert "needs: water, blankets" in text and "open: yes" in text
-            assert "generator: no" in text and "note: gym entrance" in text
+            # a newline inside a one-line value is shown escaped, never as a line break
+            assert "generator: no" in text and "note: gym\\x0aentrance" in text
         assert screen_text(app)

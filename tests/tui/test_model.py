@@ -59,20 +59,21 @@ def test_events_add_and_remove_neighbours_and_are_logged() -> None:
     assert m.log[-1].text.startswith("bravo ")  # name remembered from before it was lost
     assert "node_id=b2b2b2b2 " in m.log[-1].text  # NodeIds shortened
     assert m.log_total == 3
-    assert "lost neighbour bravo 8s ago (hello timeout)" in m.alerts(NOW + 10)
-    assert not any("lost" in a for a in m.alerts(NOW + 1000))
+    assert "lost neighbour bravo 8s ago (hello timeout)" in [a.text for a in m.alerts(NOW + 10)]
+    assert not any("lost" in a.text for a in m.alerts(NOW + 1000))
 
 
 def test_alerts_when_disconnected_isolated_lossy_or_dropping() -> None:
     m = MeshModel()
-    assert m.alerts(NOW) == ["no daemon: connecting…"]
+    assert [a.text for a in m.alerts(NOW)] == ["no daemon: connecting…"]
     m.set_connected(True, "/tmp/x.sock", NOW)
     m.apply("status", {"node_id": ME, "ready": False, "drops": {"a": 2, "b": 1}}, NOW)
-    assert m.alerts(NOW) == ["daemon is not ready", "no neighbours: this node is isolated",
-                             "3 malformed or refused packets dropped"]
+    assert [a.text for a in m.alerts(NOW)] == [
+        "daemon is not ready", "no neighbours: this node is isolated",
+        "3 packets refused: 2 a, 1 b"]
     m.apply("neighbours", {"neighbours": [{"node_id": BRAVO, "name": "bravo", "loss": 0.5}]},
             NOW)
-    assert "high loss to bravo: 50%" in m.alerts(NOW)
+    assert "high loss to bravo: 50%" in [a.text for a in m.alerts(NOW)]
 
 
 def test_reconnect_clears_unavailable_methods() -> None:
@@ -170,3 +171,45 @@ def test_any_daemon_json_is_applied_or_counted_never_raised(method: str, data: o
     m.alerts(NOW)
     m.effective_topology()
     m.uptime_s(NOW)
+
+
+def test_every_alert_says_which_peer_and_which_reason() -> None:
+    """``6 malformed or refused packets dropped`` said nothing: now the reasons in words, the
+    peers they came from (``status.drop_sources``), and where Enter leads."""
+    m = MeshModel()
+    m.set_connected(True, "/tmp/x.sock", NOW)
+    m.apply("neighbours", {"neighbours": [{"node_id": BRAVO, "name": "bravo", "loss": 0.5,
+                                           "address": "10.88.23.145:7420", "rtt_ms": 4.0,
+                                           "cost": 900}]}, NOW)
+    m.apply("status", {"node_id": ME, "drops": {"bad_hello": 4, "oversize": 2},
+                       "drop_sources": [{"reason": "bad_hello", "peer": BRAVO[:8], "count": 4},
+                                        {"reason": "oversize", "peer": "0badc0de", "count": 2}]},
+            NOW)
+    loss, drops = m.alerts(NOW)
+    assert (loss.view, loss.select) == ("neighbours", BRAVO)
+    assert "10.88.23.145:7420" in loss.detail and "50%" in loss.detail
+    assert drops.text == "6 packets refused: 4 hellos that did not parse, 2 packets over " \
+                         "the size limit"
+    assert drops.detail.splitlines() == [
+        "4 × bad_hello: hellos that did not parse — from bravo (b2b2b2b2) ×4",
+        "2 × oversize: packets over the size limit — from 0badc0de ×2"]
+    m.apply_event("neighbour.lost", {"node_id": BRAVO, "reason": "hello timeout"}, NOW, NOW)
+    lost = next(a for a in m.alerts(NOW + 5) if a.text.startswith("lost"))
+    assert (lost.view, lost.select) == ("log", BRAVO[:8]) and "hello timeout" in lost.detail
+
+
+def test_repeated_events_share_one_log_line_for_ten_seconds() -> None:
+    m = MeshModel()
+    for i in range(724):
+        m.apply_event("library.changed", {"count": 1}, NOW + i * 0.01, NOW)
+    m.apply_event("neighbour.lost", {"node_id": BRAVO, "reason": "x"}, NOW + 8, NOW)
+    m.apply_event("library.changed", {"count": 2}, NOW + 9, NOW)  # joins the open line
+    m.apply_event("library.changed", {"count": 3}, NOW + 11, NOW)  # a new window
+    lines = list(m.log)
+    assert [(ln.kind, ln.count) for ln in lines] == [
+        ("library.changed", 725), ("neighbour.lost", 1), ("library.changed", 1)]
+    assert lines[0].span_s == 9.0 and lines[0].text == "count=2"
+    # different subjects are not joined
+    m.apply_event("neighbour.up", {"node_id": BRAVO, "name": "bravo"}, NOW + 12, NOW)
+    m.apply_event("neighbour.up", {"node_id": CHARLIE, "name": "charlie"}, NOW + 12, NOW)
+    assert [ln.count for ln in m.log][-2:] == [1, 1]

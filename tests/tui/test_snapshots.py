@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from textual.pilot import Pilot
 
 from tests.tui.fixtures import BRAVO, ME, NOW, filled_model
 from tests.tui.helpers import screen_text
@@ -23,14 +24,59 @@ def console(model: MeshModel | None = None) -> MeshConsole:
                        utc=True)
 
 
-@pytest.mark.parametrize("key", list("onrtcslbg"))
+@pytest.mark.parametrize("key", list("onrtcmeslbg"))
 def test_each_view_at_80x24(snap_compare: SnapCompare, key: str) -> None:
     assert snap_compare(console(), press=[key], terminal_size=(80, 24))
 
 
-@pytest.mark.parametrize("key", ["n", "t"])
-def test_large_terminal_uses_the_space(snap_compare: SnapCompare, key: str) -> None:
-    assert snap_compare(console(), press=[key], terminal_size=(160, 48))
+@pytest.mark.parametrize("key", list("onrtcmeslbg"))
+def test_each_view_at_160x45(snap_compare: SnapCompare, key: str) -> None:
+    """Nothing cut at 160 columns (the trial: addresses, bulletins)."""
+    assert snap_compare(console(), press=[key], terminal_size=(160, 45))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 45)])
+def test_topology_highlights_the_selected_route(snap_compare: SnapCompare,
+                                                size: tuple[int, int]) -> None:
+    assert snap_compare(console(), press=["t", "down", "down"], terminal_size=size)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 45)])
+def test_board_after_a_filter_on_another_view(snap_compare: SnapCompare,
+                                              size: tuple[int, int]) -> None:
+    """The trial: a filter typed in Routes stayed on in the Board and hid every row."""
+    assert snap_compare(console(), press=["r", "slash", "d", "e", "l", "enter", "b"],
+                        terminal_size=size)
+
+
+def test_board_after_a_resize_from_80_to_160(snap_compare: SnapCompare) -> None:
+    async def grow(pilot: Pilot[None]) -> None:
+        await pilot.press("b")
+        await pilot.pause()
+        await pilot.resize_terminal(160, 45)
+        await pilot.pause()
+        await pilot.pause()
+
+    assert snap_compare(console(), run_before=grow, terminal_size=(80, 24))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 45)])
+def test_log_joins_repeated_events(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
+    m = filled_model()
+    for i in range(724):
+        m.apply_event("library.changed", {"doc_ids": ["d"], "count": 1}, NOW - 10 + i / 72.4,
+                      NOW)
+    assert snap_compare(console(m), press=["g"], terminal_size=size)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 45)])
+def test_overview_alert_details(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
+    assert snap_compare(console(), press=["down", "down"], terminal_size=size)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 45)])
+def test_place_call_form(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
+    assert snap_compare(console(), press=["c", "p", "b", "r"], terminal_size=size)
 
 
 def test_help(snap_compare: SnapCompare) -> None:

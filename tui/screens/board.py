@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
 from tui.model import MeshModel
-from tui.screens.base import Cell, View, fill_table, matches
+from tui.screens.base import Column, View, fill_table, matches
 
 __all__ = ["BoardView", "bulletin_from", "describe_fields", "describe_value"]
 
@@ -68,20 +69,21 @@ class BoardView(View):
     TITLE: ClassVar[str] = "Board"
     SHORT: ClassVar[str] = "Board"
     METHODS: ClassVar[tuple[str, ...]] = ("situation.list", "bulletin.list")
+    ACTIONS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("u", "update this node's situation record"), ("p", "publish a bulletin (authorities)"))
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("u", "app.set_situation", "situation"),
+        Binding("p", "app.publish_bulletin", "bulletin"),
+    ]
 
     def compose(self) -> ComposeResult:
         yield Static(classes="notice")
         yield Static("Situation", classes="heading")
-        sit: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True, id="sit-table")
-        sit.add_columns("OWNER", "KIND", "DETAILS")
-        yield sit
-        yield Static("Bulletins", classes="heading")
-        bul: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True, id="bul-table")
-        bul.add_columns("TITLE", "FROM", "BODY")
-        yield bul
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="sit-table")
+        yield Static("Bulletins", classes="heading", id="bul-title")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="bul-table")
 
     def show(self, model: MeshModel, now: float, needle: str) -> None:
-        self.set_notice(model)
         rows = []
         for i, r in enumerate(model.situation):
             owner = _first(r, "owner_name", "name", "owner")
@@ -92,11 +94,21 @@ class BoardView(View):
             cells = self.cells(owner, _first(r, "kind"), details)
             if matches(needle, *cells):
                 rows.append((f"{_first(r, 'owner')}/{_first(r, 'kind')}/{i}", cells))
-        fill_table(self.query_one("#sit-table", DataTable), rows)
+        fill_table(self.query_one("#sit-table", DataTable),
+                   [Column("OWNER", squeeze=True, min=8), Column("KIND"),
+                    Column("DETAILS", squeeze=True, min=12)], rows)
+        shown = len(rows)
         rows = []
         for i, b in enumerate(model.bulletins):
             body = " ".join(_first(b, "body").split())
             cells = self.cells(_first(b, "title"), bulletin_from(b, model), body)
             if matches(needle, *cells):
                 rows.append((f"{_first(b, 'id', 'op_id')}/{i}", cells))
-        fill_table(self.query_one("#bul-table", DataTable), rows)
+        fill_table(self.query_one("#bul-table", DataTable),
+                   [Column("TITLE", squeeze=True, min=10), Column("FROM", squeeze=True, min=8),
+                    Column("BODY", squeeze=True, min=12)], rows)
+        self.query_one("#bul-title", Static).update(
+            "Bulletins" + (" — this node is an authority: p publishes" if model.authority
+                           else ""))
+        self.set_notice(model, self.filter_note(needle, shown + len(rows),
+                                                len(model.situation) + len(model.bulletins)))

@@ -12,7 +12,8 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
 from tui.model import MeshModel
-from tui.screens.base import Cell, View, fill_table
+from tui.screens.base import Column, View, fill_table
+from tui.text import clean
 
 __all__ = ["LibraryView", "render_document"]
 
@@ -20,15 +21,15 @@ __all__ = ["LibraryView", "render_document"]
 def render_document(doc: dict[str, Any]) -> Text:
     """Title, collection, tags and body of a ``library.show`` document."""
     t = Text()
-    t.append(str(doc.get("title", "(untitled)")) + "\n", style="bold")
-    meta = [f"{k}: {doc[k]}" for k in ("collection", "lang", "language", "doc_id")
+    t.append(clean(str(doc.get("title", "(untitled)"))) + "\n", style="bold")
+    meta = [f"{k}: {clean(doc[k])}" for k in ("collection", "lang", "language", "doc_id")
             if isinstance(doc.get(k), str)]
     tags = doc.get("tags")
     if isinstance(tags, list) and tags:
-        meta.append("tags: " + ", ".join(map(str, tags)))
+        meta.append("tags: " + clean(", ".join(map(str, tags))))
     if meta:
         t.append("  ".join(meta) + "\n", style="dim")
-    t.append("\n" + str(doc.get("body", "")))
+    t.append("\n" + clean(str(doc.get("body", "")), newlines=True))
     return t
 
 
@@ -37,7 +38,7 @@ class LibraryView(View):
 
     KEY: ClassVar[str] = "l"
     TITLE: ClassVar[str] = "Library"
-    SHORT: ClassVar[str] = "Library"
+    SHORT: ClassVar[str] = "Lib"
     METHODS: ClassVar[tuple[str, ...]] = ("library.search", "library.show")
 
     DEFAULT_CSS = """
@@ -62,10 +63,7 @@ class LibraryView(View):
         yield Input(placeholder="search the library (press / or Enter to search)",
                     id="lib-query")
         yield Static(classes="notice")
-        table: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True,
-                                           id="lib-results")
-        table.add_columns("TITLE", "COLLECTION", "SNIPPET")
-        yield table
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="lib-results")
         with VerticalScroll(id="lib-doc-box"):
             yield Static("select a result and press Enter to read it", id="lib-doc")
 
@@ -79,7 +77,9 @@ class LibraryView(View):
             snippet = " ".join(str(r.get("snippet", "")).split())
             rows.append((str(r["doc_id"]), self.cells(str(r.get("title", "")),
                                                      str(r.get("collection", "")), snippet)))
-        fill_table(self.query_one("#lib-results", DataTable), rows)
+        fill_table(self.query_one("#lib-results", DataTable),
+                   [Column("TITLE", squeeze=True, min=10), Column("COLLECTION", squeeze=True),
+                    Column("SNIPPET", squeeze=True, min=12)], rows)
         doc = self.query_one("#lib-doc", Static)
         if model.library_doc is not None:
             doc.update(render_document(model.library_doc))

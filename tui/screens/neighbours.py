@@ -10,7 +10,15 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Sparkline, Static
 
 from tui.model import MeshModel, sparkline
-from tui.screens.base import Cell, View, fill_table, fmt_ago, fmt_num, fmt_pct, matches
+from tui.screens.base import (
+    Column,
+    View,
+    fill_table,
+    fmt_ago,
+    fmt_num,
+    fmt_pct,
+    matches,
+)
 
 __all__ = ["NeighboursView"]
 
@@ -20,7 +28,7 @@ class NeighboursView(View):
 
     KEY: ClassVar[str] = "n"
     TITLE: ClassVar[str] = "Neighbours"
-    SHORT: ClassVar[str] = "Neighb"
+    SHORT: ClassVar[str] = "Nbrs"
     METHODS: ClassVar[tuple[str, ...]] = ("neighbours",)
 
     DEFAULT_CSS = """
@@ -31,10 +39,7 @@ class NeighboursView(View):
 
     def compose(self) -> ComposeResult:
         yield Static(classes="notice")
-        table: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True, id="nb-table")
-        table.add_columns("NAME", "NODE", "STATE", "RTT ms", "RTT hist", "LOSS", "LOSS hist",
-                          "COST", "UP", "ADDRESS")
-        yield table
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="nb-table")
         with Horizontal(id="nb-detail"):
             with Vertical():
                 yield Static(id="nb-rtt-label")
@@ -44,21 +49,27 @@ class NeighboursView(View):
                 yield Sparkline([], id="nb-loss")
 
     def show(self, model: MeshModel, now: float, needle: str) -> None:
-        self.set_notice(model, "" if model.neighbours or not model.connected
-                        else "no neighbours")
-        width = max(8, min(model.history, (self.size.width - 70) // 2))
         rows = []
         for n in sorted(model.neighbours.values(), key=lambda n: (n.name, n.node_id)):
-            rtt_h = model.rtt_history.get(n.node_id, ())
-            loss_h = model.loss_history.get(n.node_id, ())
+            rtt_h = list(model.rtt_history.get(n.node_id, ()))
+            loss_h = list(model.loss_history.get(n.node_id, ()))
             cells = self.cells(n.name or "-", n.node_id[:8], n.state or "-", fmt_num(n.rtt_ms),
-                               sparkline(list(rtt_h), width), fmt_pct(n.loss),
-                               sparkline(list(loss_h), width, top=1.0), fmt_num(n.cost, 0),
+                               lambda w, h=rtt_h: sparkline(h, w), fmt_pct(n.loss),
+                               lambda w, h=loss_h: sparkline(h, w, top=1.0), fmt_num(n.cost, 0),
                                fmt_ago(n.up_since, now), n.address or "-")
             if matches(needle, n.name, n.node_id, n.address, n.state, n.role):
                 rows.append((n.node_id, cells))
+        self.set_notice(model, "\n".join(t for t in (
+            "" if model.neighbours or not model.connected else "no neighbours",
+            self.filter_note(needle, len(rows), len(model.neighbours))) if t))
         table = self.query_one("#nb-table", DataTable)
-        fill_table(table, rows)
+        spark = min(model.history, 60)
+        fill_table(table, [Column("NAME", squeeze=True, min=6), Column("NODE"), Column("STATE"),
+                           Column("RTT ms"), Column("RTT hist", grow=True, optional=True,
+                                                             min=8, max=spark),
+                           Column("LOSS"), Column("LOSS hist", grow=True, optional=True,
+                                                            min=9, max=spark),
+                           Column("COST"), Column("UP"), Column("ADDRESS", min=9)], rows)
         sel = rows[table.cursor_row][0] if rows and 0 <= table.cursor_row < len(rows) else None
         chosen = model.neighbours.get(sel) if sel else None
         rtt = [v for v in model.rtt_history.get(sel, ()) if v is not None] if sel else []

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
 from tui.model import MeshModel
-from tui.screens.base import Cell, View, fill_table, fmt_duration, fmt_num, matches
+from tui.screens.base import Column, View, fill_table, fmt_duration, fmt_num, matches
 
 __all__ = ["RoutesView"]
 
@@ -23,12 +23,9 @@ class RoutesView(View):
 
     def compose(self) -> ComposeResult:
         yield Static(classes="notice")
-        table: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True, id="rt-table")
-        table.add_columns("DESTINATION", "NODE", "NEXT HOP", "VIA", "METRIC", "SEQNO", "AGE")
-        yield table
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="rt-table")
 
     def show(self, model: MeshModel, now: float, needle: str) -> None:
-        self.set_notice(model)
         rows = []
         for r in model.routes:
             hop_name = r.next_hop_name or (model.name_of(r.next_hop) if r.next_hop else "-")
@@ -38,4 +35,8 @@ class RoutesView(View):
                                fmt_num(r.seqno), fmt_duration(r.age_s))
             if matches(needle, r.name, r.destination, hop_name, r.next_hop):
                 rows.append((r.destination, cells))
-        fill_table(self.query_one("#rt-table", DataTable), rows)
+        self.set_notice(model, self.filter_note(needle, len(rows), len(model.routes)))
+        fill_table(self.query_one("#rt-table", DataTable),
+                   [Column("DESTINATION", squeeze=True, min=8), Column("NODE"),
+                    Column("NEXT HOP", squeeze=True, min=8), Column("VIA"), Column("METRIC"),
+                    Column("SEQNO"), Column("AGE")], rows)

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
 from tui.model import MeshModel
-from tui.screens.base import Cell, View, fill_table, fmt_ago, fmt_num, matches
+from tui.screens.base import Column, View, fill_table, fmt_ago, fmt_num, matches
 
 __all__ = ["SyncView", "progress_bar"]
 
@@ -33,13 +33,9 @@ class SyncView(View):
     def compose(self) -> ComposeResult:
         yield Static(classes="notice")
         yield Static(classes="heading", id="sync-totals")
-        table: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True, id="sync-table")
-        table.add_columns("PEER", "NODE", "LINK", "CATCH-UP", "OPS IN/OUT", "BYTES IN/OUT",
-                          "LAST SYNC", "FAIL")
-        yield table
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="sync-table")
 
     def show(self, model: MeshModel, now: float, needle: str) -> None:
-        self.set_notice(model)
         t = model.sync_totals
         parts = [f"{k} {t[k]}" for k in ("ops", "pending") if isinstance(t.get(k), int)]
         q = t.get("quarantined")
@@ -60,4 +56,8 @@ class SyncView(View):
                 fmt_ago(p.last_sync, now), fmt_num(p.failures))
             if matches(needle, name, p.node_id):
                 rows.append((p.node_id, cells))
-        fill_table(self.query_one("#sync-table", DataTable), rows)
+        self.set_notice(model, self.filter_note(needle, len(rows), len(model.sync_peers)))
+        fill_table(self.query_one("#sync-table", DataTable),
+                   [Column("PEER", squeeze=True, min=6), Column("NODE"), Column("LINK"),
+                    Column("CATCH-UP", squeeze=True, min=8), Column("OPS IN/OUT"),
+                    Column("BYTES IN/OUT"), Column("LAST SYNC"), Column("FAIL")], rows)
