@@ -548,20 +548,18 @@ def refresh_index(index: SearchIndex, library: _Library, *, full: bool = False) 
     (``SearchIndex.owed``, ``owed_full``): the next call indexes it, so the index
     catches up with the library as soon as there is room again.
     """
+    # what is owed stays owed until it is written: ``behind`` holds while a refresh runs
     ids = library.drain_changed() | index.owed
-    index.owed = set()
+    index.owed = set(ids)
     if full or index.owed_full:
         index.owed_full = True
-        try:
-            live = list(library.documents())
-            keep = {d.doc_id for d in live}
-            stale = index.doc_ids() - keep
-            for doc_id in stale:
-                index.remove(doc_id)
-            n = index.upsert_many(live) + len(stale)
-        except BaseException:
-            index.owed |= ids
-            raise
+        live = list(library.documents())
+        keep = {d.doc_id for d in live}
+        stale = index.doc_ids() - keep
+        for doc_id in stale:
+            index.remove(doc_id)
+        n = index.upsert_many(live) + len(stale)
+        index.owed -= ids
         index.owed_full = False
         return n
     changed: list[IndexableDocument] = []
@@ -572,12 +570,9 @@ def refresh_index(index: SearchIndex, library: _Library, *, full: bool = False) 
             removed.append(doc_id)
         else:
             changed.append(view)
-    done = 0
-    try:
-        for doc_id in removed:
-            index.remove(doc_id)
-            done += 1
-        return index.upsert_many(changed) + done
-    except BaseException:
-        index.owed |= set(removed[done:]) | {d.doc_id for d in changed}
-        raise
+    for doc_id in removed:
+        index.remove(doc_id)
+        index.owed.discard(doc_id)
+    n = index.upsert_many(changed) + len(removed)
+    index.owed -= ids
+    return n

@@ -31,16 +31,19 @@ HOUR = 3600_000
 DOC = new_doc_id(b"notice")
 
 
+ROOT = Author()
+
+
 def _world() -> tuple[Author, TrustStore]:
     city = Author()
-    trust = TrustStore(TrustConfig(Author().pub, 1, {
+    trust = TrustStore(TrustConfig(ROOT.pub, 1, {
         city.pub: Authority(city.pub, AuthorityRole.CITY, "City")}))
     return city, trust
 
 
 def _publish(city: Author) -> Op:
     body = prepare_bulletin(city.sign, city.pub, DOC, title="給水", text="体育館で給水",
-                            issued_ms=NOW, expires_ms=NOW + HOUR)
+                            issued_ms=NOW, expires_ms=NOW + HOUR, root=ROOT.pub, trust_version=1)
     return city.op(KIND_PUBLISH, DOC, body, hlc(NOW), expiry_ms=NOW + HOUR)
 
 
@@ -100,7 +103,7 @@ def test_changes_by_another_key_or_forged_are_refused_or_never_shown() -> None:
         raise AssertionError("a forged update was accepted")
     # another authority's update of the city's notice is kept but never shown
     other = Author()
-    trust2 = TrustStore(TrustConfig(Author().pub, 1, {
+    trust2 = TrustStore(TrustConfig(ROOT.pub, 1, {
         city.pub: Authority(city.pub, AuthorityRole.CITY, "City"),
         other.pub: Authority(other.pub, AuthorityRole.DEALER, "Dealer")}))
     body = prepare_update(other.sign, other.pub, DOC, version=9, title="x", text="乗っ取り",
