@@ -57,7 +57,8 @@ Subscribe = Callable[[Listener], Callable[[], None]]
 
 #: the only control methods the web may call (all read-only)
 WEB_METHODS: Final = frozenset({"status", "routes", "library.search", "library.show",
-                                "bulletin.list", "situation.list"})
+                                "bulletin.list", "situation.list", "safety.search",
+                                "safety.publish"})
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -76,6 +77,7 @@ _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 _HERE = Path(__file__).parent
 MAX_QUERY = 256
 SEARCH_LIMIT = 20
+MAX_SAFETY_QUERY = 200
 
 
 
@@ -89,6 +91,9 @@ class WebSettings:
     max_streams: int = 128
     heartbeat_s: float = 15.0
     stream_queue: int = 64
+    #: signed ops posted by one client address (a tighter bucket beside the request one)
+    write_rate_per_s: float = 0.2
+    write_burst: int = 10
 
 
 class _State:
@@ -101,6 +106,7 @@ class _State:
         self.settings = settings
         self.clock = clock
         self.limiter = RateLimiter(settings.rate_per_s, settings.burst)
+        self.write_limiter = RateLimiter(settings.write_rate_per_s, settings.write_burst)
         self.streams: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(_HERE / "templates"),
@@ -280,6 +286,62 @@ async def people(request: web.Request) -> web.Response:
                    routes=reachable)
 
 
+async def safety(request: web.Request) -> web.Response:
+    """The safety registry: "I am safe" (signed in the browser) and find a person."""
+    st = _state(request)
+    q = request.query.get("q", "").strip()
+    people_found: list[dict[str, Any]] | None = None
+    if q:
+        if len(q) > MAX_SAFETY_QUERY:
+            raise ControlError("bad_request",
+                               f"a search is at most {MAX_SAFETY_QUERY} characters")
+        people_found = (await st.op("safety.search", {"query": q, "limit": SEARCH_LIMIT}))[
+            "people"]
+    return _render(request, "safety.html", title=TEXT[_lang(request)]["safety_title"], q=q,
+                   people_found=people_found)
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status,
+                             headers={"Cache-Control": "no-store"})
+
+
+async def publish_op(request: web.Request) -> web.Response:
+    """A safety op signed by the browser's own key: verified and stored under that key.
+
+    JSON ``{"op": hex}``; the guard has already checked origin, size and the request rate.
+    Answers 200 ``safety.publish``'s result, 409 for an op stored already (a replay), 400
+    with a message for anything refused (a forged signature among them), 415 for another
+    content type, 429 when this client posts ops faster than ``write_rate_per_s``.
+    """
+    st = _state(request)
+    if request.content_type != "application/json":
+        st.refuse("content-type", request)
+        return _json_error(415, "send application/json: {\"op\": hex}")
+    if not st.write_limiter.allow(request.remote or "?", st.clock()):
+        st.refuse("write-rate", request)
+        resp = _json_error(429, TEXT[_lang(request)]["too_many"])
+        resp.headers["Retry-After"] = str(max(1, round(
+            st.write_limiter.retry_after_s(request.remote or "?"))))
+        return resp
+    try:
+        doc = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or set(doc) != {"op"} or not isinstance(doc["op"], str):
+        st.refuse("malformed", request)
+        return _json_error(400, 'the body is {"op": hex of one signed op}')
+    try:
+        res = await st.op("safety.publish", {"op": doc["op"]})
+    except ControlError as exc:
+        st.refuse("op", request)
+        return _json_error(_STATUS.get(exc.code, 500), exc.message)
+    if res["result"] == "duplicate":
+        st.refuse("replay", request)
+        return _json_error(409, f"op {res['op_id']} is stored already (replayed)")
+    return web.json_response(res, headers={"Cache-Control": "no-store"})
+
+
 async def set_language(request: web.Request) -> web.Response:
     form = await request.post()
     lang = form.get("lang")
@@ -378,6 +440,8 @@ def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = 
     app.router.add_get(r"/library/{doc_id:[0-9a-fA-F]{4,32}}", document)
     app.router.add_get("/board", board)
     app.router.add_get("/people", people)
+    app.router.add_get("/safety", safety)
+    app.router.add_post("/safety/op", publish_op)
     app.router.add_get("/events", events)
     app.router.add_post("/lang", set_language)
     app.router.add_static("/static/", _HERE / "static", append_version=False)
