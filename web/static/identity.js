@@ -208,7 +208,8 @@ async function flush(db) {
   });
 }
 
-// register this browser's own person record as safe (the same record each time)
+// register this browser's own person record as safe (the same record each time: a new
+// registration replaces the whole record, so the form is filled with the last name)
 export async function registerSafe(db, { name, reading, place, note }) {
   reading = reading.normalize("NFKC").trim();
   if (!KANA.test(reading)) throw new Error("よみがな: kana only / reading: kana only");
@@ -217,6 +218,7 @@ export async function registerSafe(db, { name, reading, place, note }) {
     const body = { b: name.slice(0, 64), s: "safe", a: place || undefined, t: note || undefined,
                    i: me.nonce, n: name, r: reading, c: "" };
     await signNext(me, "safety.person", await personId(me.pub, me.nonce), pack(body));
+    me.profile = { name, reading }; // the next visit's form starts from these
     await save(db, me); // in the outbox before it is sent
   });
   return flush(db);
@@ -251,6 +253,9 @@ async function main() {
   keyEl.textContent = key.slice(0, 16);
   keyEl.title = key;
   keyEl.dataset.key = key;
+  if (me.profile) { // a correction starts from the record as registered (last writer wins)
+    for (const k of ["name", "reading"]) if (!form.elements[k].value) form.elements[k].value = me.profile[k];
+  }
   button.disabled = false;
   document.documentElement.dataset.identity = "ready";
   if (me.outbox.length) flush(db).catch(() => {}); // what an earlier visit could not send
