@@ -16,6 +16,13 @@ bodies go through ``web.render.markdown_html``.  No page has an inline script
 or style: the one script is ``/static/live.js``, an ES module that opens
 ``/events`` (server-sent events) and adds new bulletins to the page.
 
+Browser identities: ``/safety`` loads ``/static/identity.js``, which makes the
+browser's own Ed25519 key (WebCrypto, non-extractable, kept in IndexedDB) and
+signs whole ``safety.person`` op envelopes with it; ``POST /safety/op`` hands
+them to ``safety.publish``, which verifies and stores them as a peer's, so the
+browser is the registrant in its own name.  That route has its own, tighter
+per-client bucket (``write_rate_per_s``) and answers JSON.
+
 Every request passes, in order: security headers on whatever is answered
 (a strict Content-Security-Policy among them); a Host check (an IP literal or
 ``localhost``: a DNS-rebinding page cannot talk to us under its own name); the

@@ -4,7 +4,9 @@ Two daemons on loopback, a -- c.  a's key is the community's authority.  A
 document added at a with ``meshctl`` reaches c by sync and is found in the
 browser at c's ``/library?q=避難``; a bulletin published at a appears on the
 browser's home page at c without a reload.  No Content-Security-Policy
-violation is reported on any page.  With ``CARMESH_SCREENSHOTS=DIR`` the test
+violation is reported on any page.  "I am safe" typed in the browser at c is
+signed by the browser's own key and found at a by ``meshctl safety search``
+under that key; a browser without Ed25519 is refused on the page.  With ``CARMESH_SCREENSHOTS=DIR`` the test
 also saves phone-size (390×844) screenshots of each page there (docs/web/).
 """
 
@@ -250,6 +252,27 @@ def test_i_am_safe_from_the_browser_reaches_a_under_the_browsers_own_key(
         assert found.locator("code.key").get_attribute("title") == key
         page.evaluate("window.scrollTo(0, document.getElementById('safe-button').offsetTop - 240)")
         _shot(page, "safety")
+        assert problems == [], problems
+    finally:
+        ctx.close()
+
+
+def test_a_browser_without_ed25519_is_refused_clearly(mesh: Mesh, browser: Any) -> None:
+    ctx, page, problems = _page(browser, lang="en")
+    # what an older browser does: WebCrypto without the Ed25519 algorithm
+    ctx.add_init_script("""{
+        const real = crypto.subtle.generateKey.bind(crypto.subtle);
+        crypto.subtle.generateKey = (alg, ...rest) => (alg && alg.name === 'Ed25519')
+            ? Promise.reject(new DOMException('Unrecognized name', 'NotSupportedError'))
+            : real(alg, ...rest);
+    }""")
+    try:
+        page.goto(f"{mesh.http}/safety")
+        page.locator("html[data-identity=unsupported]").wait_for(state="attached")
+        assert page.locator("#safe-button").is_disabled()
+        msg = page.inner_text("#safe-result")
+        assert "cannot sign with Ed25519, so it cannot register" in msg
+        assert page.locator("#safe-result.problem").is_visible()
         assert problems == [], problems
     finally:
         ctx.close()
