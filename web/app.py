@@ -107,11 +107,12 @@ class _State:
     """What the handlers share: the seams, the limits, the templates, refusal counts."""
 
     def __init__(self, call: Caller, subscribe: Subscribe, settings: WebSettings,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
         self.call = call
         self.subscribe = subscribe
         self.settings = settings
         self.clock = clock
+        self.wall_clock = wall_clock
         self.limiter = RateLimiter(settings.rate_per_s, settings.burst)
         self.write_limiter = RateLimiter(settings.write_rate_per_s, settings.write_burst)
         self.streams: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
@@ -304,8 +305,9 @@ async def safety(request: web.Request) -> web.Response:
                                f"a search is at most {MAX_SAFETY_QUERY} characters")
         people_found = (await st.op("safety.search", {"query": q, "limit": SEARCH_LIMIT}))[
             "people"]
+    # the car's clock, for a phone whose own clock is wrong (see identity.js)
     return _render(request, "safety.html", title=TEXT[_lang(request)]["safety_title"], q=q,
-                   people_found=people_found)
+                   people_found=people_found, now_ms=int(st.wall_clock() * 1000))
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -437,11 +439,16 @@ async def _close_streams(app: web.Application) -> None:
 # ------------------------------------------------------------------ the app
 
 def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = None, *,
-             clock: Callable[[], float] = time.monotonic) -> web.Application:
-    """The web app over ``call`` (control handlers by name) and ``subscribe`` (node events)."""
+             clock: Callable[[], float] = time.monotonic,
+             wall_clock: Callable[[], float] = time.time) -> web.Application:
+    """The web app over ``call`` (control handlers by name) and ``subscribe`` (node events).
+
+    ``clock`` paces the rate limits; ``wall_clock`` is the node's (mesh) time, given to the
+    browser so that ops it signs carry a time the cars accept.
+    """
     settings = settings or WebSettings()
     app = web.Application(middlewares=[_guard], client_max_size=settings.max_body)
-    app[_state_key] = _State(call, subscribe, settings, clock)
+    app[_state_key] = _State(call, subscribe, settings, clock, wall_clock)
     app.router.add_get("/", home)
     app.router.add_get("/library", library)
     app.router.add_get(r"/library/{doc_id:[0-9a-fA-F]{4,32}}", document)

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,29 @@ def test_a_browser_without_ed25519_is_refused_clearly(mesh: Mesh, browser: Any) 
         msg = page.inner_text("#safe-result")
         assert "cannot sign with Ed25519, so it cannot register" in msg
         assert page.locator("#safe-result.problem").is_visible()
+        assert problems == [], problems
+    finally:
+        ctx.close()
+
+
+def test_a_phone_whose_clock_is_two_hours_ahead_still_registers(mesh: Mesh,
+                                                                 browser: Any) -> None:
+    a = mesh.cl["a"]
+    ctx, page, problems = _page(browser)
+    # no network time after the disaster: the phone's clock is 2 h fast (cars refuse ops
+    # stamped more than 5 minutes ahead); the page carries the car's time
+    ctx.add_init_script("{ const real = Date.now; Date.now = () => real() + 7200000; }")
+    try:
+        page.goto(f"{mesh.http}/safety")
+        page.locator("html[data-identity=ready]").wait_for(state="attached")
+        key = page.locator("#my-key").get_attribute("data-key")
+        page.fill("input[name=name]", "時計 進子")
+        page.click("#safe-button")
+        page.locator("#safe-result.ok").wait_for()
+        person = wait_until(lambda: (_has(a, "people", "safety", "search", "時計") or [None])[0],
+                            60, 0.3, "a holds the registration")
+        assert person["registered_by"]["key"] == key
+        assert abs(person["registered_ms"] / 1000 - time.time()) < 600  # the car's time
         assert problems == [], problems
     finally:
         ctx.close()

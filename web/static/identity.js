@@ -18,6 +18,16 @@ const utf8 = new TextEncoder();
 const SIG_DOMAIN = utf8.encode("carmesh/op/1\0");
 const SAFETY_DOMAIN = utf8.encode("carmesh/safety/1\0");
 const KANA = /^[\u3041-\u309f\u30a0-\u30ff \u3000]*$/;
+// a phone's clock may be far off after a disaster (no network time); the cars refuse an op
+// stamped more than 5 minutes ahead, and order entries by time.  When the car's time (in
+// the page) and ours differ by more than a minute, ours is taken as off by that much.
+let clockSkewMs = 0;
+const TOLERATED_SKEW_MS = 60_000;
+
+export function setCarTime(carMs) {
+  const skew = carMs - Date.now();
+  clockSkewMs = Number.isFinite(skew) && Math.abs(skew) > TOLERATED_SKEW_MS ? skew : 0;
+}
 
 // ---------------------------------------------------------------- bytes
 
@@ -158,7 +168,7 @@ export async function identity(db) {
 // the next op of ``me``'s chain, signed; ``me`` is advanced (the caller saves it)
 async function signNext(me, kind, docId, body) {
   const seq = me.seq + 1;
-  const wall = BigInt(Date.now()) << 16n;
+  const wall = BigInt(Math.round(Date.now() + clockSkewMs)) << 16n;
   const hlc = wall > me.hlc ? wall : me.hlc + 1n;
   const signed = pack([1, kind, docId, me.pub, seq, me.prev, hlc, null, body]);
   const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, me.privateKey,
@@ -238,6 +248,7 @@ async function main() {
   const button = document.getElementById("safe-button");
   const keyEl = document.getElementById("my-key");
   const result = document.getElementById("safe-result");
+  setCarTime(Number(form.dataset.now));
   let db;
   let me;
   try {
