@@ -83,4 +83,5 @@ def _add_web(node: Node, config: Config) -> None:
 
     call, subscribe = web_seams(node)
     node.add_service(WebService(call=call, subscribe=subscribe, state_dir=node.state_dir,
-                                name=node.name, local=config.web_local, https=config.web))
+                                name=node.name, local=config.web_local, https=config.web,
+                                wall_clock=node.mesh_time))

@@ -19,6 +19,13 @@ Control methods (documented with the commands in docs/cli.md):
 * ``safety.note`` {id, status?, place?, note?} -> the person
 * ``safety.search`` {query, limit?} -> {query, count, people}
 * ``safety.show`` {id} -> a person
+* ``safety.publish`` {op: hex} -> {op_id, result, person}: a ``safety.person`` or
+  ``safety.note`` op signed by someone else's key (a browser's: ``web/``), verified
+  and stored as if a peer had sent it, so its author -- not this node -- is the
+  registrant.  A bad signature, another namespace, or an op the authoriser or the
+  store refuses is ``bad_request``; ``result`` is ``applied``, ``duplicate`` (the
+  op was stored already: a replay changes nothing) or ``pending`` (earlier ops of
+  that key's chain have not reached this node yet).
 
 Event: ``safety.changed`` {ids (at most 256), count}.  An unknown id, a bad
 status, an over-long name or a reading that is not kana is ``bad_request``.
@@ -34,7 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from library_replica.ops import LibraryError, OpLike, sync_authorizers
+from library_replica.ops import LibraryError, OpLike, Refused, sync_authorizers
 from library_replica.safety import (
     KIND_NOTE,
     KIND_PERSON,
@@ -46,9 +53,10 @@ from library_replica.safety import (
     prepare_person,
 )
 from library_replica.safety_index import MAX_LIMIT, SafetyIndex
-from meshd.core.errors import ControlError, LocalProtocolError
+from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolError
 from meshd.core.identity import NodeId
 from meshd.services.api import ControlHandler, NodeApi, StreamHandler
+from sync.envelope import MAX_OP_SIZE, decode_op
 from sync.errors import SyncLocalError, Unauthorized
 from sync.store import OpStore
 
@@ -117,7 +125,8 @@ class SafetyNodeService:
 
     def handlers(self) -> Mapping[str, ControlHandler]:
         return {"safety.add": self._h_add, "safety.note": self._h_note,
-                "safety.search": self._h_search, "safety.show": self._h_show}
+                "safety.search": self._h_search, "safety.show": self._h_show,
+                "safety.publish": self._h_publish}
 
     def stream_services(self) -> Mapping[str, StreamHandler]:
         return {}
@@ -243,6 +252,39 @@ class SafetyNodeService:
             raise _bad(str(exc)) from None
         await self._submit(KIND_NOTE, pid, body)
         return self._view(pid)
+
+    async def _h_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ready.wait()
+        raw_hex = _text(params, "op", required=True, max_len=2 * MAX_OP_SIZE)
+        try:
+            raw = bytes.fromhex(raw_hex)
+        except ValueError:
+            raise _bad("op is the hex of one signed op") from None
+        try:
+            op = decode_op(raw)
+        except RemoteProtocolError as exc:
+            if exc.reason == "signature":
+                raise _bad("forged op refused: its signature does not verify for the key it "
+                           "names as its author") from None
+            raise _bad(f"not a signed op ({exc})") from None
+        if op.kind not in (KIND_PERSON, KIND_NOTE):
+            raise _bad(f"only {KIND_PERSON} and {KIND_NOTE} ops are published this way, "
+                       f"not {op.kind}")
+        try:
+            authorize_safety(op, 0)  # the authoriser's own words, before the store's count
+        except Refused as exc:
+            raise _bad(f"refused: {exc.reason} ({exc.detail})") from None
+        if op.op_id in self.store:
+            result = "duplicate"
+        else:
+            res = await self.store.apply_remote([raw], peer="publish")
+            if res.refused:
+                why = ", ".join(sorted(res.refused))
+                raise _bad(f"refused by the store ({why})")
+            result = "applied" if res.applied else "pending" if res.pending else "duplicate"
+        view = self.registry.get(op.doc_id)
+        return {"op_id": op.op_id.hex(), "result": result,
+                "person": person_json(view) if view is not None else None}
 
     async def _h_show(self, params: dict[str, Any]) -> dict[str, Any]:
         await self._ready.wait()

@@ -16,6 +16,13 @@ bodies go through ``web.render.markdown_html``.  No page has an inline script
 or style: the one script is ``/static/live.js``, an ES module that opens
 ``/events`` (server-sent events) and adds new bulletins to the page.
 
+Browser identities: ``/safety`` loads ``/static/identity.js``, which makes the
+browser's own Ed25519 key (WebCrypto, non-extractable, kept in IndexedDB) and
+signs whole ``safety.person`` op envelopes with it; ``POST /safety/op`` hands
+them to ``safety.publish``, which verifies and stores them as a peer's, so the
+browser is the registrant in its own name.  That route has its own, tighter
+per-client bucket (``write_rate_per_s``) and answers JSON.
+
 Every request passes, in order: security headers on whatever is answered
 (a strict Content-Security-Policy among them); a Host check (an IP literal or
 ``localhost``: a DNS-rebinding page cannot talk to us under its own name); the
@@ -57,7 +64,8 @@ Subscribe = Callable[[Listener], Callable[[], None]]
 
 #: the only control methods the web may call (all read-only)
 WEB_METHODS: Final = frozenset({"status", "routes", "library.search", "library.show",
-                                "bulletin.list", "situation.list"})
+                                "bulletin.list", "situation.list", "safety.search",
+                                "safety.publish"})
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -76,6 +84,7 @@ _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 _HERE = Path(__file__).parent
 MAX_QUERY = 256
 SEARCH_LIMIT = 20
+MAX_SAFETY_QUERY = 200
 
 
 
@@ -89,18 +98,23 @@ class WebSettings:
     max_streams: int = 128
     heartbeat_s: float = 15.0
     stream_queue: int = 64
+    #: signed ops posted by one client address (a tighter bucket beside the request one)
+    write_rate_per_s: float = 0.2
+    write_burst: int = 10
 
 
 class _State:
     """What the handlers share: the seams, the limits, the templates, refusal counts."""
 
     def __init__(self, call: Caller, subscribe: Subscribe, settings: WebSettings,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
         self.call = call
         self.subscribe = subscribe
         self.settings = settings
         self.clock = clock
+        self.wall_clock = wall_clock
         self.limiter = RateLimiter(settings.rate_per_s, settings.burst)
+        self.write_limiter = RateLimiter(settings.write_rate_per_s, settings.write_burst)
         self.streams: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(_HERE / "templates"),
@@ -280,6 +294,63 @@ async def people(request: web.Request) -> web.Response:
                    routes=reachable)
 
 
+async def safety(request: web.Request) -> web.Response:
+    """The safety registry: "I am safe" (signed in the browser) and find a person."""
+    st = _state(request)
+    q = request.query.get("q", "").strip()
+    people_found: list[dict[str, Any]] | None = None
+    if q:
+        if len(q) > MAX_SAFETY_QUERY:
+            raise ControlError("bad_request",
+                               f"a search is at most {MAX_SAFETY_QUERY} characters")
+        people_found = (await st.op("safety.search", {"query": q, "limit": SEARCH_LIMIT}))[
+            "people"]
+    # the car's clock, for a phone whose own clock is wrong (see identity.js)
+    return _render(request, "safety.html", title=TEXT[_lang(request)]["safety_title"], q=q,
+                   people_found=people_found, now_ms=int(st.wall_clock() * 1000))
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status,
+                             headers={"Cache-Control": "no-store"})
+
+
+async def publish_op(request: web.Request) -> web.Response:
+    """A safety op signed by the browser's own key: verified and stored under that key.
+
+    JSON ``{"op": hex}``; the guard has already checked origin, size and the request rate.
+    Answers 200 ``safety.publish``'s result, 409 for an op stored already (a replay), 400
+    with a message for anything refused (a forged signature among them), 415 for another
+    content type, 429 when this client posts ops faster than ``write_rate_per_s``.
+    """
+    st = _state(request)
+    if request.content_type != "application/json":
+        st.refuse("content-type", request)
+        return _json_error(415, "send application/json: {\"op\": hex}")
+    if not st.write_limiter.allow(request.remote or "?", st.clock()):
+        st.refuse("write-rate", request)
+        resp = _json_error(429, TEXT[_lang(request)]["too_many"])
+        resp.headers["Retry-After"] = str(max(1, round(
+            st.write_limiter.retry_after_s(request.remote or "?"))))
+        return resp
+    try:
+        doc = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or set(doc) != {"op"} or not isinstance(doc["op"], str):
+        st.refuse("malformed", request)
+        return _json_error(400, 'the body is {"op": hex of one signed op}')
+    try:
+        res = await st.op("safety.publish", {"op": doc["op"]})
+    except ControlError as exc:
+        st.refuse("op", request)
+        return _json_error(_STATUS.get(exc.code, 500), exc.message)
+    if res["result"] == "duplicate":
+        st.refuse("replay", request)
+        return _json_error(409, f"op {res['op_id']} is stored already (replayed)")
+    return web.json_response(res, headers={"Cache-Control": "no-store"})
+
+
 async def set_language(request: web.Request) -> web.Response:
     form = await request.post()
     lang = form.get("lang")
@@ -368,16 +439,23 @@ async def _close_streams(app: web.Application) -> None:
 # ------------------------------------------------------------------ the app
 
 def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = None, *,
-             clock: Callable[[], float] = time.monotonic) -> web.Application:
-    """The web app over ``call`` (control handlers by name) and ``subscribe`` (node events)."""
+             clock: Callable[[], float] = time.monotonic,
+             wall_clock: Callable[[], float] = time.time) -> web.Application:
+    """The web app over ``call`` (control handlers by name) and ``subscribe`` (node events).
+
+    ``clock`` paces the rate limits; ``wall_clock`` is the node's (mesh) time, given to the
+    browser so that ops it signs carry a time the cars accept.
+    """
     settings = settings or WebSettings()
     app = web.Application(middlewares=[_guard], client_max_size=settings.max_body)
-    app[_state_key] = _State(call, subscribe, settings, clock)
+    app[_state_key] = _State(call, subscribe, settings, clock, wall_clock)
     app.router.add_get("/", home)
     app.router.add_get("/library", library)
     app.router.add_get(r"/library/{doc_id:[0-9a-fA-F]{4,32}}", document)
     app.router.add_get("/board", board)
     app.router.add_get("/people", people)
+    app.router.add_get("/safety", safety)
+    app.router.add_post("/safety/op", publish_op)
     app.router.add_get("/events", events)
     app.router.add_post("/lang", set_language)
     app.router.add_static("/static/", _HERE / "static", append_version=False)

@@ -34,6 +34,19 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "people_hint": "いまメッシュでつながっている端末",
         "deleted": "この文書は削除されました。", "too_many": "リクエストが多すぎます。少し待ってください。",
         "forbidden": "このページからの操作は受け付けられません。",
+        "safety_title": "安否登録・人を探す", "safety_nav": "安否",
+        "safety_hint": "「無事です」と登録する・家族や知人を探す",
+        "i_am_safe": "私は無事です", "your_name": "名前", "reading": "よみがな（任意）",
+        "place": "いる場所（任意）", "note": "ひとこと（任意）", "register_safe": "無事を登録する",
+        "your_key": "この端末の鍵", "key_making": "鍵を用意しています…",
+        "no_ed25519": "このブラウザは Ed25519 の署名に対応していないため、登録できません。"
+                      "新しい Chrome・Safari・Firefox を使うか、車の係員に登録を頼んでください。",
+        "needs_js": "登録には JavaScript が必要です。",
+        "signing": "署名して送っています…", "registered": "登録しました",
+        "failed": "登録できませんでした", "find_person": "人を探す",
+        "find_placeholder": "名前・よみがな", "registered_by": "登録",
+        "no_people": "登録されている人は見つかりませんでした。",
+        "key_note": "登録はこの端末の鍵で署名され、あなた自身の名義で全ての車に届きます。",
     },
     "en": {
         "app": "carmesh", "home": "Home", "library": "Library", "board": "Board",
@@ -55,6 +68,21 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "people_hint": "Devices reachable on the mesh now",
         "deleted": "This document was deleted.", "too_many": "Too many requests; wait a moment.",
         "forbidden": "This request is refused (not from this site).",
+        "safety_title": "I am safe · find a person", "safety_nav": "Safety",
+        "safety_hint": "Register that you are safe; find family and friends",
+        "i_am_safe": "I am safe", "your_name": "Name", "reading": "Reading in kana (optional)",
+        "place": "Where you are (optional)", "note": "A note (optional)",
+        "register_safe": "Register me as safe", "your_key": "This device's key",
+        "key_making": "Preparing a key…",
+        "no_ed25519": "This browser cannot sign with Ed25519, so it cannot register. Use a "
+                      "current Chrome, Safari or Firefox, or ask the car's staff to register you.",
+        "needs_js": "Registering needs JavaScript.",
+        "signing": "Signing and sending…", "registered": "Registered",
+        "failed": "Not registered", "find_person": "Find a person",
+        "find_placeholder": "name or reading", "registered_by": "registered by",
+        "no_people": "Nobody by that name is registered.",
+        "key_note": "Your registration is signed with this device's key and reaches every car "
+                    "in your own name.",
     },
 }
 

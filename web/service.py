@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ class WebService:
 
     def __init__(self, *, call: Caller, subscribe: Subscribe, state_dir: Path, name: str,
                  local: str | None, https: Sequence[str] = (),
-                 settings: WebSettings | None = None) -> None:
+                 settings: WebSettings | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._call = call
         self._subscribe = subscribe
         self._state_dir = Path(state_dir)
@@ -43,6 +45,7 @@ class WebService:
         self._local = local
         self._https = list(https)
         self._settings = settings
+        self._wall_clock = wall_clock
         self._runner: web.AppRunner | None = None
         #: URLs being served, e.g. "http://127.0.0.1:7480"
         self.urls: list[str] = []
@@ -87,7 +90,7 @@ class WebService:
         log.info("web: serving %s", url)
 
     async def run(self) -> None:
-        app = make_app(self._call, self._subscribe, self._settings)
+        app = make_app(self._call, self._subscribe, self._settings, wall_clock=self._wall_clock)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self._runner = runner

@@ -4,7 +4,9 @@ Two daemons on loopback, a -- c.  a's key is the community's authority.  A
 document added at a with ``meshctl`` reaches c by sync and is found in the
 browser at c's ``/library?q=避難``; a bulletin published at a appears on the
 browser's home page at c without a reload.  No Content-Security-Policy
-violation is reported on any page.  With ``CARMESH_SCREENSHOTS=DIR`` the test
+violation is reported on any page.  "I am safe" typed in the browser at c is
+signed by the browser's own key and found at a by ``meshctl safety search``
+under that key; a browser without Ed25519 is refused on the page.  With ``CARMESH_SCREENSHOTS=DIR`` the test
 also saves phone-size (390×844) screenshots of each page there (docs/web/).
 """
 
@@ -14,6 +16,7 @@ import os
 import shutil
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,9 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
+# waits use locators, not wait_for_function("..."): Playwright polls a string predicate
+# with eval, which the page's CSP (rightly) refuses
+
 def _page(browser: Any, *, lang: str = "ja", https: bool = False) -> tuple[Any, Any, list[str]]:
     ctx = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True,
                               has_touch=True, locale=lang, ignore_https_errors=https,
@@ -140,7 +146,7 @@ def test_bulletin_published_at_a_appears_without_reload(mesh: Mesh, browser: Any
     ctx, page, problems = _page(browser)
     try:
         page.goto(mesh.http + "/")
-        page.wait_for_function("document.documentElement.dataset.live === 'ready'")
+        page.locator("html[data-live=ready]").wait_for(state="attached")
         page.evaluate("window.__notReloaded = true")
         b = _ok(a, "bulletin", "publish", "--title", "避難指示（川沿いの地区）", "--body",
                 "川沿いの地区の方は北小学校へ避難してください。", "--expires", "3600")
@@ -186,6 +192,111 @@ def test_every_page_over_https_in_english_without_csp_violations(mesh: Mesh,
         page.get_by_role("button", name="日本語").click()
         page.wait_for_url("**/people")
         assert page.locator("html").get_attribute("lang") == "ja"
+        assert problems == [], problems
+    finally:
+        ctx.close()
+
+
+def test_i_am_safe_from_the_browser_reaches_a_under_the_browsers_own_key(
+        mesh: Mesh, browser: Any) -> None:
+    a, c = mesh.cl["a"], mesh.cl["c"]
+    ctx, page, problems = _page(browser)
+    try:
+        page.goto(f"{mesh.http}/safety")
+        page.locator("html[data-identity=ready]").wait_for(state="attached")
+        key = page.locator("#my-key").get_attribute("data-key")
+        assert key is not None and len(key) == 64
+        cars = {Identity.load_or_create(d.state_dir).ed25519_pub.hex() for d in (a, c)}
+        assert key not in cars
+        # the private key never leaves WebCrypto: not extractable
+        assert page.evaluate("""async () => {
+            const db = await new Promise((ok) => { const r = indexedDB.open('carmesh', 1);
+                                                   r.onsuccess = () => ok(r.result); });
+            const me = await new Promise((ok) => { const r = db.transaction('identity')
+                .objectStore('identity').get('me'); r.onsuccess = () => ok(r.result); });
+            return [me.privateKey.extractable, me.privateKey.algorithm.name, me.seq];
+        }""") == [False, "Ed25519", 0]
+        page.fill("input[name=name]", "山田 花子")
+        page.fill("input[name=reading]", "やまだ はなこ")
+        page.fill("input[name=place]", "北小学校 体育館")
+        page.click("#safe-button")
+        page.locator("#safe-result.ok").wait_for()
+        assert "山田 花子" in page.inner_text("#safe-result")
+
+        def at_a() -> Any:
+            people = _has(a, "people", "safety", "search", "やまだ")
+            return people[0] if people else None
+
+        person = wait_until(at_a, 60, 0.3, "a holds the browser's registration")
+        assert person["registered_by"]["key"] == key  # the browser is the author, not car c
+        assert person["status"] == "safe" and person["place"] == "北小学校 体育館"
+        # the same browser again (after a reload): the next op of its chain corrects its record
+        page.reload()
+        page.locator("html[data-identity=ready]").wait_for(state="attached")
+        assert page.locator("#my-key").get_attribute("data-key") == key
+        # the form starts from the registered name and reading (the record is replaced whole)
+        assert page.input_value("input[name=name]") == "山田 花子"
+        assert page.input_value("input[name=reading]") == "やまだ はなこ"
+        page.fill("input[name=place]", "市民会館")
+        page.click("#safe-button")
+        page.locator("#safe-result.ok").wait_for()
+        wait_until(lambda: (at_a() or {}).get("place") == "市民会館", 60, 0.3,
+                   "a holds the correction")
+        people = _has(a, "people", "safety", "search", "山田")
+        assert len(people) == 1 and people[0]["registered_by"]["key"] == key
+        # find a person on the page, escaped text, the browser's own key shown
+        page.fill("input[name=q]", "やまだ")
+        page.click("form.search button")
+        page.wait_for_url("**/safety?q=*")
+        found = page.locator("#people-found li")
+        assert found.count() == 1 and "市民会館" in found.inner_text()
+        assert found.locator("code.key").get_attribute("title") == key
+        page.evaluate("window.scrollTo(0, document.getElementById('safe-button').offsetTop - 240)")
+        _shot(page, "safety")
+        assert problems == [], problems
+    finally:
+        ctx.close()
+
+
+def test_a_browser_without_ed25519_is_refused_clearly(mesh: Mesh, browser: Any) -> None:
+    ctx, page, problems = _page(browser, lang="en")
+    # what an older browser does: WebCrypto without the Ed25519 algorithm
+    ctx.add_init_script("""{
+        const real = crypto.subtle.generateKey.bind(crypto.subtle);
+        crypto.subtle.generateKey = (alg, ...rest) => (alg && alg.name === 'Ed25519')
+            ? Promise.reject(new DOMException('Unrecognized name', 'NotSupportedError'))
+            : real(alg, ...rest);
+    }""")
+    try:
+        page.goto(f"{mesh.http}/safety")
+        page.locator("html[data-identity=unsupported]").wait_for(state="attached")
+        assert page.locator("#safe-button").is_disabled()
+        msg = page.inner_text("#safe-result")
+        assert "cannot sign with Ed25519, so it cannot register" in msg
+        assert page.locator("#safe-result.problem").is_visible()
+        assert problems == [], problems
+    finally:
+        ctx.close()
+
+
+def test_a_phone_whose_clock_is_two_hours_ahead_still_registers(mesh: Mesh,
+                                                                 browser: Any) -> None:
+    a = mesh.cl["a"]
+    ctx, page, problems = _page(browser)
+    # no network time after the disaster: the phone's clock is 2 h fast (cars refuse ops
+    # stamped more than 5 minutes ahead); the page carries the car's time
+    ctx.add_init_script("{ const real = Date.now; Date.now = () => real() + 7200000; }")
+    try:
+        page.goto(f"{mesh.http}/safety")
+        page.locator("html[data-identity=ready]").wait_for(state="attached")
+        key = page.locator("#my-key").get_attribute("data-key")
+        page.fill("input[name=name]", "時計 進子")
+        page.click("#safe-button")
+        page.locator("#safe-result.ok").wait_for()
+        person = wait_until(lambda: (_has(a, "people", "safety", "search", "時計") or [None])[0],
+                            60, 0.3, "a holds the registration")
+        assert person["registered_by"]["key"] == key
+        assert abs(person["registered_ms"] / 1000 - time.time()) < 600  # the car's time
         assert problems == [], problems
     finally:
         ctx.close()

@@ -1,0 +1,293 @@
+// carmesh web app: this browser's own Ed25519 identity, and "I am safe" signed with it.
+//
+// On the first visit the browser makes an Ed25519 key pair with WebCrypto (the private
+// key is not extractable) and keeps it in IndexedDB with its op chain: the seq, the id
+// of its newest op (prev) and its newest hybrid-clock stamp.  A registration is a whole
+// signed op envelope (sync/envelope.py), built here byte for byte as the car's
+// MessagePack encoder would, and posted to /safety/op; the car verifies the signature
+// and stores the op as if a peer had sent it, so the registrant is this key, not the
+// car's.  Ops are put in an outbox in IndexedDB before they are posted and leave it only
+// when the car has stored them, so a lost answer never makes a second op at one chain
+// position (a fork).  A browser without Ed25519 in WebCrypto is refused, clearly.
+// Text reaches the page through textContent only.
+
+const DB_NAME = "carmesh";
+const STORE = "identity";
+const ME = "me";
+const utf8 = new TextEncoder();
+const SIG_DOMAIN = utf8.encode("carmesh/op/1\0");
+const SAFETY_DOMAIN = utf8.encode("carmesh/safety/1\0");
+const KANA = /^[\u3041-\u309f\u30a0-\u30ff \u3000]*$/;
+// a phone's clock may be far off after a disaster (no network time); the cars refuse an op
+// stamped more than 5 minutes ahead, and order entries by time.  When the car's time (in
+// the page) and ours differ by more than a minute, ours is taken as off by that much.
+let clockSkewMs = 0;
+const TOLERATED_SKEW_MS = 60_000;
+
+export function setCarTime(carMs) {
+  const skew = carMs - Date.now();
+  clockSkewMs = Number.isFinite(skew) && Math.abs(skew) > TOLERATED_SKEW_MS ? skew : 0;
+}
+
+// ---------------------------------------------------------------- bytes
+
+function concat(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let i = 0;
+  for (const p of parts) {
+    out.set(p, i);
+    i += p.length;
+  }
+  return out;
+}
+
+export function hex(bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function sha256(bytes) {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+}
+
+// MessagePack as Python's msgpack.packb(use_bin_type=True) writes it: the smallest form
+// of each unsigned integer, str8 for short strings, bin for bytes.  The car refuses an
+// op whose encoding is not exactly its own (one op, one id).
+function packInto(out, v) {
+  const head = (tag, n, bytes) => {
+    out.push(tag);
+    for (let s = (bytes - 1) * 8; s >= 0; s -= 8) out.push(Number((BigInt(n) >> BigInt(s)) & 0xffn));
+  };
+  if (v === null) {
+    out.push(0xc0);
+  } else if (typeof v === "number" || typeof v === "bigint") {
+    const n = BigInt(v);
+    if (n < 0n || n >= 1n << 64n) throw new RangeError("unsigned 64-bit integers only");
+    if (n < 128n) out.push(Number(n));
+    else if (n < 1n << 8n) head(0xcc, n, 1);
+    else if (n < 1n << 16n) head(0xcd, n, 2);
+    else if (n < 1n << 32n) head(0xce, n, 4);
+    else head(0xcf, n, 8);
+  } else if (typeof v === "string") {
+    const b = utf8.encode(v);
+    if (b.length < 32) out.push(0xa0 | b.length);
+    else if (b.length < 1 << 8) head(0xd9, b.length, 1);
+    else if (b.length < 1 << 16) head(0xda, b.length, 2);
+    else head(0xdb, b.length, 4);
+    for (const x of b) out.push(x);
+  } else if (v instanceof Uint8Array) {
+    if (v.length < 1 << 8) head(0xc4, v.length, 1);
+    else if (v.length < 1 << 16) head(0xc5, v.length, 2);
+    else head(0xc6, v.length, 4);
+    for (const x of v) out.push(x);
+  } else if (Array.isArray(v)) {
+    if (v.length < 16) out.push(0x90 | v.length);
+    else head(0xdc, v.length, 2);
+    for (const x of v) packInto(out, x);
+  } else {
+    const entries = Object.entries(v).filter(([, x]) => x !== undefined);
+    if (entries.length < 16) out.push(0x80 | entries.length);
+    else head(0xde, entries.length, 2);
+    for (const [k, x] of entries) {
+      packInto(out, k);
+      packInto(out, x);
+    }
+  }
+  return out;
+}
+
+export function pack(v) {
+  return Uint8Array.from(packInto([], v));
+}
+
+// ---------------------------------------------------------------- IndexedDB
+
+function request(r) {
+  return new Promise((resolve, reject) => {
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+
+async function openDb() {
+  const r = indexedDB.open(DB_NAME, 1);
+  r.onupgradeneeded = () => r.result.createObjectStore(STORE);
+  return request(r);
+}
+
+async function load(db) {
+  return request(db.transaction(STORE).objectStore(STORE).get(ME));
+}
+
+async function save(db, me) {
+  const tx = db.transaction(STORE, "readwrite");
+  tx.objectStore(STORE).put(me, ME);
+  await new Promise((resolve, reject) => {
+    tx.oncomplete = resolve;
+    tx.onerror = () => reject(tx.error);
+    tx.onabort = () => reject(tx.error);
+  });
+}
+
+// one tab at a time changes the identity record (two tabs must not sign at one seq)
+function exclusive(fn) {
+  if (navigator.locks) return navigator.locks.request("carmesh-identity", fn);
+  return fn();
+}
+
+// ---------------------------------------------------------------- identity and ops
+
+export class Unsupported extends Error {}
+
+async function makeIdentity() {
+  let keys;
+  try {
+    keys = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
+  } catch (e) {
+    throw new Unsupported(String(e));
+  }
+  const pub = new Uint8Array(await crypto.subtle.exportKey("raw", keys.publicKey));
+  return {
+    v: 1, privateKey: keys.privateKey, pub, seq: 0, prev: null, hlc: 0n,
+    nonce: crypto.getRandomValues(new Uint8Array(16)), outbox: [],
+  };
+}
+
+// this browser's identity record, made on the first call
+export async function identity(db) {
+  if (!globalThis.crypto || !crypto.subtle) throw new Unsupported("no WebCrypto here");
+  return exclusive(async () => {
+    let me = await load(db);
+    if (!me) {
+      me = await makeIdentity();
+      await save(db, me);
+    }
+    return me;
+  });
+}
+
+// the next op of ``me``'s chain, signed; ``me`` is advanced (the caller saves it)
+async function signNext(me, kind, docId, body) {
+  const seq = me.seq + 1;
+  const wall = BigInt(Math.round(Date.now() + clockSkewMs)) << 16n;
+  const hlc = wall > me.hlc ? wall : me.hlc + 1n;
+  const signed = pack([1, kind, docId, me.pub, seq, me.prev, hlc, null, body]);
+  const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, me.privateKey,
+                                                      concat(SIG_DOMAIN, signed)));
+  // the signed 9-array with its header bumped to 10 items and the signature as bin8
+  const raw = concat([0x9a], signed.subarray(1), [0xc4, 0x40], sig);
+  const opId = await sha256(raw);
+  const before = { seq: me.seq, prev: me.prev, hlc: me.hlc };
+  me.seq = seq;
+  me.prev = opId;
+  me.hlc = hlc;
+  me.outbox.push({ op: hex(raw), before });
+  return hex(opId);
+}
+
+export async function personId(pub, nonce) {
+  return (await sha256(concat(SAFETY_DOMAIN, pub, nonce))).subarray(0, 16);
+}
+
+// post every op in the outbox, oldest first; the answer to the newest, or an error
+async function flush(db) {
+  return exclusive(async () => {
+    const me = await load(db);
+    let last = null;
+    while (me.outbox.length) {
+      const item = me.outbox[0];
+      const resp = await fetch("/safety/op", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ op: item.op }), credentials: "same-origin",
+      });
+      const answer = await resp.json().catch(() => ({ error: resp.statusText }));
+      if (resp.ok || resp.status === 409) { // stored now, or stored before (a replay)
+        me.outbox.shift();
+        await save(db, me);
+        last = answer;
+        continue;
+      }
+      if (resp.status === 400 && me.outbox.length === 1) {
+        // refused for good and nothing chained after it: give the position back
+        Object.assign(me, item.before);
+        me.outbox = [];
+        await save(db, me);
+      }
+      throw new Error(answer.error || `HTTP ${resp.status}`);
+    }
+    return last;
+  });
+}
+
+// register this browser's own person record as safe (the same record each time: a new
+// registration replaces the whole record, so the form is filled with the last name)
+export async function registerSafe(db, { name, reading, place, note }) {
+  reading = reading.normalize("NFKC").trim();
+  if (!KANA.test(reading)) throw new Error("よみがな: kana only / reading: kana only");
+  await exclusive(async () => {
+    const me = await load(db);
+    const body = { b: name.slice(0, 64), s: "safe", a: place || undefined, t: note || undefined,
+                   i: me.nonce, n: name, r: reading, c: "" };
+    await signNext(me, "safety.person", await personId(me.pub, me.nonce), pack(body));
+    me.profile = { name, reading }; // the next visit's form starts from these
+    await save(db, me); // in the outbox before it is sent
+  });
+  return flush(db);
+}
+
+// ---------------------------------------------------------------- the page
+
+function show(el, text, cls) {
+  el.textContent = text;
+  el.className = cls;
+  el.hidden = false;
+}
+
+async function main() {
+  const form = document.getElementById("safe-form");
+  if (!form) return;
+  const button = document.getElementById("safe-button");
+  const keyEl = document.getElementById("my-key");
+  const result = document.getElementById("safe-result");
+  setCarTime(Number(form.dataset.now));
+  let db;
+  let me;
+  try {
+    db = await openDb();
+    me = await identity(db);
+  } catch (e) {
+    document.documentElement.dataset.identity = "unsupported";
+    keyEl.textContent = "—";
+    show(result, `${form.dataset.noEd25519} (${e.message || e})`, "problem");
+    return;
+  }
+  const key = hex(me.pub);
+  keyEl.textContent = key.slice(0, 16);
+  keyEl.title = key;
+  keyEl.dataset.key = key;
+  if (me.profile) { // a correction starts from the record as registered (last writer wins)
+    for (const k of ["name", "reading"]) if (!form.elements[k].value) form.elements[k].value = me.profile[k];
+  }
+  button.disabled = false;
+  document.documentElement.dataset.identity = "ready";
+  if (me.outbox.length) flush(db).catch(() => {}); // what an earlier visit could not send
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const val = (k) => String(f.get(k) || "").trim();
+    button.disabled = true;
+    show(result, form.dataset.signing, "meta");
+    try {
+      const res = await registerSafe(db, { name: val("name"), reading: val("reading"),
+                                           place: val("place"), note: val("note") });
+      const p = res && res.person;
+      show(result, `${form.dataset.registered}: ${p ? p.name : val("name")}`, "ok");
+      if (res) result.dataset.op = res.op_id;
+    } catch (e) {
+      show(result, `${form.dataset.failed}: ${e.message || e}`, "problem");
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+main();
