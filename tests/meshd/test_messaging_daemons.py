@@ -89,7 +89,7 @@ def test_inbox_that_cannot_be_written_is_not_acknowledged(tmp_path: Path) -> Non
             assert r.returncode == 1, (r.stdout, r.stderr)
             err = json.loads(r.stdout)["error"]
             assert err["code"] == "failed" and "could not store" in err["message"], err
-            assert err["data"] == {"why": "io_error"}
+            assert err["data"]["why"] == "io_error" and err["data"]["name"] == "bob"
         rc, status = b.meshctl("status")
         assert rc == 0 and "messages.jsonl" in status["inbox_error"]
         assert b.log().count("cannot store received messages") == 1  # logged once
