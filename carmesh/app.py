@@ -40,7 +40,13 @@ async def build_node(config: Config) -> Node:
     from sync.node_service import SyncNodeService, open_store
 
     node = Node(config, wall_clock=wall_clock_from_env())
-    store = await open_store(node.state_dir, wall_clock=node.mesh_time)
+    from meshd.config import DEFAULT_STORE_QUOTA
+    from sync.apply import Quotas
+
+    # trust updates and bulletins are outside the non-members' pool and never evicted
+    quotas = Quotas(store_quota_bytes=config.store_quota or DEFAULT_STORE_QUOTA,
+                    protected_namespaces=frozenset({"trust", "bulletin"}))
+    store = await open_store(node.state_dir, wall_clock=node.mesh_time, quotas=quotas)
     try:
         node.add_service(SyncNodeService(node, store))
         from library_replica.node_service import LibraryNodeService
@@ -48,6 +54,8 @@ async def build_node(config: Config) -> Node:
         library = LibraryNodeService(node, store, trust_path=config.trust, inbox=node.messenger,
                                      wall_clock=node.mesh_time)
         node.add_service(library)
+        # a revoked node key (lost or stolen device) gets no link here either
+        node.refuse_keys(library.trust.revoked)
         node.mail_fallback = library.queue_mail
         from library_replica.safety_service import SafetyNodeService
 

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "/metrics, loopback only unless an address is given)")
     p.add_argument("--trust", type=Path, metavar="FILE",
                    help="community trust configuration (root and authority keys)")
+    p.add_argument("--store-quota", metavar="BYTES",
+                   help="the op store's total size (e.g. 512M, 2G; default 1G): beyond it the "
+                        "oldest ops of non-members, then of members, are evicted")
     p.add_argument("--recover-store", action="store_true",
                    help="move a damaged op store (and the search index) aside, then start with"
                    " empty ones that resync from the neighbours")

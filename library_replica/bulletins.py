@@ -4,7 +4,10 @@ Theory of operation
 -------------------
 A community trusts one *root* key.  Its trust configuration lists the
 *authority* keys allowed to publish bulletins, each with a role (maker, city,
-dealer) and a name, plus the keys it *revoked*.  A node pins a root (a
+dealer) and a name, the *member* keys its dealers enrolled (cars and phones:
+their ops are outside the small pool that unknown authors share in the op
+store), plus the keys it *revoked* (a removed authority, a lost or stolen
+device: a node refuses a revoked key's new ops and links).  A node pins a root (a
 ``TrustConfig`` from a TOML file, or only the root's ``fingerprint`` until an
 update from that root arrives), and the configuration is then replaced by
 ``trust.update`` ops carrying a higher version, whose body is signed by the
@@ -68,6 +71,7 @@ __all__ = [
     "KIND_PUBLISH",
     "KIND_TRUST_UPDATE",
     "MAX_LIFETIME_MS",
+    "MAX_MEMBERS",
     "TRUST_DOC_ID",
     "TRUST_UPDATE_LIFETIME_MS",
     "Authority",
@@ -101,6 +105,8 @@ MAX_TITLE = 200
 MAX_TEXT = 8000
 MAX_AUTHORITIES = 256
 MAX_REVOKED = 4096
+#: members a configuration lists (a whole update must fit in one op body: 60 kB)
+MAX_MEMBERS = 1024
 MAX_COMMUNITY = 100
 #: bytes of SHA-256 a root fingerprint keeps (128 bits: read aloud, typed at a dealer)
 FINGERPRINT_LEN = 16
@@ -156,13 +162,14 @@ class Authority:
 
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
-    """The community's root key, a version, its authority keys and the keys it revoked."""
+    """The community's root key, a version, its authority and member keys, the keys it revoked."""
 
     root: bytes
     version: int
     authorities: Mapping[bytes, Authority] = field(default_factory=dict)
     community: str = ""
     revoked: frozenset[bytes] = frozenset()
+    members: frozenset[bytes] = frozenset()
 
     @classmethod
     def from_toml(cls, text: str) -> TrustConfig:
@@ -175,19 +182,22 @@ class TrustConfig:
             auths = [Authority(bytes.fromhex(a["key"]), AuthorityRole(a["role"]),
                                str(a.get("name", ""))) for a in data.get("authority", [])]
             revoked = [bytes.fromhex(k) for k in data.get("revoked", [])]
+            members = [bytes.fromhex(k) for k in data.get("members", [])]
         except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError,
                 AttributeError) as exc:
             raise LibraryError(f"trust configuration: {exc}") from None
         if len(root) != AUTHOR_KEY_LEN or type(version) is not int or not 0 <= version < 2**53:
             raise LibraryError("trust configuration: root is a 32-byte hex key, version an int")
         if any(len(a.key) != AUTHOR_KEY_LEN for a in auths) or \
-                any(len(k) != AUTHOR_KEY_LEN for k in revoked):
+                any(len(k) != AUTHOR_KEY_LEN for k in revoked + members):
             raise LibraryError("trust configuration: authority keys are 32 bytes")
         if type(community) is not str or len(community) > MAX_COMMUNITY:
             raise LibraryError("trust configuration: community is a short name")
-        if len(auths) > MAX_AUTHORITIES or len(revoked) > MAX_REVOKED:
+        if (len(auths) > MAX_AUTHORITIES or len(revoked) > MAX_REVOKED
+                or len(members) > MAX_MEMBERS):
             raise LibraryError("trust configuration: too many keys")
-        return cls(root, version, {a.key: a for a in auths}, community, frozenset(revoked))
+        return cls(root, version, {a.key: a for a in auths}, community, frozenset(revoked),
+                   frozenset(members))
 
     @classmethod
     def load(cls, path: Path) -> TrustConfig:
@@ -205,6 +215,9 @@ class TrustConfig:
         if self.revoked:
             lines.append("revoked = [" + ", ".join(f'"{k.hex()}"' for k in sorted(self.revoked))
                          + "]")
+        if self.members:
+            lines.append("members = [" + ", ".join(f'"{k.hex()}"' for k in sorted(self.members))
+                         + "]")
         lines.append("")
         for a in sorted(self.authorities.values(), key=lambda a: (a.role, a.name, a.key)):
             lines += ["[[authority]]", f'key = "{a.key.hex()}"', f'role = "{a.role}"',
@@ -213,8 +226,10 @@ class TrustConfig:
 
 
 def _trust_signed(root: bytes, version: int, auths: list[list[Any]], revoked: list[bytes],
-                  community: str) -> bytes:
-    return pack([_TRUST_DOMAIN, root, version, auths, revoked, community])
+                  community: str, members: list[bytes]) -> bytes:
+    # members are signed only when there are some: updates made before members existed verify
+    tail: list[Any] = [members] if members else []
+    return pack([_TRUST_DOMAIN, root, version, auths, revoked, community, *tail])
 
 
 def _auth_list(authorities: Iterable[Authority]) -> list[list[Any]]:
@@ -223,19 +238,23 @@ def _auth_list(authorities: Iterable[Authority]) -> list[list[Any]]:
 
 def prepare_trust_update(sign: Signer, root: bytes, version: int,
                          authorities: Iterable[Authority], *, revoked: Iterable[bytes] = (),
-                         community: str = "") -> tuple[bytes, bytes]:
+                         community: str = "",
+                         members: Iterable[bytes] = ()) -> tuple[bytes, bytes]:
     """(doc_id, body) of a ``trust.update`` op; ``sign`` signs with the root key."""
     auths = _auth_list(authorities)
     rev = sorted(set(revoked))
-    if len(auths) > MAX_AUTHORITIES or len(rev) > MAX_REVOKED:
-        raise LocalProtocolError("too many authorities or revoked keys")
+    mem = sorted(set(members) - set(rev))
+    if len(auths) > MAX_AUTHORITIES or len(rev) > MAX_REVOKED or len(mem) > MAX_MEMBERS:
+        raise LocalProtocolError("too many authorities, members or revoked keys")
     if len(community) > MAX_COMMUNITY:
         raise LocalProtocolError("community name too long")
     if not 0 < version < 2**53:
         raise LocalProtocolError("version out of range")
-    sig = sign(_trust_signed(root, version, auths, rev, community))
-    return TRUST_DOC_ID, encode_body({"v": version, "a": auths, "r": rev, "n": community,
-                                      "sig": sig})
+    sig = sign(_trust_signed(root, version, auths, rev, community, mem))
+    fields: dict[str, Any] = {"v": version, "a": auths, "r": rev, "n": community, "sig": sig}
+    if mem:
+        fields["m"] = mem
+    return TRUST_DOC_ID, encode_body(fields)
 
 
 def parse_trust_update(op: OpLike) -> TrustConfig:
@@ -252,6 +271,12 @@ def parse_trust_update(op: OpLike) -> TrustConfig:
         rev = f.list("r", max_len=MAX_REVOKED)
         community = f.str("n", max_len=MAX_COMMUNITY)
         sig = f.bytes("sig", size=64)
+        try:
+            mem = f.list("m", max_len=MAX_MEMBERS)
+        except DecodeError as exc:
+            if exc.reason != "missing":  # an update with no members has no "m"
+                raise
+            mem = []
         auths: list[Authority] = []
         for item in raw:
             if type(item) is not list or len(item) != 3:
@@ -262,13 +287,15 @@ def parse_trust_update(op: OpLike) -> TrustConfig:
             if type(name) is not str or len(name) > MAX_TITLE:
                 raise DecodeError("field", "authority name")
             auths.append(Authority(key, AuthorityRole(role), name))
-        if any(type(k) is not bytes or len(k) != AUTHOR_KEY_LEN for k in rev):
-            raise DecodeError("field", "revoked key")
+        if any(type(k) is not bytes or len(k) != AUTHOR_KEY_LEN for k in rev + mem):
+            raise DecodeError("field", "revoked or member key")
     except (DecodeError, ValueError) as exc:
         raise Refused("body", str(exc)) from None
-    if not verify_ed25519(op.author, sig, _trust_signed(op.author, version, raw, rev, community)):
+    if not verify_ed25519(op.author, sig,
+                          _trust_signed(op.author, version, raw, rev, community, mem)):
         raise Refused("signature", "trust update not signed by its root key")
-    return TrustConfig(op.author, version, {a.key: a for a in auths}, community, frozenset(rev))
+    return TrustConfig(op.author, version, {a.key: a for a in auths}, community, frozenset(rev),
+                       frozenset(mem))
 
 
 class TrustVerdict(enum.Enum):
@@ -359,6 +386,13 @@ class TrustStore:
     def revoked(self, key: bytes) -> bool:
         """True when our configuration revoked ``key``."""
         return self.config is not None and key in self.config.revoked
+
+    def member(self, key: bytes) -> bool:
+        """True for a member key: the root, an authority, a listed member (and not revoked)."""
+        c = self.config
+        if c is None or key in c.revoked:
+            return False
+        return key == c.root or key in c.authorities or key in c.members
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,6 +223,9 @@ class LibraryNodeService:
                 "mail": self.mail.authorize}).items():
             store.register_authorizer(ns, fn)
         self._unsubscribe = store.subscribe(self._on_commit)
+        # the op store's admission: members write freely, the rest share a small pool
+        store.set_admission(member=self._is_member, revoked=self.trust.revoked,
+                            own=[self._author])
         self._version: dict[str, Any] = {"version": "", "collections": {}}
         self._version_dirty = True
         info = getattr(node, "info", None)  # meshd's InfoService: gossip our library version
@@ -516,6 +519,21 @@ class LibraryNodeService:
         if self.bulletins.classify(op, wall_now_ms) is None:
             self.carried.admit(op, self._size(op), wall_now_ms)
 
+    def _is_member(self, key: bytes) -> bool:
+        """A member for the op store: enrolled (``TrustStore.member``), or anyone while the
+        configuration enrols nobody (no trust, or a community without a members list)."""
+        c = self.trust.config
+        if c is None or not c.members:
+            return not self.trust.revoked(key)
+        return self.trust.member(key)
+
+    def _trust_moved(self) -> None:
+        """The configuration changed: recount the store's pool, drop revoked keys' links."""
+        self.store.membership_changed()
+        recheck = getattr(self.node, "recheck_links", None)  # meshd's Node (not in NodeApi)
+        if recheck is not None:
+            recheck()
+
     def _authorize_trust(self, op: OpLike, wall_now_ms: int) -> None:
         """Our root's updates are kept (adopted when newer); other verified ones are carried."""
         verdict, _ = self.trust.classify(op)
@@ -542,6 +560,7 @@ class LibraryNodeService:
             published += await self._recheck(wall, withdraw)
         await self._withdraw(withdraw, announce=not replay)
         if (self.trust.version, self.trust.root) != before:
+            self._trust_moved()
             await asyncio.to_thread(self._save_trust)
             if not replay:
                 self._announce_trust()
@@ -1184,6 +1203,8 @@ class LibraryNodeService:
                                             key=lambda a: (a.role, a.name, a.key))]
             if c else [],
             "revoked": sorted(k.hex() for k in c.revoked) if c else [],
+            "members": sorted(k.hex() for k in c.members) if c else [],
+            "member": self.trust.member(self._author),
             "file": str(self.trust_path) if self.trust_path else None,
             "key": self._author.hex(),
             "authority": self.trust.authority(self._author) is not None,
@@ -1237,6 +1258,7 @@ class LibraryNodeService:
                 withdraw = self.bulletins.drop_untrusted()
                 shown = await self._recheck(wall, withdraw)
                 await self._withdraw(withdraw, announce=True)
+                self._trust_moved()
                 await asyncio.to_thread(self._save_trust)
                 self._announce_trust()
                 for b in shown:

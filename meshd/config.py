@@ -55,6 +55,8 @@ class Config:
     web: tuple[str, ...] = ()
     web_local: str = "127.0.0.1:7480"
     no_web: bool = False
+    #: the op store's total size in bytes (``--store-quota``); None: ``DEFAULT_STORE_QUOTA``
+    store_quota: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def merged(self, overrides: dict[str, Any]) -> Config:
@@ -65,6 +67,33 @@ class Config:
 _LIST_KEYS = {"interface", "listen", "peer", "admin", "web"}
 _PATH_KEYS = {"state_dir", "answer_play", "answer_record", "trust"}
 _LOG_LEVELS = {"debug", "info", "warning", "error", "critical"}
+
+
+#: the op store's total quota on a head unit by default (a car keeps its flash for maps)
+DEFAULT_STORE_QUOTA = 1024**3
+#: below this the node could not hold even the trust and bulletins it carries
+MIN_STORE_QUOTA = 16 * 1024**2
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(value: object, key: str = "store-quota") -> int:
+    """Bytes from an int or a string such as ``512M`` or ``2G`` (binary units)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key!r} must be a size in bytes")
+    if isinstance(value, str):
+        text = value.strip().lower().removesuffix("ib").removesuffix("b")
+        unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+        try:
+            n = int(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit]
+        except ValueError:
+            raise ConfigError(f"{key!r}: {value!r} is no size (e.g. 1073741824, 512M, 2G)") from None
+    elif isinstance(value, int):
+        n = value
+    else:
+        raise ConfigError(f"{key!r} must be a size in bytes")
+    if n < MIN_STORE_QUOTA:
+        raise ConfigError(f"{key!r} must be at least {MIN_STORE_QUOTA} bytes (16M)")
+    return n
 
 
 def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +131,8 @@ def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError("'metrics' must be a string: ADDR:PORT or off")
             parse_metrics_address(value)
             out[k] = value.strip()
+        elif k == "store_quota":
+            out[k] = parse_size(value, key)
         elif k == "log_format":
             if not isinstance(value, str) or value.lower() not in LOG_FORMATS:
                 raise ConfigError(f"log-format must be one of {', '.join(LOG_FORMATS)}")

@@ -169,6 +169,22 @@ class Node:
         """Mesh time (unix seconds): the system clock bounded by the neighbours' (``MeshClock``)."""
         return self.clock.time(self._raw_wall())
 
+    def refuse_keys(self, revoked: Callable[[bytes], bool]) -> None:
+        """Refuse links with nodes whose Ed25519 key ``revoked`` names (a lost or stolen device).
+
+        The composition root installs the application's trust here (meshd knows no trust);
+        ``recheck_links`` closes the links that a newer answer refuses.
+        """
+        self.links.refuse_key = revoked
+        self.recheck_links()
+
+    def recheck_links(self) -> None:
+        """Close the links to neighbours whose key is now refused (the trust changed)."""
+        for peer, info in list(self._peers.items()):
+            if self.links.refuse_key(info.announcement.ed25519_pub):
+                logger.warning("[%s] closing the link: its key was revoked", short_id(peer))
+                self.links.close_link(peer, "revoked")
+
     def mesh_time(self) -> float:
         """Mesh time for the application services (the op store's HLC, expiries)."""
         return self._wall()

@@ -8,8 +8,8 @@ counters, the ops applied, the pending pool), and returns an ``ApplyPlan``
 saying what to do with each op; the store (``sync.store``, or an in-memory
 one in the simulator) then only writes the plan in one transaction.  For each
 op, in this order: duplicate check, expiry, clock skew, quarantine, the
-namespace's authoriser, the per-author quota, and its place in the author's
-chain:
+namespace's authoriser, admission (below), the per-author quota, and its place
+in the author's chain:
 
 * the next op of the chain (``seq == head + 1`` and ``prev`` = head id, with a
   larger ``hlc``) is **applied**, and any parked successors after it (taken out
@@ -20,6 +20,20 @@ chain:
   op at ``seq - 1``, is a fork: the author is **quarantined** (no new ops
   accepted, its ops no longer offered to peers) and the op kept as evidence;
 * anything else is **refused**, with a reason token for the drop counter.
+
+Admission (``Admission``, when the store gives one): ops of a *revoked* key are
+refused (``revoked``) before anything else is checked.  Authors that are not
+*members* (the application decides who is: see ``Admission.member``) share one
+small pool per node, outside the namespaces ``Quotas.protected_namespaces``
+(trust updates and bulletins, bounded by the application's carried pool):
+at most ``unknown_max_ops`` stored ops and ``unknown_max_bytes`` bytes
+(``unknown-pool-full``), ``unknown_max_pending`` parked ops, and a rate of
+``unknown_rate_per_min`` ops a minute, as a token bucket
+(``unknown-rate``).  When the store is at its total quota (``Admission.full``)
+a non-member's op outside the protected namespaces is refused
+(``store-full``); members' ops are admitted and the store evicts to make room.
+So a flood of fresh keys fills the pool and no further: it never crowds out
+members or fills the disk.
 
 Ephemeral ops (``seq`` 0) are outside any chain: applied if authorised and
 within quota.  Chained ops of one author are taken in ``seq`` order, so a
@@ -36,17 +50,28 @@ from meshd.core.errors import RemoteProtocolError
 from sync.envelope import Authorizer, Op, hlc_wall_ms
 from sync.errors import Unauthorized
 
-__all__ = ["ApplyPlan", "AuthorState", "ChainView", "Quotas", "Refusal", "plan_apply"]
+__all__ = ["Admission", "ApplyPlan", "AuthorState", "ChainView", "Quotas", "Refusal",
+           "UnknownPool", "plan_apply"]
 
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """Per-author limits and the size of the pending pool."""
+    """Per-author limits, the size of the pending pool, the unknown authors' pool, the total."""
 
     max_ops_per_author: int = 500_000
     max_bytes_per_author: int = 256 * 1024 * 1024
     max_pending: int = 20_000
     max_pending_per_author: int = 12_000
+    #: the pool all non-members share (stored ops, bytes, parked ops, ops per minute)
+    unknown_max_ops: int = 2_000
+    unknown_max_bytes: int = 8 * 1024 * 1024
+    unknown_max_pending: int = 500
+    unknown_rate_per_min: int = 600
+    #: the op store's total size (bytes of ops); the store evicts to stay under it
+    store_quota_bytes: int = 1024 * 1024 * 1024
+    #: namespaces outside the unknown pool and never evicted (the application's trust and
+    #: bulletins; the composition root names them)
+    protected_namespaces: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -75,6 +100,31 @@ class ChainView:
     #: the pending pool by (author, seq), and its ids
     pending: Mapping[tuple[bytes, int], Op]
     pending_ids: Collection[bytes]
+    #: ids of ops evicted for the total quota: taken as duplicates, never stored again
+    evicted: Collection[bytes] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownPool:
+    """What the non-members hold: stored ops and bytes (outside protected namespaces), and
+    the rate bucket's tokens (ops they may still send now)."""
+
+    ops: int = 0
+    bytes: int = 0
+    tokens: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Who may write how much here (see the module docstring); None in a plan: no limits."""
+
+    #: True for a member's key (enrolled, an authority, the root, this node's own keys)
+    member: Callable[[bytes], bool]
+    #: True for a key the community revoked (a lost or stolen device)
+    revoked: Callable[[bytes], bool]
+    pool: UnknownPool
+    #: the store is at its total quota
+    full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +154,8 @@ class ApplyPlan:
     refusals: tuple[Refusal, ...] = ()
     #: ids of ops already held (applied, parked, or twice in this batch)
     duplicates: tuple[bytes, ...] = ()
+    #: the unknown pool after the batch (None without admission)
+    pool: UnknownPool | None = None
 
     @property
     def acked(self) -> tuple[bytes, ...]:
@@ -114,7 +166,8 @@ class ApplyPlan:
 
 def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, wall_ms: int,
                max_skew_ms: int, quotas: Quotas,
-               authorize: Callable[[Op, int], None] | Authorizer) -> ApplyPlan:
+               authorize: Callable[[Op, int], None] | Authorizer,
+               admission: Admission | None = None) -> ApplyPlan:
     """Decide, for each op of a batch, apply / park / quarantine / refuse (see module docstring).
 
     ``authorize(op, wall_ms)`` raises ``Unauthorized`` to refuse an op; any other exception
@@ -136,6 +189,32 @@ def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, 
     pending_per_author: dict[bytes, int] = {}
     for k in view.pending:
         pending_per_author[k[0]] = pending_per_author.get(k[0], 0) + 1
+    adm = admission
+    pool_ops = adm.pool.ops if adm else 0
+    pool_bytes = adm.pool.bytes if adm else 0
+    tokens = adm.pool.tokens if adm else 0.0
+    pool_pending = (sum(n for k, n in pending_per_author.items() if not adm.member(k))
+                    if adm else 0)
+
+    def pooled(op: Op) -> bool:
+        """True when ``op`` counts against the unknown authors' pool."""
+        return (adm is not None and op.namespace not in quotas.protected_namespaces
+                and not adm.member(op.author))
+
+    def pool_refusal(op: Op, *, parking: bool) -> str | None:
+        """Why the unknown pool refuses ``op`` now, or None."""
+        assert adm is not None
+        if adm.full:
+            return "store-full"
+        if parking:
+            if pool_pending >= quotas.unknown_max_pending:
+                return "unknown-pool-full"
+        elif (pool_ops + 1 > quotas.unknown_max_ops
+              or pool_bytes + len(op.raw) > quotas.unknown_max_bytes):
+            return "unknown-pool-full"
+        if tokens < 1.0:
+            return "unknown-rate"
+        return None
 
     def author(key: bytes) -> AuthorState:
         a = authors.get(key)
@@ -151,6 +230,7 @@ def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, 
 
     def try_apply(op: Op, a: AuthorState) -> bool:
         """Authorise and take ``op`` into ``apply``; False if refused."""
+        nonlocal pool_ops, pool_bytes, tokens
         try:
             authorize(op, wall_ms)
         except Unauthorized as exc:
@@ -163,6 +243,14 @@ def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, 
                 or a.n_bytes + len(op.raw) > quotas.max_bytes_per_author):
             refusals.append(Refusal("quota", "author over quota", op))
             return False
+        if pooled(op):
+            why = pool_refusal(op, parking=False)
+            if why is not None:
+                refusals.append(Refusal(why, "author is no member", op))
+                return False
+            pool_ops += 1
+            pool_bytes += len(op.raw)
+            tokens -= 1.0
         a.n_ops += 1
         a.n_bytes += len(op.raw)
         if op.seq:
@@ -178,8 +266,12 @@ def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, 
     # chained ops of one author in seq order so a batch in any order applies at once
     ops.sort(key=lambda o: (o.seq == 0, o.author, o.seq))
     for op in ops:
-        if op.op_id in view.applied or op.op_id in batch_ids or op.op_id in view.pending_ids:
+        if (op.op_id in view.applied or op.op_id in batch_ids or op.op_id in view.pending_ids
+                or op.op_id in view.evicted):
             duplicates.append(op.op_id)
+            continue
+        if adm is not None and adm.revoked(op.author):
+            refusals.append(Refusal("revoked", "the community revoked this key", op))
             continue
         if op.expiry_ms is not None and op.expiry_ms <= wall_ms:
             refusals.append(Refusal("expired", "", op))
@@ -235,6 +327,13 @@ def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, 
                 or n_author >= quotas.max_pending_per_author):
             refusals.append(Refusal("pending-full", "", op))
             continue
+        if pooled(op):
+            why = pool_refusal(op, parking=True)
+            if why is not None:
+                refusals.append(Refusal(why, "author is no member", op))
+                continue
+            pool_pending += 1
+            tokens -= 1.0
         park.append(op)
         n_parked += 1
         parked_now[key] = op
@@ -243,4 +342,5 @@ def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, 
     if unparked_now:
         park = [o for o in park if o.op_id not in unparked_now]
     return ApplyPlan(tuple(apply), tuple(park), tuple(unpark), authors, tuple(evidence),
-                     tuple(refusals), tuple(duplicates))
+                     tuple(refusals), tuple(duplicates),
+                     UnknownPool(pool_ops, pool_bytes, tokens) if adm else None)

@@ -18,22 +18,22 @@ from typing import Any
 from meshd.core.identity import NodeId
 from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
 from sync.service import SyncService
-from sync.store import OpStore, default_verify_workers, refuse_empty_file
+from sync.store import OpStore, Quotas, default_verify_workers, refuse_empty_file
 
 __all__ = ["SyncNodeService", "open_store"]
 
 DB_NAME = "ops.sqlite"
 
 
-async def open_store(state_dir: Path, *,
-                     wall_clock: Callable[[], float] = time.time) -> OpStore:
+async def open_store(state_dir: Path, *, wall_clock: Callable[[], float] = time.time,
+                     quotas: Quotas | None = None) -> OpStore:
     """Open (or create) the node's durable op store (SQLite, WAL) in ``state_dir``.
 
     Large received batches (a catch-up) are verified in worker processes when the
     machine has two CPUs or more; they start with the first such batch.
     """
     refuse_empty_file(Path(state_dir) / DB_NAME)
-    return await OpStore.open(Path(state_dir) / DB_NAME, wall_clock=wall_clock,
+    return await OpStore.open(Path(state_dir) / DB_NAME, wall_clock=wall_clock, quotas=quotas,
                               verify_workers=default_verify_workers())
 
 
@@ -99,6 +99,7 @@ class SyncNodeService:
 
     async def _h_status(self, params: dict[str, Any]) -> dict[str, Any]:
         st = self.service.status()
+        st["store"] = self.store.admission_status()
         for node_id, peer in st["peers"].items():
             ann = self.node.announcement_of(bytes.fromhex(node_id))
             peer["name"] = ann.name if ann else ""

@@ -8,7 +8,8 @@ serving calls: in verification threads, or for a large batch in worker processes
 when configured; see "Verification" below), duplicate check, expiry, clock skew, quarantine,
 authoriser of the op's namespace, per-author quota, and finally its place in
 the author's chain: applied, parked until its predecessor arrives, or a fork
-that quarantines the author.  Those decisions are the pure planner
+that quarantines the author (and admission: revoked keys, the pool non-members
+share, the total quota).  Those decisions are the pure planner
 ``sync.apply.plan_apply`` (its docstring has the rules); this adapter gives it a
 read-only view of the committed chain state and writes the plan it returns.
 
@@ -18,6 +19,15 @@ returned, whose ``acked`` ids are what the caller may acknowledge to the peer.
 Refused ops are counted per reason with a ``DropCounter`` and never stored, so
 they are never relayed.  On open the indexes are rebuilt from the database, so
 a restart resumes where it was.
+
+Quota.  The store holds at most ``Quotas.store_quota_bytes`` of ops.  When a
+commit takes it over, ops are evicted, oldest first, down to
+``EVICT_TO`` of the quota: first those of authors that are no members, then
+members' ops; never an op of a protected namespace (trust, bulletins) nor one
+of this node's own keys.  An evicted op's id is remembered (32 bytes) so that
+a peer offering it again meets a duplicate, not a fork.  Who is a member and
+who is revoked the application says (``set_admission``); without it every
+author is a member and nothing is revoked.
 
 Verification.  Ed25519 through libsodium releases the GIL, so threads verify on
 every core; but decoding around it holds the GIL, contending with the event loop
@@ -52,7 +62,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshd.core.codec import DropCounter
 from meshd.core.errors import DiskFull, RemoteProtocolError, is_disk_full
-from sync.apply import AuthorState, ChainView, Quotas, plan_apply
+from sync.apply import Admission, AuthorState, ChainView, Quotas, UnknownPool, plan_apply
 from sync.envelope import (
     MAX_OP_SIZE,
     Authorizer,
@@ -64,6 +74,7 @@ from sync.errors import StoreCorrupt, SyncLocalError, Unauthorized
 from sync.reconcile import RangeSet
 
 __all__ = [
+    "EVICT_TO",
     "WORKER_MIN_BATCH",
     "ApplyResult",
     "OpStore",
@@ -117,7 +128,10 @@ CREATE TABLE IF NOT EXISTS authors (
 CREATE TABLE IF NOT EXISTS evidence (
     author BLOB NOT NULL, raw BLOB NOT NULL, reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS evicted (op_id BLOB PRIMARY KEY) WITHOUT ROWID;
 """
+#: eviction for the total quota goes down to this fraction of it (room for a few batches)
+EVICT_TO = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +293,15 @@ class OpStore:
         self._threads = 1
         self._thread_pool: ThreadPoolExecutor | None = None
         self._purge_blocked = False  # the last purge found the disk full (logged once)
+        # admission (see "Quota" above): without set_admission everyone is a member
+        self._member: Callable[[bytes], bool] | None = None
+        self._revoked: Callable[[bytes], bool] = lambda key: False
+        self._own: set[bytes] = set()  # this node's keys: never evicted, always members
+        self._free: dict[bytes, list[int]] = {}  # author -> [ops, bytes] outside protected ns
+        self._unknown = UnknownPool(tokens=float(quotas.unknown_rate_per_min))
+        self._tokens_ms: int | None = None
+        self._evicted: set[bytes] = set()
+        self.evicted_total = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -334,10 +357,15 @@ class OpStore:
             async for a, hs, hid, hh, no, nb, q in cur:
                 self._authors[a] = AuthorState(hs, hid, hh, no, nb, q)
         max_hlc = 0
+        protected = self.quotas.protected_namespaces
         async with self._db.execute("SELECT op_id, ns, hlc, author, length(raw) FROM ops") as cur:
             async for op_id, ns, hlc, author, size in cur:
                 self._known[op_id] = (ns, hlc, author)
                 self.bytes_stored += size
+                if ns not in protected:
+                    f = self._free.setdefault(author, [0, 0])
+                    f[0] += 1
+                    f[1] += size
                 max_hlc = max(max_hlc, hlc)
                 a = self._authors.get(author)
                 if a is None or a.quarantined is None:
@@ -347,6 +375,8 @@ class OpStore:
                 op = decode_op(raw, verify=False)
                 self._pending[(op.author, op.seq)] = op
                 self._pending_ids.add(op.op_id)
+        async with self._db.execute("SELECT op_id FROM evicted") as cur:
+            self._evicted = {r[0] async for r in cur}
         self.clock = HybridClock(max_hlc)
 
     async def close(self) -> None:
@@ -423,6 +453,37 @@ class OpStore:
     def register_authorizer(self, namespace: str, authorizer: Authorizer) -> None:
         """Install the application's authoriser for ``namespace`` (ops of unknown ones are refused)."""
         self._authorizers[namespace] = authorizer
+
+    def set_admission(self, *, member: Callable[[bytes], bool],
+                      revoked: Callable[[bytes], bool], own: Iterable[bytes] = ()) -> None:
+        """Say who is a member and who is revoked (see "Quota"); ``own``: this node's keys.
+
+        Call ``membership_changed`` whenever the answers change (a trust update adopted).
+        """
+        self._member = member
+        self._revoked = revoked
+        self._own.update(own)
+        self.membership_changed()
+
+    def membership_changed(self) -> None:
+        """Recount the unknown pool after the membership changed."""
+        ops = size = 0
+        for author, (n, b) in self._free.items():
+            if not self._is_member(author):
+                ops += n
+                size += b
+        self._unknown = UnknownPool(ops, size, self._unknown.tokens)
+
+    def _is_member(self, author: bytes) -> bool:
+        return self._member is None or author in self._own or self._member(author)
+
+    def admission_status(self) -> dict[str, int]:
+        """The unknown pool, the total quota and what eviction did, for ``sync status``."""
+        q = self.quotas
+        return {"bytes": self.bytes_stored, "quota_bytes": q.store_quota_bytes,
+                "unknown_ops": self._unknown.ops, "unknown_bytes": self._unknown.bytes,
+                "unknown_max_ops": q.unknown_max_ops, "unknown_max_bytes": q.unknown_max_bytes,
+                "unknown_rate_per_min": q.unknown_rate_per_min, "evicted": self.evicted_total}
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """Call ``fn`` with the ops of each commit, after it; returns an unsubscribe function."""
@@ -558,6 +619,7 @@ class OpStore:
         from sync.envelope import create_op  # local: keeps the import list short
 
         author = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self._own.add(author)
         async with self._lock:
             wall_ms = int(self._wall_clock() * 1000)
             a = self._authors.get(author) or AuthorState()
@@ -618,10 +680,23 @@ class OpStore:
 
     async def _apply_locked(self, decoded: list[Op | RemoteProtocolError],
                             peer: str) -> ApplyResult:
-        view = ChainView(self._authors, self._known, self._pending, self._pending_ids)
-        plan = plan_apply(decoded, view, wall_ms=int(self._wall_clock() * 1000),
+        view = ChainView(self._authors, self._known, self._pending, self._pending_ids,
+                         self._evicted)
+        wall_ms = int(self._wall_clock() * 1000)
+        admission = None
+        if self._member is not None:
+            q = self.quotas
+            rate = float(q.unknown_rate_per_min)
+            tokens = self._unknown.tokens
+            if self._tokens_ms is not None:
+                tokens += max(0, wall_ms - self._tokens_ms) * rate / 60_000
+            self._tokens_ms = wall_ms
+            self._unknown = UnknownPool(self._unknown.ops, self._unknown.bytes, min(rate, tokens))
+            admission = Admission(self._is_member, self._revoked, self._unknown,
+                                  full=self.bytes_stored >= q.store_quota_bytes)
+        plan = plan_apply(decoded, view, wall_ms=wall_ms,
                           max_skew_ms=self.clock.max_skew_ms, quotas=self.quotas,
-                          authorize=self._authorize)
+                          authorize=self._authorize, admission=admission)
         refused: dict[str, int] = {}
         for r in plan.refusals:
             if r.error is not None and r.op is not None:
@@ -629,6 +704,10 @@ class OpStore:
             self._refuse(refused, r.reason, peer, r.detail)
         result = await self._commit(list(plan.apply), list(plan.park), list(plan.unpark),
                                     dict(plan.authors or {}), list(plan.evidence))
+        if plan.pool is not None:  # committed: the bucket's tokens (the counts _commit keeps)
+            self._unknown = UnknownPool(self._unknown.ops, self._unknown.bytes, plan.pool.tokens)
+        if self.bytes_stored > self.quotas.store_quota_bytes:
+            await self._evict()
         return ApplyResult(result.applied, len(plan.park), len(plan.duplicates), refused,
                            plan.acked)
 
@@ -682,6 +761,7 @@ class OpStore:
         for op in apply:
             self._known[op.op_id] = (op.namespace, op.hlc, op.author)
             self.bytes_stored += len(op.raw)
+            self._count(op.author, op.namespace, len(op.raw), +1)
             if op.author not in self._withheld:
                 self._keys.setdefault(op.namespace, {})[op.op_id] = op.hlc
             self._snapshots.pop(op.namespace, None)
@@ -695,6 +775,63 @@ class OpStore:
         if newly_quarantined:
             await self._hide_authors(newly_quarantined)
         return ApplyResult(applied=tuple(apply))
+
+    def _count(self, author: bytes, ns: str, size: int, sign: int) -> None:
+        """Keep the per-author counts outside protected namespaces, and the pool, in step."""
+        if ns in self.quotas.protected_namespaces:
+            return
+        f = self._free.setdefault(author, [0, 0])
+        f[0] += sign
+        f[1] += sign * size
+        if not self._is_member(author):
+            p = self._unknown
+            self._unknown = UnknownPool(p.ops + sign, p.bytes + sign * size, p.tokens)
+
+    async def _evict(self) -> None:
+        """Delete the oldest evictable ops down to ``EVICT_TO`` of the quota (see "Quota")."""
+        target = int(self.quotas.store_quota_bytes * EVICT_TO)
+        need = self.bytes_stored - target
+        protected = self.quotas.protected_namespaces
+        unknown: list[tuple[bytes, str, int, bytes, int]] = []
+        members: list[tuple[bytes, str, int, bytes, int]] = []
+        # oldest first: rowid is arrival order
+        async with self._db.execute(
+                "SELECT op_id, ns, hlc, author, length(raw) FROM ops ORDER BY rowid") as cur:
+            async for op_id, ns, hlc, author, size in cur:
+                if ns in protected or author in self._own:
+                    continue
+                row = (op_id, ns, hlc, author, size)
+                (members if self._is_member(author) else unknown).append(row)
+        victims: list[tuple[bytes, str, int, bytes, int]] = []
+        freed = 0
+        for row in unknown + members:
+            if freed >= need:
+                break
+            victims.append(row)
+            freed += row[4]
+        if not victims:
+            return
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            await self._db.executemany("DELETE FROM ops WHERE ns = ? AND hlc = ? AND op_id = ?",
+                                       [(ns, hlc, op_id) for op_id, ns, hlc, _, _ in victims])
+            await self._db.executemany("INSERT OR IGNORE INTO evicted (op_id) VALUES (?)",
+                                       [(v[0],) for v in victims])
+            await self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.shield(self._db.execute("ROLLBACK"))
+            raise
+        for op_id, ns, _, author, size in victims:
+            del self._known[op_id]
+            self._evicted.add(op_id)
+            self.bytes_stored -= size
+            self._count(author, ns, size, -1)
+            if self._keys.get(ns, {}).pop(op_id, None) is not None:
+                self._snapshots.pop(ns, None)
+        self.evicted_total += len(victims)
+        log.info("op store over its quota (%d bytes): evicted %d op(s), %d bytes, oldest first",
+                 self.quotas.store_quota_bytes, len(victims), freed)
 
     async def _hide_authors(self, authors: Iterable[bytes]) -> None:
         """Stop offering a quarantined author's ops to peers (they stay stored as evidence)."""
@@ -729,6 +866,7 @@ class OpStore:
                 if not rows:
                     continue
                 self.bytes_stored -= int(rows[0][0])
+                self._count(k[2], k[0], int(rows[0][0]), -1)
                 del self._known[op_id]
                 if self._keys.get(k[0], {}).pop(op_id, None) is not None:
                     self._snapshots.pop(k[0], None)
@@ -740,9 +878,10 @@ class OpStore:
         wall_ms = int(self._wall_clock() * 1000)
         async with self._lock:
             async with self._db.execute(
-                    "SELECT op_id FROM ops WHERE expiry_ms IS NOT NULL AND expiry_ms <= ?",
-                    (wall_ms,)) as cur:
-                gone = [r[0] async for r in cur]
+                    "SELECT op_id, length(raw) FROM ops WHERE expiry_ms IS NOT NULL "
+                    "AND expiry_ms <= ?", (wall_ms,)) as cur:
+                rows = [(r[0], int(r[1])) async for r in cur]
+            gone = [r[0] for r in rows]
             if not gone:
                 return 0
             try:
@@ -759,8 +898,10 @@ class OpStore:
                 self._purge_blocked = True
                 return 0
             self._purge_blocked = False
-            for op_id in gone:
-                ns, _, _ = self._known.pop(op_id)
+            for op_id, size in rows:
+                ns, _, author = self._known.pop(op_id)
+                self.bytes_stored -= size
+                self._count(author, ns, size, -1)
                 if self._keys.get(ns, {}).pop(op_id, None) is not None:
                     self._snapshots.pop(ns, None)
             return len(gone)

@@ -158,7 +158,18 @@ def _setup(p: argparse.ArgumentParser) -> None:
     rm = asub.add_parser("remove", help="remove an authority key (revokes its bulletins)")
     rm.add_argument("key", type=_key_arg, metavar="KEY")
     rm.add_argument("--root-key", type=Path, required=True, metavar="FILE")
-    for sp in (*sub.choices.values(), *asub.choices.values()):
+    mem = sub.add_parser("member", help="enrol or un-enrol a member node key (signs with the root)")
+    msub = mem.add_subparsers(dest="member_action", metavar="ACTION", required=True)
+    for name, text in (("add", "enrol a car's or phone's key as a member"),
+                       ("remove", "take a key off the members list (not revoked)")):
+        mp = msub.add_parser(name, help=text)
+        mp.add_argument("key", type=_key_arg, metavar="KEY")
+        mp.add_argument("--root-key", type=Path, required=True, metavar="FILE")
+    rv = sub.add_parser("revoke", help="revoke a node key: a lost or stolen device (signs with "
+                                       "the root)")
+    rv.add_argument("key", type=_key_arg, metavar="KEY")
+    rv.add_argument("--root-key", type=Path, required=True, metavar="FILE")
+    for sp in (*sub.choices.values(), *asub.choices.values(), *msub.choices.values()):
         _global_options(sp, suppress=True)
 
 
@@ -203,10 +214,13 @@ def _show(res: dict[str, Any], out: Output) -> None:
             if isinstance(a, dict):
                 out.line(f"  {_str(a.get('role')):<7} {_str(a.get('name') or None):<24} "
                          f"{_str(a.get('key'))}")
+        if res.get("members"):
+            out.line(f"members: {len(res['members'])}")
         if res.get("revoked"):
             out.line(f"revoked keys: {len(res['revoked'])}")
     out.line(f"this node's key {_str(res.get('key'))}"
-             + (" (an authority)" if res.get("authority") else ""))
+             + (" (an authority)" if res.get("authority") else
+                " (a member)" if res.get("member") else ""))
     c = res.get("carried") or {}
     out.line(f"carrying unverified: {_str(c.get('ops'))} op(s), {_str(c.get('bytes'))} bytes "
              f"(at most {_str(c.get('max_ops'))} ops, {_str(c.get('max_bytes'))} bytes)")
@@ -229,8 +243,21 @@ async def _authority(client: ControlClient, args: argparse.Namespace, out: Outpu
     auths = {bytes.fromhex(a["key"]): Authority(bytes.fromhex(a["key"]), AuthorityRole(a["role"]),
                                                 str(a["name"])) for a in cur["authorities"]}
     revoked = {bytes.fromhex(k) for k in cur["revoked"]}
+    members = {bytes.fromhex(k) for k in cur.get("members") or []}
     key: bytes = args.key
-    if args.auth_action == "add":
+    if args.action == "revoke":  # a lost or stolen device: no ops, no links, no authority
+        auths.pop(key, None)
+        members.discard(key)
+        revoked.add(key)
+    elif args.action == "member":
+        if args.member_action == "add":
+            members.add(key)
+            revoked.discard(key)
+        elif key not in members:
+            return out.fail(ExitCode.FAILED, f"{key.hex()} is not a member")
+        else:
+            members.discard(key)
+    elif args.auth_action == "add":
         auths[key] = Authority(key, AuthorityRole(args.role), args.name)
         revoked.discard(key)
     else:
@@ -241,7 +268,8 @@ async def _authority(client: ControlClient, args: argparse.Namespace, out: Outpu
     version = max(int(cur["version"]) + 1, int(time.time()))
     community = str(cur.get("community") or key_community)
     doc_id, body = prepare_trust_update(secret.sign, root, version, auths.values(),
-                                        revoked=revoked, community=community)
+                                        revoked=revoked, community=community,
+                                        members=members)
     now_ms = int(time.time() * 1000)
     op = create_op(secret, kind=KIND_TRUST_UPDATE, doc_id=doc_id, body=body, seq=0, prev=None,
                    hlc=now_ms << 16, expiry_ms=now_ms + TRUST_UPDATE_LIFETIME_MS)
@@ -256,9 +284,9 @@ async def _authority(client: ControlClient, args: argparse.Namespace, out: Outpu
 
 
 @register("trust", "community trust: root key, authorities, enrolment (init, show, export, "
-          "join, authority add|remove)", _setup)
+          "join, authority add|remove, member add|remove, revoke)", _setup)
 async def _trust(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
-    if args.action == "authority":
+    if args.action in ("authority", "member", "revoke"):
         return await _authority(client, args, out)
     if args.action == "join":
         src = Path(args.source)

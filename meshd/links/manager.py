@@ -194,6 +194,9 @@ class LinkManager:
         self._discovered_dials = asyncio.Semaphore(MAX_DISCOVERED_DIALS)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        #: True for a peer's Ed25519 key the node refuses links with (a revoked device);
+        #: the composition root installs the application's answer (``Node.refuse_keys``)
+        self.refuse_key: Callable[[bytes], bool] = lambda key: False
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -425,6 +428,10 @@ class LinkManager:
             self.known[peer] = conn.peer
         if self._closing:
             conn.close(error_code=ERR_CLOSED, reason_phrase="shutdown")
+            return
+        if self.refuse_key(conn.peer.ed25519_pub):
+            self.drops.drop("revoked", conn.label, "the community revoked this node's key")
+            conn.close(error_code=ERR_CLOSED, reason_phrase="revoked")
             return
         state = self._peers.get(peer)
         if state is None:

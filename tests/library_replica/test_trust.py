@@ -18,11 +18,13 @@ from library_replica.bulletins import (
     fingerprint,
     format_fingerprint,
     parse_fingerprint,
+    parse_trust_update,
     prepare_bulletin,
     prepare_trust_update,
 )
 from library_replica.carried import CarriedPool
-from library_replica.ops import LibraryError, Refused, new_doc_id
+from library_replica.ops import LibraryError, Refused, encode_body, new_doc_id
+from meshd.core.codec import unpack
 from sync.envelope import Op
 from tests.library_replica.factory import Author, hlc
 
@@ -204,3 +206,34 @@ def test_trust_file_keeps_community_and_revoked_keys() -> None:
     assert TrustConfig.from_toml(text) == cfg
     with pytest.raises(LibraryError):
         TrustConfig.from_toml(text.replace(r.pub.hex(), "abcd"))
+
+
+def test_members_are_signed_listed_and_revocation_ends_membership() -> None:
+    root, a, m, lost, stranger = Author(), Author(), Author(), Author(), Author()
+    auth = Authority(a.pub, AuthorityRole.DEALER, "Dealer")
+    doc_id, body = prepare_trust_update(root.sign, root.pub, 2, [auth],
+                                        members=[m.pub, lost.pub], community="Town")
+    op = root.op(KIND_TRUST_UPDATE, doc_id, body, hlc(NOW), expiry_ms=NOW + YEAR)
+    cfg = parse_trust_update(op)
+    assert cfg.members == frozenset({m.pub, lost.pub})
+    ts = TrustStore(pinned=fingerprint(root.pub))
+    assert ts.apply(op)
+    assert [ts.member(k) for k in (root.pub, a.pub, m.pub, lost.pub, stranger.pub)] == \
+        [True, True, True, True, False]
+    # a member list cannot be changed by a relay: the root signed it
+    tampered = dict(unpack(op.body, 1 << 20))
+    tampered["m"] = [m.pub, lost.pub, stranger.pub]
+    forged = root.op(KIND_TRUST_UPDATE, doc_id, encode_body(tampered), hlc(NOW) + 1,
+                     expiry_ms=NOW + YEAR)
+    with pytest.raises(Refused):
+        parse_trust_update(forged)
+    # revoking the lost phone takes it off the members (and a revoked key is no member)
+    _, body3 = prepare_trust_update(root.sign, root.pub, 3, [auth], members=[m.pub, lost.pub],
+                                    revoked=[lost.pub], community="Town")
+    assert ts.apply(root.op(KIND_TRUST_UPDATE, doc_id, body3, hlc(NOW) + 2,
+                            expiry_ms=NOW + YEAR))
+    assert ts.revoked(lost.pub) and not ts.member(lost.pub) and ts.member(m.pub)
+    assert ts.config is not None and lost.pub not in ts.config.members
+    # the enrolment file keeps them; an update with no members verifies as before
+    assert TrustConfig.from_toml(ts.config.to_toml()) == ts.config
+    assert parse_trust_update(_update(root, 4, [auth])).members == frozenset()

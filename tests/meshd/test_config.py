@@ -69,3 +69,14 @@ def test_meshd_refuses_unusable_files_at_start_and_exits(tmp_path: Path, flags: 
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 1, r.stderr
     assert says in r.stderr
+
+
+def test_store_quota_takes_bytes_or_units_and_refuses_nonsense() -> None:
+    from meshd.config import Config, ConfigError, parse_size
+
+    assert parse_size("512M") == 512 * 1024**2 and parse_size("2G") == 2 * 1024**3
+    assert parse_size(20_000_000) == 20_000_000 and parse_size("1GiB") == 1024**3
+    assert Config().merged({"store_quota": "64m"}).store_quota == 64 * 1024**2
+    for bad in ("lots", "1k", True, 1.5, "-5G"):
+        with pytest.raises(ConfigError):
+            parse_size(bad)

@@ -529,3 +529,20 @@ async def test_timer_that_fires_early_does_what_was_due(pair: tuple[Node, Node])
     conn._timer, conn._timer_at = None, space.ack_at
     conn._handle_timer()
     assert space.ack_at is None  # sent now
+
+
+async def test_a_refused_key_gets_no_link(pair: tuple[Node, Node]) -> None:
+    # the composition root installs the community's revoked keys (a lost or stolen device)
+    a, b = pair
+    b.mgr.refuse_key = lambda key: key == a.identity.ed25519_pub
+    assert b.addr is not None
+    try:  # b closes the connection as it comes up: a's connect may or may not see it
+        await a.mgr.connect(*b.addr, b.id)
+    except (OSError, ConnectionError, LinkBrokenError, RemoteProtocolError, TimeoutError):
+        pass
+    await eventually(lambda: b.mgr.drops.counts.get("revoked", 0) >= 1)
+    await eventually(lambda: not a.mgr.is_linked(b.id))
+    assert b.rec.ups == [] and not b.mgr.is_linked(a.id)
+    # another key still links
+    b.mgr.refuse_key = lambda key: False
+    await linked(a, b)
