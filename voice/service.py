@@ -53,7 +53,7 @@ from meshd.core.seal import ReplayCache, open_sealed, seal
 from meshd.core.tasks import cancel_and_wait
 from meshd.services.api import Metric, NodeApi
 from voice.callstate import CallInput, CallMachine, CallRole, CallState, CallStateError, EndReason
-from voice.endpoint import Endpoint, Quality, check_media_options
+from voice.endpoint import Endpoint, Quality, check_media_options, load_media
 from voice.relay import MediaFramer, RelaySocket, ice_credentials, strip_and_add_relay
 from voice.signalling import CALL_ID_LEN, Dedup, Kind, Outbox, SigMessage
 
@@ -390,6 +390,7 @@ class VoiceService:
 
     async def _new_endpoint(self, call: _Call) -> None:
         await self._teardown_media(call)
+        await load_media()  # aiortc and PyAV, off the loop, by the node's first call
         label = f"[call {call.call_id.hex()[:8]}] "
 
         def forward(data: bytes, twice: bool, call: _Call = call) -> None:
