@@ -72,9 +72,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-from pycrdt import Doc, Text
+from typing import TYPE_CHECKING, Any
 
 from library_replica.ops import (
     MAX_BODY_SIZE,
@@ -87,6 +85,9 @@ from library_replica.ops import (
 from library_replica.text import TextEdit, apply_edits, diff_edits, is_boundary, yjs_client_id
 from meshd.core.codec import DropCounter, Fields
 from meshd.core.errors import DecodeError, LocalProtocolError
+
+if TYPE_CHECKING:
+    from pycrdt import Doc, Text
 
 __all__ = [
     "DEFAULT_COLLECTIONS",
@@ -480,10 +481,24 @@ def _parse_seeded(op: OpLike, f: Fields, text: str, update: bytes | None,
                    offset + _utf16_len(text), meta, None, client, client)
 
 
+def _new_doc(client_id: int | None = None) -> Doc[Any]:
+    # pycrdt (about 6 MB) loads with the first document, not with the node
+    from pycrdt import Doc
+
+    return Doc() if client_id is None else Doc(client_id=client_id)
+
+
+def _text_of(ydoc: Doc[Any]) -> Text:
+    from pycrdt import Text
+
+    text: Text = ydoc.get(_ROOT, type=Text)
+    return text
+
+
 @dataclass(slots=True)
 class _DocState:
     doc_id: bytes
-    ydoc: Doc[Any] = field(default_factory=Doc)
+    ydoc: Doc[Any] = field(default_factory=_new_doc)
     text_cache: str = ""
     created: bool = False
     created_hlc: int = 0
@@ -499,8 +514,7 @@ class _DocState:
 
     @property
     def text(self) -> Text:
-        text: Text = self.ydoc.get(_ROOT, type=Text)
-        return text
+        return _text_of(self.ydoc)
 
     def sv(self) -> dict[int, int]:
         return decode_state_vector(self.ydoc.get_state())
@@ -752,7 +766,7 @@ class Library:
             for op, _ in self._pending.get(st.doc_id, []):
                 if op.author == author:
                     raise LocalProtocolError("own earlier edit still waits; cannot edit yet")
-        scratch: Doc[Any] = Doc(client_id=yjs_client_id(author))
+        scratch = _new_doc(yjs_client_id(author))
         if st is not None:
             scratch.apply_update(st.ydoc.get_update())
         return scratch, scratch.get_state()
@@ -782,7 +796,7 @@ class Library:
     def _text_ops(scratch: Doc[Any], current: str, new: str) -> list[tuple[bytes, bytes]]:
         """(sv, update) pairs turning ``current`` into ``new``, each under the op size limit."""
         out: list[tuple[bytes, bytes]] = []
-        text: Text = scratch.get(_ROOT, type=Text)
+        text = _text_of(scratch)
         for group in _chunk_edits(diff_edits(current, new)):
             sv = scratch.get_state()
             with scratch.transaction():

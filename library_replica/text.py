@@ -27,10 +27,12 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-
-from pycrdt import Text
+from typing import TYPE_CHECKING
 
 from library_replica.ops import LibraryError
+
+if TYPE_CHECKING:
+    from pycrdt import Text
 
 __all__ = [
     "YJS_CLIENT_ID_BITS",

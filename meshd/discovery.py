@@ -454,6 +454,7 @@ class Discovery:
         self.drops = DropCounter(log)
         self._aiozc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
+        self._announcing: asyncio.Future[Any] | None = None
         self._info: AsyncServiceInfo | None = None
         self._ours: list[IfAddress] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -494,12 +495,15 @@ class Discovery:
                 server=f"cm-{self._node_id.hex()}.local.",
                 host_ttl=self._ttl_s, other_ttl=self._ttl_s, parsed_addresses=advertised,
             )
-            # browse first: finding others overlaps our own probing (RFC 6762 §8.1, ~1 s)
+            # browse first: our first query goes out while we announce
             self._browser = AsyncServiceBrowser(self._aiozc.zeroconf, SERVICE_TYPE,
                                                 handlers=[self._on_service_state_change])
+            # no probing (RFC 6762 §8.1, ~1 s): the instance name carries our NodeId's short id,
+            # so it is unique without asking; we announce at once (a cooperating responder)
             registered = await self._aiozc.async_register_service(
-                self._info, allow_name_change=True)
-            await registered
+                self._info, allow_name_change=True, cooperating_responders=True)
+            # its repeats (225 ms apart) go on in the background: the node needs not wait
+            self._announcing = asyncio.ensure_future(registered)
             self._liveness = asyncio.get_running_loop().create_task(self._liveness_loop())
         except BaseException:
             for task in list(self._tasks):
@@ -518,10 +522,13 @@ class Discovery:
         if self._closed:
             return
         self._closed = True
-        tasks = list(self._tasks)
+        tasks: list[asyncio.Future[Any]] = list(self._tasks)
         if self._liveness is not None:
             tasks.append(self._liveness)
             self._liveness = None
+        if self._announcing is not None:
+            tasks.append(self._announcing)
+            self._announcing = None
         for task in tasks:
             task.cancel()
         if tasks:

@@ -18,21 +18,20 @@ format the scraper asks for (OpenMetrics when ``Accept`` says
 ``application/openmetrics-text``, as Prometheus does; the classic text format
 otherwise) and nothing else; requests are size- and time-limited and closed
 after one answer.  It binds ``127.0.0.1:7481`` unless the configuration names
-another address (``--metrics ADDR:PORT``) or ``off``.
+another address (``--metrics ADDR:PORT``) or ``off``.  prometheus-client (about
+5 MB) is imported by the first scrape, in a worker thread, not at start: a node
+nobody scrapes never loads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
-
-from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric as PromMetric
 
 from meshd import __version__
 from meshd.config import DEFAULT_METRICS, parse_metrics_address
@@ -40,6 +39,9 @@ from meshd.routing.table import INFINITY
 from meshd.services.api import Metric, MetricsSource
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric as PromMetric
+
     from meshd.node import Node
 
 __all__ = ["DEFAULT_METRICS", "MetricsServer", "NodeCollector", "merge", "node_metrics",
@@ -161,6 +163,8 @@ class NodeCollector:
         return merge(fams)
 
     def collect(self) -> Iterator[PromMetric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         for fam in self.families():
             prom: GaugeMetricFamily | CounterMetricFamily
             if fam.kind == "counter":
@@ -185,12 +189,23 @@ class MetricsServer:
     def __init__(self, node: Node, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(NodeCollector(node))
-        with contextlib.suppress(Exception):  # /proc missing: no process_* metrics
-            ProcessCollector(registry=self.registry)
+        self._node = node
+        self._registry: CollectorRegistry | None = None
         self._server: asyncio.Server | None = None
         self._active = 0
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The node's collector registry (built, and prometheus-client imported, on first use)."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry, ProcessCollector
+
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(NodeCollector(self._node))
+            with contextlib.suppress(Exception):  # /proc missing: no process_* metrics
+                ProcessCollector(registry=registry)
+            self._registry = registry
+        return self._registry
 
     @property
     def url(self) -> str:
@@ -257,6 +272,10 @@ class MetricsServer:
             name, _, value = line.partition(":")
             if name.strip().lower() == "accept":
                 accept = value.strip()
+        if "prometheus_client.exposition" not in sys.modules:  # first scrape: off the loop
+            await asyncio.to_thread(importlib.import_module, "prometheus_client.exposition")
+        from prometheus_client.exposition import choose_encoder
+
         encoder, content_type = choose_encoder(accept)
         body = encoder(self.registry)
         await self._respond(writer, 200, body, content_type, head_only=method == "HEAD")

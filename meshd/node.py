@@ -83,6 +83,10 @@ MAX_PAYLOAD = max_payload(MESH_MTU)
 DISCOVERED_DIAL_DELAY_S = 1.5
 #: how often the named interfaces are looked at again (ones not up yet, new addresses), s
 INTERFACE_POLL_S = 2.0
+#: hellos on a quiet, stable link slow down to this (seconds; 0.5 s while traffic flows).
+#: Below the QUIC idle timeout (``meshd.links.manager.IDLE_TIMEOUT_S``, 8 s) with room for a
+#: lost hello, so a quiet link is never closed for idleness.
+IDLE_HELLO_INTERVAL_S = 4.0
 
 
 @dataclass(slots=True)
@@ -116,7 +120,9 @@ class Node:
         self.drops = DropCounter(logger)
         self.links = LinkManager(self.identity, lambda: self.announcement, self,
                                  wall_clock=self._wall)
-        self.neighbours = NeighbourTable(rng=random.Random())
+        self.neighbours = NeighbourTable(rng=random.Random(),
+                                         max_hello_interval=IDLE_HELLO_INTERVAL_S)
+        self._pump_soon: asyncio.Handle | None = None
         self.book.accept(self.announcement, self._wall())
         self.routing = RoutingTable(
             node_id=self.identity.node_id, announcement=self.announcement,
@@ -355,6 +361,8 @@ class Node:
     async def _shutdown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._pump_soon is not None:
+            self._pump_soon.cancel()
         for handle in self._discovery_dials.values():
             handle.cancel()
         self._discovery_dials.clear()
@@ -479,7 +487,8 @@ class Node:
         elif channel == Channel.ROUTING:
             self.routing.receive(peer, body, now)
         elif channel == Channel.PACKET:
-            if self._on_packet(peer, body, now):
+            woke = self.neighbours.traffic(peer, now)  # a busy link keeps fast hellos
+            if self._on_packet(peer, body, now) and not woke:
                 return  # forwarded: no core changed, nothing to pump (a relay's hot path)
         else:
             self.drops.drop("channel", short_id(peer), f"unknown channel {channel}")
@@ -559,7 +568,18 @@ class Node:
 
     def _send_link(self, peer: NodeId, channel: Channel, payload: bytes,
                    deadline: float | None = None) -> bool:
+        if channel == Channel.PACKET and self.neighbours.traffic(peer, self._now()):
+            self._schedule_pump()  # a quiet link woke up: fast hellos, a probe, a tighter timer
         return self.links.send_datagram(peer, bytes([channel]) + payload, deadline=deadline)
+
+    def _schedule_pump(self) -> None:
+        """Pump once, soon (not from inside a send that a pump may itself be running)."""
+        if self._pump_soon is None and self._loop is not None:
+            self._pump_soon = self._loop.call_soon(self._pumped_soon)
+
+    def _pumped_soon(self) -> None:
+        self._pump_soon = None
+        self._pump()
 
     # ------------------------------------------------------------- packets
 

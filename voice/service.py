@@ -55,7 +55,7 @@ from meshd.core.seal import ReplayCache, open_sealed, seal
 from meshd.core.tasks import cancel_and_wait
 from meshd.services.api import Metric, NodeApi
 from voice.callstate import CallRole, CallState, CallStateError
-from voice.endpoint import Endpoint, Quality, check_media_options
+from voice.endpoint import Endpoint, Quality, check_media_options, load_media
 from voice.relay import MediaFramer, RelaySocket, ice_credentials, strip_and_add_relay
 from voice.session import (
     MEDIA_SETUP_S,
@@ -403,6 +403,7 @@ class VoiceService:
 
     async def _new_endpoint(self, call: _Call) -> None:
         await self._teardown_media(call)
+        await load_media()  # aiortc and PyAV, off the loop, by the node's first call
         label = f"[call {call.call_id.hex()[:8]}] "
 
         def forward(data: bytes, twice: bool, call: _Call = call) -> None:

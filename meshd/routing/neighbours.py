@@ -31,6 +31,27 @@ request; the peer answers at once (rate-limited).  On a lossy link that keeps
 a few lost hellos in a row from being taken for a dead link, while a link that
 is really gone is still declared lost ``dead_after`` after the last hello.
 
+Quiet links slow down (RFC 8966 §3.4.1 lets the hello interval vary)
+------------------------------------------------------------------------
+With ``max_hello_interval`` above ``hello_interval``, a link that is up, loss-free
+both ways and carries no mesh traffic doubles its hello interval after every
+``STABLE_HELLOS`` hellos, up to ``max_hello_interval``; every hello carries the
+interval it is sent at, and the receiver holds the link for
+``max(dead_after, HOLD_INTERVALS × the peer's interval)``.  It goes fast again at
+once (and says so in an unscheduled hello) when loss shows (a seqno gap, a
+txcost above 256, a hello request from the peer) or when traffic appears.
+
+Traffic is what keeps the silent-relay reroute fast: the adapter calls
+``traffic(peer, now)`` for every mesh packet sent to or received from ``peer``.  A
+link with traffic in the last ``TRAFFIC_HOLD_S`` seconds is *busy*: we hello at the
+fast interval, probe the peer after 1.5 fast intervals of silence, and declare it
+lost ``dead_after`` after the later of its last hello and the start of the busy
+period.  So a peer that went silent while the link was quiet is found dead within
+``dead_after`` of the first packet that needs it (the first packet wakes a request
+that a live peer answers at once; the live peer sees the packet too and goes fast
+itself), and one that goes silent while the link is busy, ``dead_after`` after its
+last hello, exactly as before.
+
 The core does no I/O and never reads the clock: ``now`` is monotonic seconds.
 """
 
@@ -75,6 +96,12 @@ RTT_ALPHA = 0.125
 RTT_SAMPLE_MAX_S = 10.0
 #: a cost change smaller than this fraction of the last reported cost is not reported
 COST_HYSTERESIS = 0.125
+#: hellos sent at one interval on a quiet, loss-free link before the interval doubles
+STABLE_HELLOS = 4
+#: a peer is held for this many of its advertised hello intervals (never less than dead_after)
+HOLD_INTERVALS = 4.0
+#: a link with a mesh packet sent or received within this many seconds is busy (fast hellos)
+TRAFFIC_HOLD_S = 5.0
 
 
 class NeighbourState(enum.Enum):
@@ -124,6 +151,8 @@ class NeighbourStats:
     txcost: int  #: the peer's rxcost of our hellos, from its IHU
     etx: float  #: expected transmissions, txcost * rxcost / 256^2
     cost: int  #: link cost used by routing (ETX * 256 + RTT penalty), COST_INFINITY if down
+    hello_interval: float = 0.5  #: the interval we hello this peer at now, seconds
+    peer_interval: float = 0.5  #: the interval the peer says it hellos us at, seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +207,7 @@ def _ts_us(now: float) -> int:
 
 class _Neighbour:
     __slots__ = (
+        "busy_since",
         "clock_offset",
         "echo_rx_at",
         "echo_ts",
@@ -186,23 +216,30 @@ class _Neighbour:
         "hellos_sent",
         "history",
         "history_len",
+        "interval",
         "last_hello",
         "last_ihu",
         "last_reply",
         "last_seqno",
+        "last_traffic",
         "next_hello",
         "next_probe",
         "peer",
         "peer_interval",
         "rtt_ms",
+        "stable",
         "state",
         "tx_seqno",
         "txcost",
         "want_reply",
     )
 
-    def __init__(self, peer: NodeId, next_hello: float, tx_seqno: int) -> None:
+    def __init__(self, peer: NodeId, next_hello: float, tx_seqno: int, interval: float) -> None:
         self.peer = peer
+        self.interval = interval  # our hello interval on this link now
+        self.stable = 0  # hellos sent at ``interval`` while quiet and loss-free
+        self.last_traffic = float("-inf")  # last mesh packet sent to / received from the peer
+        self.busy_since = float("-inf")  # start of the current busy period
         self.tx_seqno = tx_seqno
         self.state = NeighbourState.PENDING
         self.next_hello = next_hello
@@ -229,10 +266,14 @@ class NeighbourTable:
     """Pure hello/IHU core for all links of one node (see the module docstring)."""
 
     def __init__(self, *, hello_interval: float = 0.5, dead_after: float = 2.0,
-                 rng: random.Random) -> None:
+                 rng: random.Random, max_hello_interval: float | None = None) -> None:
         if not 0.0 < hello_interval < dead_after:
             raise LocalProtocolError("need 0 < hello_interval < dead_after")
+        if max_hello_interval is not None and not hello_interval <= max_hello_interval <= 60.0:
+            raise LocalProtocolError("need hello_interval <= max_hello_interval <= 60")
         self.hello_interval = hello_interval
+        #: quiet stable links slow their hellos down to this (= hello_interval: never)
+        self.max_hello_interval = max_hello_interval or hello_interval
         self.dead_after = dead_after
         self._rng = rng
         self._nbrs: dict[NodeId, _Neighbour] = {}
@@ -244,7 +285,8 @@ class NeighbourTable:
     def link_up(self, peer: NodeId, now: float) -> None:
         """An authenticated link to ``peer`` exists: start sending it hellos at once."""
         if peer not in self._nbrs:
-            self._nbrs[peer] = _Neighbour(peer, now, self._rng.randrange(0x10000))
+            self._nbrs[peer] = _Neighbour(peer, now, self._rng.randrange(0x10000),
+                                          self.hello_interval)
 
     def link_down(self, peer: NodeId, now: float) -> None:
         """The link to ``peer`` is gone; emits ``NeighbourLost(peer, "link_down")`` if it was up."""
@@ -273,6 +315,30 @@ class NeighbourTable:
             n.clock_offset = h.wall_ms / 1000 + one_way - wall
         self._update_state(n, now)
 
+    def traffic(self, peer: NodeId, now: float) -> bool:
+        """A mesh packet was sent to or received from ``peer`` (the relay's hot path: cheap).
+
+        Returns True when this woke a quiet link (fast hellos again, a request to a slow
+        peer, a tighter liveness deadline): the adapter should then send and re-arm its
+        timer.
+        """
+        n = self._nbrs.get(peer)
+        if n is None:
+            return False
+        quiet = now >= n.last_traffic + TRAFFIC_HOLD_S
+        n.last_traffic = now
+        if not quiet:
+            return False
+        n.busy_since = now
+        woke = False
+        if n.interval > self.hello_interval:
+            self._go_fast(n, now)
+            woke = True
+        if n.state is NeighbourState.UP and n.peer_interval > self.hello_interval:
+            n.next_probe = now  # ask the slow peer for a hello now: a dead one is found in time
+            woke = True
+        return woke
+
     # -- outputs -------------------------------------------------------------
 
     def datagrams_to_send(self, now: float,
@@ -287,9 +353,12 @@ class NeighbourTable:
             n = self._nbrs[peer]
             request = n.next_probe is not None and now >= n.next_probe
             if now >= n.next_hello or n.want_reply or request:
+                scheduled = now >= n.next_hello
+                if scheduled:
+                    self._adapt(n, now)
                 out.append((peer, self._hello_for(n, now, request, wall)))
-                if now >= n.next_hello:
-                    n.next_hello = now + self._jittered()
+                if scheduled:
+                    n.next_hello = now + self._jittered(n.interval)
                 n.want_reply = False
                 if request:
                     n.next_probe = now + self.hello_interval / 2
@@ -297,19 +366,28 @@ class NeighbourTable:
 
     def get_timer(self) -> float | None:
         """The earliest time at which ``handle_timer``/``datagrams_to_send`` have work."""
+        if not self._nbrs:
+            return None
         best = float("inf")
         dead_after = self.dead_after
-        for n in self._nbrs.values():
+        for n in self._nbrs.values():  # (hot in large simulations: no calls in the common case)
             t = n.next_hello
             if n.want_reply and n.last_reply < t:
                 t = n.last_reply
-            if n.next_probe is not None and n.next_probe < t:
-                t = n.next_probe
+            probe = n.next_probe
+            if probe is not None and probe < t:
+                t = probe
             if n.state is NeighbourState.UP:
                 assert n.last_hello is not None and n.last_ihu is not None
-                t = min(t, min(n.last_hello, n.last_ihu) + dead_after)
+                # the deadline is monotonic in the time heard: the older of hello and IHU decides
+                heard = n.last_hello if n.last_hello < n.last_ihu else n.last_ihu
+                if HOLD_INTERVALS * n.peer_interval <= dead_after and n.busy_since <= heard:
+                    dead = heard + dead_after  # = _deadline(n, heard), without the call
+                else:
+                    dead = self._deadline(n, heard)
+                t = min(t, dead)
             best = min(best, t)
-        return best if self._nbrs else None
+        return best
 
     def handle_timer(self, now: float) -> None:
         """Expire silent neighbours and schedule probes; hellos go out in ``datagrams_to_send``."""
@@ -350,25 +428,66 @@ class NeighbourTable:
             peer=peer, state=n.state, rtt_ms=n.rtt_ms, loss=loss, hellos_sent=n.hellos_sent,
             hellos_received=n.hellos_received, rxcost=rx, txcost=tx, etx=etx,
             cost=self._cost(n) if n.state is NeighbourState.UP else COST_INFINITY,
+            hello_interval=n.interval, peer_interval=n.peer_interval,
         )
 
     # -- internals -------------------------------------------------------------
 
-    def _jittered(self) -> float:
+    def _jittered(self, interval: float) -> float:
         # jitter only downwards: a gap never exceeds the interval, so a live link is not lost early
-        return self.hello_interval * self._rng.uniform(0.8, 1.0)
+        return interval * self._rng.uniform(0.8, 1.0)
+
+    def _hold(self, n: _Neighbour) -> float:
+        """How long the peer may stay silent at the interval it advertises."""
+        return max(self.dead_after, HOLD_INTERVALS * n.peer_interval)
+
+    def _deadline(self, n: _Neighbour, heard: float) -> float:
+        """When a peer last heard (hello or IHU) at ``heard`` is lost.
+
+        Held for ``_hold``; but on a busy link, ``dead_after`` after the later of ``heard``
+        and the start of the busy period, if that falls while the link is still busy.  A pure
+        function of the state, so ``get_timer`` and ``_update_state`` agree exactly.
+        """
+        loose = heard + self._hold(n)
+        tight = max(heard, n.busy_since) + self.dead_after
+        return tight if tight < loose and tight < n.last_traffic + TRAFFIC_HOLD_S else loose
+
+    def _go_fast(self, n: _Neighbour, now: float) -> None:
+        """Back to the fast interval; a slow link says so at once (an unscheduled hello)."""
+        n.stable = 0
+        if n.interval > self.hello_interval:
+            n.interval = self.hello_interval
+            n.next_hello = min(n.next_hello, now)
+
+    def _adapt(self, n: _Neighbour, now: float) -> None:
+        """Before a scheduled hello: double the interval on a quiet, stable link."""
+        if self.max_hello_interval <= self.hello_interval:
+            return
+        received = bin(n.history).count("1")
+        quiet_and_clean = (n.state is NeighbourState.UP
+                           and now >= n.last_traffic + TRAFFIC_HOLD_S
+                           and n.history_len >= STABLE_HELLOS and received == n.history_len
+                           and n.txcost <= 256)
+        if not quiet_and_clean:
+            n.interval = self.hello_interval
+            n.stable = 0
+            return
+        n.stable += 1
+        if n.stable > STABLE_HELLOS and n.interval < self.max_hello_interval:
+            n.interval = min(self.max_hello_interval, n.interval * 2)
+            n.stable = 0
 
     def _hello_for(self, n: _Neighbour, now: float, request: bool,
                    wall: float | None = None) -> bytes:
         # one seqno space per link: the peer counts gaps in it as lost hellos (RFC 8966 A.1)
         n.tx_seqno = (n.tx_seqno + 1) & 0xFFFF
         msg: dict[str, object] = {"v": 1, "s": n.tx_seqno, "ts": _ts_us(now),
-                                  "iv": max(10, round(self.hello_interval * 1000))}
+                                  "iv": max(10, round(n.interval * 1000))}
         if request:
             msg["rq"] = True
         if wall is not None and wall >= 0:
             msg["w"] = round(wall * 1000)
-        if n.last_hello is not None and now < n.last_hello + self.dead_after:
+        if n.last_hello is not None and now < n.last_hello + self._hold(n):
             msg["rx"] = self._rxcost(n)
             if n.echo_ts is not None:
                 msg["et"] = n.echo_ts
@@ -388,6 +507,8 @@ class NeighbourTable:
             if gap == 0:
                 pass  # duplicate
             elif gap < 0x8000:
+                if gap > 1:
+                    self._go_fast(n, now)  # hellos were lost: measure the link closely again
                 if gap > HISTORY_LEN:
                     n.history, n.history_len = 1, 1
                 else:
@@ -405,12 +526,22 @@ class NeighbourTable:
             n.echo_ts = h.timestamp_us
             n.echo_rx_at = now
         n.next_probe = None
-        if h.request and now - n.last_reply >= self.hello_interval / 4:
+        if h.rxcost is None and n.state is not NeighbourState.UP \
+                and now - n.last_reply >= self.hello_interval / 4:
+            # first contact: the peer does not hear us yet; tell it at once that we hear it
+            # (our hello carries the IHU) rather than at our next scheduled hello
             n.want_reply = True
             n.last_reply = now
+        if h.request:
+            self._go_fast(n, now)  # the peer missed our hellos
+            if now - n.last_reply >= self.hello_interval / 4:
+                n.want_reply = True
+                n.last_reply = now
         if h.rxcost is not None:
             n.last_ihu = now
             n.txcost = h.rxcost
+            if h.rxcost > 256:
+                self._go_fast(n, now)  # the peer misses some of our hellos
             if h.echo_us is not None and h.hold_us is not None:
                 rtt_us = (_ts_us(now) - h.echo_us - h.hold_us) % _TS_MOD
                 rtt_s = rtt_us / 1_000_000
@@ -429,11 +560,13 @@ class NeighbourTable:
 
     def _update_state(self, n: _Neighbour, now: float) -> None:
         # compare against the very deadline get_timer reports (no float round-off gap)
-        heard = n.last_hello is not None and now < n.last_hello + self.dead_after
-        ihu = n.last_ihu is not None and now < n.last_ihu + self.dead_after
+        heard = n.last_hello is not None and now < self._deadline(n, n.last_hello)
+        ihu = n.last_ihu is not None and now < self._deadline(n, n.last_ihu)
         if heard and ihu:
             if n.state is not NeighbourState.UP:
                 n.state = NeighbourState.UP
+                n.want_reply = True  # and the peer may not know yet that we hear it: say so now
+                n.last_reply = now
                 n.emitted_cost = self._cost(n)
                 self._events.append(NeighbourUp(n.peer, n.emitted_cost))
             else:
@@ -446,7 +579,11 @@ class NeighbourTable:
                 # silent for 1.5 intervals: ask for a hello (an unscheduled one, RFC 8966 §3.4.1)
                 start = min(n.last_hello or now, n.last_ihu or now)
                 n.next_probe = start + 1.5 * max(self.hello_interval, n.peer_interval)
+                if now < n.last_traffic + TRAFFIC_HOLD_S:  # busy: the fast rhythm
+                    n.next_probe = min(n.next_probe,
+                                       max(start, n.busy_since) + 1.5 * self.hello_interval)
         elif n.state is NeighbourState.UP:
             n.state = NeighbourState.LOST
             n.next_probe = None
+            self._go_fast(n, now)
             self._events.append(NeighbourLost(n.peer, "timeout"))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshd.core.codec import pack, unpack
+from meshd.core.errors import LocalProtocolError
 from meshd.routing.neighbours import (
     COST_INFINITY,
     NeighbourLost,
@@ -39,7 +43,7 @@ def exchange(src: NeighbourTable, dst: NeighbourTable, src_id: bytes, t_send: fl
 
 
 def drain(t: NeighbourTable) -> list[object]:
-    evs = []
+    evs: list[object] = []
     while (e := t.next_event()) is not None:
         evs.append(e)
     return evs
@@ -68,6 +72,9 @@ def test_hello_schedule_and_rtt_without_synchronised_clocks() -> None:
         a.receive(B, d, 0.080)
     st_a = a.stats(B)
     assert st_a.rtt_ms is not None and abs(st_a.rtt_ms - 60.0) < 0.01
+    # a came up: it tells b at once that it hears it (b is still pending), off schedule
+    assert a.get_timer() == 0.080
+    assert [p for p, _ in a.datagrams_to_send(0.080)] == [B]
     nxt = a.get_timer()
     assert nxt is not None and 0.4 <= nxt <= 0.5
 
@@ -180,3 +187,174 @@ def test_fuzz_mutated_hellos(data: st.DataObject) -> None:
     for p, d in a.datagrams_to_send(3.6):
         assert p == B
         unpack(d, 96)
+
+
+# -- quiet links slow their hellos down (issue 16 item 5, issue 18 item 4) --------------------
+
+
+class Wire:
+    """Two adaptive tables on one virtual clock, stepped every ``STEP`` seconds.
+
+    Datagrams arrive ``DELAY`` after they are sent unless ``cut`` (both directions) or
+    ``drop(src, seqno)`` says otherwise; ``sent[x]`` logs (time, hello) of what x sent.
+    """
+
+    STEP = 0.005
+    DELAY = 0.002
+
+    def __init__(self, max_interval: float | None = 4.0) -> None:
+        self.t = {A: NeighbourTable(rng=random.Random(1), max_hello_interval=max_interval),
+                  B: NeighbourTable(rng=random.Random(2), max_hello_interval=max_interval)}
+        self.now = 0.0
+        self.cut = False
+        self.drop: set[tuple[bytes, int]] = set()
+        self.sent: dict[bytes, list[tuple[float, Any]]] = {A: [], B: []}
+        self.events: dict[bytes, list[tuple[float, object]]] = {A: [], B: []}
+        self._queue: list[tuple[float, bytes, bytes]] = []
+        for me, other in ((A, B), (B, A)):
+            self.t[me].link_up(other, 0.0)
+
+    def other(self, me: bytes) -> bytes:
+        return B if me == A else A
+
+    def run_until(self, end: float, traffic_every: float | None = None) -> None:
+        next_traffic = self.now
+        while self.now < end:
+            self.now = round(self.now + self.STEP, 6)
+            now = self.now
+            if traffic_every is not None and now >= next_traffic:
+                next_traffic = now + traffic_every
+                self.packet(A, now)  # a sends, b receives: both note the traffic
+            due = [q for q in self._queue if q[0] <= now]
+            self._queue = [q for q in self._queue if q[0] > now]
+            for _, dst, data in due:
+                self.t[dst].receive(self.other(dst), data, now)
+            for me, tab in self.t.items():
+                timer = tab.get_timer()
+                if timer is not None and timer <= now:
+                    tab.handle_timer(now)
+                for _, data in tab.datagrams_to_send(now):
+                    h = decode_hello(data)
+                    self.sent[me].append((now, h))
+                    if not self.cut and (me, h.seqno) not in self.drop:
+                        self._queue.append((now + self.DELAY, self.other(me), data))
+                while (ev := tab.next_event()) is not None:
+                    self.events[me].append((now, ev))
+
+    def packet(self, src: bytes, now: float) -> bool:
+        woke = self.t[src].traffic(self.other(src), now)
+        if not self.cut:
+            self.t[self.other(src)].traffic(src, now + self.DELAY)
+        return woke
+
+    def intervals(self, me: bytes, since: float) -> list[float]:
+        times = [t for t, _ in self.sent[me] if t >= since]
+        return [round(y - x, 3) for x, y in itertools.pairwise(times)]
+
+    def lost(self, me: bytes) -> list[float]:
+        return [t for t, e in self.events[me] if isinstance(e, NeighbourLost)]
+
+
+def test_a_quiet_stable_link_slows_its_hellos_to_the_cap_and_stays_up() -> None:
+    w = Wire()
+    w.run_until(60.0)
+    for me in (A, B):
+        st = w.t[me].stats(w.other(me))
+        assert st.state is NeighbourState.UP and st.hello_interval == 4.0
+        assert st.peer_interval == 4.0 and st.loss == 0.0
+        gaps = w.intervals(me, 40.0)
+        assert gaps and all(3.2 <= g <= 4.0 for g in gaps), gaps  # jittered 0.8-1.0 x
+        assert w.lost(me) == []
+    # each hello says the interval it was sent at; the first minute grew 0.5 -> 1 -> 2 -> 4
+    ivs = [h.interval_ms for _, h in w.sent[A]]
+    assert ivs[0] == 500 and ivs[-1] == 4000
+    assert sorted(set(ivs)) == [500, 1000, 2000, 4000] and ivs == sorted(ivs)
+
+
+def test_without_a_cap_the_interval_never_grows() -> None:
+    w = Wire(max_interval=None)
+    w.run_until(30.0)
+    assert {h.interval_ms for _, h in w.sent[A]} == {500}
+    assert all(g <= 0.5 for g in w.intervals(A, 5.0))
+
+
+def test_traffic_on_a_quiet_link_makes_both_ends_fast_at_once() -> None:
+    w = Wire()
+    w.run_until(60.0)
+    t0 = w.now
+    assert w.packet(A, t0) is True  # woke the link: the adapter sends now
+    out = w.t[A].datagrams_to_send(t0)
+    assert len(out) == 1
+    h = decode_hello(out[0][1])
+    assert h.interval_ms == 500 and h.request  # fast again, and asks the slow peer for a hello
+    assert w.packet(A, t0 + 0.01) is False  # already busy: the hot path does nothing more
+    w.run_until(t0 + 4.0, traffic_every=0.1)
+    for me in (A, B):
+        assert w.t[me].stats(w.other(me)).hello_interval == 0.5
+        assert all(g <= 0.5 for g in w.intervals(me, t0 + 0.5))
+    # the traffic stops: the link slows down again
+    w.run_until(t0 + 60.0)
+    assert w.t[A].stats(B).hello_interval == 4.0
+
+
+def test_a_peer_that_went_silent_on_a_quiet_link_is_lost_within_dead_after_of_traffic() -> None:
+    w = Wire()
+    w.run_until(60.0)
+    w.cut = True  # b drives away; nobody sends anything to say so
+    w.run_until(61.0)
+    assert w.lost(A) == []
+    start = w.now
+    w.run_until(start + 3.0, traffic_every=0.05)  # a has packets for b
+    lost = w.lost(A)
+    assert len(lost) == 1 and start < lost[0] <= start + 2.0 + Wire.STEP
+
+
+def test_a_peer_that_goes_silent_on_a_busy_link_is_lost_dead_after_its_last_hello() -> None:
+    w = Wire()
+    w.run_until(60.0)
+    w.run_until(70.0, traffic_every=0.1)
+    last_from_b = w.sent[B][-1][0]
+    cut = w.now
+    w.cut = True
+    w.run_until(cut + 3.0, traffic_every=0.1)
+    lost = w.lost(A)
+    assert len(lost) == 1
+    assert lost[0] - last_from_b <= 2.0 + Wire.STEP + Wire.DELAY
+    assert lost[0] - cut <= 2.0 + Wire.STEP
+
+
+def test_a_lost_hello_on_a_slow_link_makes_both_ends_fast_again() -> None:
+    w = Wire()
+    w.run_until(60.0)
+    assert w.t[A].stats(B).hello_interval == 4.0
+    nxt = (w.sent[B][-1][1].seqno + 1) & 0xFFFF
+    w.drop.add((B, nxt))  # b's next hello is lost
+    w.run_until(w.now + 10.0)
+    # a saw the seqno gap at b's hello after the lost one and went fast at once; b learnt from
+    # a's IHU (txcost above 256) and went fast too
+    gap_seen = next(t for t, h in w.sent[B] if h.seqno == ((nxt + 1) & 0xFFFF))
+    assert any(t >= gap_seen and h.interval_ms == 500 for t, h in w.sent[A])
+    assert any(t >= gap_seen and h.interval_ms == 500 for t, h in w.sent[B])
+    assert w.lost(A) == [] and w.lost(B) == []
+
+
+def test_hello_interval_cap_is_checked() -> None:
+    with pytest.raises(LocalProtocolError):
+        NeighbourTable(rng=random.Random(1), max_hello_interval=0.2)
+
+
+def test_both_ends_up_within_two_round_trips_not_a_hello_interval() -> None:
+    """First contact is answered at once with an IHU, and coming up is announced at once."""
+    a = NeighbourTable(rng=random.Random(1))
+    b = NeighbourTable(rng=random.Random(2))
+    a.link_up(B, 0.0)
+    exchange(a, b, A, 0.0, 0.01)  # b's link is not up yet: dropped, counted
+    b.link_up(A, 0.01)
+    t = 0.01
+    for _ in range(4):  # messages bounce with 10 ms of delay, each sent as soon as due
+        for src, dst, sid in ((a, b, A), (b, a, B)):
+            exchange(src, dst, sid, t, t + 0.01)
+            dst.handle_timer(t + 0.01)
+        t += 0.02
+    assert a.peers() == [B] and b.peers() == [A]
+    assert t < 0.4  # the next scheduled hello (0.4-0.5 s after the first) was not needed

@@ -8,8 +8,9 @@ import av
 import pytest
 
 from meshd.core.errors import LocalProtocolError
-from voice import endpoint
-from voice.endpoint import check_media_options, open_source
+from voice import media
+from voice.endpoint import check_media_options
+from voice.media import open_source
 
 
 def test_mic_without_pulse_or_alsa_is_refused_at_the_argument_check(
@@ -28,7 +29,7 @@ def test_mic_that_cannot_be_opened_is_one_clear_error(monkeypatch: pytest.Monkey
         raise ValueError(f"no container format {format!r}")
 
     monkeypatch.setattr(av, "formats_available", {"alsa"})
-    monkeypatch.setattr(endpoint, "MediaPlayer", player)
+    monkeypatch.setattr(media, "MediaPlayer", player)
     check_media_options("mic", None)
     with pytest.raises(LocalProtocolError) as ei:
         open_source("mic")

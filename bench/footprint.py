@@ -1,0 +1,423 @@
+"""Footprint of real meshd daemons: start-up, memory, idle cost, per-hop latency, reroute.
+
+Usage: ``.venv/bin/python bench/footprint.py [--json] [--seconds S] [--settle S] [--loopback]``
+
+As root, daemons run in network namespaces (``carmesh.dev.devnet``: a line of four,
+ann–bob–cy–dan, discovering each other with zeroconf on their interfaces; then a
+diamond for the reroute) that are deleted on exit; otherwise (or with ``--loopback``)
+on 127.0.0.1 with static peers, and the rows that need namespaces are skipped.
+Every figure has a baseline measured in the same run:
+
+- cold start to ready (``status`` answers ready) and to the first reply over 3 hops,
+  beside the interpreter importing the same modules the daemon imports at start;
+- idle RSS (and PSS), CPU per node and bytes per link over ``--seconds`` after
+  ``--settle`` seconds of quiet (namespaces: interface byte counters, so zeroconf and
+  QUIC overhead count too; loopback: link payload bytes), beside the bytes that hellos
+  every 0.5 s would cost (hello and its ACK, both ways, on the wire);
+- added one-way latency per relay hop, (RTT over 3 hops - RTT over 1 hop) / 4, beside
+  the same figure for a bare uvloop UDP forwarder on the same namespaces;
+- the silent-relay reroute: pings a -> d every 50 ms across the diamond while the relay
+  is SIGKILLed; the outage is the time from the kill to the first ping sent after it
+  that is answered (target 2 s; a neighbour is lost 2 s after its last hello).
+
+Bounded: at most about ``settle + seconds + 60`` s per topology.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from carmesh.dev.devnet import DevNet, NetNode, have_netns
+from carmesh.dev.harness import MESHD, free_udp_port
+from meshd.control.client import ControlClient
+from meshd.control.protocol import NoDaemon
+from meshd.core.errors import ControlError
+from meshd.paths import default_socket_path
+
+NAMES = ["ann", "bob", "cy", "dan"]
+PY = sys.executable
+#: what the daemon imports before it is ready (carmesh.app's build_node and its services)
+IMPORTS = ("import uvloop, carmesh.cli, carmesh.app, sync.node_service, "
+           "library_replica.node_service, voice.service, web.service")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: on the wire, per hello: ~46 B payload + channel byte + QUIC short header, DATAGRAM frame and
+#: AEAD tag (~30 B) + UDP/IPv4 (28 B); its ACK-only packet ~34 + 28 B
+HELLO_WIRE_B = 46 + 1 + 30 + 28
+ACK_WIRE_B = 34 + 28
+
+FORWARDER = r"""
+import asyncio, sys, uvloop
+listen, out_local, nxt = sys.argv[1], sys.argv[2], (sys.argv[3], 9999)
+class Side(asyncio.DatagramProtocol):
+    def __init__(s, on): s.on = on
+    def connection_made(s, t): s.t = t
+    def datagram_received(s, data, addr): s.on(data, addr)
+async def main():
+    loop = asyncio.get_running_loop()
+    back = [None]
+    def up(data, addr):
+        back[0] = addr
+        right.sendto(data, nxt)
+    def down(data, addr):
+        if back[0] is not None:
+            left.sendto(data, back[0])
+    left, _ = await loop.create_datagram_endpoint(lambda: Side(up), local_addr=(listen, 9999))
+    right, _ = await loop.create_datagram_endpoint(lambda: Side(down), local_addr=(out_local, 0))
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+ECHO = r"""
+import asyncio, sys, uvloop
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(s, t): s.t = t
+    def datagram_received(s, data, addr): s.t.sendto(data, addr)
+async def main():
+    await asyncio.get_running_loop().create_datagram_endpoint(
+        Echo, local_addr=(sys.argv[1], int(sys.argv[2])))
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+CLIENT = r"""
+import socket, sys, time, statistics, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)
+rtts = []
+for i in range(int(sys.argv[2])):
+    t = time.perf_counter(); s.sendto(b"x" * 100, (sys.argv[1], int(sys.argv[3])))
+    try:
+        s.recvfrom(2048); rtts.append((time.perf_counter() - t) * 1000)
+    except TimeoutError:
+        pass
+    time.sleep(0.01)
+print(json.dumps(statistics.median(rtts) if rtts else None))
+"""
+
+
+def median(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 3) if xs else None
+
+
+async def call(state: Path, method: str, params: dict[str, Any] | None = None,
+               timeout: float = 5.0) -> Any:
+    async with await ControlClient.connect(default_socket_path(state), timeout=1.0) as c:
+        return await c.call(method, params or {}, timeout=timeout)
+
+
+class Node:
+    def __init__(self, name: str, state: Path, proc: subprocess.Popen[bytes]) -> None:
+        self.name, self.state, self.proc = name, state, proc
+
+    async def ready_after(self, t0: float, limit: float = 30.0) -> float:
+        while time.monotonic() - t0 < limit:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}")
+            with contextlib.suppress(OSError, ControlError, NoDaemon, TimeoutError):
+                if (await call(self.state, "status", timeout=1.0)).get("ready"):
+                    return time.monotonic() - t0
+            await asyncio.sleep(0.02)
+        raise RuntimeError(f"{self.name} not ready after {limit} s")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def memory_mb(self) -> tuple[float, float | None]:
+        rss = next(int(line.split()[1]) for line in
+                   Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS"))
+        pss = None
+        with contextlib.suppress(OSError, StopIteration):
+            pss = next(int(line.split()[1]) for line in
+                       Path(f"/proc/{self.proc.pid}/smaps_rollup").read_text().splitlines()
+                       if line.startswith("Pss:")) / 1024
+        return rss / 1024, pss
+
+
+class Mesh:
+    """Four daemons: in namespaces (``net``) or on loopback with static peers."""
+
+    def __init__(self, net: DevNet | None, nodes: list[NetNode] | None) -> None:
+        self.net, self.netnodes = net, nodes
+        self.root = Path(tempfile.mkdtemp(prefix="cmfp", dir="/tmp"))
+        self.nodes: list[Node] = []
+
+    def start(self) -> float:
+        ports = [free_udp_port() for _ in NAMES]
+        t0 = time.monotonic()
+        for i, name in enumerate(NAMES):
+            state = self.root / name
+            state.mkdir()
+            args = [*MESHD, "--state-dir", str(state), "--name", name, "--log-level", "info"]
+            log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed below
+            if self.net is not None and self.netnodes is not None:
+                nn = self.netnodes[i]
+                args += [x for ifc in self.net.interfaces(nn) for x in ("--interface", ifc)]
+                proc = self.net.popen(nn, args, stdout=log, stderr=subprocess.STDOUT)
+            else:
+                args += ["--listen", f"127.0.0.1:{ports[i]}", "--metrics", "off", "--no-web"]
+                if i > 0:
+                    args += ["--peer", f"127.0.0.1:{ports[i - 1]}"]
+                proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            log.close()
+            self.nodes.append(Node(name, state, proc))
+        return t0
+
+    def close(self) -> None:
+        for n in self.nodes:
+            if n.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    if self.net is None:
+                        os.killpg(n.proc.pid, signal.SIGKILL)
+                    else:
+                        n.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    n.proc.wait(5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def ping(state: Path, target: str, timeout: float = 0.5) -> dict[str, Any] | None:
+    try:
+        r = await call(state, "ping", {"node": target, "timeout": timeout}, timeout=timeout + 2)
+    except (ControlError, NoDaemon, OSError, TimeoutError):
+        return None
+    return r if isinstance(r, dict) else None
+
+
+async def first_reply(mesh: Mesh, t0: float, limit: float = 40.0) -> float:
+    a, d = mesh.nodes[0], mesh.nodes[-1]
+    while time.monotonic() - t0 < limit:
+        r = await ping(a.state, d.name, 0.3)
+        if r is not None and r.get("hops") == 3:
+            return time.monotonic() - t0
+        await asyncio.sleep(0.02)
+    raise RuntimeError("no 3-hop reply")
+
+
+def if_bytes(net: DevNet, node: NetNode) -> dict[str, int]:
+    out = {}
+    for ifc in net.interfaces(node):
+        r = net.run(node, ["cat", f"/sys/class/net/{ifc}/statistics/tx_bytes",
+                           f"/sys/class/net/{ifc}/statistics/rx_bytes"])
+        tx, rx = (int(x) for x in r.stdout.split())
+        out[ifc] = tx + rx
+    return out
+
+
+async def link_bytes(mesh: Mesh) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in mesh.nodes:
+        res = await call(n.state, "neighbours")
+        for nb in res["neighbours"]:
+            out[f"{n.name}>{nb['name']}"] = int(nb["tx_bytes"])
+    return out
+
+
+async def idle(mesh: Mesh, seconds: float) -> dict[str, Any]:
+    net, nns = mesh.net, mesh.netnodes
+    cpu0 = [n.cpu_s() for n in mesh.nodes]
+    if net is not None and nns is not None:
+        b0 = [if_bytes(net, nn) for nn in nns]
+    lb0 = await link_bytes(mesh)
+    await asyncio.sleep(seconds)
+    cpu = [(n.cpu_s() - c) / seconds * 100 for n, c in zip(mesh.nodes, cpu0, strict=True)]
+    mem = [n.memory_mb() for n in mesh.nodes]
+    if net is not None and nns is not None:
+        b1 = [if_bytes(net, nn) for nn in nns]
+        # each link's two ends count its bytes twice (tx of one end is rx of the other)
+        per_link = [sum(b1[i][k] - b0[i][k] for i in range(4) for k in b1[i]) / 2 / 3 / seconds]
+        how = "interface counters (wire bytes, both ways, incl. mDNS)"
+    lb1 = await link_bytes(mesh)
+    quic = sum(lb1[k] - lb0.get(k, 0) for k in lb1) / 3 / seconds
+    if net is None or nns is None:
+        per_link = [quic]
+        how = "QUIC payload bytes, both ways"
+    return {"cpu_pct": median(cpu), "cpu_pct_max": round(max(cpu), 3),
+            "rss_mb": median([m[0] for m in mem]),
+            "pss_mb": median([m[1] for m in mem if m[1] is not None]),
+            "bytes_per_link_s": round(per_link[0], 1), "bytes_how": how,
+            "quic_payload_bytes_per_link_s": round(quic, 1),
+            "fast_hello_bytes_per_link_s": 2 * 2 * (HELLO_WIRE_B + ACK_WIRE_B)}
+
+
+async def per_hop(mesh: Mesh) -> dict[str, Any]:
+    a = mesh.nodes[0]
+    r1: list[float] = []
+    r3: list[float] = []
+    for _ in range(30):
+        for target, acc in ((mesh.nodes[1].name, r1), (mesh.nodes[3].name, r3)):
+            r = await ping(a.state, target, 1.0)
+            if r is not None:
+                acc.append(float(r["rtt_ms"]))
+        await asyncio.sleep(0.02)
+    m1, m3 = median(r1), median(r3)
+    hop = None if m1 is None or m3 is None else round((m3 - m1) / 4, 3)
+    return {"rtt_1hop_ms": m1, "rtt_3hop_ms": m3, "per_relay_hop_ms": hop}
+
+
+def forwarder_baseline(net: DevNet, nodes: list[NetNode]) -> dict[str, Any]:
+    """The same formula for a bare uvloop UDP forwarder: b and c forward, d echoes; 1 hop: b."""
+    a, b, c, d = nodes
+    procs = [net.popen(d, [PY, "-c", ECHO, net.address(d, c), "9999"]),
+             net.popen(c, [PY, "-c", FORWARDER, net.address(c, b), net.address(c, d),
+                           net.address(d, c)]),
+             net.popen(b, [PY, "-c", FORWARDER, net.address(b, a), net.address(b, c),
+                           net.address(c, b)]),
+             net.popen(b, [PY, "-c", ECHO, net.address(b, a), "9998"])]
+    try:
+        time.sleep(1.5)
+        m3 = json.loads(net.run(a, [PY, "-c", CLIENT, net.address(b, a), "300", "9999"], timeout=90).stdout)
+        m1 = json.loads(net.run(a, [PY, "-c", CLIENT, net.address(b, a), "300", "9998"], timeout=90).stdout)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
+    hop = None if m1 is None or m3 is None else round((m3 - m1) / 4, 3)
+    return {"rtt_1hop_ms": None if m1 is None else round(m1, 3),
+            "rtt_3hop_ms": None if m3 is None else round(m3, 3), "per_relay_hop_ms": hop}
+
+
+async def reroute(mesh: Mesh) -> dict[str, Any]:
+    a = mesh.nodes[0]
+    dan = mesh.nodes[3].name
+    deadline = time.monotonic() + 40
+    relay = None
+    while time.monotonic() < deadline and relay is None:
+        with contextlib.suppress(ControlError, NoDaemon, OSError):
+            for r in (await call(a.state, "routes"))["routes"]:
+                if r["name"] == dan and r["reachable"]:
+                    relay = r["next_hop_name"]
+        await asyncio.sleep(0.1)
+    if relay is None:
+        raise RuntimeError("no route ann -> dan on the diamond")
+    await asyncio.sleep(3.0)  # traffic-free for a moment, then a flow starts
+    results: list[tuple[float, bool]] = []
+
+    async def one() -> None:
+        sent = time.monotonic()
+        results.append((sent, await ping(a.state, dan, 1.0) is not None))
+
+    tasks = []
+    kill_at = None
+    start = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - start > 8.0:
+            break
+        if kill_at is None and now - start > 2.0:
+            victim = next(n for n in mesh.nodes if n.name == relay)
+            victim.proc.kill()
+            kill_at = time.monotonic()
+        tasks.append(asyncio.ensure_future(one()))
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*tasks)
+    assert kill_at is not None
+    after = sorted(t for t, ok in results if ok and t > kill_at)
+    return {"relay": relay, "outage_s": round(after[0] - kill_at, 3) if after else None,
+            "pings": len(results), "answered": sum(ok for _, ok in results)}
+
+
+def import_baseline(runs: int = 3) -> float | None:
+    ts = []
+    for _ in range(runs):
+        t = time.monotonic()
+        subprocess.run([PY, "-c", IMPORTS], check=True)
+        ts.append(time.monotonic() - t)
+    return median(ts)
+
+
+async def run_line(net: DevNet | None, args: argparse.Namespace) -> dict[str, Any]:
+    nodes = net.line(4, NAMES) if net is not None else None
+    mesh = Mesh(net, nodes)
+    try:
+        t0 = mesh.start()
+        ready = [await n.ready_after(t0) for n in mesh.nodes]
+        reply = await first_reply(mesh, t0)
+        hop = await per_hop(mesh)
+        await asyncio.sleep(args.settle)
+        idle_res = await idle(mesh, args.seconds)
+    finally:
+        mesh.close()
+    out = {"ready_s": median(ready), "first_3hop_reply_s": round(reply, 3), **hop, **idle_res}
+    if net is not None and nodes is not None:
+        out["forwarder"] = forwarder_baseline(net, nodes)
+    return out
+
+
+async def run_diamond(net: DevNet, args: argparse.Namespace) -> dict[str, Any]:
+    nodes = net.diamond(NAMES)
+    mesh = Mesh(net, nodes)
+    try:
+        t0 = mesh.start()
+        for n in mesh.nodes:
+            await n.ready_after(t0)
+        return await reroute(mesh)
+    finally:
+        mesh.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--seconds", type=float, default=60.0, help="idle window (default 60)")
+    p.add_argument("--settle", type=float, default=25.0,
+                   help="quiet seconds before the idle window (hellos slow down; default 25)")
+    p.add_argument("--loopback", action="store_true", help="no namespaces even as root")
+    args = p.parse_args(argv)
+    why = "--loopback" if args.loopback else have_netns()
+    res: dict[str, Any] = {"namespaces": why is None, "import_baseline_s": import_baseline()}
+    if why is None:
+        with DevNet() as net:
+            res["line"] = asyncio.run(run_line(net, args))
+        with DevNet() as net:
+            res["diamond"] = asyncio.run(run_diamond(net, args))
+    else:
+        res["skipped"] = f"namespaces: {why}"
+        res["line"] = asyncio.run(run_line(None, args))
+    line = res["line"]
+    rows = [
+        ("interpreter importing the daemon's modules (baseline)", f"{res['import_baseline_s']} s"),
+        ("cold start to ready (median node)", f"{line['ready_s']} s"),
+        ("cold start to first reply over 3 hops", f"{line['first_3hop_reply_s']} s"),
+        ("idle RSS / PSS per node (median)", f"{line['rss_mb']:.1f} / {line['pss_mb']} MB"),
+        ("idle CPU per node (median / max)", f"{line['cpu_pct']} / {line['cpu_pct_max']} %"),
+        ("idle bytes per link", f"{line['bytes_per_link_s']} B/s ({line['bytes_how']})"),
+        ("  of which QUIC link payload (hellos, routing)",
+         f"{line['quic_payload_bytes_per_link_s']} B/s"),
+        ("hellos every 0.5 s, theoretical (baseline)",
+         f"{line['fast_hello_bytes_per_link_s']} B/s"),
+        ("RTT 1 hop / 3 hops", f"{line['rtt_1hop_ms']} / {line['rtt_3hop_ms']} ms"),
+        ("added one-way latency per relay hop", f"{line['per_relay_hop_ms']} ms"),
+    ]
+    if "forwarder" in line:
+        fw = line["forwarder"]
+        rows.append(("bare uvloop UDP forwarder: RTT 1 / 3 hops, per relay hop (baseline)",
+                     f"{fw['rtt_1hop_ms']} / {fw['rtt_3hop_ms']} ms, {fw['per_relay_hop_ms']} ms"))
+    if "diamond" in res:
+        d = res["diamond"]
+        rows.append(("silent-relay reroute (diamond, ping every 50 ms)",
+                     f"{d['outage_s']} s ({d['answered']}/{d['pings']} answered)"))
+    width = max(len(r[0]) for r in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
