@@ -227,11 +227,12 @@ class Bulletin:
 
 
 def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
-             posts: list[tuple[float, int]]) -> tuple[Outcome, list[Bulletin]]:
+             posts: list[tuple[float, int]],
+             town: TownMap | None = None) -> tuple[Outcome, list[Bulletin]]:
     """Run one mechanism; ``posts`` are (time, poster index).  Returns the outcome and the
     bulletins."""
     t0 = time.perf_counter()
-    town = TownMap()
+    town = town or TownMap()
     rng = random.Random(seed)
     walkers, ids = population(n, scenario, town, rng)
     net = Network(seed)
@@ -366,10 +367,12 @@ def figures(held: dict[bytes, dict[bytes, float]], bulletins: list[Bulletin],
             "delay_p50_s": _pct(ds, 0.5), "delay_p95_s": _pct(ds, 0.95)}
 
 
-def run(n: int, scenario: str, seed: int, duration: float) -> dict[str, Any]:
+def run(n: int, scenario: str, seed: int, duration: float,
+        town: TownMap | None = None) -> dict[str, Any]:
+    """Both mechanisms and the ideal on the same town and seed; the figures (``--json``)."""
     posts = [(60.0, 0), (120.0, 1)]  # a phone at the first shelter, then the dealer
-    s_out, bulletins = simulate("sync", n, scenario, seed, duration, posts)
-    e_out, _ = simulate("epidemic", n, scenario, seed, duration, posts)
+    s_out, bulletins = simulate("sync", n, scenario, seed, duration, posts, town)
+    e_out, _ = simulate("epidemic", n, scenario, seed, duration, posts, town)
     if s_out.contacts != e_out.contacts:
         raise AssertionError("the two runs saw different contacts")
     conn, ideal = s_out.connected_after, s_out.ideal_at
