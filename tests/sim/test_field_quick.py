@@ -73,10 +73,10 @@ def test_town_moves_along_streets_at_their_speeds_and_links_follow_range() -> No
             fastest[w.kind] = max(fastest[w.kind], math.dist(last[n], w.pos))
             last[n] = w.pos
         in_range = set(pairs)
-        for a in walkers:
-            for b in walkers:
+        for a, wa in walkers.items():
+            for b, wb in walkers.items():
                 if a < b:
-                    close = math.dist(walkers[a].pos, walkers[b].pos) <= Radio().range_m
+                    close = math.dist(wa.pos, wb.pos) <= Radio().range_m
                     assert ((a, b) in in_range) == close
                     assert net.link_is_up(a, b) == close
     mob.on_tick.append(check)
