@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -207,12 +208,13 @@ class Outcome:
     datagrams: int = 0
     contacts: int = 0
     link_seconds: float = 0.0
-    samples: list[tuple[float, int]] = field(default_factory=list)  # (t, nodes holding all)
+    #: (t, nodes holding a bulletin, averaged over the bulletins)
+    samples: list[tuple[float, float]] = field(default_factory=list)
     wall_s: float = 0.0
     # the ideal (filled by the sync run only)
     ideal_at: dict[bytes, dict[bytes, float]] = field(default_factory=dict)
     connected_after: dict[bytes, set[bytes]] = field(default_factory=dict)
-    ideal_samples: list[tuple[float, int]] = field(default_factory=list)
+    ideal_samples: list[tuple[float, float]] = field(default_factory=list)
     # sync only: message bytes of sessions that moved ops / moved none (no stream overhead)
     session_bytes: dict[str, int] = field(default_factory=lambda: {"moved": 0, "idle": 0})
     sessions: dict[str, int] = field(default_factory=lambda: {"moved": 0, "idle": 0})
@@ -313,12 +315,11 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
 
     def sample() -> None:
         now = net.now
-        full = sum(1 for nid in ids
-                   if all(nid in out.held_at.get(b[0], {}) for b in bulletins))
-        out.samples.append((now, full))
+        out.samples.append((now, sum(len(out.held_at.get(b[0], {})) for b in bulletins)
+                            / len(bulletins)))
         if kind == "sync":
-            out.ideal_samples.append((now, sum(
-                1 for nid in ids if all(nid in out.ideal_at[b[0]] for b in bulletins))))
+            out.ideal_samples.append((now, sum(len(out.ideal_at[b[0]]) for b in bulletins)
+                                      / len(bulletins)))
         if now + SAMPLE_S <= duration:
             net.schedule(now + SAMPLE_S, sample)
     net.schedule(0.0, sample)
@@ -417,6 +418,61 @@ def run(n: int, scenario: str, seed: int, duration: float,
     }
 
 
+def plot_png(path: Path, curve: dict[str, list[float]], n: int, width: int = 640,
+             height: int = 360) -> None:
+    """Coverage over time as a PNG without a plotting library: nodes holding a bulletin
+    (mean over the bulletins) as a fraction of all ``n`` nodes; black axes with a tick every
+    60 s and every 10 %, ideal in grey, epidemic in red, sync in blue (drawn last)."""
+    import struct
+    import zlib
+    px = bytearray(b"\xff" * (width * height * 3))
+    left, bottom, top, right = 40, height - 30, 10, width - 10
+    t = curve["t"]
+    t_end = t[-1] if t and t[-1] > 0 else 1.0
+
+    def put(x: int, y: int, rgb: tuple[int, int, int]) -> None:
+        if 0 <= x < width and 0 <= y < height:
+            i = (y * width + x) * 3
+            px[i:i + 3] = bytes(rgb)
+
+    def line(x0: int, y0: int, x1: int, y1: int, rgb: tuple[int, int, int]) -> None:
+        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for k in range(steps + 1):
+            x = x0 + (x1 - x0) * k // steps
+            y = y0 + (y1 - y0) * k // steps
+            for dx, dy in ((0, 0), (0, 1), (1, 0)):
+                put(x + dx, y + dy, rgb)
+
+    def xy(ti: float, c: float) -> tuple[int, int]:
+        return (left + round((right - left) * ti / t_end),
+                bottom - round((bottom - top) * c / max(n, 1)))
+
+    black = (0, 0, 0)
+    line(left, bottom, right, bottom, black)
+    line(left, bottom, left, top, black)
+    for k in range(11):
+        y = bottom - (bottom - top) * k // 10
+        line(left - 5, y, left, y, black)
+        for x in range(left + 1, right, 4):
+            put(x, y, (225, 225, 225))
+    for k in range(int(t_end // 60) + 1):
+        x = left + round((right - left) * k * 60 / t_end)
+        line(x, bottom, x, bottom + 5, black)
+    for name, rgb in (("ideal", (150, 150, 150)), ("epidemic", (220, 30, 30)),
+                      ("sync", (30, 60, 220))):
+        pts = [xy(ti, c) for ti, c in zip(t, curve[name], strict=False)]
+        for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+            line(x0, y0, x1, y1, rgb)
+    raw = b"".join(b"\x00" + bytes(px[y * width * 3:(y + 1) * width * 3]) for y in range(height))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
 def _fmt(x: Any) -> str:
     if x is None:
         return "-"
@@ -433,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="write coverage over time (PNG): sync blue, epidemic red, ideal grey")
     a = ap.parse_args(argv)
     n = a.nodes or (300 if a.quick else 1000)
     duration = a.duration or (900.0 if a.quick else 1800.0)
@@ -454,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sync sessions: {sy['sessions_moved']} moved ops ({sy['session_bytes_moved']} B of "
           f"messages), {sy['sessions_idle']} moved none ({sy['session_bytes_idle']} B); "
           f"{_fmt(sy['bytes_per_link_second'])} B/s per link in range")
+    if a.plot is not None:
+        plot_png(a.plot, r["coverage_curve"], n)
     if a.json:
         print(json.dumps(r, sort_keys=True))
     return 0
