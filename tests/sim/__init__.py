@@ -12,6 +12,7 @@ from tests.sim.network import (
 )
 from tests.sim.streams import MessageReceived, StreamKey, StreamMux, StreamOpened
 from tests.sim.topology import components, grid, line, random_geometric, ring, shortest_hops
+from tests.sim.town import Radio, TownMap, TownMobility, Walker
 
 __all__ = [
     "LinkParams",
@@ -19,11 +20,15 @@ __all__ = [
     "MessageReceived",
     "Mobility",
     "Network",
+    "Radio",
     "SimError",
     "SimNode",
     "StreamKey",
     "StreamMux",
     "StreamOpened",
+    "TownMap",
+    "TownMobility",
+    "Walker",
     "components",
     "grid",
     "line",

@@ -1,0 +1,523 @@
+"""Field benchmark: emergency bulletins in a town with no carrier network, on the simulator.
+
+Run: ``.venv/bin/python bench/field.py [--quick] [--nodes N] [--scenario town|disaster]
+[--seed S] [--duration S] [--json]``
+
+A town (``tests.sim.town``: a ~4.5 x 3.4 km street grid, cars at 10-50 km/h,
+pedestrians at 0.5-1.5 m/s, phones at 8 shelters, a dealer in the centre; the
+disaster variant puts most phones at the shelters and sends the cars from
+shelter to shelter) over a ~100 m radio whose delay and loss grow with
+distance.  Two signed bulletins are posted (by a phone at the first shelter,
+then by the dealer) and spread with three mechanisms over the same contacts
+(same seed, same moves, same contact trace, checked):
+
+* **sync**: every node runs the real sync session core (``sync.session``) and
+  apply planner (``sync.apply``) behind an in-memory store
+  (``tests.sync.simsync.SyncSimNode``, the daemon's per-neighbour schedule:
+  reconcile at link-up and every 30 s, push what was just committed), over
+  reliable streams on the lossy links;
+* **epidemic** flooding: at every contact, and whenever it receives a new
+  bulletin, a node sends each neighbour every bulletin that neighbour lacks, in
+  full, over the same reliable streams; it knows what the neighbour lacks for
+  free (an oracle, no summary vector, no reconciliation), so its byte count is
+  a lower bound for real flooding and ``bytes_vs_epidemic`` is conservative;
+* **ideal**: zero transfer time along the contacts in range each tick
+  (time-respecting paths), costing bulletin bytes x nodes reached.
+
+Figures: coverage of ever-connected nodes (nodes with a contact after the
+bulletin was posted), delay p50/p95 from posting to holding, bytes sent on
+the air from the first posting to the end (data, acknowledgements,
+re-sends; sync also pays its idle 30 s reconciliations), wall time.  Calls
+and mail are not simulated (``call_connect`` is null), nor routing: this
+version measures bulletin dissemination only.  ``--json`` prints one JSON
+object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sync.envelope import Op
+from tests.sim import Network, sim_id
+from tests.sim.streams import MessageReceived, StreamKey, StreamMux, StreamOpened
+from tests.sim.town import TownMap, TownMobility, Walker
+from tests.sync.simsync import MemOpStore, SyncSimNode
+
+BULLETIN_BODY = 600  #: bytes of text per bulletin
+SAMPLE_S = 10.0  #: coverage-over-time sampling
+
+
+# -- the population ------------------------------------------------------------------------
+
+
+def population(n: int, scenario: str, town: TownMap,
+               rng: random.Random) -> tuple[dict[bytes, Walker], list[bytes]]:
+    """Walkers for ``n`` nodes; node ids in order (0 = a phone at shelter 0, 1 = the dealer)."""
+    if scenario == "disaster":
+        shares = {"phone": 0.7, "car": 0.3, "pedestrian": 0.0}
+    else:
+        shares = {"phone": 0.2, "car": 0.4, "pedestrian": 0.4}
+    n_phone = max(1, round((n - 1) * shares["phone"]))
+    n_car = round((n - 1) * shares["car"])
+    kinds = ["phone", "dealer"] + ["phone"] * (n_phone - 1) + ["car"] * n_car
+    kinds += ["pedestrian"] * (n - len(kinds))
+    kinds = kinds[:n]
+    walkers: dict[bytes, Walker] = {}
+    ids: list[bytes] = []
+    for i, kind in enumerate(kinds):
+        nid = sim_id(i)
+        ids.append(nid)
+        if kind == "dealer":
+            walkers[nid] = Walker(kind, town.dealer, town.dealer_point(), static=True)
+        elif kind == "phone":
+            s = town.shelters[0] if i == 0 else rng.choice(town.shelters)
+            x, y = town.point(*s)
+            r, a = 30.0 * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
+            walkers[nid] = Walker(kind, s, (x + r * math.cos(a), y + r * math.sin(a)),
+                                  static=True)
+        else:
+            at = (rng.choice(town.shelters) if scenario == "disaster"
+                  else (rng.randrange(town.cols), rng.randrange(town.rows)))
+            walkers[nid] = Walker(kind, at, town.point(*at))
+    return walkers, ids
+
+
+# -- the epidemic baseline -----------------------------------------------------------------
+
+
+class EpidemicNode:
+    """Flooding: send every neighbour every bulletin it lacks, at contact and on arrival."""
+
+    def __init__(self, node_id: bytes, directory: dict[bytes, EpidemicNode],
+                 on_new: Any) -> None:
+        self.node_id = node_id
+        self.directory = directory  # the oracle: who holds what
+        self.on_new = on_new
+        self.held: dict[bytes, bytes] = {}
+        self.mux = StreamMux()
+        self.up: dict[bytes, StreamKey] = {}
+        self.sent: dict[bytes, set[bytes]] = {}
+
+    def post(self, raw: bytes, now: float) -> None:
+        self._got(raw, now)
+
+    def _got(self, raw: bytes, now: float) -> None:
+        op_id = hashlib.sha256(raw).digest()
+        if op_id in self.held:
+            return
+        self.held[op_id] = raw
+        self.on_new(self.node_id, op_id, now)
+        for peer in sorted(self.up):
+            self._offer(peer, now)
+
+    def _offer(self, peer: bytes, now: float) -> None:
+        lacks = self.directory[peer].held
+        sent = self.sent[peer]
+        for op_id, raw in self.held.items():
+            if op_id not in lacks and op_id not in sent:
+                sent.add(op_id)
+                self.mux.send(self.up[peer], raw, now)
+
+    def link_up(self, peer: bytes, now: float) -> None:
+        self.up[peer] = self.mux.open(peer)
+        self.sent[peer] = set()
+        self._offer(peer, now)
+
+    def link_down(self, peer: bytes, now: float) -> None:
+        self.up.pop(peer, None)
+        self.sent.pop(peer, None)
+        self.mux.reset_peer(peer)
+
+    def receive(self, src: bytes, data: bytes, now: float) -> None:
+        self.mux.receive(src, data, now)
+        while (ev := self.mux.next_event()) is not None:
+            if isinstance(ev, MessageReceived):
+                self._got(ev.data, now)
+            elif isinstance(ev, StreamOpened) and ev.key.peer not in self.up:
+                self.mux.reset(ev.key)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, bytes]]:
+        return self.mux.datagrams_to_send(now)
+
+    def get_timer(self) -> float | None:
+        return self.mux.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.mux.handle_timer(now)
+
+
+class _CountingMux(StreamMux):
+    """A ``StreamMux`` that counts the message bytes sent on each stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_on: dict[StreamKey, int] = {}
+
+    def send(self, key: StreamKey, msg: bytes, now: float) -> None:
+        self.sent_on[key] = self.sent_on.get(key, 0) + len(msg)
+        super().send(key, msg, now)
+
+
+class FieldSyncNode(SyncSimNode):
+    """A ``SyncSimNode`` that reports each op the moment it is committed, and splits the
+    session bytes it sends into sessions that moved ops and sessions that moved none."""
+
+    def __init__(self, *args: Any, on_new: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.on_new = on_new
+        self.mux = self.counting = _CountingMux()
+        self.session_bytes = {"moved": 0, "idle": 0}
+        self.sessions = {"moved": 0, "idle": 0}
+
+    def _committed(self, ops: Sequence[Op], now: float) -> None:
+        for op in ops:
+            self.on_new(self.node_id, op.op_id, now)
+        super()._committed(ops, now)
+
+    def _end(self, key: StreamKey, outcome: str, now: float) -> None:
+        super()._end(key, outcome, now)
+        ev = self.ended[-1]
+        kind = "moved" if ev.ops_in or ev.ops_out else "idle"
+        self.sessions[kind] += 1
+        self.session_bytes[kind] += self.counting.sent_on.pop(key, 0)
+
+
+# -- one run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    held_at: dict[bytes, dict[bytes, float]] = field(default_factory=dict)  # op -> node -> t
+    bytes_from_post: int = 0
+    bytes_total: int = 0
+    datagrams: int = 0
+    contacts: int = 0
+    link_seconds: float = 0.0
+    #: (t, nodes holding a bulletin, averaged over the bulletins)
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+    # the ideal (filled by the sync run only)
+    ideal_at: dict[bytes, dict[bytes, float]] = field(default_factory=dict)
+    connected_after: dict[bytes, set[bytes]] = field(default_factory=dict)
+    ideal_samples: list[tuple[float, float]] = field(default_factory=list)
+    # sync only: message bytes of sessions that moved ops / moved none (no stream overhead)
+    session_bytes: dict[str, int] = field(default_factory=lambda: {"moved": 0, "idle": 0})
+    sessions: dict[str, int] = field(default_factory=lambda: {"moved": 0, "idle": 0})
+
+
+@dataclass(frozen=True)
+class Bulletin:
+    op_id: bytes
+    size: int
+    posted: float
+    poster: bytes
+
+
+def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
+             posts: list[tuple[float, int]],
+             town: TownMap | None = None) -> tuple[Outcome, list[Bulletin]]:
+    """Run one mechanism; ``posts`` are (time, poster index).  Returns the outcome and the
+    bulletins."""
+    t0 = time.perf_counter()
+    town = town or TownMap()
+    rng = random.Random(seed)
+    walkers, ids = population(n, scenario, town, rng)
+    net = Network(seed)
+    out = Outcome()
+
+    def on_new(node: bytes, op_id: bytes, now: float) -> None:
+        out.held_at.setdefault(op_id, {}).setdefault(node, now)
+
+    # the bulletins: signed once, the same bytes for every mechanism
+    key_rng = random.Random(f"{seed}:keys")
+    bulletins: list[tuple[bytes, bytes, float, int]] = []  # (op id, raw, t, poster)
+    for k, (t, poster) in enumerate(posts):
+        sk = Ed25519PrivateKey.from_private_bytes(key_rng.randbytes(32))
+        store = MemOpStore()
+        op = store.add_local(sk, kind="bulletin.post", doc_id=bytes([k]) * 16,
+                             body=key_rng.randbytes(BULLETIN_BODY // 2).hex().encode(),
+                             wall_ms=1_800_000_000_000 + int(t * 1000))
+        bulletins.append((op.op_id, op.raw, t, poster))
+
+    sync_nodes: dict[bytes, FieldSyncNode] = {}
+    epi_nodes: dict[bytes, EpidemicNode] = {}
+    for i, nid in enumerate(ids):
+        if kind == "sync":
+            node = FieldSyncNode(nid, MemOpStore(), random.Random(seed * 100_003 + i),
+                                 interval_s=30.0, on_new=on_new)
+            sync_nodes[nid] = node
+            net.add_node(nid, node)
+        else:
+            epi_nodes[nid] = EpidemicNode(nid, epi_nodes, on_new)
+            net.add_node(nid, epi_nodes[nid])
+
+    for op_id, raw, t, poster in bulletins:
+        def post(op_id: bytes = op_id, raw: bytes = raw, poster: int = poster) -> None:
+            nid = ids[poster]
+            if kind == "sync":
+                node = sync_nodes[nid]
+                applied, _ = node.store.apply_remote([raw], 1_800_000_000_000
+                                                     + int(net.now * 1000))
+                assert [o.op_id for o in applied] == [op_id], node.store.refused
+                node._committed(applied, net.now)
+                net.replace_node(nid, node)  # (re-reads its timer and output)
+            else:
+                epi_nodes[nid].post(raw, net.now)
+                net.replace_node(nid, epi_nodes[nid])
+        net.schedule(t, post)
+    first_post = min(t for _, _, t, _ in bulletins)
+
+    def mark() -> None:
+        out.bytes_from_post = -net.stats.bytes_sent
+    net.schedule(first_post, mark)
+
+    mobility = TownMobility(net, town, walkers, rng,
+                            car_targets=list(town.shelters) if scenario == "disaster" else None)
+    if kind == "sync":  # the ideal and the ever-connected sets, from the contact trace
+        ideal: dict[bytes, dict[bytes, float]] = {op_id: {} for op_id, *_ in bulletins}
+        connected: dict[bytes, set[bytes]] = {op_id: set() for op_id, *_ in bulletins}
+
+        def on_tick(now: float, pairs: list[tuple[bytes, bytes]]) -> None:
+            adj: dict[bytes, list[bytes]] = {}
+            for a, b in pairs:
+                adj.setdefault(a, []).append(b)
+                adj.setdefault(b, []).append(a)
+            for op_id, _, t, poster in bulletins:
+                if now < t:
+                    continue
+                reached = ideal[op_id]
+                reached.setdefault(ids[poster], t)
+                connected[op_id].update(adj)
+                frontier = [x for x in reached if x in adj]
+                while frontier:
+                    x = frontier.pop()
+                    for y in adj[x]:
+                        if y not in reached:
+                            reached[y] = now
+                            frontier.append(y)
+        mobility.on_tick.append(on_tick)
+        out.ideal_at, out.connected_after = ideal, connected
+
+    def sample() -> None:
+        now = net.now
+        out.samples.append((now, sum(len(out.held_at.get(b[0], {})) for b in bulletins)
+                            / len(bulletins)))
+        if kind == "sync":
+            out.ideal_samples.append((now, sum(len(out.ideal_at[b[0]]) for b in bulletins)
+                                      / len(bulletins)))
+        if now + SAMPLE_S <= duration:
+            net.schedule(now + SAMPLE_S, sample)
+    net.schedule(0.0, sample)
+
+    mobility.start()
+    net.run_until(duration)
+    out.bytes_from_post += net.stats.bytes_sent
+    out.bytes_total = net.stats.bytes_sent
+    out.datagrams = net.stats.sent
+    out.contacts = mobility.contacts
+    out.link_seconds = mobility.link_seconds
+    out.wall_s = time.perf_counter() - t0
+    for node in sync_nodes.values():
+        for part in ("moved", "idle"):
+            out.session_bytes[part] += node.session_bytes[part]
+            out.sessions[part] += node.sessions[part]
+    return out, [Bulletin(op_id, len(raw), t, ids[poster]) for op_id, raw, t, poster in bulletins]
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, math.ceil(q * len(s)) - 1)]
+
+
+def figures(held: dict[bytes, dict[bytes, float]], bulletins: list[Bulletin],
+            connected: dict[bytes, set[bytes]],
+            ideal: dict[bytes, dict[bytes, float]]) -> dict[str, Any]:
+    """Coverage of ever-connected nodes and of the ideal's reach, summed over the bulletins
+    as (bulletin, node) pairs; delays from posting over the nodes reached (poster excluded)."""
+    reached = denom = ideal_n = 0
+    ds: list[float] = []
+    for b in bulletins:
+        h = held.get(b.op_id, {})
+        denom += len(connected[b.op_id] | set(h))  # (the poster, and anyone who got it, had contact)
+        reached += len(h)
+        ideal_n += len(ideal[b.op_id])
+        ds.extend(at - b.posted for nid, at in h.items() if nid != b.poster)
+    return {"coverage": reached / denom if denom else None,
+            "coverage_of_ideal": reached / ideal_n if ideal_n else None,
+            "pairs_reached": reached, "pairs_ever_connected": denom,
+            "delay_p50_s": _pct(ds, 0.5), "delay_p95_s": _pct(ds, 0.95)}
+
+
+def run(n: int, scenario: str, seed: int, duration: float,
+        town: TownMap | None = None) -> dict[str, Any]:
+    """Both mechanisms and the ideal on the same town and seed; the figures (``--json``)."""
+    posts = [(60.0, 0), (120.0, 1)]  # a phone at the first shelter, then the dealer
+    s_out, bulletins = simulate("sync", n, scenario, seed, duration, posts, town)
+    e_out, _ = simulate("epidemic", n, scenario, seed, duration, posts, town)
+    if s_out.contacts != e_out.contacts:
+        raise AssertionError("the two runs saw different contacts")
+    conn, ideal = s_out.connected_after, s_out.ideal_at
+    sync_f = figures(s_out.held_at, bulletins, conn, ideal)
+    epi_f = figures(e_out.held_at, bulletins, conn, ideal)
+    ideal_f = figures(ideal, bulletins, conn, ideal)
+    size = {b.op_id: b.size for b in bulletins}
+    ideal_bytes = sum(size[op_id] * (len(h) - 1) for op_id, h in s_out.ideal_at.items())
+    sync_reached = sum(len(h) - 1 for h in s_out.held_at.values())
+    epi_reached = sum(len(h) - 1 for h in e_out.held_at.values())
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    return {
+        "bench": "field", "nodes": n, "scenario": scenario, "seed": seed,
+        "duration_s": duration, "bulletins": len(bulletins),
+        "bulletin_bytes": [b.size for b in bulletins], "contacts": s_out.contacts,
+        "link_seconds": s_out.link_seconds,
+        "coverage": sync_f["coverage"],
+        "delay_p95_vs_epidemic": ratio(sync_f["delay_p95_s"], epi_f["delay_p95_s"]),
+        "bytes_vs_epidemic": ratio(s_out.bytes_from_post, e_out.bytes_from_post),
+        "call_connect": None,  # calls are not simulated in this version
+        "sync": {**sync_f, "bytes": s_out.bytes_from_post, "bytes_whole_run": s_out.bytes_total,
+                 "bytes_per_node_reached": ratio(s_out.bytes_from_post, sync_reached),
+                 "datagrams": s_out.datagrams, "wall_s": round(s_out.wall_s, 1),
+                 "session_bytes_moved": s_out.session_bytes["moved"],
+                 "session_bytes_idle": s_out.session_bytes["idle"],
+                 "sessions_moved": s_out.sessions["moved"],
+                 "sessions_idle": s_out.sessions["idle"],
+                 "bytes_per_link_second": ratio(s_out.bytes_total, s_out.link_seconds)},
+        "epidemic": {**epi_f, "bytes": e_out.bytes_from_post,
+                     "bytes_per_node_reached": ratio(e_out.bytes_from_post, epi_reached),
+                     "datagrams": e_out.datagrams, "wall_s": round(e_out.wall_s, 1)},
+        "ideal": {**ideal_f, "bytes": ideal_bytes},
+        "bytes_vs_ideal": ratio(s_out.bytes_from_post, ideal_bytes),
+        "coverage_curve": {"t": [t for t, _ in s_out.samples],
+                           "sync": [c for _, c in s_out.samples],
+                           "epidemic": [c for _, c in e_out.samples],
+                           "ideal": [c for _, c in s_out.ideal_samples]},
+        "wall_s": round(s_out.wall_s + e_out.wall_s, 1),
+    }
+
+
+def plot_png(path: Path, curve: dict[str, list[float]], n: int, width: int = 640,
+             height: int = 360) -> None:
+    """Coverage over time as a PNG without a plotting library: nodes holding a bulletin
+    (mean over the bulletins) as a fraction of all ``n`` nodes; black axes with a tick every
+    60 s and every 10 %, ideal in grey, epidemic in red, sync in blue (drawn last)."""
+    import struct
+    import zlib
+    px = bytearray(b"\xff" * (width * height * 3))
+    left, bottom, top, right = 40, height - 30, 10, width - 10
+    t = curve["t"]
+    t_end = t[-1] if t and t[-1] > 0 else 1.0
+
+    def put(x: int, y: int, rgb: tuple[int, int, int]) -> None:
+        if 0 <= x < width and 0 <= y < height:
+            i = (y * width + x) * 3
+            px[i:i + 3] = bytes(rgb)
+
+    def line(x0: int, y0: int, x1: int, y1: int, rgb: tuple[int, int, int]) -> None:
+        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for k in range(steps + 1):
+            x = x0 + (x1 - x0) * k // steps
+            y = y0 + (y1 - y0) * k // steps
+            for dx, dy in ((0, 0), (0, 1), (1, 0)):
+                put(x + dx, y + dy, rgb)
+
+    def xy(ti: float, c: float) -> tuple[int, int]:
+        return (left + round((right - left) * ti / t_end),
+                bottom - round((bottom - top) * c / max(n, 1)))
+
+    black = (0, 0, 0)
+    line(left, bottom, right, bottom, black)
+    line(left, bottom, left, top, black)
+    for k in range(11):
+        y = bottom - (bottom - top) * k // 10
+        line(left - 5, y, left, y, black)
+        for x in range(left + 1, right, 4):
+            put(x, y, (225, 225, 225))
+    for k in range(int(t_end // 60) + 1):
+        x = left + round((right - left) * k * 60 / t_end)
+        line(x, bottom, x, bottom + 5, black)
+    for name, rgb in (("ideal", (150, 150, 150)), ("epidemic", (220, 30, 30)),
+                      ("sync", (30, 60, 220))):
+        pts = [xy(ti, c) for ti, c in zip(t, curve[name], strict=False)]
+        for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+            line(x0, y0, x1, y1, rgb)
+    raw = b"".join(b"\x00" + bytes(px[y * width * 3:(y + 1) * width * 3]) for y in range(height))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    return str(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="300 nodes, 15 simulated minutes")
+    ap.add_argument("--nodes", type=int, default=None)
+    ap.add_argument("--scenario", choices=("town", "disaster"), default="town")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--duration", type=float, default=None, help="simulated seconds")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="write coverage over time (PNG): sync blue, epidemic red, ideal grey")
+    a = ap.parse_args(argv)
+    n = a.nodes or (300 if a.quick else 1000)
+    duration = a.duration or (900.0 if a.quick else 1800.0)
+    r = run(n, a.scenario, a.seed, duration)
+    print(f"field: {n} nodes, {a.scenario}, seed {a.seed}, {duration:.0f} s simulated, "
+          f"{r['contacts']} contacts, wall {r['wall_s']} s")
+    print(f"{'':10} {'coverage':>9} {'of ideal':>9} {'p50 s':>7} {'p95 s':>7} {'bytes':>11} "
+          f"{'B/reached':>10}")
+    for name in ("sync", "epidemic", "ideal"):
+        f = r[name]
+        print(f"{name:10} {_fmt(f['coverage']):>9} {_fmt(f['coverage_of_ideal']):>9} "
+              f"{_fmt(f['delay_p50_s']):>7} "
+              f"{_fmt(f['delay_p95_s']):>7} {_fmt(f['bytes']):>11} "
+              f"{_fmt(f.get('bytes_per_node_reached')):>10}")
+    print(f"delay p95 vs epidemic {_fmt(r['delay_p95_vs_epidemic'])}, bytes vs epidemic "
+          f"{_fmt(r['bytes_vs_epidemic'])}, vs ideal {_fmt(r['bytes_vs_ideal'])}; "
+          "calls: not simulated")
+    sy = r["sync"]
+    print(f"sync sessions: {sy['sessions_moved']} moved ops ({sy['session_bytes_moved']} B of "
+          f"messages), {sy['sessions_idle']} moved none ({sy['session_bytes_idle']} B); "
+          f"{_fmt(sy['bytes_per_link_second'])} B/s per link in range")
+    if a.plot is not None:
+        plot_png(a.plot, r["coverage_curve"], n)
+    if a.json:
+        print(json.dumps(r, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
