@@ -136,6 +136,8 @@ class FakeMesh:
         self.by_id = {n.node_id: n for n in self.nodes}
         self.by_name = {n.name: n for n in self.nodes}
         self.seen_by: dict[str, list[bytes]] = defaultdict(list)
+        #: the packets behind ``seen_by`` (service and flow tell what a leak was)
+        self.seen_packets: dict[str, list[MeshPacket]] = defaultdict(list)
         self.forwarded: Counter[str] = Counter()
         self.tamper: Callable[[MeshPacket], MeshPacket | None] | None = None
         if line:
@@ -195,6 +197,7 @@ class FakeMesh:
     def _relayed(self, relay: NodeId, pkt: MeshPacket) -> None:
         name = self.by_id[relay].name
         self.seen_by[name].append(pkt.payload)
+        self.seen_packets[name].append(pkt)
         self.forwarded[name] += 1
 
     def _deliver(self, dst: MeshNode, pkt: MeshPacket) -> None:
