@@ -47,6 +47,7 @@ __all__ = [
     "SimNode",
     "pairs_within",
     "sim_id",
+    "transit",
 ]
 
 
@@ -81,6 +82,24 @@ class LinkParams:
     delay: float = 0.005
     jitter: float = 0.0  #: extra uniform delay in [0, jitter]
     reorder_delay: float = 0.03
+
+
+def transit(p: LinkParams, rng: random.Random) -> list[float]:
+    """One datagram crossing a link direction: the delay of each copy that arrives.
+
+    ``[]`` is a loss, two entries a duplicate.  The only place impairments draw from a link's
+    random stream, so the virtual-clock ``Network`` and the real-time driver
+    (``tests.sim.realtime``) impair identically for the same seed."""
+    if p.loss and rng.random() < p.loss:
+        return []
+    copies = 2 if p.duplicate and rng.random() < p.duplicate else 1
+    delays: list[float] = []
+    for _ in range(copies):
+        delay = p.delay + (rng.uniform(0.0, p.jitter) if p.jitter else 0.0)
+        if p.reorder and rng.random() < p.reorder:
+            delay += p.reorder_delay
+        delays.append(delay)
+    return delays
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,16 +313,12 @@ class Network:
         if link is None or not link.up:
             self.stats.dropped_down += 1
             return
-        p, rng = link.params, link.rng
-        if p.loss and rng.random() < p.loss:
+        delays = transit(link.params, link.rng)
+        if not delays:
             self.stats.lost += 1
             return
-        copies = 2 if p.duplicate and rng.random() < p.duplicate else 1
-        self.stats.duplicated += copies - 1
-        for _ in range(copies):
-            delay = p.delay + (rng.uniform(0.0, p.jitter) if p.jitter else 0.0)
-            if p.reorder and rng.random() < p.reorder:
-                delay += p.reorder_delay
+        self.stats.duplicated += len(delays) - 1
+        for delay in delays:
             self._push(self.now + delay, _DELIVER, (dst, src, data))
 
 

@@ -1,20 +1,27 @@
-"""An in-process mesh used ONLY as a transport for voice tests: nodes in a line, hop-by-hop delivery.
+"""The voice tests' mesh: ``NodeApi`` nodes on the simulator's network, driven in real time.
 
-``FakeMesh`` joins ``MeshNode`` objects (each a real ``NodeApi``: a real
-``Identity``, real signed announcements, real sealing by the service).  A packet
-travels the path of nodes between source and destination; every hop adds
-``hop_delay_s`` and drops it with probability ``loss`` (seeded).  A message
-longer than one packet counts as its number of fragments for loss.  Relay nodes
-see every payload that crosses them (``seen_by``), so tests can check what a
-relay car could read.  ``cut(a, b)`` breaks the line between two nodes (no
-route); ``alternate`` lists other paths to use when one is cut (a diamond).
+The network is ``tests.sim``'s (the one routing and sync simulate on): links
+with per-direction seeded impairments, a packet forwarded hop by hop over the
+shortest path of links that are up.  Voice needs real time (aiortc's ICE, DTLS
+and RTP timers read the loop's clock), so it runs on ``tests.sim.realtime``'s
+driver instead of the virtual heap.  This module adds only what is voice's:
+``MeshNode`` (a real ``NodeApi``: a real ``Identity``, real signed
+announcements, real sealing by the service) and names for nodes.
+
+``FakeMesh(tmp, names)`` joins the nodes in a line (``line=False``: no links;
+add them with ``link``).  Every hop adds ``hop_delay_s`` and loses a packet with
+probability ``loss``; a message longer than one packet crosses each hop as its
+fragments and is lost if any is.  Relays see every payload that reaches them
+(``seen_by``, ``forwarded``), so tests can check what a relay car could read.
+``cut(a, b)`` removes a link, ``kill(name)`` every link of a node (kill -9);
+``tamper`` rewrites or (returning None) drops a packet as it is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
-import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -24,6 +31,8 @@ from typing import Any
 from meshd.core.errors import ControlError
 from meshd.core.identity import Announcement, Identity, NodeId, Role
 from meshd.core.packet import DEFAULT_HOP_LIMIT, MeshPacket
+from tests.sim.network import LinkParams
+from tests.sim.realtime import RealtimeNetwork
 
 MAX_PAYLOAD = 1110
 
@@ -116,79 +125,80 @@ class MeshNode:
 
 
 class FakeMesh:
-    """Nodes in a line (``names`` order), or any graph with ``link``; shortest path routing."""
+    """Named ``MeshNode``s on a ``RealtimeNetwork``: in a line (``names`` order) or any graph."""
 
     def __init__(self, tmp: Path, names: list[str], *, hop_delay_s: float = 0.001, loss: float = 0.0,
                  seed: int = 1, line: bool = True) -> None:
         self.wall = time.time
+        self.net = RealtimeNetwork(seed, default=LinkParams(loss=loss, delay=hop_delay_s))
+        self.net.on_relay = self._relayed
         self.nodes = [MeshNode(self, n, tmp / n) for n in names]
         self.by_id = {n.node_id: n for n in self.nodes}
         self.by_name = {n.name: n for n in self.nodes}
-        self.links: set[frozenset[str]] = set()
+        self.seen_by: dict[str, list[bytes]] = defaultdict(list)
+        #: the packets behind ``seen_by`` (service and flow tell what a leak was)
+        self.seen_packets: dict[str, list[MeshPacket]] = defaultdict(list)
+        self.forwarded: Counter[str] = Counter()
+        self.tamper: Callable[[MeshPacket], MeshPacket | None] | None = None
         if line:
             for a, b in itertools.pairwise(names):
                 self.link(a, b)
-        self.hop_delay_s = hop_delay_s
-        self.loss = loss
-        self.rng = random.Random(seed)
-        self.seen_by: dict[str, list[bytes]] = defaultdict(list)
-        self.forwarded: Counter[str] = Counter()
-        self.tamper: Callable[[MeshPacket], MeshPacket | None] | None = None
+
+    @property
+    def hop_delay_s(self) -> float:
+        return self.net.default.delay
+
+    @hop_delay_s.setter
+    def hop_delay_s(self, value: float) -> None:
+        self.net.set_default(dataclasses.replace(self.net.default, delay=value))
+
+    @property
+    def loss(self) -> float:
+        return self.net.default.loss
+
+    @loss.setter
+    def loss(self, value: float) -> None:
+        self.net.set_default(dataclasses.replace(self.net.default, loss=value))
+
+    def _id(self, name: str) -> NodeId:
+        return self.by_name[name].node_id
 
     def link(self, a: str, b: str) -> None:
-        self.links.add(frozenset((a, b)))
+        if not self.net.has_link(self._id(a), self._id(b)):
+            self.net.connect(self._id(a), self._id(b))
 
     def cut(self, a: str, b: str) -> None:
-        self.links.discard(frozenset((a, b)))
+        self.net.disconnect(self._id(a), self._id(b))
 
     def kill(self, name: str) -> None:
         """Remove every link of ``name`` (a relay that died)."""
-        self.links = {lk for lk in self.links if name not in lk}
+        self.net.isolate(self._id(name))
 
     def path(self, src: str, dst: str) -> list[str] | None:
-        prev: dict[str, str | None] = {src: None}
-        frontier = [src]
-        while frontier:
-            nxt: list[str] = []
-            for u in frontier:
-                for lk in self.links:
-                    if u in lk:
-                        (v,) = lk - {u}
-                        if v not in prev:
-                            prev[v] = u
-                            nxt.append(v)
-            frontier = nxt
-        if dst not in prev:
-            return None
-        out: list[str] = [dst]
-        while (p := prev[out[-1]]) is not None:
-            out.append(p)
-        return out[::-1]
+        route = self.net.path(self._id(src), self._id(dst))
+        return None if route is None else [self.by_id[n].name for n in route]
 
     def send(self, src: MeshNode, dst_id: NodeId, service: int, payload: bytes, flow_id: int,
              frags: int) -> bool:
         dst = self.by_id.get(dst_id)
         if dst is None:
             return False
-        route = self.path(src.name, dst.name)
-        if route is None:
+        if self.net.path(src.node_id, dst_id) is None:
             return False
         pkt = MeshPacket(src.node_id, dst_id, DEFAULT_HOP_LIMIT, service, flow_id, payload)
-        hops = len(route) - 1
-        for relay in route[1:-1]:
-            self.seen_by[relay].append(payload)
-            self.forwarded[relay] += 1
-        for _ in range(hops * frags):
-            if self.loss and self.rng.random() < self.loss:
-                return True  # sent, lost on the way
         if self.tamper is not None:
             tampered = self.tamper(pkt)
             if tampered is None:
-                return True
+                return True  # sent, dropped on the way
             pkt = tampered
-        loop = asyncio.get_running_loop()
-        loop.call_later(self.hop_delay_s * hops, self._deliver, dst, pkt)
-        return True
+        return self.net.send(src.node_id, dst_id, pkt, lambda p: self._deliver(dst, p),
+                             fragments=frags)
+
+    def _relayed(self, relay: NodeId, pkt: MeshPacket) -> None:
+        name = self.by_id[relay].name
+        self.seen_by[name].append(pkt.payload)
+        self.seen_packets[name].append(pkt)
+        self.forwarded[name] += 1
 
     def _deliver(self, dst: MeshNode, pkt: MeshPacket) -> None:
         handler = dst.handlers.get(pkt.service)

@@ -89,13 +89,14 @@ async def _line(out: Path, reverse: bool = False, loss: float = 0.0) -> dict[str
     s_caller.hangup(bytes.fromhex(cid))
     await callee.control.wait_for(ended(callee, cid), 10)
     await caller.control.wait_for(ended(caller, cid), 10)
+    plain = [(r, p) for r in ("B", "C") for p in mesh.seen_packets[r]
+             if b"a=fingerprint" in p.payload or b"v=0" in p.payload or b"a=ice-pwd" in p.payload]
     res = {"caller": summary(caller, s_caller, cid), "callee": summary(callee, s_callee, cid),
            "rec_callee": str(rec_callee), "rec_caller": str(rec_caller),
            "tone_caller": f_caller, "tone_callee": f_callee,
            "forwarded": dict(mesh.forwarded),
-           "relay_saw_plaintext": any(
-               b"a=fingerprint" in p or b"v=0" in p or b"a=ice-pwd" in p
-               for r in ("B", "C") for p in mesh.seen_by[r])}
+           "relay_saw_plaintext": bool(plain),
+           "plaintext_seen": [(r, p.service, p.flow_id, p.payload[:96].hex()) for r, p in plain[:3]]}
     await s_caller.close()
     await s_callee.close()
     return res

@@ -61,7 +61,7 @@ def test_tone_crosses_two_relays_both_ways(results: dict[str, Any], name: str) -
 def test_relays_forward_only_ciphertext(results: dict[str, Any], name: str) -> None:
     r = _ok(results, name)
     assert r["forwarded"]["B"] > 100 and r["forwarded"]["C"] > 100
-    assert r["relay_saw_plaintext"] is False
+    assert r["relay_saw_plaintext"] is False, r["plaintext_seen"]
 
 
 def test_five_percent_loss_connects_and_tone_arrives(results: dict[str, Any]) -> None:
