@@ -351,8 +351,8 @@ def seed_update(client: int, offset: int, text: str) -> bytes:
     ASCII placeholders (their content is not part of the update, only the origin
     ``(client, offset - 1)`` is), so every replica derives the same bytes.
     """
-    scratch: Doc[Any] = Doc(client_id=client)
-    text_: Text = scratch.get(_ROOT, type=Text)
+    scratch = _new_doc(client)
+    text_ = _text_of(scratch)
     if offset:
         text_.insert(0, "a" * offset)  # one byte and one UTF-16 unit per character
     sv = scratch.get_state()
