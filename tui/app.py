@@ -26,6 +26,7 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.widgets import ContentSwitcher, DataTable, Input, Static
 
 from meshd.control.protocol import NoDaemon
@@ -193,7 +194,10 @@ class MeshConsole(App[None]):
         if self._dirty or self.model.version != self._rendered_version or (
                 now - self._rendered_at >= 1.0):
             self._rendered_at = now
-            self.refresh_view()
+            try:
+                self.refresh_view()
+            except NoMatches:  # the widgets are gone: the app is closing (a tick raced it)
+                return
 
     @property
     def needle(self) -> str:
