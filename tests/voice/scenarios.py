@@ -323,8 +323,9 @@ async def _interrupt_call(out: Path, sig: int, when: str) -> dict[str, Any]:
             "--play", "tone:440", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         if when == "ringing":
             await a.control.wait_for(lambda e, x: e == "call.state" and x["state"] == "ringing", 15)
-        else:
+        else:  # audio both ways: each end has its media setup time before the hang-up
             await d.control.wait_for(lambda e, x: e == "call.audio", 15)
+            await a.control.wait_for(lambda e, x: e == "call.audio", 15)
         cid = next(x["call_id"] for e, x in a.control.items if e == "call.state")
         assert proc.stdout is not None
         while when not in (await asyncio.wait_for(proc.stdout.readline(), 15)).decode():
