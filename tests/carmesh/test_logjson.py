@@ -45,7 +45,9 @@ def test_meshd_flag_selects_the_formatter() -> None:
         assert isinstance(handler.formatter, JsonFormatter)
         buf = io.StringIO()
         handler.setStream(buf)  # type: ignore[attr-defined]
-        logging.getLogger("meshd.test").info("hello %d", 7)
+        # straight to the handler: other tests in this worker may have set logger levels
+        handler.handle(logging.LogRecord("meshd.test", logging.INFO, __file__, 1, "hello %d",
+                                         (7,), None))
         assert json.loads(buf.getvalue().strip())["msg"] == "hello 7"
     finally:
         root.handlers[:] = saved
