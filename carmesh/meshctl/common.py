@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from meshd.control.client import ControlClient
 from meshd.core.errors import ControlError, LocalProtocolError
-from meshd.core.text import terminal_safe
+from meshd.core.text import human_duration, terminal_safe
 from meshd.paths import STATE_DIR_ENV
 
 CONNECT_TIMEOUT_S = 2.0
@@ -182,17 +182,7 @@ def _pct(v: Any) -> str:
     return f"{100 * v:.0f}%"
 
 
-def _duration(seconds: Any) -> str:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+_duration = human_duration  # the console shows durations the same way
 
 
 def _str(v: Any) -> str:

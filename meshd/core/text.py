@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["terminal_safe"]
+__all__ = ["human_duration", "terminal_safe"]
 
 #: format characters that only build emoji sequences (ZWJ, tags): harmless, keep them
 _KEEP_CF = frozenset({0x200D, *range(0xE0020, 0xE0080)})
@@ -51,3 +51,17 @@ def terminal_safe(text: str, *, multiline: bool = False) -> str:
     if text.isprintable():
         return text
     return "".join(_escape(ch) if _unsafe(ch, multiline) else ch for ch in text)
+
+
+def human_duration(seconds: object) -> str:
+    """``95`` -> ``1m35s``, ``4000`` -> ``1h06m``; ``-`` for anything but a non-negative number."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

@@ -11,6 +11,7 @@ from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from meshd.core.text import human_duration
 from tui.model import MeshModel
 from tui.text import plain, truncate
 
@@ -38,18 +39,7 @@ Cell = str | Text
 Lazy = Callable[[int], Cell]
 
 
-def fmt_duration(seconds: float | None) -> str:
-    """``95`` -> ``1m35s``; ``-`` for None or negative."""
-    if seconds is None or seconds < 0:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+fmt_duration = human_duration  # meshctl shows durations the same way
 
 
 def fmt_ago(when: float | None, now: float) -> str:
