@@ -25,8 +25,9 @@ A, B, C = b"A" * 16, b"B" * 16, b"C" * 16
 
 
 @pytest.fixture(autouse=True)
-def _quiet() -> None:
-    logging.getLogger("meshd").setLevel(logging.ERROR)
+def _quiet(caplog: pytest.LogCaptureFixture) -> None:
+    # restored after each test: later test files in this worker read meshd's logs
+    caplog.set_level(logging.ERROR, logger="meshd")
 
 
 def core(nid: bytes, bumps: list[int] | None = None) -> RoutingTable:

@@ -22,9 +22,10 @@ LOSSY = LinkParams(loss=0.2, duplicate=0.02, reorder=0.2, delay=0.01, jitter=0.0
 
 
 @pytest.fixture(autouse=True)
-def _quiet() -> None:
-    # peer-caused warnings are expected in the attack tests; keep the output short
-    logging.getLogger("meshd").setLevel(logging.ERROR)
+def _quiet(caplog: pytest.LogCaptureFixture) -> None:
+    # peer-caused warnings are expected in the attack tests; keep the output short (the
+    # level is restored after each test: later test files in this worker read meshd's logs)
+    caplog.set_level(logging.ERROR, logger="meshd")
 
 
 def node(net: Network, nid: NodeId) -> MeshNode:
