@@ -8,16 +8,24 @@ of each document, with the edit, and the same library version.
 
 from __future__ import annotations
 
+import functools
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from library_replica.bulletins import Authority, AuthorityRole, TrustConfig
 from meshd.core.identity import Identity
-from tests.daemons import MESHCTL, Cluster, Daemon, free_udp_port, wait_until
+from tests.daemons import (
+    MESHCTL,
+    Cluster,
+    Daemon,
+    free_udp_port,
+    meshctl_ok,
+    meshctl_until,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,19 +37,10 @@ FOLDER = {
 }
 
 
-def _ok(d: Daemon, *args: str) -> Any:
-    rc, res = d.meshctl(*args, timeout=120)
-    assert rc == 0, (d.name, args, rc, res)
-    return res
+_ok = functools.partial(meshctl_ok, timeout=120)
 
 
-def _eventually(d: Daemon, pred: Callable[[Any], Any], *args: str, timeout: float = 60,
-                what: str = "") -> Any:
-    def probe() -> Any:
-        rc, res = d.meshctl(*args)
-        return pred(res) if rc == 0 else None
-
-    return wait_until(probe, timeout, 0.5, what or f"{d.name}: {' '.join(args)}")
+_eventually = functools.partial(meshctl_until, timeout=60, step=0.5)
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:

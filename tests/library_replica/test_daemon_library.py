@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +24,23 @@ from meshd.control.client import ControlClient
 from meshd.core.identity import Identity
 from sync.node_service import DB_NAME
 from sync.store import OpStore
-from tests.daemons import MESHCTL, Cluster, Daemon, free_udp_port, wait_until
+from tests.daemons import (
+    MESHCTL,
+    Cluster,
+    Daemon,
+    free_udp_port,
+    meshctl_ok,
+    meshctl_until,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def _ok(d: Daemon, *args: str) -> Any:
-    rc, res = d.meshctl(*args, timeout=120)
-    assert rc == 0, (args, rc, res)
-    return res
+_ok = functools.partial(meshctl_ok, timeout=120)
 
 
-def _eventually(d: Daemon, pred: Callable[[Any], Any], *args: str, timeout: float = 30,
-                what: str = "") -> Any:
-    def probe() -> Any:
-        rc, res = d.meshctl(*args)
-        return pred(res) if rc == 0 else None
-
-    return wait_until(probe, timeout, 0.3, what or f"{d.name}: {' '.join(args)}")
+_eventually = meshctl_until
 
 
 def _titles(res: dict[str, Any]) -> list[str]:

@@ -10,29 +10,26 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from tests.daemons import MESHCTL, Cluster, Daemon, free_udp_port, wait_until
+from tests.daemons import (
+    MESHCTL,
+    Cluster,
+    Daemon,
+    free_udp_port,
+    meshctl_ok,
+    meshctl_until,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def _ok(d: Daemon, *args: str) -> Any:
-    rc, res = d.meshctl(*args, timeout=60)
-    assert rc == 0, (args, rc, res)
-    return res
+_ok = meshctl_ok
 
 
-def _eventually(d: Daemon, pred: Callable[[Any], Any], *args: str, timeout: float = 30,
-                what: str = "") -> Any:
-    def probe() -> Any:
-        rc, res = d.meshctl(*args)
-        return pred(res) if rc == 0 else None
-
-    return wait_until(probe, timeout, 0.3, what or f"{d.name}: {' '.join(args)}")
+_eventually = meshctl_until
 
 
 def _docs(d: Daemon) -> set[str]:

@@ -13,9 +13,7 @@ import asyncio
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,24 +23,23 @@ from library_replica.ops import new_doc_id
 from meshd.core.identity import Identity
 from sync.node_service import DB_NAME
 from sync.store import OpStore
-from tests.daemons import MESHCTL, Cluster, Daemon, free_udp_port, wait_until
+from tests.daemons import (
+    MESHCTL,
+    Cluster,
+    Daemon,
+    free_udp_port,
+    meshctl_ok,
+    meshctl_until,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def _ok(d: Daemon, *args: str) -> Any:
-    rc, res = d.meshctl(*args, timeout=60)
-    assert rc == 0, (args, rc, res)
-    return res
+_ok = meshctl_ok
 
 
-def _eventually(d: Daemon, pred: Callable[[Any], Any], *args: str, timeout: float = 30,
-                what: str = "") -> Any:
-    def probe() -> Any:
-        rc, res = d.meshctl(*args)
-        return pred(res) if rc == 0 else None
-
-    return wait_until(probe, timeout, 0.3, what or f"{d.name}: {' '.join(args)}")
+_eventually = meshctl_until
 
 
 def _carried(d: Daemon) -> dict[str, str]:

@@ -18,17 +18,14 @@ from typing import Any
 import pytest
 
 from carmesh.app import CLOCK_OFFSET_ENV
-from tests.daemons import MESHCTL, Cluster, Daemon, free_udp_port, wait_until
+from tests.daemons import MESHCTL, Cluster, Daemon, free_udp_port, meshctl_ok, wait_until
 
 pytestmark = pytest.mark.slow
 
 TWO_DAYS = 172_800
 
 
-def _ok(d: Daemon, *args: str) -> Any:
-    rc, res = d.meshctl(*args, timeout=60)
-    assert rc == 0, (args, rc, res)
-    return res
+_ok = meshctl_ok
 
 
 def _bob_record(ann: Daemon) -> dict[str, Any] | None:

@@ -12,15 +12,12 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Cluster, Daemon, free_udp_port, wait_until
+from tests.daemons import Cluster, Daemon, free_udp_port, meshctl_ok, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def _ok(d: Daemon, *args: str) -> Any:
-    rc, res = d.meshctl(*args, timeout=60)
-    assert rc == 0, (args, rc, res)
-    return res
+_ok = meshctl_ok
 
 
 def _record(d: Daemon, node: str) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ import pytest
 
 from library_replica.bulletins import Authority, AuthorityRole, TrustConfig
 from meshd.core.identity import Identity
-from tests.daemons import Cluster, Daemon, free_udp_port, wait_until
+from tests.daemons import Cluster, Daemon, free_udp_port, meshctl_ok, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +43,7 @@ def _free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ok(d: Daemon, *args: str) -> Any:
-    rc, res = d.meshctl(*args, timeout=60)
-    assert rc == 0, (args, rc, res)
-    return res
+_ok = meshctl_ok
 
 
 def _has(d: Daemon, key: str, *args: str) -> Any:
