@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.library import QUERIES_2, QUERIES_4, generate
+from bench.library import QUERIES_2, QUERIES_4, _cpu, generate
 from library_replica.safety import KIND_PERSON, SafetyRegistry, fold, prepare_person
 from library_replica.safety_index import SafetyIndex, parse_name_query
 from library_replica.safety_service import person_json
@@ -212,16 +212,6 @@ def bench_library(n: int, rounds: int, tmp: Path) -> dict[str, object]:
         out[label] = {"p50_ms": round(p50, 2), "p95_ms": round(p95, 2)}
     index.close()
     return out
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
