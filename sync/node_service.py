@@ -9,6 +9,7 @@ control method ``sync.status`` reports per-peer progress.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -20,9 +21,20 @@ from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
 from sync.service import SyncService
 from sync.store import OpStore, Quotas, default_verify_workers, refuse_empty_file
 
-__all__ = ["SyncNodeService", "open_store"]
+__all__ = ["DB_NAME", "RESYNC_MARKER", "SyncNodeService", "open_store"]
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "ops.sqlite"
+#: written by ``meshd --recover-store``: this node's own chain is not back yet
+RESYNC_MARKER = "ops.sqlite.resyncing"
+
+HELD_MESSAGE = (
+    "this node's op store was recovered (meshd --recover-store) and its own changes are not"
+    " back from its neighbours yet: a change written now would fork its chain and peers would"
+    " quarantine this node. Wait until it has synced with its neighbours (`meshctl sync"
+    " status`); if this node never wrote anything before, stop meshd, delete {marker} and"
+    " start it again")
 
 
 async def open_store(state_dir: Path, *, wall_clock: Callable[[], float] = time.time,
@@ -45,6 +57,28 @@ class SyncNodeService:
         self.store = store
         self.service = SyncService(store, open_stream=node.open_stream, wall_clock=time.time,
                                    rng=random.Random(), interval_s=interval_s)
+        # after --recover-store: hold chained local writes until the own chain is back
+        self._marker = Path(node.state_dir) / RESYNC_MARKER
+        self._synced_since_recovery: set[bytes] = set()
+        if self._marker.exists():
+            store.local_writes_held = HELD_MESSAGE.format(marker=self._marker)
+            self.service.on_reconciled = self._reconciled
+            log.warning("the op store was recovered: this node's own writes are held until it"
+                        " has synced with its neighbours (its own ops come back from them)")
+
+    def _reconciled(self, peer: bytes) -> None:
+        """A reconciliation with ``peer`` completed: release the hold once every neighbour up
+        has completed one since the recovery (each gave back whatever it held of our chain)."""
+        self._synced_since_recovery.add(peer)
+        up = self.service.neighbours_up()
+        if not up <= self._synced_since_recovery or self.store.local_writes_held is None:
+            return
+        self.store.local_writes_held = None
+        self.service.on_reconciled = None
+        self._marker.unlink(missing_ok=True)
+        head = self.store.author_head(self.node.identity.ed25519_pub)
+        log.info("own changes back from %d neighbour(s)%s: local writes allowed again",
+                 len(up), f" (own chain at seq {head[0]})" if head else "")
 
     def handlers(self) -> Mapping[str, ControlHandler]:
         return {"sync.status": self._h_status}
@@ -99,6 +133,7 @@ class SyncNodeService:
 
     async def _h_status(self, params: dict[str, Any]) -> dict[str, Any]:
         st = self.service.status()
+        st["local_writes_held"] = self.store.local_writes_held
         st["store"] = self.store.admission_status()
         for node_id, peer in st["peers"].items():
             ann = self.node.announcement_of(bytes.fromhex(node_id))

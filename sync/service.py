@@ -229,6 +229,8 @@ class SyncService:
         self._unsubscribe = store.subscribe(self._on_commit)
         #: the core of the session that ended last (its reconciliation cost, for benchmarks)
         self.last_session: SyncSession | None = None
+        #: called with a neighbour's id after a reconciliation with it completed (committed)
+        self.on_reconciled: Callable[[bytes], None] | None = None
 
     def priority(self, ns: str) -> int:
         """Transfer rank of a namespace (lower goes first)."""
@@ -296,6 +298,8 @@ class SyncService:
                 found = {"in": core.rec.incoming(), "out": core.rec.outgoing()}
                 p.status.last_difference = found
                 p.status.up_to_date = found == {"in": 0, "out": 0}
+                if self.on_reconciled is not None:
+                    self.on_reconciled(p.node_id)
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, s.tag, str(exc))
         except (ConnectionError, TimeoutError, OSError) as exc:
@@ -310,6 +314,10 @@ class SyncService:
             with contextlib.suppress(Exception):
                 await stream.close()
         return ok
+
+    def neighbours_up(self) -> set[bytes]:
+        """The neighbours a link is up to now."""
+        return {k for k, p in self._peers.items() if p.status.up}
 
     async def sync_now(self, peer: bytes) -> bool:
         """Run one reconciliation session with ``peer`` now; True if it completed."""

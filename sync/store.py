@@ -293,6 +293,9 @@ class OpStore:
         self._threads = 1
         self._thread_pool: ThreadPoolExecutor | None = None
         self._purge_blocked = False  # the last purge found the disk full (logged once)
+        #: why new chained local ops are refused for now (None: allowed); set while this
+        #: node's own chain is not back from its neighbours after ``--recover-store``
+        self.local_writes_held: str | None = None
         # admission (see "Quota" above): without set_admission everyone is a member
         self._member: Callable[[bytes], bool] | None = None
         self._revoked: Callable[[bytes], bool] = lambda key: False
@@ -625,6 +628,8 @@ class OpStore:
             a = self._authors.get(author) or AuthorState()
             if a.quarantined is not None:
                 raise SyncLocalError("this key is quarantined (it forked its own chain)")
+            if expiry_ms is None and self.local_writes_held is not None:
+                raise SyncLocalError(self.local_writes_held)
             hlc = self.clock.now(wall_ms)
             if expiry_ms is None:
                 op = create_op(signing_key, kind=kind, doc_id=doc_id, body=body,
