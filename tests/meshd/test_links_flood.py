@@ -119,7 +119,11 @@ async def test_genuine_peer_links_and_existing_link_pings_during_initial_flood(
         # spoofed Initials never hold more than the unvalidated pool
         assert b.mgr.pending_handshakes.unvalidated <= RETRY_ABOVE
         assert b.mgr.links().keys() == {a.id, c.id}
-        assert a.rec.downs == [] and b.rec.downs == []
+        # the existing link never went down, at either end
+        assert a.rec.downs == [] and all(p != a.id for p, _ in b.rec.downs), b.rec.downs
+        # on a loaded machine a retransmission of c's first Initial may open a second
+        # handshake beside the one through the Retry; it idles out, c stays linked
+        assert all(p == c.id for p, _ in b.rec.downs), b.rec.downs
         during = sorted(rtts[pings_before:])
         print(f"\nflood ({'valid' if valid else 'garbage'}): genuine link in {link_s * 1000:.0f} ms "
               f"({redials} failed dials); ping rtt during flood median "
