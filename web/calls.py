@@ -37,7 +37,6 @@ from aiohttp import WSMsgType, web
 
 from meshd.core.errors import ControlError
 from web.app import _lang, _render, _same_origin, _state
-from web.i18n import TEXT
 from web.limits import RateLimiter
 
 __all__ = ["add_routes"]
@@ -71,7 +70,7 @@ async def call_page(request: web.Request) -> web.Response:
     node = request.match_info["node"]
     lang = _lang(request)
     return _render(request, "call.html", title=f"{WORDS[lang]['title']} · {node}", node=node,
-                   w=WORDS[lang], t=TEXT[lang])
+                   w=WORDS[lang])
 
 
 def _out(event: str, data: dict[str, Any]) -> dict[str, Any]:

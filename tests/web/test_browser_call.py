@@ -1,0 +1,213 @@
+"""Tier 6: a phone browser calls through the car mesh (Chromium, real daemons, namespaces).
+
+Phone namespace ``p`` (Debian's chromium via Playwright, a fake microphone that
+plays a 440 Hz WAV) is on car ``c``'s network; cars ``a``–``b``–``c`` are a line
+with no IP route from ``p`` to ``a``.  ``a`` auto-answers playing 660 Hz and
+recording.  The browser presses Call on ``/call/<a>``: ``a``'s recording must
+carry 440 Hz and the browser's remote stream (read by a WebAudio AnalyserNode
+in the page, ``#call-level``) 660 Hz.  The reverse: ``meshctl call`` from ``a``
+rings the browser, the test answers in the page, audio both ways again.
+Setup times are printed (no wall-clock asserts).
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carmesh.dev.devnet import DevNet, NetNode, cleanup_stale, have_netns
+from tests.daemons import MESHCTL, Cluster, Daemon, wait_until
+from tests.voice.audio import dominant_hz, read_wav, tone_windows
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:  # pragma: no cover - make sysdeps installs it
+    pytest.skip("Debian's chromium is not installed (make sysdeps)", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+BROWSER_HZ = 440
+NODE_HZ = 660
+WEB_PORT = 7443
+
+
+def _ns(node: NetNode) -> list[str]:
+    return ["ip", "netns", "exec", node.netns]
+
+
+def _start(net: DevNet, cl: Cluster, node: NetNode, dial: list[NetNode], extra: list[str]) -> Daemon:
+    args: list[str] = []
+    for other in net.neighbours(node):
+        if other.name != "p":
+            args += ["--listen", f"{net.address(node, other)}:7420"]
+    for other in dial:
+        args += ["--peer", f"{net.address(other, node)}:7420"]
+    return cl.add(node.name, args + extra, prefix=_ns(node))
+
+
+def _tone_wav(path: Path, hz: int) -> Path:
+    if shutil.which("sox") is None:
+        pytest.skip("sox is not installed")
+    subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(path),
+                    "synth", "60", "sine", str(hz), "vol", "0.5"], check=True)
+    return path
+
+
+def _assert_tone(path: Path, freq: float, fraction: float = 0.8) -> None:
+    samples, rate = read_wav(path)
+    assert len(samples) / rate > 2.0, f"{path}: {len(samples) / rate:.1f} s"
+    assert abs(dominant_hz(samples, rate) - freq) < 5
+    w = tone_windows(samples, rate, freq)
+    assert sum(w) / len(w) >= fraction, w
+
+
+class Net:
+    def __init__(self, net: DevNet, cl: Cluster, a: Daemon, c: Daemon, phone: NetNode,
+                 url: str) -> None:
+        self.net, self.cl, self.a, self.c, self.phone, self.url = net, cl, a, c, phone, url
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    why = have_netns()
+    if why is not None:
+        pytest.skip(f"network-namespace test: {why}")
+    cleanup_stale()
+    with DevNet() as net, Cluster(log_level="info") as cl:
+        a, b, c = net.line(3)
+        p = net.add_node("p")
+        net.link(c, p)
+        da = _start(net, cl, a, [], ["--auto-answer", "--answer-play", f"tone:{NODE_HZ}",
+                                     "--answer-record", str(cl.root / "a-in.wav")])
+        _start(net, cl, b, [a], [])
+        web = f"{net.address(c, p)}:{WEB_PORT}"
+        dc = _start(net, cl, c, [b], ["--web", web])
+        for d in cl:
+            d.wait_ready(60)
+
+        def reach() -> bool:
+            rc, _ = dc.meshctl("ping", da.node_id, "--count", "1", "--timeout", "1", timeout=10)
+            return rc == 0
+
+        wait_until(reach, 60, 0.5, "c reaches a")
+        yield Net(net, cl, da, dc, p, f"https://{web}")
+
+
+@pytest.fixture(scope="module")
+def browser(mesh: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    root = tmp_path_factory.mktemp("phone")
+    wav = _tone_wav(root / "mic.wav", BROWSER_HZ)
+    # Chromium runs inside the phone's namespace: its only network is car c's
+    wrapper = root / "chromium-in-p"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {mesh.phone.netns} {CHROMIUM} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    with playwright_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(wrapper), headless=True, args=[
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}",
+            "--autoplay-policy=no-user-gesture-required"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _page(browser: Any, mesh: Net, path: str) -> tuple[Any, Any, list[str]]:
+    ctx = browser.new_context(ignore_https_errors=True, locale="en",
+                              extra_http_headers={"Accept-Language": "en"})
+    page = ctx.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(mesh.url + path)
+    return ctx, page, problems
+
+
+def _wait_state(page: Any, state: str, problems: list[str], timeout_ms: int = 20000) -> None:
+    try:
+        page.locator(f'#call-state[data-state="{state}"]').wait_for(timeout=timeout_ms)
+    except playwright_api.TimeoutError:
+        raise AssertionError(f"not {state}: {page.url} {page.content()[:3000]!r}; "
+                             f"page problems {problems}") from None
+
+
+def _hears(page: Any, hz: int, windows: int = 10, bound_s: float = 30) -> dict[str, Any]:
+    """Wait until the page's analyser hears ``hz`` steadily (``windows`` x 200 ms)."""
+    level = page.locator("#call-level")
+    last: dict[str, Any] = {}
+    end = time.monotonic() + bound_s
+    while time.monotonic() < end:
+        last = {k: level.get_attribute(f"data-{k}") for k in ("hz", "rms", "steady")}
+        if abs(int(last["hz"] or 0) - hz) <= 12 and int(last["steady"] or 0) >= windows:
+            return last
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the browser never heard {hz} Hz steadily: {last}, "
+                         f"state {page.locator('#call-state').inner_text()!r}")
+
+
+def test_browser_calls_a_node_audio_both_ways(mesh: Net, browser: Any) -> None:
+    ctx, page, problems = _page(browser, mesh, f"/call/{mesh.a.node_id}")
+    try:
+        _wait_state(page, "idle", problems)
+        page.locator("#call-dial").click()
+        _wait_state(page, "active", problems)
+        heard = _hears(page, NODE_HZ)
+        setup = page.locator("#call").get_attribute("data-heard-ms")
+        car = page.locator("#call").get_attribute("data-car-setup-ms")
+        page.wait_for_timeout(3000)  # a few seconds of the browser's tone into a's recording
+        quality = page.locator("#call-quality").inner_text()
+        page.locator("#call-hangup").click()
+        _wait_state(page, "ended", problems)
+        assert page.locator("#call-state").get_attribute("data-reason") == "hung up"
+        print(f"\nbrowser -> node: first sound heard {setup} ms after Call; car saw SRTP "
+              f"{car} ms after the answer; {quality}; analyser {heard}")
+    finally:
+        ctx.close()
+
+    def ended_at_a() -> bool:
+        rc, doc = mesh.a.meshctl("calls")
+        return rc == 0 and any(c["state"] == "ended" for c in doc["calls"])
+
+    wait_until(ended_at_a, 20, 0.3, "a's call ended")
+    _rc, doc = mesh.a.meshctl("calls")
+    call = doc["calls"][-1]
+    assert call["person"] and call["reason"] == "hung up by peer", call
+    _assert_tone(mesh.cl.root / "a-in.wav", BROWSER_HZ)
+    assert not [p for p in problems if "favicon" not in p], problems
+
+
+def test_node_calls_the_browser_answered_in_the_page(mesh: Net, browser: Any) -> None:
+    ctx, page, problems = _page(browser, mesh, f"/call/{mesh.a.node_id}")
+    rec = mesh.cl.root / "a-out.wav"
+    try:
+        _wait_state(page, "idle", problems)
+        proc = subprocess.Popen(
+            [*mesh.a.prefix, *MESHCTL, "--state-dir", str(mesh.a.state_dir), "--json",
+             "call", mesh.c.node_id, "--play", f"tone:{NODE_HZ}", "--record", str(rec),
+             "--duration", "6"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            page.locator("#call-incoming").wait_for(timeout=20000)
+            page.locator("#call-answer").click()
+            _wait_state(page, "active", problems)
+            heard = _hears(page, NODE_HZ)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, (out, err, mesh.cl.logs())
+        _wait_state(page, "ended", problems)
+        print(f"\nnode -> browser: analyser {heard}; meshctl: {out.strip()[-300:]}")
+    finally:
+        ctx.close()
+    _assert_tone(rec, BROWSER_HZ)
+    assert not [p for p in problems if "favicon" not in p], problems
+
