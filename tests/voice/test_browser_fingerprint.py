@@ -114,3 +114,70 @@ def test_fingerprint_altered_by_the_serving_car_is_refused(tmp_path: Path) -> No
     assert callee["reason"] == "failed" and "altered" in callee["detail"], callee  # type: ignore[index]
     assert caller["state"] == "ended" and caller["reason"] == "failed", caller  # type: ignore[index]
     assert r["drops"]["sig-person"] >= 1, r["drops"]  # type: ignore[index]
+
+
+async def _browser_to_browser(tmp: Path, swap: bool) -> dict[str, object]:
+    """Browser on car C calls a browser on car A (signalling only); A may swap its answer's."""
+    mesh = FakeMesh(tmp, ["C", "B", "A"])
+    c, a = mesh.by_name["C"], mesh.by_name["A"]
+    vc = VoiceService(c, auto_answer=False, answer_play=None, answer_record=None)
+    va = VoiceService(a, auto_answer=False, answer_play=None, answer_record=None)
+    if swap:
+        def car_in_the_middle(pkt: MeshPacket) -> MeshPacket | None:
+            if pkt.service != Service.SIG or pkt.source != a.node_id:
+                return pkt
+            body = open_sealed(c.identity, pkt.payload, source=a.node_id, context=b"sig").body
+            msg = SigMessage.decode(body)
+            if msg.kind is not Kind.ANSWER or msg.sdp is None:
+                return pkt
+            forged = SigMessage(msg.kind, msg.call_id, msg.number, msg.sdp.replace(FP, EVIL),
+                                msg.generation, msg.flow_id, 0, msg.person_key, msg.person_sig)
+            sealed = seal(a.identity, c.announcement.x25519_pub, c.node_id, forged.encode(),
+                          context=b"sig", timestamp_ms=a.wall_ms())
+            return MeshPacket(pkt.source, pkt.destination, pkt.hop_limit, pkt.service,
+                              pkt.flow_id, sealed)
+        mesh.tamper = car_in_the_middle
+    k1, pub1 = _key()
+    k2, pub2 = _key()
+    cid = secrets.token_bytes(16)
+    await vc.handlers()["browser.dial"]({
+        "node": a.node_id.hex(), "call_id": cid.hex(), "sdp": SDP, "key": pub1.hex(),
+        "sig": k1.sign(fingerprint_message(cid, Kind.OFFER, SDP)).hex(), "host": "127.0.0.1"})
+    await a.control.wait_for(lambda e, d: e == "call.incoming", 10)
+    offer = await va.handlers()["browser.offer"]({"call": cid.hex(), "host": "127.0.0.1"})
+    assert "typ relay" in offer["sdp"] and "a=fingerprint:" + FP in offer["sdp"]
+    answer = SDP.replace("brws", "ansr").replace("actpass", "active")
+    await va.handlers()["browser.answer"]({
+        "call_id": cid.hex(), "sdp": answer, "key": pub2.hex(),
+        "sig": k2.sign(fingerprint_message(cid, Kind.ANSWER, answer)).hex()})
+    if swap:
+        await c.control.wait_for(lambda e, d: e == "call.ended", 10)
+    else:
+        await c.control.wait_for(lambda e, d: e == "call.browser", 10)
+    result: dict[str, object] = {
+        "caller": vc.info(cid).to_json(), "callee": va.info(cid).to_json(),
+        "to_browser": c.control.of("call.browser"), "keys": (pub1.hex(), pub2.hex())}
+    await vc.close()
+    await va.close()
+    return result
+
+
+def test_browser_to_browser_signalling_through_two_cars(tmp_path: Path) -> None:
+    r = asyncio.run(_browser_to_browser(tmp_path, swap=False))
+    caller, callee = r["caller"], r["callee"]
+    assert isinstance(caller, dict) and isinstance(callee, dict)
+    pub1, pub2 = r["keys"]  # type: ignore[misc]
+    assert caller["state"] == "active" and caller["person"] == pub2
+    assert callee["state"] == "active" and callee["person"] == pub1
+    sent = r["to_browser"]
+    assert isinstance(sent, list) and len(sent) == 1
+    # the caller's browser gets the far answer with car C's socket as the only candidate
+    assert "a=fingerprint:" + FP in sent[0]["sdp"] and sent[0]["sdp"].count("a=candidate:") == 1
+
+
+def test_answer_fingerprint_altered_by_the_far_car_is_refused(tmp_path: Path) -> None:
+    r = asyncio.run(_browser_to_browser(tmp_path, swap=True))
+    caller = r["caller"]
+    assert isinstance(caller, dict)
+    assert caller["reason"] == "failed" and "answer refused" in caller["detail"], caller
+    assert r["to_browser"] == []
