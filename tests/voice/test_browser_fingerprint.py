@@ -166,7 +166,9 @@ def test_browser_to_browser_signalling_through_two_cars(tmp_path: Path) -> None:
     r = asyncio.run(_browser_to_browser(tmp_path, swap=False))
     caller, callee = r["caller"], r["callee"]
     assert isinstance(caller, dict) and isinstance(callee, dict)
-    pub1, pub2 = r["keys"]  # type: ignore[misc]
+    keys = r["keys"]
+    assert isinstance(keys, tuple)
+    pub1, pub2 = keys
     assert caller["state"] == "active" and caller["person"] == pub2
     assert callee["state"] == "active" and callee["person"] == pub1
     sent = r["to_browser"]
