@@ -15,7 +15,8 @@ on the address this connection came in on, and the car relays it as opaque
 UDP.
 
 Browser -> car: ``{"t": "dial", "node", "call_id", "sdp", "key", "sig"}``,
-``{"t": "offer", "call_id"}`` (an incoming call's offer, to answer it),
+``{"t": "offer", "call_id"}`` (an incoming call's offer, to answer it: any
+call ringing at this car, whichever page showed it),
 ``{"t": "answer", "call_id", "sdp", "key", "sig"}``, ``{"t": "hangup"|"decline",
 "call_id"}``.  Car -> browser: ``state`` (every change: state, reason, detail),
 ``answer`` / ``offer`` (an SDP whose only candidate is the car's socket),
@@ -138,9 +139,7 @@ class _Connection:
                 self.owned.discard(cid)
                 raise
             await self.ws.send_json(_out("call.state", res))
-        elif t == "offer":
-            if cid not in self.incoming:
-                raise ControlError("not_found", "no such incoming call")
+        elif t == "offer":  # voice checks that it rings in here (any page may have shown it)
             res = await call("browser.offer", {"call": cid, "host": self.host})
             self.owned.add(cid)
             await self.ws.send_json({"t": "offer", "call_id": cid, "sdp": res["sdp"]})

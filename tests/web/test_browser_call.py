@@ -160,15 +160,16 @@ def test_browser_calls_a_node_audio_both_ways(mesh: Net, browser: Any) -> None:
         page.locator("#call-dial").click()
         _wait_state(page, "active", problems)
         heard = _hears(page, NODE_HZ)
-        setup = page.locator("#call").get_attribute("data-heard-ms")
-        car = page.locator("#call").get_attribute("data-car-setup-ms")
+        times = {k: page.locator("#call").get_attribute(f"data-{k}-ms")
+                 for k in ("answer", "connected", "heard", "car-setup")}
         page.wait_for_timeout(3000)  # a few seconds of the browser's tone into a's recording
         quality = page.locator("#call-quality").inner_text()
         page.locator("#call-hangup").click()
         _wait_state(page, "ended", problems)
         assert page.locator("#call-state").get_attribute("data-reason") == "hung up"
-        print(f"\nbrowser -> node: first sound heard {setup} ms after Call; car saw SRTP "
-              f"{car} ms after the answer; {quality}; analyser {heard}")
+        # answer: Call to the answer at the car; connected: ICE+DTLS up in the page; heard:
+        # the first audible 200 ms window; car-setup: the answer to SRTP relayed to the page
+        print(f"\nbrowser -> node: ms after pressing Call {times}; {quality}; analyser {heard}")
     finally:
         ctx.close()
 
@@ -184,19 +185,25 @@ def test_browser_calls_a_node_audio_both_ways(mesh: Net, browser: Any) -> None:
     assert not [p for p in problems if "favicon" not in p], problems
 
 
-def test_node_calls_the_browser_answered_in_the_page(mesh: Net, browser: Any) -> None:
-    ctx, page, problems = _page(browser, mesh, f"/call/{mesh.a.node_id}")
+def _meshctl_call(mesh: Net, rec: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*mesh.a.prefix, *MESHCTL, "--state-dir", str(mesh.a.state_dir), "--json",
+         "call", mesh.c.node_id, "--play", f"tone:{NODE_HZ}", "--record", str(rec),
+         "--duration", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_node_calls_the_browser_answered_from_the_banner(mesh: Net, browser: Any) -> None:
+    """The call rings on the home page; Answer opens the call page, which answers it."""
+    ctx, page, problems = _page(browser, mesh, "/")
     rec = mesh.cl.root / "a-out.wav"
     try:
-        _wait_state(page, "idle", problems)
-        proc = subprocess.Popen(
-            [*mesh.a.prefix, *MESHCTL, "--state-dir", str(mesh.a.state_dir), "--json",
-             "call", mesh.c.node_id, "--play", f"tone:{NODE_HZ}", "--record", str(rec),
-             "--duration", "6"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        page.locator('html[data-ring="ready"]').wait_for(state="attached", timeout=20000)
+        proc = _meshctl_call(mesh, rec)
         try:
-            page.locator("#call-incoming").wait_for(timeout=20000)
-            page.locator("#call-answer").click()
+            page.locator("#ring").wait_for(timeout=20000)
+            assert page.locator("#ring strong").inner_text() == "a"
+            page.locator("#ring-answer").click()
             _wait_state(page, "active", problems)
             heard = _hears(page, NODE_HZ)
             out, err = proc.communicate(timeout=60)
@@ -216,3 +223,23 @@ def test_node_calls_the_browser_answered_in_the_page(mesh: Net, browser: Any) ->
     _assert_tone(rec, BROWSER_HZ)
     assert not [p for p in problems if "favicon" not in p], problems
 
+
+
+def test_banner_decline_ends_the_callers_call_declined(mesh: Net, browser: Any) -> None:
+    ctx, page, problems = _page(browser, mesh, "/board")
+    try:
+        page.locator('html[data-ring="ready"]').wait_for(state="attached", timeout=20000)
+        proc = _meshctl_call(mesh, mesh.cl.root / "a-declined.wav")
+        try:
+            page.locator("#ring").wait_for(timeout=20000)
+            page.locator("#ring-decline").click()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert json.loads(out)["reason"] == "declined", (out, err)
+        page.locator("#ring").wait_for(state="detached", timeout=5000)
+    finally:
+        ctx.close()
+    assert not [p for p in problems if "favicon" not in p], problems

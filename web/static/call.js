@@ -61,6 +61,11 @@ class CallPage {
     this.ws = null;
     this.call = null; // {id, pc, local, startedAt}
     this.incoming = null; // call id ringing here
+    // Answer in the banner of another page (ring.js) opens this page with ?answer=CALL
+    const asked = new URLSearchParams(location.search).get("answer");
+    this.pendingAnswer = asked && /^[0-9a-f]{32}$/.test(asked) ? asked : null;
+    // a phone may keep the audio context suspended until the page is touched
+    document.addEventListener("click", () => { if (this.ctx) this.ctx.resume().catch(() => {}); });
     this.dial.addEventListener("click", () => this.startCall().catch((e) => this.fail(e)));
     this.hangup.addEventListener("click", () => this.end("hangup"));
     this.mute.addEventListener("click", () => this.toggleMute());
@@ -98,6 +103,12 @@ class CallPage {
       this.ws = ws;
       this.dial.disabled = false;
       this.show("idle", this.w.ready);
+      if (this.pendingAnswer && !this.call) {
+        this.incoming = this.pendingAnswer;
+        this.pendingAnswer = null;
+        history.replaceState(null, "", location.pathname);
+        this.answer().catch((e) => this.fail(e));
+      }
     });
     ws.addEventListener("message", (ev) => {
       let m;
@@ -130,7 +141,14 @@ class CallPage {
     const local = await navigator.mediaDevices.getUserMedia({ audio: true });
     for (const t of local.getTracks()) pc.addTrack(t, local);
     pc.addEventListener("track", (ev) => this.onTrack(ev));
+    pc.addEventListener("connectionstatechange", () => {
+      const c = this.call;
+      if (c && c.pc === pc && pc.connectionState === "connected" && !this.el.dataset.connectedMs) {
+        this.el.dataset.connectedMs = String(Math.round(performance.now() - c.startedAt));
+      }
+    });
     this.call = { id: callId, pc, local, startedAt: performance.now(), heard: false };
+    for (const k of ["connectedMs", "answerMs", "heardMs", "carSetupMs"]) delete this.el.dataset[k];
     this.stats = setInterval(() => this.quality(), 1000);
     return pc;
   }
@@ -220,6 +238,7 @@ class CallPage {
         this.show("ended", m.detail ? `${text}: ${m.detail}` : text, m.reason);
         this.cleanup();
       } else if (m.state) {
+        if (m.state === "active" && m.answer_ms != null) this.el.dataset.answerMs = String(m.answer_ms);
         this.show(m.state, this.w[m.state] || m.state);
       }
     } else if (m.t === "error") {
