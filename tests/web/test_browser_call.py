@@ -36,6 +36,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 BROWSER_HZ = 440
 NODE_HZ = 660
+PHONE_B_HZ = 550
 WEB_PORT = 7443
 
 
@@ -46,7 +47,7 @@ def _ns(node: NetNode) -> list[str]:
 def _start(net: DevNet, cl: Cluster, node: NetNode, dial: list[NetNode], extra: list[str]) -> Daemon:
     args: list[str] = []
     for other in net.neighbours(node):
-        if other.name != "p":
+        if other.name not in ("p", "q"):
             args += ["--listen", f"{net.address(node, other)}:7420"]
     for other in dial:
         args += ["--peer", f"{net.address(other, node)}:7420"]
@@ -73,6 +74,9 @@ class Net:
     def __init__(self, net: DevNet, cl: Cluster, a: Daemon, c: Daemon, phone: NetNode,
                  url: str) -> None:
         self.net, self.cl, self.a, self.c, self.phone, self.url = net, cl, a, c, phone, url
+        self.b: Daemon | None = None
+        self.phone_b: NetNode | None = None
+        self.url_b = ""
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +89,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         a, b, c = net.line(3)
         p = net.add_node("p")
         net.link(c, p)
+        q = net.add_node("q")  # a second phone, on car b
+        net.link(b, q)
         da = _start(net, cl, a, [], ["--auto-answer", "--answer-play", f"tone:{NODE_HZ}",
                                      "--answer-record", str(cl.root / "a-in.wav")])
-        _start(net, cl, b, [a], [])
+        web_b = f"{net.address(b, q)}:{WEB_PORT}"
+        db = _start(net, cl, b, [a], ["--web", web_b])
         web = f"{net.address(c, p)}:{WEB_PORT}"
         dc = _start(net, cl, c, [b], ["--web", web])
         for d in cl:
@@ -98,36 +105,56 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             return rc == 0
 
         wait_until(reach, 60, 0.5, "c reaches a")
-        yield Net(net, cl, da, dc, p, f"https://{web}")
+        n = Net(net, cl, da, dc, p, f"https://{web}")
+        n.b, n.phone_b, n.url_b = db, q, f"https://{web_b}"
+        yield n
 
 
 @pytest.fixture(scope="module")
-def browser(mesh: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    root = tmp_path_factory.mktemp("phone")
-    wav = _tone_wav(root / "mic.wav", BROWSER_HZ)
-    # Chromium runs inside the phone's namespace: its only network is car c's
-    wrapper = root / "chromium-in-p"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {mesh.phone.netns} {CHROMIUM} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+def playwright() -> Iterator[Any]:
     with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(wrapper), headless=True, args=[
-            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}",
-            "--autoplay-policy=no-user-gesture-required"])
-        try:
-            yield b
-        finally:
-            b.close()
+        yield pw
 
 
-def _page(browser: Any, mesh: Net, path: str) -> tuple[Any, Any, list[str]]:
+def _launch(pw: Any, root: Path, phone: NetNode, hz: int) -> Any:
+    """Chromium inside ``phone``'s namespace (its only network is its car's), microphone ``hz``."""
+    wav = _tone_wav(root / f"mic-{phone.name}.wav", hz)
+    wrapper = root / f"chromium-in-{phone.name}"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {phone.netns} {CHROMIUM} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return pw.chromium.launch(executable_path=str(wrapper), headless=True, args=[
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required"])
+
+
+@pytest.fixture(scope="module")
+def browser(mesh: Net, playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    b = _launch(playwright, tmp_path_factory.mktemp("phone"), mesh.phone, BROWSER_HZ)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def browser_b(mesh: Net, playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    assert mesh.phone_b is not None
+    b = _launch(playwright, tmp_path_factory.mktemp("phone-b"), mesh.phone_b, PHONE_B_HZ)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def _page(browser: Any, mesh: Net, path: str, url: str = "") -> tuple[Any, Any, list[str]]:
     ctx = browser.new_context(ignore_https_errors=True, locale="en",
                               extra_http_headers={"Accept-Language": "en"})
     page = ctx.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(mesh.url + path)
+    page.goto((url or mesh.url) + path)
     return ctx, page, problems
 
 
@@ -243,3 +270,36 @@ def test_banner_decline_ends_the_callers_call_declined(mesh: Net, browser: Any) 
     finally:
         ctx.close()
     assert not [p for p in problems if "favicon" not in p], problems
+
+
+def test_browser_calls_a_browser_through_two_cars(mesh: Net, browser: Any, browser_b: Any) -> None:
+    """Phone p on car c calls car b; phone q on car b answers from the banner: both tones."""
+    assert mesh.b is not None
+    ctx_q, page_q, problems_q = _page(browser_b, mesh, "/", mesh.url_b)
+    ctx_p, page_p, problems_p = _page(browser, mesh, f"/call/{mesh.b.node_id}")
+    try:
+        page_q.locator('html[data-ring="ready"]').wait_for(state="attached", timeout=20000)
+        _wait_state(page_p, "idle", problems_p)
+        page_p.locator("#call-dial").click()
+        page_q.locator("#ring").wait_for(timeout=20000)
+        page_q.locator("#ring-answer").click()
+        _wait_state(page_q, "active", problems_q)
+        _wait_state(page_p, "active", problems_p)
+        heard_p = _hears(page_p, PHONE_B_HZ)
+        heard_q = _hears(page_q, BROWSER_HZ)
+        times = {k: page_p.locator("#call").get_attribute(f"data-{k}-ms")
+                 for k in ("answer", "connected", "heard")}
+        page_p.locator("#call-hangup").click()
+        _wait_state(page_p, "ended", problems_p)
+        _wait_state(page_q, "ended", problems_q)
+        assert page_q.locator("#call-state").get_attribute("data-reason") == "hung up by peer"
+        print(f"\nbrowser -> browser: ms after pressing Call {times} (answer includes the "
+              f"test's click); p heard {heard_p}, q heard {heard_q}")
+    finally:
+        ctx_p.close()
+        ctx_q.close()
+    _rc, doc = mesh.c.meshctl("calls")
+    call = doc["calls"][-1]
+    assert call["browser"] and len(call["person"]) == 64, call  # q's key, checked at c
+    for problems in (problems_p, problems_q):
+        assert not [p for p in problems if "favicon" not in p], problems
