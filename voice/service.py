@@ -102,6 +102,8 @@ MEDIA_DEADLINE_S = 0.5
 QUALITY_EVERY_S = 1.0
 #: ended calls kept for ``calls``
 HISTORY = 50
+#: live calls of browsers this car serves, at most (each holds a UDP socket)
+MAX_BROWSER_CALLS = 16
 #: what to do when a host offers WebRTC no address at all (aioice skips 127.0.0.1)
 NO_ADDRESS_HINT = ("this host offers WebRTC no usable address (aioice skips 127.0.0.1): add one, "
                    "e.g. `sudo ip addr add 127.0.0.2/8 dev lo` on a loopback-only host, or run "
@@ -681,6 +683,10 @@ class VoiceService:
             raise ControlError("bad_request", "cannot call this car itself")
         if call_id in self._calls:
             raise ControlError("bad_request", "call id in use")
+        live = sum(1 for c in self._calls.values()
+                   if c.browser is not None and c.state is not CallState.ENDED)
+        if live >= MAX_BROWSER_CALLS or self._closed:
+            raise ControlError("failed", "this car carries as many browser calls as it can")
         ann = self._node.announcement_of(peer)
         if ann is None:
             raise ControlError("unreachable", f"no announcement of {short_id(peer)}: not reachable")

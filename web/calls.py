@@ -120,9 +120,12 @@ class _Connection:
                 self.queue.put_nowait(None)
 
     async def pump(self) -> None:
-        while (item := await self.queue.get()) is not None:
-            await self.ws.send_json(item)
-        await self.ws.close()
+        try:
+            while (item := await self.queue.get()) is not None:
+                await self.ws.send_json(item)
+            await self.ws.close()  # a client that does not read: closed
+        except (ConnectionResetError, RuntimeError):
+            pass  # the socket went away: the handler's loop ends too
 
     async def handle(self, doc: dict[str, Any]) -> None:
         t = doc.get("t")
@@ -206,7 +209,6 @@ async def call_ws(request: web.Request) -> web.StreamResponse:
         unsubscribe()
         conns.discard(conn)
         await conn.hang_up_all()
-        conn.queue.put_nowait(None) if not conn.queue.full() else None
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
             await pump
