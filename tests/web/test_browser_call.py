@@ -158,6 +158,10 @@ def _page(browser: Any, mesh: Net, path: str, url: str = "") -> tuple[Any, Any, 
     return ctx, page, problems
 
 
+def _state(page: Any) -> str:
+    return str(page.locator("#call-state").get_attribute("data-state"))
+
+
 def _wait_state(page: Any, state: str, problems: list[str], timeout_ms: int = 20000) -> None:
     try:
         page.locator(f'#call-state[data-state="{state}"]').wait_for(timeout=timeout_ms)
@@ -303,3 +307,74 @@ def test_browser_calls_a_browser_through_two_cars(mesh: Net, browser: Any, brows
     assert call["browser"] and len(call["person"]) == 64, call  # q's key, checked at c
     for problems in (problems_p, problems_q):
         assert not [p for p in problems if "favicon" not in p], problems
+
+
+def test_browser_call_survives_the_relay_car_killed(playwright: Any,
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Diamond a–(b|c)–d, phone p on car d calls a; the relay car in use is killed -9:
+    the mesh reroutes the call's packets, no re-dial, audio comes back both ways."""
+    why = have_netns()
+    if why is not None:
+        pytest.skip(f"network-namespace test: {why}")
+    root = tmp_path_factory.mktemp("diamond")
+    with DevNet() as net, Cluster(log_level="info") as cl:
+        a, b, c, d = net.diamond()
+        p = net.add_node("p")
+        net.link(d, p)
+        da = _start(net, cl, a, [], ["--auto-answer", "--answer-play", f"tone:{NODE_HZ}",
+                                     "--answer-record", str(root / "a.wav")])
+        _start(net, cl, b, [a], [])
+        _start(net, cl, c, [a], [])
+        web = f"{net.address(d, p)}:{WEB_PORT}"
+        dd = _start(net, cl, d, [b, c], ["--web", web])
+        for x in cl:
+            x.wait_ready(60)
+
+        def reach() -> bool:
+            rc, _ = dd.meshctl("ping", da.node_id, "--count", "1", "--timeout", "1", timeout=10)
+            return rc == 0
+
+        wait_until(reach, 60, 0.5, "d reaches a")
+        mesh = Net(net, cl, da, dd, p, f"https://{web}")
+        br = _launch(playwright, root, p, BROWSER_HZ)
+        try:
+            ctx, page, problems = _page(br, mesh, f"/call/{da.node_id}")
+            _wait_state(page, "idle", problems)
+            page.locator("#call-dial").click()
+            _wait_state(page, "active", problems)
+            _hears(page, NODE_HZ)
+            # the relay that carries a's audio to the browser (the way back may differ)
+            rc, routes = da.meshctl("routes")
+            assert rc == 0
+            via = next(r["next_hop_name"] for r in routes["routes"]
+                       if r.get("destination") == dd.node_id)
+            assert via in ("b", "c")
+            gap_before = page.locator("#call").get_attribute("data-max-gap-ms")
+            cl[via].kill9()
+            # silence first (the dead relay), then the tone again on the other path
+            page.wait_for_timeout(1000)
+            heard = _hears(page, NODE_HZ, windows=10, bound_s=40)
+            gap = page.locator("#call").get_attribute("data-max-gap-ms")
+            page.wait_for_timeout(3000)  # the browser's tone into a's recording after the reroute
+            assert _state(page) == "active"
+            page.locator("#call-hangup").click()
+            _wait_state(page, "ended", problems)
+            ctx.close()
+        finally:
+            br.close()
+        print(f"\nrelay {via} killed -9 mid-call: longest silence heard in the page {gap} ms "
+              f"(before the kill: {gap_before}); after: {heard}")
+        assert gap is not None  # a gap was seen (the kill did cut the audio) and it ended
+        _rc, calls = da.meshctl("calls")
+        assert len(calls["calls"]) == 1 and calls["calls"][0]["reason"] == "hung up by peer"
+        samples, rate = read_wav(root / "a.wav")
+        tail = tone_windows(samples[-3 * rate:], rate, BROWSER_HZ)
+        assert sum(tail) / len(tail) >= 0.8, tail
+        windows = tone_windows(samples, rate, BROWSER_HZ)
+        first = windows.index(True)
+        longest = run = 0
+        for w in windows[first:]:
+            run = 0 if w else run + 1
+            longest = max(longest, run)
+        print(f"a's recording: {len(samples) / rate:.1f} s, longest stretch without the "
+              f"browser's tone {longest * 100} ms (the way back may not cross {via})")

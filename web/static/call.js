@@ -148,7 +148,7 @@ class CallPage {
       }
     });
     this.call = { id: callId, pc, local, startedAt: performance.now(), heard: false };
-    for (const k of ["connectedMs", "answerMs", "heardMs", "carSetupMs"]) delete this.el.dataset[k];
+    for (const k of ["connectedMs", "answerMs", "heardMs", "carSetupMs", "maxGapMs"]) delete this.el.dataset[k];
     this.stats = setInterval(() => this.quality(), 1000);
     return pc;
   }
@@ -275,9 +275,19 @@ class CallPage {
       this.level.value = Math.min(1, rms * 4);
       Object.assign(this.level.dataset, { hz: String(hz), rms: rms.toFixed(4), steady: String(steady) });
       const c = this.call;
+      const now = performance.now();
       if (c && !c.heard && rms >= 0.01) {
         c.heard = true;
-        this.el.dataset.heardMs = String(Math.round(performance.now() - c.startedAt));
+        this.el.dataset.heardMs = String(Math.round(now - c.startedAt));
+      }
+      // the longest silence since the first sound (a reroute shows here), in 200 ms steps
+      if (c && c.heard) {
+        if (rms < 0.01) c.silentSince = c.silentSince || now;
+        else if (c.silentSince) {
+          const gap = Math.round(now - c.silentSince);
+          c.silentSince = 0;
+          if (gap > Number(this.el.dataset.maxGapMs || 0)) this.el.dataset.maxGapMs = String(gap);
+        }
       }
     }, 200);
   }
