@@ -65,7 +65,7 @@ from meshd.core.packet import MeshPacket, Service
 from meshd.core.seal import ReplayCache, open_sealed, seal
 from meshd.core.tasks import cancel_and_wait
 from meshd.services.api import Metric, NodeApi
-from voice.browser import check_person
+from voice.browser import check_person, fingerprint_message
 from voice.callstate import CallRole, CallState, CallStateError
 from voice.endpoint import Endpoint, Quality, check_media_options, load_media
 from voice.relay import (
@@ -129,8 +129,10 @@ class _Call:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     #: a browser is this side's endpoint (the relay socket faces it); its key
     browser: bytes | None = None
-    #: the far side's browser key, checked against its fingerprint signature
+    #: the key that signed the far endpoint's fingerprints (checked): a browser's own, or,
+    #: for a node's own endpoint answering a browser, that node's Ed25519 key
     person: bytes | None = None
+    person_sig: bytes | None = None
     #: browser calls: SRTP relayed to the browser, first and last (node clock)
     rtp_first_at: float | None = None
     rtp_last_at: float | None = None
@@ -478,7 +480,12 @@ class VoiceService:
         answer = await call.endpoint.accept_offer(strip_and_add_relay(offer, *relay.address))
         relay.set_credentials(remote, ice_credentials(answer).ufrag)
         call.session.media_hint = self._hint(answer)
-        call.session.send_answer(answer, self._node.now())
+        signed: tuple[bytes, bytes] | None = None
+        if call.person is not None:  # a browser called: it checks our fingerprints by our key
+            ident = self._node.identity
+            signed = (ident.ed25519_pub,
+                      ident.sign(fingerprint_message(call.call_id, Kind.ANSWER, answer)))
+        call.session.send_answer(answer, self._node.now(), signed)
         self._flush(call)
 
     async def _take_answer(self, call: _Call, sdp: str) -> None:
@@ -618,7 +625,7 @@ class VoiceService:
                 self._flush(call)
                 return
             if person is not None:
-                call.person = person
+                call.person, call.person_sig = person, msg.person_sig
         if call is None:
             if msg.kind is Kind.ACK:
                 return
@@ -752,8 +759,15 @@ class VoiceService:
         if relay is None:
             return
         relay.set_credentials(ice_credentials(sdp), call.browser_ufrag)
-        self._node.publish("call.browser", {"call_id": call.call_id.hex(), "kind": "answer",
-                                            "sdp": strip_and_add_relay(sdp, *relay.address)})
+        ann = self._node.announcement_of(call.peer)
+        self._node.publish("call.browser", {
+            "call_id": call.call_id.hex(), "kind": "answer",
+            "sdp": strip_and_add_relay(sdp, *relay.address),
+            # for the browser's own check: who signed the fingerprints, and the far node's
+            # X25519 key (SHA-256(ed ‖ x)[:16] is its NodeId when the node signed)
+            "key": call.person.hex() if call.person else None,
+            "sig": call.person_sig.hex() if call.person_sig else None,
+            "x": ann.x25519_pub.hex() if ann else None})
 
     def _browser_audio(self, call: _Call, data: bytes, now: float) -> None:
         if classify(data) is not PacketKind.RTP:

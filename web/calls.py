@@ -76,7 +76,8 @@ async def call_page(request: web.Request) -> web.Response:
 
 def _out(event: str, data: dict[str, Any]) -> dict[str, Any]:
     if event == "call.browser":
-        return {"t": data.get("kind"), "call_id": data.get("call_id"), "sdp": data.get("sdp")}
+        return {"t": data.get("kind"), "call_id": data.get("call_id"), "sdp": data.get("sdp"),
+                "key": data.get("key"), "sig": data.get("sig"), "x": data.get("x")}
     if event == "call.audio":
         return {"t": "audio", "call_id": data.get("call_id"), "setup_ms": data.get("setup_ms"),
                 "answer_ms": data.get("answer_ms")}

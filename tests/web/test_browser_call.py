@@ -13,6 +13,7 @@ Setup times are printed (no wall-clock asserts).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -147,10 +148,13 @@ def browser_b(mesh: Net, playwright: Any, tmp_path_factory: pytest.TempPathFacto
         b.close()
 
 
-def _page(browser: Any, mesh: Net, path: str, url: str = "") -> tuple[Any, Any, list[str]]:
+def _page(browser: Any, mesh: Net, path: str, url: str = "",
+          route: Any = None) -> tuple[Any, Any, list[str]]:
     ctx = browser.new_context(ignore_https_errors=True, locale="en",
                               extra_http_headers={"Accept-Language": "en"})
     page = ctx.new_page()
+    if route is not None:
+        page.route_web_socket("**/call/ws", route)
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
@@ -191,6 +195,9 @@ def test_browser_calls_a_node_audio_both_ways(mesh: Net, browser: Any) -> None:
         page.locator("#call-dial").click()
         _wait_state(page, "active", problems)
         heard = _hears(page, NODE_HZ)
+        # a signed its answer's fingerprints with its node key; the page checked the key
+        # against the NodeId in its URL
+        assert page.locator("#call").get_attribute("data-verified") == "node"
         times = {k: page.locator("#call").get_attribute(f"data-{k}-ms")
                  for k in ("answer", "connected", "heard", "car-setup")}
         page.wait_for_timeout(3000)  # a few seconds of the browser's tone into a's recording
@@ -291,6 +298,8 @@ def test_browser_calls_a_browser_through_two_cars(mesh: Net, browser: Any, brows
         _wait_state(page_p, "active", problems_p)
         heard_p = _hears(page_p, PHONE_B_HZ)
         heard_q = _hears(page_q, BROWSER_HZ)
+        # signed by q's own key, which the URL (car b's id) cannot name
+        assert page_p.locator("#call").get_attribute("data-verified") == "key"
         times = {k: page_p.locator("#call").get_attribute(f"data-{k}-ms")
                  for k in ("answer", "connected", "heard")}
         page_p.locator("#call-hangup").click()
@@ -378,3 +387,38 @@ def test_browser_call_survives_the_relay_car_killed(playwright: Any,
             longest = max(longest, run)
         print(f"a's recording: {len(samples) / rate:.1f} s, longest stretch without the "
               f"browser's tone {longest * 100} ms (the way back may not cross {via})")
+
+
+def test_answer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
+        mesh: Net, browser: Any) -> None:
+    """What the serving car could do: swap the fingerprint in the answer it hands the page."""
+    evil = "sha-256 " + ":".join(["EE"] * 32)
+
+    def car_in_the_middle(ws: Any) -> None:
+        server = ws.connect_to_server()
+        ws.on_message(server.send)
+
+        def down(message: str | bytes) -> None:
+            if isinstance(message, str) and '"t": "answer"' in message:
+                doc = json.loads(message)
+                doc["sdp"] = re.sub(r"a=fingerprint:[^\r\n]*", f"a=fingerprint:{evil}",
+                                    doc["sdp"])
+                message = json.dumps(doc)
+            ws.send(message)
+
+        server.on_message(down)
+
+    ctx, page, problems = _page(browser, mesh, f"/call/{mesh.a.node_id}", route=car_in_the_middle)
+    try:
+        _wait_state(page, "idle", problems)
+        page.locator("#call-dial").click()
+        _wait_state(page, "refused", problems)
+        assert page.locator("#call-state").get_attribute("data-reason") == "fingerprint"
+    finally:
+        ctx.close()
+
+    def a_hung_up() -> bool:
+        _rc, doc = mesh.a.meshctl("calls")
+        return bool(doc["calls"][-1]["reason"] == "hung up by peer")
+
+    wait_until(a_hung_up, 20, 0.3, "the page hung up a's call")

@@ -21,7 +21,8 @@ const WORDS = {
     timeout: "応答がありません（時間切れ）", "hung up": "通話を終了しました",
     "hung up by peer": "相手が通話を終了しました", cancelled: "発信を取り消しました",
     missed: "不在着信", failed: "通話できませんでした", error: "エラー", offline: "車との接続が切れました",
-    rtt: "往復", loss: "損失",
+    rtt: "往復", loss: "損失", refused: "相手の鍵の署名が合わないため切断しました",
+    verifiedNode: "エンドツーエンド暗号化：相手の端末の鍵で確認済み", verifiedKey: "エンドツーエンド暗号化：相手の鍵",
   },
   en: {
     ready: "Ready to call", noIdentity: "This browser cannot make calls", connecting: "Connecting…",
@@ -30,13 +31,20 @@ const WORDS = {
     timeout: "No answer (timeout)", "hung up": "Call ended",
     "hung up by peer": "The other side hung up", cancelled: "Call cancelled",
     missed: "Missed call", failed: "Call failed", error: "Error", offline: "Lost the car",
-    rtt: "RTT", loss: "loss",
+    rtt: "RTT", loss: "loss", refused: "Hung up: the far end's fingerprint signature does not match",
+    verifiedNode: "End-to-end encrypted; checked against the node's own key", verifiedKey: "End-to-end encrypted; far key",
   },
 };
 
 function fingerprintMessage(callId, kind, sdp) {
   const fps = [...sdp.matchAll(/^a=fingerprint:[ \t]*([^\r\n]*?)[ \t]*\r?$/gm)].map((m) => m[1]);
   return utf8.encode([FP_DOMAIN, callId, kind, ...fps].join("\n"));
+}
+
+function unhex(h) {
+  const out = new Uint8Array(h.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(h.substr(2 * i, 2), 16);
+  return out;
 }
 
 function randomHex(n) {
@@ -148,7 +156,8 @@ class CallPage {
       }
     });
     this.call = { id: callId, pc, local, startedAt: performance.now(), heard: false };
-    for (const k of ["connectedMs", "answerMs", "heardMs", "carSetupMs", "maxGapMs"]) delete this.el.dataset[k];
+    for (const k of ["connectedMs", "answerMs", "heardMs", "carSetupMs", "maxGapMs", "verified"]) delete this.el.dataset[k];
+    this.$("call-verified").hidden = true;
     this.stats = setInterval(() => this.quality(), 1000);
     return pc;
   }
@@ -224,6 +233,19 @@ class CallPage {
       return;
     }
     if (m.t === "answer") {
+      const check = await this.checkAnswer(c.id, m);
+      if (check === "bad") { // altered between the far end and here: never connect
+        this.end("hangup");
+        this.cleanup();
+        this.show("refused", this.w.refused, "fingerprint");
+        return;
+      }
+      this.el.dataset.verified = check;
+      const v = this.$("call-verified");
+      if (check !== "none") {
+        v.textContent = check === "node" ? this.w.verifiedNode : `${this.w.verifiedKey} ${m.key.slice(0, 16)}`;
+        v.hidden = false;
+      }
       await c.pc.setRemoteDescription({ type: "answer", sdp: m.sdp });
     } else if (m.t === "offer") {
       await c.pc.setRemoteDescription({ type: "offer", sdp: m.sdp });
@@ -245,6 +267,29 @@ class CallPage {
       this.show("error", `${this.w.error}: ${m.message}`);
       this.cleanup();
     }
+  }
+
+  // "node": signed by the key of the node in the URL (its id is SHA-256(ed ‖ x)[:16]);
+  // "key": signed by a key the URL does not name (a browser on that car); "none": unsigned;
+  // "bad": the signature does not cover these fingerprints
+  async checkAnswer(callId, m) {
+    if (!m.key || !m.sig) return "none";
+    try {
+      const key = await crypto.subtle.importKey("raw", unhex(m.key), { name: "Ed25519" }, false, ["verify"]);
+      const ok = await crypto.subtle.verify({ name: "Ed25519" }, key, unhex(m.sig),
+                                            fingerprintMessage(callId, "answer", m.sdp));
+      if (!ok) return "bad";
+    } catch {
+      return "bad";
+    }
+    if (m.x && /^[0-9a-f]{8,32}$/.test(this.node)) {
+      const both = new Uint8Array(64);
+      both.set(unhex(m.key), 0);
+      both.set(unhex(m.x), 32);
+      const id = hex(new Uint8Array(await crypto.subtle.digest("SHA-256", both))).slice(0, 32);
+      if (id.startsWith(this.node)) return "node";
+    }
+    return "key";
   }
 
   onTrack(ev) {
