@@ -616,12 +616,13 @@ class VoiceService:
         if call is not None and call.peer != pkt.source:
             self.drops.drop("sig-wrong-peer", peer, "call id of another peer")
             return
-        if call is not None and msg.kind is Kind.ANSWER and call.state is not CallState.ENDED:
+        if call is not None and msg.kind in (Kind.OFFER, Kind.ANSWER) \
+                and call.state is not CallState.ENDED:
             try:
                 person = check_person(msg)
             except RemoteProtocolError as exc:
                 self.drops.drop(exc.reason, peer, str(exc))
-                call.session.media_failed(now, f"answer refused: {exc}")
+                call.session.media_failed(now, f"{msg.kind.value} refused: {exc}")
                 self._flush(call)
                 return
             if person is not None:
