@@ -59,10 +59,13 @@ _CALLS_KEY: Final = web.AppKey("browser_calls", set)
 WORDS: Final = {
     "ja": {"title": "通話", "call": "発信", "hangup": "切る", "mute": "ミュート",
            "unmute": "ミュート解除", "answer": "応答", "decline": "拒否",
-           "incoming": "着信", "to": "相手"},
+           "incoming": "着信", "to": "相手", "who": "メッシュでつながっている相手に無料で電話できます",
+           "nobody": "いまつながっている相手はいません。", "hops": "中継"},
     "en": {"title": "Call", "call": "Call", "hangup": "Hang up", "mute": "Mute",
            "unmute": "Unmute", "answer": "Answer", "decline": "Decline",
-           "incoming": "Incoming call", "to": "To"},
+           "incoming": "Incoming call", "to": "To",
+           "who": "Free calls to anyone reachable on the mesh",
+           "nobody": "Nobody is reachable right now.", "hops": "hops"},
 }
 
 
@@ -71,6 +74,17 @@ async def call_page(request: web.Request) -> web.Response:
     node = request.match_info["node"]
     lang = _lang(request)
     return _render(request, "call.html", title=f"{WORDS[lang]['title']} · {node}", node=node,
+                   w=WORDS[lang])
+
+
+async def call_index(request: web.Request) -> web.Response:
+    """Whom this browser can call: every node reachable on the mesh now."""
+    st = _state(request)
+    lang = _lang(request)
+    routes = (await st.call("routes", {}))["routes"]
+    reachable = sorted((r for r in routes if r["reachable"]),
+                       key=lambda r: (r["metric"], r["name"]))
+    return _render(request, "call_index.html", title=WORDS[lang]["title"], routes=reachable,
                    w=WORDS[lang])
 
 
@@ -218,5 +232,6 @@ async def call_ws(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     """Register the call page and its WebSocket on ``app``."""
     app[_CALLS_KEY] = set()
+    app.router.add_get("/call", call_index)
     app.router.add_get("/call/ws", call_ws)
     app.router.add_get(r"/call/{node:[A-Za-z0-9._-]{1,64}}", call_page)

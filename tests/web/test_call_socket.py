@@ -48,6 +48,17 @@ async def test_call_page_has_no_inline_script_and_escapes(running: Running) -> N
         await c.close()
 
 
+async def test_call_index_lists_whom_the_mesh_reaches(running: Running) -> None:
+    c = await running.client()
+    try:
+        r = await c.get("/call", headers={"Accept-Language": "en"})
+        html = await r.text()
+        assert r.status == 200 and "Nobody is reachable right now." in html  # a lone node
+        assert '<a href="/call" aria-current="page">Call</a>' in html
+    finally:
+        await c.close()
+
+
 async def test_cross_origin_socket_is_refused(running: Running) -> None:
     c = await running.client()
     try:
