@@ -390,6 +390,19 @@ def test_browser_call_survives_the_relay_car_killed(playwright: Any,
               f"browser's tone {longest * 100} ms (the way back may not cross {via})")
 
 
+def test_a_node_nobody_reaches_is_unreachable_in_words(mesh: Net, browser: Any) -> None:
+    ctx, page, problems = _page(browser, mesh, "/call/" + "f" * 32)
+    try:
+        _wait_state(page, "idle", problems)
+        page.locator("#call-dial").click()
+        _wait_state(page, "ended", problems)
+        assert page.locator("#call-state").get_attribute("data-reason") == "unreachable"
+        assert page.locator("#call-state").inner_text() == "Unreachable"
+        assert page.locator("#call-dial").is_visible()  # ready to call again
+    finally:
+        ctx.close()
+
+
 def test_answer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
         mesh: Net, browser: Any) -> None:
     """What the serving car could do: swap the fingerprint in the answer it hands the page."""

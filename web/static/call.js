@@ -264,8 +264,9 @@ class CallPage {
         this.show(m.state, this.w[m.state] || m.state);
       }
     } else if (m.t === "error") {
-      this.show("error", `${this.w.error}: ${m.message}`);
       this.cleanup();
+      if (m.code === "unreachable") this.show("ended", this.w.unreachable, "unreachable");
+      else this.show("error", `${this.w.error}: ${m.message}`);
     }
   }
 
