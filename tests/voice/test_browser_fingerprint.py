@@ -154,6 +154,8 @@ async def _browser_to_browser(tmp: Path, swap: bool) -> dict[str, object]:
         await c.control.wait_for(lambda e, d: e == "call.ended", 10)
     else:
         await c.control.wait_for(lambda e, d: e == "call.browser", 10)
+    # neither car ever builds a WebRTC endpoint for a browser's call: no DTLS keys there
+    assert vc.endpoint(cid) is None and va.endpoint(cid) is None
     result: dict[str, object] = {
         "caller": vc.info(cid).to_json(), "callee": va.info(cid).to_json(),
         "to_browser": c.control.of("call.browser"), "keys": (pub1.hex(), pub2.hex())}

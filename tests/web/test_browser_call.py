@@ -315,6 +315,10 @@ def test_browser_calls_a_browser_through_two_cars(mesh: Net, browser: Any, brows
     _rc, doc = mesh.c.meshctl("calls")
     call = doc["calls"][-1]
     assert call["browser"] and len(call["person"]) == 64, call  # q's key, checked at c
+    # the serving cars had no WebRTC endpoint of their own (no getStats, no DTLS keys)
+    assert call["quality"] is None
+    _rc, doc_b = mesh.b.meshctl("calls")
+    assert doc_b["calls"][-1]["browser"] and doc_b["calls"][-1]["quality"] is None
     for problems in (problems_p, problems_q):
         assert not [p for p in problems if "favicon" not in p], problems
 
