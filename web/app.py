@@ -458,6 +458,9 @@ def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = 
     app.router.add_post("/safety/op", publish_op)
     app.router.add_get("/events", events)
     app.router.add_post("/lang", set_language)
+    from web.calls import add_routes as add_call_routes  # it imports this module
+
+    add_call_routes(app)
     app.router.add_static("/static/", _HERE / "static", append_version=False)
     app.on_shutdown.append(_close_streams)
     return app

@@ -16,6 +16,7 @@ LANGS = ("ja", "en")
 TEXT: Mapping[str, Mapping[str, str]] = {
     "ja": {
         "app": "carmesh", "home": "ホーム", "library": "図書館", "board": "掲示板",
+        "call_nav": "通話",
         "people": "つながっている人", "people_nav": "近くの人", "bulletins": "緊急のお知らせ",
         "no_bulletins": "いま有効なお知らせはありません。", "new_bulletin": "新しいお知らせが届きました",
         "search": "検索", "search_placeholder": "例: 避難、給水", "results": "検索結果",
@@ -50,6 +51,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
     },
     "en": {
         "app": "carmesh", "home": "Home", "library": "Library", "board": "Board",
+        "call_nav": "Call",
         "people": "People nearby", "people_nav": "People", "bulletins": "Emergency bulletins",
         "no_bulletins": "No bulletins in force.", "new_bulletin": "A new bulletin arrived",
         "search": "Search", "search_placeholder": "e.g. 避難, water", "results": "Results",

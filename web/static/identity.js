@@ -108,7 +108,7 @@ function request(r) {
   });
 }
 
-async function openDb() {
+export async function openDb() {
   const r = indexedDB.open(DB_NAME, 1);
   r.onupgradeneeded = () => r.result.createObjectStore(STORE);
   return request(r);
