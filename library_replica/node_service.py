@@ -1139,7 +1139,9 @@ class LibraryNodeService:
         fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.fields.items()}
         return {"owner": r.owner.hex(), "node_id": nodes.get(r.owner, ""),
                 "name": names.get(r.owner, ""), "kind": str(r.kind), "fields": fields,
-                "updated_ms": r.updated_hlc >> 16}
+                "updated_ms": r.updated_hlc >> 16,
+                # the first key of the owner's chain of devices (successor statements)
+                "person": self.trust.keys.person(r.owner).hex()}
 
     async def _h_situation_set(self, params: dict[str, Any]) -> dict[str, Any]:
         await self._ensure_ready()
