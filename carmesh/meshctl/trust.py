@@ -338,6 +338,9 @@ async def _statement(client: ControlClient, args: argparse.Namespace, out: Outpu
                  f"`meshctl trust publish {args.file}` revokes {res['key'][:16]}…"
                  + (f" and hands its records to {res['successor'][:16]}…"
                     if res.get("successor") else ""))
+        if args.spare is not None:
+            out.line(f"spare identity in {args.spare}: start the new device on a copy of it "
+                     "(meshd --state-dir COPY)")
     return ExitCode.OK
 
 
@@ -397,9 +400,22 @@ def _show(res: dict[str, Any], out: Output) -> None:
             out.line(f"members: {len(res['members'])}")
         if res.get("revoked"):
             out.line(f"revoked keys: {len(res['revoked'])}")
+        certified = res.get("certified") or []
+        if certified:
+            out.line(f"dealer certificates: {len(certified)} "
+                     f"({sum(1 for c in certified if isinstance(c, dict) and c.get('valid'))} "
+                     "of a current dealer)")
+        for r in res.get("revocations") or []:
+            if isinstance(r, dict):
+                out.line(f"  revoked {_str(r.get('key'))[:16]}… by {_str(r.get('rank'))}"
+                         + (f", continued by {_str(r.get('successor'))[:16]}…"
+                            if r.get("successor") else ""))
     out.line(f"this node's key {_str(res.get('key'))}"
-             + (" (an authority)" if res.get("authority") else
+             + (" (REVOKED)" if res.get("revoked_here") else
+                " (an authority)" if res.get("authority") else
                 " (a member)" if res.get("member") else ""))
+    if res.get("person") and res.get("person") != res.get("key"):
+        out.line(f"  carries on the records of {_str(res.get('person'))}")
     c = res.get("carried") or {}
     out.line(f"carrying unverified: {_str(c.get('ops'))} op(s), {_str(c.get('bytes'))} bytes "
              f"(at most {_str(c.get('max_ops'))} ops, {_str(c.get('max_bytes'))} bytes)")
