@@ -579,10 +579,18 @@ class LibraryNodeService:
         statements when they verify here; other verified ones are carried."""
         if op.kind in (KIND_MEMBER, KIND_REVOKE):
             verdict = self.trust.classify_key(op)[0]
+            if verdict is TrustVerdict.ADOPT and not self._accountable(op):
+                # verified, but anyone can sign a statement about a fresh key: what
+                # non-members publish in this protected namespace stays within the pool
+                verdict = TrustVerdict.CARRY
         else:
             verdict = self.trust.classify(op)[0]
         if verdict is TrustVerdict.CARRY:
             self.carried.admit(op, self._size(op), wall_now_ms)
+
+    def _accountable(self, op: OpLike) -> bool:
+        """True when a certificate or statement was published by a member (or us)."""
+        return op.author == self._author or self.trust.member(op.author)
 
     def _trust_state(self) -> tuple[int, bytes | None, int]:
         return self.trust.version, self.trust.root, self.trust.keys.generation
@@ -644,10 +652,12 @@ class LibraryNodeService:
             self.bulletins.drops.drop(exc.reason, op.author.hex()[:8], exc.detail)
             self.carried.discard(op.op_id)
             return False
-        if changed is None:
+        if changed is None or not self._accountable(op):  # (counted in the pool)
             self.carried.restore(op, self._size(op), wall)
+        else:
+            self.carried.discard(op.op_id)
+        if changed is None:
             return False
-        self.carried.discard(op.op_id)
         if changed and op.kind == KIND_REVOKE:
             st = parse_key_statement(op)
             log.warning("trust: key %s revoked by %s%s", st.subject.hex()[:8],
