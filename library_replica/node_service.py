@@ -1298,6 +1298,9 @@ class LibraryNodeService:
                             for st, rank in sorted(self.trust.keys.statements(),
                                                    key=lambda x: (x[0].subject, x[0].signer))
                             ][:MAX_SHOWN_KEYS],
+            # the successor each revoked key has here (none while contested)
+            "successors": {k.hex(): s.hex() for k in sorted(self.trust.keys.revocations())
+                           if (s := self.trust.keys.successor(k)) is not None},
             "revoked_here": self.trust.revoked(self._author),
             "person": self.trust.keys.person(self._author).hex(),
             "member": self.trust.member(self._author),

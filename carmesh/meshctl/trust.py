@@ -467,8 +467,14 @@ async def _authority(client: ControlClient, args: argparse.Namespace, out: Outpu
         if args.revoke:  # compromised: its key is refused, its enrolments end with it
             revoked.add(key)
         elif gone.role is AuthorityRole.DEALER:  # retired: the root takes over its members
-            members |= {bytes.fromhex(c["member"]) for c in cur.get("certified") or []
-                        if c.get("dealer") == key.hex()} - revoked
+            enrolled = {c["member"] for c in cur.get("certified") or []
+                        if c.get("dealer") == key.hex()}
+            successors = cur.get("successors") or {}
+            for k in list(enrolled):  # a lost device's successor carries on its membership
+                while k in successors and successors[k] not in enrolled:  # (no cycles)
+                    k = successors[k]
+                    enrolled.add(k)
+            members |= {bytes.fromhex(k) for k in enrolled} - revoked
     version = max(int(cur["version"]) + 1, int(time.time()))
     community = str(cur.get("community") or key_community)
     try:

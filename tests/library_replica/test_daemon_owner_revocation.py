@@ -8,7 +8,8 @@ successor (`trust statement --spare DIR`), kept offline.  The phone is lost: the
 publishes the statement from the car (`trust publish`).  Every node closes the phone's
 links; a thief writing with the phone's key from another device (mal) is refused
 (`revoked`); the owner's new device, started on the spare identity, carries on the
-phone's person record at the car.
+phone's person record at the car.  Then the dealer retires: the root removes it from its
+role (`authority remove`, no `--revoke`), and its members move to the root's list.
 
 Links: ann -- car, pho -- car, pho -- ann; later mal -- car and new -- car.
 """
@@ -165,6 +166,19 @@ def test_an_owner_revokes_a_lost_phone_and_its_successor_carries_on() -> None:
         assert aiko[0]["fields"] == {"safety": "safe", "name": "Aiko"}  # the name carried on
         assert "new" in car.neighbours()
         assert forged.hex() not in {x.get("op_id") for x in recs}
+
+        # the dealer retires: the root removes it from its role (not revoked); its members,
+        # and the lost phone's successor, move to the root's list; the phone stays revoked
+        retired = _ok(ann, "trust", "authority", "remove", dealer, "--root-key",
+                      str(root_key))
+        assert retired["authorities"] == [] and dealer not in retired["revoked"]
+        assert sorted(retired["members"]) == sorted([k["car"], successor])
+        assert retired["revoked"] == [k["pho"]]  # folded in from the owner's statement
+        assert not any(c["valid"] for c in retired["certified"])
+        _eventually(car, lambda r: r["version"] == retired["version"] and r["member"],
+                    "trust", "show", what="the car is still a member")
+        _eventually(new, lambda r: r["version"] == retired["version"] and r["member"],
+                    "trust", "show", what="so is the new phone")
         logs = "".join(d.log_path.read_text(errors="replace") for d in cl)
         assert "Traceback" not in logs
         assert "its key was revoked" in car.log_path.read_text(errors="replace")
