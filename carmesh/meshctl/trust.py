@@ -441,7 +441,14 @@ async def _authority(client: ControlClient, args: argparse.Namespace, out: Outpu
     # revocations by key statements (the key itself, its dealer) become part of the
     # root-signed configuration, which nodes keep after the statements' ops expire
     revoked |= {bytes.fromhex(r["key"]) for r in cur.get("revocations") or []}
-    members = {bytes.fromhex(k) for k in cur.get("members") or []} - revoked
+    members = {bytes.fromhex(k) for k in cur.get("members") or []}
+    successors = {bytes.fromhex(k): bytes.fromhex(v)
+                  for k, v in (cur.get("successors") or {}).items()}
+    for k in list(members):  # a listed member's successor stays a member in the list
+        while k in successors and successors[k] not in members:  # (no cycles)
+            k = successors[k]
+            members.add(k)
+    members -= revoked
     key: bytes = args.key
     if args.action == "revoke":  # a lost or stolen device: no ops, no links, no authority
         auths.pop(key, None)
@@ -467,14 +474,13 @@ async def _authority(client: ControlClient, args: argparse.Namespace, out: Outpu
         if args.revoke:  # compromised: its key is refused, its enrolments end with it
             revoked.add(key)
         elif gone.role is AuthorityRole.DEALER:  # retired: the root takes over its members
-            enrolled = {c["member"] for c in cur.get("certified") or []
+            enrolled = {bytes.fromhex(c["member"]) for c in cur.get("certified") or []
                         if c.get("dealer") == key.hex()}
-            successors = cur.get("successors") or {}
             for k in list(enrolled):  # a lost device's successor carries on its membership
                 while k in successors and successors[k] not in enrolled:  # (no cycles)
                     k = successors[k]
                     enrolled.add(k)
-            members |= {bytes.fromhex(k) for k in enrolled} - revoked
+            members |= enrolled - revoked
     version = max(int(cur["version"]) + 1, int(time.time()))
     community = str(cur.get("community") or key_community)
     try:
