@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from meshd.config import parse_hostport
 from meshd.core.identity import NodeId
 from meshd.services.api import ControlHandler, StreamHandler
-from web.cert import ensure_certificate, server_context
+from web.cert import ca_certificate, ensure_certificate, server_context
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -160,8 +160,9 @@ class WebService:
         app_mod = await asyncio.to_thread(importlib.import_module, "web.app")
         from aiohttp import web
 
+        ca_pem = await asyncio.to_thread(ca_certificate, self._state_dir)
         app = app_mod.make_app(self._call, self._subscribe, self._settings,
-                              wall_clock=self._wall_clock)
+                              wall_clock=self._wall_clock, ca_pem=ca_pem)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self._runner = runner

@@ -1,0 +1,30 @@
+// carmesh web app: register the service worker (/sw.js) and say when a page is a saved copy.
+const words = {
+  ja: "オフライン: 前に保存したページを表示しています",
+  en: "Offline: showing the copy saved on your last visit",
+};
+
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch(() => undefined);
+}
+
+function offlineBanner() {
+  let bar = document.getElementById("offline-bar");
+  if (navigator.onLine || document.getElementById("offline-text")) {
+    if (bar) bar.hidden = true;
+    return;
+  }
+  if (!bar) {
+    bar = document.createElement("p");
+    bar.id = "offline-bar";
+    bar.className = "offline";
+    bar.setAttribute("role", "status");
+    bar.textContent = words[document.documentElement.lang] || words.en;
+    document.body.insertBefore(bar, document.querySelector("main"));
+  }
+  bar.hidden = false;
+}
+
+window.addEventListener("online", offlineBanner);
+window.addEventListener("offline", offlineBanner);
+offlineBanner();
