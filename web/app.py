@@ -467,6 +467,9 @@ def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = 
     app.router.add_post("/safety/op", publish_op)
     app.router.add_get("/events", events)
     app.router.add_post("/lang", set_language)
+    # over HTTPS a service worker registers only with a trusted certificate: pwa.js tries
+    # there only when the car serves the community-signed one
+    app[_state_key].env.globals["community_cert"] = ca_pem is not None
     pwa.add_routes(app, _render, _lang)  # /static/, /sw.js, /manifest.webmanifest, /offline
     ca_routes.add_routes(app, ca_pem, _render, _lang)  # /ca, /ca.crt
     app.on_shutdown.append(_close_streams)

@@ -4,7 +4,10 @@ const words = {
   en: "Offline: showing the copy saved on your last visit",
 };
 
-if ("serviceWorker" in navigator) {
+// Over HTTPS the browser refuses a service worker whose certificate it does not trust (a
+// car's self-signed one): try only on http://localhost or a car with the community's.
+const trusted = location.protocol === "http:" || document.documentElement.dataset.cert === "community";
+if ("serviceWorker" in navigator && trusted) {
   navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch(() => undefined);
 }
 
