@@ -260,10 +260,15 @@ async def test_chromium_trusts_the_car_through_the_ca_in_its_nss_database(
                 executable_path=CHROMIUM, headless=True,
                 env={**os.environ, "HOME": str(home)})
             try:
-                page = await browser.new_page()  # ignore_https_errors stays False
+                # ignore_https_errors stays False
+                page = await browser.new_page(viewport={"width": 390, "height": 844},
+                                              locale="ja")
                 if which == "trusting":
                     resp = await page.goto(url + "/ca")
                     assert resp is not None and resp.status == 200
+                    if os.environ.get("CARMESH_SCREENSHOTS"):
+                        await page.screenshot(path=str(Path(os.environ["CARMESH_SCREENSHOTS"])
+                                                       / "ca.png"), full_page=True)
                     assert await page.evaluate("window.isSecureContext") is True
                     # a valid certificate lets the service worker register over HTTPS
                     scope = await page.evaluate(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -77,6 +79,14 @@ async def test_manifest_and_service_worker(running: Running) -> None:
 
 
 CHROMIUM = shutil.which("chromium")
+
+
+async def _shot(page: Any, name: str) -> None:
+    out = os.environ.get("CARMESH_SCREENSHOTS")
+    if out:
+        await page.screenshot(path=str(Path(out) / f"{name}.png"))
+
+
 _ACTIVATED = """navigator.serviceWorker.ready.then(r => r.active.state === "activated" ? "activated"
   : new Promise(done => r.active.addEventListener("statechange",
       e => { if (e.target.state === "activated") done("activated"); })))"""
@@ -113,6 +123,7 @@ async def test_second_visit_is_served_by_the_service_worker_offline(running: Run
                 assert resp is not None and resp.from_service_worker
                 await page.locator("#offline-bar").wait_for()
                 assert "オフライン" in await page.locator("#offline-bar").inner_text()
+                await _shot(page, "offline-home")
                 # the stylesheet came from the worker's cache: the page is styled
                 color = await page.locator("header.top").evaluate(
                     "e => getComputedStyle(e).position")
@@ -123,6 +134,7 @@ async def test_second_visit_is_served_by_the_service_worker_offline(running: Run
                 resp = await page.goto(base + "/library?q=" + "手引き")
                 assert resp is not None and resp.from_service_worker
                 await page.locator("#offline-text").wait_for()
+                await _shot(page, "offline")
                 await ctx.set_offline(False)
                 resp = await page.goto(base + "/library?q=手引き")
                 assert resp is not None and resp.ok
