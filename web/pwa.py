@@ -16,7 +16,8 @@ old caches.  It precaches the shell (stylesheet, scripts, icons, manifest and
 ``/offline``), answers static files from the cache while refreshing them
 (stale-while-revalidate), and pages network-first: a fresh page when the car
 answers within a few seconds, else the copy saved on the last visit (public
-pages only: home, library, a document, board, safety, people, ``/ca``), else
+pages only: home, library, a document, board, people, ``/ca``; not ``/safety``,
+whose car clock the browser signs by would be stale), else
 ``/offline``.  The live stream (``/events``), forms and every other method go
 to the network untouched.  ``/manifest.webmanifest`` makes the app installable.
 """

@@ -7,8 +7,9 @@ const STATIC = "static-" + VERSION;
 const PAGES = "pages";
 const MAX_PAGES = 60;
 const NETWORK_TIMEOUT_MS = 4000;
-// public pages kept for reading offline (never /messages, forms or searches)
-const SAVED = /^\/(library(\/[0-9a-fA-F]{4,32})?|board|safety|people|ca)?$/;
+// public pages kept for reading offline (never /messages, /safety: its car clock would be
+// stale, or searches)
+const SAVED = /^\/(library(\/[0-9a-fA-F]{4,32})?|board|people|ca)?$/;
 
 self.addEventListener("install", (event) => {
   event.waitUntil(
