@@ -422,6 +422,16 @@ def _kb(n: int) -> str:
 def _print(r: dict[str, Any]) -> None:
     print(f"machine: {r['machine']} (1-min load {r['load_before']} before, "
           f"{r['load_after']} after)\n")
+    if "search" in r:
+        _print_shell_search(r)
+    if "slow_link" in r:
+        _print_slow(r["slow_link"])
+    if "load" in r:
+        _print_load(r["load"])
+    print(f"\ntotal: {r['total_s']} s")
+
+
+def _print_shell_search(r: dict[str, Any]) -> None:
     sh = r["search"]["shell"]
     ok = "meets" if sh["all_bytes"] <= SHELL_TARGET_KB * 1024 else "MISSES"
     print(f"shell, first visit (gzip as served): page {_kb(sh['page_bytes'])} "
@@ -430,15 +440,6 @@ def _print(r: dict[str, Any]) -> None:
           f"({_kb(sh['all_bytes_uncompressed'])}); target <= {SHELL_TARGET_KB} KB: {ok}")
     for p, n in sh["files"].items():
         print(f"  {p:<28} {n:>7,} B")
-    sl = r["slow_link"]
-    print()
-    if "skipped" in sl:
-        print(f"slow link: skipped ({sl['skipped']})")
-    else:
-        print("| link (tbf, both ways) | page shown s | whole shell s | bytes |")
-        print("|---|---:|---:|---:|")
-        for rate, v in sl.items():
-            print(f"| {rate}/s | {v['page_s']} | {v['all_s']} | {v['all_bytes']:,} |")
     print("\n| documents | words | server p50 ms | server p95 ms | server p99 ms | "
           "client p95 ms | requests | results |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
@@ -448,7 +449,20 @@ def _print(r: dict[str, Any]) -> None:
             print(f"| {row['documents']:,} | {label} | {q['p50_ms']} | {q['p95_ms']} | "
                   f"{q['p99_ms']} | {q['client']['p95_ms']} | {q['requests']} | "
                   f"{q['results']} |")
-    ld = r["load"]
+
+
+def _print_slow(sl: dict[str, Any]) -> None:
+    print()
+    if "skipped" in sl:
+        print(f"slow link: skipped ({sl['skipped']})")
+    else:
+        print("| link (tbf, both ways) | page shown s | whole shell s | bytes |")
+        print("|---|---:|---:|---:|")
+        for rate, v in sl.items():
+            print(f"| {rate}/s | {v['page_s']} | {v['all_s']} | {v['all_bytes']:,} |")
+
+
+def _print_load(ld: dict[str, Any]) -> None:
     print(f"\n{ld['clients']} clients (servers pinned to a core: {ld['pinned']}); saturating: "
           f"{ld['requests_per_client']} requests each back to back; paced: "
           f"{ld['paced_requests_per_client']} each, {ld['think_s']} s apart on average")
@@ -459,7 +473,6 @@ def _print(r: dict[str, Any]) -> None:
             v = ld[run][label]
             print(f"| {run} | {label} | {v['requests_per_s']:,} | {v['p50_ms']} | "
                   f"{v['p95_ms']} | {v['p99_ms']} | {v['non_200']} | {v['errors']} |")
-    print(f"\ntotal: {r['total_s']} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -472,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think", type=float, default=2.0,
                     help="mean seconds between one phone's requests in the paced run")
     ap.add_argument("--skip-netns", action="store_true")
+    ap.add_argument("--parts", default="search,slow,load",
+                    help="which runs (comma-separated; the shell is measured with search)")
     ap.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
     ap.add_argument("--runs", type=int, default=3, help=argparse.SUPPRESS)
     ap.add_argument("--static-server", nargs=2, metavar=("PORT", "FILE"),
@@ -489,12 +504,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{_cpu()}, {os.cpu_count()} cores, python {platform.python_version()}",
         "load_before": round(os.getloadavg()[0], 2)}
     t0 = time.perf_counter()
-    results["search"] = asyncio.run(bench_search(sizes, 2 if args.quick else 5))
-    results["slow_link"] = ({"skipped": "--skip-netns"} if args.skip_netns else
-                            bench_slow_link(RATES[:1] if args.quick else RATES,
-                                            1 if args.quick else 3))
-    results["load"] = bench_load(args.clients, 10 if args.quick else 50,
-                                 5 if args.quick else 30, args.think)
+    parts = set(args.parts.split(","))
+    if "search" in parts:
+        results["search"] = asyncio.run(bench_search(sizes, 2 if args.quick else 5))
+    if "slow" in parts:
+        results["slow_link"] = ({"skipped": "--skip-netns"} if args.skip_netns else
+                                bench_slow_link(RATES[:1] if args.quick else RATES,
+                                                1 if args.quick else 3))
+    if "load" in parts:
+        results["load"] = bench_load(args.clients, 10 if args.quick else 50,
+                                     5 if args.quick else 30, args.think)
     results["total_s"] = round(time.perf_counter() - t0, 1)
     results["load_after"] = round(os.getloadavg()[0], 2)
     if args.json:
