@@ -81,7 +81,7 @@ _CUT_LINK_TAIL = re.compile(r"!?\[([^\[\]\n]*)\]\(" + _URL + "$")  # "[a](http:/
 _CUT_LINK_HEAD = re.compile(r"^…?[^\[\]()\s]*\)")  # "ple.org) more" at the window's start
 _AUTOLINK = re.compile(r"<((?:https?|mailto):[^<>\s]*)>", re.IGNORECASE)
 # block markers: the library joins a snippet's lines with spaces, so they can be anywhere
-_BLOCK = re.compile(r"(?:^|(?<=\s))(?:#{1,6}|[*+]|(?:[-*_]\s*){3,}|```+|~~~+)(?=\s|$)"
+_BLOCK = re.compile(r"(?:^|(?<=\s))(?:#{1,6}|[-*+]|(?:[-*_]\s*){3,}|```+|~~~+)(?=\s|$)"
                     r"|^\s*>+(?=\s)")
 _EMPHASIS = re.compile(r"(\*{1,3}|~~|`+)(?=\S)(.+?)(?<=\S)\1", re.DOTALL)
 _UNDERSCORE = re.compile(r"(?<!\w)(_{1,3})(?=\S)(.+?)(?<=\S)\1(?!\w)", re.DOTALL)

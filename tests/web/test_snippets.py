@@ -20,6 +20,9 @@ def test_markdown_syntax_is_stripped_to_the_text_a_reader_sees() -> None:
     assert plain_snippet("see [the «map»](http://x/y(1)) and ![alt](p.png) [ref][1]") == \
         "see the «map» and alt ref"
     assert plain_snippet("> quoted ## Head * item --- end") == "quoted Head item end"
+    # list items joined into one line by the library
+    assert plain_snippet("体育館前。 - 毛布あり - ペット可 + 水") == "体育館前。 毛布あり ペット可 水"
+    assert plain_snippet("well-known e-mail") == "well-known e-mail"
     # a window cut through a link at either end
     assert plain_snippet("…ple.org/a) rest [tail](http://exa") == "… rest tail"
     # escapes stay literal; intraword underscores are not emphasis
