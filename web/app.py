@@ -29,6 +29,10 @@ Every request passes, in order: security headers on whatever is answered
 per-client rate limit (``RateLimiter`` by peer address, 429 with Retry-After);
 the body size limit (413); and for any method other than GET/HEAD a
 same-origin check (the ``Origin`` header must be this site, 403 otherwise).
+
+The app shell (static files compressed from memory, the service worker, the
+manifest, ``/offline``) is ``web.pwa``; the community certificate page
+(``/ca``, ``/ca.crt``) is ``web.ca``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ import markupsafe
 from aiohttp import web
 
 from meshd.core.errors import ControlError
+from web import ca as ca_routes
+from web import pwa
 from web.i18n import LANGS, TEXT, pick_language
 from web.limits import RateLimiter
 from web.render import markdown_html, snippet_parts
@@ -68,7 +74,8 @@ WEB_METHODS: Final = frozenset({"status", "routes", "library.search", "library.s
                                 "safety.publish"})
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-              "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+              "connect-src 'self'; manifest-src 'self'; worker-src 'self'; "
+              "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 _HEADERS: Final = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -440,11 +447,13 @@ async def _close_streams(app: web.Application) -> None:
 
 def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = None, *,
              clock: Callable[[], float] = time.monotonic,
-             wall_clock: Callable[[], float] = time.time) -> web.Application:
+             wall_clock: Callable[[], float] = time.time,
+             ca_pem: bytes | None = None) -> web.Application:
     """The web app over ``call`` (control handlers by name) and ``subscribe`` (node events).
 
     ``clock`` paces the rate limits; ``wall_clock`` is the node's (mesh) time, given to the
-    browser so that ops it signs carry a time the cars accept.
+    browser so that ops it signs carry a time the cars accept.  ``ca_pem`` is the community
+    web CA's certificate, offered at ``/ca`` (``web.ca``).
     """
     settings = settings or WebSettings()
     app = web.Application(middlewares=[_guard], client_max_size=settings.max_body)
@@ -461,7 +470,11 @@ def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = 
     from web.calls import add_routes as add_call_routes  # it imports this module
 
     add_call_routes(app)
-    app.router.add_static("/static/", _HERE / "static", append_version=False)
+    # over HTTPS a service worker registers only with a trusted certificate: pwa.js tries
+    # there only when the car serves the community-signed one
+    app[_state_key].env.globals["community_cert"] = ca_pem is not None
+    pwa.add_routes(app, _render, _lang)  # /static/, /sw.js, /manifest.webmanifest, /offline
+    ca_routes.add_routes(app, ca_pem, _render, _lang)  # /ca, /ca.crt
     app.on_shutdown.append(_close_streams)
     return app
 

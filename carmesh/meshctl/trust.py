@@ -8,6 +8,14 @@ are ephemeral ops (an expiry, outside the root key's chain), so a root used
 from any node can never fork its chain; their version is the Unix time in
 seconds (or one more than the node's), so coordinators working from nodes
 that are behind do not publish two configurations under one number.
+
+The community web CA is separate from the root key (``trust web-ca``, also an
+offline file): a community may have one without the other, and its key is an
+X.509 P-256 key browsers accept, not the root's Ed25519 key.  ``trust web-cert``
+runs at a dealer visit on the car itself, with the CA file on the dealer's
+stick: it signs the node's web key for the car's addresses into the state
+directory (``web.cert.sign_node_certificate``); meshd serves that certificate
+from its next start, and ``/ca`` offers the CA to phones.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -51,11 +61,13 @@ from library_replica.keycerts import (
     prepare_key_statement,
     prepare_member_certificate,
 )
+from meshd.config import parse_hostport
 from meshd.control.client import ControlClient
 from meshd.core.errors import LocalProtocolError
 from meshd.core.identity import KEY_FILE, Identity
 from meshd.paths import default_state_dir
 from sync.envelope import create_op
+from web.cert import load_ca, make_ca, sign_node_certificate, write_ca
 
 __all__ = ["load_root_key", "load_statement", "write_root_key"]
 
@@ -230,6 +242,22 @@ def _setup(p: argparse.ArgumentParser) -> None:
     pb = sub.add_parser("publish", help="publish a statement file made by `trust statement` "
                                         "(from any node: the device is lost)")
     pb.add_argument("file", type=Path, metavar="FILE")
+    wca = sub.add_parser("web-ca", help="make the community web CA in a file (offline; no daemon)")
+    wca.add_argument("--ca", type=Path, required=True, metavar="FILE",
+                     help="where to create the CA's certificate and key (mode 0600; offline)")
+    wca.add_argument("--community", default="", metavar="NAME",
+                     help="the community's name, in the CA's name phones show")
+    wca.add_argument("--force", action="store_true",
+                     help="allow FILE inside the node's state directory (not recommended)")
+    wca.set_defaults(offline_run=_web_ca)
+    wcert = sub.add_parser("web-cert", help="sign this node's web certificate with the web CA "
+                                            "(at a dealer visit; offline, no daemon)")
+    wcert.add_argument("--ca", type=Path, required=True, metavar="FILE",
+                       help="the web CA file made by `trust web-ca`")
+    wcert.add_argument("--address", action="append", required=True, metavar="ADDR[:PORT]",
+                       help="an address the car serves phones on (its --web; repeatable)")
+    wcert.add_argument("--name", default="", metavar="N", help="the car's name in the certificate")
+    wcert.set_defaults(offline_run=_web_cert)
     for sp in (*sub.choices.values(), *asub.choices.values(), *msub.choices.values(),
                *knsub.choices.values()):
         _global_options(sp, suppress=True)
@@ -381,6 +409,69 @@ async def _dealer(client: ControlClient, args: argparse.Namespace, out: Output) 
     return _submit_doc(res, out, f"revocation of {key.hex()[:16]}…")
 
 
+async def _web_ca(args: argparse.Namespace, out: Output) -> int:
+    path: Path = args.ca
+    state_dir = args.state_dir if args.state_dir is not None else default_state_dir()
+    if _inside(path, Path(state_dir)) and not args.force:
+        return out.fail(ExitCode.USAGE, f"{path} is inside the state directory {state_dir}: "
+                        "keep the web CA offline (or pass --force)")
+    if len(args.community) > MAX_COMMUNITY:
+        return out.fail(ExitCode.USAGE, f"--community is at most {MAX_COMMUNITY} characters")
+    key, cert = make_ca(args.community)
+    try:
+        write_ca(path, key, cert)
+    except FileExistsError:
+        return out.fail(ExitCode.FAILED, f"{path} exists: a web CA is never overwritten")
+    except OSError as exc:
+        return out.fail(ExitCode.FAILED, f"{path}: {exc.strerror or exc}")
+    fp = cert.fingerprint(hashes.SHA256()).hex()
+    if out.json:
+        out.document({"ca_file": _resolved(path), "sha256": fp, "community": args.community,
+                      "not_after": cert.not_valid_after_utc.isoformat()})
+    else:
+        out.line(f"web CA written to {path} (mode 0600): keep it offline")
+        out.line(f"SHA-256 {_colons(fp)}")
+        out.line("sign a car's web certificate at its dealer visit with "
+                 f"`meshctl trust web-cert --ca {path} --address ADDR`")
+    return ExitCode.OK
+
+
+def _colons(hexdigest: str) -> str:
+    return ":".join(hexdigest[i:i + 2] for i in range(0, len(hexdigest), 2)).upper()
+
+
+async def _web_cert(args: argparse.Namespace, out: Output) -> int:
+    state_dir = Path(args.state_dir if args.state_dir is not None else default_state_dir())
+    try:
+        ca_key, ca_cert = load_ca(args.ca)
+    except ValueError as exc:
+        return out.fail(ExitCode.FAILED, str(exc))
+    hosts: list[str] = []
+    for spec in args.address:
+        try:
+            hosts.append(parse_hostport(spec, default_port=443)[0])
+        except ValueError as exc:
+            return out.fail(ExitCode.USAGE, f"--address {spec}: {exc}")
+    try:
+        path = sign_node_certificate(ca_key, ca_cert, state_dir, hosts, args.name)
+    except ValueError as exc:
+        return out.fail(ExitCode.USAGE, str(exc))
+    except OSError as exc:
+        return out.fail(ExitCode.FAILED, f"{state_dir}: {exc.strerror or exc}")
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    if out.json:
+        out.document({"certificate": _resolved(path), "addresses": names,
+                      "not_after": cert.not_valid_after_utc.isoformat(),
+                      "ca_sha256": ca_cert.fingerprint(hashes.SHA256()).hex()})
+    else:
+        out.line(f"web certificate {path} signed for {', '.join(names)} until "
+                 f"{cert.not_valid_after_utc:%Y-%m-%d}")
+        out.line("meshd serves it from its next start; phones install the CA from /ca")
+    return ExitCode.OK
+
+
 def _show(res: dict[str, Any], out: Output) -> None:
     pinned = res.get("pinned")
     if pinned == "none":
@@ -509,7 +600,7 @@ async def _authority(client: ControlClient, args: argparse.Namespace, out: Outpu
 
 @register("trust", "community trust: root key, authorities, enrolment (init, show, export, "
           "join, authority add|remove, member add|remove, revoke, key new, statement, "
-          "publish)", _setup)
+          "publish, web-ca, web-cert)", _setup)
 async def _trust(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
     if args.action in ("member", "revoke") and getattr(args, "authority_key", None):
         return await _dealer(client, args, out)
