@@ -12,9 +12,11 @@ the same-named stranger s a warning, also after a reload.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,6 +102,13 @@ def _page(browser: Any) -> tuple[Any, Any, list[str]]:
     return ctx, page, problems
 
 
+def _shot(page: Any, name: str) -> None:
+    out = os.environ.get("CARMESH_SCREENSHOTS")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(out) / f"{name}.png"))
+
+
 def _browser_key(page: Any) -> str:
     key = page.evaluate("""async () => {
         const db = await new Promise((ok) => { const r = indexedDB.open('carmesh', 1);
@@ -112,7 +121,7 @@ def _browser_key(page: Any) -> str:
     return key
 
 
-def _correct(page: Any, http: str, doc: str, body: str) -> None:
+def _correct(page: Any, http: str, doc: str, body: str, shot: str = "") -> None:
     page.goto(f"{http}/library/{doc}")
     page.click("#edit-link")
     page.wait_for_url(f"**/library/{doc}/edit")
@@ -121,6 +130,9 @@ def _correct(page: Any, http: str, doc: str, body: str) -> None:
     page.click("#edit-save")
     page.locator("#edit-confirm").wait_for(state="visible")
     assert int(page.inner_text("#edit-count")) >= 1
+    if shot:
+        page.locator("#edit-confirm").scroll_into_view_if_needed()
+        _shot(page, shot)
     page.click("#edit-sign")
     page.locator("#edit-result.ok").wait_for()
 
@@ -134,7 +146,7 @@ def test_correction_in_the_browser_at_c_reaches_a_under_the_browsers_key(
     ctx, page, problems = _page(browser)
     try:
         corrected = "給水は午前10時から（訂正）。\n\n場所: 体育館前"
-        _correct(page, mesh.http, doc, corrected)
+        _correct(page, mesh.http, doc, corrected, shot="library-edit")
         key = _browser_key(page)
         assert key not in mesh.keys.values()  # the browser's own key, not a car's
 
@@ -155,6 +167,7 @@ def test_correction_in_the_browser_at_c_reaches_a_under_the_browsers_key(
         assert first.get_attribute("data-author") == key
         assert fingerprint(key) in first.inner_text() and "ブラウザの利用者" in first.inner_text()
         assert "kenji" in page.locator("#history li").last.inner_text()
+        _shot(page, "library-history")
         assert problems == [], problems
     finally:
         ctx.close()
@@ -214,6 +227,7 @@ def test_pinned_contact_and_a_same_named_stranger(mesh: Mesh, browser: Any) -> N
             assert s_li.locator(".contact-mark").count() == 0
             contacts = page.locator("#contacts li")
             assert contacts.count() == 1 and contacts.get_attribute("data-key") == a_key
+            _shot(page, "people-contacts")
             page.reload()
             page.locator("html[data-contacts=ready]").wait_for(state="attached")
         # unpinned: the stranger is just another "kenji" again

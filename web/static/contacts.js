@@ -51,7 +51,7 @@ function render(box) {
     if (pinned) {
       li.dataset.contact = "pinned";
       const mark = el("span", "contact-mark",
-                      `📌 ${box.dataset.pinned}: ${pinned.label} · ${box.dataset.fingerprint} ${fingerprint(key)}`);
+                      `★ ${box.dataset.pinned}: ${pinned.label} · ${box.dataset.fingerprint} ${fingerprint(key)}`);
       li.querySelector(".name").after(mark);
     } else {
       const twin = contacts.find((c) => sameName(c.label, li.dataset.name) || sameName(c.name, li.dataset.name));
@@ -81,7 +81,7 @@ function render(box) {
   for (const c of contacts) {
     const li = el("li");
     li.dataset.key = c.key;
-    li.append(el("strong", "name", `📌 ${c.label}`), " ",
+    li.append(el("strong", "name", `★ ${c.label}`), " ",
               el("code", "key", fingerprint(c.key)));
     if (!here.has(c.key)) li.append(el("span", "meta", box.dataset.away));
     list.append(li);
