@@ -98,7 +98,7 @@ class WebSettings:
     burst: int = 120
     max_body: int = 16 * 1024
     #: a library correction (its text, or one signed op of it) may be larger
-    max_edit_body: int = 160 * 1024
+    max_edit_body: int = 256 * 1024
     max_streams: int = 128
     heartbeat_s: float = 15.0
     stream_queue: int = 64

@@ -176,3 +176,54 @@ async def test_hostile_correction_renders_inert(running: Running) -> None:
             assert "<script>alert" not in text and "<b>題" not in text
     finally:
         await c.close()
+
+
+async def test_a_long_correction_is_several_ops_and_a_second_one_follows(
+        running: Running) -> None:
+    doc = await _new_doc(running, "短い文書")
+    b = Browser()
+    c = await running.client()
+    try:
+        long_text = "短い文書\n\n" + "避難所の情報。" * 4000  # 28,000 characters, ~84 kB of UTF-8
+        prep = await _prepare(c, b, doc, long_text)
+        assert len(prep["ops"]) >= 2  # each op body stays under sync's limit
+        done = await _sign_and_publish(c, b, prep)
+        assert [r["remaining"] for _, r in done] == list(range(len(done) - 1, -1, -1))
+        assert (await running.call("library.show", {"id": doc}))["body"] == long_text
+        # the same browser again, from its new chain head: its Yjs clock continues
+        prep = await _prepare(c, b, doc, "短い文書（改）")
+        await _sign_and_publish(c, b, prep)
+        shown = await running.call("library.show", {"id": doc})
+        assert shown["body"] == "短い文書（改）" and b.pub.hex() in shown["authors"]
+        hist = (await running.call("library.history", {"id": doc}))["history"]
+        assert sum(h["author"] == b.pub.hex() for h in hist) == len(done) + 1
+    finally:
+        await c.close()
+
+
+async def test_limits_of_a_correction(running: Running) -> None:
+    doc = await _new_doc(running, "限度")
+    b = Browser()
+    c = await running.client()
+    try:
+        r = await _post(c, f"/library/{doc}/prepare", {**b.head(), "body": "a" * 60_001})
+        assert r.status == 400 and "60000" in (await r.json())["error"]
+        r = await _post(c, f"/library/{doc}/prepare", {**b.head(), "body": "x" * 300_000})
+        assert r.status == 413  # over the edit routes' body limit, refused before it is read
+        r = await _post(c, "/safety/op", {"op": "00" * 9000})
+        assert r.status == 413  # the other routes keep their 16 KiB
+        r = await c.post(f"/library/{doc}/prepare", data=json.dumps({**b.head(), "body": "x"}),
+                         headers={"Content-Type": "application/json",
+                                  "Origin": "http://evil.example"})
+        assert r.status == 403
+        assert (await running.call("library.show", {"id": doc}))["body"] == "限度"
+    finally:
+        await c.close()
+
+
+async def test_trust_marks_name_members_and_authorities(running: Running) -> None:
+    marks = await running.call("trust.marks", {})
+    me = running.node.identity.ed25519_pub.hex()
+    assert marks["nodes"][running.node.identity.node_id.hex()] == me
+    assert marks["keys"][me] == {"member": True, "authority": "市役所", "role": "city"}
+    assert marks["enrolling"] is False
