@@ -227,3 +227,20 @@ async def test_trust_marks_name_members_and_authorities(running: Running) -> Non
     assert marks["nodes"][running.node.identity.node_id.hex()] == me
     assert marks["keys"][me] == {"member": True, "authority": "市役所", "role": "city"}
     assert marks["enrolling"] is False
+
+
+async def test_edit_and_history_pages_in_english(running: Running) -> None:
+    doc = await _new_doc(running, "water")
+    c = await running.client()
+    try:
+        en = {"Accept-Language": "en"}
+        page = await (await c.get(f"/library/{doc}", headers=en)).text()
+        assert f'href="/library/{doc}/edit"' in page and "Edit or correct" in page
+        assert f'href="/library/{doc}/history"' in page
+        page = await (await c.get(f"/library/{doc}/edit", headers=en)).text()
+        assert "Correct a document" in page and "Sign and publish" in page
+        page = await (await c.get(f"/library/{doc}/history", headers=en)).text()
+        assert "History" in page and "created" in page
+        assert (await c.get("/library/ffffffffffffffffffffffffffffffff/history")).status == 404
+    finally:
+        await c.close()
