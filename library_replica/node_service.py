@@ -50,6 +50,8 @@ Control methods (params -> result; documented with the commands in docs/cli.md):
 * ``trust.show``, ``trust.export``, ``trust.join`` {config | fingerprint},
   ``trust.publish`` {op: a root-signed ``trust.update``, hex}
 * ``mail.list``: the outbox (queued / delivered) and what this node carries
+* ``library.prepare`` / ``library.publish`` (changes a browser signs) and ``trust.marks``:
+  ``browser_edit.py``
 
 Events: ``library.changed`` {doc_ids}, ``library.progress``, ``situation.changed``
 {owner, kind}, ``bulletin.published`` {bulletin}, ``bulletin.expired`` {op_ids},
@@ -71,6 +73,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from library_replica.browser_edit import BrowserLibraryOps
 from library_replica.bulletins import (
     KIND_PUBLISH,
     KIND_TRUST_UPDATE,
@@ -293,6 +296,7 @@ class LibraryNodeService:
             "bulletin.update": self._h_bulletin_update,
             "bulletin.retract": self._h_bulletin_retract,
             "mail.list": self._h_mail_list,
+            **BrowserLibraryOps(self).handlers(),  # library.prepare / publish, trust.marks
         }
 
     def stream_services(self) -> Mapping[str, StreamHandler]:

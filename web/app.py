@@ -6,8 +6,8 @@ Theory of operation
 (method, params) -> result, which is the node's control handler of that name
 (the same functions ``meshctl`` reaches over the Unix socket: one command
 surface, two transports), and ``subscribe``, which hands every event the node
-publishes to a callback.  The web may call only the read operations in
-``WEB_METHODS``; nothing administrative (import, export, publishing bulletins,
+publishes to a callback.  The web may call only the operations in ``WEB_METHODS``
+(reads, and ops signed by the browser's own key); nothing administrative (import, export, publishing bulletins,
 trust) is reachable from a browser at all.
 
 Pages are rendered by Jinja2 with autoescaping, so every string that comes
@@ -68,10 +68,12 @@ Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 Listener = Callable[[str, dict[str, Any]], None]
 Subscribe = Callable[[Listener], Callable[[], None]]
 
-#: the only control methods the web may call (all read-only)
+#: the only control methods the web may call: reads, and publishing ops the browser signed
+#: with its own key (``library.prepare`` composes such a change and stores nothing)
 WEB_METHODS: Final = frozenset({"status", "routes", "library.search", "library.show",
                                 "bulletin.list", "situation.list", "safety.search",
-                                "safety.publish"})
+                                "safety.publish", "library.history", "library.prepare",
+                                "library.publish", "trust.marks"})
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; manifest-src 'self'; worker-src 'self'; "
@@ -102,6 +104,8 @@ class WebSettings:
     rate_per_s: float = 20.0
     burst: int = 120
     max_body: int = 16 * 1024
+    #: a library correction (its text, or one signed op of it) may be larger
+    max_edit_body: int = 256 * 1024
     max_streams: int = 128
     heartbeat_s: float = 15.0
     stream_queue: int = 64
@@ -217,7 +221,9 @@ async def _guard(request: web.Request,
             resp = _error_page(request, 429, TEXT[_lang(request)]["too_many"])
             resp.headers["Retry-After"] = str(max(1, round(
                 st.limiter.retry_after_s(request.remote or "?"))))
-        elif (request.content_length or 0) > st.settings.max_body:
+        elif (request.content_length or 0) > (
+                st.settings.max_edit_body if request.path.startswith("/library/")
+                else st.settings.max_body):
             st.refuse("size", request)
             resp = web.Response(status=413, text="request body too large")
         elif request.method not in _SAFE_METHODS and not _same_origin(request):
@@ -297,8 +303,9 @@ async def people(request: web.Request) -> web.Response:
     routes = (await st.op("routes", {}))["routes"]
     reachable = sorted((r for r in routes if r["reachable"]),
                        key=lambda r: (r["metric"], r["name"]))
+    marks = await st.op("trust.marks", {})  # verified marks; pinned contacts: contacts.js
     return _render(request, "people.html", title=TEXT[_lang(request)]["people"], me=me,
-                   routes=reachable)
+                   routes=reachable, marks=marks)
 
 
 async def safety(request: web.Request) -> web.Response:
@@ -456,7 +463,8 @@ def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = 
     web CA's certificate, offered at ``/ca`` (``web.ca``).
     """
     settings = settings or WebSettings()
-    app = web.Application(middlewares=[_guard], client_max_size=settings.max_body)
+    app = web.Application(middlewares=[_guard],
+                          client_max_size=max(settings.max_body, settings.max_edit_body))
     app[_state_key] = _State(call, subscribe, settings, clock, wall_clock)
     app.router.add_get("/", home)
     app.router.add_get("/library", library)
@@ -465,6 +473,8 @@ def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = 
     app.router.add_get("/people", people)
     app.router.add_get("/safety", safety)
     app.router.add_post("/safety/op", publish_op)
+    from web import library_edit
+    library_edit.add_routes(app)
     app.router.add_get("/events", events)
     app.router.add_post("/lang", set_language)
     from web.calls import add_routes as add_call_routes  # it imports this module
