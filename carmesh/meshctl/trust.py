@@ -511,6 +511,9 @@ async def _authority(client: ControlClient, args: argparse.Namespace, out: Outpu
           "join, authority add|remove, member add|remove, revoke, key new, statement, "
           "publish)", _setup)
 async def _trust(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "revoke" and args.successor is not None and args.successor == args.key:
+        # checked before anything is signed (the configuration would list KEY as a member)
+        return out.fail(ExitCode.USAGE, "a key is not its own successor")
     if args.action in ("member", "revoke") and getattr(args, "authority_key", None):
         return await _dealer(client, args, out)
     if args.action in ("authority", "member", "revoke"):
