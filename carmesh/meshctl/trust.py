@@ -369,6 +369,12 @@ async def _dealer(client: ControlClient, args: argparse.Namespace, out: Output) 
         res = await client.call("trust.submit", {"kind": KIND_MEMBER, "body": body.hex()},
                                 timeout=CALL_TIMEOUT_S)
         return _submit_doc(res, out, f"member certificate for {key.hex()[:16]}…")
+    if not any(c.get("member") == key.hex() and c.get("dealer") == dealer.hex()
+               for c in cur.get("certified") or []):
+        # checked before anything is signed (the successor's certificate goes first)
+        return out.fail(ExitCode.FAILED, f"{key.hex()} holds no certificate of this dealer "
+                        "here: a dealer revokes only the members it enrolled (or the root "
+                        "does: --root-key)")
     if args.successor is not None:  # re-enrolment: the new device is a member of this dealer
         _, body = prepare_member_certificate(secret.sign, dealer, args.successor, root=root,
                                              trust_version=version, issued_ms=now_ms)

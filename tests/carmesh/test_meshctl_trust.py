@@ -89,10 +89,10 @@ def test_key_new_writes_a_private_key_file_and_statements_are_checked(
 
 # -- the root's tools against a real library service (real op store, real control socket) --
 
-ROOT_SECRET = Ed25519PrivateKey.generate()
-ROOT_PUB = ROOT_SECRET.public_key().public_bytes_raw()
-DEALER, CITY, PHONE, NEW_PHONE, CAR = (Ed25519PrivateKey.generate().public_key()
-                                       .public_bytes_raw() for _ in range(5))
+ROOT_SECRET, DEALER_SECRET = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+ROOT_PUB, DEALER = (k.public_key().public_bytes_raw() for k in (ROOT_SECRET, DEALER_SECRET))
+CITY, PHONE, NEW_PHONE, CAR = (Ed25519PrivateKey.generate().public_key()
+                               .public_bytes_raw() for _ in range(4))
 
 
 @pytest.fixture
@@ -212,6 +212,45 @@ async def test_root_revoke_with_a_successor_lists_the_new_device_and_continues_t
     assert await _meshctl(sock, "trust", "revoke", CITY.hex(), "--root-key", root_key,
                           "--successor", CITY.hex()) == 2
     assert len(await _trust_ops(svc)) == n
+
+
+async def test_the_dealer_revokes_and_reenrols_only_the_members_it_enrolled(
+        desk: tuple[LibraryNodeService, Path, Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    svc, sock, root_key = desk
+    dealer_key = root_key.parent / "dealer.key"
+    write_root_key(dealer_key, DEALER_SECRET, "")
+    visitor, visitors_new = (Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+                             for _ in range(2))
+    assert await _meshctl(sock, "trust", "member", "add", visitor.hex(),
+                          "--authority-key", dealer_key) == 0
+    capsys.readouterr()
+    assert svc.trust.member(visitor) and svc.trust.keys.dealers_of(visitor) == [DEALER]
+    # the phone is a member of the root's list, not certified by this dealer: refused,
+    # and nothing is signed (no certificate for the successor either)
+    n = len(await _trust_ops(svc))
+    assert await _meshctl(sock, "trust", "revoke", PHONE.hex(), "--authority-key", dealer_key,
+                          "--successor", visitors_new.hex()) == 1
+    assert "no certificate of this dealer" in capsys.readouterr().out
+    assert len(await _trust_ops(svc)) == n and not svc.trust.revoked(PHONE)
+    assert not svc.trust.member(visitors_new)
+    # the visitor's phone is lost: the dealer revokes it and re-enrols the new one
+    assert await _meshctl(sock, "trust", "revoke", visitor.hex(), "--authority-key",
+                          dealer_key, "--successor", visitors_new.hex()) == 0
+    capsys.readouterr()
+    assert svc.trust.revoked(visitor) and not svc.trust.member(visitor)
+    assert svc.trust.member(visitors_new) and svc.trust.keys.dealers_of(visitors_new) == [DEALER]
+    assert svc.trust.keys.successor(visitor) == visitors_new
+    assert svc.trust.keys.person(visitors_new) == visitor
+    show = json.loads(await _show(sock, capsys))
+    assert [(r["key"], r["rank"], r["successor"]) for r in show["revocations"]] == [
+        (visitor.hex(), "dealer", visitors_new.hex())]
+    # what people read: the community, its version, its authorities by name
+    assert await asyncio.to_thread(main, ["--socket", str(sock), "trust", "show"]) == 0
+    text = capsys.readouterr().out
+    assert "community Town, version 5" in text and "authorities: 2" in text
+    assert "dealer  Dealer" in text and "city    City" in text and DEALER.hex() in text
+    assert "revoked " + visitor.hex()[:16] in text and "by dealer" in text
 
 
 async def _show(sock: Path, capsys: pytest.CaptureFixture[str]) -> str:
