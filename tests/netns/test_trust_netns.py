@@ -3,7 +3,9 @@
 The issue's line A -- B -- C on veth links with zeroconf discovery: ann (A) is the city
 authority the root adds, cy (C) is enrolled with the file ann hands out, bob (B) never
 enrols.  ann's bulletin is shown at cy, not at bob, whose store holds it as carried
-unverified; after `trust authority remove` of ann the bulletin disappears at cy.
+unverified; after `trust authority remove` of ann the bulletin disappears at cy.  Then a
+revoked node key (cy's, by the statement its owner signed in advance) loses its links at
+every node the revocation reaches.
 """
 
 from __future__ import annotations
@@ -93,4 +95,33 @@ def test_line_a_b_c_shown_at_enrolled_c_carried_by_b_and_gone_after_removal(
         _until(cl, "cy", lambda r: r["bulletins"] == [], "bulletin", "list",
                what="the bulletin disappears at cy")
         assert pub["op_id"] not in _carried(cl, "cy")
+        assert "Traceback" not in cl.logs()
+
+
+def test_a_revoked_node_key_loses_its_links_at_every_node_the_revocation_reaches(
+        devnet: DevNet, tmp_path: Path) -> None:
+    """cy's owner signed its revocation in advance; published at ann, it reaches bob (no
+    trust needed: the key signed it itself), and both refuse cy's links from then on."""
+    ann, bob, cy = devnet.line(3, ["ann", "bob", "cy"])
+    with Cluster(log_level="info") as cl:
+        for node in (ann, bob, cy):
+            ifaces = [x for i in devnet.interfaces(node) for x in ("--interface", i)]
+            cl.add(node.name, [*ifaces, "--no-web"], prefix=_ns(node))
+        for d in cl:
+            d.wait_ready()
+        wait_until(lambda: _reachable(cl, "ann", "cy"), 40, what="a route from ann to cy")
+        stmt = tmp_path / "cy.statement"
+        made = _ok(cl, "cy", "trust", "statement", str(stmt))
+        cy_key = made["key"]
+        _ok(cl, "ann", "trust", "publish", str(stmt))
+        for name in ("ann", "bob"):
+            _until(cl, name, lambda r: any(x["key"] == cy_key for x in r["revocations"]),
+                   "trust", "show", what=f"{name} holds cy's revocation")
+        wait_until(lambda: "cy" not in cl["bob"].neighbours(), 30,
+                   what="bob closes cy's link")
+        # cy keeps trying (discovery finds bob again): every link is closed as it comes up
+        wait_until(lambda: "its key was revoked" in cl["bob"].log(), 30,
+                   what="bob says why")
+        wait_until(lambda: not _reachable(cl, "ann", "cy"), 30, what="ann loses cy's route")
+        assert "cy" not in cl["bob"].neighbours()
         assert "Traceback" not in cl.logs()
