@@ -60,7 +60,10 @@ async def build_node(config: Config) -> Node:
         node.mail_fallback = library.queue_mail
         from library_replica.safety_service import SafetyNodeService
 
-        node.add_service(SafetyNodeService(node, store))
+        # a lost device's successor corrects the safety registrations its predecessor made
+        safety = SafetyNodeService(node, store, succeeds=library.trust.keys.continues)
+        library.add_trust_listener(safety.successors_changed)
+        node.add_service(safety)
         from voice.service import VoiceService
 
         node.add_service(VoiceService(node, auto_answer=config.auto_answer,

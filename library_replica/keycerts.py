@@ -29,7 +29,9 @@ highest rank names two different successors (a thief holding the old key signs
 one too) the record is *contested* and continued by nobody until a higher rank
 (the dealer, seeing the owner in person) names one.  ``KeyRegistry.person``
 follows successors back to the first key: readers merge the records of one
-person (``SituationBoard`` with ``person``).  Pure core: no I/O, no clock.
+person (``SituationBoard`` with ``person``); ``KeyRegistry.continues`` lets a
+successor correct the safety registrations its predecessors made
+(``SafetyRegistry`` with ``succeeds``).  Pure core: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -319,6 +321,21 @@ class KeyRegistry:
                     pred[s] = subject
             self._pred = pred
         return self._pred.get(key)
+
+    def continues(self, later: bytes, earlier: bytes) -> bool:
+        """True when ``later`` follows ``earlier`` in a chain of successors (it carries on
+        ``earlier``'s records: corrects the safety registrations ``earlier`` made)."""
+        seen = {later}
+        key = later
+        for _ in range(MAX_CHAIN):
+            p = self.predecessor(key)
+            if p is None or p in seen:
+                return False
+            if p == earlier:
+                return True
+            seen.add(p)
+            key = p
+        return False
 
     def person(self, key: bytes) -> bytes:
         """The first key of ``key``'s chain of successors (the person record's key)."""

@@ -245,6 +245,7 @@ class LibraryNodeService:
         self._saved_version = self.trust.version
         self.carried = CarriedPool()
         self._trust_lock = asyncio.Lock()
+        self._trust_listeners: list[Callable[[], None]] = []
         self.library = Library(may_restore=lambda key: self.trust.authority(key) is not None)
         self.situation = SituationBoard(person=self.trust.keys.person)
         self.bulletins = BulletinBoard(self.trust)
@@ -571,9 +572,16 @@ class LibraryNodeService:
             return not self.trust.revoked(key)
         return self.trust.member(key)
 
+    def add_trust_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` whenever the configuration or the key registry changed (the safety
+        service reads successors' corrections again)."""
+        self._trust_listeners.append(fn)
+
     def _trust_moved(self) -> None:
         """The configuration changed: recount the store's pool, drop revoked keys' links."""
         self.store.membership_changed()
+        for fn in self._trust_listeners:
+            fn()
         recheck = getattr(self.node, "recheck_links", None)  # meshd's Node (not in NodeApi)
         if recheck is not None:
             recheck()

@@ -15,7 +15,13 @@ Two op kinds in the ``safety`` namespace:
   id (the op's document id) is ``person_id(author, nonce)``, so the authoriser
   can tell, without any lookup, that only the registrant writes the record
   itself (a second ``safety.person`` by the same author and nonce corrects it:
-  last writer wins over the whole record).
+  last writer wins over the whole record).  A lost device's successor corrects
+  the records its predecessor registered: its ``safety.person`` names the
+  registrant (``o``), so the authoriser still checks the id without a lookup,
+  and the registry takes the correction only while the key registry says the
+  author continues the registrant (``succeeds``, checked when the record is
+  read, so a statement that arrives after the correction still counts); the
+  correction's status, place and note are an entry like a note's.
 * ``safety.note`` -- a note about person id ``doc_id``: status, place and/or
   text, plus the note author's display name.  Any key may write one.
 
@@ -37,10 +43,11 @@ import enum
 import hashlib
 import logging
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from library_replica.ops import (
+    AUTHOR_KEY_LEN,
     DOC_ID_LEN,
     OpLike,
     Refused,
@@ -160,10 +167,11 @@ class _Person:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """The registration or one note: who wrote it, when, and what it says."""
+    """The registration, a successor's correction or one note: who wrote it, when, and what
+    it says."""
 
     op_id: bytes
-    kind: str  #: "registered" or "note"
+    kind: str  #: "registered", "corrected" or "note"
     author: bytes
     author_name: str
     hlc: int
@@ -184,8 +192,9 @@ class PersonView:
     name: str
     reading: str
     contact: str
-    registrant: bytes
+    registrant: bytes  #: the key the person id derives from (successors correct it)
     entries: tuple[Entry, ...]
+    nonce: bytes = b""
 
     @property
     def status(self) -> str:
@@ -199,7 +208,8 @@ class PersonView:
 
     @property
     def registered(self) -> Entry:
-        return next(e for e in self.entries if e.kind == "registered")
+        """The registrant's entry (a successor's correction until that arrives)."""
+        return next((e for e in self.entries if e.kind == "registered"), self.entries[0])
 
     @property
     def updated_hlc(self) -> int:
@@ -211,6 +221,7 @@ class _Parsed:
     person: _Person | None
     entry_fields: tuple[str | None, str | None, str | None]  # status, place, note
     by: str
+    registrant: bytes = b""  #: a person record's: the author, or the key it corrects for
 
 
 def _parse(op: OpLike) -> _Parsed:
@@ -232,9 +243,15 @@ def _parse(op: OpLike) -> _Parsed:
                                required=True)
             reading = check_reading(f.str("r", max_len=MAX_READING * 4))
             contact = _check_text("contact", f.str("c", max_len=MAX_CONTACT * 4), MAX_CONTACT)
-            if op.doc_id != person_id(op.author, nonce):
-                raise Refused("not_owner", "a person record is written only by its registrant")
-            return _Parsed(_Person(name, reading, contact, nonce), (status, place, note), by)
+            registrant = f.opt_bytes("o", size=AUTHOR_KEY_LEN)
+            if registrant == op.author:
+                raise ValueError("o names the author itself")
+            registrant = registrant or op.author
+            if op.doc_id != person_id(registrant, nonce):
+                raise Refused("not_owner", "a person record is written only by its registrant"
+                              " (or a successor naming it)")
+            return _Parsed(_Person(name, reading, contact, nonce), (status, place, note), by,
+                           registrant)
         if status is None and place is None and note is None:
             raise ValueError("an empty note")
     except (DecodeError, ValueError) as exc:
@@ -260,11 +277,16 @@ def _body(by: str, status: str | None, place: str | None, note: str | None) -> d
 
 
 def prepare_person(author: bytes, nonce: bytes, *, by: str, name: str, reading: str = "",
-                   status: str = Status.UNKNOWN.value, place: str = "", note: str = "",
-                   contact: str = "") -> tuple[bytes, bytes]:
-    """(person id, body) of a ``safety.person`` op; raises ``LocalProtocolError`` on bad input."""
+                   status: str | None = Status.UNKNOWN.value, place: str = "", note: str = "",
+                   contact: str = "", registrant: bytes | None = None) -> tuple[bytes, bytes]:
+    """(person id, body) of a ``safety.person`` op; raises ``LocalProtocolError`` on bad input.
+
+    ``registrant``: a successor's correction of the record ``registrant`` registered with
+    ``nonce`` (``author`` is the successor's key)."""
     if len(nonce) != NONCE_LEN:
         raise LocalProtocolError(f"nonce of {NONCE_LEN} bytes expected")
+    if registrant is not None and (len(registrant) != AUTHOR_KEY_LEN or registrant == author):
+        raise LocalProtocolError("registrant is another 32-byte key")
     try:
         body = _body(by[:MAX_BY], status, place, note)
         body.update({"i": nonce, "n": _check_text("name", name, MAX_NAME, required=True),
@@ -272,7 +294,9 @@ def prepare_person(author: bytes, nonce: bytes, *, by: str, name: str, reading: 
                      "c": _check_text("contact", contact, MAX_CONTACT)})
     except ValueError as exc:
         raise LocalProtocolError(str(exc)) from None
-    return person_id(author, nonce), encode_body(body)
+    if registrant is not None:
+        body["o"] = registrant
+    return person_id(registrant or author, nonce), encode_body(body)
 
 
 def prepare_note(*, by: str, status: str | None = None, place: str = "",
@@ -287,18 +311,29 @@ def prepare_note(*, by: str, status: str | None = None, place: str = "",
     return encode_body(body)
 
 
-class SafetyRegistry:
-    """Materialised person records and notes (see the module docstring)."""
+_Write = tuple[tuple[int, bytes, bytes], bytes, _Person, Entry]
 
-    def __init__(self) -> None:
+
+class SafetyRegistry:
+    """Materialised person records and notes (see the module docstring).
+
+    ``succeeds(later, earlier)`` is True when key ``later`` continues the records of key
+    ``earlier`` (``KeyRegistry.continues``); without it no correction counts.
+    """
+
+    def __init__(self, succeeds: Callable[[bytes, bytes], bool] | None = None) -> None:
+        self._succeeds = succeeds
         # person id -> (order key, registrant, person fields, registration entry)
-        self._people: dict[bytes, tuple[tuple[int, bytes, bytes], bytes, _Person, Entry]] = {}
+        self._people: dict[bytes, _Write] = {}
+        # person id -> corrector -> (order key, registrant, person fields, entry): the newest
+        # correction of each key naming the registrant, taken while it succeeds it
+        self._corrections: dict[bytes, dict[bytes, _Write]] = {}
         self._notes: dict[bytes, dict[bytes, Entry]] = {}
         self._changed: set[bytes] = set()
         self.drops = DropCounter(log)
 
     def __len__(self) -> int:
-        return len(self._people)
+        return len(self.ids())
 
     def apply(self, op: OpLike) -> bool:
         """Merge one op; False (counted, logged once) when refused."""
@@ -308,7 +343,14 @@ class SafetyRegistry:
             self.drops.drop(exc.reason, op.author.hex()[:8], exc.detail)
             return False
         status, place, note = p.entry_fields
-        if p.person is not None:
+        if p.person is not None and p.registrant != op.author:  # a successor's correction
+            entry = Entry(op.op_id, "corrected", op.author, p.by, op.hlc, status, place, note)
+            key = order_key(op)
+            by_author = self._corrections.setdefault(op.doc_id, {})
+            old = by_author.get(op.author)
+            if old is None or key > old[0]:
+                by_author[op.author] = (key, p.registrant, p.person, entry)
+        elif p.person is not None:
             entry = Entry(op.op_id, "registered", op.author, p.by, op.hlc, status, place, note)
             key = order_key(op)
             cur = self._people.get(op.doc_id)
@@ -320,27 +362,46 @@ class SafetyRegistry:
         self._changed.add(op.doc_id)
         return True
 
+    def _accepted(self, pid: bytes) -> list[_Write]:
+        """The corrections of ``pid`` whose authors continue its registrant now."""
+        succeeds = self._succeeds
+        if succeeds is None:
+            return []
+        return [w for author, w in self._corrections.get(pid, {}).items()
+                if succeeds(author, w[1])]
+
     def get(self, pid: bytes) -> PersonView | None:
-        """The record of person ``pid`` with its notes, or None (unknown, or only notes so far)."""
+        """The record of person ``pid`` with its notes, or None (unknown, or only notes so far).
+
+        Name, reading and contact are the newest write of the registrant or a successor."""
+        writes = self._accepted(pid)
         cur = self._people.get(pid)
-        if cur is None:
+        if cur is not None:
+            writes.append(cur)
+        if not writes:
             return None
-        _, registrant, person, reg = cur
-        entries = [reg, *self._notes.get(pid, {}).values()]
+        _, registrant, person, _ = max(writes, key=lambda w: w[0])
+        entries = [w[3] for w in writes] + list(self._notes.get(pid, {}).values())
         entries.sort(key=lambda e: (e.hlc, e.author, e.op_id))
         return PersonView(pid, person.name, person.reading, person.contact, registrant,
-                          tuple(entries))
+                          tuple(entries), person.nonce)
 
     def people(self) -> Iterator[PersonView]:
         """Every person record (in no particular order)."""
-        for pid in list(self._people):
+        for pid in self.ids():
             view = self.get(pid)
             if view is not None:
                 yield view
 
     def ids(self) -> list[bytes]:
-        """Every person id."""
-        return list(self._people)
+        """Every person id (records known only by a successor's correction included)."""
+        return list(self._people) + [pid for pid in self._corrections
+                                     if pid not in self._people and self._accepted(pid)]
+
+    def successors_changed(self) -> int:
+        """Who continues whom changed: mark every corrected record changed; how many."""
+        self._changed |= self._corrections.keys()
+        return len(self._corrections)
 
     def drain_changed(self) -> set[bytes]:
         """Person ids touched since the last call (records with no registration yet included)."""

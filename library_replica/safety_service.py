@@ -17,6 +17,11 @@ Control methods (documented with the commands in docs/cli.md):
 
 * ``safety.add`` {name, reading?, status?, place?, note?, contact?} -> a person
 * ``safety.note`` {id, status?, place?, note?} -> the person
+* ``safety.correct`` {id, name?, reading?, status?, place?, note?, contact?} -> the person:
+  a new ``safety.person`` for the record, by its registrant or by a successor of the
+  registrant's key (a lost device's new one, ``KeyRegistry.continues``: the ``succeeds``
+  the service is built with); what is not given keeps its value (the current status and
+  place are restated: the correction is the newest entry)
 * ``safety.search`` {query, limit?} -> {query, count, people}
 * ``safety.show`` {id} -> a person
 * ``safety.publish`` {op: hex} -> {op_id, result, person}: a ``safety.person`` or
@@ -106,13 +111,16 @@ class SafetyNodeService:
     """``NodeService`` for the safety registry (see the module docstring)."""
 
     def __init__(self, node: NodeApi, store: OpStore, *,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 succeeds: Callable[[bytes, bytes], bool] | None = None) -> None:
         self.node = node
         self.store = store
         self._wall = wall_clock
         self._ident = node.identity
         self._author = node.identity.ed25519_pub
-        self.registry = SafetyRegistry()
+        self._succeeds = succeeds
+        self.registry = SafetyRegistry(succeeds)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.index = SafetyIndex(Path(node.state_dir) / SAFETY_INDEX_NAME)
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
@@ -125,6 +133,7 @@ class SafetyNodeService:
 
     def handlers(self) -> Mapping[str, ControlHandler]:
         return {"safety.add": self._h_add, "safety.note": self._h_note,
+                "safety.correct": self._h_correct,
                 "safety.search": self._h_search, "safety.show": self._h_show,
                 "safety.publish": self._h_publish}
 
@@ -145,6 +154,9 @@ class SafetyNodeService:
 
     async def close(self) -> None:
         self._unsubscribe()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         async with self._lock:
             await asyncio.to_thread(self.index.close)
 
@@ -174,11 +186,24 @@ class SafetyNodeService:
         self.index.remove_many(stale)
         return self.index.upsert_many(views) + len(stale)
 
+    def successors_changed(self) -> None:
+        """Who continues whom changed (the library service's trust moved): records a
+        successor corrected are read, and indexed, again."""
+        if not self.registry.successors_changed() or self._replaying:
+            return  # (the replay's refresh, then its _index_changed, see them)
+        task = asyncio.get_running_loop().create_task(self._index_changed())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _index_changed(self) -> None:
         changed = self.registry.drain_changed()
-        views = [v for v in (self.registry.get(pid) for pid in changed) if v is not None]
-        if views:
+        found = {pid: self.registry.get(pid) for pid in changed}
+        views = [v for v in found.values() if v is not None]
+        gone = {pid for pid, v in found.items() if v is None}  # a correction no longer counts
+        if views or gone:
             async with self._lock:
+                if gone:
+                    await asyncio.to_thread(self.index.remove_many, gone)
                 await asyncio.to_thread(self.index.upsert_many, views)
         if changed:
             ids = sorted(pid.hex() for pid in changed)
@@ -251,6 +276,37 @@ class SafetyNodeService:
         except LocalProtocolError as exc:
             raise _bad(str(exc)) from None
         await self._submit(KIND_NOTE, pid, body)
+        return self._view(pid)
+
+    async def _h_correct(self, params: dict[str, Any]) -> dict[str, Any]:
+        await self._ready.wait()
+        pid = self._resolve(params)
+        view = self.registry.get(pid)
+        assert view is not None  # _resolve found it
+        registrant: bytes | None = None
+        if view.registrant != self._author:
+            if self._succeeds is None or not self._succeeds(self._author, view.registrant):
+                raise _bad("only its registrant corrects a registration (or the registrant's "
+                           "successor, once a statement names this node's key): add a note "
+                           "(safety note) instead")
+            registrant = view.registrant
+        given = {k: _text(params, k) for k in ("name", "reading", "status", "place", "note",
+                                              "contact") if params.get(k) not in (None, "")}
+        if not given:
+            raise _bad("nothing to correct: give a name, reading, status, place, note or "
+                       "contact")
+        try:
+            _, body = prepare_person(
+                self._author, view.nonce, by=self.node.name,
+                name=given.get("name", view.name), reading=given.get("reading", view.reading),
+                # the correction is the newest entry: it restates the current status and
+                # place unless new ones are given
+                status=given.get("status", view.status), place=given.get("place", view.place),
+                note=given.get("note", ""), contact=given.get("contact", view.contact),
+                registrant=registrant)
+        except LocalProtocolError as exc:
+            raise _bad(str(exc)) from None
+        await self._submit(KIND_PERSON, pid, body)
         return self._view(pid)
 
     async def _h_publish(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,15 @@ def _setup(p: argparse.ArgumentParser) -> None:
     note.add_argument("--status", required=True, metavar="S", help=" | ".join(STATUSES))
     note.add_argument("--at", default="", metavar="PLACE")
     note.add_argument("--note", default="", metavar="TEXT")
+    fix = sub.add_parser("correct", help="correct a registration (its registrant, or the "
+                                         "successor of a lost device that registered it)")
+    fix.add_argument("id", metavar="ID")
+    fix.add_argument("--name", default="", metavar="NAME")
+    fix.add_argument("--reading", default="", metavar="KANA")
+    fix.add_argument("--status", default="", metavar="S", help=" | ".join(STATUSES))
+    fix.add_argument("--at", default="", metavar="PLACE")
+    fix.add_argument("--note", default="", metavar="TEXT")
+    fix.add_argument("--contact", default="", metavar="TEXT")
     search = sub.add_parser("search", help="find people by name or reading (kana, kanji, "
                                            "part of a name)")
     search.add_argument("text", metavar="TEXT")
@@ -76,7 +85,8 @@ def _show_person(p: dict[str, Any], out: Output) -> None:
                  + " ".join(parts))
 
 
-@register("safety", "safety registry: register people, add notes, search by name", _setup)
+@register("safety", "safety registry: register people, add notes, correct, search by name",
+          _setup)
 async def _safety(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
     res: Any
     if args.action == "add":
@@ -93,6 +103,11 @@ async def _safety(client: ControlClient, args: argparse.Namespace, out: Output) 
         res = await client.call("safety.note", {"id": args.id, "status": args.status,
                                                 "place": args.at, "note": args.note},
                                 timeout=CALL_TIMEOUT_S)
+    elif args.action == "correct":
+        res = await client.call("safety.correct", {
+            "id": args.id, "name": args.name, "reading": args.reading, "status": args.status,
+            "place": args.at, "note": args.note, "contact": args.contact},
+            timeout=CALL_TIMEOUT_S)
     elif args.action == "show":
         res = await client.call("safety.show", {"id": args.id}, timeout=CALL_TIMEOUT_S)
     else:

@@ -397,6 +397,12 @@ async def _dealer(client: ControlClient, args: argparse.Namespace, out: Output) 
         res = await client.call("trust.submit", {"kind": KIND_MEMBER, "body": body.hex()},
                                 timeout=CALL_TIMEOUT_S)
         return _submit_doc(res, out, f"member certificate for {key.hex()[:16]}…")
+    if not any(c.get("member") == key.hex() and c.get("dealer") == dealer.hex()
+               for c in cur.get("certified") or []):
+        # checked before anything is signed (the successor's certificate goes first)
+        return out.fail(ExitCode.FAILED, f"{key.hex()} holds no certificate of this dealer "
+                        "here: a dealer revokes only the members it enrolled (or the root "
+                        "does: --root-key)")
     if args.successor is not None:  # re-enrolment: the new device is a member of this dealer
         _, body = prepare_member_certificate(secret.sign, dealer, args.successor, root=root,
                                              trust_version=version, issued_ms=now_ms)
@@ -602,6 +608,9 @@ async def _authority(client: ControlClient, args: argparse.Namespace, out: Outpu
           "join, authority add|remove, member add|remove, revoke, key new, statement, "
           "publish, web-ca, web-cert)", _setup)
 async def _trust(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "revoke" and args.successor is not None and args.successor == args.key:
+        # checked before anything is signed (the configuration would list KEY as a member)
+        return out.fail(ExitCode.USAGE, "a key is not its own successor")
     if args.action in ("member", "revoke") and getattr(args, "authority_key", None):
         return await _dealer(client, args, out)
     if args.action in ("authority", "member", "revoke"):

@@ -8,8 +8,10 @@ successor (`trust statement --spare DIR`), kept offline.  The phone is lost: the
 publishes the statement from the car (`trust publish`).  Every node closes the phone's
 links; a thief writing with the phone's key from another device (mal) is refused
 (`revoked`); the owner's new device, started on the spare identity, carries on the
-phone's person record at the car.  Then the dealer retires: the root removes it from its
-role (`authority remove`, no `--revoke`), and its members move to the root's list.
+phone's person record at the car, and corrects the safety registration the phone made
+(a correction from the car, which is not the phone's successor, is refused).  Then the
+dealer retires: the root removes it from its role (`authority remove`, no `--revoke`), and
+its members move to the root's list.
 
 Links: ann -- car, pho -- car, pho -- ann; later mal -- car and new -- car.
 """
@@ -125,6 +127,12 @@ def test_an_owner_revokes_a_lost_phone_and_its_successor_carries_on() -> None:
             "--field", "name=Aiko")
         _eventually(car, lambda r: any(x["owner"] == k["pho"] for x in r["records"]),
                     "situation", "list", "--kind", "person", what="the car has Aiko's record")
+        # the phone also registered her grandmother in the safety registry
+        grandma = _ok(pho, "safety", "add", "Sato Hana", "--status", "needs_help")["id"]
+        _eventually(car, lambda r: r["name"] == "Sato Hana", "safety", "show", grandma,
+                    what="the car has the registration")
+        rc, res = car.meshctl("safety", "correct", grandma, "--name", "Sato Hanako")
+        assert rc == 2 and "registrant" in res["error"]["message"]  # the car is not its owner
 
         # the phone is lost: the owner publishes the statement from the car
         pub = _ok(car, "trust", "publish", str(stmt))
@@ -166,6 +174,17 @@ def test_an_owner_revokes_a_lost_phone_and_its_successor_carries_on() -> None:
         assert aiko[0]["fields"] == {"safety": "safe", "name": "Aiko"}  # the name carried on
         assert "new" in car.neighbours()
         assert forged.hex() not in {x.get("op_id") for x in recs}
+        # and corrects the safety registration the lost phone made
+        _eventually(new, lambda r: r["name"] == "Sato Hana", "safety", "show", grandma,
+                    what="the new device has the registration")
+        fixed = _ok(new, "safety", "correct", grandma, "--name", "Sato Hanako", "--status",
+                    "safe")
+        assert fixed["registered_by"]["key"] == k["pho"] and fixed["status"] == "safe"
+        seen = _eventually(car, lambda r: r["name"] == "Sato Hanako" and r, "safety", "show",
+                           grandma, what="the car shows the correction")
+        assert [(n["kind"], n["author"]) for n in seen["notes"]] == [
+            ("registered", k["pho"]), ("corrected", successor)]
+        assert _ok(car, "safety", "search", "Hanako")["count"] == 1
 
         # the dealer retires: the root removes it from its role (not revoked); its members,
         # and the lost phone's successor, move to the root's list; the phone stays revoked

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from library_replica.keycerts import KeyRegistry, KeyStatement, Rank
 from library_replica.ops import LibraryError, Refused, encode_body
 from library_replica.safety import (
     KIND_NOTE,
@@ -29,7 +30,7 @@ T0 = 1_790_000_000_000
 
 def _register(desk: Author, at: int, name: str, reading: str = "", **kw: str):  # type: ignore[no-untyped-def]
     pid, body = prepare_person(desk.pub, os.urandom(16), by="desk", name=name, reading=reading,
-                               **kw)
+                               **kw)  # type: ignore[arg-type]
     return pid, desk.op(KIND_PERSON, pid, body, hlc(at))
 
 
@@ -123,6 +124,87 @@ def test_a_note_before_its_record_waits_and_a_record_only_its_registrant_writes(
                                                               name="鈴木 健一")[1],
                              hlc(T0 + 10)))
     assert reg.get(pid).name == "鈴木 健一"  # type: ignore[union-attr]
+
+
+def test_a_successor_corrects_its_predecessors_registration() -> None:
+    """A lost phone (OLD) registered a person; the owner's new device (NEW), named its
+    successor by a key statement, corrects the record; a stranger naming OLD cannot."""
+    old, new, stranger = Author(), Author(), Author()
+    keys = KeyRegistry()
+    reg = SafetyRegistry(keys.continues)
+    nonce = b"n" * 16
+    pid, body = prepare_person(old.pub, nonce, by="phone", name="佐藤 花", status="safe",
+                               place="体育館")
+    assert reg.apply(old.op(KIND_PERSON, pid, body, hlc(T0)))
+    reg.drain_changed()
+    note = stranger.op(KIND_NOTE, pid, prepare_note(by="desk", status="injured"), hlc(T0 + 1))
+    assert reg.apply(note)
+    # the correction names the registrant: its id checks without a lookup
+    cpid, cbody = prepare_person(new.pub, nonce, by="new phone", name="佐藤 花子",
+                                 reading="さとう はなこ", status="injured", place="病院",
+                                 registrant=old.pub)
+    assert cpid == pid
+    fix = new.op(KIND_PERSON, pid, cbody, hlc(T0 + 2))
+    authorize_safety(fix, T0)
+    forged = stranger.op(KIND_PERSON, pid, prepare_person(
+        stranger.pub, nonce, by="x", name="偽物", registrant=old.pub)[1], hlc(T0 + 3))
+    assert reg.apply(fix) and reg.apply(forged)
+    # no statement yet: neither counts (the record is OLD's)
+    v = reg.get(pid)
+    assert v is not None and v.name == "佐藤 花" and v.registrant == old.pub
+    assert [e.kind for e in v.entries] == ["registered", "note"]
+    # the statement arrives after the correction: read again, NEW's correction counts
+    keys.add_statement(KeyStatement(old.pub, old.pub, new.pub, T0), Rank.SELF)
+    assert reg.successors_changed() == 1 and reg.drain_changed() == {pid}
+    v = reg.get(pid)
+    assert v is not None and (v.name, v.reading, v.status, v.place) == (
+        "佐藤 花子", "さとう はなこ", "injured", "病院")
+    assert v.registrant == old.pub and v.registered.author == old.pub
+    assert [(e.kind, e.author) for e in v.entries] == [
+        ("registered", old.pub), ("note", stranger.pub), ("corrected", new.pub)]
+    # OLD cannot correct for NEW (the chain runs one way), NEW is not its own predecessor
+    assert not keys.continues(old.pub, new.pub) and not keys.continues(new.pub, new.pub)
+    # a contested successor (a thief signs another with the stolen key): nobody corrects
+    keys.add_statement(KeyStatement(old.pub, old.pub, stranger.pub, T0), Rank.SELF)
+    v = reg.get(pid)
+    assert v is not None and v.name == "佐藤 花" and len(v.entries) == 2
+    # the dealer names NEW: it wins over self-signed statements
+    keys.add_statement(KeyStatement(old.pub, Author().pub, new.pub, T0), Rank.DEALER)
+    assert reg.get(pid).name == "佐藤 花子"  # type: ignore[union-attr]
+    # a successor's successor corrects too (the chain of devices), and a correction seen
+    # before the registration shows the record
+    newer = Author()
+    keys.add_statement(KeyStatement(new.pub, new.pub, newer.pub, T0), Rank.SELF)
+    assert keys.continues(newer.pub, old.pub)
+    nonce2 = b"m" * 16
+    pid2, b2 = prepare_person(newer.pub, nonce2, by="n", name="伊藤", registrant=old.pub)
+    reg2 = SafetyRegistry(keys.continues)
+    assert reg2.apply(newer.op(KIND_PERSON, pid2, b2, hlc(T0)))
+    assert reg2.ids() == [pid2] and reg2.get(pid2).registrant == old.pub  # type: ignore[union-attr]
+    # without a key registry no correction counts
+    reg3 = SafetyRegistry()
+    reg3.apply(newer.op(KIND_PERSON, pid2, b2, hlc(T0 + 1)))
+    assert reg3.ids() == [] and reg3.get(pid2) is None
+
+
+def test_a_correction_naming_a_registrant_is_checked_like_a_registration() -> None:
+    old, new = Author(), Author()
+    nonce = b"k" * 16
+    pid, body = prepare_person(new.pub, nonce, by="n", name="x", registrant=old.pub)
+    # the id binds the named registrant: another document is refused
+    with pytest.raises(Refused, match="registrant"):
+        authorize_safety(new.op(KIND_PERSON, person_id(new.pub, nonce), body, hlc(T0)), T0)
+    # naming oneself is malformed; a short key too
+    with pytest.raises(LocalProtocolError):
+        prepare_person(new.pub, nonce, by="n", name="x", registrant=new.pub)
+    with pytest.raises(LocalProtocolError):
+        prepare_person(new.pub, nonce, by="n", name="x", registrant=b"k" * 31)
+    selfref = encode_body({"b": "n", "i": nonce, "n": "x", "r": "", "c": "", "o": new.pub})
+    with pytest.raises(Refused, match="author itself"):
+        authorize_safety(new.op(KIND_PERSON, person_id(new.pub, nonce), selfref, hlc(T0)), T0)
+    short = encode_body({"b": "n", "i": nonce, "n": "x", "r": "", "c": "", "o": b"o" * 31})
+    with pytest.raises(Refused):
+        authorize_safety(new.op(KIND_PERSON, pid, short, hlc(T0)), T0)
 
 
 @pytest.mark.parametrize("body", [
