@@ -19,7 +19,11 @@ listed for about 19 minutes.  We therefore watch each known instance's SRV
 record, which keeps our short TTL: past half its lifetime we ask for it again
 (one multicast query for all such instances, RFC 6762 §5.2), and once it has
 expired unanswered the peer is gone.  A silent departure is noticed within
-about ``ttl_s * 1.25``.  For
+about ``ttl_s * 1.25``.  Peers we hold a live link to are not asked (``linked``):
+the link's own hellos prove them alive, and those queries and their answers were
+most of an idle link's traffic.  Their SRV records may expire meanwhile; when the
+link goes, such a peer is asked once more and forgotten only if that query goes
+unanswered until the next check (about ``ttl_s / 4``).  For
 each one we resolve the service, parse its TXT record ourselves from the raw
 bytes (size limit first, strict types after; malformed records are dropped,
 counted and logged once), ignore our own service, and pick the advertised
@@ -276,6 +280,10 @@ class PeerTable:
     def __contains__(self, instance: object) -> bool:
         return instance in self._by_instance
 
+    def get(self, instance: str) -> PeerSeen | None:
+        """The peer held under ``instance``, if any."""
+        return self._by_instance.get(instance)
+
     def instances(self) -> list[str]:
         """Service instance names currently held."""
         return list(self._by_instance)
@@ -439,7 +447,8 @@ class Discovery:
 
     def __init__(self, *, node_id: NodeId, name: str, role: str, port: int, interfaces: list[str],
                  on_seen: Callable[[PeerSeen], None], on_gone: Callable[[NodeId], None],
-                 ttl_s: int = DEFAULT_TTL_S) -> None:
+                 ttl_s: int = DEFAULT_TTL_S,
+                 linked: Callable[[NodeId], bool] | None = None) -> None:
         if not 1 <= port <= 65535:
             raise LocalProtocolError(f"port {port} outside 1..65535")
         self._node_id = node_id
@@ -450,6 +459,10 @@ class Discovery:
         self._on_seen = on_seen
         self._on_gone = on_gone
         self._ttl_s = ttl_s
+        self._linked = linked
+        #: instances whose liveness the link vouched for while their SRV record expired:
+        #: False while still linked, True once a last query went out after the link went
+        self._held: dict[str, bool] = {}
         self._table = PeerTable()
         self.drops = DropCounter(log)
         self._aiozc: AsyncZeroconf | None = None
@@ -626,26 +639,51 @@ class Discovery:
                 log.exception("discovery: liveness check failed")
 
     def _check_liveness(self, now_ms: float) -> None:
-        """Forget instances whose SRV record expired; re-query those past half their TTL."""
+        """Forget instances whose SRV record expired; re-query those past half their TTL.
+
+        Instances of linked peers (``linked``) are neither asked nor forgotten: the link
+        proves them alive.  One that expired meanwhile is asked once when its link is gone
+        and forgotten at the next check unless it answered.
+        """
         if self._aiozc is None:
             return
         zc = self._aiozc.zeroconf
-        stale: list[str] = []
-        for name in self._table.instances():
-            live = [r for r in zc.cache.async_all_by_details(name, _TYPE_SRV, _CLASS_IN)
-                    if not r.is_expired(now_ms)]
-            if not live:
-                self._generation.pop(name, None)  # a resolution in flight is now moot
-                self._forget(name, "expired")
-            elif all(r.is_stale(now_ms) for r in live):
-                stale.append(name)
-        if stale:
+        ask = self._liveness_plan(
+            now_ms, lambda name: zc.cache.async_all_by_details(name, _TYPE_SRV, _CLASS_IN))
+        if ask:
             out = DNSOutgoing(_FLAGS_QUERY, multicast=True)
-            for name in stale:
+            for name in ask:
                 out.add_question(DNSQuestion(name, _TYPE_SRV, _CLASS_IN))
             zc.async_send(out)
 
+    def _liveness_plan(self, now_ms: float, srv_records: Callable[[str], Any]) -> list[str]:
+        """One liveness check against ``srv_records(instance)``: forgets the expired
+        instances and returns those to ask for (zeroconf's cache is passed in for tests)."""
+        ask: list[str] = []
+        linked = self._linked
+        for name in self._table.instances():
+            peer = self._table.get(name)
+            if peer is not None and linked is not None and linked(peer.node_id):
+                if name in self._held or all(r.is_expired(now_ms) for r in srv_records(name)):
+                    self._held[name] = False  # expired while the link vouched for it
+                continue
+            live = [r for r in srv_records(name) if not r.is_expired(now_ms)]
+            if live:
+                self._held.pop(name, None)
+                if all(r.is_stale(now_ms) for r in live):
+                    ask.append(name)
+                continue
+            if self._held.get(name) is False:  # its link just went: ask once more
+                self._held[name] = True
+                ask.append(name)
+                continue
+            self._held.pop(name, None)
+            self._generation.pop(name, None)  # a resolution in flight is now moot
+            self._forget(name, "expired")
+        return ask
+
     def _forget(self, name: str, why: str = "goodbye") -> None:
+        self._held.pop(name, None)
         gone = self._table.remove(name)
         if gone is None:
             return

@@ -295,7 +295,8 @@ class Node:
         discovery = Discovery(
             node_id=self.identity.node_id, name=self.name, role=self.config.role.value,
             port=self.listening[0][1], interfaces=list(usable),
-            on_seen=self._on_peer_seen, on_gone=self._on_peer_gone)
+            on_seen=self._on_peer_seen, on_gone=self._on_peer_gone,
+            linked=self.links.is_linked)
         try:
             await discovery.start()
         except (InterfaceError, OSError) as exc:  # the interface went again meanwhile
