@@ -22,6 +22,7 @@ from meshd.discovery import (
     SERVICE_TYPE,
     Discovery,
     InterfaceError,
+    InterfaceWatch,
     PeerSeen,
     PeerTable,
     encode_txt,
@@ -626,3 +627,29 @@ def test_liveness_goodbye_of_a_linked_peer_still_removes_it() -> None:
     assert gone == [ID_A]
     assert plan(d, 30_000, records) == []
     assert d._held == {}
+
+
+async def test_interface_watch_without_netlink_looks_every_interval_and_reports_changes() -> None:
+    IfAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    reads: list[int] = []
+    changes: list[dict[str, list[IfAddr]]] = []
+    addr: list[IfAddr] = [iface("10.77.0.1/24")]
+    looked = asyncio.Event()
+
+    def read(names: list[str]) -> tuple[dict[str, list[IfAddr]], dict[str, str]]:
+        reads.append(1)
+        if len(reads) >= 5:
+            looked.set()
+        return ({"to-b": addr} if len(reads) >= 3 else {}), {}
+
+    async def on_change(usable: dict[str, list[IfAddr]]) -> None:
+        changes.append(usable)
+
+    watch = InterfaceWatch(["to-b"], on_change, interval_s=0.001, netlink=False, read=read)
+    assert await watch.check()
+    task = asyncio.ensure_future(watch.run())
+    try:
+        await asyncio.wait_for(looked.wait(), 30)
+    finally:
+        task.cancel()
+    assert changes == [{}, {"to-b": addr}]
