@@ -20,6 +20,13 @@ Every figure has a baseline measured in the same run:
   is SIGKILLed; the outage is the time from the kill to the first ping sent after it
   that is answered (target 2 s; a neighbour is lost 2 s after its last hello).
 
+Bytecode: the daemons and the import baseline run with compiled bytecode, as an installed
+node has it (``pip install`` writes ``.pyc`` files): the bench compiles every module once
+into a private cache (``PYTHONPYCACHEPREFIX`` in a temporary directory, removed on exit)
+before anything is timed, because a development shell may set ``PYTHONDONTWRITEBYTECODE``
+and then each start compiles the project's modules from source again (``--from-source``
+measures that).
+
 Bounded: at most about ``settle + seconds + 60`` s per topology.
 """
 
@@ -248,6 +255,7 @@ async def idle(mesh: Mesh, seconds: float) -> dict[str, Any]:
         how = "QUIC payload bytes, both ways"
     return {"cpu_pct": median(cpu), "cpu_pct_max": round(max(cpu), 3),
             "rss_mb": median([m[0] for m in mem]),
+            "rss_mb_each": [round(m[0], 1) for m in mem],
             "pss_mb": median([m[1] for m in mem if m[1] is not None]),
             "bytes_per_link_s": round(per_link[0], 1), "bytes_how": how,
             "quic_payload_bytes_per_link_s": round(quic, 1),
@@ -291,6 +299,110 @@ def forwarder_baseline(net: DevNet, nodes: list[NetNode]) -> dict[str, Any]:
             "rtt_3hop_ms": None if m3 is None else round(m3, 3), "per_relay_hop_ms": hop}
 
 
+async def call_memory(mesh: Mesh, idle_rss: list[float], limit: float = 60.0) -> dict[str, Any]:
+    """RSS with one active call: ann calls dan (3 hops, a tone), dan answers; sampled once
+    audio flows both ways, beside each node's idle RSS; the relay bob too."""
+    a, relay, d = mesh.nodes[0], mesh.nodes[1], mesh.nodes[3]
+    t0 = time.monotonic()
+    placed = await call(a.state, "call", {"node": d.name, "play": "tone:440"}, timeout=20)
+    call_id = placed["call_id"]
+    answered = False
+    while time.monotonic() - t0 < limit:
+        if not answered:
+            with contextlib.suppress(ControlError):
+                for c in (await call(d.state, "calls"))["calls"]:
+                    if c["call_id"] == call_id and c["state"] == "ringing":
+                        await call(d.state, "answer", {"call": call_id, "play": "tone:660"},
+                                   timeout=20)
+                        answered = True
+        mine = next(c for c in (await call(a.state, "calls"))["calls"] if c["call_id"] == call_id)
+        q = mine.get("quality") or {}
+        if mine["state"] == "active" and (q.get("packets_received") or 0) > 100:
+            break
+        if mine["state"] == "ended":
+            raise RuntimeError(f"call ended: {mine.get('reason')} {mine.get('detail')}")
+        await asyncio.sleep(0.2)
+    else:
+        raise RuntimeError("no call with audio flowing")
+    samples: list[list[float]] = [[], [], []]
+    for _ in range(5):
+        for i, n in enumerate((a, relay, d)):
+            samples[i].append(n.memory_mb()[0])
+        await asyncio.sleep(0.5)
+    with contextlib.suppress(ControlError):
+        await call(a.state, "hangup", {"call": call_id})
+    during = [statistics.median(s) for s in samples]
+    base = [idle_rss[0], idle_rss[1], idle_rss[3]]
+    return {"call_rss_mb": [round(x, 1) for x in during],
+            "call_added_rss_mb": [round(x - b, 1) for x, b in zip(during, base, strict=True)],
+            "call_nodes": [a.name, relay.name, d.name]}
+
+
+STORE = r"""
+import asyncio, json, random, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sync.envelope import NAMESPACE_PRIORITY, create_op
+from sync.store import OpStore
+WALL_S = 1_800_000_000.0
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+async def open_store(path):
+    return await OpStore.open(path, wall_clock=lambda: WALL_S, verify_workers=0,
+                              authorizers={ns: (lambda op, wall: None) for ns in NAMESPACE_PRIORITY})
+async def main():
+    path, n = Path(sys.argv[1]), int(sys.argv[2])
+    if not path.exists():  # n signed ops of 50 authors, bodies of 60-400 bytes
+        rng = random.Random(7)
+        keys = [Ed25519PrivateKey.generate() for _ in range(50)]
+        heads = {}
+        hlc0 = int((WALL_S - 86400) * 1000) << 16
+        store = await open_store(path)
+        batch = []
+        for i in range(n):
+            a = rng.randrange(len(keys))
+            seq, prev = heads.get(a, (0, None))
+            op = create_op(keys[a], kind=f"{rng.choice(NAMESPACE_PRIORITY)}.edit",
+                           doc_id=rng.randbytes(16), body=rng.randbytes(rng.randrange(60, 400)),
+                           seq=seq + 1, prev=prev, hlc=hlc0 + (i << 8))
+            heads[a] = (seq + 1, op.op_id)
+            batch.append(op.raw)
+            if len(batch) == 512 or i == n - 1:
+                await store.apply_remote(batch)
+                batch = []
+        await store.close()
+        return
+    empty = await open_store(path.with_name("empty.db"))
+    before = rss()
+    store = await open_store(path)
+    held = len(store)
+    after = rss()
+    await store.close()
+    await empty.close()
+    print(json.dumps({"ops": held, "rss_before_mb": round(before, 1),
+                      "rss_after_mb": round(after, 1)}))
+asyncio.run(main())
+"""
+
+
+def store_memory(n: int) -> dict[str, Any]:
+    """What opening a store of ``n`` ops adds to a process's RSS (a fresh process that has
+    opened an empty store first, so the code and SQLite are loaded on both sides)."""
+    top = str(Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory(prefix="cmfpstore") as tmp:
+        path = Path(tmp) / "ops.db"
+        subprocess.run([PY, "-c", STORE, str(path), str(n), top], check=True,
+                       stdout=subprocess.DEVNULL, timeout=1800)
+        r = subprocess.run([PY, "-c", STORE, str(path), str(n), top], check=True,
+                           capture_output=True, text=True, timeout=600)
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    out["store_added_rss_mb"] = round(out["rss_after_mb"] - out["rss_before_mb"], 1)
+    return out
+
+
 async def reroute(mesh: Mesh) -> dict[str, Any]:
     a = mesh.nodes[0]
     dan = mesh.nodes[3].name
@@ -331,6 +443,18 @@ async def reroute(mesh: Mesh) -> dict[str, Any]:
             "pings": len(results), "answered": sum(ok for _, ok in results)}
 
 
+def use_bytecode_cache(root: Path) -> None:
+    """Let this process's children read and write bytecode in ``root`` (see the docstring),
+    and fill it once: the project's packages compiled, the daemon's imports run."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(root)
+    top = Path(__file__).resolve().parent.parent
+    packages = ["carmesh", "meshd", "sync", "library_replica", "voice", "web", "tui"]
+    subprocess.run([PY, "-m", "compileall", "-q", *[str(top / p) for p in packages]],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([PY, "-c", IMPORTS], check=True)
+
+
 def import_baseline(runs: int = 3) -> float | None:
     ts = []
     for _ in range(runs):
@@ -350,9 +474,12 @@ async def run_line(net: DevNet | None, args: argparse.Namespace) -> dict[str, An
         hop = await per_hop(mesh)
         await asyncio.sleep(args.settle)
         idle_res = await idle(mesh, args.seconds)
+        call_res = (await call_memory(mesh, idle_res["rss_mb_each"])
+                    if net is not None and args.call else {})
     finally:
         mesh.close()
-    out = {"ready_s": median(ready), "first_3hop_reply_s": round(reply, 3), **hop, **idle_res}
+    out = {"ready_s": median(ready), "first_3hop_reply_s": round(reply, 3), **hop, **idle_res,
+           **call_res}
     if net is not None and nodes is not None:
         out["forwarder"] = forwarder_baseline(net, nodes)
     return out
@@ -377,9 +504,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=25.0,
                    help="quiet seconds before the idle window (hellos slow down; default 25)")
     p.add_argument("--loopback", action="store_true", help="no namespaces even as root")
+    p.add_argument("--no-call", dest="call", action="store_false",
+                   help="skip the RSS of one active call (namespaces only)")
+    p.add_argument("--store-ops", type=int, default=100_000,
+                   help="ops in the store whose RSS is measured (0: skip; default 100000)")
+    p.add_argument("--from-source", action="store_true",
+                   help="no bytecode cache: compile from source at each start if the "
+                        "environment says so (PYTHONDONTWRITEBYTECODE)")
     args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="cmpyc") as pyc:
+        if not args.from_source:
+            use_bytecode_cache(Path(pyc))
+        return run_all(args)
+
+
+def run_all(args: argparse.Namespace) -> int:
     why = "--loopback" if args.loopback else have_netns()
-    res: dict[str, Any] = {"namespaces": why is None, "import_baseline_s": import_baseline()}
+    res: dict[str, Any] = {"namespaces": why is None, "bytecode": not args.from_source,
+                           "import_baseline_s": import_baseline()}
     if why is None:
         with DevNet() as net:
             res["line"] = asyncio.run(run_line(net, args))
@@ -388,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         res["skipped"] = f"namespaces: {why}"
         res["line"] = asyncio.run(run_line(None, args))
+    if args.store_ops:
+        res["store"] = store_memory(args.store_ops)
     line = res["line"]
     rows = [
         ("interpreter importing the daemon's modules (baseline)", f"{res['import_baseline_s']} s"),
@@ -407,6 +551,16 @@ def main(argv: list[str] | None = None) -> int:
         fw = line["forwarder"]
         rows.append(("bare uvloop UDP forwarder: RTT 1 / 3 hops, per relay hop (baseline)",
                      f"{fw['rtt_1hop_ms']} / {fw['rtt_3hop_ms']} ms, {fw['per_relay_hop_ms']} ms"))
+    if "call_added_rss_mb" in line:
+        rows.append(("RSS with one active call: caller / relay / callee (added to idle)",
+                     " / ".join(f"{x} ({y:+})" for x, y in zip(line["call_rss_mb"],
+                                                             line["call_added_rss_mb"],
+                                                             strict=True)) + " MB"))
+    if "store" in res:
+        st = res["store"]
+        rows.append((f"RSS added by opening a store of {st['ops']:,} ops",
+                     f"{st['store_added_rss_mb']} MB ({st['rss_before_mb']} -> "
+                     f"{st['rss_after_mb']} MB)"))
     if "diamond" in res:
         d = res["diamond"]
         rows.append(("silent-relay reroute (diamond, ping every 50 ms)",

@@ -19,7 +19,11 @@ listed for about 19 minutes.  We therefore watch each known instance's SRV
 record, which keeps our short TTL: past half its lifetime we ask for it again
 (one multicast query for all such instances, RFC 6762 §5.2), and once it has
 expired unanswered the peer is gone.  A silent departure is noticed within
-about ``ttl_s * 1.25``.  For
+about ``ttl_s * 1.25``.  Peers we hold a live link to are not asked (``linked``):
+the link's own hellos prove them alive, and those queries and their answers were
+most of an idle link's traffic.  Their SRV records may expire meanwhile; when the
+link goes, such a peer is asked once more and forgotten only if that query goes
+unanswered until the next check (about ``ttl_s / 4``).  For
 each one we resolve the service, parse its TXT record ourselves from the raw
 bytes (size limit first, strict types after; malformed records are dropped,
 counted and logged once), ignore our own service, and pick the advertised
@@ -37,6 +41,7 @@ unit tested; ``Discovery`` is the thin asyncio adapter around zeroconf.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
@@ -276,6 +281,10 @@ class PeerTable:
     def __contains__(self, instance: object) -> bool:
         return instance in self._by_instance
 
+    def get(self, instance: str) -> PeerSeen | None:
+        """The peer held under ``instance``, if any."""
+        return self._by_instance.get(instance)
+
     def instances(self) -> list[str]:
         """Service instance names currently held."""
         return list(self._by_instance)
@@ -386,33 +395,64 @@ def _is_up(ifname: str) -> bool:
     return bool(flags & 0x1)
 
 
+#: netlink multicast groups (linux/rtnetlink.h): links, IPv4 and IPv6 addresses
+_RTMGRP_LINK = 0x1
+_RTMGRP_IPV4_IFADDR = 0x10
+_RTMGRP_IPV6_IFADDR = 0x100
+#: with netlink, the safety look when the kernel reported nothing this long
+NETLINK_FALLBACK_S = 60.0
+#: a change arrives as a burst of messages (link, addresses, routes): one look after it
+_NETLINK_SETTLE_S = 0.05
+
+
+def _open_netlink() -> socket.socket | None:
+    """A non-blocking rtnetlink socket told of link and address changes (None if refused)."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                             socket.NETLINK_ROUTE)
+    except (OSError, AttributeError):
+        return None
+    try:
+        sock.bind((0, _RTMGRP_LINK | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 class InterfaceWatch:
-    """Looks at the named interfaces every ``interval_s`` and reports each change of them.
+    """Looks at the named interfaces when they may have changed and reports each change.
 
     ``on_change(usable)`` (awaited) gets the interfaces that are up with a usable address
     whenever that set or their addresses change, the first time at once.  Interfaces
     that are missing are logged once per reason, and once more when they appear.  Only
-    the named interfaces are read (one ``getifaddrs`` per look), so the cost is bounded.
+    the named interfaces are read (one ``getifaddrs`` per look, about a millisecond of
+    CPU).  On Linux the kernel says when links or addresses change (rtnetlink), so an
+    idle node does not look at all but every ``NETLINK_FALLBACK_S``; elsewhere, or if
+    netlink is refused, it looks every ``interval_s``.
     """
 
     def __init__(self, names: list[str], on_change: Callable[[dict[str, list[IfAddress]]],
                                                              Awaitable[None]], *,
-                 interval_s: float = 2.0,
+                 interval_s: float = 2.0, netlink: bool = True,
                  read: Callable[[list[str]], tuple[dict[str, list[IfAddress]],
                                                    dict[str, str]]] = usable_interfaces) -> None:
         self.names = list(names)
         self.interval_s = interval_s
+        self.netlink = netlink
         self._on_change = on_change
         self._read = read
         self._seen: dict[str, list[str]] | None = None
         self.waiting: dict[str, str] = {}
+        self.looks = 0
 
     async def check(self) -> bool:
         """Look once; True if the usable interfaces changed (and ``on_change`` ran)."""
+        self.looks += 1
         usable, waiting = self._read(self.names)
         for name, why in waiting.items():
             if self.waiting.get(name) != why:
-                log.warning("%s: waiting for it (looking every %g s)", why, self.interval_s)
+                log.warning("%s: waiting for it", why)
         for name in self.waiting.keys() - waiting.keys():
             log.info("interface %r is up: %s", name,
                      ", ".join(str(a) for a in usable.get(name, [])))
@@ -425,10 +465,37 @@ class InterfaceWatch:
         return True
 
     async def run(self) -> None:
-        """Look every ``interval_s`` until cancelled (the first look is ``check`` at start)."""
-        while True:
-            await asyncio.sleep(self.interval_s)
-            await self.check()
+        """Look on every change the kernel reports (or every ``interval_s`` without netlink)
+        until cancelled (the first look is ``check`` at start)."""
+        sock = _open_netlink() if self.netlink else None
+        if sock is None:
+            while True:
+                await asyncio.sleep(self.interval_s)
+                await self.check()
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def readable() -> None:
+            for _ in range(1024):  # drain; what changed does not matter, a look follows
+                try:
+                    sock.recv(65536)
+                except BlockingIOError:
+                    break
+                except OSError:  # ENOBUFS: messages were lost, which still means "look"
+                    break
+            changed.set()
+
+        loop.add_reader(sock.fileno(), readable)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), NETLINK_FALLBACK_S)
+                await asyncio.sleep(_NETLINK_SETTLE_S)
+                changed.clear()
+                await self.check()
+        finally:
+            loop.remove_reader(sock.fileno())
+            sock.close()
 
 
 # --- asyncio adapter --------------------------------------------------------------------------
@@ -439,7 +506,8 @@ class Discovery:
 
     def __init__(self, *, node_id: NodeId, name: str, role: str, port: int, interfaces: list[str],
                  on_seen: Callable[[PeerSeen], None], on_gone: Callable[[NodeId], None],
-                 ttl_s: int = DEFAULT_TTL_S) -> None:
+                 ttl_s: int = DEFAULT_TTL_S,
+                 linked: Callable[[NodeId], bool] | None = None) -> None:
         if not 1 <= port <= 65535:
             raise LocalProtocolError(f"port {port} outside 1..65535")
         self._node_id = node_id
@@ -450,6 +518,10 @@ class Discovery:
         self._on_seen = on_seen
         self._on_gone = on_gone
         self._ttl_s = ttl_s
+        self._linked = linked
+        #: instances whose liveness the link vouched for while their SRV record expired:
+        #: False while still linked, True once a last query went out after the link went
+        self._held: dict[str, bool] = {}
         self._table = PeerTable()
         self.drops = DropCounter(log)
         self._aiozc: AsyncZeroconf | None = None
@@ -626,26 +698,51 @@ class Discovery:
                 log.exception("discovery: liveness check failed")
 
     def _check_liveness(self, now_ms: float) -> None:
-        """Forget instances whose SRV record expired; re-query those past half their TTL."""
+        """Forget instances whose SRV record expired; re-query those past half their TTL.
+
+        Instances of linked peers (``linked``) are neither asked nor forgotten: the link
+        proves them alive.  One that expired meanwhile is asked once when its link is gone
+        and forgotten at the next check unless it answered.
+        """
         if self._aiozc is None:
             return
         zc = self._aiozc.zeroconf
-        stale: list[str] = []
-        for name in self._table.instances():
-            live = [r for r in zc.cache.async_all_by_details(name, _TYPE_SRV, _CLASS_IN)
-                    if not r.is_expired(now_ms)]
-            if not live:
-                self._generation.pop(name, None)  # a resolution in flight is now moot
-                self._forget(name, "expired")
-            elif all(r.is_stale(now_ms) for r in live):
-                stale.append(name)
-        if stale:
+        ask = self._liveness_plan(
+            now_ms, lambda name: zc.cache.async_all_by_details(name, _TYPE_SRV, _CLASS_IN))
+        if ask:
             out = DNSOutgoing(_FLAGS_QUERY, multicast=True)
-            for name in stale:
+            for name in ask:
                 out.add_question(DNSQuestion(name, _TYPE_SRV, _CLASS_IN))
             zc.async_send(out)
 
+    def _liveness_plan(self, now_ms: float, srv_records: Callable[[str], Any]) -> list[str]:
+        """One liveness check against ``srv_records(instance)``: forgets the expired
+        instances and returns those to ask for (zeroconf's cache is passed in for tests)."""
+        ask: list[str] = []
+        linked = self._linked
+        for name in self._table.instances():
+            peer = self._table.get(name)
+            if peer is not None and linked is not None and linked(peer.node_id):
+                if name in self._held or all(r.is_expired(now_ms) for r in srv_records(name)):
+                    self._held[name] = False  # expired while the link vouched for it
+                continue
+            live = [r for r in srv_records(name) if not r.is_expired(now_ms)]
+            if live:
+                self._held.pop(name, None)
+                if all(r.is_stale(now_ms) for r in live):
+                    ask.append(name)
+                continue
+            if self._held.get(name) is False:  # its link just went: ask once more
+                self._held[name] = True
+                ask.append(name)
+                continue
+            self._held.pop(name, None)
+            self._generation.pop(name, None)  # a resolution in flight is now moot
+            self._forget(name, "expired")
+        return ask
+
     def _forget(self, name: str, why: str = "goodbye") -> None:
+        self._held.pop(name, None)
         gone = self._table.remove(name)
         if gone is None:
             return

@@ -51,7 +51,15 @@ from meshd.core.identity import (
     SeqnoFile,
     short_id,
 )
-from meshd.core.packet import DEFAULT_HOP_LIMIT, MeshPacket, Service, max_payload
+from meshd.core.packet import (
+    DEFAULT_HOP_LIMIT,
+    HEADER_LEN,
+    MeshPacket,
+    Service,
+    decrement_hop_limit,
+    max_payload,
+    peek_header,
+)
 from meshd.discovery import (
     Discovery,
     IfAddress,
@@ -295,7 +303,8 @@ class Node:
         discovery = Discovery(
             node_id=self.identity.node_id, name=self.name, role=self.config.role.value,
             port=self.listening[0][1], interfaces=list(usable),
-            on_seen=self._on_peer_seen, on_gone=self._on_peer_gone)
+            on_seen=self._on_peer_seen, on_gone=self._on_peer_gone,
+            linked=self.links.is_linked)
         try:
             await discovery.start()
         except (InterfaceError, OSError) as exc:  # the interface went again meanwhile
@@ -478,17 +487,17 @@ class Node:
             self.drops.drop("empty", short_id(peer))
             return
         now = self._now()
-        channel, body = data[0], data[1:]
+        channel = data[0]
         if channel == Channel.NEIGHBOUR:
-            self.neighbours.receive(peer, body, now, self._raw_wall())
+            self.neighbours.receive(peer, data[1:], now, self._raw_wall())
             offset = self.neighbours.clock_offset(peer)
             if offset is not None:
                 self.clock.sample(peer, offset, now)
         elif channel == Channel.ROUTING:
-            self.routing.receive(peer, body, now)
+            self.routing.receive(peer, data[1:], now)
         elif channel == Channel.PACKET:
             woke = self.neighbours.traffic(peer, now)  # a busy link keeps fast hellos
-            if self._on_packet(peer, body, now) and not woke:
+            if self._on_packet(peer, data, now) and not woke:
                 return  # forwarded: no core changed, nothing to pump (a relay's hot path)
         else:
             self.drops.drop("channel", short_id(peer), f"unknown channel {channel}")
@@ -640,48 +649,55 @@ class Node:
         return self._now()
 
     def _on_packet(self, peer: NodeId, data: bytes, now: float) -> bool:
-        """Deliver or forward one mesh packet; True if it was forwarded."""
+        """Deliver or forward the mesh packet in link datagram ``data`` (channel byte first);
+        True if it was forwarded.  A relay reads the header in place and passes the datagram
+        on with its hop limit decremented: no decode and re-encode of the packet."""
         try:
-            pkt = MeshPacket.decode(data, MESH_MTU)
+            hop_limit, service, source, destination, flow_id = peek_header(data, 1, MESH_MTU - 1)
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, short_id(peer), str(exc))
             return False
-        if pkt.destination == self.identity.node_id:
-            handler = self._services.get(pkt.service)
+        if destination == self.identity.node_id:
+            pkt = MeshPacket(source, destination, hop_limit, service, flow_id,
+                             data[1 + HEADER_LEN:])
+            handler = self._services.get(service)
             if handler is None:
-                self.drops.drop("service", short_id(peer), f"no service {pkt.service}")
+                self.drops.drop("service", short_id(peer), f"no service {service}")
                 return False
             try:
                 handler(pkt, now)
             except RemoteProtocolError as exc:
-                self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
+                self.drops.drop(exc.reason, short_id(source), str(exc))
             return False
-        flow = (FlowKey(pkt.source, pkt.destination, pkt.service, pkt.flow_id)
-                if pkt.flow_id else None)
-        if pkt.hop_limit <= 1:
+        flow = FlowKey(source, destination, service, flow_id) if flow_id else None
+        size = len(data) - 1 - HEADER_LEN
+        if hop_limit <= 1:
             if flow is not None:
-                self.flows.forwarded(flow, len(pkt.payload), False, now)
-            if pkt.service == Service.PING:
+                self.flows.forwarded(flow, size, False, now)
+            if service == Service.PING:
                 try:
-                    self.pinger.time_exceeded(pkt)
+                    self.pinger.time_exceeded(MeshPacket(source, destination, hop_limit, service,
+                                                         flow_id, data[1 + HEADER_LEN:]))
                 except RemoteProtocolError as exc:
-                    self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
+                    self.drops.drop(exc.reason, short_id(source), str(exc))
             else:
                 self.drops.drop("hop_limit", short_id(peer))
             return False
-        hop = self.next_hop(pkt.destination)
+        hop = self.next_hop(destination)
         if hop is None or hop == peer:
             self.drops.drop("no_route", short_id(peer))
             if flow is not None:
-                self.flows.forwarded(flow, len(pkt.payload), False, now)
+                self.flows.forwarded(flow, size, False, now)
             return False
-        passed = self._send_link(hop, Channel.PACKET, pkt.forwarded().encode())
+        if self.neighbours.traffic(hop, now):
+            self._schedule_pump()  # a quiet link woke up (as in _send_link)
+        passed = self.links.send_datagram(hop, decrement_hop_limit(data, 1))
         if passed:
             self.forwarded += 1
         else:
             self.forward_failed += 1
         if flow is not None:
-            self.flows.forwarded(flow, len(pkt.payload), passed, now)
+            self.flows.forwarded(flow, size, passed, now)
         return True
 
     # ------------------------------------------------------------- control

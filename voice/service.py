@@ -191,6 +191,9 @@ class VoiceService:
         self.drops = DropCounter(logger)
         self._replay = ReplayCache()
         self._calls: OrderedDict[bytes, _Call] = OrderedDict()
+        #: set when a call may have become active: the quality sampler sleeps on it while
+        #: no call is (an idle node wakes for nothing)
+        self._maybe_active = asyncio.Event()
         self._flows: dict[tuple[NodeId, int], _Call] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._quality_task: asyncio.Task[None] | None = None
@@ -567,6 +570,7 @@ class VoiceService:
             self._send_sealed(call.peer, body)
         while (ev := s.next_event()) is not None:
             if isinstance(ev, StateChanged):
+                self._maybe_active.set()
                 self._node.publish("call.state", self._info(call).to_json())
             elif isinstance(ev, AcceptOffer):
                 if call.browser is None:  # a browser re-offer is not supported yet
@@ -814,6 +818,9 @@ class VoiceService:
 
     async def _sample_quality(self) -> None:
         while True:
+            if not any(c.state is CallState.ACTIVE for c in self._calls.values()):
+                self._maybe_active.clear()
+                await self._maybe_active.wait()
             await asyncio.sleep(QUALITY_EVERY_S)
             for call in list(self._calls.values()):
                 ep = call.endpoint

@@ -25,8 +25,11 @@ __all__ = [
     "DEFAULT_HOP_LIMIT",
     "HEADER_LEN",
     "MeshPacket",
+    "PacketHeader",
     "Service",
+    "decrement_hop_limit",
     "max_payload",
+    "peek_header",
 ]
 
 PACKET_VERSION = 1
@@ -49,6 +52,34 @@ class Service(enum.IntEnum):
 def max_payload(link_mtu: int) -> int:
     """Largest payload that fits one link datagram of ``link_mtu`` bytes (channel byte included)."""
     return link_mtu - 1 - HEADER_LEN
+
+
+PacketHeader = tuple[int, int, NodeId, NodeId, int]
+"""(hop limit, service, source, destination, flow id) of a packet, read by ``peek_header``."""
+
+_HOP_BYTES = [bytes((i,)) for i in range(256)]
+
+
+def peek_header(data: bytes, offset: int = 0, max_size: int = 65536) -> PacketHeader:
+    """The header of the packet at ``data[offset:]`` without copying its payload (a relay's
+    hot path); raises ``DecodeError`` exactly as ``MeshPacket.decode`` would."""
+    size = len(data) - offset
+    if size > max_size:
+        raise DecodeError("oversize", f"packet {size} > {max_size}")
+    if size < HEADER_LEN:
+        raise DecodeError("short", f"packet of {size} bytes")
+    ver, hop, svc, src, dst, flow = _HEADER.unpack_from(data, offset)
+    if ver != PACKET_VERSION:
+        raise DecodeError("version", f"packet version {ver}")
+    return hop, svc, src, dst, flow
+
+
+def decrement_hop_limit(data: bytes, offset: int = 0) -> bytes:
+    """``data`` with the hop limit of the packet at ``data[offset:]`` one less (the caller
+    checked it was > 1): what ``MeshPacket.decode(...).forwarded().encode()`` gives for the
+    packet, without decoding and re-encoding it."""
+    at = offset + 1
+    return b"".join((data[:at], _HOP_BYTES[data[at] - 1], data[at + 1:]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from meshd.core.codec import DropCounter, Fields, pack, unpack
 from meshd.core.errors import DecodeError, RemoteProtocolError
 from meshd.core.identity import Announcement, Identity, Role
-from meshd.core.packet import HEADER_LEN, MeshPacket, Service, max_payload
+from meshd.core.packet import (
+    HEADER_LEN,
+    MeshPacket,
+    Service,
+    decrement_hop_limit,
+    max_payload,
+    peek_header,
+)
 
 T0 = 1_800_000_000.0
 
@@ -121,3 +128,26 @@ def test_mutated_messages_only_raise_remote_errors(flips: list[tuple[int, int]],
             dec(data)
         except RemoteProtocolError:
             pass
+
+
+@given(hop=st.integers(2, 255), svc=st.integers(0, 255), flow=st.integers(0, 2**32 - 1),
+       payload=st.binary(max_size=200), prefix=st.binary(max_size=3))
+def test_relay_fast_path_equals_decode_forward_encode(hop: int, svc: int, flow: int,
+                                                      payload: bytes, prefix: bytes) -> None:
+    p = MeshPacket(b"s" * 16, b"d" * 16, hop, svc, flow, payload)
+    data = prefix + p.encode()
+    assert peek_header(data, len(prefix)) == (hop, svc, p.source, p.destination, flow)
+    assert decrement_hop_limit(data, len(prefix)) == prefix + p.forwarded().encode()
+
+
+@given(data=st.binary(max_size=80), offset=st.integers(0, 3))
+def test_peek_header_fails_exactly_as_decode(data: bytes, offset: int) -> None:
+    try:
+        pkt = MeshPacket.decode(data[offset:], 60)
+    except DecodeError as exc:
+        with pytest.raises(DecodeError) as peeked:
+            peek_header(data, offset, 60)
+        assert peeked.value.reason == exc.reason
+    else:
+        assert peek_header(data, offset, 60) == (pkt.hop_limit, pkt.service, pkt.source,
+                                                 pkt.destination, pkt.flow_id)

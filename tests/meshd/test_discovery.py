@@ -13,7 +13,7 @@ from typing import ClassVar
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from zeroconf import IPVersion, ServiceStateChange
+from zeroconf import DNSService, IPVersion, ServiceStateChange  # type: ignore[attr-defined]
 
 from meshd.core.errors import DecodeError, LocalProtocolError, VerificationError
 from meshd.discovery import (
@@ -22,6 +22,7 @@ from meshd.discovery import (
     SERVICE_TYPE,
     Discovery,
     InterfaceError,
+    InterfaceWatch,
     PeerSeen,
     PeerTable,
     encode_txt,
@@ -542,3 +543,113 @@ async def test_start_twice_is_refused() -> None:
     await d.close()
     with pytest.raises(LocalProtocolError):
         await d.start()
+
+
+# --- liveness queries: linked peers are not asked, gone peers are still removed ----------------
+
+CAR7 = "car-7._carmesh._udp.local."
+
+
+T0 = 1_000_000.0  # zeroconf takes created=0 for "now"
+
+
+def srv(created_ms: float, ttl_s: int = 20) -> DNSService:
+    return DNSService(CAR7, 33, 1, ttl_s, 0, 0, 7420, "cm-a.local.", created=T0 + created_ms)
+
+
+def plan(d: Discovery, now_ms: float, records: dict[str, list[DNSService]]) -> list[str]:
+    return d._liveness_plan(T0 + now_ms, records.__getitem__)
+
+
+def linked_discovery(links: set[bytes], gone: list[bytes]) -> Discovery:
+    seen: list[PeerSeen] = []
+    d = Discovery(node_id=ID_B, name="me", role="car", port=7420, interfaces=[],
+                  on_seen=seen.append, on_gone=gone.append, ttl_s=20,
+                  linked=lambda n: n in links)
+    d._ours = [iface("10.77.0.1/24")]
+    d._accept(CAR7, FakeInfo(txt_of(GOOD), ["10.77.0.2"]))
+    assert [p.node_id for p in seen] == [ID_A]
+    return d
+
+
+def test_liveness_asks_an_unlinked_peer_past_half_its_ttl_and_forgets_it_expired() -> None:
+    gone: list[bytes] = []
+    d = linked_discovery(set(), gone)
+    records = {CAR7: [srv(0)]}
+    assert plan(d, 5_000, records) == []
+    assert plan(d, 11_000, records) == [CAR7]
+    assert plan(d, 21_000, records) == []
+    assert gone == [ID_A]
+    assert d.peers() == []
+
+
+def test_liveness_does_not_ask_a_linked_peer_nor_forget_it_while_linked() -> None:
+    gone: list[bytes] = []
+    links = {ID_A}
+    d = linked_discovery(links, gone)
+    records = {CAR7: [srv(0)]}
+    for now in (11_000, 16_000, 21_000, 60_000, 600_000):
+        assert plan(d, now, records) == []
+    assert gone == []
+    assert [p.node_id for p in d.peers()] == [ID_A]
+    # the link goes: asked once more, forgotten at the next check when nothing answered
+    links.clear()
+    assert plan(d, 605_000, records) == [CAR7]
+    assert gone == []
+    assert plan(d, 610_000, records) == []
+    assert gone == [ID_A]
+    assert d.peers() == []
+
+
+def test_liveness_keeps_a_peer_that_answers_after_its_link_went() -> None:
+    gone: list[bytes] = []
+    links = {ID_A}
+    d = linked_discovery(links, gone)
+    records = {CAR7: [srv(0)]}
+    assert plan(d, 30_000, records) == []
+    links.clear()
+    assert plan(d, 35_000, records) == [CAR7]
+    records[CAR7] = [srv(35_500)]  # its answer
+    assert plan(d, 40_000, records) == []
+    assert gone == []
+    assert plan(d, 47_000, records) == [CAR7]  # stale again: asked
+    assert plan(d, 56_000, records) == []
+    assert gone == [ID_A]  # that one went unanswered
+
+
+def test_liveness_goodbye_of_a_linked_peer_still_removes_it() -> None:
+    gone: list[bytes] = []
+    d = linked_discovery({ID_A}, gone)
+    records = {CAR7: [srv(0)]}
+    assert plan(d, 25_000, records) == []
+    d._on_service_state_change(None, SERVICE_TYPE, CAR7,  # type: ignore[arg-type]
+                               ServiceStateChange.Removed)
+    assert gone == [ID_A]
+    assert plan(d, 30_000, records) == []
+    assert d._held == {}
+
+
+async def test_interface_watch_without_netlink_looks_every_interval_and_reports_changes() -> None:
+    IfAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    reads: list[int] = []
+    changes: list[dict[str, list[IfAddr]]] = []
+    addr: list[IfAddr] = [iface("10.77.0.1/24")]
+    looked = asyncio.Event()
+
+    def read(names: list[str]) -> tuple[dict[str, list[IfAddr]], dict[str, str]]:
+        reads.append(1)
+        if len(reads) >= 5:
+            looked.set()
+        return ({"to-b": addr} if len(reads) >= 3 else {}), {}
+
+    async def on_change(usable: dict[str, list[IfAddr]]) -> None:
+        changes.append(usable)
+
+    watch = InterfaceWatch(["to-b"], on_change, interval_s=0.001, netlink=False, read=read)
+    assert await watch.check()
+    task = asyncio.ensure_future(watch.run())
+    try:
+        await asyncio.wait_for(looked.wait(), 30)
+    finally:
+        task.cancel()
+    assert changes == [{}, {"to-b": addr}]
