@@ -108,7 +108,7 @@ from library_replica.ops import (
     order_key,
 )
 from library_replica.text import TextEdit, apply_edits, diff_edits, is_boundary, yjs_client_id
-from meshd.core.codec import DropCounter, Fields
+from meshd.core.codec import DropCounter, Fields, pack
 from meshd.core.errors import DecodeError, LocalProtocolError
 from sync.apply import SkipRange, covered, merge_ranges
 
@@ -1234,11 +1234,12 @@ class Library:
                 per.setdefault(a, []).append(r)
             ranges = [[a, *r] for a in sorted(per) for r in merge_ranges((), per[a])]
             ids = [i for run in runs[:n] for i in run[3]]
-            return encode_body({"u": update, "m": regs, "k": ranges,
+            return pack({"u": update, "m": regs, "k": ranges,
                                 "p": [p.op_id for p in prior], "n": len(ids),
                                 "h": _ids_digest(ids), "ch": st.created_hlc,
                                 "uh": st.updated_hlc, "a": authors, "z": purge})
 
+        max_size = min(max_size, MAX_BODY_SIZE)
         lo, hi = 0, len(runs)
         if len(body(hi)) > max_size:  # the most runs that fit, by bisection
             while lo < hi:
@@ -1249,8 +1250,7 @@ class Library:
                     hi = mid - 1
             if lo == 0 and len(body(0)) > max_size:
                 return None
-        out = body(hi)
-        return PreparedOp(KIND_SNAPSHOT, out), sum(len(r[3]) for r in runs[:hi])
+        return PreparedOp(KIND_SNAPSHOT, body(hi)), sum(len(r[3]) for r in runs[:hi])
 
     @staticmethod
     def prepare_delete(restore: bool = False) -> PreparedOp:
