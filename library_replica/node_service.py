@@ -20,7 +20,11 @@ Start.  ``run`` replays the stored ops of every namespace (trust first, then
 bulletins, situation, mail, library) in a thread, refreshes the persistent
 index (unchanged documents are skipped), then opens mail addressed to us;
 control methods wait for that (``_ready``) while ``status`` answers at once.
-Then, every ``purge_interval_s``, expired bulletins and mail are forgotten.
+Then, every ``purge_interval_s``, expired bulletins and mail are forgotten,
+and (when this node's key is a member of the community) library documents the
+compaction planner picks are compacted into snapshots
+(``library_replica.compaction``); a snapshot applied here, ours or a peer's,
+drops the ops it supersedes from the op store (``OpStore.supersede``).
 
 Trust.  The pinned root and the newest configuration adopted are kept in the
 state directory (``trust.toml``, or ``trust.pin`` for a root fingerprint
@@ -84,7 +88,8 @@ from library_replica.bulletins import (
     prepare_bulletin,
 )
 from library_replica.carried import CarriedPool
-from library_replica.documents import DocumentView, Library
+from library_replica.compaction import CompactionPolicy, plan_compaction
+from library_replica.documents import KIND_SNAPSHOT, SNAPSHOT_EXPIRY_MS, DocumentView, Library
 from library_replica.mail import (
     KIND_RECEIPT,
     KIND_SEALED,
@@ -186,7 +191,8 @@ class LibraryNodeService:
 
     def __init__(self, node: NodeApi, store: OpStore, *, trust_path: Path | None,
                  inbox: MailInbox | None = None, wall_clock: Callable[[], float] = time.time,
-                 purge_interval_s: float = 1.0) -> None:
+                 purge_interval_s: float = 1.0,
+                 compaction: CompactionPolicy | None = None) -> None:
         self.node = node
         self.store = store
         self._wall = wall_clock
@@ -202,7 +208,10 @@ class LibraryNodeService:
         self._saved_version = self.trust.version
         self.carried = CarriedPool()
         self._trust_lock = asyncio.Lock()
-        self.library = Library(may_restore=lambda key: self.trust.authority(key) is not None)
+        self.library = Library(may_restore=lambda key: self.trust.authority(key) is not None,
+                               may_compact=self.trust.member)
+        self.compaction = compaction or CompactionPolicy()
+        self._compact_due = 0.0
         self.situation = SituationBoard()
         self.bulletins = BulletinBoard(self.trust)
         self.notices = NoticeBoard(self.trust)
@@ -276,6 +285,9 @@ class LibraryNodeService:
             await self._acknowledge_notices()
             await asyncio.sleep(self._purge_interval_s)
             self._purge()
+            if time.monotonic() >= self._compact_due:
+                self._compact_due = time.monotonic() + 60.0
+                await self._compact()
             if self.index.behind:
                 await self._catch_up_index()
 
@@ -424,6 +436,17 @@ class LibraryNodeService:
             async with self._lock:
                 changed = await asyncio.to_thread(self._apply_library, lib_ops,
                                                   not (replay or self._deferred_index))
+                supersede = self.library.take_superseded()
+            for snap_id, doc_id, ranges, prior in supersede:
+                try:  # (outside _lock: ops it un-parks come back through _on_commit)
+                    dropped = await self.store.supersede(snap_id, doc_id, ranges, prior)
+                except (SyncLocalError, DiskFull) as exc:
+                    log.warning("snapshot %s of %s not applied to the op store: %s",
+                                snap_id.hex()[:8], doc_id.hex()[:8], exc)
+                    continue
+                if dropped:
+                    log.info("snapshot %s of %s: %d op(s) superseded", snap_id.hex()[:8],
+                             doc_id.hex()[:8], dropped)
             if changed and not replay:
                 if self._deferred_index:  # a bulk import: one event at its end
                     self._bulk_changed |= changed
@@ -697,6 +720,36 @@ class LibraryNodeService:
                                 exc)
                 log.info("[%s] mail opened (%d characters)", short_id(opened.sender),
                          len(opened.text))
+
+    async def _compact(self) -> None:
+        """Compact the documents the planner picks, if this node's key may (a member)."""
+        if not self.trust.member(self._author):
+            return
+        async with self._lock:
+            tasks = plan_compaction(list(self.library.compaction_stats()),
+                                    now_ms=self._wall_ms(), policy=self.compaction)
+            prepared = []
+            for t in tasks:
+                try:
+                    out = self.library.prepare_snapshot(t.doc_id, purge=t.purge)
+                except (LibraryError, LocalProtocolError) as exc:
+                    log.warning("cannot compact %s: %s", t.doc_id.hex()[:8], exc)
+                    continue
+                if out is None:
+                    log.info("document %s not compacted (its state does not fit one op, or"
+                             " ops still wait)", t.doc_id.hex()[:8])
+                    continue
+                prepared.append((t, *out))
+        for t, p, n in prepared:
+            async with self._write_lock:
+                try:
+                    await self.store.add_local(self._ident.signing_key, kind=KIND_SNAPSHOT,
+                                               doc_id=t.doc_id, body=p.body,
+                                               expiry_ms=SNAPSHOT_EXPIRY_MS)
+                except (Unauthorized, SyncLocalError, DiskFull) as exc:
+                    log.warning("snapshot of %s not written: %s", t.doc_id.hex()[:8], exc)
+                    continue
+            log.info("compacted %s (%s): %d op(s) superseded", t.doc_id.hex()[:8], t.why, n)
 
     def _purge(self) -> None:
         wall = self._wall_ms()

@@ -533,7 +533,9 @@ class OpStore:
         return {"bytes": self.bytes_stored, "quota_bytes": q.store_quota_bytes,
                 "unknown_ops": self._unknown.ops, "unknown_bytes": self._unknown.bytes,
                 "unknown_max_ops": q.unknown_max_ops, "unknown_max_bytes": q.unknown_max_bytes,
-                "unknown_rate_per_min": q.unknown_rate_per_min, "evicted": self.evicted_total}
+                "unknown_rate_per_min": q.unknown_rate_per_min, "evicted": self.evicted_total,
+                "superseded": self.superseded_total,
+                "skip_ranges": sum(len(r) for r in self._skips.values())}
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """Call ``fn`` with the ops of each commit, after it; returns an unsubscribe function."""
@@ -1030,11 +1032,6 @@ class OpStore:
         return await self._commit(list(plan.apply), list(plan.park),
                                   list(plan.unpark) + take, dict(plan.authors or {}),
                                   list(plan.evidence))
-
-    def supersede_status(self) -> dict[str, int]:
-        """What snapshots dropped here, for ``sync status``."""
-        return {"superseded": self.superseded_total,
-                "skip_ranges": sum(len(r) for r in self._skips.values())}
 
     async def forget(self, op_ids: Iterable[bytes]) -> list[bytes]:
         """Delete stored ephemeral ops (``seq`` 0) the application withdrew; returns their ids.

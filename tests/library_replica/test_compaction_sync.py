@@ -130,7 +130,7 @@ async def test_edited_5000_times_compacts_and_a_late_joiner_gets_a_fraction_of_t
     # the node that held the history takes the snapshot and drops the history too
     await _sync(net, {b"A" * 16: A, b"O" * 16: OLD}, wall, b"A" * 16, b"O" * 16)
     assert len(OLD.store) == 1 and OLD.lib.get(DOC) == text
-    assert OLD.store.supersede_status()["superseded"] == 5_001
+    assert OLD.store.admission_status()["superseded"] == 5_001
 
     # the writer goes on editing on top of the snapshot (its chain goes on)
     [more] = [writer.op(p.kind, DOC, p.body, hlc(int(WALL_S * 1000), 0))
