@@ -286,7 +286,9 @@ class LibraryNodeService:
             await asyncio.sleep(self._purge_interval_s)
             self._purge()
             if time.monotonic() >= self._compact_due:
-                self._compact_due = time.monotonic() + 60.0
+                # once a minute, or twice per quiet time when that is shorter
+                self._compact_due = time.monotonic() + min(
+                    60.0, max(1.0, self.compaction.quiet_ms / 2000))
                 await self._compact()
             if self.index.behind:
                 await self._catch_up_index()

@@ -10,6 +10,7 @@ from library_replica.documents import (
     SNAPSHOT_EXPIRY_MS,
     Applied,
     Library,
+    PreparedOp,
 )
 from library_replica.ops import Refused, encode_body
 from sync.envelope import Op
@@ -55,7 +56,8 @@ def test_planner_makes_a_tombstone_after_the_horizon_only() -> None:
 
 # -- snapshots in the Library core ----------------------------------------------------------
 
-def _submit(lib: Library, author: Author, prepared: list, doc_id: bytes, t: int) -> list[Op]:
+def _submit(lib: Library, author: Author, prepared: list[PreparedOp], doc_id: bytes,
+            t: int) -> list[Op]:
     ops = []
     for i, p in enumerate(prepared):
         op = author.op(p.kind, doc_id, p.body, hlc(t, i))
@@ -91,6 +93,7 @@ def _edit_history(n: int) -> tuple[Library, Author, Author, list[Op]]:
 def test_snapshot_replaces_history_and_a_joiner_gets_the_same_document() -> None:
     lib, a, b, ops = _edit_history(120)
     before = lib.get(D1)
+    assert before is not None
     snap, n = _snapshot(lib, a, D1, 10_000)
     assert n == len(ops)
     lib.authorize(snap, 10_000)
