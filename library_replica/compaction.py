@@ -54,6 +54,9 @@ class CompactionPolicy:
     #: a deleted document's text is kept (restorable) this long, then only its tombstone
     horizon_ms: int = 30 * DAY_MS
     max_per_round: int = 16
+    #: an owner snapshots its own situation record after this many updates
+    #: (``SituationBoard.snapshot_due``): superseded values are purged
+    situation_ops: int = 16
 
 
 @dataclass(frozen=True, slots=True)

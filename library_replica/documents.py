@@ -100,6 +100,7 @@ from typing import TYPE_CHECKING, Any
 from library_replica.compaction import DocStats
 from library_replica.ops import (
     MAX_BODY_SIZE,
+    SNAPSHOT_EXPIRY_MS,
     OpLike,
     Refused,
     body_fields,
@@ -142,8 +143,6 @@ KIND_DELETE = "library.delete"
 KIND_RESTORE = "library.restore"
 KIND_SNAPSHOT = "library.snapshot"
 KINDS = frozenset({KIND_CREATE, KIND_EDIT, KIND_DELETE, KIND_RESTORE, KIND_SNAPSHOT})
-#: the expiry of a snapshot op: unchained ops carry one in sync's envelope; never reached
-SNAPSHOT_EXPIRY_MS = 2**62
 #: authors listed in a snapshot (the rest still show in the history of later changes)
 MAX_SNAPSHOT_AUTHORS = 256
 _REGISTERS = ("collection", "title", "tags", "lang", "deleted")

@@ -120,7 +120,9 @@ from library_replica.situation import (
     SituationRecord,
     authorize_situation,
     prepare_set,
+    record_id,
 )
+from library_replica.situation import KIND_SNAPSHOT as KIND_SIT_SNAPSHOT
 from library_replica.summary import DEFAULT_STALE_S, town_summary
 from meshd.core.errors import ControlError, DiskFull, LocalProtocolError, RemoteProtocolError
 from meshd.core.identity import NodeId, short_id
@@ -426,7 +428,7 @@ class LibraryNodeService:
                 if self.notices.apply(op, wall) and op.kind != KIND_SEEN:
                     changed_notices.append(op.doc_id)
             elif ns == "situation":
-                if self.situation.apply(op) and op.kind == KIND_SET:
+                if self.situation.apply(op) and op.kind in (KIND_SET, KIND_SIT_SNAPSHOT):
                     situation_changed.append({"owner": op.author.hex()})
             elif ns == "mail":
                 item = self.mail.apply(op, wall)
@@ -434,26 +436,28 @@ class LibraryNodeService:
                     new_mail.append(item)
                 elif isinstance(item, MailReceipt):
                     receipts.append(item)
+        supersede = self.situation.take_superseded()
+        changed: set[bytes] = set()
         if lib_ops:
             async with self._lock:
                 changed = await asyncio.to_thread(self._apply_library, lib_ops,
                                                   not (replay or self._deferred_index))
-                supersede = self.library.take_superseded()
-            for snap_id, doc_id, ranges, prior in supersede:
-                try:  # (outside _lock: ops it un-parks come back through _on_commit)
-                    dropped = await self.store.supersede(snap_id, doc_id, ranges, prior)
-                except (SyncLocalError, DiskFull) as exc:
-                    log.warning("snapshot %s of %s not applied to the op store: %s",
-                                snap_id.hex()[:8], doc_id.hex()[:8], exc)
-                    continue
-                if dropped:
-                    log.info("snapshot %s of %s: %d op(s) superseded", snap_id.hex()[:8],
-                             doc_id.hex()[:8], dropped)
-            if changed and not replay:
-                if self._deferred_index:  # a bulk import: one event at its end
-                    self._bulk_changed |= changed
-                else:
-                    self._publish_changed(changed)
+                supersede += self.library.take_superseded()
+        for snap_id, doc_id, ranges, prior in supersede:
+            try:  # (outside _lock: ops it un-parks come back through _on_commit)
+                dropped = await self.store.supersede(snap_id, doc_id, ranges, prior)
+            except (SyncLocalError, DiskFull) as exc:
+                log.warning("snapshot %s of %s not applied to the op store: %s",
+                            snap_id.hex()[:8], doc_id.hex()[:8], exc)
+                continue
+            if dropped:
+                log.debug("snapshot %s of %s: %d op(s) superseded", snap_id.hex()[:8],
+                          doc_id.hex()[:8], dropped)
+        if changed and not replay:
+            if self._deferred_index:  # a bulk import: one event at its end
+                self._bulk_changed |= changed
+            else:
+                self._publish_changed(changed)
         if replay:
             return
         for b in published:
@@ -724,7 +728,19 @@ class LibraryNodeService:
                          len(opened.text))
 
     async def _compact(self) -> None:
-        """Compact the documents the planner picks, if this node's key may (a member)."""
+        """Snapshot our own situation records that are due; compact the library documents
+        the planner picks, if this node's key may (a member)."""
+        for kind in self.situation.snapshot_due(self._author, self.compaction.situation_ops):
+            body = self.situation.prepare_snapshot(self._author, kind)
+            if body is None:
+                continue
+            async with self._write_lock:
+                try:
+                    await self.store.add_local(self._ident.signing_key, kind=KIND_SIT_SNAPSHOT,
+                                               doc_id=record_id(self._author, kind), body=body,
+                                               expiry_ms=SNAPSHOT_EXPIRY_MS)
+                except (Unauthorized, SyncLocalError, DiskFull) as exc:
+                    log.warning("snapshot of our %s record not written: %s", kind, exc)
         if not self.trust.member(self._author):
             return
         async with self._lock:

@@ -184,3 +184,53 @@ def test_a_deleted_document_stays_deleted_for_a_node_offline_past_the_horizon() 
     assert v is not None and v.deleted and "still" not in v.body
     assert joiner.apply(late) in (Applied.APPLIED, Applied.PENDING)
     assert joiner.get(D1).deleted and list(joiner.documents()) == []  # type: ignore[union-attr]
+
+
+# -- situation records: the owner purges superseded values --------------------------------
+
+def test_an_owner_snapshot_of_its_situation_record_supersedes_its_updates() -> None:
+    from library_replica.situation import (
+        KIND_SET,
+        RecordKind,
+        SituationBoard,
+        authorize_situation,
+        prepare_set,
+        record_id,
+    )
+    from library_replica.situation import KIND_SNAPSHOT as SIT_SNAPSHOT
+
+    owner, other = Author(), Author()
+    board = SituationBoard()
+    ops = []
+    for i in range(20):
+        fields: dict[str, object] = {"people": i + 1, "note": f"update {i}"}
+        if i == 19:
+            fields["note"] = None  # a cleared field stays cleared
+        doc_id, body = prepare_set(owner.pub, "household", fields)
+        op = owner.op(KIND_SET, doc_id, body, hlc(1_000 + i))
+        assert board.apply(op)
+        ops.append(op)
+    assert board.snapshot_due(owner.pub, 20) == [RecordKind.HOUSEHOLD]
+    assert board.snapshot_due(owner.pub, 21) == []
+    body = board.prepare_snapshot(owner.pub, "household")
+    assert body is not None
+    doc = record_id(owner.pub, "household")
+    snap = owner.op(SIT_SNAPSHOT, doc, body, hlc(5_000), expiry_ms=SNAPSHOT_EXPIRY_MS)
+    authorize_situation(snap, 0)
+    # only the owner snapshots its record
+    forged = other.op(SIT_SNAPSHOT, doc, body, hlc(5_000), expiry_ms=SNAPSHOT_EXPIRY_MS)
+    with pytest.raises(Refused):
+        authorize_situation(forged, 0)
+    assert board.apply(snap)
+    [(sid, d, ranges, prior)] = board.take_superseded()
+    assert (sid, d, prior) == (snap.op_id, doc, ())
+    assert ranges == ((owner.pub, (1, 20, ops[-1].op_id)),)
+    assert board.snapshot_due(owner.pub, 1) == []
+    fresh = SituationBoard()
+    assert fresh.apply(snap)
+    assert fresh.get(owner.pub, "household") == board.get(owner.pub, "household")
+    rec = fresh.get(owner.pub, "household")
+    assert rec is not None and rec.fields == {"people": 20}
+    # an old update arriving late changes nothing (last writer wins by order key)
+    assert fresh.apply(ops[3])
+    assert fresh.get(owner.pub, "household") == board.get(owner.pub, "household")
