@@ -212,13 +212,13 @@ def test_an_owner_snapshot_of_its_situation_record_supersedes_its_updates() -> N
         ops.append(op)
     assert board.snapshot_due(owner.pub, 20) == [RecordKind.HOUSEHOLD]
     assert board.snapshot_due(owner.pub, 21) == []
-    body = board.prepare_snapshot(owner.pub, "household")
-    assert body is not None
+    snap_body = board.prepare_snapshot(owner.pub, "household")
+    assert snap_body is not None
     doc = record_id(owner.pub, "household")
-    snap = owner.op(SIT_SNAPSHOT, doc, body, hlc(5_000), expiry_ms=SNAPSHOT_EXPIRY_MS)
+    snap = owner.op(SIT_SNAPSHOT, doc, snap_body, hlc(5_000), expiry_ms=SNAPSHOT_EXPIRY_MS)
     authorize_situation(snap, 0)
     # only the owner snapshots its record
-    forged = other.op(SIT_SNAPSHOT, doc, body, hlc(5_000), expiry_ms=SNAPSHOT_EXPIRY_MS)
+    forged = other.op(SIT_SNAPSHOT, doc, snap_body, hlc(5_000), expiry_ms=SNAPSHOT_EXPIRY_MS)
     with pytest.raises(Refused):
         authorize_situation(forged, 0)
     assert board.apply(snap)
