@@ -869,14 +869,16 @@ class Library:
         # the snapshot first, then the ops after it (each waits for what it builds on)
         self._log[op.doc_id] = [op] + [o for o in log_ if o.op_id not in gone]
         self._rebuild_doc(op.doc_id)
-        self._to_supersede.append((op.op_id, op.doc_id, snap.ranges, snap.prior))
+        self._to_supersede.append((op.op_id, op.doc_id, snap.ranges, tuple(dict.fromkeys(
+            [*snap.prior, *(o.op_id for o in held)]))))
         return Applied.HIDDEN if op.author in self._blocked else Applied.APPLIED
 
     def take_superseded(self) -> list[tuple[bytes, bytes, tuple[tuple[bytes, SkipRange], ...],
                                             tuple[bytes, ...]]]:
-        """Snapshots applied since the last call: ``(snapshot id, doc id, ranges, prior ids)``.
+        """Snapshots applied since the last call: ``(snapshot id, doc id, ranges, op ids)``.
 
-        The caller drops those ops from the op store (``OpStore.supersede``).
+        ``op ids``: the earlier snapshots and the ops held here that it supersedes.  The
+        caller drops those ops from the op store (``OpStore.supersede``).
         """
         out, self._to_supersede = self._to_supersede, []
         return out

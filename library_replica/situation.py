@@ -328,11 +328,12 @@ class SituationBoard:
                 for p in parsed.prior:
                     snaps.pop(p, None)
                 snaps[op.op_id] = parsed.ranges
-                self._ops[key] = [(s, i) for s, i in self._ops.get(key, [])
-                                  if not covered(parsed.ranges, s)]
+                held = self._ops.get(key, [])
+                self._ops[key] = [(s, i) for s, i in held if not covered(parsed.ranges, s)]
                 self._to_supersede.append((op.op_id, op.doc_id,
                                            tuple((op.author, r) for r in parsed.ranges),
-                                           parsed.prior))
+                                           (*parsed.prior, *(i for s, i in held
+                                                             if covered(parsed.ranges, s)))))
             return True
         k = order_key(op)
         for name, value in parsed.fields.items():
@@ -346,7 +347,8 @@ class SituationBoard:
 
     def take_superseded(self) -> list[tuple[bytes, bytes, tuple[tuple[bytes, SkipRange], ...],
                                             tuple[bytes, ...]]]:
-        """Snapshots applied since the last call: ``(snapshot id, doc id, ranges, prior ids)``."""
+        """Snapshots applied since the last call: ``(snapshot id, doc id, ranges, op ids)``
+        (``op ids``: earlier snapshots and the updates held here that it supersedes)."""
         out, self._to_supersede = self._to_supersede, []
         return out
 

@@ -917,15 +917,16 @@ class OpStore:
                         op_ids: Sequence[bytes] = ()) -> int:
         """Drop the ops snapshot ``by`` (a stored op of ``doc_id``) supersedes; returns how many.
 
-        ``ranges`` are ``(author, (first seq, last seq, op id at last))`` chain positions,
-        ``op_ids`` unchained ops (earlier snapshots of the document).  Held ops there are
-        deleted, no longer offered and, offered again, refused as ``superseded``; the
-        ranges are remembered so that the ops after them apply (and parked ones do now).
-        Only ops of ``by``'s namespace and ``doc_id`` are dropped: a range that covers a
-        held op of another document of the namespace refuses the whole call
-        (``SyncLocalError``), as does ``by`` not being stored here.  (Ops of other
-        namespaces are not looked at: that would scan the whole table; the application
-        lets only members compact, who are trusted to name their document's ops only.)
+        ``ranges`` are ``(author, (first seq, last seq, op id at last))`` chain positions;
+        ``op_ids`` the stored ops it supersedes (those in the ranges the application saw,
+        and earlier snapshots, unchained).  They are deleted, no longer offered and,
+        offered again, refused as ``superseded``; the ranges are remembered so that the ops
+        after them apply (and parked ones do now).  Each op named must be of ``by``'s
+        namespace and ``doc_id`` and, when chained, lie in the ranges: else the whole call
+        is refused (``SyncLocalError``), as it is when ``by`` is not stored here.  (Looked
+        up by id: no scan of the store.  The application sees every stored op of its
+        namespace, so it names them all; members are trusted not to name ranges over
+        other documents' ops, which are not looked for.)
         """
         async with self._lock:
             k = self._known.get(by)
@@ -940,32 +941,34 @@ class OpStore:
                 new.setdefault(author, []).append(rng)
             new = {a: merge_ranges((), r) for a, r in new.items()}
             victims: list[tuple[bytes, str, int, bytes, int]] = []
-            authors = list(new)
-            for i in range(0, len(authors), 500):
-                chunk = authors[i : i + 500]
-                rows = await self._db.execute_fetchall(
-                    "SELECT op_id, ns, hlc, author, seq, doc_id, length(raw) FROM ops "
-                    f"WHERE ns = ? AND seq > 0 AND author IN ({','.join('?' * len(chunk))})",
-                    [ns, *chunk])
-                for op_id, o_ns, hlc, author, seq, o_doc, size in rows:
-                    if not covered(new[author], seq):
-                        continue
-                    if o_doc != doc_id:
-                        raise SyncLocalError(f"the snapshot's ranges cover an op of another"
-                                             f" document ({o_ns} {bytes(o_doc).hex()[:8]})")
-                    victims.append((op_id, o_ns, hlc, author, size))
-            old_ids = [i for i in dict.fromkeys(op_ids) if i != by and i not in self._superseded]
-            for op_id in old_ids:
+            old_ids: list[bytes] = []
+            keys: list[tuple[str, int, bytes]] = []
+            for op_id in dict.fromkeys(op_ids):
                 held = self._known.get(op_id)
-                if held is None:
+                if op_id == by:
                     continue
-                row = list(await self._db.execute_fetchall(
-                    "SELECT seq, doc_id, length(raw) FROM ops WHERE ns = ? AND hlc = ? "
-                    "AND op_id = ?", (held[0], held[1], op_id)))
-                if row and (row[0][0] != 0 or held[0] != ns or row[0][1] != doc_id):
-                    raise SyncLocalError("the snapshot supersedes an op of another document")
-                if row:
-                    victims.append((op_id, held[0], held[1], held[2], int(row[0][2])))
+                if held is None:  # an earlier snapshot never seen here: refused if it comes
+                    old_ids.append(op_id)
+                    continue
+                if held[0] != ns:
+                    raise SyncLocalError("the snapshot supersedes an op of another namespace")
+                keys.append((held[0], held[1], op_id))
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                rows = await self._db.execute_fetchall(
+                    "WITH want(ns, hlc, op_id) AS (VALUES " + ",".join(["(?, ?, ?)"] * len(chunk))
+                    + ") SELECT ops.op_id, ops.hlc, ops.author, ops.seq, ops.doc_id, "
+                    "length(ops.raw) FROM want CROSS JOIN ops ON ops.ns = want.ns AND "
+                    "ops.hlc = want.hlc AND ops.op_id = want.op_id",
+                    [v for key in chunk for v in key])
+                for op_id, hlc, author, seq, o_doc, size in rows:
+                    if o_doc != doc_id or (seq and not covered(new.get(author, ()), seq)):
+                        raise SyncLocalError("the snapshot supersedes an op of another"
+                                             " document or outside its ranges")
+                    if not seq:
+                        old_ids.append(op_id)
+                    victims.append((op_id, ns, hlc, author, int(size)))
+            old_ids = [i for i in old_ids if i not in self._superseded]
             parked = [op for (author, seq), op in self._pending.items()
                       if author in new and covered(new[author], seq)]
             merged = {a: merge_ranges(self._skips.get(a, ()), r) for a, r in new.items()}

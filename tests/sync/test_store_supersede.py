@@ -65,10 +65,14 @@ async def test_supersede_drops_the_ops_and_parked_successors_apply(tmp_path: Pat
     held = await open_store(tmp_path / "held.db", wall)
     await held.apply_remote([o.raw for o in [*ops, snap]])
     rng = [(pub(key), (1, 12, ops[-1].op_id))]
-    # a range over an op of another document refuses the whole call
+    ids = [o.op_id for o in ops]
+    # ops of another document, or outside the ranges, refuse the whole call
     with pytest.raises(SyncLocalError):
-        await held.supersede(snap.op_id, E, rng)
-    assert await held.supersede(snap.op_id, D, rng) == 12
+        await held.supersede(snap.op_id, E, rng, ids)
+    with pytest.raises(SyncLocalError):
+        await held.supersede(snap.op_id, D, [(pub(key), (1, 11, ops[-2].op_id))], ids)
+    assert len(held) == 13
+    assert await held.supersede(snap.op_id, D, rng, ids) == 12
     assert len(held) == 1 and held.admission_status()["superseded"] == 12
     assert (await held.apply_remote([ops[2].raw])).refused == {"superseded": 1}
     assert held.quarantined() == {}  # not taken for a fork
