@@ -229,7 +229,9 @@ async def run(days: int, tmp: Path) -> dict[str, Any]:
             await store.supersede(snap_id, doc_id, ranges, prior)
     out["situation_snapshot_bytes"] = snaps
     out["situation_dropped_bytes"] = before - store.bytes_stored + snaps
+    out["bytes_after"] = store.bytes_stored
     await store.close()
+    out["file_after"] = _file_bytes(path)
     out["quota"] = DEFAULT_STORE_QUOTA
     per_day = int(out["situation_bytes_per_day"])
     out["year_without"] = int(out["library_bytes"]) + 365 * per_day
@@ -291,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({100 * int(r['year_library_only']) / q:.0f} % of the quota) |")
     print(f"| **store, year, compacted** (library and situation) | | {m(r['year_with'])} "
           f"({100 * int(r['year_with']) / q:.1f} % of the quota) |")
+    print(f"\nops held at the end of the run: {m(r['bytes_before'])} before compaction, "
+          f"{m(r['bytes_after'])} after; SQLite file {m(r['file_before'])} before, "
+          f"{m(r['file_after'])} after (freed pages are reused, the file does not shrink)")
     print(f"\nfile size after the run (before compaction): {m(r['file_before'])}; "
           f"build {r['build_s']} s, compaction of {r['compacted_docs']:,} documents "
           f"{r['compact_s']} s; documents not compacted: {r['not_compacted']}")
