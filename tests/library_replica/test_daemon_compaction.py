@@ -3,7 +3,9 @@
 ann -- cy, and later joy -- cy.  cy is the community's authority (a member), so it
 compacts; it runs with ``--compact-after 10 --compact-quiet 15``.  A document ann
 edits ten times is compacted by cy; ann takes the snapshot and drops the history;
-joy, started afterwards, gets the same text from the snapshot.
+joy, started afterwards, gets the same text from the snapshot.  ann's situation record,
+updated 16 times, is snapshotted by ann itself (an owner needs no membership) and every
+node drops the old updates.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ _ok = functools.partial(meshctl_ok, timeout=120)
 def _store(r: dict[str, Any]) -> dict[str, Any]:
     st: dict[str, Any] = r["store"]
     return st
+
+
+def _superseded_at_least(n: int, r: dict[str, Any]) -> bool:
+    return bool(_store(r)["superseded"] >= n)
 
 
 def test_a_member_compacts_the_others_drop_the_history_and_a_joiner_gets_the_snapshot() -> None:
@@ -76,3 +82,15 @@ def test_a_member_compacts_the_others_drop_the_history_and_a_joiner_gets_the_sna
         assert st["refused"].get("superseded", 0) == 0
         # ann's old edits are gone from its store: nothing superseded flows to joy
         assert _store(st)["superseded"] == 0
+        # situation: ann (no member: an owner needs none) snapshots its own record after
+        # 16 updates; every node drops the superseded updates and shows the last values
+        before = {d.name: _store(_ok(d, "sync", "status"))["superseded"] for d in (ann, cy, joy)}
+        for i in range(16):
+            _ok(ann, "situation", "set", "vehicle", "--field", f"battery_offer_kwh={i}.5",
+                "--field", f"seats={i % 5}")
+        for d in (ann, cy, joy):
+            meshctl_until(d, functools.partial(_superseded_at_least, before[d.name] + 16),
+                          "sync", "status", timeout=120,
+                          what=f"{d.name} dropped ann's old updates")
+            rec = _ok(d, "situation", "show", "ann")["records"][0]["fields"]
+            assert rec == {"battery_offer_kwh": 15.5, "seats": 0}, (d.name, rec)
