@@ -827,6 +827,12 @@ class Library:
 
     def _apply_snapshot(self, op: OpLike, parsed: _Parsed, snap: _Snap) -> Applied:
         """Check a snapshot against the history held here, then replace that history by it."""
+        if op.author in self._blocked:
+            # kept like any hidden op, history and all: nothing is superseded by an author
+            # this node does not follow (unblocking merges the snapshot's state)
+            self._seen.add(op.op_id)
+            self._log.setdefault(op.doc_id, []).append(op)
+            return Applied.HIDDEN
         ranges: dict[bytes, list[SkipRange]] = {}
         for author, rng in snap.ranges:
             ranges.setdefault(author, []).append(rng)
@@ -871,7 +877,7 @@ class Library:
         self._rebuild_doc(op.doc_id)
         self._to_supersede.append((op.op_id, op.doc_id, snap.ranges, tuple(dict.fromkeys(
             [*snap.prior, *(o.op_id for o in held)]))))
-        return Applied.HIDDEN if op.author in self._blocked else Applied.APPLIED
+        return Applied.APPLIED
 
     def take_superseded(self) -> list[tuple[bytes, bytes, tuple[tuple[bytes, SkipRange], ...],
                                             tuple[bytes, ...]]]:

@@ -754,7 +754,7 @@ class LibraryNodeService:
                     log.warning("cannot compact %s: %s", t.doc_id.hex()[:8], exc)
                     continue
                 if out is None:
-                    log.info("document %s not compacted (its state does not fit one op, or"
+                    log.debug("document %s not compacted (its state does not fit one op, or"
                              " ops still wait)", t.doc_id.hex()[:8])
                     continue
                 prepared.append((t, *out))

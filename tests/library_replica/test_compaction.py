@@ -235,3 +235,15 @@ def test_an_owner_snapshot_of_its_situation_record_supersedes_its_updates() -> N
     # an old update arriving late changes nothing (last writer wins by order key)
     assert fresh.apply(ops[3])
     assert fresh.get(owner.pub, "household") == board.get(owner.pub, "household")
+
+
+def test_a_blocked_members_snapshot_is_hidden_and_supersedes_nothing() -> None:
+    lib, a, _, ops = _edit_history(10)
+    before = lib.get(D1)
+    snap, _ = _snapshot(lib, a, D1, 10_000)
+    lib.set_blocked({a.pub})
+    assert lib.apply(snap) is Applied.HIDDEN
+    assert lib.take_superseded() == []
+    assert lib.apply(ops[-1]) is Applied.DUPLICATE  # the history is still here
+    lib.set_blocked(())
+    assert lib.get(D1) == before
