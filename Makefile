@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # command:debian-package pairs the tests, demo and benchmarks use
-SYSDEPS := ip:iproute2 nft:nftables ping:iputils-ping espeak-ng:espeak-ng sox:sox tmux:tmux pkill:procps taskset:util-linux chromium:chromium
+SYSDEPS := ip:iproute2 nft:nftables ping:iputils-ping espeak-ng:espeak-ng sox:sox tmux:tmux pkill:procps taskset:util-linux chromium:chromium certutil:libnss3-tools
 # two workers (the machines have 2 cores; most tests wait on networks and timers), one file per
 # worker at a time so module fixtures run once; PYTEST_ARGS='-m "not soak"' runs them one by one
 PYTEST_ARGS ?= -m "not soak" -n 2 --dist loadfile
@@ -54,7 +54,7 @@ run: $(STAMP)
 	$(BIN)/meshd --state-dir $${STATE_DIR:-/tmp/carmesh-run} --name $${NAME:-$$(hostname)-car} --log-level info
 
 bench: $(STAMP)
-	@for b in links routing sync library safety voice footprint initial_flood store; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@for b in links routing sync library safety trust voice footprint initial_flood web store; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check meshd voice sync library_replica tui web carmesh tests bench

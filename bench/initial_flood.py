@@ -5,7 +5,7 @@ is flooded by ``carmesh.dev.initial_flood`` while this process keeps an existing
 pinging it and, once the flood is on, dials it as a new neighbour.  Prints the genuine
 link time, ping RTTs and losses before/during the flood, and the listener's RSS.
 
-    python bench/initial_flood.py [--rate 3000] [--seconds 15] [--valid]
+    python bench/initial_flood.py [--rate 3000] [--seconds 15] [--valid] [--sources N]
 
 ``--server-tree DIR`` runs the listener from another source tree (before/after figures).
 """
@@ -45,11 +45,15 @@ async def serve(lifetime: float) -> None:
     print(json.dumps({"addr": list(addr), "id": b.id.hex()}), flush=True)
     end = time.monotonic() + lifetime
     while time.monotonic() < end:
-        print(json.dumps({"rss_mb": round(rss_mb(), 1),
+        print(json.dumps({"rss_mb": round(rss_mb(), 1), "cpu_s": round(time.process_time(), 3),
                           "counts": dict(getattr(b.mgr, "handshake_counts", {})),
                           "busy": b.mgr.drops.counts.get("refused-busy", 0)}), flush=True)
         await asyncio.sleep(1.0)
     await b.mgr.close()
+
+
+def p95(values: list[float]) -> float:
+    return round(sorted(values)[min(len(values) - 1, int(len(values) * 0.95))], 2)
 
 
 async def measure(args: argparse.Namespace) -> None:
@@ -96,10 +100,12 @@ async def measure(args: argparse.Namespace) -> None:
 
     base, base_lost = await ping_for(3)
     rss_before = rss[-1] if rss else 0.0
+    cpu_before = float(last.get("cpu_s", 0.0))  # type: ignore[arg-type]
+    flood_t0 = loop.time()
     flood = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "carmesh.dev.initial_flood", f"{host}:{port}", "--rate",
         str(args.rate), "--count", str(int(args.rate * args.seconds)), "--seconds",
-        str(args.seconds), *(["--valid"] if args.valid else []),
+        str(args.seconds), "--sources", str(args.sources), *(["--valid"] if args.valid else []),
         stdout=asyncio.subprocess.PIPE, env=env)
     await asyncio.sleep(2.0)
     c = Node("charlie")
@@ -112,17 +118,23 @@ async def measure(args: argparse.Namespace) -> None:
         link = f"failed ({type(exc).__name__}: {exc})"
     during, lost = await pinging
     out, _ = await flood.communicate()
+    cpu_flood = float(last.get("cpu_s", 0.0)) - cpu_before  # type: ignore[arg-type]
+    flood_s = loop.time() - flood_t0
     await asyncio.sleep(3)
     print(json.dumps({
-        "flood": json.loads(out) if out else None, "valid": args.valid,
+        "flood": json.loads(out) if out else None, "valid": args.valid, "sources": args.sources,
         "genuine_link": link,
-        "rtt_ms_before": {"median": round(statistics.median(base), 2), "max": round(max(base), 2),
+        "rtt_ms_before": {"median": round(statistics.median(base), 2), "p95": p95(base),
+                          "max": round(max(base), 2),
                           "lost": base_lost, "n": len(base) + base_lost},
         "rtt_ms_during": {"median": round(statistics.median(during), 2) if during else None,
+                          "p95": p95(during) if during else None,
                           "max": round(max(during), 2) if during else None,
                           "lost": lost, "n": len(during) + lost},
         "rss_mb": {"before": rss_before, "peak": max(rss), "after": rss[-1]},
-        "listener": {k: v for k, v in last.items() if k != "rss_mb"},
+        # the listener's CPU while flooded (its 1 s reports, so within about a second)
+        "listener_cpu_share_during_flood": round(cpu_flood / flood_s, 3),
+        "listener": {k: v for k, v in last.items() if k not in ("rss_mb", "cpu_s")},
     }, indent=1))
     await a.mgr.close()
     await c.mgr.close()
@@ -138,6 +150,7 @@ if __name__ == "__main__":
     p.add_argument("--rate", type=float, default=3000)
     p.add_argument("--seconds", type=float, default=15)
     p.add_argument("--valid", action="store_true")
+    p.add_argument("--sources", type=int, default=1, help="flood from this many source ports")
     p.add_argument("--server-tree", help="run the flooded listener from this source tree "
                                          "(e.g. the main branch, for a before/after figure)")
     p.add_argument("--tree", default="", help=argparse.SUPPRESS)

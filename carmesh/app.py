@@ -49,7 +49,8 @@ async def build_node(config: Config) -> Node:
                     protected_namespaces=frozenset({"trust", "bulletin"}))
     store = await open_store(node.state_dir, wall_clock=node.mesh_time, quotas=quotas)
     try:
-        node.add_service(SyncNodeService(node, store))
+        sync_service = SyncNodeService(node, store)
+        node.add_service(sync_service)
         from library_replica.compaction import DAY_MS, CompactionPolicy
         from library_replica.node_service import LibraryNodeService
 
@@ -76,6 +77,9 @@ async def build_node(config: Config) -> Node:
                                       answer_record=config.answer_record))
         if not config.no_web:
             _add_web(node, config)
+        # every authoriser is registered and nothing has replayed yet: own ops a clock that
+        # ran ahead stamped in the future are signed again at the right time (sync.reissue)
+        await sync_service.reissue_future_own()
     except BaseException:
         await store.close()  # its database thread would keep the process alive
         raise

@@ -126,7 +126,7 @@ async def _run(config: Config) -> int:
 def _recover_store(state_dir: Path) -> bool:
     """``--recover-store``: move the op store and the search index aside (False: refused)."""
     from library_replica.node_service import INDEX_NAME
-    from sync.node_service import DB_NAME
+    from sync.node_service import DB_NAME, RESYNC_MARKER
 
     log = logging.getLogger("meshd")
     sock = default_socket_path(state_dir)
@@ -145,6 +145,9 @@ def _recover_store(state_dir: Path) -> bool:
                 part.replace(state_dir / f"{name}.damaged-{stamp}{suffix}")
         log.warning("moved %s aside to %s.damaged-%s; starting with an empty one that resyncs"
                     " from the neighbours", base, name, stamp)
+    # this node's own chain is gone with the store: its next op would fork it (seq 1 again)
+    # until the neighbours have given it back; the node holds local writes until then
+    (state_dir / RESYNC_MARKER).write_text(f"--recover-store at {stamp}\n")
     return True
 
 

@@ -53,6 +53,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from library_replica.keycerts import (
+    KIND_MEMBER,
+    KeyRegistry,
+    KeyStatement,
+    MemberCertificate,
+    Rank,
+    parse_key_statement,
+    parse_member_certificate,
+)
 from library_replica.ops import (
     AUTHOR_KEY_LEN,
     DOC_ID_LEN,
@@ -317,6 +326,8 @@ class TrustStore:
                  pinned: bytes | None = None) -> None:
         self.config = config
         self.pinned = fingerprint(config.root) if config is not None else pinned
+        #: dealers' member certificates and verified key statements (revocations, successors)
+        self.keys = KeyRegistry()
 
     @property
     def root(self) -> bytes | None:
@@ -379,20 +390,85 @@ class TrustStore:
 
     def authority(self, key: bytes) -> Authority | None:
         """The authority entry of ``key``, or None if it is not trusted now."""
-        if self.config is None or key in self.config.revoked:
+        if self.config is None or self.revoked(key):
             return None
         return self.config.authorities.get(key)
 
+    def dealer(self, key: bytes) -> bool:
+        """True for a dealer authority of our configuration (not revoked)."""
+        a = self.authority(key)
+        return a is not None and a.role is AuthorityRole.DEALER
+
     def revoked(self, key: bytes) -> bool:
-        """True when our configuration revoked ``key``."""
-        return self.config is not None and key in self.config.revoked
+        """True when our configuration or a verified key statement revoked ``key``."""
+        return (self.config is not None and key in self.config.revoked) or self.keys.revoked(key)
 
     def member(self, key: bytes) -> bool:
-        """True for a member key: the root, an authority, a listed member (and not revoked)."""
-        c = self.config
-        if c is None or key in c.revoked:
+        """True for a member key (not revoked): the root, an authority, a listed member, a key
+        a current dealer certified, or the successor of a member."""
+        if self.config is None or self.revoked(key):
             return False
-        return key == c.root or key in c.authorities or key in c.members
+        return self._enrolled(key)
+
+    def _enrolled(self, key: bytes) -> bool:
+        c = self.config
+        assert c is not None
+        seen: set[bytes] = set()
+        while key not in seen:  # the predecessor chain is bounded and acyclic (KeyRegistry)
+            seen.add(key)
+            if key == c.root or key in c.authorities or key in c.members:
+                return True
+            if any(self.dealer(d) for d in self.keys.dealers_of(key)):
+                return True
+            pred = self.keys.predecessor(key)
+            if pred is None:
+                return False
+            key = pred
+        return False
+
+    def enrols(self) -> bool:
+        """True when the community enrols members (a members list or a dealer certificate)."""
+        return self.config is not None and (bool(self.config.members)
+                                            or self.keys.has_certificates())
+
+    def classify_key(self, op: OpLike) -> tuple[TrustVerdict, MemberCertificate | KeyStatement,
+                                                 Rank | None]:
+        """The verdict on a ``trust.member`` or ``trust.revoke`` op: ``ADOPT`` (with the
+        statement's rank) or ``CARRY`` (cannot be checked here yet); raises ``Refused`` for a
+        forged one, or one whose signer may not make it."""
+        c = self.config
+        if op.kind == KIND_MEMBER:
+            cert = parse_member_certificate(op)
+            if c is None or cert.root != c.root:
+                return TrustVerdict.CARRY, cert, None
+            if self.dealer(cert.dealer):
+                return TrustVerdict.ADOPT, cert, None
+            if cert.trust_version > c.version:
+                return TrustVerdict.CARRY, cert, None
+            raise Refused("not_dealer", "members are enrolled by dealer authorities")
+        st = parse_key_statement(op)
+        if st.signer == st.subject:
+            return TrustVerdict.ADOPT, st, Rank.SELF  # made in advance by the key's owner
+        if self.pinned is not None and fingerprint(st.signer) == self.pinned:
+            return TrustVerdict.ADOPT, st, Rank.ROOT
+        if c is None:
+            return TrustVerdict.CARRY, st, None
+        if self.dealer(st.signer):
+            if st.signer in self.keys.dealers_of(st.subject):
+                return TrustVerdict.ADOPT, st, Rank.DEALER
+            return TrustVerdict.CARRY, st, None  # its certificate may still be on the way
+        raise Refused("not_owner", "a key is revoked by itself, the root, or its dealer")
+
+    def take_key(self, op: OpLike) -> bool | None:
+        """Keep a verified certificate or statement: True if it changed the registry, False if
+        not, None when it is carried (cannot be checked yet); raises ``Refused``."""
+        verdict, item, rank = self.classify_key(op)
+        if verdict is TrustVerdict.CARRY:
+            return None
+        if isinstance(item, MemberCertificate):
+            return self.keys.add_certificate(item)
+        assert rank is not None
+        return self.keys.add_statement(item, rank)
 
 
 @dataclass(frozen=True, slots=True)

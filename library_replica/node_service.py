@@ -54,6 +54,8 @@ Control methods (params -> result; documented with the commands in docs/cli.md):
 * ``trust.show``, ``trust.export``, ``trust.join`` {config | fingerprint},
   ``trust.publish`` {op: a root-signed ``trust.update``, hex}
 * ``mail.list``: the outbox (queued / delivered) and what this node carries
+* ``library.prepare`` / ``library.publish`` (changes a browser signs) and ``trust.marks``:
+  ``browser_edit.py``
 
 Events: ``library.changed`` {doc_ids}, ``library.progress``, ``situation.changed``
 {owner, kind}, ``bulletin.published`` {bulletin}, ``bulletin.expired`` {op_ids},
@@ -75,6 +77,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from library_replica.browser_edit import BrowserLibraryOps
 from library_replica.bulletins import (
     KIND_PUBLISH,
     KIND_TRUST_UPDATE,
@@ -90,6 +93,15 @@ from library_replica.bulletins import (
 from library_replica.carried import CarriedPool
 from library_replica.compaction import CompactionPolicy, plan_compaction
 from library_replica.documents import KIND_SNAPSHOT, SNAPSHOT_EXPIRY_MS, DocumentView, Library
+from library_replica.keycerts import (
+    KIND_MEMBER,
+    KIND_REVOKE,
+    STATEMENT_LIFETIME_MS,
+    member_doc_id,
+    parse_key_statement,
+    prepare_key_statement,
+    statement_doc_id,
+)
 from library_replica.mail import (
     KIND_RECEIPT,
     KIND_SEALED,
@@ -124,7 +136,14 @@ from library_replica.situation import (
 )
 from library_replica.situation import KIND_SNAPSHOT as KIND_SIT_SNAPSHOT
 from library_replica.summary import DEFAULT_STALE_S, town_summary
-from meshd.core.errors import ControlError, DiskFull, LocalProtocolError, RemoteProtocolError
+from meshd.core.codec import Fields, unpack
+from meshd.core.errors import (
+    ControlError,
+    DecodeError,
+    DiskFull,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from meshd.core.identity import NodeId, short_id
 from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
 from sync.envelope import MAX_OP_SIZE, Op, decode_op
@@ -147,6 +166,8 @@ _REPLAY_ORDER = ("trust", "bulletin", "situation", "mail", "library")
 _REPLAY_CHUNK = 2000
 #: a ``library.changed`` event lists at most this many ids (``count`` has them all)
 MAX_EVENT_IDS = 256
+#: certificates and key statements listed by ``trust.show`` at most
+MAX_SHOWN_KEYS = 1000
 #: carried ops listed by ``trust.show`` at most
 MAX_SHOWN_CARRIED = 256
 
@@ -176,6 +197,28 @@ def _str_param(params: dict[str, Any], key: str, *, required: bool = True,
     if not isinstance(v, str) or len(v) > max_len:
         raise _bad(f"{key} must be a string")
     return v
+
+
+class _Probe:
+    """An ``OpLike`` for checking a statement body before this node wraps it in an op."""
+
+    def __init__(self, kind: str, body: bytes, author: bytes) -> None:
+        self.kind = kind
+        self.body = body
+        self.author = author
+        self.doc_id = b""
+        self.op_id = b""
+        self.seq = 0
+        self.hlc = 0
+        self.expiry_ms: int | None = None
+
+
+def _body_key(body: bytes, name: str) -> bytes:
+    """The 32-byte key field ``name`` of a statement body; raises ``Refused``."""
+    try:
+        return Fields(unpack(body, 4096)).bytes(name, size=32)
+    except DecodeError as exc:
+        raise Refused("body", str(exc)) from None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -214,7 +257,7 @@ class LibraryNodeService:
                                may_compact=self.trust.member)
         self.compaction = compaction or CompactionPolicy()
         self._compact_due = 0.0
-        self.situation = SituationBoard()
+        self.situation = SituationBoard(person=self.trust.keys.person)
         self.bulletins = BulletinBoard(self.trust)
         self.notices = NoticeBoard(self.trust)
         #: notices shown here that still need our receipt (written by ``run``)
@@ -260,9 +303,11 @@ class LibraryNodeService:
             "bulletin.publish": self._h_bulletin_publish, "bulletin.list": self._h_bulletin_list,
             "trust.show": self._h_trust_show, "trust.export": self._h_trust_export,
             "trust.join": self._h_trust_join, "trust.publish": self._h_trust_publish,
+            "trust.submit": self._h_trust_submit, "trust.statement": self._h_trust_statement,
             "bulletin.update": self._h_bulletin_update,
             "bulletin.retract": self._h_bulletin_retract,
             "mail.list": self._h_mail_list,
+            **BrowserLibraryOps(self).handlers(),  # library.prepare / publish, trust.marks
         }
 
     def stream_services(self) -> Mapping[str, StreamHandler]:
@@ -550,9 +595,8 @@ class LibraryNodeService:
 
     def _is_member(self, key: bytes) -> bool:
         """A member for the op store: enrolled (``TrustStore.member``), or anyone while the
-        configuration enrols nobody (no trust, or a community without a members list)."""
-        c = self.trust.config
-        if c is None or not c.members:
+        configuration enrols nobody (no trust, or no members list and no dealer certificate)."""
+        if not self.trust.enrols():
             return not self.trust.revoked(key)
         return self.trust.member(key)
 
@@ -564,20 +608,36 @@ class LibraryNodeService:
             recheck()
 
     def _authorize_trust(self, op: OpLike, wall_now_ms: int) -> None:
-        """Our root's updates are kept (adopted when newer); other verified ones are carried."""
-        verdict, _ = self.trust.classify(op)
+        """Our root's updates are kept (adopted when newer); dealers' certificates and key
+        statements when they verify here; other verified ones are carried."""
+        if op.kind in (KIND_MEMBER, KIND_REVOKE):
+            verdict = self.trust.classify_key(op)[0]
+            if verdict is TrustVerdict.ADOPT and not self._accountable(op):
+                # verified, but anyone can sign a statement about a fresh key: what
+                # non-members publish in this protected namespace stays within the pool
+                verdict = TrustVerdict.CARRY
+        else:
+            verdict = self.trust.classify(op)[0]
         if verdict is TrustVerdict.CARRY:
             self.carried.admit(op, self._size(op), wall_now_ms)
+
+    def _accountable(self, op: OpLike) -> bool:
+        """True when a certificate or statement was published by a member (or us)."""
+        return op.author == self._author or self.trust.member(op.author)
+
+    def _trust_state(self) -> tuple[int, bytes | None, int]:
+        return self.trust.version, self.trust.root, self.trust.keys.generation
 
     async def _apply_trusted(self, ops: Sequence[Op], wall: int, *,
                              replay: bool) -> list[Bulletin]:
         """Trust then bulletin ops of one commit (under ``_trust_lock``); the ones to announce."""
-        before = self.trust.version, self.trust.root
+        before = self._trust_state()
         withdraw: list[bytes] = []
-        for op in sorted(ops, key=lambda o: 0 if o.namespace == "trust" else 1):
+        # updates first (a certificate or statement may rely on the configuration they bring)
+        for op in sorted(ops, key=lambda o: (o.namespace != "trust", o.kind != KIND_TRUST_UPDATE)):
             if op.namespace == "trust":
                 self._take_trust(op, wall)
-        if (self.trust.version, self.trust.root) != before:
+        if self._trust_state() != before:
             withdraw += self.bulletins.drop_untrusted()
         published: list[Bulletin] = []
         for op in ops:
@@ -585,10 +645,10 @@ class LibraryNodeService:
                 b = self._take_bulletin(op, wall, withdraw)
                 if b is not None and op.kind == KIND_PUBLISH:
                     published.append(b)
-        if (self.trust.version, self.trust.root) != before:
+        if self._trust_state() != before:
             published += await self._recheck(wall, withdraw)
         await self._withdraw(withdraw, announce=not replay)
-        if (self.trust.version, self.trust.root) != before:
+        if self._trust_state() != before:
             self._trust_moved()
             await asyncio.to_thread(self._save_trust)
             if not replay:
@@ -597,6 +657,8 @@ class LibraryNodeService:
 
     def _take_trust(self, op: OpLike, wall: int) -> bool:
         """A committed trust op: adopt, keep as stale, or count as carried; True if adopted."""
+        if op.kind in (KIND_MEMBER, KIND_REVOKE):
+            return self._take_key(op, wall)
         try:
             verdict, config = self.trust.classify(op)
         except Refused as exc:
@@ -613,6 +675,28 @@ class LibraryNodeService:
                      len(config.authorities), len(config.revoked))
             return True
         return False
+
+    def _take_key(self, op: OpLike, wall: int) -> bool:
+        """A committed certificate or key statement: kept, or carried; True if it changed
+        who is a member or revoked."""
+        try:
+            changed = self.trust.take_key(op)
+        except Refused as exc:
+            self.bulletins.drops.drop(exc.reason, op.author.hex()[:8], exc.detail)
+            self.carried.discard(op.op_id)
+            return False
+        if changed is None or not self._accountable(op):  # (counted in the pool)
+            self.carried.restore(op, self._size(op), wall)
+        else:
+            self.carried.discard(op.op_id)
+        if changed is None:
+            return False
+        if changed and op.kind == KIND_REVOKE:
+            st = parse_key_statement(op)
+            log.warning("trust: key %s revoked by %s%s", st.subject.hex()[:8],
+                        "itself" if st.signer == st.subject else st.signer.hex()[:8],
+                        f", continued by {st.successor.hex()[:8]}" if st.successor else "")
+        return changed
 
     def _take_bulletin(self, op: OpLike, wall: int, withdraw: list[bytes]) -> Bulletin | None:
         """A committed bulletin op: shown (returned), carried, or refused now (withdrawn)."""
@@ -1140,7 +1224,9 @@ class LibraryNodeService:
         fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.fields.items()}
         return {"owner": r.owner.hex(), "node_id": nodes.get(r.owner, ""),
                 "name": names.get(r.owner, ""), "kind": str(r.kind), "fields": fields,
-                "updated_ms": r.updated_hlc >> 16}
+                "updated_ms": r.updated_hlc >> 16,
+                # the first key of the owner's chain of devices (successor statements)
+                "person": self.trust.keys.person(r.owner).hex()}
 
     async def _h_situation_set(self, params: dict[str, Any]) -> dict[str, Any]:
         await self._ensure_ready()
@@ -1275,6 +1361,23 @@ class LibraryNodeService:
             if c else [],
             "revoked": sorted(k.hex() for k in c.revoked) if c else [],
             "members": sorted(k.hex() for k in c.members) if c else [],
+            # dealers' certificates (counted while their dealer is a dealer authority)
+            "certified": [{"member": m.member.hex(), "dealer": m.dealer.hex(),
+                           "valid": self.trust.dealer(m.dealer)}
+                          for m in sorted(self.trust.keys.certificates(),
+                                          key=lambda m: (m.member, m.dealer))][:MAX_SHOWN_KEYS],
+            # key statements verified here: revocations by the key, its dealer or the root
+            "revocations": [{"key": st.subject.hex(), "by": st.signer.hex(),
+                             "rank": rank.name.lower(),
+                             "successor": st.successor.hex() if st.successor else None}
+                            for st, rank in sorted(self.trust.keys.statements(),
+                                                   key=lambda x: (x[0].subject, x[0].signer))
+                            ][:MAX_SHOWN_KEYS],
+            # the successor each revoked key has here (none while contested)
+            "successors": {k.hex(): s.hex() for k in sorted(self.trust.keys.revocations())
+                           if (s := self.trust.keys.successor(k)) is not None},
+            "revoked_here": self.trust.revoked(self._author),
+            "person": self.trust.keys.person(self._author).hex(),
             "member": self.trust.member(self._author),
             "file": str(self.trust_path) if self.trust_path else None,
             "key": self._author.hex(),
@@ -1365,6 +1468,59 @@ class LibraryNodeService:
         if res.refused:
             raise ControlError("failed", f"refused by the store: {dict(res.refused)}")
         return {"op_id": op.op_id.hex(), **self._trust_show()}
+
+    async def _h_trust_submit(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Publish a signed ``trust.member`` or ``trust.revoke`` body made elsewhere (a dealer's
+        key file, a statement the owner kept): wrapped in an ephemeral op of this node's key."""
+        await self._ensure_ready()
+        kind = _str_param(params, "kind", max_len=40)
+        body_hex = _str_param(params, "body", max_len=16 * 1024)
+        assert kind is not None and body_hex is not None
+        if kind not in (KIND_MEMBER, KIND_REVOKE):
+            raise _bad("kind is trust.member or trust.revoke")
+        try:
+            body = bytes.fromhex(body_hex)
+        except ValueError:
+            raise _bad("body is hex") from None
+        probe = _Probe(kind, body, self._author)
+        try:
+            probe.doc_id = (member_doc_id(_body_key(body, "m")) if kind == KIND_MEMBER
+                            else statement_doc_id(_body_key(body, "s")))
+            verdict = self.trust.classify_key(probe)[0]
+        except Refused as exc:
+            raise ControlError("failed", f"refused: {exc.reason} {exc.detail}".strip()) \
+                from None
+        if verdict is TrustVerdict.CARRY:
+            raise ControlError("failed", "this node cannot check it (not enrolled in that "
+                               "community, or the enrolling dealer's certificate is unknown "
+                               "here): publish it from an enrolled node")
+        wall = self._wall_ms()
+        try:
+            op = await self.store.add_local(self._ident.signing_key, kind=kind,
+                                            doc_id=probe.doc_id, body=body,
+                                            expiry_ms=wall + STATEMENT_LIFETIME_MS)
+        except (Unauthorized, SyncLocalError, DiskFull) as exc:
+            raise ControlError("failed", f"not stored: {exc}") from None
+        return {"op_id": op.op_id.hex(), "kind": kind, **self._trust_show()}
+
+    async def _h_trust_statement(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Sign, with this node's key, a statement revoking it (and naming a ``successor``),
+        for its owner to keep offline: returned, not published."""
+        await self._ensure_ready()
+        succ_hex = _str_param(params, "successor", required=False, max_len=64)
+        successor = None
+        if succ_hex is not None:
+            try:
+                successor = bytes.fromhex(succ_hex)
+            except ValueError:
+                successor = b""
+            if len(successor) != 32 or successor == self._author:
+                raise _bad("successor is another node's 64-hex key")
+        doc_id, body = prepare_key_statement(self._ident.signing_key.sign, self._author,
+                                             self._author, successor=successor,
+                                             made_ms=self._wall_ms())
+        return {"kind": KIND_REVOKE, "body": body.hex(), "key": self._author.hex(),
+                "successor": succ_hex, "doc_id": doc_id.hex()}
 
     def _notice_json(self, n: Notice) -> dict[str, Any]:
         return {**self._bulletin_json(n.bulletin), "bulletin_id": n.bulletin.doc_id.hex(),

@@ -34,7 +34,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,9 +294,16 @@ class SituationRecord:
 
 
 class SituationBoard:
-    """Materialised situation records with per-field last-writer-wins."""
+    """Materialised situation records with per-field last-writer-wins.
 
-    def __init__(self) -> None:
+    ``person`` maps a key to the first key of its chain of successors
+    (``KeyRegistry.person``): the records of a lost device and of the device that
+    carries it on read as one record, each field the newest write of either, owned by
+    the key that wrote last.
+    """
+
+    def __init__(self, person: Callable[[bytes], bytes] | None = None) -> None:
+        self._person = person
         self._fields: dict[tuple[bytes, RecordKind], dict[str, tuple[Any, tuple[int, bytes,
                                                                                 bytes]]]] = {}
         self._updated: dict[tuple[bytes, RecordKind], int] = {}
@@ -378,22 +385,49 @@ class SituationBoard:
                             "p": sorted(snaps), "uh": self._updated[key]})
         return body
 
-    def _record(self, key: tuple[bytes, RecordKind]) -> SituationRecord:
-        fields = {n: v for n, (v, _) in sorted(self._fields[key].items()) if v is not None}
-        return SituationRecord(key[0], key[1], fields, self._updated[key])
+    def _record(self, keys: list[tuple[bytes, RecordKind]]) -> SituationRecord:
+        regs: dict[str, tuple[Any, tuple[int, bytes, bytes]]] = {}
+        for key in keys:
+            for name, (v, k) in self._fields[key].items():
+                cur = regs.get(name)
+                if cur is None or k > cur[1]:
+                    regs[name] = (v, k)
+        fields = {n: v for n, (v, _) in sorted(regs.items()) if v is not None}
+        last = max(keys, key=lambda k: (self._updated[k], k[0]))
+        return SituationRecord(last[0], last[1], fields, self._updated[last])
+
+    def _groups(self, want: Callable[[tuple[bytes, RecordKind]], bool]
+                ) -> list[list[tuple[bytes, RecordKind]]]:
+        """The stored keys ``want`` keeps, grouped by (person, kind)."""
+        groups: dict[tuple[bytes, RecordKind], list[tuple[bytes, RecordKind]]] = {}
+        for key in self._fields:
+            if want(key):
+                person = self._person(key[0]) if self._person else key[0]
+                groups.setdefault((person, key[1]), []).append(key)
+        return list(groups.values())
+
+    def _same_person(self, owner: bytes) -> Callable[[bytes], bool]:
+        if self._person is None:
+            return lambda k: k == owner
+        person = self._person
+        p = person(owner)
+        return lambda k: k == owner or person(k) == p
 
     def get(self, owner: bytes, kind: RecordKind | str) -> SituationRecord | None:
-        """``owner``'s record of ``kind``, if any."""
-        key = (owner, RecordKind(kind))
-        return self._record(key) if key in self._fields else None
+        """``owner``'s record of ``kind`` (with its predecessors'), if any."""
+        rk = RecordKind(kind)
+        same = self._same_person(owner)
+        groups = self._groups(lambda k: k[1] == rk and same(k[0]))
+        return self._record(groups[0]) if groups else None
 
     def records(self, kind: RecordKind | str | None = None) -> Iterator[SituationRecord]:
         """All records, or those of one kind, most recently updated first."""
-        keys = [k for k in self._fields if kind is None or k[1] == RecordKind(kind)]
-        keys.sort(key=lambda k: self._updated[k], reverse=True)
-        for key in keys:
-            yield self._record(key)
+        rk = None if kind is None else RecordKind(kind)
+        recs = [self._record(g) for g in self._groups(lambda k: rk is None or k[1] == rk)]
+        recs.sort(key=lambda r: r.updated_hlc, reverse=True)
+        yield from recs
 
     def of_owner(self, owner: bytes) -> list[SituationRecord]:
-        """Every record of one owner."""
-        return [self._record(k) for k in self._fields if k[0] == owner]
+        """Every record of one owner (with its predecessors')."""
+        same = self._same_person(owner)
+        return [self._record(g) for g in self._groups(lambda k: same(k[0]))]

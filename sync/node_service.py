@@ -9,6 +9,8 @@ control method ``sync.status`` reports per-peer progress.
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -20,9 +22,48 @@ from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
 from sync.service import SyncService
 from sync.store import OpStore, Quotas, default_verify_workers, refuse_empty_file
 
-__all__ = ["SyncNodeService", "open_store"]
+__all__ = ["DB_NAME", "OWN_SENT_NAME", "RESYNC_MARKER", "SyncNodeService", "open_store",
+           "read_own_sent"]
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "ops.sqlite"
+#: written by ``meshd --recover-store``: this node's own chain is not back yet
+RESYNC_MARKER = "ops.sqlite.resyncing"
+#: the highest stamp of an own op ever sent to a peer (``sync.reissue``), a decimal integer
+OWN_SENT_NAME = "own-sent.hlc"
+
+
+def read_own_sent(state_dir: Path) -> int:
+    """The highest stamp of an own op ever sent; a missing file is 0, a damaged one is taken
+    as "everything was sent" (nothing is ever re-issued then: the safe side)."""
+    try:
+        return int((Path(state_dir) / OWN_SENT_NAME).read_text().strip())
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError):
+        log.warning("%s is unreadable: own ops stamped ahead will not be re-issued",
+                    Path(state_dir) / OWN_SENT_NAME)
+        return 1 << 63
+
+
+def _write_own_sent(state_dir: Path, hlc: int) -> None:
+    path = Path(state_dir) / OWN_SENT_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"{hlc}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+HELD_MESSAGE = (
+    "this node's op store was recovered (meshd --recover-store) and its own changes are not"
+    " back from its neighbours yet: a change written now would fork its chain and peers would"
+    " quarantine this node. Wait until it has synced with its neighbours (`meshctl sync"
+    " status`); if this node never wrote anything before, stop meshd, delete {marker} and"
+    " start it again")
 
 
 async def open_store(state_dir: Path, *, wall_clock: Callable[[], float] = time.time,
@@ -45,6 +86,46 @@ class SyncNodeService:
         self.store = store
         self.service = SyncService(store, open_stream=node.open_stream, wall_clock=time.time,
                                    rng=random.Random(), interval_s=interval_s)
+        # own ops that left the node are never re-issued (sync.reissue): remember them
+        state_dir = Path(node.state_dir)
+        self.service.own_sent_hlc = read_own_sent(state_dir)
+        self.service.on_own_sent = lambda hlc: _write_own_sent(state_dir, hlc)
+        # after --recover-store: hold chained local writes until the own chain is back
+        self._marker = Path(node.state_dir) / RESYNC_MARKER
+        self._synced_since_recovery: set[bytes] = set()
+        if self._marker.exists():
+            store.local_writes_held = HELD_MESSAGE.format(marker=self._marker)
+            self.service.on_reconciled = self._reconciled
+            log.warning("the op store was recovered: this node's own writes are held until it"
+                        " has synced with its neighbours (its own ops come back from them)")
+
+    async def reissue_future_own(self) -> None:
+        """At start, before the application replays: re-issue this node's own ops stamped
+        beyond its (now corrected) clock's tolerance, when none of them ever left the node."""
+        ident = self.node.identity
+        status, new = await self.store.reissue_future_own(
+            ident.signing_key, shared_hlc=self.service.own_sent_hlc)
+        if status == "reissued":
+            log.warning("%d of this node's own changes were stamped in the future (its clock"
+                        " ran ahead when it wrote them); signed again at the current time so"
+                        " that peers take them", len(new))
+        elif status != "none":
+            log.warning("this node's own changes stamped in the future are not re-issued"
+                        " (%s): peers take them when real time reaches their stamps", status)
+
+    def _reconciled(self, peer: bytes) -> None:
+        """A reconciliation with ``peer`` completed: release the hold once every neighbour up
+        has completed one since the recovery (each gave back whatever it held of our chain)."""
+        self._synced_since_recovery.add(peer)
+        up = self.service.neighbours_up()
+        if not up <= self._synced_since_recovery or self.store.local_writes_held is None:
+            return
+        self.store.local_writes_held = None
+        self.service.on_reconciled = None
+        self._marker.unlink(missing_ok=True)
+        head = self.store.author_head(self.node.identity.ed25519_pub)
+        log.info("own changes back from %d neighbour(s)%s: local writes allowed again",
+                 len(up), f" (own chain at seq {head[0]})" if head else "")
 
     def handlers(self) -> Mapping[str, ControlHandler]:
         return {"sync.status": self._h_status}
@@ -99,6 +180,7 @@ class SyncNodeService:
 
     async def _h_status(self, params: dict[str, Any]) -> dict[str, Any]:
         st = self.service.status()
+        st["local_writes_held"] = self.store.local_writes_held
         st["store"] = self.store.admission_status()
         for node_id, peer in st["peers"].items():
             ann = self.node.announcement_of(bytes.fromhex(node_id))

@@ -152,7 +152,7 @@ class _Session:
                     send.result()  # a broken stream raises here
                     send = None
                 if load in done:
-                    core.batch_loaded(load.result(), now)
+                    core.batch_loaded(self.svc.outgoing(load.result()), now)
                     load = None
                     await asyncio.sleep(0)  # let voice and routing run between batches
                 for fut in [t for t in self._applying if t in done]:
@@ -229,6 +229,13 @@ class SyncService:
         self._unsubscribe = store.subscribe(self._on_commit)
         #: the core of the session that ended last (its reconciliation cost, for benchmarks)
         self.last_session: SyncSession | None = None
+        #: called with a neighbour's id after a reconciliation with it completed (committed)
+        self.on_reconciled: Callable[[bytes], None] | None = None
+        #: the highest stamp of an own op ever sent to a peer (``sync.reissue``); the owner
+        #: restores it at start and persists it in ``on_own_sent`` before the op leaves
+        self.own_sent_hlc = 0
+        self.on_own_sent: Callable[[int], None] | None = None
+        self._held_future_logged = False
 
     def priority(self, ns: str) -> int:
         """Transfer rank of a namespace (lower goes first)."""
@@ -296,6 +303,8 @@ class SyncService:
                 found = {"in": core.rec.incoming(), "out": core.rec.outgoing()}
                 p.status.last_difference = found
                 p.status.up_to_date = found == {"in": 0, "out": 0}
+                if self.on_reconciled is not None:
+                    self.on_reconciled(p.node_id)
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, s.tag, str(exc))
         except (ConnectionError, TimeoutError, OSError) as exc:
@@ -310,6 +319,48 @@ class SyncService:
             with contextlib.suppress(Exception):
                 await stream.close()
         return ok
+
+    def outgoing(self, pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The loaded ops a session may send: none stamped beyond this node's time tolerance.
+
+        Peers that agree with our time would refuse them (``future``), and an own op that
+        never left the node can be re-issued at the right time once its clock is fixed
+        (``sync.reissue``); the stamp of every own op that leaves is recorded first.  A held
+        op is left out as if purged since it was queued; the next reconciliation offers it
+        again.
+        """
+        store = self.store
+        limit = store.future_limit_hlc()
+        keep: list[tuple[bytes, bytes]] = []
+        sent_own = self.own_sent_hlc
+        held = 0
+        for op_id, raw in pairs:
+            hlc = store.hlc_of(op_id)
+            if hlc is None:
+                continue
+            if hlc >= limit:
+                held += 1
+                continue
+            if hlc > sent_own and store.is_own(op_id):
+                sent_own = hlc
+            keep.append((op_id, raw))
+        if held:
+            self.drops.counts["held-future"] += held
+            if not self._held_future_logged:
+                self._held_future_logged = True
+                log.warning("this node holds back %d op(s) stamped beyond its time tolerance"
+                            " (its clock ran ahead when it wrote them): peers would refuse"
+                            " them. Set the system clock and restart meshd: its own are then"
+                            " re-issued at the right time", held)
+        if sent_own > self.own_sent_hlc:
+            if self.on_own_sent is not None:
+                self.on_own_sent(sent_own)  # durable before the ops leave
+            self.own_sent_hlc = sent_own
+        return keep
+
+    def neighbours_up(self) -> set[bytes]:
+        """The neighbours a link is up to now."""
+        return {k for k, p in self._peers.items() if p.status.up}
 
     async def sync_now(self, peer: bytes) -> bool:
         """Run one reconciliation session with ``peer`` now; True if it completed."""

@@ -325,6 +325,9 @@ class OpStore:
         self._threads = 1
         self._thread_pool: ThreadPoolExecutor | None = None
         self._purge_blocked = False  # the last purge found the disk full (logged once)
+        #: why new chained local ops are refused for now (None: allowed); set while this
+        #: node's own chain is not back from its neighbours after ``--recover-store``
+        self.local_writes_held: str | None = None
         # admission (see "Quota" above): without set_admission everyone is a member
         self._member: Callable[[bytes], bool] | None = None
         self._revoked: Callable[[bytes], bool] = lambda key: False
@@ -602,6 +605,18 @@ class OpStore:
         k = self._known.get(op_id)
         return k[0] if k else None
 
+    def future_limit_hlc(self) -> int:
+        """The lowest stamp peers refuse as ``future`` when they agree with this node's time."""
+        from sync.envelope import HLC_COUNTER_BITS
+
+        wall_ms = int(self._wall_clock() * 1000)
+        return (wall_ms + self.clock.max_skew_ms + 1) << HLC_COUNTER_BITS
+
+    def is_own(self, op_id: bytes) -> bool:
+        """Whether a stored op was signed by one of this node's keys."""
+        k = self._known.get(op_id)
+        return k is not None and k[2] in self._own
+
     def hlc_of(self, op_id: bytes) -> int | None:
         """The hlc of a stored op, or None."""
         k = self._known.get(op_id)
@@ -677,6 +692,8 @@ class OpStore:
             a = self._authors.get(author) or AuthorState()
             if a.quarantined is not None:
                 raise SyncLocalError("this key is quarantined (it forked its own chain)")
+            if expiry_ms is None and self.local_writes_held is not None:
+                raise SyncLocalError(self.local_writes_held)
             hlc = self.clock.now(wall_ms)
             if expiry_ms is None:
                 op = create_op(signing_key, kind=kind, doc_id=doc_id, body=body,
@@ -688,6 +705,98 @@ class OpStore:
             result = await self._commit([op], [], [], {})
         await self._notify(result)
         return op
+
+    async def reissue_future_own(self, signing_key: Ed25519PrivateKey, *,
+                                 shared_hlc: int) -> tuple[str, list[Op]]:
+        """Re-sign the future-stamped tail of this key's chain at the same positions, now.
+
+        See ``sync.reissue`` for why and when it is safe (``shared_hlc``: the highest stamp
+        of an own op ever sent to a peer).  One transaction: the tail is withdrawn and its
+        contents committed again, or nothing changes.  Call it at start, before the
+        application replays its state from the store (subscribers are not told).  Returns
+        ``("reissued", new ops)``, ``("none", [])`` or ``(reason, [])`` when it is not safe.
+        """
+        from sync.envelope import HLC_COUNTER_BITS, create_op, hlc_wall_ms
+        from sync.reissue import ChainOp, ReissuePlan, plan_reissue
+
+        author = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        async with self._lock:
+            a = self._authors.get(author)
+            if a is None or a.head_seq == 0 or a.quarantined is not None:
+                return "none", []
+            wall_ms = int(self._wall_clock() * 1000)
+            skew = self.clock.max_skew_ms
+            beyond = (wall_ms + skew + 1) << HLC_COUNTER_BITS
+            async with self._db.execute(
+                    "SELECT raw FROM ops WHERE author = ? AND seq > 0 AND hlc >= ? ORDER BY seq",
+                    (author, beyond)) as cur:
+                old = [decode_op(r[0], verify=False) async for r in cur]
+            plan = plan_reissue([ChainOp(o.seq, o.op_id, o.hlc) for o in old],
+                                head_seq=a.head_seq, now_ms=wall_ms, max_skew_ms=skew,
+                                shared_hlc=shared_hlc)
+            if not isinstance(plan, ReissuePlan):
+                return plan or "none", []
+            prev, prev_hlc = None, -1
+            if plan.first_seq > 1:
+                async with self._db.execute(
+                        "SELECT op_id, hlc FROM ops WHERE author = ? AND seq = ?",
+                        (author, plan.first_seq - 1)) as cur:
+                    row = await cur.fetchone()
+                if row is None:
+                    return "no-predecessor", []
+                prev, prev_hlc = bytes(row[0]), int(row[1])
+            new: list[Op] = []
+            hlc = self.clock.now(wall_ms)  # follows the corrected clock (see HybridClock.now)
+            for o in old:
+                hlc = max(hlc, prev_hlc + 1)
+                op = create_op(signing_key, kind=o.kind, doc_id=o.doc_id, body=o.body,
+                               seq=o.seq, prev=prev, hlc=hlc)
+                try:
+                    self._authorize(op, wall_ms)
+                except Unauthorized as exc:
+                    return f"unauthorized: {exc.detail}", []
+                new.append(op)
+                prev, prev_hlc, hlc = op.op_id, op.hlc, op.hlc + 1
+            n_bytes = a.n_bytes - sum(len(o.raw) for o in old) + sum(len(o.raw) for o in new)
+            head = new[-1]
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                await self._db.executemany(
+                    "DELETE FROM ops WHERE ns = ? AND hlc = ? AND op_id = ?",
+                    [(o.namespace, o.hlc, o.op_id) for o in old])
+                await self._db.executemany(
+                    f"INSERT INTO ops ({_OPS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(o.op_id, o.namespace, o.kind, o.doc_id, o.author, o.seq, o.hlc,
+                      o.expiry_ms, o.raw) for o in new])
+                await self._db.execute(
+                    "UPDATE authors SET head_seq = ?, head_id = ?, head_hlc = ?, n_bytes = ? "
+                    "WHERE author = ?", (head.seq, head.op_id, head.hlc, n_bytes, author))
+                await self._db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.shield(self._db.execute("ROLLBACK"))
+                if is_disk_full(exc):
+                    raise DiskFull("future-stamped ops not re-issued") from None
+                raise
+            self._authors[author] = AuthorState(head.seq, head.op_id, head.hlc, a.n_ops, n_bytes,
+                                                a.quarantined)
+            for o in old:
+                self._known.pop(o.op_id, None)
+                self._keys.get(o.namespace, {}).pop(o.op_id, None)
+                self._snapshots.pop(o.namespace, None)
+                self.bytes_stored -= len(o.raw)
+                self._count(author, o.namespace, len(o.raw), -1)
+            for o in new:
+                self._known[o.op_id] = (o.namespace, o.hlc, o.author)
+                self._keys.setdefault(o.namespace, {})[o.op_id] = o.hlc
+                self._snapshots.pop(o.namespace, None)
+                self.bytes_stored += len(o.raw)
+                self._count(author, o.namespace, len(o.raw), +1)
+            # the clock forgets the withdrawn stamps: it continues from the new head
+            self.clock = HybridClock(max(self.clock.last if hlc_wall_ms(self.clock.last)
+                                         <= wall_ms + skew else 0, head.hlc),
+                                     self.clock.max_skew_ms)
+            return "reissued", new
 
     def _authorize(self, op: Op, wall_ms: int) -> None:
         fn = self._authorizers.get(op.namespace)

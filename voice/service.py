@@ -32,12 +32,23 @@ sent, with the call id; ``meshctl call`` then follows the ``call.*`` events
 (subscribe first) until ``call.ended``.  ``answer``, ``decline``, ``hangup``
 take a call id or a unique prefix of one; ``calls`` lists live and recent
 calls with quality (RTT, jitter, loss from getStats).
+
+Browser calls (``browser.dial``, ``browser.offer``, ``browser.answer``, for the
+web app): the browser is the endpoint instead of aiortc.  The car opens the
+call's relay socket on its *browser-facing* address and hands the browser the
+far SDP with that socket as the only candidate, exactly as it hands aiortc the
+mesh relay candidate; the browser's own SDP crosses the mesh untouched (the far
+node strips its candidates), with the browser's signature over its DTLS
+fingerprints (``voice.browser``), which the far node checks.  The car sees
+only ciphertext; "audio" for its media watchdog is SRTP packets relayed to the
+browser.  Answer SDPs for the browser are published as ``call.browser`` events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -54,9 +65,17 @@ from meshd.core.packet import MeshPacket, Service
 from meshd.core.seal import ReplayCache, open_sealed, seal
 from meshd.core.tasks import cancel_and_wait
 from meshd.services.api import Metric, NodeApi
+from voice.browser import check_person, fingerprint_message
 from voice.callstate import CallRole, CallState, CallStateError
 from voice.endpoint import Endpoint, Quality, check_media_options, load_media
-from voice.relay import MediaFramer, RelaySocket, ice_credentials, strip_and_add_relay
+from voice.relay import (
+    MediaFramer,
+    PacketKind,
+    RelaySocket,
+    classify,
+    ice_credentials,
+    strip_and_add_relay,
+)
 from voice.session import (
     MEDIA_SETUP_S,
     MEDIA_STALL_S,
@@ -69,7 +88,7 @@ from voice.session import (
     StateChanged,
     TakeAnswer,
 )
-from voice.signalling import CALL_ID_LEN, Kind, SigMessage
+from voice.signalling import CALL_ID_LEN, MAX_SDP, Kind, SigMessage
 
 __all__ = ["MEDIA_SETUP_S", "MEDIA_STALL_S", "REOFFER_GIVE_UP_S", "CallInfo", "VoiceService"]
 
@@ -83,6 +102,8 @@ MEDIA_DEADLINE_S = 0.5
 QUALITY_EVERY_S = 1.0
 #: ended calls kept for ``calls``
 HISTORY = 50
+#: live calls of browsers this car serves, at most (each holds a UDP socket)
+MAX_BROWSER_CALLS = 16
 #: what to do when a host offers WebRTC no address at all (aioice skips 127.0.0.1)
 NO_ADDRESS_HINT = ("this host offers WebRTC no usable address (aioice skips 127.0.0.1): add one, "
                    "e.g. `sudo ip addr add 127.0.0.2/8 dev lo` on a loopback-only host, or run "
@@ -106,6 +127,16 @@ class _Call:
     answering: bool = False
     quality: Quality | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: a browser is this side's endpoint (the relay socket faces it); its key
+    browser: bytes | None = None
+    #: the key that signed the far endpoint's fingerprints (checked): a browser's own, or,
+    #: for a node's own endpoint answering a browser, that node's Ed25519 key
+    person: bytes | None = None
+    person_sig: bytes | None = None
+    #: browser calls: SRTP relayed to the browser, first and last (node clock)
+    rtp_first_at: float | None = None
+    rtp_last_at: float | None = None
+    browser_ufrag: str | None = None
 
     @property
     def call_id(self) -> bytes:
@@ -132,13 +163,16 @@ class CallInfo:
     setup_ms: float | None
     quality: dict[str, Any] | None
     detail: str | None = None
+    person: str | None = None
+    browser: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"call_id": self.call_id, "peer": self.peer, "peer_name": self.peer_name,
                 "role": self.role, "state": self.state, "reason": self.reason,
                 "flow_id": self.flow_id, "duration_s": self.duration_s,
                 "answer_ms": self.answer_ms, "setup_ms": self.setup_ms,
-                "quality": self.quality, "detail": self.detail}
+                "quality": self.quality, "detail": self.detail, "person": self.person,
+                "browser": self.browser}
 
 
 class VoiceService:
@@ -170,7 +204,9 @@ class VoiceService:
     def handlers(self) -> dict[str, Handler]:
         """Control methods: call, answer, decline, hangup, calls."""
         return {"call": self._h_call, "answer": self._h_answer, "decline": self._h_decline,
-                "hangup": self._h_hangup, "calls": self._h_calls}
+                "hangup": self._h_hangup, "calls": self._h_calls,
+                "browser.dial": self._h_browser_dial, "browser.offer": self._h_browser_offer,
+                "browser.answer": self._h_browser_answer}
 
     async def _h_call(self, params: dict[str, Any]) -> dict[str, Any]:
         node = params.get("node")
@@ -379,7 +415,8 @@ class VoiceService:
         return CallInfo(call.call_id.hex(), call.peer.hex(), call.peer_name, s.role.value,
                         s.state.value, s.reason.value if s.reason else None, s.flow_id,
                         s.duration_s(self._node.now()), s.answer_ms(), s.setup_ms(),
-                        call.quality.to_json() if call.quality else None, s.detail)
+                        call.quality.to_json() if call.quality else None, s.detail,
+                        call.person.hex() if call.person else None, call.browser is not None)
 
     def _hint(self, local_sdp: str) -> str:
         if "typ host" not in local_sdp:
@@ -443,7 +480,12 @@ class VoiceService:
         answer = await call.endpoint.accept_offer(strip_and_add_relay(offer, *relay.address))
         relay.set_credentials(remote, ice_credentials(answer).ufrag)
         call.session.media_hint = self._hint(answer)
-        call.session.send_answer(answer, self._node.now())
+        signed: tuple[bytes, bytes] | None = None
+        if call.person is not None:  # a browser called: it checks our fingerprints by our key
+            ident = self._node.identity
+            signed = (ident.ed25519_pub,
+                      ident.sign(fingerprint_message(call.call_id, Kind.ANSWER, answer)))
+        call.session.send_answer(answer, self._node.now(), signed)
         self._flush(call)
 
     async def _take_answer(self, call: _Call, sdp: str) -> None:
@@ -507,6 +549,9 @@ class VoiceService:
             return
         if data is not None:
             call.relay.deliver(data)
+            if call.browser is not None:
+                self._browser_audio(call, data, now)
+                return
             ep = call.endpoint
             if call.session.first_audio_at is None and ep is not None \
                     and ep.sink.first_frame_at is not None:
@@ -524,16 +569,21 @@ class VoiceService:
             if isinstance(ev, StateChanged):
                 self._node.publish("call.state", self._info(call).to_json())
             elif isinstance(ev, AcceptOffer):
-                self._spawn(call, self._accept_offer(call))
+                if call.browser is None:  # a browser re-offer is not supported yet
+                    self._spawn(call, self._accept_offer(call))
             elif isinstance(ev, TakeAnswer):
-                self._spawn(call, self._take_answer(call, ev.sdp))
+                if call.browser is not None:
+                    self._browser_take_answer(call, ev.sdp)
+                else:
+                    self._spawn(call, self._take_answer(call, ev.sdp))
             elif isinstance(ev, MediaStalled):
                 logger.info("[call %s] no audio for %.1f s: media failed", call.call_id.hex()[:8],
                             ev.silent_s)
                 self._node.publish("call.media", {"call_id": call.call_id.hex(),
                                                   "state": "stalled"})
             elif isinstance(ev, ReofferDue):
-                if self._node.announcement_of(call.peer) is not None and self._probe_route(call):
+                if call.browser is None and self._node.announcement_of(call.peer) is not None \
+                        and self._probe_route(call):
                     self._spawn(call, self._reoffer(call))
             elif isinstance(ev, Ended):
                 if s.detail and ev.reason.value == "failed":
@@ -566,6 +616,17 @@ class VoiceService:
         if call is not None and call.peer != pkt.source:
             self.drops.drop("sig-wrong-peer", peer, "call id of another peer")
             return
+        if call is not None and msg.kind in (Kind.OFFER, Kind.ANSWER) \
+                and call.state is not CallState.ENDED:
+            try:
+                person = check_person(msg)
+            except RemoteProtocolError as exc:
+                self.drops.drop(exc.reason, peer, str(exc))
+                call.session.media_failed(now, f"{msg.kind.value} refused: {exc}")
+                self._flush(call)
+                return
+            if person is not None:
+                call.person, call.person_sig = person, msg.person_sig
         if call is None:
             if msg.kind is Kind.ACK:
                 return
@@ -596,6 +657,13 @@ class VoiceService:
         session.messages_to_send()
         call = _Call(session, source, ann.name if ann else "", MediaFramer(self._node.max_payload))
         self._remember(call)
+        try:
+            call.person = check_person(msg)
+        except RemoteProtocolError as exc:  # a fingerprint altered in transit: never rings
+            self.drops.drop(exc.reason, short_id(source), str(exc))
+            session.media_failed(now, f"offer refused: {exc}")
+            self._flush(call)
+            return
         live = sum(1 for c in self._calls.values()
                    if c.state in (CallState.DIALLING, CallState.RINGING, CallState.ACTIVE))
         if live > self.max_calls or self._closed:
@@ -609,6 +677,110 @@ class VoiceService:
         if self.auto_answer:
             self._spawn(call, self.answer(call.call_id, play=self.answer_play,
                                           record=self.answer_record))
+
+    # ------------------------------------------------------------------ browser calls
+
+    async def _h_browser_dial(self, params: dict[str, Any]) -> dict[str, Any]:
+        node = params.get("node")
+        if not isinstance(node, str) or not node:
+            raise ControlError("bad_request", "call needs a NODE")
+        call_id, sdp, person = _browser_sdp(params, Kind.OFFER)
+        host = _host(params)
+        peer = self._node.resolve(node)
+        if peer == self._node.identity.node_id:
+            raise ControlError("bad_request", "cannot call this car itself")
+        if call_id in self._calls:
+            raise ControlError("bad_request", "call id in use")
+        live = sum(1 for c in self._calls.values()
+                   if c.browser is not None and c.state is not CallState.ENDED)
+        if live >= MAX_BROWSER_CALLS or self._closed:
+            raise ControlError("failed", "this car carries as many browser calls as it can")
+        ann = self._node.announcement_of(peer)
+        if ann is None:
+            raise ControlError("unreachable", f"no announcement of {short_id(peer)}: not reachable")
+        now = self._node.now()
+        session = CallSession(call_id, CallRole.CALLER, 1 + secrets.randbelow(2**32 - 1), now)
+        call = _Call(session, peer, ann.name, MediaFramer(self._node.max_payload),
+                     browser=person[0], browser_ufrag=ice_credentials(sdp).ufrag)
+        await self._browser_relay(call, host)
+        self._remember(call)
+        session.dial(self._node.now())
+        session.offer(sdp, self._node.now(), person)
+        self._flush(call)
+        return self._info(call).to_json()
+
+    async def _h_browser_offer(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A ringing call's offer for a browser: the car's browser-facing socket its only candidate."""
+        call = self._find(params)
+        host = _host(params)
+        offer = call.session.offer_sdp
+        if call.session.role is not CallRole.CALLEE or call.state is not CallState.RINGING \
+                or offer is None:
+            raise ControlError("failed", f"call is {call.state.value}, not ringing in")
+        if call.answering or call.endpoint is not None:
+            raise ControlError("failed", "call is being answered already")
+        if call.relay is None:
+            await self._browser_relay(call, host)
+        assert call.relay is not None
+        call.relay.set_credentials(ice_credentials(offer), None)
+        return {"call_id": call.call_id.hex(),
+                "sdp": strip_and_add_relay(offer, *call.relay.address)}
+
+    async def _h_browser_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        call_id, sdp, person = _browser_sdp(params, Kind.ANSWER)
+        call = self._calls.get(call_id)
+        if call is None:
+            raise ControlError("not_found", "no such call")
+        offer = call.session.offer_sdp
+        if call.session.role is not CallRole.CALLEE or call.state is not CallState.RINGING \
+                or call.relay is None or offer is None or call.answering:
+            raise ControlError("failed", f"call is {call.state.value}, not ringing in")
+        call.answering = True
+        call.browser = person[0]
+        call.relay.set_credentials(ice_credentials(offer), ice_credentials(sdp).ufrag)
+        call.session.begin_answer(self._node.now())
+        call.session.send_answer(sdp, self._node.now(), person)
+        self._flush(call)
+        return self._info(call).to_json()
+
+    async def _browser_relay(self, call: _Call, host: str) -> None:
+        label = f"[call {call.call_id.hex()[:8]}] "
+
+        def forward(data: bytes, twice: bool, call: _Call = call) -> None:
+            self._forward_media(call, data, twice)
+
+        try:
+            call.relay = await RelaySocket.open(host, forward, drops=self.drops, label=label)
+        except OSError as exc:
+            raise ControlError("failed", f"cannot open a relay socket on {host}: {exc}") from None
+
+    def _browser_take_answer(self, call: _Call, sdp: str) -> None:
+        """Caller browser: the far answer goes to it with the car's socket as the only candidate."""
+        relay = call.relay
+        if relay is None:
+            return
+        relay.set_credentials(ice_credentials(sdp), call.browser_ufrag)
+        ann = self._node.announcement_of(call.peer)
+        self._node.publish("call.browser", {
+            "call_id": call.call_id.hex(), "kind": "answer",
+            "sdp": strip_and_add_relay(sdp, *relay.address),
+            # for the browser's own check: who signed the fingerprints, and the far node's
+            # X25519 key (SHA-256(ed ‖ x)[:16] is its NodeId when the node signed)
+            "key": call.person.hex() if call.person else None,
+            "sig": call.person_sig.hex() if call.person_sig else None,
+            "x": ann.x25519_pub.hex() if ann else None})
+
+    def _browser_audio(self, call: _Call, data: bytes, now: float) -> None:
+        if classify(data) is not PacketKind.RTP:
+            return
+        if call.rtp_first_at is None:
+            call.rtp_first_at = now
+        call.rtp_last_at = now
+        if call.session.audio(call.session.generation, call.rtp_first_at, call.rtp_last_at):
+            self._node.publish("call.audio", {"call_id": call.call_id.hex(),
+                                              "answer_ms": call.session.answer_ms(),
+                                              "setup_ms": call.session.setup_ms()})
+            self._flush(call)
 
     # ------------------------------------------------------------------ timers
 
@@ -654,6 +826,36 @@ class VoiceService:
 def _ended(call: _Call) -> bool:
     # read through a function so that mypy keeps no narrowing across an await
     return call.state is CallState.ENDED
+
+
+def _browser_sdp(params: dict[str, Any], kind: Kind) -> tuple[bytes, str, tuple[bytes, bytes]]:
+    """(call id, SDP, (browser key, signature)) of a browser's offer or answer, checked."""
+    try:
+        call_id = bytes.fromhex(str(params.get("call_id", "")))
+        key = bytes.fromhex(str(params.get("key", "")))
+        sig = bytes.fromhex(str(params.get("sig", "")))
+    except ValueError:
+        raise ControlError("bad_request", "call_id, key and sig are hex") from None
+    sdp = params.get("sdp")
+    if not isinstance(sdp, str) or len(sdp) > MAX_SDP:
+        raise ControlError("bad_request", "sdp must be a string of at most 16 KiB")
+    if len(call_id) != CALL_ID_LEN or len(key) != 32 or len(sig) != 64:
+        raise ControlError("bad_request", "call_id is 16 bytes, key 32, sig 64")
+    msg = SigMessage(kind, call_id, 0, sdp=sdp, person_key=key, person_sig=sig)
+    try:
+        ice_credentials(sdp)
+        check_person(msg)
+    except RemoteProtocolError as exc:
+        raise ControlError("bad_request", str(exc)) from None
+    return call_id, sdp, (key, sig)
+
+
+def _host(params: dict[str, Any]) -> str:
+    host = params.get("host")
+    try:
+        return str(ipaddress.ip_address(str(host)))
+    except ValueError:
+        raise ControlError("bad_request", "host must be an IP address") from None
 
 
 def _opt_str(params: dict[str, Any], key: str) -> str | None:

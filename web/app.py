@@ -6,8 +6,8 @@ Theory of operation
 (method, params) -> result, which is the node's control handler of that name
 (the same functions ``meshctl`` reaches over the Unix socket: one command
 surface, two transports), and ``subscribe``, which hands every event the node
-publishes to a callback.  The web may call only the read operations in
-``WEB_METHODS``; nothing administrative (import, export, publishing bulletins,
+publishes to a callback.  The web may call only the operations in ``WEB_METHODS``
+(reads, and ops signed by the browser's own key); nothing administrative (import, export, publishing bulletins,
 trust) is reachable from a browser at all.
 
 Pages are rendered by Jinja2 with autoescaping, so every string that comes
@@ -29,6 +29,10 @@ Every request passes, in order: security headers on whatever is answered
 per-client rate limit (``RateLimiter`` by peer address, 429 with Retry-After);
 the body size limit (413); and for any method other than GET/HEAD a
 same-origin check (the ``Origin`` header must be this site, 403 otherwise).
+
+The app shell (static files compressed from memory, the service worker, the
+manifest, ``/offline``) is ``web.pwa``; the community certificate page
+(``/ca``, ``/ca.crt``) is ``web.ca``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ import markupsafe
 from aiohttp import web
 
 from meshd.core.errors import ControlError
+from web import ca as ca_routes
+from web import pwa
 from web.i18n import LANGS, TEXT, pick_language
 from web.limits import RateLimiter
 from web.render import markdown_html, snippet_parts
@@ -62,13 +68,16 @@ Caller = Callable[[str, dict[str, Any]], Awaitable[Any]]
 Listener = Callable[[str, dict[str, Any]], None]
 Subscribe = Callable[[Listener], Callable[[], None]]
 
-#: the only control methods the web may call (all read-only)
+#: the only control methods the web may call: reads, and publishing ops the browser signed
+#: with its own key (``library.prepare`` composes such a change and stores nothing)
 WEB_METHODS: Final = frozenset({"status", "routes", "library.search", "library.show",
                                 "bulletin.list", "situation.list", "safety.search",
-                                "safety.publish"})
+                                "safety.publish", "library.history", "library.prepare",
+                                "library.publish", "trust.marks"})
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-              "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+              "connect-src 'self'; manifest-src 'self'; worker-src 'self'; "
+              "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 _HEADERS: Final = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -95,6 +104,8 @@ class WebSettings:
     rate_per_s: float = 20.0
     burst: int = 120
     max_body: int = 16 * 1024
+    #: a library correction (its text, or one signed op of it) may be larger
+    max_edit_body: int = 256 * 1024
     max_streams: int = 128
     heartbeat_s: float = 15.0
     stream_queue: int = 64
@@ -210,7 +221,9 @@ async def _guard(request: web.Request,
             resp = _error_page(request, 429, TEXT[_lang(request)]["too_many"])
             resp.headers["Retry-After"] = str(max(1, round(
                 st.limiter.retry_after_s(request.remote or "?"))))
-        elif (request.content_length or 0) > st.settings.max_body:
+        elif (request.content_length or 0) > (
+                st.settings.max_edit_body if request.path.startswith("/library/")
+                else st.settings.max_body):
             st.refuse("size", request)
             resp = web.Response(status=413, text="request body too large")
         elif request.method not in _SAFE_METHODS and not _same_origin(request):
@@ -290,8 +303,9 @@ async def people(request: web.Request) -> web.Response:
     routes = (await st.op("routes", {}))["routes"]
     reachable = sorted((r for r in routes if r["reachable"]),
                        key=lambda r: (r["metric"], r["name"]))
+    marks = await st.op("trust.marks", {})  # verified marks; pinned contacts: contacts.js
     return _render(request, "people.html", title=TEXT[_lang(request)]["people"], me=me,
-                   routes=reachable)
+                   routes=reachable, marks=marks)
 
 
 async def safety(request: web.Request) -> web.Response:
@@ -440,14 +454,17 @@ async def _close_streams(app: web.Application) -> None:
 
 def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = None, *,
              clock: Callable[[], float] = time.monotonic,
-             wall_clock: Callable[[], float] = time.time) -> web.Application:
+             wall_clock: Callable[[], float] = time.time,
+             ca_pem: bytes | None = None) -> web.Application:
     """The web app over ``call`` (control handlers by name) and ``subscribe`` (node events).
 
     ``clock`` paces the rate limits; ``wall_clock`` is the node's (mesh) time, given to the
-    browser so that ops it signs carry a time the cars accept.
+    browser so that ops it signs carry a time the cars accept.  ``ca_pem`` is the community
+    web CA's certificate, offered at ``/ca`` (``web.ca``).
     """
     settings = settings or WebSettings()
-    app = web.Application(middlewares=[_guard], client_max_size=settings.max_body)
+    app = web.Application(middlewares=[_guard],
+                          client_max_size=max(settings.max_body, settings.max_edit_body))
     app[_state_key] = _State(call, subscribe, settings, clock, wall_clock)
     app.router.add_get("/", home)
     app.router.add_get("/library", library)
@@ -456,9 +473,18 @@ def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = 
     app.router.add_get("/people", people)
     app.router.add_get("/safety", safety)
     app.router.add_post("/safety/op", publish_op)
+    from web import library_edit
+    library_edit.add_routes(app)
     app.router.add_get("/events", events)
     app.router.add_post("/lang", set_language)
-    app.router.add_static("/static/", _HERE / "static", append_version=False)
+    from web.calls import add_routes as add_call_routes  # it imports this module
+
+    add_call_routes(app)
+    # over HTTPS a service worker registers only with a trusted certificate: pwa.js tries
+    # there only when the car serves the community-signed one
+    app[_state_key].env.globals["community_cert"] = ca_pem is not None
+    pwa.add_routes(app, _render, _lang)  # /static/, /sw.js, /manifest.webmanifest, /offline
+    ca_routes.add_routes(app, ca_pem, _render, _lang)  # /ca, /ca.crt
     app.on_shutdown.append(_close_streams)
     return app
 

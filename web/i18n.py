@@ -16,6 +16,7 @@ LANGS = ("ja", "en")
 TEXT: Mapping[str, Mapping[str, str]] = {
     "ja": {
         "app": "carmesh", "home": "ホーム", "library": "図書館", "board": "掲示板",
+        "call_nav": "通話",
         "people": "つながっている人", "people_nav": "近くの人", "bulletins": "緊急のお知らせ",
         "no_bulletins": "いま有効なお知らせはありません。", "new_bulletin": "新しいお知らせが届きました",
         "search": "検索", "search_placeholder": "例: 避難、給水", "results": "検索結果",
@@ -50,6 +51,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
     },
     "en": {
         "app": "carmesh", "home": "Home", "library": "Library", "board": "Board",
+        "call_nav": "Call",
         "people": "People nearby", "people_nav": "People", "bulletins": "Emergency bulletins",
         "no_bulletins": "No bulletins in force.", "new_bulletin": "A new bulletin arrived",
         "search": "Search", "search_placeholder": "e.g. 避難, water", "results": "Results",
@@ -108,3 +110,58 @@ def pick_language(cookie: str | None, accept_language: str | None) -> str:
         if q > best_q or (q == best_q and i == 0):
             best, best_q = lang, q
     return best
+
+
+# library corrections from the browser, a document's history, verified marks and pinned
+# contacts (web/library_edit.py, /people); kept apart so that each part adds its own words
+_EDIT_TEXT: Mapping[str, Mapping[str, str]] = {
+    "ja": {
+        "edit": "編集・訂正する", "history": "変更履歴", "edit_title": "文書を訂正する",
+        "doc_title": "題名", "doc_body": "本文（Markdown）", "save_edit": "変更を確認する",
+        "edit_note": "変更はこの端末の鍵で署名され、あなたの名義で全ての車に届きます。"
+                     "車が変更の差分を作り、あなたはその内容を確認して署名します。",
+        "edit_confirm": "次の変更に署名して公開しますか", "sign_publish": "署名して公開する",
+        "cancel": "やめる", "chars_added": "文字追加", "chars_removed": "文字削除",
+        "changes_n": "件の変更", "as_key": "署名する鍵", "published": "公開しました",
+        "not_published": "公開できませんでした", "preparing": "車が変更を用意しています…",
+        "no_change": "変更はありません。", "view_doc": "文書を見る",
+        "when": "日時", "who": "誰が", "what": "内容", "created": "作成",
+        "edited": "編集", "deleted_op": "削除", "restored": "復元", "reverts": "取り消し",
+        "browser_author": "ブラウザの利用者", "no_history": "履歴はありません。",
+        "verified": "認証済み", "verified_note": "地域の販売店・自治体が登録した会員",
+        "authority_mark": "公的機関", "pin": "連絡先に登録", "unpin": "登録を外す",
+        "pinned": "登録済みの連絡先", "pin_label": "表示名", "my_contacts": "わたしの連絡先",
+        "no_contacts": "まだ連絡先はありません。相手の「連絡先に登録」を押すと、その鍵で覚えます。",
+        "same_name_warning": "同じ名前の連絡先とは別の鍵です（別人の可能性）",
+        "fingerprint": "鍵の指紋", "contacts_note": "連絡先は鍵で覚えます（この端末の中だけに保存）。"
+                                                  "同じ名前でも鍵が違えば別人として表示します。",
+        "not_reachable_now": "いまは届きません",
+    },
+    "en": {
+        "edit": "Edit or correct", "history": "History", "edit_title": "Correct a document",
+        "doc_title": "Title", "doc_body": "Text (Markdown)", "save_edit": "Review the change",
+        "edit_note": "Your change is signed with this device's key and reaches every car in "
+                     "your own name. The car composes the change; you check it and sign.",
+        "edit_confirm": "Sign and publish this change?", "sign_publish": "Sign and publish",
+        "cancel": "Cancel", "chars_added": "characters added",
+        "chars_removed": "characters removed", "changes_n": "change(s)",
+        "as_key": "signing key", "published": "Published", "not_published": "Not published",
+        "preparing": "The car is preparing the change…", "no_change": "Nothing changed.",
+        "view_doc": "View the document", "when": "When", "who": "Who", "what": "What",
+        "created": "created", "edited": "edited", "deleted_op": "deleted",
+        "restored": "restored", "reverts": "reverts", "browser_author": "a browser user",
+        "no_history": "No history.", "verified": "verified",
+        "verified_note": "a member enrolled by a dealer or the authority",
+        "authority_mark": "authority", "pin": "Pin as contact", "unpin": "Unpin",
+        "pinned": "pinned contact", "pin_label": "label", "my_contacts": "My contacts",
+        "no_contacts": "No contacts yet. Tap \u201cPin as contact\u201d beside someone to "
+                       "remember them by their key.",
+        "same_name_warning": "not your contact of this name: a different key (maybe someone "
+                             "else)",
+        "fingerprint": "key fingerprint",
+        "contacts_note": "Contacts are remembered by key (kept on this device only). The same "
+                         "name with another key is shown as someone else.",
+        "not_reachable_now": "not reachable now",
+    },
+}
+TEXT = {lang: {**words, **_EDIT_TEXT[lang]} for lang, words in TEXT.items()}

@@ -18,7 +18,7 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-__all__ = ["SAFE_SCHEMES", "markdown_html", "safe_link", "snippet_parts"]
+__all__ = ["SAFE_SCHEMES", "markdown_html", "plain_snippet", "safe_link", "snippet_parts"]
 
 SAFE_SCHEMES = frozenset({"http", "https", "mailto"})
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*):")
@@ -71,10 +71,61 @@ def markdown_html(text: str) -> str:
     return html
 
 
+# Markdown syntax in a search snippet (a window cut anywhere in a document's source).  The
+# snippet is shown as plain text, so these only tidy it: safety comes from autoescaping.
+_MARK = "«»"
+_URL = r"(?:[^()\s]|\([^()\s]*\))*"  # a link target, one level of parentheses inside
+_IMAGE_OR_LINK = re.compile(r"!?\[([^\[\]\n]*)\]\(" + _URL + r"(?:\s+\"[^\"]*\")?\)")
+_REF_LINK = re.compile(r"!?\[([^\[\]\n]*)\]\[[^\[\]\n]*\]")
+_CUT_LINK_TAIL = re.compile(r"!?\[([^\[\]\n]*)\]\(" + _URL + "$")  # "[a](http://exa" at the end
+_CUT_LINK_HEAD = re.compile(r"^…?[^\[\]()\s]*\)")  # "ple.org) more" at the window's start
+_AUTOLINK = re.compile(r"<((?:https?|mailto):[^<>\s]*)>", re.IGNORECASE)
+# block markers: the library joins a snippet's lines with spaces, so they can be anywhere
+_BLOCK = re.compile(r"(?:^|(?<=\s))(?:#{1,6}|[-*+]|(?:[-*_]\s*){3,}|```+|~~~+)(?=\s|$)"
+                    r"|^\s*>+(?=\s)")
+_EMPHASIS = re.compile(r"(\*{1,3}|~~|`+)(?=\S)(.+?)(?<=\S)\1", re.DOTALL)
+_UNDERSCORE = re.compile(r"(?<!\w)(_{1,3})(?=\S)(.+?)(?<=\S)\1(?!\w)", re.DOTALL)
+_STRAY = re.compile(r"(?<!\w)[*_]{2,3}|[*_]{2,3}(?!\w)|~~|`+")
+_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+_ESCAPED = 0xF0000  # escaped punctuation is held in a private-use plane while markers go
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069"
+                      "\U000f0000-\U000fffff]")
+_SPACE = re.compile(r"\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # cannot be encoded for the response
+
+
+def plain_snippet(snippet: str) -> str:
+    """A search snippet's Markdown source as the text a reader sees (markers «» kept).
+
+    Links and images become their text, emphasis, code, strike, heading, quote, list
+    and rule markers are dropped, backslash escapes are resolved, control and
+    direction-override characters removed and whitespace collapsed.  The result is
+    still untrusted text: the template escapes it (``<script>`` stays visible, inert).
+    """
+    text = _CONTROL.sub("", _SURROGATE.sub("\ufffd", snippet))
+    text = _ESCAPE.sub(lambda m: chr(_ESCAPED + ord(m.group(1))), text)
+    for _ in range(3):  # nested constructs: a link inside emphasis inside a link's text
+        before = text
+        text = _IMAGE_OR_LINK.sub(r"\1", text)
+        text = _REF_LINK.sub(r"\1", text)
+        text = _EMPHASIS.sub(r"\2", text)
+        text = _UNDERSCORE.sub(r"\2", text)
+        if text == before:
+            break
+    text = _AUTOLINK.sub(r"\1", text)
+    text = _CUT_LINK_TAIL.sub(r"\1", text)
+    text = _CUT_LINK_HEAD.sub("…", text) if text.startswith("…") else text
+    text = _BLOCK.sub("", text)
+    text = _STRAY.sub("", text)
+    text = "".join(chr(ord(c) - _ESCAPED) if ord(c) >= _ESCAPED else c for c in text)
+    return _SPACE.sub(" ", text).strip()
+
+
 def snippet_parts(snippet: str) -> list[tuple[str, bool]]:
-    """A search snippet split into (text, highlighted) parts at its «» markers."""
+    """A search snippet as plain text (``plain_snippet``), split into (text, highlighted)
+    parts at its «» markers."""
     out: list[tuple[str, bool]] = []
-    for i, piece in enumerate(re.split(r"[«»]", snippet)):
+    for i, piece in enumerate(re.split(f"[{_MARK}]", plain_snippet(snippet))):
         if piece:
             out.append((piece, i % 2 == 1))
     return out

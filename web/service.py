@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from meshd.config import parse_hostport
 from meshd.core.identity import NodeId
 from meshd.services.api import ControlHandler, StreamHandler
-from web.cert import ensure_certificate, server_context
+from web.cert import SIGNED_CERT_NAME, ca_certificate, ensure_certificate, server_context
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -77,6 +77,7 @@ class WebService:
         self._settings = settings
         self._wall_clock = wall_clock
         self._runner: web.AppRunner | None = None
+        self._community_cert = False
         #: bound sockets not yet handed to aiohttp, with their TLS context (None: plain HTTP)
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         #: URLs being served, e.g. "http://127.0.0.1:7480"
@@ -128,6 +129,7 @@ class WebService:
                     ensure_certificate, self._state_dir,
                     [parse_hostport(s)[0] for s in self._https], self._name)
                 ctx = server_context(cert, key)
+                self._community_cert = cert.name == SIGNED_CERT_NAME
                 for spec in self._https:
                     await self._listen(spec, ctx)
         finally:
@@ -160,8 +162,12 @@ class WebService:
         app_mod = await asyncio.to_thread(importlib.import_module, "web.app")
         from aiohttp import web
 
+        # the CA is offered (and the service worker tried over HTTPS) where the car serves
+        # the certificate it signed; a car serving loopback HTTP only offers it too
+        ca_pem = (await asyncio.to_thread(ca_certificate, self._state_dir)
+                  if self._community_cert or not self._https else None)
         app = app_mod.make_app(self._call, self._subscribe, self._settings,
-                              wall_clock=self._wall_clock)
+                              wall_clock=self._wall_clock, ca_pem=ca_pem)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self._runner = runner

@@ -7,7 +7,7 @@ Initial flood of issue 11.  The flooder never answers anything it receives
 (it ignores Retry packets, as a spoofer cannot see them).  It is bounded in
 count and in time, and refuses any target that is not a loopback address.
 
-    python -m carmesh.dev.initial_flood 127.0.0.1:7420 --rate 3000 --count 30000 --seconds 10
+    python -m carmesh.dev.initial_flood 127.0.0.1:7420 --rate 3000 --count 30000 --seconds 10 [--sources 64]
 
 prints one JSON line: {"sent": N, "seconds": S}.
 """
@@ -81,15 +81,22 @@ class InitialFactory:
 
 
 def flood(host: str, port: int, *, rate: float, count: int, seconds: float,
-          source: str = "127.0.0.1", valid: bool = False) -> tuple[int, float]:
-    """Send up to ``count`` Initials at ``rate``/s for at most ``seconds``; (sent, elapsed)."""
+          source: str = "127.0.0.1", valid: bool = False, sources: int = 1) -> tuple[int, float]:
+    """Send up to ``count`` Initials at ``rate``/s for at most ``seconds``; (sent, elapsed).
+
+    ``sources``: send round-robin from this many UDP sockets (source ports), as a
+    spoofer varying its source address would look to per-source limits.
+    """
+    if not 1 <= sources <= 1024:
+        raise SystemExit("initial_flood: --sources must be 1..1024")
     if not ipaddress.ip_address(host).is_loopback or not ipaddress.ip_address(source).is_loopback:
         raise SystemExit("initial_flood: loopback targets only")
     factory = InitialFactory(valid)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.bind((source, 0))
-    sock.setblocking(False)
+    socks = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(sources)]
+    for sock in socks:
+        sock.bind((source, 0))
+        sock.setblocking(False)
     start = time.monotonic()
     sent = 0
     try:
@@ -97,13 +104,14 @@ def flood(host: str, port: int, *, rate: float, count: int, seconds: float,
             due = min(count, int((now - start) * rate) + 1)
             while sent < due:
                 try:
-                    sock.sendto(factory.make(), (host, port))
+                    socks[sent % sources].sendto(factory.make(), (host, port))
                 except BlockingIOError:
                     break
                 sent += 1
             time.sleep(0.002)
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
     return sent, time.monotonic() - start
 
 
@@ -116,10 +124,13 @@ def main() -> None:
     p.add_argument("--source", default="127.0.0.1", help="loopback address to send from")
     p.add_argument("--valid", action="store_true",
                    help="real ClientHellos (full TLS work for the listener) instead of garbage")
+    p.add_argument("--sources", type=int, default=1,
+                   help="send from this many source ports, round-robin (1..1024)")
     a = p.parse_args()
     host, _, port = a.target.rpartition(":")
     sent, elapsed = flood(host.strip("[]"), int(port), rate=a.rate, count=a.count,
-                          seconds=a.seconds, source=a.source, valid=a.valid)
+                          seconds=a.seconds, source=a.source, valid=a.valid,
+                          sources=a.sources)
     print(json.dumps({"sent": sent, "seconds": round(elapsed, 3)}), flush=True)
 
 

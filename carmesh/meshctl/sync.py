@@ -56,6 +56,9 @@ async def _sync(client: ControlClient, args: argparse.Namespace, out: Output) ->
         return ExitCode.OK
     out.line(f"ops stored: {_str(res.get('ops'))}, waiting for predecessors: "
              f"{_str(res.get('pending'))}, quarantined authors: {len(res.get('quarantined') or [])}")
+    held = res.get("local_writes_held")
+    if isinstance(held, str):
+        out.line(f"local writes held: {held}")
     rows = []
     for node_id, p in sorted(peers.items()):
         if not isinstance(p, dict):

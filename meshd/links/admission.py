@@ -23,6 +23,17 @@ Policy (``admit``):
   handshakes are pending in all; otherwise accepted.  A host that can
   receive (a real attacker, not a spoofer) holds at most ``per_source``.
 
+Before any of that, ``InitialBudget`` rations the work spent on Initials that
+would open a connection at all: token buckets per source address (the UDP
+address and port, as QUIC sees a client) and in all, checked on the raw
+datagram before anything is parsed.  Beyond the budget an Initial is dropped
+silently (the client's own retransmission tries again): a flood then costs a
+dictionary look-up per packet, not a header parse, an HMAC and a Retry, and
+the existing links' packets, dispatched first by connection id, keep their
+latency.  Tokenless Initials and Initials carrying a token draw from separate
+global buckets, so forged tokens cannot starve first contacts and a tokenless
+flood cannot starve the clients that answered a Retry.
+
 Tokens (``RetryTokens``) are an HMAC-SHA256 over the client's address, the
 Retry's source connection id, the original destination connection id and the
 time of issue, under a key made when the listener starts; they live
@@ -44,6 +55,7 @@ __all__ = [
     "PER_SOURCE_PENDING",
     "RETRY_ABOVE",
     "AdmissionPolicy",
+    "InitialBudget",
     "PendingHandshakes",
     "RetryTokens",
     "Verdict",
@@ -57,6 +69,12 @@ RETRY_ABOVE = 16
 PER_SOURCE_PENDING = 8
 #: how long a Retry token is good for (a client echoes it within one round trip)
 TOKEN_LIFETIME_S = 10.0
+#: Initials one source address (host, port) may have handled per second, and its burst
+SOURCE_RATE, SOURCE_BURST = 10.0, 10.0
+#: Initials handled per second in all, and the burst, for each of tokenless and token-carrying
+TOTAL_RATE, TOTAL_BURST = 500.0, 100.0
+#: source buckets remembered; the table is emptied when full (the global buckets still hold)
+MAX_SOURCES = 4096
 _MAC_LEN = 16
 _MAX_CID = 20  # RFC 9000 §17.2
 _TOKEN_HEAD = struct.Struct("!dB")  # issued_at, len(odcid)
@@ -133,6 +151,72 @@ class PendingHandshakes:
                 del self._validated_by_source[host]
         else:
             self.unvalidated -= 1
+
+
+class InitialBudget:
+    """Token buckets for Initials that would open a connection: per source and in all.
+
+    ``allow`` is called for every such datagram before it is parsed, so it
+    allocates nothing for a known source and reads no clock (``now`` is passed
+    in).  A source is whatever hashable address the transport gives (host,
+    port); the per-source table holds at most ``max_sources`` entries and is
+    emptied when full, which a spoofer varying its address could force, so the
+    global buckets are what bound the work in that case.
+    """
+
+    __slots__ = (
+        "_fresh",
+        "_sources",
+        "_token",
+        "max_sources",
+        "source_burst",
+        "source_rate",
+        "total_burst",
+        "total_rate",
+    )
+
+    def __init__(self, *, source_rate: float = SOURCE_RATE, source_burst: float = SOURCE_BURST,
+                 total_rate: float = TOTAL_RATE, total_burst: float = TOTAL_BURST,
+                 max_sources: int = MAX_SOURCES) -> None:
+        if min(source_rate, source_burst, total_rate, total_burst) <= 0 or max_sources < 1:
+            raise ValueError("initial budget rates, bursts and table size must be positive")
+        self.source_rate = source_rate
+        self.source_burst = source_burst
+        self.total_rate = total_rate
+        self.total_burst = total_burst
+        self.max_sources = max_sources
+        # [tokens, last refill time]; lists updated in place
+        self._sources: dict[object, list[float]] = {}
+        self._fresh: list[float] = [total_burst, float("-inf")]
+        self._token: list[float] = [total_burst, float("-inf")]
+
+    @staticmethod
+    def _take(bucket: list[float], rate: float, burst: float, now: float) -> bool:
+        tokens = bucket[0] + (now - bucket[1]) * rate
+        tokens = min(tokens, burst)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+    def allow(self, source: object, has_token: bool, now: float) -> bool:
+        """Whether to handle one more Initial from ``source`` now (a token: it answers a Retry)."""
+        bucket = self._sources.get(source)
+        if bucket is None:
+            if len(self._sources) >= self.max_sources:
+                self._sources.clear()
+            bucket = self._sources[source] = [self.source_burst, now]
+        if not self._take(bucket, self.source_rate, self.source_burst, now):
+            return False
+        return self._take(self._token if has_token else self._fresh,
+                          self.total_rate, self.total_burst, now)
+
+    @property
+    def sources(self) -> int:
+        """Source buckets held now."""
+        return len(self._sources)
 
 
 class RetryTokens:

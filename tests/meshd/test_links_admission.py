@@ -7,6 +7,7 @@ import pytest
 from meshd.links.admission import (
     MAX_TOKEN_LEN,
     AdmissionPolicy,
+    InitialBudget,
     PendingHandshakes,
     RetryTokens,
     Verdict,
@@ -104,3 +105,43 @@ def test_retry_token_key_and_cid_limits() -> None:
         RetryTokens(b"short")
     with pytest.raises(ValueError):
         RetryTokens(b"k" * 32).create(A, bytes(21), SCID, now=0.0)
+
+
+def test_initial_budget_per_source_bucket_refills_at_its_rate() -> None:
+    b = InitialBudget(source_rate=2.0, source_burst=3.0, total_rate=100.0, total_burst=100.0)
+    assert [b.allow(A, False, 10.0) for _ in range(4)] == [True, True, True, False]
+    assert b.allow(B, False, 10.0)  # another source has its own bucket
+    assert not b.allow(A, False, 10.25)  # half a token
+    assert b.allow(A, False, 10.5)  # one token after 0.5 s at 2/s
+    assert not b.allow(A, False, 10.5)
+    # the bucket never holds more than its burst, however long the source was quiet
+    assert [b.allow(A, False, 1000.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_initial_budget_global_buckets_split_tokenless_and_token() -> None:
+    b = InitialBudget(source_rate=100.0, source_burst=100.0, total_rate=1.0, total_burst=2.0)
+    sources = [(f"10.0.0.{i}", 7420) for i in range(6)]
+    # a spoofer varying its source: the global bucket bounds it
+    assert [b.allow(s, False, 5.0) for s in sources] == [True, True, False, False, False, False]
+    # clients answering a Retry draw from their own bucket, untouched by the tokenless flood
+    assert [b.allow(s, True, 5.0) for s in sources[:3]] == [True, True, False]
+    assert b.allow(sources[5], False, 6.0)  # refilled at 1/s
+    assert not b.allow(sources[5], False, 6.0)
+
+
+def test_initial_budget_source_table_is_bounded() -> None:
+    b = InitialBudget(source_rate=1.0, source_burst=1.0, total_rate=1e6, total_burst=1e6,
+                      max_sources=3)
+    for port in range(3):
+        assert b.allow(("10.0.0.2", port), False, 0.0)
+    assert b.sources == 3
+    assert not b.allow(("10.0.0.2", 0), False, 0.0)  # its bucket is still there, empty
+    assert b.allow(("10.0.0.2", 99), False, 0.0)  # a fourth source empties the table first
+    assert b.sources == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"source_rate": 0.0}, {"total_burst": -1.0},
+                                    {"max_sources": 0}])
+def test_initial_budget_limits_must_be_positive(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        InitialBudget(**kwargs)  # type: ignore[arg-type]

@@ -369,3 +369,39 @@ async def test_link_through_a_retry_and_a_stateless_refusal() -> None:
     finally:
         for n in (a, b, full):
             await n.mgr.close()
+
+
+async def test_known_connections_dispatched_before_the_initial_budget() -> None:
+    """Beyond its Initial budget the listener drops unknown Initials unparsed, but the packets
+    of a link it has keep flowing (dispatched by connection id before any budget check)."""
+    from carmesh.dev.initial_flood import InitialFactory
+    from meshd.links.admission import InitialBudget
+
+    a, b = Node("alpha"), Node("bravo")
+    try:
+        addr = await b.listen()
+        assert await a.mgr.connect(*addr, b.id) == b.id
+        server = b.mgr._servers[0]
+        # exhaust a tiny budget for the address the flood comes from
+        server._budget = InitialBudget(source_rate=0.001, source_burst=1.0, total_rate=0.001,
+                                       total_burst=1.0)
+        flood = InitialFactory(valid=False)
+        spoofed = ("127.0.0.1", 9)
+        counts = b.mgr.handshake_counts
+        accepted_before = counts["accepted"]
+        for _ in range(50):
+            server.datagram_received(flood.make(), spoofed)
+        assert counts["dropped-over-budget"] == 49
+        assert counts["accepted"] + counts["retry-sent"] == accepted_before + 1
+        assert a.mgr.send_datagram(b.id, b"still here")
+        await b.rec.wait_for(lambda: (a.id, b"still here") in b.rec.datagrams)
+        # runts and truncated headers are dropped before the budget, without an exception
+        for runt in (b"", b"\x40", b"\xc3\x00\x00\x00\x01\x08", b"\xc3" + b"\x00" * 1000):
+            server.datagram_received(runt, spoofed)
+        assert counts["dropped-over-budget"] == 49
+        # a full-size one of unknown version would cost a version negotiation: rationed too
+        server.datagram_received(b"\xc3" + b"\x00" * 1199, spoofed)
+        assert counts["dropped-over-budget"] == 50
+    finally:
+        for n in (a, b):
+            await n.mgr.close()

@@ -12,7 +12,7 @@ import pytest
 
 from meshd.core.identity import NodeId
 from meshd.links.stream import Stream
-from tests.meshd.links_helpers import Node
+from tests.meshd.links_helpers import Node, eventually
 
 
 class LossyRelay:
@@ -27,6 +27,7 @@ class LossyRelay:
         self.front: asyncio.DatagramTransport | None = None
         self.back: asyncio.DatagramTransport | None = None
         self.dropped = self.duplicated = self.delayed = 0
+        self.in_flight = 0  # packets held back (delayed) and not sent yet
         self._loop = asyncio.get_running_loop()
 
     async def start(self) -> tuple[str, int]:
@@ -63,10 +64,16 @@ class LossyRelay:
             if self.rng.random() < self.reorder:
                 # held back a little: later packets overtake it
                 self.delayed += 1
-                self._loop.call_later(0.002 + self.rng.random() * 0.01, self._send,
+                self.in_flight += 1
+                self._loop.call_later(0.002 + self.rng.random() * 0.01, self._send_held,
                                       transport, data, addr)
             else:
                 self._send(transport, data, addr)
+
+    def _send_held(self, transport: asyncio.DatagramTransport, data: bytes,
+                   addr: tuple[str, int] | None) -> None:
+        self.in_flight -= 1
+        self._send(transport, data, addr)
 
     @staticmethod
     def _send(transport: asyncio.DatagramTransport, data: bytes,
@@ -120,8 +127,26 @@ async def test_handshake_streams_and_datagrams_survive_a_terrible_path(
         assert a.mgr.send_datagram(b.id, d)
         if i % 20 == 19:
             await asyncio.sleep(0.01)
-    await asyncio.sleep(1.0)
-    got = [d for _, d in b.rec.datagrams]
+
+    async def marker_through(tag: bytes) -> None:
+        """Send marker datagrams (some get lost) until one arrives at b."""
+        def arrived() -> bool:
+            return any(d.startswith(tag) for _, d in b.rec.datagrams)
+        for i in range(100):
+            assert a.mgr.send_datagram(b.id, tag + b" %d" % i)
+            try:
+                await b.rec.wait_for(arrived, timeout=0.1)
+                return
+            except TimeoutError:
+                continue
+        raise AssertionError(f"no {tag!r} marker got through in 100 tries")
+
+    # a marker through: every datagram sent before it has left a; the relay holding nothing
+    # back: every one not dropped went on to b; a second marker through: b has read them all
+    await marker_through(b"\x02end1")
+    await eventually(lambda: relay.in_flight == 0, timeout=5)
+    await marker_through(b"\x02end2")
+    got = [d for _, d in b.rec.datagrams if not d.startswith(b"\x02end")]
     assert set(got) <= set(sent)
     assert len(got) == len(set(got))  # QUIC drops duplicated packets
     assert 100 < len(got) < 200

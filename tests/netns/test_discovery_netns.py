@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 LIFETIME_S = 45  # every probe exits on its own after this, whatever the test does
 SEEN_TIMEOUT_S = 20.0
+#: how long a negative check watches: zeroconf's probes and announcements all go out within it
+CROSS_WINDOW_S = 3.0
 
 
 def start_probe(net: DevNet, node: NetNode, *extra: str) -> JsonLines:
@@ -47,6 +49,13 @@ def seen_ids(events: list[dict[str, Any]]) -> set[str]:
         elif e.get("event") == "gone":
             ids.discard(e["id"])
     return ids
+
+
+def stays_false(probe: JsonLines, violated: Callable[[list[dict[str, Any]]], bool],
+                window_s: float) -> bool:
+    """A negative check over a bounded observation window: True when ``violated(events)``
+    never held during ``window_s`` seconds; returns False as soon as it does."""
+    return not probe.wait_for(violated, window_s)
 
 
 def last_seen(events: list[dict[str, Any]], node_id: str) -> dict[str, Any]:
@@ -97,9 +106,11 @@ def test_line_discovery_and_goodbye(devnet: DevNet, line3: list[NetNode],
     assert last_seen(probes["a"].snapshot(), ids["b"])["host"] == devnet.address(b, a)
     assert last_seen(probes["c"].snapshot(), ids["b"])["host"] == devnet.address(b, c)
 
-    # multicast does not cross b: a and c never see each other (give them time to)
-    time.sleep(3)
-    assert seen_ids(probes["a"].snapshot()) == {ids["b"]}
+    # multicast does not cross b: a and c never see each other.  Negative check, bounded:
+    # zeroconf sends its probes (3, 250 ms apart) and announcements (1 s, then 2 s apart)
+    # in the first ~3 s; b already saw both, so they went out; a and c are watched together
+    assert stays_false(probes["a"], lambda evs: seen_ids(evs) != {ids["b"]}, CROSS_WINDOW_S), \
+        probes["a"].snapshot()
     assert seen_ids(probes["c"].snapshot()) == {ids["b"]}
     assert not any(e.get("id") == ids["c"] for e in probes["a"].snapshot())
 
@@ -131,10 +142,10 @@ def test_silent_death_expires_after_the_ttl(devnet: DevNet) -> None:
     ready_a = pa.wait_event("ready", SEEN_TIMEOUT_S)
     assert ready_a is not None
     assert pb.wait_for(lambda evs: ready_a["id"] in seen_ids(evs), SEEN_TIMEOUT_S)
-    # b keeps seeing a across several TTLs while a answers the refresh queries
-    time.sleep(9)
-    assert seen_ids(pb.snapshot()) == {ready_a["id"]}
-    assert not any(e.get("event") == "gone" for e in pb.snapshot())
+    # b keeps seeing a across two TTLs and more while a answers the refresh queries (negative
+    # check, bounded: without the refreshes a's records would expire within the window)
+    assert stays_false(pb, lambda evs: any(e.get("event") == "gone" for e in evs)
+                       or seen_ids(evs) != {ready_a["id"]}, 2 * 4 + 1), pb.snapshot()
     t0 = time.monotonic()
     pa.proc.kill()  # no goodbye
     pa.join(timeout=10)
@@ -163,8 +174,10 @@ def test_only_the_named_interfaces_are_used(devnet: DevNet) -> None:
         ids[name] = ready["id"]
     assert pb.wait_for(lambda evs: ids["a"] in seen_ids(evs), SEEN_TIMEOUT_S)
     assert pa.wait_for(lambda evs: ids["b"] in seen_ids(evs), SEEN_TIMEOUT_S)
-    time.sleep(4)  # c's probes, announcements and queries have all been sent by now
-    assert seen_ids(pb.snapshot()) == {ids["a"]}
+    # negative check, bounded: c's probes, announcements and first queries all go out in its
+    # first ~3 s (c is ready, so they started); b and c are watched over the same window
+    assert stays_false(pb, lambda evs: seen_ids(evs) != {ids["a"]}, CROSS_WINDOW_S + 1), \
+        pb.snapshot()
     assert seen_ids(pc.snapshot()) == set()
     for p in (pa, pb, pc):
         p.proc.send_signal(signal.SIGTERM)

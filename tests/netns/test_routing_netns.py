@@ -7,7 +7,7 @@ name (DESIGN.md), so a node called "d" could be taken for an id starting with d.
 from __future__ import annotations
 
 import itertools
-import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -35,6 +35,17 @@ def _start(cl: Cluster, net: DevNet, nodes: list[NetNode],
         cl.add(node.name, ifaces, prefix=_ns(node), env=(env or {}).get(node.name))
     for d in cl:
         d.wait_ready()
+
+
+def _read_reply(proc: subprocess.Popen[str], lines: list[str]) -> str | None:
+    """The next line of ``proc``'s output if it is a ping reply, else None (blocks for a line;
+    ``meshctl ping`` prints one per echo, a reply or a timeout, at least every second)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError(f"ping ended early: {proc.stderr.read() if proc.stderr else ''}")
+    lines.append(line.rstrip("\n"))
+    return lines[-1] if line.startswith("reply from") else None
 
 
 def _route(cl: Cluster, src: str, dst: str) -> dict[str, object] | None:
@@ -94,20 +105,28 @@ def test_diamond_reroutes_when_the_relay_is_killed(devnet: DevNet) -> None:
         relay = str(first["next_hop_name"])
         other = ({"bob", "cy"} - {relay}).pop()
         assert relay in ("bob", "cy")
-        # continuous pings from a to d while the relay dies
+        # continuous pings from a to d while the relay dies (human output: a line per echo,
+        # flushed, so the test sees the first reply arrive)
         ping = subprocess.Popen(
-            [*_ns(nodes[0]), *MESHCTL, "--state-dir", str(cl["ann"].state_dir), "--json", "ping",
+            [*_ns(nodes[0]), *MESHCTL, "--state-dir", str(cl["ann"].state_dir), "ping",
              "dan", "--count", "60", "--interval", "0.1", "--timeout", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+        assert ping.stdout is not None
+        lines: list[str] = []
+        first = wait_until(lambda: _read_reply(ping, lines), 20,
+                           what="a first reply before the kill")
+        assert first.startswith("reply from dan")
         killed_at = time.monotonic()
         cl[relay].kill9()
         out, err = ping.communicate(timeout=60)
+        lines += out.splitlines()
         rerouted = wait_until(lambda: (r := _route(cl, "ann", "dan")) and r["next_hop_name"] == other
                               and r, 10, what=f"ann routes to dan via {other}")
         assert rerouted["next_hop_name"] == other
-        res = json.loads(out)
-        seqs = sorted(r["seq"] for r in res["replies"])
+        seqs = sorted(int(m.group(1)) for line in lines
+                      if (m := re.match(r"reply from .*: seq=(\d+) ", line)))
+        sent = int(next(line for line in lines if " sent, " in line).split()[0])
+        res = {"sent": sent, "received": len(seqs)}
         # replies before the kill, and again after it: pings resumed through the other relay
         assert seqs and seqs[0] <= 10 and seqs[-1] >= 55, (seqs, err)
         lost = res["sent"] - res["received"]

@@ -73,6 +73,7 @@ async def test_fifty_nodes_converge_through_partitions_and_heals() -> None:
             svcs[b].neighbour_down(ids[a])
 
     created: list[Op] = []
+    author_of: dict[bytes, int] = {}  # op id -> the node that wrote it
 
     async def edits(nodes: list[int], count: int) -> None:
         for _ in range(count):
@@ -82,11 +83,15 @@ async def test_fifty_nodes_converge_through_partitions_and_heals() -> None:
                                            doc_id=bytes([rng.randrange(8)]) * 16,
                                            body=rng.randbytes(rng.randrange(1, 200)))
             created.append(op)
+            author_of[op.op_id] = i
             await asyncio.sleep(rng.random() * 0.01)
 
-    async def converged(within_s: float) -> bool:
+    async def converged(within_s: float, want: list[set[bytes]] | None = None) -> bool:
+        """Every store holds what it should (``want[i]``; default: every op created)."""
         for _ in range(int(within_s / 0.1)):
-            if all(len(s) == len(created) for s in stores):
+            goal = want or [{o.op_id for o in created}] * n
+            if all(len(s) == len(g) and all(i in s for i in g)
+                   for s, g in zip(stores, goal, strict=True)):
                 return True
             await asyncio.sleep(0.1)
         return False
@@ -103,10 +108,15 @@ async def test_fifty_nodes_converge_through_partitions_and_heals() -> None:
             link(a, b, False)
         rest = [e for e in edges if e not in cut]
         assert len(components(n, rest)) >= 2
+        before = {o.op_id for o in created}
         await edits(sorted(west), 60)
         await edits(sorted(set(range(n)) - west), 60)
-        await asyncio.sleep(1.0)
-        assert not all(len(s) == len(created) for s in stores)  # really partitioned
+        # each component converges on its own ops and nothing from across the cut
+        comp_of = {x: frozenset(c) for c in components(n, rest) for x in c}
+        within = [before | {o.op_id for o in created if author_of[o.op_id] in comp_of[i]}
+                  for i in range(n)]
+        assert await converged(60, within), [len(s) for s in stores]
+        assert not any(len(s) == len(created) for s in stores)  # really partitioned
         for a, b in cut:  # heal
             link(a, b, True)
         await edits(list(range(n)), 40)

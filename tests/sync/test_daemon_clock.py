@@ -81,3 +81,40 @@ def test_a_node_with_a_clock_two_days_ahead_links_is_told_and_is_heard() -> None
         wait_until(lambda: (_bob_record(ann) or {}).get("status") == "safe", 20,
                    what="ann sees bob's update after the correction")
         assert _ok(ann, "sync", "status")["refused"].get("future", 0) == 0
+
+
+def test_what_a_node_wrote_alone_with_its_clock_ahead_is_reissued_once_the_clock_is_fixed() -> None:
+    """Before: bob, alone with its clock two days ahead, set its record to trapped; the op was
+    stamped two days ahead and ann refused it (``future``) for two days, after bob's clock
+    was fixed too.  Now bob holds it back while ann's time says it is in the future, and
+    signs it again at the right time when it starts with its clock fixed: ann takes it."""
+    addr = {n: f"127.0.0.1:{free_udp_port()}" for n in ("ann", "bob")}
+    with Cluster(log_level="info") as c:
+        bob = c.add("bob", ["--listen", addr["bob"], "--peer", addr["ann"]],
+                    env={CLOCK_OFFSET_ENV: str(TWO_DAYS)})
+        bob.wait_ready()
+        # alone, with nobody to tell it the time
+        _ok(bob, "situation", "set", "person", "--field", "status=trapped",
+            "--field", "needs=help")
+        ann = c.add("ann", ["--listen", addr["ann"], "--peer", addr["bob"]])
+        ann.wait_ready()
+        wait_until(lambda: "bob" in ann.neighbours() and "ann" in bob.neighbours(), 20,
+                   what="ann and bob link")
+        wait_until(lambda: "holds back" in bob.log(), 30,
+                   what="bob holds back its op stamped two days ahead")
+        assert _bob_record(ann) is None  # not sent: ann would refuse it
+        assert _ok(ann, "sync", "status")["refused"].get("future", 0) == 0
+        # bob's clock is fixed: at its next start the op is signed again, stamped now
+        assert bob.stop() == 0
+        bob.env = {}
+        bob.start()
+        bob.wait_ready()
+        assert "signed again at the current time" in bob.log()
+        fields = wait_until(lambda: _bob_record(ann), 30, what="ann takes bob's record")
+        assert fields["status"] == "trapped" and fields["needs"] == ["help"]
+        # the chain goes on from there, and nothing was a fork
+        _ok(bob, "situation", "set", "person", "--field", "status=safe")
+        wait_until(lambda: (_bob_record(ann) or {}).get("status") == "safe", 20,
+                   what="ann sees bob's next update")
+        st = _ok(ann, "sync", "status")
+        assert st["quarantined"] == [] and st["refused"].get("future", 0) == 0

@@ -82,13 +82,23 @@ async def test_new_local_ops_are_pushed_promptly_and_relayed(
     net = MemNet()
     net.links |= {frozenset((A, B)), frozenset((B, C))}
     svcs = _services(net, stores, wall, interval_s=3600.0, push_delay_s=0.01)
+    reconciled: set[tuple[bytes, bytes]] = set()
+    all_reconciled = asyncio.Event()
+    for x, svc in svcs.items():
+        def done(peer: bytes, x: bytes = x) -> None:
+            reconciled.add((x, peer))
+            if reconciled >= {(A, B), (B, A), (B, C), (C, B)}:
+                all_reconciled.set()
+        svc.on_reconciled = done
     runners = [asyncio.create_task(s.run()) for s in svcs.values()]
     await asyncio.sleep(0)
     for x, y in ((A, B), (B, C)):
         svcs[x].neighbour_up(y)
         svcs[y].neighbour_up(x)
     key = Ed25519PrivateKey.generate()
-    await asyncio.sleep(0.2)  # the link-up reconciliations run
+    # the link-up reconciliations ran (each side completed one with each neighbour)
+    async with asyncio.timeout(10):
+        await all_reconciled.wait()
     arrived = asyncio.Event()
     stores[C].subscribe(lambda ops: arrived.set())
     op = await stores[A].add_local(key, kind="library.edit", doc_id=b"D" * 16, body=b"\x80")

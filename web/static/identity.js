@@ -108,7 +108,7 @@ function request(r) {
   });
 }
 
-async function openDb() {
+export async function openDb() {
   const r = indexedDB.open(DB_NAME, 1);
   r.onupgradeneeded = () => r.result.createObjectStore(STORE);
   return request(r);
@@ -165,8 +165,10 @@ export async function identity(db) {
   });
 }
 
-// the next op of ``me``'s chain, signed; ``me`` is advanced (the caller saves it)
-async function signNext(me, kind, docId, body) {
+// the next op of ``me``'s chain, signed; ``me`` is advanced (the caller saves it).
+// ``post`` says where the outbox sends it: {url, extra fields of the JSON} (default:
+// /safety/op with {op})
+async function signNext(me, kind, docId, body, post = undefined) {
   const seq = me.seq + 1;
   const wall = BigInt(Math.round(Date.now() + clockSkewMs)) << 16n;
   const hlc = wall > me.hlc ? wall : me.hlc + 1n;
@@ -180,7 +182,7 @@ async function signNext(me, kind, docId, body) {
   me.seq = seq;
   me.prev = opId;
   me.hlc = hlc;
-  me.outbox.push({ op: hex(raw), before });
+  me.outbox.push(post ? { op: hex(raw), before, post } : { op: hex(raw), before });
   return hex(opId);
 }
 
@@ -189,15 +191,16 @@ export async function personId(pub, nonce) {
 }
 
 // post every op in the outbox, oldest first; the answer to the newest, or an error
-async function flush(db) {
+export async function flush(db) {
   return exclusive(async () => {
     const me = await load(db);
     let last = null;
     while (me.outbox.length) {
       const item = me.outbox[0];
-      const resp = await fetch("/safety/op", {
+      const resp = await fetch(item.post ? item.post.url : "/safety/op", {
         method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ op: item.op }), credentials: "same-origin",
+        body: JSON.stringify({ ...(item.post ? item.post.extra : {}), op: item.op }),
+        credentials: "same-origin",
       });
       const answer = await resp.json().catch(() => ({ error: resp.statusText }));
       if (resp.ok || resp.status === 409) { // stored now, or stored before (a replay)
@@ -229,6 +232,18 @@ export async function registerSafe(db, { name, reading, place, note }) {
                    i: me.nonce, n: name, r: reading, c: "" };
     await signNext(me, "safety.person", await personId(me.pub, me.nonce), pack(body));
     me.profile = { name, reading }; // the next visit's form starts from these
+    await save(db, me); // in the outbox before it is sent
+  });
+  return flush(db);
+}
+
+// sign ops whose bodies the car composed (a library correction: web/library_edit.py) as
+// the next ops of this browser's chain, then send them; ``ops`` are {kind, docId, body}
+// with bytes, ``post`` as in signNext
+export async function signAndSend(db, ops, post) {
+  await exclusive(async () => {
+    const me = await load(db);
+    for (const o of ops) await signNext(me, o.kind, o.docId, o.body, post);
     await save(db, me); // in the outbox before it is sent
   });
   return flush(db);

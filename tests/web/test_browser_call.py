@@ -1,0 +1,442 @@
+"""Tier 6: a phone browser calls through the car mesh (Chromium, real daemons, namespaces).
+
+Phone namespace ``p`` (Debian's chromium via Playwright, a fake microphone that
+plays a 440 Hz WAV) is on car ``c``'s network; cars ``a``–``b``–``c`` are a line
+with no IP route from ``p`` to ``a``.  ``a`` auto-answers playing 660 Hz and
+recording.  The browser presses Call on ``/call/<a>``: ``a``'s recording must
+carry 440 Hz and the browser's remote stream (read by a WebAudio AnalyserNode
+in the page, ``#call-level``) 660 Hz.  The reverse: ``meshctl call`` from ``a``
+rings the browser, the test answers in the page, audio both ways again.
+Setup times are printed (no wall-clock asserts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carmesh.dev.devnet import DevNet, NetNode, cleanup_stale, have_netns
+from tests.daemons import MESHCTL, Cluster, Daemon, wait_until
+from tests.voice.audio import dominant_hz, read_wav, tone_windows
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:  # pragma: no cover - make sysdeps installs it
+    pytest.skip("Debian's chromium is not installed (make sysdeps)", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+BROWSER_HZ = 440
+NODE_HZ = 660
+PHONE_B_HZ = 550
+WEB_PORT = 7443
+
+
+def _ns(node: NetNode) -> list[str]:
+    return ["ip", "netns", "exec", node.netns]
+
+
+def _start(net: DevNet, cl: Cluster, node: NetNode, dial: list[NetNode], extra: list[str]) -> Daemon:
+    args: list[str] = []
+    for other in net.neighbours(node):
+        if other.name not in ("p", "q"):
+            args += ["--listen", f"{net.address(node, other)}:7420"]
+    for other in dial:
+        args += ["--peer", f"{net.address(other, node)}:7420"]
+    return cl.add(node.name, args + extra, prefix=_ns(node))
+
+
+def _tone_wav(path: Path, hz: int) -> Path:
+    if shutil.which("sox") is None:
+        pytest.skip("sox is not installed")
+    subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(path),
+                    "synth", "60", "sine", str(hz), "vol", "0.5"], check=True)
+    return path
+
+
+def _assert_tone(path: Path, freq: float, fraction: float = 0.8) -> None:
+    samples, rate = read_wav(path)
+    assert len(samples) / rate > 2.0, f"{path}: {len(samples) / rate:.1f} s"
+    assert abs(dominant_hz(samples, rate) - freq) < 5
+    w = tone_windows(samples, rate, freq)
+    assert sum(w) / len(w) >= fraction, w
+
+
+class Net:
+    def __init__(self, net: DevNet, cl: Cluster, a: Daemon, c: Daemon, phone: NetNode,
+                 url: str) -> None:
+        self.net, self.cl, self.a, self.c, self.phone, self.url = net, cl, a, c, phone, url
+        self.b: Daemon | None = None
+        self.phone_b: NetNode | None = None
+        self.url_b = ""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    why = have_netns()
+    if why is not None:
+        pytest.skip(f"network-namespace test: {why}")
+    cleanup_stale()
+    with DevNet() as net, Cluster(log_level="info") as cl:
+        a, b, c = net.line(3)
+        p = net.add_node("p")
+        net.link(c, p)
+        q = net.add_node("q")  # a second phone, on car b
+        net.link(b, q)
+        da = _start(net, cl, a, [], ["--auto-answer", "--answer-play", f"tone:{NODE_HZ}",
+                                     "--answer-record", str(cl.root / "a-in.wav")])
+        web_b = f"{net.address(b, q)}:{WEB_PORT}"
+        db = _start(net, cl, b, [a], ["--web", web_b])
+        web = f"{net.address(c, p)}:{WEB_PORT}"
+        dc = _start(net, cl, c, [b], ["--web", web])
+        for d in cl:
+            d.wait_ready(60)
+
+        def reach() -> bool:
+            rc, _ = dc.meshctl("ping", da.node_id, "--count", "1", "--timeout", "1", timeout=10)
+            return rc == 0
+
+        wait_until(reach, 60, 0.5, "c reaches a")
+        n = Net(net, cl, da, dc, p, f"https://{web}")
+        n.b, n.phone_b, n.url_b = db, q, f"https://{web_b}"
+        yield n
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as pw:
+        yield pw
+
+
+def _launch(pw: Any, root: Path, phone: NetNode, hz: int) -> Any:
+    """Chromium inside ``phone``'s namespace (its only network is its car's), microphone ``hz``."""
+    wav = _tone_wav(root / f"mic-{phone.name}.wav", hz)
+    wrapper = root / f"chromium-in-{phone.name}"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {phone.netns} {CHROMIUM} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return pw.chromium.launch(executable_path=str(wrapper), headless=True, args=[
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required"])
+
+
+@pytest.fixture(scope="module")
+def browser(mesh: Net, playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    b = _launch(playwright, tmp_path_factory.mktemp("phone"), mesh.phone, BROWSER_HZ)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def browser_b(mesh: Net, playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    assert mesh.phone_b is not None
+    b = _launch(playwright, tmp_path_factory.mktemp("phone-b"), mesh.phone_b, PHONE_B_HZ)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def _page(browser: Any, mesh: Net, path: str, url: str = "",
+          route: Any = None) -> tuple[Any, Any, list[str]]:
+    ctx = browser.new_context(ignore_https_errors=True, locale="en",
+                              extra_http_headers={"Accept-Language": "en"})
+    page = ctx.new_page()
+    if route is not None:
+        page.route_web_socket("**/call/ws", route)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto((url or mesh.url) + path)
+    return ctx, page, problems
+
+
+def _state(page: Any) -> str:
+    return str(page.locator("#call-state").get_attribute("data-state"))
+
+
+def _wait_state(page: Any, state: str, problems: list[str], timeout_ms: int = 20000) -> None:
+    try:
+        page.locator(f'#call-state[data-state="{state}"]').wait_for(timeout=timeout_ms)
+    except playwright_api.TimeoutError:
+        raise AssertionError(f"not {state}: {page.url} {page.content()[:3000]!r}; "
+                             f"page problems {problems}") from None
+
+
+def _hears(page: Any, hz: int, windows: int = 10, bound_s: float = 30) -> dict[str, Any]:
+    """Wait until the page's analyser hears ``hz`` steadily (``windows`` x 200 ms)."""
+    level = page.locator("#call-level")
+    last: dict[str, Any] = {}
+    end = time.monotonic() + bound_s
+    while time.monotonic() < end:
+        last = {k: level.get_attribute(f"data-{k}") for k in ("hz", "rms", "steady")}
+        if abs(int(last["hz"] or 0) - hz) <= 12 and int(last["steady"] or 0) >= windows:
+            return last
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the browser never heard {hz} Hz steadily: {last}, "
+                         f"state {page.locator('#call-state').inner_text()!r}")
+
+
+def test_browser_calls_a_node_audio_both_ways(mesh: Net, browser: Any) -> None:
+    ctx, page, problems = _page(browser, mesh, "/call")
+    try:
+        page.locator(f'a[href="/call/{mesh.a.node_id}"]').click()  # whom the mesh reaches
+        _wait_state(page, "idle", problems)
+        page.locator("#call-dial").click()
+        _wait_state(page, "active", problems)
+        heard = _hears(page, NODE_HZ)
+        # a signed its answer's fingerprints with its node key; the page checked the key
+        # against the NodeId in its URL
+        assert page.locator("#call").get_attribute("data-verified") == "node"
+        times = {k: page.locator("#call").get_attribute(f"data-{k}-ms")
+                 for k in ("answer", "connected", "heard", "car-setup")}
+        page.wait_for_timeout(3000)  # a few seconds of the browser's tone into a's recording
+        quality = page.locator("#call-quality").inner_text()
+        page.locator("#call-hangup").click()
+        _wait_state(page, "ended", problems)
+        assert page.locator("#call-state").get_attribute("data-reason") == "hung up"
+        # answer: Call to the answer at the car; connected: ICE+DTLS up in the page; heard:
+        # the first audible 200 ms window; car-setup: the answer to SRTP relayed to the page
+        print(f"\nbrowser -> node: ms after pressing Call {times}; {quality}; analyser {heard}")
+    finally:
+        ctx.close()
+
+    def ended_at_a() -> bool:
+        rc, doc = mesh.a.meshctl("calls")
+        return rc == 0 and any(c["state"] == "ended" for c in doc["calls"])
+
+    wait_until(ended_at_a, 20, 0.3, "a's call ended")
+    _rc, doc = mesh.a.meshctl("calls")
+    call = doc["calls"][-1]
+    assert call["person"] and call["reason"] == "hung up by peer", call
+    _assert_tone(mesh.cl.root / "a-in.wav", BROWSER_HZ)
+    assert not [p for p in problems if "favicon" not in p], problems
+
+
+def _meshctl_call(mesh: Net, rec: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*mesh.a.prefix, *MESHCTL, "--state-dir", str(mesh.a.state_dir), "--json",
+         "call", mesh.c.node_id, "--play", f"tone:{NODE_HZ}", "--record", str(rec),
+         "--duration", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_node_calls_the_browser_answered_from_the_banner(mesh: Net, browser: Any) -> None:
+    """The call rings on the home page; Answer opens the call page, which answers it."""
+    ctx, page, problems = _page(browser, mesh, "/")
+    rec = mesh.cl.root / "a-out.wav"
+    try:
+        page.locator('html[data-ring="ready"]').wait_for(state="attached", timeout=20000)
+        proc = _meshctl_call(mesh, rec)
+        try:
+            page.locator("#ring").wait_for(timeout=20000)
+            assert page.locator("#ring strong").inner_text() == "a"
+            page.locator("#ring-answer").click()
+            _wait_state(page, "active", problems)
+            heard = _hears(page, NODE_HZ)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, (out, err, mesh.cl.logs())
+        doc = json.loads(out)
+        # the browser signed its answer's fingerprint; a checked it and shows whose key it was
+        assert doc["reason"] == "hung up" and len(doc["person"]) == 64, doc
+        _wait_state(page, "ended", problems)
+        print(f"\nnode -> browser: answer {doc['answer_ms']} ms after the ring, media setup "
+              f"{doc['setup_ms']} ms at a; quality at a {doc['quality']}; analyser {heard}")
+    finally:
+        ctx.close()
+    _assert_tone(rec, BROWSER_HZ)
+    assert not [p for p in problems if "favicon" not in p], problems
+
+
+
+def test_banner_decline_ends_the_callers_call_declined(mesh: Net, browser: Any) -> None:
+    ctx, page, problems = _page(browser, mesh, "/board")
+    try:
+        page.locator('html[data-ring="ready"]').wait_for(state="attached", timeout=20000)
+        proc = _meshctl_call(mesh, mesh.cl.root / "a-declined.wav")
+        try:
+            page.locator("#ring").wait_for(timeout=20000)
+            page.locator("#ring-decline").click()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert json.loads(out)["reason"] == "declined", (out, err)
+        page.locator("#ring").wait_for(state="detached", timeout=5000)
+    finally:
+        ctx.close()
+    assert not [p for p in problems if "favicon" not in p], problems
+
+
+def test_browser_calls_a_browser_through_two_cars(mesh: Net, browser: Any, browser_b: Any) -> None:
+    """Phone p on car c calls car b; phone q on car b answers from the banner: both tones."""
+    assert mesh.b is not None
+    ctx_q, page_q, problems_q = _page(browser_b, mesh, "/", mesh.url_b)
+    ctx_p, page_p, problems_p = _page(browser, mesh, f"/call/{mesh.b.node_id}")
+    try:
+        page_q.locator('html[data-ring="ready"]').wait_for(state="attached", timeout=20000)
+        _wait_state(page_p, "idle", problems_p)
+        page_p.locator("#call-dial").click()
+        page_q.locator("#ring").wait_for(timeout=20000)
+        page_q.locator("#ring-answer").click()
+        _wait_state(page_q, "active", problems_q)
+        _wait_state(page_p, "active", problems_p)
+        heard_p = _hears(page_p, PHONE_B_HZ)
+        heard_q = _hears(page_q, BROWSER_HZ)
+        # signed by q's own key, which the URL (car b's id) cannot name
+        assert page_p.locator("#call").get_attribute("data-verified") == "key"
+        times = {k: page_p.locator("#call").get_attribute(f"data-{k}-ms")
+                 for k in ("answer", "connected", "heard")}
+        page_p.locator("#call-hangup").click()
+        _wait_state(page_p, "ended", problems_p)
+        _wait_state(page_q, "ended", problems_q)
+        assert page_q.locator("#call-state").get_attribute("data-reason") == "hung up by peer"
+        print(f"\nbrowser -> browser: ms after pressing Call {times} (answer includes the "
+              f"test's click); p heard {heard_p}, q heard {heard_q}")
+    finally:
+        ctx_p.close()
+        ctx_q.close()
+    _rc, doc = mesh.c.meshctl("calls")
+    call = doc["calls"][-1]
+    assert call["browser"] and len(call["person"]) == 64, call  # q's key, checked at c
+    # the serving cars had no WebRTC endpoint of their own (no getStats, no DTLS keys)
+    assert call["quality"] is None
+    _rc, doc_b = mesh.b.meshctl("calls")
+    assert doc_b["calls"][-1]["browser"] and doc_b["calls"][-1]["quality"] is None
+    for problems in (problems_p, problems_q):
+        assert not [p for p in problems if "favicon" not in p], problems
+
+
+def test_browser_call_survives_the_relay_car_killed(playwright: Any,
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Diamond a–(b|c)–d, phone p on car d calls a; the relay car in use is killed -9:
+    the mesh reroutes the call's packets, no re-dial, audio comes back both ways."""
+    why = have_netns()
+    if why is not None:
+        pytest.skip(f"network-namespace test: {why}")
+    root = tmp_path_factory.mktemp("diamond")
+    with DevNet() as net, Cluster(log_level="info") as cl:
+        a, b, c, d = net.diamond()
+        p = net.add_node("p")
+        net.link(d, p)
+        da = _start(net, cl, a, [], ["--auto-answer", "--answer-play", f"tone:{NODE_HZ}",
+                                     "--answer-record", str(root / "a.wav")])
+        _start(net, cl, b, [a], [])
+        _start(net, cl, c, [a], [])
+        web = f"{net.address(d, p)}:{WEB_PORT}"
+        dd = _start(net, cl, d, [b, c], ["--web", web])
+        for x in cl:
+            x.wait_ready(60)
+
+        def reach() -> bool:
+            rc, _ = dd.meshctl("ping", da.node_id, "--count", "1", "--timeout", "1", timeout=10)
+            return rc == 0
+
+        wait_until(reach, 60, 0.5, "d reaches a")
+        mesh = Net(net, cl, da, dd, p, f"https://{web}")
+        br = _launch(playwright, root, p, BROWSER_HZ)
+        try:
+            ctx, page, problems = _page(br, mesh, f"/call/{da.node_id}")
+            _wait_state(page, "idle", problems)
+            page.locator("#call-dial").click()
+            _wait_state(page, "active", problems)
+            _hears(page, NODE_HZ)
+            # the relay that carries a's audio to the browser (the way back may differ)
+            rc, routes = da.meshctl("routes")
+            assert rc == 0
+            via = next(r["next_hop_name"] for r in routes["routes"]
+                       if r.get("destination") == dd.node_id)
+            assert via in ("b", "c")
+            gap_before = page.locator("#call").get_attribute("data-max-gap-ms")
+            cl[via].kill9()
+            # silence first (the dead relay), then the tone again on the other path
+            page.wait_for_timeout(1000)
+            heard = _hears(page, NODE_HZ, windows=10, bound_s=40)
+            gap = page.locator("#call").get_attribute("data-max-gap-ms")
+            page.wait_for_timeout(3000)  # the browser's tone into a's recording after the reroute
+            assert _state(page) == "active"
+            page.locator("#call-hangup").click()
+            _wait_state(page, "ended", problems)
+            ctx.close()
+        finally:
+            br.close()
+        print(f"\nrelay {via} killed -9 mid-call: longest silence heard in the page {gap} ms "
+              f"(before the kill: {gap_before}); after: {heard}")
+        assert gap is not None  # a gap was seen (the kill did cut the audio) and it ended
+        _rc, calls = da.meshctl("calls")
+        assert len(calls["calls"]) == 1 and calls["calls"][0]["reason"] == "hung up by peer"
+        samples, rate = read_wav(root / "a.wav")
+        tail = tone_windows(samples[-3 * rate:], rate, BROWSER_HZ)
+        assert sum(tail) / len(tail) >= 0.8, tail
+        windows = tone_windows(samples, rate, BROWSER_HZ)
+        first = windows.index(True)
+        longest = run = 0
+        for w in windows[first:]:
+            run = 0 if w else run + 1
+            longest = max(longest, run)
+        print(f"a's recording: {len(samples) / rate:.1f} s, longest stretch without the "
+              f"browser's tone {longest * 100} ms (the way back may not cross {via})")
+
+
+def test_a_node_nobody_reaches_is_unreachable_in_words(mesh: Net, browser: Any) -> None:
+    ctx, page, problems = _page(browser, mesh, "/call/" + "f" * 32)
+    try:
+        _wait_state(page, "idle", problems)
+        page.locator("#call-dial").click()
+        _wait_state(page, "ended", problems)
+        assert page.locator("#call-state").get_attribute("data-reason") == "unreachable"
+        assert page.locator("#call-state").inner_text() == "Unreachable"
+        assert page.locator("#call-dial").is_visible()  # ready to call again
+    finally:
+        ctx.close()
+
+
+def test_answer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
+        mesh: Net, browser: Any) -> None:
+    """What the serving car could do: swap the fingerprint in the answer it hands the page."""
+    evil = "sha-256 " + ":".join(["EE"] * 32)
+
+    def car_in_the_middle(ws: Any) -> None:
+        server = ws.connect_to_server()
+        ws.on_message(server.send)
+
+        def down(message: str | bytes) -> None:
+            if isinstance(message, str) and '"t": "answer"' in message:
+                doc = json.loads(message)
+                doc["sdp"] = re.sub(r"a=fingerprint:[^\r\n]*", f"a=fingerprint:{evil}",
+                                    doc["sdp"])
+                message = json.dumps(doc)
+            ws.send(message)
+
+        server.on_message(down)
+
+    ctx, page, problems = _page(browser, mesh, f"/call/{mesh.a.node_id}", route=car_in_the_middle)
+    try:
+        _wait_state(page, "idle", problems)
+        page.locator("#call-dial").click()
+        _wait_state(page, "refused", problems)
+        assert page.locator("#call-state").get_attribute("data-reason") == "fingerprint"
+    finally:
+        ctx.close()
+
+    def a_hung_up() -> bool:
+        _rc, doc = mesh.a.meshctl("calls")
+        return bool(doc["calls"][-1]["reason"] == "hung up by peer")
+
+    wait_until(a_hung_up, 20, 0.3, "the page hung up a's call")

@@ -1,0 +1,372 @@
+// carmesh web app: calls from this browser, WebRTC end to end through the car mesh.
+//
+// Signalling goes over /call/ws to the car that serves the page (see web/calls.py); the car
+// carries it over the mesh, sealed.  Media goes from this browser's RTCPeerConnection to
+// the one candidate the car puts in the far SDP: a UDP socket of the car, which relays
+// the packets over the mesh without decrypting them (DTLS-SRTP stays end to end).
+// iceServers is empty: nothing outside the mesh is ever asked.  The DTLS fingerprints of
+// this browser's SDP are signed with its own Ed25519 key (identity.js); the far end checks
+// the signature, so no car can swap them.  Text reaches the page through textContent only.
+import { hex, identity, openDb } from "/static/identity.js";
+
+const root = document.getElementById("call");
+const utf8 = new TextEncoder();
+const FP_DOMAIN = "carmesh-call-fingerprint/1";
+
+const WORDS = {
+  ja: {
+    ready: "発信できます", noIdentity: "このブラウザでは通話できません", connecting: "接続中…",
+    dialling: "発信中…", ringing: "呼び出し中…", active: "通話中", incoming: "着信中…",
+    busy: "話し中です", declined: "拒否されました", unreachable: "相手につながりません",
+    timeout: "応答がありません（時間切れ）", "hung up": "通話を終了しました",
+    "hung up by peer": "相手が通話を終了しました", cancelled: "発信を取り消しました",
+    missed: "不在着信", failed: "通話できませんでした", error: "エラー", offline: "車との接続が切れました",
+    rtt: "往復", loss: "損失", refused: "相手の鍵の署名が合わないため切断しました",
+    verifiedNode: "エンドツーエンド暗号化：相手の端末の鍵で確認済み", verifiedKey: "エンドツーエンド暗号化：相手の鍵",
+  },
+  en: {
+    ready: "Ready to call", noIdentity: "This browser cannot make calls", connecting: "Connecting…",
+    dialling: "Calling…", ringing: "Ringing…", active: "In call", incoming: "Incoming call…",
+    busy: "Busy", declined: "Declined", unreachable: "Unreachable",
+    timeout: "No answer (timeout)", "hung up": "Call ended",
+    "hung up by peer": "The other side hung up", cancelled: "Call cancelled",
+    missed: "Missed call", failed: "Call failed", error: "Error", offline: "Lost the car",
+    rtt: "RTT", loss: "loss", refused: "Hung up: the far end's fingerprint signature does not match",
+    verifiedNode: "End-to-end encrypted; checked against the node's own key", verifiedKey: "End-to-end encrypted; far key",
+  },
+};
+
+function fingerprintMessage(callId, kind, sdp) {
+  const fps = [...sdp.matchAll(/^a=fingerprint:[ \t]*([^\r\n]*?)[ \t]*\r?$/gm)].map((m) => m[1]);
+  return utf8.encode([FP_DOMAIN, callId, kind, ...fps].join("\n"));
+}
+
+function unhex(h) {
+  const out = new Uint8Array(h.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(h.substr(2 * i, 2), 16);
+  return out;
+}
+
+function randomHex(n) {
+  return hex(crypto.getRandomValues(new Uint8Array(n)));
+}
+
+class CallPage {
+  constructor(el) {
+    this.el = el;
+    this.w = WORDS[el.dataset.lang] || WORDS.en;
+    this.node = el.dataset.node;
+    this.$ = (id) => document.getElementById(id);
+    this.stateEl = this.$("call-state");
+    this.qualityEl = this.$("call-quality");
+    this.dial = this.$("call-dial");
+    this.hangup = this.$("call-hangup");
+    this.mute = this.$("call-mute");
+    this.banner = this.$("call-incoming");
+    this.audio = this.$("call-audio");
+    this.level = this.$("call-level");
+    this.me = null;
+    this.ws = null;
+    this.call = null; // {id, pc, local, startedAt}
+    this.incoming = null; // call id ringing here
+    // Answer in the banner of another page (ring.js) opens this page with ?answer=CALL
+    const asked = new URLSearchParams(location.search).get("answer");
+    this.pendingAnswer = asked && /^[0-9a-f]{32}$/.test(asked) ? asked : null;
+    // a phone may keep the audio context suspended until the page is touched
+    document.addEventListener("click", () => { if (this.ctx) this.ctx.resume().catch(() => {}); });
+    this.dial.addEventListener("click", () => this.startCall().catch((e) => this.fail(e)));
+    this.hangup.addEventListener("click", () => this.end("hangup"));
+    this.mute.addEventListener("click", () => this.toggleMute());
+    this.$("call-answer").addEventListener("click", () => this.answer().catch((e) => this.fail(e)));
+    this.$("call-decline").addEventListener("click", () => this.decline());
+  }
+
+  show(state, text, reason) {
+    this.stateEl.textContent = text;
+    this.stateEl.dataset.state = state;
+    if (reason) this.stateEl.dataset.reason = reason;
+    else delete this.stateEl.dataset.reason;
+  }
+
+  fail(e) {
+    this.show("error", `${this.w.error}: ${e.message || e}`);
+    this.cleanup();
+  }
+
+  async start() {
+    try {
+      this.me = await identity(await openDb());
+    } catch (e) {
+      this.show("unsupported", `${this.w.noIdentity} (${e.message || e})`);
+      return;
+    }
+    this.connect();
+  }
+
+  connect() {
+    this.show("connecting", this.w.connecting);
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${proto}//${location.host}/call/ws`);
+    ws.addEventListener("open", () => {
+      this.ws = ws;
+      this.dial.disabled = false;
+      this.show("idle", this.w.ready);
+      if (this.pendingAnswer && !this.call) {
+        this.incoming = this.pendingAnswer;
+        this.pendingAnswer = null;
+        history.replaceState(null, "", location.pathname);
+        this.answer().catch((e) => this.fail(e));
+      }
+    });
+    ws.addEventListener("message", (ev) => {
+      let m;
+      try { m = JSON.parse(ev.data); } catch { return; }
+      this.onMessage(m).catch((e) => this.fail(e));
+    });
+    ws.addEventListener("close", () => {
+      this.ws = null;
+      this.dial.disabled = true;
+      if (this.call) this.cleanup();
+      this.show("offline", this.w.offline);
+      setTimeout(() => this.connect(), 3000);
+    });
+  }
+
+  send(m) {
+    if (this.ws) this.ws.send(JSON.stringify(m));
+  }
+
+  async sign(callId, kind, sdp) {
+    const sig = await crypto.subtle.sign({ name: "Ed25519" }, this.me.privateKey,
+                                         fingerprintMessage(callId, kind, sdp));
+    return { key: hex(this.me.pub), sig: hex(new Uint8Array(sig)) };
+  }
+
+  async newPeer(callId) {
+    // the context is made in the click (a user gesture), so it runs
+    this.ctx = this.ctx || new AudioContext();
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    const local = await navigator.mediaDevices.getUserMedia({ audio: true });
+    for (const t of local.getTracks()) pc.addTrack(t, local);
+    pc.addEventListener("track", (ev) => this.onTrack(ev));
+    pc.addEventListener("connectionstatechange", () => {
+      const c = this.call;
+      if (c && c.pc === pc && pc.connectionState === "connected" && !this.el.dataset.connectedMs) {
+        this.el.dataset.connectedMs = String(Math.round(performance.now() - c.startedAt));
+      }
+    });
+    this.call = { id: callId, pc, local, startedAt: performance.now(), heard: false };
+    for (const k of ["connectedMs", "answerMs", "heardMs", "carSetupMs", "maxGapMs", "verified"]) delete this.el.dataset[k];
+    this.$("call-verified").hidden = true;
+    this.stats = setInterval(() => this.quality(), 1000);
+    return pc;
+  }
+
+  async startCall() {
+    if (this.call || !this.ws) return;
+    this.dial.disabled = true;
+    const callId = randomHex(16);
+    const pc = await this.newPeer(callId);
+    await pc.setLocalDescription(await pc.createOffer());
+    const sdp = pc.localDescription.sdp;
+    this.show("dialling", this.w.dialling);
+    this.buttons(true);
+    this.send({ t: "dial", node: this.node, call_id: callId, sdp, ...(await this.sign(callId, "offer", sdp)) });
+  }
+
+  async answer() {
+    if (!this.incoming || this.call) return;
+    this.banner.hidden = true;
+    const callId = this.incoming;
+    this.incoming = null;
+    await this.newPeer(callId);
+    this.buttons(true);
+    this.send({ t: "offer", call_id: callId });
+  }
+
+  decline() {
+    if (!this.incoming) return;
+    this.send({ t: "decline", call_id: this.incoming });
+    this.incoming = null;
+    this.banner.hidden = true;
+  }
+
+  end(kind) {
+    if (!this.call) return;
+    this.send({ t: kind, call_id: this.call.id });
+  }
+
+  toggleMute() {
+    if (!this.call) return;
+    const tracks = this.call.local.getAudioTracks();
+    const muted = tracks.length && tracks[0].enabled;
+    for (const t of tracks) t.enabled = !muted;
+    this.mute.textContent = muted ? this.mute.dataset.unmute : this.mute.dataset.mute;
+    this.mute.setAttribute("aria-pressed", muted ? "true" : "false");
+  }
+
+  buttons(inCall) {
+    this.dial.hidden = inCall;
+    this.hangup.hidden = !inCall;
+    this.mute.hidden = !inCall;
+  }
+
+  async onMessage(m) {
+    const c = this.call;
+    if (m.t === "incoming") {
+      if (c || this.incoming) return; // busy here: the car's own limit answers busy
+      this.incoming = m.call_id;
+      this.$("call-incoming-peer").textContent = m.peer_name || (m.peer || "").slice(0, 8);
+      this.banner.hidden = false;
+      this.show("incoming", this.w.incoming);
+      if (navigator.vibrate) navigator.vibrate([300, 200, 300]);
+      return;
+    }
+    if (m.t === "state" && m.call_id === this.incoming && m.state === "ended") {
+      this.incoming = null; // the caller gave up
+      this.banner.hidden = true;
+      this.show("ended", this.w[m.reason] || m.reason, m.reason);
+      return;
+    }
+    if (!c || m.call_id !== c.id) {
+      if (m.t === "error") this.show("error", `${this.w.error}: ${m.message}`);
+      return;
+    }
+    if (m.t === "answer") {
+      const check = await this.checkAnswer(c.id, m);
+      if (check === "bad") { // altered between the far end and here: never connect
+        this.end("hangup");
+        this.cleanup();
+        this.show("refused", this.w.refused, "fingerprint");
+        return;
+      }
+      this.el.dataset.verified = check;
+      const v = this.$("call-verified");
+      if (check !== "none") {
+        v.textContent = check === "node" ? this.w.verifiedNode : `${this.w.verifiedKey} ${m.key.slice(0, 16)}`;
+        v.hidden = false;
+      }
+      await c.pc.setRemoteDescription({ type: "answer", sdp: m.sdp });
+    } else if (m.t === "offer") {
+      await c.pc.setRemoteDescription({ type: "offer", sdp: m.sdp });
+      await c.pc.setLocalDescription(await c.pc.createAnswer());
+      const sdp = c.pc.localDescription.sdp;
+      this.send({ t: "answer", call_id: c.id, sdp, ...(await this.sign(c.id, "answer", sdp)) });
+    } else if (m.t === "audio") {
+      if (m.setup_ms != null) this.el.dataset.carSetupMs = String(m.setup_ms);
+    } else if (m.t === "state") {
+      if (m.state === "ended") {
+        const text = this.w[m.reason] || m.reason;
+        this.show("ended", m.detail ? `${text}: ${m.detail}` : text, m.reason);
+        this.cleanup();
+      } else if (m.state) {
+        if (m.state === "active" && m.answer_ms != null) this.el.dataset.answerMs = String(m.answer_ms);
+        this.show(m.state, this.w[m.state] || m.state);
+      }
+    } else if (m.t === "error") {
+      this.cleanup();
+      if (m.code === "unreachable") this.show("ended", this.w.unreachable, "unreachable");
+      else this.show("error", `${this.w.error}: ${m.message}`);
+    }
+  }
+
+  // "node": signed by the key of the node in the URL (its id is SHA-256(ed ‖ x)[:16]);
+  // "key": signed by a key the URL does not name (a browser on that car); "none": unsigned;
+  // "bad": the signature does not cover these fingerprints
+  async checkAnswer(callId, m) {
+    if (!m.key || !m.sig) return "none";
+    try {
+      const key = await crypto.subtle.importKey("raw", unhex(m.key), { name: "Ed25519" }, false, ["verify"]);
+      const ok = await crypto.subtle.verify({ name: "Ed25519" }, key, unhex(m.sig),
+                                            fingerprintMessage(callId, "answer", m.sdp));
+      if (!ok) return "bad";
+    } catch {
+      return "bad";
+    }
+    if (m.x && /^[0-9a-f]{8,32}$/.test(this.node)) {
+      const both = new Uint8Array(64);
+      both.set(unhex(m.key), 0);
+      both.set(unhex(m.x), 32);
+      const id = hex(new Uint8Array(await crypto.subtle.digest("SHA-256", both))).slice(0, 32);
+      if (id.startsWith(this.node)) return "node";
+    }
+    return "key";
+  }
+
+  onTrack(ev) {
+    const stream = ev.streams[0] || new MediaStream([ev.track]);
+    this.audio.srcObject = stream;
+    this.audio.play().catch(() => {});
+    // read the remote stream itself: createMediaElementSource(<audio>) reads silence
+    const src = this.ctx.createMediaStreamSource(stream);
+    const an = this.ctx.createAnalyser();
+    an.fftSize = 8192;
+    src.connect(an);
+    const freq = new Float32Array(an.frequencyBinCount);
+    const time = new Float32Array(an.fftSize);
+    const binHz = this.ctx.sampleRate / an.fftSize;
+    let lastHz = 0;
+    let steady = 0;
+    this.meter = setInterval(() => {
+      an.getFloatTimeDomainData(time);
+      let sum = 0;
+      for (const v of time) sum += v * v;
+      const rms = Math.sqrt(sum / time.length);
+      an.getFloatFrequencyData(freq);
+      let best = Math.ceil(50 / binHz);
+      for (let i = best; i < freq.length; i++) if (freq[i] > freq[best]) best = i;
+      const hz = Math.round(best * binHz);
+      steady = rms >= 0.01 && Math.abs(hz - lastHz) <= 10 ? steady + 1 : 0;
+      lastHz = hz;
+      this.level.value = Math.min(1, rms * 4);
+      Object.assign(this.level.dataset, { hz: String(hz), rms: rms.toFixed(4), steady: String(steady) });
+      const c = this.call;
+      const now = performance.now();
+      if (c && !c.heard && rms >= 0.01) {
+        c.heard = true;
+        this.el.dataset.heardMs = String(Math.round(now - c.startedAt));
+      }
+      // the longest silence since the first sound (a reroute shows here), in 200 ms steps
+      if (c && c.heard) {
+        if (rms < 0.01) c.silentSince = c.silentSince || now;
+        else if (c.silentSince) {
+          const gap = Math.round(now - c.silentSince);
+          c.silentSince = 0;
+          if (gap > Number(this.el.dataset.maxGapMs || 0)) this.el.dataset.maxGapMs = String(gap);
+        }
+      }
+    }, 200);
+  }
+
+  async quality() {
+    const c = this.call;
+    if (!c) return;
+    let rtt = null, lost = 0, got = 0;
+    (await c.pc.getStats()).forEach((s) => {
+      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime != null) rtt = s.currentRoundTripTime;
+      if (s.type === "inbound-rtp" && s.kind === "audio") { lost += s.packetsLost || 0; got += s.packetsReceived || 0; }
+    });
+    if (rtt == null && !got) return;
+    const loss = got + lost ? (100 * lost) / (got + lost) : 0;
+    this.qualityEl.hidden = false;
+    this.qualityEl.textContent = `${this.w.rtt} ${rtt == null ? "—" : Math.round(rtt * 1000)} ms · ${this.w.loss} ${loss.toFixed(1)} %`;
+    this.qualityEl.dataset.rttMs = rtt == null ? "" : String(Math.round(rtt * 1000));
+    this.qualityEl.dataset.lossPct = loss.toFixed(2);
+  }
+
+  cleanup() {
+    const c = this.call;
+    this.call = null;
+    clearInterval(this.stats);
+    clearInterval(this.meter);
+    if (c) {
+      for (const t of c.local.getTracks()) t.stop();
+      c.pc.close();
+    }
+    this.audio.srcObject = null;
+    this.buttons(false);
+    this.dial.disabled = !this.ws;
+  }
+}
+
+if (root) new CallPage(root).start();
