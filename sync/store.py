@@ -554,9 +554,13 @@ class OpStore:
         return op_id in self._known
 
     def author_head(self, author: bytes) -> tuple[int, bytes] | None:
-        """``(seq, op_id)`` of the author's newest applied chained op, or None."""
-        a = self._authors.get(author)
-        if a is None or a.head_id is None:
+        """``(seq, op_id)`` of the author's newest applied chained op, or None.
+
+        A snapshot's skip range right after the head counts as applied (its last seq and id).
+        """
+        a = (self._authors.get(author) or AuthorState()).copy()
+        skip_head(a, self._skips.get(author, ()))
+        if a.head_id is None:
             return None
         return (a.head_seq, a.head_id)
 

@@ -81,7 +81,14 @@ async def test_supersede_drops_the_ops_and_parked_successors_apply(tmp_path: Pat
     joiner = await open_store(tmp_path / "join.db", wall)
     res = await joiner.apply_remote([other[0].raw, snap.raw])
     assert res.pending == 1
+    assert joiner.author_head(pub(key)) is None
     await joiner.supersede(snap.op_id, D, rng)
+    assert joiner.author_head(pub(key)) == (13, other[0].op_id)
+    # the head of an author whose every op was superseded is the range's end
+    lone = Ed25519PrivateKey.generate()
+    lone_ops = chain(lone, 3, start_hlc=HLC0, doc_id=D)
+    await joiner.supersede(snap.op_id, D, [(pub(lone), (1, 3, lone_ops[-1].op_id))])
+    assert joiner.author_head(pub(lone)) == (3, lone_ops[-1].op_id)
     assert joiner.pending_count() == 0 and other[0].op_id in joiner
     # a later snapshot supersedes the first (an unchained op, by id)
     snap2 = create_op(snapper, kind="library.snapshot", doc_id=D, body=BODY + b"2", seq=0,
