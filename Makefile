@@ -54,7 +54,7 @@ run: $(STAMP)
 	$(BIN)/meshd --state-dir $${STATE_DIR:-/tmp/carmesh-run} --name $${NAME:-$$(hostname)-car} --log-level info
 
 bench: $(STAMP)
-	@for b in links routing sync library safety trust voice footprint initial_flood web; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@for b in links routing sync library safety trust voice footprint initial_flood web store; do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check meshd voice sync library_replica tui web carmesh tests bench

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from meshd.config import Config
@@ -50,10 +51,18 @@ async def build_node(config: Config) -> Node:
     try:
         sync_service = SyncNodeService(node, store)
         node.add_service(sync_service)
+        from library_replica.compaction import DAY_MS, CompactionPolicy
         from library_replica.node_service import LibraryNodeService
 
+        policy = CompactionPolicy()
+        if config.compact_after is not None:
+            policy = replace(policy, max_ops=config.compact_after)
+        if config.compact_quiet is not None:
+            policy = replace(policy, quiet_ms=int(config.compact_quiet * 1000))
+        if config.tombstone_horizon is not None:
+            policy = replace(policy, horizon_ms=int(config.tombstone_horizon * DAY_MS))
         library = LibraryNodeService(node, store, trust_path=config.trust, inbox=node.messenger,
-                                     wall_clock=node.mesh_time)
+                                     wall_clock=node.mesh_time, compaction=policy)
         node.add_service(library)
         # a revoked node key (lost or stolen device) gets no link here either
         node.refuse_keys(library.trust.revoked)

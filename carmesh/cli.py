@@ -69,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-quota", metavar="BYTES",
                    help="the op store's total size (e.g. 512M, 2G; default 1G): beyond it the "
                         "oldest ops of non-members, then of members, are evicted")
+    p.add_argument("--compact-after", metavar="EDITS",
+                   help="compact a library document into a snapshot once it has this many "
+                        "changes since the last one (default 200; members only)")
+    p.add_argument("--compact-quiet", metavar="SECONDS",
+                   help="a document is compacted only after this long without a change "
+                        "(default 600)")
+    p.add_argument("--tombstone-horizon", metavar="DAYS",
+                   help="a deleted document keeps its text this long, then only its tombstone "
+                        "(default 30)")
     p.add_argument("--recover-store", action="store_true",
                    help="move a damaged op store (and the search index) aside, then start with"
                    " empty ones that resync from the neighbours")

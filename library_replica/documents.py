@@ -21,7 +21,30 @@ Op kinds and bodies (MessagePack maps, short keys):
                     id this edit reverts (optional)
 ``library.delete``  ``{}``
 ``library.restore`` ``{}`` (the authoriser takes only authority keys)
+``library.snapshot`` the document compacted (below): ``u`` its full Yjs state,
+                    ``m`` its fields as ``[name, value, hlc, author, op id]``,
+                    ``k`` superseded chain positions ``[author, first, last,
+                    last op id]``, ``p`` earlier snapshots it supersedes,
+                    ``n``/``h`` count and SHA-256 of the sorted ids of the ops
+                    it newly supersedes, ``ch``/``uh`` created/updated hlc,
+                    ``a`` authors, ``z`` true for a tombstone (text dropped)
 ==================  =========================================================
+
+Snapshots (compaction).  A member (``may_compact``: the root, an authority or
+an enrolled member, not revoked) replaces a document's history by a snapshot
+(``prepare_snapshot``; when, says ``library_replica.compaction``).  It is an
+unchained op (sync's ``seq`` 0, with the expiry ``SNAPSHOT_EXPIRY_MS``, which is
+never reached), so a node holding none of the history applies it.  Applying it
+merges its Yjs state and its fields (by order key, like any change) into the
+document, forgets the ops it supersedes and rebuilds the document from the
+snapshot and the ops after it; ``take_superseded`` hands the superseded ranges
+to the node, which drops those ops from the op store.  Receivers check what
+they can: the author may compact; the state holds every update of the
+superseded ops they hold (not for a tombstone); and when they hold exactly the
+``n`` ops a first snapshot names, their ids hash to ``h``.  A snapshot rewrites
+items of every author's Yjs client, so only members may make one: a member can
+already rewrite the text by editing it.  Ops a snapshot superseded that arrive
+later are ``SUPERSEDED`` (sync refuses them first).
 
 Seeded bodies (imports).  Two nodes that import the same file must end with
 one copy of its text, but two Yjs inserts of the same text by two clients are
@@ -74,17 +97,21 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from library_replica.compaction import DocStats
 from library_replica.ops import (
     MAX_BODY_SIZE,
+    SNAPSHOT_EXPIRY_MS,
     OpLike,
     Refused,
     body_fields,
     encode_body,
+    hlc_wall_ms,
     order_key,
 )
 from library_replica.text import TextEdit, apply_edits, diff_edits, is_boundary, yjs_client_id
-from meshd.core.codec import DropCounter, Fields
+from meshd.core.codec import DropCounter, Fields, pack
 from meshd.core.errors import DecodeError, LocalProtocolError
+from sync.apply import SkipRange, covered, merge_ranges
 
 if TYPE_CHECKING:
     from pycrdt import Doc, Text
@@ -95,6 +122,8 @@ __all__ = [
     "KIND_DELETE",
     "KIND_EDIT",
     "KIND_RESTORE",
+    "KIND_SNAPSHOT",
+    "SNAPSHOT_EXPIRY_MS",
     "Applied",
     "DocumentView",
     "HistoryEntry",
@@ -112,7 +141,11 @@ KIND_CREATE = "library.create"
 KIND_EDIT = "library.edit"
 KIND_DELETE = "library.delete"
 KIND_RESTORE = "library.restore"
-KINDS = frozenset({KIND_CREATE, KIND_EDIT, KIND_DELETE, KIND_RESTORE})
+KIND_SNAPSHOT = "library.snapshot"
+KINDS = frozenset({KIND_CREATE, KIND_EDIT, KIND_DELETE, KIND_RESTORE, KIND_SNAPSHOT})
+#: authors listed in a snapshot (the rest still show in the history of later changes)
+MAX_SNAPSHOT_AUTHORS = 256
+_REGISTERS = ("collection", "title", "tags", "lang", "deleted")
 
 DEFAULT_COLLECTIONS = ("work", "social", "history", "know-how")
 _COLLECTION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -135,6 +168,7 @@ class Applied(enum.Enum):
     PENDING = "pending"  # waits for ops it builds on
     DUPLICATE = "duplicate"
     HIDDEN = "hidden"  # its author is blocked here
+    SUPERSEDED = "superseded"  # a snapshot here replaced it
     REFUSED = "refused"  # malformed or inconsistent: counted and dropped
 
 
@@ -398,6 +432,23 @@ class _Parsed:
     reverts: bytes | None
     client: int = 0  # the Yjs client of the update's items (the author's, or a seed's)
     seed: int = 0  # a seeded body's client (0 when the body is not seeded)
+    snap: _Snap | None = None  # a snapshot's contents
+
+
+@dataclass(frozen=True, slots=True)
+class _Snap:
+    """The checked contents of a ``library.snapshot`` body (see the module docstring)."""
+
+    regs: dict[str, _Register]
+    ranges: tuple[tuple[bytes, SkipRange], ...]
+    prior: tuple[bytes, ...]
+    count: int
+    digest: bytes
+    created_hlc: int
+    updated_hlc: int
+    authors: tuple[bytes, ...]
+    purged: bool
+    clients: dict[int, tuple[int, int]]
 
 
 def _present(f: Fields, key: str) -> bool:
@@ -420,6 +471,8 @@ def _parse(op: OpLike) -> _Parsed:
     if op.kind not in KINDS:
         raise Refused("kind", op.kind)
     f: Fields = body_fields(op)
+    if op.kind == KIND_SNAPSHOT:
+        return _parse_snapshot(op, f)
     try:
         meta: dict[str, Any] = {}
         if f.opt_str("c", max_len=32) is not None:
@@ -460,6 +513,69 @@ def _parse(op: OpLike) -> _Parsed:
             raise Refused("update", "items of another author's Yjs client")
         end = ranges[cid][1] if cid in ranges else 0
     return _Parsed(op.kind, sv, update, end, meta, reverts, yjs_client_id(op.author))
+
+
+def _register_value(name: str, value: Any) -> Any:
+    """A snapshot's field value checked like the op that set it; ``Refused`` if bad."""
+    if name == "collection" and type(value) is str and _COLLECTION_RE.match(value):
+        return value
+    if name == "title" and type(value) is str and len(value) <= MAX_TITLE:
+        return value
+    if name == "lang" and type(value) is str and len(value) <= MAX_LANG:
+        return value
+    if name == "tags" and type(value) is list and len(value) <= MAX_TAGS:
+        return _parse_tags(value)
+    if name == "deleted" and type(value) is bool:
+        return value
+    raise Refused("body", f"snapshot field {name!r}")
+
+
+def _parse_snapshot(op: OpLike, f: Fields) -> _Parsed:
+    if op.seq != 0 or op.expiry_ms != SNAPSHOT_EXPIRY_MS:
+        raise Refused("body", "a snapshot is unchained, with the snapshot expiry")
+    try:
+        update = f.bytes("u", max_len=MAX_UPDATE)
+        regs: dict[str, _Register] = {}
+        for item in f.list("m", max_len=len(_REGISTERS)):
+            if (type(item) is not list or len(item) != 5 or item[0] not in _REGISTERS
+                    or item[0] in regs or type(item[2]) is not int or not 0 <= item[2] < 2**63
+                    or type(item[3]) is not bytes or len(item[3]) != 32
+                    or type(item[4]) is not bytes or len(item[4]) != 32):
+                raise Refused("body", "snapshot field entry")
+            regs[item[0]] = _Register(_register_value(item[0], item[1]),
+                                      (item[2], item[3], item[4]))
+        if {"collection", "title"} - regs.keys():
+            raise Refused("body", "a snapshot needs collection and title")
+        ranges: list[tuple[bytes, SkipRange]] = []
+        for item in f.list("k", max_len=MAX_BODY_SIZE // 70):
+            if (type(item) is not list or len(item) != 4 or type(item[0]) is not bytes
+                    or len(item[0]) != 32 or type(item[1]) is not int
+                    or type(item[2]) is not int or not 1 <= item[1] <= item[2] <= 2**62
+                    or type(item[3]) is not bytes or len(item[3]) != 32):
+                raise Refused("body", "snapshot range")
+            ranges.append((item[0], (item[1], item[2], item[3])))
+        prior = f.list("p", max_len=MAX_BODY_SIZE // 34)
+        if any(type(i) is not bytes or len(i) != 32 for i in prior):
+            raise Refused("body", "snapshot prior ids")
+        authors = f.list("a", max_len=MAX_SNAPSHOT_AUTHORS)
+        if any(type(a) is not bytes or len(a) != 32 for a in authors):
+            raise Refused("body", "snapshot authors")
+        count = f.int("n", 0, 2**62)
+        digest = f.bytes("h", size=32)
+        created = f.int("ch", 0, 2**63 - 1)
+        updated = f.int("uh", 0, 2**63 - 1)
+        purged = f.bool("z")
+    except DecodeError as exc:
+        raise Refused("body", str(exc)) from None
+    try:
+        clients = update_clock_ranges(update)
+    except DecodeError as exc:
+        raise Refused("update", str(exc)) from None
+    if purged and clients:
+        raise Refused("body", "a tombstone carries no text")
+    snap = _Snap(regs, tuple(ranges), tuple(prior), count, digest, created, updated,
+                 tuple(authors), purged, clients)
+    return _Parsed(op.kind, {}, update, 0, {}, None, 0, 0, snap)
 
 
 def _parse_seeded(op: OpLike, f: Fields, text: str, update: bytes | None,
@@ -511,6 +627,8 @@ class _DocState:
     seeds: dict[int, tuple[int, bytes, bytes]] = field(default_factory=dict)
     #: XOR of the applied op ids: the document's head, whatever the apply order
     head: int = 0
+    #: a tombstone's snapshot applied: the text is gone
+    purged: bool = False
 
     @property
     def text(self) -> Text:
@@ -524,8 +642,47 @@ class _DocState:
         return default if reg is None else reg.value
 
 
+def _integrate_snapshot(st: _DocState, op: OpLike, snap: _Snap,
+                        update: bytes) -> tuple[str, str] | None:
+    before = st.text_cache
+    try:
+        st.ydoc.apply_update(update)
+    except ValueError as exc:
+        return ("update", str(exc))
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        return ("update", "pycrdt panic")
+    have = st.sv()
+    if any(have.get(c, 0) < end for c, (_, end) in snap.clients.items()):
+        return ("sv_mismatch", "snapshot state did not integrate")
+    after = str(st.text)
+    if len(after) > MAX_BODY_CHARS:
+        return ("body_size", str(len(after)))
+    st.text_cache = after
+    for name, reg in snap.regs.items():
+        old = st.regs.get(name)
+        if old is None or reg.key > old.key:
+            st.regs[name] = reg
+    if not st.created or snap.created_hlc < st.created_hlc:
+        st.created_hlc = snap.created_hlc
+    st.created = True
+    st.updated_hlc = max(st.updated_hlc, snap.updated_hlc)
+    st.authors.update(snap.authors)
+    st.applied.append(op)
+    st.head ^= int.from_bytes(op.op_id[:16], "big")
+    st.purged = st.purged or snap.purged
+    inserted = sum(len(e.insert) for e in diff_edits(before, after))
+    st.history.append(HistoryEntry(op.op_id, op.author, op.hlc, op.kind,
+                                   tuple(sorted(snap.regs)), inserted, 0, None))
+    return None
+
+
 def _integrate(st: _DocState, op: OpLike, parsed: _Parsed) -> tuple[str, str] | None:
     """Apply one ready op to ``st``; return (reason, detail) if it must be refused instead."""
+    if parsed.snap is not None:
+        assert parsed.update is not None
+        return _integrate_snapshot(st, op, parsed.snap, parsed.update)
     before = st.text_cache
     inserted = deleted = 0
     if parsed.update is not None:
@@ -576,6 +733,14 @@ def _integrate(st: _DocState, op: OpLike, parsed: _Parsed) -> tuple[str, str] | 
     return None
 
 
+def _ids_digest(ids: Iterable[bytes]) -> bytes:
+    """SHA-256 of the sorted op ids: a snapshot's ``h``."""
+    h = hashlib.sha256()
+    for i in sorted(ids):
+        h.update(i)
+    return h.digest()
+
+
 def _delete_losing_seeds(st: _DocState) -> None:
     """Delete every seed's items but the latest create's (a no-op with one seed)."""
     if len(st.seeds) < 2:
@@ -596,9 +761,18 @@ class Library:
     """
 
     def __init__(self, blocked: Iterable[bytes] = (),
-                 may_restore: Callable[[bytes], bool] | None = None) -> None:
+                 may_restore: Callable[[bytes], bool] | None = None,
+                 may_compact: Callable[[bytes], bool] | None = None) -> None:
         #: who may restore a deleted document (an authority); None: anyone
         self._may_restore = may_restore
+        #: who may make snapshots (a member: see the module docstring); None: nobody
+        self._may_compact = may_compact
+        #: per author, the chain positions snapshots here superseded; superseded snapshot ids
+        self._skips: dict[bytes, list[SkipRange]] = {}
+        self._superseded: set[bytes] = set()
+        #: (snapshot id, doc id, ranges, prior ids) applied here, for the op store
+        self._to_supersede: list[tuple[bytes, bytes, tuple[tuple[bytes, SkipRange], ...],
+                                       tuple[bytes, ...]]] = []
         self._docs: dict[bytes, _DocState] = {}
         self._log: dict[bytes, list[OpLike]] = {}  # every accepted op per document, arrival order
         self._seen: set[bytes] = set()
@@ -613,8 +787,11 @@ class Library:
 
     def authorize(self, op: OpLike, wall_now_ms: int) -> None:
         """Authoriser for the ``library`` namespace: refuse (raise ``Refused``) malformed ops."""
-        del wall_now_ms  # library ops do not expire
+        del wall_now_ms  # library ops do not expire (a snapshot's expiry is never reached)
         _parse(op)
+        if op.kind == KIND_SNAPSHOT and (self._may_compact is None
+                                         or not self._may_compact(op.author)):
+            raise Refused("not_member", "only a member makes snapshots")
         if op.kind == KIND_RESTORE and self._may_restore is not None \
                 and not self._may_restore(op.author):
             raise Refused("not_authority", "only an authority restores a deleted document")
@@ -623,14 +800,94 @@ class Library:
         """Apply one committed op; malformed ones are counted, logged once and dropped."""
         if op.op_id in self._seen:
             return Applied.DUPLICATE
+        if self._is_superseded(op):
+            self.drops.drop("superseded", op.author.hex()[:8])
+            return Applied.SUPERSEDED
         try:
             parsed = _parse(op)
         except Refused as exc:
             self.drops.drop(exc.reason, op.author.hex()[:8], exc.detail)
             return Applied.REFUSED
+        if parsed.snap is not None:
+            return self._apply_snapshot(op, parsed, parsed.snap)
         self._seen.add(op.op_id)
         self._log.setdefault(op.doc_id, []).append(op)
         return self._feed(op, parsed)
+
+    def _is_superseded(self, op: OpLike) -> bool:
+        if op.seq == 0:
+            return op.op_id in self._superseded
+        return covered(self._skips.get(op.author, ()), op.seq)
+
+    def _covered_by(self, op: OpLike, ranges: dict[bytes, list[SkipRange]],
+                    prior: set[bytes]) -> bool:
+        if op.seq == 0:
+            return op.op_id in prior
+        return covered(ranges.get(op.author, ()), op.seq)
+
+    def _apply_snapshot(self, op: OpLike, parsed: _Parsed, snap: _Snap) -> Applied:
+        """Check a snapshot against the history held here, then replace that history by it."""
+        if op.author in self._blocked:
+            # kept like any hidden op, history and all: nothing is superseded by an author
+            # this node does not follow (unblocking merges the snapshot's state)
+            self._seen.add(op.op_id)
+            self._log.setdefault(op.doc_id, []).append(op)
+            return Applied.HIDDEN
+        ranges: dict[bytes, list[SkipRange]] = {}
+        for author, rng in snap.ranges:
+            ranges.setdefault(author, []).append(rng)
+        ranges = {a: merge_ranges((), r) for a, r in ranges.items()}
+        prior = set(snap.prior)
+        problem = _integrate(_DocState(op.doc_id), op, parsed)
+        if problem is not None:
+            self.drops.drop(problem[0], op.author.hex()[:8], problem[1])
+            self._refused.add(op.op_id)
+            return Applied.REFUSED
+        log_ = self._log.get(op.doc_id, [])
+        held = [o for o in log_ if self._covered_by(o, ranges, prior)]
+        chained = [o for o in held if o.seq]
+        if not snap.purged:
+            for o in chained:
+                try:
+                    p = _parse(o)
+                except Refused:
+                    continue
+                if p.update is not None and p.update_end and \
+                        snap.clients.get(p.client, (0, 0))[1] < p.update_end:
+                    self.drops.drop("snapshot_mismatch", op.author.hex()[:8],
+                                    "state lacks a superseded update")
+                    self._refused.add(op.op_id)
+                    return Applied.REFUSED
+        if not snap.prior and len(chained) == snap.count and \
+                _ids_digest(o.op_id for o in chained) != snap.digest:
+            self.drops.drop("snapshot_mismatch", op.author.hex()[:8], "superseded ids")
+            self._refused.add(op.op_id)
+            return Applied.REFUSED
+        self._seen.add(op.op_id)
+        for a, r in ranges.items():
+            self._skips[a] = merge_ranges(self._skips.get(a, ()), r)
+        self._superseded |= prior
+        gone = {o.op_id for o in held}
+        for key, waiting in list(self._pending.items()):
+            keep = [(o, p) for o, p in waiting if not self._covered_by(o, ranges, prior)]
+            self._pending_count -= len(waiting) - len(keep)
+            self._pending[key] = keep
+        # the snapshot first, then the ops after it (each waits for what it builds on)
+        self._log[op.doc_id] = [op] + [o for o in log_ if o.op_id not in gone]
+        self._rebuild_doc(op.doc_id)
+        self._to_supersede.append((op.op_id, op.doc_id, snap.ranges, tuple(dict.fromkeys(
+            [*snap.prior, *(o.op_id for o in held)]))))
+        return Applied.APPLIED
+
+    def take_superseded(self) -> list[tuple[bytes, bytes, tuple[tuple[bytes, SkipRange], ...],
+                                            tuple[bytes, ...]]]:
+        """Snapshots applied since the last call: ``(snapshot id, doc id, ranges, op ids)``.
+
+        ``op ids``: the earlier snapshots and the ops held here that it supersedes.  The
+        caller drops those ops from the op store (``OpStore.supersede``).
+        """
+        out, self._to_supersede = self._to_supersede, []
+        return out
 
     def _feed(self, op: OpLike, parsed: _Parsed) -> Applied:
         if op.author in self._blocked:
@@ -651,6 +908,8 @@ class Library:
         return result
 
     def _ready(self, st: _DocState, parsed: _Parsed) -> bool:
+        if parsed.snap is not None:
+            return True
         if parsed.kind != KIND_CREATE and not st.created:
             return False
         return not parsed.sv or _dominates(st.sv(), parsed.sv)
@@ -920,6 +1179,85 @@ class Library:
                 h.update(doc_id + head.to_bytes(16, "big"))
             out[coll] = (h.hexdigest()[:16], len(heads))
         return out
+
+    # -- compaction ----------------------------------------------------------------------
+
+    def compaction_stats(self) -> Iterator[DocStats]:
+        """Per document, what ``plan_compaction`` decides on (times as wall ms)."""
+        for st in self._docs.values():
+            if not st.created:
+                continue
+            ops = [o for o in st.applied if o.kind != KIND_SNAPSHOT]
+            deleted = st.regs.get("deleted")
+            yield DocStats(st.doc_id, len(ops), sum(len(o.body) for o in ops),
+                           hlc_wall_ms(st.updated_hlc),
+                           deleted=bool(deleted and deleted.value),
+                           deleted_ms=hlc_wall_ms(deleted.key[0]) if deleted else 0,
+                           purged=st.purged)
+
+    def prepare_snapshot(self, doc_id: bytes, *, purge: bool = False,
+                         max_size: int = MAX_BODY_SIZE) -> tuple[PreparedOp, int] | None:
+        """A ``library.snapshot`` of the document as held here, and how many ops it supersedes.
+
+        Sign it as an unchained op with the expiry ``SNAPSHOT_EXPIRY_MS``.  It covers
+        every op applied to the document here (earlier snapshots' ranges included), the
+        oldest first as far as ``max_size`` allows; None when even the state and the
+        earlier ranges do not fit (the document stays as it is) or when there is nothing
+        to supersede.  ``purge`` makes a tombstone of a deleted document (its text dropped).
+        """
+        st = self._docs.get(doc_id)
+        if st is None or not st.created:
+            raise LocalProtocolError("no such document here")
+        if purge and not st.meta("deleted", False):
+            raise LocalProtocolError("only a deleted document becomes a tombstone")
+        if self._pending.get(doc_id):
+            return None  # ops still wait for what they build on: compact once they apply
+        prior = [o for o in st.applied if o.kind == KIND_SNAPSHOT]
+        chained = sorted((o for o in st.applied if o.seq), key=lambda o: (o.author, o.seq))
+        # runs of consecutive chain positions of this document's ops, per author
+        runs: list[tuple[int, bytes, SkipRange, list[bytes]]] = []  # (first hlc, author, ..)
+        for o in chained:
+            if runs and runs[-1][1] == o.author and runs[-1][2][1] + 1 == o.seq:
+                hlc, a, (first, _, _), ids = runs[-1]
+                runs[-1] = (hlc, a, (first, o.seq, o.op_id), [*ids, o.op_id])
+            else:
+                runs.append((o.hlc, o.author, (o.seq, o.seq, o.op_id), [o.op_id]))
+        if not runs and len(prior) < 2 and not (purge and not st.purged):
+            return None
+        runs.sort(key=lambda r: r[0])  # the oldest first, when not all fit
+        earlier: list[tuple[bytes, SkipRange]] = []
+        for p in prior:
+            snap = _parse(p).snap
+            assert snap is not None
+            earlier.extend(snap.ranges)
+        update = b"\x00\x00" if purge else st.ydoc.get_update()
+        regs = [[name, reg.value if name != "tags" else list(reg.value), *reg.key]
+                for name, reg in sorted(st.regs.items()) if name in _REGISTERS]
+        authors = sorted(st.authors)[:MAX_SNAPSHOT_AUTHORS]
+
+        def body(n: int) -> bytes:
+            per: dict[bytes, list[SkipRange]] = {}
+            for a, r in earlier + [(a, r) for _, a, r, _ in runs[:n]]:
+                per.setdefault(a, []).append(r)
+            ranges = [[a, *r] for a in sorted(per) for r in merge_ranges((), per[a])]
+            ids = [i for run in runs[:n] for i in run[3]]
+            return pack({"u": update, "m": regs, "k": ranges,
+                                "p": [p.op_id for p in prior], "n": len(ids),
+                                "h": _ids_digest(ids), "ch": st.created_hlc,
+                                "uh": st.updated_hlc, "a": authors, "z": purge})
+
+        max_size = min(max_size, MAX_BODY_SIZE)
+        lo, hi = 0, len(runs)
+        if len(body(hi)) > max_size:  # the most runs that fit, by bisection
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if len(body(mid)) <= max_size:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo == 0 and len(body(0)) > max_size:
+                return None
+        return PreparedOp(KIND_SNAPSHOT, body(hi)), sum(len(r[3]) for r in runs[:hi])
 
     @staticmethod
     def prepare_delete(restore: bool = False) -> PreparedOp:

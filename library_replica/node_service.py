@@ -20,7 +20,11 @@ Start.  ``run`` replays the stored ops of every namespace (trust first, then
 bulletins, situation, mail, library) in a thread, refreshes the persistent
 index (unchanged documents are skipped), then opens mail addressed to us;
 control methods wait for that (``_ready``) while ``status`` answers at once.
-Then, every ``purge_interval_s``, expired bulletins and mail are forgotten.
+Then, every ``purge_interval_s``, expired bulletins and mail are forgotten,
+and (when this node's key is a member of the community) library documents the
+compaction planner picks are compacted into snapshots
+(``library_replica.compaction``); a snapshot applied here, ours or a peer's,
+drops the ops it supersedes from the op store (``OpStore.supersede``).
 
 Trust.  The pinned root and the newest configuration adopted are kept in the
 state directory (``trust.toml``, or ``trust.pin`` for a root fingerprint
@@ -87,7 +91,8 @@ from library_replica.bulletins import (
     prepare_bulletin,
 )
 from library_replica.carried import CarriedPool
-from library_replica.documents import DocumentView, Library
+from library_replica.compaction import CompactionPolicy, plan_compaction
+from library_replica.documents import KIND_SNAPSHOT, SNAPSHOT_EXPIRY_MS, DocumentView, Library
 from library_replica.keycerts import (
     KIND_MEMBER,
     KIND_REVOKE,
@@ -127,7 +132,9 @@ from library_replica.situation import (
     SituationRecord,
     authorize_situation,
     prepare_set,
+    record_id,
 )
+from library_replica.situation import KIND_SNAPSHOT as KIND_SIT_SNAPSHOT
 from library_replica.summary import DEFAULT_STALE_S, town_summary
 from meshd.core.codec import Fields, unpack
 from meshd.core.errors import (
@@ -229,7 +236,8 @@ class LibraryNodeService:
 
     def __init__(self, node: NodeApi, store: OpStore, *, trust_path: Path | None,
                  inbox: MailInbox | None = None, wall_clock: Callable[[], float] = time.time,
-                 purge_interval_s: float = 1.0) -> None:
+                 purge_interval_s: float = 1.0,
+                 compaction: CompactionPolicy | None = None) -> None:
         self.node = node
         self.store = store
         self._wall = wall_clock
@@ -246,7 +254,10 @@ class LibraryNodeService:
         self.carried = CarriedPool()
         self._trust_lock = asyncio.Lock()
         self._trust_listeners: list[Callable[[], None]] = []
-        self.library = Library(may_restore=lambda key: self.trust.authority(key) is not None)
+        self.library = Library(may_restore=lambda key: self.trust.authority(key) is not None,
+                               may_compact=self.trust.member)
+        self.compaction = compaction or CompactionPolicy()
+        self._compact_due = 0.0
         self.situation = SituationBoard(person=self.trust.keys.person)
         self.bulletins = BulletinBoard(self.trust)
         self.notices = NoticeBoard(self.trust)
@@ -322,6 +333,11 @@ class LibraryNodeService:
             await self._acknowledge_notices()
             await asyncio.sleep(self._purge_interval_s)
             self._purge()
+            if time.monotonic() >= self._compact_due:
+                # once a minute, or twice per quiet time when that is shorter
+                self._compact_due = time.monotonic() + min(
+                    60.0, max(1.0, self.compaction.quiet_ms / 2000))
+                await self._compact()
             if self.index.behind:
                 await self._catch_up_index()
 
@@ -458,7 +474,7 @@ class LibraryNodeService:
                 if self.notices.apply(op, wall) and op.kind != KIND_SEEN:
                     changed_notices.append(op.doc_id)
             elif ns == "situation":
-                if self.situation.apply(op) and op.kind == KIND_SET:
+                if self.situation.apply(op) and op.kind in (KIND_SET, KIND_SIT_SNAPSHOT):
                     situation_changed.append({"owner": op.author.hex()})
             elif ns == "mail":
                 item = self.mail.apply(op, wall)
@@ -466,15 +482,28 @@ class LibraryNodeService:
                     new_mail.append(item)
                 elif isinstance(item, MailReceipt):
                     receipts.append(item)
+        supersede = self.situation.take_superseded()
+        changed: set[bytes] = set()
         if lib_ops:
             async with self._lock:
                 changed = await asyncio.to_thread(self._apply_library, lib_ops,
                                                   not (replay or self._deferred_index))
-            if changed and not replay:
-                if self._deferred_index:  # a bulk import: one event at its end
-                    self._bulk_changed |= changed
-                else:
-                    self._publish_changed(changed)
+                supersede += self.library.take_superseded()
+        for snap_id, doc_id, ranges, prior in supersede:
+            try:  # (outside _lock: ops it un-parks come back through _on_commit)
+                dropped = await self.store.supersede(snap_id, doc_id, ranges, prior)
+            except (SyncLocalError, DiskFull) as exc:
+                log.warning("snapshot %s of %s not applied to the op store: %s",
+                            snap_id.hex()[:8], doc_id.hex()[:8], exc)
+                continue
+            if dropped:
+                log.debug("snapshot %s of %s: %d op(s) superseded", snap_id.hex()[:8],
+                          doc_id.hex()[:8], dropped)
+        if changed and not replay:
+            if self._deferred_index:  # a bulk import: one event at its end
+                self._bulk_changed |= changed
+            else:
+                self._publish_changed(changed)
         if replay:
             return
         for b in published:
@@ -789,6 +818,48 @@ class LibraryNodeService:
                                 exc)
                 log.info("[%s] mail opened (%d characters)", short_id(opened.sender),
                          len(opened.text))
+
+    async def _compact(self) -> None:
+        """Snapshot our own situation records that are due; compact the library documents
+        the planner picks, if this node's key may (a member)."""
+        for kind in self.situation.snapshot_due(self._author, self.compaction.situation_ops):
+            body = self.situation.prepare_snapshot(self._author, kind)
+            if body is None:
+                continue
+            async with self._write_lock:
+                try:
+                    await self.store.add_local(self._ident.signing_key, kind=KIND_SIT_SNAPSHOT,
+                                               doc_id=record_id(self._author, kind), body=body,
+                                               expiry_ms=SNAPSHOT_EXPIRY_MS)
+                except (Unauthorized, SyncLocalError, DiskFull) as exc:
+                    log.warning("snapshot of our %s record not written: %s", kind, exc)
+        if not self.trust.member(self._author):
+            return
+        async with self._lock:
+            tasks = plan_compaction(list(self.library.compaction_stats()),
+                                    now_ms=self._wall_ms(), policy=self.compaction)
+            prepared = []
+            for t in tasks:
+                try:
+                    out = self.library.prepare_snapshot(t.doc_id, purge=t.purge)
+                except (LibraryError, LocalProtocolError) as exc:
+                    log.warning("cannot compact %s: %s", t.doc_id.hex()[:8], exc)
+                    continue
+                if out is None:
+                    log.debug("document %s not compacted (its state does not fit one op, or"
+                             " ops still wait)", t.doc_id.hex()[:8])
+                    continue
+                prepared.append((t, *out))
+        for t, p, n in prepared:
+            async with self._write_lock:
+                try:
+                    await self.store.add_local(self._ident.signing_key, kind=KIND_SNAPSHOT,
+                                               doc_id=t.doc_id, body=p.body,
+                                               expiry_ms=SNAPSHOT_EXPIRY_MS)
+                except (Unauthorized, SyncLocalError, DiskFull) as exc:
+                    log.warning("snapshot of %s not written: %s", t.doc_id.hex()[:8], exc)
+                    continue
+            log.info("compacted %s (%s): %d op(s) superseded", t.doc_id.hex()[:8], t.why, n)
 
     def _purge(self) -> None:
         wall = self._wall_ms()

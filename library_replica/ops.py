@@ -24,6 +24,7 @@ __all__ = [
     "AUTHOR_KEY_LEN",
     "DOC_ID_LEN",
     "MAX_BODY_SIZE",
+    "SNAPSHOT_EXPIRY_MS",
     "Authorizer",
     "LibraryError",
     "OpLike",
@@ -38,6 +39,9 @@ __all__ = [
 
 DOC_ID_LEN = 16
 AUTHOR_KEY_LEN = 32
+#: the expiry of a snapshot op (library or situation): unchained ops carry one in sync's
+#: envelope; this one is never reached
+SNAPSHOT_EXPIRY_MS = 2**62
 #: the largest op body (sync.envelope.MAX_BODY_SIZE; a document edit carries a Yjs update)
 MAX_BODY_SIZE = 60_000
 

@@ -15,6 +15,16 @@ else's record without any lookup: only the owner writes its own record.
 One op (``situation.set``) sets some fields; ``None`` clears one.  Every field
 is a last-writer-wins register ordered by (HLC, author, op id), so ops may
 arrive in any order and replicas still agree.  Pure core: no I/O, no clock.
+
+Superseded values are purged by the owner: once its record has
+``snapshot_due`` set ops, the owner's node writes a ``situation.snapshot``
+(``prepare_snapshot``): ``k`` the kind, ``f`` every field as ``[name, value,
+hlc, op id]`` (cleared ones with ``None``), ``r`` the chain positions of the
+record's set ops it supersedes ``[first, last, last op id]``, ``p`` earlier
+snapshots of the record, ``uh`` the record's updated hlc.  Like a library
+snapshot it is unchained (``SNAPSHOT_EXPIRY_MS``), and only the owner writes
+one (the record id names the owner); nodes that take it drop the ops it
+supersedes from the op store (``take_superseded``, ``OpStore.supersede``).
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from typing import Any
 
 from library_replica.ops import (
     DOC_ID_LEN,
+    MAX_BODY_SIZE,
+    SNAPSHOT_EXPIRY_MS,
     OpLike,
     Refused,
     body_fields,
@@ -38,9 +50,11 @@ from library_replica.ops import (
 )
 from meshd.core.codec import DropCounter
 from meshd.core.errors import DecodeError, LocalProtocolError
+from sync.apply import SkipRange, covered, merge_ranges
 
 __all__ = [
     "KIND_SET",
+    "KIND_SNAPSHOT",
     "SCHEMAS",
     "RecordKind",
     "Safety",
@@ -54,6 +68,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KIND_SET = "situation.set"
+KIND_SNAPSHOT = "situation.snapshot"
 MAX_FIELDS = 64
 MAX_STR = 500
 MAX_LIST = 32
@@ -179,9 +194,49 @@ def _check_fields(kind: RecordKind, fields: Mapping[str, Any]) -> dict[str, Any]
 class _Parsed:
     kind: RecordKind
     fields: dict[str, Any]
+    #: a snapshot's: per field (value, order key), superseded ranges, earlier snapshots
+    regs: dict[str, tuple[Any, tuple[int, bytes, bytes]]] | None = None
+    ranges: tuple[SkipRange, ...] = ()
+    prior: tuple[bytes, ...] = ()
+    updated_hlc: int = 0
+
+
+def _parse_snapshot(op: OpLike) -> _Parsed:
+    if op.seq != 0 or op.expiry_ms != SNAPSHOT_EXPIRY_MS:
+        raise Refused("body", "a snapshot is unchained, with the snapshot expiry")
+    f = body_fields(op, MAX_BODY_SIZE)
+    try:
+        kind = RecordKind(f.str("k", max_len=16))
+        regs: dict[str, tuple[Any, tuple[int, bytes, bytes]]] = {}
+        for item in f.list("f", max_len=MAX_FIELDS * 4):
+            if (type(item) is not list or len(item) != 4 or type(item[0]) is not str
+                    or item[0] in regs or type(item[2]) is not int
+                    or not 0 <= item[2] < 2**63 or type(item[3]) is not bytes
+                    or len(item[3]) != 32):
+                raise Refused("body", "snapshot field")
+            value = _check_fields(kind, {item[0]: item[1]})[item[0]]
+            regs[item[0]] = (value, (item[2], op.author, item[3]))
+        ranges: list[SkipRange] = []
+        for item in f.list("r", max_len=MAX_BODY_SIZE // 40):
+            if (type(item) is not list or len(item) != 3 or type(item[0]) is not int
+                    or type(item[1]) is not int or not 1 <= item[0] <= item[1] <= 2**62
+                    or type(item[2]) is not bytes or len(item[2]) != 32):
+                raise Refused("body", "snapshot range")
+            ranges.append((item[0], item[1], item[2]))
+        prior = f.list("p", max_len=MAX_BODY_SIZE // 34)
+        if any(type(i) is not bytes or len(i) != 32 for i in prior):
+            raise Refused("body", "snapshot prior ids")
+        updated = f.int("uh", 0, 2**63 - 1)
+    except (DecodeError, ValueError) as exc:
+        raise Refused("body", str(exc)) from None
+    if op.doc_id != record_id(op.author, kind):
+        raise Refused("not_owner", "a record is written only by its owner")
+    return _Parsed(kind, {}, regs, tuple(merge_ranges((), ranges)), tuple(prior), updated)
 
 
 def _parse(op: OpLike) -> _Parsed:
+    if op.kind == KIND_SNAPSHOT:
+        return _parse_snapshot(op)
     if op.kind != KIND_SET:
         raise Refused("kind", op.kind)
     f = body_fields(op, MAX_BODY)
@@ -252,6 +307,12 @@ class SituationBoard:
         self._fields: dict[tuple[bytes, RecordKind], dict[str, tuple[Any, tuple[int, bytes,
                                                                                 bytes]]]] = {}
         self._updated: dict[tuple[bytes, RecordKind], int] = {}
+        #: per record, the chain positions of the set ops applied since its last snapshot,
+        #: and its snapshots in force (op id -> their ranges)
+        self._ops: dict[tuple[bytes, RecordKind], list[tuple[int, bytes]]] = {}
+        self._snaps: dict[tuple[bytes, RecordKind], dict[bytes, tuple[SkipRange, ...]]] = {}
+        self._to_supersede: list[tuple[bytes, bytes, tuple[tuple[bytes, SkipRange], ...],
+                                       tuple[bytes, ...]]] = []
         self.drops = DropCounter(log)
 
     def apply(self, op: OpLike) -> bool:
@@ -263,13 +324,66 @@ class SituationBoard:
             return False
         key = (op.author, parsed.kind)
         regs = self._fields.setdefault(key, {})
+        if parsed.regs is not None:
+            for name, (value, k) in parsed.regs.items():
+                cur = regs.get(name)
+                if cur is None or k > cur[1]:
+                    regs[name] = (value, k)
+            self._updated[key] = max(self._updated.get(key, 0), parsed.updated_hlc)
+            snaps = self._snaps.setdefault(key, {})
+            if op.op_id not in snaps:
+                for p in parsed.prior:
+                    snaps.pop(p, None)
+                snaps[op.op_id] = parsed.ranges
+                held = self._ops.get(key, [])
+                self._ops[key] = [(s, i) for s, i in held if not covered(parsed.ranges, s)]
+                self._to_supersede.append((op.op_id, op.doc_id,
+                                           tuple((op.author, r) for r in parsed.ranges),
+                                           (*parsed.prior, *(i for s, i in held
+                                                             if covered(parsed.ranges, s)))))
+            return True
         k = order_key(op)
         for name, value in parsed.fields.items():
             cur = regs.get(name)
             if cur is None or k > cur[1]:
                 regs[name] = (value, k)
         self._updated[key] = max(self._updated.get(key, 0), op.hlc)
+        if op.seq:
+            self._ops.setdefault(key, []).append((op.seq, op.op_id))
         return True
+
+    def take_superseded(self) -> list[tuple[bytes, bytes, tuple[tuple[bytes, SkipRange], ...],
+                                            tuple[bytes, ...]]]:
+        """Snapshots applied since the last call: ``(snapshot id, doc id, ranges, op ids)``
+        (``op ids``: earlier snapshots and the updates held here that it supersedes)."""
+        out, self._to_supersede = self._to_supersede, []
+        return out
+
+    def snapshot_due(self, owner: bytes, threshold: int) -> list[RecordKind]:
+        """``owner``'s records with at least ``threshold`` set ops since their last snapshot."""
+        return [k for (o, k), ops in self._ops.items() if o == owner and len(ops) >= threshold]
+
+    def prepare_snapshot(self, owner: bytes, kind: RecordKind | str) -> bytes | None:
+        """The body of a ``situation.snapshot`` of ``owner``'s record (see the module
+        docstring), or None when there is nothing to supersede.  Sign it as an unchained op
+        with the expiry ``SNAPSHOT_EXPIRY_MS`` and the doc id ``record_id(owner, kind)``."""
+        key = (owner, RecordKind(kind))
+        ops = sorted(self._ops.get(key, []))
+        if not ops:
+            return None
+        runs: list[SkipRange] = []
+        for seq, op_id in ops:
+            if runs and runs[-1][1] + 1 == seq:
+                runs[-1] = (runs[-1][0], seq, op_id)
+            else:
+                runs.append((seq, seq, op_id))
+        snaps = self._snaps.get(key, {})
+        ranges = merge_ranges([r for rs in snaps.values() for r in rs], runs)
+        fields = [[n, list(v) if isinstance(v, tuple) else v, k[0], k[2]]
+                  for n, (v, k) in sorted(self._fields[key].items())]
+        body = encode_body({"k": str(key[1]), "f": fields, "r": [list(r) for r in ranges],
+                            "p": sorted(snaps), "uh": self._updated[key]})
+        return body
 
     def _record(self, keys: list[tuple[bytes, RecordKind]]) -> SituationRecord:
         regs: dict[str, tuple[Any, tuple[int, bytes, bytes]]] = {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
@@ -144,6 +144,22 @@ def _snap(s: str, i: int, down: bool) -> int:
     return i
 
 
+def _common(a: str, b: str, n: int, part: Callable[[str, int], str]) -> int:
+    """The largest k <= n with part(a, k) == part(b, k) (a common prefix or suffix length).
+
+    By bisection over slice comparisons (in C): a long document with an edit near its
+    end costs a few comparisons, not a Python loop over every character.
+    """
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if part(a, mid) == part(b, mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def diff_edits(old: str, new: str) -> list[TextEdit]:
     """Edits turning ``old`` into ``new``, to be applied in order; none splits a character.
 
@@ -154,12 +170,8 @@ def diff_edits(old: str, new: str) -> list[TextEdit]:
     if old == new:
         return []
     n = min(len(old), len(new))
-    p = 0
-    while p < n and old[p] == new[p]:
-        p += 1
-    q = 0
-    while q < n - p and old[-1 - q] == new[-1 - q]:
-        q += 1
+    p = _common(old, new, n, lambda s, k: s[:k])
+    q = _common(old, new, n - p, lambda s, k: s[len(s) - k:])
     a0, a1, b0, b1 = p, len(old) - q, p, len(new) - q
     # widen the changed window to character boundaries on both sides
     while True:

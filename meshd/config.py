@@ -57,6 +57,13 @@ class Config:
     no_web: bool = False
     #: the op store's total size in bytes (``--store-quota``); None: ``DEFAULT_STORE_QUOTA``
     store_quota: int | None = None
+    #: compact a library document into a snapshot after this many edits (``--compact-after``)
+    compact_after: int | None = None
+    #: seconds a document must be unchanged before it is compacted (``--compact-quiet``)
+    compact_quiet: float | None = None
+    #: days a deleted document keeps its text before only its tombstone is left
+    #: (``--tombstone-horizon``)
+    tombstone_horizon: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def merged(self, overrides: dict[str, Any]) -> Config:
@@ -133,6 +140,14 @@ def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
             out[k] = value.strip()
         elif k == "store_quota":
             out[k] = parse_size(value, key)
+        elif k in ("compact_after", "compact_quiet", "tombstone_horizon"):
+            try:
+                number = int(value) if k == "compact_after" else float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key!r} must be a number, not {value!r}") from None
+            if isinstance(value, bool) or not number > 0:
+                raise ConfigError(f"{key!r} must be above 0")
+            out[k] = number
         elif k == "log_format":
             if not isinstance(value, str) or value.lower() not in LOG_FORMATS:
                 raise ConfigError(f"log-format must be one of {', '.join(LOG_FORMATS)}")

@@ -35,6 +35,16 @@ a non-member's op outside the protected namespaces is refused
 So a flood of fresh keys fills the pool and no further: it never crowds out
 members or fills the disk.
 
+Snapshots (``ChainView.skips``, ``ChainView.superseded``): when the application
+compacts a document into a snapshot op, the ops it supersedes are dropped and
+their chain positions recorded as *skip ranges* per author, ``(first seq, last
+seq, op id at last)``.  An op whose position lies in a skip range, or a
+superseded unchained op, is refused (``superseded``) before anything else but
+the duplicate and revocation checks, so an old op from a node that was offline
+is neither applied again nor taken for a fork; and an author's head jumps over
+a skip range (to its last seq and id) so that the ops after it apply without
+the history they build on.
+
 Ephemeral ops (``seq`` 0) are outside any chain: applied if authorised and
 within quota.  Chained ops of one author are taken in ``seq`` order, so a
 batch in any order applies at once.  Ops applied and parked are what the
@@ -43,6 +53,7 @@ caller may acknowledge after the commit, with the duplicates.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,7 +62,10 @@ from sync.envelope import Authorizer, Op, hlc_wall_ms
 from sync.errors import Unauthorized
 
 __all__ = ["Admission", "ApplyPlan", "AuthorState", "ChainView", "Quotas", "Refusal",
-           "UnknownPool", "plan_apply"]
+           "SkipRange", "UnknownPool", "covered", "merge_ranges", "plan_apply", "skip_head"]
+
+#: chain positions a snapshot superseded: (first seq, last seq, op id at the last seq)
+SkipRange = tuple[int, int, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +116,44 @@ class ChainView:
     pending_ids: Collection[bytes]
     #: ids of ops evicted for the total quota: taken as duplicates, never stored again
     evicted: Collection[bytes] = frozenset()
+    #: per author, the chain positions snapshots superseded (sorted, disjoint; ``merge_ranges``)
+    skips: Mapping[bytes, Sequence[SkipRange]] | None = None
+    #: ids of unchained ops (earlier snapshots) a snapshot superseded
+    superseded: Collection[bytes] = frozenset()
+
+
+def covered(ranges: Sequence[SkipRange], seq: int) -> bool:
+    """True when ``seq`` lies in one of ``ranges`` (sorted by first seq, disjoint)."""
+    i = bisect_right(ranges, seq, key=lambda r: r[0]) - 1
+    return i >= 0 and ranges[i][0] <= seq <= ranges[i][1]
+
+
+def skip_head(a: AuthorState, ranges: Sequence[SkipRange]) -> bool:
+    """Move ``a``'s head over the skip range its next seq falls in; True if it moved."""
+    moved = False
+    while ranges:
+        i = bisect_right(ranges, a.head_seq + 1, key=lambda r: r[0]) - 1
+        if i < 0 or not ranges[i][0] <= a.head_seq + 1 <= ranges[i][1]:
+            return moved
+        a.head_seq, a.head_id = ranges[i][1], ranges[i][2]
+        moved = True
+    return moved
+
+
+def merge_ranges(old: Sequence[SkipRange], new: Sequence[SkipRange]) -> list[SkipRange]:
+    """The union of two sets of skip ranges, sorted, adjacent or overlapping ones joined.
+
+    A joined range ends at the larger last seq, with that range's op id.
+    """
+    out: list[SkipRange] = []
+    for first, last, last_id in sorted([*old, *new]):
+        if out and first <= out[-1][1] + 1:
+            p = out[-1]
+            if last > p[1]:
+                out[-1] = (p[0], last, last_id)
+            continue
+        out.append((first, last, last_id))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,11 +268,14 @@ def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, 
             return "unknown-rate"
         return None
 
+    skips = view.skips or {}
+
     def author(key: bytes) -> AuthorState:
         a = authors.get(key)
         if a is None:
             old = view.authors.get(key)
             a = authors[key] = old.copy() if old else AuthorState()
+            skip_head(a, skips.get(key, ()))
         return a
 
     def quarantine(a: AuthorState, op: Op, why: str) -> None:
@@ -273,6 +328,10 @@ def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, 
         if adm is not None and adm.revoked(op.author):
             refusals.append(Refusal("revoked", "the community revoked this key", op))
             continue
+        if op.op_id in view.superseded or (op.seq and covered(skips.get(op.author, ()),
+                                                              op.seq)):
+            refusals.append(Refusal("superseded", "covered by a snapshot", op))
+            continue
         if op.expiry_ms is not None and op.expiry_ms <= wall_ms:
             refusals.append(Refusal("expired", "", op))
             continue
@@ -297,6 +356,7 @@ def plan_apply(decoded: Sequence[Op | RemoteProtocolError], view: ChainView, *, 
                 continue
             # successors parked earlier (durably) or in this batch
             while True:
+                skip_head(a, skips.get(op.author, ()))
                 key = (op.author, a.head_seq + 1)
                 nxt = parked_now.pop(key, None) or view.pending.get(key)
                 if nxt is None or nxt.op_id in unpark_ids:

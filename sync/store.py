@@ -24,10 +24,22 @@ Quota.  The store holds at most ``Quotas.store_quota_bytes`` of ops.  When a
 commit takes it over, ops are evicted, oldest first, down to
 ``EVICT_TO`` of the quota: first those of authors that are no members, then
 members' ops; never an op of a protected namespace (trust, bulletins) nor one
-of this node's own keys.  An evicted op's id is remembered (32 bytes) so that
-a peer offering it again meets a duplicate, not a fork.  Who is a member and
+of this node's own keys.  An evicted op's id is remembered (with its namespace
+and hlc; at most ``MAX_EVICTED`` of them, the oldest forgotten first) so that a
+peer offering it again meets a duplicate, not a fork, and it stays in the set
+this node offers in reconciliation: a neighbour that holds it finds nothing to
+send (without that, every neighbour re-sent every evicted op at every sync, to
+have it refused as a duplicate).  A neighbour that lacks it asks, and is sent
+nothing: this node has it no more.  Who is a member and
 who is revoked the application says (``set_admission``); without it every
 author is a member and nothing is revoked.
+
+Snapshots.  The application may compact a document's history into one op
+(the library's ``library.snapshot``) and then call ``supersede``: the ops it
+names are deleted and no longer offered, their chain positions are kept as
+skip ranges and the unchained ones' ids remembered (tables ``superseded`` and
+``superseded_ids``), so the same ops offered again are refused as
+``superseded`` and the ops after them apply without them (see ``sync.apply``).
 
 Verification.  Ed25519 through libsodium releases the GIL, so threads verify on
 every core; but decoding around it holds the GIL, contending with the event loop
@@ -44,6 +56,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import itertools
 import logging
 import multiprocessing
 import os
@@ -62,7 +75,18 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshd.core.codec import DropCounter
 from meshd.core.errors import DiskFull, RemoteProtocolError, is_disk_full
-from sync.apply import Admission, AuthorState, ChainView, Quotas, UnknownPool, plan_apply
+from sync.apply import (
+    Admission,
+    AuthorState,
+    ChainView,
+    Quotas,
+    SkipRange,
+    UnknownPool,
+    covered,
+    merge_ranges,
+    plan_apply,
+    skip_head,
+)
 from sync.envelope import (
     MAX_OP_SIZE,
     Authorizer,
@@ -75,6 +99,7 @@ from sync.reconcile import RangeSet
 
 __all__ = [
     "EVICT_TO",
+    "MAX_EVICTED",
     "WORKER_MIN_BATCH",
     "ApplyResult",
     "OpStore",
@@ -128,10 +153,17 @@ CREATE TABLE IF NOT EXISTS authors (
 CREATE TABLE IF NOT EXISTS evidence (
     author BLOB NOT NULL, raw BLOB NOT NULL, reason TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS evicted (op_id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evicted (op_id BLOB PRIMARY KEY, ns TEXT, hlc INTEGER) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS superseded (
+    author BLOB NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, last_id BLOB NOT NULL,
+    PRIMARY KEY (author, first)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS superseded_ids (op_id BLOB PRIMARY KEY) WITHOUT ROWID;
 """
 #: eviction for the total quota goes down to this fraction of it (room for a few batches)
 EVICT_TO = 0.9
+#: evicted op ids remembered (and offered in reconciliation); beyond it the oldest are forgotten
+MAX_EVICTED = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,8 +335,12 @@ class OpStore:
         self._free: dict[bytes, list[int]] = {}  # author -> [ops, bytes] outside protected ns
         self._unknown = UnknownPool(tokens=float(quotas.unknown_rate_per_min))
         self._tokens_ms: int | None = None
-        self._evicted: set[bytes] = set()
+        self._evicted: dict[bytes, tuple[str, int]] = {}  # op_id -> (ns, hlc), oldest first
         self.evicted_total = 0
+        # snapshots (see "Snapshots" above): per author, the chain positions superseded
+        self._skips: dict[bytes, list[SkipRange]] = {}
+        self._superseded: set[bytes] = set()
+        self.superseded_total = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -336,6 +372,11 @@ class OpStore:
             # an existing store of this layout is opened without a write (CREATE IF NOT
             # EXISTS writes nothing): a node starts, read-only in effect, on a full disk
             await db.executescript(_SCHEMA)
+            async with db.execute("PRAGMA table_info(evicted)") as cur:
+                columns = {str(r[1]) async for r in cur}
+            if "hlc" not in columns:  # evicted ids of an older layout: no namespace, no hlc
+                await db.execute("ALTER TABLE evicted ADD COLUMN ns TEXT")
+                await db.execute("ALTER TABLE evicted ADD COLUMN hlc INTEGER")
             async with db.execute("PRAGMA user_version") as cur:
                 version = await cur.fetchone()
             if version is None or version[0] != SCHEMA_VERSION:
@@ -378,8 +419,17 @@ class OpStore:
                 op = decode_op(raw, verify=False)
                 self._pending[(op.author, op.seq)] = op
                 self._pending_ids.add(op.op_id)
-        async with self._db.execute("SELECT op_id FROM evicted") as cur:
-            self._evicted = {r[0] async for r in cur}
+        async with self._db.execute("SELECT op_id, ns, hlc FROM evicted ORDER BY hlc") as cur:
+            async for op_id, ns, hlc in cur:
+                self._evicted[op_id] = (ns or "", hlc or 0)
+                if ns is not None and hlc is not None:
+                    self._keys.setdefault(ns, {})[op_id] = hlc
+        async with self._db.execute(
+                "SELECT author, first, last, last_id FROM superseded ORDER BY author, first") as cur:
+            async for author, first, last, last_id in cur:
+                self._skips.setdefault(author, []).append((first, last, last_id))
+        async with self._db.execute("SELECT op_id FROM superseded_ids") as cur:
+            self._superseded = {r[0] async for r in cur}
         self.clock = HybridClock(max_hlc)
 
     async def close(self) -> None:
@@ -486,7 +536,9 @@ class OpStore:
         return {"bytes": self.bytes_stored, "quota_bytes": q.store_quota_bytes,
                 "unknown_ops": self._unknown.ops, "unknown_bytes": self._unknown.bytes,
                 "unknown_max_ops": q.unknown_max_ops, "unknown_max_bytes": q.unknown_max_bytes,
-                "unknown_rate_per_min": q.unknown_rate_per_min, "evicted": self.evicted_total}
+                "unknown_rate_per_min": q.unknown_rate_per_min, "evicted": self.evicted_total,
+                "superseded": self.superseded_total,
+                "skip_ranges": sum(len(r) for r in self._skips.values())}
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """Call ``fn`` with the ops of each commit, after it; returns an unsubscribe function."""
@@ -502,9 +554,13 @@ class OpStore:
         return op_id in self._known
 
     def author_head(self, author: bytes) -> tuple[int, bytes] | None:
-        """``(seq, op_id)`` of the author's newest applied chained op, or None."""
-        a = self._authors.get(author)
-        if a is None or a.head_id is None:
+        """``(seq, op_id)`` of the author's newest applied chained op, or None.
+
+        A snapshot's skip range right after the head counts as applied (its last seq and id).
+        """
+        a = (self._authors.get(author) or AuthorState()).copy()
+        skip_head(a, self._skips.get(author, ()))
+        if a.head_id is None:
             return None
         return (a.head_seq, a.head_id)
 
@@ -790,7 +846,7 @@ class OpStore:
     async def _apply_locked(self, decoded: list[Op | RemoteProtocolError],
                             peer: str) -> ApplyResult:
         view = ChainView(self._authors, self._known, self._pending, self._pending_ids,
-                         self._evicted)
+                         self._evicted, self._skips, self._superseded)
         wall_ms = int(self._wall_clock() * 1000)
         admission = None
         if self._member is not None:
@@ -924,23 +980,39 @@ class OpStore:
             await self._db.execute("BEGIN IMMEDIATE")
             await self._db.executemany("DELETE FROM ops WHERE ns = ? AND hlc = ? AND op_id = ?",
                                        [(ns, hlc, op_id) for op_id, ns, hlc, _, _ in victims])
-            await self._db.executemany("INSERT OR IGNORE INTO evicted (op_id) VALUES (?)",
-                                       [(v[0],) for v in victims])
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO evicted (op_id, ns, hlc) VALUES (?, ?, ?)",
+                [(op_id, ns, hlc) for op_id, ns, hlc, _, _ in victims])
+            forget = self._evicted_overflow(len(victims))
+            if forget:
+                await self._db.executemany("DELETE FROM evicted WHERE op_id = ?",
+                                           [(i,) for i in forget])
             await self._db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 await asyncio.shield(self._db.execute("ROLLBACK"))
             raise
-        for op_id, ns, _, author, size in victims:
-            del self._known[op_id]
-            self._evicted.add(op_id)
-            self.bytes_stored -= size
-            self._count(author, ns, size, -1)
+        for op_id in forget:
+            ns, _ = self._evicted.pop(op_id)
             if self._keys.get(ns, {}).pop(op_id, None) is not None:
                 self._snapshots.pop(ns, None)
+        for op_id, ns, hlc, author, size in victims:
+            del self._known[op_id]
+            # still offered: a neighbour that holds it has nothing to send us (see "Quota")
+            self._evicted[op_id] = (ns, hlc)
+            self.bytes_stored -= size
+            self._count(author, ns, size, -1)
         self.evicted_total += len(victims)
         log.info("op store over its quota (%d bytes): evicted %d op(s), %d bytes, oldest first",
                  self.quotas.store_quota_bytes, len(victims), freed)
+
+    def _evicted_overflow(self, adding: int) -> list[bytes]:
+        """The oldest remembered evicted ids to forget so that ``adding`` more fit the bound."""
+        over = len(self._evicted) + adding - MAX_EVICTED
+        if over <= 0:
+            return []
+        # insertion order is eviction order (loaded by hlc): the first ones are the oldest
+        return list(itertools.islice(self._evicted, over))
 
     async def _hide_authors(self, authors: Iterable[bytes]) -> None:
         """Stop offering a quarantined author's ops to peers (they stay stored as evidence)."""
@@ -953,6 +1025,129 @@ class OpStore:
             self._pending_ids.discard(self._pending.pop(key).op_id)
         marks = ",".join("?" * len(hide))
         await self._db.execute(f"DELETE FROM pending WHERE author IN ({marks})", list(hide))
+
+    async def supersede(self, by: bytes, doc_id: bytes, ranges: Sequence[tuple[bytes, SkipRange]],
+                        op_ids: Sequence[bytes] = ()) -> int:
+        """Drop the ops snapshot ``by`` (a stored op of ``doc_id``) supersedes; returns how many.
+
+        ``ranges`` are ``(author, (first seq, last seq, op id at last))`` chain positions;
+        ``op_ids`` the stored ops it supersedes (those in the ranges the application saw,
+        and earlier snapshots, unchained).  They are deleted, no longer offered and,
+        offered again, refused as ``superseded``; the ranges are remembered so that the ops
+        after them apply (and parked ones do now).  Each op named must be of ``by``'s
+        namespace and ``doc_id`` and, when chained, lie in the ranges: else the whole call
+        is refused (``SyncLocalError``), as it is when ``by`` is not stored here.  (Looked
+        up by id: no scan of the store.  The application sees every stored op of its
+        namespace, so it names them all; members are trusted not to name ranges over
+        other documents' ops, which are not looked for.)
+        """
+        async with self._lock:
+            k = self._known.get(by)
+            if k is None:
+                raise SyncLocalError("the snapshot is not stored here")
+            ns = k[0]
+            new: dict[bytes, list[SkipRange]] = {}
+            for author, rng in ranges:
+                first, last, last_id = rng
+                if not 1 <= first <= last or len(last_id) != 32 or len(author) != 32:
+                    raise SyncLocalError("malformed skip range")
+                new.setdefault(author, []).append(rng)
+            new = {a: merge_ranges((), r) for a, r in new.items()}
+            victims: list[tuple[bytes, str, int, bytes, int]] = []
+            old_ids: list[bytes] = []
+            keys: list[tuple[str, int, bytes]] = []
+            for op_id in dict.fromkeys(op_ids):
+                held = self._known.get(op_id)
+                if op_id == by:
+                    continue
+                if held is None:  # an earlier snapshot never seen here: refused if it comes
+                    old_ids.append(op_id)
+                    continue
+                if held[0] != ns:
+                    raise SyncLocalError("the snapshot supersedes an op of another namespace")
+                keys.append((held[0], held[1], op_id))
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                rows = await self._db.execute_fetchall(
+                    "WITH want(ns, hlc, op_id) AS (VALUES " + ",".join(["(?, ?, ?)"] * len(chunk))
+                    + ") SELECT ops.op_id, ops.hlc, ops.author, ops.seq, ops.doc_id, "
+                    "length(ops.raw) FROM want CROSS JOIN ops ON ops.ns = want.ns AND "
+                    "ops.hlc = want.hlc AND ops.op_id = want.op_id",
+                    [v for key in chunk for v in key])
+                for op_id, hlc, author, seq, o_doc, size in rows:
+                    if o_doc != doc_id or (seq and not covered(new.get(author, ()), seq)):
+                        raise SyncLocalError("the snapshot supersedes an op of another"
+                                             " document or outside its ranges")
+                    if not seq:
+                        old_ids.append(op_id)
+                    victims.append((op_id, ns, hlc, author, int(size)))
+            old_ids = [i for i in old_ids if i not in self._superseded]
+            parked = [op for (author, seq), op in self._pending.items()
+                      if author in new and covered(new[author], seq)]
+            merged = {a: merge_ranges(self._skips.get(a, ()), r) for a, r in new.items()}
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                await self._db.executemany(
+                    "DELETE FROM ops WHERE ns = ? AND hlc = ? AND op_id = ?",
+                    [(o_ns, hlc, op_id) for op_id, o_ns, hlc, _, _ in victims])
+                await self._db.executemany("DELETE FROM pending WHERE author = ? AND seq = ?",
+                                           [(o.author, o.seq) for o in parked])
+                await self._db.executemany("DELETE FROM superseded WHERE author = ?",
+                                           [(a,) for a in merged])
+                await self._db.executemany(
+                    "INSERT INTO superseded (author, first, last, last_id) VALUES (?, ?, ?, ?)",
+                    [(a, *r) for a, rs in merged.items() for r in rs])
+                await self._db.executemany(
+                    "INSERT OR IGNORE INTO superseded_ids (op_id) VALUES (?)",
+                    [(i,) for i in old_ids])
+                await self._db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.shield(self._db.execute("ROLLBACK"))
+                if is_disk_full(exc):
+                    raise DiskFull("snapshot not applied to the store") from None
+                raise
+            for op_id, o_ns, _, author, size in victims:
+                del self._known[op_id]
+                self.bytes_stored -= size
+                self._count(author, o_ns, size, -1)
+                if self._keys.get(o_ns, {}).pop(op_id, None) is not None:
+                    self._snapshots.pop(o_ns, None)
+            for o in parked:
+                self._pending.pop((o.author, o.seq), None)
+                self._pending_ids.discard(o.op_id)
+            self._skips.update(merged)
+            self._superseded.update(old_ids)
+            self.superseded_total += len(victims)
+            result = await self._replan_pending(list(new))
+        await self._notify(result)
+        return len(victims)
+
+    async def _replan_pending(self, authors: Sequence[bytes]) -> ApplyResult:
+        """Apply the parked ops that follow a skip range (their predecessors were superseded)."""
+        take: list[Op] = []
+        for key in authors:
+            a = (self._authors.get(key) or AuthorState()).copy()
+            skip_head(a, self._skips.get(key, ()))
+            op = self._pending.get((key, a.head_seq + 1))
+            if op is not None:
+                take.append(op)
+        if not take:
+            return ApplyResult()
+        ids = {o.op_id for o in take}
+        view = ChainView(self._authors, self._known,
+                         {k: o for k, o in self._pending.items() if o.op_id not in ids},
+                         self._pending_ids - ids, self._evicted, self._skips, self._superseded)
+        plan = plan_apply(list(take), view, wall_ms=int(self._wall_clock() * 1000),
+                          max_skew_ms=self.clock.max_skew_ms, quotas=self.quotas,
+                          authorize=self._authorize)
+        refused: dict[str, int] = {}
+        for r in plan.refusals:
+            self._refuse(refused, r.reason, "", r.detail)
+        # the ops taken out of the pending pool leave it whatever the plan did with them
+        return await self._commit(list(plan.apply), list(plan.park),
+                                  list(plan.unpark) + take, dict(plan.authors or {}),
+                                  list(plan.evidence))
 
     async def forget(self, op_ids: Iterable[bytes]) -> list[bytes]:
         """Delete stored ephemeral ops (``seq`` 0) the application withdrew; returns their ids.
