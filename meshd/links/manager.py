@@ -406,14 +406,21 @@ class LinkManager:
         await stream.send(name)
         return stream
 
-    def close_link(self, peer: NodeId, reason: str) -> None:
-        """Close the link to ``peer`` now; ``link_down(peer, reason)`` is reported here."""
+    def close_link(self, peer: NodeId, reason: str, *, refused: bool = False) -> None:
+        """Close the link to ``peer`` now; ``link_down(peer, reason)`` is reported here.
+
+        ``refused``: we refuse the peer from now on (``reason`` a ``PEER_REFUSAL_REASONS``
+        token such as ``revoked``): it is told so and backs off instead of redialling.
+        """
         state = self._peers.get(peer)
         if state is None:
             return
         conn = state.active
         self._report_down(peer, reason)
-        conn.close(error_code=ERR_CLOSED, reason_phrase=reason[:100])
+        if refused:
+            conn.close(error_code=ERR_REFUSED, reason_phrase=f"refused: {reason}"[:100])
+        else:
+            conn.close(error_code=ERR_CLOSED, reason_phrase=reason[:100])
 
     def links(self) -> dict[NodeId, LinkStats]:
         """A snapshot of the counters of every current link."""
@@ -633,7 +640,7 @@ class LinkManager:
         """Count a refusal by the far side; log the first of a run (the rest at DEBUG)."""
         self.refused_by_peer[reason] += 1
         level = logging.WARNING if sp.backoff.refusals == 1 else logging.DEBUG
-        log.log(level, "refused by %s: %s — will retry in %.0f s",
+        log.log(level, "refused by %s: %s — will retry in %.1f s",
                 self._peer_label(sp), reason, at - now)
 
     async def _link_ended(self, sp: _StaticPeer, refused: str | None) -> None:
@@ -647,7 +654,7 @@ class LinkManager:
             self._note_refusal(sp, refused, now, at)
         else:
             level = logging.WARNING if sp.backoff.refusals == 1 else logging.DEBUG
-            log.log(level, "%s: the link went down soon after it came up — will retry in %.0f s",
+            log.log(level, "%s: the link went down soon after it came up — will retry in %.1f s",
                     self._peer_label(sp), at - now)
         await asyncio.sleep(at - now)
 
