@@ -197,7 +197,7 @@ class Node:
         for peer, info in list(self._peers.items()):
             if self.links.refuse_key(info.announcement.ed25519_pub):
                 logger.warning("[%s] closing the link: its key was revoked", short_id(peer))
-                self.links.close_link(peer, "revoked")
+                self.links.close_link(peer, "revoked", refused=True)
 
     def mesh_time(self) -> float:
         """Mesh time for the application services (the op store's HLC, expiries)."""

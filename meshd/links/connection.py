@@ -35,6 +35,7 @@ from typing import Any, Protocol, cast
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -53,6 +54,7 @@ from meshd.links.handshake import (
     HANDSHAKE_TIMEOUT_S,
     MAX_HANDSHAKE_MESSAGE,
     NONCE_LEN,
+    REFUSAL_REASONS,
     ClientHandshake,
     HandshakeState,
     ServerHandshake,
@@ -68,6 +70,7 @@ __all__ = [
     "MAX_DATAGRAM_FRAME_SIZE",
     "MAX_SERVICE_NAME",
     "MESH_MTU",
+    "PEER_REFUSAL_REASONS",
     "Connection",
     "ConnectionOwner",
     "LinkStats",
@@ -93,6 +96,15 @@ ERR_CLOSED = 0x0
 ERR_REFUSED = 0x101
 ERR_DUPLICATE = 0x102
 ERR_STREAM = 0x103
+#: what a refusing peer may give as its reason: anything else is reported as "other"
+#: (its reason phrase is hostile text, and a metric label: the set must stay bounded)
+PEER_REFUSAL_REASONS = REFUSAL_REASONS | {"revoked", "busy"}
+
+
+def refusal_reason(phrase: str) -> str:
+    """The stable token of a refusing peer's reason phrase (``refused: revoked``)."""
+    token = phrase.removeprefix("refused: ")
+    return token if token in PEER_REFUSAL_REASONS else "other"
 
 
 @dataclass(slots=True)
@@ -162,6 +174,10 @@ class Connection(QuicConnectionProtocol):
         self.down_reported = False
         self.terminated = False
         self.closing = False  # we called close(); aioquic reports termination later
+        #: the reason the peer gave for refusing this connection (busy, revoked, ...), if it did
+        self.refused_by_peer: str | None = None
+        #: why we refused the peer after its handshake (its key is revoked here), if we did
+        self.refused_here: str | None = None
         self.created = self._loop.time()
         self._hs_server: ServerHandshake | None = None
         self._hs_client: ClientHandshake | None = None
@@ -573,6 +589,10 @@ class Connection(QuicConnectionProtocol):
             stream._break("link closed")
         self._streams.clear()
         self._wake_drain_waiters()
+        if event.error_code == ERR_REFUSED and not self.closing:
+            self.refused_by_peer = refusal_reason(event.reason_phrase)
+        elif event.error_code == QuicErrorCode.CONNECTION_REFUSED and not self.ready.done():
+            self.refused_by_peer = "busy"  # its admission refused the handshake (stateless)
         if not self.ready.done():
             if event.error_code == ERR_REFUSED:
                 reason = event.reason_phrase.removeprefix("refused: ") or "refused"

@@ -22,11 +22,21 @@ apply ``rules.resolve_duplicate``: the one initiated by the node with the
 smaller NodeId is kept.  A connection the rule prefers is first pinged: if it
 no longer answers (the peer restarted and lost it) the newer one is kept instead.
 
+Refusals.  A peer may answer and refuse the link: in the handshake (busy,
+another version, a failed proof) or right after it (our key is revoked there;
+the refusing side closes with ``ERR_REFUSED`` and the reason, so the dialler
+knows why).  Static and discovered peers that refuse are redialled on the
+slower refusal schedule of ``rules.Backoff`` (1 s doubling to 60 s), and so is
+a peer whose link went down within ``rules.STABLE_LINK_S`` of coming up; the
+first refusal in a row is logged ("refused by PEER: revoked — will retry in
+N s"), each is counted in ``refused_by_peer`` and each dial in ``dials``.
+
 Errors.  Peer-caused trouble in event handling is counted in ``drops``
 (a ``DropCounter``) and logged once; nothing a peer does is raised into the
 event loop.  ``connect`` raises ``VerificationError`` (or another
 ``RemoteProtocolError``) when the peer cannot prove the NodeId, and
-``ConnectionError`` when it does not answer.
+``ConnectionError`` when it does not answer, ``PeerRefusedError`` when it
+refuses the link.
 """
 
 from __future__ import annotations
@@ -48,13 +58,19 @@ from aioquic.quic.connection import QuicConnection
 
 from meshd import ALPN
 from meshd.core.codec import DropCounter
-from meshd.core.errors import LocalProtocolError, MeshError, RemoteProtocolError
+from meshd.core.errors import (
+    LocalProtocolError,
+    MeshError,
+    RemoteProtocolError,
+    VerificationError,
+)
 from meshd.core.identity import Announcement, Identity, NodeId, short_id
 from meshd.links.admission import AdmissionPolicy, PendingHandshakes, RetryTokens
 from meshd.links.aioquic_internals import limit_receive_size
 from meshd.links.connection import (
     ERR_CLOSED,
     ERR_DUPLICATE,
+    ERR_REFUSED,
     MAX_DATAGRAM_FRAME_SIZE,
     MAX_SERVICE_NAME,
     MESH_MTU,
@@ -88,6 +104,7 @@ __all__ = [
     "LinkListener",
     "LinkManager",
     "LinkStats",
+    "PeerRefusedError",
     "Stream",
 ]
 
@@ -105,6 +122,10 @@ SERVICE_NAME_TIMEOUT_S = 10.0
 _DUPLICATE_GRACE_S = 1.5
 #: how long a preferred duplicate may take to answer a liveness ping
 _LIVENESS_PING_S = 1.0
+
+
+class PeerRefusedError(VerificationError):
+    """The peer answered and refused the link; ``reason`` is its stable token (``revoked``)."""
 
 
 def _quiet_aioquic_loggers() -> None:
@@ -153,6 +174,8 @@ class _PeerState:
     active: Connection
     down_event: asyncio.Event = field(default_factory=asyncio.Event)
     pending_down: asyncio.TimerHandle | None = None
+    #: the reason the peer gave when it closed the link as refused (set before ``down_event``)
+    refused_by_peer: str | None = None
 
 
 class LinkManager:
@@ -184,6 +207,10 @@ class LinkManager:
         #: what the admission did with new Initials: accepted, retry-sent, refused-busy, ...
         self.handshake_counts: Counter[str] = Counter()
         self._retry_tokens = RetryTokens(os.urandom(32))
+        #: connect attempts to static and discovered peers, by kind ("static", "discovered")
+        self.dials: Counter[str] = Counter()
+        #: dials and links the far side refused, by the reason it gave (``PEER_REFUSAL_REASONS``)
+        self.refused_by_peer: Counter[str] = Counter()
         _quiet_aioquic_loggers()
         self._servers: list[LinkServer] = []
         self._peers: dict[NodeId, _PeerState] = {}
@@ -247,9 +274,17 @@ class LinkManager:
         """One attempt to link with ``host:port``; returns the peer's proven NodeId.
 
         Raises ``VerificationError`` (a ``RemoteProtocolError``) if the peer is
-        not ``expect`` or cannot prove its id, ``ConnectionError``/``OSError``
-        if it does not answer within the handshake timeout.
+        not ``expect`` or cannot prove its id (``PeerRefusedError`` if the peer
+        refused us, ``RemoteProtocolError("revoked")`` if we refuse its key),
+        ``ConnectionError``/``OSError`` if it does not answer within the
+        handshake timeout.
         """
+        conn = await self._connect(host, port, expect)
+        assert conn.peer is not None
+        return conn.peer.node_id
+
+    async def _connect(self, host: str, port: int, expect: NodeId | None) -> Connection:
+        """``connect``, returning the connection (it may be closed again already)."""
         if self._closing:
             raise LocalProtocolError("link manager is closed")
         loop = asyncio.get_running_loop()
@@ -266,10 +301,17 @@ class LinkManager:
         conn.remote = addr_of(addr)
         conn.connect(addr)
         try:
-            return await asyncio.shield(conn.ready)
+            await asyncio.shield(conn.ready)
         except asyncio.CancelledError:
             conn.close(error_code=ERR_CLOSED, reason_phrase="cancelled")
             raise
+        except (RemoteProtocolError, ConnectionError) as exc:
+            if conn.refused_by_peer is not None:
+                raise PeerRefusedError(conn.refused_by_peer, str(exc)) from exc
+            raise
+        if conn.refused_here is not None:
+            raise RemoteProtocolError(conn.refused_here, f"{conn.label}: we refuse this peer")
+        return conn
 
     def add_static_peer(self, host: str, port: int, expect: NodeId | None,
                         on_learned: Callable[[NodeId], None] | None = None) -> None:
@@ -364,14 +406,21 @@ class LinkManager:
         await stream.send(name)
         return stream
 
-    def close_link(self, peer: NodeId, reason: str) -> None:
-        """Close the link to ``peer`` now; ``link_down(peer, reason)`` is reported here."""
+    def close_link(self, peer: NodeId, reason: str, *, refused: bool = False) -> None:
+        """Close the link to ``peer`` now; ``link_down(peer, reason)`` is reported here.
+
+        ``refused``: we refuse the peer from now on (``reason`` a ``PEER_REFUSAL_REASONS``
+        token such as ``revoked``): it is told so and backs off instead of redialling.
+        """
         state = self._peers.get(peer)
         if state is None:
             return
         conn = state.active
         self._report_down(peer, reason)
-        conn.close(error_code=ERR_CLOSED, reason_phrase=reason[:100])
+        if refused:
+            conn.close(error_code=ERR_REFUSED, reason_phrase=f"refused: {reason}"[:100])
+        else:
+            conn.close(error_code=ERR_CLOSED, reason_phrase=reason[:100])
 
     def links(self) -> dict[NodeId, LinkStats]:
         """A snapshot of the counters of every current link."""
@@ -431,7 +480,9 @@ class LinkManager:
             return
         if self.refuse_key(conn.peer.ed25519_pub):
             self.drops.drop("revoked", conn.label, "the community revoked this node's key")
-            conn.close(error_code=ERR_CLOSED, reason_phrase="revoked")
+            # tell the dialler why, so that it backs off (meshd.links.rules.Backoff.refused)
+            conn.refused_here = "revoked"
+            conn.close(error_code=ERR_REFUSED, reason_phrase="refused: revoked")
             return
         state = self._peers.get(peer)
         if state is None:
@@ -493,6 +544,7 @@ class LinkManager:
         state = self._peers.get(peer)
         if state is None or state.active is not conn:
             return
+        state.refused_by_peer = conn.refused_by_peer
         if why == "duplicate" and not self._closing:
             # the peer kept another connection; it completes here within moments
             loop = asyncio.get_running_loop()
@@ -558,46 +610,90 @@ class LinkManager:
 
     # --- static peers --------------------------------------------------------------------------
 
-    async def _dial(self, sp: _StaticPeer) -> NodeId:
-        """One connect attempt; a discovered peer waits for one of the bounded dial slots."""
+    async def _dial(self, sp: _StaticPeer) -> Connection | None:
+        """One connect attempt; a discovered peer waits for one of the bounded dial slots.
+
+        None: a discovered peer dialled us while we waited for a slot.
+        """
         if not sp.discovered:
-            sp.dialling = True
-            sp.attempts += 1
-            try:
-                return await self.connect(sp.host, sp.port, sp.expect)
-            finally:
-                sp.dialling = False
+            return await self._dial_now(sp)
         async with self._discovered_dials:
             if sp.expect is not None and sp.expect in self._peers:
-                return sp.expect  # it dialled us while we waited for a slot
-            sp.dialling = True
-            sp.attempts += 1
-            try:
-                return await self.connect(sp.host, sp.port, sp.expect)
-            finally:
-                sp.dialling = False
+                return None  # it dialled us while we waited for a slot
+            return await self._dial_now(sp)
+
+    async def _dial_now(self, sp: _StaticPeer) -> Connection:
+        sp.dialling = True
+        sp.attempts += 1
+        self.dials["discovered" if sp.discovered else "static"] += 1
+        try:
+            return await self._connect(sp.host, sp.port, sp.expect)
+        finally:
+            sp.dialling = False
+
+    def _peer_label(self, sp: _StaticPeer) -> str:
+        kind = "discovered" if sp.discovered else "static"
+        who = f" {short_id(sp.expect)}" if sp.expect is not None else ""
+        return f"{kind} peer{who} {sp.host}:{sp.port}"
+
+    def _note_refusal(self, sp: _StaticPeer, reason: str, now: float, at: float) -> None:
+        """Count a refusal by the far side; log the first of a run (the rest at DEBUG)."""
+        self.refused_by_peer[reason] += 1
+        level = logging.WARNING if sp.backoff.refusals == 1 else logging.DEBUG
+        log.log(level, "refused by %s: %s — will retry in %.1f s",
+                self._peer_label(sp), reason, at - now)
+
+    async def _link_ended(self, sp: _StaticPeer, refused: str | None) -> None:
+        """The link to ``sp`` went down: redial at once if it stayed up, else back off."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        at = sp.backoff.link_lost(now)
+        if at <= now:
+            return
+        if refused is not None:
+            self._note_refusal(sp, refused, now, at)
+        else:
+            level = logging.WARNING if sp.backoff.refusals == 1 else logging.DEBUG
+            log.log(level, "%s: the link went down soon after it came up — will retry in %.1f s",
+                    self._peer_label(sp), at - now)
+        await asyncio.sleep(at - now)
 
     async def _static_loop(self, sp: _StaticPeer) -> None:
         loop = asyncio.get_running_loop()
         while not self._closing:
-            if sp.expect is not None and sp.expect in self._peers:
-                await self._peers[sp.expect].down_event.wait()
-                sp.backoff.link_lost()
+            state = self._peers.get(sp.expect) if sp.expect is not None else None
+            if state is not None:
+                # linked (we dialled, or it dialled us): dial again once it is gone
+                if sp.backoff.up_since is None:
+                    sp.backoff.succeeded(loop.time())
+                await state.down_event.wait()
+                await self._link_ended(sp, state.refused_by_peer)
                 continue
             try:
-                peer = await self._dial(sp)
+                conn = await self._dial(sp)
             except Exception as exc:  # refused, unreachable, or our bug: retry all the same
                 if not isinstance(exc, MeshError | OSError):
-                    log.exception("static peer %s:%s: unexpected error", sp.host, sp.port)
+                    log.exception("%s: unexpected error", self._peer_label(sp))
                 sp.last_error = str(exc)
                 now = loop.time()
-                at = sp.backoff.failed(now)
-                level = logging.WARNING if sp.backoff.failures == 1 else logging.DEBUG
-                log.log(level, "%s peer %s:%s: %s (retrying in %.2f s)",
-                        "discovered" if sp.discovered else "static", sp.host, sp.port, exc, at - now)
+                if isinstance(exc, PeerRefusedError):
+                    at = sp.backoff.refused(now)
+                    self._note_refusal(sp, exc.reason, now, at)
+                else:
+                    # no answer; or an answer we refuse (a failed proof, a revoked key): the
+                    # latter on the slower schedule, it will not change within seconds
+                    refusal = isinstance(exc, RemoteProtocolError)
+                    at = sp.backoff.refused(now) if refusal else sp.backoff.failed(now)
+                    level = logging.WARNING if sp.backoff.failures == 1 else logging.DEBUG
+                    log.log(level, "%s: %s (retrying in %.2f s)", self._peer_label(sp), exc,
+                            at - now)
                 await asyncio.sleep(at - now)
                 continue
-            sp.backoff.succeeded()
+            if conn is None:
+                continue
+            assert conn.peer is not None
+            peer = conn.peer.node_id
+            sp.backoff.succeeded(loop.time())
             if sp.expect is None:
                 sp.expect = peer
                 log.warning("static peer %s:%s is %s: trusted on first use and pinned",
@@ -607,3 +703,6 @@ class LinkManager:
                         sp.on_learned(peer)
                     except Exception:
                         log.exception("on_learned callback failed")
+            if peer not in self._peers:
+                # the far side closed it before we looked (a refusal right after the handshake)
+                await self._link_ended(sp, conn.refused_by_peer)

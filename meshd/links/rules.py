@@ -18,8 +18,17 @@ it still answers a liveness ping (the peer may have restarted and lost it).
 Backoff.  A static or discovered peer that cannot be reached is dialled again
 after an exponentially growing delay (``min_s`` doubling up to ``max_s``) with
 jitter on the upper half, so cars that lost the same relay do not redial in
-step; a successful link, or a link that later went down, starts again from
-``min_s``.
+step; a successful link starts again from ``min_s``.
+
+Refusals.  A peer that answers and then refuses the link (it closed the link
+in or right after the handshake: our key is revoked there, it is busy, speaks
+another version, cannot prove its id) would otherwise be redialled at once,
+forever: a revoked car made 17 links in 10 s.  Refusals have their own, slower
+schedule (``refused_min_s`` 1 s doubling to ``refused_max_s`` 60 s, jittered
+the same way), and a link that went down within ``stable_s`` of coming up
+counts as a refusal too, whatever the reason given (an old peer closes without
+saying why).  Only a link that stayed up ``stable_s`` starts the refusal
+schedule over and redials at once when it goes down.
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ __all__ = [
     "BACKOFF_MAX_S",
     "BACKOFF_MIN_S",
     "DISCOVERED_BACKOFF_MAX_S",
+    "REFUSED_BACKOFF_MAX_S",
+    "REFUSED_BACKOFF_MIN_S",
+    "STABLE_LINK_S",
     "Backoff",
     "Duplicate",
     "initiated_by_smaller",
@@ -43,6 +55,11 @@ BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
 #: a discovered peer is re-announced by zeroconf while it is around: dial it less eagerly
 DISCOVERED_BACKOFF_MAX_S = 30.0
+#: redial backoff bounds of a peer that refused the link (in or right after the handshake)
+REFUSED_BACKOFF_MIN_S = 1.0
+REFUSED_BACKOFF_MAX_S = 60.0
+#: a link that went down sooner than this after coming up was refused, not lost
+STABLE_LINK_S = 30.0
 
 
 def initiated_by_smaller(our_id: bytes, peer_id: bytes, we_initiated: bool) -> bool:
@@ -75,37 +92,69 @@ def resolve_duplicate(our_id: bytes, peer_id: bytes, *, current_we_initiated: bo
 
 @dataclass(slots=True)
 class Backoff:
-    """The redial schedule of one peer: exponential, jittered on the upper half, reset on success.
+    """The redial schedule of one peer: exponential, jittered on the upper half.
 
-    ``failed(now)`` returns the time of the next attempt; ``succeeded()``
-    (a link came up) and ``link_lost()`` start over from ``min_s``.
+    ``failed(now)`` (unreachable) and ``refused(now)`` (the peer refused the
+    link) return the time of the next attempt, each on its own schedule;
+    ``succeeded(now)`` (a link came up) starts the unreachable schedule over;
+    ``link_lost(now)`` returns when to redial: at once after a link that stayed
+    up ``stable_s`` (the refusal schedule starts over too), else as a refusal.
     """
 
     rng: random.Random
     min_s: float = BACKOFF_MIN_S
     max_s: float = BACKOFF_MAX_S
+    refused_min_s: float = REFUSED_BACKOFF_MIN_S
+    refused_max_s: float = REFUSED_BACKOFF_MAX_S
+    stable_s: float = STABLE_LINK_S
     #: the un-jittered delay the next failure waits
     delay: float = 0.0
-    #: failed attempts since the last success
+    #: the un-jittered delay the next refusal waits
+    refused_delay: float = 0.0
+    #: failed or refused attempts since the last success
     failures: int = 0
+    #: refusals (and links that did not stay up) since the last link that stayed up
+    refusals: int = 0
+    #: when the current (or last) link came up, None if none since the last ``link_lost``
+    up_since: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.min_s <= self.max_s:
             raise ValueError(f"backoff bounds {self.min_s}..{self.max_s}")
+        if not 0 < self.refused_min_s <= self.refused_max_s:
+            raise ValueError(f"refusal backoff bounds {self.refused_min_s}..{self.refused_max_s}")
         self.delay = self.min_s
+        self.refused_delay = self.refused_min_s
+
+    def _jitter(self, delay: float) -> float:
+        return delay * (0.5 + self.rng.random() * 0.5)
 
     def failed(self, now: float) -> float:
-        """An attempt failed at ``now``: when to try again."""
+        """An attempt failed at ``now`` (no answer): when to try again."""
         self.failures += 1
-        wait = self.delay * (0.5 + self.rng.random() * 0.5)
+        wait = self._jitter(self.delay)
         self.delay = min(self.delay * 2, self.max_s)
         return now + wait
 
-    def succeeded(self) -> None:
-        """A link came up: the next loss redials at once, then from ``min_s``."""
+    def refused(self, now: float) -> float:
+        """The peer refused the link at ``now``: when to try again."""
+        self.failures += 1
+        self.refusals += 1
+        wait = self._jitter(self.refused_delay)
+        self.refused_delay = min(self.refused_delay * 2, self.refused_max_s)
+        return now + wait
+
+    def succeeded(self, now: float) -> None:
+        """A link came up at ``now``."""
         self.failures = 0
         self.delay = self.min_s
+        self.up_since = now
 
-    def link_lost(self) -> None:
-        """The link went down after having been up: start over."""
-        self.succeeded()
+    def link_lost(self, now: float) -> float:
+        """The link went down at ``now``: when to dial again (``now`` itself: at once)."""
+        up, self.up_since = self.up_since, None
+        if up is not None and now - up >= self.stable_s:
+            self.refusals = 0
+            self.refused_delay = self.refused_min_s
+            return now
+        return self.refused(now)

@@ -546,3 +546,41 @@ async def test_a_refused_key_gets_no_link(pair: tuple[Node, Node]) -> None:
     # another key still links
     b.mgr.refuse_key = lambda key: False
     await linked(a, b)
+
+
+async def test_a_peer_refusing_our_key_is_redialled_with_backoff(
+        pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture) -> None:
+    """b refuses a's (revoked) key right after the handshake and says why: a, dialling b as a
+    static peer, counts each refusal by its reason, logs the first one only and backs off
+    (1 s, 2 s, ...: one dial per refusal) instead of redialling each link as it closes."""
+    a, b = pair
+    b.mgr.refuse_key = lambda key: key == a.identity.ed25519_pub
+    assert b.addr is not None
+    caplog.set_level("DEBUG", logger="meshd.links.manager")
+    a.mgr.add_static_peer(*b.addr, b.id)
+    await eventually(lambda: a.mgr.refused_by_peer["revoked"] >= 3, timeout=20)
+    sp = a.mgr._static[0]
+    assert sp.backoff.refusals >= 3 and sp.backoff.refused_delay >= 8.0
+    # each dial was refused and counted (one more may be in flight); none was taken for a link
+    assert a.mgr.dials["static"] - a.mgr.refused_by_peer["revoked"] in (0, 1)
+    assert set(a.mgr.refused_by_peer) == {"revoked"}
+    assert b.rec.ups == [] and b.mgr.drops.counts["revoked"] >= 3
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "refused by" in r.message]
+    assert len(warned) == 1 and "revoked — will retry in" in warned[0].message
+
+
+async def test_a_peer_whose_key_we_refuse_is_redialled_with_backoff(
+        pair: tuple[Node, Node]) -> None:
+    """a itself refuses b's key (revoked here) and b is one of a's static peers: a's dials
+    fail as refusals on the slower schedule, not as links that come up and go at once."""
+    a, b = pair
+    a.mgr.refuse_key = lambda key: key == b.identity.ed25519_pub
+    assert b.addr is not None
+    a.mgr.add_static_peer(*b.addr, b.id)
+    sp = a.mgr._static[0]
+    await eventually(lambda: sp.backoff.refusals >= 3, timeout=20)
+    assert sp.backoff.refused_delay >= 8.0
+    assert a.mgr.dials["static"] - sp.backoff.refusals in (0, 1)
+    assert a.mgr.drops.counts["revoked"] >= 3 and a.rec.ups == []
+    assert "revoked" in sp.last_error
+    assert not a.mgr.refused_by_peer  # we refused it: not counted as refused by the peer

@@ -14,6 +14,7 @@ import pytest
 from meshd.config import Config
 from meshd.core.identity import Identity, NodeId
 from meshd.discovery import PeerSeen
+from meshd.links.connection import Connection
 from meshd.links.manager import MAX_DISCOVERED_DIALS, MAX_DISCOVERED_PEERS
 from meshd.node import Node as MeshNode
 from tests.meshd.links_helpers import Node, eventually
@@ -29,15 +30,16 @@ def black_hole() -> Iterator[tuple[str, int]]:
 
 
 class DialCounter:
-    """Wraps LinkManager.connect: counts attempts and the most ever in flight at once."""
+    """Wraps LinkManager._connect (what the dial loops call): counts attempts and the most
+    ever in flight at once."""
 
     def __init__(self, node: Node) -> None:
         self.calls = 0
         self.inflight = 0
         self.peak = 0
-        orig = node.mgr.connect
+        orig = node.mgr._connect
 
-        async def counting(host: str, port: int, expect: NodeId | None) -> NodeId:
+        async def counting(host: str, port: int, expect: NodeId | None) -> Connection:
             self.calls += 1
             self.inflight += 1
             self.peak = max(self.peak, self.inflight)
@@ -46,7 +48,7 @@ class DialCounter:
             finally:
                 self.inflight -= 1
 
-        node.mgr.connect = counting  # type: ignore[method-assign]
+        node.mgr._connect = counting  # type: ignore[method-assign]
 
 
 @pytest.fixture

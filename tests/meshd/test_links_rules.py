@@ -9,6 +9,9 @@ import pytest
 from meshd.links.rules import (
     BACKOFF_MAX_S,
     BACKOFF_MIN_S,
+    REFUSED_BACKOFF_MAX_S,
+    REFUSED_BACKOFF_MIN_S,
+    STABLE_LINK_S,
     Backoff,
     Duplicate,
     initiated_by_smaller,
@@ -95,11 +98,12 @@ def test_backoff_doubles_with_upper_half_jitter_up_to_max() -> None:
 def test_backoff_starts_over_after_a_link() -> None:
     b = Backoff(FixedRandom(*[1.0] * 5), min_s=1.0, max_s=8.0)
     assert [b.failed(0.0), b.failed(10.0), b.failed(20.0)] == [1.0, 12.0, 24.0]
-    b.succeeded()
+    b.succeeded(30.0)
     assert b.failures == 0
     assert b.failed(50.0) == 51.0
-    b.link_lost()
-    assert b.failed(60.0) == 61.0
+    b.succeeded(60.0)
+    assert b.link_lost(100.0) == 100.0   # up 40 s: redial at once
+    assert b.failed(110.0) == 111.0
 
 
 def test_backoff_defaults_and_bounds() -> None:
@@ -119,3 +123,46 @@ def test_backoff_jitter_spreads_peers_that_failed_together() -> None:
     firsts = {Backoff(rng, min_s=4.0, max_s=4.0).failed(0.0) for _ in range(20)}
     assert len(firsts) == 20
     assert all(2.0 <= t <= 4.0 for t in firsts)
+
+
+def test_refusals_back_off_from_1_s_to_60_s() -> None:
+    """A peer that refuses us (revoked there, busy, another version) is redialled ever more
+    slowly: 1 s doubling to a 60 s cap, on its own schedule beside the unreachable one."""
+    b = Backoff(FixedRandom(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.5))
+    assert (REFUSED_BACKOFF_MIN_S, REFUSED_BACKOFF_MAX_S, STABLE_LINK_S) == (1.0, 60.0, 30.0)
+    times = [b.refused(0.0) for _ in range(8)]
+    assert times == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert b.refusals == 8 and b.failures == 8
+    assert b.refused(1000.0) == 1030.0   # capped, jitter 0: half of 60 s
+    assert b.failed(2000.0) == 2000.1875  # no answer: the unreachable schedule, 0.25 s * 0.75
+    assert b.refusals == 9
+
+
+def test_a_link_closed_at_once_counts_as_a_refusal() -> None:
+    """The far side accepts the handshake and closes the link at once (a revoked key): each
+    such link backs off like a refusal; only a link that stayed up 30 s starts over."""
+    b = Backoff(FixedRandom(*[1.0] * 10))
+    ups = []
+    now = 0.0
+    for _ in range(5):
+        b.succeeded(now)                  # the handshake completes ...
+        now = b.link_lost(now + 0.5)      # ... and the far side closes it at once
+        ups.append(now)
+    assert ups == [1.5, 4.0, 8.5, 17.0, 33.5]
+    assert b.refusals == 5 and b.failures == 1   # each link that came up reset failures
+    b.succeeded(100.0)
+    assert b.failures == 0 and b.refusals == 5   # not yet: the link must stay up
+    assert b.link_lost(129.9) == 129.9 + 32.0    # 29.9 s is not stable: the next refusal
+    b.succeeded(200.0)
+    assert b.link_lost(230.0) == 230.0           # up 30 s: redial at once, start over
+    assert b.refusals == 0
+    b.succeeded(240.0)
+    assert b.link_lost(241.0) == 242.0           # from 1 s again
+    assert b.link_lost(250.0) == 252.0           # lost without a link up: a refusal too
+
+
+def test_refusal_backoff_bounds_checked() -> None:
+    with pytest.raises(ValueError):
+        Backoff(random.Random(), refused_min_s=0.0)
+    with pytest.raises(ValueError):
+        Backoff(random.Random(), refused_min_s=2.0, refused_max_s=1.0)
