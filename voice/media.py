@@ -23,7 +23,10 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 from meshd.core.errors import LocalProtocolError
 from meshd.core.tasks import cancel_and_wait
+from voice import opus
 from voice.endpoint import GAP_S, PTIME_S, SAMPLE_RATE, _mic_format, _tone_hz
+
+opus.install()  # FEC, loss concealment, a low-delay reorder buffer: see voice/opus.py
 
 __all__ = ["MediaPlayer", "ToneTrack", "WavSink", "open_source", "opus_only"]
 
@@ -212,6 +215,7 @@ class WavSink:
 
 
 def opus_only() -> list[Any]:
+    """Opus alone (its fmtp says we decode in-band FEC: ``voice.opus.install``)."""
     caps = RTCRtpSender.getCapabilities("audio")
     return [c for c in caps.codecs if c.mimeType.lower() == "audio/opus"]
 
