@@ -125,6 +125,7 @@ class _WavFile:
 #: the longest stretch of silence one gap may add to a recording: a far end's RTP timestamp is
 #: its own to choose, and the wall clock bounds what it can claim as well
 MAX_FILL_S = 30.0
+FILL_SLACK_S = 0.2
 _RTP_WRAP = 1 << 32
 
 
@@ -133,8 +134,9 @@ class WavSink:
 
     A stretch the network lost is written as silence, placed by the frames' RTP timestamps
     (``pts``), so the recording keeps the call's duration: samples missing between two frames
-    are filled up to what the wall clock allows (the sender's timestamps never stretch the file
-    beyond the time that really passed, plus one frame of slack) and at most ``MAX_FILL_S``.
+    are filled up to what the wall clock allows (the sender's timestamps never make this sink's
+    audio longer than the time since its first frame, plus ``FILL_SLACK_S``) and at most
+    ``MAX_FILL_S`` at once.
     ``on_frame(now, pcm)``, when set, sees every decoded frame (48 kHz mono int16) as it comes.
     """
 
@@ -153,6 +155,7 @@ class WavSink:
         #: the RTP timestamp just past the last frame written, and the samples of silence written
         self._next_pts: int | None = None
         self.filled_samples = 0
+        self._samples = 0  #: written (or that would have been, with no file): frames and fill
         self.on_frame: Callable[[float, Any], None] | None = None
 
     def start(self, track: MediaStreamTrack) -> None:
@@ -177,10 +180,11 @@ class WavSink:
                 self.gaps.append((self.last_frame_at or now, waited))
             self.last_frame_at = now
             self.frames += 1
-            missing = self._missing(frame, waited)
+            missing = self._missing(frame, now)
             if self._wav is not None or self.on_frame is not None:
                 for out in self._resampler.resample(frame):
                     pcm = out.to_ndarray().reshape(-1)
+                    self._samples += len(pcm) + missing
                     if self.on_frame is not None:
                         self.on_frame(now, pcm)
                     if self._wav is not None:
@@ -191,8 +195,9 @@ class WavSink:
                         # small sequential writes to a local file: cheaper than a thread hop per frame
                         self._wav.write(pcm.tobytes())
 
-    def _missing(self, frame: av.AudioFrame, waited: float) -> int:
-        """Samples (48 kHz) lost just before ``frame``, by its RTP timestamp, bounded by ``waited``."""
+    def _missing(self, frame: av.AudioFrame, now: float) -> int:
+        """Samples (48 kHz) lost just before ``frame``, by its RTP timestamp, bounded by the
+        time since the first frame (``now``) less what was already written."""
         if frame.pts is None or frame.sample_rate != SAMPLE_RATE:
             return 0
         pts = int(frame.pts) % _RTP_WRAP
@@ -202,9 +207,9 @@ class WavSink:
         ahead = (pts - expected) % _RTP_WRAP
         if ahead >= _RTP_WRAP // 2:  # a frame from the past (reordered or a reset): nothing lost
             return 0
-        # the wall clock saw ``waited`` s go by since the last frame, which itself lasted a frame
-        bound = int(min(waited + PTIME_S, MAX_FILL_S) * SAMPLE_RATE)
-        return min(ahead, bound)
+        since = now - (self.first_frame_at if self.first_frame_at is not None else now)
+        bound = int((since + FILL_SLACK_S) * SAMPLE_RATE) - self._samples
+        return max(0, min(ahead, bound, int(MAX_FILL_S * SAMPLE_RATE)))
 
     async def stop(self) -> None:
         """Stop reading and close the file."""

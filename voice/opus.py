@@ -45,6 +45,7 @@ from aiortc import codecs, rtcrtpreceiver, rtcrtpsender
 from aiortc.codecs.base import Decoder
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
+from av.frame import Frame
 
 SAMPLE_RATE = 48000
 FRAME = 960  #: samples of a 20 ms frame, what every Opus sender of a call sends
@@ -75,23 +76,23 @@ class _LibOpus:
         self.lib = lib
 
 
-_lib: _LibOpus | None = None
+_lib: dict[str, _LibOpus] = {}
 _lib_lock = threading.Lock()
+_installed: list[bool] = []
 
 
 def libopus() -> _LibOpus | None:
     """The system's libopus, loaded once; None if there is none."""
-    global _lib
     with _lib_lock:
-        if _lib is None:
+        if "opus" not in _lib:
             path = ctypes.util.find_library("opus")
             if path is None:
                 return None
             try:
-                _lib = _LibOpus(path)
+                _lib["opus"] = _LibOpus(path)
             except (OSError, AttributeError):
                 return None
-        return _lib
+        return _lib["opus"]
 
 
 class BundleFrame(JitterFrame):
@@ -203,28 +204,27 @@ class ConcealingOpusDecoder(Decoder):
             self._next_ts = (ts + f.samples) % _WRAP
         return out
 
-    def decode(self, encoded_frame: JitterFrame) -> list[av.AudioFrame]:
+    def decode(self, encoded_frame: JitterFrame) -> list[Frame]:
         base = encoded_frame.timestamp
-        frames = self._one(encoded_frame.data, base)
+        frames: list[Frame] = []
+        frames += self._one(encoded_frame.data, base)
         for data, offset in getattr(encoded_frame, "more", ()):
             frames += self._one(data, (base + offset) % _WRAP)
         return frames
 
 
-_installed = False
-
-
 def install() -> None:
     """Put the encoder settings, the decoder and the reorder buffer in place for aiortc (once)."""
-    global _installed
     if _installed:
         return
-    _installed = True
+    _installed.append(True)
     lib = libopus()
     for c in codecs.CODECS["audio"]:  # our offers and answers: a=fmtp:111 useinbandfec=1;...
         if c.mimeType.lower() == "audio/opus":
             c.parameters = {**c.parameters, **FMTP}
-    get_encoder, get_decoder = rtcrtpsender.get_encoder, rtcrtpreceiver.get_decoder
+    sender: Any = rtcrtpsender  # patched by name: aiortc has no hook for these
+    receiver: Any = rtcrtpreceiver
+    get_encoder, get_decoder = sender.get_encoder, receiver.get_decoder
 
     def encoder(codec: Any) -> Any:
         enc = get_encoder(codec)
@@ -233,7 +233,7 @@ def install() -> None:
             enc.codec.options = dict(ENCODER_OPTIONS)
         return enc
 
-    rtcrtpsender.get_encoder = encoder
+    sender.get_encoder = encoder
     if lib is None:
         return
 
@@ -242,10 +242,10 @@ def install() -> None:
             return ConcealingOpusDecoder(lib)
         return get_decoder(codec)
 
-    jitter_buffer = rtcrtpreceiver.JitterBuffer
+    jitter_buffer = receiver.JitterBuffer
 
     def buffer(capacity: int, prefetch: int = 0, is_video: bool = False) -> Any:
         return jitter_buffer(capacity, prefetch, is_video) if is_video else ReorderBuffer()
 
-    rtcrtpreceiver.get_decoder = decoder
-    rtcrtpreceiver.JitterBuffer = buffer
+    receiver.get_decoder = decoder
+    receiver.JitterBuffer = buffer
