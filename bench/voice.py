@@ -394,16 +394,18 @@ def _read16(path: Path, workdir: Path) -> Any:
 
 
 def align(ref: Any, deg: Any) -> tuple[Any, int]:
-    """``deg`` cut to ``ref``'s length at the lag of the cross-correlation's peak (in samples)."""
+    """``deg`` cut to ``ref``'s length at the lag of the cross-correlation's peak; the lag in
+    samples (negative when the recording lacks the reference's beginning)."""
     import numpy as np
 
-    n = 1 << int(np.ceil(np.log2(len(ref) + len(deg))))
-    xc = np.fft.irfft(np.fft.rfft(deg, n) * np.conj(np.fft.rfft(ref, n)), n)
-    lag = int(np.argmax(xc[:len(deg)]))
+    padded = np.concatenate([np.zeros(len(ref)), deg])
+    n = 1 << int(np.ceil(np.log2(len(ref) + len(padded))))
+    xc = np.fft.irfft(np.fft.rfft(padded, n) * np.conj(np.fft.rfft(ref, n)), n)
+    at = int(np.argmax(xc[:len(padded)]))
     out = np.zeros(len(ref))
-    seg = deg[lag:lag + len(ref)]
+    seg = padded[at:at + len(ref)]
     out[:len(seg)] = seg
-    return out, lag
+    return out, at - len(ref)
 
 
 def score(ref_path: Path, rec_path: Path, workdir: Path) -> dict[str, Any]:
