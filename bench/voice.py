@@ -1,8 +1,8 @@
 """Benchmark of calls over the mesh, with a plain asyncio UDP relay as the per-hop baseline.
 
 Usage: ``.venv/bin/python bench/voice.py [--json] [--runs N] [--quick] [--quality-only]
-[--asyncio]`` (needs root: it re-runs itself under ``unshare --net`` with 127.0.0.2 on a private loopback, so aiortc and every
-socket stay inside a throwaway network namespace).
+[--asyncio]`` (needs root: it re-runs itself under ``unshare --net`` with 127.0.0.2 on a private
+loopback, so aiortc and every socket stay inside a throwaway network namespace).
 
 Topology: the two call endpoints are in-process ``meshd.node.Node`` objects with a
 ``VoiceService`` (real QUIC links, real routing); the relay cars in between are real ``meshd``
