@@ -504,6 +504,8 @@ async def reoffer(out: Path) -> dict[str, Any]:
     info = await sa.dial(d.node_id, play=f"tone:{TONE_A:g}", record=None)
     cid = bytes.fromhex(info.call_id)
     await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == info.call_id, 15)
+    first_ep = sd._calls[cid].endpoint
+    first_frame_at = first_ep.sink.first_frame_at if first_ep is not None else None
     await asyncio.sleep(1.0)
     mesh.cut("B", "D")
     cut_at = time.monotonic()
@@ -523,7 +525,11 @@ async def reoffer(out: Path) -> dict[str, Any]:
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(2.0)
+    last_ep = sd._calls[cid].endpoint
+    last_frame_at = last_ep.sink.last_frame_at if last_ep is not None else None
     res = {"failed_after_s": failed_after, "resumed_after_s": resumed_after,
+           "heard_span_s": (last_frame_at - first_frame_at)
+           if last_frame_at is not None and first_frame_at is not None else None,
            "cut_after_audio_s": 1.0,
            "generation_callee": sd.session(cid).generation,
            "generation_caller": sa.session(cid).generation,
