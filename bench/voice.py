@@ -1,8 +1,8 @@
 """Benchmark of calls over the mesh, with a plain asyncio UDP relay as the per-hop baseline.
 
-Usage: ``.venv/bin/python bench/voice.py [--json] [--runs N] [--quick] [--asyncio]`` (needs root:
-it re-runs itself under ``unshare --net`` with 127.0.0.2 on a private loopback, so aiortc and every
-socket stay inside a throwaway network namespace).
+Usage: ``.venv/bin/python bench/voice.py [--json] [--runs N] [--quick] [--quality-only]
+[--asyncio]`` (needs root: it re-runs itself under ``unshare --net`` with 127.0.0.2 on a private
+loopback, so aiortc and every socket stay inside a throwaway network namespace).
 
 Topology: the two call endpoints are in-process ``meshd.node.Node`` objects with a
 ``VoiceService`` (real QUIC links, real routing); the relay cars in between are real ``meshd``
@@ -24,13 +24,23 @@ Rows, each bounded in count and time:
   relay, in the relay's link queues, on the way out; kernel UDP receive-buffer drops);
 - the baseline for the relay's forwarding cost, in the same run: aioquic alone receiving one
   datagram and sending one in memory (``bench/routing.py``'s relay-equivalent chain).  Calls per
-  relay core = the most calls carried at < 1 % loss / the relay's CPU (cores) at that step.
+  relay core = the most calls carried at < 1 % loss / the relay's CPU (cores) at that step;
+- call quality: PESQ (ITU-T P.862.2 wideband, 16 kHz, the ``pesq`` package) of an espeak-ng
+  speech sample played by the caller and recorded by the auto-answering callee, over 0, 1 and 3
+  relays at 0, 5 and 10 % loss on every link (nftables ``numgen random`` drops on the input
+  hook for each node's mesh port: every hop, each direction), beside the same sample over a
+  direct aiortc call with no mesh and no loss (the codec's own ceiling); the recording is
+  time-aligned to the reference by cross-correlation before scoring;
+- mouth-to-ear delay over 3 relays: 1 kHz pulses from the caller, the time each pulse's first
+  frame left the source to the time the callee's decoder gave out the frame where it is heard
+  (both endpoints in this process: one clock).  ``--quality-only`` runs only these two rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fractions
 import itertools
 import json
 import os
@@ -52,6 +62,11 @@ from bench.routing import bench_aioquic_relay
 from carmesh.dev.harness import free_udp_port
 from meshd.core.packet import MeshPacket
 from tests.voice.realmesh import Endpoint, Mesh, real_mesh, wait_route
+
+SPEECH = ("The quick brown fox jumps over the lazy dog. A car on the corner carries your call "
+          "to the next street, and the next car carries it on. Please call me back at nine.")
+LOSS_TABLE = "carmesh_bench_loss"
+PULSE_HZ = 1000.0
 
 NS_ENV = "CARMESH_VOICE_BENCH_NS"
 BENCH_SERVICE = 200  #: a service code no node uses: delivered to our handler, forwarded by relays
@@ -355,8 +370,247 @@ def calls_per_core(rows: list[dict[str, Any]], aioquic_rate: float | None) -> di
     return out
 
 
-async def main_async(runs: int, quick: bool) -> dict[str, Any]:
+def make_speech(workdir: Path) -> tuple[Path, Path]:
+    """The espeak-ng sample: (48 kHz mono WAV the caller plays, 16 kHz mono reference for PESQ).
+
+    One second of silence either side: the first frames of a call may be spent starting up."""
+    raw, play, ref = workdir / "speech-raw.wav", workdir / "speech48.wav", workdir / "speech16.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), SPEECH], check=True,
+                   capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(play),
+                    "pad", "1", "1"], check=True, capture_output=True)
+    subprocess.run(["sox", str(play), "-r", "16000", str(ref)], check=True, capture_output=True)
+    return play, ref
+
+
+def _read16(path: Path, workdir: Path) -> Any:
+    """A WAV file as 16 kHz mono float samples (sox resamples)."""
+    import numpy as np
+
+    out = workdir / "tmp16.raw"
+    subprocess.run(["sox", str(path), "-r", "16000", "-c", "1", "-b", "16", "-e", "signed",
+                    "-t", "raw", str(out)], check=True, capture_output=True)
+    return np.frombuffer(out.read_bytes(), dtype="<i2").astype(np.float64) / 32768.0
+
+
+def align(ref: Any, deg: Any) -> tuple[Any, int]:
+    """``deg`` cut to ``ref``'s length at the lag of the cross-correlation's peak; the lag in
+    samples (negative when the recording lacks the reference's beginning)."""
+    import numpy as np
+
+    padded = np.concatenate([np.zeros(len(ref)), deg])
+    n = 1 << int(np.ceil(np.log2(len(ref) + len(padded))))
+    xc = np.fft.irfft(np.fft.rfft(padded, n) * np.conj(np.fft.rfft(ref, n)), n)
+    at = int(np.argmax(xc[:len(padded)]))
+    out = np.zeros(len(ref))
+    seg = padded[at:at + len(ref)]
+    out[:len(seg)] = seg
+    return out, at - len(ref)
+
+
+def score(ref_path: Path, rec_path: Path, workdir: Path) -> dict[str, Any]:
+    """PESQ wideband of a recording against the reference, after alignment."""
+    from pesq import pesq
+
+    ref = _read16(ref_path, workdir)
+    if not rec_path.is_file() or rec_path.stat().st_size <= 44:
+        return {"pesq": None, "recorded_s": 0.0}
+    deg = _read16(rec_path, workdir)
+    aligned, lag = align(ref, deg)
+    try:
+        mos = float(pesq(16000, ref, aligned, "wb"))
+    except Exception as exc:  # the pesq package raises its own errors for silent input
+        return {"pesq": None, "recorded_s": len(deg) / 16000, "error": str(exc)}
+    return {"pesq": round(mos, 3), "recorded_s": round(len(deg) / 16000, 2),
+            "lag_ms": round(lag / 16, 1)}
+
+
+def _nft(script: str) -> None:
+    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+
+
+def set_loss(ports: list[int], percent: float) -> None:
+    """Drop ``percent`` % of UDP datagrams arriving at each of ``ports`` (nftables, this namespace)."""
+    subprocess.run(["nft", "delete", "table", "inet", LOSS_TABLE], capture_output=True, check=False)
+    if percent <= 0:
+        return
+    ps = ", ".join(str(p) for p in ports)
+    _nft(f"table inet {LOSS_TABLE} {{\n chain input {{\n  type filter hook input priority 0;\n"
+         f"  udp dport {{ {ps} }} numgen random mod 1000 < {int(percent * 10)} drop\n }}\n}}\n")
+
+
+async def _mesh_call(a: Endpoint, d: Endpoint, play: str, seconds: float) -> dict[str, Any]:
+    """A dials D playing ``play``; hang up after ``seconds`` of media; D's call summary."""
+    info = await a.voice.dial(d.node_id, play=play, record=None)
+    cid = bytes.fromhex(info.call_id)
+    first = await _first_frame(d, cid)
+    await asyncio.sleep(seconds)
+    c = d.voice._calls.get(cid)
+    q = await c.endpoint.quality() if c is not None and c.endpoint is not None else None
+    await _end(a, d, cid)
+    await asyncio.sleep(0.5)
+    return {"connected": first is not None, "loss_seen": q.loss if q else None}
+
+
+def _wav_seconds(path: Path) -> float:
+    return max(0, path.stat().st_size - 44) / 2 / 48000 if path.is_file() else 0.0
+
+
+async def bench_quality(workdir: Path, relays: list[int], losses: list[float]) -> dict[str, Any]:
+    """PESQ over the mesh at each relay count and loss, and over a direct aiortc call."""
+    play, ref = make_speech(workdir)
+    length = _wav_seconds(play)
+    rows: list[dict[str, Any]] = []
+    direct = await _direct_call(play, workdir / "direct.wav", length)
+    out: dict[str, Any] = {"sample_s": round(length, 2), "direct": {**direct,
+                           **score(ref, workdir / "direct.wav", workdir)}, "rows": rows}
+    for n in relays:
+        rec = workdir / f"rec-{n}.wav"
+        async with real_mesh(_chain(n), {"A": {}, "D": {"auto_answer": True,
+                                                         "answer_record": str(rec)}}) as mesh:
+            a, d = mesh.endpoints["A"], mesh.endpoints["D"]
+            await wait_route(a, d)
+            for loss in losses:
+                set_loss(list(mesh.ports.values()), loss)
+                try:
+                    call = await _mesh_call(a, d, str(play), length + 1.5)
+                finally:
+                    set_loss([], 0)
+                keep = workdir / f"rec-{n}-{loss:g}.wav"
+                if rec.is_file():
+                    rec.replace(keep)
+                rows.append({"relays": n, "loss_percent": loss, **call,
+                             **score(ref, keep, workdir)})
+                await wait_route(a, d)
+    return out
+
+
+async def _direct_call(play: Path, rec: Path, seconds: float) -> dict[str, Any]:
+    """The same sample over two aiortc endpoints joined directly (host candidates, no mesh)."""
+    from voice.endpoint import Endpoint as RtcEndpoint
+
+    caller = RtcEndpoint(play=str(play), record=None, on_state=lambda s: None)
+    callee = RtcEndpoint(play=None, record=rec, on_state=lambda s: None)
+    try:
+        await caller.accept_answer(await callee.accept_offer(await caller.create_offer()))
+        await asyncio.sleep(seconds + 1.5)
+        return {"connected": callee.sink.first_frame_at is not None}
+    finally:
+        await caller.close()
+        await callee.close()
+
+
+class _Pulses:
+    """A source of silence with a ``PULSE_HZ`` pulse of 200 ms every second from 2 s on, paced
+    by the loop clock; ``sent`` holds the loop time each pulse's first frame left the source."""
+
+    def __init__(self) -> None:
+        import math
+
+        import av
+        import numpy as np
+        from aiortc.mediastreams import AudioStreamTrack
+
+        from voice.endpoint import PTIME_S, SAMPLE_RATE
+
+        sent: list[float] = []
+        self.sent = sent
+
+        class Track(AudioStreamTrack):
+            def __init__(self) -> None:
+                super().__init__()
+                self._n = 0
+                self._t0: float | None = None
+
+            async def recv(self) -> Any:
+                loop = asyncio.get_running_loop()
+                samples = int(SAMPLE_RATE * PTIME_S)
+                if self._t0 is None:
+                    self._t0 = loop.time()
+                else:
+                    wait = self._t0 + self._n / SAMPLE_RATE - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                t = (np.arange(samples) + self._n) / SAMPLE_RATE
+                on = (t >= 2.0) & ((t % 1.0) < 0.2)
+                pcm = (np.sin(2 * math.pi * PULSE_HZ * t) * 0.5 * 32767 * on).astype(np.int16)
+                if on[0] and (t[0] % 1.0) < PTIME_S / 2:
+                    sent.append(loop.time())
+                frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+                frame.sample_rate = SAMPLE_RATE
+                frame.pts = self._n
+                frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+                self._n += samples
+                return frame
+
+        self.track = Track()
+
+
+async def bench_mouth_to_ear(n_relays: int, pulses: int) -> dict[str, Any]:
+    """Pulse onset sent → heard at the callee over ``n_relays`` relays, no loss."""
+    import numpy as np
+
+    import voice.media
+
+    src = _Pulses()
+    real_open = voice.media.open_source
+
+    def open_source(spec: str | None) -> Any:
+        return (src.track, None) if spec == "bench:pulses" else real_open(spec)
+
+    heard: list[float] = []
+    quiet = [True]
+
+    def on_frame(now: float, pcm: Any) -> None:
+        loud = bool(np.max(np.abs(pcm)) > 3000)
+        if loud and quiet[0]:
+            heard.append(now)
+        quiet[0] = not loud
+
+    voice.media.open_source = open_source
+    try:
+        async with real_mesh(_chain(n_relays), {"A": {}, "D": {"auto_answer": True}}) as mesh:
+            a, d = mesh.endpoints["A"], mesh.endpoints["D"]
+            await wait_route(a, d)
+            info = await a.voice.dial(d.node_id, play="bench:pulses", record=None)
+            cid = bytes.fromhex(info.call_id)
+            await _first_frame(d, cid)
+            c = d.voice._calls[cid]
+            assert c.endpoint is not None
+            c.endpoint.sink.on_frame = on_frame
+            await asyncio.sleep(2.5 + pulses)
+            await _end(a, d, cid)
+    finally:
+        voice.media.open_source = real_open
+    # pair each pulse sent with the first onset heard after it and before the next one
+    delays: list[float] = []
+    for i, t in enumerate(src.sent):
+        nxt = src.sent[i + 1] if i + 1 < len(src.sent) else t + 1.0
+        after = [h for h in heard if t <= h < nxt]
+        if after:
+            delays.append((after[0] - t) * 1000)
+    return {"relays": n_relays, "pulses": len(src.sent), "heard": len(delays),
+            "mouth_to_ear_ms_median": round(statistics.median(delays), 1) if delays else None,
+            "mouth_to_ear_ms_max": round(max(delays), 1) if delays else None}
+
+
+async def quality_async(quick: bool) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="cmq", dir="/tmp"))
+    try:
+        res["quality"] = await bench_quality(workdir, [3] if quick else [0, 1, 3],
+                                             [0.0, 5.0] if quick else [0.0, 5.0, 10.0])
+        res["mouth_to_ear"] = await bench_mouth_to_ear(3, 5 if quick else 15)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return res
+
+
+async def main_async(runs: int, quick: bool, quality_only: bool = False) -> dict[str, Any]:
     res: dict[str, Any] = {"loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}
+    if quality_only:
+        res.update(await quality_async(quick))
+        return res
     res["setup"] = [await bench_setup(n, runs) for n in (0, 1, 3)]
     count = 100 if quick else 300
     res["latency"] = [await bench_latency(n, count) for n in (0, 1, 3)]
@@ -368,6 +622,7 @@ async def main_async(runs: int, quick: bool) -> dict[str, Any]:
     res["aioquic_memory"] = bench_aioquic_relay(1.5 if quick else 3.0)
     res["calls_per_core"] = calls_per_core(res["concurrent"],
                                            res["aioquic_memory"]["relay_rate_per_s"])
+    res.update(await quality_async(quick))
     return res
 
 
@@ -375,8 +630,30 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def report_quality(res: dict[str, Any]) -> None:
+    q = res["quality"]
+    d = q["direct"]
+    print(f"\nCall quality: PESQ wideband (P.862.2) of a {q['sample_s']} s espeak-ng sample, "
+          "caller plays, callee records")
+    print("\n| path | loss per link | PESQ (MOS-LQO) | receiver-measured loss | recorded (s) |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| direct aiortc, no mesh | 0 % | {_fmt(d['pesq'], 2)} | - | {_fmt(d['recorded_s'], 1)} |")
+    for r in q["rows"]:
+        seen = "-" if r["loss_seen"] is None else f"{100 * r['loss_seen']:.1f} %"
+        print(f"| mesh, {r['relays']} relays | {r['loss_percent']:g} % | {_fmt(r['pesq'], 2)} "
+              f"| {seen} | {_fmt(r['recorded_s'], 1)} |")
+    m = res["mouth_to_ear"]
+    print(f"\nmouth-to-ear over {m['relays']} relays (source frame out → callee decoder frame "
+          f"out): median {_fmt(m['mouth_to_ear_ms_median'])} ms, max "
+          f"{_fmt(m['mouth_to_ear_ms_max'])} ms ({m['heard']}/{m['pulses']} pulses heard)")
+
+
 def report(res: dict[str, Any]) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    if "setup" not in res:
+        print(f"Voice benchmark, call quality only ({machine}; endpoints on {res['loop']})")
+        report_quality(res)
+        return
     print(f"Voice benchmark ({machine}; endpoints in-process on {res['loop']}, relays are meshd "
           f"processes on loopback; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           "at the end)")
@@ -421,6 +698,7 @@ def report(res: dict[str, Any]) -> None:
           f"against aioquic alone in memory (same run, one datagram per packet, receive + send) "
           f"{_fmt(c['aioquic_us_per_packet'], 0)} µs per packet = {_fmt(c['aioquic_rate_per_s'], 0)} "
           f"packets/s = {_fmt(c['aioquic_calls_per_core'], 0)} calls per core")
+    report_quality(res)
 
 
 def main() -> None:
@@ -428,6 +706,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="fewer packets and steps")
+    ap.add_argument("--quality-only", action="store_true",
+                    help="only the call quality rows (PESQ, mouth-to-ear)")
     ap.add_argument("--asyncio", action="store_true",
                     help="run the endpoints on the stock asyncio loop, not uvloop")
     args = ap.parse_args()
@@ -450,7 +730,7 @@ def main() -> None:
             runner = uvloop.run
         except ImportError:
             pass
-    res = runner(main_async(args.runs, args.quick))
+    res = runner(main_async(args.runs, args.quick, args.quality_only))
     if args.json:
         print(json.dumps(res, indent=1))
     else:

@@ -23,7 +23,10 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 from meshd.core.errors import LocalProtocolError
 from meshd.core.tasks import cancel_and_wait
+from voice import opus
 from voice.endpoint import GAP_S, PTIME_S, SAMPLE_RATE, _mic_format, _tone_hz
+
+opus.install()  # FEC, loss concealment, a low-delay reorder buffer: see voice/opus.py
 
 __all__ = ["MediaPlayer", "ToneTrack", "WavSink", "open_source", "opus_only"]
 
@@ -119,8 +122,23 @@ class _WavFile:
         self._f.close()
 
 
+#: the longest stretch of silence one gap may add to a recording: a far end's RTP timestamp is
+#: its own to choose, and the wall clock bounds what it can claim as well
+MAX_FILL_S = 30.0
+FILL_SLACK_S = 0.2
+_RTP_WRAP = 1 << 32
+
+
 class WavSink:
-    """Consumes a remote audio track; writes 48 kHz mono 16-bit WAV (or only counts, with no path)."""
+    """Consumes a remote audio track; writes 48 kHz mono 16-bit WAV (or only counts, with no path).
+
+    A stretch the network lost is written as silence, placed by the frames' RTP timestamps
+    (``pts``), so the recording keeps the call's duration: samples missing between two frames
+    are filled up to what the wall clock allows (the sender's timestamps never make this sink's
+    audio longer than the time since its first frame, plus ``FILL_SLACK_S``) and at most
+    ``MAX_FILL_S`` at once.
+    ``on_frame(now, pcm)``, when set, sees every decoded frame (48 kHz mono int16) as it comes.
+    """
 
     def __init__(self, path: Path | None, clock: Callable[[], float], *, append: bool = False) -> None:
         self.path = path
@@ -134,6 +152,11 @@ class WavSink:
         self._task: asyncio.Task[None] | None = None
         self._wav: _WavFile | None = None
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        #: the RTP timestamp just past the last frame written, and the samples of silence written
+        self._next_pts: int | None = None
+        self.filled_samples = 0
+        self._samples = 0  #: written (or that would have been, with no file): frames and fill
+        self.on_frame: Callable[[float, Any], None] | None = None
 
     def start(self, track: MediaStreamTrack) -> None:
         """Start reading ``track`` until it ends or ``stop`` is called."""
@@ -150,16 +173,43 @@ class WavSink:
             if not isinstance(frame, av.AudioFrame):
                 continue
             now = self._clock()
+            waited = 0.0 if self.last_frame_at is None else now - self.last_frame_at
             if self.first_frame_at is None:
                 self.first_frame_at = now
-            elif self.last_frame_at is not None and now - self.last_frame_at > GAP_S:
-                self.gaps.append((self.last_frame_at, now - self.last_frame_at))
+            elif waited > GAP_S:
+                self.gaps.append((self.last_frame_at or now, waited))
             self.last_frame_at = now
             self.frames += 1
-            if self._wav is not None:
+            missing = self._missing(frame, now)
+            if self._wav is not None or self.on_frame is not None:
                 for out in self._resampler.resample(frame):
-                    # small sequential writes to a local file: cheaper than a thread hop per frame
-                    self._wav.write(out.to_ndarray().tobytes())
+                    pcm = out.to_ndarray().reshape(-1)
+                    self._samples += len(pcm) + missing
+                    if self.on_frame is not None:
+                        self.on_frame(now, pcm)
+                    if self._wav is not None:
+                        if missing:
+                            self._wav.write(bytes(2 * missing))
+                            self.filled_samples += missing
+                            missing = 0
+                        # small sequential writes to a local file: cheaper than a thread hop per frame
+                        self._wav.write(pcm.tobytes())
+
+    def _missing(self, frame: av.AudioFrame, now: float) -> int:
+        """Samples (48 kHz) lost just before ``frame``, by its RTP timestamp, bounded by the
+        time since the first frame (``now``) less what was already written."""
+        if frame.pts is None or frame.sample_rate != SAMPLE_RATE:
+            return 0
+        pts = int(frame.pts) % _RTP_WRAP
+        expected, self._next_pts = self._next_pts, (pts + frame.samples) % _RTP_WRAP
+        if expected is None:
+            return 0
+        ahead = (pts - expected) % _RTP_WRAP
+        if ahead >= _RTP_WRAP // 2:  # a frame from the past (reordered or a reset): nothing lost
+            return 0
+        since = now - (self.first_frame_at if self.first_frame_at is not None else now)
+        bound = int((since + FILL_SLACK_S) * SAMPLE_RATE) - self._samples
+        return max(0, min(ahead, bound, int(MAX_FILL_S * SAMPLE_RATE)))
 
     async def stop(self) -> None:
         """Stop reading and close the file."""
@@ -170,6 +220,7 @@ class WavSink:
 
 
 def opus_only() -> list[Any]:
+    """Opus alone (its fmtp says we decode in-band FEC: ``voice.opus.install``)."""
     caps = RTCRtpSender.getCapabilities("audio")
     return [c for c in caps.codecs if c.mimeType.lower() == "audio/opus"]
 

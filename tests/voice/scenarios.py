@@ -450,6 +450,49 @@ async def real_diamond(out: Path) -> dict[str, Any]:
                 "rerouted": new_hop is not None and new_hop != hop}
 
 
+async def real_gap(out: Path) -> dict[str, Any]:
+    """A–B–D, B a real meshd relay; nftables drops everything arriving at B for ``OUTAGE_S``
+    mid-call: the audio of that stretch is lost, and the callee's recording must keep the time."""
+    rec = out / "d.wav"
+    links = [("A", "B"), ("B", "D")]
+    async with real_mesh(links, {"A": {}, "D": {"auto_answer": True, "answer_record": rec}}) as mesh:
+        a, d = mesh.endpoints["A"], mesh.endpoints["D"]
+        await wait_route(a, d)
+        info = await a.voice.dial(d.node_id, play=f"tone:{TONE_A:g}", record=None)
+        cid = bytes.fromhex(info.call_id)
+        for _ in range(300):
+            c = d.voice._calls.get(cid)
+            if c is not None and c.endpoint is not None and c.endpoint.sink.first_frame_at is not None:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)
+        table = "carmesh_test_gap"
+        rule = (f"table inet {table} {{ chain input {{ type filter hook input priority 0; "
+                f"udp dport {mesh.ports['B']} drop; }}; }}")
+        await asyncio.to_thread(subprocess.run, ["nft", "-f", "-"], input=rule, text=True,
+                                check=True)
+        try:
+            await asyncio.sleep(OUTAGE_S)
+        finally:
+            await asyncio.to_thread(subprocess.run, ["nft", "delete", "table", "inet", table],
+                                    check=True)
+        await asyncio.sleep(3.0)
+        c = d.voice._calls[cid]
+        assert c.endpoint is not None
+        sink = c.endpoint.sink
+        span = (sink.last_frame_at or 0.0) - (sink.first_frame_at or 0.0)
+        gaps = [g for _, g in sink.gaps]
+        filled = sink.filled_samples
+        state = d.voice.info(cid).state
+        a.voice.hangup(cid)
+        for _ in range(100):
+            if d.voice.info(cid).state == "ended":
+                break
+            await asyncio.sleep(0.05)
+    return {"rec_callee": str(rec), "span_s": span, "gaps": gaps, "filled_samples": filled,
+            "state_during": state}
+
+
 async def reoffer(out: Path) -> dict[str, Any]:
     """The path breaks for longer than the endpoint tolerates (no audio for MEDIA_STALL_S), then
     comes back."""
@@ -461,6 +504,8 @@ async def reoffer(out: Path) -> dict[str, Any]:
     info = await sa.dial(d.node_id, play=f"tone:{TONE_A:g}", record=None)
     cid = bytes.fromhex(info.call_id)
     await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == info.call_id, 15)
+    first_ep = sd._calls[cid].endpoint
+    first_frame_at = first_ep.sink.first_frame_at if first_ep is not None else None
     await asyncio.sleep(1.0)
     mesh.cut("B", "D")
     cut_at = time.monotonic()
@@ -480,7 +525,11 @@ async def reoffer(out: Path) -> dict[str, Any]:
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(2.0)
+    last_ep = sd._calls[cid].endpoint
+    last_frame_at = last_ep.sink.last_frame_at if last_ep is not None else None
     res = {"failed_after_s": failed_after, "resumed_after_s": resumed_after,
+           "heard_span_s": (last_frame_at - first_frame_at)
+           if last_frame_at is not None and first_frame_at is not None else None,
            "cut_after_audio_s": 1.0,
            "generation_callee": sd.session(cid).generation,
            "generation_caller": sa.session(cid).generation,
@@ -534,6 +583,7 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "reoffer": reoffer,
     "answer_errors": answer_errors,
     "real_diamond": real_diamond,
+    "real_gap": real_gap,
     "sigint_ringing": sigint_ringing,
     "sigterm_ringing": sigterm_ringing,
     "sigterm_active": sigterm_active,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.voice.audio import dominant_hz, read_wav, tone_windows
-from tests.voice.scenarios import TONE_A, run_isolated
+from tests.voice.scenarios import OUTAGE_S, TONE_A, run_isolated
 
 pytestmark = [
     pytest.mark.netns,
@@ -75,3 +75,21 @@ def test_diamond_relay_kill9_mid_call_audio_resumes(tmp_path: Path) -> None:
     samples, rate = read_wav(Path(r["rec_callee"]))
     tail = tone_windows(samples[-3 * rate:], rate, TONE_A)
     assert sum(tail) / len(tail) >= 0.9, tail
+
+
+def test_lost_stretch_is_silence_in_the_recording_not_dropped(tmp_path: Path) -> None:
+    """Everything arriving at the relay is dropped for OUTAGE_S mid-call (nftables): the
+    recording still lasts as long as the call's audio did (from its first frame to its last),
+    the lost stretch written as silence (concealment, then silence by RTP timestamp)."""
+    if shutil.which("nft") is None:
+        pytest.skip("needs nft(8)")
+    r = _run(tmp_path, "real_gap")
+    assert r["state_during"] == "active", r
+    assert max(r["gaps"], default=0.0) >= OUTAGE_S * 0.5, r  # the outage did stop the audio
+    assert r["filled_samples"] > 0, r
+    samples, rate = read_wav(Path(r["rec_callee"]))
+    recorded = len(samples) / rate
+    assert abs(recorded - r["span_s"]) <= 0.5, (recorded, r)
+    # the audio on either side of the hole is the caller's tone, and the hole is quiet
+    windows = tone_windows(samples, rate, TONE_A)
+    assert sum(windows) / len(windows) >= 0.5, windows
