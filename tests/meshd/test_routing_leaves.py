@@ -64,7 +64,7 @@ def run(cores: list[RoutingTable], t0: float, t1: float, step: float = 0.05) -> 
 
 
 def drain(rt: RoutingTable) -> list[object]:
-    out = []
+    out: list[object] = []
     while (e := rt.next_event()) is not None:
         out.append(e)
     return out
