@@ -435,7 +435,9 @@ async def events(request: web.Request) -> web.StreamResponse:
             else:
                 await resp.write(_sse("expired", {"op_ids": list(data["op_ids"])}))
         return resp
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the browser went (a reload, a live.js reconnect)
+        return resp
+    except asyncio.CancelledError:
         raise
     finally:
         unsubscribe()

@@ -477,11 +477,12 @@ export async function receive(db, { notify = true } = {}) {
     }
     if (fresh) news.push({ id, from, name: h.from_name || from.slice(0, 8), text: m.text });
   }
-  if (done.length) await post("/messages/release", { ids: done });
-  if (news.length) {
+  if (done.length) {
+    await post("/messages/release", { ids: done });
+    // new texts, or delivery states changed by acknowledgements: pages redraw
     document.dispatchEvent(new CustomEvent("carmesh-mail", { detail: news }));
-    if (notify) showNotice(news[news.length - 1].name);
   }
+  if (news.length && notify) showNotice(news[news.length - 1].name);
   return news;
 }
 

@@ -57,7 +57,7 @@ async function render() {
     const li = el("li", "conversation");
     li.dataset.peer = peer;
     const details = el("details");
-    details.open = open.has(peer) || convs.length === 1;
+    details.open = open.has(peer);
     const summary = el("summary");
     summary.append(el("strong", "", name), " ", el("code", "", peer.slice(0, 8)));
     if (unread) {
@@ -85,12 +85,17 @@ async function render() {
       sendForm.elements.text.focus();
     });
     details.append(reply);
+    const renderedOpen = details.open;
     details.addEventListener("toggle", async () => {
+      if (details.open === renderedOpen) return; // the toggle event of drawing it open
       if (!details.open) return open.delete(peer);
       open.add(peer);
       if (unread) await markRead(peer);
     });
-    if (details.open && unread) setTimeout(() => markRead(peer), 1500);
+    // unread until the conversation is opened, or (open already) a message in it is tapped
+    ol.addEventListener("click", () => {
+      if (unread) markRead(peer);
+    });
     li.append(details);
     list.append(li);
     const opt = el("option");
