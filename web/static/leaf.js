@@ -375,7 +375,13 @@ export async function updateMail(db, fn) {
 // recipient's sealed acknowledgement comes back or the retries run out (a page left open)
 const RETRY_MS = [2000, 4000, 8000, 16000];
 
+// the car takes request bodies up to 16 KiB and hex doubles the sealed bytes
+const MAX_TEXT_BYTES = 6000;
+
 export async function sendText(db, peer, text, onChange) {
+  if (utf8.encode(text).length > MAX_TEXT_BYTES) {
+    throw new Error(`at most ${MAX_TEXT_BYTES} bytes (about 2,000 Japanese characters)`);
+  }
   const body = pack({ k: "text", text });
   const { mid, wire } = await sendSealed(db, peer, body);
   const id = mid.slice(0, 24);
