@@ -10,7 +10,7 @@ SYSDEPS := ip:iproute2 nft:nftables ping:iputils-ping espeak-ng:espeak-ng sox:so
 # worker at a time so module fixtures run once; PYTEST_ARGS='-m "not soak"' runs them one by one
 PYTEST_ARGS ?= -m "not soak" -n 2 --dist loadfile
 
-.PHONY: demo test run bench lint deps sysdeps clean help
+.PHONY: demo test run bench lint deps sysdeps clean help vendor-js
 
 help:
 	@echo "make demo   a small mesh on this machine (namespaces as root, loopback otherwise)"
@@ -63,3 +63,21 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# The browser's ChaCha20-Poly1305 (web/static/messages.js): @noble/ciphers, audited, as plain ES
+# modules (no bundler).  Pinned by version and npm integrity; `make vendor-js` refreshes the copy.
+NOBLE_CIPHERS := 2.1.1
+NOBLE_CIPHERS_SHA512 := bysYuiVfhxNJuldNXlFEitTVdNnYUc+XNJZd7Qm2a5j1vZHgY+fazadNFWFaMK/2vye0JVlxV3gHmC0WDfAOQw==
+VENDOR_JS := web/static/vendor/noble-ciphers
+
+vendor-js:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && npm pack --silent @noble/ciphers@$(NOBLE_CIPHERS) >/dev/null); \
+	tgz="$$tmp/noble-ciphers-$(NOBLE_CIPHERS).tgz"; \
+	got=$$(openssl dgst -sha512 -binary "$$tgz" | base64 -w0); \
+	if [ "$$got" != "$(NOBLE_CIPHERS_SHA512)" ]; then echo "integrity mismatch: $$got" >&2; exit 1; fi; \
+	tar xzf "$$tgz" -C "$$tmp"; rm -rf $(VENDOR_JS); mkdir -p $(VENDOR_JS); \
+	for f in chacha.js _arx.js _poly1305.js utils.js LICENSE; do \
+	  sed '/^\/\/# sourceMappingURL=/d' "$$tmp/package/$$f" > $(VENDOR_JS)/$$f; done; \
+	echo "@noble/ciphers $(NOBLE_CIPHERS) (npm, sha512-$(NOBLE_CIPHERS_SHA512)): chacha.js _arx.js _poly1305.js utils.js, MIT (LICENSE)" > $(VENDOR_JS)/VERSION; \
+	echo "vendored @noble/ciphers $(NOBLE_CIPHERS) into $(VENDOR_JS)"

@@ -78,6 +78,10 @@ async def build_node(config: Config) -> Node:
         node.add_service(VoiceService(node, auto_answer=config.auto_answer,
                                       answer_play=config.answer_play,
                                       answer_record=config.answer_record))
+        from meshd.services.leaves import LeafService
+
+        # browsers attached to this node as leaves of the mesh (their sealed mail held here)
+        node.add_service(LeafService(node, clock=node.now))
         if not config.no_web:
             _add_web(node, config)
         # every authoriser is registered and nothing has replayed yet: own ops a clock that

@@ -38,9 +38,15 @@ from meshd.control.server import ControlServer
 from meshd.core.channels import Channel
 from meshd.core.clock import MeshClock
 from meshd.core.codec import DropCounter
-from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolError
+from meshd.core.errors import (
+    ControlError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VerificationError,
+)
 from meshd.core.fragment import Reassembler, split
 from meshd.core.identity import (
+    ANNOUNCE_MAX_SKEW_S,
     ANNOUNCE_REFRESH_S,
     KEY_FILE,
     SEQNO_FILE,
@@ -75,7 +81,7 @@ from meshd.paths import default_socket_path, default_state_dir, secure_state_dir
 from meshd.pins import PinStore, parse_peer
 from meshd.routing.flows import FlowKey, FlowTable
 from meshd.routing.neighbours import LinkCostChanged, NeighbourLost, NeighbourTable, NeighbourUp
-from meshd.routing.table import INFINITY, RouteChanged, RoutingTable
+from meshd.routing.table import INFINITY, LeafMoved, RouteChanged, RoutingTable
 from meshd.services.api import MetricsSource, NodeService, PacketHandler
 from meshd.services.info import InfoService
 from meshd.services.messaging import Messenger, Undeliverable
@@ -95,6 +101,10 @@ INTERFACE_POLL_S = 2.0
 #: Below the QUIC idle timeout (``meshd.links.manager.IDLE_TIMEOUT_S``, 8 s) with room for a
 #: lost hello, so a quiet link is never closed for idleness.
 IDLE_HELLO_INTERVAL_S = 4.0
+#: the metric a gateway advertises for a leaf attached to it (a clean link's cost)
+LEAF_METRIC = 256
+#: leaves one node serves at most
+MAX_LEAVES = 1024
 
 
 @dataclass(slots=True)
@@ -159,6 +169,13 @@ class Node:
         #: set by the composition root: ``send`` to a node with no route but known keys
         #: queues the message through this (store-and-forward mail) instead of failing
         self.mail_fallback: Callable[[NodeId, str], Awaitable[dict[str, Any]]] | None = None
+        #: leaves (browsers) attached here, by their NodeId: packets for them go to
+        #: ``leaf_sink`` (docs/protocols.md, "Leaves"); ``leaf_moved`` hears of one that
+        #: attached through another gateway since
+        self._leaves: dict[NodeId, Announcement] = {}
+        self._leaf_reassembler = Reassembler()
+        self.leaf_sink: Callable[[NodeId, MeshPacket], None] | None = None
+        self.leaf_moved: Callable[[NodeId], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -541,6 +558,12 @@ class Node:
         while (revent := self.routing.next_event()) is not None:
             if isinstance(revent, RouteChanged):
                 self._on_route_changed(revent)
+            elif isinstance(revent, LeafMoved) and revent.leaf in self._leaves:
+                del self._leaves[revent.leaf]
+                logger.info("[%s] leaf attached elsewhere now (seqno %d)", short_id(revent.leaf),
+                            revent.seqno)
+                if self.leaf_moved is not None:
+                    self.leaf_moved(revent.leaf)
         self._arm_timer()
 
     def _on_route_changed(self, ev: RouteChanged) -> None:
@@ -605,20 +628,100 @@ class Node:
                     flow_id: int = 0, deadline: float | None = None,
                     hop_limit: int = DEFAULT_HOP_LIMIT) -> bool:
         """Send one end-to-end packet; False when there is no route or the link refused it."""
+        return self._send_from(self.identity.node_id, destination, service, payload,
+                               flow_id=flow_id, deadline=deadline, hop_limit=hop_limit)
+
+    def _send_from(self, source: NodeId, destination: NodeId, service: int, payload: bytes, *,
+                   flow_id: int = 0, deadline: float | None = None,
+                   hop_limit: int = DEFAULT_HOP_LIMIT) -> bool:
         if len(payload) > MAX_PAYLOAD:
             raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the mesh MTU")
+        pkt = MeshPacket(source, destination, hop_limit, service, flow_id, payload)
+        if destination in self._leaves:
+            self._to_leaf(pkt, self._now())
+            return True
+        if destination == self.identity.node_id != source:
+            self._deliver_local(pkt, self._now())  # a leaf's message to its own gateway
+            return True
         hop = self.next_hop(destination)
         if hop is None:
             return False
-        pkt = MeshPacket(self.identity.node_id, destination, hop_limit, service, flow_id, payload)
         return self._send_link(hop, Channel.PACKET, pkt.encode(), deadline)
 
     def send_message(self, destination: NodeId, service: int, data: bytes) -> bool:
         """Send an end-to-end message of any size up to the fragment limit (fragmenting as needed)."""
+        return self.send_message_from(self.identity.node_id, destination, service, data)
+
+    def send_message_from(self, source: NodeId, destination: NodeId, service: int,
+                          data: bytes) -> bool:
+        """``send_message`` with another packet source: a leaf attached here (whose sealed
+        message names it as the sender), or the source of a message held for a leaf that
+        is passed on to the leaf's new gateway.  Only ``meshd.services.leaves`` calls it."""
         if len(data) <= MAX_PAYLOAD:
-            return self.send_packet(destination, service, data)
+            return self._send_from(source, destination, service, data)
         frags = split(service, next(self._frag_ids), data, MAX_PAYLOAD)
-        return all([self.send_packet(destination, Service.FRAG, f) for f in frags])
+        return all([self._send_from(source, destination, Service.FRAG, f) for f in frags])
+
+    # ------------------------------------------------------------- leaves
+
+    def attach_leaf(self, ann: Announcement) -> bool:
+        """Originate the route to a leaf whose signed announcement names us as its gateway.
+
+        The caller (``meshd.services.leaves``) has checked the leaf's proof of possession.
+        Raises ``VerificationError`` for a stale or wrongly addressed announcement; False
+        when a newer attachment of the leaf elsewhere is known.
+        """
+        if ann.gateway != self.identity.node_id:
+            raise VerificationError("gateway", "the attachment names another gateway")
+        wall = self._wall()
+        ann.check_fresh(wall)
+        if ann.timestamp < wall - ANNOUNCE_MAX_SKEW_S:
+            raise VerificationError("stale", "an attachment is signed within 5 minutes")
+        if ann.node_id not in self._leaves and len(self._leaves) >= MAX_LEAVES:
+            raise VerificationError("capacity", f"{MAX_LEAVES} leaves attached here already")
+        with contextlib.suppress(VerificationError):  # a replay of what the book holds
+            self.book.accept(ann, wall)
+        if not self.routing.set_stub(ann, LEAF_METRIC, self._now()):
+            return False
+        self._leaves[ann.node_id] = ann
+        self._pump()
+        return True
+
+    def detach_leaf(self, leaf: NodeId) -> None:
+        """Stop serving ``leaf`` (its attachment went stale): its route is retracted."""
+        if self._leaves.pop(leaf, None) is not None:
+            self.routing.drop_stub(leaf, self._now())
+            self._pump()
+
+    def leaves(self) -> dict[NodeId, Announcement]:
+        """The leaves attached here, with the announcement each attached with."""
+        return dict(self._leaves)
+
+    def _to_leaf(self, pkt: MeshPacket, now: float) -> None:
+        if pkt.service == Service.FRAG:
+            try:
+                done = self._leaf_reassembler.add(pkt.source, pkt.payload, now)
+            except RemoteProtocolError as exc:
+                self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
+                return
+            if done is None:
+                return
+            pkt = MeshPacket(pkt.source, pkt.destination, pkt.hop_limit, done[0], pkt.flow_id,
+                             done[1])
+        if pkt.service != Service.MSG or self.leaf_sink is None:
+            self.drops.drop("leaf-service", short_id(pkt.source), f"service {pkt.service}")
+            return
+        self.leaf_sink(pkt.destination, pkt)
+
+    def _deliver_local(self, pkt: MeshPacket, now: float) -> None:
+        handler = self._services.get(pkt.service)
+        if handler is None:
+            self.drops.drop("service", short_id(pkt.source), f"no service {pkt.service}")
+            return
+        try:
+            handler(pkt, now)
+        except RemoteProtocolError as exc:
+            self.drops.drop(exc.reason, short_id(pkt.source), str(exc))
 
     def _on_fragment(self, pkt: MeshPacket, now: float) -> None:
         done = self._reassembler.add(pkt.source, pkt.payload, now)
@@ -668,6 +771,10 @@ class Node:
                 handler(pkt, now)
             except RemoteProtocolError as exc:
                 self.drops.drop(exc.reason, short_id(source), str(exc))
+            return False
+        if destination in self._leaves:
+            self._to_leaf(MeshPacket(source, destination, hop_limit, service, flow_id,
+                                     data[1 + HEADER_LEN:]), now)
             return False
         flow = FlowKey(source, destination, service, flow_id) if flow_id else None
         size = len(data) - 1 - HEADER_LEN
@@ -874,7 +981,7 @@ class Node:
         target = self.resolve(query)
         who = {"name": self.name_of(target), "short_id": short_id(target)}
         queue = self.mail_fallback if self.announcement_of(target) is not None else None
-        if queue is not None and self.next_hop(target) is None:
+        if queue is not None and self.next_hop(target) is None and target not in self._leaves:
             return {**await queue(target, text), **who}
         try:
             res = await self.messenger.send(target, text, float(timeout))

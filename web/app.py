@@ -73,7 +73,10 @@ Subscribe = Callable[[Listener], Callable[[], None]]
 WEB_METHODS: Final = frozenset({"status", "routes", "library.search", "library.show",
                                 "bulletin.list", "situation.list", "safety.search",
                                 "safety.publish", "library.history", "library.prepare",
-                                "library.publish", "trust.marks"})
+                                "library.publish", "trust.marks",
+                                # leaves (web/messages.py): ciphertext in and out, no admin
+                                "leaf.challenge", "leaf.attach", "leaf.held", "leaf.release",
+                                "leaf.send", "leaf.key"})
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; manifest-src 'self'; worker-src 'self'; "
@@ -400,9 +403,14 @@ async def events(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(reason="too many live connections")
     queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(
         st.settings.stream_queue)
+    from web import messages
+
+    mail = messages.live_filter(request)  # "mail" for this browser's leaf, if attached
 
     def listener(event: str, data: dict[str, Any]) -> None:
-        if event not in ("bulletin.published", "bulletin.expired"):
+        if mail is not None and (m := mail(event, data)) is not None:
+            event, data = "sse", {"event": m[0], "data": m[1]}
+        elif event not in ("bulletin.published", "bulletin.expired"):
             return
         try:
             queue.put_nowait((event, data))
@@ -422,6 +430,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         await resp.write(b"retry: 3000\n\n")
         for b in reversed(await _bulletins(st)):
             await resp.write(_sse("bulletin", _bulletin_event(b)))
+        if mail is not None and await messages.held_count(st, request):
+            await resp.write(_sse("mail", {}))
         await resp.write(_sse("ready", {}))
         while True:
             try:
@@ -432,12 +442,16 @@ async def events(request: web.Request) -> web.StreamResponse:
             if item is None:
                 break
             event, data = item
-            if event == "bulletin.published":
+            if event == "sse":
+                await resp.write(_sse(data["event"], data["data"]))
+            elif event == "bulletin.published":
                 await resp.write(_sse("bulletin", _bulletin_event(data["bulletin"])))
             else:
                 await resp.write(_sse("expired", {"op_ids": list(data["op_ids"])}))
         return resp
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the browser went (a reload, a live.js reconnect)
+        return resp
+    except asyncio.CancelledError:
         raise
     finally:
         unsubscribe()
@@ -477,9 +491,11 @@ def make_app(call: Caller, subscribe: Subscribe, settings: WebSettings | None = 
     library_edit.add_routes(app)
     app.router.add_get("/events", events)
     app.router.add_post("/lang", set_language)
+    from web import messages
     from web.calls import add_routes as add_call_routes  # it imports this module
 
     add_call_routes(app)
+    messages.add_routes(app)
     # over HTTPS a service worker registers only with a trusted certificate: pwa.js tries
     # there only when the car serves the community-signed one
     app[_state_key].env.globals["community_cert"] = ca_pem is not None

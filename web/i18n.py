@@ -48,6 +48,19 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "find_placeholder": "名前・よみがな", "registered_by": "登録",
         "no_people": "登録されている人は見つかりませんでした。",
         "key_note": "登録はこの端末の鍵で署名され、あなた自身の名義で全ての車に届きます。",
+        # messages (web/messages.py, static/leaf.js, static/messages.js)
+        "messages_nav": "メッセージ", "new_message": "新しいメッセージ",
+        "msg_you": "この端末の名前", "msg_attach": "この車につなぐ",
+        "msg_attaching": "車につないでいます…", "msg_attached": "この車を通じて届きます",
+        "msg_to": "宛先（名前またはID）", "msg_text": "メッセージ", "msg_send": "暗号化して送る",
+        "msg_conversations": "会話", "msg_none": "まだメッセージはありません。",
+        "msg_unread": "未読", "msg_sending": "送信中", "msg_sent": "車から送りました",
+        "msg_delivered": "届きました", "msg_unreachable": "相手への経路がありません",
+        "msg_unconfirmed": "届いたか確認できません", "msg_refused": "送れませんでした",
+        "msg_failed": "相手が保存できませんでした", "msg_received": "受信",
+        "msg_note": "メッセージはこの端末で暗号化・署名されます。車は中身を読めません。",
+        "msg_unsupported": "このブラウザは X25519・Ed25519 に対応していないため、メッセージを"
+                           "使えません。新しい Chrome・Safari・Firefox を使ってください。",
     },
     "en": {
         "app": "carmesh", "home": "Home", "library": "Library", "board": "Board",
@@ -85,6 +98,18 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "no_people": "Nobody by that name is registered.",
         "key_note": "Your registration is signed with this device's key and reaches every car "
                     "in your own name.",
+        "messages_nav": "Messages", "new_message": "New message",
+        "msg_you": "Your name on the mesh", "msg_attach": "Attach to this car",
+        "msg_attaching": "Attaching to the car…", "msg_attached": "Reachable through this car",
+        "msg_to": "To (name or id)", "msg_text": "Message", "msg_send": "Seal and send",
+        "msg_conversations": "Conversations", "msg_none": "No messages yet.",
+        "msg_unread": "unread", "msg_sending": "sending", "msg_sent": "sent by the car",
+        "msg_delivered": "delivered", "msg_unreachable": "no route to them",
+        "msg_unconfirmed": "not confirmed", "msg_refused": "refused",
+        "msg_failed": "they could not store it", "msg_received": "received",
+        "msg_note": "Messages are sealed and signed in this browser; the cars cannot read them.",
+        "msg_unsupported": "This browser has no X25519 or Ed25519, so it cannot use messages. "
+                           "Use a current Chrome, Safari or Firefox.",
     },
 }
 

@@ -319,6 +319,22 @@ async def _messages(client: ControlClient, args: argparse.Namespace, out: Output
     return ExitCode.OK
 
 
+@register("leaves", "list the browsers attached to this node as leaves of the mesh, and the "
+          "sealed messages held for each")
+async def _leaves(client: ControlClient, args: argparse.Namespace, out: Output) -> int:
+    leaves = await _fetch_list(client, out, "leaf.list", "leaves", None,
+                               timeout=CALL_TIMEOUT_S, what="leaf list",
+                               empty="no browsers attached")
+    if isinstance(leaves, int):
+        return leaves
+    rows = [(str(x.get("leaf", ""))[:8], _str(x.get("name") or None),
+             _clock(x.get("attached_ms")), _str(x.get("held")))
+            for x in leaves if isinstance(x, dict)]
+    for text in _table(rows, ("LEAF", "NAME", "ATTACHED", "HELD")):
+        out.line(text)
+    return ExitCode.OK
+
+
 def _routes_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true",
                    help="also list routes that are not selected (other next hops)")

@@ -215,6 +215,9 @@ class Announcement:
     role: Role
     version: int
     raw: bytes  # the signed wire form, relayed as is
+    #: set for a leaf (a browser attached to a car): the car it is attached through, named
+    #: in the leaf's own signed body (docs/protocols.md, "Leaves")
+    gateway: NodeId | None = None
 
     @classmethod
     def decode(cls, data: bytes) -> Announcement:
@@ -235,6 +238,7 @@ class Announcement:
             seqno=f.int("seq", 0, 2**63 - 1), timestamp=f.int("ts", 0, 2**53) / 1000.0,
             name=f.str("name", max_len=MAX_NAME_LEN), role=role,
             version=f.int("v", 0, 255), raw=bytes(data),
+            gateway=f.opt_bytes("gw", size=NODE_ID_LEN),
         )
         if not verify_ed25519(ed, sig, _SIG_DOMAIN + body):
             raise VerificationError("signature", f"announcement of {short_id(ann.node_id)}")

@@ -70,6 +70,7 @@ from meshd.routing.wire import (
 __all__ = [
     "INFINITY",
     "MAX_ROUTING_PAYLOAD",
+    "LeafMoved",
     "RouteChanged",
     "RouteInfo",
     "RoutingEvent",
@@ -133,6 +134,11 @@ class VerifiedAnnouncement(Protocol):
     def raw(self) -> bytes: ...
 
 
+def is_leaf(ann: VerifiedAnnouncement) -> bool:
+    """True for a leaf's announcement (``meshd.core.identity.Announcement`` with a gateway)."""
+    return getattr(ann, "gateway", None) is not None
+
+
 #: checks announcement bytes; raises ``RemoteProtocolError`` (Decode/Verification) if refused
 Verifier = Callable[[bytes], VerifiedAnnouncement]
 #: asks the node to sign and persist an announcement with seqno >= the argument; may
@@ -150,7 +156,16 @@ class RouteChanged:
     seqno: int
 
 
-RoutingEvent = RouteChanged
+@dataclass(frozen=True, slots=True)
+class LeafMoved:
+    """A leaf we originated a route for is attached elsewhere now (a newer signed seqno
+    arrived from a neighbour): we no longer originate it."""
+
+    leaf: NodeId
+    seqno: int
+
+
+RoutingEvent = RouteChanged | LeafMoved
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +213,12 @@ class RoutingTable:
         self._heard: dict[NodeId, float] = {}  # last table answer from each neighbour
         self._table_sent: dict[NodeId, float] = {}  # last full table sent on a wildcard
         self._routes: dict[NodeId, dict[NodeId, Route]] = {}
+        #: leaves attached here (browsers, docs/protocols.md "Leaves"): we originate their
+        #: routes with their own signed seqno, leaf -> (seqno, metric)
+        self._stubs: dict[NodeId, tuple[int, int]] = {}
+        #: origins whose announcement names a gateway (leaves): for them the newest seqno
+        #: wins route selection (an older seqno leads to a gateway the leaf has left)
+        self._leaves: set[NodeId] = set()
         self._sources: dict[NodeId, Source] = {}
         self._selected: dict[NodeId, Selected] = {}
         self._retracted: dict[NodeId, tuple[int, float]] = {}  # origin -> (seqno, until)
@@ -236,6 +257,50 @@ class RoutingTable:
         self._own_seqno = announcement.seqno
         self._anns[self.node_id] = (announcement.seqno, announcement.raw)
         self._queue_all(self.node_id, now)
+
+    def set_stub(self, announcement: VerifiedAnnouncement, metric: int, now: float) -> bool:
+        """Originate the route to a leaf attached here, under the leaf's own signed seqno.
+
+        ``announcement`` is the leaf's (verified by the caller, naming us as its gateway);
+        ``metric`` is what we advertise for it.  False (nothing changes) when we hold a newer
+        announcement of the leaf: it attached elsewhere since.
+        """
+        leaf = announcement.node_id
+        if leaf == self.node_id:
+            raise LocalProtocolError("a node is not its own leaf")
+        self._tick(now)
+        held = self._anns.get(leaf)
+        if held is not None and held[0] > announcement.seqno:
+            return False
+        if held is None or announcement.seqno > held[0]:
+            if held is not None:
+                self._held_raw.pop(held[1], None)
+            self._anns[leaf] = (announcement.seqno, announcement.raw)
+            self._held_raw[announcement.raw] = leaf
+        old = self._stubs.get(leaf)
+        self._leaves.add(leaf)
+        self._stubs[leaf] = (announcement.seqno, min(max(metric, 0), INFINITY - 1))
+        self._selected.pop(leaf, None)
+        self._retracted.pop(leaf, None)
+        self._starving.pop(leaf, None)
+        self._ann_wanted.pop(leaf, None)
+        if old != self._stubs[leaf]:
+            self._queue_all(leaf, now, news=old is None or old[0] != announcement.seqno)
+        return True
+
+    def drop_stub(self, leaf: NodeId, now: float) -> None:
+        """Stop originating ``leaf`` (it detached, or its attachment went stale): retract it."""
+        self._tick(now)
+        stub = self._stubs.pop(leaf, None)
+        if stub is None:
+            return
+        self._retracted[leaf] = (stub[0], now + RETRACT_HOLD_S)
+        self._queue_all(leaf, now)
+        self._reselect(leaf, now)  # a route learned from elsewhere, if any
+
+    def stubs(self) -> dict[NodeId, int]:
+        """Leaves we originate, with their seqno."""
+        return {leaf: seqno for leaf, (seqno, _) in self._stubs.items()}
 
     def neighbour_up(self, peer: NodeId, cost: int, now: float) -> None:
         """``peer`` became usable at link cost ``cost``: send it our whole table soon."""
@@ -397,6 +462,8 @@ class RoutingTable:
         """Metric of the selected route to ``destination`` (0 for ourselves, else INFINITY)."""
         if destination == self.node_id:
             return 0
+        if destination in self._stubs:
+            return self._stubs[destination][1]
         sel = self._selected.get(destination)
         return sel.metric if sel is not None else INFINITY
 
@@ -441,6 +508,8 @@ class RoutingTable:
             return
         if ann.node_id == self.node_id:
             return  # ours: we know our seqno better than anyone
+        if is_leaf(ann) and len(self._leaves) < MAX_ANN_WANTED:
+            self._leaves.add(ann.node_id)
         held = self._anns.get(ann.node_id)
         if held is None or ann.seqno > held[0]:
             if held is not None:
@@ -479,6 +548,14 @@ class RoutingTable:
         if u.seqno < held[0]:
             self.ignored["old-seqno"] += 1  # a replay, or a neighbour not yet caught up
             return
+        stub = self._stubs.get(origin)
+        if stub is not None:
+            if u.seqno <= stub[0]:
+                self.ignored["own-leaf"] += 1  # we originate it: we know better
+                return
+            # the leaf signed a newer attachment through another gateway: it moved there
+            del self._stubs[origin]
+            self._events.append(LeafMoved(origin, u.seqno))
         if routes is None:
             routes = self._routes[origin] = {}
         r = routes.get(peer)
@@ -511,6 +588,14 @@ class RoutingTable:
     def _handle_request(self, peer: NodeId, origin: NodeId, seqno: int, hops: int,
                         now: float) -> None:
         # RFC 8966 §3.8.1.2
+        stub = self._stubs.get(origin)
+        if stub is not None:
+            # a leaf's seqno is signed by the leaf, never by us: answer with what we have
+            if seqno <= stub[0]:
+                self._queue(peer, origin, now)
+            else:
+                self.ignored["leaf-seqno"] += 1
+            return
         if origin == self.node_id:
             if seqno > self._own_seqno and now - self._last_bump >= BUMP_MIN_GAP_S:
                 self._last_bump = now
@@ -572,6 +657,8 @@ class RoutingTable:
         return min(INFINITY, r.refmetric + cost)
 
     def _reselect(self, origin: NodeId, now: float) -> None:
+        if origin in self._stubs:
+            return  # we originate it
         src = self._sources.get(origin)
         source = (src.seqno, src.metric) if src is not None else None
         best: tuple[int, NodeId, Route] | None = None
@@ -579,9 +666,13 @@ class RoutingTable:
         old = self._selected.get(origin)
         has_unfeasible = False
         cost = self._nbr_cost
+        newest = -1
+        if origin in self._leaves:  # only routes with the leaf's newest seqno (its gateway)
+            newest = max((r.seqno for r in self._routes.get(origin, {}).values()
+                          if r.refmetric < INFINITY), default=-1)
         for nbr, r in self._routes.get(origin, {}).items():
             m = r.refmetric + cost.get(nbr, INFINITY)
-            if m >= INFINITY:
+            if m >= INFINITY or r.seqno < newest:
                 continue
             if not update_feasible(source, r.seqno, r.refmetric):
                 has_unfeasible = True
@@ -780,10 +871,11 @@ class RoutingTable:
             del self._seen_requests[key]
 
     def _advertisable(self) -> list[NodeId]:
-        return [self.node_id, *sorted(self._selected), *sorted(self._retracted)]
+        return [self.node_id, *sorted(self._stubs), *sorted(self._selected),
+                *sorted(self._retracted)]
 
     def _advertisable_to(self, origin: NodeId, peer: NodeId) -> bool:
-        if origin == self.node_id:
+        if origin == self.node_id or origin in self._stubs:
             return True
         sel = self._selected.get(origin)
         return sel is not None and sel.next_hop != peer
@@ -836,6 +928,9 @@ class RoutingTable:
     def _entry_for(self, peer: NodeId, origin: NodeId) -> Update | None:
         if origin == self.node_id:
             return Update(origin, self._own_seqno, 0)
+        stub = self._stubs.get(origin)
+        if stub is not None:
+            return Update(origin, stub[0], stub[1])
         sel = self._selected.get(origin)
         if sel is not None:
             # poisoned reverse: our next hop must not route back through us

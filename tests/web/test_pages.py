@@ -258,11 +258,14 @@ async def test_no_admin_operation_is_reachable_from_the_web() -> None:
     admin = {"library.import", "library.export", "library.add", "library.edit",
              "bulletin.publish", "situation.set", "send", "ping", "web.status"}
     assert not admin & WEB_METHODS
-    # reads, and the writes of ops the browser signed with its own key (safety, library;
-    # library.prepare composes a change for the browser to sign and stores nothing)
+    # reads, the writes of ops the browser signed with its own key (safety, library;
+    # library.prepare composes a change for the browser to sign and stores nothing), and a
+    # leaf's ciphertext (web/messages.py: attachment with a proof, sealed mail in and out)
     assert all(m in {"status", "routes", "library.search", "library.show", "bulletin.list",
                      "situation.list", "safety.search", "safety.publish", "library.history",
-                     "library.prepare", "library.publish", "trust.marks"} for m in WEB_METHODS)
+                     "library.prepare", "library.publish", "trust.marks", "leaf.challenge",
+                     "leaf.attach", "leaf.held", "leaf.release", "leaf.send", "leaf.key"}
+               for m in WEB_METHODS)
 
 
 async def _read_events(resp: Any, want: int) -> list[tuple[str, dict[str, Any]]]:

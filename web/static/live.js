@@ -40,8 +40,10 @@ function notify(title) {
   notice.hidden = false;
 }
 
-if (typeof EventSource !== "undefined") {
-  const es = new EventSource("/events");
+let es = null;
+
+function connect() {
+  es = new EventSource("/events");
   es.addEventListener("bulletin", (e) => {
     const b = JSON.parse(e.data);
     const isNew = !seen.has(b.op_id);
@@ -57,8 +59,26 @@ if (typeof EventSource !== "undefined") {
     }
     if (empty && list && !list.children.length) empty.hidden = false;
   });
+  // sealed mail held by the car for this browser (a leaf, see leaf.js): fetched, opened here
+  es.addEventListener("mail", () => {
+    import("/static/leaf.js").then((m) => m.onMailEvent()).catch(() => {});
+  });
   es.addEventListener("ready", () => {
     loaded = true;
     document.documentElement.dataset.live = "ready"; // for tests and styling: live updates on
   });
+}
+
+if (typeof EventSource !== "undefined") {
+  connect();
+  // attached as a leaf just now (a new session cookie): reconnect so mail events reach us
+  document.addEventListener("carmesh-attached", () => {
+    es.close();
+    connect();
+  });
+}
+
+// a browser that has attached before re-attaches to the car serving this page now and then
+if (localStorage.getItem("carmesh-leaf-attached") !== null && !document.getElementById("leaf")) {
+  import("/static/leaf.js").then((m) => m.keepAttached()).catch(() => {});
 }
