@@ -101,23 +101,36 @@ def population(n: int, scenario: str, town: TownMap,
 
 
 class EpidemicNode:
-    """Flooding: send every neighbour every bulletin it lacks, at contact and on arrival."""
+    """Flooding with summary vectors (Vahdat and Becker's epidemic routing, one round).
+
+    At contact start each end sends its summary vector (``V`` then the 16-byte id prefix of
+    every bulletin it holds) on a reliable stream; on the peer's vector it sends, in full
+    (``O`` then the op), every bulletin the vector lacks.  A bulletin that arrives later is
+    sent at once to every neighbour not known to hold it (its vector, what it sent us, what
+    we sent it): no reconciliation, no offer, so a neighbour that got it from someone else
+    meanwhile gets it again.  With ``oracle=True`` a node knows what a neighbour holds for
+    free instead (no vectors sent): a lower bound for any flooding."""
 
     def __init__(self, node_id: bytes, directory: dict[bytes, EpidemicNode],
-                 on_new: Any) -> None:
+                 on_new: Any, *, oracle: bool = False) -> None:
         self.node_id = node_id
-        self.directory = directory  # the oracle: who holds what
+        self.directory = directory  # the oracle (oracle=True only): who holds what
+        self.oracle = oracle
         self.on_new = on_new
         self.held: dict[bytes, bytes] = {}
         self.mux = StreamMux()
         self.up: dict[bytes, StreamKey] = {}
-        self.sent: dict[bytes, set[bytes]] = {}
+        #: per neighbour: id prefixes it holds to our knowledge (None: its vector not heard)
+        self.known: dict[bytes, set[bytes] | None] = {}
+        self.vector_bytes = 0
 
     def post(self, raw: bytes, now: float) -> None:
-        self._got(raw, now)
+        self._got(raw, now, None)
 
-    def _got(self, raw: bytes, now: float) -> None:
+    def _got(self, raw: bytes, now: float, src: bytes | None) -> None:
         op_id = hashlib.sha256(raw).digest()
+        if src is not None and (k := self.known.get(src)) is not None:
+            k.add(op_id[:16])
         if op_id in self.held:
             return
         self.held[op_id] = raw
@@ -126,28 +139,44 @@ class EpidemicNode:
             self._offer(peer, now)
 
     def _offer(self, peer: bytes, now: float) -> None:
-        lacks = self.directory[peer].held
-        sent = self.sent[peer]
+        known = self.known.get(peer)
+        if known is None:
+            return  # its vector has not arrived: it will say what it lacks
+        lacks = self.directory[peer].held if self.oracle else None
         for op_id, raw in self.held.items():
-            if op_id not in lacks and op_id not in sent:
-                sent.add(op_id)
-                self.mux.send(self.up[peer], raw, now)
+            if op_id[:16] in known or (lacks is not None and op_id in lacks):
+                continue
+            known.add(op_id[:16])
+            self.mux.send(self.up[peer], b"O" + raw, now)
 
     def link_up(self, peer: bytes, now: float) -> None:
         self.up[peer] = self.mux.open(peer)
-        self.sent[peer] = set()
-        self._offer(peer, now)
+        if self.oracle:
+            self.known[peer] = set()
+            self._offer(peer, now)
+        else:
+            self.known[peer] = None
+            vector = b"V" + b"".join(sorted(i[:16] for i in self.held))
+            self.vector_bytes += len(vector)
+            self.mux.send(self.up[peer], vector, now)
 
     def link_down(self, peer: bytes, now: float) -> None:
         self.up.pop(peer, None)
-        self.sent.pop(peer, None)
+        self.known.pop(peer, None)
         self.mux.reset_peer(peer)
 
     def receive(self, src: bytes, data: bytes, now: float) -> None:
         self.mux.receive(src, data, now)
         while (ev := self.mux.next_event()) is not None:
             if isinstance(ev, MessageReceived):
-                self._got(ev.data, now)
+                if ev.key.peer not in self.up:
+                    continue
+                if ev.data[:1] == b"O":
+                    self._got(ev.data[1:], now, ev.key.peer)
+                elif ev.data[:1] == b"V" and (len(ev.data) - 1) % 16 == 0:
+                    v = ev.data[1:]
+                    self.known[ev.key.peer] = {v[i:i + 16] for i in range(0, len(v), 16)}
+                    self._offer(ev.key.peer, now)
             elif isinstance(ev, StreamOpened) and ev.key.peer not in self.up:
                 self.mux.reset(ev.key)
 
@@ -218,6 +247,8 @@ class Outcome:
     # sync only: message bytes of sessions that moved ops / moved none (no stream overhead)
     session_bytes: dict[str, int] = field(default_factory=lambda: {"moved": 0, "idle": 0})
     sessions: dict[str, int] = field(default_factory=lambda: {"moved": 0, "idle": 0})
+    note_datagrams: int = 0  # sync: digest notes sent
+    vector_bytes: int = 0  # epidemic: summary vector message bytes
 
 
 @dataclass(frozen=True)
@@ -229,11 +260,12 @@ class Bulletin:
 
 
 def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
-             posts: list[tuple[float, int]],
-             town: TownMap | None = None) -> tuple[Outcome, list[Bulletin]]:
+             posts: list[tuple[float, int]], town: TownMap | None = None, *,
+             with_ideal: bool = False) -> tuple[Outcome, list[Bulletin]]:
     """Run one mechanism; ``posts`` are (time, poster index).  Returns the outcome and the
     bulletins."""
     t0 = time.perf_counter()
+    is_sync = kind.startswith("sync")
     town = town or TownMap()
     rng = random.Random(seed)
     walkers, ids = population(n, scenario, town, rng)
@@ -257,19 +289,20 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     sync_nodes: dict[bytes, FieldSyncNode] = {}
     epi_nodes: dict[bytes, EpidemicNode] = {}
     for i, nid in enumerate(ids):
-        if kind == "sync":
+        if is_sync:
             node = FieldSyncNode(nid, MemOpStore(), random.Random(seed * 100_003 + i),
-                                 interval_s=30.0, on_new=on_new)
+                                 interval_s=30.0, on_new=on_new, digests=kind == "sync")
             sync_nodes[nid] = node
             net.add_node(nid, node)
         else:
-            epi_nodes[nid] = EpidemicNode(nid, epi_nodes, on_new)
+            epi_nodes[nid] = EpidemicNode(nid, epi_nodes, on_new,
+                                          oracle=kind == "epidemic-oracle")
             net.add_node(nid, epi_nodes[nid])
 
     for op_id, raw, t, poster in bulletins:
         def post(op_id: bytes = op_id, raw: bytes = raw, poster: int = poster) -> None:
             nid = ids[poster]
-            if kind == "sync":
+            if is_sync:
                 node = sync_nodes[nid]
                 applied, _ = node.store.apply_remote([raw], 1_800_000_000_000
                                                      + int(net.now * 1000))
@@ -288,7 +321,7 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
 
     mobility = TownMobility(net, town, walkers, rng,
                             car_targets=list(town.shelters) if scenario == "disaster" else None)
-    if kind == "sync":  # the ideal and the ever-connected sets, from the contact trace
+    if with_ideal:  # the ideal and the ever-connected sets, from the contact trace
         ideal: dict[bytes, dict[bytes, float]] = {op_id: {} for op_id, *_ in bulletins}
         connected: dict[bytes, set[bytes]] = {op_id: set() for op_id, *_ in bulletins}
 
@@ -317,7 +350,7 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
         now = net.now
         out.samples.append((now, sum(len(out.held_at.get(b[0], {})) for b in bulletins)
                             / len(bulletins)))
-        if kind == "sync":
+        if with_ideal:
             out.ideal_samples.append((now, sum(len(out.ideal_at[b[0]]) for b in bulletins)
                                       / len(bulletins)))
         if now + SAMPLE_S <= duration:
@@ -332,6 +365,8 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     out.contacts = mobility.contacts
     out.link_seconds = mobility.link_seconds
     out.wall_s = time.perf_counter() - t0
+    out.note_datagrams = sum(node.notes_sent for node in sync_nodes.values())
+    out.vector_bytes = sum(node.vector_bytes for node in epi_nodes.values())
     for node in sync_nodes.values():
         for part in ("moved", "idle"):
             out.session_bytes[part] += node.session_bytes[part]
@@ -368,27 +403,34 @@ def figures(held: dict[bytes, dict[bytes, float]], bulletins: list[Bulletin],
             "delay_p50_s": _pct(ds, 0.5), "delay_p95_s": _pct(ds, 0.95)}
 
 
-def run(n: int, scenario: str, seed: int, duration: float,
-        town: TownMap | None = None) -> dict[str, Any]:
-    """Both mechanisms and the ideal on the same town and seed; the figures (``--json``)."""
+def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None = None, *,
+        extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Sync, epidemic and the ideal on the same town and seed; the figures (``--json``).
+
+    ``extra`` adds runs reported beside them: ``"sync-periodic"`` (the previous
+    schedule: reconcile at link-up and every 30 s, push on commit) and
+    ``"epidemic-oracle"`` (flooding that knows what a neighbour lacks for free)."""
     posts = [(60.0, 0), (120.0, 1)]  # a phone at the first shelter, then the dealer
-    s_out, bulletins = simulate("sync", n, scenario, seed, duration, posts, town)
+    s_out, bulletins = simulate("sync", n, scenario, seed, duration, posts, town,
+                                with_ideal=True)
     e_out, _ = simulate("epidemic", n, scenario, seed, duration, posts, town)
-    if s_out.contacts != e_out.contacts:
-        raise AssertionError("the two runs saw different contacts")
+    extras = {k: simulate(k, n, scenario, seed, duration, posts, town)[0] for k in extra}
+    if any(o.contacts != s_out.contacts for o in (e_out, *extras.values())):
+        raise AssertionError("the runs saw different contacts")
     conn, ideal = s_out.connected_after, s_out.ideal_at
     sync_f = figures(s_out.held_at, bulletins, conn, ideal)
     epi_f = figures(e_out.held_at, bulletins, conn, ideal)
     ideal_f = figures(ideal, bulletins, conn, ideal)
     size = {b.op_id: b.size for b in bulletins}
     ideal_bytes = sum(size[op_id] * (len(h) - 1) for op_id, h in s_out.ideal_at.items())
-    sync_reached = sum(len(h) - 1 for h in s_out.held_at.values())
-    epi_reached = sum(len(h) - 1 for h in e_out.held_at.values())
+
+    def reached(o: Outcome) -> int:
+        return sum(len(h) - 1 for h in o.held_at.values())
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else a / b
 
-    return {
+    r: dict[str, Any] = {
         "bench": "field", "nodes": n, "scenario": scenario, "seed": seed,
         "duration_s": duration, "bulletins": len(bulletins),
         "bulletin_bytes": [b.size for b in bulletins], "contacts": s_out.contacts,
@@ -398,15 +440,18 @@ def run(n: int, scenario: str, seed: int, duration: float,
         "bytes_vs_epidemic": ratio(s_out.bytes_from_post, e_out.bytes_from_post),
         "call_connect": None,  # calls are not simulated in this version
         "sync": {**sync_f, "bytes": s_out.bytes_from_post, "bytes_whole_run": s_out.bytes_total,
-                 "bytes_per_node_reached": ratio(s_out.bytes_from_post, sync_reached),
+                 "bytes_per_node_reached": ratio(s_out.bytes_from_post, reached(s_out)),
                  "datagrams": s_out.datagrams, "wall_s": round(s_out.wall_s, 1),
                  "session_bytes_moved": s_out.session_bytes["moved"],
                  "session_bytes_idle": s_out.session_bytes["idle"],
                  "sessions_moved": s_out.sessions["moved"],
                  "sessions_idle": s_out.sessions["idle"],
+                 "note_datagrams": s_out.note_datagrams,
                  "bytes_per_link_second": ratio(s_out.bytes_total, s_out.link_seconds)},
         "epidemic": {**epi_f, "bytes": e_out.bytes_from_post,
-                     "bytes_per_node_reached": ratio(e_out.bytes_from_post, epi_reached),
+                     "bytes_whole_run": e_out.bytes_total,
+                     "bytes_per_node_reached": ratio(e_out.bytes_from_post, reached(e_out)),
+                     "vector_bytes": e_out.vector_bytes,
                      "datagrams": e_out.datagrams, "wall_s": round(e_out.wall_s, 1)},
         "ideal": {**ideal_f, "bytes": ideal_bytes},
         "bytes_vs_ideal": ratio(s_out.bytes_from_post, ideal_bytes),
@@ -414,8 +459,17 @@ def run(n: int, scenario: str, seed: int, duration: float,
                            "sync": [c for _, c in s_out.samples],
                            "epidemic": [c for _, c in e_out.samples],
                            "ideal": [c for _, c in s_out.ideal_samples]},
-        "wall_s": round(s_out.wall_s + e_out.wall_s, 1),
+        "wall_s": round(s_out.wall_s + e_out.wall_s
+                        + sum(o.wall_s for o in extras.values()), 1),
     }
+    for k, o in extras.items():
+        f = figures(o.held_at, bulletins, conn, ideal)
+        r[k] = {**f, "bytes": o.bytes_from_post,
+                "bytes_per_node_reached": ratio(o.bytes_from_post, reached(o)),
+                "bytes_vs_epidemic": ratio(o.bytes_from_post, e_out.bytes_from_post),
+                "sessions_moved": o.sessions["moved"], "sessions_idle": o.sessions["idle"],
+                "datagrams": o.datagrams, "wall_s": round(o.wall_s, 1)}
+    return r
 
 
 def plot_png(path: Path, curve: dict[str, list[float]], n: int, width: int = 640,
@@ -489,17 +543,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--extra", default="",
+                    help="comma-separated extra runs: sync-periodic, epidemic-oracle")
     ap.add_argument("--plot", type=Path, default=None,
                     help="write coverage over time (PNG): sync blue, epidemic red, ideal grey")
     a = ap.parse_args(argv)
     n = a.nodes or (300 if a.quick else 1000)
     duration = a.duration or (900.0 if a.quick else 1800.0)
-    r = run(n, a.scenario, a.seed, duration)
+    extra = [k for k in a.extra.split(",") if k]
+    for k in extra:
+        if k not in ("sync-periodic", "epidemic-oracle"):
+            ap.error(f"unknown extra run {k!r}")
+    r = run(n, a.scenario, a.seed, duration, extra=extra)
     print(f"field: {n} nodes, {a.scenario}, seed {a.seed}, {duration:.0f} s simulated, "
           f"{r['contacts']} contacts, wall {r['wall_s']} s")
     print(f"{'':10} {'coverage':>9} {'of ideal':>9} {'p50 s':>7} {'p95 s':>7} {'bytes':>11} "
           f"{'B/reached':>10}")
-    for name in ("sync", "epidemic", "ideal"):
+    for name in ("sync", "epidemic", *extra, "ideal"):
         f = r[name]
         print(f"{name:10} {_fmt(f['coverage']):>9} {_fmt(f['coverage_of_ideal']):>9} "
               f"{_fmt(f['delay_p50_s']):>7} "
@@ -511,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     sy = r["sync"]
     print(f"sync sessions: {sy['sessions_moved']} moved ops ({sy['session_bytes_moved']} B of "
           f"messages), {sy['sessions_idle']} moved none ({sy['session_bytes_idle']} B); "
+          f"{sy['note_datagrams']} digest notes; "
           f"{_fmt(sy['bytes_per_link_second'])} B/s per link in range")
     if a.plot is not None:
         plot_png(a.plot, r["coverage_curve"], n)

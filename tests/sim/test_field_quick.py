@@ -110,8 +110,8 @@ def field() -> dict[str, Any]:
 
 
 def test_bulletins_reach_the_ever_connected_nodes(field: dict[str, Any]) -> None:
-    assert field["coverage"] >= 0.9  # measured 0.967 (as epidemic and the ideal)
-    assert field["sync"]["coverage_of_ideal"] >= 0.95  # measured 0.991
+    assert field["coverage"] >= 0.9  # measured 0.958 (epidemic 0.967, the ideal 0.975)
+    assert field["sync"]["coverage_of_ideal"] >= 0.95  # measured 0.983
     assert field["epidemic"]["coverage"] >= 0.9
     assert field["ideal"]["coverage"] >= field["sync"]["coverage"]
     assert field["call_connect"] is None  # calls are not simulated (yet)
@@ -123,10 +123,14 @@ def test_bulletins_are_as_fast_as_flooding(field: dict[str, Any]) -> None:
     assert field["delay_p95_vs_epidemic"] <= 1.5  # measured 1.00
 
 
-def test_sync_cost_stays_bounded(field: dict[str, Any]) -> None:
-    # Not the target (<= 0.5 x epidemic): sync reconciles every link every 30 s
-    # while the epidemic baseline knows what a peer lacks for free.  Measured 4.6 x
-    # epidemic and ~27 B/s per link in range; these bounds catch a reconciliation storm.
-    assert field["bytes_vs_epidemic"] <= 10
-    assert field["sync"]["bytes_per_link_second"] <= 60
+def test_sync_cost_stays_below_flooding(field: dict[str, Any]) -> None:
+    # The epidemic baseline is honest: it sends its summary vector at every contact.
+    assert field["epidemic"]["vector_bytes"] > 0
+    # Measured 0.84 x epidemic in this sparse small town (0.5-0.7 x in the full runs) and
+    # ~8 B/s per link in range; a reconciliation storm or blind pushes break these bounds
+    # (the previous schedule, reconcile every 30 s and push on commit: 2.8 x, 25 B/s).
+    assert field["bytes_vs_epidemic"] <= 1.0
+    assert field["sync"]["bytes_per_link_second"] <= 15
     assert field["sync"]["sessions_moved"] > 0
+    # sessions open only where the digests differ: few find nothing to move
+    assert field["sync"]["sessions_idle"] <= field["sync"]["sessions_moved"] / 2
