@@ -126,11 +126,24 @@ def test_bulletins_are_as_fast_as_flooding(field: dict[str, Any]) -> None:
 def test_sync_cost_stays_below_flooding(field: dict[str, Any]) -> None:
     # The epidemic baseline is honest: it sends its summary vector at every contact.
     assert field["epidemic"]["vector_bytes"] > 0
-    # Measured 0.84 x epidemic in this sparse small town (0.5-0.7 x in the full runs) and
-    # ~8 B/s per link in range; a reconciliation storm or blind pushes break these bounds
-    # (the previous schedule, reconcile every 30 s and push on commit: 2.8 x, 25 B/s).
+    # Measured 0.64 x epidemic (bulletins and mail; 0.84 x for the bulletins alone) and
+    # ~22 B/s per link in range; a reconciliation storm or blind pushes break these bounds
+    # (the previous schedule, reconcile every 30 s and push on commit: 2.8 x epidemic for
+    # the bulletins alone).
     assert field["bytes_vs_epidemic"] <= 1.0
-    assert field["sync"]["bytes_per_link_second"] <= 15
+    assert field["sync"]["bytes_per_link_second"] <= 40
     assert field["sync"]["sessions_moved"] > 0
     # sessions open only where the digests differ: few find nothing to move
     assert field["sync"]["sessions_idle"] <= field["sync"]["sessions_moved"] / 2
+
+
+def test_mail_is_delivered_as_flooding_delivers_it(field: dict[str, Any]) -> None:
+    m = field["mail"]
+    assert m["messages"] == 10 and m["deliverable_ideal"] >= 5
+    # measured: sync 9 of the 9 deliverable, like epidemic; spray-and-wait 5
+    assert m["sync"]["ratio_of_ideal"] >= 0.8
+    assert m["sync"]["delivered"] >= m["epidemic"]["delivered"] - 1
+    assert m["spray"]["delivered"] <= m["sync"]["delivered"]
+    # the price: sync carries mail to every node (8 x spray-and-wait's op bytes measured)
+    assert m["spray"]["op_bytes"] < m["sync"]["op_bytes"] < 2 * m["epidemic"]["op_bytes"]
+    assert field["mail_delivery"] == m["sync"]["ratio"]
