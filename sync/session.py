@@ -176,10 +176,38 @@ class PeerLedger:
     known: set[bytes] = field(default_factory=set)
     #: op ids some session is sending it right now (not acknowledged yet)
     sending: set[bytes] = field(default_factory=set)
+    #: ops we committed since the last reconciliation with it began, not known to it then
+    fresh: set[bytes] = field(default_factory=set)
+    #: a reconciliation with it completed since its link came up
+    reconciled: bool = False
 
     def clear(self) -> None:
         self.known.clear()
         self.sending.clear()
+        self.fresh.clear()
+        self.reconciled = False
+
+    def committed(self, op_ids: Iterable[bytes]) -> None:
+        """We committed these ops (our own or from any neighbour)."""
+        self.fresh.update(i for i in op_ids if i not in self.known)
+
+    def reconcile_needed(self) -> bool:
+        """Whether a periodic reconciliation could find anything the neighbour lacks: until
+        one has completed since the link came up, yes; after that only while an op we
+        committed since it began is not known to be held by the neighbour (a push that
+        failed).  What the neighbour has and we lack is its own check's business: when
+        neither side changed, neither reconciles."""
+        if not self.reconciled:
+            return True
+        self.fresh.difference_update(self.known)
+        return bool(self.fresh)
+
+    def _reconcile_began(self) -> frozenset[bytes]:
+        return frozenset(self.fresh)
+
+    def _reconcile_completed(self, began: frozenset[bytes]) -> None:
+        self.fresh.difference_update(began)
+        self.reconciled = True
 
 
 # -- digest notes ------------------------------------------------------------------------------
@@ -366,9 +394,11 @@ class SyncSession:
         #: reconciliation cost of this session: bytes both ways, round trips we began
         self.recon_bytes = 0
         self.recon_round_trips = 0
+        self._began: frozenset[bytes] | None = None
         self._enqueue(push)
         if initiator:
             if reconcile:
+                self._began = ledger._reconcile_began()
                 self.rec = Reconciler(index.range_sets())
                 msg = self.rec.initiate()
                 self.recon_bytes += len(msg)
@@ -412,6 +442,7 @@ class SyncSession:
             if self.recon_done:
                 raise DecodeError("state", "reconcile message after the end")
             if self.rec is None:
+                self._began = self._ledger._reconcile_began()
                 self.rec = Reconciler(self._index.range_sets())
             self.recon_bytes += len(frame)
             reply = self.rec.receive(payload)
@@ -565,6 +596,8 @@ class SyncSession:
         # (our END is queued behind every frame but the ACKs still to come, which the
         # caller flushes with frames_to_send after this event)
         if not self.closed and self.got_end and self.sent_end and not self._uncommitted:
+            if self._began is not None:
+                self._ledger._reconcile_completed(self._began)
             self._close(SessionCompleted(self.rec is not None))
 
     def _close(self, event: SessionEvent | None) -> None:

@@ -348,7 +348,10 @@ class SyncSimNode:
             if not p.up or p.running is not None:
                 continue
             if not p.reconcile_due and p.push_at is None and now >= p.next_at:
-                p.reconcile_due = True
+                # (nothing changed on our side since the last reconciliation: skip it)
+                p.reconcile_due = p.ledger.reconcile_needed()
+                if not p.reconcile_due:
+                    p.next_at = now + self.interval_s * (0.75 + 0.5 * self.rng.random())
             if p.reconcile_due and now >= p.next_at:
                 p.reconcile_due = False
                 p.push.clear()  # the reconciliation covers them
@@ -411,6 +414,7 @@ class SyncSimNode:
             return
         for p in self.peers.values():
             if p.up:
+                p.ledger.committed(o.op_id for o in ops)
                 p.push.extend(o.op_id for o in ops if o.op_id not in p.ledger.known)
                 if p.push and p.push_at is None:
                     p.push_at = now + self.push_delay_s

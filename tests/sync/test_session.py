@@ -340,3 +340,41 @@ def test_digest_gossip_two_notes_per_contact_and_per_change() -> None:
     assert low.theirs == d_high  # (a malformed note changes nothing)
     low.link_down()
     assert low.theirs is None and not low.note_due(1e9) and not low.wants_reconcile(d_low)
+
+
+def _run(sa: SyncSession, sb: SyncSession, ia: Index, ib: Index) -> None:
+    now = 0.0
+    for _ in range(20):  # each end delivers its frames to the other, commits at once
+        now += 0.01
+        for me, other, idx in ((sa, sb, ia), (sb, sa, ib)):
+            load_all(me, idx, now)
+            for frame in me.frames_to_send(now):
+                other.receive_frame(frame, now)
+            for ev in events(other):
+                if isinstance(ev, OpsReceived):
+                    other.batch_committed(ev.batch, now)
+        if sa.closed and sb.closed:
+            return
+    raise AssertionError("the session did not end")
+
+
+def test_ledger_says_when_a_periodic_reconciliation_can_find_nothing() -> None:
+    a, b = Index(), Index()
+    a.add(b"old" * 20, "bulletin", 1)
+    b.add(b"old" * 20, "bulletin", 1)
+    la, lb = PeerLedger(), PeerLedger()
+    assert la.reconcile_needed()  # nothing reconciled since the link came up
+    sa = SyncSession(a, la, 0.0, initiator=True, reconcile=True)
+    sb = SyncSession(b, lb, 0.0, initiator=False, reconcile=True)
+    new = a.add(b"new" * 20, "bulletin", 2)
+    la.committed([new])  # committed after the reconciliation began: not covered by it
+    _run(sa, sb, a, b)
+    assert la.reconciled and lb.reconciled
+    assert not lb.reconcile_needed()  # b committed nothing
+    assert la.reconcile_needed()  # ``new`` was not in a's snapshot, b does not hold it
+    la.known.add(new)  # (a push delivered it)
+    assert not la.reconcile_needed()
+    la.committed([new])  # one the neighbour is known to hold does not count
+    assert not la.reconcile_needed()
+    la.clear()
+    assert la.reconcile_needed() and not la.fresh

@@ -241,7 +241,7 @@ def test_digest_gossip_converges_under_seeded_loss_with_each_op_once_per_link() 
     assert ops_in <= 1.5 * len(w.edges) * len(w.created)
 
 
-def test_digest_gossip_is_silent_once_converged_where_the_periodic_schedule_is_not() -> None:
+def test_converged_neighbours_stay_silent_on_either_schedule() -> None:
     def idle(digests: bool) -> tuple[int, int]:
         w = World(3, 20, interval_s=5.0, digests=digests)
         w.edits(list(range(20)), 30, start=0.5, span_s=2.0)
@@ -251,10 +251,10 @@ def test_digest_gossip_is_silent_once_converged_where_the_periodic_schedule_is_n
         w.net.run_for(120.0)
         return len(w.net.log) - sessions, w.net.stats.bytes_sent - sent
 
-    sessions, sent = idle(True)
-    assert (sessions, sent) == (0, 0)
-    sessions, sent = idle(False)
-    assert sessions > 100 and sent > 10_000  # every link reconciled every ~5 s
+    # digests: nothing differs, nothing is said; periodic (every ~5 s here): nothing
+    # committed since the last reconciliation that the peer does not hold, no session
+    assert idle(True) == (0, 0)
+    assert idle(False) == (0, 0)
 
 
 def test_digest_gossip_partition_and_heal_without_link_events() -> None:
