@@ -20,9 +20,12 @@ With ``digests=True`` the schedule is the digest gossip of
 changes, and a reconciliation only while the two digests differ: opened
 ``push_delay_s`` after our own set changed (the node that got something new
 offers it, its opening listing the newest ids so the peer takes only what it
-lacks), four to eight times later after the peer's note showed a difference
-(so usually only one end opens), never while a session with that peer runs.
-No periodic reconciliation and no blind push.
+lacks) or after the peer's note showed a difference if we have the lower id,
+four to eight times later if we have the higher (so usually only one end
+opens), never while a session with that peer runs.  No periodic
+reconciliation and no blind push.  Without ``digests`` the periodic
+reconciliation is skipped while ``PeerLedger.reconcile_needed`` says nothing we
+committed is missing at the peer (as ``sync.service`` does).
 """
 
 from __future__ import annotations
