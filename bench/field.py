@@ -27,8 +27,8 @@ moves, same contact trace, checked):
 * **ideal**: zero transfer time along the contacts in range each tick
   (time-respecting paths), costing bulletin bytes x nodes reached.
 
-``--extra`` adds ``sync-periodic`` (the previous schedule: reconcile at link-up
-and every 30 s, push on commit) and ``epidemic-oracle`` (flooding that knows
+``--extra`` adds ``sync-periodic`` (the daemon's schedule: reconcile at link-up,
+push on commit, every 30 s while something committed is not known at the neighbour) and ``epidemic-oracle`` (flooding that knows
 what a neighbour lacks for free, no vectors: a lower bound for any flooding).
 
 Figures: bulletin coverage of ever-connected nodes (nodes with a contact after
@@ -537,8 +537,8 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
         extra: Sequence[str] = ()) -> dict[str, Any]:
     """Sync, epidemic and the ideal on the same town and seed; the figures (``--json``).
 
-    ``extra`` adds runs reported beside them: ``"sync-periodic"`` (the previous
-    schedule: reconcile at link-up and every 30 s, push on commit) and
+    ``extra`` adds runs reported beside them: ``"sync-periodic"`` (the daemon's
+    schedule: reconcile at link-up, push on commit, every 30 s while needed) and
     ``"epidemic-oracle"`` (flooding that knows what a neighbour lacks for free)."""
     posts = [(60.0, 0), (120.0, 1)]  # a phone at the first shelter, then the dealer
     mrng = random.Random(f"{seed}:mail-pairs")
@@ -560,7 +560,9 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
     epi_f = figures(e_out.held_at, bulletins, conn, ideal)
     ideal_f = figures(ideal, bulletins, conn, ideal)
     size = {b.op_id: b.size for b in bulletins}
-    ideal_bytes = sum(size[b.op_id] * (len(s_out.ideal_at[b.op_id]) - 1) for b in bulletins)
+    size.update({m.op_id: m.size for m in mail})
+    # every op (bulletins and mail) to every node the ideal reaches
+    ideal_bytes = sum(size[op_id] * (len(h) - 1) for op_id, h in s_out.ideal_at.items())
 
     def reached(o: Outcome) -> int:
         return sum(len(o.held_at.get(b.op_id, {})) - 1 for b in bulletins)
