@@ -1,36 +1,44 @@
-"""Field benchmark: emergency bulletins in a town with no carrier network, on the simulator.
+"""Field benchmark: emergency bulletins and mail in a town with no carrier network, simulated.
 
 Run: ``.venv/bin/python bench/field.py [--quick] [--nodes N] [--scenario town|disaster]
-[--seed S] [--duration S] [--json]``
+[--seed S] [--duration S] [--json] [--plot PNG] [--extra sync-periodic,epidemic-oracle]``
 
 A town (``tests.sim.town``: a ~4.5 x 3.4 km street grid, cars at 10-50 km/h,
 pedestrians at 0.5-1.5 m/s, phones at 8 shelters, a dealer in the centre; the
 disaster variant puts most phones at the shelters and sends the cars from
 shelter to shelter) over a ~100 m radio whose delay and loss grow with
 distance.  Two signed bulletins are posted (by a phone at the first shelter,
-then by the dealer) and spread with three mechanisms over the same contacts
-(same seed, same moves, same contact trace, checked):
+then by the dealer) and ``max(10, n / 10)`` sealed mail ops between random
+pairs; they spread with each mechanism over the same contacts (same seed, same
+moves, same contact trace, checked):
 
 * **sync**: every node runs the real sync session core (``sync.session``) and
   apply planner (``sync.apply``) behind an in-memory store
-  (``tests.sync.simsync.SyncSimNode``, the daemon's per-neighbour schedule:
-  reconcile at link-up and every 30 s, push what was just committed), over
-  reliable streams on the lossy links;
-* **epidemic** flooding: at every contact, and whenever it receives a new
-  bulletin, a node sends each neighbour every bulletin that neighbour lacks, in
-  full, over the same reliable streams; it knows what the neighbour lacks for
-  free (an oracle, no summary vector, no reconciliation), so its byte count is
-  a lower bound for real flooding and ``bytes_vs_epidemic`` is conservative;
+  (``tests.sync.simsync.SyncSimNode``) on the digest schedule
+  (``sync.session.PeerDigests``: a 15-byte note each way at contact start and
+  after a change, a reconciliation only where the digests differ), over
+  reliable streams on the lossy links.  Mail is an op like any other (carmesh
+  stores mail for the unreachable as a ``mail.sealed`` op carried by sync);
+* **epidemic** flooding (Vahdat and Becker): at every contact each end sends its
+  summary vector (16-byte id prefixes), then every op the other's vector lacks,
+  in full; an op that arrives later goes at once to every neighbour not known
+  to hold it; no reconciliation;
+* **spray-and-wait** (binary, 8 copies), for mail only;
 * **ideal**: zero transfer time along the contacts in range each tick
   (time-respecting paths), costing bulletin bytes x nodes reached.
 
-Figures: coverage of ever-connected nodes (nodes with a contact after the
-bulletin was posted), delay p50/p95 from posting to holding, bytes sent on
-the air from the first posting to the end (data, acknowledgements,
-re-sends; sync also pays its idle 30 s reconciliations), wall time.  Calls
-and mail are not simulated (``call_connect`` is null), nor routing: this
-version measures bulletin dissemination only.  ``--json`` prints one JSON
-object as the last line.
+``--extra`` adds ``sync-periodic`` (the daemon's schedule: reconcile at link-up,
+push on commit, every 30 s while something committed is not known at the neighbour) and ``epidemic-oracle`` (flooding that knows
+what a neighbour lacks for free, no vectors: a lower bound for any flooding).
+
+Figures: bulletin coverage of ever-connected nodes (nodes with a contact after
+the bulletin was posted), delay p50/p95 from posting to holding, bytes sent on
+the air from the first posting to the end (everything: notes, vectors, data,
+acknowledgements, re-sends, mail included), mail delivery ratio and delay and
+the op bytes each mechanism sent for mail, wall and CPU time.  Not simulated:
+calls and routing (``call_connect`` is null), link set-up before the first
+sync byte (links come up at once).  ``--json`` prints one JSON object as the
+last line.
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ from tests.sim.town import TownMap, TownMobility, Walker
 from tests.sync.simsync import MemOpStore, SyncSimNode
 
 BULLETIN_BODY = 600  #: bytes of text per bulletin
+MAIL_BODY = 300  #: bytes of a sealed mail body
+SPRAY_COPIES = 8  #: spray-and-wait's copies per message
 SAMPLE_S = 10.0  #: coverage-over-time sampling
 
 
@@ -101,23 +111,40 @@ def population(n: int, scenario: str, town: TownMap,
 
 
 class EpidemicNode:
-    """Flooding: send every neighbour every bulletin it lacks, at contact and on arrival."""
+    """Flooding with summary vectors (Vahdat and Becker's epidemic routing, one round).
+
+    At contact start each end sends its summary vector (``V`` then the 16-byte id prefix of
+    every bulletin it holds) on a reliable stream; on the peer's vector it sends, in full
+    (``O`` then the op), every bulletin the vector lacks.  A bulletin that arrives later is
+    sent at once to every neighbour not known to hold it (its vector, what it sent us, what
+    we sent it): no reconciliation, no offer, so a neighbour that got it from someone else
+    meanwhile gets it again.  With ``oracle=True`` a node knows what a neighbour holds for
+    free instead (no vectors sent): a lower bound for any flooding."""
 
     def __init__(self, node_id: bytes, directory: dict[bytes, EpidemicNode],
-                 on_new: Any) -> None:
+                 on_new: Any, *, oracle: bool = False,
+                 kinds: dict[bytes, str] | None = None,
+                 op_bytes: dict[str, int] | None = None) -> None:
         self.node_id = node_id
-        self.directory = directory  # the oracle: who holds what
+        self.kinds = kinds or {}
+        self.op_bytes_by_kind = op_bytes if op_bytes is not None else {}
+        self.directory = directory  # the oracle (oracle=True only): who holds what
+        self.oracle = oracle
         self.on_new = on_new
         self.held: dict[bytes, bytes] = {}
         self.mux = StreamMux()
         self.up: dict[bytes, StreamKey] = {}
-        self.sent: dict[bytes, set[bytes]] = {}
+        #: per neighbour: id prefixes it holds to our knowledge (None: its vector not heard)
+        self.known: dict[bytes, set[bytes] | None] = {}
+        self.vector_bytes = 0
 
     def post(self, raw: bytes, now: float) -> None:
-        self._got(raw, now)
+        self._got(raw, now, None)
 
-    def _got(self, raw: bytes, now: float) -> None:
+    def _got(self, raw: bytes, now: float, src: bytes | None) -> None:
         op_id = hashlib.sha256(raw).digest()
+        if src is not None and (k := self.known.get(src)) is not None:
+            k.add(op_id[:16])
         if op_id in self.held:
             return
         self.held[op_id] = raw
@@ -126,28 +153,46 @@ class EpidemicNode:
             self._offer(peer, now)
 
     def _offer(self, peer: bytes, now: float) -> None:
-        lacks = self.directory[peer].held
-        sent = self.sent[peer]
+        known = self.known.get(peer)
+        if known is None:
+            return  # its vector has not arrived: it will say what it lacks
+        lacks = self.directory[peer].held if self.oracle else None
         for op_id, raw in self.held.items():
-            if op_id not in lacks and op_id not in sent:
-                sent.add(op_id)
-                self.mux.send(self.up[peer], raw, now)
+            if op_id[:16] in known or (lacks is not None and op_id in lacks):
+                continue
+            known.add(op_id[:16])
+            k = self.kinds.get(op_id, "bulletin")
+            self.op_bytes_by_kind[k] = self.op_bytes_by_kind.get(k, 0) + len(raw)
+            self.mux.send(self.up[peer], b"O" + raw, now)
 
     def link_up(self, peer: bytes, now: float) -> None:
         self.up[peer] = self.mux.open(peer)
-        self.sent[peer] = set()
-        self._offer(peer, now)
+        if self.oracle:
+            self.known[peer] = set()
+            self._offer(peer, now)
+        else:
+            self.known[peer] = None
+            vector = b"V" + b"".join(sorted(i[:16] for i in self.held))
+            self.vector_bytes += len(vector)
+            self.mux.send(self.up[peer], vector, now)
 
     def link_down(self, peer: bytes, now: float) -> None:
         self.up.pop(peer, None)
-        self.sent.pop(peer, None)
+        self.known.pop(peer, None)
         self.mux.reset_peer(peer)
 
     def receive(self, src: bytes, data: bytes, now: float) -> None:
         self.mux.receive(src, data, now)
         while (ev := self.mux.next_event()) is not None:
             if isinstance(ev, MessageReceived):
-                self._got(ev.data, now)
+                if ev.key.peer not in self.up:
+                    continue
+                if ev.data[:1] == b"O":
+                    self._got(ev.data[1:], now, ev.key.peer)
+                elif ev.data[:1] == b"V" and (len(ev.data) - 1) % 16 == 0:
+                    v = ev.data[1:]
+                    self.known[ev.key.peer] = {v[i:i + 16] for i in range(0, len(v), 16)}
+                    self._offer(ev.key.peer, now)
             elif isinstance(ev, StreamOpened) and ev.key.peer not in self.up:
                 self.mux.reset(ev.key)
 
@@ -159,6 +204,82 @@ class EpidemicNode:
 
     def handle_timer(self, now: float) -> None:
         self.mux.handle_timer(now)
+
+
+class SprayNode(EpidemicNode):
+    """Binary spray-and-wait (Spyropoulos, Psounis and Raghavendra, 2005) for mail.
+
+    A message starts with ``SPRAY_COPIES`` copies at its sender.  Contacts begin with the
+    summary vectors of ``EpidemicNode``; a node holding ``c > 1`` copies of a message hands
+    ``c // 2`` of them to a neighbour that lacks it, and with one copy left it waits and
+    gives the message only to its destination.  Messages are ``O``, copies (1 byte), the
+    destination (16 bytes), the op."""
+
+    def __init__(self, node_id: bytes, on_new: Any, op_bytes: dict[str, int]) -> None:
+        super().__init__(node_id, {}, on_new)
+        self.copies: dict[bytes, int] = {}
+        self.dst: dict[bytes, bytes] = {}
+        self.op_bytes = op_bytes
+
+    def post_mail(self, raw: bytes, dst: bytes, now: float) -> None:
+        self._take(raw, SPRAY_COPIES, dst, now, None)
+
+    def _take(self, raw: bytes, copies: int, dst: bytes, now: float, src: bytes | None) -> None:
+        op_id = hashlib.sha256(raw).digest()
+        if src is not None and (k := self.known.get(src)) is not None:
+            k.add(op_id[:16])
+        if op_id in self.held:
+            return
+        self.held[op_id] = raw
+        self.copies[op_id] = 0 if dst == self.node_id else copies
+        self.dst[op_id] = dst
+        self.on_new(self.node_id, op_id, now)
+        for peer in sorted(self.up):
+            self._offer(peer, now)
+
+    def _offer(self, peer: bytes, now: float) -> None:
+        known = self.known.get(peer)
+        if known is None:
+            return
+        for op_id, raw in self.held.items():
+            c = self.copies[op_id]
+            if op_id[:16] in known or not (c > 1 or (c == 1 and self.dst[op_id] == peer)):
+                continue
+            give = c // 2 if c > 1 else 1
+            self.copies[op_id] = c - give
+            known.add(op_id[:16])
+            self.op_bytes["mail"] = self.op_bytes.get("mail", 0) + len(raw)
+            self.mux.send(self.up[peer], b"O" + bytes([give]) + self.dst[op_id] + raw, now)
+
+    def receive(self, src: bytes, data: bytes, now: float) -> None:
+        self.mux.receive(src, data, now)
+        while (ev := self.mux.next_event()) is not None:
+            if isinstance(ev, MessageReceived):
+                if ev.key.peer not in self.up:
+                    continue
+                d = ev.data
+                if d[:1] == b"O" and len(d) > 18:
+                    self._take(d[18:], d[1], d[2:18], now, ev.key.peer)
+                elif d[:1] == b"V" and (len(d) - 1) % 16 == 0:
+                    self.known[ev.key.peer] = {d[i:i + 16] for i in range(1, len(d), 16)}
+                    self._offer(ev.key.peer, now)
+            elif isinstance(ev, StreamOpened) and ev.key.peer not in self.up:
+                self.mux.reset(ev.key)
+
+
+class _CountingStore(MemOpStore):
+    """A ``MemOpStore`` that counts the op bytes it hands to sessions (sent), by namespace."""
+
+    def __init__(self, op_bytes: dict[str, int]) -> None:
+        super().__init__()
+        self.op_bytes = op_bytes
+
+    def get_raw_pairs(self, op_ids: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        pairs = super().get_raw_pairs(op_ids)
+        for op_id, raw in pairs:
+            ns = self.durable.ops[op_id].namespace
+            self.op_bytes[ns] = self.op_bytes.get(ns, 0) + len(raw)
+        return pairs
 
 
 class _CountingMux(StreamMux):
@@ -211,6 +332,7 @@ class Outcome:
     #: (t, nodes holding a bulletin, averaged over the bulletins)
     samples: list[tuple[float, float]] = field(default_factory=list)
     wall_s: float = 0.0
+    cpu_s: float = 0.0
     # the ideal (filled by the sync run only)
     ideal_at: dict[bytes, dict[bytes, float]] = field(default_factory=dict)
     connected_after: dict[bytes, set[bytes]] = field(default_factory=dict)
@@ -218,6 +340,18 @@ class Outcome:
     # sync only: message bytes of sessions that moved ops / moved none (no stream overhead)
     session_bytes: dict[str, int] = field(default_factory=lambda: {"moved": 0, "idle": 0})
     sessions: dict[str, int] = field(default_factory=lambda: {"moved": 0, "idle": 0})
+    note_datagrams: int = 0  # sync: digest notes sent
+    op_bytes: dict[str, int] = field(default_factory=dict)  # op bytes sent, by namespace
+    vector_bytes: int = 0  # epidemic: summary vector message bytes
+
+
+@dataclass(frozen=True)
+class Mail:
+    op_id: bytes
+    size: int
+    posted: float
+    sender: bytes
+    to: bytes
 
 
 @dataclass(frozen=True)
@@ -229,11 +363,14 @@ class Bulletin:
 
 
 def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
-             posts: list[tuple[float, int]],
-             town: TownMap | None = None) -> tuple[Outcome, list[Bulletin]]:
-    """Run one mechanism; ``posts`` are (time, poster index).  Returns the outcome and the
-    bulletins."""
-    t0 = time.perf_counter()
+             posts: list[tuple[float, int]], town: TownMap | None = None, *,
+             with_ideal: bool = False, mails: Sequence[tuple[float, int, int]] = (),
+             ) -> tuple[Outcome, list[Bulletin], list[Mail]]:
+    """Run one mechanism (``sync``, ``sync-periodic``, ``epidemic``, ``epidemic-oracle`` or
+    ``spray``: mail only); ``posts`` are (time, poster index), ``mails`` (time, sender
+    index, recipient index).  Returns the outcome, the bulletins and the mails."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    is_sync = kind.startswith("sync")
     town = town or TownMap()
     rng = random.Random(seed)
     walkers, ids = population(n, scenario, town, rng)
@@ -253,23 +390,47 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
                              body=key_rng.randbytes(BULLETIN_BODY // 2).hex().encode(),
                              wall_ms=1_800_000_000_000 + int(t * 1000))
         bulletins.append((op.op_id, op.raw, t, poster))
+    mail_rng = random.Random(f"{seed}:mail")
+    mail: list[tuple[bytes, bytes, float, int, int]] = []  # (op id, raw, t, sender, to)
+    for k, (t, src, dst) in enumerate(mails):
+        sk = Ed25519PrivateKey.from_private_bytes(mail_rng.randbytes(32))
+        op = MemOpStore().add_local(sk, kind="mail.sealed", doc_id=k.to_bytes(16, "big"),
+                                    body=mail_rng.randbytes(MAIL_BODY),
+                                    wall_ms=1_800_000_000_000 + int(t * 1000))
+        mail.append((op.op_id, op.raw, t, src, dst))
+    kinds = {op_id: "mail" for op_id, *_ in mail}
+    if kind == "spray":
+        bulletins = []
 
     sync_nodes: dict[bytes, FieldSyncNode] = {}
     epi_nodes: dict[bytes, EpidemicNode] = {}
+    spray_nodes: dict[bytes, SprayNode] = {}
     for i, nid in enumerate(ids):
-        if kind == "sync":
-            node = FieldSyncNode(nid, MemOpStore(), random.Random(seed * 100_003 + i),
-                                 interval_s=30.0, on_new=on_new)
+        if kind == "spray":
+            spray_nodes[nid] = SprayNode(nid, on_new, out.op_bytes)
+            net.add_node(nid, spray_nodes[nid])
+        elif is_sync:
+            node = FieldSyncNode(nid, _CountingStore(out.op_bytes),
+                                 random.Random(seed * 100_003 + i),
+                                 interval_s=30.0, on_new=on_new, digests=kind == "sync")
             sync_nodes[nid] = node
             net.add_node(nid, node)
         else:
-            epi_nodes[nid] = EpidemicNode(nid, epi_nodes, on_new)
+            epi_nodes[nid] = EpidemicNode(nid, epi_nodes, on_new,
+                                          oracle=kind == "epidemic-oracle", kinds=kinds,
+                                          op_bytes=out.op_bytes)
             net.add_node(nid, epi_nodes[nid])
 
-    for op_id, raw, t, poster in bulletins:
-        def post(op_id: bytes = op_id, raw: bytes = raw, poster: int = poster) -> None:
+    injects = [(op_id, raw, t, poster, -1) for op_id, raw, t, poster in bulletins]
+    injects += mail
+    for op_id, raw, t, poster, to in injects:
+        def post(op_id: bytes = op_id, raw: bytes = raw, poster: int = poster,
+                 to: int = to) -> None:
             nid = ids[poster]
-            if kind == "sync":
+            if kind == "spray":
+                spray_nodes[nid].post_mail(raw, ids[to], net.now)
+                net.replace_node(nid, spray_nodes[nid])
+            elif is_sync:
                 node = sync_nodes[nid]
                 applied, _ = node.store.apply_remote([raw], 1_800_000_000_000
                                                      + int(net.now * 1000))
@@ -280,7 +441,7 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
                 epi_nodes[nid].post(raw, net.now)
                 net.replace_node(nid, epi_nodes[nid])
         net.schedule(t, post)
-    first_post = min(t for _, _, t, _ in bulletins)
+    first_post = min(t for _, _, t, _, _ in injects)
 
     def mark() -> None:
         out.bytes_from_post = -net.stats.bytes_sent
@@ -288,16 +449,16 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
 
     mobility = TownMobility(net, town, walkers, rng,
                             car_targets=list(town.shelters) if scenario == "disaster" else None)
-    if kind == "sync":  # the ideal and the ever-connected sets, from the contact trace
-        ideal: dict[bytes, dict[bytes, float]] = {op_id: {} for op_id, *_ in bulletins}
-        connected: dict[bytes, set[bytes]] = {op_id: set() for op_id, *_ in bulletins}
+    if with_ideal:  # the ideal and the ever-connected sets, from the contact trace
+        ideal: dict[bytes, dict[bytes, float]] = {op_id: {} for op_id, *_ in injects}
+        connected: dict[bytes, set[bytes]] = {op_id: set() for op_id, *_ in injects}
 
         def on_tick(now: float, pairs: list[tuple[bytes, bytes]]) -> None:
             adj: dict[bytes, list[bytes]] = {}
             for a, b in pairs:
                 adj.setdefault(a, []).append(b)
                 adj.setdefault(b, []).append(a)
-            for op_id, _, t, poster in bulletins:
+            for op_id, _, t, poster, _ in injects:
                 if now < t:
                     continue
                 reached = ideal[op_id]
@@ -316,10 +477,10 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     def sample() -> None:
         now = net.now
         out.samples.append((now, sum(len(out.held_at.get(b[0], {})) for b in bulletins)
-                            / len(bulletins)))
-        if kind == "sync":
+                            / max(1, len(bulletins))))
+        if with_ideal:
             out.ideal_samples.append((now, sum(len(out.ideal_at[b[0]]) for b in bulletins)
-                                      / len(bulletins)))
+                                      / max(1, len(bulletins))))
         if now + SAMPLE_S <= duration:
             net.schedule(now + SAMPLE_S, sample)
     net.schedule(0.0, sample)
@@ -332,11 +493,15 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     out.contacts = mobility.contacts
     out.link_seconds = mobility.link_seconds
     out.wall_s = time.perf_counter() - t0
+    out.cpu_s = time.process_time() - c0
+    out.note_datagrams = sum(node.notes_sent for node in sync_nodes.values())
+    out.vector_bytes = sum(node.vector_bytes for node in epi_nodes.values())
     for node in sync_nodes.values():
         for part in ("moved", "idle"):
             out.session_bytes[part] += node.session_bytes[part]
             out.sessions[part] += node.sessions[part]
-    return out, [Bulletin(op_id, len(raw), t, ids[poster]) for op_id, raw, t, poster in bulletins]
+    return (out, [Bulletin(op_id, len(raw), t, ids[poster]) for op_id, raw, t, poster in bulletins],
+            [Mail(op_id, len(raw), t, ids[src], ids[dst]) for op_id, raw, t, src, dst in mail])
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -368,27 +533,59 @@ def figures(held: dict[bytes, dict[bytes, float]], bulletins: list[Bulletin],
             "delay_p50_s": _pct(ds, 0.5), "delay_p95_s": _pct(ds, 0.95)}
 
 
-def run(n: int, scenario: str, seed: int, duration: float,
-        town: TownMap | None = None) -> dict[str, Any]:
-    """Both mechanisms and the ideal on the same town and seed; the figures (``--json``)."""
+def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None = None, *,
+        extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Sync, epidemic and the ideal on the same town and seed; the figures (``--json``).
+
+    ``extra`` adds runs reported beside them: ``"sync-periodic"`` (the daemon's
+    schedule: reconcile at link-up, push on commit, every 30 s while needed) and
+    ``"epidemic-oracle"`` (flooding that knows what a neighbour lacks for free)."""
     posts = [(60.0, 0), (120.0, 1)]  # a phone at the first shelter, then the dealer
-    s_out, bulletins = simulate("sync", n, scenario, seed, duration, posts, town)
-    e_out, _ = simulate("epidemic", n, scenario, seed, duration, posts, town)
-    if s_out.contacts != e_out.contacts:
-        raise AssertionError("the two runs saw different contacts")
+    mrng = random.Random(f"{seed}:mail-pairs")
+    mails = []
+    for _ in range(max(10, n // 10)):
+        src, dst = mrng.sample(range(n), 2)
+        mails.append((mrng.uniform(60.0, min(360.0, duration / 2)), src, dst))
+    mails.sort()
+    s_out, bulletins, mail = simulate("sync", n, scenario, seed, duration, posts, town,
+                                      with_ideal=True, mails=mails)
+    e_out, _, _ = simulate("epidemic", n, scenario, seed, duration, posts, town, mails=mails)
+    w_out, _, _ = simulate("spray", n, scenario, seed, duration, posts, town, mails=mails)
+    extras = {k: simulate(k, n, scenario, seed, duration, posts, town, mails=mails)[0]
+              for k in extra}
+    if any(o.contacts != s_out.contacts for o in (e_out, w_out, *extras.values())):
+        raise AssertionError("the runs saw different contacts")
     conn, ideal = s_out.connected_after, s_out.ideal_at
     sync_f = figures(s_out.held_at, bulletins, conn, ideal)
     epi_f = figures(e_out.held_at, bulletins, conn, ideal)
     ideal_f = figures(ideal, bulletins, conn, ideal)
     size = {b.op_id: b.size for b in bulletins}
+    size.update({m.op_id: m.size for m in mail})
+    # every op (bulletins and mail) to every node the ideal reaches
     ideal_bytes = sum(size[op_id] * (len(h) - 1) for op_id, h in s_out.ideal_at.items())
-    sync_reached = sum(len(h) - 1 for h in s_out.held_at.values())
-    epi_reached = sum(len(h) - 1 for h in e_out.held_at.values())
+
+    def reached(o: Outcome) -> int:
+        return sum(len(o.held_at.get(b.op_id, {})) - 1 for b in bulletins)
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else a / b
 
-    return {
+    def mail_f(o: Outcome) -> dict[str, Any]:
+        ds = [o.held_at[m.op_id][m.to] - m.posted for m in mail
+              if m.to in o.held_at.get(m.op_id, {})]
+        return {"delivered": len(ds), "ratio": len(ds) / len(mail),
+                "ratio_of_ideal": ratio(len(ds), deliverable),
+                "delay_p50_s": _pct(ds, 0.5), "delay_p95_s": _pct(ds, 0.95),
+                "op_bytes": o.op_bytes.get("mail", 0)}
+
+    deliverable = sum(1 for m in mail if m.to in s_out.ideal_at[m.op_id])
+    mail_r: dict[str, Any] = {"messages": len(mail), "bytes_each": mail[0].size if mail else None,
+              "deliverable_ideal": deliverable, "spray_copies": SPRAY_COPIES,
+              "sync": mail_f(s_out), "epidemic": mail_f(e_out), "spray": mail_f(w_out),
+              "spray_bytes_whole_run": w_out.bytes_total, "spray_wall_s": round(w_out.wall_s, 1)}
+    mail_r["ratio_vs_epidemic"] = ratio(mail_r["sync"]["ratio"], mail_r["epidemic"]["ratio"])
+    mail_r["op_bytes_vs_spray"] = ratio(mail_r["sync"]["op_bytes"], mail_r["spray"]["op_bytes"])
+    r: dict[str, Any] = {
         "bench": "field", "nodes": n, "scenario": scenario, "seed": seed,
         "duration_s": duration, "bulletins": len(bulletins),
         "bulletin_bytes": [b.size for b in bulletins], "contacts": s_out.contacts,
@@ -398,24 +595,42 @@ def run(n: int, scenario: str, seed: int, duration: float,
         "bytes_vs_epidemic": ratio(s_out.bytes_from_post, e_out.bytes_from_post),
         "call_connect": None,  # calls are not simulated in this version
         "sync": {**sync_f, "bytes": s_out.bytes_from_post, "bytes_whole_run": s_out.bytes_total,
-                 "bytes_per_node_reached": ratio(s_out.bytes_from_post, sync_reached),
+                 "bytes_per_node_reached": ratio(s_out.bytes_from_post, reached(s_out)),
                  "datagrams": s_out.datagrams, "wall_s": round(s_out.wall_s, 1),
+                 "cpu_s": round(s_out.cpu_s, 1),
                  "session_bytes_moved": s_out.session_bytes["moved"],
                  "session_bytes_idle": s_out.session_bytes["idle"],
                  "sessions_moved": s_out.sessions["moved"],
                  "sessions_idle": s_out.sessions["idle"],
+                 "note_datagrams": s_out.note_datagrams,
                  "bytes_per_link_second": ratio(s_out.bytes_total, s_out.link_seconds)},
         "epidemic": {**epi_f, "bytes": e_out.bytes_from_post,
-                     "bytes_per_node_reached": ratio(e_out.bytes_from_post, epi_reached),
-                     "datagrams": e_out.datagrams, "wall_s": round(e_out.wall_s, 1)},
+                     "bytes_whole_run": e_out.bytes_total,
+                     "bytes_per_node_reached": ratio(e_out.bytes_from_post, reached(e_out)),
+                     "vector_bytes": e_out.vector_bytes,
+                     "datagrams": e_out.datagrams, "wall_s": round(e_out.wall_s, 1),
+                     "cpu_s": round(e_out.cpu_s, 1)},
         "ideal": {**ideal_f, "bytes": ideal_bytes},
         "bytes_vs_ideal": ratio(s_out.bytes_from_post, ideal_bytes),
         "coverage_curve": {"t": [t for t, _ in s_out.samples],
                            "sync": [c for _, c in s_out.samples],
                            "epidemic": [c for _, c in e_out.samples],
                            "ideal": [c for _, c in s_out.ideal_samples]},
-        "wall_s": round(s_out.wall_s + e_out.wall_s, 1),
+        "mail": mail_r,
+        "mail_delivery": mail_r["sync"]["ratio"],
+        "wall_s": round(s_out.wall_s + e_out.wall_s + w_out.wall_s
+                        + sum(o.wall_s for o in extras.values()), 1),
+        "cpu_s": round(s_out.cpu_s + e_out.cpu_s + w_out.cpu_s
+                       + sum(o.cpu_s for o in extras.values()), 1),
     }
+    for k, o in extras.items():
+        f = figures(o.held_at, bulletins, conn, ideal)
+        r[k] = {**f, "bytes": o.bytes_from_post,
+                "bytes_per_node_reached": ratio(o.bytes_from_post, reached(o)),
+                "bytes_vs_epidemic": ratio(o.bytes_from_post, e_out.bytes_from_post),
+                "sessions_moved": o.sessions["moved"], "sessions_idle": o.sessions["idle"],
+                "datagrams": o.datagrams, "wall_s": round(o.wall_s, 1)}
+    return r
 
 
 def plot_png(path: Path, curve: dict[str, list[float]], n: int, width: int = 640,
@@ -489,17 +704,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--extra", default="",
+                    help="comma-separated extra runs: sync-periodic, epidemic-oracle")
     ap.add_argument("--plot", type=Path, default=None,
                     help="write coverage over time (PNG): sync blue, epidemic red, ideal grey")
     a = ap.parse_args(argv)
     n = a.nodes or (300 if a.quick else 1000)
     duration = a.duration or (900.0 if a.quick else 1800.0)
-    r = run(n, a.scenario, a.seed, duration)
+    extra = [k for k in a.extra.split(",") if k]
+    for k in extra:
+        if k not in ("sync-periodic", "epidemic-oracle"):
+            ap.error(f"unknown extra run {k!r}")
+    r = run(n, a.scenario, a.seed, duration, extra=extra)
     print(f"field: {n} nodes, {a.scenario}, seed {a.seed}, {duration:.0f} s simulated, "
-          f"{r['contacts']} contacts, wall {r['wall_s']} s")
+          f"{r['contacts']} contacts, wall {r['wall_s']} s (CPU {r['cpu_s']} s)")
     print(f"{'':10} {'coverage':>9} {'of ideal':>9} {'p50 s':>7} {'p95 s':>7} {'bytes':>11} "
           f"{'B/reached':>10}")
-    for name in ("sync", "epidemic", "ideal"):
+    for name in ("sync", "epidemic", *extra, "ideal"):
         f = r[name]
         print(f"{name:10} {_fmt(f['coverage']):>9} {_fmt(f['coverage_of_ideal']):>9} "
               f"{_fmt(f['delay_p50_s']):>7} "
@@ -508,9 +729,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"delay p95 vs epidemic {_fmt(r['delay_p95_vs_epidemic'])}, bytes vs epidemic "
           f"{_fmt(r['bytes_vs_epidemic'])}, vs ideal {_fmt(r['bytes_vs_ideal'])}; "
           "calls: not simulated")
+    m = r["mail"]
+    print(f"mail: {m['messages']} messages of {m['bytes_each']} B, {m['deliverable_ideal']} "
+          "deliverable (ideal); delivered / p50 s / p95 s / op bytes sent:")
+    for name in ("sync", "epidemic", "spray"):
+        f = m[name]
+        print(f"  {name:9} {f['delivered']:>5} {_fmt(f['delay_p50_s']):>7} "
+              f"{_fmt(f['delay_p95_s']):>7} {f['op_bytes']:>10}")
     sy = r["sync"]
     print(f"sync sessions: {sy['sessions_moved']} moved ops ({sy['session_bytes_moved']} B of "
           f"messages), {sy['sessions_idle']} moved none ({sy['session_bytes_idle']} B); "
+          f"{sy['note_datagrams']} digest notes; "
           f"{_fmt(sy['bytes_per_link_second'])} B/s per link in range")
     if a.plot is not None:
         plot_png(a.plot, r["coverage_curve"], n)

@@ -12,8 +12,10 @@ commit of this one: at most ``APPLY_AHEAD`` at once) and tells the core after
 the commit, so only what is durable is acknowledged, and fires the core's
 idle timer on the event loop's clock.
 
-Per neighbour the service reconciles when the link comes up and every
-``interval_s`` (with jitter from the injected ``rng``), and pushes ops newly
+Per neighbour the service reconciles when the link comes up and then every
+``interval_s`` (with jitter from the injected ``rng``) unless nothing we committed
+since the last reconciliation is missing at the neighbour
+(``PeerLedger.reconcile_needed``: converged links stay silent), and pushes ops newly
 committed here (created locally or received from another neighbour) within
 ``push_delay_s``, in a push-only session.  Ops a neighbour sent us, or that we
 already sent it, are not sent to it again while the link stays up (the
@@ -271,6 +273,7 @@ class SyncService:
     def _on_commit(self, ops: Sequence[Op]) -> None:
         for p in self._peers.values():
             if p.status.up:
+                p.ledger.committed(o.op_id for o in ops)
                 p.push.extend(o.op_id for o in ops if o.op_id not in p.ledger.known)
                 if p.push:
                     p.status.up_to_date = False  # until a reconciliation finds no difference
@@ -379,7 +382,8 @@ class SyncService:
                     async with asyncio.timeout(timeout):
                         await p.wake.wait()
                 except TimeoutError:
-                    p.reconcile_due = True
+                    # (nothing changed on our side since the last reconciliation: skip it)
+                    p.reconcile_due = p.ledger.reconcile_needed()
             p.wake.clear()
             try:
                 if p.reconcile_due:

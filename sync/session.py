@@ -65,9 +65,12 @@ __all__ = [
     "ACK",
     "BATCH_BYTES",
     "BATCH_OPS",
+    "DIGEST_LEN",
+    "ECHO_LEN",
     "END",
     "IDLE_TIMEOUT_S",
     "MAX_FRAME",
+    "NOTE_LEN",
     "OPS",
     "RECON",
     "RECON_DONE",
@@ -76,15 +79,19 @@ __all__ = [
     "OpIndex",
     "OpsAcknowledged",
     "OpsReceived",
+    "PeerDigests",
     "PeerLedger",
     "PeerMisbehaved",
     "SessionCompleted",
     "SessionEvent",
     "SyncSession",
+    "decode_note",
     "decode_varint",
+    "encode_note",
     "encode_varint",
     "namespace_rank",
     "parse_ops",
+    "set_digest",
 ]
 
 #: frame types (the first byte of every frame)
@@ -99,6 +106,15 @@ MAX_FRAME = max(MAX_MESSAGE_SIZE + 1, BATCH_BYTES + MAX_OP_SIZE + 64)
 IDLE_TIMEOUT_S = 30.0
 
 _RANK = {ns: i for i, ns in enumerate(NAMESPACE_PRIORITY)}
+
+#: a digest note: our set digest, then the first bytes of the peer's as we last heard it
+#: (all zero: "answer me").  12 bytes: a chance match of two different sets is 2**-96.
+DIGEST_LEN = 12
+ECHO_LEN = 3
+NOTE_LEN = DIGEST_LEN + ECHO_LEN
+#: an unanswered note is sent again after this long, doubling up to ``NOTE_RTO_MAX_S``
+NOTE_RTO_S = 1.0
+NOTE_RTO_MAX_S = 30.0
 
 
 def namespace_rank(ns: str) -> int:
@@ -160,10 +176,148 @@ class PeerLedger:
     known: set[bytes] = field(default_factory=set)
     #: op ids some session is sending it right now (not acknowledged yet)
     sending: set[bytes] = field(default_factory=set)
+    #: ops we committed since the last reconciliation with it began, not known to it then
+    fresh: set[bytes] = field(default_factory=set)
+    #: a reconciliation with it completed since its link came up
+    reconciled: bool = False
 
     def clear(self) -> None:
         self.known.clear()
         self.sending.clear()
+        self.fresh.clear()
+        self.reconciled = False
+
+    def committed(self, op_ids: Iterable[bytes]) -> None:
+        """We committed these ops (our own or from any neighbour)."""
+        self.fresh.update(i for i in op_ids if i not in self.known)
+
+    def reconcile_needed(self) -> bool:
+        """Whether a periodic reconciliation could find anything the neighbour lacks: until
+        one has completed since the link came up, yes; after that only while an op we
+        committed since it began is not known to be held by the neighbour (a push that
+        failed).  What the neighbour has and we lack is its own check's business: when
+        neither side changed, neither reconciles."""
+        if not self.reconciled:
+            return True
+        self.fresh.difference_update(self.known)
+        return bool(self.fresh)
+
+    def _reconcile_began(self) -> frozenset[bytes]:
+        return frozenset(self.fresh)
+
+    def _reconcile_completed(self, began: frozenset[bytes]) -> None:
+        self.fresh.difference_update(began)
+        self.reconciled = True
+
+
+# -- digest notes ------------------------------------------------------------------------------
+
+
+def set_digest(index: OpIndex) -> bytes:
+    """``DIGEST_LEN`` bytes naming the whole op set (every namespace the reconciler sees):
+    equal digests, equal sets (up to a 2**-128 chance)."""
+    h = hashlib.sha256(b"carmesh/sync-digest/1")
+    sets = index.range_sets()
+    for ns in sorted(sets):
+        s = sets[ns]
+        if len(s):
+            name = ns.encode()
+            h.update(encode_varint(len(name)) + name + s.fingerprint(0, len(s)))
+    return h.digest()[:DIGEST_LEN]
+
+
+def encode_note(digest: bytes, echo: bytes | None) -> bytes:
+    """A note: our digest and the first ``ECHO_LEN`` bytes of the peer's (zeros if unknown)."""
+    if len(digest) != DIGEST_LEN:
+        raise ValueError("digest length")
+    return digest + (echo[:ECHO_LEN] if echo is not None else bytes(ECHO_LEN))
+
+
+def decode_note(data: bytes) -> tuple[bytes, bytes]:
+    """``(digest, echo)`` of a note; ``DecodeError`` unless exactly ``NOTE_LEN`` bytes."""
+    if len(data) != NOTE_LEN:
+        raise DecodeError("malformed", "digest note size")
+    return data[:DIGEST_LEN], data[DIGEST_LEN:]
+
+
+@dataclass(slots=True)
+class PeerDigests:
+    """The digest gossip with one neighbour: when to reconcile at all (pure, time passed in).
+
+    Each end tells the other its set digest in a *note* (``encode_note``: 15 bytes in one
+    unreliable datagram).  A note carries an echo of the first bytes of the digest last
+    heard from the peer, or zeros to ask for an answer; a note whose echo is not the
+    receiver's current digest is answered with the receiver's own note (which echoes the
+    one just heard, so it needs no answer).  The lower id speaks first at contact start
+    (an asking note; the other end asks after ``NOTE_RTO_S`` if it heard nothing); after
+    our set changes we ask again: at once, or ``delay`` later (``changed``) when a
+    reconciliation with the peer follows anyway and the peer's own note after it will
+    tell us.  An asking note is repeated (``NOTE_RTO_S``, doubling) until answered.
+
+    A reconciliation is wanted only while the digests differ, and not again for the same
+    pair of digests that a completed reconciliation started from (a difference the peer
+    refuses to take, e.g. an op outside its quota, is not retried until a set changes).
+    That pair is kept across contacts.  Two neighbours with equal sets exchange two
+    notes per contact and per change, and nothing else: no periodic reconciliation.
+    """
+
+    theirs: bytes | None = None
+    #: we asked and have no answer yet (an asking note is due at ``resend_at``)
+    asking: bool = False
+    resend_at: float | None = None
+    rto_s: float = NOTE_RTO_S
+    #: (ours, theirs) at the start of the last completed reconciliation (kept across contacts)
+    synced: tuple[bytes, bytes] | None = None
+    started: tuple[bytes, bytes] | None = None
+
+    def link_up(self, now: float, *, first: bool) -> None:
+        """A contact begins; ``first``: we speak first (else we ask one ``NOTE_RTO_S`` later
+        if we heard nothing)."""
+        self.theirs, self.asking, self.rto_s = None, True, NOTE_RTO_S
+        self.resend_at = now if first else now + NOTE_RTO_S
+
+    def link_down(self) -> None:
+        self.theirs, self.asking, self.resend_at, self.started = None, False, None, None
+
+    def changed(self, now: float, *, delay: float = 0.0) -> None:
+        """Our set changed: ask the peer after ``delay`` (unless its answer-worthy note comes
+        first)."""
+        self.asking, self.rto_s, self.resend_at = True, NOTE_RTO_S, now + delay
+
+    def note_due(self, now: float) -> bool:
+        return self.resend_at is not None and now >= self.resend_at
+
+    def ask(self, mine: bytes, now: float) -> bytes:
+        """An asking note (the peer answers it); repeated until answered."""
+        self.resend_at = now + self.rto_s
+        self.rto_s = min(self.rto_s * 2, NOTE_RTO_MAX_S)
+        return encode_note(mine, None)
+
+    def answer(self, mine: bytes) -> bytes:
+        """A note that echoes the peer's digest (needs no answer)."""
+        return encode_note(mine, self.theirs)
+
+    def received(self, data: bytes, mine: bytes) -> bool:
+        """Take the peer's note; True if we should answer it now (``answer``).
+        ``DecodeError`` if malformed (nothing changes)."""
+        digest, echo = decode_note(data)
+        # any note after our change answers our question: it names the peer's digest now
+        self.theirs, self.asking, self.resend_at, self.rto_s = digest, False, None, NOTE_RTO_S
+        return echo != mine[:ECHO_LEN]
+
+    def wants_reconcile(self, mine: bytes) -> bool:
+        """Whether the sets differ and no completed reconciliation began from this pair."""
+        return (self.theirs is not None and self.theirs != mine
+                and (mine, self.theirs) != self.synced)
+
+    def session_started(self, mine: bytes) -> None:
+        """A reconciliation with the peer begins (remember the pair it starts from)."""
+        self.started = (mine, self.theirs or b"")
+
+    def session_completed(self) -> None:
+        """That reconciliation completed."""
+        if self.started is not None:
+            self.synced, self.started = self.started, None
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -240,9 +394,11 @@ class SyncSession:
         #: reconciliation cost of this session: bytes both ways, round trips we began
         self.recon_bytes = 0
         self.recon_round_trips = 0
+        self._began: frozenset[bytes] | None = None
         self._enqueue(push)
         if initiator:
             if reconcile:
+                self._began = ledger._reconcile_began()
                 self.rec = Reconciler(index.range_sets())
                 msg = self.rec.initiate()
                 self.recon_bytes += len(msg)
@@ -286,6 +442,7 @@ class SyncSession:
             if self.recon_done:
                 raise DecodeError("state", "reconcile message after the end")
             if self.rec is None:
+                self._began = self._ledger._reconcile_began()
                 self.rec = Reconciler(self._index.range_sets())
             self.recon_bytes += len(frame)
             reply = self.rec.receive(payload)
@@ -439,6 +596,8 @@ class SyncSession:
         # (our END is queued behind every frame but the ACKs still to come, which the
         # caller flushes with frames_to_send after this event)
         if not self.closed and self.got_end and self.sent_end and not self._uncommitted:
+            if self._began is not None:
+                self._ledger._reconcile_completed(self._began)
             self._close(SessionCompleted(self.rec is not None))
 
     def _close(self, event: SessionEvent | None) -> None:

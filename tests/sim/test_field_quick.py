@@ -110,8 +110,8 @@ def field() -> dict[str, Any]:
 
 
 def test_bulletins_reach_the_ever_connected_nodes(field: dict[str, Any]) -> None:
-    assert field["coverage"] >= 0.9  # measured 0.967 (as epidemic and the ideal)
-    assert field["sync"]["coverage_of_ideal"] >= 0.95  # measured 0.991
+    assert field["coverage"] >= 0.9  # measured 0.958 (epidemic 0.967, the ideal 0.975)
+    assert field["sync"]["coverage_of_ideal"] >= 0.95  # measured 0.983
     assert field["epidemic"]["coverage"] >= 0.9
     assert field["ideal"]["coverage"] >= field["sync"]["coverage"]
     assert field["call_connect"] is None  # calls are not simulated (yet)
@@ -123,10 +123,27 @@ def test_bulletins_are_as_fast_as_flooding(field: dict[str, Any]) -> None:
     assert field["delay_p95_vs_epidemic"] <= 1.5  # measured 1.00
 
 
-def test_sync_cost_stays_bounded(field: dict[str, Any]) -> None:
-    # Not the target (<= 0.5 x epidemic): sync reconciles every link every 30 s
-    # while the epidemic baseline knows what a peer lacks for free.  Measured 4.6 x
-    # epidemic and ~27 B/s per link in range; these bounds catch a reconciliation storm.
-    assert field["bytes_vs_epidemic"] <= 10
-    assert field["sync"]["bytes_per_link_second"] <= 60
+def test_sync_cost_stays_below_flooding(field: dict[str, Any]) -> None:
+    # The epidemic baseline is honest: it sends its summary vector at every contact.
+    assert field["epidemic"]["vector_bytes"] > 0
+    # Measured 0.64 x epidemic (bulletins and mail; 0.84 x for the bulletins alone) and
+    # ~22 B/s per link in range; a reconciliation storm or blind pushes break these bounds
+    # (the previous schedule, reconcile every 30 s and push on commit: 2.8 x epidemic for
+    # the bulletins alone).
+    assert field["bytes_vs_epidemic"] <= 1.0
+    assert field["sync"]["bytes_per_link_second"] <= 40
     assert field["sync"]["sessions_moved"] > 0
+    # sessions open only where the digests differ: few find nothing to move
+    assert field["sync"]["sessions_idle"] <= field["sync"]["sessions_moved"] / 2
+
+
+def test_mail_is_delivered_as_flooding_delivers_it(field: dict[str, Any]) -> None:
+    m = field["mail"]
+    assert m["messages"] == 10 and m["deliverable_ideal"] >= 5
+    # measured: sync 9 of the 9 deliverable, like epidemic; spray-and-wait 5
+    assert m["sync"]["ratio_of_ideal"] >= 0.8
+    assert m["sync"]["delivered"] >= m["epidemic"]["delivered"] - 1
+    assert m["spray"]["delivered"] <= m["sync"]["delivered"]
+    # the price: sync carries mail to every node (8 x spray-and-wait's op bytes measured)
+    assert m["spray"]["op_bytes"] < m["sync"]["op_bytes"] < 2 * m["epidemic"]["op_bytes"]
+    assert field["mail_delivery"] == m["sync"]["ratio"]

@@ -13,6 +13,19 @@ window in which a crash loses it, unacknowledged), and the per-neighbour
 schedule of ``sync.service.SyncService``: reconcile when the link comes up and
 every ``interval_s`` with jitter, push what was committed within
 ``push_delay_s``, back off after a failed session.
+
+With ``digests=True`` the schedule is the digest gossip of
+``sync.session.PeerDigests`` instead: a 20-byte note (``NOTE_TAG``, then
+``encode_note``) in one unreliable datagram at contact start and when the set
+changes, and a reconciliation only while the two digests differ: opened
+``push_delay_s`` after our own set changed (the node that got something new
+offers it, its opening listing the newest ids so the peer takes only what it
+lacks) or after the peer's note showed a difference if we have the lower id,
+four to eight times later if we have the higher (so usually only one end
+opens), never while a session with that peer runs.  No periodic
+reconciliation and no blind push.  Without ``digests`` the periodic
+reconciliation is skipped while ``PeerLedger.reconcile_needed`` says nothing we
+committed is missing at the peer (as ``sync.service`` does).
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from meshd.core.errors import RemoteProtocolError
+from meshd.core.errors import DecodeError, RemoteProtocolError
 from sync.apply import AuthorState, ChainView, Quotas, plan_apply
 from sync.envelope import MAX_SKEW_MS, HybridClock, Op, create_op, decode_op
 from sync.reconcile import RangeSet
@@ -33,10 +46,12 @@ from sync.session import (
     IdleTimedOut,
     OpsAcknowledged,
     OpsReceived,
+    PeerDigests,
     PeerLedger,
     PeerMisbehaved,
     SessionCompleted,
     SyncSession,
+    set_digest,
 )
 from tests.sim.streams import MessageReceived, StreamKey, StreamMux, StreamOpened
 
@@ -44,6 +59,8 @@ __all__ = ["Durable", "MemOpStore", "SessionEnded", "SyncSimNode"]
 
 #: unix ms at virtual time 0
 WALL0_MS = 1_800_000_000_000
+#: first byte of a digest-note datagram (stream datagrams start with 0 or 1)
+NOTE_TAG = b"\x02"
 
 
 @dataclass
@@ -177,6 +194,8 @@ class _Peer:
     push_at: float | None = None
     backoff_s: float = 1.0
     running: StreamKey | None = None  # the session we initiated, if any
+    dig: PeerDigests = field(default_factory=PeerDigests)
+    reconcile_at: float | None = None  # digest mode: a reconciliation is due then
 
 
 @dataclass
@@ -191,7 +210,8 @@ class SyncSimNode:
 
     def __init__(self, node_id: bytes, store: MemOpStore, rng: random.Random, *,
                  interval_s: float = 5.0, push_delay_s: float = 0.05,
-                 commit_delay_s: float = 0.004, idle_timeout_s: float = 3.0) -> None:
+                 commit_delay_s: float = 0.004, idle_timeout_s: float = 3.0,
+                 digests: bool = False) -> None:
         self.node_id = node_id
         self.store = store
         self.rng = rng
@@ -207,6 +227,10 @@ class SyncSimNode:
         self.ended: list[SessionEnded] = []
         self._events: list[SessionEnded] = []
         self._dirty: dict[StreamKey, None] = {}  # sessions with input since the last pump
+        self.digests = digests
+        self._digest: bytes | None = None
+        self._notes: list[tuple[bytes, bytes]] = []
+        self.notes_sent = 0
 
     # -- what the test does ---------------------------------------------------------------
 
@@ -227,6 +251,9 @@ class SyncSimNode:
         p = self.peers.setdefault(peer, _Peer())
         p.up, p.reconcile_due, p.next_at, p.backoff_s = True, True, now, 1.0
         p.ledger.clear()
+        if self.digests:
+            p.reconcile_due, p.reconcile_at = False, None
+            p.dig.link_up(now, first=self.node_id < peer)
 
     def link_down(self, peer: bytes, now: float) -> None:
         p = self.peers.get(peer)
@@ -235,11 +262,31 @@ class SyncSimNode:
         p.up = False
         p.push.clear()
         p.push_at = None
+        p.reconcile_at = None
+        p.dig.link_down()
         for key in [k for k, s in self.slots.items() if s.peer == peer]:
             self._end(key, "link-down", now)
         self.mux.reset_peer(peer)
 
+    def digest(self) -> bytes:
+        """Our set digest (cached until the set changes)."""
+        if self._digest is None:
+            self._digest = set_digest(self.store)
+        return self._digest
+
     def receive(self, src: bytes, data: bytes, now: float) -> None:
+        if self.digests and data[:1] == NOTE_TAG:
+            p = self.peers.get(src)
+            if p is not None and p.up:
+                try:
+                    reply = p.dig.received(data[1:], self.digest())
+                except DecodeError:
+                    return
+                if reply:
+                    self._note(src, p.dig.answer(self.digest()))
+                self._want(p, now, delay=self.push_delay_s * (
+                    1 if self.node_id < src else 4 + 4 * self.rng.random()))
+            return
         self.mux.receive(src, data, now)
         while (ev := self.mux.next_event()) is not None:
             if isinstance(ev, StreamOpened):
@@ -250,6 +297,8 @@ class SyncSimNode:
                 self.slots[ev.key] = _Slot(SyncSession(
                     self.store, p.ledger, now, initiator=False, reconcile=True,
                     idle_timeout_s=self.idle_timeout_s), ev.key.peer)
+                if self.digests:
+                    p.dig.session_started(self.digest())
                 self._dirty[ev.key] = None
             elif isinstance(ev, MessageReceived):
                 slot = self.slots.get(ev.key)
@@ -260,7 +309,8 @@ class SyncSimNode:
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, bytes]]:
         self._pump(now)
-        return self.mux.datagrams_to_send(now)
+        notes, self._notes = self._notes, []
+        return notes + self.mux.datagrams_to_send(now)
 
     def get_timer(self) -> float | None:
         ts = [self.mux.get_timer()]
@@ -268,6 +318,10 @@ class SyncSimNode:
             ts.append(s.core.get_timer())
             ts.extend(c[0] for c in s.commits[:1])
         for p in self.peers.values():
+            if self.digests:
+                if p.up:
+                    ts.extend((p.dig.resend_at, p.reconcile_at))
+                continue
             if p.up and p.running is None:
                 if p.reconcile_due:
                     ts.append(p.next_at)
@@ -290,10 +344,17 @@ class SyncSimNode:
                 self._committed(applied, now)
             s.core.handle_timer(now)
         for peer, p in self.peers.items():
+            if self.digests:
+                if p.up:
+                    self._digest_timer(peer, p, now)
+                continue
             if not p.up or p.running is not None:
                 continue
             if not p.reconcile_due and p.push_at is None and now >= p.next_at:
-                p.reconcile_due = True
+                # (nothing changed on our side since the last reconciliation: skip it)
+                p.reconcile_due = p.ledger.reconcile_needed()
+                if not p.reconcile_due:
+                    p.next_at = now + self.interval_s * (0.75 + 0.5 * self.rng.random())
             if p.reconcile_due and now >= p.next_at:
                 p.reconcile_due = False
                 p.push.clear()  # the reconciliation covers them
@@ -309,6 +370,29 @@ class SyncSimNode:
 
     # -- inside ---------------------------------------------------------------------------
 
+    def _note(self, peer: bytes, note: bytes) -> None:
+        self._notes.append((peer, NOTE_TAG + note))
+        self.notes_sent += 1
+
+    def _want(self, p: _Peer, now: float, *, delay: float) -> None:
+        """Digest mode: schedule a reconciliation if the digests differ (none due yet)."""
+        if p.up and p.dig.wants_reconcile(self.digest()):
+            at = now + delay
+            if p.reconcile_at is None or at < p.reconcile_at:
+                p.reconcile_at = at
+
+    def _busy_with(self, peer: bytes) -> bool:
+        return any(s.peer == peer for s in self.slots.values())
+
+    def _digest_timer(self, peer: bytes, p: _Peer, now: float) -> None:
+        if p.dig.note_due(now):
+            self._note(peer, p.dig.ask(self.digest(), now))
+        if p.reconcile_at is not None and now >= p.reconcile_at:
+            p.reconcile_at = None
+            if not self._busy_with(peer) and p.dig.wants_reconcile(self.digest()):
+                p.dig.session_started(self.digest())
+                self._open(peer, p, now, reconcile=True, push=[])
+
     def _open(self, peer: bytes, p: _Peer, now: float, *, reconcile: bool,
               push: list[bytes]) -> None:
         key = self.mux.open(peer)
@@ -319,8 +403,21 @@ class SyncSimNode:
         self._dirty[key] = None
 
     def _committed(self, ops: Sequence[Op], now: float) -> None:
+        if self.digests:
+            if ops:
+                self._digest = None
+                for peer, p in self.peers.items():
+                    if not p.up:
+                        continue
+                    # (at once, even when a reconciliation will follow: a peer that got the
+                    # same ops from someone else meanwhile answers before it opens)
+                    p.dig.changed(now)
+                    self._note(peer, p.dig.ask(self.digest(), now))
+                    self._want(p, now, delay=self.push_delay_s)
+            return
         for p in self.peers.values():
             if p.up:
+                p.ledger.committed(o.op_id for o in ops)
                 p.push.extend(o.op_id for o in ops if o.op_id not in p.ledger.known)
                 if p.push and p.push_at is None:
                     p.push_at = now + self.push_delay_s
@@ -356,7 +453,19 @@ class SyncSimNode:
         if outcome != "completed":
             self.mux.reset(key)
         p = self.peers[s.peer]
-        if p.running == key:
+        if self.digests:
+            if p.running == key:
+                p.running = None
+            if outcome == "completed" and s.core.reconciled:
+                p.dig.session_completed()
+            if outcome == "completed":
+                p.backoff_s = 1.0
+                # (the peer's note of its new digest is on its way: give it time to land)
+                self._want(p, now, delay=0.5)
+            elif p.up:
+                self._want(p, now, delay=p.backoff_s * (0.5 + self.rng.random()))
+                p.backoff_s = min(p.backoff_s * 2, self.interval_s)
+        elif p.running == key:
             p.running = None
             if outcome == "completed":
                 p.backoff_s = 1.0

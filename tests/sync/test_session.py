@@ -7,12 +7,16 @@ from collections.abc import Mapping
 
 import pytest
 
+from meshd.core.errors import DecodeError
 from sync.reconcile import RangeSet
 from sync.session import (
     ACK,
     BATCH_BYTES,
     BATCH_OPS,
+    DIGEST_LEN,
+    ECHO_LEN,
     END,
+    NOTE_LEN,
     OPS,
     RECON,
     RECON_DONE,
@@ -20,12 +24,16 @@ from sync.session import (
     IdleTimedOut,
     OpsAcknowledged,
     OpsReceived,
+    PeerDigests,
     PeerLedger,
     PeerMisbehaved,
     SessionCompleted,
     SessionEvent,
     SyncSession,
+    decode_note,
+    encode_note,
     encode_varint,
+    set_digest,
 )
 
 
@@ -257,3 +265,116 @@ def test_a_session_that_ends_badly_releases_what_it_was_sending() -> None:
     s.handle_timer(1000.0)
     assert isinstance(events(s)[-1], IdleTimedOut)
     assert ledger.sending == set() and ledger.known == set()
+
+
+# -- digest notes ------------------------------------------------------------------------------
+
+
+def test_set_digest_names_the_set_not_the_order_or_the_namespace_split() -> None:
+    a, b = Index(), Index()
+    ids = [a.add(bytes([i]) * 40, "bulletin", 10 + i) for i in range(5)]
+    for i in reversed(range(5)):
+        b.add(bytes([i]) * 40, "bulletin", 10 + i)
+    assert set_digest(a) == set_digest(b) and len(set_digest(a)) == DIGEST_LEN
+    b.add(b"x" * 40, "bulletin", 99)
+    assert set_digest(a) != set_digest(b)
+    c = Index()
+    c.add(bytes([0]) * 40, "library", 10)  # the same op id in another namespace
+    d = Index()
+    d.add(bytes([0]) * 40, "bulletin", 10)
+    assert set_digest(c) != set_digest(d)
+    assert ids and set_digest(Index()) != set_digest(a)
+
+
+def test_note_decoding_is_strict() -> None:
+    digest = bytes(range(DIGEST_LEN))
+    note = encode_note(digest, b"\xaa" * 10)
+    assert len(note) == NOTE_LEN and decode_note(note) == (digest, b"\xaa" * ECHO_LEN)
+    assert decode_note(encode_note(digest, None))[1] == bytes(ECHO_LEN)
+    for bad in (b"", note[:-1], note + b"\x00"):
+        with pytest.raises(DecodeError):
+            decode_note(bad)
+    with pytest.raises(ValueError):
+        encode_note(b"short", None)
+
+
+def test_digest_gossip_two_notes_per_contact_and_per_change() -> None:
+    low, high = PeerDigests(), PeerDigests()
+    d_low, d_high = b"L" * DIGEST_LEN, b"H" * DIGEST_LEN
+    low.link_up(0.0, first=True)
+    high.link_up(0.0, first=False)
+    assert low.note_due(0.0) and not high.note_due(0.5) and high.note_due(1.0)
+    ask = low.ask(d_low, 0.0)
+    assert low.resend_at == 1.0 and not low.note_due(0.5)  # repeated until answered
+    assert high.received(ask, d_high) is True  # it asked (zero echo): answer
+    assert not high.note_due(5.0)  # heard the peer: no question of its own left
+    answer = high.answer(d_high)
+    assert low.received(answer, d_low) is False  # the answer echoes us: no reply
+    assert low.theirs == d_high and high.theirs == d_low and not low.note_due(60.0)
+    # they differ: both want a reconciliation, until one completes from this very pair
+    assert low.wants_reconcile(d_low) and high.wants_reconcile(d_high)
+    low.session_started(d_low)
+    low.session_completed()
+    assert not low.wants_reconcile(d_low)  # (the peer refused what was left: not again)
+    # a change: ask at once, answered with an echo; equal digests want nothing
+    low.changed(10.0)
+    assert low.note_due(10.0)
+    ask = low.ask(d_high, 10.0)
+    assert high.received(ask, d_high) is True and high.theirs == d_high
+    assert not high.wants_reconcile(d_high)
+    assert low.received(high.answer(d_high), d_high) is False
+    assert not low.wants_reconcile(d_high) and not low.note_due(100.0)
+    # an unanswered question is repeated, less and less often
+    low.changed(20.0)
+    times = []
+    t = 20.0
+    for _ in range(7):
+        assert low.note_due(t)
+        low.ask(d_low, t)
+        assert low.resend_at is not None
+        times.append(low.resend_at - t)
+        t = low.resend_at
+    assert times == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    with pytest.raises(DecodeError):
+        low.received(b"junk", d_low)
+    assert low.theirs == d_high  # (a malformed note changes nothing)
+    low.link_down()
+    assert low.theirs is None and not low.note_due(1e9) and not low.wants_reconcile(d_low)
+
+
+def _run(sa: SyncSession, sb: SyncSession, ia: Index, ib: Index) -> None:
+    now = 0.0
+    for _ in range(20):  # each end delivers its frames to the other, commits at once
+        now += 0.01
+        for me, other, idx in ((sa, sb, ia), (sb, sa, ib)):
+            load_all(me, idx, now)
+            for frame in me.frames_to_send(now):
+                other.receive_frame(frame, now)
+            for ev in events(other):
+                if isinstance(ev, OpsReceived):
+                    other.batch_committed(ev.batch, now)
+        if sa.closed and sb.closed:
+            return
+    raise AssertionError("the session did not end")
+
+
+def test_ledger_says_when_a_periodic_reconciliation_can_find_nothing() -> None:
+    a, b = Index(), Index()
+    a.add(b"old" * 20, "bulletin", 1)
+    b.add(b"old" * 20, "bulletin", 1)
+    la, lb = PeerLedger(), PeerLedger()
+    assert la.reconcile_needed()  # nothing reconciled since the link came up
+    sa = SyncSession(a, la, 0.0, initiator=True, reconcile=True)
+    sb = SyncSession(b, lb, 0.0, initiator=False, reconcile=True)
+    new = a.add(b"new" * 20, "bulletin", 2)
+    la.committed([new])  # committed after the reconciliation began: not covered by it
+    _run(sa, sb, a, b)
+    assert la.reconciled and lb.reconciled
+    assert not lb.reconcile_needed()  # b committed nothing
+    assert la.reconcile_needed()  # ``new`` was not in a's snapshot, b does not hold it
+    la.known.add(new)  # (a push delivered it)
+    assert not la.reconcile_needed()
+    la.committed([new])  # one the neighbour is known to hold does not count
+    assert not la.reconcile_needed()
+    la.clear()
+    assert la.reconcile_needed() and not la.fresh
