@@ -106,7 +106,9 @@ class WebSettings:
     max_body: int = 16 * 1024
     #: a library correction (its text, or one signed op of it) may be larger
     max_edit_body: int = 256 * 1024
-    max_streams: int = 128
+    #: live connections of each kind (event streams; call sockets): a street of phones,
+    #: each holding one of each while a page is open (200 phones on one car: 2.5x spare)
+    max_streams: int = 512
     heartbeat_s: float = 15.0
     stream_queue: int = 64
     #: signed ops posted by one client address (a tighter bucket beside the request one)
