@@ -9,8 +9,11 @@ authority.
 
 - a document added at ``a`` is found in the browser at ``https://C/library?q=避難``;
 - "I am safe" sent from the browser appears in ``a``'s safety registry under the
-  browser's own key (not car ``c``'s);
-- a bulletin published at ``a`` appears on the browser's home page without a reload.
+  browser's own key (not car ``c``'s); the name, holding ``<script>`` and
+  ``javascript:``, comes back to the page as inert text;
+- a bulletin published at ``a`` appears on the browser's home page without a reload;
+  every page is usable with one thumb at 390×844 (targets of 44 px or more, no
+  sideways scrolling).
 """
 
 from __future__ import annotations
@@ -34,6 +37,20 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 if CHROMIUM is None or CERTUTIL is None:  # pragma: no cover - make sysdeps installs them
     pytest.skip("needs Debian's chromium and certutil (make sysdeps)", allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+HOSTILE_NAME = "避難 花子<script>window.__pwned=1</script>"
+
+#: one thumb on a phone: every link, button and field is a comfortable target (at least
+#: 44 CSS px tall, Apple's and WCAG 2.5.5's size) and nothing makes the page scroll sideways
+THUMB = """() => {
+  const small = [...document.querySelectorAll('header a, header button, main a, main button,'
+                                               + ' main input, main textarea')]
+    .filter((e) => e.offsetParent !== null && e.type !== 'hidden')
+    .map((e) => [e.outerHTML.slice(0, 80), e.getBoundingClientRect().height])
+    .filter(([, h]) => h < 44);
+  return {small, wide: document.documentElement.scrollWidth > window.innerWidth};
+}"""
 
 
 class Line:
@@ -139,18 +156,25 @@ def test_i_am_safe_from_the_browser_is_in_as_registry_under_its_own_key(
         assert key is not None and len(key) == 64
         cars = {Identity.load_or_create(d.state_dir).ed25519_pub.hex() for d in line.cl}
         assert key not in cars
-        page.fill("input[name=name]", "避難 花子")
-        page.fill("input[name=place]", "北小学校 体育館")
+        page.fill("input[name=name]", HOSTILE_NAME)
+        page.fill("input[name=place]", "javascript:window.__pwned=2")
         page.click("#safe-button")
         page.locator("#safe-result.ok").wait_for(timeout=20000)
+        people = meshctl_until(line.a, lambda r: r["people"], "safety", "search", "避難 花子",
+                               timeout=60, what="a holds the browser's registration")
+        assert len(people) == 1
+        assert people[0]["registered_by"]["key"] == key  # the browser is the author, not car c
+        assert people[0]["status"] == "safe" and people[0]["name"] == HOSTILE_NAME
+        # the name comes back to the phone as text: shown, never run, never a link
+        page.goto(f"{line.url}/safety?q=避難")
+        found = page.locator("#people-found li")
+        assert found.count() == 1 and HOSTILE_NAME in found.inner_text()
+        assert "javascript:window.__pwned=2" in found.inner_text()
+        assert page.locator("#people-found script, #people-found a").count() == 0
+        assert page.evaluate("window.__pwned") is None
         assert problems == [], problems
     finally:
         ctx.close()
-    people = meshctl_until(line.a, lambda r: r["people"], "safety", "search", "避難 花子",
-                           timeout=60, what="a holds the browser's registration")
-    assert len(people) == 1
-    assert people[0]["registered_by"]["key"] == key  # the browser is the author, not car c
-    assert people[0]["status"] == "safe" and people[0]["place"] == "北小学校 体育館"
 
 
 def test_a_bulletin_published_at_a_appears_on_the_home_page_without_reload(
@@ -169,6 +193,10 @@ def test_a_bulletin_published_at_a_appears_on_the_home_page_without_reload(
         assert page.evaluate("window.__notReloaded") is True
         notice = page.locator("#notice")
         assert notice.is_visible() and "避難指示" in notice.inner_text()
+        assert page.evaluate(THUMB) == {"small": [], "wide": False}
+        for path in ("/safety", "/library?q=避難", "/board", "/people", "/call"):
+            page.goto(line.url + path)
+            assert page.evaluate(THUMB) == {"small": [], "wide": False}, path
         assert problems == [], problems
     finally:
         ctx.close()
