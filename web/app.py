@@ -368,7 +368,10 @@ async def publish_op(request: web.Request) -> web.Response:
 
 
 async def set_language(request: web.Request) -> web.Response:
-    form = await request.post()
+    try:
+        form = await request.post()
+    except UnicodeDecodeError:  # a form that is not UTF-8
+        raise web.HTTPBadRequest(reason="the form is not UTF-8") from None
     lang = form.get("lang")
     nxt = form.get("next")
     if lang not in LANGS:

@@ -6,6 +6,8 @@
   stream is refused with 503 (EventSource retries), not queued forever.
 - The home page: live emergency bulletins first, then "I am safe", find a
   person, call, messages (when served), library; in Japanese and in English.
+- Bytes that are not UTF-8 from a browser (JSON bodies, a form, a query) are
+  answered with a 4xx, never a 500.
 """
 
 from __future__ import annotations
@@ -112,3 +114,27 @@ async def test_home_page_order_bulletins_safe_find_call_messages_library(
     want = (["私は無事です", "人を探す", "通話"] if lang == "ja"
             else ["I am safe", "Find a person", "Call"])
     assert all(w in words for w in want), words
+
+
+async def test_invalid_utf8_from_a_browser_is_refused_in_words_not_a_crash(
+        running: Running) -> None:
+    """Bytes that are not UTF-8 (in a JSON body, a form, a query) get a 4xx, never a 500."""
+    doc = (await running.call("library.add", {"collection": "know-how", "title": "壊れた文字",
+                                              "body": "本文"}))["doc_id"]
+    c = await running.client()
+    try:
+        origin = {"Origin": str(c.make_url("")).rstrip("/")}
+        bad = b'{"op": "\xff\xfe\xc3\x28"}'
+        for path in ("/safety/op", "/library/op", f"/library/{doc}/prepare"):
+            r = await c.post(path, data=bad,
+                             headers={**origin, "Content-Type": "application/json"})
+            assert 400 <= r.status < 500, (path, r.status, await r.text())
+        r = await c.post("/lang", data=b"lang=\xff\xfe&next=/\xc3\x28",
+                         headers={**origin,
+                                  "Content-Type": "application/x-www-form-urlencoded"})
+        assert 300 <= r.status < 500, r.status
+        for path in ("/library?q=%ff%fe", "/safety?q=%c3%28"):
+            r = await c.get(path)
+            assert r.status < 500, (path, r.status)
+    finally:
+        await c.close()
