@@ -100,6 +100,7 @@ async def test_home_page_order_bulletins_safe_find_call_messages_library(
     c = await running.client()
     try:
         html = await (await c.get("/", headers={"Accept-Language": lang})).text()
+        board = await (await c.get("/board", headers={"Accept-Language": lang})).text()
     finally:
         await c.close()
     main = html[html.index("<main>"):]
@@ -110,6 +111,7 @@ async def test_home_page_order_bulletins_safe_find_call_messages_library(
         order.append(main.index('href="/messages"'))
     order.append(main.index('href="/library"'))
     assert order == sorted(order), order
+    assert 'href="/safety#safe-h"' in board  # the board registers you as safe too
     words = re.sub(r"<[^>]+>", " ", main)
     want = (["私は無事です", "人を探す", "通話"] if lang == "ja"
             else ["I am safe", "Find a person", "Call"])
