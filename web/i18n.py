@@ -25,7 +25,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "open": "開設中", "closed": "閉鎖", "seats": "座席", "power": "提供できる電力",
         "battery": "電池残量", "outlets": "コンセント", "nothing": "まだ登録がありません。",
         "from": "発信", "until": "有効期限", "reachable": "通信できる端末",
-        "hops": "経由数", "nobody": "まだ誰ともつながっていません。", "this_node": "この端末",
+        "hops": "経路コスト", "nobody": "まだ誰ともつながっていません。", "this_node": "この端末",
         "updated": "更新", "authors": "書いた人", "tags": "タグ", "back": "戻る",
         "not_found": "見つかりません", "error": "エラー", "language": "English",
         "safety": "安否", "safe": "無事", "needs_help": "助けが必要", "injured": "けが",
