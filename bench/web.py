@@ -28,6 +28,9 @@ Run: ``.venv/bin/python bench/web.py [--quick] [--json]`` (the slow link needs r
   think time, mean ``--think`` 2 s, before each request: 200 phones in use, about 100
   requests/s offered).  The servers are pinned to one core and the load generator to the
   other.  Requests/s and latency p50/p95/p99; any answer other than 200 is counted.
+  A last paced run on ``/`` has every client hold the live event stream (``/events``)
+  open and read while it loads pages, as every open page of the app does; the streams'
+  statuses are counted (a 503 would mean ``max_streams`` is below the street).
   Target: p95 at most 200 ms on ``/`` in the paced run.
 """
 
@@ -318,10 +321,12 @@ async def bench_search(sizes: list[int], rounds: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ 200 clients
 
-async def _load(url: str, clients: int, per_client: int, think_s: float = 0.0
-                ) -> dict[str, Any]:
+async def _load(url: str, clients: int, per_client: int, think_s: float = 0.0,
+                events_url: str | None = None) -> dict[str, Any]:
     """``clients`` sessions each sending ``per_client`` requests, one after another, with a
-    think time (exponential, mean ``think_s``) before each; 0 saturates the server."""
+    think time (exponential, mean ``think_s``) before each; 0 saturates the server.  With
+    ``events_url`` each client first opens that live event stream (as every open page of
+    the app does) and holds it, read, until its requests are done."""
     import random
 
     import aiohttp
@@ -329,15 +334,30 @@ async def _load(url: str, clients: int, per_client: int, think_s: float = 0.0
     lat: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
+    streams: dict[int, int] = {}  # status of each client's event stream
     start = asyncio.Event()
+
+    async def drain(r: aiohttp.ClientResponse) -> None:
+        with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.CancelledError):
+            while await r.content.readany():
+                pass
 
     async def one(i: int) -> None:
         nonlocal errors
         rng = random.Random(i)
         local = f"127.0.{1 + i // 250}.{1 + i % 250}"  # a phone of its own
-        conn = aiohttp.TCPConnector(limit=1, local_addr=(local, 0))
+        conn = aiohttp.TCPConnector(limit=2 if events_url else 1, local_addr=(local, 0))
         async with aiohttp.ClientSession(connector=conn, headers={
                 "Accept-Encoding": "gzip", "Accept-Language": "ja"}) as s:
+            stream: aiohttp.ClientResponse | None = None
+            reader: asyncio.Task[None] | None = None
+            if events_url:
+                try:
+                    stream = await s.get(events_url)
+                    streams[stream.status] = streams.get(stream.status, 0) + 1
+                    reader = asyncio.create_task(drain(stream))
+                except (aiohttp.ClientError, OSError):
+                    streams[0] = streams.get(0, 0) + 1
             await start.wait()
             for _ in range(per_client):
                 if think_s > 0:
@@ -351,6 +371,11 @@ async def _load(url: str, clients: int, per_client: int, think_s: float = 0.0
                     errors += 1
                     continue
                 lat.append((time.perf_counter() - t0) * 1000)
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            if stream is not None:
+                stream.close()
 
     tasks = [asyncio.create_task(one(i)) for i in range(clients)]
     await asyncio.sleep(0.5)  # every session made
@@ -361,10 +386,13 @@ async def _load(url: str, clients: int, per_client: int, think_s: float = 0.0
     return {"requests": len(lat), "requests_per_s": round(len(lat) / dt), "think_s": think_s,
             **_pct(lat),
             "non_200": sum(n for st, n in statuses.items() if st != 200), "errors": errors,
-            "seconds": round(dt, 2)}
+            "seconds": round(dt, 2),
+            **({"streams": {str(k): v for k, v in sorted(streams.items())}}
+               if events_url else {})}
 
 
 TARGETS = ("car /", "car /static/app.css", "aiohttp FileResponse")
+LIVE = "car / + each holding /events"
 
 
 async def _load_all(car_url: str, file_url: str, clients: int, per_client: int,
@@ -376,6 +404,9 @@ async def _load_all(car_url: str, file_url: str, clients: int, per_client: int,
         await _load(url, 20, 3)  # warm up (the car loads its web app on the first connection)
         out["saturating"][label] = await _load(url, clients, per_client)
         out["paced"][label] = await _load(url, clients, paced, think_s)
+    # what phones really do: each open page holds the live event stream while it loads pages
+    out["paced"][LIVE] = await _load(car_url + "/", clients, paced, think_s,
+                                     events_url=car_url + "/events")
     return out
 
 
@@ -476,10 +507,14 @@ def _print_load(ld: dict[str, Any]) -> None:
     print("| run | target | requests/s | p50 ms | p95 ms | p99 ms | not 200 | errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for run in ("saturating", "paced"):
-        for label in TARGETS:
-            v = ld[run][label]
+        for label in (*TARGETS, LIVE):
+            v = ld[run].get(label)
+            if v is None:
+                continue
             print(f"| {run} | {label} | {v['requests_per_s']:,} | {v['p50_ms']} | "
                   f"{v['p95_ms']} | {v['p99_ms']} | {v['non_200']} | {v['errors']} |")
+    if LIVE in ld["paced"]:
+        print(f"event streams by status: {ld['paced'][LIVE]['streams']}")
 
 
 def main(argv: list[str] | None = None) -> int:

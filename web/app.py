@@ -109,7 +109,9 @@ class WebSettings:
     max_body: int = 16 * 1024
     #: a library correction (its text, or one signed op of it) may be larger
     max_edit_body: int = 256 * 1024
-    max_streams: int = 128
+    #: live connections of each kind (event streams; call sockets): a street of phones,
+    #: each holding one of each while a page is open (200 phones on one car: 2.5x spare)
+    max_streams: int = 512
     heartbeat_s: float = 15.0
     stream_queue: int = 64
     #: signed ops posted by one client address (a tighter bucket beside the request one)
@@ -369,7 +371,10 @@ async def publish_op(request: web.Request) -> web.Response:
 
 
 async def set_language(request: web.Request) -> web.Response:
-    form = await request.post()
+    try:
+        form = await request.post()
+    except UnicodeDecodeError:  # a form that is not UTF-8
+        raise web.HTTPBadRequest(reason="the form is not UTF-8") from None
     lang = form.get("lang")
     nxt = form.get("next")
     if lang not in LANGS:

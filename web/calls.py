@@ -60,12 +60,12 @@ WORDS: Final = {
     "ja": {"title": "通話", "call": "発信", "hangup": "切る", "mute": "ミュート",
            "unmute": "ミュート解除", "answer": "応答", "decline": "拒否",
            "incoming": "着信", "to": "相手", "who": "メッシュでつながっている相手に無料で電話できます",
-           "nobody": "いまつながっている相手はいません。", "hops": "中継"},
+           "nobody": "いまつながっている相手はいません。", "hops": "経路コスト"},
     "en": {"title": "Call", "call": "Call", "hangup": "Hang up", "mute": "Mute",
            "unmute": "Unmute", "answer": "Answer", "decline": "Decline",
            "incoming": "Incoming call", "to": "To",
            "who": "Free calls to anyone reachable on the mesh",
-           "nobody": "Nobody is reachable right now.", "hops": "hops"},
+           "nobody": "Nobody is reachable right now.", "hops": "route cost"},
 }
 
 

@@ -175,7 +175,8 @@ def test_every_page_over_https_in_english_without_csp_violations(mesh: Mesh,
     try:
         for path, name, expect in (("/board", "board", "Shelters"),
                                    ("/people", "people", "Reachable devices"),
-                                   ("/library", "library", "Library")):
+                                   ("/library", "library", "Library"),
+                                   ("/call", "call", "Call")):
             page.goto(mesh.https + path)
             assert page.locator("html").get_attribute("lang") == "en"
             assert expect in page.inner_text("main")
@@ -183,6 +184,9 @@ def test_every_page_over_https_in_english_without_csp_violations(mesh: Mesh,
         page.goto(mesh.https + "/board")
         assert "北小学校 体育館" in page.inner_text("main")
         assert "佐藤さんのEV" in page.inner_text("main")
+        page.goto(f"{mesh.https}/call/{mesh.cl['a'].node_id}")
+        page.locator('#call-state[data-state="idle"]').wait_for()
+        _shot(page, "call-node")
         page.goto(mesh.https + "/people")
         assert page.locator(".records li", has_text="a").count() == 1
         # the switch: one tap to Japanese, the page stays where it was

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,10 +26,10 @@ import pytest
 from carmesh.dev.devnet import DevNet, NetNode, cleanup_stale, have_netns
 from tests.daemons import MESHCTL, Cluster, Daemon, wait_until
 from tests.voice.audio import dominant_hz, read_wav, tone_windows
+from tests.web.phone import CHROMIUM, WEB_PORT, chromium_in, start_car
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:  # pragma: no cover - make sysdeps installs it
     pytest.skip("Debian's chromium is not installed (make sysdeps)", allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -38,21 +37,6 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 BROWSER_HZ = 440
 NODE_HZ = 660
 PHONE_B_HZ = 550
-WEB_PORT = 7443
-
-
-def _ns(node: NetNode) -> list[str]:
-    return ["ip", "netns", "exec", node.netns]
-
-
-def _start(net: DevNet, cl: Cluster, node: NetNode, dial: list[NetNode], extra: list[str]) -> Daemon:
-    args: list[str] = []
-    for other in net.neighbours(node):
-        if other.name not in ("p", "q"):
-            args += ["--listen", f"{net.address(node, other)}:7420"]
-    for other in dial:
-        args += ["--peer", f"{net.address(other, node)}:7420"]
-    return cl.add(node.name, args + extra, prefix=_ns(node))
 
 
 def _tone_wav(path: Path, hz: int) -> Path:
@@ -92,12 +76,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         net.link(c, p)
         q = net.add_node("q")  # a second phone, on car b
         net.link(b, q)
-        da = _start(net, cl, a, [], ["--auto-answer", "--answer-play", f"tone:{NODE_HZ}",
+        da = start_car(net, cl, a, [], ["--auto-answer", "--answer-play", f"tone:{NODE_HZ}",
                                      "--answer-record", str(cl.root / "a-in.wav")])
         web_b = f"{net.address(b, q)}:{WEB_PORT}"
-        db = _start(net, cl, b, [a], ["--web", web_b])
+        db = start_car(net, cl, b, [a], ["--web", web_b])
         web = f"{net.address(c, p)}:{WEB_PORT}"
-        dc = _start(net, cl, c, [b], ["--web", web])
+        dc = start_car(net, cl, c, [b], ["--web", web])
         for d in cl:
             d.wait_ready(60)
 
@@ -120,10 +104,7 @@ def playwright() -> Iterator[Any]:
 def _launch(pw: Any, root: Path, phone: NetNode, hz: int) -> Any:
     """Chromium inside ``phone``'s namespace (its only network is its car's), microphone ``hz``."""
     wav = _tone_wav(root / f"mic-{phone.name}.wav", hz)
-    wrapper = root / f"chromium-in-{phone.name}"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {phone.netns} {CHROMIUM} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    return pw.chromium.launch(executable_path=str(wrapper), headless=True, args=[
+    return pw.chromium.launch(executable_path=str(chromium_in(root, phone)), headless=True, args=[
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-audio-capture={wav}",
         "--autoplay-policy=no-user-gesture-required"])
@@ -335,12 +316,12 @@ def test_browser_call_survives_the_relay_car_killed(playwright: Any,
         a, b, c, d = net.diamond()
         p = net.add_node("p")
         net.link(d, p)
-        da = _start(net, cl, a, [], ["--auto-answer", "--answer-play", f"tone:{NODE_HZ}",
+        da = start_car(net, cl, a, [], ["--auto-answer", "--answer-play", f"tone:{NODE_HZ}",
                                      "--answer-record", str(root / "a.wav")])
-        _start(net, cl, b, [a], [])
-        _start(net, cl, c, [a], [])
+        start_car(net, cl, b, [a], [])
+        start_car(net, cl, c, [a], [])
         web = f"{net.address(d, p)}:{WEB_PORT}"
-        dd = _start(net, cl, d, [b, c], ["--web", web])
+        dd = start_car(net, cl, d, [b, c], ["--web", web])
         for x in cl:
             x.wait_ready(60)
 
