@@ -33,11 +33,7 @@ back as triggered updates.
 Updates are sent in full every 16-20 s (jittered) and triggered on change:
 changes are collected and flushed together after ``trigger_delay`` and never
 more often than ``min_flush_gap`` (damping update storms in dense car parks);
-a route to a destination never seen before goes out at once too (babeld's
-triggered update for a new route: a car in contact for a few seconds must be
-reachable over several hops quickly), but such flushes are at least
-``slow_flush_gap`` apart, so a cold-start storm costs one more flush per
-neighbour and gap; small metric changes wait for the next full update.  Routes to a neighbour's
+small metric changes wait for the next full update.  Routes to a neighbour's
 next hop are poisoned (sent with infinite metric to that next hop).  A route
 expires 3.5 update intervals after its last update (§3.5.5 / Appendix B).
 Every message fits one link datagram (``max_payload``), updates are packed
@@ -219,7 +215,6 @@ class RoutingTable:
         self._slow_at: float | None = None
         self._last_slow = float("-inf")
         self._last_flush = float("-inf")
-        self._next_new = float("-inf")  # earliest flush for a new destination (damping)
         self._next_full: float | None = None
         self._next_sweep: float | None = None
         self._last_bump = float("-inf")
@@ -622,9 +617,7 @@ class RoutingTable:
             self._events.append(RouteChanged(origin, nbr, metric, r.seqno))
             newer = src is None or r.seqno > src.seqno
             renewed = newer and src is not None
-            # a destination never seen before: a triggered update (damped, see _schedule_flush)
-            self._queue_all(origin, now, urgent=was_lost or renewed, news=renewed,
-                            new=src is None)
+            self._queue_all(origin, now, urgent=was_lost or renewed, news=renewed)
             return
         hop_changed = old.next_hop != nbr
         seq_changed = old.seqno != r.seqno
@@ -807,14 +800,14 @@ class RoutingTable:
             self._schedule_flush(now)
 
     def _queue_all(self, origin: NodeId, now: float, *, urgent: bool = True,
-                   news: bool = False, new: bool = False) -> None:
+                   news: bool = False) -> None:
         for peer in self._nbr_cost:
             out = self._outq(peer)
             out.add(origin)  # triggered: resent on lossy links, whether urgent or not
             if news:
                 out.news.add(origin)
         # not urgent: goes out with the next flush, at the latest after slow_flush_gap
-        self._schedule_flush(now, slow=not urgent, new=new and not urgent)
+        self._schedule_flush(now, slow=not urgent)
 
     def _slowq(self, peer: NodeId) -> OutQueue:
         q = self._slow.get(peer)
@@ -829,20 +822,9 @@ class RoutingTable:
         if self._slow_at is None:
             self._slow_at = max(now + self._slow_gap, self._last_slow + self._slow_gap)
 
-    def _schedule_flush(self, now: float, *, immediate: bool = False, slow: bool = False,
-                        new: bool = False) -> None:
+    def _schedule_flush(self, now: float, *, immediate: bool = False, slow: bool = False) -> None:
         # Damping: what repairs routes (retractions, new seqnos, requests, answers) goes out
         # within trigger_delay, flushes min_flush_gap apart (slow: see _schedule_slow).
-        # A new destination goes out within trigger_delay too, but such flushes are
-        # slow_flush_gap apart: the others wait for it or for the slow flush.
-        if new:
-            t = max(now + self._trigger_delay, self._last_flush + self._min_flush_gap,
-                    self._next_new)
-            t = min(t, max(now + self._slow_gap, self._last_flush + self._slow_gap))
-            if self._flush_at is None or t < self._flush_at:
-                self._flush_at = t
-                self._next_new = t + self._slow_gap
-            return
         if slow:
             t = max(now + self._slow_gap, self._last_flush + self._slow_gap)
         else:

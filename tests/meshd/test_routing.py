@@ -103,42 +103,6 @@ def test_line_of_three_and_poisoned_reverse() -> None:
     assert info[(C, B)].selected and info[(C, B)].feasible and info[(C, B)].seqno == 1
 
 
-def _updates_to(rt: RoutingTable, peer: bytes, now: float) -> set[bytes]:
-    return {u.origin for p, d in rt.datagrams_to_send(now) if p == peer
-            for u in decode_message(d).updates}
-
-
-def test_a_new_destination_goes_out_at_once_but_damped() -> None:
-    """A route to a never-seen destination is a triggered update (not the 0.25 s slow flush);
-    a second new destination right after it waits a slow_flush_gap (storms stay bounded)."""
-    b = core(B)
-    b.neighbour_up(A, 256, 0.0)
-    b.neighbour_up(C, 256, 0.0)
-    assert _updates_to(b, C, 0.01) == {B}  # b's own table for the new link
-
-    def hear(origin: bytes, now: float) -> float:
-        b.receive(A, pack({"v": 1, "iv": 2000, "a": [SIGNER.sign(origin, 1).raw],
-                           "u": [[origin, 1, 0]]}), now)
-        assert b.next_hop(origin) == A
-        t = b.get_timer()
-        assert t is not None
-        return t
-
-    x, y, z = b"X" * 16, b"Y" * 16, b"Z" * 16
-    t = hear(x, 0.1)  # never seen before: sent within trigger_delay
-    assert t == pytest.approx(0.105)
-    assert _updates_to(b, C, t) == {x}
-    hear(y, 0.12)  # another new one 20 ms later: damped to a slow_flush_gap after x's
-    assert _updates_to(b, C, 0.2) == set()
-    assert _updates_to(b, C, 0.35) == set()
-    assert _updates_to(b, C, 0.356) == {y}
-    for k in range(4, 50):  # let the resends and the young link's table repeat go out
-        b.datagrams_to_send(k / 10)
-    t = hear(z, 5.0)  # much later a new destination is again sent at once
-    assert t == pytest.approx(5.005)
-    assert _updates_to(b, C, t) == {z}
-
-
 def test_seqno_request_reaches_origin_and_bumps() -> None:
     bumps: list[int] = []
     a, b = core(A, bumps), core(B)
