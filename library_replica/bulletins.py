@@ -589,6 +589,10 @@ class BulletinBoard:
                 if b.expires_ms > wall_now_ms and self.trust.authority(b.author) is not None]
         return sorted(live, key=lambda b: (b.issued_ms, b.op_id), reverse=True)
 
+    def next_expiry_ms(self) -> int | None:
+        """When ``purge`` next has something to forget (None: nothing held)."""
+        return min((b.expires_ms for b in self._bulletins.values()), default=None)
+
     def purge(self, wall_now_ms: int) -> list[bytes]:
         """Forget expired bulletins; returns their op ids (for the store to drop too)."""
         gone = [k for k, b in self._bulletins.items() if b.expires_ms <= wall_now_ms]

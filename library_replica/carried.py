@@ -102,6 +102,10 @@ class CarriedPool:
         self.bytes -= entry.size
         return True
 
+    def next_expiry_ms(self) -> int | None:
+        """When ``expire`` next has something to forget (None: nothing held)."""
+        return min((e.expiry_ms for e in self._ops.values()), default=None)
+
     def expire(self, wall_now_ms: int) -> list[bytes]:
         """Forget expired entries (the store purges the ops themselves); their op ids."""
         gone = [k for k, e in self._ops.items() if e.expiry_ms <= wall_now_ms]

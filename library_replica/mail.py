@@ -204,6 +204,11 @@ class MailBox:
         self._receipt_of.setdefault(item.ref, {}).setdefault(item.recipient, item)
         return item
 
+    def next_expiry_ms(self) -> int | None:
+        """When ``purge`` next has something to forget (None: nothing held)."""
+        return min((v.expiry_ms for table in (self._mail, self._receipts)
+                    for v in table.values()), default=None)
+
     def purge(self, wall_now_ms: int) -> int:
         """Forget expired ops (sync purges them from the store); returns how many."""
         gone = 0

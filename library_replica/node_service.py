@@ -20,11 +20,14 @@ Start.  ``run`` replays the stored ops of every namespace (trust first, then
 bulletins, situation, mail, library) in a thread, refreshes the persistent
 index (unchanged documents are skipped), then opens mail addressed to us;
 control methods wait for that (``_ready``) while ``status`` answers at once.
-Then, every ``purge_interval_s``, expired bulletins and mail are forgotten,
-and (when this node's key is a member of the community) library documents the
-compaction planner picks are compacted into snapshots
-(``library_replica.compaction``); a snapshot applied here, ours or a peer's,
-drops the ops it supersedes from the op store (``OpStore.supersede``).
+Then expired bulletins and mail are forgotten at the next expiry (``idle_delay_s``);
+a commit wakes the service, which gathers the burst for ``purge_interval_s`` and then
+refreshes the version, writes notice receipts and catches the index up.  An idle node
+wakes only at an expiry or every ``IDLE_WAKE_S`` (a phone's CPU sleeps in between).
+When this node's key is a member of the community, library documents the compaction
+planner picks are compacted into snapshots (``library_replica.compaction``) on those
+passes; a snapshot applied here, ours or a peer's, drops the ops it supersedes from the
+op store (``OpStore.supersede``).
 
 Trust.  The pinned root and the newest configuration adopted are kept in the
 state directory (``trust.toml``, or ``trust.pin`` for a root fingerprint
@@ -164,6 +167,17 @@ PIN_NAME = "trust.pin"
 DEFAULT_BULLETIN_S = 24 * 3600
 _REPLAY_ORDER = ("trust", "bulletin", "situation", "mail", "library")
 _REPLAY_CHUNK = 2000
+#: with nothing to do and nothing expiring sooner, the service wakes this often (carried
+#: ops the store no longer holds are forgotten then)
+IDLE_WAKE_S = 60.0
+
+
+def idle_delay_s(next_expiry_ms: int | None, wall_now_ms: int, cap_s: float) -> float:
+    """Seconds to sleep until the next expiry (just past it: purges forget ``<= now``)."""
+    if next_expiry_ms is None:
+        return cap_s
+    return min(cap_s, max(0.0, (next_expiry_ms - wall_now_ms + 1) / 1000))
+
 #: a ``library.changed`` event lists at most this many ids (``count`` has them all)
 MAX_EVENT_IDS = 256
 #: certificates and key statements listed by ``trust.show`` at most
@@ -242,6 +256,7 @@ class LibraryNodeService:
         self.store = store
         self._wall = wall_clock
         self._purge_interval_s = purge_interval_s
+        self._wake = asyncio.Event()  # set on a commit: something for ``run`` to do
         self._inbox = inbox
         self._ident = node.identity
         self._author = node.identity.ed25519_pub
@@ -331,7 +346,7 @@ class LibraryNodeService:
         while True:
             await self._refresh_version()
             await self._acknowledge_notices()
-            await asyncio.sleep(self._purge_interval_s)
+            await self._wait_for_work()
             self._purge()
             if time.monotonic() >= self._compact_due:
                 # once a minute, or twice per quiet time when that is shorter
@@ -340,6 +355,23 @@ class LibraryNodeService:
                 await self._compact()
             if self.index.behind:
                 await self._catch_up_index()
+
+    async def _wait_for_work(self) -> None:
+        """Sleep until a commit (then gather its burst) or the next expiry."""
+        self._wake.clear()
+        if not (self.index.behind or self._version_dirty or self._to_acknowledge):
+            wall = self._wall_ms()
+            expiries = [t for t in (self.bulletins.next_expiry_ms(), self.mail.next_expiry_ms(),
+                                    self.notices.next_expiry_ms(),
+                                    self.carried.next_expiry_ms()) if t is not None]
+            delay = idle_delay_s(min(expiries, default=None), wall, IDLE_WAKE_S)
+            if self.trust.member(self._author):  # a member compacts on its own schedule too
+                delay = min(delay, max(0.05, self._compact_due - time.monotonic()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                return  # an expiry (or the idle wake): purge
+        await asyncio.sleep(self._purge_interval_s)  # gather a burst of commits into one pass
 
     async def _acknowledge_notices(self) -> None:
         """Write our receipt (``bulletin.seen``) for each notice this node has shown."""
@@ -452,6 +484,7 @@ class LibraryNodeService:
 
     async def _on_commit(self, ops: Sequence[Any]) -> None:
         await self._apply(ops, replay=False)
+        self._wake.set()
 
     async def _apply(self, ops: Sequence[Any], *, replay: bool) -> None:
         wall = self._wall_ms()
@@ -1342,6 +1375,7 @@ class LibraryNodeService:
         if b is None:
             raise ControlError("failed", "the bulletin was stored but is not live")
         self._to_acknowledge.add(b.doc_id)
+        self._wake.set()
         return self._notice_json(Notice(b, 1, 0))
 
     async def _h_bulletin_list(self, params: dict[str, Any]) -> dict[str, Any]:

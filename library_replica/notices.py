@@ -243,6 +243,11 @@ class NoticeBoard:
         cur = self._changes.get((b.doc_id, b.author))
         return cur is not None and cur.retract
 
+    def next_expiry_ms(self) -> int | None:
+        """When ``purge`` next has something to forget (None: nothing held)."""
+        return min([*(c.expires_ms for c in self._changes.values()),
+                    *(exp for _, exp in self._seen.values())], default=None)
+
     def purge(self, wall_now_ms: int) -> None:
         """Forget expired changes and receipts."""
         for key in [k for k, c in self._changes.items() if c.expires_ms <= wall_now_ms]:

@@ -101,10 +101,12 @@ def test_expired_bulletin_disappears(world: tuple[Author, Author, BulletinBoard]
     long = _bulletin(city, NOW + 5 * HOUR)
     assert board.apply(short, NOW) and board.apply(long, NOW)
     assert len(board.active(NOW)) == 2
+    assert board.next_expiry_ms() == NOW + HOUR  # when the service next wakes to purge
     later = NOW + 2 * HOUR
     assert [b.op_id for b in board.active(later)] == [long.op_id]
     assert board.purge(later) == [short.op_id]
     assert board.purge(later) == []
+    assert board.next_expiry_ms() == NOW + 5 * HOUR
     # arriving after its expiry, it is refused outright
     fresh = BulletinBoard(board.trust)
     with pytest.raises(Refused) as exc:
