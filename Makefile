@@ -69,6 +69,18 @@ clean:
 NOBLE_CIPHERS := 2.1.1
 NOBLE_CIPHERS_SHA512 := bysYuiVfhxNJuldNXlFEitTVdNnYUc+XNJZd7Qm2a5j1vZHgY+fazadNFWFaMK/2vye0JVlxV3gHmC0WDfAOQw==
 VENDOR_JS := web/static/vendor/noble-ciphers
+# Ed25519 for browsers whose WebCrypto lacks it (loaded only there): @noble/curves and the
+# SHA-512 it imports from @noble/hashes; bare '@noble/hashes/X' imports become relative
+NOBLE_CURVES := 2.4.0
+NOBLE_CURVES_SHA512 := P4/62zrgfH33CneE3Dn4WhJVA22YUU0eR51wKIan4NVRvwsA0YnPTwWGpNbpuacSujmSFLvyzpyuR30+fbq2Ew==
+NOBLE_CURVES_FILES := ed25519.js utils.js abstract/curve.js abstract/edwards.js abstract/fft.js \
+  abstract/frost.js abstract/hash-to-curve.js abstract/modular.js abstract/montgomery.js \
+  abstract/oprf.js LICENSE
+NOBLE_HASHES := 2.4.0
+NOBLE_HASHES_SHA512 := X5XaVWZIBCT7HHZGm5I7ZQXDwLG+bGXuSrMQAW+7Zvl87h1kmc1ZB1VSRJcpUfoUrGQp4Fkoxm5kZ+Ms+aW+eA==
+NOBLE_HASHES_FILES := sha2.js _md.js _u64.js utils.js LICENSE
+VENDOR_CURVES := web/static/vendor/noble-curves
+VENDOR_HASHES := web/static/vendor/noble-hashes
 
 vendor-js:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
@@ -80,4 +92,18 @@ vendor-js:
 	for f in chacha.js _arx.js _poly1305.js utils.js LICENSE; do \
 	  sed '/^\/\/# sourceMappingURL=/d' "$$tmp/package/$$f" > $(VENDOR_JS)/$$f; done; \
 	echo "@noble/ciphers $(NOBLE_CIPHERS) (npm, sha512-$(NOBLE_CIPHERS_SHA512)): chacha.js _arx.js _poly1305.js utils.js, MIT (LICENSE)" > $(VENDOR_JS)/VERSION; \
-	echo "vendored @noble/ciphers $(NOBLE_CIPHERS) into $(VENDOR_JS)"
+	echo "vendored @noble/ciphers $(NOBLE_CIPHERS) into $(VENDOR_JS)"; \
+	(cd "$$tmp" && npm pack --silent @noble/curves@$(NOBLE_CURVES) @noble/hashes@$(NOBLE_HASHES) >/dev/null); \
+	for pkg in "curves $(NOBLE_CURVES) $(NOBLE_CURVES_SHA512) $(VENDOR_CURVES)" \
+	           "hashes $(NOBLE_HASHES) $(NOBLE_HASHES_SHA512) $(VENDOR_HASHES)"; do \
+	  set -- $$pkg; tgz="$$tmp/noble-$$1-$$2.tgz"; \
+	  got=$$(openssl dgst -sha512 -binary "$$tgz" | base64 -w0); \
+	  if [ "$$got" != "$$3" ]; then echo "integrity mismatch ($$1): $$got" >&2; exit 1; fi; \
+	  rm -rf "$$tmp/package"; tar xzf "$$tgz" -C "$$tmp"; rm -rf "$$4"; \
+	  if [ "$$1" = curves ]; then files="$(NOBLE_CURVES_FILES)"; else files="$(NOBLE_HASHES_FILES)"; fi; \
+	  for f in $$files; do mkdir -p "$$4/$$(dirname $$f)"; \
+	    case "$$f" in abstract/*) up=../../noble-hashes/;; *) up=../noble-hashes/;; esac; \
+	    sed -e '/^\/\/# sourceMappingURL=/d' -e "/^import /s|from '@noble/hashes/|from '$$up|" \
+	      "$$tmp/package/$$f" > "$$4/$$f"; done; \
+	  echo "@noble/$$1 $$2 (npm, sha512-$$3): $$files, MIT (LICENSE)" > "$$4/VERSION"; \
+	  echo "vendored @noble/$$1 $$2 into $$4"; done

@@ -7,7 +7,7 @@
 // iceServers is empty: nothing outside the mesh is ever asked.  The DTLS fingerprints of
 // this browser's SDP are signed with its own Ed25519 key (identity.js); the far end checks
 // the signature, so no car can swap them.  Text reaches the page through textContent only.
-import { hex, identity, openDb } from "/static/identity.js";
+import { hex, identity, openDb, sign, verify } from "/static/identity.js";
 
 const root = document.getElementById("call");
 const utf8 = new TextEncoder();
@@ -137,9 +137,8 @@ class CallPage {
   }
 
   async sign(callId, kind, sdp) {
-    const sig = await crypto.subtle.sign({ name: "Ed25519" }, this.me.privateKey,
-                                         fingerprintMessage(callId, kind, sdp));
-    return { key: hex(this.me.pub), sig: hex(new Uint8Array(sig)) };
+    const sig = await sign(this.me, fingerprintMessage(callId, kind, sdp));
+    return { key: hex(this.me.pub), sig: hex(sig) };
   }
 
   async newPeer(callId) {
@@ -276,9 +275,8 @@ class CallPage {
   async checkAnswer(callId, m) {
     if (!m.key || !m.sig) return "none";
     try {
-      const key = await crypto.subtle.importKey("raw", unhex(m.key), { name: "Ed25519" }, false, ["verify"]);
-      const ok = await crypto.subtle.verify({ name: "Ed25519" }, key, unhex(m.sig),
-                                            fingerprintMessage(callId, "answer", m.sdp));
+      const ok = await verify(unhex(m.key), unhex(m.sig),
+                              fingerprintMessage(callId, "answer", m.sdp));
       if (!ok) return "bad";
     } catch {
       return "bad";

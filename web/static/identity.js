@@ -8,7 +8,9 @@
 // and stores the op as if a peer had sent it, so the registrant is this key, not the
 // car's.  Ops are put in an outbox in IndexedDB before they are posted and leave it only
 // when the car has stored them, so a lost answer never makes a second op at one chain
-// position (a fork).  A browser without Ed25519 in WebCrypto is refused, clearly.
+// position (a fork).  A browser without Ed25519 in WebCrypto signs with the vendored
+// @noble/curves (loaded only there); its private key is then bytes kept in IndexedDB,
+// which cannot be made non-extractable (docs/web.md says so).
 // Text reaches the page through textContent only.
 
 const DB_NAME = "carmesh";
@@ -138,18 +140,54 @@ function exclusive(fn) {
 
 export class Unsupported extends Error {}
 
+// the vendored Ed25519 (@noble/curves), imported the first time WebCrypto lacks it
+let noble = null;
+async function nobleEd25519() {
+  if (!noble) {
+    noble = import("./vendor/noble-curves/ed25519.js").then((m) => m.ed25519).catch((e) => {
+      noble = null;
+      throw new Unsupported(`no Ed25519 here: ${e}`);
+    });
+  }
+  return noble;
+}
+
 async function makeIdentity() {
   let keys;
   try {
     keys = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
-  } catch (e) {
-    throw new Unsupported(String(e));
+  } catch {
+    // no Ed25519 in this browser's WebCrypto: the vendored library, a 32-byte secret
+    const ed = await nobleEd25519();
+    const secret = crypto.getRandomValues(new Uint8Array(32));
+    return {
+      v: 1, privateKey: null, secret, pub: ed.getPublicKey(secret), seq: 0, prev: null,
+      hlc: 0n, nonce: crypto.getRandomValues(new Uint8Array(16)), outbox: [],
+    };
   }
   const pub = new Uint8Array(await crypto.subtle.exportKey("raw", keys.publicKey));
   return {
     v: 1, privateKey: keys.privateKey, pub, seq: 0, prev: null, hlc: 0n,
     nonce: crypto.getRandomValues(new Uint8Array(16)), outbox: [],
   };
+}
+
+// an Ed25519 signature of ``data`` by this browser's key (WebCrypto's, or the vendored one's)
+export async function sign(me, data) {
+  if (me.secret) return (await nobleEd25519()).sign(data, me.secret);
+  return new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, me.privateKey, data));
+}
+
+// does ``sig`` by public key ``pub`` verify over ``data`` (RFC 8032, as the cars check)
+export async function verify(pub, sig, data) {
+  let key;
+  try {
+    key = await crypto.subtle.importKey("raw", pub, { name: "Ed25519" }, false, ["verify"]);
+  } catch (e) {
+    if (!(e instanceof DOMException) || e.name !== "NotSupportedError") throw e;
+    return (await nobleEd25519()).verify(sig, data, pub, { zip215: false });
+  }
+  return crypto.subtle.verify({ name: "Ed25519" }, key, sig, data);
 }
 
 // this browser's identity record, made on the first call
@@ -173,8 +211,7 @@ async function signNext(me, kind, docId, body, post = undefined) {
   const wall = BigInt(Math.round(Date.now() + clockSkewMs)) << 16n;
   const hlc = wall > me.hlc ? wall : me.hlc + 1n;
   const signed = pack([1, kind, docId, me.pub, seq, me.prev, hlc, null, body]);
-  const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, me.privateKey,
-                                                      concat(SIG_DOMAIN, signed)));
+  const sig = await sign(me, concat(SIG_DOMAIN, signed));
   // the signed 9-array with its header bumped to 10 items and the signature as bin8
   const raw = concat([0x9a], signed.subarray(1), [0xc4, 0x40], sig);
   const opId = await sha256(raw);

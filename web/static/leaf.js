@@ -18,7 +18,7 @@
 // kept in IndexedDB only: the car never sees plaintext.  Text reaches pages through textContent.
 
 import { chacha20poly1305 } from "./vendor/noble-ciphers/chacha.js";
-import { hex, identity, pack, Unsupported } from "./identity.js";
+import { hex, identity, pack, sign, Unsupported, verify } from "./identity.js";
 
 const utf8 = new TextEncoder();
 const DB_NAME = "carmesh";
@@ -215,14 +215,6 @@ export async function keys(db) {
   return { me, leaf, id: await nodeIdOf(me.pub, leaf.xpub) };
 }
 
-async function sign(me, data) {
-  return new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, me.privateKey, data));
-}
-
-async function verify(pub, sig, data) {
-  const key = await crypto.subtle.importKey("raw", pub, { name: "Ed25519" }, false, ["verify"]);
-  return crypto.subtle.verify({ name: "Ed25519" }, key, sig, data);
-}
 
 async function agree(privateKey, pub) {
   const key = await crypto.subtle.importKey("raw", pub, { name: "X25519" }, false, []);
