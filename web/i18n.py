@@ -49,6 +49,9 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "needs_js": "登録には JavaScript が必要です。",
         "signing": "署名して送っています…", "registered": "登録しました",
         "failed": "登録できませんでした", "find_person": "人を探す",
+        "register_other": "ほかの人を登録する",
+        "other_hint": "家族や近所の人の安否を登録できます。登録者としてこの端末の鍵が記録されます。",
+        "their_name": "その人の名前", "status": "状態", "register_other_button": "この人を登録する",
         "find_placeholder": "名前・よみがな", "registered_by": "登録",
         "no_people": "登録されている人は見つかりませんでした。",
         "key_note": "登録はこの端末の鍵で署名され、あなた自身の名義で全ての車に届きます。",
@@ -102,6 +105,11 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "needs_js": "Registering needs JavaScript.",
         "signing": "Signing and sending…", "registered": "Registered",
         "failed": "Not registered", "find_person": "Find a person",
+        "register_other": "Register someone else",
+        "other_hint": "A family member or a neighbour: recorded with this device's key as "
+                      "the one who registered them.",
+        "their_name": "Their name", "status": "Status",
+        "register_other_button": "Register this person",
         "find_placeholder": "name or reading", "registered_by": "registered by",
         "no_people": "Nobody by that name is registered.",
         "key_note": "Your registration is signed with this device's key and reaches every car "

@@ -274,6 +274,27 @@ export async function registerSafe(db, { name, reading, place, note }) {
   return flush(db);
 }
 
+// register another person (a family member, a neighbour) with this browser's key as the
+// registrant: a fresh nonce, so a new record each time (safety.py: person id = hash of
+// registrant key and nonce); the nonces are kept so this browser could correct them later
+export async function registerOther(db, { name, reading, status, place, note }) {
+  reading = reading.normalize("NFKC").trim();
+  if (!KANA.test(reading)) throw new Error("よみがな: kana only / reading: kana only");
+  let pid;
+  await exclusive(async () => {
+    const me = await load(db);
+    const nonce = crypto.getRandomValues(new Uint8Array(16));
+    const by = me.profile ? me.profile.name.slice(0, 64) : "";
+    const body = { b: by, s: status, a: place || undefined, t: note || undefined,
+                   i: nonce, n: name, r: reading, c: "" };
+    pid = await personId(me.pub, nonce);
+    await signNext(me, "safety.person", pid, pack(body));
+    me.others = [...(me.others || []), { id: hex(pid), nonce, name }].slice(-200);
+    await save(db, me); // in the outbox before it is sent
+  });
+  return flush(db);
+}
+
 // sign ops whose bodies the car composed (a library correction: web/library_edit.py) as
 // the next ops of this browser's chain, then send them; ``ops`` are {kind, docId, body}
 // with bytes, ``post`` as in signNext
@@ -338,6 +359,31 @@ async function main() {
       show(result, `${form.dataset.failed}: ${e.message || e}`, "problem");
     } finally {
       button.disabled = false;
+    }
+  });
+  const other = document.getElementById("other-form");
+  if (!other) return;
+  const otherButton = document.getElementById("other-button");
+  const otherResult = document.getElementById("other-result");
+  otherButton.disabled = false;
+  other.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(other);
+    const val = (k) => String(f.get(k) || "").trim();
+    otherButton.disabled = true;
+    show(otherResult, other.dataset.signing, "meta");
+    try {
+      const res = await registerOther(db, { name: val("name"), reading: val("reading"),
+                                            status: val("status"), place: val("place"),
+                                            note: val("note") });
+      const p = res && res.person;
+      show(otherResult, `${other.dataset.registered}: ${p ? p.name : val("name")}`, "ok");
+      if (res) otherResult.dataset.op = res.op_id;
+      other.reset(); // the next person starts from an empty form
+    } catch (e) {
+      show(otherResult, `${other.dataset.failed}: ${e.message || e}`, "problem");
+    } finally {
+      otherButton.disabled = false;
     }
   });
 }
