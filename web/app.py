@@ -76,7 +76,9 @@ WEB_METHODS: Final = frozenset({"status", "routes", "library.search", "library.s
                                 "library.publish", "trust.marks",
                                 # leaves (web/messages.py): ciphertext in and out, no admin
                                 "leaf.challenge", "leaf.attach", "leaf.held", "leaf.release",
-                                "leaf.send", "leaf.key"})
+                                "leaf.send", "leaf.key",
+                                # reachable browsers for /people: name, key, car only
+                                "leaf.directory"})
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; manifest-src 'self'; worker-src 'self'; "
@@ -306,11 +308,14 @@ async def people(request: web.Request) -> web.Response:
     st = _state(request)
     me = await st.op("status", {})
     routes = (await st.op("routes", {}))["routes"]
-    reachable = sorted((r for r in routes if r["reachable"]),
+    # attached browsers (mesh leaves, here or at other cars) are listed as browsers
+    browsers = (await st.op("leaf.directory", {}))["browsers"]
+    leaf_ids = {b["node_id"] for b in browsers}
+    reachable = sorted((r for r in routes if r["reachable"] and r["destination"] not in leaf_ids),
                        key=lambda r: (r["metric"], r["name"]))
     marks = await st.op("trust.marks", {})  # verified marks; pinned contacts: contacts.js
     return _render(request, "people.html", title=TEXT[_lang(request)]["people"], me=me,
-                   routes=reachable, marks=marks)
+                   routes=reachable, browsers=browsers, marks=marks)
 
 
 async def safety(request: web.Request) -> web.Response:

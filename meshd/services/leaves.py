@@ -74,6 +74,8 @@ HELD_TTL_S = 7 * 24 * 3600.0
 #: the attachment is re-checked this often (stale ones lapse)
 SWEEP_S = 30.0
 HELD_FILE = "leaves.json"
+#: at most this many browsers in one ``leaf.directory`` answer (attached here first)
+MAX_DIRECTORY = 1000
 
 
 class LeafNode(Protocol):
@@ -96,6 +98,10 @@ class LeafNode(Protocol):
     def announcement_of(self, node_id: NodeId) -> Announcement | None: ...
 
     def resolve(self, query: str) -> NodeId: ...
+
+    def known_nodes(self) -> list[tuple[str, str]]: ...
+
+    def name_of(self, node_id: NodeId | None) -> str: ...
 
     def next_hop(self, destination: NodeId) -> NodeId | None: ...
 
@@ -210,7 +216,8 @@ class LeafService:
     def handlers(self) -> Mapping[str, ControlHandler]:
         return {"leaf.challenge": self._h_challenge, "leaf.attach": self._h_attach,
                 "leaf.held": self._h_held, "leaf.release": self._h_release,
-                "leaf.send": self._h_send, "leaf.key": self._h_key, "leaf.list": self._h_list}
+                "leaf.send": self._h_send, "leaf.key": self._h_key, "leaf.list": self._h_list,
+                "leaf.directory": self._h_directory}
 
     def stream_services(self) -> Mapping[str, StreamHandler]:
         return {}
@@ -367,6 +374,26 @@ class LeafService:
                 "leaf": ann.gateway is not None,
                 "reachable": self._node.next_hop(target) is not None
                 or target == self._node.identity.node_id or target in self._node.leaves()}
+
+    async def _h_directory(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Every reachable browser (a leaf attached here or routed to another car): only
+        its id, name, Ed25519 key and the car it is attached to, for the web's /people."""
+        here = self._node.identity.node_id
+        local = self._node.leaves()
+        out: list[dict[str, str]] = []
+        for node in dict.fromkeys([*local, *(bytes.fromhex(h) for h, _ in
+                                             self._node.known_nodes())]):
+            if len(out) >= MAX_DIRECTORY:
+                break
+            node_hex = node.hex()
+            ann = local.get(node) or self._node.announcement_of(node)
+            if ann is None or ann.gateway is None:
+                continue
+            if node not in local and (ann.gateway == here or self._node.next_hop(node) is None):
+                continue  # detached from here, or out of reach
+            out.append({"node_id": node_hex, "name": ann.name, "key": ann.ed25519_pub.hex(),
+                        "car": ann.gateway.hex(), "car_name": self._node.name_of(ann.gateway)})
+        return {"browsers": sorted(out, key=lambda b: (b["name"], b["node_id"]))}
 
     async def _h_list(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"leaves": [{"leaf": leaf.hex(), "name": ann.name, "seqno": ann.seqno,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
+import re
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -77,6 +78,20 @@ def line() -> Iterator[tuple[Cluster, Car, Car]]:
         yield cl, Car(f"http://127.0.0.1:{wb}"), Car(f"http://127.0.0.1:{wc}")
 
 
+def _people(car: Car) -> str:
+    req = urllib.request.Request(car.url + "/people", headers={"Accept-Language": "en"})
+    with car.opener.open(req, timeout=30) as r:
+        return str(r.read().decode())
+
+
+def _browsers(car: Car) -> dict[str, tuple[str, str]]:
+    """key -> (name, the car it is attached through) of each browser on ``car``'s /people."""
+    return {m["key"]: (m["name"], m["car"]) for m in re.finditer(
+        r'<li class="browser" data-kind="browser" data-key="(?P<key>[0-9a-f]{64})" '
+        r'data-name="(?P<name>[^"]*)">.*?through car: (?P<car>[^<]*?)</span></li>',
+        _people(car), re.S)}
+
+
 def _route(cl: Cluster, at: str, leaf: Leaf) -> Any:
     rc, res = cl[at].meshctl("routes")
     return next((r for r in res["routes"] if r["destination"] == leaf.id.hex()
@@ -112,6 +127,14 @@ def test_reattaching_through_b_moves_the_route_and_the_held_mail(
     texts = {Fields(unpack(open_sealed(leaf.ident, bytes.fromhex(h["data"]), source=a_id,
                                        context=b"msg").body, 4096)).str("text") for h in held}
     assert texts == {"駅前で待っています"}
+    # /people: the browser is listed as a browser at b ("this car") and at c (through b),
+    # with its key for pinning, and not a second time as a plain device
+    key = leaf.ident.ed25519_pub.hex()
+    at_b = wait_until(lambda: _browsers(car_b).get(key), 30, 0.3, "b lists the browser")
+    assert at_b == ("kenji-phone", "this car")
+    at_c = wait_until(lambda: _browsers(car_c).get(key), 30, 0.3, "c lists the browser")
+    assert at_c == ("kenji-phone", "b")
+    assert _people(car_c).count('data-name="kenji-phone"') == 1
     # c serves the leaf no more: a send through its old session is refused there
     a_x = Identity.load_or_create(cl["a"].state_dir).x25519_pub
     st, err = car_c.post("/messages/send", leaf.sealed(a_x, a_id, {"k": "text", "text": "x"}, 0))

@@ -256,7 +256,8 @@ async def test_per_client_rate_limit(running: Running) -> None:
 
 async def test_no_admin_operation_is_reachable_from_the_web() -> None:
     admin = {"library.import", "library.export", "library.add", "library.edit",
-             "bulletin.publish", "situation.set", "send", "ping", "web.status"}
+             "bulletin.publish", "situation.set", "send", "ping", "web.status",
+             "leaf.list"}
     assert not admin & WEB_METHODS
     # reads, the writes of ops the browser signed with its own key (safety, library;
     # library.prepare composes a change for the browser to sign and stores nothing), and a
@@ -264,7 +265,8 @@ async def test_no_admin_operation_is_reachable_from_the_web() -> None:
     assert all(m in {"status", "routes", "library.search", "library.show", "bulletin.list",
                      "situation.list", "safety.search", "safety.publish", "library.history",
                      "library.prepare", "library.publish", "trust.marks", "leaf.challenge",
-                     "leaf.attach", "leaf.held", "leaf.release", "leaf.send", "leaf.key"}
+                     "leaf.attach", "leaf.held", "leaf.release", "leaf.send", "leaf.key",
+                     "leaf.directory"}
                for m in WEB_METHODS)
 
 
