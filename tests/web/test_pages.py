@@ -155,6 +155,9 @@ async def test_board_shows_shelters_needs_vehicles_and_bulletins(running: Runnin
         assert "毛布" in html and "&lt;script&gt;bad()&lt;/script&gt;" in html
         assert "Kenji&#39;s EV" in html and "12.5 kWh" in html and "AC100V" in html
         assert "Emergency bulletins" in html
+        # register yourself or others: both forms on /safety, one tap from the board
+        assert 'href="/safety#safe-h"' in html and 'href="/safety#other-h"' in html
+        assert "Register someone else" in html
     finally:
         await c.close()
 
