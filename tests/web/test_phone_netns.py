@@ -45,7 +45,7 @@ HOSTILE_NAME = "避難 花子<script>window.__pwned=1</script>"
 #: 44 CSS px tall, Apple's and WCAG 2.5.5's size) and nothing makes the page scroll sideways
 THUMB = """() => {
   const small = [...document.querySelectorAll('header a, header button, main a, main button,'
-                                               + ' main input, main textarea')]
+                                               + ' main input, main textarea, main select')]
     .filter((e) => e.offsetParent !== null && e.type !== 'hidden')
     .map((e) => [e.outerHTML.slice(0, 80), e.getBoundingClientRect().height])
     .filter(([, h]) => h < 44);
