@@ -56,6 +56,15 @@ async def test_attach_needs_a_fresh_challenge_and_a_proof(running: Running) -> N
         assert res["leaf"] == leaf.id.hex() and res["name"] == "hanako"
         listed = await running.call("leaf.list", {})
         assert leaf.id.hex() in [x["leaf"] for x in listed["leaves"]]
+        # what /people may show of it: its name, key and car, nothing of what the car holds
+        mine = [b for b in (await running.call("leaf.directory", {}))["browsers"]
+                if b["node_id"] == leaf.id.hex()]
+        assert mine == [{"node_id": leaf.id.hex(), "name": "hanako",
+                         "key": leaf.ident.ed25519_pub.hex(),
+                         "car": running.node.identity.node_id.hex(),
+                         "car_name": running.node.name_of(running.node.identity.node_id)}]
+        page = await (await c.get("/people")).text()
+        assert f'data-key="{leaf.ident.ed25519_pub.hex()}" data-name="hanako"' in page
         # the car knows the leaf's keys and name as any node's
         assert running.node.resolve("hanako") == leaf.id
     finally:
