@@ -57,6 +57,8 @@ Control methods (params -> result; documented with the commands in docs/cli.md):
 * ``trust.show``, ``trust.export``, ``trust.join`` {config | fingerprint},
   ``trust.publish`` {op: a root-signed ``trust.update``, hex}
 * ``mail.list``: the outbox (queued / delivered) and what this node carries
+* ``mail.publish`` / ``mail.inbox`` (mail a browser leaf seals and opens itself):
+  ``browser_mail.py``
 * ``library.prepare`` / ``library.publish`` (changes a browser signs) and ``trust.marks``:
   ``browser_edit.py``
 
@@ -81,6 +83,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from library_replica.browser_edit import BrowserLibraryOps
+from library_replica.browser_mail import BrowserMailOps
 from library_replica.bulletins import (
     KIND_PUBLISH,
     KIND_TRUST_UPDATE,
@@ -324,6 +327,7 @@ class LibraryNodeService:
             "bulletin.retract": self._h_bulletin_retract,
             "mail.list": self._h_mail_list,
             **BrowserLibraryOps(self).handlers(),  # library.prepare / publish, trust.marks
+            **BrowserMailOps(self).handlers(),  # mail.publish / mail.inbox (browser leaves)
         }
 
     def stream_services(self) -> Mapping[str, StreamHandler]:

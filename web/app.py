@@ -76,7 +76,10 @@ WEB_METHODS: Final = frozenset({"status", "routes", "library.search", "library.s
                                 "library.publish", "trust.marks",
                                 # leaves (web/messages.py): ciphertext in and out, no admin
                                 "leaf.challenge", "leaf.attach", "leaf.held", "leaf.release",
-                                "leaf.send", "leaf.key"})
+                                "leaf.send", "leaf.key",
+                                # mail a browser leaf sealed and signed itself, and its own
+                                # sealed mail held at the car (library_replica/browser_mail.py)
+                                "mail.publish", "mail.inbox"})
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; manifest-src 'self'; worker-src 'self'; "

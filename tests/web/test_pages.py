@@ -264,7 +264,8 @@ async def test_no_admin_operation_is_reachable_from_the_web() -> None:
     assert all(m in {"status", "routes", "library.search", "library.show", "bulletin.list",
                      "situation.list", "safety.search", "safety.publish", "library.history",
                      "library.prepare", "library.publish", "trust.marks", "leaf.challenge",
-                     "leaf.attach", "leaf.held", "leaf.release", "leaf.send", "leaf.key"}
+                     "leaf.attach", "leaf.held", "leaf.release", "leaf.send", "leaf.key",
+                     "mail.publish", "mail.inbox"}
                for m in WEB_METHODS)
 
 
