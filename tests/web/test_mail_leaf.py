@@ -203,3 +203,89 @@ async def test_mail_for_a_browser_is_held_at_the_car_and_opened_by_it(tmp: Path)
     finally:
         await c.close()
         await a.down()
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make sysdeps)")
+async def test_the_page_sends_mail_when_there_is_no_route_and_opens_mail_for_it(
+        tmp: Path) -> None:
+    """The real page in Chromium: leaf.js seals and signs the mail op itself."""
+    async_api = pytest.importorskip("playwright.async_api")
+    pa, pb = free_udp_port(), free_udp_port()
+    a = await _start(tmp / "pa", "car-a", pa)
+    b = await _start(tmp / "pb", "kenji", pb, peer=f"127.0.0.1:{pa}")
+    b_id = b.node.identity.node_id
+    call, subscribe = web_seams(a.node)
+    c: TestClient[Any, Any] = TestClient(TestServer(make_app(call, subscribe)))
+    await c.start_server()
+    base = f"http://127.0.0.1:{c.port}"
+    problems: list[str] = []
+    try:
+        await _until(lambda: _route(a, b_id), "a route from a to kenji")
+        await b.down()
+        await _until(lambda: _none(_route(a, b_id)), "a to lose the route to kenji", 120)
+        async with async_api.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True)
+            try:
+                ctx = await browser.new_context(viewport={"width": 390, "height": 844},
+                                                locale="en",
+                                                extra_http_headers={"Accept-Language": "en"})
+                page = await ctx.new_page()
+                page.on("console", lambda m: problems.append(m.text)
+                        if m.type == "error" else None)
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                await page.goto(base + "/messages")
+                await page.locator("html[data-leaf=attached]").wait_for(state="attached",
+                                                                        timeout=60_000)
+                await page.fill("#name-form input[name=name]", "hanako")
+                await page.click("#attach-button")
+                await page.locator("#attach-state", has_text="hanako").wait_for()
+                leaf = await page.locator("#leaf").get_attribute("data-leaf-id")
+                assert leaf is not None and len(leaf) == 32
+                text = "北小学校にいます。水があります <b>"
+                await page.fill("#send-form input[name=to]", "kenji")
+                await page.fill("#send-form textarea[name=text]", text)
+                await page.click("#send-button")
+                out = page.locator(".msg.out[data-state=mail]")
+                await out.wait_for(timeout=30_000)
+                assert "carried car to car" in await out.locator(".meta").inner_text()
+                assert (await a.call("mail.list", {}))["carried"] == 1
+
+                # kenji links again and opens it: the browser's key is the sender
+                b = await _start(tmp / "pb", "kenji", pb, peer=f"127.0.0.1:{pa}")
+
+                async def opened() -> Any:
+                    return [m for m in (await b.call("messages", {}))["messages"]
+                            if m["from"] == leaf]
+
+                [m] = await _until(opened, "kenji to open the page's mail")
+                assert m["text"] == text and m["from_name"] == "hanako"
+                # its receipt reaches the car: the page shows the mail delivered
+                await page.reload()
+                await page.locator(".msg.out[data-state=delivered]").wait_for(
+                    state="attached", timeout=60_000)  # in a closed conversation
+
+                # mail for the browser held at the car: opened in the page, acknowledged
+                assert a.node.mail_fallback is not None
+                await a.node.mail_fallback(bytes.fromhex(leaf), "毛布を持っていきます")
+                await page.reload()
+                got = page.locator(".msg.in .text", has_text="毛布")
+                await got.wait_for(state="attached", timeout=60_000)
+                assert await got.text_content() == "毛布を持っていきます"
+                assert await page.locator(".msg.in.new").count() == 1  # unread
+
+                async def acknowledged() -> Any:
+                    return [x for x in (await a.call("mail.list", {}))["outbox"]
+                            if x["to"] == leaf and x["status"] == "delivered"]
+
+                await _until(acknowledged, "the page's receipt at the car")
+                assert problems == [], problems
+                await ctx.close()
+            finally:
+                await browser.close()
+    finally:
+        await c.close()
+        await b.down()
+        await a.down()
