@@ -20,7 +20,7 @@ and the sender sees it delivered.
 
 Control methods (params -> result):
 
-* ``mail.publish`` {op: hex} -> {op_id, message_id, to, kind, expires_ms, result}: one
+* ``mail.publish`` {op: hex, author?: Ed25519 hex the op must be signed by} -> {op_id, message_id, to, kind, expires_ms, result}: one
   ``mail.sealed`` or ``mail.receipt`` op signed by another key (forged, malformed or
   refused ops are ``bad_request``; ``result`` is applied / duplicate)
 * ``mail.inbox`` {recipient: NodeId hex, author?: Ed25519 hex} -> {mail: [{op_id, from,
@@ -96,6 +96,9 @@ class BrowserMailOps:
                        f"not {op.kind}")
         if op.author == svc._ident.ed25519_pub:
             raise _bad("this is the node's own key: use send")
+        author = _hex(params, "author", _KEY_LEN, optional=True)
+        if author is not None and op.author != author:
+            raise _bad("refused: the op is signed by another key than this browser's")
         try:
             svc.mail.authorize(op, svc._wall_ms())
         except Refused as exc:

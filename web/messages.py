@@ -183,7 +183,9 @@ async def _mail(request: web.Request, st: Any, leaf: str | None) -> web.Response
     doc = await _body(request, {"op"})
     if set(doc) != {"op"}:
         raise _Refused(400, "the body is {op}")
-    return _json(await st.op("mail.publish", {"op": doc["op"]}))
+    # only the attached browser's own ops: a session does not publish in another key's name
+    me = await st.op("leaf.key", {"node": leaf})
+    return _json(await st.op("mail.publish", {"op": doc["op"], "author": me["ed25519"]}))
 
 
 async def _inbox(request: web.Request, st: Any, leaf: str | None) -> web.Response:

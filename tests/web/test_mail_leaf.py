@@ -132,6 +132,11 @@ async def test_browser_mail_to_an_unreachable_node_is_opened_when_it_links(tmp: 
         forged = raw[:-1] + bytes([raw[-1] ^ 1])
         r = await _post(c, "/messages/mail", {"op": forged.hex()})
         assert r.status == 400 and "signature" in (await r.json())["error"]
+        # only this browser's own ops: another key's op (even a valid one) is refused here
+        stranger = Leaf("stranger")
+        theirs = mail_op(stranger, bytes.fromhex(key["x25519"]), b_id, "x", a.node.wall_ms())
+        r = await _post(c, "/messages/mail", {"op": theirs.hex()})
+        assert r.status == 400 and "another key" in (await r.json())["error"]
         # only mail ops go this way
         bad = await _post(c, "/messages/mail", {"op": "00"})
         assert bad.status == 400
