@@ -65,7 +65,8 @@ Control methods (params -> result; documented with the commands in docs/cli.md):
 Events: ``library.changed`` {doc_ids}, ``library.progress``, ``situation.changed``
 {owner, kind}, ``bulletin.published`` {bulletin}, ``bulletin.expired`` {op_ids},
 ``bulletin.revoked`` {op_ids}, ``trust.changed`` {community, version, authorities},
-``mail.queued``, ``mail.delivered`` {message_id, to}, and ``message.received``
+``mail.queued``, ``mail.delivered`` {message_id, to}, ``mail.arrived`` {to, message_id}
+(mail for another node or a browser leaf committed here), and ``message.received``
 (through the inbox) for mail opened here.
 
 An id (``ID``) is 32 hex characters or a unique prefix of at least 4.
@@ -565,6 +566,12 @@ class LibraryNodeService:
             self._announce_delivery(r)
         if any(m.recipient == self._ident.node_id for m in new_mail) and not self._replaying:
             asyncio.get_running_loop().create_task(self._open_my_mail())
+        if not self._replaying:
+            # mail for someone else: a browser attached here hears it on its live stream
+            for m in new_mail:
+                if m.recipient != self._ident.node_id:
+                    self.node.publish("mail.arrived", {"to": m.recipient.hex(),
+                                                       "message_id": m.op_id.hex()[:24]})
 
     # -- trust and bulletins --------------------------------------------------------------------
 

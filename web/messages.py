@@ -218,12 +218,14 @@ LiveFilter = Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]] | None]
 
 
 def live_filter(request: web.Request) -> LiveFilter | None:
-    """For ``/events``: turns ``leaf.message`` events for this session's leaf into ``mail``."""
+    """For ``/events``: ``leaf.message`` and ``mail.arrived`` for this session's leaf: ``mail``."""
     leaf = session_leaf(request)
     if leaf is None:
         return None
 
     def f(event: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        if event == "mail.arrived" and data.get("to") == leaf:  # carried car to car
+            return "mail", {"from_name": "", "id": data.get("message_id", "")}
         if event != "leaf.message" or data.get("leaf") != leaf:
             return None
         return "mail", {"from_name": data.get("from_name", ""), "id": data.get("id", "")}

@@ -274,8 +274,12 @@ async def test_the_page_sends_mail_when_there_is_no_route_and_opens_mail_for_it(
 
                 # mail for the browser held at the car: opened in the page, acknowledged
                 assert a.node.mail_fallback is not None
+                await page.locator("html[data-live=ready]").wait_for(state="attached")
+                await page.evaluate("window.__notReloaded = true")
                 await a.node.mail_fallback(bytes.fromhex(leaf), "毛布を持っていきます")
-                await page.reload()
+                # the live stream says so at once: a notice, without a reload
+                await page.locator("#notice[data-kind=mail]").wait_for(timeout=15_000)
+                assert await page.evaluate("window.__notReloaded") is True
                 got = page.locator(".msg.in .text", has_text="毛布")
                 await got.wait_for(state="attached", timeout=60_000)
                 assert await got.text_content() == "毛布を持っていきます"

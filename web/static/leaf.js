@@ -584,6 +584,17 @@ export async function receive(db, { notify = true } = {}) {
   return news;
 }
 
+// a held packet, then mail carried car to car
+async function receiveAll(db) {
+  const news = await receive(db);
+  try {
+    return news.concat(await receiveMail(db));
+  } catch (e) {
+    console.warn("carmesh: mail not fetched:", e.message); // eslint-disable-line
+    return news;
+  }
+}
+
 export function showNotice(name) {
   const notice = document.getElementById("notice");
   if (!notice) return;
@@ -595,7 +606,7 @@ export function showNotice(name) {
 // from live.js: the car says mail is held for us
 export async function onMailEvent() {
   const db = await openDb();
-  return receive(db);
+  return receiveAll(db);
 }
 
 // from live.js on every page of a browser that has attached before: attach again to this
