@@ -248,6 +248,25 @@ class MailBox:
                and me not in self._receipt_of.get(m.op_id, {})]
         return sorted(out, key=lambda m: (m.queued_ms, m.op_id))
 
+    def unopened_for(self, recipient: NodeId, limit: int = 50) -> list[MailItem]:
+        """Mail addressed to ``recipient`` (a browser leaf) not acknowledged by it, oldest first.
+
+        The car cannot open it; the leaf fetches the sealed ops and opens them itself.
+        """
+        out = [m for m in self._mail.values() if m.recipient == recipient
+               and recipient not in self._receipt_of.get(m.op_id, {})]
+        return sorted(out, key=lambda m: (m.queued_ms, m.op_id))[:limit]
+
+    def delivered_by(self, author: bytes, limit: int = 200) -> dict[bytes, int]:
+        """Mail authored by ``author`` whose recipient acknowledged it: op id -> wall ms."""
+        out: dict[bytes, int] = {}
+        for m in self._mail.values():
+            if m.author == author and len(out) < limit:
+                at = self.delivered(m.op_id)
+                if at is not None:
+                    out[m.op_id] = at
+        return out
+
     def carried(self) -> int:
         """Live mail ops held for others (what this node carries)."""
         me = self._me.node_id

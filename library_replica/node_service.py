@@ -57,13 +57,16 @@ Control methods (params -> result; documented with the commands in docs/cli.md):
 * ``trust.show``, ``trust.export``, ``trust.join`` {config | fingerprint},
   ``trust.publish`` {op: a root-signed ``trust.update``, hex}
 * ``mail.list``: the outbox (queued / delivered) and what this node carries
+* ``mail.publish`` / ``mail.inbox`` (mail a browser leaf seals and opens itself):
+  ``browser_mail.py``
 * ``library.prepare`` / ``library.publish`` (changes a browser signs) and ``trust.marks``:
   ``browser_edit.py``
 
 Events: ``library.changed`` {doc_ids}, ``library.progress``, ``situation.changed``
 {owner, kind}, ``bulletin.published`` {bulletin}, ``bulletin.expired`` {op_ids},
 ``bulletin.revoked`` {op_ids}, ``trust.changed`` {community, version, authorities},
-``mail.queued``, ``mail.delivered`` {message_id, to}, and ``message.received``
+``mail.queued``, ``mail.delivered`` {message_id, to}, ``mail.arrived`` {to, message_id}
+(mail for another node or a browser leaf committed here), and ``message.received``
 (through the inbox) for mail opened here.
 
 An id (``ID``) is 32 hex characters or a unique prefix of at least 4.
@@ -81,6 +84,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from library_replica.browser_edit import BrowserLibraryOps
+from library_replica.browser_mail import BrowserMailOps
 from library_replica.bulletins import (
     KIND_PUBLISH,
     KIND_TRUST_UPDATE,
@@ -324,6 +328,7 @@ class LibraryNodeService:
             "bulletin.retract": self._h_bulletin_retract,
             "mail.list": self._h_mail_list,
             **BrowserLibraryOps(self).handlers(),  # library.prepare / publish, trust.marks
+            **BrowserMailOps(self).handlers(),  # mail.publish / mail.inbox (browser leaves)
         }
 
     def stream_services(self) -> Mapping[str, StreamHandler]:
@@ -561,6 +566,12 @@ class LibraryNodeService:
             self._announce_delivery(r)
         if any(m.recipient == self._ident.node_id for m in new_mail) and not self._replaying:
             asyncio.get_running_loop().create_task(self._open_my_mail())
+        if not self._replaying:
+            # mail for someone else: a browser attached here hears it on its live stream
+            for m in new_mail:
+                if m.recipient != self._ident.node_id:
+                    self.node.publish("mail.arrived", {"to": m.recipient.hex(),
+                                                       "message_id": m.op_id.hex()[:24]})
 
     # -- trust and bulletins --------------------------------------------------------------------
 

@@ -78,7 +78,10 @@ WEB_METHODS: Final = frozenset({"status", "routes", "library.search", "library.s
                                 "leaf.challenge", "leaf.attach", "leaf.held", "leaf.release",
                                 "leaf.send", "leaf.key",
                                 # reachable browsers for /people: name, key, car only
-                                "leaf.directory"})
+                                "leaf.directory",
+                                # mail a browser leaf sealed and signed itself, and its own
+                                # sealed mail held at the car (library_replica/browser_mail.py)
+                                "mail.publish", "mail.inbox"})
 
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; manifest-src 'self'; worker-src 'self'; "

@@ -67,6 +67,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "msg_delivered": "届きました", "msg_unreachable": "相手への経路がありません",
         "msg_unconfirmed": "届いたか確認できません", "msg_refused": "送れませんでした",
         "msg_failed": "相手が保存できませんでした", "msg_received": "受信",
+        "msg_mail": "経路がないため、車から車へ運んでいます",
         "msg_note": "メッセージはこの端末で暗号化・署名されます。車は中身を読めません。",
         "msg_unsupported": "このブラウザは X25519・Ed25519 に対応していないため、メッセージを"
                            "使えません。新しい Chrome・Safari・Firefox を使ってください。",
@@ -127,6 +128,7 @@ TEXT: Mapping[str, Mapping[str, str]] = {
         "msg_delivered": "delivered", "msg_unreachable": "no route to them",
         "msg_unconfirmed": "not confirmed", "msg_refused": "refused",
         "msg_failed": "they could not store it", "msg_received": "received",
+        "msg_mail": "no route: carried car to car as mail",
         "msg_note": "Messages are sealed and signed in this browser; the cars cannot read them.",
         "msg_unsupported": "This browser has no X25519 or Ed25519, so it cannot use messages. "
                            "Use a current Chrome, Safari or Firefox.",

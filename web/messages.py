@@ -14,6 +14,12 @@ forwards one sealed message signed by the leaf (a forged signature is refused wi
 400 and says so); ``/messages/key`` looks a node or browser up by name or id (its
 public keys, to seal to).  Sends and attachments have their own per-client bucket.
 
+Mail (``library_replica.browser_mail``): ``/messages/mail`` {op} hands a ``mail.sealed``
+or ``mail.receipt`` op the browser signed to ``mail.publish`` (a message to someone with
+no route, carried car to car by sync; a receipt for mail the browser opened);
+``/messages/inbox`` {author?} answers the sealed mail any car brought for the session's
+leaf (``mail.inbox``) and which of the browser's own mail has been acknowledged.
+
 Live: ``live_filter`` lets ``/events`` carry a ``mail`` event (sender's name only) to
 the session whose leaf has new mail held; ``live.js`` then has ``leaf.js`` fetch it.
 """
@@ -36,7 +42,8 @@ __all__ = ["LEAF_COOKIE", "MESSAGE_METHODS", "add_routes", "live_filter", "sessi
 LEAF_COOKIE: Final = "leaf"
 #: control methods these pages call (added to the web's allow-list)
 MESSAGE_METHODS: Final = frozenset({"leaf.challenge", "leaf.attach", "leaf.held",
-                                    "leaf.release", "leaf.send", "leaf.key", "status"})
+                                    "leaf.release", "leaf.send", "leaf.key", "status",
+                                    "mail.publish", "mail.inbox"})
 MAX_SESSIONS = 4096
 #: sealed sends and attachments per client address
 SEND_RATE_PER_S = 2.0
@@ -172,6 +179,23 @@ async def _send(request: web.Request, st: Any, leaf: str | None) -> web.Response
                                            "signature": doc["signature"]}))
 
 
+async def _mail(request: web.Request, st: Any, leaf: str | None) -> web.Response:
+    doc = await _body(request, {"op"})
+    if set(doc) != {"op"}:
+        raise _Refused(400, "the body is {op}")
+    # only the attached browser's own ops: a session does not publish in another key's name
+    me = await st.op("leaf.key", {"node": leaf})
+    return _json(await st.op("mail.publish", {"op": doc["op"], "author": me["ed25519"]}))
+
+
+async def _inbox(request: web.Request, st: Any, leaf: str | None) -> web.Response:
+    doc = await _body(request, {"author"})
+    params: dict[str, Any] = {"recipient": leaf}
+    if "author" in doc:
+        params["author"] = doc["author"]
+    return _json(await st.op("mail.inbox", params))
+
+
 async def _lookup(request: web.Request, st: Any, leaf: str | None) -> web.Response:
     doc = await _body(request, {"node"})
     return _json(await st.op("leaf.key", {"node": doc.get("node", "")}))
@@ -186,18 +210,22 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/messages/release", _handler(_release, needs_leaf=True))
     app.router.add_post("/messages/send", _handler(_send, limited=True, needs_leaf=True))
     app.router.add_post("/messages/key", _handler(_lookup))
+    app.router.add_post("/messages/mail", _handler(_mail, limited=True, needs_leaf=True))
+    app.router.add_post("/messages/inbox", _handler(_inbox, needs_leaf=True))
 
 
 LiveFilter = Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]] | None]
 
 
 def live_filter(request: web.Request) -> LiveFilter | None:
-    """For ``/events``: turns ``leaf.message`` events for this session's leaf into ``mail``."""
+    """For ``/events``: ``leaf.message`` and ``mail.arrived`` for this session's leaf: ``mail``."""
     leaf = session_leaf(request)
     if leaf is None:
         return None
 
     def f(event: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        if event == "mail.arrived" and data.get("to") == leaf:  # carried car to car
+            return "mail", {"from_name": "", "id": data.get("message_id", "")}
         if event != "leaf.message" or data.get("leaf") != leaf:
             return None
         return "mail", {"from_name": data.get("from_name", ""), "id": data.get("id", "")}

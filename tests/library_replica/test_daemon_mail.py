@@ -114,3 +114,26 @@ def test_lifetime_shape_and_quota_are_enforced() -> None:
     # expired mail is forgotten, and the quota frees up
     assert box.purge(NOW + MAIL_LIFETIME_MS + 1) == MAX_MAIL_PER_AUTHOR
     box.authorize(_mail(ann, cy, "again"), NOW)
+
+
+def test_a_carrier_lists_a_leafs_unopened_mail_and_its_senders_deliveries() -> None:
+    """What ``mail.inbox`` answers a browser: mail for it until it acknowledges, and receipts."""
+    car, leaf, ann = Identity.generate(), Identity.generate(), Identity.generate()
+    box = MailBox(car)
+    # one millisecond: oldest first is then op id order
+    first, second = sorted((_mail(ann, leaf, "one"), _mail(ann, leaf, "two")),
+                           key=lambda op: op.op_id)
+    other = _mail(ann, car, "for the car")
+    for op in (first, second, other):
+        box.apply(op, NOW)
+    assert [m.op_id for m in box.unopened_for(leaf.node_id)] == [first.op_id, second.op_id]
+    assert [m.op_id for m in box.unopened_for(leaf.node_id, limit=1)] == [first.op_id]
+    assert box.delivered_by(ann.ed25519_pub) == {}
+    item = box.unopened_for(leaf.node_id)[0]
+    doc_id, body, expiry = prepare_receipt(leaf, item, NOW + 7)
+    receipt = _op(leaf, KIND_RECEIPT, doc_id, body, expiry)
+    box.apply(receipt, NOW + 7)
+    assert [m.op_id for m in box.unopened_for(leaf.node_id)] == [second.op_id]
+    # delivered at the receipt's own time (its hybrid clock's wall part)
+    assert box.delivered_by(ann.ed25519_pub) == {first.op_id: receipt.hlc >> 16}
+    assert box.delivered_by(leaf.ed25519_pub) == {}

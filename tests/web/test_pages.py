@@ -269,7 +269,7 @@ async def test_no_admin_operation_is_reachable_from_the_web() -> None:
                      "situation.list", "safety.search", "safety.publish", "library.history",
                      "library.prepare", "library.publish", "trust.marks", "leaf.challenge",
                      "leaf.attach", "leaf.held", "leaf.release", "leaf.send", "leaf.key",
-                     "leaf.directory"}
+                     "leaf.directory", "mail.publish", "mail.inbox"}
                for m in WEB_METHODS)
 
 

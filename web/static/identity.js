@@ -223,6 +223,23 @@ async function signNext(me, kind, docId, body, post = undefined) {
   return hex(opId);
 }
 
+// an ephemeral op (seq 0, no prev, an expiry: sync/envelope.py) signed by this browser's key,
+// outside its chain (a mail op: leaf.js); only the hybrid clock advances.  Answers
+// {op: hex of the raw op, opId: hex}
+export async function signEphemeral(db, kind, docId, body, expiryMs) {
+  return exclusive(async () => {
+    const me = await load(db);
+    const wall = BigInt(Math.round(Date.now() + clockSkewMs)) << 16n;
+    const hlc = wall > me.hlc ? wall : me.hlc + 1n;
+    const signed = pack([1, kind, docId, me.pub, 0, null, hlc, Math.round(expiryMs), body]);
+    const sig = await sign(me, concat(SIG_DOMAIN, signed));
+    const raw = concat([0x9a], signed.subarray(1), [0xc4, 0x40], sig);
+    me.hlc = hlc;
+    await save(db, me);
+    return { op: hex(raw), opId: hex(await sha256(raw)) };
+  });
+}
+
 export async function personId(pub, nonce) {
   return (await sha256(concat(SAFETY_DOMAIN, pub, nonce))).subarray(0, 16);
 }

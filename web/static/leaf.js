@@ -18,7 +18,7 @@
 // kept in IndexedDB only: the car never sees plaintext.  Text reaches pages through textContent.
 
 import { chacha20poly1305 } from "./vendor/noble-ciphers/chacha.js";
-import { hex, identity, pack, sign, Unsupported, verify } from "./identity.js";
+import { hex, identity, pack, setCarTime, sign, signEphemeral, Unsupported, verify } from "./identity.js";
 
 const utf8 = new TextEncoder();
 const DB_NAME = "carmesh";
@@ -30,6 +30,9 @@ const ANNOUNCE_DOMAIN = utf8.encode("carmesh/announce/1\0");
 const ATTACH_DOMAIN = utf8.encode("carmesh/leaf-attach/1\0");
 const SEND_DOMAIN = utf8.encode("carmesh/leaf-send/1\0");
 const MSG = utf8.encode("msg");
+const MAIL_CONTEXT = utf8.encode("mail");
+// mail lives at most 7 days (library_replica/mail.py); a little less, for a phone clock ahead
+const MAIL_LIFETIME_MS = 7 * 24 * 3600_000 - 10 * 60_000;
 const ZERO_NONCE = new Uint8Array(12);
 const MAX_MAIL = 1000;
 const MAX_SEALED = 64 * 1024;
@@ -293,6 +296,7 @@ export async function attach(db, name) {
   const k = await keys(db);
   const ch = await post("/messages/challenge", {});
   skewMs = ch.now_ms - Date.now();
+  setCarTime(ch.now_ms); // the hybrid clock of the ops this browser signs (mail)
   const gateway = unhex(ch.gateway);
   const challenge = unhex(ch.challenge);
   return locked("carmesh-leaf", async () => {
@@ -370,7 +374,7 @@ const RETRY_MS = [2000, 4000, 8000, 16000];
 // the car takes request bodies up to 16 KiB and hex doubles the sealed bytes
 const MAX_TEXT_BYTES = 6000;
 
-export async function sendText(db, peer, text, onChange) {
+export async function sendText(db, peer, text, onChange, { asMail = false } = {}) {
   if (utf8.encode(text).length > MAX_TEXT_BYTES) {
     throw new Error(`at most ${MAX_TEXT_BYTES} bytes (about 2,000 Japanese characters)`);
   }
@@ -399,7 +403,17 @@ export async function sendText(db, peer, text, onChange) {
     if (!now || now.state === "delivered" || now.state === "failed") return;
     tries += 1;
     try {
-      const res = await postSealed(wire);
+      const res = asMail ? { status: "unreachable" } : await postSealed(wire);
+      if (res.status !== "sent" && tries === 1) {
+        // no route: carried as mail car to car until the person is in reach
+        try {
+          const opId = await postMail(db, peer, text);
+          await setState("mail", { mailOp: opId });
+        } catch (e) {
+          await setState("unreachable", { error: String(e.message || e) });
+        }
+        return;
+      }
       await setState(res.status === "sent" ? "sent" : "unreachable");
     } catch (e) {
       await setState("refused", { error: String(e.message || e) });
@@ -410,6 +424,84 @@ export async function sendText(db, peer, text, onChange) {
   };
   await attempt();
   return id;
+}
+
+// ---------------------------------------------------------------- mail (car to car)
+
+// library_replica/mail.py's prepare_mail, made here: the text sealed to ``peer`` (context
+// "mail", with our name: the recipient may hold no announcement of us) in a ``mail.sealed``
+// op signed by this browser's own key; the car verifies and stores it like a peer's op and
+// sync carries it car to car.  Answers the op id (hex)
+export async function postMail(db, peer, text) {
+  const k = await keys(db);
+  const dest = unhex(peer.node_id);
+  const name = k.leaf.name || `web-${hex(k.id).slice(0, 8)}`;
+  const sealed = await seal(k, unhex(peer.x25519), dest, pack({ k: "text", text, n: name }),
+                            { context: MAIL_CONTEXT });
+  const { op, opId } = await signEphemeral(db, "mail.sealed", dest,
+                                           pack({ x: k.leaf.xpub, s: sealed }),
+                                           Date.now() + skewMs + MAIL_LIFETIME_MS);
+  await post("/messages/mail", { op });
+  return opId;
+}
+
+// mail any car brought for this browser: opened here (the seal's key must be the op's
+// author), stored, acknowledged with a ``mail.receipt`` op we sign; and our own mail the
+// recipient acknowledged is marked delivered
+export async function receiveMail(db, { notify = true } = {}) {
+  const k = await keys(db);
+  const ans = await post("/messages/inbox", { author: hex(k.me.pub) });
+  const news = [];
+  let changed = false;
+  for (const item of ans.mail) {
+    let o;
+    let m;
+    try {
+      o = await openSealed(k, unhex(item.sealed), unhex(item.from), { context: MAIL_CONTEXT });
+      if (hex(o.ed) !== item.author) throw new Error("sealed by another key than the op's author");
+      m = unpack(o.body);
+    } catch (e) {
+      console.warn("carmesh: a mail was refused:", e.message); // eslint-disable-line
+      continue;
+    }
+    if (m.k !== "text" || typeof m.text !== "string") continue;
+    const id = item.op_id.slice(0, 24);
+    const from = hex(o.sender);
+    const name = typeof m.n === "string" && m.n ? m.n.slice(0, 64) : from.slice(0, 8);
+    let fresh = false;
+    await updateMail(db, (items) => {
+      if (items.some((x) => x.id === id && x.peer === from)) return;
+      fresh = true;
+      items.push({ id, mid: item.op_id, dir: "in", peer: from, peerName: name, text: m.text,
+                   t: o.t, received: Date.now(), state: "received", read: false, via: "mail" });
+    });
+    try { // every car stops offering it, and the sender sees it delivered
+      const { op } = await signEphemeral(db, "mail.receipt", o.sender,
+                                         pack({ x: k.leaf.xpub, r: unhex(item.op_id) }),
+                                         Date.now() + skewMs + MAIL_LIFETIME_MS);
+      await post("/messages/mail", { op });
+    } catch (e) {
+      console.warn("carmesh: mail receipt not sent:", e.message); // eslint-disable-line
+    }
+    if (fresh) {
+      news.push({ id, from, name, text: m.text });
+      changed = true;
+    }
+  }
+  const delivered = ans.delivered || {};
+  if (Object.keys(delivered).length) {
+    await updateMail(db, (items) => {
+      for (const x of items) {
+        if (x.mailOp && delivered[x.mailOp] && x.state !== "delivered") {
+          x.state = "delivered";
+          changed = true;
+        }
+      }
+    });
+  }
+  if (changed) document.dispatchEvent(new CustomEvent("carmesh-mail", { detail: news }));
+  if (news.length && notify) showNotice(news[news.length - 1].name);
+  return news;
 }
 
 // fetch what the car holds for us, open it, store it, acknowledge texts, release it
@@ -484,6 +576,17 @@ export async function receive(db, { notify = true } = {}) {
   return news;
 }
 
+// a held packet, then mail carried car to car
+async function receiveAll(db) {
+  const news = await receive(db);
+  try {
+    return news.concat(await receiveMail(db));
+  } catch (e) {
+    console.warn("carmesh: mail not fetched:", e.message); // eslint-disable-line
+    return news;
+  }
+}
+
 export function showNotice(name) {
   const notice = document.getElementById("notice");
   if (!notice) return;
@@ -495,7 +598,7 @@ export function showNotice(name) {
 // from live.js: the car says mail is held for us
 export async function onMailEvent() {
   const db = await openDb();
-  return receive(db);
+  return receiveAll(db);
 }
 
 // from live.js on every page of a browser that has attached before: attach again to this

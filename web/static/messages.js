@@ -2,7 +2,7 @@
 // read the ones received (opened here), delivery states and unread marks.  Crypto and storage
 // are leaf.js's; this module only draws (textContent only: message text is never HTML).
 import {
-  attach, keys, lookup, mail, openDb, receive, sendText, Unsupported, updateMail,
+  attach, keys, lookup, mail, openDb, receive, receiveMail, sendText, Unsupported, updateMail,
 } from "./leaf.js";
 import { hex } from "./identity.js";
 
@@ -17,6 +17,8 @@ const list = document.getElementById("conversations");
 const peersList = document.getElementById("known-peers");
 const STATES = JSON.parse(root.dataset.states);
 const REATTACH_MS = 10 * 60_000;
+// mail for this browser comes with sync, not as a live event: asked for this often
+const MAILBOX_MS = 20_000;
 const open = new Set(); // conversations the user opened on this page
 
 function el(tag, cls, text) {
@@ -146,7 +148,9 @@ async function main() {
   sendButton.disabled = false;
   setInterval(() => doAttach().catch(() => {}), REATTACH_MS);
   document.addEventListener("carmesh-mail", () => render());
-  receive(db, { notify: false }).then(render).catch(() => {});
+  const mailbox = () => receiveMail(db, { notify: false }).then(render).catch(() => {});
+  receive(db, { notify: false }).then(render).catch(() => {}).finally(mailbox);
+  setInterval(mailbox, MAILBOX_MS);
   nameForm.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     attachButton.disabled = true;
@@ -167,7 +171,8 @@ async function main() {
     try {
       const peer = await lookup(to);
       open.add(peer.node_id);
-      await sendText(db, peer, text, render);
+      // out of reach: straight to mail, carried car to car (also when a send finds no route)
+      await sendText(db, peer, text, render, { asMail: peer.reachable === false });
       sendForm.elements.text.value = "";
       await render();
     } catch (e) {
