@@ -314,8 +314,8 @@ class Redundancy:
     """Whether a call's SRTP crosses the mesh twice: ``mode`` is ``auto``, ``on`` or ``off``.
 
     ``auto`` starts with single copies and switches to two copies for the rest of the
-    call once the loss the endpoint measures (inbound, from getStats; the mesh path is
-    taken to lose alike both ways) exceeds ``threshold``.  It never switches back: with
+    call once the loss the endpoint measures (from getStats: the larger of the far end's
+    report of our stream and our inbound loss) exceeds ``threshold``.  It never switches back: with
     two copies the loss the endpoint sees is what remains after redundancy, so a low
     reading then says nothing about the path.
     """

@@ -855,9 +855,13 @@ class VoiceService:
                 ep = call.endpoint
                 if ep is not None and call.state is CallState.ACTIVE:
                     call.quality = await ep.quality()
-                    if call.redundancy.observe(call.quality.loss):
+                    q = call.quality
+                    # what the far endpoint reports of our stream; our own inbound loss
+                    # where it reports nothing yet (the path is taken to lose alike both ways)
+                    loss = max((x for x in (q.loss, q.remote_loss) if x is not None), default=None)
+                    if call.redundancy.observe(loss):
                         logger.info("[call %s] loss %.1f %%: SRTP now crosses the mesh twice",
-                                    call.call_id.hex()[:8], 100 * (call.quality.loss or 0.0))
+                                    call.call_id.hex()[:8], 100 * (loss or 0.0))
                     if call.endpoint is ep:
                         self._feed_audio(call, ep, call.endpoint_generation)
 
