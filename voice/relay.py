@@ -21,8 +21,13 @@ STUN responses go back to the socket that sent the matching request
 each; everything else goes to the source that most recently sent media (DTLS
 or RTP), else to the first authenticated source.
 
+On a lossy mesh the node sends each SRTP packet twice (``Redundancy`` decides
+when) and the far node drops the repeat (``DedupeWindow``) before emitting it:
+relay cars forward both copies as any other packets.
+
 The pure helpers (``classify``, ``stun_binding_request``, ``MediaFramer``,
-SDP munging) do no I/O; ``RelaySocket`` is the asyncio adapter.
+``DedupeWindow``, ``Redundancy``, SDP munging) do no I/O; ``RelaySocket`` is
+the asyncio adapter.
 """
 
 from __future__ import annotations
