@@ -1,7 +1,7 @@
 """Benchmark of calls over the mesh, with a plain asyncio UDP relay as the per-hop baseline.
 
 Usage: ``.venv/bin/python bench/voice.py [--json] [--runs N] [--quick] [--quality-only]
-[--asyncio]`` (needs root: it re-runs itself under ``unshare --net`` with 127.0.0.2 on a private
+[--asyncio] [--redundancy auto|on|off] [--copy-delay-ms MS]`` (needs root: it re-runs itself under ``unshare --net`` with 127.0.0.2 on a private
 loopback, so aiortc and every socket stay inside a throwaway network namespace).
 
 Topology: the two call endpoints are in-process ``meshd.node.Node`` objects with a
@@ -447,9 +447,13 @@ async def _mesh_call(a: Endpoint, d: Endpoint, play: str, seconds: float) -> dic
     await asyncio.sleep(seconds)
     c = d.voice._calls.get(cid)
     q = await c.endpoint.quality() if c is not None and c.endpoint is not None else None
+    ca = a.voice._calls.get(cid)
+    copies = {"copies_sent": ca.copies_sent if ca is not None else None,
+              "copies_dropped": c.copies_dropped if c is not None else None,
+              "media_packets": ca.relay.packets_in if ca is not None and ca.relay else None}
     await _end(a, d, cid)
     await asyncio.sleep(0.5)
-    return {"connected": first is not None, "loss_seen": q.loss if q else None}
+    return {"connected": first is not None, "loss_seen": q.loss if q else None, **copies}
 
 
 def _wav_seconds(path: Path) -> float:
@@ -462,8 +466,12 @@ async def bench_quality(workdir: Path, relays: list[int], losses: list[float]) -
     length = _wav_seconds(play)
     rows: list[dict[str, Any]] = []
     direct = await _direct_call(play, workdir / "direct.wav", length)
+    import voice.service as vs
+
     out: dict[str, Any] = {"sample_s": round(length, 2), "direct": {**direct,
-                           **score(ref, workdir / "direct.wav", workdir)}, "rows": rows}
+                           **score(ref, workdir / "direct.wav", workdir)}, "rows": rows,
+                           "redundancy": vs.MEDIA_REDUNDANCY,
+                           "copy_delay_ms": vs.MEDIA_COPY_DELAY_S * 1000}
     for n in relays:
         rec = workdir / f"rec-{n}.wav"
         async with real_mesh(_chain(n), {"A": {}, "D": {"auto_answer": True,
@@ -635,13 +643,17 @@ def report_quality(res: dict[str, Any]) -> None:
     d = q["direct"]
     print(f"\nCall quality: PESQ wideband (P.862.2) of a {q['sample_s']} s espeak-ng sample, "
           "caller plays, callee records")
-    print("\n| path | loss per link | PESQ (MOS-LQO) | receiver-measured loss | recorded (s) |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| direct aiortc, no mesh | 0 % | {_fmt(d['pesq'], 2)} | - | {_fmt(d['recorded_s'], 1)} |")
+    print(f"(mesh redundancy {q['redundancy']}, second copy after {q['copy_delay_ms']:g} ms)")
+    print("\n| path | loss per link | PESQ (MOS-LQO) | receiver-measured loss | recorded (s) "
+          "| caller's packets sent twice | copies dropped by the callee |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| direct aiortc, no mesh | 0 % | {_fmt(d['pesq'], 2)} | - | {_fmt(d['recorded_s'], 1)} "
+          "| - | - |")
     for r in q["rows"]:
         seen = "-" if r["loss_seen"] is None else f"{100 * r['loss_seen']:.1f} %"
         print(f"| mesh, {r['relays']} relays | {r['loss_percent']:g} % | {_fmt(r['pesq'], 2)} "
-              f"| {seen} | {_fmt(r['recorded_s'], 1)} |")
+              f"| {seen} | {_fmt(r['recorded_s'], 1)} | {r['copies_sent']}/{r['media_packets']} "
+              f"| {r['copies_dropped']} |")
     m = res["mouth_to_ear"]
     print(f"\nmouth-to-ear over {m['relays']} relays (source frame out → callee decoder frame "
           f"out): median {_fmt(m['mouth_to_ear_ms_median'])} ms, max "
@@ -708,6 +720,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer packets and steps")
     ap.add_argument("--quality-only", action="store_true",
                     help="only the call quality rows (PESQ, mouth-to-ear)")
+    ap.add_argument("--redundancy", choices=("auto", "on", "off"), default="auto",
+                    help="two copies of each SRTP packet on the mesh: auto (above 1 %% loss), on, off")
+    ap.add_argument("--copy-delay-ms", type=float, default=None,
+                    help="the second copy follows the first after this long (default: the node's)")
     ap.add_argument("--asyncio", action="store_true",
                     help="run the endpoints on the stock asyncio loop, not uvloop")
     args = ap.parse_args()
@@ -721,6 +737,11 @@ def main() -> None:
                                 check=False).returncode)
     import logging
     logging.basicConfig(level=logging.ERROR)
+    import voice.service as vs
+
+    vs.MEDIA_REDUNDANCY = args.redundancy
+    if args.copy_delay_ms is not None:
+        vs.MEDIA_COPY_DELAY_S = args.copy_delay_ms / 1000
     os.chdir(tempfile.gettempdir())
     runner: Any = asyncio.run
     if not args.asyncio:

@@ -95,10 +95,13 @@ class Quality:
     loss: float | None
     packets_received: int
     packets_sent: int
+    #: loss of what we send, as the far endpoint last reported it (RTCP receiver report)
+    remote_loss: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"rtt_ms": self.rtt_ms, "jitter_ms": self.jitter_ms, "loss": self.loss,
-                "packets_received": self.packets_received, "packets_sent": self.packets_sent}
+                "packets_received": self.packets_received, "packets_sent": self.packets_sent,
+                "remote_loss": self.remote_loss}
 
 
 async def load_media() -> None:
@@ -194,12 +197,15 @@ class Endpoint:
         rtt: float | None = None
         jitter: float | None = None
         loss: float | None = None
+        remote_loss: float | None = None
         received = sent = 0
         with contextlib.suppress(Exception):  # getStats on a closing connection can raise anything
             report = await self.pc.getStats()
             for s in report.values():
                 if s.type == "remote-inbound-rtp":
                     rtt = round(float(s.roundTripTime) * 1000.0, 2)
+                    # RTCP's fraction lost since the previous report, in 256ths (RFC 3550 §6.4.1)
+                    remote_loss = round(float(s.fractionLost) / 256.0, 4)
                 elif s.type == "inbound-rtp":
                     received = int(s.packetsReceived)
                     jitter = round(float(s.jitter) / SAMPLE_RATE * 1000.0, 2)
@@ -207,7 +213,7 @@ class Endpoint:
                     loss = round(max(0, s.packetsLost) / total, 4) if total else None
                 elif s.type == "outbound-rtp":
                     sent = int(s.packetsSent)
-        return Quality(rtt, jitter, loss, received, sent)
+        return Quality(rtt, jitter, loss, received, sent, remote_loss)
 
     async def close(self) -> None:
         """Close the connection, the source and the sink."""

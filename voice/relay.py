@@ -21,8 +21,13 @@ STUN responses go back to the socket that sent the matching request
 each; everything else goes to the source that most recently sent media (DTLS
 or RTP), else to the first authenticated source.
 
+On a lossy mesh the node sends each SRTP packet twice (``Redundancy`` decides
+when) and the far node drops the repeat (``DedupeWindow``) before emitting it:
+relay cars forward both copies as any other packets.
+
 The pure helpers (``classify``, ``stun_binding_request``, ``MediaFramer``,
-SDP munging) do no I/O; ``RelaySocket`` is the asyncio adapter.
+``DedupeWindow``, ``Redundancy``, SDP munging) do no I/O; ``RelaySocket`` is
+the asyncio adapter.
 """
 
 from __future__ import annotations
@@ -43,11 +48,15 @@ from meshd.core.codec import DropCounter
 from meshd.core.errors import DecodeError
 
 __all__ = [
+    "DEDUPE_WINDOW",
     "HOLD_S",
     "MAX_UDP",
+    "REDUNDANCY_LOSS",
+    "DedupeWindow",
     "IceCredentials",
     "MediaFramer",
     "PacketKind",
+    "Redundancy",
     "RelaySocket",
     "StunRequest",
     "classify",
@@ -69,6 +78,11 @@ MAX_UDP = 1500
 MAX_SOURCES = 8
 #: STUN transactions remembered for routing responses
 MAX_TRANSACTIONS = 256
+
+#: digests of recent SRTP/SRTCP datagrams remembered per call, to drop a second copy
+DEDUPE_WINDOW = 128
+#: end-to-end loss (fraction) above which a call's SRTP crosses the mesh twice
+REDUNDANCY_LOSS = 0.01
 
 _STUN_MAGIC = 0x2112A442
 _STUN_HEADER = struct.Struct("!HHI12s")
@@ -269,6 +283,63 @@ class MediaFramer:
         del self._pending[fid]
         data = b"".join(parts[i] for i in range(count) if i in parts)
         return data if len(data) <= MAX_UDP else None
+
+
+# ---------------------------------------------------------------------- redundancy
+
+class DedupeWindow:
+    """The 64-bit digests (BLAKE2b) of the last ``size`` datagrams: ``seen`` is True for a repeat.
+
+    The receiving node asks it for every SRTP/SRTCP datagram (first byte 128–191) that
+    came over the mesh, and drops a repeat before its endpoint sees it: the sending node
+    may send each one twice.  Only those: an SRTP packet never repeats byte for byte (its
+    sequence number or SRTCP index is in it), but a STUN retransmission does and must pass.
+    """
+
+    def __init__(self, size: int = DEDUPE_WINDOW) -> None:
+        if size < 1:
+            raise ValueError("window size must be positive")
+        self._size = size
+        self._digests: set[bytes] = set()
+        self._order: deque[bytes] = deque()
+
+    def seen(self, datagram: bytes) -> bool:
+        """True if ``datagram`` was among the last ``size`` ones offered; remember it if not."""
+        d = hashlib.blake2b(datagram, digest_size=8).digest()
+        if d in self._digests:
+            return True
+        self._digests.add(d)
+        self._order.append(d)
+        if len(self._order) > self._size:
+            self._digests.discard(self._order.popleft())
+        return False
+
+
+class Redundancy:
+    """Whether a call's SRTP crosses the mesh twice: ``mode`` is ``auto``, ``on`` or ``off``.
+
+    ``auto`` starts with single copies and switches to two copies for the rest of the
+    call once the loss the endpoint measures (from getStats: the larger of the far end's
+    report of our stream and our inbound loss) exceeds ``threshold``.  It never switches back: with
+    two copies the loss the endpoint sees is what remains after redundancy, so a low
+    reading then says nothing about the path.
+    """
+
+    MODES = ("auto", "on", "off")
+
+    def __init__(self, mode: str = "auto", threshold: float = REDUNDANCY_LOSS) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"redundancy mode {mode!r}")
+        self.mode = mode
+        self.threshold = threshold
+        self.active = mode == "on"
+
+    def observe(self, loss: float | None) -> bool:
+        """Take one loss reading (fraction, None if unknown); True if this turned copies on."""
+        if self.mode != "auto" or self.active or loss is None or loss <= self.threshold:
+            return False
+        self.active = True
+        return True
 
 
 # ---------------------------------------------------------------------- adapter

@@ -115,6 +115,36 @@ async def loss5(out: Path) -> dict[str, Any]:
     return await _line(out, loss=1 - 0.95 ** (1 / 3))
 
 
+async def redundant(out: Path) -> dict[str, Any]:
+    """A–B–C–D with 5 % loss on each hop (14 % end to end): the endpoints' loss turns the
+    second copy of each SRTP packet on at both ends; the far node drops the repeats."""
+    mesh = FakeMesh(out / "keys", ["A", "B", "C", "D"], hop_delay_s=0.002, loss=0.05, seed=9)
+    a, d = mesh.by_name["A"], mesh.by_name["D"]
+    rec_d, rec_a = out / "callee.wav", out / "caller.wav"
+    sd = service(d, auto_answer=True, answer_play=Path(f"tone:{TONE_D:g}"), answer_record=rec_d)
+    sa = service(a)
+    info = await sa.dial(d.node_id, play=f"tone:{TONE_A:g}", record=str(rec_a))
+    cid = info.call_id
+    await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == cid, 15)
+    await asyncio.sleep(6.0)
+    ca, cd = sa._calls[bytes.fromhex(cid)], sd._calls[bytes.fromhex(cid)]
+    res: dict[str, Any] = {
+        "rec_callee": str(rec_d), "rec_caller": str(rec_a),
+        "tone_caller": TONE_A, "tone_callee": TONE_D,
+        "active": [ca.redundancy.active, cd.redundancy.active],
+        "copies_sent": [ca.copies_sent, cd.copies_sent],
+        "copies_dropped": [ca.copies_dropped, cd.copies_dropped],
+        "delivered": [ca.relay.packets_out if ca.relay else 0,
+                      cd.relay.packets_out if cd.relay else 0],
+        "endpoint_loss": [ca.quality.loss if ca.quality else None,
+                          cd.quality.loss if cd.quality else None]}
+    sa.hangup(bytes.fromhex(cid))
+    await d.control.wait_for(ended(d, cid), 10)
+    await sa.close()
+    await sd.close()
+    return res
+
+
 async def _two(out: Path, **callee_kw: Any) -> tuple[FakeMesh, MeshNode, MeshNode, VoiceService,
                                                      VoiceService]:
     mesh = FakeMesh(out / "keys", ["A", "B", "C", "D"], hop_delay_s=0.002, seed=7)
@@ -571,6 +601,7 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[dict[str, Any]]]] = {
     "line_a_to_d": line_a_to_d,
     "line_d_to_a": line_d_to_a,
     "loss5": loss5,
+    "redundant": redundant,
     "busy": busy,
     "declined": declined,
     "unreachable": unreachable,

@@ -23,7 +23,7 @@ pytestmark = [
                        reason="needs root and unshare(1) for a private network namespace"),
 ]
 
-NAMES = ["line_a_to_d", "line_d_to_a", "loss5"]
+NAMES = ["line_a_to_d", "line_d_to_a", "loss5", "redundant"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,19 @@ def test_relays_forward_only_ciphertext(results: dict[str, Any], name: str) -> N
 
 def test_five_percent_loss_connects_and_tone_arrives(results: dict[str, Any]) -> None:
     r = _ok(results, "loss5")
+    _assert_tone(r["rec_callee"], r["tone_caller"], 0.6, min_s=1.0)
+    _assert_tone(r["rec_caller"], r["tone_callee"], 0.6, min_s=1.0)
+
+
+def test_lossy_path_sends_srtp_twice_and_the_far_node_drops_the_repeats(
+        results: dict[str, Any]) -> None:
+    """5 % loss per hop over three hops: both ends see > 1 % loss and turn the second copy on;
+    each far node drops repeats (some copies are lost, so fewer than were sent), and the tone
+    arrives both ways."""
+    r = _ok(results, "redundant")
+    assert r["active"] == [True, True], r
+    for sent, dropped in zip(r["copies_sent"], reversed(r["copies_dropped"]), strict=True):
+        assert sent > 50 and 0 < dropped < sent, r
     _assert_tone(r["rec_callee"], r["tone_caller"], 0.6, min_s=1.0)
     _assert_tone(r["rec_caller"], r["tone_callee"], 0.6, min_s=1.0)
 

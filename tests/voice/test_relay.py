@@ -13,9 +13,11 @@ from meshd.core.codec import DropCounter
 from meshd.core.errors import DecodeError
 from voice.relay import (
     HOLD_S,
+    DedupeWindow,
     IceCredentials,
     MediaFramer,
     PacketKind,
+    Redundancy,
     RelaySocket,
     classify,
     ice_credentials,
@@ -199,3 +201,45 @@ async def test_relay_holds_early_packets_for_a_bounded_time() -> None:
     finally:
         relay.close()
         t_ep.close()
+
+
+# ---------------------------------------------------------------- redundancy (two copies on the mesh)
+
+def test_dedupe_window_drops_a_repeat_and_forgets_past_its_size() -> None:
+    w = DedupeWindow(3)
+    a, b, c, d = b"\x80\x00\x00\x01", b"\x80\x00\x00\x02", b"\x80\x00\x00\x03", b"\x80\x00\x00\x04"
+    assert [w.seen(x) for x in (a, a, b, a, c)] == [False, True, False, True, False]
+    assert w.seen(d) is False  # a, b, c, d: a falls out of a window of 3
+    assert w.seen(a) is False  # forgotten, so delivered again (and remembered, pushing b out)
+    assert w.seen(b) is False
+    assert w.seen(d) is True and w.seen(a) is True
+    with pytest.raises(ValueError):
+        DedupeWindow(0)
+
+
+def test_dedupe_window_bounded_over_many_packets() -> None:
+    w = DedupeWindow(64)
+    pkts = [b"\x90" + i.to_bytes(4, "big") for i in range(1000)]
+    # each packet twice, the copy up to 3 packets later: every copy dropped, every first kept
+    order: list[bytes] = []
+    for i, p in enumerate(pkts):
+        order.append(p)
+        if i >= 3:
+            order.append(pkts[i - 3])
+    firsts = [w.seen(p) for p in order]
+    assert firsts.count(False) == 1000 and firsts.count(True) == 997
+    assert len(w._order) == 64 and len(w._digests) == 64
+
+
+def test_redundancy_auto_turns_on_above_the_threshold_and_stays() -> None:
+    r = Redundancy("auto", threshold=0.01)
+    assert not r.active
+    assert r.observe(None) is False and r.observe(0.0) is False and r.observe(0.01) is False
+    assert not r.active
+    assert r.observe(0.0123) is True and r.active
+    assert r.observe(0.0) is False and r.active  # residual loss after redundancy: stays on
+    assert Redundancy("on").active and Redundancy("on").observe(0.5) is False
+    off = Redundancy("off")
+    assert off.observe(0.5) is False and not off.active
+    with pytest.raises(ValueError):
+        Redundancy("sometimes")
