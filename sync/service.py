@@ -382,8 +382,10 @@ class SyncService:
                     async with asyncio.timeout(timeout):
                         await p.wake.wait()
                 except TimeoutError:
-                    # (nothing changed on our side since the last reconciliation: skip it)
-                    p.reconcile_due = p.ledger.reconcile_needed()
+                    # skip it when nothing committed here since the last reconciliation is
+                    # missing there, except once after a reconciliation that moved ops: that one
+                    # confirms the link converged (`sync status` "up to date" needs it)
+                    p.reconcile_due = p.ledger.reconcile_needed() or not p.status.up_to_date
             p.wake.clear()
             try:
                 if p.reconcile_due:
@@ -403,6 +405,10 @@ class SyncService:
                 ok = False
             if ok:
                 backoff_s = 1.0
+                if p.ledger.reconciled and not p.ledger.reconcile_needed():
+                    # every op committed here since the last reconciliation is known there
+                    # (periodic reconciliations are skipped now: converged links stay silent)
+                    p.status.up_to_date = True
             else:
                 p.reconcile_due = True
                 await asyncio.sleep(backoff_s * (0.5 + self.rng.random()))
