@@ -80,10 +80,13 @@ def test_an_owner_revokes_a_lost_phone_and_its_successor_carries_on() -> None:
         dealer = json.loads(r.stdout)["key"]
         assert dealer_key.stat().st_mode & 0o777 == 0o600
 
-        ports = {n: free_udp_port() for n in ("ann", "car", "pho", "mal", "new")}
+        ports: dict[str, int] = {}
 
         def start(name: str, peers: list[str]) -> Daemon:
-            args = ["--listen", f"127.0.0.1:{ports[name]}", "--no-web"]
+            # each port picked just before its daemon binds it: a port picked minutes ahead
+            # was taken meanwhile by another test's process (CI: "Address already in use")
+            port = ports.setdefault(name, free_udp_port())
+            args = ["--listen", f"127.0.0.1:{port}", "--no-web"]
             for p in peers:
                 args += ["--peer", f"127.0.0.1:{ports[p]}"]
             return cl.add(name, args)

@@ -89,7 +89,7 @@ def test_enrolled_shows_unenrolled_carries_revocation_withdraws_forgery_stops() 
         root = load_root_key(root_key)[0].public_key().public_bytes_raw()
         assert made["root"] == root.hex()
 
-        ports = {n: free_udp_port() for n in ("ann", "bob", "cy", "mal")}
+        ports = {n: free_udp_port() for n in ("ann", "bob", "cy")}
         for name, peers in (("ann", []), ("bob", ["ann"]), ("cy", ["bob"])):
             args = ["--listen", f"127.0.0.1:{ports[name]}", "--no-web"]
             for p in peers:
@@ -147,6 +147,7 @@ def test_enrolled_shows_unenrolled_carries_revocation_withdraws_forgery_stops() 
         (cl.root / "mal").mkdir()
         Identity.load_or_create(cl.root / "mal")
         forged = asyncio.run(_forge_bulletin(cl.root / "mal" / DB_NAME, root))
+        ports["mal"] = free_udp_port()  # picked when bound: one picked early was taken meanwhile
         mal = cl.add("mal", ["--listen", f"127.0.0.1:{ports['mal']}", "--no-web",
                              "--peer", f"127.0.0.1:{ports['ann']}"])
         mal.wait_ready()
