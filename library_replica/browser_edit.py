@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 from library_replica.documents import KIND_EDIT
 from library_replica.ops import Refused
+from library_replica.submitted import bad_request as _bad
+from library_replica.submitted import decode_submitted_op, hex_param
 from library_replica.text import diff_edits
-from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolError
+from meshd.core.errors import ControlError, LocalProtocolError
 from meshd.services.api import ControlHandler
-from sync.envelope import MAX_OP_SIZE, decode_op
 
 if TYPE_CHECKING:
     from library_replica.node_service import LibraryNodeService
@@ -51,20 +52,6 @@ AUTHOR_KEY_LEN = 32
 MAX_MARKS = 4096
 
 
-def _bad(msg: str) -> ControlError:
-    return ControlError("bad_request", msg)
-
-
-def _hex_key(params: dict[str, Any], name: str, *, nullable: bool = False) -> bytes | None:
-    v = params.get(name)
-    if v is None and nullable:
-        return None
-    if not isinstance(v, str) or len(v) != 2 * AUTHOR_KEY_LEN:
-        raise _bad(f"{name} is {2 * AUTHOR_KEY_LEN} hex characters")
-    try:
-        return bytes.fromhex(v)
-    except ValueError:
-        raise _bad(f"{name} is {2 * AUTHOR_KEY_LEN} hex characters") from None
 
 
 class BrowserLibraryOps:
@@ -80,12 +67,12 @@ class BrowserLibraryOps:
     async def _h_prepare(self, params: dict[str, Any]) -> dict[str, Any]:
         svc = self._svc
         await svc._ensure_ready()
-        author = _hex_key(params, "author")
+        author = hex_param(params, "author", AUTHOR_KEY_LEN)
         assert author is not None
         seq = params.get("seq")
         if type(seq) is not int or not 0 <= seq < 1 << 63:
             raise _bad("seq is the browser's newest op number (0 for none)")
-        prev = _hex_key(params, "prev", nullable=True)
+        prev = hex_param(params, "prev", AUTHOR_KEY_LEN, optional=True)
         body = params.get("body")
         title = params.get("title")
         if body is not None and not isinstance(body, str):
@@ -124,20 +111,7 @@ class BrowserLibraryOps:
     async def _h_publish(self, params: dict[str, Any]) -> dict[str, Any]:
         svc = self._svc
         await svc._ensure_ready()
-        raw_hex = params.get("op")
-        if not isinstance(raw_hex, str) or len(raw_hex) > 2 * MAX_OP_SIZE:
-            raise _bad("op is the hex of one signed op")
-        try:
-            raw = bytes.fromhex(raw_hex)
-        except ValueError:
-            raise _bad("op is the hex of one signed op") from None
-        try:
-            op = decode_op(raw)
-        except RemoteProtocolError as exc:
-            if exc.reason == "signature":
-                raise _bad("forged op refused: its signature does not verify for the key it "
-                           "names as its author") from None
-            raise _bad(f"not a signed op ({exc})") from None
+        op = decode_submitted_op(params.get("op"))
         if op.kind != KIND_EDIT:
             raise _bad(f"only {KIND_EDIT} ops are published this way, not {op.kind}")
         try:
@@ -147,7 +121,7 @@ class BrowserLibraryOps:
         if op.op_id in svc.store:
             result = "duplicate"
         else:
-            res = await svc.store.apply_remote([raw], peer="publish")
+            res = await svc.store.apply_remote([op.raw], peer="publish")
             if res.refused:
                 raise _bad(f"refused by the store ({', '.join(sorted(res.refused))})")
             result = "applied" if res.applied else "pending" if res.pending else "duplicate"

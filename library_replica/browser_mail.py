@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from library_replica.mail import KIND_RECEIPT, KIND_SEALED
 from library_replica.ops import Refused
-from meshd.core.errors import ControlError, RemoteProtocolError
+from library_replica.submitted import bad_request as _bad
+from library_replica.submitted import decode_submitted_op, hex_param
 from meshd.services.api import ControlHandler
-from sync.envelope import MAX_OP_SIZE, decode_op
 
 if TYPE_CHECKING:
     from library_replica.node_service import LibraryNodeService
@@ -49,20 +49,6 @@ _ID_LEN = 16
 _KEY_LEN = 32
 
 
-def _bad(msg: str) -> ControlError:
-    return ControlError("bad_request", msg)
-
-
-def _hex(params: dict[str, Any], name: str, size: int, *, optional: bool = False) -> bytes | None:
-    v = params.get(name)
-    if v is None and optional:
-        return None
-    if not isinstance(v, str) or len(v) != 2 * size:
-        raise _bad(f"{name} is {2 * size} hex characters")
-    try:
-        return bytes.fromhex(v)
-    except ValueError:
-        raise _bad(f"{name} is {2 * size} hex characters") from None
 
 
 class BrowserMailOps:
@@ -77,26 +63,13 @@ class BrowserMailOps:
     async def _h_publish(self, params: dict[str, Any]) -> dict[str, Any]:
         svc = self._svc
         await svc._ensure_ready()
-        raw_hex = params.get("op")
-        if not isinstance(raw_hex, str) or len(raw_hex) > 2 * MAX_OP_SIZE:
-            raise _bad("op is the hex of one signed op")
-        try:
-            raw = bytes.fromhex(raw_hex)
-        except ValueError:
-            raise _bad("op is the hex of one signed op") from None
-        try:
-            op = decode_op(raw)
-        except RemoteProtocolError as exc:
-            if exc.reason == "signature":
-                raise _bad("forged op refused: its signature does not verify for the key it "
-                           "names as its author") from None
-            raise _bad(f"not a signed op ({exc})") from None
+        op = decode_submitted_op(params.get("op"))
         if op.kind not in (KIND_SEALED, KIND_RECEIPT):
             raise _bad(f"only {KIND_SEALED} and {KIND_RECEIPT} ops are published this way, "
                        f"not {op.kind}")
         if op.author == svc._ident.ed25519_pub:
             raise _bad("this is the node's own key: use send")
-        author = _hex(params, "author", _KEY_LEN, optional=True)
+        author = hex_param(params, "author", _KEY_LEN, optional=True)
         if author is not None and op.author != author:
             raise _bad("refused: the op is signed by another key than this browser's")
         try:
@@ -106,7 +79,7 @@ class BrowserMailOps:
         if op.op_id in svc.store:
             result = "duplicate"
         else:
-            res = await svc.store.apply_remote([raw], peer="publish")
+            res = await svc.store.apply_remote([op.raw], peer="publish")
             if res.refused:
                 raise _bad(f"refused by the store ({', '.join(sorted(res.refused))})")
             result = "applied" if res.applied else "duplicate"
@@ -117,8 +90,8 @@ class BrowserMailOps:
     async def _h_inbox(self, params: dict[str, Any]) -> dict[str, Any]:
         svc = self._svc
         await svc._ensure_ready()
-        recipient = _hex(params, "recipient", _ID_LEN)
-        author = _hex(params, "author", _KEY_LEN, optional=True)
+        recipient = hex_param(params, "recipient", _ID_LEN)
+        author = hex_param(params, "author", _KEY_LEN, optional=True)
         assert recipient is not None
         mail = [{"op_id": m.op_id.hex(), "from": m.sender.hex(), "author": m.author.hex(),
                  "sealed": m.sealed.hex(), "queued_ms": m.queued_ms, "expires_ms": m.expiry_ms}

@@ -58,10 +58,10 @@ from library_replica.safety import (
     prepare_person,
 )
 from library_replica.safety_index import MAX_LIMIT, SafetyIndex
-from meshd.core.errors import ControlError, LocalProtocolError, RemoteProtocolError
+from library_replica.submitted import decode_submitted_op
+from meshd.core.errors import ControlError, LocalProtocolError
 from meshd.core.identity import NodeId
 from meshd.services.api import ControlHandler, NodeApi, StreamHandler
-from sync.envelope import MAX_OP_SIZE, decode_op
 from sync.errors import SyncLocalError, Unauthorized
 from sync.store import OpStore
 
@@ -311,18 +311,7 @@ class SafetyNodeService:
 
     async def _h_publish(self, params: dict[str, Any]) -> dict[str, Any]:
         await self._ready.wait()
-        raw_hex = _text(params, "op", required=True, max_len=2 * MAX_OP_SIZE)
-        try:
-            raw = bytes.fromhex(raw_hex)
-        except ValueError:
-            raise _bad("op is the hex of one signed op") from None
-        try:
-            op = decode_op(raw)
-        except RemoteProtocolError as exc:
-            if exc.reason == "signature":
-                raise _bad("forged op refused: its signature does not verify for the key it "
-                           "names as its author") from None
-            raise _bad(f"not a signed op ({exc})") from None
+        op = decode_submitted_op(params.get("op"))
         if op.kind not in (KIND_PERSON, KIND_NOTE):
             raise _bad(f"only {KIND_PERSON} and {KIND_NOTE} ops are published this way, "
                        f"not {op.kind}")
@@ -333,7 +322,7 @@ class SafetyNodeService:
         if op.op_id in self.store:
             result = "duplicate"
         else:
-            res = await self.store.apply_remote([raw], peer="publish")
+            res = await self.store.apply_remote([op.raw], peer="publish")
             if res.refused:
                 why = ", ".join(sorted(res.refused))
                 raise _bad(f"refused by the store ({why})")
