@@ -12,12 +12,23 @@ in transit — by any car, the serving one included — is refused, so no car ca
 terminate DTLS and sit in the middle.  The cars relay the browser's media as
 opaque UDP (``voice.relay.RelaySocket``); nothing here decrypts anything.
 
-The signed text is ASCII, the same in the browser (``web/static/call.js``)::
+The signed text is ASCII, the same in the browser (``web/static/callcheck.js``)::
 
     carmesh-call-fingerprint/1 LF call id (32 hex digits) LF kind LF fingerprint LF ...
 
 with ``kind`` ``offer`` or ``answer`` and each fingerprint the text after
 ``a=fingerprint:`` of each such line, in SDP order, surrounding space removed.
+
+The other direction: a browser cannot open the sealed signalling, so every
+offer and answer a node sends also carries that node's own signature over the
+same lines under another domain, ``carmesh-node-fingerprint/1``
+(``node_message``; ``SigMessage.node_sig``), whether the SDP is its aiortc
+endpoint's or its own browser's (then the node vouches for what its browser
+signed).  The car serving the far browser hands SDP, signature and the
+signing node's two public keys to the page, which checks the signature and that
+SHA-256(ed25519 ‖ x25519)[:16] is the NodeId it called or that rang it
+(``web/static/callcheck.js``), so that car cannot swap the fingerprints
+either.  A node checks a ``node_sig`` it receives too (``check_node``).
 """
 
 from __future__ import annotations
@@ -28,10 +39,12 @@ from meshd.core.errors import DecodeError
 from meshd.core.identity import verify_ed25519
 from voice.signalling import CALL_ID_LEN, Kind, SigMessage
 
-__all__ = ["FINGERPRINT_DOMAIN", "MAX_FINGERPRINTS", "check_person", "fingerprint_message",
-           "fingerprints"]
+__all__ = ["FINGERPRINT_DOMAIN", "MAX_FINGERPRINTS", "NODE_FINGERPRINT_DOMAIN", "check_node",
+           "check_person", "fingerprint_message", "fingerprints", "node_message"]
 
 FINGERPRINT_DOMAIN = "carmesh-call-fingerprint/1"
+#: what a node signs about the fingerprints it sends (never confused with a browser's)
+NODE_FINGERPRINT_DOMAIN = "carmesh-node-fingerprint/1"
 #: more fingerprint lines than this in one SDP are refused (one per media section at most)
 MAX_FINGERPRINTS = 8
 _FP = re.compile(r"^a=fingerprint:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
@@ -47,12 +60,32 @@ def fingerprints(sdp: str) -> list[str]:
     return [str(f) for f in fps]
 
 
-def fingerprint_message(call_id: bytes, kind: Kind, sdp: str) -> bytes:
+def fingerprint_message(call_id: bytes, kind: Kind, sdp: str,
+                        domain: str = FINGERPRINT_DOMAIN) -> bytes:
     """The bytes a browser signs for its ``offer`` or ``answer`` SDP in call ``call_id``."""
     if len(call_id) != CALL_ID_LEN or kind not in (Kind.OFFER, Kind.ANSWER):
         raise ValueError("a call id and an offer or answer")
-    lines = [FINGERPRINT_DOMAIN, call_id.hex(), kind.value, *fingerprints(sdp)]
+    lines = [domain, call_id.hex(), kind.value, *fingerprints(sdp)]
     return "\n".join(lines).encode("ascii", "replace")
+
+
+def node_message(call_id: bytes, kind: Kind, sdp: str) -> bytes:
+    """The bytes a node signs for an ``offer`` or ``answer`` SDP it sends in call ``call_id``."""
+    return fingerprint_message(call_id, kind, sdp, NODE_FINGERPRINT_DOMAIN)
+
+
+def check_node(msg: SigMessage, ed25519_pub: bytes) -> None:
+    """Raise ``DecodeError`` (``sig-node``) unless ``msg``'s node signature is the sender's.
+
+    ``ed25519_pub`` is the key of the node that sealed ``msg``.  A message without
+    a node signature passes here (the seal authenticates it node to node); the
+    browser that would receive its SDP refuses it instead.
+    """
+    if msg.node_sig is None:
+        return
+    if msg.sdp is None or not verify_ed25519(ed25519_pub, msg.node_sig,
+                                             node_message(msg.call_id, msg.kind, msg.sdp)):
+        raise DecodeError("sig-node", "the node's signature does not match the DTLS fingerprint")
 
 
 def check_person(msg: SigMessage) -> bytes | None:

@@ -39,7 +39,11 @@ call's relay socket on its *browser-facing* address and hands the browser the
 far SDP with that socket as the only candidate, exactly as it hands aiortc the
 mesh relay candidate; the browser's own SDP crosses the mesh untouched (the far
 node strips its candidates), with the browser's signature over its DTLS
-fingerprints (``voice.browser``), which the far node checks.  The car sees
+fingerprints (``voice.browser``), which the far node checks; every offer and
+answer a node sends also carries the node's own signature over its
+fingerprints (``SigMessage.node_sig``), which the car serving a far browser
+hands the page with the node's keys (``_far_keys``) for the page's own check
+(``web/static/callcheck.js``), so that car cannot swap them.  The car sees
 only ciphertext; "audio" for its media watchdog is SRTP packets relayed to the
 browser.  Answer SDPs for the browser are published as ``call.browser`` events.
 """
@@ -65,7 +69,7 @@ from meshd.core.packet import MeshPacket, Service
 from meshd.core.seal import ReplayCache, open_sealed, seal
 from meshd.core.tasks import cancel_and_wait
 from meshd.services.api import Metric, NodeApi
-from voice.browser import check_person, fingerprint_message
+from voice.browser import check_node, check_person, node_message
 from voice.callstate import CallRole, CallState, CallStateError
 from voice.endpoint import Endpoint, Quality, check_media_options, load_media
 from voice.relay import (
@@ -139,10 +143,12 @@ class _Call:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     #: a browser is this side's endpoint (the relay socket faces it); its key
     browser: bytes | None = None
-    #: the key that signed the far endpoint's fingerprints (checked): a browser's own, or,
-    #: for a node's own endpoint answering a browser, that node's Ed25519 key
+    #: the browser key that signed the far endpoint's fingerprints (checked), if a browser
     person: bytes | None = None
     person_sig: bytes | None = None
+    #: the far node's signature over the fingerprints of its offer or answer (checked), which
+    #: this car hands its browser with the SDP (``voice.browser.node_message``)
+    far_node_sig: bytes | None = None
     #: browser calls: SRTP relayed to the browser, first and last (node clock)
     rtp_first_at: float | None = None
     rtp_last_at: float | None = None
@@ -353,7 +359,7 @@ class VoiceService:
             self._flush(call)
             raise ControlError("failed", f"could not set up media: {exc}") from None
         session.media_hint = self._hint(sdp)
-        session.offer(sdp, self._node.now())
+        session.offer(sdp, self._node.now(), node_sig=self._node_sig(call, Kind.OFFER, sdp))
         self._flush(call)
         return self._info(call)
 
@@ -499,12 +505,8 @@ class VoiceService:
         answer = await call.endpoint.accept_offer(strip_and_add_relay(offer, *relay.address))
         relay.set_credentials(remote, ice_credentials(answer).ufrag)
         call.session.media_hint = self._hint(answer)
-        signed: tuple[bytes, bytes] | None = None
-        if call.person is not None:  # a browser called: it checks our fingerprints by our key
-            ident = self._node.identity
-            signed = (ident.ed25519_pub,
-                      ident.sign(fingerprint_message(call.call_id, Kind.ANSWER, answer)))
-        call.session.send_answer(answer, self._node.now(), signed)
+        call.session.send_answer(answer, self._node.now(),
+                                 node_sig=self._node_sig(call, Kind.ANSWER, answer))
         self._flush(call)
 
     async def _take_answer(self, call: _Call, sdp: str) -> None:
@@ -520,10 +522,22 @@ class VoiceService:
         await self._new_endpoint(call)
         assert call.endpoint is not None
         sdp = await call.endpoint.create_offer()
-        if call.session.offer(sdp, self._node.now()):
+        if call.session.offer(sdp, self._node.now(),
+                              node_sig=self._node_sig(call, Kind.OFFER, sdp)):
             logger.info("[call %s] media lost: re-offered (generation %d)", call.call_id.hex()[:8],
                         generation)
         self._flush(call)
+
+    def _node_sig(self, call: _Call, kind: Kind, sdp: str) -> bytes:
+        """This node's signature over the fingerprints of an SDP it sends (for a far browser)."""
+        return self._node.identity.sign(node_message(call.call_id, kind, sdp))
+
+    def _check_far(self, source: NodeId, msg: SigMessage) -> bytes | None:
+        """The browser key that signed ``msg``, if any; raise if a signature does not match."""
+        ann = self._node.announcement_of(source)
+        if ann is not None:
+            check_node(msg, ann.ed25519_pub)
+        return check_person(msg)
 
     def _on_endpoint_state(self, call: _Call, generation: int, state: str) -> None:
         if generation != call.session.generation or call.state is not CallState.ACTIVE:
@@ -655,7 +669,7 @@ class VoiceService:
         if call is not None and msg.kind in (Kind.OFFER, Kind.ANSWER) \
                 and call.state is not CallState.ENDED:
             try:
-                person = check_person(msg)
+                person = self._check_far(pkt.source, msg)
             except RemoteProtocolError as exc:
                 self.drops.drop(exc.reason, peer, str(exc))
                 call.session.media_failed(now, f"{msg.kind.value} refused: {exc}")
@@ -663,6 +677,7 @@ class VoiceService:
                 return
             if person is not None:
                 call.person, call.person_sig = person, msg.person_sig
+            call.far_node_sig = msg.node_sig
         if call is None:
             if msg.kind is Kind.ACK:
                 return
@@ -694,7 +709,8 @@ class VoiceService:
         call = _Call(session, source, ann.name if ann else "", MediaFramer(self._node.max_payload))
         self._remember(call)
         try:
-            call.person = check_person(msg)
+            call.person = self._check_far(source, msg)
+            call.person_sig, call.far_node_sig = msg.person_sig, msg.node_sig
         except RemoteProtocolError as exc:  # a fingerprint altered in transit: never rings
             self.drops.drop(exc.reason, short_id(source), str(exc))
             session.media_failed(now, f"offer refused: {exc}")
@@ -741,7 +757,7 @@ class VoiceService:
         await self._browser_relay(call, host)
         self._remember(call)
         session.dial(self._node.now())
-        session.offer(sdp, self._node.now(), person)
+        session.offer(sdp, self._node.now(), person, self._node_sig(call, Kind.OFFER, sdp))
         self._flush(call)
         return self._info(call).to_json()
 
@@ -760,7 +776,7 @@ class VoiceService:
         assert call.relay is not None
         call.relay.set_credentials(ice_credentials(offer), None)
         return {"call_id": call.call_id.hex(),
-                "sdp": strip_and_add_relay(offer, *call.relay.address)}
+                "sdp": strip_and_add_relay(offer, *call.relay.address), **self._far_keys(call)}
 
     async def _h_browser_answer(self, params: dict[str, Any]) -> dict[str, Any]:
         call_id, sdp, person = _browser_sdp(params, Kind.ANSWER)
@@ -775,7 +791,8 @@ class VoiceService:
         call.browser = person[0]
         call.relay.set_credentials(ice_credentials(offer), ice_credentials(sdp).ufrag)
         call.session.begin_answer(self._node.now())
-        call.session.send_answer(sdp, self._node.now(), person)
+        call.session.send_answer(sdp, self._node.now(), person,
+                                 self._node_sig(call, Kind.ANSWER, sdp))
         self._flush(call)
         return self._info(call).to_json()
 
@@ -796,15 +813,21 @@ class VoiceService:
         if relay is None:
             return
         relay.set_credentials(ice_credentials(sdp), call.browser_ufrag)
-        ann = self._node.announcement_of(call.peer)
         self._node.publish("call.browser", {
             "call_id": call.call_id.hex(), "kind": "answer",
-            "sdp": strip_and_add_relay(sdp, *relay.address),
-            # for the browser's own check: who signed the fingerprints, and the far node's
-            # X25519 key (SHA-256(ed ‖ x)[:16] is its NodeId when the node signed)
-            "key": call.person.hex() if call.person else None,
-            "sig": call.person_sig.hex() if call.person_sig else None,
-            "x": ann.x25519_pub.hex() if ann else None})
+            "sdp": strip_and_add_relay(sdp, *relay.address), **self._far_keys(call)})
+
+    def _far_keys(self, call: _Call) -> dict[str, Any]:
+        """For the browser's own check of the far SDP (``web/static/callcheck.js``): the
+        far browser's key and signature if a browser made it, the far node's signature and
+        its two public keys (SHA-256(ed ‖ x)[:16] is its NodeId), and its name."""
+        ann = self._node.announcement_of(call.peer)
+        return {"key": call.person.hex() if call.person else None,
+                "sig": call.person_sig.hex() if call.person_sig else None,
+                "node_sig": call.far_node_sig.hex() if call.far_node_sig else None,
+                "node_key": ann.ed25519_pub.hex() if ann else None,
+                "x": ann.x25519_pub.hex() if ann else None,
+                "peer": call.peer.hex(), "name": call.peer_name}
 
     def _browser_audio(self, call: _Call, data: bytes, now: float) -> None:
         if classify(data) is not PacketKind.RTP:

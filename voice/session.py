@@ -215,17 +215,20 @@ class CallSession:
         """Caller: start dialling (the offer follows with ``offer`` once the endpoint made it)."""
         self._process(CallInput.DIAL, now, local=True)
 
-    def offer(self, sdp: str, now: float, person: tuple[bytes, bytes] | None = None) -> bool:
+    def offer(self, sdp: str, now: float, person: tuple[bytes, bytes] | None = None,
+              node_sig: bytes | None = None) -> bool:
         """Send our offer (the first one, or a re-offer); False if the call moved on meanwhile.
 
-        ``person``: a browser's key and signature over the SDP's fingerprints, carried along."""
+        ``person``: a browser's key and signature over the SDP's fingerprints, carried along;
+        ``node_sig``: this node's own signature over them (``voice.browser.node_message``)."""
         if self.state is CallState.DIALLING and self._offer_number == 0:
-            self._offer_number = self._send(Kind.OFFER, now, sdp=sdp, person=person)
+            self._offer_number = self._send(Kind.OFFER, now, sdp=sdp, person=person,
+                                            node_sig=node_sig)
             return True
         if self.state is CallState.ACTIVE and self.role is CallRole.CALLER and self.generation > 0:
             if self._offer_number:
                 self.outbox.ack(self._offer_number)
-            self._offer_number = self._send(Kind.OFFER, now, sdp=sdp)
+            self._offer_number = self._send(Kind.OFFER, now, sdp=sdp, node_sig=node_sig)
             return True
         return False
 
@@ -241,11 +244,12 @@ class CallSession:
         if self.answering_at is None:
             self.answering_at = now
 
-    def send_answer(self, sdp: str, now: float, person: tuple[bytes, bytes] | None = None) -> None:
+    def send_answer(self, sdp: str, now: float, person: tuple[bytes, bytes] | None = None,
+                    node_sig: bytes | None = None) -> None:
         """Callee: our answer SDP for the current offer; the first one makes the call ACTIVE."""
         if self.state is CallState.ENDED:
             return
-        self._send(Kind.ANSWER, now, sdp=sdp, person=person)
+        self._send(Kind.ANSWER, now, sdp=sdp, person=person, node_sig=node_sig)
         if self.state is CallState.RINGING:
             self._process(CallInput.ANSWER, now, local=True)
 
@@ -390,11 +394,12 @@ class CallSession:
                 self._reoffer_next = now + REOFFER_RETRY_S  # again unless begin_reoffer is called
 
     def _send(self, kind: Kind, now: float, *, sdp: str | None = None,
-              person: tuple[bytes, bytes] | None = None) -> int:
+              person: tuple[bytes, bytes] | None = None, node_sig: bytes | None = None) -> int:
         number = self.outbox.next_number()
         pk, ps = person if person is not None else (None, None)
         data = SigMessage(kind, self.call_id, number, sdp=sdp, generation=self.generation,
-                          flow_id=self.flow_id, person_key=pk, person_sig=ps).encode()
+                          flow_id=self.flow_id, person_key=pk, person_sig=ps,
+                          node_sig=node_sig).encode()
         self.outbox.add(number, data, now)
         self._out.append(data)
         return number

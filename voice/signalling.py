@@ -8,7 +8,10 @@ carries the call's media flow id (``"f"``).  An offer or answer made by a
 browser also carries the browser's own Ed25519 key (``"pk"``, 32 B) and its
 signature over the SDP's DTLS fingerprints (``"ps"``, 64 B; see
 ``voice.browser.fingerprint_message``): the far end checks it, so the car that
-serves the browser cannot swap fingerprints either.  Every message but ``ack`` is
+serves the browser cannot swap fingerprints either.  Every offer and answer from
+a node carries the sending node's signature over the same fingerprints
+(``"ns"``, 64 B; ``voice.browser.node_message``), for a browser at the far end,
+which cannot open the seal.  Every message but ``ack`` is
 acknowledged with ``{"k": "ack", "c", "n": 0, "a": acked number}``.
 
 Retransmission and duplicate suppression are ``meshd.services.outbox``'s
@@ -62,6 +65,8 @@ class SigMessage:
     #: a browser's own Ed25519 key and its signature over the SDP's fingerprints
     person_key: bytes | None = None
     person_sig: bytes | None = None
+    #: the sending node's signature over the SDP's fingerprints (for a far browser)
+    node_sig: bytes | None = None
 
     def encode(self) -> bytes:
         m: dict[str, object] = {"k": self.kind.value, "c": self.call_id, "n": self.number}
@@ -71,6 +76,8 @@ class SigMessage:
             if self.person_key is not None and self.person_sig is not None:
                 m["pk"] = self.person_key
                 m["ps"] = self.person_sig
+            if self.node_sig is not None:
+                m["ns"] = self.node_sig
         if self.kind is Kind.OFFER:
             m["f"] = self.flow_id
         if self.kind is Kind.ACK:
@@ -89,7 +96,7 @@ class SigMessage:
         number = f.int("n", 0, 2**31)
         sdp: str | None = None
         generation = flow_id = acked = 0
-        person_key = person_sig = None
+        person_key = person_sig = node_sig = None
         if kind in (Kind.OFFER, Kind.ANSWER):
             sdp = f.str("sdp", max_len=MAX_SDP)
             generation = f.int("g", 0, 1000)
@@ -99,8 +106,10 @@ class SigMessage:
             person_sig = f.opt_bytes("ps", size=64)
             if (person_key is None) != (person_sig is None):
                 raise DecodeError("sig-person", "a browser key without its signature")
+            node_sig = f.opt_bytes("ns", size=64)
         if kind is Kind.OFFER:
             flow_id = f.int("f", 1, 2**32 - 1)
         if kind is Kind.ACK:
             acked = f.int("a", 1, 2**31)
-        return cls(kind, call_id, number, sdp, generation, flow_id, acked, person_key, person_sig)
+        return cls(kind, call_id, number, sdp, generation, flow_id, acked, person_key, person_sig,
+                   node_sig)

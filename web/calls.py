@@ -19,7 +19,10 @@ Browser -> car: ``{"t": "dial", "node", "call_id", "sdp", "key", "sig"}``,
 call ringing at this car, whichever page showed it),
 ``{"t": "answer", "call_id", "sdp", "key", "sig"}``, ``{"t": "hangup"|"decline",
 "call_id"}``.  Car -> browser: ``state`` (every change: state, reason, detail),
-``answer`` / ``offer`` (an SDP whose only candidate is the car's socket),
+``answer`` / ``offer`` (an SDP whose only candidate is the car's socket, with
+the far node's signature over its fingerprints and the far node's keys, and
+the far browser's key and signature if a browser made it: the page checks
+them, ``static/callcheck.js``, and hangs up on a mismatch),
 ``audio`` (media flows: setup time), ``incoming`` (a call rings this car),
 ``error``.  A connection may act only on calls it dialled or was offered; when
 it closes, its live calls are hung up.  The upgrade is same-origin only, its
@@ -55,13 +58,16 @@ QUEUE: Final = 64
 _CALL_EVENTS: Final = frozenset({"call.state", "call.ended", "call.audio", "call.browser",
                                  "call.incoming"})
 _CALLS_KEY: Final = web.AppKey("browser_calls", set)
+#: what the page checks the far SDP's fingerprints with (``voice.service._far_keys``)
+_FAR_KEYS: Final = ("key", "sig", "node_sig", "node_key", "x", "peer", "name")
 
 WORDS: Final = {
-    "ja": {"title": "通話", "call": "発信", "hangup": "切る", "mute": "ミュート",
+    "ja": {"title": "通話", "call": "発信", "hangup": "切る", "mute": "ミュート", "speaker": "スピーカー",
            "unmute": "ミュート解除", "answer": "応答", "decline": "拒否",
            "incoming": "着信", "to": "相手", "who": "メッシュでつながっている相手に無料で電話できます",
            "nobody": "いまつながっている相手はいません。", "hops": "経路コスト"},
     "en": {"title": "Call", "call": "Call", "hangup": "Hang up", "mute": "Mute",
+           "speaker": "Speaker",
            "unmute": "Unmute", "answer": "Answer", "decline": "Decline",
            "incoming": "Incoming call", "to": "To",
            "who": "Free calls to anyone reachable on the mesh",
@@ -91,7 +97,7 @@ async def call_index(request: web.Request) -> web.Response:
 def _out(event: str, data: dict[str, Any]) -> dict[str, Any]:
     if event == "call.browser":
         return {"t": data.get("kind"), "call_id": data.get("call_id"), "sdp": data.get("sdp"),
-                "key": data.get("key"), "sig": data.get("sig"), "x": data.get("x")}
+                **{k: data.get(k) for k in _FAR_KEYS}}
     if event == "call.audio":
         return {"t": "audio", "call_id": data.get("call_id"), "setup_ms": data.get("setup_ms"),
                 "answer_ms": data.get("answer_ms")}
@@ -160,7 +166,8 @@ class _Connection:
         elif t == "offer":  # voice checks that it rings in here (any page may have shown it)
             res = await call("browser.offer", {"call": cid, "host": self.host})
             self.owned.add(cid)
-            await self.ws.send_json({"t": "offer", "call_id": cid, "sdp": res["sdp"]})
+            await self.ws.send_json({"t": "offer", "call_id": cid, "sdp": res["sdp"],
+                                     **{k: res.get(k) for k in _FAR_KEYS}})
         elif t == "answer":
             if cid not in self.owned:
                 raise ControlError("not_found", "no such call offered here")

@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshd.core.errors import DecodeError
+from meshd.core.identity import node_id_of, verify_ed25519
 from meshd.core.packet import MeshPacket, Service
 from meshd.core.seal import open_sealed, seal
 from tests.voice.fakemesh import FakeMesh
-from voice.browser import check_person, fingerprint_message, fingerprints
+from voice.browser import check_node, check_person, fingerprint_message, fingerprints, node_message
 from voice.service import VoiceService
 from voice.signalling import Kind, SigMessage
 
@@ -59,6 +60,25 @@ def test_check_person_refuses_a_swapped_fingerprint() -> None:
     other = SigMessage(Kind.ANSWER, cid, 1, sdp=SDP, person_key=pub, person_sig=sig)
     with pytest.raises(DecodeError):
         check_person(other)
+
+
+def test_check_node_refuses_a_swapped_fingerprint() -> None:
+    k, pub = _key()
+    cid = secrets.token_bytes(16)
+    sig = k.sign(node_message(cid, Kind.ANSWER, SDP))
+    assert node_message(cid, Kind.ANSWER, SDP).startswith(b"carmesh-node-fingerprint/1\n")
+    check_node(SigMessage.decode(SigMessage(Kind.ANSWER, cid, 1, sdp=SDP,
+                                            node_sig=sig).encode()), pub)
+    check_node(SigMessage(Kind.ANSWER, cid, 1, sdp=SDP), pub)  # none: the seal covers it
+    for bad in (SigMessage(Kind.ANSWER, cid, 1, sdp=SDP.replace(FP, EVIL), node_sig=sig),
+                SigMessage(Kind.OFFER, cid, 1, sdp=SDP, flow_id=5, node_sig=sig),
+                SigMessage(Kind.ANSWER, bytes(16), 1, sdp=SDP, node_sig=sig)):
+        with pytest.raises(DecodeError):
+            check_node(bad, pub)
+    # a browser's signature is not a node's: the domains differ
+    person_sig = k.sign(fingerprint_message(cid, Kind.ANSWER, SDP))
+    with pytest.raises(DecodeError):
+        check_node(SigMessage(Kind.ANSWER, cid, 1, sdp=SDP, node_sig=person_sig), pub)
 
 
 async def _dial(tmp: Path, swap: bool) -> tuple[VoiceService, VoiceService, dict[str, object]]:
@@ -158,7 +178,8 @@ async def _browser_to_browser(tmp: Path, swap: bool) -> dict[str, object]:
     assert vc.endpoint(cid) is None and va.endpoint(cid) is None
     result: dict[str, object] = {
         "caller": vc.info(cid).to_json(), "callee": va.info(cid).to_json(),
-        "to_browser": c.control.of("call.browser"), "keys": (pub1.hex(), pub2.hex())}
+        "to_browser": c.control.of("call.browser"), "keys": (pub1.hex(), pub2.hex()),
+        "offer": offer, "ids": (c.node_id.hex(), a.node_id.hex())}
     await vc.close()
     await va.close()
     return result
@@ -177,6 +198,17 @@ def test_browser_to_browser_signalling_through_two_cars(tmp_path: Path) -> None:
     assert isinstance(sent, list) and len(sent) == 1
     # the caller's browser gets the far answer with car C's socket as the only candidate
     assert "a=fingerprint:" + FP in sent[0]["sdp"] and sent[0]["sdp"].count("a=candidate:") == 1
+    # each page gets the far node's signature over the fingerprints and the keys to check it
+    # against the NodeId it called or that rang it (web/static/callcheck.js)
+    ids = r["ids"]
+    offer = r["offer"]
+    assert isinstance(ids, tuple) and isinstance(offer, dict)
+    cid = bytes.fromhex(caller["call_id"])
+    for doc, kind, signer in ((sent[0], Kind.ANSWER, ids[1]), (offer, Kind.OFFER, ids[0])):
+        ed, x = bytes.fromhex(doc["node_key"]), bytes.fromhex(doc["x"])
+        assert node_id_of(ed, x).hex() == signer == doc["peer"]
+        assert verify_ed25519(ed, bytes.fromhex(doc["node_sig"]), node_message(cid, kind, SDP))
+        assert doc["key"] in (pub1, pub2) and doc["name"] in ("A", "C")
 
 
 def test_answer_fingerprint_altered_by_the_far_car_is_refused(tmp_path: Path) -> None:

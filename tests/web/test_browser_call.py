@@ -169,6 +169,32 @@ def _hears(page: Any, hz: int, windows: int = 10, bound_s: float = 30) -> dict[s
                          f"state {page.locator('#call-state').inner_text()!r}")
 
 
+def _speaker_toggles_audio_flows(page: Any) -> list[dict[str, Any]]:
+    """Speaker off, on, off: the state follows each press and a's tone keeps playing."""
+    button = page.locator("#call-speaker")
+    seen = []
+    for pressed in ("false", "true", "false"):
+        if pressed != button.get_attribute("aria-pressed"):
+            button.click()
+        page.locator(f'#call-speaker[aria-pressed="{pressed}"][data-volume]').wait_for(
+            timeout=5000)
+        at = page.locator("#call-audio").evaluate("a => a.currentTime")
+        page.wait_for_timeout(1000)
+        audio = page.locator("#call-audio").evaluate(
+            "a => ({paused: a.paused, t: a.currentTime, volume: a.volume, "
+            "sink: a.sinkId === undefined ? null : a.sinkId})")
+        # the element plays on (its clock moves) and the analyser still hears a's tone
+        assert not audio["paused"] and audio["t"] > at + 0.5, audio
+        heard = _hears(page, NODE_HZ, windows=3, bound_s=10)
+        volume = float(button.get_attribute("data-volume"))
+        if pressed == "true":
+            assert volume == 1.0 and audio["volume"] == 1.0, audio
+        elif not button.get_attribute("data-earpiece"):  # no earpiece output: volume tells
+            assert volume == 0.3 and abs(audio["volume"] - 0.3) < 1e-6, audio
+        seen.append({"pressed": pressed, **audio, "hz": heard["hz"]})
+    return seen
+
+
 def test_browser_calls_a_node_audio_both_ways(mesh: Net, browser: Any) -> None:
     ctx, page, problems = _page(browser, mesh, "/call")
     try:
@@ -182,14 +208,15 @@ def test_browser_calls_a_node_audio_both_ways(mesh: Net, browser: Any) -> None:
         assert page.locator("#call").get_attribute("data-verified") == "node"
         times = {k: page.locator("#call").get_attribute(f"data-{k}-ms")
                  for k in ("answer", "connected", "heard", "car-setup")}
-        page.wait_for_timeout(3000)  # a few seconds of the browser's tone into a's recording
+        speaker = _speaker_toggles_audio_flows(page)  # a few seconds of the browser's tone
         quality = page.locator("#call-quality").inner_text()
         page.locator("#call-hangup").click()
         _wait_state(page, "ended", problems)
         assert page.locator("#call-state").get_attribute("data-reason") == "hung up"
         # answer: Call to the answer at the car; connected: ICE+DTLS up in the page; heard:
         # the first audible 200 ms window; car-setup: the answer to SRTP relayed to the page
-        print(f"\nbrowser -> node: ms after pressing Call {times}; {quality}; analyser {heard}")
+        print(f"\nbrowser -> node: ms after pressing Call {times}; {quality}; analyser {heard}; "
+              f"speaker {speaker}")
     finally:
         ctx.close()
 
@@ -226,6 +253,9 @@ def test_node_calls_the_browser_answered_from_the_banner(mesh: Net, browser: Any
             page.locator("#ring-answer").click()
             _wait_state(page, "active", problems)
             heard = _hears(page, NODE_HZ)
+            # a's offer came signed by a's node key, bound to the NodeId that rang
+            assert page.locator("#call").get_attribute("data-verified") == "node"
+            assert page.locator("#call").get_attribute("data-verified-node") == mesh.a.node_id
             out, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
@@ -388,17 +418,16 @@ def test_a_node_nobody_reaches_is_unreachable_in_words(mesh: Net, browser: Any) 
         ctx.close()
 
 
-def test_answer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
-        mesh: Net, browser: Any) -> None:
-    """What the serving car could do: swap the fingerprint in the answer it hands the page."""
+def _car_in_the_middle(kind: str) -> Any:
+    """What the serving car could do: swap the fingerprint in the ``kind`` SDP it hands the page."""
     evil = "sha-256 " + ":".join(["EE"] * 32)
 
-    def car_in_the_middle(ws: Any) -> None:
+    def route(ws: Any) -> None:
         server = ws.connect_to_server()
         ws.on_message(server.send)
 
         def down(message: str | bytes) -> None:
-            if isinstance(message, str) and '"t": "answer"' in message:
+            if isinstance(message, str) and f'"t": "{kind}"' in message:
                 doc = json.loads(message)
                 doc["sdp"] = re.sub(r"a=fingerprint:[^\r\n]*", f"a=fingerprint:{evil}",
                                     doc["sdp"])
@@ -407,12 +436,26 @@ def test_answer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
 
         server.on_message(down)
 
-    ctx, page, problems = _page(browser, mesh, f"/call/{mesh.a.node_id}", route=car_in_the_middle)
+    return route
+
+
+def _refused(page: Any, problems: list[str]) -> None:
+    _wait_state(page, "refused", problems)
+    state = page.locator("#call-state")
+    assert state.get_attribute("data-reason") == "fingerprint"
+    assert state.get_attribute("data-why") == "node signature"
+    assert state.inner_text() == "Hung up: fingerprint not signed by a"
+    assert page.locator("#call-audio").evaluate("a => a.srcObject") is None
+
+
+def test_answer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
+        mesh: Net, browser: Any) -> None:
+    ctx, page, problems = _page(browser, mesh, f"/call/{mesh.a.node_id}",
+                                route=_car_in_the_middle("answer"))
     try:
         _wait_state(page, "idle", problems)
         page.locator("#call-dial").click()
-        _wait_state(page, "refused", problems)
-        assert page.locator("#call-state").get_attribute("data-reason") == "fingerprint"
+        _refused(page, problems)
     finally:
         ctx.close()
 
@@ -421,3 +464,27 @@ def test_answer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
         return bool(doc["calls"][-1]["reason"] == "hung up by peer")
 
     wait_until(a_hung_up, 20, 0.3, "the page hung up a's call")
+
+
+def test_offer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
+        mesh: Net, browser: Any) -> None:
+    """``meshctl call`` from a; the serving car swaps the fingerprint of a's offer."""
+    ctx, page, problems = _page(browser, mesh, f"/call/{mesh.a.node_id}",
+                                route=_car_in_the_middle("offer"))
+    try:
+        _wait_state(page, "idle", problems)
+        proc = _meshctl_call(mesh, mesh.cl.root / "a-refused.wav")
+        try:
+            page.locator("#call-answer").wait_for(timeout=20000)
+            page.locator("#call-answer").click()
+            _refused(page, problems)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        # the page hung up before answering: a's call was declined, no media ever
+        doc = json.loads(out)
+        assert doc["reason"] == "declined" and doc["setup_ms"] is None, (doc, err)
+    finally:
+        ctx.close()

@@ -6,12 +6,19 @@
 // the packets over the mesh without decrypting them (DTLS-SRTP stays end to end).
 // iceServers is empty: nothing outside the mesh is ever asked.  The DTLS fingerprints of
 // this browser's SDP are signed with its own Ed25519 key (identity.js); the far end checks
-// the signature, so no car can swap them.  Text reaches the page through textContent only.
-import { hex, identity, openDb, sign, verify } from "/static/identity.js";
+// the signature, so no car can swap them.  The far side's offer or answer comes signed by
+// the far node's key (and the far browser's, if one made it); callcheck.js checks it
+// against the NodeId called or ringing, and a mismatch hangs up before any media flows.
+// Text reaches the page through textContent only.
+import { hex, identity, openDb, sign } from "/static/identity.js";
+import { checkFar, fingerprintMessage } from "/static/callcheck.js";
 
 const root = document.getElementById("call");
-const utf8 = new TextEncoder();
-const FP_DOMAIN = "carmesh-call-fingerprint/1";
+// the remote voice with the speaker off where the browser offers no choice of output: an
+// earpiece-level volume (the phone held to the ear), full volume with the speaker on
+const EARPIECE_VOLUME = 0.3;
+const SPEAKER_LABEL = /speaker|スピーカー/i;
+const EARPIECE_LABEL = /earpiece|receiver|handset|受話/i;
 
 const WORDS = {
   ja: {
@@ -21,7 +28,7 @@ const WORDS = {
     timeout: "応答がありません（時間切れ）", "hung up": "通話を終了しました",
     "hung up by peer": "相手が通話を終了しました", cancelled: "発信を取り消しました",
     missed: "不在着信", failed: "通話できませんでした", error: "エラー", offline: "車との接続が切れました",
-    rtt: "往復", loss: "損失", refused: "相手の鍵の署名が合わないため切断しました",
+    rtt: "往復", loss: "損失", refused: (who) => `指紋が ${who} の署名と合わないため切断しました`,
     verifiedNode: "エンドツーエンド暗号化：相手の端末の鍵で確認済み", verifiedKey: "エンドツーエンド暗号化：相手の鍵",
   },
   en: {
@@ -31,21 +38,10 @@ const WORDS = {
     timeout: "No answer (timeout)", "hung up": "Call ended",
     "hung up by peer": "The other side hung up", cancelled: "Call cancelled",
     missed: "Missed call", failed: "Call failed", error: "Error", offline: "Lost the car",
-    rtt: "RTT", loss: "loss", refused: "Hung up: the far end's fingerprint signature does not match",
+    rtt: "RTT", loss: "loss", refused: (who) => `Hung up: fingerprint not signed by ${who}`,
     verifiedNode: "End-to-end encrypted; checked against the node's own key", verifiedKey: "End-to-end encrypted; far key",
   },
 };
-
-function fingerprintMessage(callId, kind, sdp) {
-  const fps = [...sdp.matchAll(/^a=fingerprint:[ \t]*([^\r\n]*?)[ \t]*\r?$/gm)].map((m) => m[1]);
-  return utf8.encode([FP_DOMAIN, callId, kind, ...fps].join("\n"));
-}
-
-function unhex(h) {
-  const out = new Uint8Array(h.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(h.substr(2 * i, 2), 16);
-  return out;
-}
 
 function randomHex(n) {
   return hex(crypto.getRandomValues(new Uint8Array(n)));
@@ -62,6 +58,8 @@ class CallPage {
     this.dial = this.$("call-dial");
     this.hangup = this.$("call-hangup");
     this.mute = this.$("call-mute");
+    this.speaker = this.$("call-speaker");
+    this.speakerOn = false;
     this.banner = this.$("call-incoming");
     this.audio = this.$("call-audio");
     this.level = this.$("call-level");
@@ -69,6 +67,7 @@ class CallPage {
     this.ws = null;
     this.call = null; // {id, pc, local, startedAt}
     this.incoming = null; // call id ringing here
+    this.incomingPeer = null; // the NodeId it rings from (its offer must be signed by it)
     // Answer in the banner of another page (ring.js) opens this page with ?answer=CALL
     const asked = new URLSearchParams(location.search).get("answer");
     this.pendingAnswer = asked && /^[0-9a-f]{32}$/.test(asked) ? asked : null;
@@ -77,6 +76,10 @@ class CallPage {
     this.dial.addEventListener("click", () => this.startCall().catch((e) => this.fail(e)));
     this.hangup.addEventListener("click", () => this.end("hangup"));
     this.mute.addEventListener("click", () => this.toggleMute());
+    this.speaker.addEventListener("click", () => {
+      this.speakerOn = !this.speakerOn;
+      this.applySpeaker().catch(() => {});
+    });
     this.$("call-answer").addEventListener("click", () => this.answer().catch((e) => this.fail(e)));
     this.$("call-decline").addEventListener("click", () => this.decline());
   }
@@ -86,6 +89,7 @@ class CallPage {
     this.stateEl.dataset.state = state;
     if (reason) this.stateEl.dataset.reason = reason;
     else delete this.stateEl.dataset.reason;
+    delete this.stateEl.dataset.why;
   }
 
   fail(e) {
@@ -113,6 +117,7 @@ class CallPage {
       this.show("idle", this.w.ready);
       if (this.pendingAnswer && !this.call) {
         this.incoming = this.pendingAnswer;
+        this.incomingPeer = this.node; // ring.js opened /call/<the ringing node's id>
         this.pendingAnswer = null;
         history.replaceState(null, "", location.pathname);
         this.answer().catch((e) => this.fail(e));
@@ -155,9 +160,11 @@ class CallPage {
       }
     });
     this.call = { id: callId, pc, local, startedAt: performance.now(), heard: false };
-    for (const k of ["connectedMs", "answerMs", "heardMs", "carSetupMs", "maxGapMs", "verified"]) delete this.el.dataset[k];
+    for (const k of ["connectedMs", "answerMs", "heardMs", "carSetupMs", "maxGapMs", "verified", "verifiedNode"]) delete this.el.dataset[k];
     this.$("call-verified").hidden = true;
     this.stats = setInterval(() => this.quality(), 1000);
+    this.speakerOn = false; // each call starts at the ear
+    await this.applySpeaker();
     return pc;
   }
 
@@ -177,8 +184,10 @@ class CallPage {
     if (!this.incoming || this.call) return;
     this.banner.hidden = true;
     const callId = this.incoming;
-    this.incoming = null;
+    const peer = this.incomingPeer;
+    this.incoming = this.incomingPeer = null;
     await this.newPeer(callId);
+    this.call.expect = peer;
     this.buttons(true);
     this.send({ t: "offer", call_id: callId });
   }
@@ -204,10 +213,43 @@ class CallPage {
     this.mute.setAttribute("aria-pressed", muted ? "true" : "false");
   }
 
+  // Speaker on: the loudspeaker output where the browser lets the page choose one
+  // (setSinkId), at full volume; off: the earpiece output if there is one, else the same
+  // output at an earpiece-level volume.  The state is aria-pressed (and data-sink/volume).
+  async applySpeaker() {
+    const on = this.speakerOn;
+    this.speaker.setAttribute("aria-pressed", on ? "true" : "false");
+    let sink = null;
+    let earpiece = false;
+    if (typeof this.audio.setSinkId === "function" && navigator.mediaDevices.enumerateDevices) {
+      const outs = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "audiooutput");
+      const ear = outs.find((d) => EARPIECE_LABEL.test(d.label))
+        || outs.find((d) => d.deviceId === "communications");
+      const loud = outs.find((d) => SPEAKER_LABEL.test(d.label));
+      const fallback = outs.find((d) => d.deviceId === "default") || outs[0];
+      const pick = (on ? loud : ear) || fallback;
+      earpiece = !on && pick !== undefined && pick === ear;
+      if (pick && this.speakerOn === on) {
+        try {
+          await this.audio.setSinkId(pick.deviceId);
+          sink = pick.deviceId;
+        } catch {
+          sink = null; // not allowed here: the volume alone tells ear from speaker
+        }
+      }
+    }
+    if (this.speakerOn !== on) return; // pressed again meanwhile: that press applies
+    this.audio.volume = on || (earpiece && sink !== null) ? 1.0 : EARPIECE_VOLUME;
+    this.speaker.dataset.sink = sink === null ? "" : sink;
+    this.speaker.dataset.earpiece = earpiece && sink !== null ? "1" : "";
+    this.speaker.dataset.volume = String(this.audio.volume);
+  }
+
   buttons(inCall) {
     this.dial.hidden = inCall;
     this.hangup.hidden = !inCall;
     this.mute.hidden = !inCall;
+    this.speaker.hidden = !inCall;
   }
 
   async onMessage(m) {
@@ -215,6 +257,7 @@ class CallPage {
     if (m.t === "incoming") {
       if (c || this.incoming) return; // busy here: the car's own limit answers busy
       this.incoming = m.call_id;
+      this.incomingPeer = m.peer;
       this.$("call-incoming-peer").textContent = m.peer_name || (m.peer || "").slice(0, 8);
       this.banner.hidden = false;
       this.show("incoming", this.w.incoming);
@@ -232,21 +275,10 @@ class CallPage {
       return;
     }
     if (m.t === "answer") {
-      const check = await this.checkAnswer(c.id, m);
-      if (check === "bad") { // altered between the far end and here: never connect
-        this.end("hangup");
-        this.cleanup();
-        this.show("refused", this.w.refused, "fingerprint");
-        return;
-      }
-      this.el.dataset.verified = check;
-      const v = this.$("call-verified");
-      if (check !== "none") {
-        v.textContent = check === "node" ? this.w.verifiedNode : `${this.w.verifiedKey} ${m.key.slice(0, 16)}`;
-        v.hidden = false;
-      }
+      if (!(await this.checked(c, "answer", m, this.node))) return;
       await c.pc.setRemoteDescription({ type: "answer", sdp: m.sdp });
     } else if (m.t === "offer") {
+      if (!(await this.checked(c, "offer", m, c.expect || this.node))) return;
       await c.pc.setRemoteDescription({ type: "offer", sdp: m.sdp });
       await c.pc.setLocalDescription(await c.pc.createAnswer());
       const sdp = c.pc.localDescription.sdp;
@@ -269,26 +301,24 @@ class CallPage {
     }
   }
 
-  // "node": signed by the key of the node in the URL (its id is SHA-256(ed ‖ x)[:16]);
-  // "key": signed by a key the URL does not name (a browser on that car); "none": unsigned;
-  // "bad": the signature does not cover these fingerprints
-  async checkAnswer(callId, m) {
-    if (!m.key || !m.sig) return "none";
-    try {
-      const ok = await verify(unhex(m.key), unhex(m.sig),
-                              fingerprintMessage(callId, "answer", m.sdp));
-      if (!ok) return "bad";
-    } catch {
-      return "bad";
+  // the far SDP's fingerprints, signed by the node ``expect`` (and by the far browser, if
+  // one made it: callcheck.js); if not, hang up before any media: a car swapped them
+  async checked(c, kind, m, expect) {
+    const r = await checkFar(c.id, kind, m, expect);
+    if (!r.ok) {
+      this.end("hangup");
+      this.cleanup();
+      this.show("refused", this.w.refused(m.name || expect || "?"), "fingerprint");
+      this.stateEl.dataset.why = r.why;
+      return false;
     }
-    if (m.x && /^[0-9a-f]{8,32}$/.test(this.node)) {
-      const both = new Uint8Array(64);
-      both.set(unhex(m.key), 0);
-      both.set(unhex(m.x), 32);
-      const id = hex(new Uint8Array(await crypto.subtle.digest("SHA-256", both))).slice(0, 32);
-      if (id.startsWith(this.node)) return "node";
-    }
-    return "key";
+    this.el.dataset.verified = r.who;
+    this.el.dataset.verifiedNode = r.node;
+    const v = this.$("call-verified");
+    v.textContent = r.who === "node" ? `${this.w.verifiedNode} ${r.node.slice(0, 16)}`
+      : `${this.w.verifiedKey} ${m.key.slice(0, 16)} (${r.node.slice(0, 16)})`;
+    v.hidden = false;
+    return true;
   }
 
   onTrack(ev) {
