@@ -36,3 +36,16 @@ def tone_windows(samples: np.ndarray, rate: int, freq: float, window_s: float = 
         rms = float(np.sqrt(np.mean(w * w)))
         out.append(rms >= min_rms and abs(dominant_hz(w, rate) - freq) <= tol_hz)
     return out
+
+
+def longest_gap_s(samples: np.ndarray, rate: int, freq: float, window_s: float = 0.1) -> float:
+    """The longest stretch without the tone ``freq``, after it was first heard, in the
+    recording's own timeline (a lost stretch is written as silence, never dropped), seconds."""
+    windows = tone_windows(samples, rate, freq, window_s)
+    if True not in windows:
+        return float("inf")
+    longest = run = 0
+    for w in windows[windows.index(True):]:
+        run = 0 if w else run + 1
+        longest = max(longest, run)
+    return longest * window_s

@@ -250,15 +250,17 @@ async def tampered(out: Path) -> dict[str, Any]:
 
 
 async def diamond(out: Path) -> dict[str, Any]:
-    """A–B–D and A–C–D; the relay carrying the call dies; routing takes OUTAGE_S to find the other."""
+    """A–B–D and A–C–D; the relay carrying the call dies; routing takes OUTAGE_S to find the other.
+
+    Tones both ways, both ends record: the outage cuts both directions."""
     mesh = FakeMesh(out / "keys", ["A", "B", "C", "D"], hop_delay_s=0.002, seed=9, line=False)
     for x, y in (("A", "B"), ("B", "D"), ("A", "C"), ("C", "D")):
         mesh.link(x, y)
     a, d = mesh.by_name["A"], mesh.by_name["D"]
-    rec = out / "callee.wav"
+    rec, rec_a = out / "callee.wav", out / "caller.wav"
     sa = service(a)
-    sd = service(d, auto_answer=True, answer_play=Path("tone:660"), answer_record=rec)
-    info = await sa.dial(d.node_id, play=f"tone:{TONE_A:g}", record=None)
+    sd = service(d, auto_answer=True, answer_play=Path(f"tone:{TONE_D:g}"), answer_record=rec)
+    info = await sa.dial(d.node_id, play=f"tone:{TONE_A:g}", record=str(rec_a))
     cid = bytes.fromhex(info.call_id)
     await d.control.wait_for(lambda e, x: e == "call.audio" and x["call_id"] == info.call_id, 15)
     await asyncio.sleep(2.0)
@@ -269,16 +271,22 @@ async def diamond(out: Path) -> dict[str, Any]:
     mesh.cut(other, "D")  # routing has not converged yet
     await asyncio.sleep(OUTAGE_S)
     mesh.link(other, "D")
+    # what the outage really lasted (a loaded machine oversleeps): the bound is on top of it
+    outage = time.monotonic() - killed_at
     await asyncio.sleep(3.0)
     ep = sd._calls[cid].endpoint
     gaps = [(at - killed_at, g) for at, g in ep.sink.gaps] if ep is not None else []
+    ep_a = sa._calls[cid].endpoint
+    gaps_a = [(at - killed_at, g) for at, g in ep_a.sink.gaps] if ep_a is not None else []
     state = sd.info(cid).state
     generation = sd.session(cid).generation
     sa.hangup(cid)
     await d.control.wait_for(ended(d, info.call_id), 10)
-    res = {"relay": relay, "other": other, "gaps": gaps, "state_after": state, "rec_callee": str(rec),
-           "forwarded": dict(mesh.forwarded), "callee": summary(d, sd, info.call_id),
-           "generation": generation}
+    res = {"relay": relay, "other": other, "gaps": gaps, "gaps_caller": gaps_a,
+           "outage_s": outage, "state_after": state, "rec_callee": str(rec),
+           "rec_caller": str(rec_a), "forwarded": dict(mesh.forwarded),
+           "callee": summary(d, sd, info.call_id), "generation": generation,
+           "generation_caller": sa.session(cid).generation}
     await sa.close()
     await sd.close()
     return res
@@ -445,39 +453,73 @@ async def real_line(out: Path) -> dict[str, Any]:
 
 async def real_diamond(out: Path) -> dict[str, Any]:
     """A–B–D and A–C–D with B and C real meshd relays; the relay carrying the call is kill -9'd."""
-    rec = out / "d.wav"
-    links = [("A", "B"), ("A", "C"), ("B", "D"), ("C", "D")]
-    async with real_mesh(links, {"A": {}, "D": {"auto_answer": True, "answer_record": rec}}) as mesh:
+    return await diamond_kill(out)
+
+
+async def diamond_kill(out: Path, after_s: float = 6.0) -> dict[str, Any]:
+    """A calls D (tones both ways, both recorded) across three relays in parallel (A–B–D,
+    A–C–D, A–E–D, real meshd each).  The relay that carries A's audio is killed with
+    SIGKILL; if D's audio took another relay (routes need not be symmetric), that one is
+    killed too once A's audio is back, so each direction loses its relay once.  Each kill:
+    when each end's route left the dead relay (node clock); at the end, both sinks' gaps."""
+    rec_a, rec_d = out / "a.wav", out / "d.wav"
+    links = [(x, y) for r in ("B", "C", "E") for x, y in (("A", r), (r, "D"))]
+    async with real_mesh(links, {"A": {}, "D": {"auto_answer": True, "answer_record": rec_d,
+                                              "answer_play": Path(f"tone:{TONE_D:g}")}}) as mesh:
         a, d = mesh.endpoints["A"], mesh.endpoints["D"]
         await wait_route(a, d)
         loop = asyncio.get_running_loop()
         by_id: dict[str, str] = {}
         for name, daemon in mesh.relays.items():  # meshctl status: blocking, so off the loop
             by_id[(await loop.run_in_executor(None, daemon.wait_ready))["node_id"]] = name
-        info = await a.voice.dial(d.node_id, play=f"tone:{TONE_A:g}", record=None)
+        info = await a.voice.dial(d.node_id, play=f"tone:{TONE_A:g}", record=str(rec_a))
         cid = bytes.fromhex(info.call_id)
         for _ in range(300):
-            c = d.voice._calls.get(cid)
-            if c is not None and c.endpoint is not None and c.endpoint.sink.first_frame_at is not None:
+            ca, cd = a.voice._calls.get(cid), d.voice._calls.get(cid)
+            if all(c is not None and c.endpoint is not None
+                   and c.endpoint.sink.first_frame_at is not None for c in (ca, cd)):
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(2.0)
-        hop = a.node.next_hop(d.node_id)
-        relay = by_id[hop.hex()] if hop is not None else "?"
-        killed_at = time.monotonic()  # the sinks' clock: the node's
-        await loop.run_in_executor(None, mesh.relays[relay].kill9)
-        await asyncio.sleep(8.0)
-        c = d.voice._calls[cid]
-        gaps = [(at - killed_at, g) for at, g in c.endpoint.sink.gaps] if c.endpoint else []
-        last = (c.endpoint.sink.last_frame_at - killed_at) if c.endpoint and \
-            c.endpoint.sink.last_frame_at else None
-        state = d.voice.info(cid).state
-        new_hop = a.node.next_hop(d.node_id)
+        start = time.monotonic()  # the sinks' clock: the node's
+        kills: list[dict[str, Any]] = []
+        cut = {"a_to_d": False, "d_to_a": False}
+        while not all(cut.values()) and len(kills) < 2:
+            hops = {"a_to_d": a.node.next_hop(d.node_id), "d_to_a": d.node.next_hop(a.node_id)}
+            dead = hops["a_to_d"] if not cut["a_to_d"] else hops["d_to_a"]
+            if dead is None:
+                break
+            relay = by_id[dead.hex()]
+            killed_at = time.monotonic()
+            await loop.run_in_executor(None, mesh.relays[relay].kill9)
+            carried = [k for k, h in hops.items() if h == dead]
+            for k in carried:
+                cut[k] = True
+            moved: dict[str, float | None] = {k: None for k in carried}
+            end = killed_at + after_s
+            while (now := time.monotonic()) < end:  # when each end's route left it
+                for key, ep, dest in (("a_to_d", a, d), ("d_to_a", d, a)):
+                    nh = ep.node.next_hop(dest.node_id)
+                    if key in moved and moved[key] is None and nh is not None and nh != dead:
+                        moved[key] = round(now - killed_at, 3)
+                await asyncio.sleep(0.02)
+            kills.append({"relay": relay, "at_s": round(killed_at - start, 3),
+                          "carried": carried, "route_moved_s": moved})
+        res: dict[str, Any] = {"kills": kills, "cut": cut, "rec_a": str(rec_a),
+                               "rec_d": str(rec_d)}
+        for key, ep in (("at_d", d), ("at_a", a)):  # at_d: A's audio heard at D
+            c = ep.voice._calls[cid]
+            sink = c.endpoint.sink if c.endpoint else None
+            res[key] = {
+                "gaps": [(round(at - start, 3), round(g, 3)) for at, g in sink.gaps] if sink else [],
+                "last_frame_s": round(sink.last_frame_at - start, 3)
+                if sink and sink.last_frame_at else None,
+                "state_after": ep.voice.info(cid).state,
+                "generation": ep.voice.session(cid).generation}
+        res["span_s"] = round(time.monotonic() - start, 3)
         a.voice.hangup(cid)
         await asyncio.sleep(0.5)
-        return {"relay": relay, "other": "C" if relay == "B" else "B", "gaps": gaps,
-                "last_frame_after_kill_s": last, "state_after": state, "rec_callee": str(rec),
-                "rerouted": new_hop is not None and new_hop != hop}
+        return res
 
 
 async def real_gap(out: Path) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.voice.audio import dominant_hz, read_wav, tone_windows
-from tests.voice.scenarios import OUTAGE_S, TONE_A, run_isolated
+from tests.voice.audio import dominant_hz, longest_gap_s, read_wav, tone_windows
+from tests.voice.scenarios import OUTAGE_S, TONE_A, TONE_D, run_isolated
 
 pytestmark = [
     pytest.mark.netns,
@@ -65,16 +65,31 @@ def test_meshctl_call_through_the_node_control_socket(line: dict[str, Any]) -> N
     assert doc["call_id"] in ids and len(ids) == 3, out
 
 
-def test_diamond_relay_kill9_mid_call_audio_resumes(tmp_path: Path) -> None:
+def test_diamond_relay_kill9_mid_call_audio_resumes_both_ways(tmp_path: Path) -> None:
+    """The issue's bound: audio resumes within 3 s in both directions, no re-dial, no re-offer.
+
+    Each direction's relay is killed once (one kill if both took the same relay).  Measured
+    in each recording's own timeline (a lost stretch is written there as silence, by RTP
+    timestamp): the longest stretch without the far end's tone."""
     r = _run(tmp_path, "real_diamond")
-    assert r["rerouted"], r
-    assert r["state_after"] == "active"
-    gaps = [g for at, g in r["gaps"] if at >= -0.1]
-    assert gaps and max(gaps) <= 3.5, r["gaps"]  # routing moves within about 3 s
-    assert r["last_frame_after_kill_s"] > 6.0  # frames kept coming after the gap
-    samples, rate = read_wav(Path(r["rec_callee"]))
-    tail = tone_windows(samples[-3 * rate:], rate, TONE_A)
-    assert sum(tail) / len(tail) >= 0.9, tail
+    print(f"\nkills {r['kills']}; sink gaps at d {r['at_d']['gaps']}, at a {r['at_a']['gaps']}")
+    assert r["cut"] == {"a_to_d": True, "d_to_a": True}, r
+    for kill in r["kills"]:
+        for key, moved in kill["route_moved_s"].items():
+            assert moved is not None, (key, kill)  # rerouted, not re-dialled
+    for key, far_hz, rec in (("at_d", TONE_A, "rec_d"), ("at_a", TONE_D, "rec_a")):
+        side = r[key]
+        assert side["state_after"] == "active", r
+        assert side["generation"] == 0, f"{key}: re-offered; the relay change should not need it"
+        assert side["last_frame_s"] > r["span_s"] - 1.0, r  # frames kept coming after the gaps
+        samples, rate = read_wav(Path(r[rec]))
+        gap = longest_gap_s(samples, rate, far_hz)
+        print(f"{rec}: {len(samples) / rate:.1f} s, longest stretch without {far_hz:g} Hz "
+              f"{gap:.1f} s")
+        # the kill did cut this direction (the test can fail), and it came back within 3 s
+        assert 0.5 <= gap <= 3.0, (key, gap, r)
+        tail = tone_windows(samples[-3 * rate:], rate, far_hz)
+        assert sum(tail) / len(tail) >= 0.9, (key, tail)
 
 
 def test_lost_stretch_is_silence_in_the_recording_not_dropped(tmp_path: Path) -> None:

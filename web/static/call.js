@@ -369,10 +369,17 @@ class CallPage {
   async quality() {
     const c = this.call;
     if (!c) return;
-    let rtt = null, lost = 0, got = 0;
+    let rtt = null, lost = 0, got = 0, concealedS = 0;
     (await c.pc.getStats()).forEach((s) => {
       if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime != null) rtt = s.currentRoundTripTime;
-      if (s.type === "inbound-rtp" && s.kind === "audio") { lost += s.packetsLost || 0; got += s.packetsReceived || 0; }
+      if (s.type === "inbound-rtp" && s.kind === "audio") {
+        lost += s.packetsLost || 0;
+        got += s.packetsReceived || 0;
+        // samples the receiver made up for audio that did not come (its own timeline)
+        if (s.totalSamplesDuration > 0 && s.totalSamplesReceived > 0) {
+          concealedS += (s.concealedSamples || 0) * s.totalSamplesDuration / s.totalSamplesReceived;
+        }
+      }
     });
     if (rtt == null && !got) return;
     const loss = got + lost ? (100 * lost) / (got + lost) : 0;
@@ -380,6 +387,12 @@ class CallPage {
     this.qualityEl.textContent = `${this.w.rtt} ${rtt == null ? "—" : Math.round(rtt * 1000)} ms · ${this.w.loss} ${loss.toFixed(1)} %`;
     this.qualityEl.dataset.rttMs = rtt == null ? "" : String(Math.round(rtt * 1000));
     this.qualityEl.dataset.lossPct = loss.toFixed(2);
+    // what this browser's receiver counted: packets lost (by RTP sequence number; a jump of
+    // more than about a second is taken for a restart and not counted) and the audio it
+    // concealed, in ms of its own timeline (a reroute's gap shows there)
+    this.qualityEl.dataset.lost = String(lost);
+    this.qualityEl.dataset.received = String(got);
+    this.qualityEl.dataset.concealedMs = String(Math.round(1000 * concealedS));
   }
 
   cleanup() {
