@@ -1,6 +1,6 @@
 """Benchmark of calls over the mesh, with a plain asyncio UDP relay as the per-hop baseline.
 
-Usage: ``.venv/bin/python bench/voice.py [--json] [--runs N] [--quick] [--quality-only]
+Usage: ``.venv/bin/python bench/voice.py [--json] [--runs N] [--quick] [--quality-only] [--gap-only]
 [--asyncio] [--redundancy auto|on|off] [--copy-delay-ms MS]`` (needs root: it re-runs itself under ``unshare --net`` with 127.0.0.2 on a private
 loopback, so aiortc and every socket stay inside a throwaway network namespace).
 
@@ -15,8 +15,9 @@ Rows, each bounded in count and time:
 - one-way latency of a 172-byte packet (an Opus RTP packet's size with SRTP) over 0, 1 and 3 relays
   (median, 50 packets/s); the added latency per relay hop, next to the same figure for a plain
   asyncio UDP forwarder process (the baseline);
-- audio gap at the callee when the relay carrying a call (diamond A–B–D, A–C–D) is killed with
-  SIGKILL; median and max of N kills;
+- audio gap, both ways, when the relay carrying a call (three relays in parallel between A and
+  D) is killed with SIGKILL, each direction's relay once (``--gap-only``: only this row, N
+  calls); in each recording's own timeline, beside the sinks' pauses and the reroute time;
 - concurrent calls through one relay: N synthetic calls (50 packets/s each way, 172 bytes, the
   media path's own packet size and rate) between the two endpoints through one meshd relay, for
   5 s per step, until loss exceeds 1 %; with the relay's CPU use and the time it waited for a CPU
@@ -61,7 +62,9 @@ sys.path.insert(0, str(ROOT))
 from bench.routing import bench_aioquic_relay
 from carmesh.dev.harness import free_udp_port
 from meshd.core.packet import MeshPacket
+from tests.voice.audio import longest_gap_s, read_wav
 from tests.voice.realmesh import Endpoint, Mesh, real_mesh, wait_route
+from tests.voice.scenarios import TONE_A, TONE_D, diamond_kill
 
 SPEECH = ("The quick brown fox jumps over the lazy dog. A car on the corner carries your call "
           "to the next street, and the next car carries it on. Please call me back at nine.")
@@ -215,34 +218,31 @@ async def bench_udp_baseline(count: int) -> dict[str, Any]:
 
 
 async def bench_gap(runs: int) -> dict[str, Any]:
-    gaps: list[float] = []
-    links = [("A", "B"), ("A", "C"), ("B", "D"), ("C", "D")]
+    """Relay kills mid-call (``tests.voice.scenarios.diamond_kill``: three relays in parallel,
+    each direction's relay killed once), both directions: the longest stretch without the far
+    end's tone in each recording (its own timeline: lost audio is written as silence), the
+    sinks' longest pause (node clock), and when the routes moved after each kill."""
+    gaps: dict[str, list[float]] = {"a_to_d": [], "d_to_a": []}
+    sinks: dict[str, list[float]] = {"a_to_d": [], "d_to_a": []}
+    moved: list[float] = []
     for _ in range(runs):
-        async with real_mesh(links, {"A": {}, "D": {"auto_answer": True}}) as mesh:
-            a, d = mesh.endpoints["A"], mesh.endpoints["D"]
-            await wait_route(a, d)
-            loop = asyncio.get_running_loop()
-            by_id = {}
-            for name, daemon in mesh.relays.items():
-                by_id[(await loop.run_in_executor(None, daemon.wait_ready))["node_id"]] = name
-            info = await a.voice.dial(d.node_id, play="tone:440", record=None)
-            cid = bytes.fromhex(info.call_id)
-            await _first_frame(d, cid)
-            await asyncio.sleep(2.0)
-            hop = a.node.next_hop(d.node_id)
-            if hop is None:
-                continue
-            killed = time.monotonic()  # the sinks' clock: the node's
-            await loop.run_in_executor(None, mesh.relays[by_id[hop.hex()]].kill9)
-            await asyncio.sleep(8.0)
-            c = d.voice._calls[cid]
-            if c.endpoint is not None:
-                after = [g for at, g in c.endpoint.sink.gaps if at >= killed - 0.1]
-                gaps.append(max(after) if after else 0.0)
-            await _end(a, d, cid)
-    return {"kills": runs, "measured": len(gaps),
-            "gap_s_median": statistics.median(gaps) if gaps else None,
-            "gap_s_max": max(gaps) if gaps else None}
+        with tempfile.TemporaryDirectory(prefix="cmg", dir="/tmp") as tmp:
+            r = await diamond_kill(Path(tmp))
+            for key, side, rec, hz in (("a_to_d", "at_d", "rec_d", TONE_A),
+                                       ("d_to_a", "at_a", "rec_a", TONE_D)):
+                if r["cut"][key]:
+                    samples, rate = read_wav(Path(r[rec]))
+                    gaps[key].append(longest_gap_s(samples, rate, hz))
+                    sinks[key].append(max((g for _at, g in r[side]["gaps"]), default=0.0))
+            moved += [v for k in r["kills"] for v in k["route_moved_s"].values() if v is not None]
+
+    def stats(xs: list[float]) -> dict[str, Any]:
+        return {"n": len(xs), "median": statistics.median(xs) if xs else None,
+                "max": max(xs) if xs else None}
+
+    return {"kills": runs, "recording_gap_s": {k: stats(v) for k, v in gaps.items()},
+            "sink_gap_s": {k: stats(v) for k, v in sinks.items()},
+            "route_moved_s": stats(moved)}
 
 
 def _relay_links(daemon: Any) -> dict[str, tuple[int, int]]:
@@ -614,10 +614,14 @@ async def quality_async(quick: bool) -> dict[str, Any]:
     return res
 
 
-async def main_async(runs: int, quick: bool, quality_only: bool = False) -> dict[str, Any]:
+async def main_async(runs: int, quick: bool, quality_only: bool = False,
+                     gap_only: bool = False) -> dict[str, Any]:
     res: dict[str, Any] = {"loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}
     if quality_only:
         res.update(await quality_async(quick))
+        return res
+    if gap_only:
+        res["gap"] = await bench_gap(runs)
         return res
     res["setup"] = [await bench_setup(n, runs) for n in (0, 1, 3)]
     count = 100 if quick else 300
@@ -687,9 +691,7 @@ def report(res: dict[str, Any]) -> None:
     print(f"\nadded one-way latency per relay hop (median): mesh {_fmt(per_hop_1, 3)} ms (1 relay), "
           f"{_fmt(per_hop_3, 3)} ms (3 relays); plain asyncio UDP forwarder "
           f"{_fmt(b['added_per_hop_ms'], 3)} ms")
-    g = res["gap"]
-    print(f"audio gap when the carrying relay is killed (kill -9): median {_fmt(g['gap_s_median'], 2)} s, "
-          f"max {_fmt(g['gap_s_max'], 2)} s over {g['measured']} kills")
+    report_gap(res["gap"])
     print("\n| calls via one relay | loss | relay CPU (cores) | relay waited for a CPU | relay CPU "
           "per forwarded packet (µs) | endpoints CPU (cores) | lost into / in / out of the relay "
           "| kernel UDP buffer drops | dropped in endpoint link queues |")
@@ -713,6 +715,17 @@ def report(res: dict[str, Any]) -> None:
     report_quality(res)
 
 
+def report_gap(g: dict[str, Any]) -> None:
+    rec, sink, moved = g["recording_gap_s"], g["sink_gap_s"], g["route_moved_s"]
+    for key, words in (("a_to_d", "caller -> callee"), ("d_to_a", "callee -> caller")):
+        print(f"audio gap when the carrying relay is killed (kill -9), {words}: in the recording "
+              f"median {_fmt(rec[key]['median'], 2)} s, max {_fmt(rec[key]['max'], 2)} s; the "
+              f"sink's pause median {_fmt(sink[key]['median'], 2)} s, max "
+              f"{_fmt(sink[key]['max'], 2)} s ({rec[key]['n']} kills)")
+    print(f"routes moved off the dead relay after median {_fmt(moved['median'], 2)} s, max "
+          f"{_fmt(moved['max'], 2)} s ({moved['n']} route changes, {g['kills']} calls)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--json", action="store_true")
@@ -720,6 +733,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer packets and steps")
     ap.add_argument("--quality-only", action="store_true",
                     help="only the call quality rows (PESQ, mouth-to-ear)")
+    ap.add_argument("--gap-only", action="store_true",
+                    help="only the relay-kill rows (--runs calls, each direction's relay killed)")
     ap.add_argument("--redundancy", choices=("auto", "on", "off"), default="auto",
                     help="two copies of each SRTP packet on the mesh: auto (above 1 %% loss), on, off")
     ap.add_argument("--copy-delay-ms", type=float, default=None,
@@ -751,9 +766,11 @@ def main() -> None:
             runner = uvloop.run
         except ImportError:
             pass
-    res = runner(main_async(args.runs, args.quick, args.quality_only))
+    res = runner(main_async(args.runs, args.quick, args.quality_only, args.gap_only))
     if args.json:
         print(json.dumps(res, indent=1))
+    elif args.gap_only:
+        report_gap(res["gap"])
     else:
         report(res)
 
