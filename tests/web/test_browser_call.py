@@ -210,6 +210,10 @@ def test_browser_calls_a_node_audio_both_ways(mesh: Net, browser: Any) -> None:
                  for k in ("answer", "connected", "heard", "car-setup")}
         speaker = _speaker_toggles_audio_flows(page)  # a few seconds of the browser's tone
         quality = page.locator("#call-quality").inner_text()
+        # call quality in the page, from the browser's own getStats (candidate pair RTT,
+        # inbound-rtp packetsLost against packetsReceived)
+        assert re.fullmatch(r"RTT \d+ ms · loss \d+\.\d %", quality), quality
+        assert int(page.locator("#call-quality").get_attribute("data-received")) > 100
         page.locator("#call-hangup").click()
         _wait_state(page, "ended", problems)
         assert page.locator("#call-state").get_attribute("data-reason") == "hung up"
