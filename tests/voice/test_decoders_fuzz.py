@@ -27,7 +27,7 @@ def test_sig_decode_random_bytes(data: bytes) -> None:
 
 
 @settings(max_examples=300)
-@given(st.dictionaries(st.sampled_from(["k", "c", "n", "sdp", "g", "f", "a", "pk", "ps", "x"]), _values,
+@given(st.dictionaries(st.sampled_from(["k", "c", "n", "sdp", "g", "f", "a", "pk", "ps", "ns", "x"]), _values,
                        max_size=8))
 def test_sig_decode_wrong_shapes(m: dict[str, object]) -> None:
     try:
