@@ -231,7 +231,7 @@ class VoiceService:
         return {"call": self._h_call, "answer": self._h_answer, "decline": self._h_decline,
                 "hangup": self._h_hangup, "calls": self._h_calls,
                 "browser.dial": self._h_browser_dial, "browser.offer": self._h_browser_offer,
-                "browser.answer": self._h_browser_answer}
+                "browser.answer": self._h_browser_answer, "browser.refuse": self._h_browser_refuse}
 
     async def _h_call(self, params: dict[str, Any]) -> dict[str, Any]:
         node = params.get("node")
@@ -794,6 +794,22 @@ class VoiceService:
         call.session.send_answer(sdp, self._node.now(), person,
                                  self._node_sig(call, Kind.ANSWER, sdp))
         self._flush(call)
+        return self._info(call).to_json()
+
+    async def _h_browser_refuse(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The browser found the far SDP's fingerprints not signed by the far node (its own
+        check, ``web/static/callcheck.js``): the call fails, and the far end is told so."""
+        call = self._find(params)
+        why = params.get("why")
+        if not isinstance(why, str) or not why.isprintable() or not 0 < len(why) <= 64:
+            raise ControlError("bad_request", "why: up to 64 printable characters")
+        if call.browser is None and (call.relay is None or call.endpoint is not None):
+            raise ControlError("failed", "not a browser's call")
+        if call.state is not CallState.ENDED:
+            self.drops.drop("browser-refused", short_id(call.peer), why)
+            call.session.media_failed(self._node.now(),
+                                      f"the browser refused the far fingerprints: {why}")
+            self._flush(call)
         return self._info(call).to_json()
 
     async def _browser_relay(self, call: _Call, host: str) -> None:

@@ -18,7 +18,8 @@ Browser -> car: ``{"t": "dial", "node", "call_id", "sdp", "key", "sig"}``,
 ``{"t": "offer", "call_id"}`` (an incoming call's offer, to answer it: any
 call ringing at this car, whichever page showed it),
 ``{"t": "answer", "call_id", "sdp", "key", "sig"}``, ``{"t": "hangup"|"decline",
-"call_id"}``.  Car -> browser: ``state`` (every change: state, reason, detail),
+"call_id"}``, ``{"t": "refuse", "call_id", "why"}`` (the far fingerprints are not
+signed by the far node: the call fails, the far end is told).  Car -> browser: ``state`` (every change: state, reason, detail),
 ``answer`` / ``offer`` (an SDP whose only candidate is the car's socket, with
 the far node's signature over its fingerprints and the far node's keys, and
 the far browser's key and signature if a browser made it: the page checks
@@ -174,6 +175,10 @@ class _Connection:
             res = await call("browser.answer", {k: doc.get(k)
                                                 for k in ("call_id", "sdp", "key", "sig")})
             await self.ws.send_json(_out("call.state", res))
+        elif t == "refuse":  # the page's own check of the far fingerprints failed
+            if cid not in self.owned:
+                raise ControlError("not_found", "no such call here")
+            await call("browser.refuse", {"call": cid, "why": doc.get("why")})
         elif t in ("hangup", "decline"):
             if cid not in self.owned and cid not in self.incoming:
                 raise ControlError("not_found", "no such call here")

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from meshd.core.errors import DecodeError
+from meshd.core.errors import ControlError, DecodeError
 from meshd.core.identity import node_id_of, verify_ed25519
 from meshd.core.packet import MeshPacket, Service
 from meshd.core.seal import open_sealed, seal
@@ -217,3 +217,49 @@ def test_answer_fingerprint_altered_by_the_far_car_is_refused(tmp_path: Path) ->
     assert isinstance(caller, dict)
     assert caller["reason"] == "failed" and "answer refused" in caller["detail"], caller
     assert r["to_browser"] == []
+
+
+async def _refused_by_the_browser(tmp: Path) -> dict[str, object]:
+    """A browser on car A is offered C's browser's call and finds its fingerprints unsigned."""
+    mesh = FakeMesh(tmp, ["C", "B", "A"])
+    c, a = mesh.by_name["C"], mesh.by_name["A"]
+    vc = VoiceService(c, auto_answer=False, answer_play=None, answer_record=None)
+    va = VoiceService(a, auto_answer=False, answer_play=None, answer_record=None)
+    k, pub = _key()
+    cid = secrets.token_bytes(16)
+    await vc.handlers()["browser.dial"]({
+        "node": a.node_id.hex(), "call_id": cid.hex(), "sdp": SDP, "key": pub.hex(),
+        "sig": k.sign(fingerprint_message(cid, Kind.OFFER, SDP)).hex(), "host": "127.0.0.1"})
+    await a.control.wait_for(lambda e, d: e == "call.incoming", 10)
+    refuse = va.handlers()["browser.refuse"]
+    errors = []
+    for why in ("", "x" * 65, "two\nlines", 7):
+        try:
+            await refuse({"call": cid.hex(), "why": why})
+        except ControlError as exc:
+            errors.append(exc.code)
+    try:  # only a call offered to a browser: this one has no browser relay yet
+        await refuse({"call": cid.hex(), "why": "node signature"})
+    except ControlError as exc:
+        errors.append(exc.code)
+    await va.handlers()["browser.offer"]({"call": cid.hex(), "host": "127.0.0.1"})
+    await refuse({"call": cid.hex(), "why": "node signature"})
+    await c.control.wait_for(lambda e, d: e == "call.ended", 10)
+    result: dict[str, object] = {"errors": errors, "callee": va.info(cid).to_json(),
+                                 "caller": vc.info(cid).to_json(),
+                                 "drops": dict(va.drops.counts)}
+    await vc.close()
+    await va.close()
+    return result
+
+
+def test_a_browser_refusing_the_far_fingerprints_fails_the_call_at_both_ends(
+        tmp_path: Path) -> None:
+    r = asyncio.run(_refused_by_the_browser(tmp_path))
+    assert r["errors"] == ["bad_request"] * 4 + ["failed"], r
+    callee, caller = r["callee"], r["caller"]
+    assert isinstance(callee, dict) and isinstance(caller, dict)
+    assert callee["reason"] == "failed" and callee["detail"] == \
+        "the browser refused the far fingerprints: node signature", callee
+    assert caller["state"] == "ended" and caller["reason"] == "failed", caller
+    assert r["drops"]["browser-refused"] == 1  # type: ignore[index]

@@ -208,5 +208,6 @@ def test_voice_service_builds_before_the_loop_runs(tmp_path: Path) -> None:
     mesh = FakeMesh(tmp_path, ["A", "B"])
     svc = VoiceService(mesh.by_name["A"], auto_answer=False, answer_play=None, answer_record=None)
     assert set(svc.handlers()) == {"call", "answer", "decline", "hangup", "calls",
-                                   "browser.dial", "browser.offer", "browser.answer"}
+                                   "browser.dial", "browser.offer", "browser.answer",
+                                   "browser.refuse"}
     assert set(mesh.by_name["A"].handlers) == {3, 4}  # Service.SIG, Service.MEDIA

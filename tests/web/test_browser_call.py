@@ -488,11 +488,13 @@ def test_answer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
     finally:
         ctx.close()
 
-    def a_hung_up() -> bool:
+    def a_failed() -> bool:
         _rc, doc = mesh.a.meshctl("calls")
-        return bool(doc["calls"][-1]["reason"] == "hung up by peer")
+        return bool(doc["calls"][-1]["reason"] == "failed")
 
-    wait_until(a_hung_up, 20, 0.3, "the page hung up a's call")
+    wait_until(a_failed, 20, 0.3, "the page's refusal ended a's call: failed")
+    _rc, doc = mesh.c.meshctl("calls")
+    assert "the browser refused the far fingerprints: node signature" in doc["calls"][-1]["detail"]
 
 
 def test_offer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
@@ -512,8 +514,8 @@ def test_offer_fingerprint_altered_on_the_way_to_the_browser_is_refused(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        # the page hung up before answering: a's call was declined, no media ever
+        # the page refused before answering: a's call failed, no media ever
         doc = json.loads(out)
-        assert doc["reason"] == "declined" and doc["setup_ms"] is None, (doc, err)
+        assert doc["reason"] == "failed" and doc["setup_ms"] is None, (doc, err)
     finally:
         ctx.close()

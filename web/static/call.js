@@ -305,8 +305,8 @@ class CallPage {
   // one made it: callcheck.js); if not, hang up before any media: a car swapped them
   async checked(c, kind, m, expect) {
     const r = await checkFar(c.id, kind, m, expect);
-    if (!r.ok) {
-      this.end("hangup");
+    if (!r.ok) { // the call fails at both ends ("failed", not hung up or declined)
+      this.send({ t: "refuse", call_id: c.id, why: r.why });
       this.cleanup();
       this.show("refused", this.w.refused(m.name || expect || "?"), "fingerprint");
       this.stateEl.dataset.why = r.why;
