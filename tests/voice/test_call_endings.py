@@ -91,11 +91,14 @@ def test_relay_killed_mid_call_audio_resumes(diamond: dict[str, Any]) -> None:
     assert r["generation"] == r["generation_caller"] == 0, \
         "the call was re-offered: the relay change should not need it"
     assert r["forwarded"][r["other"]] > 50, "the call did not move to the other relay"
-    gaps = [g for at, g in r["gaps"] if at >= -0.1]
-    assert len(gaps) == 1, r["gaps"]  # one pause, no stalls after it
     for rec, far_hz in (("rec_callee", TONE_A), ("rec_caller", TONE_D)):
         samples, rate = read_wav(Path(r[rec]))
         gap = longest_gap_s(samples, rate, far_hz)
+        # one hole, the rest of the audio whole (the sinks' wall-clock pauses also count a
+        # loaded machine's stalls, after which the buffered audio plays on: not a loss)
+        windows = tone_windows(samples, rate, far_hz)
+        missing = windows[windows.index(True):].count(False) * 0.1
+        assert missing - gap <= 0.5, (rec, missing, gap)
         print(f"\n{rec}: outage {r['outage_s']:.2f} s, longest stretch without {far_hz:g} Hz "
               f"{gap:.1f} s; sink gaps {r['gaps'] if rec == 'rec_callee' else r['gaps_caller']}")
         assert OUTAGE_S * 0.5 <= gap <= r["outage_s"] + 1.0, (rec, gap, r["outage_s"], r["gaps"])

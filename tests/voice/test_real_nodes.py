@@ -81,14 +81,13 @@ def test_diamond_relay_kill9_mid_call_audio_resumes_both_ways(tmp_path: Path) ->
         side = r[key]
         assert side["state_after"] == "active", r
         assert side["generation"] == 0, f"{key}: re-offered; the relay change should not need it"
-        assert side["last_frame_s"] > r["span_s"] - 1.0, r  # frames kept coming after the gaps
         samples, rate = read_wav(Path(r[rec]))
         gap = longest_gap_s(samples, rate, far_hz)
         print(f"{rec}: {len(samples) / rate:.1f} s, longest stretch without {far_hz:g} Hz "
               f"{gap:.1f} s")
         # the kill did cut this direction (the test can fail), and it came back within 3 s
         assert 0.5 <= gap <= 3.0, (key, gap, r)
-        tail = tone_windows(samples[-3 * rate:], rate, far_hz)
+        tail = tone_windows(samples[-3 * rate:], rate, far_hz)  # and it kept coming
         assert sum(tail) / len(tail) >= 0.9, (key, tail)
 
 
