@@ -262,11 +262,11 @@ async def idle(mesh: Mesh, seconds: float) -> dict[str, Any]:
             "fast_hello_bytes_per_link_s": 2 * 2 * (HELLO_WIRE_B + ACK_WIRE_B)}
 
 
-async def per_hop(mesh: Mesh) -> dict[str, Any]:
+async def per_hop(mesh: Mesh, pings: int = 30) -> dict[str, Any]:
     a = mesh.nodes[0]
     r1: list[float] = []
     r3: list[float] = []
-    for _ in range(30):
+    for _ in range(pings):
         for target, acc in ((mesh.nodes[1].name, r1), (mesh.nodes[3].name, r3)):
             r = await ping(a.state, target, 1.0)
             if r is not None:
@@ -471,7 +471,14 @@ async def run_line(net: DevNet | None, args: argparse.Namespace) -> dict[str, An
         t0 = mesh.start()
         ready = [await n.ready_after(t0) for n in mesh.nodes]
         reply = await first_reply(mesh, t0)
-        hop = await per_hop(mesh)
+        if args.only == "per-hop":
+            await asyncio.sleep(args.settle)
+            hop = await per_hop(mesh, args.pings)
+            out = {"ready_s": median(ready), "first_3hop_reply_s": round(reply, 3), **hop}
+            if net is not None and nodes is not None:
+                out["forwarder"] = forwarder_baseline(net, nodes)
+            return out
+        hop = await per_hop(mesh, args.pings)
         await asyncio.sleep(args.settle)
         idle_res = await idle(mesh, args.seconds)
         call_res = (await call_memory(mesh, idle_res["rss_mb_each"])
@@ -511,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-source", action="store_true",
                    help="no bytecode cache: compile from source at each start if the "
                         "environment says so (PYTHONDONTWRITEBYTECODE)")
+    p.add_argument("--only", choices=["per-hop"],
+                   help="per-hop: only the line's per-hop latency (after --settle s of quiet) "
+                        "and its forwarder baseline")
+    p.add_argument("--pings", type=int, default=30,
+                   help="pings to 1 and to 3 hops for the per-hop row (default 30)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cmpyc") as pyc:
         if not args.from_source:
@@ -518,7 +530,31 @@ def main(argv: list[str] | None = None) -> int:
         return run_all(args)
 
 
+def run_per_hop(args: argparse.Namespace) -> int:
+    why = "--loopback" if args.loopback else have_netns()
+    res: dict[str, Any] = {"namespaces": why is None, "bytecode": not args.from_source}
+    if why is None:
+        with DevNet() as net:
+            res["line"] = asyncio.run(run_line(net, args))
+    else:
+        res["skipped"] = f"namespaces: {why}"
+        res["line"] = asyncio.run(run_line(None, args))
+    line = res["line"]
+    print(f"RTT 1 hop / 3 hops ({args.pings} pings each)  "
+          f"{line['rtt_1hop_ms']} / {line['rtt_3hop_ms']} ms")
+    print(f"added one-way latency per relay hop  {line['per_relay_hop_ms']} ms")
+    if "forwarder" in line:
+        fw = line["forwarder"]
+        print(f"bare uvloop UDP forwarder: RTT 1 / 3 hops, per relay hop (baseline)  "
+              f"{fw['rtt_1hop_ms']} / {fw['rtt_3hop_ms']} ms, {fw['per_relay_hop_ms']} ms")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
 def run_all(args: argparse.Namespace) -> int:
+    if args.only == "per-hop":
+        return run_per_hop(args)
     why = "--loopback" if args.loopback else have_netns()
     res: dict[str, Any] = {"namespaces": why is None, "bytecode": not args.from_source,
                            "import_baseline_s": import_baseline()}
