@@ -2,9 +2,8 @@
 
 aioquic 1.7.2 has no public accessor for what the link layer needs: the peer's
 certificate, how many datagrams it holds unpacked, a stream's unacknowledged
-bytes, the draining state, the pending ACK and its delay, the asyncio
-transport's read size, and (``meshd.links.server``) the server's connection-id
-table.  Each helper
+bytes, the draining state, the pending ACK, the asyncio transport's read size,
+and (``meshd.links.server``) the server's connection-id table.  Each helper
 here degrades to a harmless default when the attribute it reads is gone (or
 raises ``LocalProtocolError`` where no default is safe: the certificate), and
 ``tests/meshd/test_links_aioquic.py`` fails when an aioquic upgrade moves any
@@ -13,7 +12,6 @@ of them.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from aioquic import tls
@@ -26,14 +24,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from meshd.core.errors import LocalProtocolError
 
 __all__ = [
-    "BURST_ACK_DELAY_S",
-    "ISOLATED_ACK_DELAY_S",
     "UDP_RECV_SIZE",
-    "ack_burst_soon",
-    "ack_mark",
     "ack_with_next_packet",
     "datagrams_pending",
-    "delay_isolated_acks",
     "limit_receive_size",
     "peer_certificate",
     "peer_certificate_key",
@@ -78,56 +71,6 @@ def ack_with_next_packet(quic: QuicConnection, now: float) -> None:
     ack_at = getattr(space, "ack_at", None)
     if isinstance(ack_at, float) and ack_at > now:
         space.ack_at = now  # type: ignore[union-attr]
-
-
-#: aioquic 1.7.2 acknowledges every ack-eliciting packet K_GRANULARITY (1 ms) after it arrived
-BURST_ACK_DELAY_S = 0.001
-#: how long the ACK of a lone 1-RTT packet may wait for a packet going the other way to ride
-#: on: well inside the max_ack_delay aioquic advertises (25 ms, RFC 9000 §13.2.1), so the
-#: peer's probe timeout never fires for it
-ISOLATED_ACK_DELAY_S = 0.010
-_NO_ACK_PENDING = sys.maxsize
-
-
-def delay_isolated_acks(quic: QuicConnection, delay_s: float = ISOLATED_ACK_DELAY_S) -> Any:
-    """Let the ACK of a lone 1-RTT packet wait ``delay_s``; returns the packet space to watch.
-
-    A relay answered each forwarded ping or request with an ACK-only packet to its
-    sender 1 ms later, in the middle of the round trip, where it competed with the
-    reply for the CPU (and woke the sender): the reply, or the next packet either
-    way, carries that ACK anyway (``ack_with_next_packet``).  Packets that come in a
-    burst are still acknowledged within 1 ms (``ack_burst_soon``: RFC 9000 §13.2.2
-    asks for an ACK after every second ack-eliciting packet), so a stream's sender
-    is clocked as before.  Only once the handshake is confirmed (Initial and
-    Handshake packets are acknowledged at once, §13.2.1); returns None, changing
-    nothing, before that or when aioquic's internals moved.
-    """
-    if getattr(quic, "_handshake_confirmed", None) is not True:
-        return None
-    if not isinstance(getattr(quic, "_ack_delay", None), float):
-        return None
-    spaces = getattr(quic, "_spaces", None)
-    space = spaces.get(tls.Epoch.ONE_RTT) if isinstance(spaces, dict) else None
-    if not isinstance(getattr(space, "largest_received_packet", None), int) or not hasattr(
-            space, "ack_at"):
-        return None
-    quic._ack_delay = delay_s
-    return space
-
-
-def ack_mark(space: Any) -> int:
-    """Before a datagram is handed to aioquic: where the ACK stands (see ``ack_burst_soon``)."""
-    if space.ack_at is None:
-        return _NO_ACK_PENDING
-    return int(space.largest_received_packet)
-
-
-def ack_burst_soon(space: Any, mark: int, now: float) -> None:
-    """After it: a newer packet arrived while an ACK was pending, so acknowledge within 1 ms."""
-    if space.largest_received_packet > mark:
-        ack_at = space.ack_at
-        if ack_at is not None and ack_at > now + BURST_ACK_DELAY_S:
-            space.ack_at = now + BURST_ACK_DELAY_S
 
 
 def peer_closed(quic: QuicConnection) -> events.ConnectionTerminated | None:

@@ -19,12 +19,6 @@ protocol that read the loop's clock (aioquic runs on ``time.monotonic()``:
 uvloop's clock ticks in milliseconds) and coalesces transmits to one per
 connection per loop iteration.  What it reads of aioquic's private state goes
 through ``meshd.links.aioquic_internals``.
-
-ACKs.  Any packet we send carries the pending ACK (``ack_with_next_packet``).
-Once the link is up, the ACK of a lone packet waits up to 10 ms for such a
-packet instead of aioquic's 1 ms (a forwarded request's reply usually comes
-sooner), and packets arriving in a burst are acknowledged within 1 ms as
-before (``delay_isolated_acks``, ``ack_burst_soon``).
 """
 
 from __future__ import annotations
@@ -49,11 +43,8 @@ from meshd.core.codec import DropCounter
 from meshd.core.errors import LocalProtocolError, RemoteProtocolError, VerificationError
 from meshd.core.identity import Announcement, Identity, NodeId, short_id
 from meshd.links.aioquic_internals import (
-    ack_burst_soon,
-    ack_mark,
     ack_with_next_packet,
     datagrams_pending,
-    delay_isolated_acks,
     limit_receive_size,
     peer_certificate,
     peer_closed,
@@ -197,8 +188,6 @@ class Connection(QuicConnectionProtocol):
         self._streams: dict[int, Stream] = {}
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._client_transport: asyncio.DatagramTransport | None = None
-        #: aioquic's 1-RTT packet space once lone packets' ACKs wait (``delay_isolated_acks``)
-        self._ack_space: Any = None
         self._hs_timer = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
         if not is_client:
             self._hs_server = ServerHandshake(
@@ -258,14 +247,7 @@ class Connection(QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.remote == ("", 0):
             self.remote = addr_of(addr)
-        now = time.monotonic()
-        space = self._ack_space
-        if space is None:
-            self._quic.receive_datagram(cast(bytes, data), addr, now=now)
-        else:
-            mark = ack_mark(space)
-            self._quic.receive_datagram(cast(bytes, data), addr, now=now)
-            ack_burst_soon(space, mark, now)
+        self._quic.receive_datagram(cast(bytes, data), addr, now=time.monotonic())
         self._process_events()
         # one transmit per connection per loop iteration, not one per packet received: a burst
         # of packets read in one go is answered (ACKs, forwarded datagrams) in few packets
@@ -436,7 +418,6 @@ class Connection(QuicConnectionProtocol):
     def _handshake_done(self) -> None:
         self._hs_timer.cancel()
         self._hs_buf.clear()
-        self._ack_space = delay_isolated_acks(self._quic)
         assert self.peer is not None
         self.remote = self.peer_address
         self.stats = LinkStats(peer=self.peer.node_id, remote=self.remote,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from aioquic import tls
@@ -24,14 +23,9 @@ from meshd import ALPN
 from meshd.core.errors import LocalProtocolError
 from meshd.core.identity import Identity
 from meshd.links.aioquic_internals import (
-    BURST_ACK_DELAY_S,
-    ISOLATED_ACK_DELAY_S,
     UDP_RECV_SIZE,
-    ack_burst_soon,
-    ack_mark,
     ack_with_next_packet,
     datagrams_pending,
-    delay_isolated_acks,
     peer_certificate,
     peer_certificate_key,
     peer_closed,
@@ -411,94 +405,3 @@ async def test_known_connections_dispatched_before_the_initial_budget() -> None:
     finally:
         for n in (a, b):
             await n.mgr.close()
-
-
-def _one_datagram(pair: Pair, payload: bytes = b"ping") -> None:
-    pair.now += 0.02
-    pair.client.send_datagram_frame(payload)
-    for data, _ in pair.client.datagrams_to_send(now=pair.now):
-        mark = ack_mark(pair.server._spaces[tls.Epoch.ONE_RTT])
-        pair.server.receive_datagram(data, CLIENT_ADDR, now=pair.now)
-        ack_burst_soon(pair.server._spaces[tls.Epoch.ONE_RTT], mark, pair.now)
-    assert Pair.drain(pair.server, events.DatagramFrameReceived)
-
-
-def test_lone_packets_ack_waits_and_a_burst_is_acked_within_a_millisecond() -> None:
-    pair = Pair(Identity.generate())
-    pair.roundtrip()
-    space = delay_isolated_acks(pair.server)
-    assert space is pair.server._spaces[tls.Epoch.ONE_RTT]
-    assert pair.server._ack_delay == ISOLATED_ACK_DELAY_S
-    # inside the max_ack_delay the server advertised (what the client's PTO allows for)
-    assert pair.client._loss.max_ack_delay > ISOLATED_ACK_DELAY_S
-    # a lone packet: its ACK may wait for a packet going back
-    _one_datagram(pair)
-    assert space.ack_at == pytest.approx(pair.now + ISOLATED_ACK_DELAY_S)
-    assert pair.server.get_timer() <= pair.now + ISOLATED_ACK_DELAY_S
-    # nothing is sent before then; at the timer, one ACK-only packet, which the client takes
-    assert pair.server.datagrams_to_send(now=pair.now + ISOLATED_ACK_DELAY_S / 2) == []
-    sent_before = len(pair.client._spaces[tls.Epoch.ONE_RTT].sent_packets)
-    assert sent_before >= 1
-    pair.server.handle_timer(now=space.ack_at)
-    acks = pair.server.datagrams_to_send(now=pair.now + ISOLATED_ACK_DELAY_S)
-    assert len(acks) == 1 and space.ack_at is None
-    pair.client.receive_datagram(acks[0][0], SERVER_ADDR, now=pair.now + ISOLATED_ACK_DELAY_S)
-    assert len(pair.client._spaces[tls.Epoch.ONE_RTT].sent_packets) < sent_before
-    # a second packet while the ACK is pending: acknowledged within 1 ms, as aioquic does
-    _one_datagram(pair)
-    first = space.ack_at
-    assert first == pytest.approx(pair.now + ISOLATED_ACK_DELAY_S)
-    pair.now += 0.0001
-    pair.client.send_datagram_frame(b"second")
-    for data, _ in pair.client.datagrams_to_send(now=pair.now):
-        mark = ack_mark(space)
-        pair.server.receive_datagram(data, CLIENT_ADDR, now=pair.now)
-        ack_burst_soon(space, mark, pair.now)
-    assert space.ack_at == pytest.approx(pair.now + BURST_ACK_DELAY_S)
-    # an old packet (reordered, not newer) does not count as a burst
-    space.ack_at = pair.now + ISOLATED_ACK_DELAY_S
-    mark = ack_mark(space)
-    ack_burst_soon(space, mark, pair.now)
-    assert space.ack_at == pytest.approx(pair.now + ISOLATED_ACK_DELAY_S)
-
-
-def test_ack_delay_left_alone_before_the_handshake_is_confirmed_or_on_changed_internals() -> None:
-    quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN]))
-    assert delay_isolated_acks(quic) is None
-    assert quic._ack_delay == BURST_ACK_DELAY_S  # aioquic's own: K_GRANULARITY
-    assert delay_isolated_acks(SimpleNamespace(_handshake_confirmed=True)) is None  # type: ignore[arg-type]
-    assert delay_isolated_acks(SimpleNamespace(  # type: ignore[arg-type]
-        _handshake_confirmed=True, _ack_delay=0.001, _spaces={})) is None
-
-
-async def test_links_delay_lone_acks_once_up_and_stay_correct() -> None:
-    """Both ends of a real link wait with lone ACKs; a request/response exchange and a
-    burst of datagrams still get acknowledged, nothing is left in flight."""
-    a, b = Node("alpha"), Node("bravo")
-    addr = await b.listen()
-    try:
-        await a.mgr.connect(*addr, b.id)
-        await b.rec.wait_for(lambda: bool(b.rec.ups))
-        conns = [next(iter(a.mgr._conns)), next(iter(b.mgr._conns))]
-        for conn in conns:
-            assert conn._ack_space is conn._quic._spaces[tls.Epoch.ONE_RTT]
-            assert conn._quic._ack_delay == ISOLATED_ACK_DELAY_S
-        for i in range(20):
-            assert a.mgr.send_datagram(b.id, b"\x09x%d" % i)
-        await b.rec.wait_for(lambda: len(b.rec.datagrams) >= 20)
-        await asyncio.sleep(0.1)  # past every ACK delay
-
-        def in_flight(conn: Any) -> int:
-            return int(conn._quic._spaces[tls.Epoch.ONE_RTT].ack_eliciting_in_flight)
-        assert in_flight(conns[0]) == 0
-        # a request answered at once: the answer carries the ACK, none is left pending
-        a.mgr.send_datagram(b.id, b"\x09request")
-        await b.rec.wait_for(lambda: len(b.rec.datagrams) >= 21)
-        b.mgr.send_datagram(a.id, b"\x09answer")
-        await a.rec.wait_for(lambda: bool(a.rec.datagrams))
-        assert conns[1]._ack_space.ack_at is None
-        await asyncio.sleep(0.1)
-        assert in_flight(conns[0]) == 0 and in_flight(conns[1]) == 0
-    finally:
-        await a.mgr.close()
-        await b.mgr.close()
