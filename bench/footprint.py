@@ -497,7 +497,7 @@ async def run_line(net: DevNet | None, args: argparse.Namespace) -> dict[str, An
             # ping, less what it spends idle in as long a time, is the cost of two forwards
             cy = mesh.nodes[2]
 
-            def pkts() -> int:
+            def pkts() -> int:  # interface counters: namespaces only
                 return if_packets(net, nodes[2]) if net is not None and nodes is not None else 0
             c0, p0, t0 = cy.cpu_ns(), pkts(), time.monotonic()
             await asyncio.sleep(args.settle)
@@ -510,8 +510,9 @@ async def run_line(net: DevNet | None, args: argparse.Namespace) -> dict[str, An
             out = {"ready_s": median(ready), "first_3hop_reply_s": round(reply, 3), **hop,
                    "relay_cpu_us_per_3hop_ping": round(relay_us, 1),
                    "relay_idle_cpu_pct": round(idle_ns_s / 1e7, 3),
-                   "relay_packets_per_3hop_ping": round(((p2 - p1) - idle_p_s * (t2 - t1)) / n3,
-                                                        2)}
+                   "relay_packets_per_3hop_ping": (
+                       round(((p2 - p1) - idle_p_s * (t2 - t1)) / n3, 2) if net is not None
+                       else None)}
             if net is not None and nodes is not None:
                 out["forwarder"] = forwarder_baseline(net, nodes)
             return out
