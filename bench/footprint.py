@@ -1,6 +1,7 @@
 """Footprint of real meshd daemons: start-up, memory, idle cost, per-hop latency, reroute.
 
-Usage: ``.venv/bin/python bench/footprint.py [--json] [--seconds S] [--settle S] [--loopback]``
+Usage: ``.venv/bin/python bench/footprint.py [--json] [--seconds S] [--settle S] [--loopback]
+[--only per-hop] [--pings N]``
 
 As root, daemons run in network namespaces (``carmesh.dev.devnet``: a line of four,
 ann–bob–cy–dan, discovering each other with zeroconf on their interfaces; then a
@@ -26,6 +27,12 @@ into a private cache (``PYTHONPYCACHEPREFIX`` in a temporary directory, removed 
 before anything is timed, because a development shell may set ``PYTHONDONTWRITEBYTECODE``
 and then each start compiles the project's modules from source again (``--from-source``
 measures that).
+
+``--only per-hop`` starts the line, waits ``--settle`` seconds after the first 3-hop reply,
+then measures only the per-hop row (``--pings`` pings to 1 and to 3 hops) and its forwarder
+baseline, with two figures from the relay cy, which only the 3-hop pings cross: its CPU time
+per 3-hop ping (two forwards and their ACKs; ``/proc/<pid>/schedstat``, less its idle rate
+measured over the settle window) and the packets its interfaces carried per 3-hop ping.
 
 Bounded: at most about ``settle + seconds + 60`` s per topology.
 """
@@ -142,6 +149,10 @@ class Node:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def cpu_ns(self) -> int:
+        """CPU time in nanoseconds (schedstat; cpu_s has clock-tick resolution)."""
+        return int(Path(f"/proc/{self.proc.pid}/schedstat").read_text().split()[0])
+
     def memory_mb(self) -> tuple[float, float | None]:
         rss = next(int(line.split()[1]) for line in
                    Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
@@ -215,6 +226,16 @@ async def first_reply(mesh: Mesh, t0: float, limit: float = 40.0) -> float:
     raise RuntimeError("no 3-hop reply")
 
 
+def if_packets(net: DevNet, node: NetNode) -> int:
+    """Packets sent and received on ``node``'s interfaces so far."""
+    total = 0
+    for ifc in net.interfaces(node):
+        r = net.run(node, ["cat", f"/sys/class/net/{ifc}/statistics/tx_packets",
+                           f"/sys/class/net/{ifc}/statistics/rx_packets"])
+        total += sum(int(x) for x in r.stdout.split())
+    return total
+
+
 def if_bytes(net: DevNet, node: NetNode) -> dict[str, int]:
     out = {}
     for ifc in net.interfaces(node):
@@ -262,11 +283,11 @@ async def idle(mesh: Mesh, seconds: float) -> dict[str, Any]:
             "fast_hello_bytes_per_link_s": 2 * 2 * (HELLO_WIRE_B + ACK_WIRE_B)}
 
 
-async def per_hop(mesh: Mesh) -> dict[str, Any]:
+async def per_hop(mesh: Mesh, pings: int = 30) -> dict[str, Any]:
     a = mesh.nodes[0]
     r1: list[float] = []
     r3: list[float] = []
-    for _ in range(30):
+    for _ in range(pings):
         for target, acc in ((mesh.nodes[1].name, r1), (mesh.nodes[3].name, r3)):
             r = await ping(a.state, target, 1.0)
             if r is not None:
@@ -274,7 +295,7 @@ async def per_hop(mesh: Mesh) -> dict[str, Any]:
         await asyncio.sleep(0.02)
     m1, m3 = median(r1), median(r3)
     hop = None if m1 is None or m3 is None else round((m3 - m1) / 4, 3)
-    return {"rtt_1hop_ms": m1, "rtt_3hop_ms": m3, "per_relay_hop_ms": hop}
+    return {"rtt_1hop_ms": m1, "rtt_3hop_ms": m3, "per_relay_hop_ms": hop, "pings_3hop": len(r3)}
 
 
 def forwarder_baseline(net: DevNet, nodes: list[NetNode]) -> dict[str, Any]:
@@ -471,7 +492,31 @@ async def run_line(net: DevNet | None, args: argparse.Namespace) -> dict[str, An
         t0 = mesh.start()
         ready = [await n.ready_after(t0) for n in mesh.nodes]
         reply = await first_reply(mesh, t0)
-        hop = await per_hop(mesh)
+        if args.only == "per-hop":
+            # the relay cy only forwards the 3-hop pings (and their ACKs): its CPU time per
+            # ping, less what it spends idle in as long a time, is the cost of two forwards
+            cy = mesh.nodes[2]
+
+            def pkts() -> int:  # interface counters: namespaces only
+                return if_packets(net, nodes[2]) if net is not None and nodes is not None else 0
+            c0, p0, t0 = cy.cpu_ns(), pkts(), time.monotonic()
+            await asyncio.sleep(args.settle)
+            c1, p1, t1 = cy.cpu_ns(), pkts(), time.monotonic()
+            hop = await per_hop(mesh, args.pings)
+            c2, p2, t2 = cy.cpu_ns(), pkts(), time.monotonic()
+            idle_ns_s, idle_p_s = (c1 - c0) / (t1 - t0), (p1 - p0) / (t1 - t0)
+            n3 = max(1, hop["pings_3hop"])
+            relay_us = ((c2 - c1) - idle_ns_s * (t2 - t1)) / n3 / 1000
+            out = {"ready_s": median(ready), "first_3hop_reply_s": round(reply, 3), **hop,
+                   "relay_cpu_us_per_3hop_ping": round(relay_us, 1),
+                   "relay_idle_cpu_pct": round(idle_ns_s / 1e7, 3),
+                   "relay_packets_per_3hop_ping": (
+                       round(((p2 - p1) - idle_p_s * (t2 - t1)) / n3, 2) if net is not None
+                       else None)}
+            if net is not None and nodes is not None:
+                out["forwarder"] = forwarder_baseline(net, nodes)
+            return out
+        hop = await per_hop(mesh, args.pings)
         await asyncio.sleep(args.settle)
         idle_res = await idle(mesh, args.seconds)
         call_res = (await call_memory(mesh, idle_res["rss_mb_each"])
@@ -511,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-source", action="store_true",
                    help="no bytecode cache: compile from source at each start if the "
                         "environment says so (PYTHONDONTWRITEBYTECODE)")
+    p.add_argument("--only", choices=["per-hop"],
+                   help="per-hop: only the line's per-hop latency (after --settle s of quiet) "
+                        "and its forwarder baseline")
+    p.add_argument("--pings", type=int, default=30,
+                   help="pings to 1 and to 3 hops for the per-hop row (default 30)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cmpyc") as pyc:
         if not args.from_source:
@@ -518,7 +568,35 @@ def main(argv: list[str] | None = None) -> int:
         return run_all(args)
 
 
+def run_per_hop(args: argparse.Namespace) -> int:
+    why = "--loopback" if args.loopback else have_netns()
+    res: dict[str, Any] = {"namespaces": why is None, "bytecode": not args.from_source}
+    if why is None:
+        with DevNet() as net:
+            res["line"] = asyncio.run(run_line(net, args))
+    else:
+        res["skipped"] = f"namespaces: {why}"
+        res["line"] = asyncio.run(run_line(None, args))
+    line = res["line"]
+    print(f"RTT 1 hop / 3 hops ({args.pings} pings each)  "
+          f"{line['rtt_1hop_ms']} / {line['rtt_3hop_ms']} ms")
+    print(f"added one-way latency per relay hop  {line['per_relay_hop_ms']} ms")
+    print(f"relay CPU per 3-hop ping (two forwards, their ACKs; idle {line['relay_idle_cpu_pct']} % "
+          f"taken out)  {line['relay_cpu_us_per_3hop_ping']} us")
+    print(f"relay packets sent and received per 3-hop ping  "
+          f"{line['relay_packets_per_3hop_ping']}")
+    if "forwarder" in line:
+        fw = line["forwarder"]
+        print(f"bare uvloop UDP forwarder: RTT 1 / 3 hops, per relay hop (baseline)  "
+              f"{fw['rtt_1hop_ms']} / {fw['rtt_3hop_ms']} ms, {fw['per_relay_hop_ms']} ms")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
 def run_all(args: argparse.Namespace) -> int:
+    if args.only == "per-hop":
+        return run_per_hop(args)
     why = "--loopback" if args.loopback else have_netns()
     res: dict[str, Any] = {"namespaces": why is None, "bytecode": not args.from_source,
                            "import_baseline_s": import_baseline()}
