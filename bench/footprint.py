@@ -65,9 +65,10 @@ from meshd.paths import default_socket_path
 
 NAMES = ["ann", "bob", "cy", "dan"]
 PY = sys.executable
-#: what the daemon imports before it is ready (carmesh.app's build_node and its services)
+#: what the daemon imports before it is ready (carmesh.app's build_node and its services;
+#: meshd.discovery, with zeroconf, as the nodes here name their interfaces)
 IMPORTS = ("import uvloop, carmesh.cli, carmesh.app, sync.node_service, "
-           "library_replica.node_service, voice.service, web.service")
+           "library_replica.node_service, voice.service, web.service, meshd.discovery")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: on the wire, per hello: ~46 B payload + channel byte + QUIC short header, DATAGRAM frame and
 #: AEAD tag (~30 B) + UDP/IPv4 (28 B); its ACK-only packet ~34 + 28 B

@@ -26,7 +26,6 @@ import hashlib
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
 
 from library_replica.ops import LibraryError
@@ -186,6 +185,8 @@ def diff_edits(old: str, new: str) -> list[TextEdit]:
     ma, mb = old[a0:a1], new[b0:b1]
     if len(ma) + len(mb) > _MAX_FINE_DIFF:
         return [TextEdit(a0, len(ma), mb)]
+    from difflib import SequenceMatcher  # an edit's first diff loads it (issue 18, memory)
+
     edits: list[TextEdit] = []
     sm = SequenceMatcher(None, ma, mb, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():

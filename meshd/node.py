@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshd import DEFAULT_PORT, __version__
 from meshd.config import Config, parse_hostport
@@ -66,14 +66,6 @@ from meshd.core.packet import (
     max_payload,
     peek_header,
 )
-from meshd.discovery import (
-    Discovery,
-    IfAddress,
-    InterfaceError,
-    InterfaceWatch,
-    PeerSeen,
-    plan_binding,
-)
 from meshd.links.manager import MESH_MTU, LinkManager
 from meshd.metrics import DEFAULT_METRICS, MetricsServer, parse_metrics_address
 from meshd.names import resolve_node
@@ -86,6 +78,9 @@ from meshd.services.api import MetricsSource, NodeService, PacketHandler
 from meshd.services.info import InfoService
 from meshd.services.messaging import Messenger, Undeliverable
 from meshd.services.ping import Pinger
+
+if TYPE_CHECKING:  # zeroconf and ifaddr load only for a node that names an interface
+    from meshd.discovery import Discovery, IfAddress, InterfaceWatch, PeerSeen
 
 __all__ = ["Node", "PacketHandler"]
 
@@ -303,6 +298,8 @@ class Node:
                 await old.close()
         if not usable:
             return
+        from meshd.discovery import Discovery, InterfaceError, plan_binding
+
         plan = plan_binding(usable)
         if not self.config.listen:
             for addr in plan.advertised:
@@ -346,6 +343,8 @@ class Node:
                             f"cannot listen on {host}:{port}: {cause.strerror or cause} (is another "
                             "meshd running there? pick another --listen port)") from None
             if self.config.interface:
+                from meshd.discovery import InterfaceWatch
+
                 # interfaces named but not up yet, or that appear later, are picked up
                 self.interfaces = InterfaceWatch(list(self.config.interface),
                                                  self._on_interfaces,

@@ -1,4 +1,6 @@
-"""Issue 18, memory and start-up: an idle daemon loads no call, web, CRDT or console code.
+"""Issue 18, memory and start-up: an idle daemon loads no call, web, CRDT or console code,
+no zeroconf without a named interface, no worker-process machinery before a large batch
+and no diff code before an edit.
 
 Each case runs in a fresh interpreter (pytest itself has loaded everything), with a
 real node built by the composition root on loopback: what it has imported once it is
@@ -15,7 +17,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-HEAVY = ["aiortc", "av", "numpy", "pycrdt", "textual", "aiohttp", "jinja2", "prometheus_client"]
+HEAVY = ["aiortc", "av", "numpy", "pycrdt", "textual", "aiohttp", "jinja2", "prometheus_client",
+         "zeroconf", "ifaddr", "multiprocessing", "difflib"]
 
 SCRIPT = textwrap.dedent("""
     import asyncio, json, socket, sys, tempfile, urllib.request
@@ -59,6 +62,8 @@ SCRIPT = textwrap.dedent("""
         out["web"] = [code, "Content-Security-Policy" in headers, loaded()]
         code, _, body = await asyncio.to_thread(get, f"http://127.0.0.1:{{metrics}}/metrics")
         out["metrics"] = [code, "carmesh_neighbours" in body or "carmesh_" in body, loaded()]
+        from library_replica.text import diff_edits
+        out["diff"] = [len(diff_edits("a mesh of cars", "a mesh of many cars")), loaded()]
         from voice.endpoint import load_media
         await load_media()
         out["call"] = loaded()
@@ -88,5 +93,8 @@ def test_an_idle_node_loads_none_of_the_heavy_parts_and_each_loads_when_first_us
     assert {"aiohttp", "jinja2"} <= set(after_web) and "aiortc" not in after_web
     code, has, after_scrape = out["metrics"]
     assert code == 200 and has and "prometheus_client" in after_scrape
+    edits, after_diff = out["diff"]
+    assert edits == 1 and "difflib" in after_diff  # the first diff loads it
     assert {"aiortc", "av", "numpy"} <= set(out["call"])
+    assert "zeroconf" not in out["call"]  # loopback: never (aiortc's ICE brings ifaddr)
     assert "textual" not in out["call"] and "pycrdt" not in out["call"]

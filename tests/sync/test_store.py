@@ -299,3 +299,23 @@ async def test_older_database_layouts_are_migrated_on_open(tmp_path: Any, old_la
             con.execute("INSERT INTO ops SELECT * FROM ops LIMIT 1")
     finally:
         con.close()
+
+
+async def test_the_op_index_shares_each_authors_key_and_namespace(
+        open_store: Callable[..., Any]) -> None:
+    """Issue 18, memory: the in-memory index holds one copy of an author's key and of a
+    namespace for all their ops, after apply and after a reopen (not one per op)."""
+    key = Ed25519PrivateKey.generate()
+    ops = chain(key, 5, start_hlc=HLC0)
+
+    def copies(s: OpStore) -> tuple[int, int]:
+        entries = [s._known[o.op_id] for o in ops]
+        return len({id(ns) for ns, _, _ in entries}), len({id(a) for _, _, a in entries})
+
+    s = await open_store()
+    r = await s.apply_remote([o.raw for o in ops])
+    assert len(r.applied) == 5 and copies(s) == (1, 1)
+    await s.close()
+    s = await open_store()
+    assert len(s) == 5 and copies(s) == (1, 1)
+    await s.close()
