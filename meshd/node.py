@@ -98,9 +98,10 @@ DISCOVERED_DIAL_DELAY_S = 1.5
 #: how often the named interfaces are looked at again (ones not up yet, new addresses), s
 INTERFACE_POLL_S = 2.0
 #: hellos on a quiet, stable link slow down to this (seconds; 0.5 s while traffic flows).
-#: Below the QUIC idle timeout (``meshd.links.manager.IDLE_TIMEOUT_S``, 8 s) with room for a
-#: lost hello, so a quiet link is never closed for idleness.
-IDLE_HELLO_INTERVAL_S = 4.0
+#: At most half the link's QUIC idle timeout (``meshd.links.manager.IDLE_TIMEOUT_S``, 20 s; a
+#: peer may ask for less), with room for a lost hello, so a quiet link is never closed for
+#: idleness.
+IDLE_HELLO_INTERVAL_S = 8.0
 #: the metric a gateway advertises for a leaf attached to it (a clean link's cost)
 LEAF_METRIC = 256
 #: leaves one node serves at most
@@ -486,7 +487,9 @@ class Node:
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, short_id(peer), str(exc))
         self._peers[peer] = _PeerInfo(announcement, remote, initiator, self._wall())
-        self.neighbours.link_up(peer, self._now())
+        idle = self.links.idle_timeout_s(peer)
+        # a quiet link's hellos stay below half its idle timeout (an older peer's may be 8 s)
+        self.neighbours.link_up(peer, self._now(), None if idle is None else idle / 2)
         logger.info("[%s] link up with %s at %s:%d", short_id(peer), announcement.name, *remote[:2])
         self._pump()
 

@@ -28,6 +28,7 @@ __all__ = [
     "ack_with_next_packet",
     "datagrams_pending",
     "limit_receive_size",
+    "negotiated_idle_timeout",
     "peer_certificate",
     "peer_certificate_key",
     "peer_closed",
@@ -71,6 +72,20 @@ def ack_with_next_packet(quic: QuicConnection, now: float) -> None:
     ack_at = getattr(space, "ack_at", None)
     if isinstance(ack_at, float) and ack_at > now:
         space.ack_at = now  # type: ignore[union-attr]
+
+
+def negotiated_idle_timeout(quic: QuicConnection) -> float | None:
+    """The link's QUIC idle timeout in seconds once the handshake is done: ours, or the
+    peer's if it asked for a shorter one (RFC 9000 §10.1); None if the internals changed."""
+    if not hasattr(quic, "_remote_max_idle_timeout"):
+        return None
+    remote = quic._remote_max_idle_timeout
+    local = getattr(getattr(quic, "_configuration", None), "idle_timeout", None)
+    if not isinstance(local, (int, float)):
+        return None
+    if isinstance(remote, (int, float)) and remote > 0:
+        return float(min(local, remote))
+    return float(local)
 
 
 def peer_closed(quic: QuicConnection) -> events.ConnectionTerminated | None:

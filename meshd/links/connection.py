@@ -46,6 +46,7 @@ from meshd.links.aioquic_internals import (
     ack_with_next_packet,
     datagrams_pending,
     limit_receive_size,
+    negotiated_idle_timeout,
     peer_certificate,
     peer_closed,
     stream_unacked,
@@ -210,6 +211,11 @@ class Connection(QuicConnectionProtocol):
     def peer_address(self) -> tuple[str, int]:
         addr = self._quic.get_peer_address()
         return addr_of(addr) if addr is not None else self.remote
+
+    @property
+    def idle_timeout_s(self) -> float | None:
+        """The QUIC idle timeout both ends agreed on (None: not known)."""
+        return negotiated_idle_timeout(self._quic)
 
     @property
     def is_ready(self) -> bool:

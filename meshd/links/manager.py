@@ -110,8 +110,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: QUIC idle timeout; liveness for routing is the hello core's job (~2 s)
-IDLE_TIMEOUT_S = 8.0
+#: QUIC idle timeout; liveness for routing is the hello core's job (~2 s).  Quiet links hello
+#: every ``meshd.node.IDLE_HELLO_INTERVAL_S`` (8 s): this leaves room for a lost hello and more
+#: (a node never slows its hellos beyond half the timeout a link agreed on: older peers say 8 s)
+IDLE_TIMEOUT_S = 20.0
 #: connect attempts to discovered peers at once (each is a UDP socket and a TLS handshake)
 MAX_DISCOVERED_DIALS = 4
 #: discovered peers dialled (a spoofed zeroconf flood must not become a dial flood)
@@ -434,6 +436,11 @@ class LinkManager:
         """The remote UDP address of the link to ``peer``, if linked."""
         state = self._peers.get(peer)
         return state.active.peer_address if state is not None else None
+
+    def idle_timeout_s(self, peer: NodeId) -> float | None:
+        """The QUIC idle timeout of the link to ``peer`` (None: not linked, or not known)."""
+        state = self._peers.get(peer)
+        return state.active.idle_timeout_s if state is not None else None
 
     def is_linked(self, peer: NodeId) -> bool:
         """True while there is a link to ``peer``."""

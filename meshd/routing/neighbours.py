@@ -35,7 +35,8 @@ Quiet links slow down (RFC 8966 §3.4.1 lets the hello interval vary)
 ------------------------------------------------------------------------
 With ``max_hello_interval`` above ``hello_interval``, a link that is up, loss-free
 both ways and carries no mesh traffic doubles its hello interval after every
-``STABLE_HELLOS`` hellos, up to ``max_hello_interval``; every hello carries the
+``STABLE_HELLOS`` hellos, up to ``max_hello_interval`` (or the lower cap ``link_up``
+was given for that link); every hello carries the
 interval it is sent at, and the receiver holds the link for
 ``max(dead_after, HOLD_INTERVALS × the peer's interval)``.  It goes fast again at
 once (and says so in an unscheduled hello) when loss shows (a seqno gap, a
@@ -222,6 +223,7 @@ class _Neighbour:
         "last_reply",
         "last_seqno",
         "last_traffic",
+        "max_interval",
         "next_hello",
         "next_probe",
         "peer",
@@ -234,9 +236,11 @@ class _Neighbour:
         "want_reply",
     )
 
-    def __init__(self, peer: NodeId, next_hello: float, tx_seqno: int, interval: float) -> None:
+    def __init__(self, peer: NodeId, next_hello: float, tx_seqno: int, interval: float,
+                 max_interval: float) -> None:
         self.peer = peer
         self.interval = interval  # our hello interval on this link now
+        self.max_interval = max_interval  # what a quiet, stable link slows down to
         self.stable = 0  # hellos sent at ``interval`` while quiet and loss-free
         self.last_traffic = float("-inf")  # last mesh packet sent to / received from the peer
         self.busy_since = float("-inf")  # start of the current busy period
@@ -282,11 +286,18 @@ class NeighbourTable:
 
     # -- link layer inputs -------------------------------------------------
 
-    def link_up(self, peer: NodeId, now: float) -> None:
-        """An authenticated link to ``peer`` exists: start sending it hellos at once."""
+    def link_up(self, peer: NodeId, now: float, max_interval: float | None = None) -> None:
+        """An authenticated link to ``peer`` exists: start sending it hellos at once.
+
+        ``max_interval`` caps how far this link's hellos slow down when quiet (below
+        ``max_hello_interval``; e.g. half the link's idle timeout, which an older peer may
+        hold shorter than ours)."""
         if peer not in self._nbrs:
+            cap = self.max_hello_interval
+            if max_interval is not None:
+                cap = max(self.hello_interval, min(cap, max_interval))
             self._nbrs[peer] = _Neighbour(peer, now, self._rng.randrange(0x10000),
-                                          self.hello_interval)
+                                          self.hello_interval, cap)
 
     def link_down(self, peer: NodeId, now: float) -> None:
         """The link to ``peer`` is gone; emits ``NeighbourLost(peer, "link_down")`` if it was up."""
@@ -461,7 +472,7 @@ class NeighbourTable:
 
     def _adapt(self, n: _Neighbour, now: float) -> None:
         """Before a scheduled hello: double the interval on a quiet, stable link."""
-        if self.max_hello_interval <= self.hello_interval:
+        if n.max_interval <= self.hello_interval:
             return
         received = bin(n.history).count("1")
         quiet_and_clean = (n.state is NeighbourState.UP
@@ -473,8 +484,8 @@ class NeighbourTable:
             n.stable = 0
             return
         n.stable += 1
-        if n.stable > STABLE_HELLOS and n.interval < self.max_hello_interval:
-            n.interval = min(self.max_hello_interval, n.interval * 2)
+        if n.stable > STABLE_HELLOS and n.interval < n.max_interval:
+            n.interval = min(n.max_interval, n.interval * 2)
             n.stable = 0
 
     def _hello_for(self, n: _Neighbour, now: float, request: bool,

@@ -26,6 +26,7 @@ from meshd.links.aioquic_internals import (
     UDP_RECV_SIZE,
     ack_with_next_packet,
     datagrams_pending,
+    negotiated_idle_timeout,
     peer_certificate,
     peer_certificate_key,
     peer_closed,
@@ -42,17 +43,18 @@ SERVER_ADDR = ("127.0.0.3", 4433)
 class Pair:
     """Two QuicConnections passing datagrams in memory (no sockets; the addresses are labels)."""
 
-    def __init__(self, server_identity: Identity) -> None:
+    def __init__(self, server_identity: Identity, client_idle_s: float = 60.0,
+                 server_idle_s: float = 60.0) -> None:
         cert, key = make_certificate(server_identity)
         self.cert = cert
         self.now = 1.0
         self.client = QuicConnection(configuration=QuicConfiguration(
             is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE,
-            max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE))
+            max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE, idle_timeout=client_idle_s))
         self.server = QuicConnection(
             configuration=QuicConfiguration(
                 is_client=False, alpn_protocols=[ALPN], certificate=cert, private_key=key,
-                max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE),
+                max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE, idle_timeout=server_idle_s),
             original_destination_connection_id=self.client.original_destination_connection_id)
         self.client.connect(SERVER_ADDR, now=self.now)
         for _ in range(10):
@@ -203,6 +205,16 @@ def _ack_pending_after_one_datagram(pair: Pair) -> float:
     ack_at = pair.server._spaces[tls.Epoch.ONE_RTT].ack_at
     assert ack_at is not None and ack_at > pair.now  # aioquic delays it (1 ms in 1.7.2)
     return pair.now
+
+
+def test_negotiated_idle_timeout_is_the_shorter_of_both_ends() -> None:
+    """meshd.node caps a quiet link's hello interval at half of it (an older peer: 8 s)."""
+    pair = Pair(Identity.generate(), client_idle_s=20.0, server_idle_s=8.0)
+    assert negotiated_idle_timeout(pair.client) == 8.0
+    assert negotiated_idle_timeout(pair.server) == 8.0
+    pair = Pair(Identity.generate(), client_idle_s=20.0, server_idle_s=20.0)
+    assert negotiated_idle_timeout(pair.client) == 20.0
+    assert negotiated_idle_timeout(SimpleNamespace()) is None  # type: ignore[arg-type]
 
 
 def test_pending_ack_rides_on_the_next_datagram() -> None:

@@ -202,7 +202,8 @@ class Wire:
     STEP = 0.005
     DELAY = 0.002
 
-    def __init__(self, max_interval: float | None = 4.0) -> None:
+    def __init__(self, max_interval: float | None = 4.0,
+                 link_caps: tuple[float | None, float | None] = (None, None)) -> None:
         self.t = {A: NeighbourTable(rng=random.Random(1), max_hello_interval=max_interval),
                   B: NeighbourTable(rng=random.Random(2), max_hello_interval=max_interval)}
         self.now = 0.0
@@ -211,8 +212,8 @@ class Wire:
         self.sent: dict[bytes, list[tuple[float, Any]]] = {A: [], B: []}
         self.events: dict[bytes, list[tuple[float, object]]] = {A: [], B: []}
         self._queue: list[tuple[float, bytes, bytes]] = []
-        for me, other in ((A, B), (B, A)):
-            self.t[me].link_up(other, 0.0)
+        for (me, other), cap in zip(((A, B), (B, A)), link_caps, strict=True):
+            self.t[me].link_up(other, 0.0, cap)
 
     def other(self, me: bytes) -> bytes:
         return B if me == A else A
@@ -269,6 +270,22 @@ def test_a_quiet_stable_link_slows_its_hellos_to_the_cap_and_stays_up() -> None:
     ivs = [h.interval_ms for _, h in w.sent[A]]
     assert ivs[0] == 500 and ivs[-1] == 4000
     assert sorted(set(ivs)) == [500, 1000, 2000, 4000] and ivs == sorted(ivs)
+
+
+def test_a_link_capped_lower_slows_down_only_to_its_cap() -> None:
+    """An older peer's shorter QUIC idle timeout: that link's hellos stay below half of it."""
+    w = Wire(max_interval=8.0, link_caps=(4.0, None))
+    w.run_until(90.0)
+    assert w.t[A].stats(B).hello_interval == 4.0
+    assert all(3.2 <= g <= 4.0 for g in w.intervals(A, 70.0))
+    assert w.t[B].stats(A).hello_interval == 8.0  # the other end has no such cap here
+    assert all(6.4 <= g <= 8.0 for g in w.intervals(B, 70.0))
+    assert w.lost(A) == [] and w.lost(B) == []
+    # a cap below the fast interval never slows the link at all; one above the table's is moot
+    t = NeighbourTable(rng=random.Random(3), max_hello_interval=8.0)
+    t.link_up(A, 0.0, 0.1)
+    t.link_up(B, 0.0, 30.0)
+    assert t.stats(A).hello_interval == 0.5
 
 
 def test_without_a_cap_the_interval_never_grows() -> None:
