@@ -140,7 +140,9 @@ class Node:
         self.links = LinkManager(self.identity, lambda: self.announcement, self,
                                  wall_clock=self._wall)
         self.neighbours = NeighbourTable(rng=random.Random(),
-                                         max_hello_interval=IDLE_HELLO_INTERVAL_S)
+                                         max_hello_interval=IDLE_HELLO_INTERVAL_S, ack_hold=True)
+        #: (ours, theirs) ACK holding last set on each link (``Connection.set_ack_hold``)
+        self._ack_hold: dict[NodeId, tuple[bool, bool]] = {}
         self._pump_soon: asyncio.Handle | None = None
         self.book.accept(self.announcement, self._wall())
         self.routing = RoutingTable(
@@ -495,6 +497,7 @@ class Node:
 
     def link_down(self, peer: NodeId, reason: str) -> None:
         info = self._peers.pop(peer, None)
+        self._ack_hold.pop(peer, None)
         self.neighbours.link_down(peer, self._now())
         if info is not None:
             logger.info("[%s] link down: %s", short_id(peer), reason)
@@ -510,6 +513,7 @@ class Node:
         channel = data[0]
         if channel == Channel.NEIGHBOUR:
             self.neighbours.receive(peer, data[1:], now, self._raw_wall())
+            self._sync_ack_hold(peer, now)
             offset = self.neighbours.clock_offset(peer)
             if offset is not None:
                 self.clock.sample(peer, offset, now)
@@ -538,6 +542,7 @@ class Node:
         if self.clock.update(self._raw_wall(), now):
             self._on_clock_moved(now)
         for peer, payload in self.neighbours.datagrams_to_send(now, self._raw_wall()):
+            self._sync_ack_hold(peer, now)  # before the send: a held ACK may ride on it
             self._send_link(peer, Channel.NEIGHBOUR, payload)
         while (event := self.neighbours.next_event()) is not None:
             if isinstance(event, NeighbourUp):
@@ -568,6 +573,13 @@ class Node:
                 if self.leaf_moved is not None:
                     self.leaf_moved(revent.leaf)
         self._arm_timer()
+
+    def _sync_ack_hold(self, peer: NodeId, now: float) -> None:
+        """Tell the link whether quiet-link ACKs may wait (the hellos decide, see neighbours)."""
+        want = self.neighbours.ack_hold(peer, now)
+        if self._ack_hold.get(peer, (False, False)) != want:
+            self._ack_hold[peer] = want
+            self.links.set_ack_hold(peer, *want)
 
     def _on_route_changed(self, ev: RouteChanged) -> None:
         ann = self.book.get(ev.destination)

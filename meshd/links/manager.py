@@ -437,6 +437,12 @@ class LinkManager:
         state = self._peers.get(peer)
         return state.active.peer_address if state is not None else None
 
+    def set_ack_hold(self, peer: NodeId, ours: bool, theirs: bool) -> None:
+        """Quiet-link ACK holding on the link to ``peer`` (``Connection.set_ack_hold``)."""
+        state = self._peers.get(peer)
+        if state is not None:
+            state.active.set_ack_hold(ours, theirs)
+
     def idle_timeout_s(self, peer: NodeId) -> float | None:
         """The QUIC idle timeout of the link to ``peer`` (None: not linked, or not known)."""
         state = self._peers.get(peer)
@@ -503,9 +509,11 @@ class LinkManager:
             # the peer closed our link as a duplicate and this is its replacement
             state.pending_down.cancel()
             state.pending_down = None
+            conn.set_ack_hold(*cur.ack_hold)
             state.active = conn
             return
         if cur.terminated:
+            conn.set_ack_hold(*cur.ack_hold)
             state.active = conn
             return
         decision = resolve_duplicate(self.identity.node_id, peer,
@@ -517,6 +525,8 @@ class LinkManager:
             self._spawn(self._check_preferred(state, cur, conn), f"liveness {conn.label}")
 
     def _replace(self, state: _PeerState, keep: Connection, lose: Connection) -> None:
+        if keep is not lose:
+            keep.set_ack_hold(*lose.ack_hold)
         state.active = keep
         if keep.stats is not None and lose.stats is not None:
             # the link lives on: keep its history
