@@ -120,6 +120,8 @@ def refusal_reason(phrase: str) -> str:
 ACK_HOLD_S = 8.0
 #: what the peer's holding is allowed beyond ACK_HOLD_S (timer slack, one-way delay)
 ACK_HOLD_SLACK_S = 1.0
+#: no ACK holding while streams carry bytes and this long after (a sync session)
+STREAM_QUIET_S = 5.0
 #: the first bytes of the link datagrams a quiet link's held ACK may answer
 _CONTROL_BYTES = frozenset({bytes([Channel.NEIGHBOUR]), bytes([Channel.ROUTING])})
 
@@ -210,6 +212,8 @@ class Connection(QuicConnectionProtocol):
         #: the peer may do so: our loss recovery allows for it (its advertised delay kept here)
         self._peer_holds = False
         self._peer_ack_delay: float | None = None
+        self._want_hold = (False, False)  # what set_ack_hold asked for
+        self._stream_io = float("-inf")  # when stream bytes last went either way
         #: while a received UDP datagram is processed: True if it carried only control
         #: datagrams (hellos, routing), False if anything else, None if nothing yet
         self._rx_control: bool | None = None
@@ -278,6 +282,9 @@ class Connection(QuicConnectionProtocol):
         if self.remote == ("", 0):
             self.remote = addr_of(addr)
         now = time.monotonic()
+        want = self._want_hold
+        if (want[0] or want[1]) and (self._hold_acks, self._peer_holds) != want:
+            self._apply_ack_hold(now)  # the streams may have gone quiet since
         holding = self._hold_acks and not ack_pending(self._quic)
         self._rx_control = None
         self._quic.receive_datagram(cast(bytes, data), addr, now=now)
@@ -361,8 +368,16 @@ class Connection(QuicConnectionProtocol):
         §13.2.1 would have it within the 25 ms we advertised: only for a peer that said it
         allows for it).  ``theirs``: the peer may do the same, so our probe timeout and RTT
         samples allow for ``ACK_HOLD_S`` more (RFC 9002 §6.2.1, §5.3) until it says otherwise.
+        Neither while streams carry bytes (and ``STREAM_QUIET_S`` after; both ends see them):
+        a sync session's lost packets are probed for at the usual pace.
         """
-        now = time.monotonic()
+        self._want_hold = (ours, theirs)
+        self._apply_ack_hold(time.monotonic())
+
+    def _apply_ack_hold(self, now: float) -> None:
+        ours, theirs = self._want_hold
+        if now < self._stream_io + STREAM_QUIET_S:
+            ours = theirs = False
         if self._hold_acks and not ours and ack_pending(self._quic):
             ack_with_next_packet(self._quic, now)  # what we held goes now
             self._transmit_soon()
@@ -379,9 +394,20 @@ class Connection(QuicConnectionProtocol):
         if not theirs:
             self._arm_timer(now)  # the probe timer may be due sooner now
 
+    def _stream_activity(self) -> None:
+        now = time.monotonic()
+        self._stream_io = now
+        if self._hold_acks or self._peer_holds:
+            self._apply_ack_hold(now)
+
     @property
     def ack_hold(self) -> tuple[bool, bool]:
-        """(ours, theirs) as last set by ``set_ack_hold``."""
+        """(ours, theirs) as asked for by ``set_ack_hold`` (in force while streams are quiet)."""
+        return self._want_hold
+
+    @property
+    def ack_hold_in_force(self) -> tuple[bool, bool]:
+        """(ours, theirs) in force now."""
         return self._hold_acks, self._peer_holds
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
@@ -561,6 +587,7 @@ class Connection(QuicConnectionProtocol):
             self.manager.accept_stream(self, stream)
         if self.stats is not None:
             self.stats.rx_stream_bytes += len(event.data)
+        self._stream_activity()
         stream._feed(event.data, event.end_stream)
 
     def _peer_initiated(self, stream_id: int) -> bool:
@@ -584,6 +611,7 @@ class Connection(QuicConnectionProtocol):
             raise LinkBrokenError(f"[{self.label}] stream {stream_id}: {exc}") from None
         if self.stats is not None:
             self.stats.tx_stream_bytes += len(data)
+        self._stream_activity()
         self._transmit_soon()
 
     def forget_stream(self, stream_id: int) -> None:
