@@ -289,10 +289,9 @@ class Connection(QuicConnectionProtocol):
         self._rx_control = None
         self._quic.receive_datagram(cast(bytes, data), addr, now=now)
         self._process_events()
-        if holding and self._rx_control:
+        if holding and self._hold_acks and self._rx_control:
             # a quiet link: the ACK of this hello (or routing update) rides on our next hello
             hold_ack(self._quic, now + ACK_HOLD_S)
-        self._rx_control = None
         # one transmit per connection per loop iteration, not one per packet received: a burst
         # of packets read in one go is answered (ACKs, forwarded datagrams) in few packets
         self._transmit_soon()
@@ -411,11 +410,12 @@ class Connection(QuicConnectionProtocol):
         return self._hold_acks, self._peer_holds
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
-        if isinstance(event, events.DatagramFrameReceived):
-            if self._rx_control is not False:
-                self._rx_control = event.data[:1] in _CONTROL_BYTES
-        else:
-            self._rx_control = False
+        if self._hold_acks:  # (a relay's busy links never hold: nothing to do per packet)
+            if isinstance(event, events.DatagramFrameReceived):
+                if self._rx_control is not False:
+                    self._rx_control = event.data[:1] in _CONTROL_BYTES
+            else:
+                self._rx_control = False
         try:
             self._on_event(event)
         except RemoteProtocolError as exc:
