@@ -93,9 +93,10 @@ DISCOVERED_DIAL_DELAY_S = 1.5
 #: how often the named interfaces are looked at again (ones not up yet, new addresses), s
 INTERFACE_POLL_S = 2.0
 #: hellos on a quiet, stable link slow down to this (seconds; 0.5 s while traffic flows).
-#: Below the QUIC idle timeout (``meshd.links.manager.IDLE_TIMEOUT_S``, 8 s) with room for a
-#: lost hello, so a quiet link is never closed for idleness.
-IDLE_HELLO_INTERVAL_S = 4.0
+#: At most half the link's QUIC idle timeout (``meshd.links.manager.IDLE_TIMEOUT_S``, 20 s; a
+#: peer may ask for less), with room for a lost hello, so a quiet link is never closed for
+#: idleness.
+IDLE_HELLO_INTERVAL_S = 8.0
 #: the metric a gateway advertises for a leaf attached to it (a clean link's cost)
 LEAF_METRIC = 256
 #: leaves one node serves at most
@@ -134,7 +135,9 @@ class Node:
         self.links = LinkManager(self.identity, lambda: self.announcement, self,
                                  wall_clock=self._wall)
         self.neighbours = NeighbourTable(rng=random.Random(),
-                                         max_hello_interval=IDLE_HELLO_INTERVAL_S)
+                                         max_hello_interval=IDLE_HELLO_INTERVAL_S, ack_hold=True)
+        #: (ours, theirs) ACK holding last set on each link (``Connection.set_ack_hold``)
+        self._ack_hold: dict[NodeId, tuple[bool, bool]] = {}
         self._pump_soon: asyncio.Handle | None = None
         self.book.accept(self.announcement, self._wall())
         self.routing = RoutingTable(
@@ -485,12 +488,15 @@ class Node:
         except RemoteProtocolError as exc:
             self.drops.drop(exc.reason, short_id(peer), str(exc))
         self._peers[peer] = _PeerInfo(announcement, remote, initiator, self._wall())
-        self.neighbours.link_up(peer, self._now())
+        idle = self.links.idle_timeout_s(peer)
+        # a quiet link's hellos stay below half its idle timeout (an older peer's may be 8 s)
+        self.neighbours.link_up(peer, self._now(), None if idle is None else idle / 2)
         logger.info("[%s] link up with %s at %s:%d", short_id(peer), announcement.name, *remote[:2])
         self._pump()
 
     def link_down(self, peer: NodeId, reason: str) -> None:
         info = self._peers.pop(peer, None)
+        self._ack_hold.pop(peer, None)
         self.neighbours.link_down(peer, self._now())
         if info is not None:
             logger.info("[%s] link down: %s", short_id(peer), reason)
@@ -506,6 +512,7 @@ class Node:
         channel = data[0]
         if channel == Channel.NEIGHBOUR:
             self.neighbours.receive(peer, data[1:], now, self._raw_wall())
+            self._sync_ack_hold(peer, now)
             offset = self.neighbours.clock_offset(peer)
             if offset is not None:
                 self.clock.sample(peer, offset, now)
@@ -534,6 +541,7 @@ class Node:
         if self.clock.update(self._raw_wall(), now):
             self._on_clock_moved(now)
         for peer, payload in self.neighbours.datagrams_to_send(now, self._raw_wall()):
+            self._sync_ack_hold(peer, now)  # before the send: a held ACK may ride on it
             self._send_link(peer, Channel.NEIGHBOUR, payload)
         while (event := self.neighbours.next_event()) is not None:
             if isinstance(event, NeighbourUp):
@@ -564,6 +572,13 @@ class Node:
                 if self.leaf_moved is not None:
                     self.leaf_moved(revent.leaf)
         self._arm_timer()
+
+    def _sync_ack_hold(self, peer: NodeId, now: float) -> None:
+        """Tell the link whether quiet-link ACKs may wait (the hellos decide, see neighbours)."""
+        want = self.neighbours.ack_hold(peer, now)
+        if self._ack_hold.get(peer, (False, False)) != want:
+            self._ack_hold[peer] = want
+            self.links.set_ack_hold(peer, *want)
 
     def _on_route_changed(self, ev: RouteChanged) -> None:
         ann = self.book.get(ev.destination)

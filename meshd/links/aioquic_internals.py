@@ -25,12 +25,17 @@ from meshd.core.errors import LocalProtocolError
 
 __all__ = [
     "UDP_RECV_SIZE",
+    "ack_pending",
     "ack_with_next_packet",
     "datagrams_pending",
+    "hold_ack",
     "limit_receive_size",
+    "negotiated_idle_timeout",
     "peer_certificate",
     "peer_certificate_key",
     "peer_closed",
+    "peer_max_ack_delay",
+    "set_peer_max_ack_delay",
     "stream_unacked",
 ]
 
@@ -66,11 +71,63 @@ def ack_with_next_packet(quic: QuicConnection, now: float) -> None:
     this a relay answered every voice packet with a separate ACK packet a
     millisecond later, though a voice packet the other way left in between.
     """
-    spaces = getattr(quic, "_spaces", None)
-    space = spaces.get(tls.Epoch.ONE_RTT) if isinstance(spaces, dict) else None
+    space = _one_rtt_space(quic)
     ack_at = getattr(space, "ack_at", None)
     if isinstance(ack_at, float) and ack_at > now:
-        space.ack_at = now  # type: ignore[union-attr]
+        space.ack_at = now
+
+
+def _one_rtt_space(quic: QuicConnection) -> Any:
+    spaces = getattr(quic, "_spaces", None)
+    return spaces.get(tls.Epoch.ONE_RTT) if isinstance(spaces, dict) else None
+
+
+def ack_pending(quic: QuicConnection) -> bool:
+    """True while an ACK for received 1-RTT packets waits to be sent (False if unknown)."""
+    return isinstance(getattr(_one_rtt_space(quic), "ack_at", None), float)
+
+
+def hold_ack(quic: QuicConnection, until: float) -> None:
+    """Let the pending ACK wait until ``until`` (it rides on an earlier packet we send, see
+    ``ack_with_next_packet``); no-op with no ACK pending or if the internals changed.
+
+    Only for a peer that allows for it (``set_peer_max_ack_delay`` on its side): we
+    advertise aioquic's 25 ms max_ack_delay in the handshake."""
+    space = _one_rtt_space(quic)
+    ack_at = getattr(space, "ack_at", None)
+    if isinstance(ack_at, float) and ack_at < until:
+        space.ack_at = until
+
+
+def peer_max_ack_delay(quic: QuicConnection) -> float | None:
+    """How long our loss recovery lets the peer take to acknowledge, seconds (None: unknown)."""
+    value = getattr(getattr(quic, "_loss", None), "max_ack_delay", None)
+    return value if isinstance(value, float) else None
+
+
+def set_peer_max_ack_delay(quic: QuicConnection, seconds: float) -> bool:
+    """Allow the peer ``seconds`` to acknowledge: the probe timeout and the RTT samples use it
+    (RFC 9002 §6.2.1, §5.3).  aioquic sets it from the peer's transport parameters (25 ms);
+    False (and nothing changed) if the internals changed."""
+    loss = getattr(quic, "_loss", None)
+    if not isinstance(getattr(loss, "max_ack_delay", None), float):
+        return False
+    loss.max_ack_delay = float(seconds)  # type: ignore[union-attr]
+    return True
+
+
+def negotiated_idle_timeout(quic: QuicConnection) -> float | None:
+    """The link's QUIC idle timeout in seconds once the handshake is done: ours, or the
+    peer's if it asked for a shorter one (RFC 9000 §10.1); None if the internals changed."""
+    if not hasattr(quic, "_remote_max_idle_timeout"):
+        return None
+    remote = quic._remote_max_idle_timeout
+    local = getattr(getattr(quic, "_configuration", None), "idle_timeout", None)
+    if not isinstance(local, (int, float)):
+        return None
+    if isinstance(remote, (int, float)) and remote > 0:
+        return float(min(local, remote))
+    return float(local)
 
 
 def peer_closed(quic: QuicConnection) -> events.ConnectionTerminated | None:

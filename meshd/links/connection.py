@@ -39,15 +39,21 @@ from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from meshd.core.channels import Channel
 from meshd.core.codec import DropCounter
 from meshd.core.errors import LocalProtocolError, RemoteProtocolError, VerificationError
 from meshd.core.identity import Announcement, Identity, NodeId, short_id
 from meshd.links.aioquic_internals import (
+    ack_pending,
     ack_with_next_packet,
     datagrams_pending,
+    hold_ack,
     limit_receive_size,
+    negotiated_idle_timeout,
     peer_certificate,
     peer_closed,
+    peer_max_ack_delay,
+    set_peer_max_ack_delay,
     stream_unacked,
 )
 from meshd.links.handshake import (
@@ -105,6 +111,19 @@ def refusal_reason(phrase: str) -> str:
     """The stable token of a refusing peer's reason phrase (``refused: revoked``)."""
     token = phrase.removeprefix("refused: ")
     return token if token in PEER_REFUSAL_REASONS else "other"
+
+
+#: on a quiet link whose both ends agree (``Connection.set_ack_hold``), the ACK of a packet
+#: that carried only hellos and routing waits at most this long for a packet of ours to ride
+#: on (our next hello: quiet links hello every 8 s at most, ``meshd.node``) instead of going
+#: alone 1 ms later; the peer's loss recovery allows for this much more
+ACK_HOLD_S = 8.0
+#: what the peer's holding is allowed beyond ACK_HOLD_S (timer slack, one-way delay)
+ACK_HOLD_SLACK_S = 1.0
+#: no ACK holding while streams carry bytes and this long after (a sync session)
+STREAM_QUIET_S = 5.0
+#: the first bytes of the link datagrams a quiet link's held ACK may answer
+_CONTROL_BYTES = frozenset({bytes([Channel.NEIGHBOUR]), bytes([Channel.ROUTING])})
 
 
 @dataclass(slots=True)
@@ -188,6 +207,16 @@ class Connection(QuicConnectionProtocol):
         self._streams: dict[int, Stream] = {}
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._client_transport: asyncio.DatagramTransport | None = None
+        #: ACKs of control-only packets may wait for our next packet (``set_ack_hold``)
+        self._hold_acks = False
+        #: the peer may do so: our loss recovery allows for it (its advertised delay kept here)
+        self._peer_holds = False
+        self._peer_ack_delay: float | None = None
+        self._want_hold = (False, False)  # what set_ack_hold asked for
+        self._stream_io = float("-inf")  # when stream bytes last went either way
+        #: while a received UDP datagram is processed: True if it carried only control
+        #: datagrams (hellos, routing), False if anything else, None if nothing yet
+        self._rx_control: bool | None = None
         self._hs_timer = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
         if not is_client:
             self._hs_server = ServerHandshake(
@@ -210,6 +239,11 @@ class Connection(QuicConnectionProtocol):
     def peer_address(self) -> tuple[str, int]:
         addr = self._quic.get_peer_address()
         return addr_of(addr) if addr is not None else self.remote
+
+    @property
+    def idle_timeout_s(self) -> float | None:
+        """The QUIC idle timeout both ends agreed on (None: not known)."""
+        return negotiated_idle_timeout(self._quic)
 
     @property
     def is_ready(self) -> bool:
@@ -247,8 +281,17 @@ class Connection(QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.remote == ("", 0):
             self.remote = addr_of(addr)
-        self._quic.receive_datagram(cast(bytes, data), addr, now=time.monotonic())
+        now = time.monotonic()
+        want = self._want_hold
+        if (want[0] or want[1]) and (self._hold_acks, self._peer_holds) != want:
+            self._apply_ack_hold(now)  # the streams may have gone quiet since
+        holding = self._hold_acks and not ack_pending(self._quic)
+        self._rx_control = None
+        self._quic.receive_datagram(cast(bytes, data), addr, now=now)
         self._process_events()
+        if holding and self._hold_acks and self._rx_control:
+            # a quiet link: the ACK of this hello (or routing update) rides on our next hello
+            hold_ack(self._quic, now + ACK_HOLD_S)
         # one transmit per connection per loop iteration, not one per packet received: a burst
         # of packets read in one go is answered (ACKs, forwarded datagrams) in few packets
         self._transmit_soon()
@@ -316,7 +359,63 @@ class Connection(QuicConnectionProtocol):
                 self.stats.tx_datagrams += 1
                 self.stats.tx_datagram_bytes += len(data)
 
+    def set_ack_hold(self, ours: bool, theirs: bool) -> None:
+        """Quiet-link ACKs (both ends run this code; ``meshd.node`` decides from the hellos).
+
+        ``ours``: the ACK of a packet that carried only hellos or routing may wait up to
+        ``ACK_HOLD_S`` for our next packet instead of leaving alone 1 ms later (RFC 9000
+        §13.2.1 would have it within the 25 ms we advertised: only for a peer that said it
+        allows for it).  ``theirs``: the peer may do the same, so our probe timeout and RTT
+        samples allow for ``ACK_HOLD_S`` more (RFC 9002 §6.2.1, §5.3) until it says otherwise.
+        Neither while streams carry bytes (and ``STREAM_QUIET_S`` after; both ends see them):
+        a sync session's lost packets are probed for at the usual pace.
+        """
+        self._want_hold = (ours, theirs)
+        self._apply_ack_hold(time.monotonic())
+
+    def _apply_ack_hold(self, now: float) -> None:
+        ours, theirs = self._want_hold
+        if now < self._stream_io + STREAM_QUIET_S:
+            ours = theirs = False
+        if self._hold_acks and not ours and ack_pending(self._quic):
+            ack_with_next_packet(self._quic, now)  # what we held goes now
+            self._transmit_soon()
+        self._hold_acks = ours
+        if theirs == self._peer_holds:
+            return
+        if self._peer_ack_delay is None:
+            self._peer_ack_delay = peer_max_ack_delay(self._quic)
+        if self._peer_ack_delay is None:
+            return  # aioquic's internals changed: no holding either way
+        self._peer_holds = theirs
+        set_peer_max_ack_delay(self._quic, self._peer_ack_delay
+                               + (ACK_HOLD_S + ACK_HOLD_SLACK_S if theirs else 0.0))
+        if not theirs:
+            self._arm_timer(now)  # the probe timer may be due sooner now
+
+    def _stream_activity(self) -> None:
+        now = time.monotonic()
+        self._stream_io = now
+        if self._hold_acks or self._peer_holds:
+            self._apply_ack_hold(now)
+
+    @property
+    def ack_hold(self) -> tuple[bool, bool]:
+        """(ours, theirs) as asked for by ``set_ack_hold`` (in force while streams are quiet)."""
+        return self._want_hold
+
+    @property
+    def ack_hold_in_force(self) -> tuple[bool, bool]:
+        """(ours, theirs) in force now."""
+        return self._hold_acks, self._peer_holds
+
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        if self._hold_acks:  # (a relay's busy links never hold: nothing to do per packet)
+            if isinstance(event, events.DatagramFrameReceived):
+                if self._rx_control is not False:
+                    self._rx_control = event.data[:1] in _CONTROL_BYTES
+            else:
+                self._rx_control = False
         try:
             self._on_event(event)
         except RemoteProtocolError as exc:
@@ -488,6 +587,7 @@ class Connection(QuicConnectionProtocol):
             self.manager.accept_stream(self, stream)
         if self.stats is not None:
             self.stats.rx_stream_bytes += len(event.data)
+        self._stream_activity()
         stream._feed(event.data, event.end_stream)
 
     def _peer_initiated(self, stream_id: int) -> bool:
@@ -511,6 +611,7 @@ class Connection(QuicConnectionProtocol):
             raise LinkBrokenError(f"[{self.label}] stream {stream_id}: {exc}") from None
         if self.stats is not None:
             self.stats.tx_stream_bytes += len(data)
+        self._stream_activity()
         self._transmit_soon()
 
     def forget_stream(self, stream_id: int) -> None:

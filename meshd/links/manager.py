@@ -110,8 +110,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: QUIC idle timeout; liveness for routing is the hello core's job (~2 s)
-IDLE_TIMEOUT_S = 8.0
+#: QUIC idle timeout; liveness for routing is the hello core's job (~2 s).  Quiet links hello
+#: every ``meshd.node.IDLE_HELLO_INTERVAL_S`` (8 s): this leaves room for a lost hello and more
+#: (a node never slows its hellos beyond half the timeout a link agreed on: older peers say 8 s)
+IDLE_TIMEOUT_S = 20.0
 #: connect attempts to discovered peers at once (each is a UDP socket and a TLS handshake)
 MAX_DISCOVERED_DIALS = 4
 #: discovered peers dialled (a spoofed zeroconf flood must not become a dial flood)
@@ -435,6 +437,17 @@ class LinkManager:
         state = self._peers.get(peer)
         return state.active.peer_address if state is not None else None
 
+    def set_ack_hold(self, peer: NodeId, ours: bool, theirs: bool) -> None:
+        """Quiet-link ACK holding on the link to ``peer`` (``Connection.set_ack_hold``)."""
+        state = self._peers.get(peer)
+        if state is not None:
+            state.active.set_ack_hold(ours, theirs)
+
+    def idle_timeout_s(self, peer: NodeId) -> float | None:
+        """The QUIC idle timeout of the link to ``peer`` (None: not linked, or not known)."""
+        state = self._peers.get(peer)
+        return state.active.idle_timeout_s if state is not None else None
+
     def is_linked(self, peer: NodeId) -> bool:
         """True while there is a link to ``peer``."""
         return peer in self._peers
@@ -496,9 +509,11 @@ class LinkManager:
             # the peer closed our link as a duplicate and this is its replacement
             state.pending_down.cancel()
             state.pending_down = None
+            conn.set_ack_hold(*cur.ack_hold)
             state.active = conn
             return
         if cur.terminated:
+            conn.set_ack_hold(*cur.ack_hold)
             state.active = conn
             return
         decision = resolve_duplicate(self.identity.node_id, peer,
@@ -510,6 +525,8 @@ class LinkManager:
             self._spawn(self._check_preferred(state, cur, conn), f"liveness {conn.label}")
 
     def _replace(self, state: _PeerState, keep: Connection, lose: Connection) -> None:
+        if keep is not lose:
+            keep.set_ack_hold(*lose.ack_hold)
         state.active = keep
         if keep.stats is not None and lose.stats is not None:
             # the link lives on: keep its history

@@ -35,11 +35,18 @@ Quiet links slow down (RFC 8966 §3.4.1 lets the hello interval vary)
 ------------------------------------------------------------------------
 With ``max_hello_interval`` above ``hello_interval``, a link that is up, loss-free
 both ways and carries no mesh traffic doubles its hello interval after every
-``STABLE_HELLOS`` hellos, up to ``max_hello_interval``; every hello carries the
+``STABLE_HELLOS`` hellos, up to ``max_hello_interval`` (or the lower cap ``link_up``
+was given for that link); every hello carries the
 interval it is sent at, and the receiver holds the link for
 ``max(dead_after, HOLD_INTERVALS × the peer's interval)``.  It goes fast again at
 once (and says so in an unscheduled hello) when loss shows (a seqno gap, a
 txcost above 256, a hello request from the peer) or when traffic appears.
+
+Such a slow hello says ``ak`` (a table made with ``ack_hold``): the sender lets the QUIC ACK of the
+peer's hellos and routing updates wait for its own next packet, and allows the peer the
+same (``ack_hold``; ``meshd.links.connection.Connection.set_ack_hold``).  An idle link then
+carries one packet per hello instead of two.  A fast hello drops the flag, and the ACKs go
+at once again.
 
 Traffic is what keeps the silent-relay reroute fast: the adapter calls
 ``traffic(peer, now)`` for every mesh packet sent to or received from ``peer``.  A
@@ -167,6 +174,7 @@ class Hello:
     echo_us: int | None
     hold_us: int | None
     wall_ms: int | None = None
+    ack_hold: bool = False  #: the sender holds its ACKs on this quiet link and allows ours
 
 
 def decode_hello(data: bytes) -> Hello:
@@ -178,6 +186,9 @@ def decode_hello(data: bytes) -> Hello:
     rq = obj.get("rq", False)
     if type(rq) is not bool:
         raise DecodeError("field", "rq: bool")
+    ak = obj.get("ak", False)
+    if type(ak) is not bool:
+        raise DecodeError("field", "ak: bool")
     rx = f.opt_int("rx", 1, COST_INFINITY)
     echo = f.opt_int("et", 0, _TS_MOD - 1)
     hold = f.opt_int("hd", 0, _TS_MOD - 1)
@@ -187,7 +198,7 @@ def decode_hello(data: bytes) -> Hello:
     return Hello(seqno=f.int("s", 0, 0xFFFF), timestamp_us=f.int("ts", 0, _TS_MOD - 1),
                  interval_ms=f.int("iv", 10, 60_000), request=rq, rxcost=rx,
                  echo_us=echo if rx is not None else None,
-                 hold_us=hold if rx is not None else None, wall_ms=wall)
+                 hold_us=hold if rx is not None else None, wall_ms=wall, ack_hold=ak)
 
 
 def link_cost(rxcost: int, txcost: int, rtt_ms: float | None) -> int:
@@ -222,9 +233,11 @@ class _Neighbour:
         "last_reply",
         "last_seqno",
         "last_traffic",
+        "max_interval",
         "next_hello",
         "next_probe",
         "peer",
+        "peer_ack_hold",
         "peer_interval",
         "rtt_ms",
         "stable",
@@ -234,9 +247,11 @@ class _Neighbour:
         "want_reply",
     )
 
-    def __init__(self, peer: NodeId, next_hello: float, tx_seqno: int, interval: float) -> None:
+    def __init__(self, peer: NodeId, next_hello: float, tx_seqno: int, interval: float,
+                 max_interval: float) -> None:
         self.peer = peer
         self.interval = interval  # our hello interval on this link now
+        self.max_interval = max_interval  # what a quiet, stable link slows down to
         self.stable = 0  # hellos sent at ``interval`` while quiet and loss-free
         self.last_traffic = float("-inf")  # last mesh packet sent to / received from the peer
         self.busy_since = float("-inf")  # start of the current busy period
@@ -256,6 +271,7 @@ class _Neighbour:
         self.txcost = COST_INFINITY
         self.rtt_ms: float | None = None
         self.peer_interval = 0.5
+        self.peer_ack_hold = False  # the peer's last hello said it holds ACKs (and allows ours)
         self.emitted_cost = COST_INFINITY
         self.want_reply = False
         self.last_reply = float("-inf")
@@ -266,7 +282,8 @@ class NeighbourTable:
     """Pure hello/IHU core for all links of one node (see the module docstring)."""
 
     def __init__(self, *, hello_interval: float = 0.5, dead_after: float = 2.0,
-                 rng: random.Random, max_hello_interval: float | None = None) -> None:
+                 rng: random.Random, max_hello_interval: float | None = None,
+                 ack_hold: bool = False) -> None:
         if not 0.0 < hello_interval < dead_after:
             raise LocalProtocolError("need 0 < hello_interval < dead_after")
         if max_hello_interval is not None and not hello_interval <= max_hello_interval <= 60.0:
@@ -274,6 +291,8 @@ class NeighbourTable:
         self.hello_interval = hello_interval
         #: quiet stable links slow their hellos down to this (= hello_interval: never)
         self.max_hello_interval = max_hello_interval or hello_interval
+        #: slow hellos say "ak": we hold our ACKs on this quiet link and allow the peer's
+        self.hold_acks = ack_hold
         self.dead_after = dead_after
         self._rng = rng
         self._nbrs: dict[NodeId, _Neighbour] = {}
@@ -282,11 +301,18 @@ class NeighbourTable:
 
     # -- link layer inputs -------------------------------------------------
 
-    def link_up(self, peer: NodeId, now: float) -> None:
-        """An authenticated link to ``peer`` exists: start sending it hellos at once."""
+    def link_up(self, peer: NodeId, now: float, max_interval: float | None = None) -> None:
+        """An authenticated link to ``peer`` exists: start sending it hellos at once.
+
+        ``max_interval`` caps how far this link's hellos slow down when quiet (below
+        ``max_hello_interval``; e.g. half the link's idle timeout, which an older peer may
+        hold shorter than ours)."""
         if peer not in self._nbrs:
+            cap = self.max_hello_interval
+            if max_interval is not None:
+                cap = max(self.hello_interval, min(cap, max_interval))
             self._nbrs[peer] = _Neighbour(peer, now, self._rng.randrange(0x10000),
-                                          self.hello_interval)
+                                          self.hello_interval, cap)
 
     def link_down(self, peer: NodeId, now: float) -> None:
         """The link to ``peer`` is gone; emits ``NeighbourLost(peer, "link_down")`` if it was up."""
@@ -405,6 +431,18 @@ class NeighbourTable:
         """Peers that are up (usable for routing), sorted."""
         return sorted(p for p, n in self._nbrs.items() if n.state is NeighbourState.UP)
 
+    def ack_hold(self, peer: NodeId, now: float) -> tuple[bool, bool]:
+        """(ours, theirs): may we hold the link's ACKs of hellos and routing for our next packet,
+        and may the peer.  The peer may while its last hello said "ak" (it is slow and quiet);
+        we may while our hellos say so too (our interval is slow: a quiet, clean link; any
+        traffic or loss makes it fast at once) and the peer's last hello allowed it."""
+        n = self._nbrs.get(peer)
+        if n is None:
+            return False, False
+        ours = (self.hold_acks and n.peer_ack_hold and n.interval > self.hello_interval
+                and n.state is NeighbourState.UP and now >= n.last_traffic + TRAFFIC_HOLD_S)
+        return ours, n.peer_ack_hold
+
     def clock_offset(self, peer: NodeId) -> float | None:
         """``peer``'s wall clock minus ours in seconds, from its last hello (None: not known)."""
         n = self._nbrs.get(peer)
@@ -461,7 +499,7 @@ class NeighbourTable:
 
     def _adapt(self, n: _Neighbour, now: float) -> None:
         """Before a scheduled hello: double the interval on a quiet, stable link."""
-        if self.max_hello_interval <= self.hello_interval:
+        if n.max_interval <= self.hello_interval:
             return
         received = bin(n.history).count("1")
         quiet_and_clean = (n.state is NeighbourState.UP
@@ -473,8 +511,8 @@ class NeighbourTable:
             n.stable = 0
             return
         n.stable += 1
-        if n.stable > STABLE_HELLOS and n.interval < self.max_hello_interval:
-            n.interval = min(self.max_hello_interval, n.interval * 2)
+        if n.stable > STABLE_HELLOS and n.interval < n.max_interval:
+            n.interval = min(n.max_interval, n.interval * 2)
             n.stable = 0
 
     def _hello_for(self, n: _Neighbour, now: float, request: bool,
@@ -485,6 +523,8 @@ class NeighbourTable:
                                   "iv": max(10, round(n.interval * 1000))}
         if request:
             msg["rq"] = True
+        if self.hold_acks and n.interval > self.hello_interval:
+            msg["ak"] = True
         if wall is not None and wall >= 0:
             msg["w"] = round(wall * 1000)
         if n.last_hello is not None and now < n.last_hello + self._hold(n):
@@ -522,6 +562,7 @@ class NeighbourTable:
                     n.history |= 1 << back
         n.last_hello = now
         n.peer_interval = h.interval_ms / 1000
+        n.peer_ack_hold = h.ack_hold
         if fresh:
             n.echo_ts = h.timestamp_us
             n.echo_rx_at = now

@@ -24,11 +24,16 @@ from meshd.core.errors import LocalProtocolError
 from meshd.core.identity import Identity
 from meshd.links.aioquic_internals import (
     UDP_RECV_SIZE,
+    ack_pending,
     ack_with_next_packet,
     datagrams_pending,
+    hold_ack,
+    negotiated_idle_timeout,
     peer_certificate,
     peer_certificate_key,
     peer_closed,
+    peer_max_ack_delay,
+    set_peer_max_ack_delay,
     stream_unacked,
 )
 from meshd.links.connection import MAX_DATAGRAM_FRAME_SIZE, MESH_MTU
@@ -42,17 +47,18 @@ SERVER_ADDR = ("127.0.0.3", 4433)
 class Pair:
     """Two QuicConnections passing datagrams in memory (no sockets; the addresses are labels)."""
 
-    def __init__(self, server_identity: Identity) -> None:
+    def __init__(self, server_identity: Identity, client_idle_s: float = 60.0,
+                 server_idle_s: float = 60.0) -> None:
         cert, key = make_certificate(server_identity)
         self.cert = cert
         self.now = 1.0
         self.client = QuicConnection(configuration=QuicConfiguration(
             is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE,
-            max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE))
+            max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE, idle_timeout=client_idle_s))
         self.server = QuicConnection(
             configuration=QuicConfiguration(
                 is_client=False, alpn_protocols=[ALPN], certificate=cert, private_key=key,
-                max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE),
+                max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE, idle_timeout=server_idle_s),
             original_destination_connection_id=self.client.original_destination_connection_id)
         self.client.connect(SERVER_ADDR, now=self.now)
         for _ in range(10):
@@ -203,6 +209,58 @@ def _ack_pending_after_one_datagram(pair: Pair) -> float:
     ack_at = pair.server._spaces[tls.Epoch.ONE_RTT].ack_at
     assert ack_at is not None and ack_at > pair.now  # aioquic delays it (1 ms in 1.7.2)
     return pair.now
+
+
+def test_a_held_ack_rides_on_our_next_packet_and_the_peer_does_not_probe() -> None:
+    """Quiet-link ACK holding (meshd.links.connection.Connection.set_ack_hold) on real aioquic."""
+    pair = Pair(Identity.generate())
+    assert peer_max_ack_delay(pair.client) == 0.025  # what the server advertised
+    sent = pair.now + 0.01
+    pair.now = sent
+    assert not ack_pending(pair.server)
+    # without holding: an ACK-only packet 1 ms later, and the client's probe timer is short
+    pair.client.send_datagram_frame(b"\x01hello")
+    for data, _ in pair.client.datagrams_to_send(now=sent):
+        pair.server.receive_datagram(data, CLIENT_ADDR, now=sent)
+    assert ack_pending(pair.server)
+    client_timer = pair.client.get_timer()
+    assert client_timer is not None and client_timer < sent + 1.0
+    # the client allows the server 9 s more; the server holds its ACK for 8 s
+    assert set_peer_max_ack_delay(pair.client, 0.025 + 9.0)
+    assert peer_max_ack_delay(pair.client) == 9.025
+    pto = pair.client.get_timer()
+    assert pto is not None and pto > sent + 9.0
+    hold_ack(pair.server, sent + 8.0)
+    assert pair.server.datagrams_to_send(now=sent + 0.1) == []  # no ACK on its own
+    timer = pair.server.get_timer()
+    assert timer is not None and timer >= sent + 8.0 - 1e-9
+    # the server's next hello, 5 s later, carries the ACK: one packet, nothing pending after it
+    later = sent + 5.0
+    pair.server.send_datagram_frame(b"\x01hello back")
+    ack_with_next_packet(pair.server, later)
+    out = pair.server.datagrams_to_send(now=later)
+    assert len(out) == 1 and not ack_pending(pair.server)
+    for data, _ in out:
+        pair.client.receive_datagram(data, SERVER_ADDR, now=later)
+    assert Pair.drain(pair.client, events.DatagramFrameReceived)
+    # the client's RTT sample allowed for the 5 s held (it is not 5 s) ...
+    assert pair.client._loss._rtt_smoothed < 1.0
+    # back to the advertised delay: a held ACK would now be probed for at once
+    assert set_peer_max_ack_delay(pair.client, 0.025)
+    assert not set_peer_max_ack_delay(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
+    assert peer_max_ack_delay(SimpleNamespace()) is None  # type: ignore[arg-type]
+    assert not ack_pending(SimpleNamespace())  # type: ignore[arg-type]
+    hold_ack(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
+
+
+def test_negotiated_idle_timeout_is_the_shorter_of_both_ends() -> None:
+    """meshd.node caps a quiet link's hello interval at half of it (an older peer: 8 s)."""
+    pair = Pair(Identity.generate(), client_idle_s=20.0, server_idle_s=8.0)
+    assert negotiated_idle_timeout(pair.client) == 8.0
+    assert negotiated_idle_timeout(pair.server) == 8.0
+    pair = Pair(Identity.generate(), client_idle_s=20.0, server_idle_s=20.0)
+    assert negotiated_idle_timeout(pair.client) == 20.0
+    assert negotiated_idle_timeout(SimpleNamespace()) is None  # type: ignore[arg-type]
 
 
 def test_pending_ack_rides_on_the_next_datagram() -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshd.core.codec import pack, unpack
-from meshd.core.errors import LocalProtocolError
+from meshd.core.errors import DecodeError, LocalProtocolError
 from meshd.routing.neighbours import (
     COST_INFINITY,
     NeighbourLost,
@@ -202,17 +202,21 @@ class Wire:
     STEP = 0.005
     DELAY = 0.002
 
-    def __init__(self, max_interval: float | None = 4.0) -> None:
-        self.t = {A: NeighbourTable(rng=random.Random(1), max_hello_interval=max_interval),
-                  B: NeighbourTable(rng=random.Random(2), max_hello_interval=max_interval)}
+    def __init__(self, max_interval: float | None = 4.0,
+                 link_caps: tuple[float | None, float | None] = (None, None),
+                 ack_hold: tuple[bool, bool] = (False, False)) -> None:
+        self.t = {A: NeighbourTable(rng=random.Random(1), max_hello_interval=max_interval,
+                                    ack_hold=ack_hold[0]),
+                  B: NeighbourTable(rng=random.Random(2), max_hello_interval=max_interval,
+                                    ack_hold=ack_hold[1])}
         self.now = 0.0
         self.cut = False
         self.drop: set[tuple[bytes, int]] = set()
         self.sent: dict[bytes, list[tuple[float, Any]]] = {A: [], B: []}
         self.events: dict[bytes, list[tuple[float, object]]] = {A: [], B: []}
         self._queue: list[tuple[float, bytes, bytes]] = []
-        for me, other in ((A, B), (B, A)):
-            self.t[me].link_up(other, 0.0)
+        for (me, other), cap in zip(((A, B), (B, A)), link_caps, strict=True):
+            self.t[me].link_up(other, 0.0, cap)
 
     def other(self, me: bytes) -> bytes:
         return B if me == A else A
@@ -269,6 +273,56 @@ def test_a_quiet_stable_link_slows_its_hellos_to_the_cap_and_stays_up() -> None:
     ivs = [h.interval_ms for _, h in w.sent[A]]
     assert ivs[0] == 500 and ivs[-1] == 4000
     assert sorted(set(ivs)) == [500, 1000, 2000, 4000] and ivs == sorted(ivs)
+
+
+def test_a_link_capped_lower_slows_down_only_to_its_cap() -> None:
+    """An older peer's shorter QUIC idle timeout: that link's hellos stay below half of it."""
+    w = Wire(max_interval=8.0, link_caps=(4.0, None))
+    w.run_until(90.0)
+    assert w.t[A].stats(B).hello_interval == 4.0
+    assert all(3.2 <= g <= 4.0 for g in w.intervals(A, 70.0))
+    assert w.t[B].stats(A).hello_interval == 8.0  # the other end has no such cap here
+    assert all(6.4 <= g <= 8.0 for g in w.intervals(B, 70.0))
+    assert w.lost(A) == [] and w.lost(B) == []
+    # a cap below the fast interval never slows the link at all; one above the table's is moot
+    t = NeighbourTable(rng=random.Random(3), max_hello_interval=8.0)
+    t.link_up(A, 0.0, 0.1)
+    t.link_up(B, 0.0, 30.0)
+    assert t.stats(A).hello_interval == 0.5
+
+
+def test_slow_hellos_say_ak_and_quiet_links_may_hold_acks_until_traffic() -> None:
+    w = Wire(max_interval=8.0, ack_hold=(True, True))
+    w.run_until(1.0)
+    assert w.t[A].ack_hold(B, w.now) == (False, False)  # fast hellos: no ak yet
+    assert not any(h.ack_hold for _, h in w.sent[A])
+    w.run_until(60.0)
+    # every hello sent slow says so, every fast one does not
+    assert all(h.ack_hold == (h.interval_ms > 500) for me in (A, B) for _, h in w.sent[me])
+    assert w.t[A].ack_hold(B, w.now) == (True, True)
+    assert w.t[B].ack_hold(A, w.now) == (True, True)
+    # traffic: a goes fast at once and stops holding; its fast hello drops the flag, so b
+    # stops holding too (and stops allowing for a's holds)
+    t0 = w.now
+    w.packet(A, t0)
+    assert w.t[A].ack_hold(B, t0)[0] is False
+    out = w.t[A].datagrams_to_send(t0)
+    assert out and not decode_hello(out[0][1]).ack_hold
+    w.t[B].receive(A, out[0][1], t0 + 0.002)
+    assert w.t[B].ack_hold(A, t0 + 0.002) == (False, False)
+
+
+def test_ack_holding_needs_both_ends() -> None:
+    """An older peer (no ``ak``) gets every ACK at once; we still allow for nothing."""
+    w = Wire(max_interval=8.0, ack_hold=(True, False))
+    w.run_until(60.0)
+    assert any(h.ack_hold for _, h in w.sent[A])
+    assert not any(h.ack_hold for _, h in w.sent[B])
+    assert w.t[A].ack_hold(B, w.now) == (False, False)
+    assert w.t[B].ack_hold(A, w.now) == (False, True)  # b (no holding itself) is told
+    assert w.t[A].ack_hold(b"\x09" * 16, w.now) == (False, False)  # no such link
+    with pytest.raises(DecodeError):
+        decode_hello(pack({"v": 1, "s": 1, "ts": 1, "iv": 500, "ak": 1}))
 
 
 def test_without_a_cap_the_interval_never_grows() -> None:
