@@ -22,28 +22,28 @@ def pytest_configure(config: pytest.Config) -> None:
 # one-test daemon scenarios (one to two minutes each) last: one worker ended minutes after
 # the other.  Heaviest first instead (longest-processing-time first), so the tail is made of
 # small files and both workers finish together.  Seconds measured one file at a time on a
-# loaded 2-core machine (December 2026); only the ranking matters.  A slow file not listed
+# loaded 2-core machine (load 5-15, December 2026); only the ranking matters.  A slow file not listed
 # here (any test marked slow or netns) still goes before the fast ones.
 FILE_SECONDS: dict[str, float] = {
-    "tests/library_replica/test_daemon_library.py": 154,
     "tests/web/test_browser_call.py": 150,
-    "tests/library_replica/test_daemon_safety.py": 142,
-    "tests/library_replica/test_daemon_compaction.py": 110,
-    "tests/library_replica/test_daemon_owner_revocation.py": 100,
-    "tests/library_replica/test_daemon_dealer.py": 88,
     "tests/netns/test_routing_netns.py": 88,
     "tests/voice/test_voice_netns.py": 76,
-    "tests/library_replica/test_daemon_revocation.py": 67,
+    "tests/library_replica/test_daemon_owner_revocation.py": 63,
+    "tests/library_replica/test_daemon_library.py": 61,
     "tests/web/test_browser.py": 56,
+    "tests/library_replica/test_daemon_revocation.py": 55,
+    "tests/library_replica/test_daemon_dealer.py": 49,
     "tests/web/test_messages_browser.py": 46,
     "tests/netns/test_trust_netns.py": 45,
     "tests/netns/test_meshd_netns.py": 45,
     "tests/netns/test_discovery_netns.py": 45,
     "tests/carmesh/test_remote_status.py": 40,
+    "tests/library_replica/test_daemon_compaction.py": 38,
     "tests/meshd/test_config.py": 38,
     "tests/library_replica/test_daemon_trust.py": 37,
     "tests/carmesh/test_daemon_refusal_backoff.py": 32,
     "tests/carmesh/test_watch.py": 30,
+    "tests/library_replica/test_daemon_safety.py": 24,
 }
 _SLOW_UNLISTED_S = 20.0
 
