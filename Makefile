@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 # command:debian-package pairs the tests, demo and benchmarks use
 SYSDEPS := ip:iproute2 nft:nftables ping:iputils-ping espeak-ng:espeak-ng sox:sox tmux:tmux pkill:procps taskset:util-linux chromium:chromium certutil:libnss3-tools node:nodejs
 # two workers (the machines have 2 cores; most tests wait on networks and timers), one file per
-# worker at a time so module fixtures run once; PYTEST_ARGS='-m "not soak"' runs them one by one
-PYTEST_ARGS ?= -m "not soak" -n 2 --dist loadfile
+# worker at a time so module fixtures run once, heaviest files first (tests/conftest.py) and in
+# that order (--no-loadscope-reorder) so both finish together; PYTEST_ARGS='-m "not soak"' runs
+# them one by one
+PYTEST_ARGS ?= -m "not soak" -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test run bench lint deps sysdeps clean help vendor-js
 

@@ -9,7 +9,9 @@ is not started at all.  The node registers one service of type
 ``_carmesh._udp.local.`` named ``<name>-<shortid>`` whose TXT record carries
 ``id`` (full hex NodeId), ``role``, ``name``, ``v`` (protocol version) and
 ``port``, with short record TTLs (``DEFAULT_TTL_S``) so that a car that drives
-away without a goodbye is forgotten quickly.
+away without a goodbye is forgotten quickly.  Besides zeroconf's three announcements
+at registration (within half a second) we announce three more, 1, 2 and 4 s apart
+(``LATE_ANNOUNCE_GAPS_S``), for a link that passed nothing at first.
 
 A browser reports services appearing, changing and disappearing (a goodbye is
 a record with TTL 0, RFC 6762 §10.1).  Expiry needs our own help: python-zeroconf
@@ -99,6 +101,14 @@ MAX_TXT_SIZE = 512
 #: resolutions in flight at once; more service events than this are dropped (a flood)
 MAX_PENDING_RESOLVES = 64
 RESOLVE_TIMEOUT_MS = 3000
+#: gaps between the announcements we send after zeroconf's three at registration (225 ms
+#: apart).  RFC 6762 §8.3 allows up to eight, each gap at least double the one before.
+#: zeroconf's are over within half a second, and a neighbour that missed them all (a link
+#: that does not pass traffic yet: a fresh interface's IPv6 routes stay unusable until the
+#: kernel has seen its carrier; loss) may never ask us: its own startup queries (1, 4, 9 s
+#: after start) are suppressed as duplicates whenever our identical query came just
+#: before (RFC 6762 §7.3), and after those it only refreshes records it already holds.
+LATE_ANNOUNCE_GAPS_S = (1.0, 2.0, 4.0)
 #: distinct service instances remembered at once
 MAX_PEERS = 1024
 _INSTANCE_MAX = 63  # one DNS label (RFC 6763 §4.1.1)
@@ -466,7 +476,8 @@ class InterfaceWatch:
 
     async def run(self) -> None:
         """Look on every change the kernel reports (or every ``interval_s`` without netlink)
-        until cancelled (the first look is ``check`` at start)."""
+        until cancelled (the first look is ``check`` at start; with netlink, one more
+        follows the subscription)."""
         sock = _open_netlink() if self.netlink else None
         if sock is None:
             while True:
@@ -486,6 +497,10 @@ class InterfaceWatch:
             changed.set()
 
         loop.add_reader(sock.fileno(), readable)
+        # look once more now that we are subscribed: a change between the first look
+        # (``check`` at start) and the subscription sent its messages to nobody, and would
+        # otherwise wait for the next change or the safety look a minute later
+        changed.set()
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -574,8 +589,9 @@ class Discovery:
             # so it is unique without asking; we announce at once (a cooperating responder)
             registered = await self._aiozc.async_register_service(
                 self._info, allow_name_change=True, cooperating_responders=True)
-            # its repeats (225 ms apart) go on in the background: the node needs not wait
-            self._announcing = asyncio.ensure_future(registered)
+            # its repeats (225 ms apart), then ours, go on in the background: the node
+            # needs not wait
+            self._announcing = asyncio.ensure_future(self._announce(registered))
             self._liveness = asyncio.get_running_loop().create_task(self._liveness_loop())
         except BaseException:
             for task in list(self._tasks):
@@ -615,6 +631,16 @@ class Discovery:
             await aiozc.async_unregister_all_services()  # goodbyes (TTL 0), RFC 6762 §10.1
         finally:
             await aiozc.async_close()
+
+    async def _announce(self, registered: Awaitable[Any]) -> None:
+        """zeroconf's announcements at registration, then ours (``LATE_ANNOUNCE_GAPS_S``)."""
+        await registered
+        for gap_s in LATE_ANNOUNCE_GAPS_S:
+            await asyncio.sleep(gap_s)
+            if self._aiozc is None or self._info is None:
+                return
+            zc = self._aiozc.zeroconf
+            zc.async_send(zc.generate_service_broadcast(self._info, None))
 
     # browser callbacks run inside the event loop
     def _on_service_state_change(self, zeroconf: Zeroconf, service_type: str, name: str,

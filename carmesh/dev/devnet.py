@@ -74,6 +74,8 @@ PREFIX = "cm"
 MARKER_DIR = Path("/run/carmesh-devnet")
 CMD_TIMEOUT_S = 20.0
 KILL_GRACE_S = 3.0
+#: how long ``link`` waits for a new veth pair to be operational
+LINK_READY_S = 10.0
 _NODE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,11}$")
 _TOKEN_RE = re.compile(r"^[a-z0-9]{2,8}$")
 _LINK_BASE = ipaddress.IPv4Network("10.77.0.0/16")
@@ -407,7 +409,8 @@ class DevNet:
         Addresses come from ``10.77.<k>.0/24`` for the k-th link unless ``subnet`` is
         given (IPv4, or IPv6 for an IPv6-only link); ``a`` gets the first host address
         and ``b`` the second.  ``ipv6=True`` adds ``fd77:0:0:<k>::/64`` addresses too.
-        The interfaces are named ``to-<peer>`` and are up with MULTICAST on.
+        The interfaces are named ``to-<peer>`` and are up with MULTICAST on; it returns
+        once the kernel has them operational (carrier seen, IPv6 routes usable).
         """
         with self._lock:
             self._check_open()
@@ -446,7 +449,33 @@ class DevNet:
             info = LinkInfo(a=a, b=b, if_a=if_a, if_b=if_b, addr_a=addr_a, addr_b=addr_b,
                             addr6_a=addr6_a, addr6_b=addr6_b)
             self._links[key] = info
+            self._wait_operational(info)
             return if_a, if_b
+
+    def _wait_operational(self, info: LinkInfo) -> None:
+        """Wait (bounded) until both ends are operationally up and their IPv6 routes usable.
+
+        ``ip link set up`` returns before the kernel has seen the veth's carrier: it does
+        that later (its link watch, which needs the RTNL lock other namespaces' setup and
+        teardown hold), and until then the interface's IPv6 routes are marked dead: sends
+        fail with "Network is unreachable" and multicast to it is dropped.  A test whose
+        processes started at once lost its first packets (zeroconf's announcements) under load.
+        """
+        deadline = time.monotonic() + LINK_READY_S
+        ends = [(info.a.netns, info.if_a), (info.b.netns, info.if_b)]
+        while ends:
+            ns, ifn = ends[0]
+            state = _run(["ip", "-n", ns, "-o", "link", "show", "dev", ifn]).stdout
+            routes = _run(["ip", "-n", ns, "-6", "route", "show", "table", "all",
+                           "dev", ifn]).stdout
+            if "state UP" in state and not re.search(r"\b(dead|linkdown)\b", routes):
+                ends.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                log.warning("devnet: %s in %s not operational after %.0f s: %s %s", ifn, ns,
+                            LINK_READY_S, state.strip(), routes.strip())
+                return
+            time.sleep(0.01)
 
     def link_info(self, a: NetNode, b: NetNode) -> LinkInfo:
         """The link between ``a`` and ``b`` (``LinkInfo.a`` is the node given first to ``link``)."""
@@ -511,6 +540,8 @@ class DevNet:
         state = "up" if up else "down"
         for ns, ifn in ((info.a.netns, info.if_a), (info.b.netns, info.if_b)):
             _run(["ip", "-n", ns, "link", "set", ifn, state])
+        if up:
+            self._wait_operational(info)
 
     def set_ingress_loss(self, node: NetNode, ifname: str, percent: int) -> None:
         """Drop ``percent`` % of what arrives on ``node``'s ``ifname`` (0 removes the rule)."""

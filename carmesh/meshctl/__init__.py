@@ -4,7 +4,11 @@ Every subcommand is one entry in ``COMMANDS`` (see ``register``): a name, a
 help line, a function that adds its arguments to an argparse sub-parser, and an
 async ``run(client, args, out) -> exit code``.  Each command group is a module of
 this package (node, calls, watch, library, board, safety, trust, sync, console);
-importing them here registers their commands.  A sub-command that works on files alone
+importing one registers its commands.  ``main`` imports only the group of the command
+given (``_COMMAND_GROUP``; all of them for help, a usage error or a command not listed
+there): a call of ``meshctl status`` does not load what ``trust`` needs (the cryptography
+and key-certificate modules were about three quarters of every call's start-up).
+A sub-command that works on files alone
 (``trust init``) sets ``offline_run`` and runs without a daemon.
 
 ``--state-dir``, ``--socket`` and ``--json`` are accepted before or after the
@@ -20,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
 # importing a group registers its commands
-from carmesh.meshctl import board, calls, console, library, node, safety, sync, trust, watch
 from carmesh.meshctl.common import (
     COMMANDS,
     CONNECT_TIMEOUT_S,
@@ -56,23 +61,55 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(self.format_usage(), f"{self.prog}: error: {message}")
 
 
-#: the order command groups appear in ``meshctl --help``
-_GROUPS = (node, calls, watch, console, sync, library, board, safety, trust)
+#: the command groups (modules of this package), in the order ``meshctl --help`` lists them
+_GROUPS = ("node", "calls", "watch", "console", "sync", "library", "board", "safety", "trust")
+#: the group of each command (a test checks it against the commands the groups register)
+_COMMAND_GROUP = {
+    **dict.fromkeys(("status", "neighbours", "ping", "send", "messages", "leaves", "routes",
+                     "traceroute", "topology", "mail"), "node"),
+    **dict.fromkeys(("call", "answer", "decline", "hangup", "calls"), "calls"),
+    "watch": "watch", "tui": "console", "sync": "sync", "library": "library",
+    "situation": "board", "bulletin": "board", "safety": "safety", "trust": "trust",
+}
+#: options that take a value, before the command
+_VALUED = ("--state-dir", "--socket")
+
+
+def _load_groups(groups: Sequence[str] = _GROUPS) -> None:
+    """Import command group modules (registering their commands)."""
+    for group in groups:
+        importlib.import_module(f"{__name__}.{group}")
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (the first one that is not a global option)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUED:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _help_rank(cmd: Command) -> int:
-    names = [g.__name__ for g in _GROUPS]
+    names = [f"{__name__}.{g}" for g in _GROUPS]
     return names.index(cmd.run.__module__) if cmd.run.__module__ in names else len(names)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, with one sub-parser per registered command."""
+def build_parser(groups: Sequence[str] = _GROUPS) -> argparse.ArgumentParser:
+    """The argument parser, with one sub-parser per command of ``groups`` (default: all)."""
+    _load_groups(groups)
     parser = _Parser(
         prog="meshctl", description="Talk to a running meshd through its control socket.",
         epilog="exit codes: 0 success, 1 failed, 2 usage, 3 no daemon, 4 unreachable/timeout")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for cmd in sorted(COMMANDS.values(), key=_help_rank):
+    names = {f"{__name__}.{g}" for g in groups}
+    for cmd in sorted((c for c in COMMANDS.values() if c.run.__module__ in names),
+                      key=_help_rank):
         sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         _global_options(sp, suppress=True)
         cmd.setup(sp)
@@ -108,7 +145,10 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run meshctl with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    group = _COMMAND_GROUP.get(_command_in(words) or "")
+    help_asked = any(w in ("-h", "--help") for w in words)
+    parser = build_parser((group,) if group is not None and not help_asked else _GROUPS)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help exits 0

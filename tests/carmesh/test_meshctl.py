@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -573,3 +574,21 @@ async def test_hostile_remote_text_is_escaped_in_every_human_output(
         assert "\\u202eefac matches 2 nodes" in outputs["traceroute"]
     finally:
         await server.close()
+
+
+def test_each_command_group_is_known_and_a_node_command_loads_no_other_group(
+        tmp_path: Path) -> None:
+    meshctl._load_groups()
+    assert {name: cmd.run.__module__.rsplit(".", 1)[1]
+            for name, cmd in meshctl.COMMANDS.items()} == meshctl._COMMAND_GROUP
+    assert meshctl._command_in(["--state-dir", "status", "--json", "routes", "x"]) == "routes"
+    assert meshctl._command_in(["--state-dir=/s", "--json"]) is None
+    # a fresh interpreter: `meshctl status` (no daemon: exit 3) imports no other group
+    code = ("import sys\nfrom carmesh.meshctl import main\n"
+            f"rc = main(['--state-dir', {str(tmp_path)!r}, '--json', 'status'])\n"
+            "print(rc, sorted(m for m in sys.modules if m.startswith('carmesh.meshctl.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == (
+        f"{int(ExitCode.NO_DAEMON)} ['carmesh.meshctl.common', 'carmesh.meshctl.node']")

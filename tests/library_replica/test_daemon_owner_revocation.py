@@ -42,7 +42,8 @@ from tests.daemons import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+# one scenario whose own bounded waits add up to more than the suite's 120 s per test
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 _ok = meshctl_ok
 _eventually = meshctl_until

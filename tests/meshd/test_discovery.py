@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -25,6 +26,7 @@ from meshd.discovery import (
     InterfaceWatch,
     PeerSeen,
     PeerTable,
+    _open_netlink,
     encode_txt,
     instance_name,
     interface_addresses,
@@ -652,4 +654,38 @@ async def test_interface_watch_without_netlink_looks_every_interval_and_reports_
         await asyncio.wait_for(looked.wait(), 30)
     finally:
         task.cancel()
+    assert changes == [{}, {"to-b": addr}]
+
+
+async def test_interface_watch_looks_again_once_subscribed_to_netlink() -> None:
+    """An address that appears between the first look (``check`` at start) and the netlink
+    subscription (``run``, later) sent its kernel message to nobody: the watch looks once
+    more after subscribing instead of missing it until the safety look a minute later."""
+    if _open_netlink() is None:
+        pytest.skip("no rtnetlink here")
+    IfAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    addr: list[IfAddr] = [iface("10.77.0.1/24")]
+    present: dict[str, list[IfAddr]] = {}
+    changes: list[dict[str, list[IfAddr]]] = []
+    changed = asyncio.Event()
+
+    def read(names: list[str]) -> tuple[dict[str, list[IfAddr]], dict[str, str]]:
+        return dict(present), {} if present else {"to-b": "interface 'to-b' is missing"}
+
+    async def on_change(usable: dict[str, list[IfAddr]]) -> None:
+        changes.append(usable)
+        changed.set()
+
+    watch = InterfaceWatch(["to-b"], on_change, interval_s=3600.0, read=read)
+    assert await watch.check()
+    assert changes == [{}]
+    changed.clear()
+    present["to-b"] = addr  # appears now: no netlink message will ever tell the watch
+    task = asyncio.ensure_future(watch.run())
+    try:
+        await asyncio.wait_for(changed.wait(), 10)  # < NETLINK_FALLBACK_S
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     assert changes == [{}, {"to-b": addr}]

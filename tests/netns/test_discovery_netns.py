@@ -249,3 +249,30 @@ def test_ipv6_only_and_dual_stack_links(devnet: DevNet) -> None:
         p.proc.send_signal(signal.SIGTERM)
     for p in probes.values():
         p.join(timeout=15)
+
+
+def test_announcements_repeat_for_a_link_that_passed_nothing_at_first(devnet: DevNet) -> None:
+    """zeroconf announces three times within half a second of registration; a neighbour
+    that missed them all (a fresh interface whose IPv6 routes the kernel has not made usable
+    yet, loss) may not ask for a long time: its startup queries can be suppressed as
+    duplicates of ours (RFC 6762 §7.3).  Discovery announces three more times, 1, 2 and 4 s
+    apart (RFC 6762 §8.3 allows eight, each gap at least double the one before)."""
+    a, b = devnet.line(2)
+    listener = JsonLines(devnet.popen(
+        b, [sys.executable, "-m", "tests.netns.mdns_listen", "--addr", devnet.address(b, a),
+            "--for", "10"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True), "listener")
+    assert listener.wait_event("listening", SEEN_TIMEOUT_S) is not None, listener.other
+    pa = start_probe(devnet, a)
+    assert pa.wait_event("ready", SEEN_TIMEOUT_S) is not None, pa.snapshot()
+    done = listener.wait_event("done", 10 + SEEN_TIMEOUT_S)
+    pa.proc.send_signal(signal.SIGTERM)
+    pa.join(timeout=15)
+    assert done is not None, listener.other
+    times = list(done["announcements"].values())
+    assert len(times) == 1, done  # a's one instance
+    # three at registration, three later (the listener started before a: all are in its
+    # window; b runs no discovery, so nobody asks and every response is an announcement);
+    # the last one at least 1 + 2 + 4 s after the first
+    assert len(times[0]) == 6, done
+    assert times[0][-1] - times[0][0] >= 7.0, times
