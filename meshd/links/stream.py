@@ -53,6 +53,8 @@ class StreamOwner(Protocol):
 
     def abort_stream(self, stream_id: int) -> None: ...
 
+    def forget_stream(self, stream_id: int) -> None: ...
+
     def write_stream(self, stream_id: int, data: bytes, end: bool) -> None: ...
 
     async def wait_drained(self, stream_id: int, stream: Stream) -> None: ...
@@ -97,6 +99,7 @@ class Stream:
         self._buf += data
         if end:
             self._eof = True
+            self._forget_if_done()
         # a peer may pipeline messages, but not flood us: a few max-size messages at most
         if len(self._buf) > self._cap:
             self._conn.drop("stream-overflow", f"stream {self.stream_id}")
@@ -157,3 +160,11 @@ class Stream:
         self._closed = True
         with contextlib.suppress(LinkBrokenError):
             self._conn.write_stream(self.stream_id, b"", end=True)
+        self._forget_if_done()
+
+    def _forget_if_done(self) -> None:
+        # both sides have sent FIN: nothing more arrives for this stream, so the connection
+        # drops its entry (what is buffered stays readable here); without this an opener's
+        # streams stayed in the connection's table for the link's life, one per sync session
+        if self._closed and self._eof:
+            self._conn.forget_stream(self.stream_id)

@@ -138,6 +138,9 @@ async def test_stream_echo_both_ways_with_1mib(pair: tuple[Node, Node]) -> None:
     st = a.mgr.links()[b.id]
     assert st.tx_stream_bytes > 2 << 20 and st.rx_stream_bytes > 2 << 20
     assert st.streams_opened == 1 and st.streams_accepted == 1
+    # both ends sent FIN on both streams: neither connection still holds them
+    for node in (a, b):
+        await eventually(lambda node=node: all(not c._streams for c in node.mgr._conns), 5.0)
 
 
 async def test_stream_message_over_max_is_refused(pair: tuple[Node, Node]) -> None:
