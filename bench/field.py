@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from sync.custody import DEFAULT_COPIES, MailCustody
 from sync.envelope import Op
 from tests.sim import Network, sim_id
 from tests.sim.streams import MessageReceived, StreamKey, StreamMux, StreamOpened
@@ -371,6 +372,13 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     index, recipient index).  Returns the outcome, the bulletins and the mails."""
     t0, c0 = time.perf_counter(), time.process_time()
     is_sync = kind.startswith("sync")
+    # sync forwards mail by custody (binary spray-and-wait, sync.custody) with this many
+    # copies; "sync-flood" floods it as it did before
+    copies: int | None = None
+    if kind in ("sync", "sync-periodic"):
+        copies = DEFAULT_COPIES
+    elif kind.startswith("sync-copies-"):
+        copies = int(kind.rsplit("-", 1)[1])
     town = town or TownMap()
     rng = random.Random(seed)
     walkers, ids = population(n, scenario, town, rng)
@@ -392,11 +400,12 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
         bulletins.append((op.op_id, op.raw, t, poster))
     mail_rng = random.Random(f"{seed}:mail")
     mail: list[tuple[bytes, bytes, float, int, int]] = []  # (op id, raw, t, sender, to)
-    for k, (t, src, dst) in enumerate(mails):
+    for t, src, dst in mails:
         sk = Ed25519PrivateKey.from_private_bytes(mail_rng.randbytes(32))
-        op = MemOpStore().add_local(sk, kind="mail.sealed", doc_id=k.to_bytes(16, "big"),
+        op = MemOpStore().add_local(sk, kind="mail.sealed", doc_id=ids[dst],
                                     body=mail_rng.randbytes(MAIL_BODY),
-                                    wall_ms=1_800_000_000_000 + int(t * 1000))
+                                    wall_ms=1_800_000_000_000 + int(t * 1000),
+                                    expiry_ms=1_800_000_000_000 + 7 * 86_400_000)
         mail.append((op.op_id, op.raw, t, src, dst))
     kinds = {op_id: "mail" for op_id, *_ in mail}
     if kind == "spray":
@@ -412,7 +421,10 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
         elif is_sync:
             node = FieldSyncNode(nid, _CountingStore(out.op_bytes),
                                  random.Random(seed * 100_003 + i),
-                                 interval_s=30.0, on_new=on_new, digests=kind == "sync")
+                                 interval_s=30.0, on_new=on_new,
+                                 digests=kind != "sync-periodic",
+                                 custody=(MailCustody(nid, copies=copies)
+                                          if copies is not None else None))
             sync_nodes[nid] = node
             net.add_node(nid, node)
         else:
@@ -435,6 +447,7 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
                 applied, _ = node.store.apply_remote([raw], 1_800_000_000_000
                                                      + int(net.now * 1000))
                 assert [o.op_id for o in applied] == [op_id], node.store.refused
+                node.originated(applied)
                 node._committed(applied, net.now)
                 net.replace_node(nid, node)  # (re-reads its timer and output)
             else:
@@ -581,6 +594,7 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
     deliverable = sum(1 for m in mail if m.to in s_out.ideal_at[m.op_id])
     mail_r: dict[str, Any] = {"messages": len(mail), "bytes_each": mail[0].size if mail else None,
               "deliverable_ideal": deliverable, "spray_copies": SPRAY_COPIES,
+              "sync_copies": DEFAULT_COPIES,
               "sync": mail_f(s_out), "epidemic": mail_f(e_out), "spray": mail_f(w_out),
               "spray_bytes_whole_run": w_out.bytes_total, "spray_wall_s": round(w_out.wall_s, 1)}
     mail_r["ratio_vs_epidemic"] = ratio(mail_r["sync"]["ratio"], mail_r["epidemic"]["ratio"])
@@ -593,6 +607,10 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
         "coverage": sync_f["coverage"],
         "delay_p95_vs_epidemic": ratio(sync_f["delay_p95_s"], epi_f["delay_p95_s"]),
         "bytes_vs_epidemic": ratio(s_out.bytes_from_post, e_out.bytes_from_post),
+        # bulletin op bytes handed to links (first sends and re-opened sessions, not the
+        # stream re-sends), sync / epidemic: the bulletins' share without the mail
+        "bulletin_op_bytes_vs_epidemic": ratio(s_out.op_bytes.get("bulletin", 0),
+                                               e_out.op_bytes.get("bulletin", 0)),
         "call_connect": None,  # calls are not simulated in this version
         "sync": {**sync_f, "bytes": s_out.bytes_from_post, "bytes_whole_run": s_out.bytes_total,
                  "bytes_per_node_reached": ratio(s_out.bytes_from_post, reached(s_out)),
@@ -628,6 +646,7 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
         r[k] = {**f, "bytes": o.bytes_from_post,
                 "bytes_per_node_reached": ratio(o.bytes_from_post, reached(o)),
                 "bytes_vs_epidemic": ratio(o.bytes_from_post, e_out.bytes_from_post),
+                "mail": mail_f(o),
                 "sessions_moved": o.sessions["moved"], "sessions_idle": o.sessions["idle"],
                 "datagrams": o.datagrams, "wall_s": round(o.wall_s, 1)}
     return r
@@ -705,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--extra", default="",
-                    help="comma-separated extra runs: sync-periodic, epidemic-oracle")
+                    help="comma-separated extra runs: sync-periodic, epidemic-oracle, "
+                         "sync-flood (mail flooded), sync-copies-N (mail with N copies)")
     ap.add_argument("--plot", type=Path, default=None,
                     help="write coverage over time (PNG): sync blue, epidemic red, ideal grey")
     a = ap.parse_args(argv)
@@ -713,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     duration = a.duration or (900.0 if a.quick else 1800.0)
     extra = [k for k in a.extra.split(",") if k]
     for k in extra:
-        if k not in ("sync-periodic", "epidemic-oracle"):
+        if k not in ("sync-periodic", "epidemic-oracle", "sync-flood") and not (
+                k.startswith("sync-copies-") and k[12:].isdigit() and 1 <= int(k[12:]) <= 64):
             ap.error(f"unknown extra run {k!r}")
     r = run(n, a.scenario, a.seed, duration, extra=extra)
     print(f"field: {n} nodes, {a.scenario}, seed {a.seed}, {duration:.0f} s simulated, "
@@ -727,14 +748,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(f['delay_p95_s']):>7} {_fmt(f['bytes']):>11} "
               f"{_fmt(f.get('bytes_per_node_reached')):>10}")
     print(f"delay p95 vs epidemic {_fmt(r['delay_p95_vs_epidemic'])}, bytes vs epidemic "
-          f"{_fmt(r['bytes_vs_epidemic'])}, vs ideal {_fmt(r['bytes_vs_ideal'])}; "
+          f"{_fmt(r['bytes_vs_epidemic'])}, vs ideal {_fmt(r['bytes_vs_ideal'])}; bulletin op "
+          f"bytes vs epidemic {_fmt(r['bulletin_op_bytes_vs_epidemic'])}; "
           "calls: not simulated")
     m = r["mail"]
     print(f"mail: {m['messages']} messages of {m['bytes_each']} B, {m['deliverable_ideal']} "
           "deliverable (ideal); delivered / p50 s / p95 s / op bytes sent:")
-    for name in ("sync", "epidemic", "spray"):
-        f = m[name]
-        print(f"  {name:9} {f['delivered']:>5} {_fmt(f['delay_p50_s']):>7} "
+    for name in ("sync", "epidemic", "spray", *extra):
+        f = m[name] if name in m else r[name]["mail"]
+        print(f"  {name:14} {f['delivered']:>5} {_fmt(f['delay_p50_s']):>7} "
               f"{_fmt(f['delay_p95_s']):>7} {f['op_bytes']:>10}")
     sy = r["sync"]
     print(f"sync sessions: {sy['sessions_moved']} moved ops ({sy['session_bytes_moved']} B of "

@@ -12,6 +12,8 @@ with a type byte (docs/protocols.md, "Sync"):
 ``OPS``         batch number, then raw ops, each prefixed by its length (varints)
 ``ACK``         batch number: every op of that batch is committed at the receiver
 ``END``         I have nothing more to send and all of it is acknowledged
+``COPIES``      batch number, then (index in that batch, copies) pairs for the custody
+                ops of the next ``OPS`` batch (varints; mail: ``sync.custody``)
 ==============  ====================================================
 
 Both ends run the same ``SyncSession``; only the initiator starts (a ``RECON``
@@ -19,7 +21,11 @@ opening, or ``RECON_DONE`` for a push-only session).  Reconciliation messages
 are answered at once; what it finds the peer lacks is queued, highest-priority
 namespace first and oldest first within it (so an author's chain arrives in
 order), and sent in batches of at most ``BATCH_OPS`` ops and ``BATCH_BYTES``
-bytes, with at most ``WINDOW`` batches unacknowledged.  That window is the
+bytes, with at most ``WINDOW`` batches unacknowledged.  Custody ops (sealed
+mail) are not flooded: a session given a ``Forwarding`` policy (``sync.custody``)
+sends one only when the policy gives it copies for this neighbour, announces
+the copies in a ``COPIES`` frame just before the batch, and spends them when
+the batch is acknowledged.  That window is the
 backpressure: a dealer's 10,000-op catch-up moves at the speed the far side
 commits, in frames small enough that voice datagrams interleave.
 
@@ -65,6 +71,7 @@ __all__ = [
     "ACK",
     "BATCH_BYTES",
     "BATCH_OPS",
+    "COPIES",
     "DIGEST_LEN",
     "ECHO_LEN",
     "END",
@@ -75,6 +82,7 @@ __all__ = [
     "RECON",
     "RECON_DONE",
     "WINDOW",
+    "Forwarding",
     "IdleTimedOut",
     "OpIndex",
     "OpsAcknowledged",
@@ -95,7 +103,7 @@ __all__ = [
 ]
 
 #: frame types (the first byte of every frame)
-RECON, RECON_DONE, OPS, ACK, END = 1, 2, 3, 4, 5
+RECON, RECON_DONE, OPS, ACK, END, COPIES = 1, 2, 3, 4, 5, 6
 #: ops and bytes per OPS frame; frames stay small so calls interleave
 BATCH_OPS = 256
 BATCH_BYTES = 128 * 1024
@@ -168,6 +176,18 @@ class OpIndex(Protocol):
     def range_sets(self) -> Mapping[str, RangeSet]: ...
 
 
+class Forwarding(Protocol):
+    """Which ops may go to this session's neighbour (``sync.custody.CustodyView``)."""
+
+    def give(self, op_id: bytes) -> int | None:
+        """None: flood it; 0: do not send it now; n: send it handing ``n`` copies."""
+        ...
+
+    def handed(self, op_id: bytes, copies: int) -> None:
+        """The neighbour acknowledged the op sent with ``copies``."""
+        ...
+
+
 @dataclass(slots=True)
 class PeerLedger:
     """What one neighbour holds, shared by every session with it (cleared when its link comes up)."""
@@ -213,12 +233,16 @@ class PeerLedger:
 # -- digest notes ------------------------------------------------------------------------------
 
 
-def set_digest(index: OpIndex) -> bytes:
-    """``DIGEST_LEN`` bytes naming the whole op set (every namespace the reconciler sees):
-    equal digests, equal sets (up to a 2**-128 chance)."""
+def set_digest(index: OpIndex, exclude: Iterable[str] = ()) -> bytes:
+    """``DIGEST_LEN`` bytes naming the whole op set (every namespace the reconciler sees but
+    ``exclude``: custody namespaces, which are not flooded): equal digests, equal sets (up
+    to a 2**-128 chance)."""
     h = hashlib.sha256(b"carmesh/sync-digest/1")
     sets = index.range_sets()
+    skip = frozenset(exclude)
     for ns in sorted(sets):
+        if ns in skip:
+            continue
         s = sets[ns]
         if len(s):
             name = ns.encode()
@@ -329,6 +353,9 @@ class OpsReceived:
 
     batch: int
     raw_ops: tuple[bytes, ...]
+    #: copies handed with each op (None: none announced), aligned with ``raw_ops``; empty
+    #: when the batch came with no ``COPIES`` frame
+    copies: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,9 +396,15 @@ class SyncSession:
 
     def __init__(self, index: OpIndex, ledger: PeerLedger, now: float, *, initiator: bool,
                  reconcile: bool, push: Iterable[bytes] = (),
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 forwarding: Forwarding | None = None) -> None:
         self._index = index
         self._ledger = ledger
+        self._fwd = forwarding
+        #: copies handed with the ops of each unacknowledged batch
+        self._handing: dict[int, list[tuple[bytes, int]]] = {}
+        #: the peer's COPIES frame for its next batch
+        self._copies_in: tuple[int, dict[int, int]] | None = None
         self.initiator = initiator
         self.idle_timeout_s = idle_timeout_s
         self.rec: Reconciler | None = None
@@ -464,14 +497,39 @@ class SyncSession:
             batch, raws = parse_ops(payload)
             if batch in self._uncommitted:
                 raise DecodeError("state", "batch number reused")
+            copies: tuple[int | None, ...] = ()
+            if self._copies_in is not None:
+                cb, given = self._copies_in
+                self._copies_in = None
+                if cb != batch or any(i >= len(raws) for i in given):
+                    raise DecodeError("malformed", "copies do not match the batch")
+                copies = tuple(given.get(i) for i in range(len(raws)))
             self._ledger.known.update(hashlib.sha256(r).digest() for r in raws)
             self._uncommitted[batch] = len(raws)
-            self._events.append(OpsReceived(batch, tuple(raws)))
+            self._events.append(OpsReceived(batch, tuple(raws), copies))
+        elif kind == COPIES:
+            if self._copies_in is not None:
+                raise DecodeError("state", "two COPIES frames before a batch")
+            batch, pos = decode_varint(payload, 0)
+            n, pos = decode_varint(payload, pos)
+            if n > BATCH_OPS:
+                raise DecodeError("malformed", "copies count")
+            table: dict[int, int] = {}
+            for _ in range(n):
+                i, pos = decode_varint(payload, pos)
+                c, pos = decode_varint(payload, pos)
+                table[i] = c
+            if pos != len(payload):
+                raise DecodeError("malformed", "copies frame length")
+            self._copies_in = (batch, table)
         elif kind == ACK:
             batch, _ = decode_varint(payload, 0)
             if batch not in self._in_flight:
                 raise DecodeError("state", "ack of an unknown batch")
             ids = self._in_flight.pop(batch)
+            if self._fwd is not None:
+                for op_id, c in self._handing.pop(batch, ()):
+                    self._fwd.handed(op_id, c)
             self._ledger.known.update(ids)
             self._ledger.sending.difference_update(ids)
             self.out_done += len(ids)
@@ -500,6 +558,8 @@ class SyncSession:
         for op_id in ids:
             if op_id in self._queued or op_id in self._ledger.known:
                 continue
+            if self._fwd is not None and self._fwd.give(op_id) == 0:
+                continue  # a custody op not for this neighbour
             ns = self._index.namespace_of(op_id)
             hlc = self._index.hlc_of(op_id)
             if ns is None or hlc is None:
@@ -539,15 +599,24 @@ class SyncSession:
             return
         parts = [encode_varint(self._next_batch)]
         sent: list[bytes] = []
+        handing: list[tuple[int, bytes, int]] = []
         size = 0
+        withheld: set[bytes] = set()
         for op_id, raw in pairs:
             if size + len(raw) > BATCH_BYTES and sent:
                 break  # over the byte budget: the rest goes back to the queue
+            c = self._fwd.give(op_id) if self._fwd is not None else None
+            if c == 0:
+                withheld.add(op_id)  # its copies went elsewhere meanwhile
+                continue
+            if c is not None:
+                handing.append((len(sent), op_id, c))
             parts.append(encode_varint(len(raw)))
             parts.append(raw)
             sent.append(op_id)
             size += len(raw)
-        unsent = set(ids).difference(sent)
+        self._ledger.sending.difference_update(withheld)
+        unsent = set(ids).difference(sent).difference(withheld)
         self._ledger.sending.difference_update(unsent)
         for back in unsent:
             hlc = self._index.hlc_of(back)
@@ -555,6 +624,12 @@ class SyncSession:
                 heapq.heappush(self._queue, (namespace_rank(self._index.namespace_of(back) or ""),
                                              hlc, back))
         if sent:
+            if handing:
+                self._handing[self._next_batch] = [(i, c) for _, i, c in handing]
+                self._outbox.append(bytes([COPIES]) + encode_varint(self._next_batch)
+                                    + encode_varint(len(handing)) + b"".join(
+                                        encode_varint(k) + encode_varint(c)
+                                        for k, _, c in handing))
             self._in_flight[self._next_batch] = sent
             self._next_batch += 1
             self._outbox.append(bytes([OPS]) + b"".join(parts))
