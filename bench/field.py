@@ -62,6 +62,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sync.custody import DEFAULT_COPIES, MailCustody
 from sync.envelope import Op
+from sync.session import OPS, parse_ops
 from tests.sim import Network, sim_id
 from tests.sim.streams import MessageReceived, StreamKey, StreamMux, StreamOpened
 from tests.sim.town import TownMap, TownMobility, Walker
@@ -268,30 +269,22 @@ class SprayNode(EpidemicNode):
                 self.mux.reset(ev.key)
 
 
-class _CountingStore(MemOpStore):
-    """A ``MemOpStore`` that counts the op bytes it hands to sessions (sent), by namespace."""
-
-    def __init__(self, op_bytes: dict[str, int]) -> None:
-        super().__init__()
-        self.op_bytes = op_bytes
-
-    def get_raw_pairs(self, op_ids: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
-        pairs = super().get_raw_pairs(op_ids)
-        for op_id, raw in pairs:
-            ns = self.durable.ops[op_id].namespace
-            self.op_bytes[ns] = self.op_bytes.get(ns, 0) + len(raw)
-        return pairs
-
-
 class _CountingMux(StreamMux):
-    """A ``StreamMux`` that counts the message bytes sent on each stream."""
+    """A ``StreamMux`` that counts the message bytes sent on each stream, and the op bytes
+    in the ``OPS`` frames handed to it (by namespace: first sends, not stream re-sends)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: MemOpStore, op_bytes: dict[str, int]) -> None:
         super().__init__()
         self.sent_on: dict[StreamKey, int] = {}
+        self.store = store
+        self.op_bytes = op_bytes
 
     def send(self, key: StreamKey, msg: bytes, now: float) -> None:
         self.sent_on[key] = self.sent_on.get(key, 0) + len(msg)
+        if msg[:1] == bytes([OPS]):
+            for raw in parse_ops(msg[1:])[1]:
+                ns = self.store.namespace_of(hashlib.sha256(raw).digest()) or "?"
+                self.op_bytes[ns] = self.op_bytes.get(ns, 0) + len(raw)
         super().send(key, msg, now)
 
 
@@ -299,10 +292,10 @@ class FieldSyncNode(SyncSimNode):
     """A ``SyncSimNode`` that reports each op the moment it is committed, and splits the
     session bytes it sends into sessions that moved ops and sessions that moved none."""
 
-    def __init__(self, *args: Any, on_new: Any, **kw: Any) -> None:
+    def __init__(self, *args: Any, on_new: Any, op_bytes: dict[str, int], **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.on_new = on_new
-        self.mux = self.counting = _CountingMux()
+        self.mux = self.counting = _CountingMux(self.store, op_bytes)
         self.session_bytes = {"moved": 0, "idle": 0}
         self.sessions = {"moved": 0, "idle": 0}
 
@@ -419,9 +412,9 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
             spray_nodes[nid] = SprayNode(nid, on_new, out.op_bytes)
             net.add_node(nid, spray_nodes[nid])
         elif is_sync:
-            node = FieldSyncNode(nid, _CountingStore(out.op_bytes),
+            node = FieldSyncNode(nid, MemOpStore(),
                                  random.Random(seed * 100_003 + i),
-                                 interval_s=30.0, on_new=on_new,
+                                 interval_s=30.0, on_new=on_new, op_bytes=out.op_bytes,
                                  digests=kind != "sync-periodic",
                                  custody=(MailCustody(nid, copies=copies)
                                           if copies is not None else None))
@@ -547,7 +540,7 @@ def figures(held: dict[bytes, dict[bytes, float]], bulletins: list[Bulletin],
 
 
 def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None = None, *,
-        extra: Sequence[str] = ()) -> dict[str, Any]:
+        extra: Sequence[str] = (), n_mail: int | None = None) -> dict[str, Any]:
     """Sync, epidemic and the ideal on the same town and seed; the figures (``--json``).
 
     ``extra`` adds runs reported beside them: ``"sync-periodic"`` (the daemon's
@@ -556,7 +549,7 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
     posts = [(60.0, 0), (120.0, 1)]  # a phone at the first shelter, then the dealer
     mrng = random.Random(f"{seed}:mail-pairs")
     mails = []
-    for _ in range(max(10, n // 10)):
+    for _ in range(max(10, n // 10) if n_mail is None else n_mail):
         src, dst = mrng.sample(range(n), 2)
         mails.append((mrng.uniform(60.0, min(360.0, duration / 2)), src, dst))
     mails.sort()
@@ -586,7 +579,7 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
     def mail_f(o: Outcome) -> dict[str, Any]:
         ds = [o.held_at[m.op_id][m.to] - m.posted for m in mail
               if m.to in o.held_at.get(m.op_id, {})]
-        return {"delivered": len(ds), "ratio": len(ds) / len(mail),
+        return {"delivered": len(ds), "ratio": len(ds) / len(mail) if mail else None,
                 "ratio_of_ideal": ratio(len(ds), deliverable),
                 "delay_p50_s": _pct(ds, 0.5), "delay_p95_s": _pct(ds, 0.95),
                 "op_bytes": o.op_bytes.get("mail", 0)}
@@ -726,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", default="",
                     help="comma-separated extra runs: sync-periodic, epidemic-oracle, "
                          "sync-flood (mail flooded), sync-copies-N (mail with N copies)")
+    ap.add_argument("--mails", type=int, default=None,
+                    help="mail messages (default max(10, nodes / 10); 0: bulletins only)")
     ap.add_argument("--plot", type=Path, default=None,
                     help="write coverage over time (PNG): sync blue, epidemic red, ideal grey")
     a = ap.parse_args(argv)
@@ -736,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         if k not in ("sync-periodic", "epidemic-oracle", "sync-flood") and not (
                 k.startswith("sync-copies-") and k[12:].isdigit() and 1 <= int(k[12:]) <= 64):
             ap.error(f"unknown extra run {k!r}")
-    r = run(n, a.scenario, a.seed, duration, extra=extra)
+    r = run(n, a.scenario, a.seed, duration, extra=extra, n_mail=a.mails)
     print(f"field: {n} nodes, {a.scenario}, seed {a.seed}, {duration:.0f} s simulated, "
           f"{r['contacts']} contacts, wall {r['wall_s']} s (CPU {r['cpu_s']} s)")
     print(f"{'':10} {'coverage':>9} {'of ideal':>9} {'p50 s':>7} {'p95 s':>7} {'bytes':>11} "
