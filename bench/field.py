@@ -15,7 +15,7 @@ moves, same contact trace, checked):
 * **sync**: every node runs the real sync session core (``sync.session``) and
   apply planner (``sync.apply``) behind an in-memory store
   (``tests.sync.simsync.SyncSimNode``) on the digest schedule
-  (``sync.session.PeerDigests``: a 15-byte note each way at contact start and
+  (``sync.session.PeerDigests``: a 10-byte note each way at contact start and
   after a change, a reconciliation only where the digests differ), over
   reliable streams on the lossy links.  Mail is an op like any other (carmesh
   stores mail for the unreachable as a ``mail.sealed`` op carried by sync);
@@ -72,6 +72,11 @@ BULLETIN_BODY = 600  #: bytes of text per bulletin
 MAIL_BODY = 300  #: bytes of a sealed mail body
 SPRAY_COPIES = 8  #: spray-and-wait's copies per message
 SAMPLE_S = 10.0  #: coverage-over-time sampling
+#: the streams' re-send interval doubles while nothing is acknowledged (as QUIC's probe
+#: timeout), for every mechanism; False: a fixed 0.2 s (the benchmark before)
+STREAM_BACKOFF = True
+#: sync: a reconciliation after a node's own change opens 50 ms + up to this much later
+PUSH_JITTER_S = 0.25
 
 
 # -- the population ------------------------------------------------------------------------
@@ -134,7 +139,7 @@ class EpidemicNode:
         self.oracle = oracle
         self.on_new = on_new
         self.held: dict[bytes, bytes] = {}
-        self.mux = StreamMux()
+        self.mux = StreamMux(backoff=STREAM_BACKOFF)
         self.up: dict[bytes, StreamKey] = {}
         #: per neighbour: id prefixes it holds to our knowledge (None: its vector not heard)
         self.known: dict[bytes, set[bytes] | None] = {}
@@ -274,7 +279,7 @@ class _CountingMux(StreamMux):
     in the ``OPS`` frames handed to it (by namespace: first sends, not stream re-sends)."""
 
     def __init__(self, store: MemOpStore, op_bytes: dict[str, int]) -> None:
-        super().__init__()
+        super().__init__(backoff=STREAM_BACKOFF)
         self.sent_on: dict[StreamKey, int] = {}
         self.store = store
         self.op_bytes = op_bytes
@@ -337,6 +342,7 @@ class Outcome:
     note_datagrams: int = 0  # sync: digest notes sent
     op_bytes: dict[str, int] = field(default_factory=dict)  # op bytes sent, by namespace
     vector_bytes: int = 0  # epidemic: summary vector message bytes
+    resent_bytes: int = 0  # stream re-sends (datagram bytes), whole run
 
 
 @dataclass(frozen=True)
@@ -378,6 +384,12 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     net = Network(seed)
     out = Outcome()
 
+    def link_loss(a: bytes, b: bytes) -> float | None:
+        # what the link layer measures of a neighbour (hello loss): the radio's loss at the
+        # pair's distance, as of the last mobility tick
+        link = net.links.get((a, b))
+        return None if link is None else link.params.loss
+
     def on_new(node: bytes, op_id: bytes, now: float) -> None:
         out.held_at.setdefault(op_id, {}).setdefault(node, now)
 
@@ -417,7 +429,10 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
                                  interval_s=30.0, on_new=on_new, op_bytes=out.op_bytes,
                                  digests=kind != "sync-periodic",
                                  custody=(MailCustody(nid, copies=copies)
-                                          if copies is not None else None))
+                                          if copies is not None else None),
+                                 link_loss=(None if kind == "sync-loud" else
+                                            lambda peer, nid=nid: link_loss(nid, peer)))
+            node.push_jitter_s = 0.0 if kind == "sync-loud" else PUSH_JITTER_S
             sync_nodes[nid] = node
             net.add_node(nid, node)
         else:
@@ -447,7 +462,7 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
                 epi_nodes[nid].post(raw, net.now)
                 net.replace_node(nid, epi_nodes[nid])
         net.schedule(t, post)
-    first_post = min(t for _, _, t, _, _ in injects)
+    first_post = min((t for _, _, t, _, _ in injects), default=0.0)
 
     def mark() -> None:
         out.bytes_from_post = -net.stats.bytes_sent
@@ -502,6 +517,9 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     out.cpu_s = time.process_time() - c0
     out.note_datagrams = sum(node.notes_sent for node in sync_nodes.values())
     out.vector_bytes = sum(node.vector_bytes for node in epi_nodes.values())
+    out.resent_bytes = (sum(node.mux.resent_bytes for node in sync_nodes.values())
+                        + sum(node.mux.resent_bytes for node in epi_nodes.values())
+                        + sum(node.mux.resent_bytes for node in spray_nodes.values()))
     for node in sync_nodes.values():
         for part in ("moved", "idle"):
             out.session_bytes[part] += node.session_bytes[part]
@@ -614,11 +632,13 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
                  "sessions_moved": s_out.sessions["moved"],
                  "sessions_idle": s_out.sessions["idle"],
                  "note_datagrams": s_out.note_datagrams,
+                 "resent_bytes": s_out.resent_bytes,
                  "bytes_per_link_second": ratio(s_out.bytes_total, s_out.link_seconds)},
         "epidemic": {**epi_f, "bytes": e_out.bytes_from_post,
                      "bytes_whole_run": e_out.bytes_total,
                      "bytes_per_node_reached": ratio(e_out.bytes_from_post, reached(e_out)),
                      "vector_bytes": e_out.vector_bytes,
+                     "resent_bytes": e_out.resent_bytes,
                      "datagrams": e_out.datagrams, "wall_s": round(e_out.wall_s, 1),
                      "cpu_s": round(e_out.cpu_s, 1)},
         "ideal": {**ideal_f, "bytes": ideal_bytes},
@@ -718,7 +738,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--extra", default="",
                     help="comma-separated extra runs: sync-periodic, epidemic-oracle, "
-                         "sync-flood (mail flooded), sync-copies-N (mail with N copies)")
+                         "sync-flood (mail flooded), sync-copies-N (mail with N copies), "
+                         "sync-loud (no quiet start on lossy links)")
     ap.add_argument("--mails", type=int, default=None,
                     help="mail messages (default max(10, nodes / 10); 0: bulletins only)")
     ap.add_argument("--plot", type=Path, default=None,
@@ -728,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = a.duration or (900.0 if a.quick else 1800.0)
     extra = [k for k in a.extra.split(",") if k]
     for k in extra:
-        if k not in ("sync-periodic", "epidemic-oracle", "sync-flood") and not (
+        if k not in ("sync-periodic", "epidemic-oracle", "sync-flood", "sync-loud") and not (
                 k.startswith("sync-copies-") and k[12:].isdigit() and 1 <= int(k[12:]) <= 64):
             ap.error(f"unknown extra run {k!r}")
     r = run(n, a.scenario, a.seed, duration, extra=extra, n_mail=a.mails)
@@ -756,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     sy = r["sync"]
     print(f"sync sessions: {sy['sessions_moved']} moved ops ({sy['session_bytes_moved']} B of "
           f"messages), {sy['sessions_idle']} moved none ({sy['session_bytes_idle']} B); "
-          f"{sy['note_datagrams']} digest notes; "
+          f"{sy['note_datagrams']} digest notes; stream re-sends {sy['resent_bytes']} B "
+          f"(epidemic {r['epidemic']['resent_bytes']} B); "
           f"{_fmt(sy['bytes_per_link_second'])} B/s per link in range")
     if a.plot is not None:
         plot_png(a.plot, r["coverage_curve"], n)

@@ -79,6 +79,9 @@ __all__ = [
     "MAX_FRAME",
     "NOTE_LEN",
     "OPS",
+    "QUIET_LOSS",
+    "QUIET_MAX_S",
+    "QUIET_POLL_S",
     "RECON",
     "RECON_DONE",
     "WINDOW",
@@ -116,13 +119,22 @@ IDLE_TIMEOUT_S = 30.0
 _RANK = {ns: i for i, ns in enumerate(NAMESPACE_PRIORITY)}
 
 #: a digest note: our set digest, then the first bytes of the peer's as we last heard it
-#: (all zero: "answer me").  12 bytes: a chance match of two different sets is 2**-96.
-DIGEST_LEN = 12
-ECHO_LEN = 3
+#: (all zero: "answer me").  8 bytes: a chance match of two different sets is 2**-64 (and
+#: costs only a skipped reconciliation until either set changes); a 2-byte echo that
+#: matches by chance (2**-16) only delays the answer to the next asking note.
+DIGEST_LEN = 8
+ECHO_LEN = 2
 NOTE_LEN = DIGEST_LEN + ECHO_LEN
 #: an unanswered note is sent again after this long, doubling up to ``NOTE_RTO_MAX_S``
 NOTE_RTO_S = 1.0
 NOTE_RTO_MAX_S = 30.0
+#: a contact that begins on a link losing more than this (the link layer's hello loss)
+#: stays quiet until the loss falls below it (the nodes come closer) ...
+QUIET_LOSS = 0.15
+#: ... or this long has passed since the link came up
+QUIET_MAX_S = 4.0
+#: how often a quiet contact looks at its link's loss again
+QUIET_POLL_S = 0.5
 
 
 def namespace_rank(ns: str) -> int:
@@ -236,7 +248,7 @@ class PeerLedger:
 def set_digest(index: OpIndex, exclude: Iterable[str] = ()) -> bytes:
     """``DIGEST_LEN`` bytes naming the whole op set (every namespace the reconciler sees but
     ``exclude``: custody namespaces, which are not flooded): equal digests, equal sets (up
-    to a 2**-128 chance)."""
+    to a 2**-64 chance)."""
     h = hashlib.sha256(b"carmesh/sync-digest/1")
     sets = index.range_sets()
     skip = frozenset(exclude)
@@ -268,7 +280,7 @@ def decode_note(data: bytes) -> tuple[bytes, bytes]:
 class PeerDigests:
     """The digest gossip with one neighbour: when to reconcile at all (pure, time passed in).
 
-    Each end tells the other its set digest in a *note* (``encode_note``: 15 bytes in one
+    Each end tells the other its set digest in a *note* (``encode_note``: 10 bytes in one
     unreliable datagram).  A note carries an echo of the first bytes of the digest last
     heard from the peer, or zeros to ask for an answer; a note whose echo is not the
     receiver's current digest is answered with the receiver's own note (which echoes the
@@ -277,6 +289,12 @@ class PeerDigests:
     our set changes we ask again: at once, or ``delay`` later (``changed``) when a
     reconciliation with the peer follows anyway and the peer's own note after it will
     tell us.  An asking note is repeated (``NOTE_RTO_S``, doubling) until answered.
+
+    A contact usually begins at the edge of radio range, where a third of the datagrams
+    are lost: notes there are repeated and op transfers re-sent.  When the link layer
+    says the link loses more than ``QUIET_LOSS`` at link-up, the contact stays *quiet*
+    (no note of ours, no reconciliation opened) until the loss falls below it or
+    ``QUIET_MAX_S`` has passed (``quiet``; a note from the peer is still answered).
 
     A reconciliation is wanted only while the digests differ, and not again for the same
     pair of digests that a completed reconciliation started from (a difference the peer
@@ -293,15 +311,38 @@ class PeerDigests:
     #: (ours, theirs) at the start of the last completed reconciliation (kept across contacts)
     synced: tuple[bytes, bytes] | None = None
     started: tuple[bytes, bytes] | None = None
+    #: a quiet contact (see above) ends then at the latest
+    quiet_until: float | None = None
+    #: we speak first in this contact (the lower id)
+    first: bool = False
 
-    def link_up(self, now: float, *, first: bool) -> None:
+    def link_up(self, now: float, *, first: bool, loss: float | None = None) -> None:
         """A contact begins; ``first``: we speak first (else we ask one ``NOTE_RTO_S`` later
-        if we heard nothing)."""
+        if we heard nothing); ``loss``: the link's loss as the link layer measures it
+        (None: unknown, no quiet start)."""
         self.theirs, self.asking, self.rto_s = None, True, NOTE_RTO_S
         self.resend_at = now if first else now + NOTE_RTO_S
+        self.quiet_until, self.first = None, first
+        if loss is not None and loss > QUIET_LOSS:
+            self.quiet_until = now + QUIET_MAX_S
+            self.resend_at = max(self.resend_at, now + QUIET_POLL_S)
 
     def link_down(self) -> None:
         self.theirs, self.asking, self.resend_at, self.started = None, False, None, None
+        self.quiet_until = None
+
+    def quiet(self, now: float, loss: float | None) -> bool:
+        """Whether the contact is still quiet (the link's ``loss`` now, None: unknown);
+        once it is not, it never is again until the next link-up."""
+        if self.quiet_until is None:
+            return False
+        if now >= self.quiet_until or loss is None or loss <= QUIET_LOSS:
+            self.quiet_until = None
+            if not self.first and self.asking and self.resend_at is not None:
+                # (the first speaker's note is due now: ours only if it does not come)
+                self.resend_at = max(self.resend_at, now + NOTE_RTO_S)
+            return False
+        return True
 
     def changed(self, now: float, *, delay: float = 0.0) -> None:
         """Our set changed: ask the peer after ``delay`` (unless its answer-worthy note comes

@@ -15,7 +15,7 @@ every ``interval_s`` with jitter, push what was committed within
 ``push_delay_s``, back off after a failed session.
 
 With ``digests=True`` the schedule is the digest gossip of
-``sync.session.PeerDigests`` instead: a 20-byte note (``NOTE_TAG``, then
+``sync.session.PeerDigests`` instead: an 11-byte note (``NOTE_TAG``, then
 ``encode_note``) in one unreliable datagram at contact start and when the set
 changes, and a reconciliation only while the two digests differ: opened
 ``push_delay_s`` after our own set changed (the node that got something new
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -51,6 +51,7 @@ from sync.custody import CUSTODY_NAMESPACES, CustodyView, MailCustody
 from sync.envelope import MAX_SKEW_MS, HybridClock, Op, create_op, decode_op
 from sync.reconcile import RangeSet
 from sync.session import (
+    QUIET_POLL_S,
     IdleTimedOut,
     OpsAcknowledged,
     OpsReceived,
@@ -231,7 +232,8 @@ class SyncSimNode:
     def __init__(self, node_id: bytes, store: MemOpStore, rng: random.Random, *,
                  interval_s: float = 5.0, push_delay_s: float = 0.05,
                  commit_delay_s: float = 0.004, idle_timeout_s: float = 3.0,
-                 digests: bool = False, custody: MailCustody | None = None) -> None:
+                 digests: bool = False, custody: MailCustody | None = None,
+                 link_loss: Callable[[bytes], float | None] | None = None) -> None:
         self.node_id = node_id
         self.store = store
         self.rng = rng
@@ -252,6 +254,13 @@ class SyncSimNode:
         self._notes: list[tuple[bytes, bytes]] = []
         self.notes_sent = 0
         self.custody = custody
+        #: digest mode: a reconciliation after our own change opens ``push_delay_s`` plus up
+        #: to this much later (so a neighbour that got the same ops from another one
+        #: meanwhile can say so first)
+        self.push_jitter_s = 0.0
+        #: the link layer's loss estimate for a neighbour (digest mode: a contact that
+        #: begins lossy stays quiet, ``PeerDigests.quiet``); None: not known
+        self.link_loss = link_loss
 
     # -- what the test does ---------------------------------------------------------------
 
@@ -275,7 +284,7 @@ class SyncSimNode:
         p.ledger.clear()
         if self.digests:
             p.reconcile_due, p.reconcile_at = False, None
-            p.dig.link_up(now, first=self.node_id < peer)
+            p.dig.link_up(now, first=self.node_id < peer, loss=self._loss(peer))
             self._want(p, now, delay=self.push_delay_s * (
                 1 if self.node_id < peer else 4 + 4 * self.rng.random()), peer=peer)
 
@@ -435,7 +444,18 @@ class SyncSimNode:
     def _busy_with(self, peer: bytes) -> bool:
         return any(s.peer == peer for s in self.slots.values())
 
+    def _loss(self, peer: bytes) -> float | None:
+        return self.link_loss(peer) if self.link_loss is not None else None
+
     def _digest_timer(self, peer: bytes, p: _Peer, now: float) -> None:
+        if p.dig.quiet_until is not None and p.dig.quiet(now, self._loss(peer)):
+            # (a lossy start: look again soon; nothing of ours goes out meanwhile)
+            wait = min(now + QUIET_POLL_S, p.dig.quiet_until)
+            if p.dig.resend_at is not None and p.dig.resend_at <= now:
+                p.dig.resend_at = wait
+            if p.reconcile_at is not None and p.reconcile_at <= now:
+                p.reconcile_at = wait
+            return
         if p.dig.note_due(now):
             self._note(peer, p.dig.ask(self.digest(), now))
         if p.reconcile_at is not None and now >= p.reconcile_at:
@@ -476,8 +496,10 @@ class SyncSimNode:
                         # (at once, even when a reconciliation will follow: a peer that got
                         # the same ops from someone else meanwhile answers before it opens)
                         p.dig.changed(now)
-                        self._note(peer, p.dig.ask(self.digest(), now))
-                    self._want(p, now, delay=self.push_delay_s, peer=peer)
+                        if p.dig.quiet_until is None or not p.dig.quiet(now, self._loss(peer)):
+                            self._note(peer, p.dig.ask(self.digest(), now))
+                    self._want(p, now, peer=peer,
+                               delay=self.push_delay_s + self.push_jitter_s * self.rng.random())
             return
         for p in self.peers.values():
             if p.up:
