@@ -374,7 +374,7 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     # sync forwards mail by custody (binary spray-and-wait, sync.custody) with this many
     # copies; "sync-flood" floods it as it did before
     copies: int | None = None
-    if kind in ("sync", "sync-periodic"):
+    if kind in ("sync", "sync-periodic", "sync-quiet"):
         copies = DEFAULT_COPIES
     elif kind.startswith("sync-copies-"):
         copies = int(kind.rsplit("-", 1)[1])
@@ -430,9 +430,9 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
                                  digests=kind != "sync-periodic",
                                  custody=(MailCustody(nid, copies=copies)
                                           if copies is not None else None),
-                                 link_loss=(None if kind == "sync-loud" else
+                                 link_loss=(None if kind != "sync-quiet" else
                                             lambda peer, nid=nid: link_loss(nid, peer)))
-            node.push_jitter_s = 0.0 if kind == "sync-loud" else PUSH_JITTER_S
+            node.push_jitter_s = PUSH_JITTER_S
             sync_nodes[nid] = node
             net.add_node(nid, node)
         else:
@@ -474,24 +474,41 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
         ideal: dict[bytes, dict[bytes, float]] = {op_id: {} for op_id, *_ in injects}
         connected: dict[bytes, set[bytes]] = {op_id: set() for op_id, *_ in injects}
 
+        last_contact: dict[bytes, float] = {}  # node -> the last tick it had a link in range
+
         def on_tick(now: float, pairs: list[tuple[bytes, bytes]]) -> None:
+            # the connected components of this tick's links (one pass), then each op's
+            # reach grows by the components holding a node it reached: zero transfer time
             adj: dict[bytes, list[bytes]] = {}
             for a, b in pairs:
                 adj.setdefault(a, []).append(b)
                 adj.setdefault(b, []).append(a)
+            comp_of: dict[bytes, int] = {}
+            comps: list[list[bytes]] = []
+            for x in adj:
+                if x in comp_of:
+                    continue
+                k = len(comps)
+                comp_of[x] = k
+                members, stack = [x], [x]
+                while stack:
+                    for y in adj[stack.pop()]:
+                        if y not in comp_of:
+                            comp_of[y] = k
+                            members.append(y)
+                            stack.append(y)
+                comps.append(members)
+                last_contact.update(dict.fromkeys(members, now))
             for op_id, _, t, poster, _ in injects:
                 if now < t:
                     continue
                 reached = ideal[op_id]
                 reached.setdefault(ids[poster], t)
-                connected[op_id].update(adj)
-                frontier = [x for x in reached if x in adj]
-                while frontier:
-                    x = frontier.pop()
-                    for y in adj[x]:
-                        if y not in reached:
-                            reached[y] = now
-                            frontier.append(y)
+                if len(reached) == n:
+                    continue
+                for k in {comp_of[x] for x in reached if x in comp_of}:
+                    for y in comps[k]:
+                        reached.setdefault(y, now)
         mobility.on_tick.append(on_tick)
         out.ideal_at, out.connected_after = ideal, connected
 
@@ -508,6 +525,9 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
 
     mobility.start()
     net.run_until(duration)
+    if with_ideal:  # ever connected after a posting: a link in range at a tick since
+        for op_id, _, t, _, _ in injects:
+            connected[op_id] = {x for x, last in last_contact.items() if last >= t}
     out.bytes_from_post += net.stats.bytes_sent
     out.bytes_total = net.stats.bytes_sent
     out.datagrams = net.stats.sent
@@ -739,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", default="",
                     help="comma-separated extra runs: sync-periodic, epidemic-oracle, "
                          "sync-flood (mail flooded), sync-copies-N (mail with N copies), "
-                         "sync-loud (no quiet start on lossy links)")
+                         "sync-quiet (contacts that begin lossy stay quiet while the link "
+                         "improves)")
     ap.add_argument("--mails", type=int, default=None,
                     help="mail messages (default max(10, nodes / 10); 0: bulletins only)")
     ap.add_argument("--plot", type=Path, default=None,
@@ -749,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = a.duration or (900.0 if a.quick else 1800.0)
     extra = [k for k in a.extra.split(",") if k]
     for k in extra:
-        if k not in ("sync-periodic", "epidemic-oracle", "sync-flood", "sync-loud") and not (
+        if k not in ("sync-periodic", "epidemic-oracle", "sync-flood", "sync-quiet") and not (
                 k.startswith("sync-copies-") and k[12:].isdigit() and 1 <= int(k[12:]) <= 64):
             ap.error(f"unknown extra run {k!r}")
     r = run(n, a.scenario, a.seed, duration, extra=extra, n_mail=a.mails)

@@ -52,7 +52,7 @@ CUSTODY_KINDS = frozenset({"mail.sealed"})
 #: namespaces holding custody kinds: left out of the digest notes (``set_digest``)
 CUSTODY_NAMESPACES = frozenset({"mail"})
 #: copies a node starts with for a mail op it writes
-DEFAULT_COPIES = 16
+DEFAULT_COPIES = 8
 #: most copies a peer may hand us for one op
 MAX_COPIES = 64
 _NODE_ID_LEN = 16

@@ -129,12 +129,13 @@ NOTE_LEN = DIGEST_LEN + ECHO_LEN
 NOTE_RTO_S = 1.0
 NOTE_RTO_MAX_S = 30.0
 #: a contact that begins on a link losing more than this (the link layer's hello loss)
-#: stays quiet until the loss falls below it (the nodes come closer) ...
+#: stays quiet while the loss keeps falling (the nodes come closer), until it is below
+#: this ...
 QUIET_LOSS = 0.15
 #: ... or this long has passed since the link came up
 QUIET_MAX_S = 4.0
 #: how often a quiet contact looks at its link's loss again
-QUIET_POLL_S = 0.5
+QUIET_POLL_S = 1.0
 
 
 def namespace_rank(ns: str) -> int:
@@ -293,8 +294,11 @@ class PeerDigests:
     A contact usually begins at the edge of radio range, where a third of the datagrams
     are lost: notes there are repeated and op transfers re-sent.  When the link layer
     says the link loses more than ``QUIET_LOSS`` at link-up, the contact stays *quiet*
-    (no note of ours, no reconciliation opened) until the loss falls below it or
-    ``QUIET_MAX_S`` has passed (``quiet``; a note from the peer is still answered).
+    (no note of ours, no reconciliation opened) while the loss keeps falling from one
+    look to the next (``QUIET_POLL_S`` apart: the nodes are coming closer), until it is
+    below ``QUIET_LOSS`` or ``QUIET_MAX_S`` has passed (``quiet``; a note from the peer
+    is still answered).  A link whose loss stays put or grows (nodes at the edge of
+    range, or passing) is used at once: a short contact is not wasted waiting.
 
     A reconciliation is wanted only while the digests differ, and not again for the same
     pair of digests that a completed reconciliation started from (a difference the peer
@@ -315,6 +319,9 @@ class PeerDigests:
     quiet_until: float | None = None
     #: we speak first in this contact (the lower id)
     first: bool = False
+    #: the link's loss at the last look of a quiet contact, and when the next look is due
+    quiet_loss: float | None = None
+    quiet_look_at: float = 0.0
 
     def link_up(self, now: float, *, first: bool, loss: float | None = None) -> None:
         """A contact begins; ``first``: we speak first (else we ask one ``NOTE_RTO_S`` later
@@ -322,21 +329,28 @@ class PeerDigests:
         (None: unknown, no quiet start)."""
         self.theirs, self.asking, self.rto_s = None, True, NOTE_RTO_S
         self.resend_at = now if first else now + NOTE_RTO_S
-        self.quiet_until, self.first = None, first
+        self.quiet_until, self.first, self.quiet_loss = None, first, loss
         if loss is not None and loss > QUIET_LOSS:
             self.quiet_until = now + QUIET_MAX_S
-            self.resend_at = max(self.resend_at, now + QUIET_POLL_S)
+            self.quiet_look_at = now + QUIET_POLL_S
+            self.resend_at = max(self.resend_at, self.quiet_look_at)
 
     def link_down(self) -> None:
         self.theirs, self.asking, self.resend_at, self.started = None, False, None, None
         self.quiet_until = None
 
     def quiet(self, now: float, loss: float | None) -> bool:
-        """Whether the contact is still quiet (the link's ``loss`` now, None: unknown);
-        once it is not, it never is again until the next link-up."""
+        """Whether the contact is still quiet (the link's ``loss`` now, None: unknown); it
+        looks at ``loss`` every ``QUIET_POLL_S`` (``quiet_look_at``) and compares it with
+        the last look.  Once not quiet, never again until the next link-up."""
         if self.quiet_until is None:
             return False
-        if now >= self.quiet_until or loss is None or loss <= QUIET_LOSS:
+        if now < min(self.quiet_look_at, self.quiet_until):
+            return True  # (between two looks)
+        self.quiet_look_at = now + QUIET_POLL_S
+        last, self.quiet_loss = self.quiet_loss, loss
+        if (now >= self.quiet_until or loss is None or loss <= QUIET_LOSS
+                or last is None or loss >= last):
             self.quiet_until = None
             if not self.first and self.asking and self.resend_at is not None:
                 # (the first speaker's note is due now: ours only if it does not come)

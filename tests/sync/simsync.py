@@ -51,7 +51,6 @@ from sync.custody import CUSTODY_NAMESPACES, CustodyView, MailCustody
 from sync.envelope import MAX_SKEW_MS, HybridClock, Op, create_op, decode_op
 from sync.reconcile import RangeSet
 from sync.session import (
-    QUIET_POLL_S,
     IdleTimedOut,
     OpsAcknowledged,
     OpsReceived,
@@ -450,7 +449,7 @@ class SyncSimNode:
     def _digest_timer(self, peer: bytes, p: _Peer, now: float) -> None:
         if p.dig.quiet_until is not None and p.dig.quiet(now, self._loss(peer)):
             # (a lossy start: look again soon; nothing of ours goes out meanwhile)
-            wait = min(now + QUIET_POLL_S, p.dig.quiet_until)
+            wait = min(p.dig.quiet_look_at, p.dig.quiet_until)
             if p.dig.resend_at is not None and p.dig.resend_at <= now:
                 p.dig.resend_at = wait
             if p.reconcile_at is not None and p.reconcile_at <= now:
