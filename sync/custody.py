@@ -35,7 +35,7 @@ Time is not needed: budgets change on acknowledgements only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -106,6 +106,12 @@ class MailCustody:
         """These ops left the store (expired, purged)."""
         for op_id in op_ids:
             self._held.pop(op_id, None)
+
+    def prune(self, held: Callable[[bytes], bool]) -> int:
+        """Forget the ops ``held`` says left the store (expired, purged); how many."""
+        gone = [i for i in self._held if not held(i)]
+        self.forget(gone)
+        return len(gone)
 
     def give(self, op_id: bytes, peer: bytes) -> int | None:
         """Copies to hand ``peer`` with this op: None if not a custody op (flood it), 0 if

@@ -235,6 +235,7 @@ class SyncService:
         self.custody = custody
         #: copies announced with ops being committed (taken by ``_on_commit``)
         self._arriving: dict[bytes, int | None] = {}
+        self._custody_prune_at = 256
         self.open_stream = open_stream
         self.wall_clock = wall_clock
         self.rng = rng
@@ -319,6 +320,9 @@ class SyncService:
     def _on_commit(self, ops: Sequence[Op]) -> None:
         c = self.custody
         if c is not None:
+            if len(c) > self._custody_prune_at:  # (amortised: expired mail leaves the store)
+                c.prune(self.store.__contains__)
+                self._custody_prune_at = max(256, 2 * len(c))
             for o in ops:
                 if c.is_custody(o.kind, o.seq):
                     if o.op_id in self._arriving:  # from a neighbour, by sync

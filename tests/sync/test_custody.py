@@ -56,6 +56,14 @@ def test_received_copies_are_clamped_and_the_recipient_forwards_nothing() -> Non
         MailCustody(ME, copies=0)
 
 
+def test_prune_forgets_what_left_the_store() -> None:
+    c = MailCustody(ME)
+    c.originated(M1, ERIN)
+    c.originated(M2, ERIN)
+    assert c.prune(lambda i: i == M2) == 1
+    assert len(c) == 1 and c.give(M1, BOB) is None and c.give(M2, BOB) == 4
+
+
 def test_token_names_what_would_go_to_a_neighbour() -> None:
     c = MailCustody(ME, copies=2)
     c.originated(M1, ERIN)
