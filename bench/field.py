@@ -1,7 +1,8 @@
 """Field benchmark: emergency bulletins and mail in a town with no carrier network, simulated.
 
 Run: ``.venv/bin/python bench/field.py [--quick] [--nodes N] [--scenario town|disaster]
-[--seed S] [--duration S] [--json] [--plot PNG] [--extra sync-periodic,epidemic-oracle]``
+[--seed S] [--duration S] [--json] [--plot PNG] [--mails N] [--extra sync-periodic,
+epidemic-oracle,sync-flood,sync-quiet,sync-copies-N]``
 
 A town (``tests.sim.town``: a ~4.5 x 3.4 km street grid, cars at 10-50 km/h,
 pedestrians at 0.5-1.5 m/s, phones at 8 shelters, a dealer in the centre; the
@@ -17,8 +18,9 @@ moves, same contact trace, checked):
   (``tests.sync.simsync.SyncSimNode``) on the digest schedule
   (``sync.session.PeerDigests``: a 10-byte note each way at contact start and
   after a change, a reconciliation only where the digests differ), over
-  reliable streams on the lossy links.  Mail is an op like any other (carmesh
-  stores mail for the unreachable as a ``mail.sealed`` op carried by sync);
+  reliable streams on the lossy links.  Mail (``mail.sealed`` ops) goes by
+  custody (``sync.custody``: binary spray-and-wait with 8 copies, the last copy
+  only to the recipient), as the daemon does;
 * **epidemic** flooding (Vahdat and Becker): at every contact each end sends its
   summary vector (16-byte id prefixes), then every op the other's vector lacks,
   in full; an op that arrives later goes at once to every neighbour not known
@@ -28,8 +30,12 @@ moves, same contact trace, checked):
   (time-respecting paths), costing bulletin bytes x nodes reached.
 
 ``--extra`` adds ``sync-periodic`` (the daemon's schedule: reconcile at link-up,
-push on commit, every 30 s while something committed is not known at the neighbour) and ``epidemic-oracle`` (flooding that knows
-what a neighbour lacks for free, no vectors: a lower bound for any flooding).
+push on commit, every 30 s while something committed is not known at the neighbour),
+``epidemic-oracle`` (flooding that knows what a neighbour lacks for free, no vectors: a
+lower bound for any flooding), ``sync-flood`` (sync flooding mail too), ``sync-quiet``
+(contacts that begin on a lossy link stay quiet while it improves:
+``PeerDigests.quiet``) and ``sync-copies-N`` (mail with N copies).  ``--mails 0``:
+bulletins only.
 
 Figures: bulletin coverage of ever-connected nodes (nodes with a contact after
 the bulletin was posted), delay p50/p95 from posting to holding, bytes sent on
