@@ -1,7 +1,8 @@
 """Field benchmark: emergency bulletins and mail in a town with no carrier network, simulated.
 
 Run: ``.venv/bin/python bench/field.py [--quick] [--nodes N] [--scenario town|disaster]
-[--seed S] [--duration S] [--json] [--plot PNG] [--extra sync-periodic,epidemic-oracle]``
+[--seed S] [--duration S] [--json] [--plot PNG] [--mails N] [--extra sync-periodic,
+epidemic-oracle,sync-flood,sync-quiet,sync-copies-N]``
 
 A town (``tests.sim.town``: a ~4.5 x 3.4 km street grid, cars at 10-50 km/h,
 pedestrians at 0.5-1.5 m/s, phones at 8 shelters, a dealer in the centre; the
@@ -15,10 +16,11 @@ moves, same contact trace, checked):
 * **sync**: every node runs the real sync session core (``sync.session``) and
   apply planner (``sync.apply``) behind an in-memory store
   (``tests.sync.simsync.SyncSimNode``) on the digest schedule
-  (``sync.session.PeerDigests``: a 15-byte note each way at contact start and
+  (``sync.session.PeerDigests``: a 10-byte note each way at contact start and
   after a change, a reconciliation only where the digests differ), over
-  reliable streams on the lossy links.  Mail is an op like any other (carmesh
-  stores mail for the unreachable as a ``mail.sealed`` op carried by sync);
+  reliable streams on the lossy links.  Mail (``mail.sealed`` ops) goes by
+  custody (``sync.custody``: binary spray-and-wait with 8 copies, the last copy
+  only to the recipient), as the daemon does;
 * **epidemic** flooding (Vahdat and Becker): at every contact each end sends its
   summary vector (16-byte id prefixes), then every op the other's vector lacks,
   in full; an op that arrives later goes at once to every neighbour not known
@@ -28,8 +30,12 @@ moves, same contact trace, checked):
   (time-respecting paths), costing bulletin bytes x nodes reached.
 
 ``--extra`` adds ``sync-periodic`` (the daemon's schedule: reconcile at link-up,
-push on commit, every 30 s while something committed is not known at the neighbour) and ``epidemic-oracle`` (flooding that knows
-what a neighbour lacks for free, no vectors: a lower bound for any flooding).
+push on commit, every 30 s while something committed is not known at the neighbour),
+``epidemic-oracle`` (flooding that knows what a neighbour lacks for free, no vectors: a
+lower bound for any flooding), ``sync-flood`` (sync flooding mail too), ``sync-quiet``
+(contacts that begin on a lossy link stay quiet while it improves:
+``PeerDigests.quiet``) and ``sync-copies-N`` (mail with N copies).  ``--mails 0``:
+bulletins only.
 
 Figures: bulletin coverage of ever-connected nodes (nodes with a contact after
 the bulletin was posted), delay p50/p95 from posting to holding, bytes sent on
@@ -60,7 +66,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from sync.custody import DEFAULT_COPIES, MailCustody
 from sync.envelope import Op
+from sync.session import OPS, parse_ops
 from tests.sim import Network, sim_id
 from tests.sim.streams import MessageReceived, StreamKey, StreamMux, StreamOpened
 from tests.sim.town import TownMap, TownMobility, Walker
@@ -70,6 +78,11 @@ BULLETIN_BODY = 600  #: bytes of text per bulletin
 MAIL_BODY = 300  #: bytes of a sealed mail body
 SPRAY_COPIES = 8  #: spray-and-wait's copies per message
 SAMPLE_S = 10.0  #: coverage-over-time sampling
+#: the streams' re-send interval doubles while nothing is acknowledged (as QUIC's probe
+#: timeout), for every mechanism; False: a fixed 0.2 s (the benchmark before)
+STREAM_BACKOFF = True
+#: sync: a reconciliation after a node's own change opens 50 ms + up to this much later
+PUSH_JITTER_S = 0.25
 
 
 # -- the population ------------------------------------------------------------------------
@@ -132,7 +145,7 @@ class EpidemicNode:
         self.oracle = oracle
         self.on_new = on_new
         self.held: dict[bytes, bytes] = {}
-        self.mux = StreamMux()
+        self.mux = StreamMux(backoff=STREAM_BACKOFF)
         self.up: dict[bytes, StreamKey] = {}
         #: per neighbour: id prefixes it holds to our knowledge (None: its vector not heard)
         self.known: dict[bytes, set[bytes] | None] = {}
@@ -267,30 +280,22 @@ class SprayNode(EpidemicNode):
                 self.mux.reset(ev.key)
 
 
-class _CountingStore(MemOpStore):
-    """A ``MemOpStore`` that counts the op bytes it hands to sessions (sent), by namespace."""
-
-    def __init__(self, op_bytes: dict[str, int]) -> None:
-        super().__init__()
-        self.op_bytes = op_bytes
-
-    def get_raw_pairs(self, op_ids: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
-        pairs = super().get_raw_pairs(op_ids)
-        for op_id, raw in pairs:
-            ns = self.durable.ops[op_id].namespace
-            self.op_bytes[ns] = self.op_bytes.get(ns, 0) + len(raw)
-        return pairs
-
-
 class _CountingMux(StreamMux):
-    """A ``StreamMux`` that counts the message bytes sent on each stream."""
+    """A ``StreamMux`` that counts the message bytes sent on each stream, and the op bytes
+    in the ``OPS`` frames handed to it (by namespace: first sends, not stream re-sends)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, store: MemOpStore, op_bytes: dict[str, int]) -> None:
+        super().__init__(backoff=STREAM_BACKOFF)
         self.sent_on: dict[StreamKey, int] = {}
+        self.store = store
+        self.op_bytes = op_bytes
 
     def send(self, key: StreamKey, msg: bytes, now: float) -> None:
         self.sent_on[key] = self.sent_on.get(key, 0) + len(msg)
+        if msg[:1] == bytes([OPS]):
+            for raw in parse_ops(msg[1:])[1]:
+                ns = self.store.namespace_of(hashlib.sha256(raw).digest()) or "?"
+                self.op_bytes[ns] = self.op_bytes.get(ns, 0) + len(raw)
         super().send(key, msg, now)
 
 
@@ -298,10 +303,10 @@ class FieldSyncNode(SyncSimNode):
     """A ``SyncSimNode`` that reports each op the moment it is committed, and splits the
     session bytes it sends into sessions that moved ops and sessions that moved none."""
 
-    def __init__(self, *args: Any, on_new: Any, **kw: Any) -> None:
+    def __init__(self, *args: Any, on_new: Any, op_bytes: dict[str, int], **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.on_new = on_new
-        self.mux = self.counting = _CountingMux()
+        self.mux = self.counting = _CountingMux(self.store, op_bytes)
         self.session_bytes = {"moved": 0, "idle": 0}
         self.sessions = {"moved": 0, "idle": 0}
 
@@ -343,6 +348,7 @@ class Outcome:
     note_datagrams: int = 0  # sync: digest notes sent
     op_bytes: dict[str, int] = field(default_factory=dict)  # op bytes sent, by namespace
     vector_bytes: int = 0  # epidemic: summary vector message bytes
+    resent_bytes: int = 0  # stream re-sends (datagram bytes), whole run
 
 
 @dataclass(frozen=True)
@@ -371,11 +377,24 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     index, recipient index).  Returns the outcome, the bulletins and the mails."""
     t0, c0 = time.perf_counter(), time.process_time()
     is_sync = kind.startswith("sync")
+    # sync forwards mail by custody (binary spray-and-wait, sync.custody) with this many
+    # copies; "sync-flood" floods it as it did before
+    copies: int | None = None
+    if kind in ("sync", "sync-periodic", "sync-quiet"):
+        copies = DEFAULT_COPIES
+    elif kind.startswith("sync-copies-"):
+        copies = int(kind.rsplit("-", 1)[1])
     town = town or TownMap()
     rng = random.Random(seed)
     walkers, ids = population(n, scenario, town, rng)
     net = Network(seed)
     out = Outcome()
+
+    def link_loss(a: bytes, b: bytes) -> float | None:
+        # what the link layer measures of a neighbour (hello loss): the radio's loss at the
+        # pair's distance, as of the last mobility tick
+        link = net.links.get((a, b))
+        return None if link is None else link.params.loss
 
     def on_new(node: bytes, op_id: bytes, now: float) -> None:
         out.held_at.setdefault(op_id, {}).setdefault(node, now)
@@ -392,11 +411,12 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
         bulletins.append((op.op_id, op.raw, t, poster))
     mail_rng = random.Random(f"{seed}:mail")
     mail: list[tuple[bytes, bytes, float, int, int]] = []  # (op id, raw, t, sender, to)
-    for k, (t, src, dst) in enumerate(mails):
+    for t, src, dst in mails:
         sk = Ed25519PrivateKey.from_private_bytes(mail_rng.randbytes(32))
-        op = MemOpStore().add_local(sk, kind="mail.sealed", doc_id=k.to_bytes(16, "big"),
+        op = MemOpStore().add_local(sk, kind="mail.sealed", doc_id=ids[dst],
                                     body=mail_rng.randbytes(MAIL_BODY),
-                                    wall_ms=1_800_000_000_000 + int(t * 1000))
+                                    wall_ms=1_800_000_000_000 + int(t * 1000),
+                                    expiry_ms=1_800_000_000_000 + 7 * 86_400_000)
         mail.append((op.op_id, op.raw, t, src, dst))
     kinds = {op_id: "mail" for op_id, *_ in mail}
     if kind == "spray":
@@ -410,9 +430,15 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
             spray_nodes[nid] = SprayNode(nid, on_new, out.op_bytes)
             net.add_node(nid, spray_nodes[nid])
         elif is_sync:
-            node = FieldSyncNode(nid, _CountingStore(out.op_bytes),
+            node = FieldSyncNode(nid, MemOpStore(),
                                  random.Random(seed * 100_003 + i),
-                                 interval_s=30.0, on_new=on_new, digests=kind == "sync")
+                                 interval_s=30.0, on_new=on_new, op_bytes=out.op_bytes,
+                                 digests=kind != "sync-periodic",
+                                 custody=(MailCustody(nid, copies=copies)
+                                          if copies is not None else None),
+                                 link_loss=(None if kind != "sync-quiet" else
+                                            lambda peer, nid=nid: link_loss(nid, peer)))
+            node.push_jitter_s = PUSH_JITTER_S
             sync_nodes[nid] = node
             net.add_node(nid, node)
         else:
@@ -435,13 +461,14 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
                 applied, _ = node.store.apply_remote([raw], 1_800_000_000_000
                                                      + int(net.now * 1000))
                 assert [o.op_id for o in applied] == [op_id], node.store.refused
+                node.originated(applied)
                 node._committed(applied, net.now)
                 net.replace_node(nid, node)  # (re-reads its timer and output)
             else:
                 epi_nodes[nid].post(raw, net.now)
                 net.replace_node(nid, epi_nodes[nid])
         net.schedule(t, post)
-    first_post = min(t for _, _, t, _, _ in injects)
+    first_post = min((t for _, _, t, _, _ in injects), default=0.0)
 
     def mark() -> None:
         out.bytes_from_post = -net.stats.bytes_sent
@@ -453,24 +480,41 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
         ideal: dict[bytes, dict[bytes, float]] = {op_id: {} for op_id, *_ in injects}
         connected: dict[bytes, set[bytes]] = {op_id: set() for op_id, *_ in injects}
 
+        last_contact: dict[bytes, float] = {}  # node -> the last tick it had a link in range
+
         def on_tick(now: float, pairs: list[tuple[bytes, bytes]]) -> None:
+            # the connected components of this tick's links (one pass), then each op's
+            # reach grows by the components holding a node it reached: zero transfer time
             adj: dict[bytes, list[bytes]] = {}
             for a, b in pairs:
                 adj.setdefault(a, []).append(b)
                 adj.setdefault(b, []).append(a)
+            comp_of: dict[bytes, int] = {}
+            comps: list[list[bytes]] = []
+            for x in adj:
+                if x in comp_of:
+                    continue
+                k = len(comps)
+                comp_of[x] = k
+                members, stack = [x], [x]
+                while stack:
+                    for y in adj[stack.pop()]:
+                        if y not in comp_of:
+                            comp_of[y] = k
+                            members.append(y)
+                            stack.append(y)
+                comps.append(members)
+                last_contact.update(dict.fromkeys(members, now))
             for op_id, _, t, poster, _ in injects:
                 if now < t:
                     continue
                 reached = ideal[op_id]
                 reached.setdefault(ids[poster], t)
-                connected[op_id].update(adj)
-                frontier = [x for x in reached if x in adj]
-                while frontier:
-                    x = frontier.pop()
-                    for y in adj[x]:
-                        if y not in reached:
-                            reached[y] = now
-                            frontier.append(y)
+                if len(reached) == n:
+                    continue
+                for k in {comp_of[x] for x in reached if x in comp_of}:
+                    for y in comps[k]:
+                        reached.setdefault(y, now)
         mobility.on_tick.append(on_tick)
         out.ideal_at, out.connected_after = ideal, connected
 
@@ -487,6 +531,9 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
 
     mobility.start()
     net.run_until(duration)
+    if with_ideal:  # ever connected after a posting: a link in range at a tick since
+        for op_id, _, t, _, _ in injects:
+            connected[op_id] = {x for x, last in last_contact.items() if last >= t}
     out.bytes_from_post += net.stats.bytes_sent
     out.bytes_total = net.stats.bytes_sent
     out.datagrams = net.stats.sent
@@ -496,6 +543,9 @@ def simulate(kind: str, n: int, scenario: str, seed: int, duration: float,
     out.cpu_s = time.process_time() - c0
     out.note_datagrams = sum(node.notes_sent for node in sync_nodes.values())
     out.vector_bytes = sum(node.vector_bytes for node in epi_nodes.values())
+    out.resent_bytes = (sum(node.mux.resent_bytes for node in sync_nodes.values())
+                        + sum(node.mux.resent_bytes for node in epi_nodes.values())
+                        + sum(node.mux.resent_bytes for node in spray_nodes.values()))
     for node in sync_nodes.values():
         for part in ("moved", "idle"):
             out.session_bytes[part] += node.session_bytes[part]
@@ -534,7 +584,7 @@ def figures(held: dict[bytes, dict[bytes, float]], bulletins: list[Bulletin],
 
 
 def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None = None, *,
-        extra: Sequence[str] = ()) -> dict[str, Any]:
+        extra: Sequence[str] = (), n_mail: int | None = None) -> dict[str, Any]:
     """Sync, epidemic and the ideal on the same town and seed; the figures (``--json``).
 
     ``extra`` adds runs reported beside them: ``"sync-periodic"`` (the daemon's
@@ -543,7 +593,7 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
     posts = [(60.0, 0), (120.0, 1)]  # a phone at the first shelter, then the dealer
     mrng = random.Random(f"{seed}:mail-pairs")
     mails = []
-    for _ in range(max(10, n // 10)):
+    for _ in range(max(10, n // 10) if n_mail is None else n_mail):
         src, dst = mrng.sample(range(n), 2)
         mails.append((mrng.uniform(60.0, min(360.0, duration / 2)), src, dst))
     mails.sort()
@@ -573,7 +623,7 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
     def mail_f(o: Outcome) -> dict[str, Any]:
         ds = [o.held_at[m.op_id][m.to] - m.posted for m in mail
               if m.to in o.held_at.get(m.op_id, {})]
-        return {"delivered": len(ds), "ratio": len(ds) / len(mail),
+        return {"delivered": len(ds), "ratio": len(ds) / len(mail) if mail else None,
                 "ratio_of_ideal": ratio(len(ds), deliverable),
                 "delay_p50_s": _pct(ds, 0.5), "delay_p95_s": _pct(ds, 0.95),
                 "op_bytes": o.op_bytes.get("mail", 0)}
@@ -581,6 +631,7 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
     deliverable = sum(1 for m in mail if m.to in s_out.ideal_at[m.op_id])
     mail_r: dict[str, Any] = {"messages": len(mail), "bytes_each": mail[0].size if mail else None,
               "deliverable_ideal": deliverable, "spray_copies": SPRAY_COPIES,
+              "sync_copies": DEFAULT_COPIES,
               "sync": mail_f(s_out), "epidemic": mail_f(e_out), "spray": mail_f(w_out),
               "spray_bytes_whole_run": w_out.bytes_total, "spray_wall_s": round(w_out.wall_s, 1)}
     mail_r["ratio_vs_epidemic"] = ratio(mail_r["sync"]["ratio"], mail_r["epidemic"]["ratio"])
@@ -593,6 +644,10 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
         "coverage": sync_f["coverage"],
         "delay_p95_vs_epidemic": ratio(sync_f["delay_p95_s"], epi_f["delay_p95_s"]),
         "bytes_vs_epidemic": ratio(s_out.bytes_from_post, e_out.bytes_from_post),
+        # bulletin op bytes handed to links (first sends and re-opened sessions, not the
+        # stream re-sends), sync / epidemic: the bulletins' share without the mail
+        "bulletin_op_bytes_vs_epidemic": ratio(s_out.op_bytes.get("bulletin", 0),
+                                               e_out.op_bytes.get("bulletin", 0)),
         "call_connect": None,  # calls are not simulated in this version
         "sync": {**sync_f, "bytes": s_out.bytes_from_post, "bytes_whole_run": s_out.bytes_total,
                  "bytes_per_node_reached": ratio(s_out.bytes_from_post, reached(s_out)),
@@ -603,11 +658,13 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
                  "sessions_moved": s_out.sessions["moved"],
                  "sessions_idle": s_out.sessions["idle"],
                  "note_datagrams": s_out.note_datagrams,
+                 "resent_bytes": s_out.resent_bytes,
                  "bytes_per_link_second": ratio(s_out.bytes_total, s_out.link_seconds)},
         "epidemic": {**epi_f, "bytes": e_out.bytes_from_post,
                      "bytes_whole_run": e_out.bytes_total,
                      "bytes_per_node_reached": ratio(e_out.bytes_from_post, reached(e_out)),
                      "vector_bytes": e_out.vector_bytes,
+                     "resent_bytes": e_out.resent_bytes,
                      "datagrams": e_out.datagrams, "wall_s": round(e_out.wall_s, 1),
                      "cpu_s": round(e_out.cpu_s, 1)},
         "ideal": {**ideal_f, "bytes": ideal_bytes},
@@ -628,6 +685,7 @@ def run(n: int, scenario: str, seed: int, duration: float, town: TownMap | None 
         r[k] = {**f, "bytes": o.bytes_from_post,
                 "bytes_per_node_reached": ratio(o.bytes_from_post, reached(o)),
                 "bytes_vs_epidemic": ratio(o.bytes_from_post, e_out.bytes_from_post),
+                "mail": mail_f(o),
                 "sessions_moved": o.sessions["moved"], "sessions_idle": o.sessions["idle"],
                 "datagrams": o.datagrams, "wall_s": round(o.wall_s, 1)}
     return r
@@ -705,7 +763,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--extra", default="",
-                    help="comma-separated extra runs: sync-periodic, epidemic-oracle")
+                    help="comma-separated extra runs: sync-periodic, epidemic-oracle, "
+                         "sync-flood (mail flooded), sync-copies-N (mail with N copies), "
+                         "sync-quiet (contacts that begin lossy stay quiet while the link "
+                         "improves)")
+    ap.add_argument("--mails", type=int, default=None,
+                    help="mail messages (default max(10, nodes / 10); 0: bulletins only)")
     ap.add_argument("--plot", type=Path, default=None,
                     help="write coverage over time (PNG): sync blue, epidemic red, ideal grey")
     a = ap.parse_args(argv)
@@ -713,9 +776,10 @@ def main(argv: list[str] | None = None) -> int:
     duration = a.duration or (900.0 if a.quick else 1800.0)
     extra = [k for k in a.extra.split(",") if k]
     for k in extra:
-        if k not in ("sync-periodic", "epidemic-oracle"):
+        if k not in ("sync-periodic", "epidemic-oracle", "sync-flood", "sync-quiet") and not (
+                k.startswith("sync-copies-") and k[12:].isdigit() and 1 <= int(k[12:]) <= 64):
             ap.error(f"unknown extra run {k!r}")
-    r = run(n, a.scenario, a.seed, duration, extra=extra)
+    r = run(n, a.scenario, a.seed, duration, extra=extra, n_mail=a.mails)
     print(f"field: {n} nodes, {a.scenario}, seed {a.seed}, {duration:.0f} s simulated, "
           f"{r['contacts']} contacts, wall {r['wall_s']} s (CPU {r['cpu_s']} s)")
     print(f"{'':10} {'coverage':>9} {'of ideal':>9} {'p50 s':>7} {'p95 s':>7} {'bytes':>11} "
@@ -727,19 +791,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(f['delay_p95_s']):>7} {_fmt(f['bytes']):>11} "
               f"{_fmt(f.get('bytes_per_node_reached')):>10}")
     print(f"delay p95 vs epidemic {_fmt(r['delay_p95_vs_epidemic'])}, bytes vs epidemic "
-          f"{_fmt(r['bytes_vs_epidemic'])}, vs ideal {_fmt(r['bytes_vs_ideal'])}; "
+          f"{_fmt(r['bytes_vs_epidemic'])}, vs ideal {_fmt(r['bytes_vs_ideal'])}; bulletin op "
+          f"bytes vs epidemic {_fmt(r['bulletin_op_bytes_vs_epidemic'])}; "
           "calls: not simulated")
     m = r["mail"]
     print(f"mail: {m['messages']} messages of {m['bytes_each']} B, {m['deliverable_ideal']} "
           "deliverable (ideal); delivered / p50 s / p95 s / op bytes sent:")
-    for name in ("sync", "epidemic", "spray"):
-        f = m[name]
-        print(f"  {name:9} {f['delivered']:>5} {_fmt(f['delay_p50_s']):>7} "
+    for name in ("sync", "epidemic", "spray", *extra):
+        f = m[name] if name in m else r[name]["mail"]
+        print(f"  {name:14} {f['delivered']:>5} {_fmt(f['delay_p50_s']):>7} "
               f"{_fmt(f['delay_p95_s']):>7} {f['op_bytes']:>10}")
     sy = r["sync"]
     print(f"sync sessions: {sy['sessions_moved']} moved ops ({sy['session_bytes_moved']} B of "
           f"messages), {sy['sessions_idle']} moved none ({sy['session_bytes_idle']} B); "
-          f"{sy['note_datagrams']} digest notes; "
+          f"{sy['note_datagrams']} digest notes; stream re-sends {sy['resent_bytes']} B "
+          f"(epidemic {r['epidemic']['resent_bytes']} B); "
           f"{_fmt(sy['bytes_per_link_second'])} B/s per link in range")
     if a.plot is not None:
         plot_png(a.plot, r["coverage_curve"], n)

@@ -19,6 +19,7 @@ from typing import Any
 
 from meshd.core.identity import NodeId
 from meshd.services.api import ControlHandler, Metric, NodeApi, StreamHandler
+from sync.custody import MailCustody
 from sync.service import SyncService
 from sync.store import OpStore, Quotas, default_verify_workers, refuse_empty_file
 
@@ -84,8 +85,10 @@ class SyncNodeService:
     def __init__(self, node: NodeApi, store: OpStore, *, interval_s: float = 30.0) -> None:
         self.node = node
         self.store = store
+        # sealed mail goes by custody (sync.custody: spray-and-wait), not flooded
         self.service = SyncService(store, open_stream=node.open_stream, wall_clock=time.time,
-                                   rng=random.Random(), interval_s=interval_s)
+                                   rng=random.Random(), interval_s=interval_s,
+                                   custody=MailCustody(node.identity.node_id))
         # own ops that left the node are never re-issued (sync.reissue): remember them
         state_dir = Path(node.state_dir)
         self.service.own_sent_hlc = read_own_sent(state_dir)
@@ -140,6 +143,9 @@ class SyncNodeService:
         self.service.neighbour_down(peer)
 
     async def run(self) -> None:
+        n = await self.service.load_custody()
+        if n:
+            log.info("%d sealed mail op(s) held: they wait for their recipients", n)
         await self.service.run()
 
     async def close(self) -> None:

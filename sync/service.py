@@ -20,12 +20,22 @@ committed here (created locally or received from another neighbour) within
 ``push_delay_s``, in a push-only session.  Ops a neighbour sent us, or that we
 already sent it, are not sent to it again while the link stays up (the
 ``PeerLedger`` shared by its sessions).
+
+Sealed mail is not flooded when the service has a ``MailCustody``
+(``sync.custody``): every session takes its view of the neighbour, so a mail
+op goes only with spray copies or to its recipient; the copies a peer hands
+us come with its batch (``OpsReceived.copies``) and are taken when the batch
+is committed; mail written here (or submitted by a browser leaf) starts with
+the full budget.  Mail held when the
+service starts waits for its recipient (budgets are not stored), our own
+starts again with the full budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 from collections import deque
@@ -36,6 +46,7 @@ from typing import Any, Protocol
 from meshd.core.codec import DropCounter
 from meshd.core.errors import RemoteProtocolError
 from meshd.core.tasks import cancel_and_wait
+from sync.custody import CUSTODY_NAMESPACES, MailCustody
 from sync.envelope import Op
 from sync.session import (
     IDLE_TIMEOUT_S,
@@ -134,6 +145,7 @@ class _Session:
                     load = asyncio.ensure_future(self.svc.store.get_raw_pairs(ids))
                 while self._to_apply and len(self._applying) < APPLY_AHEAD:
                     ev = self._to_apply.popleft()
+                    self.svc.copies_arriving(ev)
                     task = asyncio.ensure_future(
                         self.svc.store.apply_remote(list(ev.raw_ops), peer=self.tag))
                     self._applying[task] = ev
@@ -159,6 +171,7 @@ class _Session:
                     await asyncio.sleep(0)  # let voice and routing run between batches
                 for fut in [t for t in self._applying if t in done]:
                     ev = self._applying.pop(fut)
+                    self.svc.copies_arrived(ev)
                     self._count_applied(len(ev.raw_ops), fut.result())
                     core.batch_committed(ev.batch, now)
                 if recv in done:
@@ -215,8 +228,14 @@ class SyncService:
     def __init__(self, store: OpStore, *, open_stream: OpenStream,
                  wall_clock: Callable[[], float], rng: random.Random,
                  interval_s: float = 30.0, push_delay_s: float = 0.05,
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 custody: MailCustody | None = None) -> None:
         self.store = store
+        #: mail forwarding (None: mail is flooded like every other op)
+        self.custody = custody
+        #: copies announced with ops being committed (taken by ``_on_commit``)
+        self._arriving: dict[bytes, int | None] = {}
+        self._custody_prune_at = 256
         self.open_stream = open_stream
         self.wall_clock = wall_clock
         self.rng = rng
@@ -270,11 +289,52 @@ class SyncService:
             p.task.cancel()
             p.task = None
 
+    async def load_custody(self) -> int:
+        """At start: the mail held in the store under custody (see the module docstring);
+        returns how many."""
+        c = self.custody
+        if c is None:
+            return 0
+        n = 0
+        async for op in self.store.iter_namespace("mail"):
+            if c.is_custody(op.kind, op.seq):
+                if self.store.is_own(op.op_id):
+                    c.originated(op.op_id, op.doc_id)
+                else:
+                    c.received(op.op_id, op.doc_id, None)
+                n += 1
+        return n
+
+    def copies_arriving(self, ev: OpsReceived) -> None:
+        """A received batch goes to the store: remember the copies announced with it."""
+        if self.custody is not None:
+            copies = ev.copies or (None,) * len(ev.raw_ops)
+            for raw, c in zip(ev.raw_ops, copies, strict=True):
+                self._arriving[hashlib.sha256(raw).digest()] = c
+
+    def copies_arrived(self, ev: OpsReceived) -> None:
+        if self.custody is not None:
+            for raw in ev.raw_ops:
+                self._arriving.pop(hashlib.sha256(raw).digest(), None)
+
     def _on_commit(self, ops: Sequence[Op]) -> None:
-        for p in self._peers.values():
+        c = self.custody
+        if c is not None:
+            if len(c) > self._custody_prune_at:  # (amortised: expired mail leaves the store)
+                c.prune(self.store.__contains__)
+                self._custody_prune_at = max(256, 2 * len(c))
+            for o in ops:
+                if c.is_custody(o.kind, o.seq):
+                    if o.op_id in self._arriving:  # from a neighbour, by sync
+                        c.received(o.op_id, o.doc_id, self._arriving[o.op_id])
+                    else:  # written here, or handed to us by a browser leaf
+                        c.originated(o.op_id, o.doc_id)
+        for peer, p in self._peers.items():
             if p.status.up:
-                p.ledger.committed(o.op_id for o in ops)
-                p.push.extend(o.op_id for o in ops if o.op_id not in p.ledger.known)
+                # (mail this neighbour may not have is not "missing" at it)
+                ids = [o.op_id for o in ops if c is None or c.give(o.op_id, peer) != 0]
+                p.ledger.committed(ids)
+                p.push.extend(i for i in ids if i not in p.ledger.known)
                 if p.push:
                     p.status.up_to_date = False  # until a reconciliation finds no difference
                     p.wake.set()
@@ -292,7 +352,9 @@ class SyncService:
                            push: Sequence[bytes] = ()) -> bool:
         core = SyncSession(self.store, p.ledger, asyncio.get_running_loop().time(),
                            initiator=initiator, reconcile=reconcile, push=push,
-                           idle_timeout_s=self.idle_timeout_s)
+                           idle_timeout_s=self.idle_timeout_s,
+                           forwarding=(self.custody.for_peer(p.node_id)
+                                       if self.custody is not None else None))
         s = _Session(self, p, stream, core)
         self._sessions.setdefault(p.node_id, []).append(core)
         p.status.sessions += 1
@@ -302,8 +364,15 @@ class SyncService:
             ok = True
             if core.reconciled:
                 p.status.last_sync = self.wall_clock()
-                assert core.rec is not None  # reconciled
-                found = {"in": core.rec.incoming(), "out": core.rec.outgoing()}
+                rec = core.rec
+                assert rec is not None  # reconciled
+                found = {"in": rec.incoming(), "out": rec.outgoing()}
+                if self.custody is not None:
+                    # (mail either side holds and may not forward is no backlog)
+                    skip = CUSTODY_NAMESPACES
+                    found = {"in": sum(len(v) for ns, v in rec.need.items() if ns not in skip)
+                             + sum(n for ns, n in rec.expected.items() if ns not in skip),
+                             "out": sum(len(v) for ns, v in rec.have.items() if ns not in skip)}
                 p.status.last_difference = found
                 p.status.up_to_date = found == {"in": 0, "out": 0}
                 if self.on_reconciled is not None:
@@ -460,7 +529,11 @@ class SyncService:
                 "up_to_date": st.up and st.up_to_date and not to_fetch and not to_send,
                 "last_difference": st.last_difference,
             }
+        c = self.custody
         return {"ops": len(self.store), "pending": self.store.pending_count(),
+                "custody": None if c is None else {
+                    "mail_held": len(c), "copies_handed": c.handed_copies,
+                    "delivered": c.delivered},
                 "quarantined": [a.hex() for a in self.store.quarantined()],
                 "refused": dict(self.store.drops.counts), "totals": dict(self.totals),
                 "peers": peers}

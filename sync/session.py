@@ -12,6 +12,8 @@ with a type byte (docs/protocols.md, "Sync"):
 ``OPS``         batch number, then raw ops, each prefixed by its length (varints)
 ``ACK``         batch number: every op of that batch is committed at the receiver
 ``END``         I have nothing more to send and all of it is acknowledged
+``COPIES``      batch number, then (index in that batch, copies) pairs for the custody
+                ops of the next ``OPS`` batch (varints; mail: ``sync.custody``)
 ==============  ====================================================
 
 Both ends run the same ``SyncSession``; only the initiator starts (a ``RECON``
@@ -19,7 +21,11 @@ opening, or ``RECON_DONE`` for a push-only session).  Reconciliation messages
 are answered at once; what it finds the peer lacks is queued, highest-priority
 namespace first and oldest first within it (so an author's chain arrives in
 order), and sent in batches of at most ``BATCH_OPS`` ops and ``BATCH_BYTES``
-bytes, with at most ``WINDOW`` batches unacknowledged.  That window is the
+bytes, with at most ``WINDOW`` batches unacknowledged.  Custody ops (sealed
+mail) are not flooded: a session given a ``Forwarding`` policy (``sync.custody``)
+sends one only when the policy gives it copies for this neighbour, announces
+the copies in a ``COPIES`` frame just before the batch, and spends them when
+the batch is acknowledged.  That window is the
 backpressure: a dealer's 10,000-op catch-up moves at the speed the far side
 commits, in frames small enough that voice datagrams interleave.
 
@@ -65,6 +71,7 @@ __all__ = [
     "ACK",
     "BATCH_BYTES",
     "BATCH_OPS",
+    "COPIES",
     "DIGEST_LEN",
     "ECHO_LEN",
     "END",
@@ -72,9 +79,13 @@ __all__ = [
     "MAX_FRAME",
     "NOTE_LEN",
     "OPS",
+    "QUIET_LOSS",
+    "QUIET_MAX_S",
+    "QUIET_POLL_S",
     "RECON",
     "RECON_DONE",
     "WINDOW",
+    "Forwarding",
     "IdleTimedOut",
     "OpIndex",
     "OpsAcknowledged",
@@ -95,7 +106,7 @@ __all__ = [
 ]
 
 #: frame types (the first byte of every frame)
-RECON, RECON_DONE, OPS, ACK, END = 1, 2, 3, 4, 5
+RECON, RECON_DONE, OPS, ACK, END, COPIES = 1, 2, 3, 4, 5, 6
 #: ops and bytes per OPS frame; frames stay small so calls interleave
 BATCH_OPS = 256
 BATCH_BYTES = 128 * 1024
@@ -108,13 +119,25 @@ IDLE_TIMEOUT_S = 30.0
 _RANK = {ns: i for i, ns in enumerate(NAMESPACE_PRIORITY)}
 
 #: a digest note: our set digest, then the first bytes of the peer's as we last heard it
-#: (all zero: "answer me").  12 bytes: a chance match of two different sets is 2**-96.
-DIGEST_LEN = 12
-ECHO_LEN = 3
+#: (all zero: "answer me").  8 bytes: a chance match of two different sets is 2**-64 (and
+#: costs only a skipped reconciliation until either set changes); a 2-byte echo that
+#: matches by chance (2**-16) only delays the answer to the next asking note.
+DIGEST_LEN = 8
+ECHO_LEN = 2
 NOTE_LEN = DIGEST_LEN + ECHO_LEN
 #: an unanswered note is sent again after this long, doubling up to ``NOTE_RTO_MAX_S``
-NOTE_RTO_S = 1.0
+#: (0.25 s: with 1 s, a note lost at the lossy edge of range cost a second per contact, and
+#: bulletins' p95 delay at 1,000 simulated nodes was 1.12x flooding's; notes are 11 bytes)
+NOTE_RTO_S = 0.25
 NOTE_RTO_MAX_S = 30.0
+#: a contact that begins on a link losing more than this (the link layer's hello loss)
+#: stays quiet while the loss keeps falling (the nodes come closer), until it is below
+#: this ...
+QUIET_LOSS = 0.15
+#: ... or this long has passed since the link came up
+QUIET_MAX_S = 4.0
+#: how often a quiet contact looks at its link's loss again
+QUIET_POLL_S = 1.0
 
 
 def namespace_rank(ns: str) -> int:
@@ -168,6 +191,18 @@ class OpIndex(Protocol):
     def range_sets(self) -> Mapping[str, RangeSet]: ...
 
 
+class Forwarding(Protocol):
+    """Which ops may go to this session's neighbour (``sync.custody.CustodyView``)."""
+
+    def give(self, op_id: bytes) -> int | None:
+        """None: flood it; 0: do not send it now; n: send it handing ``n`` copies."""
+        ...
+
+    def handed(self, op_id: bytes, copies: int) -> None:
+        """The neighbour acknowledged the op sent with ``copies``."""
+        ...
+
+
 @dataclass(slots=True)
 class PeerLedger:
     """What one neighbour holds, shared by every session with it (cleared when its link comes up)."""
@@ -213,12 +248,16 @@ class PeerLedger:
 # -- digest notes ------------------------------------------------------------------------------
 
 
-def set_digest(index: OpIndex) -> bytes:
-    """``DIGEST_LEN`` bytes naming the whole op set (every namespace the reconciler sees):
-    equal digests, equal sets (up to a 2**-128 chance)."""
+def set_digest(index: OpIndex, exclude: Iterable[str] = ()) -> bytes:
+    """``DIGEST_LEN`` bytes naming the whole op set (every namespace the reconciler sees but
+    ``exclude``: custody namespaces, which are not flooded): equal digests, equal sets (up
+    to a 2**-64 chance)."""
     h = hashlib.sha256(b"carmesh/sync-digest/1")
     sets = index.range_sets()
+    skip = frozenset(exclude)
     for ns in sorted(sets):
+        if ns in skip:
+            continue
         s = sets[ns]
         if len(s):
             name = ns.encode()
@@ -244,7 +283,7 @@ def decode_note(data: bytes) -> tuple[bytes, bytes]:
 class PeerDigests:
     """The digest gossip with one neighbour: when to reconcile at all (pure, time passed in).
 
-    Each end tells the other its set digest in a *note* (``encode_note``: 15 bytes in one
+    Each end tells the other its set digest in a *note* (``encode_note``: 10 bytes in one
     unreliable datagram).  A note carries an echo of the first bytes of the digest last
     heard from the peer, or zeros to ask for an answer; a note whose echo is not the
     receiver's current digest is answered with the receiver's own note (which echoes the
@@ -253,6 +292,15 @@ class PeerDigests:
     our set changes we ask again: at once, or ``delay`` later (``changed``) when a
     reconciliation with the peer follows anyway and the peer's own note after it will
     tell us.  An asking note is repeated (``NOTE_RTO_S``, doubling) until answered.
+
+    A contact usually begins at the edge of radio range, where a third of the datagrams
+    are lost: notes there are repeated and op transfers re-sent.  When the link layer
+    says the link loses more than ``QUIET_LOSS`` at link-up, the contact stays *quiet*
+    (no note of ours, no reconciliation opened) while the loss keeps falling from one
+    look to the next (``QUIET_POLL_S`` apart: the nodes are coming closer), until it is
+    below ``QUIET_LOSS`` or ``QUIET_MAX_S`` has passed (``quiet``; a note from the peer
+    is still answered).  A link whose loss stays put or grows (nodes at the edge of
+    range, or passing) is used at once: a short contact is not wasted waiting.
 
     A reconciliation is wanted only while the digests differ, and not again for the same
     pair of digests that a completed reconciliation started from (a difference the peer
@@ -269,15 +317,48 @@ class PeerDigests:
     #: (ours, theirs) at the start of the last completed reconciliation (kept across contacts)
     synced: tuple[bytes, bytes] | None = None
     started: tuple[bytes, bytes] | None = None
+    #: a quiet contact (see above) ends then at the latest
+    quiet_until: float | None = None
+    #: we speak first in this contact (the lower id)
+    first: bool = False
+    #: the link's loss at the last look of a quiet contact, and when the next look is due
+    quiet_loss: float | None = None
+    quiet_look_at: float = 0.0
 
-    def link_up(self, now: float, *, first: bool) -> None:
+    def link_up(self, now: float, *, first: bool, loss: float | None = None) -> None:
         """A contact begins; ``first``: we speak first (else we ask one ``NOTE_RTO_S`` later
-        if we heard nothing)."""
+        if we heard nothing); ``loss``: the link's loss as the link layer measures it
+        (None: unknown, no quiet start)."""
         self.theirs, self.asking, self.rto_s = None, True, NOTE_RTO_S
         self.resend_at = now if first else now + NOTE_RTO_S
+        self.quiet_until, self.first, self.quiet_loss = None, first, loss
+        if loss is not None and loss > QUIET_LOSS:
+            self.quiet_until = now + QUIET_MAX_S
+            self.quiet_look_at = now + QUIET_POLL_S
+            self.resend_at = max(self.resend_at, self.quiet_look_at)
 
     def link_down(self) -> None:
         self.theirs, self.asking, self.resend_at, self.started = None, False, None, None
+        self.quiet_until = None
+
+    def quiet(self, now: float, loss: float | None) -> bool:
+        """Whether the contact is still quiet (the link's ``loss`` now, None: unknown); it
+        looks at ``loss`` every ``QUIET_POLL_S`` (``quiet_look_at``) and compares it with
+        the last look.  Once not quiet, never again until the next link-up."""
+        if self.quiet_until is None:
+            return False
+        if now < min(self.quiet_look_at, self.quiet_until):
+            return True  # (between two looks)
+        self.quiet_look_at = now + QUIET_POLL_S
+        last, self.quiet_loss = self.quiet_loss, loss
+        if (now >= self.quiet_until or loss is None or loss <= QUIET_LOSS
+                or last is None or loss >= last):
+            self.quiet_until = None
+            if not self.first and self.asking and self.resend_at is not None:
+                # (the first speaker's note is due now: ours only if it does not come)
+                self.resend_at = max(self.resend_at, now + NOTE_RTO_S)
+            return False
+        return True
 
     def changed(self, now: float, *, delay: float = 0.0) -> None:
         """Our set changed: ask the peer after ``delay`` (unless its answer-worthy note comes
@@ -329,6 +410,9 @@ class OpsReceived:
 
     batch: int
     raw_ops: tuple[bytes, ...]
+    #: copies handed with each op (None: none announced), aligned with ``raw_ops``; empty
+    #: when the batch came with no ``COPIES`` frame
+    copies: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,9 +453,15 @@ class SyncSession:
 
     def __init__(self, index: OpIndex, ledger: PeerLedger, now: float, *, initiator: bool,
                  reconcile: bool, push: Iterable[bytes] = (),
-                 idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 forwarding: Forwarding | None = None) -> None:
         self._index = index
         self._ledger = ledger
+        self._fwd = forwarding
+        #: copies handed with the ops of each unacknowledged batch
+        self._handing: dict[int, list[tuple[bytes, int]]] = {}
+        #: the peer's COPIES frame for its next batch
+        self._copies_in: tuple[int, dict[int, int]] | None = None
         self.initiator = initiator
         self.idle_timeout_s = idle_timeout_s
         self.rec: Reconciler | None = None
@@ -464,14 +554,39 @@ class SyncSession:
             batch, raws = parse_ops(payload)
             if batch in self._uncommitted:
                 raise DecodeError("state", "batch number reused")
+            copies: tuple[int | None, ...] = ()
+            if self._copies_in is not None:
+                cb, given = self._copies_in
+                self._copies_in = None
+                if cb != batch or any(i >= len(raws) for i in given):
+                    raise DecodeError("malformed", "copies do not match the batch")
+                copies = tuple(given.get(i) for i in range(len(raws)))
             self._ledger.known.update(hashlib.sha256(r).digest() for r in raws)
             self._uncommitted[batch] = len(raws)
-            self._events.append(OpsReceived(batch, tuple(raws)))
+            self._events.append(OpsReceived(batch, tuple(raws), copies))
+        elif kind == COPIES:
+            if self._copies_in is not None:
+                raise DecodeError("state", "two COPIES frames before a batch")
+            batch, pos = decode_varint(payload, 0)
+            n, pos = decode_varint(payload, pos)
+            if n > BATCH_OPS:
+                raise DecodeError("malformed", "copies count")
+            table: dict[int, int] = {}
+            for _ in range(n):
+                i, pos = decode_varint(payload, pos)
+                c, pos = decode_varint(payload, pos)
+                table[i] = c
+            if pos != len(payload):
+                raise DecodeError("malformed", "copies frame length")
+            self._copies_in = (batch, table)
         elif kind == ACK:
             batch, _ = decode_varint(payload, 0)
             if batch not in self._in_flight:
                 raise DecodeError("state", "ack of an unknown batch")
             ids = self._in_flight.pop(batch)
+            if self._fwd is not None:
+                for op_id, c in self._handing.pop(batch, ()):
+                    self._fwd.handed(op_id, c)
             self._ledger.known.update(ids)
             self._ledger.sending.difference_update(ids)
             self.out_done += len(ids)
@@ -500,6 +615,8 @@ class SyncSession:
         for op_id in ids:
             if op_id in self._queued or op_id in self._ledger.known:
                 continue
+            if self._fwd is not None and self._fwd.give(op_id) == 0:
+                continue  # a custody op not for this neighbour
             ns = self._index.namespace_of(op_id)
             hlc = self._index.hlc_of(op_id)
             if ns is None or hlc is None:
@@ -539,15 +656,24 @@ class SyncSession:
             return
         parts = [encode_varint(self._next_batch)]
         sent: list[bytes] = []
+        handing: list[tuple[int, bytes, int]] = []
         size = 0
+        withheld: set[bytes] = set()
         for op_id, raw in pairs:
             if size + len(raw) > BATCH_BYTES and sent:
                 break  # over the byte budget: the rest goes back to the queue
+            c = self._fwd.give(op_id) if self._fwd is not None else None
+            if c == 0:
+                withheld.add(op_id)  # its copies went elsewhere meanwhile
+                continue
+            if c is not None:
+                handing.append((len(sent), op_id, c))
             parts.append(encode_varint(len(raw)))
             parts.append(raw)
             sent.append(op_id)
             size += len(raw)
-        unsent = set(ids).difference(sent)
+        self._ledger.sending.difference_update(withheld)
+        unsent = set(ids).difference(sent).difference(withheld)
         self._ledger.sending.difference_update(unsent)
         for back in unsent:
             hlc = self._index.hlc_of(back)
@@ -555,6 +681,12 @@ class SyncSession:
                 heapq.heappush(self._queue, (namespace_rank(self._index.namespace_of(back) or ""),
                                              hlc, back))
         if sent:
+            if handing:
+                self._handing[self._next_batch] = [(i, c) for _, i, c in handing]
+                self._outbox.append(bytes([COPIES]) + encode_varint(self._next_batch)
+                                    + encode_varint(len(handing)) + b"".join(
+                                        encode_varint(k) + encode_varint(c)
+                                        for k, _, c in handing))
             self._in_flight[self._next_batch] = sent
             self._next_batch += 1
             self._outbox.append(bytes([OPS]) + b"".join(parts))

@@ -10,8 +10,11 @@ the two, a pure core like the ones it carries (``receive``,
 message is one datagram with a per-stream sequence number; the receiver
 delivers in order, buffers what comes early, drops what it has seen and
 answers every data datagram with a cumulative acknowledgement; the sender
-re-sends everything unacknowledged every ``rto_s`` until acknowledged.  No
-flow control: the protocols on top bound what they have in flight.
+re-sends everything unacknowledged every ``rto_s`` until acknowledged (with
+``backoff=True`` the interval doubles after each re-send without progress, up
+to ``max_rto_s``, and drops back to ``rto_s`` when an acknowledgement moves: as
+QUIC's probe timeout does, RFC 9002 section 6.2.1).  No flow control: the
+protocols on top bound what they have in flight.
 
 A stream is named on the wire by who opened it and its number;
 ``StreamKey(peer, mine, n)`` is that name seen from one end.  ``reset`` drops a
@@ -62,13 +65,17 @@ class _Stream:
     expected: int = 0
     early: dict[int, bytes] = field(default_factory=dict)
     dead: bool = False
+    rto: float = 0.0  # the current re-send interval (0: not set yet)
 
 
 class StreamMux:
     """Every stream of one simulated node (see module docstring)."""
 
-    def __init__(self, rto_s: float = 0.2) -> None:
+    def __init__(self, rto_s: float = 0.2, *, backoff: bool = False,
+                 max_rto_s: float = 3.2) -> None:
         self.rto_s = rto_s
+        self.backoff = backoff
+        self.max_rto_s = max_rto_s
         self._streams: dict[StreamKey, _Stream] = {}
         self._opened: dict[bytes, int] = {}  # peer -> streams we opened
         self._seen: dict[bytes, int] = {}  # peer -> highest stream number it opened, + 1
@@ -76,6 +83,7 @@ class StreamMux:
         self._events: list[StreamOpened | MessageReceived] = []
         self._resend: dict[StreamKey, float] = {}  # streams with unacknowledged data: when
         self.resent = 0
+        self.resent_bytes = 0
 
     def open(self, peer: bytes) -> StreamKey:
         """A new stream to ``peer`` (the peer learns of it with the first message)."""
@@ -89,12 +97,14 @@ class StreamMux:
         s = self._streams.get(key)
         if s is None or s.dead:
             return
+        if not s.rto:
+            s.rto = self.rto_s
         seq = s.next_seq
         s.next_seq += 1
         s.unacked[seq] = msg
         self._out.append((key.peer, _HEAD.pack(_DATA, key.mine, key.n, seq) + msg))
         if s.resend_at is None:
-            s.resend_at = self._resend[key] = now + self.rto_s
+            s.resend_at = self._resend[key] = now + s.rto
 
     def reset(self, key: StreamKey) -> None:
         """Stop re-sending on ``key`` and ignore what still arrives on it."""
@@ -122,8 +132,11 @@ class StreamMux:
         s = self._streams.get(key)
         if kind == _ACK:
             if s is not None:
-                for done in [q for q in s.unacked if q < seq]:
-                    del s.unacked[done]
+                done = [q for q in s.unacked if q < seq]
+                for q in done:
+                    del s.unacked[q]
+                if done:
+                    s.rto = self.rto_s
                 if not s.unacked:
                     s.resend_at = None
                     self._resend.pop(key, None)
@@ -158,4 +171,7 @@ class StreamMux:
                 for seq, msg in sorted(s.unacked.items()):
                     self._out.append((key.peer, _HEAD.pack(_DATA, key.mine, key.n, seq) + msg))
                     self.resent += 1
-                s.resend_at = self._resend[key] = now + self.rto_s
+                    self.resent_bytes += len(msg) + _HEAD.size
+                if self.backoff:
+                    s.rto = min(s.rto * 2, self.max_rto_s)
+                s.resend_at = self._resend[key] = now + (s.rto or self.rto_s)

@@ -137,13 +137,15 @@ def test_sync_cost_stays_below_flooding(field: dict[str, Any]) -> None:
     assert field["sync"]["sessions_idle"] <= field["sync"]["sessions_moved"] / 2
 
 
-def test_mail_is_delivered_as_flooding_delivers_it(field: dict[str, Any]) -> None:
+def test_mail_goes_by_custody_not_flooding(field: dict[str, Any]) -> None:
     m = field["mail"]
     assert m["messages"] == 10 and m["deliverable_ideal"] >= 5
-    # measured: sync 9 of the 9 deliverable, like epidemic; spray-and-wait 5
-    assert m["sync"]["ratio_of_ideal"] >= 0.8
-    assert m["sync"]["delivered"] >= m["epidemic"]["delivered"] - 1
-    assert m["spray"]["delivered"] <= m["sync"]["delivered"]
-    # the price: sync carries mail to every node (8 x spray-and-wait's op bytes measured)
-    assert m["spray"]["op_bytes"] < m["sync"]["op_bytes"] < 2 * m["epidemic"]["op_bytes"]
+    # Sync forwards mail by binary spray-and-wait (sync.custody, 8 copies), not to every
+    # node: it delivers at least what the spray-and-wait baseline (8 copies) delivers, and
+    # what it carries stays far below flooding: each copy handed at most about twice (a
+    # transfer the link cut off is sent again).
+    assert m["sync"]["delivered"] >= m["spray"]["delivered"] > 0
+    assert m["sync"]["ratio_of_ideal"] >= 0.4
+    assert 0 < m["sync"]["op_bytes"] < m["epidemic"]["op_bytes"] / 2
+    assert m["sync"]["op_bytes"] <= m["sync_copies"] * m["bytes_each"] * m["messages"] * 2
     assert field["mail_delivery"] == m["sync"]["ratio"]

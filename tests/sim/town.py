@@ -113,6 +113,9 @@ class TownMobility:
         self._params: dict[int, LinkParams] = {}
         self._order = sorted(walkers)
         self._running = False
+        #: pairs of static nodes in range (they never change: found once, linked once)
+        self._static_pairs: list[tuple[NodeId, NodeId]] | None = None
+        self._static_set: frozenset[tuple[NodeId, NodeId]] = frozenset()
 
     # -- moving ---------------------------------------------------------------------------
 
@@ -194,23 +197,60 @@ class TownMobility:
             p = self._params[bucket] = self.radio.params(bucket * 10 + 5.0)
         return p
 
+    def _pairs_in_range(self, positions: dict[NodeId, Point]) -> tuple[
+            list[tuple[NodeId, NodeId]], frozenset[tuple[NodeId, NodeId]]]:
+        """Every pair in range, sorted, and the static pairs among them.  The static pairs
+        are found once (static nodes never move); each tick only pairs with a moving node
+        are looked for, through a grid of range-sized cells."""
+        r = self.radio.range_m
+        if self._static_pairs is None:
+            fixed = {n: w.pos for n, w in self.walkers.items() if w.static}
+            self._static_pairs = sorted(pairs_within(fixed, r))
+            self._static_set = frozenset(self._static_pairs)
+        cells: dict[tuple[int, int], list[NodeId]] = {}
+        for n, (x, y) in positions.items():
+            cells.setdefault((int(x // r), int(y // r)), []).append(n)
+        walkers, r2 = self.walkers, r * r
+        moving: list[tuple[NodeId, NodeId]] = []
+        for a in self._order:
+            if walkers[a].static:
+                continue
+            ax, ay = positions[a]
+            cx, cy = int(ax // r), int(ay // r)
+            for dx in (-1, 0, 1):
+                for dy in (-1, 0, 1):
+                    for b in cells.get((cx + dx, cy + dy), ()):
+                        if b == a or (b < a and not walkers[b].static):
+                            continue  # (a pair of moving nodes: once, from its lower id)
+                        bx, by = positions[b]
+                        if (ax - bx) ** 2 + (ay - by) ** 2 <= r2:
+                            moving.append((a, b) if a < b else (b, a))
+        moving.sort()
+        return sorted(self._static_pairs + moving), self._static_set
+
     def _update_links(self) -> None:
         net, now = self.net, self.net.now
+        links = net.links
         positions = {n: w.pos for n, w in self.walkers.items()}
-        in_range = sorted(pairs_within(positions, self.radio.range_m))
+        in_range, static = self._pairs_in_range(positions)
         in_set = set(in_range)
         self.link_seconds += len(in_range) * self.tick
+        down_since = self._down_since
         for a, b in in_range:
+            link = links.get((a, b))
+            if link is not None and (a, b) in static:
+                continue  # (linked at the first tick; never moves, never fails)
             p = self._link_params(math.dist(positions[a], positions[b]))
-            if (a, b) not in net.links:
+            if link is None:
                 net.connect(a, b, p)
                 self.contacts += 1
             else:
-                if not net.link_is_up(a, b):
+                if not link.up:
                     net.set_up(a, b, True)
-                if net.links[(a, b)].params is not p:
+                if link.params is not p:
                     net.set_params(a, b, p)
-            self._down_since.pop((a, b), None)
+            if down_since:
+                down_since.pop((a, b), None)
         for a, b in sorted(k for k in net.links if k[0] < k[1] and k not in in_set):
             if net.link_is_up(a, b):
                 net.set_up(a, b, False)

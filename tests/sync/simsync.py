@@ -15,7 +15,7 @@ every ``interval_s`` with jitter, push what was committed within
 ``push_delay_s``, back off after a failed session.
 
 With ``digests=True`` the schedule is the digest gossip of
-``sync.session.PeerDigests`` instead: a 20-byte note (``NOTE_TAG``, then
+``sync.session.PeerDigests`` instead: an 11-byte note (``NOTE_TAG``, then
 ``encode_note``) in one unreliable datagram at contact start and when the set
 changes, and a reconciliation only while the two digests differ: opened
 ``push_delay_s`` after our own set changed (the node that got something new
@@ -23,7 +23,14 @@ offers it, its opening listing the newest ids so the peer takes only what it
 lacks) or after the peer's note showed a difference if we have the lower id,
 four to eight times later if we have the higher (so usually only one end
 opens), never while a session with that peer runs.  No periodic
-reconciliation and no blind push.  Without ``digests`` the periodic
+reconciliation and no blind push.
+
+With ``custody`` (a ``sync.custody.MailCustody``) mail ops are forwarded by
+binary spray-and-wait instead of flooded: sessions take the custody's view of
+their neighbour (``forwarding=``), the digest leaves the mail namespace out,
+and a reconciliation is also wanted when the custody has something for the
+neighbour (spray copies, or mail addressed to it) that it has not already
+reconciled with that neighbour.  Without ``digests`` the periodic
 reconciliation is skipped while ``PeerLedger.reconcile_needed`` says nothing we
 committed is missing at the peer (as ``sync.service`` does).
 """
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -40,6 +47,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshd.core.errors import DecodeError, RemoteProtocolError
 from sync.apply import AuthorState, ChainView, Quotas, plan_apply
+from sync.custody import CUSTODY_NAMESPACES, CustodyView, MailCustody
 from sync.envelope import MAX_SKEW_MS, HybridClock, Op, create_op, decode_op
 from sync.reconcile import RangeSet
 from sync.session import (
@@ -138,8 +146,16 @@ class MemOpStore:
         return applied, known + acked
 
     def add_local(self, key: Ed25519PrivateKey, *, kind: str, doc_id: bytes, body: bytes,
-                  wall_ms: int) -> Op:
+                  wall_ms: int, expiry_ms: int | None = None) -> Op:
+        """Write an op: the next of the author's chain, or ephemeral (``seq`` 0, in no
+        chain) with an ``expiry_ms``, as ``OpStore.add_local`` does."""
         author = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        if expiry_ms is not None:
+            op = create_op(key, kind=kind, doc_id=doc_id, body=body, seq=0, prev=None,
+                           hlc=self.clock.now(wall_ms), expiry_ms=expiry_ms)
+            applied, _ = self._commit([op], wall_ms)
+            assert applied == [op], self.refused
+            return op
         a = self.durable.authors.get(author) or AuthorState()
         op = create_op(key, kind=kind, doc_id=doc_id, body=body, seq=a.head_seq + 1,
                        prev=a.head_id, hlc=max(self.clock.now(wall_ms), a.head_hlc + 1))
@@ -196,13 +212,17 @@ class _Peer:
     running: StreamKey | None = None  # the session we initiated, if any
     dig: PeerDigests = field(default_factory=PeerDigests)
     reconcile_at: float | None = None  # digest mode: a reconciliation is due then
+    #: custody: ``MailCustody.token`` when the last reconciliation with it completed
+    custody_synced: bytes | None = None
+    custody_started: bytes | None = None
 
 
 @dataclass
 class _Slot:
     core: SyncSession
     peer: bytes
-    commits: list[tuple[float, int, tuple[bytes, ...]]] = field(default_factory=list)
+    commits: list[tuple[float, int, tuple[bytes, ...], tuple[int | None, ...]]] = field(
+        default_factory=list)
 
 
 class SyncSimNode:
@@ -211,7 +231,8 @@ class SyncSimNode:
     def __init__(self, node_id: bytes, store: MemOpStore, rng: random.Random, *,
                  interval_s: float = 5.0, push_delay_s: float = 0.05,
                  commit_delay_s: float = 0.004, idle_timeout_s: float = 3.0,
-                 digests: bool = False) -> None:
+                 digests: bool = False, custody: MailCustody | None = None,
+                 link_loss: Callable[[bytes], float | None] | None = None) -> None:
         self.node_id = node_id
         self.store = store
         self.rng = rng
@@ -231,13 +252,22 @@ class SyncSimNode:
         self._digest: bytes | None = None
         self._notes: list[tuple[bytes, bytes]] = []
         self.notes_sent = 0
+        self.custody = custody
+        #: digest mode: a reconciliation after our own change opens ``push_delay_s`` plus up
+        #: to this much later (so a neighbour that got the same ops from another one
+        #: meanwhile can say so first)
+        self.push_jitter_s = 0.0
+        #: the link layer's loss estimate for a neighbour (digest mode: a contact that
+        #: begins lossy stays quiet, ``PeerDigests.quiet``); None: not known
+        self.link_loss = link_loss
 
     # -- what the test does ---------------------------------------------------------------
 
     def edit(self, key: Ed25519PrivateKey, now: float, *, kind: str, doc_id: bytes,
-             body: bytes) -> Op:
+             body: bytes, expiry_ms: int | None = None) -> Op:
         op = self.store.add_local(key, kind=kind, doc_id=doc_id, body=body,
-                                  wall_ms=WALL0_MS + int(now * 1000))
+                                  wall_ms=WALL0_MS + int(now * 1000), expiry_ms=expiry_ms)
+        self.originated([op])
         self._committed([op], now)
         return op
 
@@ -253,7 +283,9 @@ class SyncSimNode:
         p.ledger.clear()
         if self.digests:
             p.reconcile_due, p.reconcile_at = False, None
-            p.dig.link_up(now, first=self.node_id < peer)
+            p.dig.link_up(now, first=self.node_id < peer, loss=self._loss(peer))
+            self._want(p, now, delay=self.push_delay_s * (
+                1 if self.node_id < peer else 4 + 4 * self.rng.random()), peer=peer)
 
     def link_down(self, peer: bytes, now: float) -> None:
         p = self.peers.get(peer)
@@ -271,7 +303,8 @@ class SyncSimNode:
     def digest(self) -> bytes:
         """Our set digest (cached until the set changes)."""
         if self._digest is None:
-            self._digest = set_digest(self.store)
+            self._digest = set_digest(
+                self.store, CUSTODY_NAMESPACES if self.custody is not None else ())
         return self._digest
 
     def receive(self, src: bytes, data: bytes, now: float) -> None:
@@ -285,7 +318,7 @@ class SyncSimNode:
                 if reply:
                     self._note(src, p.dig.answer(self.digest()))
                 self._want(p, now, delay=self.push_delay_s * (
-                    1 if self.node_id < src else 4 + 4 * self.rng.random()))
+                    1 if self.node_id < src else 4 + 4 * self.rng.random()), peer=src)
             return
         self.mux.receive(src, data, now)
         while (ev := self.mux.next_event()) is not None:
@@ -296,9 +329,11 @@ class SyncSimNode:
                     continue
                 self.slots[ev.key] = _Slot(SyncSession(
                     self.store, p.ledger, now, initiator=False, reconcile=True,
-                    idle_timeout_s=self.idle_timeout_s), ev.key.peer)
+                    idle_timeout_s=self.idle_timeout_s,
+                    forwarding=self._forwarding(ev.key.peer)), ev.key.peer)
                 if self.digests:
                     p.dig.session_started(self.digest())
+                    self._custody_started(ev.key.peer, p)
                 self._dirty[ev.key] = None
             elif isinstance(ev, MessageReceived):
                 slot = self.slots.get(ev.key)
@@ -337,10 +372,14 @@ class SyncSimNode:
         for key, s in list(self.slots.items()):
             self._dirty[key] = None
             while s.commits and s.commits[0][0] <= now and not s.core.closed:
-                _, batch, raws = s.commits.pop(0)
+                _, batch, raws, copies = s.commits.pop(0)
                 applied, acked = self.store.apply_remote(raws, wall_ms)
                 self.acknowledged.update(acked)
                 s.core.batch_committed(batch, now)
+                if self.custody is not None:
+                    ids = [hashlib.sha256(r).digest() for r in raws]
+                    self.custody.holds_for(s.peer, ids)
+                    self._custody_received(applied, dict(zip(ids, copies, strict=False)))
                 self._committed(applied, now)
             s.core.handle_timer(now)
         for peer, p in self.peers.items():
@@ -374,23 +413,56 @@ class SyncSimNode:
         self._notes.append((peer, NOTE_TAG + note))
         self.notes_sent += 1
 
-    def _want(self, p: _Peer, now: float, *, delay: float) -> None:
-        """Digest mode: schedule a reconciliation if the digests differ (none due yet)."""
-        if p.up and p.dig.wants_reconcile(self.digest()):
+    def _want(self, p: _Peer, now: float, *, delay: float, peer: bytes | None = None) -> None:
+        """Digest mode: schedule a reconciliation if the digests differ (none due yet), or
+        (custody, ``peer`` given) if we hold mail to forward to that neighbour."""
+        if p.up and (p.dig.wants_reconcile(self.digest())
+                     or (peer is not None and self._custody_wants(peer, p))):
             at = now + delay
             if p.reconcile_at is None or at < p.reconcile_at:
                 p.reconcile_at = at
 
+    def _forwarding(self, peer: bytes) -> CustodyView | None:
+        return self.custody.for_peer(peer) if self.custody is not None else None
+
+    def _custody_wants(self, peer: bytes, p: _Peer) -> bool:
+        c = self.custody
+        return c is not None and c.wants(peer) and c.token(peer) != p.custody_synced
+
+    def _custody_started(self, peer: bytes, p: _Peer) -> None:
+        if self.custody is not None:
+            p.custody_started = self.custody.token(peer)
+
+    def _custody_received(self, applied: Sequence[Op],
+                          copies: Mapping[bytes, int | None]) -> None:
+        assert self.custody is not None
+        for op in applied:
+            if self.custody.is_custody(op.kind, op.seq):
+                self.custody.received(op.op_id, op.doc_id, copies.get(op.op_id))
+
     def _busy_with(self, peer: bytes) -> bool:
         return any(s.peer == peer for s in self.slots.values())
 
+    def _loss(self, peer: bytes) -> float | None:
+        return self.link_loss(peer) if self.link_loss is not None else None
+
     def _digest_timer(self, peer: bytes, p: _Peer, now: float) -> None:
+        if p.dig.quiet_until is not None and p.dig.quiet(now, self._loss(peer)):
+            # (a lossy start: look again soon; nothing of ours goes out meanwhile)
+            wait = min(p.dig.quiet_look_at, p.dig.quiet_until)
+            if p.dig.resend_at is not None and p.dig.resend_at <= now:
+                p.dig.resend_at = wait
+            if p.reconcile_at is not None and p.reconcile_at <= now:
+                p.reconcile_at = wait
+            return
         if p.dig.note_due(now):
             self._note(peer, p.dig.ask(self.digest(), now))
         if p.reconcile_at is not None and now >= p.reconcile_at:
             p.reconcile_at = None
-            if not self._busy_with(peer) and p.dig.wants_reconcile(self.digest()):
+            if not self._busy_with(peer) and (p.dig.wants_reconcile(self.digest())
+                                              or self._custody_wants(peer, p)):
                 p.dig.session_started(self.digest())
+                self._custody_started(peer, p)
                 self._open(peer, p, now, reconcile=True, push=[])
 
     def _open(self, peer: bytes, p: _Peer, now: float, *, reconcile: bool,
@@ -399,21 +471,34 @@ class SyncSimNode:
         p.running = key
         self.slots[key] = _Slot(SyncSession(self.store, p.ledger, now, initiator=True,
                                             reconcile=reconcile, push=push,
-                                            idle_timeout_s=self.idle_timeout_s), peer)
+                                            idle_timeout_s=self.idle_timeout_s,
+                                            forwarding=self._forwarding(peer)), peer)
         self._dirty[key] = None
+
+    def originated(self, ops: Sequence[Op]) -> None:
+        """We wrote these ops (custody: mail starts with the full copy budget)."""
+        if self.custody is not None:
+            for op in ops:
+                if self.custody.is_custody(op.kind, op.seq):
+                    self.custody.originated(op.op_id, op.doc_id)
 
     def _committed(self, ops: Sequence[Op], now: float) -> None:
         if self.digests:
             if ops:
                 self._digest = None
+                flooded = [o for o in ops if self.custody is None
+                           or o.namespace not in CUSTODY_NAMESPACES]
                 for peer, p in self.peers.items():
                     if not p.up:
                         continue
-                    # (at once, even when a reconciliation will follow: a peer that got the
-                    # same ops from someone else meanwhile answers before it opens)
-                    p.dig.changed(now)
-                    self._note(peer, p.dig.ask(self.digest(), now))
-                    self._want(p, now, delay=self.push_delay_s)
+                    if flooded:
+                        # (at once, even when a reconciliation will follow: a peer that got
+                        # the same ops from someone else meanwhile answers before it opens)
+                        p.dig.changed(now)
+                        if p.dig.quiet_until is None or not p.dig.quiet(now, self._loss(peer)):
+                            self._note(peer, p.dig.ask(self.digest(), now))
+                    self._want(p, now, peer=peer,
+                               delay=self.push_delay_s + self.push_jitter_s * self.rng.random())
             return
         for p in self.peers.values():
             if p.up:
@@ -435,7 +520,8 @@ class SyncSimNode:
                 self.mux.send(key, frame, now)
             while (ev := core.next_event()) is not None:
                 if isinstance(ev, OpsReceived):
-                    s.commits.append((now + self.commit_delay_s, ev.batch, ev.raw_ops))
+                    s.commits.append((now + self.commit_delay_s, ev.batch, ev.raw_ops,
+                                      ev.copies))
                 elif isinstance(ev, OpsAcknowledged):
                     pass
                 elif isinstance(ev, SessionCompleted):
@@ -458,6 +544,9 @@ class SyncSimNode:
                 p.running = None
             if outcome == "completed" and s.core.reconciled:
                 p.dig.session_completed()
+                if self.custody is not None:
+                    # (what we would still offer it, it holds or would not take)
+                    p.custody_synced = self.custody.token(s.peer)
             if outcome == "completed":
                 p.backoff_s = 1.0
                 # (the peer's note of its new digest is on its way: give it time to land)

@@ -194,3 +194,45 @@ async def test_simultaneous_sessions_from_both_ends_send_each_op_once(
     assert net.bytes_total() < 1.1 * sum(len(o.raw) for o in ops)
     await sa.close()
     await sb.close()
+
+
+async def test_mail_goes_by_custody_bulletins_flood(
+        open_store: Callable[..., Any], wall: list[float]) -> None:
+    """With a ``MailCustody`` (2 copies at the writer): B gets the mail with one copy and
+    hands it only to its recipient C, never to D; the bulletin reaches everyone, and B's
+    link to D is up to date though D lacks the mail."""
+    from sync.custody import MailCustody
+    D = b"D" * 16
+    stores = {n: await open_store(f"{n[:1].decode()}.db") for n in (A, B, C, D)}
+    net = MemNet()
+    net.links |= {frozenset((A, B)), frozenset((B, C)), frozenset((B, D))}
+    svcs = {}
+    for nid, st in stores.items():
+        svcs[nid] = SyncService(st, open_stream=net.opener(nid), wall_clock=lambda: wall[0],
+                                rng=random.Random(nid),
+                                custody=MailCustody(nid, copies=2))
+        net.handlers[nid] = svcs[nid].handle_stream
+    key = Ed25519PrivateKey.generate()
+    mail = create_op(key, kind="mail.sealed", doc_id=C, body=b"\x80", seq=0, prev=None,
+                     hlc=HLC0, expiry_ms=int(WALL_S * 1000) + 3_600_000)
+    bull = chain(key, 1, start_hlc=HLC0 + 1, kind="bulletin.post")[0]
+    await stores[A].apply_remote([mail.raw, bull.raw])  # (as a leaf's submission: written here)
+    assert await svcs[B].sync_now(A)
+    await asyncio.gather(*net.tasks)
+    assert mail.op_id in stores[B] and bull.op_id in stores[B]
+    assert svcs[A].status()["custody"] == {"mail_held": 1, "copies_handed": 1, "delivered": 0}
+    assert await svcs[B].sync_now(D) and await svcs[D].sync_now(B)
+    await asyncio.gather(*net.tasks)
+    assert bull.op_id in stores[D] and mail.op_id not in stores[D]
+    assert svcs[B].status()["peers"][D.hex()]["last_difference"] == {"in": 0, "out": 0}
+    assert await svcs[C].sync_now(B)
+    await asyncio.gather(*net.tasks)
+    assert mail.op_id in stores[C] and bull.op_id in stores[C]
+    assert svcs[B].status()["custody"]["delivered"] == 1
+    # a restarted service: held mail waits for its recipient
+    again = SyncService(stores[B], open_stream=net.opener(B), wall_clock=lambda: wall[0],
+                        rng=random.Random(1), custody=MailCustody(B, copies=2))
+    assert await again.load_custody() == 1
+    assert again.custody is not None and again.custody.give(mail.op_id, D) == 0
+    for s in stores.values():
+        await s.close()

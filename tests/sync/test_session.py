@@ -303,9 +303,9 @@ def test_digest_gossip_two_notes_per_contact_and_per_change() -> None:
     d_low, d_high = b"L" * DIGEST_LEN, b"H" * DIGEST_LEN
     low.link_up(0.0, first=True)
     high.link_up(0.0, first=False)
-    assert low.note_due(0.0) and not high.note_due(0.5) and high.note_due(1.0)
+    assert low.note_due(0.0) and not high.note_due(0.2) and high.note_due(0.25)
     ask = low.ask(d_low, 0.0)
-    assert low.resend_at == 1.0 and not low.note_due(0.5)  # repeated until answered
+    assert low.resend_at == 0.25 and not low.note_due(0.2)  # repeated until answered
     assert high.received(ask, d_high) is True  # it asked (zero echo): answer
     assert not high.note_due(5.0)  # heard the peer: no question of its own left
     answer = high.answer(d_high)
@@ -334,7 +334,7 @@ def test_digest_gossip_two_notes_per_contact_and_per_change() -> None:
         assert low.resend_at is not None
         times.append(low.resend_at - t)
         t = low.resend_at
-    assert times == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert times == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0][:7]
     with pytest.raises(DecodeError):
         low.received(b"junk", d_low)
     assert low.theirs == d_high  # (a malformed note changes nothing)
@@ -378,3 +378,33 @@ def test_ledger_says_when_a_periodic_reconciliation_can_find_nothing() -> None:
     assert not la.reconcile_needed()
     la.clear()
     assert la.reconcile_needed() and not la.fresh
+
+
+def test_a_contact_that_begins_lossy_stays_quiet_while_the_link_improves() -> None:
+    d = PeerDigests()
+    d.link_up(10.0, first=True, loss=0.27)  # the edge of range
+    assert not d.note_due(10.0)
+    assert d.quiet(10.5, 0.5)  # (no look between two looks)
+    assert d.quiet(11.0, 0.22) and d.quiet(12.0, 0.18)  # coming closer
+    assert not d.quiet(13.0, 0.12)  # close enough: speak
+    assert d.note_due(13.0)
+    assert not d.quiet(14.0, 0.3)  # once over, never again in this contact
+    passing = PeerDigests()
+    passing.link_up(10.0, first=True, loss=0.27)
+    assert passing.quiet(11.0, 0.2)
+    assert not passing.quiet(12.0, 0.2)  # no better than a second ago: speak now
+    edge = PeerDigests()
+    edge.link_up(10.0, first=False, loss=0.27)
+    assert not edge.quiet(11.0, 0.27)  # standing at the edge: do not wait
+    assert not edge.note_due(11.0) and edge.note_due(12.0)  # the first speaker goes first
+    slow = PeerDigests()
+    slow.link_up(10.0, first=True, loss=0.3)
+    for t, loss in ((11.0, 0.29), (12.0, 0.28), (13.0, 0.27)):
+        assert slow.quiet(t, loss)
+    assert not slow.quiet(14.0, 0.26)  # QUIET_MAX_S at the latest
+    good = PeerDigests()
+    good.link_up(0.0, first=True, loss=0.05)  # a good link: no quiet start
+    assert not good.quiet(0.0, 0.05) and good.note_due(0.0)
+    unknown = PeerDigests()
+    unknown.link_up(0.0, first=True)  # loss unknown: no quiet start either
+    assert unknown.quiet_until is None and unknown.note_due(0.0)
