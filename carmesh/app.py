@@ -49,7 +49,7 @@ async def build_node(config: Config) -> Node:
                     protected_namespaces=frozenset({"trust", "bulletin"}))
     store = await open_store(node.state_dir, wall_clock=node.mesh_time, quotas=quotas)
     try:
-        sync_service = SyncNodeService(node, store)
+        sync_service = SyncNodeService(node, store, mail_copies=config.mail_copies or 0)
         node.add_service(sync_service)
         from library_replica.compaction import DAY_MS, CompactionPolicy
         from library_replica.node_service import LibraryNodeService

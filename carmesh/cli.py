@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact-quiet", metavar="SECONDS",
                    help="a document is compacted only after this long without a change "
                         "(default 600)")
+    p.add_argument("--mail-copies", metavar="N",
+                   help="carry sealed mail by custody: the writer hands out N copies "
+                        "(binary spray-and-wait), a node with one left gives it only to the "
+                        "recipient; 0, the default, floods mail to every node like bulletins "
+                        "(fewer bytes with N, but fewer messages delivered: docs/benchmarks.md)")
     p.add_argument("--tombstone-horizon", metavar="DAYS",
                    help="a deleted document keeps its text this long, then only its tombstone "
                         "(default 30)")

@@ -64,12 +64,18 @@ class Config:
     #: days a deleted document keeps its text before only its tombstone is left
     #: (``--tombstone-horizon``)
     tombstone_horizon: float | None = None
+    #: sealed mail by custody: copies the writer hands out (binary spray-and-wait,
+    #: ``sync.custody``); None or 0: mail is flooded like every other op (``--mail-copies``)
+    mail_copies: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def merged(self, overrides: dict[str, Any]) -> Config:
         """This config with the non-None ``overrides`` (from flags) applied and checked."""
         return replace(self, **_coerce({k: v for k, v in overrides.items() if v is not None}))
 
+
+#: the most copies ``--mail-copies`` takes (``sync.custody.MAX_COPIES``; meshd does not import sync)
+MAX_MAIL_COPIES = 64
 
 _LIST_KEYS = {"interface", "listen", "peer", "admin", "web"}
 _PATH_KEYS = {"state_dir", "answer_play", "answer_record", "trust"}
@@ -148,6 +154,16 @@ def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, bool) or not number > 0:
                 raise ConfigError(f"{key!r} must be above 0")
             out[k] = number
+        elif k == "mail_copies":
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ConfigError(f"{key!r} must be a whole number 0..{MAX_MAIL_COPIES}")
+            try:
+                copies = int(value)
+            except ValueError:
+                raise ConfigError(f"{key!r} must be a whole number, not {value!r}") from None
+            if not 0 <= copies <= MAX_MAIL_COPIES:
+                raise ConfigError(f"{key!r} must be 0 (flood mail) to {MAX_MAIL_COPIES}")
+            out[k] = copies
         elif k == "log_format":
             if not isinstance(value, str) or value.lower() not in LOG_FORMATS:
                 raise ConfigError(f"log-format must be one of {', '.join(LOG_FORMATS)}")

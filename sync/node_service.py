@@ -82,13 +82,18 @@ async def open_store(state_dir: Path, *, wall_clock: Callable[[], float] = time.
 class SyncNodeService:
     """``NodeService`` adapter for ``SyncService``."""
 
-    def __init__(self, node: NodeApi, store: OpStore, *, interval_s: float = 30.0) -> None:
+    def __init__(self, node: NodeApi, store: OpStore, *, interval_s: float = 30.0,
+                 mail_copies: int = 0) -> None:
         self.node = node
         self.store = store
-        # sealed mail goes by custody (sync.custody: spray-and-wait), not flooded
+        # sealed mail by custody (sync.custody: spray-and-wait) when the node is configured
+        # with copies; flooded otherwise (the default: every car holds it, which is what
+        # lets a browser leaf's mail wait at whichever car it attaches to next)
+        custody = (MailCustody(node.identity.node_id, copies=mail_copies)
+                   if mail_copies > 0 else None)
         self.service = SyncService(store, open_stream=node.open_stream, wall_clock=time.time,
                                    rng=random.Random(), interval_s=interval_s,
-                                   custody=MailCustody(node.identity.node_id))
+                                   custody=custody)
         # own ops that left the node are never re-issued (sync.reissue): remember them
         state_dir = Path(node.state_dir)
         self.service.own_sent_hlc = read_own_sent(state_dir)

@@ -80,3 +80,16 @@ def test_store_quota_takes_bytes_or_units_and_refuses_nonsense() -> None:
     for bad in ("lots", "1k", True, 1.5, "-5G"):
         with pytest.raises(ConfigError):
             parse_size(bad)
+
+
+def test_mail_copies_takes_0_to_64_and_refuses_nonsense() -> None:
+    from meshd.config import MAX_MAIL_COPIES, Config, ConfigError
+    from sync.custody import MAX_COPIES
+
+    assert MAX_MAIL_COPIES == MAX_COPIES  # meshd keeps its own copy of sync's bound
+    assert Config().mail_copies is None
+    assert Config().merged({"mail_copies": "8"}).mail_copies == 8
+    assert Config().merged({"mail_copies": 0}).mail_copies == 0
+    for bad in ("many", -1, 65, True, 2.5):
+        with pytest.raises(ConfigError, match="mail_copies"):
+            Config().merged({"mail_copies": bad})

@@ -87,3 +87,12 @@ async def test_hold_released_after_every_neighbour_reconciled_and_chain_continue
 async def test_no_marker_no_hold(tmp_path: Path, store: OpStore) -> None:
     SyncNodeService(_Node(tmp_path, Identity.generate()), store)  # type: ignore[arg-type]
     assert store.local_writes_held is None
+
+
+async def test_mail_is_flooded_unless_copies_are_configured(tmp_path: Path,
+                                                            store: OpStore) -> None:
+    node = _Node(tmp_path, Identity.generate())
+    flooding = SyncNodeService(node, store)  # type: ignore[arg-type]
+    assert flooding.service.custody is None and flooding.service.status()["custody"] is None
+    spraying = SyncNodeService(node, store, mail_copies=4)  # type: ignore[arg-type]
+    assert spraying.service.custody is not None and spraying.service.custody.copies == 4
