@@ -44,6 +44,7 @@ import heapq
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -459,7 +460,9 @@ class TownRouting:
 
     # -- running -------------------------------------------------------------------------
 
-    def run(self, duration: float, *, warmup: float = 60.0) -> RoutingRun:
+    def run(self, duration: float, *, warmup: float = 60.0,
+            progress: Callable[[dict[str, float]], None] | None = None,
+            progress_every_s: float = 10.0) -> RoutingRun:
         t0, c0 = time.perf_counter(), time.process_time()
         out = RoutingRun(self.n, self.n_cars, duration, min(warmup, duration / 2))
         for i in range(self.n):
@@ -478,6 +481,8 @@ class TownRouting:
             t += self.tick
             self.now = t
             self.mobility.advance(t)
+            if progress is not None and t % progress_every_s < self.tick / 2:
+                progress(self._progress(out, t0, c0))
         for key in sorted(self._up):
             self._close(key, duration, out)
         out.stubs_with_default = (sum(default_samples) / len(default_samples)
@@ -486,6 +491,17 @@ class TownRouting:
         out.wall_s = time.perf_counter() - t0
         out.cpu_s = time.process_time() - c0
         return out
+
+    def _progress(self, out: RoutingRun, t0: float, c0: float) -> dict[str, float]:
+        """Figures so far (links still up counted up to now)."""
+        nc, n = self.n_cars, self.n
+        open_s = sum(max(0.0, self.now - since) for key, since in self._up.items()
+                     if key // n < nc or key % n < nc)
+        secs = out.link_seconds + open_s
+        return {"t": self.now, "cpu_s": time.process_time() - c0,
+                "wall_s": time.perf_counter() - t0, "events": out.events,
+                "bytes_per_link_s": out.bytes_measured / secs if secs else 0.0,
+                "calls_with_path": out.calls_with_path, "calls_connected": out.calls_connected}
 
     def _default_share(self) -> float:
         """Of the phones with a car neighbour up for a second or more, the share with a
