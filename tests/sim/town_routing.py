@@ -303,10 +303,10 @@ class TownRouting:
         if key in self._up or not self._in_range(key):
             return
         i, j = divmod(key, self.n)
-        cost = self._cost_of(key)
         self._up[key] = max(t, out.warmup_s)
+        cost = 256  # two phones: no routing between them, the cost is not used
         if i < self.n_cars or j < self.n_cars:
-            self._cost[key] = cost
+            cost = self._cost[key] = self._cost_of(key)
         ci, cj = self.cores[i], self.cores[j]
         ci.neighbour_up(self.ids[j], cost, t, stub=cj.stub)
         cj.neighbour_up(self.ids[i], cost, t, stub=ci.stub)
@@ -344,12 +344,15 @@ class TownRouting:
         return "car-car" if a and b else "car-phone" if a or b else "phone-phone"
 
     def _in_range(self, key: int) -> bool:
-        pos = int(np.searchsorted(self._inrange, key))
-        return pos < len(self._inrange) and int(self._inrange[pos]) == key
+        for arr in (self._inrange, self._static_pairs):
+            if arr is not None:
+                pos = int(np.searchsorted(arr, key))
+                if pos < len(arr) and int(arr[pos]) == key:
+                    return True
+        return False
 
     def _update_links(self, now: float, out: RoutingRun) -> None:
-        for i, w in enumerate(self.walkers):
-            self.xy[i] = w.pos
+        self.xy = np.array([w.pos for w in self.walkers], dtype=np.float64)
         r = self.radio.range_m
         if self._static_pairs is None:
             idx = np.flatnonzero(self.static).astype(np.int64)
@@ -358,14 +361,17 @@ class TownRouting:
                 sp = _pairs(self.xy[idx], r, None)
                 a, b = idx[sp // len(idx)], idx[sp % len(idx)]
                 self._static_pairs = np.sort(np.minimum(a, b) * self.n + np.maximum(a, b))
-        moving = _pairs(self.xy, r, ~self.static)
-        cur = np.union1d(moving, self._static_pairs)
+            new_static = self._static_pairs.tolist()
+        else:
+            new_static = []
+        # pairs with a moving end (the static ones, two phones at a shelter, never change)
+        cur = _pairs(self.xy, r, ~self.static)
         new = np.setdiff1d(cur, self._inrange, assume_unique=True)
         gone = np.setdiff1d(self._inrange, cur, assume_unique=True)
         self._inrange = cur
-        out.contacts += len(new)
+        out.contacts += len(new) + len(new_static)
         n = self.n
-        for key in new.tolist():
+        for key in new_static + new.tolist():
             if key in self._up:
                 self._pending_lost.discard(key)  # back in time: the hellos never stopped
             elif key not in self._pending_up:
@@ -410,7 +416,7 @@ class TownRouting:
         components of the cars (car-car pairs), a phone in every component of a car in
         range; a pair has a path if in range or sharing a component."""
         n, nc = self.n, self.n_cars
-        cur = self._inrange
+        cur = self._inrange  # every pair with a car in it (cars move)
         a, b = cur // n, cur % n
         cc = (a < nc) & (b < nc)
         parent = list(range(nc))
