@@ -39,6 +39,19 @@ expires 3.5 update intervals after its last update (§3.5.5 / Appendix B).
 Every message fits one link datagram (``max_payload``), updates are packed
 together and split as needed.
 
+Stubs (``stub=True``: phones, issue 16) announce only themselves and relay
+nothing: a stub sends its own route to its router neighbours and nothing else,
+keeps routes only to its neighbours (updates for other origins are ignored),
+and reaches everything else through a *default route*, the router neighbour
+with the best metric to itself (sticky, with the selection hysteresis).  Its
+messages carry ``s``, and the node tells ``neighbour_up`` when a peer is a stub
+(its role is known from the link): a router sends a stub only its own route,
+not its table, and takes from a stub only the stub's own route; two stubs
+exchange no routing messages at all (each reaches the other directly, from the
+neighbour layer).  Routers re-announce the stubs' routes as any other, so a stub
+is reachable through the car it is attached to, and routing tables carry cars
+and the stubs attached to them, never a stub's view of the mesh.
+
 The core does no I/O and never reads the clock: ``now`` is monotonic seconds.
 """
 
@@ -189,10 +202,12 @@ class RoutingTable:
                  update_interval: tuple[float, float] = (16.0, 20.0),
                  trigger_delay: float = 0.005, min_flush_gap: float = 0.02,
                  slow_flush_gap: float = 0.25,
-                 max_payload: int = MAX_ROUTING_PAYLOAD) -> None:
+                 max_payload: int = MAX_ROUTING_PAYLOAD, stub: bool = False) -> None:
         if announcement.node_id != node_id:
             raise LocalProtocolError("own announcement is not for this node")
         self.node_id = node_id
+        #: stub mode (see the module docstring): announce only ourselves, relay nothing
+        self.stub = stub
         self._verify = verify
         self._bump = on_seqno_request
         self._rng = rng
@@ -210,6 +225,8 @@ class RoutingTable:
         self._held_raw: dict[bytes, NodeId] = {}  # raw form of every held announcement
         self._nbr_cost: dict[NodeId, int] = {}
         self._nbr_since: dict[NodeId, float] = {}  # when each neighbour came up
+        self._stub_peers: set[NodeId] = set()  # neighbours that are stubs
+        self._default: NodeId | None = None  # stub mode: the router we send everything to
         self._heard: dict[NodeId, float] = {}  # last table answer from each neighbour
         self._table_sent: dict[NodeId, float] = {}  # last full table sent on a wildcard
         self._routes: dict[NodeId, dict[NodeId, Route]] = {}
@@ -268,6 +285,8 @@ class RoutingTable:
         leaf = announcement.node_id
         if leaf == self.node_id:
             raise LocalProtocolError("a node is not its own leaf")
+        if self.stub:
+            raise LocalProtocolError("a stub relays nothing: it has no leaves")
         self._tick(now)
         held = self._anns.get(leaf)
         if held is not None and held[0] > announcement.seqno:
@@ -302,14 +321,23 @@ class RoutingTable:
         """Leaves we originate, with their seqno."""
         return {leaf: seqno for leaf, (seqno, _) in self._stubs.items()}
 
-    def neighbour_up(self, peer: NodeId, cost: int, now: float) -> None:
-        """``peer`` became usable at link cost ``cost``: send it our whole table soon."""
+    def neighbour_up(self, peer: NodeId, cost: int, now: float, *, stub: bool = False) -> None:
+        """``peer`` became usable at link cost ``cost``: send it our whole table soon.
+
+        ``stub``: the peer is a stub (a phone; its role is known from the link): it gets
+        only our own route, and a stub neighbour of a stub gets nothing."""
         self._tick(now)
         self._nbr_cost[peer] = min(max(cost, 1), INFINITY)
         self._nbr_since[peer] = now
         self._ann_sent[peer] = {}
+        if stub:
+            self._stub_peers.add(peer)
+        else:
+            self._stub_peers.discard(peer)
+        if self.stub and stub:
+            return  # two stubs: each reaches the other directly, nothing to say
         out = self._outq(peer)
-        for origin in self._advertisable():
+        for origin in self._table_for(peer):
             out.add(origin, resend=False)
         # and ask for its table (Babel's wildcard route request, RFC 8966 §3.8.1.1); the
         # request is repeated until something arrives from the peer
@@ -326,7 +354,7 @@ class RoutingTable:
         if self._nbr_since.get(peer) != since:
             return  # lost (and maybe back) since: that link has its own schedule
         out = self._slowq(peer)
-        for origin in self._advertisable():
+        for origin in self._table_for(peer):
             out.add(origin, resend=False)
         self._schedule_slow(now)
 
@@ -341,11 +369,14 @@ class RoutingTable:
         self._heard.pop(peer, None)
         self._table_sent.pop(peer, None)
         self._nbr_since.pop(peer, None)
+        self._stub_peers.discard(peer)
         for origin in sorted(self._routes):
             if self._routes[origin].pop(peer, None) is not None:
                 if not self._routes[origin]:
                     del self._routes[origin]
                 self._reselect(origin, now)
+        if self.stub:
+            self._update_default()
 
     def cost_changed(self, peer: NodeId, cost: int, now: float) -> None:
         """The link cost to ``peer`` changed: reconsider the routes through it."""
@@ -369,6 +400,8 @@ class RoutingTable:
         except DecodeError as exc:
             self.drops.drop(exc.reason, short_id(peer), exc.detail)
             return
+        if msg.stub and peer not in self._stub_peers:
+            self._stub_peers.add(peer)  # it says so itself: send it only our own route
         for raw in msg.anns:
             self._learn_announcement(peer, raw)
         hold = HOLD_MULTIPLIER * msg.interval_cs / 100
@@ -381,7 +414,7 @@ class RoutingTable:
         if msg.wildcard and now - self._table_sent.get(peer, float("-inf")) >= WILDCARD_GAP_S:
             self._table_sent[peer] = now
             out = self._outq(peer)
-            for origin in self._advertisable():
+            for origin in self._table_for(peer):
                 out.add(origin)  # urgent: resent on a lossy link
             out.table_answer = True
             self._schedule_flush(now)
@@ -389,7 +422,7 @@ class RoutingTable:
             if origin in self._anns:
                 out = self._outq(peer)
                 out.give_ann.add(origin)
-                if self._advertisable_to(origin, peer):
+                if self._advertisable_to(origin, peer) and self._wants(peer, origin):
                     out.add(origin, resend=False)
                 self._schedule_flush(now)
 
@@ -454,9 +487,23 @@ class RoutingTable:
     # -- queries --------------------------------------------------------------------
 
     def next_hop(self, destination: NodeId) -> NodeId | None:
-        """The neighbour to forward to for ``destination``, or None if unreachable."""
+        """The neighbour to forward to for ``destination``, or None if unreachable.
+
+        A stub sends to a neighbour directly and everything else along its default route."""
         sel = self._selected.get(destination)
-        return sel.next_hop if sel is not None else None
+        if sel is not None:
+            return sel.next_hop
+        if self.stub:
+            return destination if destination in self._nbr_cost else self._default
+        return None
+
+    def default_route(self) -> NodeId | None:
+        """Stub mode: the router neighbour everything not adjacent goes through (else None)."""
+        return self._default
+
+    def stub_peers(self) -> list[NodeId]:
+        """Neighbours known to be stubs, sorted."""
+        return sorted(self._stub_peers)
 
     def metric(self, destination: NodeId) -> int:
         """Metric of the selected route to ``destination`` (0 for ourselves, else INFINITY)."""
@@ -522,6 +569,10 @@ class RoutingTable:
     def _handle_update(self, peer: NodeId, u: Update, hold: float, now: float) -> None:
         origin = u.origin
         if origin == self.node_id:
+            return
+        if origin != peer and (self.stub or peer in self._stub_peers):
+            # a stub keeps routes to its neighbours only; a stub relays nothing
+            self.ignored["stub-not-origin"] += 1
             return
         routes = self._routes.get(origin)
         if u.metric >= INFINITY:
@@ -596,6 +647,9 @@ class RoutingTable:
             else:
                 self.ignored["leaf-seqno"] += 1
             return
+        if self.stub and origin != self.node_id:
+            self.ignored["stub-no-relay"] += 1  # a stub forwards no requests
+            return
         if origin == self.node_id:
             if seqno > self._own_seqno and now - self._last_bump >= BUMP_MIN_GAP_S:
                 self._last_bump = now
@@ -659,6 +713,31 @@ class RoutingTable:
     def _reselect(self, origin: NodeId, now: float) -> None:
         if origin in self._stubs:
             return  # we originate it
+        self._select(origin, now)
+        if self.stub:
+            self._update_default()
+
+    def _update_default(self) -> None:
+        # the router neighbour with the best route to itself; switch only to a clearly
+        # better one (the selection's hysteresis)
+        best: tuple[int, NodeId] | None = None
+        current: int | None = None
+        for peer in self._nbr_cost:
+            if peer in self._stub_peers:
+                continue
+            sel = self._selected.get(peer)
+            if sel is None or sel.next_hop != peer:
+                continue
+            if best is None or (sel.metric, peer) < best:
+                best = (sel.metric, peer)
+            if peer == self._default:
+                current = sel.metric
+        if best is not None and current is not None and \
+                best[0] > current - max(SWITCH_MIN_GAIN, current // 4):
+            return  # keep the current default
+        self._default = best[1] if best is not None else None
+
+    def _select(self, origin: NodeId, now: float) -> None:
         src = self._sources.get(origin)
         source = (src.seqno, src.metric) if src is not None else None
         best: tuple[int, NodeId, Route] | None = None
@@ -727,7 +806,7 @@ class RoutingTable:
         elif hop_changed:
             # poison towards the new next hop, the real metric to the old one
             for p in (prev_hop, nbr):
-                if p in self._nbr_cost:
+                if p in self._nbr_cost and self._wants(p, origin):
                     self._outq(p).add(origin)
             self._schedule_flush(now, slow=True)
 
@@ -741,6 +820,8 @@ class RoutingTable:
 
     def _start_request(self, origin: NodeId, now: float) -> None:
         # §3.8.2.1: ask for a newer seqno when only unfeasible routes are left
+        if self.stub:
+            return  # a stub's routes are to its neighbours: the neighbour layer repairs them
         src = self._sources.get(origin)
         held = self._anns.get(origin)
         base = max(src.seqno if src else 0, held[0] if held else 0)
@@ -760,7 +841,8 @@ class RoutingTable:
             s.next_send = now + min(REQUEST_RESEND_MAX_S, REQUEST_RESEND_S * (1 + s.tries // 4))
             self._seen_requests[(origin, s.seqno)] = now + REQUEST_DEDUPE_S
             for peer in sorted(self._nbr_cost):
-                self._outq(peer).requests[(origin, s.seqno)] = REQUEST_HOPS
+                if peer not in self._stub_peers or peer == origin:
+                    self._outq(peer).requests[(origin, s.seqno)] = REQUEST_HOPS
             self._schedule_flush(now)
 
     # -- sending -----------------------------------------------------------------
@@ -776,9 +858,12 @@ class RoutingTable:
             self._next_full = now + self._rng.uniform(*self._interval)
             adv = self._advertisable()
             for peer in sorted(self._nbr_cost):
-                out = self._outq(peer)
-                for origin in adv:
-                    out.add(origin, resend=False)
+                table = adv if not (self.stub or peer in self._stub_peers) else \
+                    self._table_for(peer)
+                if table:
+                    out = self._outq(peer)
+                    for origin in table:
+                        out.add(origin, resend=False)
             self._schedule_flush(now, immediate=True)
         if self._next_sweep is not None and now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL_S
@@ -871,8 +956,22 @@ class RoutingTable:
             del self._seen_requests[key]
 
     def _advertisable(self) -> list[NodeId]:
+        if self.stub:
+            return [self.node_id]
         return [self.node_id, *sorted(self._stubs), *sorted(self._selected),
                 *sorted(self._retracted)]
+
+    def _wants(self, peer: NodeId, origin: NodeId) -> bool:
+        """Whether updates for ``origin`` go to ``peer``: a stub sends only its own route
+        and only to routers; a router sends a stub only its own route."""
+        if self.stub or peer in self._stub_peers:
+            return origin == self.node_id and not (self.stub and peer in self._stub_peers)
+        return True
+
+    def _table_for(self, peer: NodeId) -> list[NodeId]:
+        if self.stub or peer in self._stub_peers:
+            return [self.node_id] if self._wants(peer, self.node_id) else []
+        return self._advertisable()
 
     def _advertisable_to(self, origin: NodeId, peer: NodeId) -> bool:
         if origin == self.node_id or origin in self._stubs:
@@ -887,13 +986,16 @@ class RoutingTable:
         return q
 
     def _queue(self, peer: NodeId, origin: NodeId, now: float) -> None:
-        if peer in self._nbr_cost:
+        if peer in self._nbr_cost and self._wants(peer, origin):
             self._outq(peer).add(origin)
             self._schedule_flush(now)
 
     def _queue_all(self, origin: NodeId, now: float, *, urgent: bool = True,
                    news: bool = False) -> None:
+        own = origin == self.node_id
         for peer in self._nbr_cost:
+            if (self.stub or peer in self._stub_peers) and not (own and self._wants(peer, origin)):
+                continue
             out = self._outq(peer)
             out.add(origin)  # triggered: resent on lossy links, whether urgent or not
             if news:
@@ -953,6 +1055,8 @@ class RoutingTable:
         def flush() -> None:
             nonlocal cur, size
             if cur:
+                if self.stub:
+                    cur["s"] = True  # type: ignore[assignment]
                 data = pack({"v": 1, "iv": interval_cs, **cur})
                 if len(data) > self._max_payload:
                     raise LocalProtocolError(f"routing message of {len(data)} bytes")
@@ -984,7 +1088,10 @@ class RoutingTable:
         if q.wildcard or q.wildcard_repeat:
             cur["w"] = True  # type: ignore[assignment]
             size += 3
+        only_own = self.stub or peer in self._stub_peers
         for origin in q.updates:
+            if only_own and not self._wants(peer, origin):
+                continue  # queued before we knew the peer is a stub
             e = self._entry_for(peer, origin)
             if e is None:
                 continue

@@ -5,7 +5,8 @@ every field's type and range after; anything else raises ``DecodeError``.
 Fields: ``v`` version, ``iv`` the sender's update interval (centiseconds),
 ``a`` announcements, ``u`` updates (origin, seqno, metric), ``r`` seqno
 requests (origin, seqno, hop count), ``q`` announcement requests, ``w``
-wildcard (send me your table), ``t`` this is the answer to a wildcard.
+wildcard (send me your table), ``t`` this is the answer to a wildcard, ``s`` the
+sender is a stub (announces only itself, relays nothing: send it only your own route).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Message:
     ann_requests: list[NodeId]
     wildcard: bool
     table_answer: bool
+    stub: bool = False
 
 
 def _node_id(v: object) -> NodeId:
@@ -90,7 +92,9 @@ def decode_message(data: bytes, max_payload: int = MAX_ROUTING_PAYLOAD) -> Messa
     ann_requests = [_node_id(o) for o in (f.list("q", max_len=_MAX_ITEMS) if "q" in obj else [])]
     wildcard = f.bool("w") if "w" in obj else False
     table_answer = f.bool("t") if "t" in obj else False
-    return Message(interval_cs, anns, updates, requests, ann_requests, wildcard, table_answer)
+    stub = f.bool("s") if "s" in obj else False
+    return Message(interval_cs, anns, updates, requests, ann_requests, wildcard, table_answer,
+                   stub)
 
 
 def packed_len(v: object) -> int:

@@ -177,14 +177,18 @@ class TownMobility:
                 w.pos = (x + (tx - x) * step / d, y + (ty - y) * step / d)
                 return
 
-    def _step(self) -> None:
-        if not self._running:
-            return
-        now = self.net.now
+    def advance(self, now: float) -> None:
+        """Move every mobile walker by one ``tick`` (without touching links)."""
         for n in self._order:
             w = self.walkers[n]
             if not w.static:
                 self._move(w, now)
+
+    def _step(self) -> None:
+        if not self._running:
+            return
+        now = self.net.now
+        self.advance(now)
         self._update_links()
         self.net.schedule(now + self.tick, self._step)
 
