@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
@@ -222,6 +223,8 @@ class View(Vertical):
     ACTIONS: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: wall times in UTC (tests set this for deterministic snapshots)
     utc: bool = False
+    #: the width the view last asked to be rendered at (``on_resize``)
+    _fitted_width: int | None = None
 
     DEFAULT_CSS = """
     View { height: 1fr; }
@@ -229,6 +232,16 @@ class View(Vertical):
     View .heading { text-style: bold; padding: 0 1; height: auto; }
     View DataTable { height: 1fr; }
     """
+
+    def on_resize(self, event: events.Resize) -> None:
+        # columns follow the width the view gets, and the layout settles that after the
+        # app's own Resize (which renders once already): render again when the shown
+        # view's own width changes, or a table keeps the columns of the old width
+        if self.display and event.size.width != self._fitted_width:
+            self._fitted_width = event.size.width
+            refresh = getattr(self.app, "refresh_view", None)
+            if callable(refresh):
+                self.app.call_after_refresh(refresh)
 
     def notice_text(self, model: MeshModel) -> str:
         """The view's notice: unavailable methods and errors."""
