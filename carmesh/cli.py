@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keys, database and control socket (default: $XDG_STATE_HOME/carmesh)")
     p.add_argument("--name", help="display name shown to other nodes (default: ROLE-SHORTID)")
     p.add_argument("--role", choices=[r.value for r in Role], help="car, phone or dealer (default car)")
+    p.add_argument("--stub", action="store_true", default=None,
+                   help="route as a stub, for a phone among cars: announce only this node, "
+                        "relay nothing, reach everything else through the best car in range "
+                        "(routers send a stub only their own route)")
     p.add_argument("--interface", action="append", metavar="IFNAME",
                    help="network interface the mesh runs on (repeatable); none: loopback only")
     p.add_argument("--listen", action="append", metavar="HOST:PORT",

@@ -43,6 +43,9 @@ class Config:
     peer: tuple[str, ...] = ()
     log_level: str = "info"
     auto_answer: bool = False
+    #: route as a stub (``--stub``): announce only this node, relay nothing, send all else
+    #: through a default route via the best router neighbour (a phone beside the cars)
+    stub: bool = False
     answer_play: Path | None = None
     answer_record: Path | None = None
     trust: Path | None = None
@@ -131,7 +134,7 @@ def _coerce(raw: dict[str, Any]) -> dict[str, Any]:
                 out[k] = Role(value)
             except ValueError:
                 raise ConfigError(f"role must be one of {', '.join(r.value for r in Role)}, not {value!r}") from None
-        elif k in ("auto_answer", "no_web"):
+        elif k in ("auto_answer", "no_web", "stub"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key!r} must be true or false")
             out[k] = value

@@ -143,7 +143,7 @@ class Node:
         self.routing = RoutingTable(
             node_id=self.identity.node_id, announcement=self.announcement,
             verify=self._verify_announcement, on_seqno_request=self._bump_seqno,
-            rng=random.Random())
+            rng=random.Random(), stub=config.stub)
         self.pins = PinStore(self.state_dir / "pins.json")
         self.pinger = Pinger(self, self._now)
         self.info = InfoService(self, self._now)
@@ -857,6 +857,9 @@ class Node:
             "interfaces": list(self.config.interface),
             "neighbours": len(self.neighbours.peers()),
             "routes": len(self.routing.destinations()),
+            "stub": self.routing.stub,
+            "default_route": (None if (d := self.routing.default_route()) is None
+                              else {"node_id": d.hex(), "name": self.name_of(d)}),
             "seqno": self.announcement.seqno,
             "pid": os.getpid(),
             "drops": self.drop_counts(),
