@@ -123,10 +123,12 @@ async def test_handshake_streams_and_datagrams_survive_a_terrible_path(
         assert await asyncio.wait_for(s.recv(), 60) == p
     # datagrams are unreliable: some are lost, none corrupted, duplicates are QUIC's to drop
     sent = [b"\x02dg %d" % i for i in range(200)]
-    for i, d in enumerate(sent):
+    for d in sent:
         assert a.mgr.send_datagram(b.id, d)
-        if i % 20 == 19:
-            await asyncio.sleep(0.01)
+        # one QUIC packet each (the link transmits once per loop turn): 200 packets through
+        # 10 % loss; in bursts of 20 they shared ~10 packets, all of which got through at
+        # times, and the "some are lost" check below failed
+        await asyncio.sleep(0)
 
     async def marker_through(tag: bytes) -> None:
         """Send marker datagrams (some get lost) until one arrives at b."""

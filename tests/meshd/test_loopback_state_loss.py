@@ -31,7 +31,7 @@ def test_a_node_whose_seqno_file_was_deleted_is_accepted_again() -> None:
         status = c["ann"].wait_ready()
         assert status["seqno"] > seqnos[1]
         # bob takes it again at once (before: "replay: seq 1 < 3 seen" at every attempt)
-        wait_until(lambda: "ann" in c["bob"].neighbours(), 10, what="bob accepts ann again")
+        wait_until(lambda: "ann" in c["bob"].neighbours(), 15, what="bob accepts ann again")
         rc, res = c["bob"].meshctl("ping", "ann", "--count", "1")
         assert rc == 0, res
         assert "missing though the node has an identity" in c["ann"].log_path.read_text()
